@@ -1,0 +1,1 @@
+"""ingestd application: watchers, dock manager, policies, jobs, control socket and entry points."""

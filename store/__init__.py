@@ -1,0 +1,1 @@
+"""Persistence: write-once object store, catalog and tamper-evident audit chain."""

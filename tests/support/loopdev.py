@@ -1,0 +1,74 @@
+"""Real loop devices and mounts for tests, each cleaned up by its own id (device node, mount point).
+
+Only root can attach loop devices and mount; `require_root_tools` skips with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+def require_root_tools(*tools: str) -> None:
+    """Skip the calling test, saying why, when it cannot run real loop devices or mounts here."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to attach loop devices and mount filesystems")
+    if not Path("/dev/loop-control").exists():
+        pytest.skip("no /dev/loop-control: the kernel offers no loop devices here")
+    for tool in ("losetup", "mount", "umount", *tools):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed")
+
+
+def make_image(path: Path, size_mib: int, fstype: str = "ext4", label: str = "CAMERA") -> Path:
+    """Create a sparse image file holding an empty filesystem of `fstype`."""
+    with path.open("wb") as image:
+        image.truncate(size_mib * 1024 * 1024)
+    if fstype.startswith("ext"):
+        cmd = [f"mkfs.{fstype}", "-q", "-F", "-L", label, str(path)]
+    elif fstype == "vfat":
+        cmd = ["mkfs.vfat", "-n", label[:11], str(path)]
+    else:
+        cmd = [f"mkfs.{fstype}", str(path)]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return path
+
+
+@contextlib.contextmanager
+def attached(image: Path, *, read_only: bool = False) -> Iterator[str]:
+    """Attach `image` to a free loop device; detach exactly that device afterwards."""
+    args = ["losetup", "--find", "--show"]
+    if read_only:
+        args.append("--read-only")
+    device = subprocess.run([*args, str(image)], check=True, capture_output=True, text=True).stdout.strip()
+    try:
+        yield device
+    finally:
+        subprocess.run(["losetup", "--detach", device], check=False, capture_output=True)
+
+
+@contextlib.contextmanager
+def mounted(source: str | Path, mount_point: Path, options: str = "rw") -> Iterator[Path]:
+    """Mount `source` on `mount_point`; unmount that mount point afterwards (lazily if busy)."""
+    mount_point.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-o", options, str(source), str(mount_point)], check=True, capture_output=True)
+    try:
+        yield mount_point
+    finally:
+        done = subprocess.run(["umount", str(mount_point)], check=False, capture_output=True)
+        if done.returncode != 0:
+            subprocess.run(["umount", "-l", str(mount_point)], check=False, capture_output=True)
+
+
+@contextlib.contextmanager
+def ext4_filesystem(workdir: Path, size_mib: int, name: str = "fs") -> Iterator[Path]:
+    """A freshly made, loop-mounted, writable ext4 filesystem under `workdir`."""
+    image = make_image(workdir / f"{name}.img", size_mib)
+    with attached(image) as device, mounted(device, workdir / name) as mount_point:
+        yield mount_point
