@@ -1,0 +1,90 @@
+"""Opening the catalog database with the settings evidence needs, on SQLite or PostgreSQL."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from store.errors import StoreError
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+class CatalogError(StoreError):
+    """The catalog database could not be opened or used."""
+
+    template = "catalog {url}: {detail}"
+    exit_code = 31
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets ingestctl read while the daemon writes; FULL sync makes each commit durable, which the
+    # wipe-after-proof invariant relies on; foreign keys are off by default in SQLite.
+    # Autocommit at the driver level hands BEGIN to us (see _begin_immediate).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=FULL")
+    finally:
+        cursor.close()
+
+
+def _begin_immediate(connection: Connection) -> None:
+    # A deferred transaction that reads first cannot later upgrade to a write in WAL mode once another
+    # writer committed (SQLITE_BUSY_SNAPSHOT, no retry). Taking the write lock up front makes writers
+    # queue on busy_timeout instead.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _begin_deferred(connection: Connection) -> None:
+    connection.exec_driver_sql("BEGIN")
+
+
+def create_catalog_engine(url: str, *, read_only: bool = False) -> Engine:
+    """An engine for `url`; SQLite files get WAL, busy_timeout, foreign keys and their directory."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _begin_deferred if read_only else _begin_immediate)
+        return engine
+    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+        # Default to psycopg 3, which is what we install.
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return create_engine(parsed, pool_pre_ping=True)
+
+
+@dataclass
+class Catalog:
+    """The engine and a session factory; sessions expire nothing on commit so rows stay readable."""
+
+    engine: Engine
+    sessions: sessionmaker[Session]
+
+    @classmethod
+    def open(cls, url: str, *, read_only: bool = False) -> Catalog:
+        """Open `url`. Readers (ingestctl) pass read_only so they never queue behind the daemon's writes."""
+        engine = create_catalog_engine(url, read_only=read_only)
+        return cls(engine, sessionmaker(engine, expire_on_commit=False))
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One unit of work: committed on success, rolled back on any error, always closed."""
+        with self.sessions.begin() as session:
+            yield session
+
+    def close(self) -> None:
+        self.engine.dispose()

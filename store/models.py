@@ -1,0 +1,370 @@
+"""The catalog schema: who, which camera, which recording, where it is stored, and what happened.
+
+Identity fields follow GA/T 947.4 (device serial 7, officer number 6, unit number 12). Every datetime
+column is `UTCDateTime`, so a naive time can never be written. Recordings point at stored objects by
+BLAKE3 digest; the object store holds the bytes, the catalog holds the facts.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from store.types import UTCDateTime
+
+# Stable constraint names, so Alembic batch migrations on SQLite can find them again.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+DIGEST_HEX = 64  # BLAKE3-256 and SHA-256, hex
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+
+
+def _enum(cls: type[enum.Enum]) -> Enum:
+    # Stored as the value string with a CHECK, portable across SQLite and PostgreSQL.
+    return Enum(
+        cls,
+        name=cls.__name__.lower(),
+        native_enum=False,
+        create_constraint=True,
+        values_callable=lambda members: [m.value for m in members],
+        length=24,
+    )
+
+
+class RetentionClass(enum.StrEnum):
+    ROUTINE = "routine"
+    STANDARD = "standard"
+    LONG_TERM = "long-term"
+
+
+class Confidentiality(enum.StrEnum):
+    NORMAL = "normal"
+    PRIVACY = "privacy"  # personal privacy of a party or bystander
+    TRADE_SECRET = "trade-secret"  # noqa: S105 - a secrecy level, not a secret
+    STATE_SECRET = "state-secret"  # noqa: S105 - a secrecy level, not a secret
+
+
+class Seal(enum.StrEnum):
+    IMMUTABLE = "immutable"  # mode 0444 and the filesystem immutable attribute
+    READ_ONLY = "read-only"  # mode 0444 only: the filesystem or capability refused the attribute
+
+
+class CustodyKind(enum.StrEnum):
+    CHECK_IN = "check-in"
+    CHECK_OUT = "check-out"
+
+
+class SessionState(enum.StrEnum):
+    IDENTIFYING = "identifying"
+    SYNCING = "syncing"
+    INGESTING = "ingesting"
+    DONE = "done"
+    FAILED = "failed"
+    UNPLUGGED = "unplugged"
+    INTERRUPTED = "interrupted"  # the daemon stopped or crashed; set by reconciliation
+
+
+class FlagKind(enum.StrEnum):
+    LATE = "late"
+    OVERDUE = "overdue"
+    GAP = "gap"
+    INTERRUPTED = "interrupted"
+    DRIFT = "drift"
+    FAILED_FILE = "failed-file"
+    IDENTITY_MISMATCH = "identity-mismatch"
+    STORE_FULL = "store-full"
+
+
+class FlagStatus(enum.StrEnum):
+    OPEN = "open"
+    EXPLAINED = "explained"
+    RESOLVED = "resolved"
+
+
+class Unit(Base):
+    __tablename__ = "units"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    unit_no: Mapped[str] = mapped_column(String(12), unique=True)
+    name: Mapped[str] = mapped_column(String(64))
+
+
+class Officer(Base):
+    __tablename__ = "officers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    officer_no: Mapped[str] = mapped_column(String(6), unique=True)
+    name: Mapped[str] = mapped_column(String(64))
+    unit_id: Mapped[int | None] = mapped_column(ForeignKey("units.id"))
+
+    unit: Mapped[Unit | None] = relationship()
+
+
+class Camera(Base):
+    __tablename__ = "cameras"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_serial: Mapped[str] = mapped_column(String(7), unique=True)
+    usb_serial: Mapped[str | None] = mapped_column(String(64))
+    driver: Mapped[str] = mapped_column(String(32))
+    unit_id: Mapped[int | None] = mapped_column(ForeignKey("units.id"))
+    assigned_officer_id: Mapped[int | None] = mapped_column(ForeignKey("officers.id"))
+    # Who has it now: set on check-out, cleared on check-in.
+    holder_officer_id: Mapped[int | None] = mapped_column(ForeignKey("officers.id"))
+    checked_out_at: Mapped[datetime | None]
+    last_docked_at: Mapped[datetime | None]
+    battery_percent: Mapped[int | None] = mapped_column(Integer)
+    storage_free_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    storage_total_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    last_clock_offset_s: Mapped[float | None] = mapped_column(Float)
+    clock_state: Mapped[str | None] = mapped_column(String(24))
+    first_seen_at: Mapped[datetime]
+
+    unit: Mapped[Unit | None] = relationship()
+    assigned_officer: Mapped[Officer | None] = relationship(foreign_keys=[assigned_officer_id])
+    holder: Mapped[Officer | None] = relationship(foreign_keys=[holder_officer_id])
+
+
+class Dock(Base):
+    """One physical dock slot, keyed by its USB port path. Progress is persisted here about 1 Hz."""
+
+    __tablename__ = "docks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    port: Mapped[str] = mapped_column(String(255), unique=True)
+    state: Mapped[str] = mapped_column(String(24), default="empty")
+    camera_id: Mapped[int | None] = mapped_column(ForeignKey("cameras.id"))
+    current_file: Mapped[str | None] = mapped_column(Text)
+    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    rate_bps: Mapped[float | None] = mapped_column(Float)
+    eta_s: Mapped[float | None] = mapped_column(Float)
+    updated_at: Mapped[datetime]
+
+
+class DockSession(Base):
+    """One dock of one camera, from uevent to unplug: the unit of work and of the summary log line."""
+
+    __tablename__ = "dock_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dock_id: Mapped[int] = mapped_column(ForeignKey("docks.id"))
+    camera_id: Mapped[int | None] = mapped_column(ForeignKey("cameras.id"))
+    state: Mapped[SessionState] = mapped_column(_enum(SessionState))
+    failure_reason: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None]
+    battery_percent: Mapped[int | None] = mapped_column(Integer)
+    storage_free_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    clock_offset_s: Mapped[float | None] = mapped_column(Float)
+    clock_round_trip_s: Mapped[float | None] = mapped_column(Float)
+    clock_state: Mapped[str | None] = mapped_column(String(24))
+    files_total: Mapped[int] = mapped_column(Integer, default=0)
+    files_done: Mapped[int] = mapped_column(Integer, default=0)
+    files_failed: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    camera: Mapped[Camera | None] = relationship()
+
+
+class ClockReading(Base):
+    """Drift history: the offset measured before each correction."""
+
+    __tablename__ = "clock_readings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    camera_id: Mapped[int] = mapped_column(ForeignKey("cameras.id"))
+    dock_session_id: Mapped[int | None] = mapped_column(ForeignKey("dock_sessions.id"))
+    measured_at: Mapped[datetime]
+    offset_s: Mapped[float | None] = mapped_column(Float)
+    round_trip_s: Mapped[float | None] = mapped_column(Float)
+    residual_s: Mapped[float | None] = mapped_column(Float)
+    state: Mapped[str] = mapped_column(String(24))
+
+    __table_args__ = (Index("ix_clock_readings_camera_time", "camera_id", "measured_at"),)
+
+
+class CustodyEvent(Base):
+    __tablename__ = "custody_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    camera_id: Mapped[int] = mapped_column(ForeignKey("cameras.id"))
+    officer_id: Mapped[int | None] = mapped_column(ForeignKey("officers.id"))
+    kind: Mapped[CustodyKind] = mapped_column(_enum(CustodyKind))
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(64))  # OS user, or "ingestd" for dock events
+    actor_role: Mapped[str] = mapped_column(String(24))
+    dock_session_id: Mapped[int | None] = mapped_column(ForeignKey("dock_sessions.id"))
+    note: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ix_custody_camera_time", "camera_id", "at"),
+        Index("ix_custody_officer_time", "officer_id", "at"),
+    )
+
+
+class StoredObject(Base):
+    """Bytes in the object store, content-addressed by BLAKE3; shared by deduplicated recordings."""
+
+    __tablename__ = "stored_objects"
+
+    blake3: Mapped[str] = mapped_column(String(DIGEST_HEX), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(DIGEST_HEX))
+    size: Mapped[int] = mapped_column(BigInteger)
+    seal: Mapped[Seal] = mapped_column(_enum(Seal))
+    stored_at: Mapped[datetime]
+    last_verified_at: Mapped[datetime | None]
+
+
+class Recording(Base):
+    """One recording pulled from a camera (footage). Never edited: only classification and hold change."""
+
+    __tablename__ = "recordings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    camera_id: Mapped[int] = mapped_column(ForeignKey("cameras.id"))
+    officer_id: Mapped[int | None] = mapped_column(ForeignKey("officers.id"))
+    unit_id: Mapped[int | None] = mapped_column(ForeignKey("units.id"))
+    dock_session_id: Mapped[int | None] = mapped_column(ForeignKey("dock_sessions.id"))
+    # What the camera holds: its path (display form) and a key that says "already ingested".
+    original_path: Mapped[str] = mapped_column(Text)
+    source_key: Mapped[str] = mapped_column(String(128))
+    size: Mapped[int] = mapped_column(BigInteger)
+    # recorded_at as the camera reported it, and corrected by the clock offset measured at the dock.
+    recorded_at_raw: Mapped[datetime]
+    recorded_at: Mapped[datetime]
+    recorded_at_source: Mapped[str] = mapped_column(String(16))
+    clock_offset_s: Mapped[float | None] = mapped_column(Float)
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    ingested_at: Mapped[datetime]
+    deadline_at: Mapped[datetime]
+    blake3: Mapped[str] = mapped_column(String(DIGEST_HEX), ForeignKey("stored_objects.blake3"))
+    sha256: Mapped[str] = mapped_column(String(DIGEST_HEX))
+    retention_class: Mapped[RetentionClass] = mapped_column(_enum(RetentionClass))
+    retention_tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    legal_hold: Mapped[bool] = mapped_column(Boolean, default=False)
+    hold_reason: Mapped[str | None] = mapped_column(Text)
+    case_id: Mapped[str | None] = mapped_column(String(64))
+    case_party: Mapped[str | None] = mapped_column(String(128))
+    case_name: Mapped[str | None] = mapped_column(String(255))
+    event: Mapped[str | None] = mapped_column(Text)
+    place: Mapped[str | None] = mapped_column(Text)
+    confidentiality: Mapped[Confidentiality] = mapped_column(_enum(Confidentiality))
+
+    camera: Mapped[Camera] = relationship()
+    officer: Mapped[Officer | None] = relationship()
+    stored_object: Mapped[StoredObject] = relationship()
+
+    __table_args__ = (
+        UniqueConstraint("camera_id", "source_key", name="uq_recordings_camera_source"),
+        Index("ix_recordings_recorded_at", "recorded_at"),
+        Index("ix_recordings_officer_time", "officer_id", "recorded_at"),
+        Index("ix_recordings_unit_time", "unit_id", "recorded_at"),
+        Index("ix_recordings_camera_time", "camera_id", "recorded_at"),
+        Index("ix_recordings_case", "case_id"),
+        Index("ix_recordings_blake3", "blake3"),
+        CheckConstraint("size >= 0", name="size_non_negative"),
+    )
+
+
+class Flag(Base):
+    """Something a person must look at. `dedup_key` makes raising a flag idempotent."""
+
+    __tablename__ = "flags"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[FlagKind] = mapped_column(_enum(FlagKind))
+    status: Mapped[FlagStatus] = mapped_column(_enum(FlagStatus), default=FlagStatus.OPEN)
+    dedup_key: Mapped[str] = mapped_column(String(255), unique=True)
+    raised_at: Mapped[datetime]
+    camera_id: Mapped[int | None] = mapped_column(ForeignKey("cameras.id"))
+    recording_id: Mapped[int | None] = mapped_column(ForeignKey("recordings.id"))
+    dock_session_id: Mapped[int | None] = mapped_column(ForeignKey("dock_sessions.id"))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    explanation: Mapped[str | None] = mapped_column(Text)
+    explained_by: Mapped[str | None] = mapped_column(String(64))
+    explained_at: Mapped[datetime | None]
+
+    __table_args__ = (Index("ix_flags_status_kind", "status", "kind"),)
+
+
+class Approval(Base):
+    """Permission to view, copy or export footage (000 art. 16; 002 art. 16; 004 art. 20)."""
+
+    __tablename__ = "approvals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    approver: Mapped[str] = mapped_column(String(64))
+    requested_by: Mapped[str | None] = mapped_column(String(64))
+    purpose: Mapped[str] = mapped_column(Text)
+    scope_case_id: Mapped[str | None] = mapped_column(String(64))
+    scope_recording_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
+    allows_confidential: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
+class Export(Base):
+    __tablename__ = "exports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    approval_id: Mapped[int] = mapped_column(ForeignKey("approvals.id"))
+    destination: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(64))
+    recording_count: Mapped[int] = mapped_column(Integer)
+    tag_manifest_blake3: Mapped[str] = mapped_column(String(DIGEST_HEX))
+
+
+class AuditEvent(Base):
+    """One link of the tamper-evident chain: hash = BLAKE3(prev_hash ‖ canonical JSON of the event)."""
+
+    __tablename__ = "audit_events"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    at: Mapped[datetime]
+    actor_user: Mapped[str] = mapped_column(String(64))
+    actor_uid: Mapped[int | None] = mapped_column(Integer)
+    actor_role: Mapped[str] = mapped_column(String(24))
+    action: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(Text)
+    outcome: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(64))  # host or socket peer the action came from
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(DIGEST_HEX))
+    hash: Mapped[str] = mapped_column(String(DIGEST_HEX), unique=True)
+
+    __table_args__ = (
+        Index("ix_audit_action_time", "action", "at"),
+        Index("ix_audit_at", "at"),
+    )

@@ -1,0 +1,125 @@
+"""The catalog on real SQLite files and a real PostgreSQL server: UTC times, constraints, SQLite settings."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy.exc
+from sqlalchemy import select, text
+
+from store.catalog import Catalog
+from store.models import (
+    Camera,
+    Confidentiality,
+    Officer,
+    Recording,
+    RetentionClass,
+    Seal,
+    StoredObject,
+    Unit,
+)
+from store.types import NaiveDatetimeError
+
+SHANGHAI = timezone(timedelta(hours=8))
+
+
+def seed_recording(catalog: Catalog, recorded_at: datetime) -> int:
+    with catalog.transaction() as session:
+        unit = Unit(unit_no="110105000000", name="朝阳分局")
+        officer = Officer(officer_no="000123", name="张三", unit=unit)
+        camera = Camera(device_serial="ZFY0001", driver="serial", unit=unit, assigned_officer=officer,
+                        first_seen_at=recorded_at)
+        stored = StoredObject(blake3="b" * 64, sha256="s" * 64, size=10, seal=Seal.IMMUTABLE,
+                              stored_at=recorded_at)
+        recording = Recording(
+            camera=camera, officer=officer, unit_id=None, original_path="DCIM/100MEDIA/A.MP4",
+            source_key="DCIM/100MEDIA/A.MP4:10", size=10, recorded_at_raw=recorded_at,
+            recorded_at=recorded_at, recorded_at_source="mvhd", ingested_at=recorded_at,
+            deadline_at=recorded_at + timedelta(hours=24), stored_object=stored, sha256="s" * 64,
+            retention_class=RetentionClass.ROUTINE, confidentiality=Confidentiality.NORMAL,
+        )
+        session.add(recording)
+        session.flush()
+        return recording.id
+
+
+def test_times_come_back_as_aware_utc_on_every_backend(catalog: Catalog) -> None:
+    local = datetime(2026, 11, 22, 8, 30, 15, 123456, tzinfo=SHANGHAI)
+    recording_id = seed_recording(catalog, local)
+    with catalog.transaction() as session:
+        recording = session.get_one(Recording, recording_id)
+        session.expire_all()
+        recording = session.get_one(Recording, recording_id)
+        assert recording.recorded_at.tzinfo is UTC
+        assert recording.recorded_at == local
+        assert recording.recorded_at.hour == 0  # 08:30 in Shanghai is 00:30 UTC
+        assert recording.recorded_at.microsecond == 123456
+
+
+def test_time_ordering_in_sql_is_by_instant_not_by_local_text(catalog: Catalog) -> None:
+    early = datetime(2026, 11, 22, 9, 0, tzinfo=SHANGHAI)  # 01:00 UTC
+    seed_recording(catalog, early)
+    with catalog.transaction() as session:
+        cutoff = datetime(2026, 11, 22, 2, 0, tzinfo=UTC)
+        found = session.scalars(select(Recording.id).where(Recording.recorded_at < cutoff)).all()
+        assert len(found) == 1
+
+
+def test_naive_datetime_is_refused(catalog: Catalog) -> None:
+    with pytest.raises(sqlalchemy.exc.StatementError) as caught, catalog.transaction() as session:
+        session.add(Unit(unit_no="1", name="x"))
+        session.add(Camera(device_serial="ZFY0002", driver="serial",
+                           first_seen_at=datetime(2026, 1, 1)))  # noqa: DTZ001 - the point of the test
+        session.flush()
+    assert isinstance(caught.value.orig, NaiveDatetimeError)
+    with catalog.transaction() as session:
+        assert session.scalars(select(Unit)).all() == []  # the whole transaction rolled back
+
+
+def test_foreign_keys_are_enforced(catalog: Catalog) -> None:
+    now = datetime.now(UTC)
+    with pytest.raises(sqlalchemy.exc.IntegrityError), catalog.transaction() as session:
+        session.add(Camera(device_serial="ZFY0003", driver="serial", unit_id=999, first_seen_at=now))
+        session.flush()
+
+
+def test_a_recording_is_ingested_once_per_camera_and_source(catalog: Catalog) -> None:
+    now = datetime.now(UTC)
+    recording_id = seed_recording(catalog, now)
+    with pytest.raises(sqlalchemy.exc.IntegrityError), catalog.transaction() as session:
+        original = session.get_one(Recording, recording_id)
+        session.add(Recording(
+            camera_id=original.camera_id, original_path=original.original_path,
+            source_key=original.source_key, size=10, recorded_at_raw=now, recorded_at=now,
+            recorded_at_source="mtime", ingested_at=now, deadline_at=now, blake3=original.blake3,
+            sha256=original.sha256, retention_class=RetentionClass.ROUTINE,
+            confidentiality=Confidentiality.NORMAL,
+        ))
+        session.flush()
+
+
+def test_sqlite_runs_in_wal_with_busy_timeout_and_foreign_keys(sqlite_catalog: Catalog) -> None:
+    with sqlite_catalog.engine.connect() as connection:
+        assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert connection.execute(text("PRAGMA busy_timeout")).scalar() == 10_000
+        assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        assert connection.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
+
+
+def test_sqlite_writers_queue_instead_of_failing(sqlite_catalog: Catalog) -> None:
+    """Two sessions that read and then write must both succeed: BEGIN IMMEDIATE serialises them."""
+    url = sqlite_catalog.engine.url.render_as_string()
+    other = Catalog.open(url)
+    try:
+        now = datetime.now(UTC)
+        with sqlite_catalog.transaction() as first:
+            first.scalars(select(Unit)).all()
+            first.add(Unit(unit_no="A", name="a"))
+        with other.transaction() as second:
+            second.scalars(select(Unit)).all()
+            second.add(Camera(device_serial="ZFY0004", driver="serial", first_seen_at=now))
+        with sqlite_catalog.transaction() as check:
+            assert check.scalar(select(Camera.device_serial)) == "ZFY0004"
+    finally:
+        other.close()

@@ -1,0 +1,103 @@
+"""The config schema: defaults, the example file, and clear refusals naming file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ingestd.config import CameraRuleConfig, Config, ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_are_the_documented_system_paths() -> None:
+    config = Config()
+    assert config.catalog.url == "sqlite:////var/lib/ingestd/catalog.db"
+    assert config.store.root == Path("/var/lib/ingestd/store")
+    assert config.store.read_back is True
+
+
+def test_example_config_loads_and_sets_every_section() -> None:
+    config = load_config(REPO / "config.example.toml")
+    assert config.audit.checkpoint_every == 1000
+    rules = config.camera_rules()
+    assert [rule.driver for rule in rules] == ["serial", "mass-storage"]
+    assert rules[0].options.password == "000000"
+    assert rules[0].match["ID_MODEL_ID"] == "01*"
+
+
+def test_example_config_documents_every_schema_key() -> None:
+    text = (REPO / "config.example.toml").read_text(encoding="utf-8")
+    for section_name, section in Config.model_fields.items():
+        annotation = section.annotation
+        fields = getattr(annotation, "model_fields", None)
+        if fields is None:  # the [[camera]] array: its item model
+            fields = CameraRuleConfig.model_fields
+        for key in fields:
+            assert f"\n{key} =" in text, f"{section_name}.{key} is not documented in config.example.toml"
+
+
+def test_unknown_key_is_refused_naming_file_and_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "[store]\nroot = '/srv/store'\nreadback = false\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(path) in str(caught.value)
+    assert "store.readback: unknown key" in str(caught.value)
+    assert caught.value.exit_code == 78
+
+
+def test_wrong_type_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "[store]\nread_back = 'sometimes'\n")
+    with pytest.raises(ConfigError, match=r"store\.read_back: .*boolean"):
+        load_config(path)
+
+
+def test_impossible_value_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "[store]\nchunk_mib = 0\n")
+    with pytest.raises(ConfigError, match=r"store\.chunk_mib: .*greater than or equal to 1"):
+        load_config(path)
+
+
+def test_camera_rule_errors_name_the_rule_index(tmp_path: Path) -> None:
+    path = write(tmp_path, "[[camera]]\nmatch = {}\ndriver = 'serial'\npassword = '1234567'\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert "camera[0].match" in message
+    assert "camera[0].password" in message
+
+
+def test_unsupported_catalog_backend_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "[catalog]\nurl = 'mysql://x'\n")
+    with pytest.raises(ConfigError, match=r"catalog\.url: .*only sqlite"):
+        load_config(path)
+
+
+def test_broken_toml_reports_the_position(tmp_path: Path) -> None:
+    path = write(tmp_path, "[store\nroot = 1\n")
+    with pytest.raises(ConfigError, match=r"not valid TOML: .*line 1"):
+        load_config(path)
+
+
+def test_missing_explicit_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_environment_variable_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "[audit]\ncheckpoint_every = 7\n")
+    monkeypatch.setenv("INGESTD_CONFIG", str(path))
+    assert load_config().audit.checkpoint_every == 7
+
+
+def test_config_is_frozen() -> None:
+    config = Config()
+    with pytest.raises(ValueError, match="frozen"):
+        config.store.__setattr__("read_back", False)
