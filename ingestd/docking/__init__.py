@@ -1,0 +1,1 @@
+"""Dock detection: device sources (udev, watched folders) turned into Docked/Undocked events."""

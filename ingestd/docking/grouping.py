@@ -1,0 +1,87 @@
+"""Grouping a camera's uevents by its USB port and waiting for them to settle.
+
+A docked camera shows up as several kernel devices (a tty for the control channel, a disk and its
+partitions) in no fixed order. They share a USB parent, whose DEVPATH names the physical port. The
+grouper collects children per port and emits one `Docked` once no child has arrived for the settle
+window; the first `remove` of any child emits `Undocked`. It is pure: the caller supplies the clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from drivers.base import DeviceInfo
+from ingestd.docking.events import Docked, DockEvent, Undocked
+
+
+@dataclass(frozen=True)
+class Uevent:
+    """A uevent reduced to what grouping needs. `port` is the USB parent's DEVPATH (or the device's own)."""
+
+    action: str  # "add" or "remove" (a loop attach/detach is normalised to these by the source)
+    port: str
+    subsystem: str
+    devname: str | None
+    properties: Mapping[str, str]
+    partition: bool = False
+
+
+@dataclass
+class _Group:
+    first_seen: float
+    last_change: float
+    properties: dict[str, str] = field(default_factory=dict)
+    tty: str | None = None
+    disk: str | None = None
+    partition: str | None = None
+    docked: bool = False
+
+
+class UeventGrouper:
+    def __init__(self, settle_s: float) -> None:
+        self.settle_s = settle_s
+        self._groups: dict[str, _Group] = {}
+
+    def feed(self, event: Uevent, now: float) -> list[DockEvent]:
+        if event.action == "remove":
+            group = self._groups.pop(event.port, None)
+            return [Undocked(event.port)] if group is not None and group.docked else []
+        if event.action != "add":
+            return []
+        group = self._groups.get(event.port)
+        if group is None:
+            group = self._groups[event.port] = _Group(first_seen=now, last_change=now)
+        elif group.docked:
+            return []  # a late child of a camera already handed over; the session has what it needs
+        group.last_change = now
+        # USB-level properties (vendor, model, serial) are the same on every child; keep the union so
+        # a rule can match on any of them whichever child arrived first.
+        group.properties.update(event.properties)
+        if event.subsystem == "tty":
+            group.tty = event.devname
+        elif event.subsystem == "block":
+            if event.partition:
+                group.partition = group.partition or event.devname
+            else:
+                group.disk = event.devname
+        return []
+
+    def tick(self, now: float) -> list[DockEvent]:
+        """Emit `Docked` for every group that has been quiet for the settle window."""
+        ready: list[DockEvent] = []
+        for port, group in self._groups.items():
+            if not group.docked and now - group.last_change >= self.settle_s:
+                group.docked = True
+                # The first partition holds the camera's filesystem; a partitionless disk is the volume.
+                block = group.partition or group.disk
+                ready.append(Docked(DeviceInfo(port=port, properties=dict(group.properties),
+                                               tty=group.tty, block=block)))
+        return ready
+
+    def next_deadline(self) -> float | None:
+        pending = [g.last_change + self.settle_s for g in self._groups.values() if not g.docked]
+        return min(pending) if pending else None
+
+    def forget(self, port: str) -> None:
+        self._groups.pop(port, None)
