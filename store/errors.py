@@ -25,3 +25,69 @@ class IntegrityError(StoreError):
 
     template = "integrity: {detail}"
     exit_code = 3
+
+
+class DiskFullError(StoreError):
+    """The store's filesystem ran out of space or quota. The partial copy is gone; objects are intact."""
+
+    template = (
+        "object store {root} is full ({reason}): {free_bytes} bytes free after writing {written} bytes; "
+        "the partial copy was removed and every stored object is untouched"
+    )
+    exit_code = 31
+
+
+class ObjectMissing(StoreError):  # noqa: N818 - the name callers were given for this fact
+    """No object is stored under the given BLAKE3."""
+
+    template = "object {blake3} is not in the store (expected at {path})"
+    exit_code = 32
+
+
+class ResumeMismatch(StoreError):  # noqa: N818 - the name callers were given for this fact
+    """A resumed source is shorter than what was already stored for its key: it is not the same source."""
+
+    template = (
+        "cannot resume {key!r}: the source has {source_size} bytes but {durable} were already stored; "
+        "the partial copy was discarded"
+    )
+    exit_code = 33
+
+
+class SourceSizeError(StoreError):
+    """The source produced a different number of bytes than the caller announced; nothing was stored."""
+
+    template = "source {key!r} produced {actual} bytes but {expected} were expected; nothing was stored"
+    exit_code = 34
+
+
+class ResumeBusyError(StoreError):
+    """Another put holds the partial copy of the same resume key."""
+
+    template = "resume key {key!r} is being written by another put"
+    exit_code = 35
+
+
+class InvalidDigestError(StoreError, ValueError):
+    """A digest that is not 64 lowercase hex characters: refused before it can become a path."""
+
+    template = "not a BLAKE3 hex digest: {value!r}"
+    exit_code = 36
+
+
+class ReadBackMismatchError(IntegrityError):
+    """What was read back from disk after fsync differs from what was written."""
+
+    template = (
+        "integrity: object {blake3} (sha256 {sha256}, {size} bytes) read back from disk as blake3 "
+        "{read_blake3}, sha256 {read_sha256}, {read_size} bytes; the copy was quarantined at {quarantine}"
+    )
+
+
+class ExistingObjectCorruptError(IntegrityError):
+    """An object already stored under a BLAKE3 does not hold the content that BLAKE3 names."""
+
+    template = (
+        "integrity: stored object {path} does not match new content with the same BLAKE3 ({detail}); "
+        "it was left untouched for investigation"
+    )

@@ -28,6 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from store.objects import Seal
 from store.types import UTCDateTime
 
 # Stable constraint names, so Alembic batch migrations on SQLite can find them again.
@@ -70,11 +71,6 @@ class Confidentiality(enum.StrEnum):
     PRIVACY = "privacy"  # personal privacy of a party or bystander
     TRADE_SECRET = "trade-secret"  # noqa: S105 - a secrecy level, not a secret
     STATE_SECRET = "state-secret"  # noqa: S105 - a secrecy level, not a secret
-
-
-class Seal(enum.StrEnum):
-    IMMUTABLE = "immutable"  # mode 0444 and the filesystem immutable attribute
-    READ_ONLY = "read-only"  # mode 0444 only: the filesystem or capability refused the attribute
 
 
 class CustodyKind(enum.StrEnum):
@@ -368,3 +364,16 @@ class AuditEvent(Base):
         Index("ix_audit_action_time", "action", "at"),
         Index("ix_audit_at", "at"),
     )
+
+
+class AuditHead(Base):
+    """The chain's head as a single row (id 1). Every append locks it first, so concurrent appenders in
+    any process queue on it instead of forking the chain; `seq` 0 with 64 zeros is genesis."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(Integer)
+    hash: Mapped[str] = mapped_column(String(DIGEST_HEX))
+
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 21:24:57.984480
+Create Date: 2026-11-22 21:36:07.324136
 """
 
 from __future__ import annotations
@@ -55,6 +55,14 @@ def upgrade() -> None:
         batch_op.create_index("ix_audit_action_time", ["action", "at"], unique=False)
         batch_op.create_index("ix_audit_at", ["at"], unique=False)
 
+    op.create_table(
+        "audit_head",
+        sa.Column("id", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("seq", sa.Integer(), nullable=False),
+        sa.Column("hash", sa.String(length=64), nullable=False),
+        sa.CheckConstraint("id = 1", name=op.f("ck_audit_head_single_row")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_head")),
+    )
     op.create_table(
         "stored_objects",
         sa.Column("blake3", sa.String(length=64), nullable=False),
@@ -418,6 +426,7 @@ def downgrade() -> None:
     op.drop_table("exports")
     op.drop_table("units")
     op.drop_table("stored_objects")
+    op.drop_table("audit_head")
     with op.batch_alter_table("audit_events", schema=None) as batch_op:
         batch_op.drop_index("ix_audit_at")
         batch_op.drop_index("ix_audit_action_time")

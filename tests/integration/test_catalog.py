@@ -15,10 +15,10 @@ from store.models import (
     Officer,
     Recording,
     RetentionClass,
-    Seal,
     StoredObject,
     Unit,
 )
+from store.objects import Seal
 from store.types import NaiveDatetimeError
 
 SHANGHAI = timezone(timedelta(hours=8))

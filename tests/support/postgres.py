@@ -6,7 +6,6 @@ only on a Unix socket in its own directory, so parallel runs never collide on a 
 
 from __future__ import annotations
 
-import glob
 import os
 import pwd
 import shutil
@@ -25,8 +24,9 @@ def find_pg_bin() -> Path | None:
     on_path = shutil.which("initdb")
     if on_path and shutil.which("pg_ctl"):
         return Path(on_path).resolve().parent
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)
-    return Path(candidates[0]).parent if candidates else None
+    # Debian installs versioned server binaries off PATH; newest version first.
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), reverse=True)
+    return candidates[0].parent if candidates else None
 
 
 @dataclass
@@ -67,7 +67,8 @@ class PostgresServer:
         done = self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.base / "server.log"),
                          "-w", "-t", "60", "start")
         if done.returncode != 0:
-            log = (self.base / "server.log").read_text(errors="replace") if (self.base / "server.log").exists() else ""
+            server_log = self.base / "server.log"
+            log = server_log.read_text(errors="replace") if server_log.exists() else ""
             raise RuntimeError(f"pg_ctl start failed: {done.stderr.strip()} {log[-2000:]}")
 
     def stop(self) -> None:
