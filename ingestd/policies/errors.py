@@ -1,0 +1,42 @@
+"""Errors raised by the policies: a refused request (exit 2) or a caller's bug (exit 70)."""
+
+from __future__ import annotations
+
+from ingestd.errors import IngestdError
+
+
+class PolicyError(IngestdError):
+    """Root of the policy errors. A refusal is the operator's to fix, hence the usage exit code."""
+
+    exit_code = 2
+
+
+class NaiveDatetimeError(PolicyError):
+    """A naive datetime reached a policy. Always a bug in the caller: times are UTC-aware everywhere."""
+
+    template = "{name} must be a timezone-aware datetime, got naive {value}"
+    exit_code = 70  # EX_SOFTWARE
+
+
+class ExtensionRefusedError(PolicyError):
+    """A deadline extension that the regulations do not allow (003 art. 11: at most 3 working days)."""
+
+    template = "deadline extension refused: {detail}"
+
+
+class CalendarError(PolicyError):
+    """The working-day calendar cannot be built from the settings given."""
+
+    template = "working-day calendar: {detail}"
+
+
+class AttributionError(PolicyError):
+    """A check-out cannot be attributed as asked."""
+
+    template = "custody attribution refused: {detail}"
+
+
+class RetentionError(PolicyError):
+    """The facts handed to the retention policy contradict each other."""
+
+    template = "retention: {detail}"

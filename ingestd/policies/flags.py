@@ -1,0 +1,59 @@
+"""What a policy asks a job to raise: a flag decision with a deterministic deduplication key.
+
+The key is built only from the facts that make the flag (never from `now`), so evaluating the same
+facts twice yields the same keys and the catalog's unique `dedup_key` turns a re-run into a no-op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from ingestd.policies.errors import NaiveDatetimeError
+from store.models import FlagKind
+
+# Catalog column width of `flags.dedup_key`.
+DEDUP_KEY_MAX = 255
+
+
+def utc(value: datetime, name: str = "datetime") -> datetime:
+    """`value` converted to UTC; a naive datetime is refused rather than guessed."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise NaiveDatetimeError(name=name, value=value.isoformat())
+    return value.astimezone(UTC)
+
+
+def iso(value: datetime) -> str:
+    """Canonical UTC ISO 8601 text, the form used inside keys and details."""
+    return utc(value).isoformat()
+
+
+@dataclass(frozen=True, slots=True)
+class FlagDecision:
+    """One flag to raise. `details` holds JSON-safe values only (str, int, float, bool, None)."""
+
+    kind: FlagKind
+    dedup_key: str
+    raised_at: datetime
+    camera_serial: str | None = None
+    camera_id: int | None = None
+    recording_id: int | None = None
+    details: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        if not self.dedup_key.startswith(f"{self.kind.value}:") or len(self.dedup_key) > DEDUP_KEY_MAX:
+            raise ValueError(f"malformed dedup key {self.dedup_key!r} for a {self.kind.value} flag")
+        utc(self.raised_at, "raised_at")
+
+
+def new_flags(decisions: Iterable[FlagDecision], existing_keys: Collection[str]) -> list[FlagDecision]:
+    """The decisions not yet raised, first occurrence of each key kept, in input order."""
+    seen = set(existing_keys)
+    fresh: list[FlagDecision] = []
+    for decision in decisions:
+        if decision.dedup_key not in seen:
+            seen.add(decision.dedup_key)
+            fresh.append(decision)
+    return fresh
