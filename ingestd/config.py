@@ -9,14 +9,20 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+import holidays
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from drivers.base import DriverOptions
 from drivers.registry import CameraRule
 from ingestd.errors import IngestdError
+from ingestd.policies.calendar import WorkingCalendar
+from ingestd.policies.deadlines import MAX_EXTENSION_WORKING_DAYS
+from ingestd.policies.retention import DEFAULT_LONG_TERM_TAGS, RetentionRules, normalize_tag
 
 DEFAULT_CONFIG_PATH = Path("/etc/ingestd/config.toml")
 CONFIG_ENV = "INGESTD_CONFIG"
@@ -91,11 +97,148 @@ class CameraRuleConfig(Section):
         return CameraRule(match=dict(self.match), driver=self.driver, options=options)
 
 
+class IngestConfig(Section):
+    """How a docked camera is ingested (the dock sequence in DESIGN.md)."""
+
+    max_concurrent: int = Field(4, ge=1, le=64, description="Cameras copying at once; the rest queue.")
+    clock_samples: int = Field(
+        5, ge=1, le=50, description="Round trips measured; the shortest sets the offset."
+    )
+    delete_after_ingest: bool = Field(
+        True, description="Delete originals from the camera once proven (004 art. 19(四)); needs read-back."
+    )
+    stop_timeout_seconds: float = Field(
+        60.0, gt=0, description="On SIGTERM, how long sessions get to finish their current durable step."
+    )
+
+
+class DetectionConfig(Section):
+    """Where docked cameras come from."""
+
+    udev: bool = Field(True, description="Watch kernel uevents (pyudev netlink) for USB cameras.")
+    udev_source: Literal["udev", "kernel"] = Field(
+        "udev", description="udev: events enriched by udevd; kernel: raw kernel events (no udevd needed)."
+    )
+    settle_seconds: float = Field(
+        1.5, ge=0, le=30, description="Wait this long after a camera's last device appears before docking."
+    )
+    watch_folders: tuple[Path, ...] = Field(
+        (), description="Folders whose new subdirectories are docked volumes (card readers, automounts)."
+    )
+
+
+class DeadlinesConfig(Section):
+    """Upload deadlines and the working-day calendar for extensions (001 art. 24; 003 art. 11)."""
+
+    window_hours: int = Field(
+        24, ge=1, description="Footage must be stored within this many hours of its end."
+    )
+    max_extension_working_days: int = Field(
+        MAX_EXTENSION_WORKING_DAYS,
+        ge=0,
+        le=MAX_EXTENSION_WORKING_DAYS,
+        description="Longest extension, in working days; 0 disables extensions; 003 art. 11 caps it at 3.",
+    )
+    country: str = Field("CN", description="Public holidays from the `holidays` package for this country.")
+    timezone: str = Field("Asia/Shanghai", description="Zone in which working days and wall times count.")
+    extra_holidays: tuple[date, ...] = Field((), description="Extra non-working days (local closures).")
+    extra_working_days: tuple[date, ...] = Field(
+        (), description="Extra working days, e.g. make-up weekend days (调休) the package does not list."
+    )
+
+    @field_validator("country")
+    @classmethod
+    def _known_country(cls, value: str) -> str:
+        if value not in holidays.list_supported_countries():
+            raise ValueError(f"the holidays package has no calendar for {value!r}")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _no_day_both_ways(self) -> DeadlinesConfig:
+        clash = set(self.extra_holidays) & set(self.extra_working_days)
+        if clash:
+            days = ", ".join(sorted(day.isoformat() for day in clash))
+            raise ValueError(f"listed in both extra_holidays and extra_working_days: {days}")
+        return self
+
+    @property
+    def window(self) -> timedelta:
+        return timedelta(hours=self.window_hours)
+
+    def calendar(self) -> WorkingCalendar:
+        return WorkingCalendar(
+            country=self.country,
+            timezone=self.timezone,
+            extra_holidays=frozenset(self.extra_holidays),
+            extra_working_days=frozenset(self.extra_working_days),
+        )
+
+
+class GapsConfig(Section):
+    """Gaps between recordings that need a written explanation (000 art. 12; 001 art. 23)."""
+
+    threshold_minutes: int = Field(
+        10, ge=1, description="Flag a gap between consecutive recordings in one check-out longer than this."
+    )
+
+    @property
+    def threshold(self) -> timedelta:
+        return timedelta(minutes=self.threshold_minutes)
+
+
+class ClockConfig(Section):
+    drift_alarm_seconds: float = Field(
+        30.0, gt=0, allow_inf_nan=False, description="Flag a camera whose clock offset exceeds this."
+    )
+
+
+class RetentionConfig(Section):
+    """Retention classes (000 art. 15; 003 art. 14; 004 art. 20) and the purge notice."""
+
+    routine_months: int = Field(6, ge=6, description="Routine footage: kept at least 6 months (000 art. 15).")
+    standard_years: int = Field(3, ge=3, description="Standard class: at least 3 years (004 art. 20).")
+    notice_days: int = Field(14, ge=1, description="A deletion notice is given this many days before.")
+    long_term_tags: tuple[str, ...] = Field(
+        tuple(sorted(DEFAULT_LONG_TERM_TAGS)), description="Tags that force long-term retention."
+    )
+
+    @field_validator("long_term_tags")
+    @classmethod
+    def _normalized_tags(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        tags = tuple(sorted({normalize_tag(tag) for tag in value}))
+        if not tags or "" in tags:
+            raise ValueError("needs at least one tag, and no empty tag")
+        return tags
+
+    def rules(self) -> RetentionRules:
+        return RetentionRules(
+            routine_months=self.routine_months,
+            standard_years=self.standard_years,
+            notice_days=self.notice_days,
+            long_term_tags=frozenset(self.long_term_tags),
+        )
+
+
 class Config(Section):
     daemon: DaemonConfig = DaemonConfig()
     catalog: CatalogConfig = CatalogConfig()
     store: StoreConfig = StoreConfig()
     audit: AuditConfig = AuditConfig()
+    ingest: IngestConfig = IngestConfig()
+    detection: DetectionConfig = DetectionConfig()
+    deadlines: DeadlinesConfig = DeadlinesConfig()
+    gaps: GapsConfig = GapsConfig()
+    clock: ClockConfig = ClockConfig()
+    retention: RetentionConfig = RetentionConfig()
     camera: tuple[CameraRuleConfig, ...] = ()
 
     def camera_rules(self) -> list[CameraRule]:
@@ -117,9 +260,7 @@ def parse_config(data: Mapping[str, Any], path: Path | str) -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{_key_path(tuple(item['loc']))}: {_friendly(item)}" for item in error.errors()
-        )
+        problems = "; ".join(f"{_key_path(tuple(item['loc']))}: {_friendly(item)}" for item in error.errors())
         raise ConfigError(path=path, detail=problems) from None
 
 
