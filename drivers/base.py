@@ -171,6 +171,18 @@ class Camera(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None: ...
 
+    def present(self) -> bool:
+        """Is the device still attached? Cheap and sends no command: polled during long copies."""
+        return True
+
+    def delete_originals(self, volume: Path, relative_paths: list[Path]) -> list[tuple[Path, str]]:
+        """Delete proven recordings from the camera; returns (path, error) for each one that failed.
+
+        Only called after each file's copy was re-read, both digests matched and the catalog commit is
+        durable. The default refuses: a transport must opt in.
+        """
+        raise Unsupported(self.name, "delete_originals", "this camera does not support deleting recordings")
+
     def __enter__(self) -> Camera:
         return self
 

@@ -1,0 +1,162 @@
+"""Mount a camera volume read-only, nosuid, nodev, noexec, in a private directory, and always unmount it.
+
+Guarantees: the volume is mounted only as one of the allowed filesystem types; the mount point sits
+inside a fresh 0700 directory so no other local user can traverse it; on exit the volume is unmounted
+(lazily if it is still busy) and the private directory removed. Every failure is a `MountError` that
+names the device and carries mount(8)'s own message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import structlog
+
+from drivers.base import MountError
+
+ALLOWED_FSTYPES: tuple[str, ...] = ("vfat", "exfat", "ext4")
+MOUNT_OPTIONS = "ro,nosuid,nodev,noexec"
+# Names on FAT and exFAT are UTF-16 on disk; ask for UTF-8 so non-ASCII (Chinese) names survive.
+# ext4: `noload` skips journal replay, so not even the journal of the evidence medium is written.
+_FS_OPTIONS: dict[str, str] = {"vfat": "utf8,shortname=mixed", "exfat": "iocharset=utf8", "ext4": "noload"}
+_TIMEOUT_S = 60.0
+
+log = structlog.get_logger()
+
+
+def _run(args: Sequence[str], timeout_s: float = _TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, check=False, timeout=timeout_s)
+
+
+def _error_text(done: subprocess.CompletedProcess[str]) -> str:
+    return (done.stderr or done.stdout).strip() or f"exit status {done.returncode}"
+
+
+def probe_fstype(block_device: str) -> str | None:
+    """The filesystem type blkid finds on the device (low-level probe, no cache), or None."""
+    if shutil.which("blkid") is None:
+        return None
+    try:
+        done = _run(["blkid", "-p", "-o", "value", "-s", "TYPE", "--", block_device])
+    except subprocess.TimeoutExpired:
+        return None
+    found = done.stdout.strip()
+    return found if done.returncode == 0 and found else None
+
+
+def kernel_filesystems() -> frozenset[str]:
+    """Block filesystems the running kernel offers now (modules not yet loaded are not listed)."""
+    try:
+        text = Path("/proc/filesystems").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return frozenset()
+    return frozenset(line.split()[-1] for line in text.splitlines() if line.strip())
+
+
+def _candidates(block_device: str, device_name: str, fstypes: Sequence[str]) -> list[str]:
+    probed = probe_fstype(block_device)
+    if probed is not None:
+        if probed not in fstypes:
+            raise MountError(
+                device_name,
+                "mount",
+                f"{block_device}: filesystem {probed!r} is not one of {', '.join(fstypes)}",
+            )
+        return [probed]
+    # No probe result (garbage, or no blkid): try each allowed type, those the kernel offers first.
+    offered = kernel_filesystems()
+    return sorted(fstypes, key=lambda fstype: fstype not in offered)
+
+
+def _unmount(mount_point: Path, device_name: str) -> str | None:
+    """Unmount, lazily if busy or hung; return an error text if the mount could not be detached."""
+    try:
+        done = _run(["umount", "--", str(mount_point)])
+        if done.returncode == 0:
+            return None
+        first_error = _error_text(done)
+    except subprocess.TimeoutExpired:
+        first_error = "umount timed out"
+    log.warning("volume.unmount_busy", device=device_name, mount_point=str(mount_point), error=first_error)
+    try:
+        lazy = _run(["umount", "-l", "--", str(mount_point)])
+    except subprocess.TimeoutExpired:
+        return f"{first_error}; lazy umount timed out"
+    return None if lazy.returncode == 0 else f"{first_error}; lazy umount: {_error_text(lazy)}"
+
+
+def _remove_private_dir(private: Path, mount_point: Path, device_name: str) -> None:
+    for directory in (mount_point, private):
+        try:
+            directory.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            log.warning("volume.cleanup_failed", device=device_name, path=str(directory), error=str(error))
+
+
+@contextlib.contextmanager
+def mount_readonly(
+    block_device: str,
+    *,
+    device_name: str,
+    fstypes: Sequence[str] = ALLOWED_FSTYPES,
+    base_dir: Path | None = None,
+) -> Iterator[Path]:
+    """Mount `block_device` read-only and yield the mount point; unmount and clean up on exit."""
+    disallowed = [fstype for fstype in fstypes if fstype not in _FS_OPTIONS]
+    if disallowed:
+        raise MountError(device_name, "mount", f"filesystem types not supported: {', '.join(disallowed)}")
+    if not fstypes:
+        raise MountError(device_name, "mount", "no filesystem type allowed")
+    if shutil.which("mount") is None or shutil.which("umount") is None:
+        raise MountError(device_name, "mount", "mount(8) and umount(8) are not installed")
+    candidates = _candidates(block_device, device_name, fstypes)
+    private = Path(tempfile.mkdtemp(prefix="ingestd-volume-", dir=base_dir))  # mode 0700
+    mount_point = private / "volume"
+    mount_point.mkdir(mode=0o700)
+    errors: list[str] = []
+    mounted_as: str | None = None
+    for fstype in candidates:
+        options = f"{MOUNT_OPTIONS},{_FS_OPTIONS[fstype]}"
+        try:
+            done = _run(["mount", "-t", fstype, "-o", options, "--", block_device, str(mount_point)])
+        except subprocess.TimeoutExpired:
+            errors.append(f"{fstype}: mount timed out")
+            # A timed-out mount may still complete in the kernel: make sure nothing stays attached.
+            if os.path.ismount(mount_point):
+                _unmount(mount_point, device_name)
+            continue
+        if done.returncode == 0:
+            mounted_as = fstype
+            break
+        errors.append(f"{fstype}: {_error_text(done)}")
+    if mounted_as is None:
+        _remove_private_dir(private, mount_point, device_name)
+        detail = f"{block_device}: " + "; ".join(errors)
+        log.error("volume.mount_failed", device=device_name, block=block_device, error=detail)
+        raise MountError(device_name, "mount", detail)
+    log.info("volume.mounted", device=device_name, block=block_device, fstype=mounted_as)
+    failed = False
+    try:
+        yield mount_point
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        problem = _unmount(mount_point, device_name)
+        if problem is None:
+            _remove_private_dir(private, mount_point, device_name)
+            log.info("volume.unmounted", device=device_name, block=block_device)
+        else:
+            log.error(
+                "volume.unmount_failed", device=device_name, mount_point=str(mount_point), error=problem
+            )
+            if not failed:  # never mask the exception that ended the block
+                raise MountError(device_name, "umount", f"{mount_point}: {problem}")
