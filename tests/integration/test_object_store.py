@@ -1,0 +1,367 @@
+"""FileObjectStore on real ext4 loop mounts: the immutable attribute, read-back, dedup of a corrupted
+object, disk full, resume after SIGKILL, reconcile, and scrub against a root attacker."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import io
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, cast
+
+import blake3
+import pytest
+from structlog.testing import capture_logs
+
+from store.errors import DiskFullError, ExistingObjectCorruptError, IntegrityError, ReadBackMismatchError
+from store.objects import (
+    ExpectedObject,
+    FileObjectStore,
+    MiB,
+    ProblemKind,
+    Seal,
+    is_immutable,
+)
+from tests.support.loopdev import ext4_filesystem, require_root_tools
+from tests.support.objectstore import UnpluggedCamera, unseal_tree
+
+pytestmark = pytest.mark.root
+KiB = 1024
+REPO = Path(__file__).resolve().parents[2]
+FIBMAP = 1  # _IO(0x00, 1): physical block of a logical block, root only
+
+
+@pytest.fixture(autouse=True)
+def _root_tools(tmp_path: Path) -> Iterator[None]:
+    require_root_tools("mkfs.ext4", "chattr", "lsattr")
+    yield
+    unseal_tree(tmp_path)  # pytest cannot delete immutable files
+
+
+@pytest.fixture
+def ext4(tmp_path: Path) -> Iterator[Path]:
+    with ext4_filesystem(tmp_path, 128, name="store") as mount_point:
+        yield mount_point
+        unseal_tree(mount_point)
+
+
+def payload(size: int, seed: int = 0) -> bytes:
+    return hashlib.shake_256(f"evidence-{seed}".encode()).digest(size)
+
+
+def files_under(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file())
+
+
+def camera(data: bytes, fail_after: int) -> BinaryIO:
+    return cast(BinaryIO, io.BufferedReader(UnpluggedCamera(data, fail_after)))
+
+
+def chattr(flag: str, path: Path) -> None:
+    subprocess.run(["chattr", flag, str(path)], check=True, capture_output=True)
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    """What a root attacker does: lift the seal, change one byte, put the seal back."""
+    chattr("-i", path)
+    path.chmod(0o644)
+    with path.open("r+b") as handle:
+        handle.seek(offset)
+        original = handle.read(1)
+        handle.seek(offset)
+        handle.write(bytes([original[0] ^ 0xFF]))
+    path.chmod(0o444)
+    chattr("+i", path)
+
+
+def test_a_stored_object_is_immutable_even_for_root(ext4: Path) -> None:
+    store = FileObjectStore(ext4 / "s")
+    data = payload(2 * MiB)
+    result = store.put(io.BytesIO(data))
+    digest = blake3.blake3(data).hexdigest()
+    assert result.path == ext4 / "s" / "objects" / digest[:2] / digest[2:4] / digest
+    assert result.seal is Seal.IMMUTABLE
+    assert oct(result.path.stat().st_mode & 0o7777) == oct(0o444)
+    assert "i" in subprocess.run(["lsattr", str(result.path)], check=True, capture_output=True,
+                                 text=True).stdout.split()[0]
+    assert is_immutable(result.path)
+    with pytest.raises(PermissionError):
+        result.path.open("r+b")
+    with pytest.raises(PermissionError):
+        result.path.rename(result.path.with_name("renamed"))
+    with pytest.raises(PermissionError):
+        result.path.unlink()
+    with pytest.raises(PermissionError):
+        result.path.chmod(0o644)
+    with pytest.raises(PermissionError):
+        os.link(result.path, ext4 / "s" / "hardlink")
+    assert result.path.read_bytes() == data
+    assert files_under(ext4 / "s" / "partial") == []
+
+
+@contextlib.contextmanager
+def ramfs(mount_point: Path) -> Iterator[Path]:
+    """ramfs has no inode flags at all: FS_IOC_SETFLAGS fails there as on any filesystem without them."""
+    mount_point.mkdir()
+    subprocess.run(["mount", "-t", "ramfs", "ramfs", str(mount_point)], check=True, capture_output=True)
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=False, capture_output=True)
+
+
+def test_the_seal_falls_back_to_read_only_on_a_filesystem_without_the_attribute(tmp_path: Path) -> None:
+    with ramfs(tmp_path / "ram") as mount_point, capture_logs() as logs:
+        store = FileObjectStore(mount_point / "s")
+        results = [store.put(io.BytesIO(payload(MiB, seed))) for seed in (1, 2)]
+        assert [r.seal for r in results] == [Seal.READ_ONLY, Seal.READ_ONLY]
+        assert all(r.path.stat().st_mode & 0o7777 == 0o444 for r in results)
+        assert store.verify_object(results[0].blake3, results[0].sha256, MiB) == []
+    warnings = [entry for entry in logs if entry["log_level"] == "warning"]
+    assert len(warnings) == 1
+    assert "immutable" in warnings[0]["event"]
+    assert warnings[0]["store"] == str(mount_point / "s")
+
+
+def test_the_seal_falls_back_to_read_only_without_cap_linux_immutable(ext4: Path) -> None:
+    if subprocess.run(["which", "setpriv"], capture_output=True, check=False).returncode != 0:
+        pytest.skip("setpriv is not installed")
+    script = (
+        "import io, json, sys\n"
+        "from pathlib import Path\n"
+        "from structlog.testing import capture_logs\n"
+        "from store.objects import FileObjectStore\n"
+        "with capture_logs() as logs:\n"
+        "    store = FileObjectStore(Path(sys.argv[1]))\n"
+        "    seals = [store.put(io.BytesIO(bytes([n]) * 4096)).seal for n in range(3)]\n"
+        "print(json.dumps({'seals': seals, 'warnings': [e for e in logs if e['log_level'] == 'warning']}))\n"
+    )
+    done = subprocess.run(
+        ["setpriv", "--bounding-set", "-linux_immutable", sys.executable, "-c", script, str(ext4 / "s")],
+        check=True, capture_output=True, text=True, cwd=REPO, timeout=60,
+    )
+    report = json.loads(done.stdout)
+    assert report["seals"] == ["read-only"] * 3
+    assert len(report["warnings"]) == 1
+    assert report["warnings"][0]["errno"] == "EPERM"
+
+
+def physical_offset(path: Path) -> int:
+    """Byte offset of the file's first block on the device underneath it."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        block: int = struct.unpack("i", fcntl.ioctl(fd, FIBMAP, struct.pack("i", 0)))[0]
+    finally:
+        os.close(fd)
+    assert block > 0
+    return block * os.statvfs(path).f_bsize
+
+
+def test_read_back_catches_a_byte_changed_on_the_medium(tmp_path: Path) -> None:
+    """A bad disk, for real: after the final fsync, one byte of the copy is changed in the loop device's
+    backing image, underneath ext4. Only a re-read from the medium can see it."""
+    data = payload(3 * MiB)
+    image = tmp_path / "store.img"  # where ext4_filesystem(tmp_path, ..., name="store") keeps its image
+
+    def rot(partial: Path) -> None:
+        with image.open("r+b") as medium:
+            medium.seek(physical_offset(partial) + 1000)
+            byte = medium.read(1)
+            medium.seek(-1, os.SEEK_CUR)
+            medium.write(bytes([byte[0] ^ 0x01]))
+            medium.flush()
+            os.fsync(medium.fileno())
+
+    with ext4_filesystem(tmp_path, 64, name="store") as mount_point:
+        store = FileObjectStore(mount_point / "s", on_synced=rot)
+        with pytest.raises(ReadBackMismatchError) as caught:
+            store.put(io.BytesIO(data), resume_key="A.MP4")
+        assert isinstance(caught.value, IntegrityError)
+        assert files_under(mount_point / "s" / "objects") == []
+        assert files_under(mount_point / "s" / "partial") == []
+        [quarantined] = files_under(mount_point / "s" / "quarantine")
+        assert str(quarantined) in str(caught.value)
+        stored = quarantined.read_bytes()
+        assert len(stored) == len(data)
+        assert sum(a != b for a, b in zip(stored, data, strict=True)) == 1
+
+        # The same rot without read-back goes unnoticed by put; only a later scrub would find it.
+        careless = FileObjectStore(mount_point / "t", on_synced=rot, read_back=False)
+        result = careless.put(io.BytesIO(data))
+        assert not result.read_back_verified
+        kinds = {p.kind for p in careless.verify_object(result.blake3, result.sha256, result.size)}
+        assert kinds == {ProblemKind.BLAKE3_MISMATCH, ProblemKind.SHA256_MISMATCH}
+        unseal_tree(mount_point)
+
+
+def test_dedup_refuses_a_corrupted_existing_object(ext4: Path) -> None:
+    store = FileObjectStore(ext4 / "s")
+    data = payload(MiB)
+    first = store.put(io.BytesIO(data))
+    flip_byte(first.path, 4096)
+    with pytest.raises(ExistingObjectCorruptError, match="does not match") as caught:
+        store.put(io.BytesIO(data))
+    assert isinstance(caught.value, IntegrityError)
+    assert files_under(ext4 / "s" / "partial") == []
+    assert files_under(ext4 / "s" / "objects") == [first.path]
+    assert first.path.read_bytes() != data  # left untouched for investigation
+    assert is_immutable(first.path)
+
+
+def test_dedup_finishes_a_seal_a_crash_left_undone(ext4: Path) -> None:
+    store = FileObjectStore(ext4 / "s")
+    data = payload(MiB)
+    first = store.put(io.BytesIO(data))
+    chattr("-i", first.path)  # as if the daemon died between link and seal
+    second = store.put(io.BytesIO(data))
+    assert second.deduplicated
+    assert second.seal is Seal.IMMUTABLE
+    assert is_immutable(first.path)
+
+
+def test_disk_full_removes_the_partial_and_keeps_every_object(tmp_path: Path) -> None:
+    big = tmp_path / "big.bin"
+    big.write_bytes(payload(48 * MiB, seed=9))
+    with ext4_filesystem(tmp_path, 32, name="small") as mount_point:
+        store = FileObjectStore(mount_point / "s", chunk_size=MiB, fsync_interval=4 * MiB)
+        kept = store.put(io.BytesIO(payload(4 * MiB, seed=1)))
+        free_before = store.free_bytes()
+        with big.open("rb") as source, pytest.raises(DiskFullError) as caught:
+            store.put(source, resume_key="big")
+        message = str(caught.value)
+        assert str(mount_point / "s") in message
+        assert "bytes free" in message
+        assert "ENOSPC" in message or "EDQUOT" in message
+        assert files_under(mount_point / "s" / "partial") == []
+        assert store.free_bytes() >= free_before - 64 * KiB
+        assert store.verify_object(kept.blake3, kept.sha256, kept.size) == []
+        with big.open("rb") as source, pytest.raises(DiskFullError, match="announced size"):
+            store.put(source, expected_size=48 * MiB)
+        assert files_under(mount_point / "s" / "partial") == []
+        unseal_tree(mount_point)
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from store.objects import FileObjectStore, MiB
+store = FileObjectStore(Path(sys.argv[1]), chunk_size=256 * 1024, fsync_interval=MiB)
+store.put(sys.stdin.buffer, resume_key=sys.argv[2])
+"""
+
+
+def durable_offset(partial_dir: Path) -> int:
+    for sidecar in partial_dir.glob("*.json"):
+        with contextlib.suppress(ValueError, OSError):
+            return int(json.loads(sidecar.read_text())["durable"])
+    return 0
+
+
+def test_a_put_killed_with_sigkill_resumes_from_its_sidecar(ext4: Path, tmp_path: Path) -> None:
+    data = payload(64 * MiB, seed=3)
+    source_file = tmp_path / "camera.mp4"
+    source_file.write_bytes(data)
+    root = ext4 / "s"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(root), "ZFY0001:A.MP4"],
+                              stdin=subprocess.PIPE, cwd=REPO)
+    try:
+        assert writer.stdin is not None
+        writer.stdin.write(data[: 12 * MiB])  # a slow camera: the rest never comes
+        writer.stdin.flush()
+        deadline = time.monotonic() + 30
+        while durable_offset(root / "partial") < 4 * MiB and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(writer.pid, signal.SIGKILL)
+        assert writer.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if writer.poll() is None:
+            os.kill(writer.pid, signal.SIGKILL)
+            writer.wait()
+        with contextlib.suppress(BrokenPipeError):
+            if writer.stdin is not None:
+                writer.stdin.close()
+    durable = durable_offset(root / "partial")
+    assert durable >= 4 * MiB
+
+    store = FileObjectStore(root, chunk_size=256 * KiB, fsync_interval=MiB)
+    with source_file.open("rb") as source:
+        result = store.put(source, resume_key="ZFY0001:A.MP4")
+    assert result.resumed_from == durable
+    assert result.blake3 == blake3.blake3(data).hexdigest()
+    assert result.sha256 == hashlib.sha256(data).hexdigest()
+    assert files_under(root / "objects") == [result.path]
+    assert files_under(root / "partial") == []
+    assert store.verify_object(result.blake3, result.sha256, len(data)) == []
+
+
+def test_reconcile_removes_unknown_partials_and_temp_files(ext4: Path) -> None:
+    store = FileObjectStore(ext4 / "s", chunk_size=256 * KiB, fsync_interval=MiB)
+    data = payload(3 * MiB)
+    for key in ("keep", "gone"):
+        with pytest.raises(OSError, match="camera unplugged"):
+            store.put(camera(data, fail_after=2 * MiB), resume_key=key)
+    partial = ext4 / "s" / "partial"
+    kept_files = files_under(partial)
+    stray = [partial / "anon-0123.part", partial / ".k-x.json.tmp-abcdef", partial / "k-orphan.part"]
+    for path in stray:
+        path.write_bytes(b"left by a crash")
+    outcome = store.reconcile({"keep"})
+    assert outcome.kept_keys == ("keep",)
+    assert outcome.removed_keys == ("gone",)
+    assert set(outcome.removed_paths) >= set(stray)
+    remaining = files_under(partial)
+    assert len(remaining) == 2
+    assert set(remaining) < set(kept_files)
+    assert store.put(io.BytesIO(data), resume_key="keep").resumed_from == 2 * MiB
+
+
+def test_verify_and_scrub_find_what_a_root_attacker_did(ext4: Path) -> None:
+    store = FileObjectStore(ext4 / "s")
+    results = [store.put(io.BytesIO(payload(MiB + n, seed=n))) for n in range(5)]
+    flipped, deleted, unsealed, unflagged, sound = results
+    flip_byte(flipped.path, 12345)
+    chattr("-i", deleted.path)
+    deleted.path.unlink()
+    chattr("-i", unsealed.path)
+    unsealed.path.chmod(0o644)
+    chattr("-i", unflagged.path)  # mode still 0444, but the attribute is gone
+
+    calls: list[tuple[int, int, int]] = []
+
+    def progress(done: int, total: int, done_bytes: int) -> None:
+        calls.append((done, total, done_bytes))
+
+    entries = [ExpectedObject(r.blake3, r.sha256, r.size) for r in results]
+    problems = store.scrub(entries, progress)
+    found: dict[str, set[ProblemKind]] = {}
+    for problem in problems:
+        found.setdefault(problem.blake3, set()).add(problem.kind)
+    assert found == {
+        flipped.blake3: {ProblemKind.BLAKE3_MISMATCH, ProblemKind.SHA256_MISMATCH},
+        deleted.blake3: {ProblemKind.MISSING},
+        unsealed.blake3: {ProblemKind.NOT_SEALED},
+        unflagged.blake3: {ProblemKind.NOT_SEALED},
+    }
+    assert sound.blake3 not in found
+    assert [c[:2] for c in calls] == [(n, 5, ) for n in range(1, 6)]
+    assert calls[-1][2] == sum(r.size for r in results)
+
+
+def test_remove_lifts_the_seal_and_unlinks(ext4: Path) -> None:
+    store = FileObjectStore(ext4 / "s")
+    result = store.put(io.BytesIO(payload(MiB)))
+    store.remove(result.blake3)
+    with pytest.raises(OSError) as caught:
+        result.path.lstat()
+    assert caught.value.errno == errno.ENOENT
+    assert files_under(ext4 / "s") == []

@@ -1,0 +1,205 @@
+"""The object-store contract, run against every adapter: files on a real ext4 loop mount, and memory."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, cast
+
+import blake3
+import pytest
+
+from store.errors import InvalidDigestError, ObjectMissing, ResumeMismatch, SourceSizeError
+from store.objects import (
+    ExpectedObject,
+    FileObjectStore,
+    MemoryObjectStore,
+    MiB,
+    ObjectStore,
+    ProblemKind,
+)
+from tests.support.loopdev import ext4_filesystem, require_root_tools
+from tests.support.objectstore import UnpluggedCamera, unseal_tree
+
+KiB = 1024
+_roots = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def ext4_mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    require_root_tools("mkfs.ext4", "chattr")
+    with ext4_filesystem(tmp_path_factory.mktemp("contract"), 256) as mount_point:
+        yield mount_point
+        unseal_tree(mount_point)
+
+
+@pytest.fixture(params=["file", "memory"])
+def store(request: pytest.FixtureRequest) -> ObjectStore:
+    """Small chunks and fsync intervals, so a few MiB exercise many chunks and several durable points."""
+    if request.param == "memory":
+        return MemoryObjectStore(chunk_size=256 * KiB, fsync_interval=MiB)
+    mount: Path = request.getfixturevalue("ext4_mount")
+    return FileObjectStore(mount / f"store-{next(_roots)}", chunk_size=256 * KiB, fsync_interval=MiB)
+
+
+def payload(size: int, seed: int = 0) -> bytes:
+    return hashlib.shake_256(f"evidence-{seed}".encode()).digest(size)
+
+
+def reader(data: bytes) -> BinaryIO:
+    return io.BytesIO(data)
+
+
+def camera(data: bytes, fail_after: int) -> BinaryIO:
+    return cast(BinaryIO, io.BufferedReader(UnpluggedCamera(data, fail_after)))
+
+
+def test_put_returns_both_digests_and_the_content_address(store: ObjectStore) -> None:
+    data = payload(3 * MiB + 17)
+    result = store.put(reader(data))
+    expected_blake3 = blake3.blake3(data).hexdigest()
+    assert result.blake3 == expected_blake3
+    assert result.sha256 == hashlib.sha256(data).hexdigest()
+    assert result.size == len(data)
+    assert result.path.parts[-4:] == ("objects", expected_blake3[:2], expected_blake3[2:4], expected_blake3)
+    assert result.path == store.path_for(expected_blake3)
+    assert not result.deduplicated
+    assert result.resumed_from == 0
+    assert result.read_back_verified
+    assert store.exists(expected_blake3)
+    with store.open(expected_blake3) as stored:
+        assert stored.read() == data
+
+
+def test_an_empty_source_is_a_valid_object(store: ObjectStore) -> None:
+    result = store.put(reader(b""))
+    assert (result.blake3, result.size) == (blake3.blake3(b"").hexdigest(), 0)
+    assert store.verify_object(result.blake3, result.sha256, 0) == []
+
+
+def test_identical_content_is_stored_once(store: ObjectStore) -> None:
+    data = payload(MiB + 5)
+    first = store.put(reader(data))
+    second = store.put(reader(data))
+    assert not first.deduplicated
+    assert second.deduplicated
+    assert (second.blake3, second.sha256, second.path) == (first.blake3, first.sha256, first.path)
+    assert store.verify_object(first.blake3, first.sha256, first.size) == []
+
+
+def test_progress_counts_up_to_the_size(store: ObjectStore) -> None:
+    data = payload(2 * MiB + 3)
+    seen: list[int] = []
+    store.put(reader(data), progress=seen.append)
+    assert seen == sorted(seen)
+    assert len(seen) >= 8
+    assert seen[-1] == len(data)
+
+
+def test_an_interrupted_copy_resumes_from_its_durable_offset(store: ObjectStore) -> None:
+    data = payload(6 * MiB)
+    with pytest.raises(OSError, match="camera unplugged"):
+        store.put(camera(data, fail_after=3 * MiB + 100 * KiB), resume_key="ZFY0001:A.MP4")
+    result = store.put(reader(data), resume_key="ZFY0001:A.MP4")
+    assert 0 < result.resumed_from <= 3 * MiB + 100 * KiB
+    assert result.blake3 == blake3.blake3(data).hexdigest()
+    assert result.sha256 == hashlib.sha256(data).hexdigest()
+    assert store.verify_object(result.blake3, result.sha256, len(data)) == []
+    assert store.reconcile(set()).removed_keys == ()  # the finished put left no partial behind
+
+
+def test_a_shorter_source_cannot_resume_and_its_partial_is_discarded(store: ObjectStore) -> None:
+    data = payload(4 * MiB)
+    with pytest.raises(OSError, match="camera unplugged"):
+        store.put(camera(data, fail_after=3 * MiB), resume_key="k")
+    with pytest.raises(ResumeMismatch, match="already stored"):
+        store.put(reader(data[: MiB]), resume_key="k")
+    result = store.put(reader(data), resume_key="k")
+    assert result.resumed_from == 0
+    assert result.blake3 == blake3.blake3(data).hexdigest()
+
+
+def test_an_unseekable_source_restarts_from_zero(store: ObjectStore) -> None:
+    data = payload(3 * MiB)
+    with pytest.raises(OSError, match="camera unplugged"):
+        store.put(camera(data, fail_after=2 * MiB), resume_key="pipe")
+    read_end, write_end = os.pipe()
+
+    def feed() -> None:
+        with os.fdopen(write_end, "wb") as sink:
+            sink.write(data)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    with os.fdopen(read_end, "rb") as pipe:
+        result = store.put(pipe, resume_key="pipe")
+    feeder.join()
+    assert result.resumed_from == 0
+    assert result.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_reconcile_keeps_only_the_partials_it_is_told_to(store: ObjectStore) -> None:
+    data = payload(3 * MiB)
+    for key in ("keep-me", "drop-me"):
+        with pytest.raises(OSError, match="camera unplugged"):
+            store.put(camera(data, fail_after=2 * MiB), resume_key=key)
+    outcome = store.reconcile(lambda key: key == "keep-me")
+    assert outcome.kept_keys == ("keep-me",)
+    assert outcome.removed_keys == ("drop-me",)
+    assert store.put(reader(data), resume_key="drop-me").resumed_from == 0
+    assert store.put(reader(data), resume_key="keep-me").deduplicated
+    assert store.reconcile({"anything"}).kept_keys == ()
+
+
+def test_a_source_of_the_wrong_size_stores_nothing(store: ObjectStore) -> None:
+    data = payload(MiB)
+    with pytest.raises(SourceSizeError, match="expected"):
+        store.put(reader(data), expected_size=len(data) + 1)
+    assert not store.exists(blake3.blake3(data).hexdigest())
+
+
+def test_remove_is_the_way_out_and_then_the_object_is_missing(store: ObjectStore) -> None:
+    data = payload(MiB)
+    result = store.put(reader(data))
+    store.remove(result.blake3)
+    assert not store.exists(result.blake3)
+    with pytest.raises(ObjectMissing):
+        store.open(result.blake3)
+    with pytest.raises(ObjectMissing):
+        store.remove(result.blake3)
+    problems = store.verify_object(result.blake3, result.sha256, result.size)
+    assert [problem.kind for problem in problems] == [ProblemKind.MISSING]
+
+
+def test_verify_reports_wrong_expectations_and_scrub_reports_progress(store: ObjectStore) -> None:
+    first = store.put(reader(payload(MiB, seed=1)))
+    second = store.put(reader(payload(2 * MiB, seed=2)))
+    assert store.verify_object(first.blake3, first.sha256, first.size) == []
+    kinds = {p.kind for p in store.verify_object(first.blake3, second.sha256, first.size + 1)}
+    assert kinds == {ProblemKind.SHA256_MISMATCH, ProblemKind.SIZE_MISMATCH}
+    calls: list[tuple[int, int, int]] = []
+    entries = [ExpectedObject(r.blake3, r.sha256, r.size) for r in (first, second)]
+
+    def record(done: int, total: int, done_bytes: int) -> None:
+        calls.append((done, total, done_bytes))
+
+    assert store.scrub(entries, record) == []
+    assert calls == [(1, 2, MiB), (2, 2, 3 * MiB)]
+
+
+def test_digests_that_are_not_hex_never_become_paths(store: ObjectStore) -> None:
+    with pytest.raises(InvalidDigestError):
+        store.path_for("../../etc/passwd")
+    with pytest.raises(ValueError, match="not a BLAKE3"):
+        store.exists("A" * 64)
+
+
+@pytest.fixture(autouse=True)
+def _unseal_tmp_path(tmp_path: Path) -> Iterator[None]:
+    yield
+    unseal_tree(tmp_path)
