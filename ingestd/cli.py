@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import click
+from rich.console import Console
 
 from drivers.base import DriverError
 from ingestd import schema
 from ingestd.config import Config, load_config
+from ingestd.daemon import Daemon, ingest_settings
+from ingestd.demo import run_demo
 from ingestd.errors import IngestdError
+from ingestd.importer import run_import
 from ingestd.logging import configure_logging
+from ingestd.services import Services
+from ingestd.session import SessionSummary
 from store.catalog import Catalog
 from store.errors import StoreError
+from store.models import SessionState
+from store.types import utcnow
+
+EXIT_INGEST_INCOMPLETE = 4
+EXIT_PROBLEMS = 3
 
 config_option = click.option(
     "--config",
@@ -41,9 +53,10 @@ def run_cli(command: Callable[..., object], prog_name: str) -> None:
     sys.exit(0)
 
 
-def load(config_path: Path | None) -> Config:
+def load(config_path: Path | None, *, daemon: bool = False) -> Config:
+    """Load the config and configure logging once: stdout for the daemon, stderr for commands."""
     config = load_config(config_path)
-    configure_logging(config.daemon.log_format)
+    configure_logging(config.daemon.log_format, stream=None if daemon else sys.stderr)
     return config
 
 
@@ -71,6 +84,84 @@ def migrate(config_path: Path | None) -> None:
         click.echo(f"catalog at {schema.current_revision(catalog.engine)}")
     finally:
         catalog.close()
+
+
+@cli.command()
+@config_option
+def run(config_path: Path | None) -> None:
+    """Run the daemon: reconcile, report READY to systemd, ingest docked cameras until SIGTERM."""
+    config = load(config_path, daemon=True)
+    daemon = Daemon(config, config_path)
+    daemon.install_signal_handlers()
+    raise SystemExit(daemon.run())
+
+
+@cli.command("import")
+@config_option
+@click.argument("path", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--device-id", required=True, help="The camera's device serial (GA/T 947 cSerial, up to 7).")
+@click.option("--officer-no", default=None, help="The officer who recorded (userNo, up to 6).")
+@click.option("--json", "as_json", is_flag=True, help="Print the session summary as JSON.")
+def import_(
+    config_path: Path | None, path: Path, device_id: str, officer_no: str | None, as_json: bool
+) -> None:
+    """Ingest a mounted volume or directory once (card reader), through the dock pipeline."""
+    config = load(config_path)
+    services = Services.open(config)
+    try:
+        summary = run_import(
+            services,
+            path,
+            device_id=device_id,
+            officer_no=officer_no,
+            settings=ingest_settings(config),
+            clock=utcnow,
+        )
+    finally:
+        services.close()
+    if as_json:
+        click.echo(json.dumps(summary_dict(summary), ensure_ascii=False))
+    else:
+        click.echo(
+            f"{summary.state.value}: {summary.files} file(s), {summary.bytes} bytes, "
+            f"{summary.late} late, {summary.errors} error(s), {len(summary.rejected)} rejected"
+        )
+    if summary.state is not SessionState.DONE:
+        raise SystemExit(EXIT_INGEST_INCOMPLETE)
+
+
+@cli.command()
+@click.option("--files", default=4, show_default=True, help="Recordings per simulated camera.")
+@click.option("--size-mib", default=16, show_default=True, help="Size of each recording, MiB.")
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Keep state here instead of a temporary directory.",
+)
+@click.option("--keep", is_flag=True, help="Keep the temporary directory afterwards.")
+def demo(files: int, size_mib: int, workdir: Path | None, keep: bool) -> None:
+    """Start the daemon on temporary state, dock three simulated cameras, verify everything."""
+    configure_logging("console", stream=sys.stderr)
+    if not run_demo(Console(), workdir=workdir, files=files, size_mib=size_mib, keep=keep):
+        raise SystemExit(EXIT_PROBLEMS)
+
+
+def summary_dict(summary: SessionSummary) -> dict[str, object]:
+    return {
+        "port": summary.port,
+        "device_id": summary.device_id,
+        "state": summary.state.value,
+        "reason": summary.reason,
+        "files": summary.files,
+        "bytes": summary.bytes,
+        "deduplicated": summary.deduplicated,
+        "late": summary.late,
+        "errors": summary.errors,
+        "deleted": summary.deleted,
+        "seconds": summary.seconds,
+        "rejected": summary.rejected,
+    }
 
 
 def main() -> None:

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from typing import Literal, TextIO
 
 import structlog
 
 LogFormat = Literal["auto", "json", "console"]
 
 
-def configure_logging(log_format: LogFormat = "auto", level: int = logging.INFO) -> None:
-    render_json = log_format == "json" or (log_format == "auto" and not sys.stdout.isatty())
+def configure_logging(
+    log_format: LogFormat = "auto", level: int = logging.INFO, *, stream: TextIO | None = None
+) -> None:
+    """The daemon logs to stdout (journald); one-shot commands pass stderr so stdout stays their output."""
+    out = stream or sys.stdout
+    render_json = log_format == "json" or (log_format == "auto" and not out.isatty())
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer(ensure_ascii=False)
         if render_json
-        else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+        else structlog.dev.ConsoleRenderer(colors=out.isatty())
     )
     structlog.configure(
         processors=[
@@ -28,6 +32,6 @@ def configure_logging(log_format: LogFormat = "auto", level: int = logging.INFO)
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=True,
     )

@@ -49,3 +49,13 @@ def watchdog_interval_s() -> float | None:
     if not usec or (pid and pid != str(os.getpid())):
         return None
     return int(usec) / 2_000_000
+
+
+def parse_notification(datagram: bytes) -> dict[str, str]:
+    """The KEY=VALUE fields of one sd_notify datagram (what a service manager receives)."""
+    fields: dict[str, str] = {}
+    for line in datagram.decode("utf-8", "replace").splitlines():
+        key, separator, value = line.partition("=")
+        if separator:
+            fields[key] = value
+    return fields

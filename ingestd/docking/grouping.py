@@ -75,8 +75,11 @@ class UeventGrouper:
                 group.docked = True
                 # The first partition holds the camera's filesystem; a partitionless disk is the volume.
                 block = group.partition or group.disk
-                ready.append(Docked(DeviceInfo(port=port, properties=dict(group.properties),
-                                               tty=group.tty, block=block)))
+                ready.append(
+                    Docked(
+                        DeviceInfo(port=port, properties=dict(group.properties), tty=group.tty, block=block)
+                    )
+                )
         return ready
 
     def next_deadline(self) -> float | None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ingestd.sdnotify import Notifier, watchdog_interval_s
+from ingestd.sdnotify import Notifier, parse_notification, watchdog_interval_s
 
 
 def test_messages_arrive_on_the_notify_socket(tmp_path: Path) -> None:
@@ -43,3 +43,8 @@ def test_watchdog_interval_is_half_of_watchdog_sec(monkeypatch: pytest.MonkeyPat
     assert watchdog_interval_s() == 15.0
     monkeypatch.setenv("WATCHDOG_PID", "1")  # meant for another process
     assert watchdog_interval_s() is None
+
+
+def test_notification_fields_are_parsed_and_junk_lines_ignored() -> None:
+    fields = parse_notification(b"READY=1\nSTATUS=a=b c\njunk\n")
+    assert fields == {"READY": "1", "STATUS": "a=b c"}

@@ -1,0 +1,90 @@
+"""`ingestctl`: the administrators' command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+from ingestd.cli import config_option, load, run_cli
+from ingestd.services import Services
+from ingestd.verify import VerifyReport, verify_all
+
+EXIT_PROBLEMS = 3
+
+
+@click.group()
+def ctl() -> None:
+    """ingestctl: inspect and manage the ingest station."""
+
+
+def _print_report(report: VerifyReport, as_json: bool) -> None:
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "clean": report.clean,
+                    "events_checked": report.events_checked,
+                    "objects_checked": report.objects_checked,
+                    "problems": [problem.as_dict() for problem in report.problems],
+                },
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
+        return
+    console = Console()
+    for problem in report.problems:
+        console.print(
+            f"[red]PROBLEM[/red] {problem.area} {problem.kind} {problem.subject}: {problem.detail}",
+            markup=True,
+            highlight=False,
+        )
+    verdict = "[green]clean[/green]" if report.clean else f"[red]{len(report.problems)} problem(s)[/red]"
+    console.print(
+        f"audit events checked: {report.events_checked}; objects checked: "
+        f"{report.objects_checked}; {verdict}",
+        highlight=False,
+    )
+
+
+@ctl.command()
+@config_option
+@click.option("--objects", is_flag=True, help="Also re-hash every stored object (slow: reads the store).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+def verify(config_path: Path | None, objects: bool, as_json: bool) -> None:
+    """Verify the audit chain from genesis, its signed checkpoints and (--objects) every object.
+
+    Exit 0 when everything verifies, 3 when any problem is found (each one is listed).
+    """
+    config = load(config_path)
+    services = Services.open(config, migrate=False)
+    try:
+        if objects and not as_json:
+            with Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                DownloadColumn(),
+                TimeRemainingColumn(),
+                transient=True,
+            ) as bar:
+                task = bar.add_task("re-hashing objects", total=None)
+
+                def advance(done: int, total: int) -> None:
+                    bar.update(task, completed=done, total=total)
+
+                report = verify_all(services, objects=True, progress=advance)
+        else:
+            report = verify_all(services, objects=objects)
+    finally:
+        services.close()
+    _print_report(report, as_json)
+    if not report.clean:
+        raise SystemExit(EXIT_PROBLEMS)
+
+
+def main() -> None:
+    run_cli(ctl, "ingestctl")

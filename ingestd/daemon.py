@@ -1,0 +1,194 @@
+"""`ingestd run`: reconcile, report READY, then supervise sources, sessions and the watchdog.
+
+The supervising loop is the only place that pings the systemd watchdog, so a stuck loop stops the pings
+and systemd restarts the daemon. Every service thread has a stop event. SIGTERM lets each session finish
+its current durable step; SIGHUP reloads the camera rules.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import FrameType
+
+import structlog
+
+from ingestd.config import Config, load_config
+from ingestd.docking.events import DockEvent
+from ingestd.docking.folders import FolderSource
+from ingestd.errors import IngestdError
+from ingestd.manager import DockManager, interrupted_sessions
+from ingestd.sdnotify import Notifier, watchdog_interval_s
+from ingestd.services import Services
+from ingestd.session import IngestSettings, SessionSummary
+from store.types import utcnow
+
+log = structlog.get_logger()
+
+LOOP_TICK_S = 0.25
+PROGRESS_INTERVAL_S = 1.0
+
+
+def ingest_settings(config: Config) -> IngestSettings:
+    return IngestSettings(
+        clock_samples=config.ingest.clock_samples,
+        delete_after_ingest=config.ingest.delete_after_ingest,
+        deadline_window=config.deadlines.window,
+    )
+
+
+@dataclass
+class DaemonState:
+    """Signal handlers only set flags; the loop acts on them."""
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    reload: threading.Event = field(default_factory=threading.Event)
+
+
+def reconcile(services: Services, now: datetime) -> str:
+    """Repair what a crash left behind, before READY: open sessions, orphaned partial copies."""
+    closed = interrupted_sessions(services, now)
+    # Keyed partials are kept: the camera's next dock resumes them. Unkeyed temp files are removed.
+    partials = services.store.reconcile(keep=lambda _key: True)
+    # A crash between a commit and its checkpoint is covered here, before anything new is appended.
+    services.audit.checkpoint_if_due(services.catalog)
+    message = (
+        f"reconciled: {closed} interrupted session(s), {len(partials.kept_keys)} partial copy(ies) "
+        f"kept for resume, {len(partials.removed_paths)} temp file(s) removed"
+    )
+    log.info(
+        "reconciled",
+        interrupted_sessions=closed,
+        partials_kept=len(partials.kept_keys),
+        temp_files_removed=len(partials.removed_paths),
+    )
+    return message
+
+
+class Daemon:
+    def __init__(
+        self, config: Config, config_path: Path | None, *, clock: Callable[[], datetime] = utcnow
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.clock = clock
+        self.state = DaemonState()
+        self.notifier = Notifier()
+        self.events: queue.Queue[DockEvent] = queue.Queue()
+        self.services = Services.open(config)
+        self.summaries: list[SessionSummary] = []
+        self.manager = DockManager(
+            self.services,
+            ingest_settings(config),
+            max_concurrent=config.ingest.max_concurrent,
+            clock=clock,
+            on_summary=self.summaries.append,
+        )
+        self._sources_stop = threading.Event()
+        self._folder_source: FolderSource | None = None
+
+    def install_signal_handlers(self) -> None:
+        def on_term(_signum: int, _frame: FrameType | None) -> None:
+            self.state.stop.set()
+
+        def on_hup(_signum: int, _frame: FrameType | None) -> None:
+            self.state.reload.set()
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_term)
+        signal.signal(signal.SIGHUP, on_hup)
+
+    def start_sources(self) -> None:
+        detection = self.config.detection
+        if detection.udev:
+            from ingestd.docking.udev import UdevSource  # noqa: PLC0415 - pyudev needs libudev; load on use
+
+            UdevSource(
+                self.events.put,
+                source=detection.udev_source,
+                settle_s=detection.settle_seconds,
+                stop=self._sources_stop,
+            ).start()
+        if detection.watch_folders:
+            self._folder_source = FolderSource(
+                list(detection.watch_folders), self.events.put, settle_s=detection.settle_seconds
+            )
+            self._folder_source.start()
+
+    def run(self) -> int:
+        message = reconcile(self.services, self.clock())
+        self.start_sources()
+        self.notifier.ready(message)
+        log.info("ready", docks_watched=self._describe_sources())
+        watchdog_every = watchdog_interval_s()
+        last_watchdog = last_progress = 0.0
+        try:
+            while not self.state.stop.is_set():
+                self._drain_events()
+                now = time.monotonic()
+                if now - last_progress >= PROGRESS_INTERVAL_S:
+                    last_progress = now
+                    self.manager.flush_progress()
+                    self.notifier.status(self._status_line())
+                if watchdog_every is not None and now - last_watchdog >= watchdog_every:
+                    last_watchdog = now
+                    self.notifier.watchdog()
+                if self.state.reload.is_set():
+                    self.state.reload.clear()
+                    self._reload()
+        finally:
+            self.shutdown()
+        return 0
+
+    def _drain_events(self) -> None:
+        try:
+            event = self.events.get(timeout=LOOP_TICK_S)
+        except queue.Empty:
+            return
+        self.manager.handle(event)
+
+    def _status_line(self) -> str:
+        active = self.manager.active_ports()
+        return f"{len(active)} dock(s) active" if active else "idle, waiting for cameras"
+
+    def _describe_sources(self) -> list[str]:
+        detection = self.config.detection
+        described = [f"udev:{detection.udev_source}"] if detection.udev else []
+        return described + [f"folder:{folder}" for folder in detection.watch_folders]
+
+    def _reload(self) -> None:
+        try:
+            fresh = load_config(self.config_path)
+        except IngestdError as error:
+            log.error("reload_refused", error=str(error))  # noqa: TRY400 - the message is the whole story
+            return
+        if (fresh.catalog, fresh.store, fresh.daemon) != (
+            self.config.catalog,
+            self.config.store,
+            self.config.daemon,
+        ):
+            log.warning("reload_partial", detail="catalog, store and daemon settings need a restart")
+        from drivers.registry import DriverRegistry  # noqa: PLC0415 - only needed on reload
+
+        self.services.registry = DriverRegistry(fresh.camera_rules())
+        self.manager.settings = ingest_settings(fresh)
+        self.config = fresh
+        log.info("reloaded", camera_rules=len(fresh.camera))
+
+    def shutdown(self) -> None:
+        self.notifier.stopping()
+        log.info("stopping", active=self.manager.active_ports())
+        self._sources_stop.set()
+        if self._folder_source is not None:
+            self._folder_source.stop()
+        self.manager.stop(timeout=self.config.ingest.stop_timeout_seconds)
+        self.manager.flush_progress()
+        self.services.audit.checkpoint(self.services.catalog)
+        self.services.close()
+        log.info("stopped")

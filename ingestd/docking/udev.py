@@ -1,0 +1,121 @@
+"""The udev device source: kernel uevents over netlink, grouped per USB port into dock events.
+
+With udevd running, `source="udev"` gives events with udev's ID_* properties. Without it (containers,
+minimal images) `source="kernel"` reads the kernel's own uevents, and the USB IDs udev would have added
+(ID_VENDOR_ID, ID_MODEL_ID, ID_SERIAL_SHORT) are read from the USB parent's sysfs attributes instead.
+Loop devices are virtual: attaching an image emits `change`, which is normalised to add/remove by
+whether the device now has a backing file, so a test can dock a camera image by attaching it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import pyudev
+import structlog
+
+from ingestd.docking.events import DockEvent
+from ingestd.docking.grouping import Uevent, UeventGrouper
+
+log = structlog.get_logger()
+
+SUBSYSTEMS = ("tty", "block")
+USB_SYSFS_IDS = {"idVendor": "ID_VENDOR_ID", "idProduct": "ID_MODEL_ID", "serial": "ID_SERIAL_SHORT"}
+
+
+def _loop_backing_file(device: Any) -> str | None:
+    try:
+        return Path(device.sys_path, "loop", "backing_file").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def to_uevent(device: Any, action: str) -> Uevent | None:
+    """Reduce a pyudev device to a Uevent, or None when it can never be part of a camera."""
+    subsystem = device.subsystem
+    if subsystem not in SUBSYSTEMS:
+        return None
+    properties = {str(k): str(v) for k, v in device.properties.items()}
+    usb = device.find_parent("usb", "usb_device")
+    if usb is not None:
+        port = usb.device_path
+        for attribute, key in USB_SYSFS_IDS.items():
+            if key not in properties:
+                value = usb.attributes.get(attribute)
+                if value is not None:
+                    properties[key] = value.decode("ascii", "replace").strip()
+    elif device.sys_name.startswith("loop") and subsystem == "block" and device.device_type == "disk":
+        port = device.device_path
+        backing = _loop_backing_file(device)
+        if action in ("add", "change"):
+            if backing is None:
+                action = "remove" if action == "change" else "ignore"
+            else:
+                action = "add"
+                properties["LOOP_BACKING_FILE"] = backing
+    else:
+        return None  # not on USB and not a loop image: the station's own disks and consoles
+    if action not in ("add", "remove"):
+        return None
+    return Uevent(
+        action=action,
+        port=port,
+        subsystem=subsystem,
+        devname=device.device_node,
+        properties=properties,
+        partition=device.device_type == "partition",
+    )
+
+
+class UdevSource:
+    """A thread that turns netlink uevents into Docked/Undocked, after coldplugging present devices."""
+
+    def __init__(
+        self,
+        sink: Callable[[DockEvent], None],
+        *,
+        source: Literal["udev", "kernel"],
+        settle_s: float,
+        stop: threading.Event,
+    ) -> None:
+        self._sink = sink
+        self._stop = stop
+        self._grouper = UeventGrouper(settle_s)
+        self._context = pyudev.Context()
+        self._monitor = pyudev.Monitor.from_netlink(self._context, source=source)
+        for subsystem in SUBSYSTEMS:
+            self._monitor.filter_by(subsystem)
+        self._thread = threading.Thread(target=self._run, name="udev-source", daemon=True)
+
+    def start(self) -> None:
+        # Listen before enumerating, so a camera docked in between is not missed.
+        self._monitor.start()
+        now = time.monotonic()
+        for subsystem in SUBSYSTEMS:
+            for device in self._context.list_devices(subsystem=subsystem):
+                event = to_uevent(device, "add")
+                if event is not None:
+                    self._grouper.feed(event, now)
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            now = time.monotonic()
+            deadline = self._grouper.next_deadline()
+            wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - now))
+            device = self._monitor.poll(timeout=wait)
+            now = time.monotonic()
+            if device is not None:
+                event = to_uevent(device, device.action or "")
+                if event is not None:
+                    for dock_event in self._grouper.feed(event, now):
+                        self._sink(dock_event)
+            for dock_event in self._grouper.tick(now):
+                self._sink(dock_event)

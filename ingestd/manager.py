@@ -1,0 +1,224 @@
+"""The dock manager: one ingest session per docked port, a bounded number copying at once.
+
+Each port's session runs on its own thread, so a stalled or failing camera never blocks the others. A
+semaphore bounds how many copy at once; a waiting session shows as "queued". Progress lives in memory
+and is written to the `docks` table by `flush_progress`, which the supervising loop calls about 1 Hz.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import structlog
+from sqlalchemy import select
+
+from drivers.base import Driver, DriverError, DriverOptions
+from ingestd import records
+from ingestd.docking.events import Docked, DockEvent, Undocked
+from ingestd.policies.custody import attribute_checkout
+from ingestd.progress import DockProgress
+from ingestd.services import Services
+from ingestd.session import IngestSession, IngestSettings, SessionSummary
+from store.models import Camera, CustodyKind, Dock, DockSession, SessionState
+
+log = structlog.get_logger()
+
+
+@dataclass
+class _Slot:
+    port: str
+    progress: DockProgress = field(default_factory=DockProgress)
+    unplugged: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+    summary: SessionSummary | None = None
+    device_serial: str | None = None
+
+
+class DockManager:
+    def __init__(
+        self,
+        services: Services,
+        settings: IngestSettings,
+        *,
+        max_concurrent: int,
+        clock: Callable[[], datetime],
+        on_summary: Callable[[SessionSummary], None] | None = None,
+    ) -> None:
+        self.services = services
+        self.settings = settings
+        self.clock = clock
+        self.stopping = threading.Event()
+        self._copy_slots = threading.BoundedSemaphore(max_concurrent)
+        self._slots: dict[str, _Slot] = {}
+        self._lock = threading.Lock()
+        self._on_summary = on_summary
+
+    # -- events -------------------------------------------------------------------------------------
+
+    def handle(self, event: DockEvent) -> None:
+        if isinstance(event, Docked):
+            self._docked(event)
+        else:
+            self._undocked(event)
+
+    def _docked(self, event: Docked) -> None:
+        with self._lock:
+            existing = self._slots.get(event.port)
+            if existing is not None and existing.thread is not None and existing.thread.is_alive():
+                log.warning("dock_busy", port=event.port)
+                return
+            match = self.services.registry.match(event.device)
+            if match is None:
+                return  # logged once by the registry
+            slot = _Slot(port=event.port)
+            self._slots[event.port] = slot
+        driver, options = match
+        thread = threading.Thread(
+            target=self._session, args=(slot, event, driver, options), name=f"dock:{event.port}", daemon=True
+        )
+        slot.thread = thread
+        thread.start()
+
+    def _session(self, slot: _Slot, event: Docked, driver: Driver, options: DriverOptions) -> None:
+        bound = log.bind(port=event.port)
+        slot.progress.set_state("queued")
+        with self._copy_slots:
+            if self.stopping.is_set():
+                return
+            try:
+                camera = driver.open(event.device, options)
+            except DriverError as error:
+                bound.error("camera_open_failed", error=str(error))
+                self._record_open_failure(event.port, str(error))
+                return
+            session = IngestSession(
+                catalog=self.services.catalog,
+                store=self.services.store,
+                audit=self.services.audit,
+                camera=camera,
+                device=event.device,
+                driver_name=driver.name,
+                options=options,
+                settings=self.settings,
+                progress=slot.progress,
+                unplugged=slot.unplugged,
+                stopping=self.stopping,
+                clock=self.clock,
+            )
+            try:
+                summary = session.run()
+            except Exception:  # noqa: BLE001 - a bug in one session must not take the daemon down
+                bound.exception("session_crashed")
+                return
+        slot.summary = summary
+        slot.device_serial = summary.device_id
+        slot.progress.set_state(summary.state.value)
+        if self._on_summary is not None:
+            self._on_summary(summary)
+
+    def _record_open_failure(self, port: str, reason: str) -> None:
+        now = self.clock()
+        with self.services.catalog.transaction() as session:
+            dock_session = records.open_dock_session(session, port, now)
+            dock_session.state = SessionState.FAILED
+            dock_session.failure_reason = reason
+            dock_session.ended_at = now
+
+    def _undocked(self, event: Undocked) -> None:
+        with self._lock:
+            slot = self._slots.pop(event.port, None)
+        if slot is None:
+            return
+        slot.unplugged.set()
+        if slot.thread is not None:
+            slot.thread.join(timeout=30)
+        serial = slot.device_serial or (slot.summary.device_id if slot.summary else None)
+        if serial is not None:
+            self.check_out_on_undock(event.port, serial)
+        self._set_dock_empty(event.port)
+
+    def check_out_on_undock(self, port: str, device_serial: str) -> None:
+        """Undock is check-out, to the camera's assigned officer unless a clerk named someone else."""
+        now = self.clock()
+        with self.services.catalog.transaction() as session:
+            camera = session.scalar(select(Camera).where(Camera.device_serial == device_serial))
+            if camera is None:
+                return
+            assigned = camera.assigned_officer.officer_no if camera.assigned_officer else None
+            attribution = attribute_checkout(
+                explicit_officer_no=None, clerk_user=None, assigned_officer_no=assigned
+            )
+            officer = (
+                records.officer_by_number(session, attribution.officer_no) if attribution.officer_no else None
+            )
+            records.custody_event(
+                session,
+                self.services.audit,
+                camera=camera,
+                kind=CustodyKind.CHECK_OUT,
+                officer=officer,
+                actor=records.daemon_actor(port),
+                now=now,
+                note=f"undocked ({attribution.basis})",
+            )
+
+    def _set_dock_empty(self, port: str) -> None:
+        with self.services.catalog.transaction() as session:
+            dock = session.scalar(select(Dock).where(Dock.port == port))
+            if dock is not None:
+                dock.state = "empty"
+                dock.current_file = None
+                dock.rate_bps = dock.eta_s = None
+                dock.updated_at = self.clock()
+
+    # -- supervision --------------------------------------------------------------------------------
+
+    def active_ports(self) -> list[str]:
+        with self._lock:
+            return [port for port, slot in self._slots.items() if slot.thread and slot.thread.is_alive()]
+
+    def flush_progress(self) -> None:
+        """Persist each live transfer's progress (called ~1 Hz; never from the copy loop)."""
+        with self._lock:
+            slots = [(port, slot) for port, slot in self._slots.items()]
+        if not slots:
+            return
+        now = self.clock()
+        with self.services.catalog.transaction() as session:
+            for port, slot in slots:
+                snap = slot.progress.snapshot()
+                dock = records.get_or_create_dock(session, port, now)
+                dock.state = snap.state
+                dock.current_file = snap.current_file
+                dock.bytes_done = snap.bytes_done
+                dock.bytes_total = snap.bytes_total
+                dock.rate_bps = snap.rate_bps
+                dock.eta_s = snap.eta_s
+                dock.updated_at = now
+
+    def stop(self, timeout: float) -> None:
+        """Ask every session to stop after its current durable step, and wait for them."""
+        self.stopping.set()
+        with self._lock:
+            threads = [slot.thread for slot in self._slots.values() if slot.thread is not None]
+        for thread in threads:
+            thread.join(timeout)
+
+
+def interrupted_sessions(services: Services, now: datetime) -> int:
+    """Reconciliation: sessions a crash left open are closed as interrupted; docks start empty."""
+    with services.catalog.transaction() as session:
+        open_sessions = session.scalars(select(DockSession).where(DockSession.ended_at.is_(None))).all()
+        for dock_session in open_sessions:
+            dock_session.state = SessionState.INTERRUPTED
+            dock_session.failure_reason = "daemon stopped before the session ended"
+            dock_session.ended_at = now
+        for dock in session.scalars(select(Dock)).all():
+            dock.state = "empty"
+            dock.current_file = None
+            dock.rate_bps = dock.eta_s = None
+            dock.updated_at = now
+        return len(open_sessions)

@@ -1,0 +1,78 @@
+"""Per-dock transfer progress: updated from the copy loop, read about once a second by the flusher.
+
+The copy loop only adds integers under a lock; rate, ETA and persistence happen on the reader's side,
+so reporting never slows the copy.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+RATE_WINDOW_S = 5.0
+
+
+@dataclass(frozen=True)
+class ProgressSnapshot:
+    state: str
+    current_file: str | None
+    bytes_done: int
+    bytes_total: int
+    files_done: int
+    files_total: int
+    rate_bps: float | None
+    eta_s: float | None
+
+
+class DockProgress:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state = "identifying"
+        self._current_file: str | None = None
+        self._bytes_done = 0
+        self._bytes_total = 0
+        self._files_done = 0
+        self._files_total = 0
+        self._file_base = 0  # bytes_done at the start of the current file
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def set_state(self, state: str) -> None:
+        with self._lock:
+            self._state = state
+
+    def plan(self, files_total: int, bytes_total: int) -> None:
+        with self._lock:
+            self._files_total = files_total
+            self._bytes_total = bytes_total
+
+    def start_file(self, name: str) -> None:
+        with self._lock:
+            self._current_file = name
+            self._file_base = self._bytes_done
+
+    def file_progress(self, done_in_file: int) -> None:
+        """The store's progress callback: bytes of the current file written so far."""
+        with self._lock:
+            self._bytes_done = self._file_base + done_in_file
+
+    def finish_file(self, size: int) -> None:
+        with self._lock:
+            self._bytes_done = self._file_base + size
+            self._files_done += 1
+            self._current_file = None
+
+    def snapshot(self, now: float | None = None) -> ProgressSnapshot:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            done, total = self._bytes_done, self._bytes_total
+            self._samples.append((now, done))
+            while len(self._samples) > 2 and now - self._samples[0][0] > RATE_WINDOW_S:
+                self._samples.popleft()
+            first_t, first_done = self._samples[0]
+            rate = (done - first_done) / (now - first_t) if now > first_t else None
+            eta = (total - done) / rate if rate and rate > 0 and total >= done else None
+            return ProgressSnapshot(
+                self._state, self._current_file, done, total, self._files_done, self._files_total, rate, eta
+            )

@@ -1,0 +1,247 @@
+"""Catalog writes of a dock session. Each custody-relevant change commits with its audit event.
+
+These functions take an open SQLAlchemy session (the caller's transaction) so that a change and the
+audit event describing it are one unit: both commit or neither does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from drivers.base import CameraIdentity, ClockReading
+from store.audit import Actor, AuditLog
+from store.models import (
+    Camera,
+    CustodyEvent,
+    CustodyKind,
+    Dock,
+    DockSession,
+    Flag,
+    FlagKind,
+    Officer,
+    SessionState,
+    Unit,
+)
+from store.models import (
+    ClockReading as ClockReadingRow,
+)
+
+
+def daemon_actor(port: str) -> Actor:
+    """Changes the daemon makes on its own, attributed to the dock they came from."""
+    return Actor.system(source=f"dock:{port}")
+
+
+def get_or_create_dock(session: Session, port: str, now: datetime) -> Dock:
+    dock = session.scalar(select(Dock).where(Dock.port == port))
+    if dock is None:
+        dock = Dock(port=port, state="empty", updated_at=now, bytes_done=0, bytes_total=0)
+        session.add(dock)
+        session.flush()
+    return dock
+
+
+def open_dock_session(session: Session, port: str, now: datetime) -> DockSession:
+    dock = get_or_create_dock(session, port, now)
+    dock_session = DockSession(
+        dock_id=dock.id,
+        state=SessionState.IDENTIFYING,
+        started_at=now,
+        files_total=0,
+        files_done=0,
+        files_failed=0,
+        bytes_total=0,
+        bytes_done=0,
+    )
+    session.add(dock_session)
+    dock.state = SessionState.IDENTIFYING.value
+    dock.current_file = None
+    dock.bytes_done = dock.bytes_total = 0
+    dock.rate_bps = dock.eta_s = None
+    dock.updated_at = now
+    session.flush()
+    return dock_session
+
+
+def _unit(session: Session, unit_no: str, name: str) -> Unit | None:
+    if not unit_no:
+        return None
+    unit = session.scalar(select(Unit).where(Unit.unit_no == unit_no))
+    if unit is None:
+        unit = Unit(unit_no=unit_no, name=name)
+        session.add(unit)
+    elif name and unit.name != name:
+        unit.name = name
+    return unit
+
+
+def officer_by_number(session: Session, officer_no: str) -> Officer | None:
+    return session.scalar(select(Officer).where(Officer.officer_no == officer_no))
+
+
+def _officer(session: Session, officer_no: str, name: str, unit: Unit | None) -> Officer | None:
+    if not officer_no:
+        return None
+    officer = officer_by_number(session, officer_no)
+    if officer is None:
+        officer = Officer(officer_no=officer_no, name=name or officer_no, unit=unit)
+        session.add(officer)
+    else:
+        if name:
+            officer.name = name
+        if unit is not None:
+            officer.unit = unit
+    return officer
+
+
+@dataclass(frozen=True)
+class Registration:
+    camera: Camera
+    officer: Officer | None
+    identity_changed: dict[str, Any]
+
+
+def register_camera(
+    session: Session,
+    audit: AuditLog,
+    *,
+    identity: CameraIdentity,
+    usb_serial: str | None,
+    driver: str,
+    port: str,
+    now: datetime,
+) -> Registration:
+    """Create or update the camera, its unit and its assigned officer from the identity it reported."""
+    unit = _unit(session, identity.unit_no, identity.unit_name)
+    officer = _officer(session, identity.officer_no, identity.officer_name, unit)
+    camera = session.scalar(select(Camera).where(Camera.device_serial == identity.device_serial))
+    changed: dict[str, Any] = {}
+    if camera is None:
+        camera = Camera(device_serial=identity.device_serial, driver=driver, first_seen_at=now)
+        session.add(camera)
+        changed["new"] = True
+    previous_officer = camera.assigned_officer.officer_no if camera.assigned_officer else None
+    if previous_officer != (officer.officer_no if officer else None):
+        changed["assigned_officer"] = [previous_officer, officer.officer_no if officer else None]
+    camera.unit = unit
+    camera.assigned_officer = officer
+    camera.driver = driver
+    camera.usb_serial = usb_serial
+    camera.last_docked_at = now
+    session.flush()
+    if changed:
+        audit.append(
+            session,
+            actor=daemon_actor(port),
+            action="camera.register",
+            subject=f"camera:{identity.device_serial}",
+            details={**changed, "source": identity.source},
+            at=now,
+        )
+    return Registration(camera=camera, officer=officer, identity_changed=changed)
+
+
+def record_clock(
+    session: Session,
+    *,
+    camera: Camera,
+    dock_session: DockSession,
+    reading: ClockReading,
+    now: datetime,
+) -> None:
+    """Store the offset measured before correction: the drift history and the session's own copy."""
+    session.add(
+        ClockReadingRow(
+            camera_id=camera.id,
+            dock_session_id=dock_session.id,
+            measured_at=now,
+            offset_s=reading.offset_s,
+            round_trip_s=reading.round_trip_s,
+            residual_s=reading.residual_s,
+            state=reading.state.value,
+        )
+    )
+    camera.last_clock_offset_s = reading.offset_s
+    camera.clock_state = reading.state.value
+    dock_session.clock_offset_s = reading.offset_s
+    dock_session.clock_round_trip_s = reading.round_trip_s
+    dock_session.clock_state = reading.state.value
+
+
+def custody_event(
+    session: Session,
+    audit: AuditLog,
+    *,
+    camera: Camera,
+    kind: CustodyKind,
+    officer: Officer | None,
+    actor: Actor,
+    now: datetime,
+    dock_session: DockSession | None = None,
+    note: str | None = None,
+) -> CustodyEvent:
+    """Check a camera in or out; the holder changes and the audit event commit together."""
+    event = CustodyEvent(
+        camera_id=camera.id,
+        officer_id=officer.id if officer else None,
+        kind=kind,
+        at=now,
+        actor=actor.user,
+        actor_role=str(actor.role),
+        dock_session_id=dock_session.id if dock_session else None,
+        note=note,
+    )
+    session.add(event)
+    if kind is CustodyKind.CHECK_IN:
+        camera.holder = None
+        camera.checked_out_at = None
+    else:
+        camera.holder = officer
+        camera.checked_out_at = now
+    session.flush()
+    audit.append(
+        session,
+        actor=actor,
+        action=f"custody.{kind.value}",
+        subject=f"camera:{camera.device_serial}",
+        details={
+            "officer": officer.officer_no if officer else None,
+            "note": note,
+            "dock_session": dock_session.id if dock_session else None,
+        },
+        at=now,
+    )
+    return event
+
+
+def raise_flag(
+    session: Session,
+    *,
+    kind: FlagKind,
+    dedup_key: str,
+    now: datetime,
+    details: dict[str, Any],
+    camera_id: int | None = None,
+    recording_id: int | None = None,
+    dock_session_id: int | None = None,
+) -> Flag | None:
+    """Raise a flag once: a second call with the same key returns None and changes nothing."""
+    if session.scalar(select(Flag.id).where(Flag.dedup_key == dedup_key)) is not None:
+        return None
+    flag = Flag(
+        kind=kind,
+        dedup_key=dedup_key,
+        raised_at=now,
+        details=details,
+        camera_id=camera_id,
+        recording_id=recording_id,
+        dock_session_id=dock_session_id,
+    )
+    session.add(flag)
+    session.flush()
+    return flag

@@ -1,0 +1,57 @@
+"""The long-lived things a daemon, a one-shot import or ingestctl open from the configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from drivers.registry import DriverRegistry
+from ingestd import schema
+from ingestd.config import Config
+from store.audit import AuditLog
+from store.catalog import Catalog
+from store.objects import FileObjectStore
+from store.signing import Signer
+
+MIB = 1024 * 1024
+CHECKPOINT_FILE = "audit-checkpoints.jsonl"
+
+
+def checkpoint_path(config: Config) -> Path:
+    return config.daemon.state_dir / CHECKPOINT_FILE
+
+
+@dataclass
+class Services:
+    config: Config
+    catalog: Catalog
+    store: FileObjectStore
+    audit: AuditLog
+    registry: DriverRegistry
+
+    @classmethod
+    def open(cls, config: Config, *, migrate: bool = True) -> Services:
+        """Open everything; the daemon and imports migrate the catalog, readers only check it."""
+        config.daemon.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        catalog = Catalog.open(config.catalog.url)
+        try:
+            if migrate:
+                schema.upgrade(catalog.engine)
+            else:
+                schema.require_current(catalog.engine)
+            store = FileObjectStore(
+                config.store.root,
+                read_back=config.store.read_back,
+                chunk_size=config.store.chunk_mib * MIB,
+                fsync_interval=config.store.fsync_interval_mib * MIB,
+            )
+            signer = Signer.load_or_create(config.daemon.state_dir)
+            audit = AuditLog(signer, checkpoint_path(config), config.audit.checkpoint_every)
+            registry = DriverRegistry(config.camera_rules())
+        except BaseException:
+            catalog.close()
+            raise
+        return cls(config=config, catalog=catalog, store=store, audit=audit, registry=registry)
+
+    def close(self) -> None:
+        self.catalog.close()

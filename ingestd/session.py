@@ -1,0 +1,493 @@
+"""One dock of one camera, from identification to unmount: the dock sequence of DESIGN.md, stages 3 to 8.
+
+Guarantees:
+- nothing is deleted from the camera unless its copy was re-read from disk, both digests matched and the
+  catalog commit (with its audit event) is durable;
+- a bad file (hostile name, symlink, read error) is flagged and the session goes on;
+- an unplug ends the session as "unplugged" with the partial copy kept for resume;
+- a full store ends the session as failed with an alarm, and leaves the camera untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import BinaryIO
+
+import structlog
+from blake3 import blake3
+from sqlalchemy import select
+
+from drivers.base import (
+    Camera,
+    CameraIdentity,
+    ClockReading,
+    DeviceGone,
+    DeviceInfo,
+    DriverError,
+    DriverOptions,
+    Unsupported,
+)
+from drivers.scan import Recording as ScannedRecording
+from drivers.scan import scan_volume
+from ingestd import records
+from ingestd.policies.clock import corrected_recorded_at
+from ingestd.policies.deadlines import deadline_for, lateness
+from ingestd.progress import DockProgress
+from store.audit import AuditLog
+from store.catalog import Catalog
+from store.errors import DiskFullError, IntegrityError
+from store.models import (
+    Confidentiality,
+    CustodyKind,
+    DockSession,
+    FlagKind,
+    Recording,
+    RetentionClass,
+    SessionState,
+    StoredObject,
+)
+from store.objects import ObjectStore, PutResult
+
+log = structlog.get_logger()
+
+
+class Unplugged(Exception):  # noqa: N818 - an event, not a failure of ours
+    """The camera went away mid-session (raised from the copy loop to stop the put)."""
+
+
+@dataclass(frozen=True)
+class _Docked:
+    """The facts every file of this dock shares, fixed once the camera is checked in."""
+
+    dock_session_id: int
+    camera_id: int
+    identity: CameraIdentity
+    offset_s: float | None
+    volume: Path
+
+
+class _Interrupted(Exception):  # noqa: N818 - control flow for a daemon stop, not an error
+    pass
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    clock_samples: int = 5
+    delete_after_ingest: bool = True
+    deadline_window: timedelta = timedelta(hours=24)
+    presence_check_interval_s: float = 0.5
+
+
+@dataclass
+class SessionSummary:
+    port: str
+    device_id: str | None = None
+    state: SessionState = SessionState.IDENTIFYING
+    reason: str | None = None
+    files: int = 0
+    bytes: int = 0
+    deduplicated: int = 0
+    late: int = 0
+    errors: int = 0
+    deleted: int = 0
+    seconds: float = 0.0
+    rejected: list[str] = field(default_factory=list)
+
+    @property
+    def mib_per_s(self) -> float:
+        return self.bytes / (1024 * 1024) / self.seconds if self.seconds > 0 else 0.0
+
+
+def source_key(scanned: ScannedRecording, volume: Path) -> str:
+    """What makes a file on a camera 'the same recording' across docks: its path on the volume (the
+    mount point differs per dock), its size and its time."""
+    relative = os.path.relpath(scanned.raw_path, os.fsencode(volume))
+    identity = b"\0".join([relative, str(scanned.size).encode(), scanned.recorded_at.isoformat().encode()])
+    return blake3(identity).hexdigest()
+
+
+def open_regular_nofollow(path: bytes | str | Path) -> BinaryIO:
+    """Open a camera file for reading, refusing symlinks and anything that is not a regular file."""
+    # O_NONBLOCK: a fifo swapped in after the scan must not block the open; regular files ignore it.
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file")
+    return os.fdopen(fd, "rb", buffering=0)
+
+
+class IngestSession:
+    def __init__(
+        self,
+        *,
+        catalog: Catalog,
+        store: ObjectStore,
+        audit: AuditLog,
+        camera: Camera,
+        device: DeviceInfo,
+        driver_name: str,
+        options: DriverOptions,
+        settings: IngestSettings,
+        progress: DockProgress,
+        unplugged: threading.Event,
+        stopping: threading.Event,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.catalog = catalog
+        self.store = store
+        self.audit = audit
+        self.camera = camera
+        self.device = device
+        self.driver_name = driver_name
+        self.options = options
+        self.settings = settings
+        self.progress = progress
+        self.unplugged = unplugged
+        self.stopping = stopping
+        self.clock = clock
+        self.summary = SessionSummary(port=device.port)
+        self._last_presence_check = 0.0
+        self._log = log.bind(port=device.port)
+
+    # -- stages -------------------------------------------------------------------------------------
+
+    def run(self) -> SessionSummary:
+        started = time.monotonic()
+        with self.catalog.transaction() as session:
+            dock_session_id = records.open_dock_session(session, self.device.port, self.clock()).id
+        try:
+            self._run(dock_session_id)
+        except (Unplugged, DeviceGone) as gone:
+            self._end(SessionState.UNPLUGGED, f"camera unplugged: {gone}")
+        except DiskFullError as full:
+            self._end(SessionState.FAILED, f"store full: {full}")
+            self._log.error("store_full_alarm", error=str(full))
+        except IntegrityError as error:
+            # Never swallowed: recorded, logged loudly, and the camera keeps its originals.
+            self._end(SessionState.FAILED, f"integrity error: {error}")
+            self._log.critical("integrity_error", error=str(error))
+        except DriverError as error:
+            self._end(SessionState.FAILED, str(error))
+        except _Interrupted:
+            self._end(SessionState.INTERRUPTED, "daemon stopping; the next dock resumes")
+        except Exception as error:
+            # A bug, not bad input: record the session as failed so status shows it, then let it surface.
+            self._end(SessionState.FAILED, f"internal error: {type(error).__name__}: {error}")
+            raise
+        finally:
+            self.camera.close()
+            self.summary.seconds = time.monotonic() - started
+            self._close_session(dock_session_id)
+        return self.summary
+
+    def _run(self, dock_session_id: int) -> None:
+        identity = self.camera.identify()
+        self.summary.device_id = identity.device_serial
+        self._log = self._log.bind(device_id=identity.device_serial)
+        self.progress.set_state(SessionState.SYNCING.value)
+        reading = self.camera.sync_clock(self.settings.clock_samples)
+        battery, storage = self._health()
+        camera_id, offset = self._check_in(dock_session_id, identity, reading, battery, storage)
+        self._log.info(
+            "camera_identified",
+            officer_no=identity.officer_no,
+            clock_offset_s=reading.offset_s,
+            clock_state=reading.state.value,
+            battery_percent=battery,
+        )
+        with contextlib.suppress(Unsupported):  # plain mass storage is already there
+            self.camera.enter_mass_storage()
+        with self.camera.mounted_volume() as volume:
+            self._ingest_volume(_Docked(dock_session_id, camera_id, identity, offset, volume))
+        self.summary.state = SessionState.DONE
+
+    def _health(self) -> tuple[int | None, tuple[int, int] | None]:
+        battery: int | None = None
+        storage: tuple[int, int] | None = None
+        with contextlib.suppress(Unsupported):
+            battery = self.camera.battery().percent
+        try:
+            info = self.camera.storage()
+            storage = (info.free_bytes, info.total_bytes)
+        except Unsupported:
+            pass
+        return battery, storage
+
+    def _check_in(
+        self,
+        dock_session_id: int,
+        identity: CameraIdentity,
+        reading: ClockReading,
+        battery: int | None,
+        storage: tuple[int, int] | None,
+    ) -> tuple[int, float | None]:
+        now = self.clock()
+        usb_serial = self.device.properties.get("ID_SERIAL_SHORT")
+        with self.catalog.transaction() as session:
+            dock_session = session.get_one(DockSession, dock_session_id)
+            registration = records.register_camera(
+                session,
+                self.audit,
+                identity=identity,
+                usb_serial=usb_serial,
+                driver=self.driver_name,
+                port=self.device.port,
+                now=now,
+            )
+            camera = registration.camera
+            dock_session.camera_id = camera.id
+            dock_session.state = SessionState.SYNCING
+            records.record_clock(session, camera=camera, dock_session=dock_session, reading=reading, now=now)
+            camera.battery_percent = dock_session.battery_percent = battery
+            if storage is not None:
+                camera.storage_free_bytes, camera.storage_total_bytes = storage
+                dock_session.storage_free_bytes = storage[0]
+            if usb_serial and identity.source == "control-channel" and usb_serial != identity.device_serial:
+                records.raise_flag(
+                    session,
+                    kind=FlagKind.IDENTITY_MISMATCH,
+                    dedup_key=f"identity:{identity.device_serial}:{usb_serial}",
+                    now=now,
+                    camera_id=camera.id,
+                    dock_session_id=dock_session_id,
+                    details={"usb_serial": usb_serial, "device_serial": identity.device_serial},
+                )
+            records.custody_event(
+                session,
+                self.audit,
+                camera=camera,
+                kind=CustodyKind.CHECK_IN,
+                officer=camera.holder or registration.officer,
+                actor=records.daemon_actor(self.device.port),
+                now=now,
+                dock_session=dock_session,
+            )
+            return camera.id, reading.offset_s
+
+    def _ingest_volume(self, docked: _Docked) -> None:
+        volume, dock_session_id, camera_id = docked.volume, docked.dock_session_id, docked.camera_id
+        scan = scan_volume(
+            volume, extensions=self.options.extensions, filename_patterns=self.options.filename_patterns
+        )
+        now = self.clock()
+        with self.catalog.transaction() as session:
+            for rejected in scan.rejected:
+                self.summary.rejected.append(f"{rejected.path}: {rejected.reason}")
+                records.raise_flag(
+                    session,
+                    kind=FlagKind.FAILED_FILE,
+                    dedup_key=f"rejected:{camera_id}:{rejected.path}",
+                    now=now,
+                    camera_id=camera_id,
+                    dock_session_id=dock_session_id,
+                    details={"file": rejected.path, "reason": rejected.reason},
+                )
+                self._log.warning("file_rejected", file=rejected.path, reason=rejected.reason)
+            # Stored on an earlier dock: proven then if that copy was read back from disk.
+            verified = session.execute(
+                select(Recording.source_key, StoredObject.last_verified_at)
+                .join(StoredObject, StoredObject.blake3 == Recording.blake3)
+                .where(Recording.camera_id == camera_id)
+            ).all()
+            known = {row.source_key: row.last_verified_at is not None for row in verified}
+        keyed = [(source_key(item, volume), item) for item in scan.recordings]
+        already_proven = [item for key, item in keyed if known.get(key)]
+        plan = [(key, item) for key, item in keyed if key not in known]
+        self.progress.plan(len(plan), sum(item.size for _, item in plan))
+        self.progress.set_state(SessionState.INGESTING.value)
+        with self.catalog.transaction() as session:
+            dock_session = session.get_one(DockSession, dock_session_id)
+            dock_session.state = SessionState.INGESTING
+            dock_session.files_total = len(plan)
+            dock_session.bytes_total = sum(item.size for _, item in plan)
+        proven = list(already_proven)
+        for key, item in plan:
+            if self.stopping.is_set():
+                raise _Interrupted
+            if self._ingest_file(docked, key, item):
+                proven.append(item)
+        self._delete_proven(volume, proven)
+
+    def _ingest_file(self, docked: _Docked, key: str, item: ScannedRecording) -> bool:
+        file_log = self._log.bind(file=item.name)
+        self.progress.start_file(item.name)
+        try:
+            with open_regular_nofollow(item.raw_path) as source:
+                result = self.store.put(
+                    source,
+                    resume_key=f"{docked.identity.device_serial}-{key}",
+                    expected_size=item.size,
+                    progress=self._on_progress,
+                )
+        except (Unplugged, DiskFullError, IntegrityError):
+            raise
+        except OSError as error:
+            if not self.camera.present():
+                raise Unplugged(f"{item.name}: {error.strerror}") from None
+            self._file_failed(docked, item, f"read error: {error.strerror or error}")
+            return False
+        self.progress.finish_file(result.size)
+        late = self._commit(docked, key, item, result)
+        self.summary.files += 1
+        self.summary.bytes += result.size
+        self.summary.deduplicated += int(result.deduplicated)
+        self.summary.late += int(late)
+        file_log.info(
+            "recording_stored",
+            digest=result.blake3,
+            bytes=result.size,
+            late=late,
+            deduplicated=result.deduplicated,
+            resumed_from=result.resumed_from,
+        )
+        # Proven means re-read from disk with both digests matching; without read-back nothing is deleted.
+        return result.read_back_verified
+
+    def _on_progress(self, done_in_file: int) -> None:
+        self.progress.file_progress(done_in_file)
+        now = time.monotonic()
+        if self.unplugged.is_set():
+            raise Unplugged("undocked")
+        if now - self._last_presence_check >= self.settings.presence_check_interval_s:
+            self._last_presence_check = now
+            if not self.camera.present():
+                raise Unplugged("device no longer present")
+
+    def _commit(self, docked: _Docked, key: str, item: ScannedRecording, result: PutResult) -> bool:
+        identity, offset, camera_id = docked.identity, docked.offset_s, docked.camera_id
+        dock_session_id = docked.dock_session_id
+        now = self.clock()
+        recorded_at = corrected_recorded_at(item.recorded_at, offset)
+        deadline = deadline_for(recorded_at, self.settings.deadline_window)
+        late_by = lateness(now, deadline)
+        with self.catalog.transaction() as session:
+            if session.get(StoredObject, result.blake3) is None:
+                session.add(
+                    StoredObject(
+                        blake3=result.blake3,
+                        sha256=result.sha256,
+                        size=result.size,
+                        seal=result.seal,
+                        stored_at=now,
+                        last_verified_at=now if result.read_back_verified else None,
+                    )
+                )
+            officer = records.officer_by_number(session, identity.officer_no) if identity.officer_no else None
+            recording = Recording(
+                camera_id=camera_id,
+                officer_id=officer.id if officer else None,
+                unit_id=officer.unit_id if officer else None,
+                dock_session_id=dock_session_id,
+                original_path=item.name,
+                source_key=key,
+                size=result.size,
+                recorded_at_raw=item.recorded_at,
+                recorded_at=recorded_at,
+                recorded_at_source=item.recorded_at_source,
+                clock_offset_s=offset,
+                ingested_at=now,
+                deadline_at=deadline,
+                blake3=result.blake3,
+                sha256=result.sha256,
+                retention_class=RetentionClass.ROUTINE,
+                retention_tags=[],
+                confidentiality=Confidentiality.NORMAL,
+            )
+            session.add(recording)
+            session.flush()
+            self.audit.append(
+                session,
+                actor=records.daemon_actor(self.device.port),
+                action="recording.ingest",
+                subject=f"recording:{recording.id}",
+                at=now,
+                details={
+                    "camera": identity.device_serial,
+                    "path": item.name,
+                    "blake3": result.blake3,
+                    "sha256": result.sha256,
+                    "size": result.size,
+                    "seal": result.seal.value,
+                    "deduplicated": result.deduplicated,
+                    "read_back_verified": result.read_back_verified,
+                },
+            )
+            if late_by is not None:
+                records.raise_flag(
+                    session,
+                    kind=FlagKind.LATE,
+                    dedup_key=f"late:{recording.id}",
+                    now=now,
+                    camera_id=camera_id,
+                    recording_id=recording.id,
+                    details={"deadline_at": deadline.isoformat(), "late_by_s": late_by.total_seconds()},
+                )
+            dock_session = session.get_one(DockSession, dock_session_id)
+            dock_session.files_done += 1
+            dock_session.bytes_done += result.size
+        return late_by is not None
+
+    def _file_failed(self, docked: _Docked, item: ScannedRecording, reason: str) -> None:
+        dock_session_id, camera_id = docked.dock_session_id, docked.camera_id
+        self.summary.errors += 1
+        self._log.warning("file_failed", file=item.name, reason=reason)
+        with self.catalog.transaction() as session:
+            records.raise_flag(
+                session,
+                kind=FlagKind.FAILED_FILE,
+                dedup_key=f"failed:{dock_session_id}:{item.name}",
+                now=self.clock(),
+                camera_id=camera_id,
+                dock_session_id=dock_session_id,
+                details={"file": item.name, "reason": reason},
+            )
+            dock_session = session.get_one(DockSession, dock_session_id)
+            dock_session.files_failed += 1
+
+    def _delete_proven(self, volume: Path, proven: list[ScannedRecording]) -> None:
+        if not self.settings.delete_after_ingest or not proven:
+            return
+        paths = [Path(os.fsdecode(item.raw_path)).relative_to(volume) for item in proven]
+        try:
+            failures = self.camera.delete_originals(volume, paths)
+        except Unsupported as error:
+            self._log.warning("delete_unsupported", reason=str(error))
+            return
+        self.summary.deleted = len(paths) - len(failures)
+        for path, reason in failures:
+            self._log.warning("delete_failed", file=str(path), reason=reason)
+
+    def _end(self, state: SessionState, reason: str) -> None:
+        self.summary.state = state
+        self.summary.reason = reason
+
+    def _close_session(self, dock_session_id: int) -> None:
+        with self.catalog.transaction() as session:
+            dock_session = session.get_one(DockSession, dock_session_id)
+            dock_session.state = self.summary.state
+            dock_session.failure_reason = self.summary.reason
+            dock_session.ended_at = self.clock()
+        summary = self.summary
+        self._log.info(
+            "ingest_summary",
+            state=summary.state.value,
+            reason=summary.reason,
+            files=summary.files,
+            bytes=summary.bytes,
+            seconds=round(summary.seconds, 3),
+            mib_per_s=round(summary.mib_per_s, 1),
+            late=summary.late,
+            errors=summary.errors,
+            rejected=len(summary.rejected),
+            deduplicated=summary.deduplicated,
+            deleted=summary.deleted,
+        )

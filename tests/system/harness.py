@@ -1,0 +1,291 @@
+"""The real daemon as a subprocess, and simulated cameras that dock through a watched folder.
+
+The daemon reports READY=1 over a real sd_notify datagram socket; the tests read its JSON log lines
+and its catalog (read-only), exactly as an administrator's tools would. Each process is stopped by its
+own pid in `close()`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ingestd.sdnotify import parse_notification
+from store.catalog import Catalog
+
+T = TypeVar("T")
+READY_TIMEOUT_S = 60.0
+DESCRIPTOR = ".ingestd-dock.json"
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.1) -> T:
+    """Poll `probe` until it returns something truthy; fail with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Daemon:
+    base: Path
+    extra_config: str = ""
+    udev: bool = False
+    store_root: Path | None = None
+    process: subprocess.Popen[bytes] | None = None
+    _notify: socket.socket | None = None
+    _log_offset: int = 0
+    starts: int = 0
+
+    @property
+    def state_dir(self) -> Path:
+        return self.base / "state"
+
+    @property
+    def docks(self) -> Path:
+        return self.base / "docks"
+
+    @property
+    def store(self) -> Path:
+        return self.store_root or self.base / "store"
+
+    @property
+    def config_path(self) -> Path:
+        return self.base / "config.toml"
+
+    @property
+    def catalog_url(self) -> str:
+        return f"sqlite:///{self.state_dir / 'catalog.db'}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.base / "daemon.log"
+
+    def write_config(self) -> None:
+        self.config_path.write_text(
+            f"""
+[daemon]
+state_dir = "{self.state_dir}"
+log_format = "json"
+
+[catalog]
+url = "{self.catalog_url}"
+
+[store]
+root = "{self.store}"
+fsync_interval_mib = 1
+
+[detection]
+udev = {str(self.udev).lower()}
+udev_source = "kernel"
+settle_seconds = 0.3
+watch_folders = ["{self.docks}"]
+
+[[camera]]
+match = {{ SUBSYSTEM = "folder", ZFY_TRANSPORT = "serial" }}
+driver = "serial"
+password = "000000"
+
+[[camera]]
+match = {{ SUBSYSTEM = "block", LOOP_BACKING_FILE = "{self.base}/*camera*.img" }}
+driver = "mass-storage"
+{self.extra_config}
+""",
+            encoding="utf-8",
+        )
+
+    def start(self) -> str:
+        """Start the daemon and wait for READY=1; returns its STATUS text."""
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.write_config()
+        notify_path = self.base / f"notify-{self.starts}.sock"
+        self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._notify.bind(str(notify_path))
+        self._notify.settimeout(0.2)
+        env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "PYTHONUNBUFFERED": "1"}
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "ingestd", "run", "--config", str(self.config_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        self.starts += 1
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"daemon exited {self.process.returncode}:\n{self.log_text()[-4000:]}")
+            fields = self.notifications()
+            if fields.get("READY") == "1":
+                return fields.get("STATUS", "")
+        raise AssertionError(f"no READY=1 within {READY_TIMEOUT_S}s:\n{self.log_text()[-4000:]}")
+
+    def notifications(self) -> dict[str, str]:
+        assert self._notify is not None
+        merged: dict[str, str] = {}
+        try:
+            while True:
+                merged.update(parse_notification(self._notify.recv(4096)))
+        except (TimeoutError, BlockingIOError):
+            return merged
+
+    def stop(self, timeout: float = 60.0) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=timeout)
+        self._close_notify()
+        return code
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=30)
+        self._close_notify()
+
+    def _close_notify(self) -> None:
+        if self._notify is not None:
+            self._notify.close()
+            self._notify = None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        found = []
+        for line in self.log_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and (name is None or record.get("event") == name):
+                found.append(record)
+        return found
+
+    def catalog(self) -> Catalog:
+        return Catalog.open(self.catalog_url, read_only=True)
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+        self._close_notify()
+
+
+@dataclass
+class SimulatedCamera:
+    """A camera simulator on a real pty; docking moves its volume into the watched folder atomically."""
+
+    base: Path
+    serial: str
+    officer_no: str = "000101"
+    officer_name: str = "张三"
+    drift_s: float = 0.0
+    battery: int = 80
+    files: int = 3
+    size_bytes: int = 256 * 1024
+    password: str = "000000"
+    extra_args: list[str] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+    tty: str | None = None
+
+    @property
+    def staging(self) -> Path:
+        return self.base / "staging" / self.serial
+
+    def start(self) -> None:
+        self.staging.mkdir(parents=True, exist_ok=True)
+        start = (datetime.now(UTC) - timedelta(hours=6)).isoformat()
+        args = [
+            sys.executable,
+            "-m",
+            "drivers.simulator",
+            "--serial",
+            self.serial,
+            "--officer-no",
+            self.officer_no,
+            "--officer-name",
+            self.officer_name,
+            "--drift",
+            str(self.drift_s),
+            "--battery",
+            str(self.battery),
+            "--password",
+            self.password,
+            "--volume",
+            str(self.staging),
+            "--generate",
+            str(self.files),
+            "--size-bytes",
+            str(self.size_bytes),
+            "--start",
+            start,
+            *self.extra_args,
+        ]
+        with (self.base / f"simulator-{self.serial}.log").open("ab") as log:
+            self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log)
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise AssertionError(f"simulator {self.serial} exited {self.process.wait()}")
+        self.tty = str(json.loads(line)["tty"])
+        descriptor = {
+            "tty": self.tty,
+            "properties": {"ZFY_TRANSPORT": "serial", "ID_SERIAL_SHORT": self.serial},
+        }
+        (self.staging / DESCRIPTOR).write_text(json.dumps(descriptor), encoding="utf-8")
+
+    def recordings(self, where: Path | None = None) -> list[Path]:
+        root = where or self.staging
+        return sorted(
+            p
+            for p in root.rglob("*")
+            if p.is_file()
+            and not p.is_symlink()
+            and p.name != DESCRIPTOR
+            and p.suffix.lower() in (".mp4", ".mov")
+        )
+
+    def dock(self, docks: Path) -> Path:
+        docks.mkdir(parents=True, exist_ok=True)
+        target = docks / self.serial
+        self.staging.rename(target)
+        return target
+
+    def undock(self, docks: Path) -> None:
+        """Take the camera out of the dock: its volume leaves the watched folder, intact."""
+        self.staging.parent.mkdir(parents=True, exist_ok=True)
+        (docks / self.serial).rename(self.staging)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+    def close(self) -> None:
+        self.kill()
+        if self.process is not None and self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+def iter_rows(catalog: Catalog, statement: Any) -> Iterator[Any]:
+    with catalog.transaction() as session:
+        yield from session.execute(statement).all()
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
