@@ -761,6 +761,13 @@ class FileObjectStore(ObjectStore):
                     attempt.keep_partial = True
                     writer.sync()  # everything the source gave us is resumable
                 raise failed.error from None
+            except Exception:
+                # Stopped from outside (the progress callback saw an unplug or a daemon stop): keep the
+                # partial; a resume truncates it to the last recorded durable offset. Disk full still
+                # discards it (put checks that first).
+                if attempt.key is not None:
+                    attempt.keep_partial = True
+                raise
             finally:
                 attempt.written = writer.offset
             if expected_size is not None and writer.offset != expected_size:

@@ -113,6 +113,26 @@ def test_an_interrupted_copy_resumes_from_its_durable_offset(store: ObjectStore)
     assert store.reconcile(set()).removed_keys == ()  # the finished put left no partial behind
 
 
+class Unplugged(Exception):  # noqa: N818 - an event raised by the caller's progress callback
+    pass
+
+
+def test_a_copy_stopped_by_its_progress_callback_keeps_its_partial_for_resume(store: ObjectStore) -> None:
+    """The daemon stops a copy from the progress callback when the camera is undocked."""
+    data = payload(6 * MiB, seed=7)
+
+    def unplug_after_4_mib(done: int) -> None:
+        if done >= 4 * MiB:
+            raise Unplugged
+
+    with pytest.raises(Unplugged):
+        store.put(reader(data), resume_key="ZFY0002:B.MP4", progress=unplug_after_4_mib)
+    result = store.put(reader(data), resume_key="ZFY0002:B.MP4")
+    assert MiB <= result.resumed_from <= 4 * MiB
+    assert result.blake3 == blake3.blake3(data).hexdigest()
+    assert store.verify_object(result.blake3, result.sha256, len(data)) == []
+
+
 def test_a_shorter_source_cannot_resume_and_its_partial_is_discarded(store: ObjectStore) -> None:
     data = payload(4 * MiB)
     with pytest.raises(OSError, match="camera unplugged"):
