@@ -293,6 +293,8 @@ def run_demo(console: Console, *, workdir: Path | None, files: int, size_mib: in
                     table, ended = progress_table(catalog)
                     live.update(table)
                     if ended >= len(CAMERAS):
+                        time.sleep(1.5)  # one more progress flush by the daemon, so the table ends final
+                        live.update(progress_table(catalog)[0])
                         break
                     if daemon.poll() is not None:
                         raise DemoError(
@@ -301,6 +303,7 @@ def run_demo(console: Console, *, workdir: Path | None, files: int, size_mib: in
                     time.sleep(0.25)
                 else:
                     raise DemoError(detail=f"cameras not ingested within {INGEST_TIMEOUT_S}s")
+            console.print()
             console.print(summary_table(catalog))
         finally:
             catalog.close()

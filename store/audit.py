@@ -120,7 +120,7 @@ def _normalise_details(details: Mapping[str, Any] | None) -> dict[str, Any]:
     return normal
 
 
-_LIMITS = {"actor_user": 64, "actor_role": 24, "action": 64, "outcome": 16, "source": 64}
+_LIMITS = {"actor_user": 64, "actor_role": 24, "action": 64, "outcome": 16, "source": 255}
 
 
 def _check_lengths(values: Mapping[str, Any]) -> None:

@@ -355,7 +355,7 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(64))
     subject: Mapped[str] = mapped_column(Text)
     outcome: Mapped[str] = mapped_column(String(16))
-    source: Mapped[str] = mapped_column(String(64))  # host or socket peer the action came from
+    source: Mapped[str] = mapped_column(String(255))  # dock port path, socket peer or host
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     prev_hash: Mapped[str] = mapped_column(String(DIGEST_HEX))
     hash: Mapped[str] = mapped_column(String(DIGEST_HEX), unique=True)

@@ -86,9 +86,11 @@ class SimulatedCamera:
             self._drift = timedelta(seconds=drift_s)
 
     def end_session(self) -> None:
-        """The host closed the tty: like a dropped DTR, the next session must authenticate again."""
+        """The host closed the tty: like a dropped DTR (the camera was taken out of the dock), the next
+        session must authenticate again and finds the camera back in its normal, non-storage mode."""
         with self._lock:
             self.authenticated = False
+            self.msc_mode = False
 
     def handle(self, frame: p.Frame) -> bytes:
         """The encoded reply to one request frame."""

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 21:36:07.324136
+Create Date: 2026-11-22 21:41:55.233407
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def upgrade() -> None:
         sa.Column("action", sa.String(length=64), nullable=False),
         sa.Column("subject", sa.Text(), nullable=False),
         sa.Column("outcome", sa.String(length=16), nullable=False),
-        sa.Column("source", sa.String(length=64), nullable=False),
+        sa.Column("source", sa.String(length=255), nullable=False),
         sa.Column("details", sa.JSON(), nullable=False),
         sa.Column("prev_hash", sa.String(length=64), nullable=False),
         sa.Column("hash", sa.String(length=64), nullable=False),

@@ -605,3 +605,20 @@ def test_cli_simulator_refuses_bad_flags_clearly(
     assert done.returncode == code
     assert done.stdout == ""
     assert re.search(message, done.stderr), done.stderr
+
+
+def test_undocking_returns_the_camera_to_normal_mode_for_its_next_dock(
+    server: PtyServer, sim: SimulatedCamera
+) -> None:
+    first = SerialDriver().open(device(server), options())
+    first.enter_mass_storage()
+    first.close()  # the dock drops DTR when the camera is taken out
+    wait_until = time.monotonic() + 2
+    while sim.msc_mode and time.monotonic() < wait_until:
+        time.sleep(0.01)
+    assert not sim.msc_mode
+    second = SerialDriver().open(device(server), options())
+    try:
+        assert second.identify() == IDENTITY
+    finally:
+        second.close()

@@ -234,6 +234,8 @@ class SimulatedCamera:
             str(self.size_bytes),
             "--start",
             start,
+            "--seed",
+            str(int(self.serial[-4:])),  # distinct content per camera, so nothing dedups by accident
             *self.extra_args,
         ]
         with (self.base / f"simulator-{self.serial}.log").open("ab") as log:

@@ -1,0 +1,267 @@
+"""The real daemon as a subprocess, simulated serial cameras on real ptys docking through a folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import blake3
+import pytest
+from sqlalchemy import func, select
+
+from store.models import (
+    Camera,
+    ClockReading,
+    CustodyEvent,
+    CustodyKind,
+    DockSession,
+    Flag,
+    FlagKind,
+    Recording,
+    SessionState,
+)
+from tests.system.harness import Daemon, SimulatedCamera, wait_for
+
+MIB = 1024 * 1024
+
+
+def digests_of(paths: list[Path]) -> set[str]:
+    return {blake3.blake3(path.read_bytes()).hexdigest() for path in paths}
+
+
+def ended_sessions(daemon: Daemon, serial: str) -> list[DockSession]:
+    catalog = daemon.catalog()
+    try:
+        with catalog.transaction() as session:
+            return list(
+                session.scalars(
+                    select(DockSession)
+                    .join(Camera, Camera.id == DockSession.camera_id)
+                    .where(Camera.device_serial == serial, DockSession.ended_at.is_not(None))
+                    .order_by(DockSession.id)
+                ).all()
+            )
+    finally:
+        catalog.close()
+
+
+def wait_sessions(daemon: Daemon, serial: str, count: int = 1, timeout: float = 90.0) -> list[DockSession]:
+    return wait_for(
+        f"{count} ended session(s) of {serial}",
+        lambda: (found := ended_sessions(daemon, serial)) and len(found) >= count and found,
+        timeout=timeout,
+    )
+
+
+def stored_digests(daemon: Daemon, serial: str) -> list[str]:
+    catalog = daemon.catalog()
+    try:
+        with catalog.transaction() as session:
+            return list(
+                session.scalars(
+                    select(Recording.blake3).join(Camera).where(Camera.device_serial == serial)
+                ).all()
+            )
+    finally:
+        catalog.close()
+
+
+def ingestctl_verify(daemon: Daemon) -> dict[str, object]:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from ingestd.ctl import main; main()",
+            "verify",
+            "--objects",
+            "--json",
+            "--config",
+            str(daemon.config_path),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    report = json.loads(done.stdout)
+    assert isinstance(report, dict)
+    report["exit_code"] = done.returncode
+    return report
+
+
+def test_serial_camera_is_identified_synced_ingested_and_wiped_after_proof(
+    daemon: Daemon, make_camera: Callable[..., SimulatedCamera]
+) -> None:
+    camera = make_camera("ZFY1001", drift_s=3.5, battery=66, files=3)
+    originals = camera.recordings()
+    expected = digests_of(originals)
+    assert len(expected) == 3
+    status = daemon.start()
+    assert status.startswith("reconciled")
+    volume = camera.dock(daemon.docks)
+
+    (dock_session,) = wait_sessions(daemon, "ZFY1001")
+    assert dock_session.state is SessionState.DONE
+    assert dock_session.battery_percent == 66
+    assert dock_session.clock_offset_s == pytest.approx(3.5, abs=0.02)  # measured before the correction
+    assert set(stored_digests(daemon, "ZFY1001")) == expected
+    assert camera.recordings(volume) == []  # proven, then deleted from the camera
+
+    catalog = daemon.catalog()
+    try:
+        with catalog.transaction() as session:
+            reading = session.scalars(select(ClockReading)).one()
+            # The clock ends synced: read back after setting, the camera is within 50 ms of the station.
+            assert reading.state == "synced"
+            assert reading.residual_s is not None
+            assert abs(reading.residual_s) < 0.05
+            assert reading.offset_s == pytest.approx(3.5, abs=0.02)
+            kinds = session.scalars(select(CustodyEvent.kind)).all()
+            assert kinds == [CustodyKind.CHECK_IN]
+    finally:
+        catalog.close()
+
+    camera.undock(daemon.docks)
+    wait_for(
+        "check-out on undock", lambda: custody_kinds(daemon) == [CustodyKind.CHECK_IN, CustodyKind.CHECK_OUT]
+    )
+    summary = daemon.events("ingest_summary")[-1]
+    assert summary["files"] == 3
+    assert summary["device_id"] == "ZFY1001"
+    assert summary["state"] == "done"
+    assert daemon.stop() == 0
+    report = ingestctl_verify(daemon)
+    assert report["clean"] is True, report
+    assert report["objects_checked"] == 3
+
+
+def custody_kinds(daemon: Daemon) -> list[CustodyKind]:
+    catalog = daemon.catalog()
+    try:
+        with catalog.transaction() as session:
+            return list(session.scalars(select(CustodyEvent.kind).order_by(CustodyEvent.id)).all())
+    finally:
+        catalog.close()
+
+
+def test_two_cameras_at_once_and_a_failing_one_does_not_stall_the_other(
+    daemon: Daemon, make_camera: Callable[..., SimulatedCamera]
+) -> None:
+    good = make_camera("ZFY2001", files=4, size_bytes=4 * MIB)
+    other = make_camera("ZFY2002", files=4, size_bytes=4 * MIB)
+    locked_out = make_camera("ZFY2003", files=2, password="999999")  # the station's password is refused
+    daemon.start()
+    for camera in (locked_out, good, other):
+        camera.dock(daemon.docks)
+    for serial in ("ZFY2001", "ZFY2002"):
+        (session,) = wait_sessions(daemon, serial)
+        assert session.state is SessionState.DONE
+        assert session.files_done == 4
+    failures = wait_for("the locked-out camera's failure", lambda: daemon.events("camera_open_failed"))
+    assert "ZFY2003" in failures[0]["port"]
+    assert "password refused" in failures[0]["error"]
+    assert {e["device_id"] for e in daemon.events("ingest_summary")} == {"ZFY2001", "ZFY2002"}
+    assert len(locked_out.recordings(daemon.docks / "ZFY2003")) == 2  # untouched
+
+
+def test_hostile_names_symlinks_and_devices_are_flagged_and_the_session_goes_on(
+    daemon: Daemon, make_camera: Callable[..., SimulatedCamera]
+) -> None:
+    camera = make_camera("ZFY3001", files=2, extra_args=["--hostile"])
+    secret = Path("/etc/passwd").read_bytes()
+    daemon.start()
+    camera.dock(daemon.docks)
+    (session,) = wait_sessions(daemon, "ZFY3001")
+    assert session.state is SessionState.DONE
+    catalog = daemon.catalog()
+    try:
+        with catalog.transaction() as db:
+            flagged = db.scalars(select(Flag.details).where(Flag.kind == FlagKind.FAILED_FILE)).all()
+            reasons = " | ".join(str(details) for details in flagged)
+            assert "symbolic link" in reasons
+            assert "fifo" in reasons
+            stored = db.scalar(select(func.count()).select_from(Recording))
+            assert stored is not None
+            assert stored >= 2
+    finally:
+        catalog.close()
+    for path in daemon.store.rglob("*"):
+        if path.is_file():
+            assert path.read_bytes() != secret  # nothing outside the volume was read into the store
+
+
+def partial_offsets(store: Path) -> list[int]:
+    offsets = []
+    for sidecar in (store / "partial").glob("*.json"):
+        try:
+            offsets.append(int(json.loads(sidecar.read_text())["durable"]))
+        except (ValueError, KeyError, OSError):
+            continue
+    return offsets
+
+
+def test_unplug_mid_copy_keeps_the_camera_intact_and_the_next_dock_resumes(
+    daemon: Daemon, make_camera: Callable[..., SimulatedCamera]
+) -> None:
+    camera = make_camera("ZFY4001", files=1, size_bytes=768 * MIB)
+    (original,) = camera.recordings()
+    original_size = original.stat().st_size
+    daemon.start()
+    camera.dock(daemon.docks)
+    wait_for(
+        "a durable partial copy",
+        lambda: any(offset > 0 for offset in partial_offsets(daemon.store)),
+        timeout=60,
+        interval=0.005,
+    )
+    camera.undock(daemon.docks)
+    (first,) = wait_sessions(daemon, "ZFY4001")
+    assert first.state is SessionState.UNPLUGGED
+    assert camera.recordings() == [original]  # nothing deleted: nothing was proven
+    assert original.stat().st_size == original_size
+    camera.dock(daemon.docks)
+    sessions = wait_sessions(daemon, "ZFY4001", count=2, timeout=120)
+    assert sessions[1].state is SessionState.DONE
+    stored = [e for e in daemon.events("recording_stored") if e.get("device_id") == "ZFY4001"]
+    assert len(stored) == 1
+    assert stored[0]["resumed_from"] > 0
+    assert len(stored_digests(daemon, "ZFY4001")) == 1
+
+
+def test_kill_9_mid_ingest_then_restart_reconciles_and_stores_each_recording_once(
+    daemon: Daemon, make_camera: Callable[..., SimulatedCamera]
+) -> None:
+    camera = make_camera("ZFY5001", files=2, size_bytes=384 * MIB)
+    expected = digests_of(camera.recordings())
+    daemon.start()
+    camera.dock(daemon.docks)
+    wait_for(
+        "a durable partial copy",
+        lambda: any(offset > 0 for offset in partial_offsets(daemon.store)),
+        timeout=60,
+        interval=0.005,
+    )
+    assert daemon.process is not None
+    os.kill(daemon.process.pid, signal.SIGKILL)
+    daemon.process.wait(timeout=30)
+    status = daemon.start()
+    assert "1 interrupted session" in status
+    sessions = wait_sessions(daemon, "ZFY5001", count=2, timeout=120)
+    assert sessions[0].state is SessionState.INTERRUPTED
+    assert sessions[1].state is SessionState.DONE
+    digests = stored_digests(daemon, "ZFY5001")
+    assert sorted(digests) == sorted(expected)
+    assert daemon.stop() == 0
+    report = ingestctl_verify(daemon)
+    assert report["clean"] is True, report
+
+
+def test_sigterm_stops_cleanly_and_reports_stopping(daemon: Daemon) -> None:
+    daemon.start()
+    assert daemon.stop() == 0
+    assert daemon.events("stopped")
