@@ -51,11 +51,11 @@ def ended_sessions(daemon: Daemon, serial: str) -> list[DockSession]:
 
 
 def wait_sessions(daemon: Daemon, serial: str, count: int = 1, timeout: float = 90.0) -> list[DockSession]:
-    return wait_for(
-        f"{count} ended session(s) of {serial}",
-        lambda: (found := ended_sessions(daemon, serial)) and len(found) >= count and found,
-        timeout=timeout,
-    )
+    def enough() -> list[DockSession] | None:
+        found = ended_sessions(daemon, serial)
+        return found if len(found) >= count else None
+
+    return wait_for(f"{count} ended session(s) of {serial}", enough, timeout=timeout)
 
 
 def stored_digests(daemon: Daemon, serial: str) -> list[str]:
