@@ -27,6 +27,7 @@ from ingestd.manager import DockManager, interrupted_sessions
 from ingestd.sdnotify import Notifier, watchdog_interval_s
 from ingestd.services import Services
 from ingestd.session import IngestSettings, SessionSummary
+from store.models import SessionState
 from store.types import utcnow
 
 log = structlog.get_logger()
@@ -82,15 +83,16 @@ class Daemon:
         self.notifier = Notifier()
         self.events: queue.Queue[DockEvent] = queue.Queue()
         self.services = Services.open(config)
-        self.summaries: list[SessionSummary] = []
         self.manager = DockManager(
             self.services,
             ingest_settings(config),
             max_concurrent=config.ingest.max_concurrent,
             clock=clock,
-            on_summary=self.summaries.append,
+            on_summary=self._session_ended,
         )
         self._sources_stop = threading.Event()
+        self._alarm_lock = threading.Lock()
+        self._store_full: dict[str, str] = {}
         self._folder_source: FolderSource | None = None
 
     def install_signal_handlers(self) -> None:
@@ -153,9 +155,23 @@ class Daemon:
             return
         self.manager.handle(event)
 
+    def _session_ended(self, summary: SessionSummary) -> None:
+        """Called from session threads. A full store raises an alarm that stays in STATUS until the
+        camera that hit it has its footage stored."""
+        with self._alarm_lock:
+            if summary.reason is not None and summary.reason.startswith("store full"):
+                self._store_full[summary.device_id or summary.port] = summary.reason
+            elif summary.state is SessionState.DONE:
+                self._store_full.pop(summary.device_id or summary.port, None)
+
     def _status_line(self) -> str:
         active = self.manager.active_ports()
-        return f"{len(active)} dock(s) active" if active else "idle, waiting for cameras"
+        line = f"{len(active)} dock(s) active" if active else "idle, waiting for cameras"
+        with self._alarm_lock:
+            if self._store_full:
+                cameras = ", ".join(sorted(self._store_full))
+                line = f"ALARM store full ({self.services.store.free_bytes()} bytes free; {cameras}); {line}"
+        return line
 
     def _describe_sources(self) -> list[str]:
         detection = self.config.detection

@@ -171,6 +171,7 @@ class IngestSession:
         except DiskFullError as full:
             self._end(SessionState.FAILED, f"store full: {full}")
             self._log.error("store_full_alarm", error=str(full))
+            self._flag_store_full(dock_session_id, full)
         except IntegrityError as error:
             # Never swallowed: recorded, logged loudly, and the camera keeps its originals.
             self._end(SessionState.FAILED, f"integrity error: {error}")
@@ -465,6 +466,19 @@ class IngestSession:
         self.summary.deleted = len(paths) - len(failures)
         for path, reason in failures:
             self._log.warning("delete_failed", file=str(path), reason=reason)
+
+    def _flag_store_full(self, dock_session_id: int, full: DiskFullError) -> None:
+        with self.catalog.transaction() as session:
+            camera_id = session.get_one(DockSession, dock_session_id).camera_id
+            records.raise_flag(
+                session,
+                kind=FlagKind.STORE_FULL,
+                dedup_key=f"store-full:{dock_session_id}",
+                now=self.clock(),
+                camera_id=camera_id,
+                dock_session_id=dock_session_id,
+                details={"error": str(full), "free_bytes": self.store.free_bytes()},
+            )
 
     def _end(self, state: SessionState, reason: str) -> None:
         self.summary.state = state

@@ -49,8 +49,8 @@ class Daemon:
     store_root: Path | None = None
     process: subprocess.Popen[bytes] | None = None
     _notify: socket.socket | None = None
-    _log_offset: int = 0
     starts: int = 0
+    last_status: str = ""
 
     @property
     def state_dir(self) -> Path:
@@ -102,7 +102,7 @@ driver = "serial"
 password = "000000"
 
 [[camera]]
-match = {{ SUBSYSTEM = "block", LOOP_BACKING_FILE = "{self.base}/*camera*.img" }}
+match = {{ SUBSYSTEM = "block", LOOP_BACKING_FILE = "*-camera.img" }}
 driver = "mass-storage"
 {self.extra_config}
 """,
@@ -136,13 +136,21 @@ driver = "mass-storage"
         raise AssertionError(f"no READY=1 within {READY_TIMEOUT_S}s:\n{self.log_text()[-4000:]}")
 
     def notifications(self) -> dict[str, str]:
+        """Drain what the daemon sent since the last call; `last_status` keeps the newest STATUS."""
         assert self._notify is not None
         merged: dict[str, str] = {}
         try:
             while True:
                 merged.update(parse_notification(self._notify.recv(4096)))
         except (TimeoutError, BlockingIOError):
-            return merged
+            pass
+        if "STATUS" in merged:
+            self.last_status = merged["STATUS"]
+        return merged
+
+    def status(self) -> str:
+        self.notifications()
+        return self.last_status
 
     def stop(self, timeout: float = 60.0) -> int:
         assert self.process is not None

@@ -1,0 +1,162 @@
+"""Block-device cameras through the real kernel uevent netlink, and a store that runs out of space."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from drivers.base import CameraIdentity
+from drivers.mass_storage import IDENTITY_FILE, format_identity_file
+from drivers.mp4 import write_mp4
+from store.models import Camera, CustodyEvent, CustodyKind, Flag, FlagKind, SessionState
+from tests.support.loopdev import attached, ext4_filesystem, mounted, require_root_tools
+from tests.support.objectstore import unseal_tree
+from tests.system.harness import Daemon, SimulatedCamera, wait_for
+from tests.system.test_daemon import ingestctl_verify, stored_digests, wait_sessions
+
+START = datetime.now(UTC) - timedelta(hours=5)
+MIB = 1024 * 1024
+
+
+def indirect_block(image: Path, name: str) -> int:
+    shown = subprocess.run(
+        ["debugfs", "-R", f"stat /{name}", str(image)], capture_output=True, text=True, check=True
+    ).stdout
+    found = re.search(r"\(IND\):(\d+)", shown)
+    assert found is not None, shown
+    return int(found.group(1))
+
+
+def camera_image(tmp_path: Path, serial: str) -> Path:
+    """A camera card: identity file, two good recordings and one whose medium fails with EIO."""
+    content = tmp_path / f"{serial}-content"
+    content.mkdir()
+    identity = CameraIdentity(serial, "000201", "赵六", "110105000000", "朝阳分局", source="identity-file")
+    (content / IDENTITY_FILE).write_bytes(format_identity_file(identity))
+    for number in (1, 2):
+        write_mp4(
+            content / f"GOOD{number}.MP4",
+            created_at=START + timedelta(minutes=number),
+            payload_size=300_000,
+            duration_s=60,
+        )
+    write_mp4(content / "BAD.MP4", created_at=START, payload_size=60_000, duration_s=60)
+    image = tmp_path / f"{serial}-camera.img"  # the daemon's rule matches *camera*.img backing files
+    with image.open("wb") as out:
+        out.truncate(16 * MIB)
+    # 1 KiB blocks without extents, so BAD.MP4's tail hangs off one indirect block we can break.
+    subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-b", "1024", "-O", "^extent,^64bit", "-d", str(content), str(image)],
+        check=True,
+        capture_output=True,
+    )
+    block = indirect_block(image, "BAD.MP4")
+    with image.open("r+b") as out:
+        out.seek(block * 1024)
+        out.write(b"\xf0\xff\xff\xff" * 256)
+    return image
+
+
+@pytest.fixture
+def block_daemon(tmp_path: Path) -> Iterator[Daemon]:
+    require_root_tools("mkfs.ext4", "debugfs")
+    harness = Daemon(base=tmp_path / "station", udev=True)
+    try:
+        yield harness
+    finally:
+        harness.close()
+        unseal_tree(harness.store)
+
+
+def test_attaching_a_camera_image_is_a_real_uevent_dock_and_read_errors_are_flagged(
+    block_daemon: Daemon, tmp_path: Path
+) -> None:
+    image = camera_image(tmp_path, "ZFY6001")
+    block_daemon.start()
+    with attached(image) as device:
+        (session,) = wait_sessions(block_daemon, "ZFY6001")
+        assert session.state is SessionState.DONE
+        assert session.clock_state == "unsupported"  # plain storage: reported, not hidden
+        assert len(stored_digests(block_daemon, "ZFY6001")) == 2
+        catalog = block_daemon.catalog()
+        try:
+            with catalog.transaction() as db:
+                details = db.scalars(select(Flag.details).where(Flag.kind == FlagKind.FAILED_FILE)).all()
+                assert any(
+                    d.get("file") == "BAD.MP4" and "read failed" in str(d.get("reason")) for d in details
+                )
+                camera = db.scalars(select(Camera).where(Camera.device_serial == "ZFY6001")).one()
+                assert camera.assigned_officer is not None
+                assert camera.assigned_officer.name == "赵六"
+        finally:
+            catalog.close()
+        port = block_daemon.events("ingest_summary")[-1]["port"]
+        assert port.endswith(Path(device).name)
+    # Detached: the daemon sees the kernel's change event and checks the camera out.
+    wait_for("check-out after detach", lambda: checkout_count(block_daemon) == 1)
+    with attached(image) as device, mounted(device, tmp_path / "inspect", "ro") as volume:
+        left = sorted(path.name for path in volume.iterdir() if path.is_file())
+    assert left == ["BAD.MP4", IDENTITY_FILE]  # proven files deleted; the unreadable one kept
+    assert block_daemon.stop() == 0
+    assert ingestctl_verify(block_daemon)["clean"] is True
+
+
+def checkout_count(daemon: Daemon) -> int:
+    catalog = daemon.catalog()
+    try:
+        with catalog.transaction() as db:
+            return len(
+                db.scalars(select(CustodyEvent.id).where(CustodyEvent.kind == CustodyKind.CHECK_OUT)).all()
+            )
+    finally:
+        catalog.close()
+
+
+def test_a_full_store_raises_an_alarm_leaves_the_camera_untouched_and_other_docks_go_on(
+    tmp_path: Path, make_camera: Callable[..., SimulatedCamera]
+) -> None:
+    require_root_tools("mkfs.ext4")
+    big = make_camera("ZFY7001", files=1, size_bytes=96 * MIB)
+    small = make_camera("ZFY7002", files=3, size_bytes=1 * MIB)
+    (big_file,) = big.recordings()
+    with ext4_filesystem(tmp_path, 64, name="storefs") as store_fs:
+        daemon = Daemon(base=tmp_path / "station", store_root=store_fs / "store")
+        try:
+            daemon.start()
+            volume = big.dock(daemon.docks)
+            (failed,) = wait_sessions(daemon, "ZFY7001")
+            assert failed.state is SessionState.FAILED
+            assert failed.failure_reason is not None
+            assert failed.failure_reason.startswith("store full")
+            assert daemon.events("store_full_alarm")
+            status = wait_for("the alarm in STATUS", lambda: alarm_in_status(daemon))
+            assert "ZFY7001" in status
+            assert big.recordings(volume) == [volume / big_file.relative_to(big.staging)]  # untouched
+            catalog = daemon.catalog()
+            try:
+                with catalog.transaction() as db:
+                    assert db.scalars(select(Flag.kind).where(Flag.kind == FlagKind.STORE_FULL)).all()
+            finally:
+                catalog.close()
+            small.dock(daemon.docks)
+            (done,) = wait_sessions(daemon, "ZFY7002")
+            assert done.state is SessionState.DONE
+            assert done.files_done == 3
+            assert daemon.stop() == 0
+            report = ingestctl_verify(daemon)
+            assert report["clean"] is True, json.dumps(report)
+        finally:
+            daemon.close()
+            unseal_tree(store_fs)
+
+
+def alarm_in_status(daemon: Daemon) -> str | None:
+    status = daemon.status()
+    return status if "ALARM store full" in status else None
