@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import io
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -33,7 +31,7 @@ from store.objects import (
     is_immutable,
 )
 from tests.support.loopdev import ext4_filesystem, require_root_tools
-from tests.support.objectstore import UnpluggedCamera, unseal_tree
+from tests.support.objectstore import UnpluggedCamera, rot_below_filesystem, unseal_tree
 
 pytestmark = pytest.mark.root
 KiB = 1024
@@ -156,31 +154,12 @@ def test_the_seal_falls_back_to_read_only_without_cap_linux_immutable(ext4: Path
     assert report["warnings"][0]["errno"] == "EPERM"
 
 
-def physical_offset(path: Path) -> int:
-    """Byte offset of the file's first block on the device underneath it."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        block: int = struct.unpack("i", fcntl.ioctl(fd, FIBMAP, struct.pack("i", 0)))[0]
-    finally:
-        os.close(fd)
-    assert block > 0
-    return block * os.statvfs(path).f_bsize
-
-
 def test_read_back_catches_a_byte_changed_on_the_medium(tmp_path: Path) -> None:
     """A bad disk, for real: after the final fsync, one byte of the copy is changed in the loop device's
     backing image, underneath ext4. Only a re-read from the medium can see it."""
     data = payload(3 * MiB)
-    image = tmp_path / "store.img"  # where ext4_filesystem(tmp_path, ..., name="store") keeps its image
-
-    def rot(partial: Path) -> None:
-        with image.open("r+b") as medium:
-            medium.seek(physical_offset(partial) + 1000)
-            byte = medium.read(1)
-            medium.seek(-1, os.SEEK_CUR)
-            medium.write(bytes([byte[0] ^ 0x01]))
-            medium.flush()
-            os.fsync(medium.fileno())
+    # ext4_filesystem(tmp_path, ..., name="store") keeps its image at tmp_path / "store.img".
+    rot = rot_below_filesystem(tmp_path / "store.img")
 
     with ext4_filesystem(tmp_path, 64, name="store") as mount_point:
         store = FileObjectStore(mount_point / "s", on_synced=rot)
