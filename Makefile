@@ -38,7 +38,8 @@ demo: $(STAMP)
 	$(VENV)/bin/ingestd demo
 
 bench: $(STAMP)
-	$(PY) bench/store_put.py
+	$(PY) -m bench.store_put
+	$(PY) -m bench.ingest
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

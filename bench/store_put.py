@@ -4,14 +4,13 @@ Prints MiB/s for dd, put without read-back and put with read-back, the ratios ag
 (0.9 and 0.75), and the peak RSS of each put (every put runs in its own child process), including a small
 file next to a large one to show that memory does not grow with the file.
 
-    .venv/bin/python bench/store_put.py [--files 4] [--size-mib 512] [--dir DIR]
+    .venv/bin/python -m bench.store_put [--files 4] [--size-mib 512] [--dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import shutil
 import statistics
@@ -22,41 +21,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.common import drop_caches, make_source, run_dd
 from store.objects import FileObjectStore, MiB
 
 TARGETS = {"put": 0.9, "put+read-back": 0.75}
-
-
-def drop_caches() -> bool:
-    """Start every run cold. Needs root; without it the figures include whatever the cache holds."""
-    os.sync()
-    if os.geteuid() != 0:
-        return False
-    try:
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-    except OSError:
-        return False
-    return True
-
-
-def make_source(path: Path, size: int) -> None:
-    if path.exists() and path.stat().st_size == size:
-        return
-    with path.open("wb") as out:
-        for _ in range(size // (4 * MiB)):
-            out.write(os.urandom(4 * MiB))
-        out.write(os.urandom(size % (4 * MiB)))
-        out.flush()
-        os.fsync(out.fileno())
-
-
-def run_dd(source: Path, target: Path) -> float:
-    drop_caches()
-    started = time.perf_counter()
-    subprocess.run(["dd", f"if={source}", f"of={target}", "bs=4M", "conv=fsync", "status=none"], check=True)
-    elapsed = time.perf_counter() - started
-    target.unlink()
-    return elapsed
 
 
 @dataclass(frozen=True)
@@ -68,9 +36,19 @@ class PutRun:
 def run_put(source: Path, root: Path, *, read_back: bool) -> PutRun:
     """One put in a fresh child process, so its peak RSS is its own."""
     done = subprocess.run(
-        [sys.executable, __file__, "--child", str(source), "--root", str(root),
-         *(["--read-back"] if read_back else [])],
-        check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "bench.store_put",
+            "--child",
+            str(source),
+            "--root",
+            str(root),
+            *(["--read-back"] if read_back else []),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     report = json.loads(done.stdout.splitlines()[-1])  # earlier lines are the store's own log
     return PutRun(float(report["seconds"]), float(report["peak_rss_kib"]) / 1024)
@@ -138,14 +116,18 @@ def bench(workdir: Path, files: int, size: int) -> None:
         target = TARGETS.get(mode)
         verdict = "" if target is None else ("  ok" if ratio >= target else "  BELOW TARGET")
         peak = f"{max(rss[mode]):>14.1f}" if mode in rss else f"{'':>14}"
-        print(f"{mode:<22}{rate(mode):>8.0f}{statistics.median(runs):>10.3f}{ratio:>8.2f}"
-              f"{'' if target is None else target:>8}{peak}{verdict}")
+        print(
+            f"{mode:<22}{rate(mode):>8.0f}{statistics.median(runs):>10.3f}{ratio:>8.2f}"
+            f"{'' if target is None else target:>8}{peak}{verdict}"
+        )
 
     small = workdir / "small.bin"
     make_source(small, 16 * MiB)
     small_rss = run_put(small, workdir / "store", read_back=True).peak_rss_mib
-    print(f"peak RSS of put+read-back: {small_rss:.1f} MiB for 16 MiB, "
-          f"{max(rss['put+read-back']):.1f} MiB for {size // MiB} MiB (flat: a fixed ring of buffers)")
+    print(
+        f"peak RSS of put+read-back: {small_rss:.1f} MiB for 16 MiB, "
+        f"{max(rss['put+read-back']):.1f} MiB for {size // MiB} MiB (flat: a fixed ring of buffers)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,268 @@
+"""Ingest throughput, concurrency, memory and dock latency, each beside a baseline from the same run.
+
+1. one camera: `ingestd import` (read-back on) of F files of S MiB, against `dd bs=4M conv=fsync`
+   copying the same files on the same filesystem (target >= 0.75);
+2. N cameras at once through the real daemon (watched folder), against the same single-stream dd rate
+   (target >= 0.9: the disk is the limit);
+3. peak RSS of `ingestd import` with one large recording against a small one (target: flat);
+4. dock-to-first-byte: from the dock (a loop-device attach when root, else a directory appearing) to
+   the first byte of the first partial copy in the store (target < 2 s).
+
+    .venv/bin/python -m bench.ingest [--files 4] [--size-mib 256] [--cameras 8] [--big-gib 4] [--dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from bench.common import MiB, drop_caches, make_source, run_child, run_dd
+from drivers.base import CameraIdentity
+from drivers.mass_storage import IDENTITY_FILE, format_identity_file
+from store.catalog import Catalog
+from store.models import DockSession
+
+TARGETS = {"one camera": 0.75, "cameras at once": 0.9}
+FIRST_BYTE_TARGET_S = 2.0
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_card(directory: Path, serial: str, files: int, size: int) -> list[Path]:
+    """A camera card: an identity file and `files` recordings of random bytes."""
+    identity = CameraIdentity(serial, "000101", "张三", "110105000000", "朝阳分局", source="identity-file")
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / IDENTITY_FILE).write_bytes(format_identity_file(identity))
+    paths = [directory / "DCIM" / f"{serial}_{n:04d}.MP4" for n in range(files)]
+    for path in paths:
+        make_source(path, size)
+    return paths
+
+
+def write_config(work: Path, *, udev: bool) -> Path:
+    config = work / "config.toml"
+    config.write_text(
+        f"""
+[daemon]
+state_dir = "{work / "state"}"
+log_format = "json"
+[catalog]
+url = "sqlite:///{work / "state" / "catalog.db"}"
+[store]
+root = "{work / "store"}"
+[ingest]
+max_concurrent = 8
+delete_after_ingest = false
+[detection]
+udev = {str(udev).lower()}
+udev_source = "kernel"
+watch_folders = ["{work / "docks"}"]
+[[camera]]
+match = {{ SUBSYSTEM = "folder" }}
+driver = "mass-storage"
+[[camera]]
+match = {{ SUBSYSTEM = "block", LOOP_BACKING_FILE = "*-bench-card.img" }}
+driver = "mass-storage"
+""",
+        encoding="utf-8",
+    )
+    return config
+
+
+def ingestd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ingestd", *args]
+
+
+def reset(work: Path) -> None:
+    subprocess.run(["chattr", "-R", "-f", "-i", str(work / "store")], check=False, capture_output=True)
+    for name in ("store", "state", "docks"):
+        shutil.rmtree(work / name, ignore_errors=True)
+
+
+def one_camera(work: Path, files: int, size: int) -> tuple[float, float]:
+    """(dd MiB/s, import MiB/s) for the same files."""
+    card = work / "cards" / "ZFY0001"
+    sources = make_card(card, "ZFY0001", files, size)
+    dd_seconds = sum(run_dd(source, work / "dd-copy.bin") for source in sources)
+    reset(work)
+    config = write_config(work, udev=False)
+    drop_caches()
+    output, _, _ = run_child(
+        ingestd("import", str(card), "--device-id", "ZFY0001", "--json", "--config", str(config)), cwd=REPO
+    )
+    summary = json.loads(output.splitlines()[-1])
+    assert summary["files"] == files, summary
+    total = files * size / MiB
+    return total / dd_seconds, total / summary["seconds"]
+
+
+def start_daemon(work: Path, *, udev: bool) -> subprocess.Popen[bytes]:
+    reset(work)
+    config = write_config(work, udev=udev)
+    (work / "docks").mkdir(parents=True)
+    with (work / "daemon.log").open("ab") as log:
+        daemon = subprocess.Popen(ingestd("run", "--config", str(config)), stdout=log, stderr=log, cwd=REPO)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if '"event": "ready"' in (work / "daemon.log").read_text(errors="replace"):
+            return daemon
+        time.sleep(0.05)
+    daemon.kill()
+    raise RuntimeError("the daemon did not become ready")
+
+
+def ended_sessions(work: Path) -> int:
+    catalog = Catalog.open(f"sqlite:///{work / 'state' / 'catalog.db'}", read_only=True)
+    try:
+        with catalog.transaction() as session:
+            return int(
+                session.scalar(
+                    select(func.count()).select_from(DockSession).where(DockSession.ended_at.is_not(None))
+                )
+                or 0
+            )
+    finally:
+        catalog.close()
+
+
+def stop(daemon: subprocess.Popen[bytes]) -> None:
+    daemon.send_signal(signal.SIGTERM)
+    try:
+        daemon.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+
+
+def cameras_at_once(work: Path, cameras: int, files: int, size: int) -> float:
+    """MiB/s for `cameras` cards docked at the same moment, dock to last session end."""
+    cards = [work / "cards" / f"ZFY1{n:03d}" for n in range(cameras)]
+    for card in cards:
+        make_card(card, card.name, files, size)
+    daemon = start_daemon(work, udev=False)
+    try:
+        drop_caches()
+        started = time.perf_counter()
+        for card in cards:
+            card.rename(work / "docks" / card.name)
+        while ended_sessions(work) < cameras:
+            if daemon.poll() is not None:
+                raise RuntimeError("the daemon exited")
+            time.sleep(0.02)
+        elapsed = time.perf_counter() - started
+        for card in cards:
+            (work / "docks" / card.name).rename(card)
+    finally:
+        stop(daemon)
+    return cameras * files * size / MiB / elapsed
+
+
+def peak_rss(work: Path, size: int) -> float:
+    card = work / "cards" / f"rss-{size // MiB}"
+    make_card(card, "ZFY0002", 1, size)
+    reset(work)
+    config = write_config(work, udev=False)
+    _, _, rss = run_child(
+        ingestd("import", str(card), "--device-id", "ZFY0002", "--config", str(config)), cwd=REPO
+    )
+    shutil.rmtree(card)
+    return rss
+
+
+def first_byte(work: Path, size: int) -> tuple[str, float]:
+    """Seconds from the dock to the first byte of the first partial copy."""
+    use_loop = (
+        os.geteuid() == 0 and shutil.which("losetup") is not None and shutil.which("mkfs.ext4") is not None
+    )
+    card = work / "cards" / "ZFY0003"
+    make_card(card, "ZFY0003", 1, size)
+    image = work / "ZFY0003-bench-card.img"
+    if use_loop:
+        subprocess.run(
+            ["mkfs.ext4", "-q", "-F", "-d", str(card), str(image), f"{size // MiB + 64}M"],
+            check=True,
+            capture_output=True,
+        )
+    daemon = start_daemon(work, udev=use_loop)
+    device = None
+    try:
+        partial = work / "store" / "partial"
+        started = time.perf_counter()
+        if use_loop:
+            device = subprocess.run(
+                ["losetup", "--find", "--show", str(image)], check=True, capture_output=True, text=True
+            ).stdout.strip()
+        else:
+            card.rename(work / "docks" / card.name)
+        while not any(p.stat().st_size > 0 for p in partial.glob("*.part")) if partial.exists() else True:
+            if time.perf_counter() - started > 30:
+                raise RuntimeError("no byte copied within 30 s")
+            time.sleep(0.001)
+        return ("loop-device uevent" if use_loop else "directory appeared"), time.perf_counter() - started
+    finally:
+        stop(daemon)
+        if device is not None:
+            subprocess.run(["losetup", "--detach", device], check=False)
+
+
+def verdict(ratio: float, target: float) -> str:
+    return "ok" if ratio >= target else "BELOW TARGET"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--files", type=int, default=4)
+    parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--cameras", type=int, default=8)
+    parser.add_argument("--big-gib", type=float, default=4.0)
+    parser.add_argument("--dir", type=Path, default=None)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="ingest-bench-", dir=args.dir))
+    size = args.size_mib * MiB
+    try:
+        cold = "caches dropped before runs" if drop_caches() else "NOT root: warm caches"
+        print(f"ingest benchmark in {work} at {datetime.now(UTC):%Y-%m-%d %H:%M}Z; {cold}")
+        dd_rate, one = one_camera(work, args.files, size)
+        print(f"{'measure':<34}{'figure':>12}{'baseline':>12}{'ratio':>8}{'target':>8}")
+        print(f"{'dd bs=4M conv=fsync (MiB/s)':<34}{dd_rate:>12.0f}")
+        ratio = one / dd_rate
+        print(
+            f"{'one camera, read-back (MiB/s)':<34}{one:>12.0f}{dd_rate:>12.0f}{ratio:>8.2f}"
+            f"{TARGETS['one camera']:>8}  {verdict(ratio, TARGETS['one camera'])}"
+        )
+        many = cameras_at_once(work, args.cameras, args.files, size // 2)
+        ratio = many / dd_rate
+        label = f"{args.cameras} cameras at once (MiB/s)"
+        print(
+            f"{label:<34}{many:>12.0f}{dd_rate:>12.0f}{ratio:>8.2f}"
+            f"{TARGETS['cameras at once']:>8}  {verdict(ratio, TARGETS['cameras at once'])}"
+        )
+        small_rss = peak_rss(work, 64 * MiB)
+        big = int(args.big_gib * 1024) * MiB
+        big_rss = peak_rss(work, big)
+        flat = "flat" if big_rss <= small_rss * 1.2 + 8 else "GROWS"
+        print(
+            f"{f'peak RSS, {big // MiB} MiB file (MiB)':<34}{big_rss:>12.1f}{small_rss:>12.1f}"
+            f"{big_rss / small_rss:>8.2f}{'':>8}  {flat} (baseline: 64 MiB file)"
+        )
+        how, latency = first_byte(work, 64 * MiB)
+        print(
+            f"{f'dock to first byte (s), {how}':<34}{latency:>12.2f}{'':>12}{'':>8}"
+            f"{FIRST_BYTE_TARGET_S:>8}  {'ok' if latency < FIRST_BYTE_TARGET_S else 'ABOVE TARGET'}"
+        )
+    finally:
+        reset(work)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
