@@ -120,7 +120,7 @@ class DetectionConfig(Section):
         "udev", description="udev: events enriched by udevd; kernel: raw kernel events (no udevd needed)."
     )
     settle_seconds: float = Field(
-        1.5, ge=0, le=30, description="Wait this long after a camera's last device appears before docking."
+        1.0, ge=0, le=30, description="Wait this long after a camera's last device appears before docking."
     )
     watch_folders: tuple[Path, ...] = Field(
         (), description="Folders whose new subdirectories are docked volumes (card readers, automounts)."
