@@ -1,0 +1,106 @@
+"""The command lines as an operator meets them: clear one-line errors, reload, watchdog, the demo."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.system.harness import Daemon, wait_for
+
+ENTRY = {
+    "ingestd": "from ingestd.cli import main; main()",
+    "ingestctl": "from ingestd.ctl import main; main()",
+}
+
+
+def run(program: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", ENTRY[program], *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        env=env,
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[store]\nreadback = true\n", "store.readback: unknown key"),
+        ("[store]\nchunk_mib = 'four'\n", "store.chunk_mib: Input should be a valid integer"),
+        ("[catalog\nurl = 1\n", "not valid TOML"),
+        ("[[camera]]\nmatch = {}\ndriver = 'serial'\n", "camera[0].match"),
+    ],
+)
+def test_a_bad_config_file_gets_one_clear_line_and_exit_78(tmp_path: Path, text: str, expected: str) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(text, encoding="utf-8")
+    for program, command in (("ingestd", "check-config"), ("ingestd", "run"), ("ingestctl", "verify")):
+        done = run(program, command, "--config", str(config))
+        assert done.returncode == 78, (program, done.stderr)
+        assert "Traceback" not in done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1, done.stderr
+        assert str(config) in lines[0]
+        assert expected in lines[0]
+
+
+def test_wrong_flags_and_missing_paths_are_refused_clearly(tmp_path: Path) -> None:
+    done = run("ingestd", "import", str(tmp_path / "absent"), "--device-id", "ZFY0001")
+    assert done.returncode == 2
+    assert "absent" in done.stderr
+    assert "Traceback" not in done.stderr
+    done = run("ingestd", "import", str(tmp_path), "--device-id", "TOO-LONG-SERIAL")
+    assert done.returncode == 2
+    assert "--device-id" in done.stderr
+    done = run("ingestctl", "verify", "--no-such-flag")
+    assert done.returncode == 2
+    assert "No such option '--no-such-flag'" in done.stderr
+
+
+def test_sighup_reloads_and_a_broken_reload_keeps_the_running_config(daemon: Daemon) -> None:
+    daemon.start()
+    assert daemon.process is not None
+    daemon.process.send_signal(signal.SIGHUP)
+    wait_for("reloaded", lambda: daemon.events("reloaded"))
+    daemon.extra_config = "\n[store]\nbroken = true\n"  # a second [store] table and an unknown key
+    daemon.write_config()
+    daemon.process.send_signal(signal.SIGHUP)
+    refused = wait_for("reload refused", lambda: daemon.events("reload_refused"))
+    assert str(daemon.config_path) in refused[0]["error"]
+    assert daemon.process.poll() is None  # still serving
+    assert daemon.stop() == 0
+
+
+def test_the_watchdog_is_pinged_from_the_supervising_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")  # inherited by the daemon: ping every 0.2 s
+    daemon = Daemon(base=tmp_path / "station")
+    try:
+        daemon.start()
+        pings = 0
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            if daemon.notifications().get("WATCHDOG") == "1":
+                pings += 1
+            time.sleep(0.1)
+        assert pings >= 4
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()
+
+
+def test_the_demo_docks_simulated_cameras_and_ends_with_a_clean_verify(tmp_path: Path) -> None:
+    done = run("ingestd", "demo", "--files", "2", "--size-mib", "1", "--workdir", str(tmp_path / "demo"))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "ZFY0001" in done.stdout
+    assert "ZFY0002" in done.stdout
+    assert "clean" in done.stdout
+    subprocess.run(["chattr", "-R", "-f", "-i", str(tmp_path / "demo")], check=False, capture_output=True)
