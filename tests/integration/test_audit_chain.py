@@ -16,9 +16,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
-import blake3
 import pytest
-from sqlalchemy import select, text, update
+from sqlalchemy import select, text
 
 from store.audit import (
     GENESIS_HASH,
@@ -33,6 +32,7 @@ from store.catalog import Catalog
 from store.checkpoints import FS_APPEND_FL, FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, CheckpointFile
 from store.models import AuditEvent, AuditHead, Base, Unit
 from store.signing import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, Signer, SigningKeyError, load_public_key
+from tests.support.audit import rewrite_chain, spec_hash
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 CLERK = Actor(user="li.clerk", uid=1001, role=Role.CLERK, source="ctl:uid=1001")
@@ -68,18 +68,6 @@ def kinds(problems: list[AuditProblem]) -> list[tuple[str, int | None]]:
 def tamper(catalog: Catalog, sql: str, **params: object) -> None:
     with catalog.engine.begin() as connection:
         connection.execute(text(sql), params)
-
-
-def spec_hash(prev_hash: str, event: AuditEvent) -> str:
-    """The documented rule, written out independently of store.audit."""
-    body = {
-        "seq": event.seq, "at": event.at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        "actor_user": event.actor_user, "actor_uid": event.actor_uid, "actor_role": event.actor_role,
-        "action": event.action, "subject": event.subject, "outcome": event.outcome, "source": event.source,
-        "details": event.details, "prev_hash": prev_hash,
-    }
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return blake3.blake3(bytes.fromhex(prev_hash) + canonical.encode("utf-8")).hexdigest()
 
 
 def checkpoint_seqs(log: AuditLog) -> list[int]:
@@ -195,19 +183,7 @@ def test_consistently_rewritten_chain_is_caught_only_by_the_checkpoints(
     log = make_log(tmp_path, signer, every=5)
     append_events(catalog, log, 11)
     # The attacker rewrites history and recomputes every hash and the head: the chain is self-consistent.
-    with catalog.transaction() as session:
-        events = session.scalars(select(AuditEvent).order_by(AuditEvent.seq)).all()
-        session.expunge_all()
-    previous = GENESIS_HASH
-    with catalog.engine.begin() as connection:
-        for event in events:
-            event.details = {"officer": "000999", "n": event.seq}
-            event.prev_hash = previous
-            event.hash = spec_hash(previous, event)
-            connection.execute(update(AuditEvent).where(AuditEvent.seq == event.seq).values(
-                details=event.details, prev_hash=event.prev_hash, hash=event.hash))
-            previous = event.hash
-        connection.execute(update(AuditHead).values(seq=11, hash=previous))
+    assert rewrite_chain(catalog.engine, {"officer": "000999"}) == 11
     empty = tmp_path / "no-checkpoints.jsonl"
     with catalog.transaction() as session:
         unsigned = verify_chain(session, checkpoint_path=empty, public_key=signer.public_key)

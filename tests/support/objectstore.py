@@ -38,9 +38,10 @@ class UnpluggedCamera(io.RawIOBase):
 
 
 def unseal_tree(path: Path) -> None:
-    """Clear the immutable attribute below `path`, so pytest can delete what a test stored there."""
+    """Clear the immutable and append-only attributes below `path` (stored objects, the checkpoint
+    file), so pytest can delete what a test left there."""
     if path.exists() and shutil.which("chattr") is not None:
-        subprocess.run(["chattr", "-R", "-f", "-i", str(path)], check=False, capture_output=True)
+        subprocess.run(["chattr", "-R", "-f", "-i", "-a", str(path)], check=False, capture_output=True)
 
 
 def physical_offset(path: Path) -> int:

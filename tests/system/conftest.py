@@ -19,8 +19,7 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
         yield harness
     finally:
         harness.close()
-        if harness.store.exists():
-            unseal_tree(harness.store)  # immutable objects would defeat tmp_path cleanup
+        unseal_tree(harness.base)  # immutable objects and the append-only checkpoint file
 
 
 @pytest.fixture

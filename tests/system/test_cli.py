@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.objectstore import unseal_tree
 from tests.system.harness import Daemon, wait_for
 
 ENTRY = {
@@ -95,6 +96,7 @@ def test_the_watchdog_is_pinged_from_the_supervising_loop(
         assert daemon.stop() == 0
     finally:
         daemon.close()
+        unseal_tree(daemon.base)
 
 
 def test_the_demo_docks_simulated_cameras_and_ends_with_a_clean_verify(tmp_path: Path) -> None:
@@ -103,4 +105,4 @@ def test_the_demo_docks_simulated_cameras_and_ends_with_a_clean_verify(tmp_path:
     assert "ZFY0001" in done.stdout
     assert "ZFY0002" in done.stdout
     assert "clean" in done.stdout
-    subprocess.run(["chattr", "-R", "-f", "-i", str(tmp_path / "demo")], check=False, capture_output=True)
+    unseal_tree(tmp_path / "demo")

@@ -72,7 +72,7 @@ def block_daemon(tmp_path: Path) -> Iterator[Daemon]:
         yield harness
     finally:
         harness.close()
-        unseal_tree(harness.store)
+        unseal_tree(harness.base)
 
 
 def test_attaching_a_camera_image_is_a_real_uevent_dock_and_read_errors_are_flagged(
@@ -155,6 +155,7 @@ def test_a_full_store_raises_an_alarm_leaves_the_camera_untouched_and_other_dock
         finally:
             daemon.close()
             unseal_tree(store_fs)
+            unseal_tree(daemon.base)
 
 
 def alarm_in_status(daemon: Daemon) -> str | None:

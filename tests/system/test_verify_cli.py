@@ -1,0 +1,162 @@
+"""`ingestctl verify` catches every kind of tampering and names it, on a station built by `ingestd import`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, delete, func, select, update
+
+from drivers.simulator.volume import build_volume
+from store.models import AuditEvent, AuditHead, StoredObject
+from tests.support.audit import rewrite_chain
+from tests.support.objectstore import unseal_tree
+
+CLI = {"ingestd": "from ingestd.cli import main; main()", "ingestctl": "from ingestd.ctl import main; main()"}
+
+
+class Station:
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.config = base / "config.toml"
+        self.url = f"sqlite:///{base / 'state' / 'catalog.db'}"
+        base.mkdir(parents=True)
+        self.config.write_text(
+            f"""
+[daemon]
+state_dir = "{base / "state"}"
+[catalog]
+url = "{self.url}"
+[store]
+root = "{base / "store"}"
+[audit]
+checkpoint_every = 3
+""",
+            encoding="utf-8",
+        )
+
+    def run(self, program: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", CLI[program], *args, "--config", str(self.config)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+
+    def verify(self) -> tuple[int, list[dict[str, str]]]:
+        done = self.run("ingestctl", "verify", "--objects", "--json")
+        report = json.loads(done.stdout)
+        return done.returncode, report["problems"]
+
+    def objects(self) -> list[Path]:
+        with create_engine(self.url).connect() as connection:
+            digests = connection.execute(select(StoredObject.blake3)).scalars().all()
+        return [self.base / "store" / "objects" / d[:2] / d[2:4] / d for d in digests]
+
+    def sql(self, statement: object) -> None:
+        engine = create_engine(self.url)
+        with engine.begin() as connection:
+            connection.execute(statement)  # type: ignore[call-overload]
+        engine.dispose()
+
+
+@pytest.fixture
+def station(tmp_path: Path) -> Iterator[Station]:
+    built = Station(tmp_path / "station")
+    card = tmp_path / "card"
+    build_volume(
+        card,
+        device_serial="ZFY9001",
+        officer_name="张三",
+        count=3,
+        size_bytes=256 * 1024,
+        start=datetime.now(UTC) - timedelta(hours=2),
+        seed=9,
+        hostile=False,
+    )
+    done = built.run("ingestd", "import", str(card), "--device-id", "ZFY9001", "--officer-no", "000101")
+    assert done.returncode == 0, done.stderr
+    try:
+        yield built
+    finally:
+        unseal_tree(tmp_path)
+
+
+def chattr(flag: str, path: Path) -> None:
+    subprocess.run(["chattr", flag, str(path)], check=True, capture_output=True)
+
+
+def flip_a_byte(station: Station) -> None:
+    target = station.objects()[0]
+    chattr("-i", target)  # as a root attacker would
+    with target.open("r+b") as handle:
+        handle.seek(100)
+        byte = handle.read(1)
+        handle.seek(100)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+
+
+def delete_an_object(station: Station) -> None:
+    target = station.objects()[0]
+    chattr("-i", target)
+    target.unlink()
+
+
+def edit_an_audit_row(station: Station) -> None:
+    station.sql(update(AuditEvent).where(AuditEvent.seq == 2).values(subject="recording:999"))
+
+
+def delete_the_tail(station: Station) -> None:
+    engine = create_engine(station.url)
+    with engine.begin() as connection:
+        head = connection.execute(select(func.max(AuditEvent.seq))).scalar_one()
+        connection.execute(delete(AuditEvent).where(AuditEvent.seq > head - 3))
+        last = connection.execute(
+            select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)
+        ).one()
+        connection.execute(update(AuditHead).values(seq=last.seq, hash=last.hash))  # cover the tracks
+    engine.dispose()
+
+
+def rewrite_everything(station: Station) -> None:
+    engine = create_engine(station.url)
+    rewrite_chain(engine, {"officer": "000999"})
+    engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("tamper", "named"),
+    [
+        (flip_a_byte, {"blake3-mismatch", "sha256-mismatch"}),
+        (delete_an_object, {"missing"}),
+        (edit_an_audit_row, {"hash-mismatch"}),
+        (delete_the_tail, {"tail-missing"}),
+        (rewrite_everything, {"checkpoint-mismatch"}),
+    ],
+)
+def test_each_kind_of_tampering_is_caught_and_named(
+    station: Station, tamper: Callable[[Station], None], named: set[str]
+) -> None:
+    code, problems = station.verify()
+    assert (code, problems) == (0, [])
+    tamper(station)
+    code, problems = station.verify()
+    assert code == 3
+    assert named <= {problem["kind"] for problem in problems}, problems
+    human = station.run("ingestctl", "verify", "--objects")
+    assert human.returncode == 3
+    for kind in named:
+        assert kind in human.stdout
+
+
+def test_an_unsealed_object_is_reported(station: Station) -> None:
+    chattr("-i", station.objects()[0])
+    code, problems = station.verify()
+    assert code == 3
+    assert [p["kind"] for p in problems] == ["not-sealed"]
