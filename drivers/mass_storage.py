@@ -44,7 +44,7 @@ from drivers.base import (
     StorageInfo,
     Unsupported,
 )
-from drivers.mount import ALLOWED_FSTYPES, mount_readonly
+from drivers.mount import ALLOWED_FSTYPES, block_device_present, mount_readonly
 from drivers.wipe import delete_recordings
 
 IDENTITY_FILE = "ZFYINFO.TXT"
@@ -223,6 +223,11 @@ class MassStorageCamera(Camera):
 
     def mounted_volume(self) -> contextlib.AbstractContextManager[Path]:
         return self._mount()
+
+    def present(self) -> bool:
+        if self.device.directory is not None:
+            return self.device.directory.is_dir()
+        return self.device.block is not None and block_device_present(self.device.block)
 
     def delete_originals(self, volume: Path, relative_paths: list[Path]) -> list[tuple[Path, str]]:
         # Our own read-only mount is made writable for the deletion only; a directory is as it is.

@@ -160,3 +160,14 @@ def mount_readonly(
             )
             if not failed:  # never mask the exception that ended the block
                 raise MountError(device_name, "umount", f"{mount_point}: {problem}")
+
+
+def block_device_present(node: str) -> bool:
+    """Is the block device still attached? A USB disk's node disappears on unplug; a loop device's node
+    stays after detach, so for those the kernel's backing-file entry is what tells."""
+    path = Path(node)
+    if not path.exists():
+        return False
+    if path.name.startswith("loop"):
+        return Path("/sys/class/block", path.name, "loop", "backing_file").exists()
+    return True

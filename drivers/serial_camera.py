@@ -235,7 +235,9 @@ class SerialCamera(Camera):
         """Whether the node this session now depends on exists: the volume once the camera is in
         mass storage (real cameras may drop their tty then), else the tty. Sends no command."""
         if self._in_mass_storage and self._device.block is not None:
-            return Path(self._device.block).exists()
+            from drivers.mount import block_device_present  # noqa: PLC0415 - mount helpers load on use
+
+            return block_device_present(self._device.block)
         if self._in_mass_storage and self._device.directory is not None:
             return self._device.directory.is_dir()
         return self._device.tty is not None and Path(self._device.tty).exists()

@@ -7,11 +7,14 @@ test or `ingestd demo` can wire the camera up without guessing paths.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
@@ -80,10 +83,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     volume.add_argument("--size-bytes", type=int, default=256 * 1024, help="size of each generated file")
     volume.add_argument("--start", type=_start, help="time of the first generated recording (ISO 8601)")
     volume.add_argument("--hostile", action="store_true", help="add hostile names, symlinks, junk")
+    volume.add_argument(
+        "--image", type=Path, help="serve the volume as an ext4 image at this path on a loop device (root)"
+    )
     args = parser.parse_args(argv)
     if args.generate is not None and args.volume is None:
         parser.error("--generate needs --volume")
+    if args.image is not None and args.volume is None:
+        parser.error("--image needs --volume (the directory whose files the image holds)")
+    if args.image is not None and os.geteuid() != 0:
+        parser.error("--image needs root to attach a loop device")
     return args
+
+
+@contextlib.contextmanager
+def loop_device(image: Path) -> Iterator[str]:
+    """Attach `image` to a free loop device for as long as the camera is served; detach that device."""
+    device = subprocess.run(
+        ["losetup", "--find", "--show", str(image)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    try:
+        yield device
+    finally:
+        subprocess.run(["losetup", "--detach", device], check=False, capture_output=True)
 
 
 def build_camera(args: argparse.Namespace) -> SimulatedCamera:
@@ -140,10 +162,17 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    with PtyServer(camera, args.faults, seed=args.seed) as server:
+    with contextlib.ExitStack() as held:
+        block: str | None = None
+        if args.image is not None:
+            from drivers.simulator.volume import make_image  # noqa: PLC0415  # only for image volumes
+
+            block = held.enter_context(loop_device(make_image(args.volume, args.image)))
+        server = held.enter_context(PtyServer(camera, args.faults, seed=args.seed))
         ready = {
             "tty": server.slave_path,
             "volume": str(args.volume.resolve()) if args.volume is not None else None,
+            "block": block,
             "pid": os.getpid(),
             "serial": camera.identity.device_serial,
             "usb_serial": camera.usb_serial,

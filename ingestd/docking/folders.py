@@ -35,7 +35,7 @@ def port_for(directory: Path) -> str:
     return f"folder:{directory}"
 
 
-def _read_descriptor(descriptor: Path) -> tuple[str | None, dict[str, str]]:
+def _read_descriptor(descriptor: Path) -> tuple[str | None, str | None, dict[str, str]]:
     data: Any = json.loads(descriptor.read_text(encoding="utf-8"))
     if not isinstance(data, dict):
         raise TypeError("not a JSON object")
@@ -43,21 +43,31 @@ def _read_descriptor(descriptor: Path) -> tuple[str | None, dict[str, str]]:
     if not isinstance(extra, dict):
         raise TypeError("properties is not an object")
     tty = str(data["tty"]) if data.get("tty") else None
-    return tty, {str(k): str(v) for k, v in extra.items()}
+    block = str(data["block"]) if data.get("block") else None
+    return tty, block, {str(k): str(v) for k, v in extra.items()}
 
 
 def device_for(directory: Path) -> DeviceInfo:
     """The DeviceInfo of a directory volume, enriched by its descriptor when it has a valid one."""
     properties: dict[str, str] = {"SUBSYSTEM": "folder", "FOLDER": str(directory)}
     tty: str | None = None
+    block: str | None = None
     descriptor = directory / DESCRIPTOR
     if descriptor.is_file() and not descriptor.is_symlink():
         try:
-            tty, extra = _read_descriptor(descriptor)
+            tty, block, extra = _read_descriptor(descriptor)
             properties.update(extra)
         except (OSError, ValueError, TypeError) as error:
             log.warning("dock_descriptor_invalid", folder=str(directory), error=str(error))
-    return DeviceInfo(port=port_for(directory), properties=properties, tty=tty, directory=directory)
+    # A descriptor naming a block device means the volume is that device, to be mounted by the driver;
+    # otherwise the directory itself is the (already mounted) volume.
+    return DeviceInfo(
+        port=port_for(directory),
+        properties=properties,
+        tty=tty,
+        block=block,
+        directory=None if block else directory,
+    )
 
 
 class _Handler(FileSystemEventHandler):

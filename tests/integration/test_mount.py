@@ -15,7 +15,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from drivers.base import MountError
-from drivers.mount import kernel_filesystems, mount_readonly
+from drivers.mount import block_device_present, kernel_filesystems, mount_readonly
 from drivers.simulator.volume import build_volume, make_image
 from tests.support.loopdev import attached, require_root_tools
 from tests.support.loopdev import make_image as make_empty_image
@@ -186,3 +186,13 @@ def test_an_exception_in_the_block_still_unmounts(tmp_path: Path) -> None:
             raise RuntimeError("copy failed")
         assert mount_entry(volume) is None
         assert list(base.iterdir()) == []
+
+
+def test_a_detached_loop_device_is_no_longer_present(tmp_path: Path) -> None:
+    require_root_tools("mkfs.ext4")
+    image = make_empty_image(tmp_path / "camera.img", 8)
+    with attached(image) as device:
+        assert block_device_present(device)
+    assert Path(device).exists()  # the node outlives the detach...
+    assert not block_device_present(device)  # ...but the camera is gone
+    assert not block_device_present(str(tmp_path / "no-such-node"))

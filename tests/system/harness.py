@@ -208,8 +208,10 @@ class SimulatedCamera:
     size_bytes: int = 256 * 1024
     password: str = "000000"
     extra_args: list[str] = field(default_factory=list)
+    image: bool = False  # serve the volume as an ext4 image on a loop device (root)
     process: subprocess.Popen[bytes] | None = None
     tty: str | None = None
+    block: str | None = None
 
     @property
     def staging(self) -> Path:
@@ -244,6 +246,7 @@ class SimulatedCamera:
             start,
             "--seed",
             str(int(self.serial[-4:])),  # distinct content per camera, so nothing dedups by accident
+            *(["--image", str(self.base / f"{self.serial}-sim.img")] if self.image else []),
             *self.extra_args,
         ]
         with (self.base / f"simulator-{self.serial}.log").open("ab") as log:
@@ -252,9 +255,12 @@ class SimulatedCamera:
         line = self.process.stdout.readline()
         if not line:
             raise AssertionError(f"simulator {self.serial} exited {self.process.wait()}")
-        self.tty = str(json.loads(line)["tty"])
+        ready = json.loads(line)
+        self.tty = str(ready["tty"])
+        self.block = ready.get("block")
         descriptor = {
             "tty": self.tty,
+            "block": self.block,
             "properties": {"ZFY_TRANSPORT": "serial", "ID_SERIAL_SHORT": self.serial},
         }
         (self.staging / DESCRIPTOR).write_text(json.dumps(descriptor), encoding="utf-8")

@@ -161,3 +161,23 @@ def test_a_full_store_raises_an_alarm_leaves_the_camera_untouched_and_other_dock
 def alarm_in_status(daemon: Daemon) -> str | None:
     status = daemon.status()
     return status if "ALARM store full" in status else None
+
+
+def test_a_serial_camera_whose_volume_is_a_loop_image_is_mounted_read_only_and_wiped_after_proof(
+    daemon: Daemon, make_camera: Callable[..., SimulatedCamera], tmp_path: Path
+) -> None:
+    require_root_tools("mkfs.ext4")
+    camera = make_camera("ZFY7101", files=3, image=True, drift_s=-2.0)
+    assert camera.block is not None
+    expected = {path.name for path in camera.recordings()}
+    daemon.start()
+    camera.dock(daemon.docks)
+    (session,) = wait_sessions(daemon, "ZFY7101")
+    assert session.state is SessionState.DONE
+    assert session.clock_offset_s is not None
+    assert abs(session.clock_offset_s + 2.0) < 0.02
+    assert len(stored_digests(daemon, "ZFY7101")) == len(expected) == 3
+    with mounted(camera.block, tmp_path / "inspect", "ro") as volume:
+        left = {path.name for path in volume.rglob("*.MP4")}
+    assert left == set()  # wiped from the image itself, through a temporary read-write remount
+    assert daemon.events("originals_deleted")[-1]["device"].startswith("serial:")
