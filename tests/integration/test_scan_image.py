@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
-import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,7 +13,7 @@ from drivers.mount import mount_readonly
 from drivers.mp4 import write_mp4
 from drivers.scan import scan_volume
 from drivers.simulator import volume as sim
-from tests.support.loopdev import attached, require_root_tools
+from tests.support.loopdev import attached, image_with_unreadable_file, require_root_tools
 
 pytestmark = pytest.mark.root
 
@@ -62,15 +60,6 @@ def test_hostile_volume_on_a_mounted_image(tmp_path: Path) -> None:
         assert not any(path.startswith("DCIM/etc/") for path in rejected)
 
 
-def _indirect_block(image: Path, name: str) -> int:
-    shown = subprocess.run(
-        ["debugfs", "-R", f"stat /{name}", str(image)], capture_output=True, text=True, check=True
-    ).stdout
-    found = re.search(r"\(IND\):(\d+)", shown)
-    assert found is not None, shown
-    return int(found.group(1))
-
-
 def test_a_read_error_on_the_medium_is_reported_not_raised(tmp_path: Path) -> None:
     """A real kernel EIO: the file's indirect block points outside the filesystem.
 
@@ -82,19 +71,7 @@ def test_a_read_error_on_the_medium_is_reported_not_raised(tmp_path: Path) -> No
     source.mkdir()
     write_mp4(source / "BAD.MP4", created_at=START, payload_size=60_000, duration_s=60)
     write_mp4(source / "GOOD.MP4", created_at=START, payload_size=1000, duration_s=60)
-    image = tmp_path / "card.img"
-    with image.open("wb") as out:
-        out.truncate(16 * 2**20)
-    # 1 KiB blocks without extents: blocks past the 12th are mapped through one indirect block.
-    subprocess.run(
-        ["mkfs.ext4", "-q", "-F", "-b", "1024", "-O", "^extent,^64bit", "-d", str(source), str(image)],
-        check=True,
-        capture_output=True,
-    )
-    block = _indirect_block(image, "BAD.MP4")
-    with image.open("r+b") as out:
-        out.seek(block * 1024)
-        out.write(b"\xf0\xff\xff\xff" * 256)
+    image = image_with_unreadable_file(source, tmp_path / "card.img", "BAD.MP4")
     with attached(image) as device, mount_readonly(device, device_name="msc:test") as volume:
         result = scan_volume(volume)
         assert [recording.name for recording in result.recordings] == ["GOOD.MP4"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -72,3 +73,28 @@ def ext4_filesystem(workdir: Path, size_mib: int, name: str = "fs") -> Iterator[
     image = make_image(workdir / f"{name}.img", size_mib)
     with attached(image) as device, mounted(device, workdir / name) as mount_point:
         yield mount_point
+
+
+def image_with_unreadable_file(source: Path, image: Path, name: str, size_mib: int = 16) -> Path:
+    """An ext4 image of `source` where reading the tail of `name` fails with a real kernel EIO.
+
+    Root reads through chmod 000 and device-mapper may be missing, so the medium itself is damaged:
+    with 1 KiB blocks and no extents, blocks past the 12th hang off one indirect block, which is
+    pointed outside the filesystem. The file opens and its head reads; its tail does not.
+    """
+    with image.open("wb") as out:
+        out.truncate(size_mib * 1024 * 1024)
+    subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-b", "1024", "-O", "^extent,^64bit", "-d", str(source), str(image)],
+        check=True,
+        capture_output=True,
+    )
+    shown = subprocess.run(
+        ["debugfs", "-R", f"stat /{name}", str(image)], capture_output=True, text=True, check=True
+    ).stdout
+    found = re.search(r"\(IND\):(\d+)", shown)
+    assert found is not None, shown
+    with image.open("r+b") as out:
+        out.seek(int(found.group(1)) * 1024)
+        out.write(b"\xf0\xff\xff\xff" * 256)
+    return image

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
-import subprocess
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,22 +14,19 @@ from drivers.base import CameraIdentity
 from drivers.mass_storage import IDENTITY_FILE, format_identity_file
 from drivers.mp4 import write_mp4
 from store.models import Camera, CustodyEvent, CustodyKind, Flag, FlagKind, SessionState
-from tests.support.loopdev import attached, ext4_filesystem, mounted, require_root_tools
+from tests.support.loopdev import (
+    attached,
+    ext4_filesystem,
+    image_with_unreadable_file,
+    mounted,
+    require_root_tools,
+)
 from tests.support.objectstore import unseal_tree
 from tests.system.harness import Daemon, SimulatedCamera, wait_for
 from tests.system.test_daemon import ingestctl_verify, stored_digests, wait_sessions
 
 START = datetime.now(UTC) - timedelta(hours=5)
 MIB = 1024 * 1024
-
-
-def indirect_block(image: Path, name: str) -> int:
-    shown = subprocess.run(
-        ["debugfs", "-R", f"stat /{name}", str(image)], capture_output=True, text=True, check=True
-    ).stdout
-    found = re.search(r"\(IND\):(\d+)", shown)
-    assert found is not None, shown
-    return int(found.group(1))
 
 
 def camera_image(tmp_path: Path, serial: str) -> Path:
@@ -48,20 +43,8 @@ def camera_image(tmp_path: Path, serial: str) -> Path:
             duration_s=60,
         )
     write_mp4(content / "BAD.MP4", created_at=START, payload_size=60_000, duration_s=60)
-    image = tmp_path / f"{serial}-camera.img"  # the daemon's rule matches *camera*.img backing files
-    with image.open("wb") as out:
-        out.truncate(16 * MIB)
-    # 1 KiB blocks without extents, so BAD.MP4's tail hangs off one indirect block we can break.
-    subprocess.run(
-        ["mkfs.ext4", "-q", "-F", "-b", "1024", "-O", "^extent,^64bit", "-d", str(content), str(image)],
-        check=True,
-        capture_output=True,
-    )
-    block = indirect_block(image, "BAD.MP4")
-    with image.open("r+b") as out:
-        out.seek(block * 1024)
-        out.write(b"\xf0\xff\xff\xff" * 256)
-    return image
+    # The daemon's rule matches *-camera.img backing files.
+    return image_with_unreadable_file(content, tmp_path / f"{serial}-camera.img", "BAD.MP4")
 
 
 @pytest.fixture
