@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import random
 import struct
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import BinaryIO
 
@@ -66,8 +67,16 @@ def _find_box(handle: BinaryIO, start: int, end: int, wanted: bytes) -> tuple[in
     return None
 
 
-def creation_time_from_handle(handle: BinaryIO) -> datetime | None:
-    """The `mvhd` creation time of an open, seekable file as UTC, or None if absent or unset."""
+@dataclass(frozen=True)
+class MovieHeader:
+    """What `mvhd` says of the whole recording: when it was made (UTC, None if unset) and how long it is."""
+
+    created_at: datetime | None
+    duration_s: float | None
+
+
+def movie_header_from_handle(handle: BinaryIO) -> MovieHeader | None:
+    """The `mvhd` fields of an open, seekable file, or None when there is no readable `mvhd`."""
     end = handle.seek(0, os.SEEK_END)
     moov = _find_box(handle, 0, end, b"moov")
     if moov is None:
@@ -81,17 +90,34 @@ def creation_time_from_handle(handle: BinaryIO) -> datetime | None:
     if len(payload) < 8:
         return None
     version = payload[0]
+    timescale: int | None = None
+    duration: int | None = None
     if version == 0:
         (seconds,) = struct.unpack_from(">I", payload, 4)
+        if len(payload) >= 20:
+            timescale, duration = struct.unpack_from(">II", payload, 12)
     elif version == 1 and len(payload) >= 12:
         (seconds,) = struct.unpack_from(">Q", payload, 4)
+        if len(payload) >= 32:
+            timescale, duration = struct.unpack_from(">IQ", payload, 20)
     else:
         return None
     try:
-        created = MP4_EPOCH + timedelta(seconds=seconds)
+        created: datetime | None = MP4_EPOCH + timedelta(seconds=seconds)
     except OverflowError:
-        return None
-    return created if created >= _EARLIEST_PLAUSIBLE else None
+        created = None
+    if created is not None and created < _EARLIEST_PLAUSIBLE:
+        created = None
+    # An all-ones duration means "unknown" in ISO/IEC 14496-12; a zero timescale is a broken header.
+    unknown = duration in (None, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF) or not timescale
+    duration_s = None if unknown or duration is None or timescale is None else duration / timescale
+    return MovieHeader(created, duration_s)
+
+
+def creation_time_from_handle(handle: BinaryIO) -> datetime | None:
+    """The `mvhd` creation time of an open, seekable file as UTC, or None if absent or unset."""
+    header = movie_header_from_handle(handle)
+    return header.created_at if header is not None else None
 
 
 def read_creation_time(path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> datetime | None:

@@ -28,7 +28,7 @@ from datetime import UTC, datetime, tzinfo
 from typing import Literal, NamedTuple
 from zoneinfo import ZoneInfo
 
-from drivers.mp4 import creation_time_from_handle
+from drivers.mp4 import movie_header_from_handle
 
 RecordedAtSource = Literal["mvhd", "filename", "mtime"]
 
@@ -65,6 +65,7 @@ class Recording:
     mtime: datetime  # UTC
     recorded_at: datetime  # UTC
     recorded_at_source: RecordedAtSource
+    duration_s: float | None = None  # from mvhd, when the container says
 
     def open_fd(self) -> int:
         """Open the file read-only without following a symlink put in its place since the scan."""
@@ -259,16 +260,16 @@ class _Scanner:
                     return
                 # Read the first block: a medium error there shows now, not mid-ingest.
                 handle.read(_PROBE_BYTES)
-                mvhd = None
+                header = None
                 if entry.name.lower().endswith(CONTAINER_EXTENSIONS):
-                    mvhd = creation_time_from_handle(handle)
+                    header = movie_header_from_handle(handle)
         except OSError as error:
             self.reject(relative, _error_reason("read", error))
             return
         mtime = datetime.fromtimestamp(info.st_mtime_ns / 1e9, tz=UTC)
         source: RecordedAtSource
-        if mvhd is not None:
-            recorded_at, source = mvhd, "mvhd"
+        if header is not None and header.created_at is not None:
+            recorded_at, source = header.created_at, "mvhd"
         elif (from_name := time_from_name(relative, self.patterns, self.zone)) is not None:
             recorded_at, source = from_name, "filename"
         else:
@@ -281,6 +282,7 @@ class _Scanner:
                 mtime=mtime,
                 recorded_at=recorded_at,
                 recorded_at_source=source,
+                duration_s=header.duration_s if header is not None else None,
             )
         )
 

@@ -40,7 +40,7 @@ from drivers.scan import Recording as ScannedRecording
 from drivers.scan import scan_volume
 from ingestd import records
 from ingestd.policies.clock import corrected_recorded_at
-from ingestd.policies.deadlines import deadline_for, lateness
+from ingestd.policies.deadlines import deadline_for, lateness, recording_end
 from ingestd.progress import DockProgress
 from store.audit import AuditLog
 from store.catalog import Catalog
@@ -368,7 +368,8 @@ class IngestSession:
         dock_session_id = docked.dock_session_id
         now = self.clock()
         recorded_at = corrected_recorded_at(item.recorded_at, offset)
-        deadline = deadline_for(recorded_at, self.settings.deadline_window)
+        # Due a window after the recording ends; an unknown duration counts from the start (stricter).
+        deadline = deadline_for(recording_end(recorded_at, item.duration_s), self.settings.deadline_window)
         late_by = lateness(now, deadline)
         with self.catalog.transaction() as session:
             if session.get(StoredObject, result.blake3) is None:
@@ -395,6 +396,7 @@ class IngestSession:
                 recorded_at=recorded_at,
                 recorded_at_source=item.recorded_at_source,
                 clock_offset_s=offset,
+                duration_s=item.duration_s,
                 ingested_at=now,
                 deadline_at=deadline,
                 blake3=result.blake3,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.mp4 import read_creation_time, write_mp4
+from drivers.mp4 import movie_header_from_handle, read_creation_time, write_mp4
 
 
 def require_ffmpeg() -> None:
@@ -30,6 +30,10 @@ def test_reads_ffmpeg_creation_time(tmp_path: Path, suffix: str, faststart: bool
         args += ["-movflags", "+faststart"]  # moov before mdat, as streaming encoders write it
     subprocess.run([*args, str(out)], check=True, capture_output=True, timeout=60)
     assert read_creation_time(out) == datetime(2026, 11, 22, 0, 30, 15, tzinfo=UTC)
+    with out.open("rb") as handle:
+        header = movie_header_from_handle(handle)
+    assert header is not None
+    assert header.duration_s == pytest.approx(1.0, abs=0.05)
 
 
 def test_ffmpeg_file_without_creation_time_gives_none(tmp_path: Path) -> None:

@@ -12,7 +12,9 @@ import pytest
 from drivers.mp4 import (
     MAX_BOXES,
     MP4_EPOCH,
+    MovieHeader,
     creation_time_from_handle,
+    movie_header_from_handle,
     overhead_bytes,
     read_creation_time,
     write_mp4,
@@ -86,6 +88,15 @@ def test_reader_touches_only_box_headers_of_a_large_file(tmp_path: Path) -> None
     with CountingFile(path, "rb") as handle:
         assert creation_time_from_handle(handle) == WHEN
         assert handle.bytes_read < 4096
+
+
+@pytest.mark.parametrize("version", [0, 1])
+def test_duration_is_read_with_the_creation_time(tmp_path: Path, version: int) -> None:
+    path = tmp_path / "clip.mp4"
+    write_mp4(path, created_at=WHEN, payload_size=4096, duration_s=754.25, mvhd_version=version)
+    with path.open("rb") as handle:
+        header = movie_header_from_handle(handle)
+    assert header == MovieHeader(created_at=WHEN, duration_s=754.25)
 
 
 def test_reader_seeks_past_a_sparse_64_bit_mdat(tmp_path: Path) -> None:

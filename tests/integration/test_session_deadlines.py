@@ -1,0 +1,60 @@
+"""Lateness at ingest counts from the end of each recording (its mvhd start plus duration)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from drivers.mp4 import write_mp4
+from ingestd.config import Config
+from ingestd.importer import run_import
+from ingestd.services import Services
+from ingestd.session import IngestSettings
+from store.models import Flag, FlagKind, Recording
+from tests.support.objectstore import unseal_tree
+
+
+@pytest.fixture
+def services(tmp_path: Path) -> Iterator[Services]:
+    config = Config.model_validate(
+        {
+            "daemon": {"state_dir": str(tmp_path / "state")},
+            "catalog": {"url": f"sqlite:///{tmp_path / 'state' / 'catalog.db'}"},
+            "store": {"root": str(tmp_path / "store")},
+        }
+    )
+    opened = Services.open(config)
+    try:
+        yield opened
+    finally:
+        opened.close()
+        unseal_tree(tmp_path)
+
+
+def test_a_long_recording_that_ended_within_the_window_is_on_time(services: Services, tmp_path: Path) -> None:
+    now = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+    card = tmp_path / "card"
+    card.mkdir()
+    # Started 24 h 5 min ago but ran 10 min: it ended 23 h 55 min ago, so it is on time.
+    write_mp4(
+        card / "LONG.MP4", created_at=now - timedelta(hours=24, minutes=5), payload_size=4096, duration_s=600
+    )
+    # Started 24 h 2 min ago and ran 1 min: it ended 24 h 1 min ago, so it is late by a minute.
+    write_mp4(
+        card / "SHORT.MP4", created_at=now - timedelta(hours=24, minutes=2), payload_size=4096, duration_s=60
+    )
+    summary = run_import(
+        services, card, device_id="ZFY0100", officer_no=None, settings=IngestSettings(), clock=lambda: now
+    )
+    assert summary.late == 1
+    with services.catalog.transaction() as session:
+        rows = {r.original_path: r for r in session.scalars(select(Recording)).all()}
+        assert rows["LONG.MP4"].duration_s == 600
+        assert rows["LONG.MP4"].deadline_at == now + timedelta(minutes=5)
+        late = session.scalars(select(Flag).where(Flag.kind == FlagKind.LATE)).one()
+        assert late.recording_id == rows["SHORT.MP4"].id
+        assert late.details["late_by_s"] == 60
