@@ -258,10 +258,11 @@ class SimulatedCamera:
         ready = json.loads(line)
         self.tty = str(ready["tty"])
         self.block = ready.get("block")
+        usb_serial = str(ready.get("usb_serial") or self.serial)
         descriptor = {
             "tty": self.tty,
             "block": self.block,
-            "properties": {"ZFY_TRANSPORT": "serial", "ID_SERIAL_SHORT": self.serial},
+            "properties": {"ZFY_TRANSPORT": "serial", "ID_SERIAL_SHORT": usb_serial},
         }
         (self.staging / DESCRIPTOR).write_text(json.dumps(descriptor), encoding="utf-8")
 

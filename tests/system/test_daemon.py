@@ -195,6 +195,24 @@ def test_hostile_names_symlinks_and_devices_are_flagged_and_the_session_goes_on(
             assert path.read_bytes() != secret  # nothing outside the volume was read into the store
 
 
+def test_a_camera_whose_usb_serial_differs_from_its_reported_serial_is_flagged(
+    daemon: Daemon, make_camera: Callable[..., SimulatedCamera]
+) -> None:
+    camera = make_camera("ZFY3101", files=1, extra_args=["--faults", "wrong-identity"])
+    daemon.start()
+    camera.dock(daemon.docks)
+    (session,) = wait_sessions(daemon, "ZFY3101")
+    assert session.state is SessionState.DONE  # ingested under the serial the camera reports...
+    catalog = daemon.catalog()
+    try:
+        with catalog.transaction() as db:
+            flag = db.scalars(select(Flag).where(Flag.kind == FlagKind.IDENTITY_MISMATCH)).one()
+            assert flag.details["device_serial"] == "ZFY3101"  # ...and flagged for a person to look at
+            assert flag.details["usb_serial"] != "ZFY3101"
+    finally:
+        catalog.close()
+
+
 def partial_offsets(store: Path) -> list[int]:
     offsets = []
     for sidecar in (store / "partial").glob("*.json"):
