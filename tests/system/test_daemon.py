@@ -19,6 +19,7 @@ from store.models import (
     ClockReading,
     CustodyEvent,
     CustodyKind,
+    Dock,
     DockSession,
     Flag,
     FlagKind,
@@ -211,6 +212,39 @@ def test_a_camera_whose_usb_serial_differs_from_its_reported_serial_is_flagged(
             assert flag.details["usb_serial"] != "ZFY3101"
     finally:
         catalog.close()
+
+
+def dock_progress(daemon: Daemon) -> list[tuple[str, int, int, float | None]]:
+    catalog = daemon.catalog()
+    try:
+        with catalog.transaction() as db:
+            return [
+                (d.state, d.bytes_done, d.bytes_total, d.rate_bps) for d in db.scalars(select(Dock)).all()
+            ]
+    finally:
+        catalog.close()
+
+
+def test_live_progress_is_persisted_about_once_a_second_while_copying(
+    daemon: Daemon, make_camera: Callable[..., SimulatedCamera]
+) -> None:
+    camera = make_camera("ZFY3201", files=3, size_bytes=512 * MIB)
+    daemon.start()
+    camera.dock(daemon.docks)
+    seen: list[tuple[str, int, int, float | None]] = []
+
+    def moving() -> bool:
+        rows = dock_progress(daemon)
+        if rows and rows[0][0] == "ingesting" and 0 < rows[0][1] < rows[0][2]:
+            seen.append(rows[0])
+        return len({row[1] for row in seen}) >= 2
+
+    wait_for("two different progress readings while ingesting", moving, timeout=60, interval=0.2)
+    assert seen[-1][1] > seen[0][1]
+    assert seen[-1][2] == 3 * 512 * MIB
+    assert seen[-1][3] is not None  # a rate is known once bytes move
+    (session,) = wait_sessions(daemon, "ZFY3201", timeout=120)
+    assert session.state is SessionState.DONE
 
 
 def partial_offsets(store: Path) -> list[int]:
