@@ -228,7 +228,7 @@ def dock_progress(daemon: Daemon) -> list[tuple[str, int, int, float | None]]:
 def test_live_progress_is_persisted_about_once_a_second_while_copying(
     daemon: Daemon, make_camera: Callable[..., SimulatedCamera]
 ) -> None:
-    camera = make_camera("ZFY3201", files=3, size_bytes=512 * MIB)
+    camera = make_camera("ZFY3201", files=6, size_bytes=512 * MIB)  # ~5 s of copying: several flushes
     daemon.start()
     camera.dock(daemon.docks)
     seen: list[tuple[str, int, int, float | None]] = []
@@ -241,7 +241,7 @@ def test_live_progress_is_persisted_about_once_a_second_while_copying(
 
     wait_for("two different progress readings while ingesting", moving, timeout=60, interval=0.2)
     assert seen[-1][1] > seen[0][1]
-    assert seen[-1][2] == 3 * 512 * MIB
+    assert seen[-1][2] == 6 * 512 * MIB
     assert seen[-1][3] is not None  # a rate is known once bytes move
     (session,) = wait_sessions(daemon, "ZFY3201", timeout=120)
     assert session.state is SessionState.DONE
