@@ -30,6 +30,7 @@ from sqlalchemy import func, select
 from bench.common import MiB, drop_caches, make_source, run_child, run_dd
 from drivers.base import CameraIdentity
 from drivers.mass_storage import IDENTITY_FILE, format_identity_file
+from ingestd.demo import remove_sealed_tree
 from store.catalog import Catalog
 from store.models import DockSession
 
@@ -60,6 +61,8 @@ log_format = "json"
 url = "sqlite:///{work / "state" / "catalog.db"}"
 [store]
 root = "{work / "store"}"
+[control]
+socket = "{work / "control.sock"}"
 [ingest]
 max_concurrent = 8
 delete_after_ingest = false
@@ -84,9 +87,8 @@ def ingestd(*args: str) -> list[str]:
 
 
 def reset(work: Path) -> None:
-    subprocess.run(["chattr", "-R", "-f", "-i", str(work / "store")], check=False, capture_output=True)
     for name in ("store", "state", "docks"):
-        shutil.rmtree(work / name, ignore_errors=True)
+        remove_sealed_tree(work / name)
 
 
 def one_camera(work: Path, files: int, size: int) -> tuple[float, float]:
@@ -260,8 +262,7 @@ def main() -> None:
             f"{FIRST_BYTE_TARGET_S:>8}  {'ok' if latency < FIRST_BYTE_TARGET_S else 'ABOVE TARGET'}"
         )
     finally:
-        reset(work)
-        shutil.rmtree(work, ignore_errors=True)
+        remove_sealed_tree(work)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import drop_caches, make_source, run_dd
+from ingestd.demo import remove_sealed_tree
 from store.objects import FileObjectStore, MiB
 
 TARGETS = {"put": 0.9, "put+read-back": 0.75}
@@ -85,8 +85,7 @@ def main() -> None:
         bench(workdir, args.files, args.size_mib * MiB)
     finally:
         if not args.keep:
-            subprocess.run(["chattr", "-R", "-f", "-i", str(workdir)], check=False, capture_output=True)
-            shutil.rmtree(workdir, ignore_errors=True)
+            remove_sealed_tree(workdir)
 
 
 def bench(workdir: Path, files: int, size: int) -> None:

@@ -84,6 +84,9 @@ url = "sqlite:///{base / "state" / "catalog.db"}"
 [store]
 root = "{base / "store"}"
 
+[control]
+socket = "{base / "control.sock"}"
+
 [detection]
 udev = {str(use_loop).lower()}
 udev_source = "kernel"
@@ -325,10 +328,18 @@ def run_demo(console: Console, *, workdir: Path | None, files: int, size_mib: in
         f"{report.objects_checked} objects: {verdict}"
     )
     if not keep and workdir is None:
-        shutil.rmtree(base, ignore_errors=True)
+        remove_sealed_tree(base)
     else:
         console.print(f"kept {base}: config.toml, daemon.log, state/, store/")
     return report.clean
+
+
+def remove_sealed_tree(path: Path) -> None:
+    """Remove a throw-away station (demo, benchmark): its objects are immutable and its checkpoint file
+    append-only, which a plain rmtree cannot delete. Never used on a real store."""
+    if shutil.which("chattr") is not None:
+        subprocess.run(["chattr", "-R", "-f", "-i", "-a", str(path)], check=False, capture_output=True)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _stop(
