@@ -6,7 +6,9 @@ or value stops start-up with a message naming the file and the key (exit code 78
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import shlex
 import tomllib
 from collections.abc import Mapping
 from datetime import date, timedelta
@@ -228,6 +230,98 @@ class RetentionConfig(Section):
         )
 
 
+class JobsConfig(Section):
+    """The daemon's scheduled jobs (APScheduler, UTC). Each is idempotent: a re-run flags nothing twice."""
+
+    enabled: bool = Field(True, description="Run the scheduled jobs inside the daemon.")
+    overdue_interval_minutes: int = Field(
+        15, ge=1, description="How often cameras checked out longer than the window are looked for."
+    )
+    gaps_interval_minutes: int = Field(60, ge=1, description="How often recent sessions are checked (gaps).")
+    drift_interval_minutes: int = Field(60, ge=1, description="How often recent clock readings are checked.")
+    retention_interval_hours: int = Field(24, ge=1, description="How often retention notices are given.")
+    lookback_hours: int = Field(
+        72, ge=1, description="Gap and drift jobs look at dock sessions that ended this recently."
+    )
+    misfire_grace_seconds: int = Field(
+        300, ge=1, description="A run missed by more than this (station asleep) is skipped, not replayed."
+    )
+
+
+class NotifyConfig(Section):
+    """An optional command run once for each new flag, with the flag as JSON on stdin."""
+
+    command: str = Field("", description="Command line (split like a shell, run without one); empty: none.")
+    timeout_seconds: float = Field(10.0, gt=0, le=300, description="The command is killed after this long.")
+
+    @field_validator("command")
+    @classmethod
+    def _splits(cls, value: str) -> str:
+        try:
+            shlex.split(value)
+        except ValueError as error:
+            raise ValueError(f"cannot be split into arguments: {error}") from None
+        return value
+
+    def argv(self) -> list[str]:
+        return shlex.split(self.command)
+
+
+GROUP_NAME_MAX = 32  # useradd's limit
+SUN_PATH_MAX = 108  # sizeof(sockaddr_un.sun_path) on Linux, with its NUL
+
+
+class ControlConfig(Section):
+    """The control socket `ingestctl` talks to. Callers are identified by SO_PEERCRED (the kernel's
+    word, not theirs); their OS groups give their roles. uid 0 is always admin."""
+
+    socket: Path = Field(Path("/run/ingestd/control.sock"), description="Unix socket path (mode 0660).")
+    socket_group: str = Field(
+        "", max_length=GROUP_NAME_MAX, description="Group owning the socket; empty: the daemon's group."
+    )
+    admin_group: str = Field("ingestd-admin", max_length=GROUP_NAME_MAX, description="Role admin.")
+    clerk_group: str = Field("ingestd-clerk", max_length=GROUP_NAME_MAX, description="Role clerk.")
+    approver_group: str = Field("ingestd-approver", max_length=GROUP_NAME_MAX, description="Role approver.")
+    auditor_group: str = Field("ingestd-auditor", max_length=GROUP_NAME_MAX, description="Role auditor.")
+    viewer_group: str = Field("ingestd-viewer", max_length=GROUP_NAME_MAX, description="Role viewer.")
+    timeout_seconds: float = Field(
+        30.0, gt=0, le=3600, description="A connection idle this long (or a request this slow) is closed."
+    )
+
+    @field_validator("socket")
+    @classmethod
+    def _fits_sockaddr(cls, value: Path) -> Path:
+        if len(os.fsencode(value)) >= SUN_PATH_MAX:
+            raise ValueError(f"socket path is longer than the {SUN_PATH_MAX - 1} bytes a Unix socket allows")
+        return value
+
+
+class MetricsConfig(Section):
+    """Prometheus text exposition over HTTP. Loopback only: the figures describe evidence handling."""
+
+    enabled: bool = Field(False, description="Serve /metrics.")
+    listen: str = Field("127.0.0.1:9464", description="host:port, host a loopback IP ([::1]:port for v6).")
+
+    @field_validator("listen")
+    @classmethod
+    def _loopback(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be host:port, e.g. 127.0.0.1:9464")
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IP address (use 127.0.0.1 or [::1])") from None
+        if not address.is_loopback:
+            raise ValueError(f"{host} is not a loopback address: metrics are served on loopback only")
+        return value
+
+    def address(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
 class Config(Section):
     daemon: DaemonConfig = DaemonConfig()
     catalog: CatalogConfig = CatalogConfig()
@@ -239,6 +333,10 @@ class Config(Section):
     gaps: GapsConfig = GapsConfig()
     clock: ClockConfig = ClockConfig()
     retention: RetentionConfig = RetentionConfig()
+    jobs: JobsConfig = JobsConfig()
+    notify: NotifyConfig = NotifyConfig()
+    control: ControlConfig = ControlConfig()
+    metrics: MetricsConfig = MetricsConfig()
     camera: tuple[CameraRuleConfig, ...] = ()
 
     def camera_rules(self) -> list[CameraRule]:

@@ -9,6 +9,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
+from ingestd import ctl_evidence, ctl_read, ctl_records
 from ingestd.cli import config_option, load, run_cli
 from ingestd.services import Services
 from ingestd.verify import VerifyReport, verify_all
@@ -79,11 +80,36 @@ def verify(config_path: Path | None, objects: bool, as_json: bool) -> None:
                 report = verify_all(services, objects=True, progress=advance)
         else:
             report = verify_all(services, objects=objects)
+        ctl_read.record_verify_outcome(services, report, objects=objects)  # for status and metrics
     finally:
         services.close()
     _print_report(report, as_json)
     if not report.clean:
         raise SystemExit(EXIT_PROBLEMS)
+
+
+ctl.add_command(ctl_records.checkout)
+ctl.add_command(ctl_records.checkin)
+ctl.add_command(ctl_records.custody)
+ctl.add_command(ctl_records.explain)
+ctl.add_command(ctl_records.flags)
+ctl.add_command(ctl_records.tag)
+ctl.add_command(ctl_records.hold)
+ctl.add_command(ctl_records.release)
+ctl.add_command(ctl_records.extend)
+ctl.add_command(ctl_records.purge_command)
+ctl.add_command(ctl_evidence.approve)
+ctl.add_command(ctl_evidence.revoke)
+ctl.add_command(ctl_evidence.approvals)
+ctl.add_command(ctl_evidence.export)
+ctl.add_command(ctl_evidence.verify_export)
+ctl.add_command(ctl_evidence.spotcheck)
+ctl.add_command(ctl_evidence.report)
+ctl.add_command(ctl_read.status)
+ctl.add_command(ctl_read.cameras)
+ctl.add_command(ctl_read.officers)
+ctl.add_command(ctl_read.footage)
+ctl.add_command(ctl_read.audit)
 
 
 def main() -> None:

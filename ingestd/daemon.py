@@ -20,9 +20,12 @@ from types import FrameType
 import structlog
 
 from ingestd.config import Config, load_config
+from ingestd.control.metrics import MetricsServer
+from ingestd.control.server import ControlServer
 from ingestd.docking.events import DockEvent
 from ingestd.docking.folders import FolderSource
 from ingestd.errors import IngestdError
+from ingestd.jobs import JobRunner
 from ingestd.manager import DockManager, interrupted_sessions
 from ingestd.sdnotify import Notifier, watchdog_interval_s
 from ingestd.services import Services
@@ -94,6 +97,11 @@ class Daemon:
         self._alarm_lock = threading.Lock()
         self._store_full: dict[str, str] = {}
         self._folder_source: FolderSource | None = None
+        self.jobs = JobRunner(self.services, clock=clock)
+        self.control = ControlServer(self.services, config.control, clock=clock)
+        self.metrics = (
+            MetricsServer(self.services, config.metrics, clock=clock) if config.metrics.enabled else None
+        )
 
     def install_signal_handlers(self) -> None:
         def on_term(_signum: int, _frame: FrameType | None) -> None:
@@ -125,7 +133,12 @@ class Daemon:
 
     def run(self) -> int:
         message = reconcile(self.services, self.clock())
+        # Before READY: READY means ingestctl can talk to us.
+        self.control.start()
+        if self.metrics is not None:
+            self.metrics.start()
         self.start_sources()
+        self.jobs.start()
         self.notifier.ready(message)
         log.info("ready", docks_watched=self._describe_sources())
         watchdog_every = watchdog_interval_s()
@@ -163,6 +176,7 @@ class Daemon:
                 self._store_full[summary.device_id or summary.port] = summary.reason
             elif summary.state is SessionState.DONE:
                 self._store_full.pop(summary.device_id or summary.port, None)
+        self.jobs.session_ended()  # gap and drift checks now, not at the next interval
 
     def _status_line(self) -> str:
         active = self.manager.active_ports()
@@ -200,11 +214,15 @@ class Daemon:
     def shutdown(self) -> None:
         self.notifier.stopping()
         log.info("stopping", active=self.manager.active_ports())
+        self.control.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
         self._sources_stop.set()
         if self._folder_source is not None:
             self._folder_source.stop()
         self.manager.stop(timeout=self.config.ingest.stop_timeout_seconds)
         self.manager.flush_progress()
+        self.jobs.stop()
         self.services.audit.checkpoint(self.services.catalog)
         self.services.close()
         log.info("stopped")

@@ -372,7 +372,8 @@ class IngestSession:
         deadline = deadline_for(recording_end(recorded_at, item.duration_s), self.settings.deadline_window)
         late_by = lateness(now, deadline)
         with self.catalog.transaction() as session:
-            if session.get(StoredObject, result.blake3) is None:
+            stored = session.get(StoredObject, result.blake3)
+            if stored is None:
                 session.add(
                     StoredObject(
                         blake3=result.blake3,
@@ -383,6 +384,12 @@ class IngestSession:
                         last_verified_at=now if result.read_back_verified else None,
                     )
                 )
+            elif stored.removed_at is not None:
+                # The same bytes came back after the purge removed them: the row lives again.
+                stored.removed_at = None
+                stored.stored_at = now
+                stored.seal = result.seal
+                stored.last_verified_at = now if result.read_back_verified else None
             officer = records.officer_by_number(session, identity.officer_no) if identity.officer_no else None
             recording = Recording(
                 camera_id=camera_id,
@@ -428,7 +435,7 @@ class IngestSession:
                 records.raise_flag(
                     session,
                     kind=FlagKind.LATE,
-                    dedup_key=f"late:{recording.id}",
+                    dedup_key=f"late:r{recording.id}",  # the key policies.deadlines uses: one per recording
                     now=now,
                     camera_id=camera_id,
                     recording_id=recording.id,

@@ -57,8 +57,11 @@ def verify_audit(services: Services) -> tuple[int, list[Problem]]:
 
 def verify_objects(services: Services, progress: ProgressCallback | None = None) -> tuple[int, list[Problem]]:
     with services.catalog.transaction() as session:
+        # Objects the retention purge removed stay as tombstone rows; their absence is expected.
         rows = session.execute(
-            select(StoredObject.blake3, StoredObject.sha256, StoredObject.size).order_by(StoredObject.blake3)
+            select(StoredObject.blake3, StoredObject.sha256, StoredObject.size)
+            .where(StoredObject.removed_at.is_(None))
+            .order_by(StoredObject.blake3)
         ).all()
     total_bytes = sum(row.size for row in rows)
     done_bytes = 0

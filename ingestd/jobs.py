@@ -1,0 +1,369 @@
+"""The daemon's scheduled jobs: overdue cameras, gaps, clock drift and retention notices.
+
+Guarantees:
+- Every job is idempotent. Flags carry the policy's deterministic `dedup_key`, so running a job twice,
+  or two processes racing, raises each flag once; only a flag that is new is logged and notified.
+- A job never deletes anything: retention jobs only give notices (`ingestctl purge` deletes).
+- A job that fails logs the failure and leaves the scheduler running; a notify command that fails or
+  hangs is logged and killed, and never stops the job.
+- Missed runs are coalesced into one (a suspended station does not replay a night of runs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped]  # 3.x: untyped
+from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped]  # 3.x: untyped
+from sqlalchemy import exc, select
+from sqlalchemy.orm import Session
+
+from ingestd import records
+from ingestd.config import Config, NotifyConfig
+from ingestd.operations import FlagView, flag_view
+from ingestd.policies.clock import evaluate_drift
+from ingestd.policies.deadlines import recording_end
+from ingestd.policies.flags import FlagDecision
+from ingestd.policies.gaps import RecordingSpan, evaluate_gaps
+from ingestd.policies.overdue import CameraCustodyFacts, evaluate_overdue
+from ingestd.purge import give_notices
+from ingestd.services import Services
+from store.audit import Actor
+from store.catalog import Catalog
+from store.models import Camera, ClockReading, CustodyEvent, CustodyKind, DockSession, Flag, Recording
+from store.types import utcnow
+
+log = structlog.get_logger(__name__)
+
+Clock = Callable[[], datetime]
+JOB_IDS = ("overdue", "gaps", "drift", "retention-notices")
+
+
+# --- raising flags ----------------------------------------------------------------------------------
+
+
+def raise_decisions(
+    session: Session, decisions: Iterable[FlagDecision], *, dock_session_id: int | None = None
+) -> list[FlagView]:
+    """Raise each decision once; returns the flags that are new. Each insert runs in a savepoint, so a
+    flag another process raised a moment ago is skipped instead of failing the whole batch."""
+    fresh: list[FlagView] = []
+    for decision in decisions:
+        try:
+            with session.begin_nested():
+                flag = records.raise_flag(
+                    session,
+                    kind=decision.kind,
+                    dedup_key=decision.dedup_key,
+                    now=decision.raised_at,
+                    details=dict(decision.details),
+                    camera_id=decision.camera_id,
+                    recording_id=decision.recording_id,
+                    dock_session_id=dock_session_id,
+                )
+        except exc.IntegrityError:
+            # Only a lost race on the unique key is expected; anything else is re-raised.
+            if session.scalar(select(Flag.id).where(Flag.dedup_key == decision.dedup_key)) is None:
+                raise
+            flag = None
+        if flag is not None:
+            fresh.append(flag_view(flag, decision.camera_serial))
+    return fresh
+
+
+def announce(flags: Iterable[FlagView], notify: NotifyConfig) -> None:
+    """Log each new flag and run the notify command for it. Call after the flags committed."""
+    for flag in flags:
+        log.info(
+            "flag_raised",
+            flag_id=flag.id,
+            kind=flag.kind,
+            device_id=flag.device_serial,
+            recording_id=flag.recording_id,
+            dedup_key=flag.dedup_key,
+        )
+        run_notify(flag, notify)
+
+
+def run_notify(flag: FlagView, notify: NotifyConfig) -> bool:
+    """Run the notify command with the flag as JSON on stdin; True when it exited 0 in time.
+
+    The command runs in its own process group so a timeout kills whatever it started too."""
+    argv = notify.argv()
+    if not argv:
+        return False
+    payload = json.dumps(flag.as_json(), ensure_ascii=False).encode("utf-8")
+    bound = log.bind(flag_id=flag.id, command=argv[0])
+    try:
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+    except OSError as error:
+        bound.warning("notify_failed", error=str(error))
+        return False
+    with process:
+        try:
+            _out, err = process.communicate(payload, timeout=notify.timeout_seconds)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            bound.warning("notify_timeout", timeout_s=notify.timeout_seconds)
+            return False
+    if process.returncode != 0:
+        stderr = err.decode("utf-8", "replace")[-500:].strip()
+        bound.warning("notify_failed", returncode=process.returncode, stderr=stderr)
+        return False
+    return True
+
+
+# --- evaluations ------------------------------------------------------------------------------------
+
+
+def evaluate_overdue_cameras(catalog: Catalog, config: Config, now: datetime) -> list[FlagView]:
+    """OVERDUE for every camera checked out longer than the upload window without docking."""
+    with catalog.transaction() as session:
+        rows = session.scalars(select(Camera).where(Camera.checked_out_at.is_not(None))).all()
+        facts = [
+            CameraCustodyFacts(
+                camera_serial=camera.device_serial,
+                checked_out_at=camera.checked_out_at,
+                last_docked_at=camera.last_docked_at,
+                holder_officer_no=camera.holder.officer_no if camera.holder else None,
+                camera_id=camera.id,
+            )
+            for camera in rows
+        ]
+        return raise_decisions(session, evaluate_overdue(facts, config.deadlines.window, now))
+
+
+def _custody_periods(session: Session, camera_id: int) -> list[tuple[datetime, datetime | None]]:
+    """Check-out to next check-in. A check-out while already out re-attributes: the period goes on."""
+    events = session.execute(
+        select(CustodyEvent.kind, CustodyEvent.at)
+        .where(CustodyEvent.camera_id == camera_id)
+        .order_by(CustodyEvent.at, CustodyEvent.id)
+    ).all()
+    periods: list[tuple[datetime, datetime | None]] = []
+    out: datetime | None = None
+    for kind, at in events:
+        if kind is CustodyKind.CHECK_OUT and out is None:
+            out = at
+        elif kind is CustodyKind.CHECK_IN and out is not None:
+            periods.append((out, at))
+            out = None
+    if out is not None:
+        periods.append((out, None))
+    return periods
+
+
+def _period_of(periods: list[tuple[datetime, datetime | None]], start: datetime) -> datetime | None:
+    for out, back in periods:
+        if out <= start and (back is None or start < back):
+            return out
+    return None
+
+
+def _gap_decisions(
+    session: Session, camera: Camera, dock_session_id: int, now: datetime, config: Config
+) -> list[FlagDecision]:
+    session_recordings = session.scalars(
+        select(Recording).where(Recording.dock_session_id == dock_session_id, Recording.purged_at.is_(None))
+    ).all()
+    periods = _custody_periods(session, camera.id)
+    touched = {_period_of(periods, r.recorded_at) for r in session_recordings} - {None}
+    if not touched:
+        return []
+    # Compare with every recording of the same check-outs, including those stored at another dock.
+    since = min(out for out in touched if out is not None)
+    candidates = session.scalars(
+        select(Recording).where(
+            Recording.camera_id == camera.id, Recording.recorded_at >= since, Recording.purged_at.is_(None)
+        )
+    ).all()
+    spans = []
+    for recording in candidates:
+        checkout_at = _period_of(periods, recording.recorded_at)
+        if checkout_at in touched:
+            spans.append(
+                RecordingSpan(
+                    recording_id=recording.id,
+                    camera_serial=camera.device_serial,
+                    checkout_at=checkout_at,
+                    start=recording.recorded_at,
+                    end=recording_end(recording.recorded_at, recording.duration_s),
+                    camera_id=camera.id,
+                )
+            )
+    return evaluate_gaps(spans, config.gaps.threshold, now)
+
+
+def _drift_decisions(
+    session: Session, camera: Camera, dock_session_id: int, now: datetime, config: Config
+) -> list[FlagDecision]:
+    readings = session.scalars(
+        select(ClockReading).where(ClockReading.dock_session_id == dock_session_id)
+    ).all()
+    decisions = []
+    for reading in readings:
+        decision = evaluate_drift(
+            camera.device_serial,
+            reading.offset_s,
+            config.clock.drift_alarm_seconds,
+            measured_at=reading.measured_at,
+            now=now,
+            camera_id=camera.id,
+        )
+        if decision is not None:
+            decisions.append(decision)
+    return decisions
+
+
+_EVALUATIONS = {"gaps": _gap_decisions, "drift": _drift_decisions}
+
+
+def evaluate_after_session(
+    catalog: Catalog,
+    dock_session_id: int,
+    config: Config,
+    now: datetime,
+    *,
+    kinds: Iterable[str] = ("drift", "gaps"),
+) -> list[FlagView]:
+    """Drift and gap flags for one dock session, once it has ended. Returns the new flags (not yet
+    announced: the caller logs and notifies them, see `announce`)."""
+    with catalog.transaction() as session:
+        dock_session = session.get(DockSession, dock_session_id)
+        if dock_session is None or dock_session.camera is None:
+            return []
+        camera = dock_session.camera
+        decisions = [
+            decision
+            for kind in kinds
+            for decision in _EVALUATIONS[kind](session, camera, dock_session_id, now, config)
+        ]
+        return raise_decisions(session, decisions, dock_session_id=dock_session_id)
+
+
+def evaluate_recent_sessions(catalog: Catalog, config: Config, now: datetime, kind: str) -> list[FlagView]:
+    """`kind` ("drift" or "gaps") over the dock sessions that ended within the look-back window: catches
+    sessions whose immediate evaluation was missed (the daemon stopped in between)."""
+    since = now - timedelta(hours=config.jobs.lookback_hours)
+    with catalog.transaction() as session:
+        ids = session.scalars(
+            select(DockSession.id)
+            .where(DockSession.ended_at >= since, DockSession.camera_id.is_not(None))
+            .order_by(DockSession.id)
+        ).all()
+    fresh: list[FlagView] = []
+    for dock_session_id in ids:
+        fresh += evaluate_after_session(catalog, dock_session_id, config, now, kinds=(kind,))
+    return fresh
+
+
+# --- the scheduler ----------------------------------------------------------------------------------
+
+
+def _job(
+    name: str, services: Services, clock: Clock, work: Callable[[datetime], list[FlagView]]
+) -> Callable[[], list[FlagView]]:
+    def run() -> list[FlagView]:
+        try:
+            fresh = work(clock())
+        except Exception as error:  # noqa: BLE001 - a failed run is logged; the next run tries again
+            log.error("job_failed", job=name, error=f"{type(error).__name__}: {error}")  # noqa: TRY400 - the type and message are the story
+            return []
+        announce(fresh, services.config.notify)
+        log.debug("job_done", job=name, new_flags=len(fresh))
+        return fresh
+
+    run.__name__ = f"job_{name.replace('-', '_')}"
+    return run
+
+
+def build_scheduler(services: Services, clock: Clock = utcnow) -> BackgroundScheduler:
+    """A UTC BackgroundScheduler holding the four jobs, not started. Overdue and retention notices run
+    once at start too, so a restart never waits a whole interval to catch up."""
+    config = services.config
+    jobs = config.jobs
+    catalog = services.catalog
+    scheduler = BackgroundScheduler(
+        timezone=UTC,
+        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": jobs.misfire_grace_seconds},
+    )
+    system = Actor.system(source="job:retention-notices")
+
+    def notices(now: datetime) -> list[FlagView]:
+        give_notices(catalog, services.audit, actor=system, now=now, rules=config.retention.rules())
+        return []
+
+    work: dict[str, tuple[Callable[[datetime], list[FlagView]], timedelta, bool]] = {
+        "overdue": (
+            lambda now: evaluate_overdue_cameras(catalog, config, now),
+            timedelta(minutes=jobs.overdue_interval_minutes),
+            True,
+        ),
+        "gaps": (
+            lambda now: evaluate_recent_sessions(catalog, config, now, "gaps"),
+            timedelta(minutes=jobs.gaps_interval_minutes),
+            False,
+        ),
+        "drift": (
+            lambda now: evaluate_recent_sessions(catalog, config, now, "drift"),
+            timedelta(minutes=jobs.drift_interval_minutes),
+            False,
+        ),
+        "retention-notices": (notices, timedelta(hours=jobs.retention_interval_hours), True),
+    }
+    for name, (function, interval, at_start) in work.items():
+        options = {"next_run_time": clock()} if at_start else {}
+        scheduler.add_job(
+            _job(name, services, clock, function),
+            IntervalTrigger(seconds=interval.total_seconds(), timezone=UTC),
+            id=name,
+            name=name,
+            **options,
+        )
+    return scheduler
+
+
+class JobRunner:
+    """What the daemon starts and stops. `session_ended()` asks for gap and drift checks now."""
+
+    def __init__(self, services: Services, clock: Clock = utcnow) -> None:
+        self.services = services
+        self.clock = clock
+        self.scheduler = build_scheduler(services, clock)
+
+    @property
+    def enabled(self) -> bool:
+        return self.services.config.jobs.enabled
+
+    def start(self) -> None:
+        if self.enabled and not self.scheduler.running:
+            self.scheduler.start()
+            log.info("jobs_started", jobs=list(JOB_IDS))
+
+    def session_ended(self) -> None:
+        """Run the gap and drift jobs as soon as possible (in the scheduler's threads, never the
+        caller's); they cover every recent session, so no session id is needed."""
+        if not self.scheduler.running:
+            return
+        for job_id in ("gaps", "drift"):
+            self.scheduler.modify_job(job_id, next_run_time=self.clock())
+        self.scheduler.wakeup()
+
+    def stop(self, *, wait: bool = True) -> None:
+        """Stop scheduling and, with `wait`, let a running job finish its transaction."""
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=wait)
+            log.info("jobs_stopped")

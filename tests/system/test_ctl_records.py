@@ -1,0 +1,197 @@
+"""`ingestctl` custody, flag, classification, hold, extension and purge commands, as an operator runs
+them: real processes on a real SQLite catalog and object store, JSON that parses, one-line errors.
+
+Every command runs as a subprocess: in-process runs would configure structlog onto a captured stream
+that later tests would still write to.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from store.catalog import Catalog
+from store.models import AuditEvent, Flag, FlagKind, Recording
+from store.objects import FileObjectStore
+from tests.support import records as seed
+from tests.support.objectstore import unseal_tree
+
+ENTRY = "from ingestd.ctl import main; main()"
+LONG_AGO = datetime(2024, 1, 10, 2, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def station(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A migrated catalog with two officers, a camera, three recordings (one shared object) and a flag."""
+    base = tmp_path / "station"
+    url = f"sqlite:///{base / 'catalog.db'}"
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[daemon]\nstate_dir = "{base / "state"}"\nlog_format = "json"\n'
+        f'[catalog]\nurl = "{url}"\n[store]\nroot = "{base / "store"}"\n',
+        encoding="utf-8",
+    )
+    seed.current_schema(url)
+    catalog = Catalog.open(url)
+    store = FileObjectStore(base / "store")
+    seed.audit_log(base)
+    try:
+        with catalog.transaction() as session:
+            zhang = seed.officer(session, "000123", "张三")
+            seed.officer(session, "000456", "李四")
+            camera = seed.camera(session, "ZFY0001", assigned=zhang, first_seen_at=LONG_AGO)
+            old = seed.stored_object(session, seed.payload("old"), stored_at=LONG_AGO, store=store)
+            shared = seed.stored_object(session, seed.payload("shared"), stored_at=LONG_AGO, store=store)
+            ids = [
+                seed.recording(session, camera, obj, recorded_at=LONG_AGO - timedelta(hours=1),
+                               ingested_at=LONG_AGO).id
+                for obj in (old, shared, shared)
+            ]
+            flag = Flag(kind=FlagKind.GAP, dedup_key="gap:r1:r2", raised_at=LONG_AGO, camera_id=camera.id,
+                        recording_id=ids[1], details={"gap_s": 900.0})
+            session.add(flag)
+            session.flush()
+            facts = {"config": config, "url": url, "recordings": ids, "flag": flag.id, "store": store,
+                     "old": old.blake3, "shared": shared.blake3}
+        yield facts
+    finally:
+        catalog.close()
+        unseal_tree(tmp_path)
+
+
+def ctl(station: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", ENTRY, *args, "--config", str(station["config"])],
+        capture_output=True, text=True, check=False, timeout=60,
+    )
+
+
+def ok_json(station: dict[str, Any], *args: str) -> Any:
+    done = ctl(station, *args, "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def audit_rows(station: dict[str, Any]) -> list[AuditEvent]:
+    catalog = Catalog.open(station["url"])
+    try:
+        with catalog.transaction() as session:
+            return list(session.scalars(select(AuditEvent).order_by(AuditEvent.seq)).all())
+    finally:
+        catalog.close()
+
+
+def test_custody_commands_print_json_and_are_audited_as_the_os_user(station: dict[str, Any]) -> None:
+    out = ok_json(station, "checkout", "ZFY0001", "--officer", "000456")
+    assert (out["device_serial"], out["officer_no"], out["kind"], out["note"]) == (
+        "ZFY0001", "000456", "check-out", "named-by-clerk")
+    back = ok_json(station, "checkin", "ZFY0001", "--note", "card reader")
+    assert (back["kind"], back["officer_no"], back["note"]) == ("check-in", "000456", "card reader")
+    by_device = ok_json(station, "custody", "--device", "ZFY0001")
+    by_officer = ok_json(station, "custody", "--officer", "000123")
+    assert [e["kind"] for e in by_device] == ["check-out", "check-in"]
+    assert by_officer == []
+    user = pwd.getpwuid(os.getuid()).pw_name
+    events = [e for e in audit_rows(station) if e.action.startswith("custody.")]
+    assert [(e.action, e.actor_user, e.actor_uid, e.source) for e in events] == [
+        ("custody.check-out", user, os.getuid(), f"ctl:uid={os.getuid()}"),
+        ("custody.check-in", user, os.getuid(), f"ctl:uid={os.getuid()}"),
+    ]
+    assert {e.actor_role for e in events} == {"admin" if os.getuid() == 0 else "clerk"}
+    text = ctl(station, "custody", "--device", "ZFY0001")
+    assert text.returncode == 0
+    assert "check-in" in text.stdout
+    assert "李四" in text.stdout
+
+
+def test_flags_explain_tag_hold_release_extend_print_json(station: dict[str, Any]) -> None:
+    flag, (first, second, third) = station["flag"], station["recordings"]
+    assert [f["id"] for f in ok_json(station, "flags")] == [flag]
+    explained = ok_json(station, "explain", str(flag), "--text", "停车执勤 关闭记录仪")
+    assert (explained["status"], explained["explanation"]) == ("explained", "停车执勤 关闭记录仪")
+    assert ok_json(station, "flags") == []
+    assert [f["status"] for f in ok_json(station, "flags", "--all")] == ["explained"]
+
+    tagged = ok_json(station, "tag", str(second), str(third), "--case-id", "A-17", "--tag", "evidence",
+                     "--confidentiality", "privacy")
+    assert [t["changes"]["retention_class"] for t in tagged] == [["routine", "long-term"]] * 2
+    held = ok_json(station, "hold", "--in-case", "A-17", "--reason", "litigation")
+    assert [h["recording_id"] for h in held] == [second, third]
+    released = ok_json(station, "release", str(second), "--reason", "closed")
+    assert released[0]["changes"]["legal_hold"] == [True, False]
+    extended = ok_json(station, "extend", str(first), "--days", "3", "--reason", "island patrol")
+    assert extended["working_days"] == 3
+    assert datetime.fromisoformat(extended["deadline_at"]) > datetime.fromisoformat(
+        extended["previous_deadline_at"])
+    actions = [e.action for e in audit_rows(station)]
+    assert actions.count("recording.classify") == 2
+    assert actions[-4:] == [
+        "recording.hold", "recording.hold", "recording.release", "recording.extend-deadline"]
+
+
+def test_purge_dry_run_then_real_run_as_json(station: dict[str, Any]) -> None:
+    first, second, _third = station["recordings"]
+    ok_json(station, "hold", str(second), "--reason", "complaint")
+    # Stored two years ago: the first run gives notices, nothing is deleted yet.
+    noticed = ok_json(station, "purge")
+    assert noticed["done"]["noticed"] == [first, station["recordings"][2]]
+    assert noticed["done"]["removed_objects"] == []
+    catalog = Catalog.open(station["url"])
+    try:  # the notice period has passed
+        with catalog.transaction() as session:
+            for row in session.scalars(select(Recording)).all():
+                if row.purge_notice_at is not None:
+                    row.purge_notice_at = row.purge_notice_at - timedelta(days=15)
+    finally:
+        catalog.close()
+    dry = ok_json(station, "purge", "--dry-run")
+    assert dry["dry_run"] is True
+    assert dry["done"] is None
+    assert dry["deletable_objects"] == [station["old"]]
+    assert dry["kept_objects"] == [{"blake3": station["shared"], "reason": "still-referenced",
+                                    "referenced_by": [second]}]
+    assert station["store"].exists(station["old"])
+    real = ok_json(station, "purge")
+    assert {k: real[k] for k in ("deletable_recordings", "deletable_objects", "kept_objects")} == {
+        k: dry[k] for k in ("deletable_recordings", "deletable_objects", "kept_objects")}
+    assert real["done"]["removed_objects"] == [station["old"]]
+    assert not station["store"].exists(station["old"])
+    assert station["store"].exists(station["shared"])  # held recording 2 still needs it
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("explain", "999", "--text", "x"), "no flag with id 999"),
+        (("explain", "1", "--text", "   "), "an explanation needs text"),
+        (("explain", "abc", "--text", "x"), "'abc' is not a valid integer"),
+        (("checkout", "ZFY9999"), "no camera with device serial 'ZFY9999'"),
+        (("checkout", "ZFY0001", "--officer", "999999"), "no officer with number '999999'"),
+        (("custody", "--device", "ZFY0001", "--officer", "000123"), "not both"),
+        (("extend", "1", "--days", "5", "--reason", "x"), "exceeds the maximum of 3"),
+        (("hold", "42", "--reason", "x"), "no recording with id 42"),
+        (("tag", "1"), "nothing to set"),
+        (("tag", "1", "--confidentiality", "secret"), "Invalid value for '--confidentiality'"),
+        (("flags", "--everything"), "No such option '--everything'"),
+    ],
+)
+def test_bad_ids_and_options_get_one_clear_line_and_a_nonzero_exit(
+    station: dict[str, Any], args: tuple[str, ...], expected: str
+) -> None:
+    before = len(audit_rows(station))
+    done = ctl(station, *args)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr
+    assert expected in done.stderr
+    assert done.stdout == ""
+    assert len(audit_rows(station)) == before
