@@ -1,0 +1,100 @@
+"""What `ingestctl` calls: one request over the control socket, one answer.
+
+Guarantees: a missing or dead daemon is `DaemonUnavailable` (exit 69) naming the socket; an error the
+daemon answers with is re-raised as an `IngestdError` carrying the daemon's message and exit code.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ingestd.control import protocol
+from ingestd.errors import IngestdError
+
+EX_UNAVAILABLE = 69  # sysexits.h
+_ids = itertools.count(1)
+
+
+class DaemonUnavailable(IngestdError):  # noqa: N818 - reads as the situation it names
+    template = "ingestd is not running ({detail})"
+    exit_code = EX_UNAVAILABLE
+
+
+class ControlTimeoutError(IngestdError):
+    template = "ingestd did not answer {command} within {timeout:g}s (socket {path})"
+    exit_code = 75  # EX_TEMPFAIL
+
+
+class RemoteError(IngestdError):
+    """An error the daemon answered with; its exit code is the daemon's."""
+
+    template = "{message}"
+
+    def __init__(self, *, code: str, message: str, exit_code: int) -> None:
+        super().__init__(message=message)
+        self.code = code
+        # Per instance: the daemon chose it. (The class attribute is the root's default.)
+        self.__dict__["exit_code"] = exit_code
+
+
+def call(
+    socket_path: Path, command: str, args: Mapping[str, Any] | None = None, timeout: float = 30.0
+) -> Any:
+    """Send one request and return its result."""
+    request_id = f"{os.getpid()}-{next(_ids)}"
+    payload = protocol.encode({"id": request_id, "command": command, "args": dict(args or {})})
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        connection.settimeout(timeout)
+        try:
+            connection.connect(str(socket_path))
+        except FileNotFoundError:
+            raise DaemonUnavailable(detail=f"no socket at {socket_path}") from None
+        except ConnectionRefusedError:
+            raise DaemonUnavailable(detail=f"nobody listens on {socket_path}") from None
+        except PermissionError:
+            raise IngestdError(
+                detail=f"permission denied connecting to {socket_path}: ask for an ingestd group"
+            ) from None
+        connection.sendall(payload)
+        line = _read_line(connection, command, socket_path, timeout)
+    except TimeoutError:
+        raise ControlTimeoutError(command=command, timeout=timeout, path=socket_path) from None
+    except (ConnectionResetError, BrokenPipeError):
+        raise DaemonUnavailable(detail=f"it closed the connection on {socket_path}") from None
+    finally:
+        connection.close()
+    answer = protocol.parse_response(line, request_id)
+    if not answer["ok"]:
+        error = answer["error"]
+        raise RemoteError(code=str(error.get("code", "error")), message=error["message"],
+                          exit_code=error["exit_code"])
+    return answer.get("result")
+
+
+def _read_line(connection: socket.socket, command: str, path: Path, timeout: float) -> bytes:
+    deadline = time.monotonic() + timeout
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        connection.settimeout(remaining)
+        chunk = connection.recv(1 << 20)
+        if not chunk:
+            raise DaemonUnavailable(detail=f"it closed the connection on {path} before answering {command}")
+        newline = chunk.find(b"\n")
+        if newline >= 0:
+            chunks.append(chunk[:newline])
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > protocol.MAX_RESPONSE_BYTES:
+            raise protocol.ProtocolError(detail=f"the answer to {command} is larger than allowed")

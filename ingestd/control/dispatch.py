@@ -1,0 +1,150 @@
+"""Running one control request: authorise, run the handler, audit, and shape the answer.
+
+Guarantees: a caller without a role allowed by the command never reaches its handler; every such
+refusal is audited ("ctl.<name>", outcome "denied") with the real OS identity. A `mutates` or `footage`
+command is audited with outcome ok or error; the result of a footage command is withheld when its audit
+event cannot be written, so no footage access goes unrecorded. Arguments named like secrets are never
+written to the audit trail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from drivers.base import DriverError
+from ingestd.control import protocol
+from ingestd.control.auth import Caller
+from ingestd.control.registry import CommandSpec, PermissionDenied, Request, UnknownCommand, lookup
+from ingestd.errors import IngestdError
+from ingestd.services import Services
+from store.errors import StoreError
+
+log = structlog.get_logger()
+
+SECRET_WORDS = ("password", "secret", "token", "passphrase", "private", "key")
+MAX_AUDITED_ARGS_BYTES = 8192
+
+
+def redact(args: Mapping[str, Any]) -> dict[str, Any]:
+    """Args as the audit trail keeps them: secrets masked; oversized args replaced by their digest."""
+    kept = {k: ("***" if any(w in k.lower() for w in SECRET_WORDS) else v) for k, v in args.items()}
+    text = json.dumps(kept, ensure_ascii=False, sort_keys=True, default=str)
+    if len(text.encode()) > MAX_AUDITED_ARGS_BYTES:
+        return {"truncated": True, "sha256": hashlib.sha256(text.encode()).hexdigest(), "keys": sorted(kept)}
+    return kept
+
+
+def _audit(
+    services: Services,
+    caller: Caller,
+    *,
+    spec_roles: frozenset[Any] | None,
+    name: str,
+    args: Mapping[str, Any],
+    outcome: str,
+    now: datetime,
+    error: str | None = None,
+) -> None:
+    details: dict[str, Any] = {"args": redact(args), "roles": sorted(caller.roles)}
+    if error is not None:
+        details["error"] = error
+    with services.catalog.transaction() as session:
+        services.audit.append(
+            session,
+            actor=caller.actor(spec_roles),
+            action=f"ctl.{name}",
+            subject=name,
+            outcome=outcome,
+            details=details,
+            at=now,
+        )
+
+
+def _failure(request_id: str | int | None, error: IngestdError | StoreError | DriverError) -> dict[str, Any]:
+    return protocol.failure(request_id, protocol.error_code(error), str(error), error.exit_code)
+
+
+def dispatch(services: Services, caller: Caller, message: protocol.Message, now: datetime) -> dict[str, Any]:
+    """The response to one request. Never raises for a handler's failure: it becomes an error answer."""
+    spec: CommandSpec | None
+    try:
+        spec = lookup(message.command)
+    except UnknownCommand as error:
+        if caller.roles:
+            return _failure(message.id, error)
+        spec = None  # a caller with no role is refused (and audited) before learning what exists
+    if spec is None or not caller.roles & spec.roles:
+        denied = PermissionDenied(
+            detail=(
+                f"{caller.user} (uid {caller.uid}) has no ingestd role"
+                if not caller.roles
+                else f"{message.command} needs one of the roles "
+                f"{', '.join(sorted(spec.roles)) if spec else '?'}; {caller.user} has "
+                f"{', '.join(sorted(caller.roles))}"
+            )
+        )
+        log.warning("control_denied", user=caller.user, uid=caller.uid, command=message.command)
+        try:
+            _audit(
+                services, caller, spec_roles=None, name=message.command, args=message.args,
+                outcome="denied", now=now, error=str(denied),
+            )
+        except (IngestdError, StoreError) as error:
+            log.error("control_audit_failed", command=message.command, error=str(error))  # noqa: TRY400
+        return _failure(message.id, denied)
+
+    request = Request(command=spec.name, args=message.args, actor=caller.actor(spec.roles), now=now)
+    try:
+        result = spec.handler(services, request)
+        response = protocol.ok(message.id, result)
+        protocol.encode(response)  # a result that is not plain JSON is a handler bug: fail here, audited
+    except (IngestdError, StoreError, DriverError) as error:
+        if spec.audited:
+            _audit_or_log(services, caller, spec=spec, message=message, now=now, error=str(error))
+        return _failure(message.id, error)
+    except Exception as error:
+        # Not swallowed: logged with its traceback and answered as an internal error; the server keeps
+        # serving other callers (DESIGN: one bad request never stops the daemon).
+        log.exception("control_handler_crashed", command=spec.name, user=caller.user)
+        if spec.audited:
+            _audit_or_log(services, caller, spec=spec, message=message, now=now, error=f"internal: {error!r}")
+        return protocol.failure(
+            message.id, "internal", f"{spec.name} failed inside ingestd: {error!r} (see the daemon log)",
+            protocol.EX_SOFTWARE,
+        )
+    if spec.audited:
+        try:
+            _audit(
+                services, caller, spec_roles=spec.roles, name=spec.name, args=message.args,
+                outcome="ok", now=now,
+            )
+        except (IngestdError, StoreError) as error:
+            log.error("control_audit_failed", command=spec.name, error=str(error))  # noqa: TRY400
+            return protocol.failure(
+                message.id, "audit-failed",
+                f"{spec.name} was done but its audit event could not be written: {error}",
+                protocol.EX_SOFTWARE,
+            )
+    return response
+
+
+def _audit_or_log(
+    services: Services,
+    caller: Caller,
+    *,
+    spec: CommandSpec,
+    message: protocol.Message,
+    now: datetime,
+    error: str,
+) -> None:
+    try:
+        _audit(services, caller, spec_roles=spec.roles, name=spec.name, args=message.args, outcome="error",
+               now=now, error=error)
+    except (IngestdError, StoreError) as audit_error:
+        log.error("control_audit_failed", command=spec.name, error=str(audit_error))  # noqa: TRY400

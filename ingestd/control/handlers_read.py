@@ -1,0 +1,66 @@
+"""Read commands of the control socket: status, cameras, officers, footage (metadata) and audit.
+
+Roles: status, cameras, officers and the footage listing are for every role (viewer and up). Listing
+footage is metadata, not viewing footage (viewing or copying needs an approval, 000 art. 16), but each
+search is still audited (`footage=True`), and case details of confidential recordings are redacted
+unless the caller is admin, approver or auditor. The audit trail is for admin and auditor only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from ingestd.control import queries
+from ingestd.control.registry import EVERYONE, Request, command
+from ingestd.services import Services
+from store.audit import Role
+
+AUDIT_READERS = frozenset({Role.ADMIN, Role.AUDITOR})
+
+
+def _zone(services: Services) -> ZoneInfo:
+    return ZoneInfo(services.config.deadlines.timezone)
+
+
+def _free_bytes(services: Services) -> int | None:
+    try:
+        return services.store.free_bytes()
+    except OSError:
+        return None
+
+
+@command("status", roles=EVERYONE)
+def status(services: Services, request: Request) -> dict[str, Any]:
+    queries.Args("status", request.args, set())
+    with services.catalog.transaction() as session:
+        return queries.status(
+            session,
+            free_bytes=_free_bytes(services),
+            store_root=str(services.config.store.root),
+            now=request.now,
+        )
+
+
+@command("cameras", roles=EVERYONE)
+def cameras(services: Services, request: Request) -> dict[str, Any]:
+    with services.catalog.transaction() as session:
+        return queries.cameras(session, request.args)
+
+
+@command("officers", roles=EVERYONE)
+def officers(services: Services, request: Request) -> dict[str, Any]:
+    with services.catalog.transaction() as session:
+        return queries.officers(session, request.args)
+
+
+@command("footage", roles=EVERYONE, footage=True)
+def footage(services: Services, request: Request) -> dict[str, Any]:
+    with services.catalog.transaction() as session:
+        return queries.footage(session, request.args, zone=_zone(services), role=request.actor.role)
+
+
+@command("audit", roles=AUDIT_READERS)
+def audit(services: Services, request: Request) -> dict[str, Any]:
+    with services.catalog.transaction() as session:
+        return queries.audit_events(session, request.args, zone=_zone(services))

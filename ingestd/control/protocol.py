@@ -1,0 +1,119 @@
+"""The control protocol: one JSON object per line over a Unix stream socket.
+
+Request  {"id": <str|int>, "command": <str>, "args": {...}}
+Response {"id": ..., "ok": true, "result": ...}
+       | {"id": ..., "ok": false, "error": {"code": <str>, "message": <str>, "exit_code": <int>}}
+
+Guarantees: a request longer than MAX_REQUEST_BYTES, not UTF-8, not JSON, or not of that shape is
+answered with a `bad-request` error naming what is wrong; it never reaches a handler.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ingestd.errors import IngestdError
+
+MAX_REQUEST_BYTES = 1024 * 1024
+MAX_RESPONSE_BYTES = 256 * 1024 * 1024  # an audit export can be large; the client still bounds it
+COMMAND_NAME = re.compile(r"[a-z][a-z0-9._-]{0,59}")  # "ctl." + name fits audit_events.action
+
+EX_USAGE = 2
+EX_PROTOCOL = 76  # sysexits.h: remote error in protocol
+EX_SOFTWARE = 70  # sysexits.h: internal software error
+
+
+class ProtocolError(IngestdError):
+    """A message on the control socket does not follow the protocol."""
+
+    template = "control protocol: {detail}"
+    exit_code = EX_PROTOCOL
+
+
+@dataclass(frozen=True)
+class Message:
+    id: str | int | None
+    command: str
+    args: Mapping[str, Any]
+
+
+def encode(value: Mapping[str, Any]) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+
+
+def parse_request(line: bytes) -> Message:
+    """Decode one request line (without or with its newline); raises ProtocolError on anything else."""
+    if len(line) > MAX_REQUEST_BYTES:
+        raise ProtocolError(detail=f"request is larger than {MAX_REQUEST_BYTES} bytes")
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ProtocolError(detail=f"request is not UTF-8 (byte {error.start})") from None
+    try:
+        data = json.loads(text)
+    except ValueError as error:
+        raise ProtocolError(detail=f"request is not JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError(detail="request must be a JSON object")
+    unknown = set(data) - {"id", "command", "args"}
+    if unknown:
+        raise ProtocolError(detail=f"unknown request field(s): {', '.join(sorted(unknown))}")
+    request_id = data.get("id")
+    if request_id is not None and (isinstance(request_id, bool) or not isinstance(request_id, str | int)):
+        raise ProtocolError(detail="id must be a string or an integer")
+    name = data.get("command")
+    if not isinstance(name, str) or not COMMAND_NAME.fullmatch(name):
+        raise ProtocolError(detail="command must be a lower-case command name")
+    args = data.get("args", {})
+    if not isinstance(args, dict):
+        raise ProtocolError(detail="args must be a JSON object")
+    return Message(id=request_id, command=name, args=args)
+
+
+def request_id_of(line: bytes) -> str | int | None:
+    """Best effort: the id of a request that failed to parse, so the error can still be matched."""
+    try:
+        data = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    value = data.get("id") if isinstance(data, dict) else None
+    return value if isinstance(value, str | int) and not isinstance(value, bool) else None
+
+
+def ok(request_id: str | int | None, result: Any) -> dict[str, Any]:
+    return {"id": request_id, "ok": True, "result": result}
+
+
+def error_code(error: BaseException) -> str:
+    """A stable code from the class name: PermissionDenied -> permission-denied."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "-", type(error).__name__).lower().removesuffix("-error")
+
+
+def failure(request_id: str | int | None, code: str, message: str, exit_code: int) -> dict[str, Any]:
+    error = {"code": code, "message": message, "exit_code": exit_code}
+    return {"id": request_id, "ok": False, "error": error}
+
+
+def parse_response(line: bytes, expected_id: str | int | None) -> dict[str, Any]:
+    """Decode one response line and check its shape and id; raises ProtocolError otherwise."""
+    try:
+        data = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ProtocolError(detail=f"the daemon's answer is not JSON: {error}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("ok"), bool):
+        raise ProtocolError(detail="the daemon's answer has no ok field")
+    if data.get("id") != expected_id:
+        raise ProtocolError(detail=f"answer for request {data.get('id')!r}, expected {expected_id!r}")
+    if not data["ok"]:
+        problem = data.get("error")
+        if (
+            not isinstance(problem, dict)
+            or not isinstance(problem.get("message"), str)
+            or not isinstance(problem.get("exit_code"), int)
+        ):
+            raise ProtocolError(detail="the daemon's error answer is malformed")
+    return data

@@ -1,0 +1,509 @@
+"""Read-only catalog queries behind `status`, `cameras`, `officers`, `footage` and `audit`.
+
+Guarantees: pure reads in the caller's session, results are plain JSON values (times as UTC ISO 8601),
+and every argument is checked: a wrong value or an unknown id raises `BadArgumentError` (exit 2) naming it.
+The daemon's handlers and `ingestctl`'s direct-read fallback both call these, so they answer alike.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any, NoReturn
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import and_, exists, func, or_, select
+from sqlalchemy.orm import Session, aliased
+
+from ingestd.errors import UsageError
+from store.audit import Actor, AuditLog, Role
+from store.models import (
+    AuditEvent,
+    Camera,
+    Confidentiality,
+    Dock,
+    DockSession,
+    Flag,
+    FlagKind,
+    FlagStatus,
+    Officer,
+    Recording,
+    RetentionClass,
+    Unit,
+)
+
+VERIFY_ACTION = "verify.run"
+FOOTAGE_LIMIT_DEFAULT, FOOTAGE_LIMIT_MAX = 50, 1000
+AUDIT_LIMIT_DEFAULT, AUDIT_LIMIT_MAX = 100, 10_000
+LIST_LIMIT_MAX = 10_000
+# Roles that see case details of confidential recordings in a listing; others see them redacted.
+CONFIDENTIAL_READERS = frozenset({Role.ADMIN, Role.APPROVER, Role.AUDITOR})
+REDACTED = "[confidential]"
+
+
+class BadArgumentError(UsageError):
+    template = "{command}: {detail}"
+
+
+def iso(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+# --- arguments -------------------------------------------------------------------------------------
+
+
+class Args:
+    """Typed access to a request's args; anything unexpected is a BadArgumentError naming the key."""
+
+    def __init__(self, command: str, args: Mapping[str, Any], allowed: set[str]) -> None:
+        self.command = command
+        self.args = args
+        unknown = set(args) - allowed
+        if unknown:
+            self.fail(f"unknown argument(s): {', '.join(sorted(unknown))}")
+
+    def fail(self, detail: str) -> NoReturn:
+        raise BadArgumentError(command=self.command, detail=detail)
+
+    def text(self, key: str, max_length: int = 255) -> str | None:
+        value = self.args.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip() or len(value) > max_length:
+            self.fail(f"{key} must be a non-empty text of at most {max_length} characters")
+        return str(value).strip()
+
+    def integer(self, key: str, default: int, low: int, high: int) -> int:
+        value = self.args.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            self.fail(f"{key} must be a whole number from {low} to {high}, got {value!r}")
+        return int(value)
+
+    def optional_integer(self, key: str, low: int = 0) -> int | None:
+        if self.args.get(key) is None:
+            return None
+        return self.integer(key, 0, low, 2**62)
+
+    def flag(self, key: str) -> bool:
+        value = self.args.get(key, False)
+        if not isinstance(value, bool):
+            self.fail(f"{key} must be true or false")
+        return bool(value)
+
+    def time(self, key: str, zone: ZoneInfo, *, end: bool = False) -> datetime | None:
+        """ISO 8601 with an offset, or a date (midnight in the station's zone; the next midnight for
+        an `end` bound, so `--until 2026-11-01` includes that day). A time without a zone is refused."""
+        raw = self.text(key, 64)
+        if raw is None:
+            return None
+        try:
+            day = date.fromisoformat(raw)
+        except ValueError:
+            pass
+        else:
+            start = datetime.combine(day + timedelta(days=1) if end else day, time(), zone)
+            return start.astimezone(UTC)
+        try:
+            value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            raise BadArgumentError(
+                command=self.command, detail=f"{key} {raw!r} is not a date or an ISO 8601 time"
+            ) from None
+        if value.tzinfo is None or value.utcoffset() is None:
+            self.fail(f"{key} {raw!r} has no time zone: add one, e.g. {raw}+08:00, or give a date")
+        return value.astimezone(UTC)
+
+    def choice(self, key: str, choices: list[str]) -> str | None:
+        value = self.text(key, 64)
+        if value is not None and value not in choices:
+            self.fail(f"{key} must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+
+# --- status ----------------------------------------------------------------------------------------
+
+
+def last_verify(session: Session) -> dict[str, Any] | None:
+    event = session.scalars(
+        select(AuditEvent).where(AuditEvent.action == VERIFY_ACTION).order_by(AuditEvent.at.desc()).limit(1)
+    ).first()
+    if event is None:
+        return None
+    details = event.details or {}
+    return {
+        "at": iso(event.at),
+        "outcome": event.outcome,
+        "clean": event.outcome == "ok",
+        "by": event.actor_user,
+        "events_checked": details.get("events_checked"),
+        "objects_checked": details.get("objects_checked"),
+        "problems": details.get("problems"),
+    }
+
+
+def record_verify(
+    session: Session, audit: AuditLog, actor: Actor, *, clean: bool, events_checked: int,
+    objects_checked: int, problems: int, objects: bool, at: datetime,
+) -> None:
+    """Keep a verify run's outcome in the audit chain, where `status` and the metrics read it."""
+    audit.append(
+        session,
+        actor=actor,
+        action=VERIFY_ACTION,
+        subject="objects" if objects else "audit-chain",
+        outcome="ok" if clean else "problems",
+        details={
+            "events_checked": events_checked,
+            "objects_checked": objects_checked,
+            "problems": problems,
+            "objects": objects,
+        },
+        at=at,
+    )
+
+
+def open_flag_counts(session: Session) -> dict[str, int]:
+    rows = session.execute(
+        select(Flag.kind, func.count()).where(Flag.status == FlagStatus.OPEN).group_by(Flag.kind)
+    ).all()
+    return {str(kind): int(count) for kind, count in rows}
+
+
+def docks(session: Session) -> list[dict[str, Any]]:
+    # The camera on a dock is that of the dock's open session (Dock.camera_id is not maintained).
+    latest = (
+        select(DockSession.dock_id, func.max(DockSession.id).label("session_id"))
+        .where(DockSession.ended_at.is_(None))
+        .group_by(DockSession.dock_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(Dock, Camera.device_serial, DockSession.files_done, DockSession.files_total)
+        .outerjoin(latest, latest.c.dock_id == Dock.id)
+        .outerjoin(DockSession, DockSession.id == latest.c.session_id)
+        .outerjoin(Camera, Camera.id == DockSession.camera_id)
+        .order_by(Dock.port)
+    ).all()
+    found = []
+    for dock, serial, files_done, files_total in rows:
+        found.append({
+            "port": dock.port,
+            "state": dock.state,
+            "device_serial": serial,
+            "current_file": dock.current_file,
+            "bytes_done": dock.bytes_done,
+            "bytes_total": dock.bytes_total,
+            "percent": round(100 * dock.bytes_done / dock.bytes_total, 1) if dock.bytes_total else None,
+            "files_done": files_done,
+            "files_total": files_total,
+            "rate_bps": dock.rate_bps,
+            "eta_s": dock.eta_s,
+            "updated_at": iso(dock.updated_at),
+        })
+    return found
+
+
+def status(session: Session, *, free_bytes: int | None, store_root: str, now: datetime) -> dict[str, Any]:
+    dock_rows = docks(session)
+    return {
+        "now": iso(now),
+        "docks": dock_rows,
+        "active": sum(1 for d in dock_rows if d["state"] not in ("empty", "done", "failed", "unplugged")),
+        "queued": sum(1 for d in dock_rows if d["state"] == "queued"),
+        "open_flags": open_flag_counts(session),
+        "store": {"root": store_root, "free_bytes": free_bytes},
+        "last_verify": last_verify(session),
+    }
+
+
+# --- cameras and officers --------------------------------------------------------------------------
+
+
+def _officer(officer: Officer | None) -> dict[str, Any] | None:
+    return None if officer is None else {"officer_no": officer.officer_no, "name": officer.name}
+
+
+def cameras(session: Session, raw: Mapping[str, Any]) -> dict[str, Any]:
+    args = Args("cameras", raw, {"serial", "unit", "limit"})
+    serial, unit_no = args.text("serial", 7), args.text("unit", 12)
+    limit = args.integer("limit", LIST_LIMIT_MAX, 1, LIST_LIMIT_MAX)
+    assigned, holder = aliased(Officer), aliased(Officer)
+    query = (
+        select(Camera, Unit.unit_no, assigned, holder)
+        .outerjoin(Unit, Unit.id == Camera.unit_id)
+        .outerjoin(assigned, assigned.id == Camera.assigned_officer_id)
+        .outerjoin(holder, holder.id == Camera.holder_officer_id)
+        .order_by(Camera.device_serial)
+        .limit(limit)
+    )
+    if serial is not None:
+        query = query.where(Camera.device_serial == serial)
+    if unit_no is not None:
+        query = query.where(Unit.unit_no == _unit_id_checked(session, args, unit_no))
+    docked = set(
+        session.scalars(
+            select(DockSession.camera_id).where(
+                DockSession.ended_at.is_(None), DockSession.camera_id.is_not(None)
+            )
+        ).all()
+    )
+    found = []
+    for camera, camera_unit, assigned_officer, holder_officer in session.execute(query).all():
+        if camera.id in docked:
+            state = "docked"
+        elif camera.checked_out_at is not None:
+            state = "out"
+        else:
+            state = "in"
+        found.append({
+            "device_serial": camera.device_serial,
+            "unit_no": camera_unit,
+            "driver": camera.driver,
+            "state": state,
+            "battery_percent": camera.battery_percent,
+            "storage_free_bytes": camera.storage_free_bytes,
+            "storage_total_bytes": camera.storage_total_bytes,
+            "last_clock_offset_s": camera.last_clock_offset_s,
+            "clock_state": camera.clock_state,
+            "assigned_officer": _officer(assigned_officer),
+            "holder": _officer(holder_officer),
+            "checked_out_at": iso(camera.checked_out_at),
+            "last_docked_at": iso(camera.last_docked_at),
+        })
+    if serial is not None and not found:
+        args.fail(f"no camera with device serial {serial!r}")
+    return {"cameras": found}
+
+
+def _unit_id_checked(session: Session, args: Args, unit_no: str) -> str:
+    if session.scalar(select(Unit.id).where(Unit.unit_no == unit_no)) is None:
+        args.fail(f"no unit {unit_no!r}")
+    return unit_no
+
+
+def officers(session: Session, raw: Mapping[str, Any]) -> dict[str, Any]:
+    args = Args("officers", raw, {"officer", "unit", "limit"})
+    officer_no, unit_no = args.text("officer", 6), args.text("unit", 12)
+    limit = args.integer("limit", LIST_LIMIT_MAX, 1, LIST_LIMIT_MAX)
+    holding = (
+        select(Camera.holder_officer_id, func.count().label("held"))
+        .where(Camera.holder_officer_id.is_not(None))
+        .group_by(Camera.holder_officer_id)
+        .subquery()
+    )
+    query = (
+        select(Officer, Unit.unit_no, Unit.name, func.coalesce(holding.c.held, 0))
+        .outerjoin(Unit, Unit.id == Officer.unit_id)
+        .outerjoin(holding, holding.c.holder_officer_id == Officer.id)
+        .order_by(Officer.officer_no)
+        .limit(limit)
+    )
+    if officer_no is not None:
+        query = query.where(Officer.officer_no == officer_no)
+    if unit_no is not None:
+        query = query.where(Unit.unit_no == _unit_id_checked(session, args, unit_no))
+    found = [
+        {
+            "officer_no": officer.officer_no,
+            "name": officer.name,
+            "unit_no": officer_unit_no,
+            "unit_name": unit_name,
+            "cameras_held": int(held),
+        }
+        for officer, officer_unit_no, unit_name, held in session.execute(query).all()
+    ]
+    if officer_no is not None and not found:
+        args.fail(f"no officer {officer_no!r}")
+    return {"officers": found}
+
+
+# --- footage ---------------------------------------------------------------------------------------
+
+
+def _cursor(value: str | None, args: Args) -> tuple[datetime, int] | None:
+    if value is None:
+        return None
+    at, _, rest = value.rpartition("|")
+    try:
+        return datetime.fromisoformat(at.replace("Z", "+00:00")).astimezone(UTC), int(rest)
+    except ValueError:
+        raise BadArgumentError(
+            command=args.command, detail=f"cursor {value!r} is not one this command gave"
+        ) from None
+
+
+def footage(session: Session, raw: Mapping[str, Any], *, zone: ZoneInfo, role: Role) -> dict[str, Any]:
+    """Recording metadata, newest first, `limit` per page; `next` continues (keyset, index-friendly)."""
+    args = Args(
+        "footage", raw,
+        {"device", "officer", "unit", "since", "until", "case", "late", "flagged", "retention_class",
+         "limit", "cursor", "include_purged"},
+    )
+    device, officer_no, unit_no = args.text("device", 7), args.text("officer", 6), args.text("unit", 12)
+    since, until = args.time("since", zone), args.time("until", zone, end=True)
+    case = args.text("case", 64)
+    retention = args.choice("retention_class", [c.value for c in RetentionClass])
+    limit = args.integer("limit", FOOTAGE_LIMIT_DEFAULT, 1, FOOTAGE_LIMIT_MAX)
+    cursor = _cursor(args.text("cursor", 80), args)
+    if since is not None and until is not None and since >= until:
+        args.fail("since must be before until")
+
+    query = (
+        select(Recording, Camera.device_serial, Officer.officer_no, Officer.name, Unit.unit_no)
+        .join(Camera, Camera.id == Recording.camera_id)
+        .outerjoin(Officer, Officer.id == Recording.officer_id)
+        .outerjoin(Unit, Unit.id == Recording.unit_id)
+    )
+    # Ids are resolved first so a typo is an error rather than an empty page, and the filter is on the
+    # indexed foreign key (ix_recordings_camera_time, _officer_time, _unit_time).
+    if device is not None:
+        camera_id = session.scalar(select(Camera.id).where(Camera.device_serial == device))
+        if camera_id is None:
+            args.fail(f"no camera with device serial {device!r}")
+        query = query.where(Recording.camera_id == camera_id)
+    if officer_no is not None:
+        officer_id = session.scalar(select(Officer.id).where(Officer.officer_no == officer_no))
+        if officer_id is None:
+            args.fail(f"no officer {officer_no!r}")
+        query = query.where(Recording.officer_id == officer_id)
+    if unit_no is not None:
+        unit_id = session.scalar(select(Unit.id).where(Unit.unit_no == unit_no))
+        if unit_id is None:
+            args.fail(f"no unit {unit_no!r}")
+        query = query.where(Recording.unit_id == unit_id)
+    if since is not None:
+        query = query.where(Recording.recorded_at >= since)
+    if until is not None:
+        query = query.where(Recording.recorded_at < until)
+    if case is not None:
+        query = query.where(Recording.case_id == case)
+    if retention is not None:
+        query = query.where(Recording.retention_class == RetentionClass(retention))
+    if args.flag("late"):
+        query = query.where(Recording.ingested_at > Recording.deadline_at)
+    if args.flag("flagged"):
+        query = query.where(
+            exists().where(Flag.recording_id == Recording.id, Flag.status == FlagStatus.OPEN)
+        )
+    if not args.flag("include_purged"):
+        query = query.where(Recording.purged_at.is_(None))
+    if cursor is not None:
+        at, last_id = cursor
+        query = query.where(
+            or_(Recording.recorded_at < at, and_(Recording.recorded_at == at, Recording.id < last_id))
+        )
+    rows = session.execute(
+        query.order_by(Recording.recorded_at.desc(), Recording.id.desc()).limit(limit + 1)
+    ).all()
+    page = rows[:limit]
+    ids = [row[0].id for row in page]
+    flags: dict[int, list[str]] = {}
+    if ids:
+        for recording_id, kind in session.execute(
+            select(Flag.recording_id, Flag.kind).where(
+                Flag.recording_id.in_(ids), Flag.status == FlagStatus.OPEN
+            )
+        ).all():
+            flags.setdefault(int(recording_id), []).append(str(kind))
+    see_confidential = role in CONFIDENTIAL_READERS
+    items = []
+    for recording, serial, rec_officer_no, officer_name, rec_unit_no in page:
+        hidden = recording.confidentiality is not Confidentiality.NORMAL and not see_confidential
+
+        def shown(value: str | None, hidden: bool = hidden) -> str | None:
+            return REDACTED if hidden and value else value
+
+        items.append({
+            "id": recording.id,
+            "device_serial": serial,
+            "officer_no": rec_officer_no,
+            "officer_name": officer_name,
+            "unit_no": rec_unit_no,
+            "recorded_at": iso(recording.recorded_at),
+            "duration_s": recording.duration_s,
+            "size": recording.size,
+            "ingested_at": iso(recording.ingested_at),
+            "deadline_at": iso(recording.deadline_at),
+            "late": recording.ingested_at > recording.deadline_at,
+            "open_flags": sorted(flags.get(recording.id, [])),
+            "retention_class": str(recording.retention_class),
+            "legal_hold": recording.legal_hold,
+            "case_id": shown(recording.case_id),
+            "case_name": shown(recording.case_name),
+            "case_party": shown(recording.case_party),
+            "confidentiality": str(recording.confidentiality),
+            "original_path": shown(recording.original_path),
+            "blake3": recording.blake3,
+            "sha256": recording.sha256,
+            "purged_at": iso(recording.purged_at),
+        })
+    more = len(rows) > limit
+    last = page[-1][0] if page else None
+    return {
+        "recordings": items,
+        "count": len(items),
+        "next": f"{iso(last.recorded_at)}|{last.id}" if more and last is not None else None,
+    }
+
+
+# --- audit -----------------------------------------------------------------------------------------
+
+CJIS_FIELDS = ("event_type", "time", "place", "source", "outcome", "user")
+
+
+def audit_events(session: Session, raw: Mapping[str, Any], *, zone: ZoneInfo) -> dict[str, Any]:
+    """Audit events in chain order, `limit` per page after `after_seq`, carrying the CJIS 5.4 fields."""
+    args = Args("audit", raw, {"action", "actor", "outcome", "since", "until", "limit", "after_seq"})
+    action, actor = args.text("action", 64), args.text("actor", 64)
+    outcome = args.text("outcome", 16)
+    since, until = args.time("since", zone), args.time("until", zone, end=True)
+    limit = args.integer("limit", AUDIT_LIMIT_DEFAULT, 1, AUDIT_LIMIT_MAX)
+    after_seq = args.optional_integer("after_seq")
+    query = select(AuditEvent)
+    if action is not None:
+        # "ctl.*" matches a family; otherwise exact (ix_audit_action_time).
+        if action.endswith("*"):
+            prefix = action[:-1].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            query = query.where(AuditEvent.action.like(f"{prefix}%", escape="\\"))
+        else:
+            query = query.where(AuditEvent.action == action)
+    if actor is not None:
+        query = query.where(AuditEvent.actor_user == actor)
+    if outcome is not None:
+        query = query.where(AuditEvent.outcome == outcome)
+    if since is not None:
+        query = query.where(AuditEvent.at >= since)
+    if until is not None:
+        query = query.where(AuditEvent.at < until)
+    if after_seq is not None:
+        query = query.where(AuditEvent.seq > after_seq)
+    rows = session.scalars(query.order_by(AuditEvent.seq).limit(limit + 1)).all()
+    page = rows[:limit]
+    place = socket.gethostname()
+    events = [
+        {
+            "seq": event.seq,
+            "event_type": event.action,
+            "time": iso(event.at),
+            "place": place,
+            "source": event.source,
+            "outcome": event.outcome,
+            "user": event.actor_user,
+            "uid": event.actor_uid,
+            "role": event.actor_role,
+            "subject": event.subject,
+            "details": event.details,
+            "hash": event.hash,
+        }
+        for event in page
+    ]
+    return {
+        "events": events,
+        "count": len(events),
+        "next_after_seq": page[-1].seq if len(rows) > limit and page else None,
+    }
+
+
+def flag_kinds() -> list[str]:
+    return [kind.value for kind in FlagKind]

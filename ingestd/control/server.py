@@ -1,0 +1,217 @@
+"""The control socket inside the daemon: accepts `ingestctl` connections and answers their requests.
+
+Guarantees: the caller's identity is the kernel's (SO_PEERCRED); each connection is served on its own
+short-lived thread with a deadline, so a slow or hostile client never blocks another; at most
+MAX_CONNECTIONS are served at once (more are told the daemon is busy). The socket is mode 0660, owned by
+`[control] socket_group`; a stale socket file left by a crash is replaced, a live one is not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import importlib
+import os
+import pkgutil
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import structlog
+
+from ingestd.config import ControlConfig
+from ingestd.control import auth, protocol
+from ingestd.control.dispatch import dispatch
+from ingestd.errors import IngestdError
+from ingestd.services import Services
+
+log = structlog.get_logger()
+
+MAX_CONNECTIONS = 32
+ACCEPT_TICK_S = 0.25
+SOCKET_MODE = 0o660
+
+
+class ControlSocketError(IngestdError):
+    template = "control socket {path}: {detail}"
+    exit_code = 71  # EX_OSERR
+
+
+def load_handlers() -> list[str]:
+    """Import every `ingestd.control.handlers_*` module, so their `@command`s are registered."""
+    import ingestd.control as package  # noqa: PLC0415 - the package's own path, read at call time
+
+    loaded = []
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name.startswith("handlers_"):
+            importlib.import_module(f"{package.__name__}.{info.name}")
+            loaded.append(info.name)
+    return sorted(loaded)
+
+
+def _remove_stale(path: Path) -> None:
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ControlSocketError(path=path, detail="exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink(missing_ok=True)  # nobody listens: a crash left it behind
+        return
+    finally:
+        probe.close()
+    raise ControlSocketError(path=path, detail="another ingestd is already listening on it")
+
+
+class ControlServer:
+    def __init__(
+        self, services: Services, config: ControlConfig, *, clock: Callable[[], datetime]
+    ) -> None:
+        self.services = services
+        self.config = config
+        self.clock = clock
+        self.stop_event = threading.Event()
+        self._listener: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._inode: int | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.config.socket
+
+    def start(self) -> None:
+        handlers = load_handlers()
+        path = self.path
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        _remove_stale(path)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            # Bind under a umask that leaves no window in which the socket is wider than 0660.
+            old_umask = os.umask(0o117)
+            try:
+                listener.bind(str(path))
+            finally:
+                os.umask(old_umask)
+            if self.config.socket_group:
+                try:
+                    gid = grp.getgrnam(self.config.socket_group).gr_gid
+                except KeyError:
+                    raise ControlSocketError(
+                        path=path, detail=f"socket_group {self.config.socket_group!r} does not exist"
+                    ) from None
+                os.chown(path, -1, gid)
+            path.chmod(SOCKET_MODE)
+            self._inode = path.stat().st_ino
+            listener.listen(64)
+            listener.settimeout(ACCEPT_TICK_S)
+        except OSError as error:
+            listener.close()
+            raise ControlSocketError(path=path, detail=error.strerror or str(error)) from None
+        except BaseException:
+            listener.close()
+            raise
+        self._listener = listener
+        self._thread = threading.Thread(target=self._serve, name="control-socket", daemon=True)
+        self._thread.start()
+        log.info("control_listening", socket=str(path), handlers=handlers)
+
+    def _serve(self) -> None:
+        listener = self._listener
+        while listener is not None and not self.stop_event.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError as error:
+                if self.stop_event.is_set():
+                    return
+                log.error("control_accept_failed", error=str(error))  # noqa: TRY400
+                time.sleep(ACCEPT_TICK_S)
+                continue
+            if not self._slots.acquire(blocking=False):
+                self._refuse_busy(connection)
+                continue
+            threading.Thread(
+                target=self._connection, args=(connection,), name="control-conn", daemon=True
+            ).start()
+
+    def _refuse_busy(self, connection: socket.socket) -> None:
+        with contextlib.suppress(OSError), connection:
+            connection.settimeout(1.0)
+            connection.sendall(
+                protocol.encode(protocol.failure(None, "busy", "ingestd is busy; try again", 75))
+            )
+
+    def _connection(self, connection: socket.socket) -> None:
+        try:
+            with connection:
+                self._serve_connection(connection)
+        except OSError as error:
+            log.info("control_client_gone", error=str(error))
+        finally:
+            self._slots.release()
+
+    def _serve_connection(self, connection: socket.socket) -> None:
+        deadline = time.monotonic() + self.config.timeout_seconds
+        caller = auth.resolve(auth.peer_credentials(connection), self.config)
+        buffer = b""
+        while not self.stop_event.is_set():
+            newline = buffer.find(b"\n")
+            if newline < 0:
+                if len(buffer) > protocol.MAX_REQUEST_BYTES:
+                    self._send(connection, protocol.failure(
+                        None, "bad-request",
+                        f"control protocol: request is larger than {protocol.MAX_REQUEST_BYTES} bytes",
+                        protocol.EX_PROTOCOL,
+                    ))
+                    return
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                connection.settimeout(min(remaining, ACCEPT_TICK_S * 4))
+                try:
+                    chunk = connection.recv(65536)
+                except TimeoutError:
+                    continue
+                if not chunk:
+                    return  # the client closed; a partial line is dropped
+                buffer += chunk
+                continue
+            line, buffer = buffer[:newline], buffer[newline + 1 :]
+            if not line.strip():
+                continue
+            self._send(connection, self._answer(caller, line))
+            deadline = time.monotonic() + self.config.timeout_seconds
+
+    def _answer(self, caller: auth.Caller, line: bytes) -> dict[str, object]:
+        try:
+            message = protocol.parse_request(line)
+        except protocol.ProtocolError as error:
+            return protocol.failure(protocol.request_id_of(line), "bad-request", str(error), error.exit_code)
+        return dispatch(self.services, caller, message, self.clock())
+
+    def _send(self, connection: socket.socket, response: dict[str, object]) -> None:
+        connection.settimeout(self.config.timeout_seconds)
+        connection.sendall(protocol.encode(response))
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.stop_event.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        with contextlib.suppress(OSError):
+            # Only our own socket: a newer daemon may have replaced it.
+            if self._inode is not None and self.path.stat().st_ino == self._inode:
+                self.path.unlink()

@@ -1,0 +1,455 @@
+"""`ingestctl` read commands: status, cameras, officers, footage and audit, over the control socket.
+
+Exit codes (every command): 0 done; 2 a wrong flag, value or id (the message names it); 13 permission
+denied (the daemon audits the attempt); 69 ingestd is not running (no socket); 70 ingestd failed
+internally; 71 an output file could not be written; 75 ingestd did not answer in time; 76 a garbled
+answer.
+
+When the daemon is down, `status`, `cameras`, `officers` and `audit` read the catalog directly, but only
+for a caller who can open the catalog file and holds a role allowing the command; the output says so
+(`"served_by": "catalog"` in JSON, a note on stderr). `footage` needs the daemon, because every
+search is audited.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import click
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+from sqlalchemy.engine import make_url
+
+from ingestd.cli import config_option, load
+from ingestd.config import Config
+from ingestd.control import queries
+from ingestd.control.auth import current_caller
+from ingestd.control.client import DaemonUnavailable, call
+from ingestd.control.registry import EVERYONE, PermissionDenied
+from ingestd.errors import IngestdError
+from ingestd.services import Services
+from ingestd.verify import VerifyReport
+from store.audit import Role
+from store.catalog import Catalog
+from store.objects import FileObjectStore
+from store.types import utcnow
+
+WATCH_INTERVAL_S = 1.0
+AUDIT_PAGE = queries.AUDIT_LIMIT_MAX
+CSV_FIELDS = ("seq", "event_type", "time", "place", "source", "outcome", "user", "uid", "role", "subject",
+              "details", "hash")
+# Which commands may fall back to a direct catalog read, and for which roles (as on the socket).
+DIRECT_READS: dict[str, frozenset[Role]] = {
+    "status": EVERYONE,
+    "cameras": EVERYONE,
+    "officers": EVERYONE,
+    "audit": frozenset({Role.ADMIN, Role.AUDITOR}),
+}
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+
+
+class OutputError(IngestdError):
+    template = "cannot write {path}: {detail}"
+    exit_code = 71
+
+
+# --- talking to the daemon, or reading the catalog directly ------------------------------------------
+
+
+def _sqlite_file(url: str) -> Path | None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
+
+
+def _direct(config: Config, command: str, args: dict[str, Any], why: DaemonUnavailable) -> dict[str, Any]:
+    """The daemon is down: read the catalog ourselves, if this caller may (else re-raise `why`)."""
+    roles = DIRECT_READS.get(command)
+    if roles is None:
+        raise DaemonUnavailable(
+            detail=f"{why.facts['detail']}; {command} needs the daemon, which audits every search"
+        )
+    caller = current_caller(config.control)
+    database = _sqlite_file(config.catalog.url)
+    readable = os.getuid() == 0 or (database is not None and os.access(database, os.R_OK))
+    if not readable:
+        raise DaemonUnavailable(detail=f"{why.facts['detail']}; and you cannot read the catalog directly")
+    if not caller.roles & roles:
+        raise PermissionDenied(detail=f"{command} needs one of the roles {', '.join(sorted(roles))}")
+    click.echo(
+        f"ingestctl: ingestd is not running ({why.facts['detail']}); read directly from the catalog "
+        f"as {caller.user}: no live progress",
+        err=True,
+    )
+    catalog = Catalog.open(config.catalog.url, read_only=True)
+    zone = ZoneInfo(config.deadlines.timezone)
+    try:
+        with catalog.transaction() as session:
+            if command == "status":
+                try:
+                    free: int | None = FileObjectStore(config.store.root).free_bytes()
+                except OSError:
+                    free = None
+                root = str(config.store.root)
+                return queries.status(session, free_bytes=free, store_root=root, now=utcnow())
+            if command == "cameras":
+                return queries.cameras(session, args)
+            if command == "officers":
+                return queries.officers(session, args)
+            return queries.audit_events(session, args, zone=zone)
+    finally:
+        catalog.close()
+
+
+def request(config: Config, command: str, args: dict[str, Any]) -> dict[str, Any]:
+    """Ask the daemon; `served_by` says whether the daemon or a direct catalog read answered."""
+    clean = {key: value for key, value in args.items() if value is not None and value is not False}
+    try:
+        result = call(config.control.socket, command, clean, timeout=config.control.timeout_seconds)
+        served_by = "daemon"
+    except DaemonUnavailable as why:
+        result = _direct(config, command, clean, why)
+        served_by = "catalog"
+    if not isinstance(result, dict):
+        raise IngestdError(detail=f"ingestd answered {command} with {type(result).__name__}, not an object")
+    return {**result, "served_by": served_by}
+
+
+def _print_json(value: Any) -> None:
+    click.echo(json.dumps(value, ensure_ascii=False, indent=2))
+
+
+# --- formatting ------------------------------------------------------------------------------------
+
+
+def _size(value: int | None) -> str:
+    if value is None:
+        return "-"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{value} B"  # pragma: no cover - the loop always returns
+
+
+def _eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}:{secs:02d}"
+
+
+def _local(value: str | None, zone: ZoneInfo) -> str:
+    """Times travel as UTC; they are shown in the station's zone."""
+    if not value:
+        return "-"
+    from datetime import datetime  # noqa: PLC0415 - display only
+
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+def status_view(result: dict[str, Any], zone: ZoneInfo) -> Group:
+    table = Table(title="Docks", expand=False)
+    for column in ("port", "camera", "state", "file", "progress", "done / total", "rate", "ETA"):
+        table.add_column(column)
+    for dock in result["docks"]:
+        total = dock["bytes_total"] or 0
+        bar = ProgressBar(total=max(total, 1), completed=min(dock["bytes_done"], max(total, 1)), width=24)
+        table.add_row(
+            Text(dock["port"]), _cell(dock["device_serial"]), dock["state"],
+            Text(_cell(dock["current_file"])),
+            bar if total else Text("-"),
+            f"{_size(dock['bytes_done'])} / {_size(total)}",
+            f"{_size(int(dock['rate_bps']))}/s" if dock["rate_bps"] else "-",
+            _eta(dock["eta_s"]),
+        )
+    flags = result["open_flags"]
+    flag_text = ", ".join(f"{kind} {count}" for kind, count in sorted(flags.items())) or "none"
+    verify = result["last_verify"]
+    if verify is None:
+        verify_text = "never run"
+    else:
+        verdict = "clean" if verify["clean"] else f"{verify['problems']} problem(s)"
+        verify_text = f"{verdict} at {_local(verify['at'], zone)} by {verify['by']}"
+    footer = Text.assemble(
+        ("open flags: ", "bold"), flag_text, "\n",
+        ("store: ", "bold"), f"{_size(result['store']['free_bytes'])} free at {result['store']['root']}",
+        "\n",
+        ("last verify: ", "bold"), verify_text, "\n",
+        ("queued: ", "bold"), str(result["queued"]),
+        ("  (read from the catalog: the daemon is not running)" if result["served_by"] == "catalog" else ""),
+    )
+    return Group(table, footer)
+
+
+# --- commands --------------------------------------------------------------------------------------
+
+
+@click.command()
+@config_option
+@click.option("--watch", is_flag=True, help="Refresh about once a second until Ctrl-C (--json: JSON lines).")
+@json_option
+def status(config_path: Path | None, watch: bool, as_json: bool) -> None:
+    """Docks with their transfers, open flags by kind, store free space and the last verify."""
+    config = load(config_path)
+    zone = ZoneInfo(config.deadlines.timezone)
+    if not watch:
+        result = request(config, "status", {})
+        if as_json:
+            _print_json(result)
+        else:
+            Console().print(status_view(result, zone))
+        return
+    try:
+        if as_json:
+            while True:
+                click.echo(json.dumps(request(config, "status", {}), ensure_ascii=False))
+                time.sleep(WATCH_INTERVAL_S)
+        with Live(status_view(request(config, "status", {}), zone), refresh_per_second=4) as live:
+            while True:
+                time.sleep(WATCH_INTERVAL_S)
+                live.update(status_view(request(config, "status", {}), zone))
+    except KeyboardInterrupt:
+        return  # Ctrl-C is how --watch ends
+
+
+@click.command()
+@config_option
+@click.option("--serial", help="Only this camera (device serial, up to 7 characters).")
+@click.option("--unit", help="Only cameras of this unit (unit number, up to 12).")
+@json_option
+def cameras(config_path: Path | None, serial: str | None, unit: str | None, as_json: bool) -> None:
+    """Cameras: state (docked/in/out), battery, storage, last clock offset and state, holder."""
+    config = load(config_path)
+    zone = ZoneInfo(config.deadlines.timezone)
+    result = request(config, "cameras", {"serial": serial, "unit": unit})
+    if as_json:
+        _print_json(result)
+        return
+    table = Table(title="Cameras")
+    for column in ("serial", "unit", "state", "battery", "storage free", "clock offset", "clock",
+                   "holder", "checked out", "last docked"):
+        table.add_column(column)
+    for camera in result["cameras"]:
+        holder = camera["holder"]
+        offset = camera["last_clock_offset_s"]
+        table.add_row(
+            camera["device_serial"], _cell(camera["unit_no"]), camera["state"],
+            f"{camera['battery_percent']}%" if camera["battery_percent"] is not None else "-",
+            _size(camera["storage_free_bytes"]),
+            f"{offset:+.3f} s" if offset is not None else "-",
+            _cell(camera["clock_state"]),
+            Text(f"{holder['officer_no']} {holder['name']}") if holder else "-",
+            _local(camera["checked_out_at"], zone), _local(camera["last_docked_at"], zone),
+        )
+    Console().print(table)
+
+
+@click.command()
+@config_option
+@click.option("--officer", help="Only this officer (officer number, up to 6 characters).")
+@click.option("--unit", help="Only officers of this unit (unit number).")
+@json_option
+def officers(config_path: Path | None, officer: str | None, unit: str | None, as_json: bool) -> None:
+    """Officers: number, name, unit and how many cameras each holds now."""
+    config = load(config_path)
+    result = request(config, "officers", {"officer": officer, "unit": unit})
+    if as_json:
+        _print_json(result)
+        return
+    table = Table(title="Officers")
+    for column in ("officer", "name", "unit", "unit name", "cameras held"):
+        table.add_column(column)
+    for row in result["officers"]:
+        table.add_row(
+            row["officer_no"], Text(row["name"]), _cell(row["unit_no"]), Text(_cell(row["unit_name"])),
+            str(row["cameras_held"]),
+        )
+    Console().print(table)
+
+
+@click.command()
+@config_option
+@click.option("--device", help="Camera device serial.")
+@click.option("--officer", help="Officer number.")
+@click.option("--unit", help="Unit number.")
+@click.option("--since", help="Recorded at or after: a date (station time zone) or ISO 8601 with a zone.")
+@click.option("--until", help="Recorded before: a date (whole day included) or ISO 8601 with a zone.")
+@click.option("--case", help="Case id.")
+@click.option("--late", is_flag=True, help="Only recordings stored after their deadline.")
+@click.option("--flagged", is_flag=True, help="Only recordings with an open flag.")
+@click.option("--class", "retention_class", type=click.Choice(["routine", "standard", "long-term"]),
+              help="Retention class.")
+@click.option("--include-purged", is_flag=True, help="Also list recordings removed by the retention purge.")
+@click.option(
+    "--limit", type=click.IntRange(1, queries.FOOTAGE_LIMIT_MAX), default=queries.FOOTAGE_LIMIT_DEFAULT,
+    show_default=True, help="Recordings per page.",
+)
+@click.option("--cursor", help="Continue after the page that printed this cursor.")
+@json_option
+def footage(config_path: Path | None, as_json: bool, **filters: Any) -> None:
+    """Search recordings (metadata), newest first. Each search is audited with who searched for what.
+
+    Viewing or copying the footage itself needs an approval (see `ingestctl approve`)."""
+    config = load(config_path)
+    zone = ZoneInfo(config.deadlines.timezone)
+    result = request(config, "footage", filters)
+    if as_json:
+        _print_json(result)
+        return
+    table = Table(title="Footage")
+    for column in ("id", "recorded", "device", "officer", "unit", "size", "late", "flags", "class", "case",
+                   "hold"):
+        table.add_column(column)
+    for item in result["recordings"]:
+        table.add_row(
+            str(item["id"]), _local(item["recorded_at"], zone), item["device_serial"],
+            Text(f"{_cell(item['officer_no'])} {item['officer_name'] or ''}".strip()), _cell(item["unit_no"]),
+            _size(item["size"]), "late" if item["late"] else "", ",".join(item["open_flags"]),
+            item["retention_class"], Text(_cell(item["case_id"])), "hold" if item["legal_hold"] else "",
+        )
+    console = Console()
+    console.print(table)
+    if result["next"]:
+        console.print(f"more: --cursor '{result['next']}'", highlight=False)
+
+
+def _audit_pages(config: Config, filters: dict[str, Any], limit: int | None) -> Iterator[dict[str, Any]]:
+    after: int | None = None
+    left = limit
+    served_by = "daemon"
+    while True:
+        page_size = min(AUDIT_PAGE, left) if left is not None else AUDIT_PAGE
+        result = request(config, "audit", {**filters, "limit": page_size, "after_seq": after})
+        served_by = result["served_by"]
+        for event in result["events"]:
+            yield {**event, "served_by": served_by}
+        if left is not None:
+            left -= result["count"]
+        after = result["next_after_seq"]
+        if after is None or (left is not None and left <= 0):
+            return
+
+
+@contextlib.contextmanager
+def _output(path: Path | None) -> Iterator[io.TextIOBase | Any]:
+    """stdout, or a file written whole: temp file in the same directory, fsync, rename."""
+    if path is None:
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    directory = path.resolve().parent
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    except OSError as error:
+        raise OutputError(path=path, detail=error.strerror or str(error)) from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        Path(temp).replace(path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _write_csv(events: Iterator[dict[str, Any]], out: Any) -> int:
+    writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    count = 0
+    for event in events:
+        details = json.dumps(event["details"], ensure_ascii=False, sort_keys=True)
+        writer.writerow({**event, "details": details})
+        count += 1
+    return count
+
+
+def _write_json(events: Iterator[dict[str, Any]], out: Any) -> int:
+    # A JSON array streamed one event at a time, so a long trail never sits in memory twice.
+    out.write("[")
+    count = 0
+    for event in events:
+        event.pop("served_by", None)
+        out.write(("," if count else "") + "\n  " + json.dumps(event, ensure_ascii=False, sort_keys=True))
+        count += 1
+    out.write("\n]\n")
+    return count
+
+
+@click.command()
+@config_option
+@click.option("--action", help="Event type, exactly, or a family with a trailing * (e.g. 'ctl.*').")
+@click.option("--actor", help="OS user name who acted.")
+@click.option("--outcome", help="ok, error, denied, problems, ...")
+@click.option("--since", help="At or after: a date (station time zone) or ISO 8601 with a zone.")
+@click.option("--until", help="Before: a date (whole day included) or ISO 8601 with a zone.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="At most this many events (table default: 100; csv/json default: all).")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default=None,
+              help="table on a terminal; csv or json export the CJIS 5.4 fields.")
+@click.option("--output", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write the export to this file (atomically) instead of stdout.")
+@json_option
+def audit(config_path: Path | None, fmt: str | None, output: Path | None, limit: int | None, as_json: bool,
+          **filters: Any) -> None:
+    """Show or export the audit trail: event type, time, place (this station), source, outcome, user.
+
+    Needs the admin or auditor role. Exports are in chain order (seq), with each event's hash."""
+    if as_json and fmt not in (None, "json"):
+        raise click.UsageError("--json and --format csv contradict each other")
+    fmt = "json" if as_json else (fmt or ("csv" if output is not None and output.suffix == ".csv" else
+                                          "json" if output is not None else "table"))
+    if fmt == "table" and output is not None:
+        raise click.UsageError("--output needs --format csv or json")
+    config = load(config_path)
+    if fmt == "table":
+        zone = ZoneInfo(config.deadlines.timezone)
+        events = list(_audit_pages(config, filters, limit or queries.AUDIT_LIMIT_DEFAULT))
+        table = Table(title="Audit trail")
+        for column in ("seq", "time", "event", "user", "role", "outcome", "subject", "source"):
+            table.add_column(column)
+        for event in events:
+            table.add_row(
+                str(event["seq"]), _local(event["time"], zone), event["event_type"], Text(event["user"]),
+                event["role"], event["outcome"], Text(event["subject"]), Text(event["source"]),
+            )
+        Console().print(table)
+        return
+    writer: Callable[[Iterator[dict[str, Any]], Any], int] = _write_csv if fmt == "csv" else _write_json
+    with _output(output) as out:
+        count = writer(_audit_pages(config, filters, limit), out)
+    if output is not None:
+        click.echo(f"{count} event(s) written to {output}", err=True)
+
+
+def record_verify_outcome(services: Services, report: VerifyReport, *, objects: bool) -> None:
+    """Keep the outcome of `ingestctl verify` in the audit chain (read by `status` and the metrics)."""
+    caller = current_caller(services.config.control)
+    with services.catalog.transaction() as session:
+        queries.record_verify(
+            session, services.audit, caller.actor(),
+            clean=report.clean, events_checked=report.events_checked, objects_checked=report.objects_checked,
+            problems=len(report.problems), objects=objects, at=utcnow(),
+        )

@@ -1,0 +1,90 @@
+"""Real OS users and groups for role tests, and running `ingestctl` as one of them.
+
+Users and groups get a unique prefix and are removed by name at teardown. `ingestctl` runs in a child
+process that imports everything while still root (the interpreter may live where other users cannot
+read), then drops to the user's uid, gid and supplementary groups before `main()`, so the daemon sees the
+user's own credentials through SO_PEERCRED.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+BOOTSTRAP = """
+import os, pwd, sys
+import ingestd.ctl, ingestd.ctl_read, ingestd.control.client, ingestd.control.queries
+import click, csv, json, rich.console, rich.table, rich.live, rich.progress_bar, rich.text, encodings.idna
+user = sys.argv.pop(1)
+entry = pwd.getpwnam(user)
+os.setgroups(os.getgrouplist(user, entry.pw_gid))
+os.setgid(entry.pw_gid)
+os.setuid(entry.pw_uid)
+os.environ["HOME"] = "/"
+sys.argv[0] = "ingestctl"
+ingestd.ctl.main()
+"""
+
+
+def can_manage_users() -> str | None:
+    """None when users can be created here, else why not (the skip reason)."""
+    if os.geteuid() != 0:
+        return "needs root to create OS users and groups"
+    for tool in ("useradd", "groupadd", "userdel", "groupdel"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    return None
+
+
+@dataclass
+class OsUsers:
+    prefix: str = field(default_factory=lambda: f"ict{secrets.token_hex(3)}")
+    users: list[str] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
+
+    def group(self, suffix: str) -> str:
+        name = f"{self.prefix}{suffix}"
+        subprocess.run(["groupadd", name], check=True, capture_output=True)
+        self.groups.append(name)
+        return name
+
+    def user(self, suffix: str, groups: Sequence[str]) -> str:
+        name = f"{self.prefix}{suffix}"
+        argv = ["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group"]
+        if groups:
+            argv += ["--groups", ",".join(groups)]
+        subprocess.run([*argv, name], check=True, capture_output=True)
+        self.users.append(name)
+        self.groups.append(name)  # its own group, from --user-group; userdel removes it too
+        return name
+
+    def remove(self) -> None:
+        for name in self.users:
+            subprocess.run(["userdel", name], check=False, capture_output=True)
+        for name in self.groups:
+            subprocess.run(["groupdel", name], check=False, capture_output=True)
+
+
+def run_ctl_as(
+    user: str, *args: str, env: Mapping[str, str] | None = None, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", BOOTSTRAP, user, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def created(users: OsUsers) -> Iterator[OsUsers]:
+    try:
+        yield users
+    finally:
+        users.remove()

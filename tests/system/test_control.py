@@ -1,0 +1,266 @@
+"""ingestctl over the control socket, against the real daemon: roles for real OS users, audited denials,
+live progress, parseable --json for every read command, and clear errors for bad flags and ids."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from ingestd.control.client import RemoteError, call
+from store.models import AuditEvent
+from tests.support.osusers import OsUsers, can_manage_users, run_ctl_as
+from tests.system.harness import Daemon, SimulatedCamera, iter_rows, wait_for
+
+MIB = 1024 * 1024
+CTL = "from ingestd.ctl import main; main()"
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory other users can traverse (pytest's tmp is 0700): the socket and a config copy."""
+    path = Path(tempfile.mkdtemp(prefix="ingestd-ctl-"))
+    path.chmod(0o711)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def ctl(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", CTL, *args, "--config", str(daemon.config_path)],
+        capture_output=True, text=True, check=False, timeout=60,
+    )
+
+
+def audit_rows(daemon: Daemon, action_prefix: str) -> list[Any]:
+    catalog = daemon.catalog()
+    try:
+        columns = select(
+            AuditEvent.action, AuditEvent.actor_user, AuditEvent.actor_uid, AuditEvent.actor_role,
+            AuditEvent.outcome, AuditEvent.source,
+        )
+        return list(iter_rows(catalog, columns.where(AuditEvent.action.like(f"{action_prefix}%"))))
+    finally:
+        catalog.close()
+
+
+# --- roles for real OS users -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def os_users() -> Iterator[OsUsers]:
+    reason = can_manage_users()
+    if reason is not None:
+        pytest.skip(reason)
+    users = OsUsers()
+    try:
+        yield users
+    finally:
+        users.remove()
+
+
+def test_roles_are_enforced_for_real_users_and_denials_audited(
+    daemon: Daemon, shared_dir: Path, os_users: OsUsers
+) -> None:
+    sock = os_users.group("sock")
+    admin_group, auditor_group = os_users.group("adm"), os_users.group("aud")
+    viewer_group = os_users.group("vw")
+    viewer = os_users.user("v", [viewer_group, sock])
+    auditor = os_users.user("u", [auditor_group, sock])
+    admin = os_users.user("a", [admin_group, sock])
+    nobody = os_users.user("n", [sock])
+    outsider = os_users.user("x", [])  # not even in the socket's group
+    daemon.control_dir = shared_dir
+    daemon.control_config = "\n".join([
+        f'socket_group = "{sock}"',
+        f'admin_group = "{admin_group}"',
+        f'auditor_group = "{auditor_group}"',
+        f'viewer_group = "{viewer_group}"',
+        'clerk_group = ""',
+        'approver_group = ""',
+    ])
+    daemon.start()
+    config = shared_dir / "config.toml"
+    shutil.copyfile(daemon.config_path, config)
+    config.chmod(0o644)
+
+    def as_user(user: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return run_ctl_as(user, *args, "--config", str(config))
+
+    mode = daemon.control_socket.stat()
+    assert mode.st_mode & 0o777 == 0o660
+
+    seen = as_user(viewer, "status", "--json")
+    assert seen.returncode == 0, seen.stderr
+    assert json.loads(seen.stdout)["served_by"] == "daemon"
+    assert as_user(viewer, "cameras", "--json").returncode == 0
+
+    refused = as_user(viewer, "audit", "--json")
+    assert refused.returncode == 13, refused.stderr
+    assert "permission denied" in refused.stderr
+    assert "auditor" in refused.stderr
+
+    no_role = as_user(nobody, "status", "--json")
+    assert no_role.returncode == 13
+    assert f"{nobody}" in no_role.stderr
+    assert "no ingestd role" in no_role.stderr
+
+    locked_out = as_user(outsider, "status")
+    assert locked_out.returncode != 0
+    assert "permission denied" in locked_out.stderr
+
+    exported = as_user(auditor, "audit", "--format", "csv", "--action", "ctl.*")
+    assert exported.returncode == 0, exported.stderr
+    rows = list(csv.DictReader(io.StringIO(exported.stdout)))
+    assert {"event_type", "time", "place", "source", "outcome", "user"} <= set(rows[0])
+    denied = {(row["user"], row["event_type"]) for row in rows if row["outcome"] == "denied"}
+    assert (viewer, "ctl.audit") in denied
+    assert (nobody, "ctl.status") in denied
+    assert as_user(admin, "audit", "--json", "--limit", "5").returncode == 0
+
+    # The chain itself, read as root: the real names and uids, the role held (or "none").
+    by_user = {row.actor_user: row for row in audit_rows(daemon, "ctl.") if row.outcome == "denied"}
+    assert by_user[viewer].actor_uid == int(subprocess.check_output(["id", "-u", viewer]))
+    assert by_user[viewer].actor_role == "viewer"
+    assert by_user[nobody].actor_role == "none"
+    assert by_user[nobody].source.startswith(f"ctl:uid={by_user[nobody].actor_uid} ")
+    assert outsider not in by_user  # the kernel refused the connection; nothing reached the daemon
+
+    daemon.stop()
+    down = as_user(viewer, "status")
+    assert down.returncode == 69
+    assert f"ingestd is not running (no socket at {daemon.control_socket}" in down.stderr
+    assert "cannot read the catalog directly" in down.stderr
+
+
+# --- progress, --json everywhere, and errors ---------------------------------------------------------
+
+
+def test_status_json_shows_progress_moving(
+    daemon: Daemon, make_camera: Callable[..., SimulatedCamera]
+) -> None:
+    daemon.extra_config = "\n[ingest]\ndelete_after_ingest = false\n"
+    daemon.start()
+    # ~1.6 GiB, so the copy outlasts a few of the daemon's ~1 Hz progress flushes even on a fast disk.
+    camera = make_camera("ZFY0601", files=10, size_bytes=160 * MIB)
+    camera.dock(daemon.docks)
+    seen: list[int] = []
+
+    def moving() -> bool:
+        """A reading strictly mid-transfer, then a later, larger one (mid-transfer or the final total)."""
+        for dock in call(daemon.control_socket, "status", {})["docks"]:
+            done, total = dock["bytes_done"], dock["bytes_total"]
+            ours = dock["port"].endswith("ZFY0601") and total
+            if ours and ((not seen and 0 < done < total) or (seen and done > seen[-1])):
+                seen.append(done)
+        return len(seen) >= 2
+
+    wait_for("bytes_done to move during the transfer", moving, timeout=60, interval=0.1)
+    assert 0 < seen[0] < seen[1]
+    shown = ctl(daemon, "status", "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["docks"][0]["port"]
+
+
+def test_every_read_command_answers_json_and_refuses_bad_input(
+    daemon: Daemon, make_camera: Callable[..., SimulatedCamera]
+) -> None:
+    daemon.start()
+    camera = make_camera("ZFY0602", files=2)
+    camera.dock(daemon.docks)
+
+    def stored() -> bool:
+        try:
+            return len(call(daemon.control_socket, "footage", {"device": "ZFY0602"})["recordings"]) == 2
+        except RemoteError:
+            return False  # the camera is not in the catalog yet
+
+    wait_for("both recordings of ZFY0602", stored, timeout=60)
+    assert ctl(daemon, "verify", "--json").returncode == 0
+
+    outputs = {
+        "status": ctl(daemon, "status", "--json"),
+        "cameras": ctl(daemon, "cameras", "--json", "--serial", "ZFY0602"),
+        "officers": ctl(daemon, "officers", "--json"),
+        "footage": ctl(daemon, "footage", "--json", "--device", "ZFY0602", "--limit", "1"),
+        "audit": ctl(daemon, "audit", "--json"),
+    }
+    parsed = {}
+    for name, done in outputs.items():
+        assert done.returncode == 0, f"{name}: {done.stderr}"
+        parsed[name] = json.loads(done.stdout)
+    assert parsed["status"]["last_verify"]["clean"] is True
+    assert parsed["cameras"]["cameras"][0]["battery_percent"] == 80
+    assert parsed["officers"]["officers"][0]["officer_no"] == "000101"
+    assert parsed["footage"]["count"] == 1
+    assert parsed["footage"]["next"]
+    assert {"event_type", "time", "place", "source", "outcome", "user"} <= set(parsed["audit"][0])
+    page2 = ctl(daemon, "footage", "--json", "--device", "ZFY0602", "--cursor", parsed["footage"]["next"])
+    assert json.loads(page2.stdout)["recordings"][0]["id"] != parsed["footage"]["recordings"][0]["id"]
+    assert any(row.action == "ctl.footage" for row in audit_rows(daemon, "ctl.footage"))
+
+    bad = {
+        ("cameras", "--serial", "NOPE"): "no camera with device serial 'NOPE'",
+        ("officers", "--officer", "999999"): "no officer '999999'",
+        ("footage", "--device", "NOPE"): "no camera with device serial 'NOPE'",
+        ("footage", "--unit", "nope"): "no unit 'nope'",
+        ("footage", "--since", "2026-13-01"): "not a date or an ISO 8601 time",
+        ("footage", "--since", "2026-11-01T08:00"): "has no time zone",
+        ("footage", "--cursor", "junk"): "cursor 'junk'",
+        ("footage", "--class", "forever"): "Invalid value for '--class'",
+        ("footage", "--limit", "0"): "Invalid value for '--limit'",
+        ("status", "--bogus"): "No such option '--bogus'",
+        ("audit", "--since", "yesterday"): "not a date",
+        ("audit", "--format", "xml"): "Invalid value for '--format'",
+        ("audit", "--output", "/nonexistent-dir/x.csv", "--format", "csv"): "cannot write",
+    }
+    for args, message in bad.items():
+        done = ctl(daemon, *args)
+        assert done.returncode != 0, args
+        assert message in done.stderr, (args, done.stderr)
+        assert "Traceback" not in done.stderr, args
+
+
+def test_garbage_gets_a_clear_error_others_are_served_and_metrics_scrape(daemon: Daemon) -> None:
+    import socket  # noqa: PLC0415 - only this test speaks raw bytes
+    import urllib.request  # noqa: PLC0415
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    daemon.extra_config = f'\n[metrics]\nenabled = true\nlisten = "127.0.0.1:{port}"\n'
+    daemon.start()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        metrics = response.read().decode()
+    assert "ingestd_docked_cameras 0" in metrics
+    assert 'ingestd_open_flags{kind="late"} 0' in metrics
+    assert "# TYPE ingestd_ingest_bytes_total counter" in metrics
+    stalled = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stalled.connect(str(daemon.control_socket))
+    stalled.sendall(b'{"id": 1, "command": "sta')  # never finished
+    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    raw.connect(str(daemon.control_socket))
+    raw.sendall(b"\xff\xfe not json\n" + b'{"id": 7, "command": "status", "args": []}\n')
+    answers = raw.makefile("rb")
+    first, second = json.loads(answers.readline()), json.loads(answers.readline())
+    assert first["ok"] is False
+    assert first["error"]["code"] == "bad-request"
+    assert "not UTF-8" in first["error"]["message"]
+    assert second["id"] == 7
+    assert "args must be a JSON object" in second["error"]["message"]
+    assert call(daemon.control_socket, "status", {})["store"]  # the others are still served
+    raw.close()
+    stalled.close()
+    assert daemon.control_socket.exists()
