@@ -1,0 +1,267 @@
+"""Approvals for viewing, copying or exporting footage (000 art. 16; 002 art. 16; 004 art. 20).
+
+Guarantees: `check_approval` is a pure function of the approval, the recordings and `now`; every refusal
+names its reason as a stable code. An approval covers the recordings it lists and, when it names a case,
+every recording tagged with that case (also ones tagged later, while it is valid). Confidential recordings
+(anything but `normal`) are covered only when the approval says so.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import ColumnElement, or_, select
+from sqlalchemy.orm import Session
+
+from ingestd.evidence.errors import ApprovalRefused, EvidenceUsageError
+from ingestd.policies.flags import iso, utc
+from store.audit import Actor, AuditLog
+from store.catalog import Catalog
+from store.models import Approval, Confidentiality, Recording
+
+MAX_APPROVAL_VALIDITY = timedelta(days=90)
+PURPOSE_MAX = 2000
+CASE_ID_MAX = 64
+USER_MAX = 64
+
+
+class FootageAction(enum.StrEnum):
+    VIEW = "view"
+    COPY = "copy"
+    EXPORT = "export"
+
+
+class ApprovalLike(Protocol):
+    """What `check_approval` reads of an approval (an `Approval` row fits)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def scope_case_id(self) -> str | None: ...
+    @property
+    def scope_recording_ids(self) -> list[int]: ...
+    @property
+    def allows_confidential(self) -> bool: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def expires_at(self) -> datetime: ...
+    @property
+    def revoked_at(self) -> datetime | None: ...
+
+
+class RecordingLike(Protocol):
+    """What `check_approval` reads of a recording (a `Recording` row fits)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def case_id(self) -> str | None: ...
+    @property
+    def confidentiality(self) -> Confidentiality: ...
+
+
+def in_scope(approval: ApprovalLike, recording: RecordingLike) -> bool:
+    if recording.id in set(approval.scope_recording_ids or ()):
+        return True
+    return approval.scope_case_id is not None and recording.case_id == approval.scope_case_id
+
+
+def check_approval(
+    approval: ApprovalLike | None,
+    recordings: Sequence[RecordingLike],
+    now: datetime,
+    action: FootageAction,
+    *,
+    approval_id: int | None = None,
+) -> None:
+    """Return if `approval` lets `action` touch every one of `recordings` at `now`; else raise
+    ApprovalRefused with code missing, revoked, not-yet-valid, expired, out-of-scope or confidential."""
+    at = utc(now, "now")
+    if approval is None:
+        raise ApprovalRefused(approval=approval_id if approval_id is not None else "-", code="missing",
+                              detail=f"{action.value} needs an approval and none was found")
+    ident = approval.id
+    if approval.revoked_at is not None:
+        raise ApprovalRefused(approval=ident, code="revoked", detail=f"revoked at {iso(approval.revoked_at)}")
+    if at < utc(approval.created_at, "created_at"):
+        raise ApprovalRefused(approval=ident, code="not-yet-valid",
+                              detail=f"valid from {iso(approval.created_at)}")
+    if at >= utc(approval.expires_at, "expires_at"):
+        raise ApprovalRefused(approval=ident, code="expired", detail=f"expired at {iso(approval.expires_at)}")
+    outside = sorted(r.id for r in recordings if not in_scope(approval, r))
+    if outside:
+        raise ApprovalRefused(approval=ident, code="out-of-scope",
+                              detail=f"recording(s) {_ids(outside)} are not in its scope")
+    if not approval.allows_confidential:
+        secret = sorted(r.id for r in recordings if r.confidentiality is not Confidentiality.NORMAL)
+        if secret:
+            raise ApprovalRefused(approval=ident, code="confidential",
+                                  detail=f"recording(s) {_ids(secret)} are confidential and the approval "
+                                  "does not cover confidential footage")
+
+
+def _ids(ids: Collection[int], limit: int = 20) -> str:
+    shown = ", ".join(str(i) for i in list(ids)[:limit])
+    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+# --- validating a new approval (pure) -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewApproval:
+    purpose: str
+    expires_at: datetime
+    recording_ids: tuple[int, ...]
+    case_id: str | None
+    allows_confidential: bool
+    requested_by: str | None
+
+
+def validate_new_approval(
+    *,
+    purpose: str,
+    expires_at: datetime,
+    recording_ids: Iterable[int],
+    case_id: str | None,
+    allows_confidential: bool,
+    requested_by: str | None,
+    now: datetime,
+    max_validity: timedelta = MAX_APPROVAL_VALIDITY,
+) -> NewApproval:
+    """The approval as it will be stored, or EvidenceUsageError saying what is wrong with the request."""
+    purpose = purpose.strip()
+    if not purpose:
+        raise EvidenceUsageError(detail="an approval needs a purpose (--purpose)")
+    if len(purpose) > PURPOSE_MAX:
+        raise EvidenceUsageError(detail=f"purpose is {len(purpose)} characters, at most {PURPOSE_MAX}")
+    at = utc(now, "now")
+    expires = utc(expires_at, "expires_at")
+    if expires <= at:
+        raise EvidenceUsageError(detail=f"expiry {iso(expires)} is not in the future")
+    if expires - at > max_validity:
+        raise EvidenceUsageError(
+            detail=f"expiry {iso(expires)} is more than {max_validity.days} days away; "
+            "approvals are short-lived"
+        )
+    ids = tuple(sorted(set(recording_ids)))
+    if any(i <= 0 for i in ids):
+        raise EvidenceUsageError(detail="recording ids are positive integers")
+    case = case_id.strip() if case_id else None
+    if case is not None and len(case) > CASE_ID_MAX:
+        raise EvidenceUsageError(detail=f"case id is longer than {CASE_ID_MAX} characters")
+    if not ids and not case:
+        raise EvidenceUsageError(
+            detail="an approval needs a scope: recording ids (--recording) or a case (--case)"
+        )
+    requester = requested_by.strip() if requested_by else None
+    if requester is not None and len(requester) > USER_MAX:
+        raise EvidenceUsageError(detail=f"requested-by is longer than {USER_MAX} characters")
+    return NewApproval(purpose, expires, ids, case or None, allows_confidential, requester or None)
+
+
+# --- catalog operations -------------------------------------------------------------------------------
+
+
+def approval_dict(approval: Approval, now: datetime | None = None) -> dict[str, Any]:
+    state = "valid"
+    if approval.revoked_at is not None:
+        state = "revoked"
+    elif now is not None and utc(now) >= utc(approval.expires_at):
+        state = "expired"
+    return {
+        "id": approval.id,
+        "approver": approval.approver,
+        "requested_by": approval.requested_by,
+        "purpose": approval.purpose,
+        "scope_case_id": approval.scope_case_id,
+        "scope_recording_ids": list(approval.scope_recording_ids or []),
+        "allows_confidential": approval.allows_confidential,
+        "created_at": iso(approval.created_at),
+        "expires_at": iso(approval.expires_at),
+        "revoked_at": iso(approval.revoked_at) if approval.revoked_at else None,
+        "state": state,
+    }
+
+
+def create_approval(
+    session: Session, audit: AuditLog, actor: Actor, new: NewApproval, *, now: datetime
+) -> Approval:
+    """Store `new`, approved by `actor`, with its audit event in the same transaction. Every listed
+    recording must exist, and a case must have at least one recording (a typo would approve nothing)."""
+    if new.recording_ids:
+        found = set(session.scalars(select(Recording.id).where(Recording.id.in_(new.recording_ids))))
+        unknown = sorted(set(new.recording_ids) - found)
+        if unknown:
+            raise EvidenceUsageError(detail=f"no recording with id {_ids(unknown)}")
+    if new.case_id is not None:
+        tagged = session.scalar(select(Recording.id).where(Recording.case_id == new.case_id).limit(1))
+        if tagged is None:
+            raise EvidenceUsageError(detail=f"no recording is tagged with case {new.case_id!r}")
+    approval = Approval(
+        approver=actor.user,
+        requested_by=new.requested_by,
+        purpose=new.purpose,
+        scope_case_id=new.case_id,
+        scope_recording_ids=list(new.recording_ids),
+        allows_confidential=new.allows_confidential,
+        created_at=now,
+        expires_at=new.expires_at,
+        revoked_at=None,
+    )
+    session.add(approval)
+    session.flush()
+    details = {k: v for k, v in approval_dict(approval).items() if k not in ("id", "state")}
+    audit.append(session, actor=actor, action="approval.create", subject=f"approval:{approval.id}",
+                 details=details, at=now)
+    return approval
+
+
+def revoke_approval(
+    session: Session, audit: AuditLog, actor: Actor, approval_id: int, *, reason: str, now: datetime
+) -> Approval:
+    approval = session.get(Approval, approval_id, with_for_update=True)
+    if approval is None:
+        raise EvidenceUsageError(detail=f"no approval with id {approval_id}")
+    if approval.revoked_at is not None:
+        revoked = iso(approval.revoked_at)
+        raise EvidenceUsageError(detail=f"approval {approval_id} was already revoked at {revoked}")
+    approval.revoked_at = now
+    session.flush()
+    audit.append(session, actor=actor, action="approval.revoke", subject=f"approval:{approval_id}",
+                 details={"reason": reason}, at=now)
+    return approval
+
+
+def scope_recordings(session: Session, approval: Approval) -> list[Recording]:
+    """Every recording the approval covers, by id."""
+    conditions: list[ColumnElement[bool]] = []
+    if approval.scope_recording_ids:
+        conditions.append(Recording.id.in_(list(approval.scope_recording_ids)))
+    if approval.scope_case_id is not None:
+        conditions.append(Recording.case_id == approval.scope_case_id)
+    if not conditions:
+        return []
+    return list(session.scalars(select(Recording).where(or_(*conditions)).order_by(Recording.id)))
+
+
+def audit_refusal(
+    catalog: Catalog,
+    audit: AuditLog,
+    actor: Actor,
+    refused: ApprovalRefused,
+    *,
+    action: FootageAction,
+    details: dict[str, Any],
+    now: datetime,
+) -> None:
+    """Record a refused footage access in a transaction of its own, so it survives the refusal."""
+    with catalog.transaction() as session:
+        audit.append(session, actor=actor, action=f"footage.{action.value}",
+                     subject=f"approval:{refused.facts.get('approval')}", outcome="refused",
+                     details={"code": refused.code, "reason": str(refused), **details}, at=now)
