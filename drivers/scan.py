@@ -66,6 +66,9 @@ class Recording:
     recorded_at: datetime  # UTC
     recorded_at_source: RecordedAtSource
     duration_s: float | None = None  # from mvhd, when the container says
+    # A container (MP4/MOV) without a readable movie header was never finalized: the camera lost power
+    # or storage while recording, so the recording was cut off (regulation: explain interruptions).
+    unfinalized: bool = False
 
     def open_fd(self) -> int:
         """Open the file read-only without following a symlink put in its place since the scan."""
@@ -261,7 +264,8 @@ class _Scanner:
                 # Read the first block: a medium error there shows now, not mid-ingest.
                 handle.read(_PROBE_BYTES)
                 header = None
-                if entry.name.lower().endswith(CONTAINER_EXTENSIONS):
+                is_container = entry.name.lower().endswith(CONTAINER_EXTENSIONS)
+                if is_container:
                     header = movie_header_from_handle(handle)
         except OSError as error:
             self.reject(relative, _error_reason("read", error))
@@ -283,6 +287,7 @@ class _Scanner:
                 recorded_at=recorded_at,
                 recorded_at_source=source,
                 duration_s=header.duration_s if header is not None else None,
+                unfinalized=is_container and header is None,
             )
         )
 

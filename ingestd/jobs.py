@@ -181,8 +181,14 @@ def _gap_decisions(
     ).all()
     periods = _custody_periods(session, camera.id)
     touched = {_period_of(periods, r.recorded_at) for r in session_recordings} - {None}
+    # A cut-off recording needs an explanation whether or not a check-out period covers it.
+    uncovered_cut = [
+        _span(camera, r, None)
+        for r in session_recordings
+        if r.interruption is not None and _period_of(periods, r.recorded_at) is None
+    ]
     if not touched:
-        return []
+        return evaluate_gaps(uncovered_cut, config.gaps.threshold, now)
     # Compare with every recording of the same check-outs, including those stored at another dock.
     since = min(out for out in touched if out is not None)
     candidates = session.scalars(
@@ -190,21 +196,25 @@ def _gap_decisions(
             Recording.camera_id == camera.id, Recording.recorded_at >= since, Recording.purged_at.is_(None)
         )
     ).all()
-    spans = []
+    spans = list(uncovered_cut)
     for recording in candidates:
         checkout_at = _period_of(periods, recording.recorded_at)
         if checkout_at in touched:
-            spans.append(
-                RecordingSpan(
-                    recording_id=recording.id,
-                    camera_serial=camera.device_serial,
-                    checkout_at=checkout_at,
-                    start=recording.recorded_at,
-                    end=recording_end(recording.recorded_at, recording.duration_s),
-                    camera_id=camera.id,
-                )
-            )
+            spans.append(_span(camera, recording, checkout_at))
     return evaluate_gaps(spans, config.gaps.threshold, now)
+
+
+def _span(camera: Camera, recording: Recording, checkout_at: datetime | None) -> RecordingSpan:
+    return RecordingSpan(
+        recording_id=recording.id,
+        camera_serial=camera.device_serial,
+        checkout_at=checkout_at,
+        start=recording.recorded_at,
+        end=recording_end(recording.recorded_at, recording.duration_s),
+        interrupted=recording.interruption is not None,
+        interruption_cause=recording.interruption,
+        camera_id=camera.id,
+    )
 
 
 def _drift_decisions(

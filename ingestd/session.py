@@ -75,6 +75,9 @@ class _Docked:
     volume: Path
 
 
+UNFINALIZED = "unfinalized container"
+
+
 class _Interrupted(Exception):  # noqa: N818 - control flow for a daemon stop, not an error
     pass
 
@@ -404,6 +407,7 @@ class IngestSession:
                 recorded_at_source=item.recorded_at_source,
                 clock_offset_s=offset,
                 duration_s=item.duration_s,
+                interruption=UNFINALIZED if item.unfinalized else None,
                 ingested_at=now,
                 deadline_at=deadline,
                 blake3=result.blake3,

@@ -264,6 +264,8 @@ class Recording(Base):
     recorded_at_source: Mapped[str] = mapped_column(String(16))
     clock_offset_s: Mapped[float | None] = mapped_column(Float)
     duration_s: Mapped[float | None] = mapped_column(Float)
+    # Why the recording was cut short, when the file shows it (e.g. "unfinalized container").
+    interruption: Mapped[str | None] = mapped_column(String(64))
     ingested_at: Mapped[datetime]
     deadline_at: Mapped[datetime]
     # Why deadline_at was extended (003 art. 11: only for cause); who and when are in the audit chain.

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 22:36:34.978631
+Create Date: 2026-11-22 22:40:15.505238
 """
 
 from __future__ import annotations
@@ -289,6 +289,7 @@ def upgrade() -> None:
         sa.Column("recorded_at_source", sa.String(length=16), nullable=False),
         sa.Column("clock_offset_s", sa.Float(), nullable=True),
         sa.Column("duration_s", sa.Float(), nullable=True),
+        sa.Column("interruption", sa.String(length=64), nullable=True),
         sa.Column("ingested_at", store.types.UTCDateTime(timezone=True), nullable=False),
         sa.Column("deadline_at", store.types.UTCDateTime(timezone=True), nullable=False),
         sa.Column("deadline_extension_reason", sa.Text(), nullable=True),
