@@ -40,6 +40,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.store_put
 	$(PY) -m bench.ingest
+	$(PY) -m bench.catalog
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
