@@ -22,7 +22,8 @@ from ingestd.errors import UsageError
 from ingestd.policies.custody import attribute_checkout
 from ingestd.policies.deadlines import deadline_basis, extend_deadline, lateness, recording_end
 from ingestd.policies.flags import iso
-from ingestd.policies.retention import RetentionFacts, long_term_reasons, normalize_tag
+from ingestd.policies.retention import long_term_reasons, normalize_tag
+from ingestd.purge import retention_facts
 from store.audit import Actor, AuditLog
 from store.models import (
     Camera,
@@ -323,18 +324,6 @@ class Change:
 _TEXT_LIMITS = {"case_id": 64, "case_party": 128, "case_name": 255}
 
 
-def _facts(recording: Recording) -> RetentionFacts:
-    return RetentionFacts(
-        recording_id=recording.id,
-        blake3=recording.blake3,
-        stored_at=recording.ingested_at,
-        assigned_class=recording.retention_class,
-        tags=frozenset(recording.retention_tags or ()),
-        legal_hold=recording.legal_hold,
-        notice_given_at=recording.purge_notice_at,
-    )
-
-
 def _tags(values: Iterable[str], option: str) -> set[str]:
     tags = {normalize_tag(value) for value in values}
     if "" in tags:
@@ -395,7 +384,7 @@ def tag(
         if tags_after != tags_before:
             changes["tags"] = [tags_before, tags_after]
             recording.retention_tags = tags_after
-        reasons = long_term_reasons(_facts(recording), rules)
+        reasons = long_term_reasons(retention_facts(recording), rules)
         new_class = retention_class or recording.retention_class
         if reasons:
             if retention_class not in (None, RetentionClass.LONG_TERM):

@@ -104,7 +104,8 @@ class PurgeReport:
         }
 
 
-def _facts(recording: Recording) -> RetentionFacts:
+def retention_facts(recording: Recording) -> RetentionFacts:
+    """The facts the retention policy decides on, read from one catalog row."""
     return RetentionFacts(
         recording_id=recording.id,
         blake3=recording.blake3,
@@ -123,7 +124,7 @@ def gather(session: Session, rules: RetentionRules, now: datetime) -> tuple[Purg
     references: dict[str, list[int]] = defaultdict(list)
     for recording in live:
         references[recording.blake3].append(recording.id)
-    plan = plan_purge([_facts(r) for r in live], references, now, rules)
+    plan = plan_purge([retention_facts(r) for r in live], references, now, rules)
     purged_digests = select(Recording.blake3).where(Recording.purged_at.is_not(None))
     live_digests = select(Recording.blake3).where(Recording.purged_at.is_(None))
     pending = session.scalars(
@@ -176,7 +177,7 @@ def _still_deletable(recordings: list[Recording], rules: RetentionRules, now: da
     for recording in recordings:
         if recording.purged_at is not None:
             return f"recording {recording.id} was purged meanwhile"
-        plan = plan_purge([_facts(recording)], {recording.blake3: [recording.id]}, now, rules)
+        plan = plan_purge([retention_facts(recording)], {recording.blake3: [recording.id]}, now, rules)
         if recording.id not in plan.deletable_recordings:
             reason = plan.kept[0].reason.value if plan.kept else "not deletable"
             return f"recording {recording.id} is no longer deletable ({reason})"
