@@ -77,6 +77,7 @@ class Role(enum.StrEnum):
     AUDITOR = "auditor"
     VIEWER = "viewer"
     SYSTEM = "system"
+    NONE = "none"  # a caller with no role, recorded as such when refused
 
 
 @dataclass(frozen=True)

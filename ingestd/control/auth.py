@@ -110,17 +110,6 @@ def current_caller(config: ControlConfig) -> Caller:
     return resolve(Peer(pid=os.getpid(), uid=os.getuid(), gid=os.getgid()), config)
 
 
-@dataclass(frozen=True)
-class _Unprivileged:
-    """An actor without any role. `store.audit.Role` has no member for "none"; the audit chain stores the
-    role as text, so a refused caller is recorded exactly as they are rather than under a role they lack."""
-
-    user: str
-    uid: int | None
-    source: str
-    role: str = "none"
-
-
 def unprivileged_actor(user: str, uid: int | None, source: str) -> Actor:
-    # Duck-typed on purpose (see _Unprivileged); AuditLog.append reads only these four attributes.
-    return _Unprivileged(user, uid, source)  # type: ignore[return-value]
+    """A caller holding no role: recorded exactly as they are, never under a role they lack."""
+    return Actor(user=user, uid=uid, role=Role.NONE, source=source)
