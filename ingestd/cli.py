@@ -27,6 +27,7 @@ from store.types import utcnow
 
 EXIT_INGEST_INCOMPLETE = 4
 EXIT_PROBLEMS = 3
+EXIT_OS_ERROR = 74  # EX_IOERR from sysexits.h
 
 config_option = click.option(
     "--config",
@@ -50,6 +51,11 @@ def run_cli(command: Callable[..., object], prog_name: str) -> None:
     except (IngestdError, StoreError, DriverError) as error:
         click.echo(f"{prog_name}: error: {error}", err=True)
         sys.exit(error.exit_code)
+    except OSError as error:
+        # A path the station cannot create or open (state dir, store root, socket): name it, no traceback.
+        where = f": {error.filename}" if error.filename else ""
+        click.echo(f"{prog_name}: error: {error.strerror or error}{where}", err=True)
+        sys.exit(EXIT_OS_ERROR)
     sys.exit(0)
 
 

@@ -65,6 +65,21 @@ def test_wrong_flags_and_missing_paths_are_refused_clearly(tmp_path: Path) -> No
     assert "No such option '--no-such-flag'" in done.stderr
 
 
+def test_an_unusable_state_directory_is_one_line_naming_it(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the state directory should be")
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[daemon]\nstate_dir = "{blocker / "state"}"\n[catalog]\nurl = "sqlite:///{tmp_path}/c.db"\n',
+        encoding="utf-8",
+    )
+    for program, command in (("ingestd", "run"), ("ingestctl", "verify")):
+        done = run(program, command, "--config", str(config))
+        assert done.returncode == 74, done.stderr
+        assert "Traceback" not in done.stderr
+        assert done.stderr.strip() == f"{program}: error: Not a directory: {blocker / 'state'}"
+
+
 def test_sighup_reloads_and_a_broken_reload_keeps_the_running_config(daemon: Daemon) -> None:
     daemon.start()
     assert daemon.process is not None
