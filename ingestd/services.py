@@ -31,9 +31,11 @@ class Services:
 
     @classmethod
     def open(cls, config: Config, *, migrate: bool = True) -> Services:
-        """Open everything; the daemon and imports migrate the catalog, readers only check it."""
-        config.daemon.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-        catalog = Catalog.open(config.catalog.url)
+        """Open everything. The daemon and imports set the station up (state directory, catalog schema,
+        signing key); every other caller (`migrate=False`) opens an existing station and creates nothing."""
+        if migrate:
+            config.daemon.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        catalog = Catalog.open(config.catalog.url, create=migrate)
         try:
             if migrate:
                 schema.upgrade(catalog.engine)
@@ -45,7 +47,10 @@ class Services:
                 chunk_size=config.store.chunk_mib * MIB,
                 fsync_interval=config.store.fsync_interval_mib * MIB,
             )
-            signer = Signer.load_or_create(config.daemon.state_dir)
+            if migrate:
+                signer = Signer.load_or_create(config.daemon.state_dir)
+            else:
+                signer = Signer.load(config.daemon.state_dir)
             audit = AuditLog(signer, checkpoint_path(config), config.audit.checkpoint_every)
             registry = DriverRegistry(config.camera_rules())
         except BaseException:

@@ -50,13 +50,21 @@ def _begin_deferred(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN")
 
 
-def create_catalog_engine(url: str, *, read_only: bool = False) -> Engine:
-    """An engine for `url`; SQLite files get WAL, busy_timeout, foreign keys and their directory."""
+def create_catalog_engine(url: str, *, read_only: bool = False, create: bool = True) -> Engine:
+    """An engine for `url`; SQLite files get WAL, busy_timeout, foreign keys and, when `create`, their
+    directory. Without `create` a missing SQLite file is an error, so a reader never makes a catalog."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            if create:
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            elif not Path(database).is_file():
+                raise CatalogError(
+                    url=parsed.render_as_string(hide_password=True),
+                    detail="no catalog database there; the station has not been set up "
+                    "(start ingestd or run `ingestd migrate`)",
+                )
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _begin_deferred if read_only else _begin_immediate)
@@ -75,9 +83,10 @@ class Catalog:
     sessions: sessionmaker[Session]
 
     @classmethod
-    def open(cls, url: str, *, read_only: bool = False) -> Catalog:
-        """Open `url`. Readers (ingestctl) pass read_only so they never queue behind the daemon's writes."""
-        engine = create_catalog_engine(url, read_only=read_only)
+    def open(cls, url: str, *, read_only: bool = False, create: bool = True) -> Catalog:
+        """Open `url`. Readers pass read_only so they never queue behind the daemon's writes; a reader
+        never creates a catalog (read_only implies not `create`)."""
+        engine = create_catalog_engine(url, read_only=read_only, create=create and not read_only)
         return cls(engine, sessionmaker(engine, expire_on_commit=False))
 
     @contextlib.contextmanager

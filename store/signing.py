@@ -118,6 +118,17 @@ class Signer:
         return self.private_key.sign(data)
 
     @classmethod
+    def load(cls, state_dir: Path) -> Signer:
+        """Load the station's existing key; never create one (for tools that are not the daemon)."""
+        path = state_dir / PRIVATE_KEY_NAME
+        try:
+            return cls(_load_private_key(path))
+        except FileNotFoundError:
+            raise SigningKeyError(
+                path=path, detail="no signing key; the station has not been set up (start ingestd)"
+            ) from None
+
+    @classmethod
     def load_or_create(cls, state_dir: Path) -> Signer:
         """Load `state_dir/audit-signing.key`, generating it on first start, and publish the public key."""
         path = state_dir / PRIVATE_KEY_NAME

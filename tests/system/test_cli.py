@@ -80,6 +80,22 @@ def test_an_unusable_state_directory_is_one_line_naming_it(tmp_path: Path) -> No
         assert done.stderr.strip() == f"{program}: error: Not a directory: {blocker / 'state'}"
 
 
+def test_commands_on_a_station_never_set_up_create_nothing(tmp_path: Path) -> None:
+    station = tmp_path / "station"
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[daemon]\nstate_dir = "{station / "state"}"\n[catalog]\nurl = "sqlite:///{station}/state/c.db"\n'
+        f'[store]\nroot = "{station / "store"}"\n[control]\nsocket = "{tmp_path / "control.sock"}"\n',
+        encoding="utf-8",
+    )
+    for command in ("verify", "status", "cameras", "flags", "custody"):
+        done = run("ingestctl", command, "--config", str(config))
+        assert done.returncode != 0, (command, done.stdout)
+        assert "Traceback" not in done.stderr
+        assert "has not been set up" in done.stderr or "not running" in done.stderr, (command, done.stderr)
+    assert not station.exists()  # no catalog, no signing key, no store: a reader creates nothing
+
+
 def test_sighup_reloads_and_a_broken_reload_keeps_the_running_config(daemon: Daemon) -> None:
     daemon.start()
     assert daemon.process is not None
