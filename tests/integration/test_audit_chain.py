@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import sqlite3
 import stat
 import struct
 import threading
@@ -346,6 +347,7 @@ def test_concurrent_appenders_never_fork_the_chain(catalog: Catalog, tmp_path: P
 def test_deferred_sqlite_transactions_also_serialise_on_the_head(tmp_path: Path, signer: Signer) -> None:
     # ingestctl opens SQLite with plain BEGIN; the head UPDATE must still be the first statement so a
     # writer never reads a head it cannot then write after (SQLITE_BUSY_SNAPSHOT).
+    sqlite3.connect(tmp_path / "deferred.db").close()  # the file exists: readers never create it
     catalog = Catalog.open(f"sqlite:///{tmp_path / 'deferred.db'}", read_only=True)
     try:
         Base.metadata.create_all(catalog.engine)

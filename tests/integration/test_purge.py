@@ -19,6 +19,7 @@ from store.audit import AuditLog
 from store.catalog import Catalog
 from store.models import Recording, RetentionClass, StoredObject
 from store.objects import FileObjectStore
+from store.signing import Signer
 from tests.support import records as seed
 from tests.support.objectstore import unseal_tree
 from tests.support.records import CLERK
@@ -271,6 +272,8 @@ def test_verify_is_clean_after_a_purge(tmp_path: Path) -> None:
         "store": {"root": str(tmp_path / "store")},
     })
     seed.current_schema(config.catalog.url)
+    (tmp_path / "state").mkdir()
+    Signer.load_or_create(tmp_path / "state")  # the station exists: `migrate=False` opens, never creates
     services = Services.open(config, migrate=False)
     try:
         with services.catalog.transaction() as session:
