@@ -87,8 +87,13 @@ def _print_approval(approval: dict[str, Any]) -> None:
 @click.command()
 @config_option
 @click.option("--purpose", required=True, help="Why the footage is needed (kept with the approval).")
-@click.option("--recording", "recordings", type=click.IntRange(min=1), multiple=True,
-              help="A recording id in scope (repeatable).")
+@click.option(
+    "--recording",
+    "recordings",
+    type=click.IntRange(min=1),
+    multiple=True,
+    help="A recording id in scope (repeatable).",
+)
 @click.option("--case", "case_id", default=None, help="A case id: its recordings are all in scope.")
 @click.option("--expires-in", default=None, help="Validity from now: 90m, 12h, 30d (at most 90 days).")
 @click.option("--expires-at", default=None, help="Expiry, ISO 8601 with a zone: 2026-04-01T18:00+08:00.")
@@ -96,19 +101,35 @@ def _print_approval(approval: dict[str, Any]) -> None:
 @click.option("--requested-by", default=None, help="Who asked for the footage (recorded as the extractor).")
 @json_option
 def approve(
-    *, config_path: Path | None, purpose: str, recordings: tuple[int, ...], case_id: str | None,
-    expires_in: str | None, expires_at: str | None, allow_confidential: bool,
-    requested_by: str | None, as_json: bool,
+    *,
+    config_path: Path | None,
+    purpose: str,
+    recordings: tuple[int, ...],
+    case_id: str | None,
+    expires_in: str | None,
+    expires_at: str | None,
+    allow_confidential: bool,
+    requested_by: str | None,
+    as_json: bool,
 ) -> None:
     """Approve viewing, copying or exporting footage (approver role; 000 art. 16, 004 art. 20)."""
     if not recordings and not case_id:
         raise click.UsageError("give a scope: --recording ID (repeatable) and/or --case CASE")
     if (expires_in is None) == (expires_at is None):
         raise click.UsageError("give exactly one of --expires-in or --expires-at")
-    result = _call(config_path, "approve", {
-        "purpose": purpose, "recording_ids": list(recordings), "case_id": case_id, "expires_in": expires_in,
-        "expires_at": expires_at, "allows_confidential": allow_confidential, "requested_by": requested_by,
-    })
+    result = _call(
+        config_path,
+        "approve",
+        {
+            "purpose": purpose,
+            "recording_ids": list(recordings),
+            "case_id": case_id,
+            "expires_in": expires_in,
+            "expires_at": expires_at,
+            "allows_confidential": allow_confidential,
+            "requested_by": requested_by,
+        },
+    )
     _emit(result) if as_json else _print_approval(result)
 
 
@@ -143,19 +164,35 @@ def approvals(config_path: Path | None, approval_id: int | None, as_json: bool) 
 @click.command()
 @config_option
 @click.option("--approval", "approval_id", type=click.IntRange(min=1), required=True, help="Approval id.")
-@click.option("--recording", "recordings", type=click.IntRange(min=1), multiple=True,
-              help="Export only these recordings (each must be in the approval's scope).")
+@click.option(
+    "--recording",
+    "recordings",
+    type=click.IntRange(min=1),
+    multiple=True,
+    help="Export only these recordings (each must be in the approval's scope).",
+)
 @click.argument("dest", type=click.Path(path_type=Path))
 @json_option
 def export(
-    *, config_path: Path | None, approval_id: int, recordings: tuple[int, ...], dest: Path,
+    *,
+    config_path: Path | None,
+    approval_id: int,
+    recordings: tuple[int, ...],
+    dest: Path,
     as_json: bool,
 ) -> None:
     """Write the approved recordings to DEST as a signed BagIt bag (DEST must not exist)."""
     absolute = dest.expanduser().absolute()  # the daemon's working directory is not ours
-    result = _call(config_path, "export", {
-        "approval_id": approval_id, "dest": str(absolute), "recording_ids": list(recordings),
-    }, timeout=EXPORT_TIMEOUT_S)
+    result = _call(
+        config_path,
+        "export",
+        {
+            "approval_id": approval_id,
+            "dest": str(absolute),
+            "recording_ids": list(recordings),
+        },
+        timeout=EXPORT_TIMEOUT_S,
+    )
     if as_json:
         _emit(result)
         return
@@ -168,8 +205,13 @@ def export(
 
 @click.command("verify-export")
 @click.argument("path", type=click.Path(path_type=Path, exists=True, file_okay=False))
-@click.option("--public-key", "public_key_file", type=click.Path(path_type=Path, dir_okay=False, exists=True),
-              default=None, help="The station's published public key (PEM): the bag must be signed with it.")
+@click.option(
+    "--public-key",
+    "public_key_file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="The station's published public key (PEM): the bag must be signed with it.",
+)
 @json_option
 def verify_export(path: Path, public_key_file: Path | None, as_json: bool) -> None:
     """Check an exported bag on its own, without the station: exit 0 if it verifies, 3 if not."""
@@ -185,12 +227,18 @@ def verify_export(path: Path, public_key_file: Path | None, as_json: bool) -> No
     else:
         console = Console()
         for problem in report.problems:
-            console.print(f"[red]PROBLEM[/red] {problem.kind} {problem.subject}: {problem.detail}",
-                          markup=True, highlight=False)
+            console.print(
+                f"[red]PROBLEM[/red] {problem.kind} {problem.subject}: {problem.detail}",
+                markup=True,
+                highlight=False,
+            )
         verdict = "[green]valid[/green]" if report.clean else f"[red]{len(report.problems)} problem(s)[/red]"
         pinned_note = " (pinned)" if report.pinned_key_id and report.clean else ""
-        console.print(f"{path}: {report.payload_files} file(s), {report.payload_bytes} bytes; "
-                      f"key {report.key_id}{pinned_note}; {verdict}", highlight=False)
+        console.print(
+            f"{path}: {report.payload_files} file(s), {report.payload_bytes} bytes; "
+            f"key {report.key_id}{pinned_note}; {verdict}",
+            highlight=False,
+        )
     if not report.clean:
         raise SystemExit(EXIT_PROBLEMS)
 
@@ -207,10 +255,21 @@ def _print_inspection(inspection: dict[str, Any]) -> None:
         f"pass {summary['pass']}, fail {summary['fail']}, pending {summary['pending']}"
         + ("" if inspection.get("reproduces", True) else "; WARNING: the sample no longer draws the same")
     )
-    _table("sample", ["#", "recording", "verdict", "by", "at", "notes"], [
-        (i["position"], i["recording_id"], i["verdict"] or "pending", i["reviewed_by"], i["reviewed_at"],
-         i["notes"]) for i in inspection["items"]
-    ])
+    _table(
+        "sample",
+        ["#", "recording", "verdict", "by", "at", "notes"],
+        [
+            (
+                i["position"],
+                i["recording_id"],
+                i["verdict"] or "pending",
+                i["reviewed_by"],
+                i["reviewed_at"],
+                i["notes"],
+            )
+            for i in inspection["items"]
+        ],
+    )
 
 
 @click.group()
@@ -222,19 +281,36 @@ def spotcheck() -> None:
 @config_option
 @click.option("--unit", "unit_no", default=None, help="Unit number (default: every unit).")
 @_period_options
-@click.option("--size", type=click.IntRange(1, 1000), default=10, show_default=True,
-              help="Recordings to draw.")
+@click.option(
+    "--size", type=click.IntRange(1, 1000), default=10, show_default=True, help="Recordings to draw."
+)
 @click.option("--seed", default=None, help="Seed to draw with (default: a random one, stored and printed).")
 @click.option("--note", default=None, help="A note for the ledger.")
 @json_option
 def spotcheck_sample(
-    *, config_path: Path | None, unit_no: str | None, month: str | None, start: str | None,
-    end: str | None, size: int, seed: str | None, note: str | None, as_json: bool,
+    *,
+    config_path: Path | None,
+    unit_no: str | None,
+    month: str | None,
+    start: str | None,
+    end: str | None,
+    size: int,
+    seed: str | None,
+    note: str | None,
+    as_json: bool,
 ) -> None:
     """Draw a reproducible sample and open an inspection."""
-    result = _call(config_path, "spotcheck.sample", {
-        **_period_args(month, start, end), "unit_no": unit_no, "size": size, "seed": seed, "note": note,
-    })
+    result = _call(
+        config_path,
+        "spotcheck.sample",
+        {
+            **_period_args(month, start, end),
+            "unit_no": unit_no,
+            "size": size,
+            "seed": seed,
+            "note": note,
+        },
+    )
     _emit(result) if as_json else _print_inspection(result)
 
 
@@ -248,16 +324,29 @@ def spotcheck_sample(
 @click.option("--amend", is_flag=True, help="Replace a recorded verdict (the old one stays audited).")
 @json_option
 def spotcheck_verdict(
-    *, config_path: Path | None, inspection_id: int, recording_id: int, verdict: str | None,
-    notes: str | None, amend: bool, as_json: bool,
+    *,
+    config_path: Path | None,
+    inspection_id: int,
+    recording_id: int,
+    verdict: str | None,
+    notes: str | None,
+    amend: bool,
+    as_json: bool,
 ) -> None:
     """Record the reviewer's verdict on one sampled recording."""
     if verdict is None:
         raise click.UsageError("give --pass or --fail")
-    result = _call(config_path, "spotcheck.verdict", {
-        "inspection_id": inspection_id, "recording_id": recording_id, "verdict": verdict, "notes": notes,
-        "amend": amend,
-    })
+    result = _call(
+        config_path,
+        "spotcheck.verdict",
+        {
+            "inspection_id": inspection_id,
+            "recording_id": recording_id,
+            "verdict": verdict,
+            "notes": notes,
+            "amend": amend,
+        },
+    )
     _emit(result) if as_json else _print_inspection(result)
 
 
@@ -272,10 +361,24 @@ def spotcheck_show(config_path: Path | None, inspection_id: int | None, as_json:
         _emit(result)
     elif inspection_id is None:
         columns = ["id", "created", "by", "unit", "start", "end", "size", "reviewed", "pending"]
-        _table("inspections", columns, [
-            (i["id"], i["created_at"], i["created_by"], i["unit_no"] or "all", i["period"]["start"],
-             i["period"]["end"], i["sample_size"], i["reviewed"], i["pending"]) for i in result["inspections"]
-        ])
+        _table(
+            "inspections",
+            columns,
+            [
+                (
+                    i["id"],
+                    i["created_at"],
+                    i["created_by"],
+                    i["unit_no"] or "all",
+                    i["period"]["start"],
+                    i["period"]["end"],
+                    i["sample_size"],
+                    i["reviewed"],
+                    i["pending"],
+                )
+                for i in result["inspections"]
+            ],
+        )
     else:
         _print_inspection(result)
 
@@ -283,10 +386,18 @@ def spotcheck_show(config_path: Path | None, inspection_id: int | None, as_json:
 # --- report --------------------------------------------------------------------------------------------
 
 # (JSON field, column header) of the report tables; --json has every field.
-_REPORT_COLUMNS = (("recordings", "recs"), ("hours", "hours"), ("bytes", "bytes"), ("late_pct", "late %"),
-                   ("gaps", "gaps"), ("interrupted", "interr."), ("overdue", "overdue"),
-                   ("battery_avg_pct", "batt %"), ("low_battery_cameras", "low batt"),
-                   ("drift_max_abs_s", "drift max s"))
+_REPORT_COLUMNS = (
+    ("recordings", "recs"),
+    ("hours", "hours"),
+    ("bytes", "bytes"),
+    ("late_pct", "late %"),
+    ("gaps", "gaps"),
+    ("interrupted", "interr."),
+    ("overdue", "overdue"),
+    ("battery_avg_pct", "batt %"),
+    ("low_battery_cameras", "low batt"),
+    ("drift_max_abs_s", "drift max s"),
+)
 
 
 @click.command()
@@ -296,8 +407,14 @@ _REPORT_COLUMNS = (("recordings", "recs"), ("hours", "hours"), ("bytes", "bytes"
 @click.option("--by", type=click.Choice(["unit", "officer", "both"]), default="both", show_default=True)
 @json_option
 def report(
-    *, config_path: Path | None, month: str | None, start: str | None, end: str | None,
-    unit_no: str | None, by: str, as_json: bool,
+    *,
+    config_path: Path | None,
+    month: str | None,
+    start: str | None,
+    end: str | None,
+    unit_no: str | None,
+    by: str,
+    as_json: bool,
 ) -> None:
     """Statistics per unit and officer for a period (001 art. 28)."""
     result = _call(config_path, "report", {**_period_args(month, start, end), "unit_no": unit_no, "by": by})
@@ -310,9 +427,13 @@ def report(
         if section in result:
             name = "unit_name" if label == "unit_no" else "officer_name"
             headers = [label.replace("_no", ""), "name", *(h for _, h in _REPORT_COLUMNS)]
-            _table(section.replace("_", " "), headers, [
-                (row[label] or "unknown", row[name], *(row[c] for c, _ in _REPORT_COLUMNS))
-                for row in result[section]
-            ])
+            _table(
+                section.replace("_", " "),
+                headers,
+                [
+                    (row[label] or "unknown", row[name], *(row[c] for c, _ in _REPORT_COLUMNS))
+                    for row in result[section]
+                ],
+            )
     totals = result["totals"]
     _table("totals", [h for _, h in _REPORT_COLUMNS], [[totals[c] for c, _ in _REPORT_COLUMNS]])

@@ -50,8 +50,20 @@ from store.types import utcnow
 
 WATCH_INTERVAL_S = 1.0
 AUDIT_PAGE = queries.AUDIT_LIMIT_MAX
-CSV_FIELDS = ("seq", "event_type", "time", "place", "source", "outcome", "user", "uid", "role", "subject",
-              "details", "hash")
+CSV_FIELDS = (
+    "seq",
+    "event_type",
+    "time",
+    "place",
+    "source",
+    "outcome",
+    "user",
+    "uid",
+    "role",
+    "subject",
+    "details",
+    "hash",
+)
 # Which commands may fall back to a direct catalog read, and for which roles (as on the socket).
 DIRECT_READS: dict[str, frozenset[Role]] = {
     "status": EVERYONE,
@@ -177,7 +189,9 @@ def status_view(result: dict[str, Any], zone: ZoneInfo) -> Group:
         total = dock["bytes_total"] or 0
         bar = ProgressBar(total=max(total, 1), completed=min(dock["bytes_done"], max(total, 1)), width=24)
         table.add_row(
-            Text(dock["port"]), _cell(dock["device_serial"]), dock["state"],
+            Text(dock["port"]),
+            _cell(dock["device_serial"]),
+            dock["state"],
             Text(_cell(dock["current_file"])),
             bar if total else Text("-"),
             f"{_size(dock['bytes_done'])} / {_size(total)}",
@@ -193,11 +207,17 @@ def status_view(result: dict[str, Any], zone: ZoneInfo) -> Group:
         verdict = "clean" if verify["clean"] else f"{verify['problems']} problem(s)"
         verify_text = f"{verdict} at {_local(verify['at'], zone)} by {verify['by']}"
     footer = Text.assemble(
-        ("open flags: ", "bold"), flag_text, "\n",
-        ("store: ", "bold"), f"{_size(result['store']['free_bytes'])} free at {result['store']['root']}",
+        ("open flags: ", "bold"),
+        flag_text,
         "\n",
-        ("last verify: ", "bold"), verify_text, "\n",
-        ("queued: ", "bold"), str(result["queued"]),
+        ("store: ", "bold"),
+        f"{_size(result['store']['free_bytes'])} free at {result['store']['root']}",
+        "\n",
+        ("last verify: ", "bold"),
+        verify_text,
+        "\n",
+        ("queued: ", "bold"),
+        str(result["queued"]),
         ("  (read from the catalog: the daemon is not running)" if result["served_by"] == "catalog" else ""),
     )
     return Group(table, footer)
@@ -248,20 +268,33 @@ def cameras(config_path: Path | None, serial: str | None, unit: str | None, as_j
         _print_json(result)
         return
     table = Table(title="Cameras")
-    for column in ("serial", "unit", "state", "battery", "storage free", "clock offset", "clock",
-                   "holder", "checked out", "last docked"):
+    for column in (
+        "serial",
+        "unit",
+        "state",
+        "battery",
+        "storage free",
+        "clock offset",
+        "clock",
+        "holder",
+        "checked out",
+        "last docked",
+    ):
         table.add_column(column)
     for camera in result["cameras"]:
         holder = camera["holder"]
         offset = camera["last_clock_offset_s"]
         table.add_row(
-            camera["device_serial"], _cell(camera["unit_no"]), camera["state"],
+            camera["device_serial"],
+            _cell(camera["unit_no"]),
+            camera["state"],
             f"{camera['battery_percent']}%" if camera["battery_percent"] is not None else "-",
             _size(camera["storage_free_bytes"]),
             f"{offset:+.3f} s" if offset is not None else "-",
             _cell(camera["clock_state"]),
             Text(f"{holder['officer_no']} {holder['name']}") if holder else "-",
-            _local(camera["checked_out_at"], zone), _local(camera["last_docked_at"], zone),
+            _local(camera["checked_out_at"], zone),
+            _local(camera["last_docked_at"], zone),
         )
     Console().print(table)
 
@@ -283,7 +316,10 @@ def officers(config_path: Path | None, officer: str | None, unit: str | None, as
         table.add_column(column)
     for row in result["officers"]:
         table.add_row(
-            row["officer_no"], Text(row["name"]), _cell(row["unit_no"]), Text(_cell(row["unit_name"])),
+            row["officer_no"],
+            Text(row["name"]),
+            _cell(row["unit_no"]),
+            Text(_cell(row["unit_name"])),
             str(row["cameras_held"]),
         )
     Console().print(table)
@@ -299,12 +335,19 @@ def officers(config_path: Path | None, officer: str | None, unit: str | None, as
 @click.option("--case", help="Case id.")
 @click.option("--late", is_flag=True, help="Only recordings stored after their deadline.")
 @click.option("--flagged", is_flag=True, help="Only recordings with an open flag.")
-@click.option("--class", "retention_class", type=click.Choice(["routine", "standard", "long-term"]),
-              help="Retention class.")
+@click.option(
+    "--class",
+    "retention_class",
+    type=click.Choice(["routine", "standard", "long-term"]),
+    help="Retention class.",
+)
 @click.option("--include-purged", is_flag=True, help="Also list recordings removed by the retention purge.")
 @click.option(
-    "--limit", type=click.IntRange(1, queries.FOOTAGE_LIMIT_MAX), default=queries.FOOTAGE_LIMIT_DEFAULT,
-    show_default=True, help="Recordings per page.",
+    "--limit",
+    type=click.IntRange(1, queries.FOOTAGE_LIMIT_MAX),
+    default=queries.FOOTAGE_LIMIT_DEFAULT,
+    show_default=True,
+    help="Recordings per page.",
 )
 @click.option("--cursor", help="Continue after the page that printed this cursor.")
 @json_option
@@ -319,15 +362,33 @@ def footage(config_path: Path | None, as_json: bool, **filters: Any) -> None:
         _print_json(result)
         return
     table = Table(title="Footage")
-    for column in ("id", "recorded", "device", "officer", "unit", "size", "late", "flags", "class", "case",
-                   "hold"):
+    for column in (
+        "id",
+        "recorded",
+        "device",
+        "officer",
+        "unit",
+        "size",
+        "late",
+        "flags",
+        "class",
+        "case",
+        "hold",
+    ):
         table.add_column(column)
     for item in result["recordings"]:
         table.add_row(
-            str(item["id"]), _local(item["recorded_at"], zone), item["device_serial"],
-            Text(f"{_cell(item['officer_no'])} {item['officer_name'] or ''}".strip()), _cell(item["unit_no"]),
-            _size(item["size"]), "late" if item["late"] else "", ",".join(item["open_flags"]),
-            item["retention_class"], Text(_cell(item["case_id"])), "hold" if item["legal_hold"] else "",
+            str(item["id"]),
+            _local(item["recorded_at"], zone),
+            item["device_serial"],
+            Text(f"{_cell(item['officer_no'])} {item['officer_name'] or ''}".strip()),
+            _cell(item["unit_no"]),
+            _size(item["size"]),
+            "late" if item["late"] else "",
+            ",".join(item["open_flags"]),
+            item["retention_class"],
+            Text(_cell(item["case_id"])),
+            "hold" if item["legal_hold"] else "",
         )
     console = Console()
     console.print(table)
@@ -405,22 +466,52 @@ def _write_json(events: Iterator[dict[str, Any]], out: Any) -> int:
 @click.option("--outcome", help="ok, error, denied, problems, ...")
 @click.option("--since", help="At or after: a date (station time zone) or ISO 8601 with a zone.")
 @click.option("--until", help="Before: a date (whole day included) or ISO 8601 with a zone.")
-@click.option("--limit", type=click.IntRange(min=1), default=None,
-              help="At most this many events (table default: 100; csv/json default: all).")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default=None,
-              help="table on a terminal; csv or json export the CJIS 5.4 fields.")
-@click.option("--output", type=click.Path(path_type=Path, dir_okay=False),
-              help="Write the export to this file (atomically) instead of stdout.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="At most this many events (table default: 100; csv/json default: all).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default=None,
+    help="table on a terminal; csv or json export the CJIS 5.4 fields.",
+)
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the export to this file (atomically) instead of stdout.",
+)
 @json_option
-def audit(config_path: Path | None, fmt: str | None, output: Path | None, limit: int | None, as_json: bool,
-          **filters: Any) -> None:
+def audit(
+    config_path: Path | None,
+    fmt: str | None,
+    output: Path | None,
+    limit: int | None,
+    as_json: bool,
+    **filters: Any,
+) -> None:
     """Show or export the audit trail: event type, time, place (this station), source, outcome, user.
 
     Needs the admin or auditor role. Exports are in chain order (seq), with each event's hash."""
     if as_json and fmt not in (None, "json"):
         raise click.UsageError("--json and --format csv contradict each other")
-    fmt = "json" if as_json else (fmt or ("csv" if output is not None and output.suffix == ".csv" else
-                                          "json" if output is not None else "table"))
+    fmt = (
+        "json"
+        if as_json
+        else (
+            fmt
+            or (
+                "csv"
+                if output is not None and output.suffix == ".csv"
+                else "json"
+                if output is not None
+                else "table"
+            )
+        )
+    )
     if fmt == "table" and output is not None:
         raise click.UsageError("--output needs --format csv or json")
     config = load(config_path)
@@ -432,8 +523,14 @@ def audit(config_path: Path | None, fmt: str | None, output: Path | None, limit:
             table.add_column(column)
         for event in events:
             table.add_row(
-                str(event["seq"]), _local(event["time"], zone), event["event_type"], Text(event["user"]),
-                event["role"], event["outcome"], Text(event["subject"]), Text(event["source"]),
+                str(event["seq"]),
+                _local(event["time"], zone),
+                event["event_type"],
+                Text(event["user"]),
+                event["role"],
+                event["outcome"],
+                Text(event["subject"]),
+                Text(event["source"]),
             )
         Console().print(table)
         return
@@ -449,7 +546,13 @@ def record_verify_outcome(services: Services, report: VerifyReport, *, objects: 
     caller = current_caller(services.config.control)
     with services.catalog.transaction() as session:
         queries.record_verify(
-            session, services.audit, caller.actor(),
-            clean=report.clean, events_checked=report.events_checked, objects_checked=report.objects_checked,
-            problems=len(report.problems), objects=objects, at=utcnow(),
+            session,
+            services.audit,
+            caller.actor(),
+            clean=report.clean,
+            events_checked=report.events_checked,
+            objects_checked=report.objects_checked,
+            problems=len(report.problems),
+            objects=objects,
+            at=utcnow(),
         )

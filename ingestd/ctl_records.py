@@ -85,7 +85,11 @@ def checkout(config_path: Path | None, device: str, officer_no: str | None, as_j
     """Check camera DEVICE out: to --officer, else to its assigned officer, else unassigned."""
     with opened(config_path) as services, services.catalog.transaction() as session:
         entry = operations.checkout(
-            session, services.audit, actor=current_actor(), now=utcnow(), device_serial=device,
+            session,
+            services.audit,
+            actor=current_actor(),
+            now=utcnow(),
+            device_serial=device,
             officer_no=officer_no,
         )
     emit(entry) if as_json else click.echo(_custody_line(entry))
@@ -190,13 +194,18 @@ in_case_option = click.option("--in-case", default=None, help="Every recording o
 @click.option("--event", default=None, help="What happened.")
 @click.option("--place", default=None, help="Where it happened.")
 @click.option(
-    "--confidentiality", type=click.Choice([c.value for c in Confidentiality]), default=None,
+    "--confidentiality",
+    type=click.Choice([c.value for c in Confidentiality]),
+    default=None,
     help="Secrecy and privacy level.",
 )
 @click.option("--tag", "add_tags", multiple=True, help="Add a retention tag (repeatable), e.g. evidence.")
 @click.option("--untag", "remove_tags", multiple=True, help="Remove a retention tag (repeatable).")
 @click.option(
-    "--class", "retention_class", type=click.Choice([c.value for c in RetentionClass]), default=None,
+    "--class",
+    "retention_class",
+    type=click.Choice([c.value for c in RetentionClass]),
+    default=None,
     help="Set the retention class; cannot go below long-term while a long-term tag is present.",
 )
 @json_option
@@ -220,11 +229,21 @@ def tag(
     litigation, violence, mass-incident or major-case keep footage long-term."""
     with opened(config_path) as services, services.catalog.transaction() as session:
         results = operations.tag(
-            session, services.audit, actor=current_actor(), now=utcnow(), retention=services.config.retention,
-            recording_ids=recording_ids, in_case=in_case, case_id=case_id, case_party=case_party,
-            case_name=case_name, event=event, place=place,
+            session,
+            services.audit,
+            actor=current_actor(),
+            now=utcnow(),
+            retention=services.config.retention,
+            recording_ids=recording_ids,
+            in_case=in_case,
+            case_id=case_id,
+            case_party=case_party,
+            case_name=case_name,
+            event=event,
+            place=place,
             confidentiality=Confidentiality(confidentiality) if confidentiality else None,
-            add_tags=add_tags, remove_tags=remove_tags,
+            add_tags=add_tags,
+            remove_tags=remove_tags,
             retention_class=RetentionClass(retention_class) if retention_class else None,
         )
     _changes(results, as_json, "classified")
@@ -242,8 +261,13 @@ def hold(
     """Place a legal hold: the recordings are never purged while it lasts."""
     with opened(config_path) as services, services.catalog.transaction() as session:
         results = operations.hold(
-            session, services.audit, actor=current_actor(), now=utcnow(), reason=reason,
-            recording_ids=recording_ids, in_case=in_case,
+            session,
+            services.audit,
+            actor=current_actor(),
+            now=utcnow(),
+            reason=reason,
+            recording_ids=recording_ids,
+            in_case=in_case,
         )
     _changes(results, as_json, "held")
 
@@ -260,8 +284,13 @@ def release(
     """Lift a legal hold; a later purge gives a fresh notice first."""
     with opened(config_path) as services, services.catalog.transaction() as session:
         results = operations.release(
-            session, services.audit, actor=current_actor(), now=utcnow(), reason=reason,
-            recording_ids=recording_ids, in_case=in_case,
+            session,
+            services.audit,
+            actor=current_actor(),
+            now=utcnow(),
+            reason=reason,
+            recording_ids=recording_ids,
+            in_case=in_case,
         )
     _changes(results, as_json, "released")
 
@@ -278,8 +307,14 @@ def extend(
     """Extend RECORDING's upload deadline to N working days after it ended (holiday calendar applies)."""
     with opened(config_path) as services, services.catalog.transaction() as session:
         result = operations.extend(
-            session, services.audit, actor=current_actor(), now=utcnow(), deadlines=services.config.deadlines,
-            recording_id=recording_id, working_days=working_days, reason=reason,
+            session,
+            services.audit,
+            actor=current_actor(),
+            now=utcnow(),
+            deadlines=services.config.deadlines,
+            recording_id=recording_id,
+            working_days=working_days,
+            reason=reason,
         )
     if as_json:
         emit(result)
@@ -300,8 +335,13 @@ def purge_command(config_path: Path | None, dry_run: bool, as_json: bool) -> Non
     long-term and whose bytes no other recording needs. The only way stored footage is ever removed."""
     with opened(config_path) as services:
         report = purge.purge(
-            services.catalog, services.store, services.audit, actor=current_actor(), now=utcnow(),
-            rules=services.config.retention.rules(), dry_run=dry_run,
+            services.catalog,
+            services.store,
+            services.audit,
+            actor=current_actor(),
+            now=utcnow(),
+            rules=services.config.retention.rules(),
+            dry_run=dry_run,
         )
     if as_json:
         click.echo(json.dumps(report.as_json(), ensure_ascii=False, indent=2))

@@ -141,7 +141,13 @@ def checkout(
         previous = camera.holder.officer_no if camera.holder else "unassigned"
         note = f"{attribution.basis}; re-attributed (was {previous}, out since {iso(out_since)})"
     event = records.custody_event(
-        session, audit, camera=camera, kind=CustodyKind.CHECK_OUT, officer=officer, actor=actor, now=now,
+        session,
+        audit,
+        camera=camera,
+        kind=CustodyKind.CHECK_OUT,
+        officer=officer,
+        actor=actor,
+        now=now,
         note=note,
     )
     if out_since is not None:
@@ -164,7 +170,13 @@ def checkin(
     officer = camera.holder or camera.assigned_officer
     text = note.strip() if note and note.strip() else "manual check-in"
     event = records.custody_event(
-        session, audit, camera=camera, kind=CustodyKind.CHECK_IN, officer=officer, actor=actor, now=now,
+        session,
+        audit,
+        camera=camera,
+        kind=CustodyKind.CHECK_IN,
+        officer=officer,
+        actor=actor,
+        now=now,
         note=text,
     )
     return _entry(event, camera.device_serial, officer)
@@ -277,7 +289,11 @@ def explain(
     flag.status = FlagStatus.EXPLAINED
     session.flush()
     audit.append(
-        session, actor=actor, action="flag.explain", subject=f"flag:{flag.id}", at=now,
+        session,
+        actor=actor,
+        action="flag.explain",
+        subject=f"flag:{flag.id}",
+        at=now,
         details={"kind": flag.kind.value, "dedup_key": flag.dedup_key, "explanation": explanation},
     )
     serial = session.scalar(select(Camera.device_serial).where(Camera.id == flag.camera_id))
@@ -356,8 +372,13 @@ def tag(
     the class by itself: lowering is an explicit `retention_class`, refused while such a tag remains,
     so footage is never made deletable as a side effect.
     """
-    text_fields = {"case_id": case_id, "case_party": case_party, "case_name": case_name, "event": event,
-                   "place": place}
+    text_fields = {
+        "case_id": case_id,
+        "case_party": case_party,
+        "case_name": case_name,
+        "event": event,
+        "place": place,
+    }
     for name, value in text_fields.items():
         limit = _TEXT_LIMITS.get(name)
         if value is not None and limit is not None and len(value) > limit:
@@ -398,8 +419,12 @@ def tag(
         if changes:
             session.flush()
             audit.append(
-                session, actor=actor, action="recording.classify", subject=f"recording:{recording.id}",
-                at=now, details={"changes": changes, "long_term_reasons": list(reasons)},
+                session,
+                actor=actor,
+                action="recording.classify",
+                subject=f"recording:{recording.id}",
+                at=now,
+                details={"changes": changes, "long_term_reasons": list(reasons)},
             )
         results.append(Change(recording.id, changes))
     return results
@@ -432,8 +457,14 @@ def hold(
         recording.hold_reason = why
         recording.purge_notice_at = None
         session.flush()
-        audit.append(session, actor=actor, action="recording.hold", subject=f"recording:{recording.id}",
-                     at=now, details={"reason": why, "changes": changes})
+        audit.append(
+            session,
+            actor=actor,
+            action="recording.hold",
+            subject=f"recording:{recording.id}",
+            at=now,
+            details={"reason": why, "changes": changes},
+        )
         results.append(Change(recording.id, changes))
     return results
 
@@ -461,8 +492,14 @@ def release(
         recording.legal_hold = False
         recording.hold_reason = None
         session.flush()
-        audit.append(session, actor=actor, action="recording.release", subject=f"recording:{recording.id}",
-                     at=now, details={"reason": why, "changes": changes})
+        audit.append(
+            session,
+            actor=actor,
+            action="recording.release",
+            subject=f"recording:{recording.id}",
+            at=now,
+            details={"reason": why, "changes": changes},
+        )
         results.append(Change(recording.id, changes))
     return results
 
@@ -522,7 +559,11 @@ def extend(
             resolved.append(flag.id)
     session.flush()
     audit.append(
-        session, actor=actor, action="recording.extend-deadline", subject=f"recording:{recording.id}", at=now,
+        session,
+        actor=actor,
+        action="recording.extend-deadline",
+        subject=f"recording:{recording.id}",
+        at=now,
         details={
             "previous_deadline_at": iso(previous),
             "deadline_at": iso(new_deadline),

@@ -76,8 +76,12 @@ class PurgeReport:
             "at": iso(self.at),
             "dry_run": self.dry_run,
             "notices": [
-                {"recording_id": n.recording_id, "blake3": n.blake3, "expires_at": iso(n.expires_at),
-                 "delete_not_before": iso(n.delete_not_before)}
+                {
+                    "recording_id": n.recording_id,
+                    "blake3": n.blake3,
+                    "expires_at": iso(n.expires_at),
+                    "delete_not_before": iso(n.delete_not_before),
+                }
                 for n in plan.notices
             ],
             "deletable_recordings": list(plan.deletable_recordings),
@@ -94,7 +98,9 @@ class PurgeReport:
                 {"blake3": k.blake3, "reason": k.reason.value, "referenced_by": list(k.referenced_by)}
                 for k in plan.kept_objects
             ],
-            "done": None if self.dry_run else {
+            "done": None
+            if self.dry_run
+            else {
                 "noticed": list(self.noticed),
                 "purged_recordings": list(self.purged_recordings),
                 "removed_objects": list(self.removed_objects),
@@ -162,12 +168,23 @@ def _record_notices(
         recording.purge_notice_at = now
         session.flush()
         audit.append(
-            session, actor=actor, action="retention.notice", subject=f"recording:{recording.id}", at=now,
-            details={"blake3": notice.blake3, "expires_at": iso(notice.expires_at),
-                     "delete_not_before": iso(notice.delete_not_before)},
+            session,
+            actor=actor,
+            action="retention.notice",
+            subject=f"recording:{recording.id}",
+            at=now,
+            details={
+                "blake3": notice.blake3,
+                "expires_at": iso(notice.expires_at),
+                "delete_not_before": iso(notice.delete_not_before),
+            },
         )
-        log.info("retention_notice", recording_id=recording.id, digest=notice.blake3,
-                 delete_not_before=iso(notice.delete_not_before))
+        log.info(
+            "retention_notice",
+            recording_id=recording.id,
+            digest=notice.blake3,
+            delete_not_before=iso(notice.delete_not_before),
+        )
         noticed.append(recording.id)
     return noticed
 
@@ -216,9 +233,15 @@ def purge(
         if digest not in plan.deletable_objects:
             run.remove(digest)
     return PurgeReport(
-        at=now, dry_run=False, plan=plan, pending_objects=pending, noticed=tuple(noticed),
-        purged_recordings=tuple(sorted(run.purged)), removed_objects=tuple(sorted(run.removed)),
-        skipped=run.skipped, failed_objects=run.failed,
+        at=now,
+        dry_run=False,
+        plan=plan,
+        pending_objects=pending,
+        noticed=tuple(noticed),
+        purged_recordings=tuple(sorted(run.purged)),
+        removed_objects=tuple(sorted(run.removed)),
+        skipped=run.skipped,
+        failed_objects=run.failed,
     )
 
 
@@ -279,8 +302,13 @@ class _Run:
                 stored = session.get_one(StoredObject, digest)
                 details.update(sha256=stored.sha256, size=stored.size)
             self.audit.append(
-                session, actor=self.actor, action="retention.purge", subject=subject, at=self.now,
-                outcome="ok" if digest is None else "started", details=details,
+                session,
+                actor=self.actor,
+                action="retention.purge",
+                subject=subject,
+                at=self.now,
+                outcome="ok" if digest is None else "started",
+                details=details,
             )
         self.purged.extend(recording_ids)
         log.info("recordings_purged", subject=subject, recordings=recording_ids, digest=digest)
@@ -300,8 +328,13 @@ class _Run:
             log.error("purge_remove_failed", digest=digest, error=str(error))  # noqa: TRY400 - an expected failure, not a bug
             with self.catalog.transaction() as session:
                 self.audit.append(
-                    session, actor=self.actor, action="retention.remove", subject=f"object:{digest}",
-                    at=self.now, outcome="failed", details={"error": str(error)},
+                    session,
+                    actor=self.actor,
+                    action="retention.remove",
+                    subject=f"object:{digest}",
+                    at=self.now,
+                    outcome="failed",
+                    details={"error": str(error)},
                 )
             return False
         with self.catalog.transaction() as session:
@@ -309,8 +342,13 @@ class _Run:
             stored.removed_at = self.now
             session.flush()
             self.audit.append(
-                session, actor=self.actor, action="retention.remove", subject=f"object:{digest}", at=self.now,
-                outcome=outcome, details={"detail": detail},
+                session,
+                actor=self.actor,
+                action="retention.remove",
+                subject=f"object:{digest}",
+                at=self.now,
+                outcome=outcome,
+                details={"detail": detail},
             )
         self.removed.append(digest)
         log.info("object_purged", digest=digest, outcome=outcome)

@@ -58,8 +58,17 @@ _PENDING = "store.audit.pending"  # Session.info key: events appended in the ope
 
 # Every column but `hash`, in the order of the model; the hash covers exactly these.
 HASHED_FIELDS = (
-    "seq", "at", "actor_user", "actor_uid", "actor_role", "action", "subject", "outcome", "source",
-    "details", "prev_hash",
+    "seq",
+    "at",
+    "actor_user",
+    "actor_uid",
+    "actor_role",
+    "action",
+    "subject",
+    "outcome",
+    "source",
+    "details",
+    "prev_hash",
 )
 
 
@@ -349,12 +358,14 @@ def _load_checkpoints(
             key = public_keys.get(checkpoint.key_id)
             if key is None:
                 problems.add(
-                    "checkpoint-signature", checkpoint.seq,
+                    "checkpoint-signature",
+                    checkpoint.seq,
                     f"line {line.number}: unknown key {checkpoint.key_id}",
                 )
             elif not verify_signature(key, bytes.fromhex(checkpoint.signature), checkpoint.signed_bytes()):
                 problems.add(
-                    "checkpoint-signature", checkpoint.seq,
+                    "checkpoint-signature",
+                    checkpoint.seq,
                     f"line {line.number}: signature does not verify",
                 )
             else:
@@ -402,8 +413,11 @@ def verify_chain(
 
     columns = [c for c in events.c if c.name not in ("at", "details")]
     query = (
-        select(*columns, type_coerce(events.c.at, NullType()).label("at"),
-               cast(events.c.details, Text).label("details"))
+        select(
+            *columns,
+            type_coerce(events.c.at, NullType()).label("at"),
+            cast(events.c.details, Text).label("details"),
+        )
         .order_by(events.c.seq)
         .execution_options(yield_per=batch_size)
     )
@@ -419,7 +433,8 @@ def verify_chain(
             prev_stored = None
         if prev_stored is not None and row["prev_hash"] != prev_stored:
             problems.add(
-                "broken-link", seq,
+                "broken-link",
+                seq,
                 f"prev_hash {row['prev_hash']} is not the previous hash {prev_stored}",
             )
         try:
@@ -429,13 +444,15 @@ def verify_chain(
         else:
             if recomputed != row["hash"]:
                 problems.add(
-                    "hash-mismatch", seq,
+                    "hash-mismatch",
+                    seq,
                     f"stored hash {row['hash']} but the content hashes to {recomputed}",
                 )
         for checkpoint in checkpoints.get(seq, ()):
             if checkpoint.hash != row["hash"]:
                 problems.add(
-                    "checkpoint-mismatch", seq,
+                    "checkpoint-mismatch",
+                    seq,
                     f"checkpoint signed at {checkpoint.at} says {checkpoint.hash}, "
                     f"the chain has {row['hash']}",
                 )
@@ -450,14 +467,16 @@ def verify_chain(
     beyond = [seq for seq in checkpoints if seq > last_seq]
     if beyond:
         problems.add(
-            "tail-missing", max(beyond),
+            "tail-missing",
+            max(beyond),
             f"the chain ends at seq {last_seq} but a signed checkpoint covers seq {max(beyond)}",
         )
     if checkpoint_every is not None:
         covered = max(checkpoints, default=0)
         if last_seq - covered > checkpoint_every:
             problems.add(
-                "checkpoint-missing", covered + 1,
+                "checkpoint-missing",
+                covered + 1,
                 f"{last_seq - covered} events after seq {covered} have no valid checkpoint "
                 f"(one is due every {checkpoint_every})",
             )
@@ -479,7 +498,8 @@ def _check_head(
     last_seq = last[0] if last else 0
     if head_seq > last_seq:
         problems.add(
-            "head-mismatch", head_seq,
+            "head-mismatch",
+            head_seq,
             f"audit_head is at seq {head_seq} but the chain ends at seq {last_seq}",
         )
     elif head_seq == 0:
@@ -489,7 +509,8 @@ def _check_head(
         problems.add("head-mismatch", head_seq, f"audit_head names seq {head_seq}, which is missing")
     elif hash_at_head != head_hash:
         problems.add(
-            "head-mismatch", head_seq,
+            "head-mismatch",
+            head_seq,
             f"audit_head holds {head_hash}, the row at seq {head_seq} {hash_at_head}",
         )
     if last is not None and last_seq > head_seq:
@@ -498,6 +519,7 @@ def _check_head(
         now = session.execute(select(table.c.seq).where(table.c.id == HEAD_ID)).scalar_one_or_none()
         if now is None or int(now) < last_seq:
             problems.add(
-                "head-mismatch", last_seq,
+                "head-mismatch",
+                last_seq,
                 f"events up to seq {last_seq} lie beyond audit_head (seq {head_seq})",
             )

@@ -143,8 +143,9 @@ class CheckpointFile:
                 fcntl.ioctl(fd, FS_IOC_SETFLAGS, buffer)
         except OSError as error:
             if self.append_only is not False:
-                _log.warning("audit_checkpoint_file_not_append_only", path=str(self.path),
-                             reason=error.strerror)
+                _log.warning(
+                    "audit_checkpoint_file_not_append_only", path=str(self.path), reason=error.strerror
+                )
             self.append_only = False
             self.append_only_error = error.strerror or str(error)
         else:

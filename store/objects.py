@@ -231,8 +231,9 @@ _Fill = Callable[[memoryview], int]
 _EOF: Final = -1
 
 
-def _pump(ring: list[memoryview], fill: _Fill, sink: Callable[[memoryview], None] | None,
-          digests: _Digests) -> int:
+def _pump(
+    ring: list[memoryview], fill: _Fill, sink: Callable[[memoryview], None] | None, digests: _Digests
+) -> int:
     """Move a stream through three stages that overlap: a reader thread fills ring buffers, a hasher
     thread runs SHA-256, and the calling thread runs BLAKE3 and `sink` (the write). Both hashes and the
     write release the GIL on large buffers, so the slowest stage bounds throughput; the fixed ring bounds
@@ -382,8 +383,11 @@ def _seek_source(source: BinaryIO, durable: int, key: str | None, expected_size:
         return 0
     available = end - origin
     if available < durable or (expected_size is not None and expected_size < durable):
-        raise ResumeMismatch(key=key, source_size=available if expected_size is None else
-                             min(available, expected_size), durable=durable)
+        raise ResumeMismatch(
+            key=key,
+            source_size=available if expected_size is None else min(available, expected_size),
+            durable=durable,
+        )
     source.seek(origin + durable)
     return durable
 
@@ -437,7 +441,7 @@ def write_durably(path: Path, data: bytes) -> None:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -491,8 +495,16 @@ class _Attempt:
 class _Writer:
     """The write stage of a put: writes, fsyncs every `interval` bytes, records the durable offset."""
 
-    def __init__(self, *, fd: int, offset: int, interval: int, sidecar: Path | None, key: str | None,
-                 progress: Callable[[int], None] | None) -> None:
+    def __init__(
+        self,
+        *,
+        fd: int,
+        offset: int,
+        interval: int,
+        sidecar: Path | None,
+        key: str | None,
+        progress: Callable[[int], None] | None,
+    ) -> None:
         self.fd = fd
         self.offset = offset
         self.synced = offset
@@ -583,7 +595,9 @@ class FileObjectStore(ObjectStore):
             self._warned = True
         _log.warning(
             "immutable attribute unavailable; objects are sealed read-only (0444) only",
-            store=str(self.root), errno=errno.errorcode.get(error.errno or 0, "?"), reason=error.strerror,
+            store=str(self.root),
+            errno=errno.errorcode.get(error.errno or 0, "?"),
+            reason=error.strerror,
         )
 
     def _probe_seal(self) -> Seal:
@@ -649,8 +663,15 @@ class FileObjectStore(ObjectStore):
         usage = os.statvfs(self.root)
         return usage.f_bavail * usage.f_frsize
 
-    def _digest_fd(self, fd: int, ring: list[memoryview], *, start: int = 0, end: int | None = None,
-                   digests: _Digests | None = None) -> tuple[str, str, int]:
+    def _digest_fd(
+        self,
+        fd: int,
+        ring: list[memoryview],
+        *,
+        start: int = 0,
+        end: int | None = None,
+        digests: _Digests | None = None,
+    ) -> tuple[str, str, int]:
         """Hash [start, end) of `fd` as read from the medium: cached pages are dropped first."""
         digests = digests if digests is not None else _Digests()
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
@@ -686,8 +707,9 @@ class FileObjectStore(ObjectStore):
         if found_blake3 != blake3_hex:
             problems.append(problem(ProblemKind.BLAKE3_MISMATCH, f"content hashes to {found_blake3}"))
         if found_sha256 != sha256_hex:
-            problems.append(problem(ProblemKind.SHA256_MISMATCH,
-                                    f"sha256 {found_sha256}, expected {sha256_hex}"))
+            problems.append(
+                problem(ProblemKind.SHA256_MISMATCH, f"sha256 {found_sha256}, expected {sha256_hex}")
+            )
         mode = stat.S_IMODE(info.st_mode)
         if mode != _SEALED_MODE:
             problems.append(problem(ProblemKind.NOT_SEALED, f"mode {mode:04o}, expected 0444"))
@@ -729,8 +751,12 @@ class FileObjectStore(ObjectStore):
             except OSError as error:
                 if error.errno in _FULL_ERRNOS:
                     self._discard(attempt)
-                    raise DiskFullError(root=self.root, reason=errno.errorcode[error.errno or 0],
-                                        free_bytes=self.free_bytes(), written=attempt.written) from error
+                    raise DiskFullError(
+                        root=self.root,
+                        reason=errno.errorcode[error.errno or 0],
+                        free_bytes=self.free_bytes(),
+                        written=attempt.written,
+                    ) from error
                 if not attempt.keep_partial:
                     self._discard(attempt)
                 raise
@@ -741,19 +767,32 @@ class FileObjectStore(ObjectStore):
         finally:
             os.close(fd)
 
-    def _copy(self, fd: int, attempt: _Attempt, source: BinaryIO, expected_size: int | None,
-              progress: Callable[[int], None] | None) -> PutResult:
+    def _copy(
+        self,
+        fd: int,
+        attempt: _Attempt,
+        source: BinaryIO,
+        expected_size: int | None,
+        progress: Callable[[int], None] | None,
+    ) -> PutResult:
         """The put itself; `put` owns the fd and decides what an error leaves behind."""
         with self._rings.borrowed() as ring:
             digests = _Digests()
-            resumed = self._resume(fd, attempt, source, ring=ring, digests=digests,
-                                       expected_size=expected_size)
+            resumed = self._resume(
+                fd, attempt, source, ring=ring, digests=digests, expected_size=expected_size
+            )
             attempt.resumed = resumed
             if attempt.sidecar is not None and attempt.key is not None and resumed == 0:
                 write_durably(attempt.sidecar, _sidecar_bytes(attempt.key, 0))
             self._check_space(expected_size, resumed)
-            writer = _Writer(fd=fd, offset=resumed, interval=self.fsync_interval, sidecar=attempt.sidecar,
-                             key=attempt.key, progress=progress)
+            writer = _Writer(
+                fd=fd,
+                offset=resumed,
+                interval=self.fsync_interval,
+                sidecar=attempt.sidecar,
+                key=attempt.key,
+                progress=progress,
+            )
             try:
                 _pump(ring, _source_filler(source), writer.write, digests)
             except _SourceFailedError as failed:
@@ -784,8 +823,13 @@ class FileObjectStore(ObjectStore):
                     attempt.keep_partial = True  # moved to quarantine, not discarded
                     quarantined = self._quarantine_copy(attempt, blake3_hex)
                     raise ReadBackMismatchError(
-                        blake3=blake3_hex, sha256=sha256_hex, size=size, read_blake3=read_back[0],
-                        read_sha256=read_back[1], read_size=read_back[2], quarantine=quarantined,
+                        blake3=blake3_hex,
+                        sha256=sha256_hex,
+                        size=size,
+                        read_blake3=read_back[0],
+                        read_sha256=read_back[1],
+                        read_size=read_back[2],
+                        quarantine=quarantined,
                     )
             return self._publish(fd, attempt, ring, blake3_hex=blake3_hex, sha256_hex=sha256_hex, size=size)
 
@@ -795,11 +839,20 @@ class FileObjectStore(ObjectStore):
             return
         free = self.free_bytes()
         if free < expected_size - resumed:
-            raise DiskFullError(root=self.root, reason="not enough space for the announced size",
-                                free_bytes=free, written=0)
+            raise DiskFullError(
+                root=self.root, reason="not enough space for the announced size", free_bytes=free, written=0
+            )
 
-    def _resume(self, fd: int, attempt: _Attempt, source: BinaryIO, *, ring: list[memoryview],
-                digests: _Digests, expected_size: int | None) -> int:
+    def _resume(
+        self,
+        fd: int,
+        attempt: _Attempt,
+        source: BinaryIO,
+        *,
+        ring: list[memoryview],
+        digests: _Digests,
+        expected_size: int | None,
+    ) -> int:
         """Prepare the partial copy: truncate it to its durable offset, re-hash that prefix and seek the
         source past it. Returns the offset to continue from (0 when there is nothing to resume)."""
         durable = 0
@@ -820,8 +873,16 @@ class FileObjectStore(ObjectStore):
         os.lseek(fd, durable, os.SEEK_SET)
         return durable
 
-    def _publish(self, fd: int, attempt: _Attempt, ring: list[memoryview], *, blake3_hex: str,
-                 sha256_hex: str, size: int) -> PutResult:
+    def _publish(
+        self,
+        fd: int,
+        attempt: _Attempt,
+        ring: list[memoryview],
+        *,
+        blake3_hex: str,
+        sha256_hex: str,
+        size: int,
+    ) -> PutResult:
         """Link the verified partial copy to its content address and seal it, or deduplicate."""
         target = self.path_for(blake3_hex)
         _make_dirs(target.parent)
@@ -830,16 +891,33 @@ class FileObjectStore(ObjectStore):
         try:
             os.link(attempt.partial, target, follow_symlinks=False)
         except FileExistsError:
-            return self._deduplicate(target, attempt, ring, blake3_hex=blake3_hex, sha256_hex=sha256_hex,
-                                     size=size)
+            return self._deduplicate(
+                target, attempt, ring, blake3_hex=blake3_hex, sha256_hex=sha256_hex, size=size
+            )
         _fsync_dir(target.parent)
         self._discard(attempt)
         seal = self._seal(target)
-        return PutResult(blake3_hex, sha256_hex, size, target, seal, deduplicated=False,
-                         resumed_from=attempt.resumed, read_back_verified=self.read_back)
+        return PutResult(
+            blake3_hex,
+            sha256_hex,
+            size,
+            target,
+            seal,
+            deduplicated=False,
+            resumed_from=attempt.resumed,
+            read_back_verified=self.read_back,
+        )
 
-    def _deduplicate(self, target: Path, attempt: _Attempt, ring: list[memoryview], *, blake3_hex: str,
-                     sha256_hex: str, size: int) -> PutResult:
+    def _deduplicate(
+        self,
+        target: Path,
+        attempt: _Attempt,
+        ring: list[memoryview],
+        *,
+        blake3_hex: str,
+        sha256_hex: str,
+        size: int,
+    ) -> PutResult:
         """The content is already stored: prove the stored copy holds it, then drop the new copy."""
         try:
             fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -850,21 +928,31 @@ class FileObjectStore(ObjectStore):
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode) or info.st_size != size:
                 raise ExistingObjectCorruptError(
-                    path=target, detail=f"{info.st_size} bytes stored, {size} bytes new")
+                    path=target, detail=f"{info.st_size} bytes stored, {size} bytes new"
+                )
             found = self._digest_fd(fd, ring)
         finally:
             os.close(fd)
         if found != (blake3_hex, sha256_hex, size):
             raise ExistingObjectCorruptError(
-                path=target, detail=f"stored copy hashes to blake3 {found[0]}, sha256 {found[1]}")
+                path=target, detail=f"stored copy hashes to blake3 {found[0]}, sha256 {found[1]}"
+            )
         self._discard(attempt)
         seal = self._seal_of(target)
         if seal is None:  # a crash between link and seal: finish the seal now
             if not is_immutable(target):
                 target.chmod(_SEALED_MODE)
             seal = self._seal(target)
-        return PutResult(blake3_hex, sha256_hex, size, target, seal, deduplicated=True,
-                         resumed_from=attempt.resumed, read_back_verified=True)
+        return PutResult(
+            blake3_hex,
+            sha256_hex,
+            size,
+            target,
+            seal,
+            deduplicated=True,
+            resumed_from=attempt.resumed,
+            read_back_verified=True,
+        )
 
     def _quarantine_copy(self, attempt: _Attempt, blake3_hex: str) -> Path:
         quarantined = self._quarantine / f"{blake3_hex}-{uuid.uuid4().hex[:8]}"
@@ -948,8 +1036,15 @@ class MemoryObjectStore(ObjectStore):
     """The same contract in memory, for callers' unit tests: digests, dedup, resume by key, disk full
     (with `capacity`), seals. Paths are virtual (under `root`) and never touched."""
 
-    def __init__(self, *, capacity: int | None = None, fsync_interval: int = 256 * MiB,
-                 chunk_size: int = 4 * MiB, seal: Seal = Seal.IMMUTABLE, root: Path = Path("memory")) -> None:
+    def __init__(
+        self,
+        *,
+        capacity: int | None = None,
+        fsync_interval: int = 256 * MiB,
+        chunk_size: int = 4 * MiB,
+        seal: Seal = Seal.IMMUTABLE,
+        root: Path = Path("memory"),
+    ) -> None:
         self.root = root
         self.capacity = capacity
         self.fsync_interval = fsync_interval
@@ -961,7 +1056,8 @@ class MemoryObjectStore(ObjectStore):
 
     def _used(self) -> int:
         return sum(len(o.data) for o in self._objects.values()) + sum(
-            len(p.data) for p in self._partials.values())
+            len(p.data) for p in self._partials.values()
+        )
 
     def free_bytes(self) -> int:
         with self._lock:
@@ -992,17 +1088,21 @@ class MemoryObjectStore(ObjectStore):
         with self._lock:
             partial = self._partials.pop(resume_key, None) if resume_key is not None else None
             partial = partial or _MemoryPartial(bytearray())
-            del partial.data[partial.durable:]
+            del partial.data[partial.durable :]
             if partial.durable:
                 partial.durable = _seek_source(source, partial.durable, resume_key, expected_size)
-                del partial.data[partial.durable:]
+                del partial.data[partial.durable :]
             if resume_key is not None:
                 self._partials[resume_key] = partial
             resumed = partial.durable
             if expected_size is not None and self.free_bytes() < expected_size - resumed:
                 self._forget(resume_key)
-                raise DiskFullError(root=self.root, reason="not enough space for the announced size",
-                                    free_bytes=self.free_bytes(), written=0)
+                raise DiskFullError(
+                    root=self.root,
+                    reason="not enough space for the announced size",
+                    free_bytes=self.free_bytes(),
+                    written=0,
+                )
             try:
                 self._fill(source, partial, progress)
             except DiskFullError:
@@ -1020,22 +1120,32 @@ class MemoryObjectStore(ObjectStore):
             existing = self._objects.get(blake3_hex)
             if existing is not None:
                 if existing.data != data or existing.sha256 != sha256_hex:
-                    raise ExistingObjectCorruptError(path=self.path_for(blake3_hex),
-                                                     detail="stored bytes differ")
+                    raise ExistingObjectCorruptError(
+                        path=self.path_for(blake3_hex), detail="stored bytes differ"
+                    )
                 existing.sealed = True
             else:
                 self._objects[blake3_hex] = _MemoryObject(data, sha256_hex)
-            return PutResult(blake3_hex, sha256_hex, len(data), self.path_for(blake3_hex), self.seal_mode,
-                             deduplicated=existing is not None, resumed_from=resumed,
-                             read_back_verified=True)
+            return PutResult(
+                blake3_hex,
+                sha256_hex,
+                len(data),
+                self.path_for(blake3_hex),
+                self.seal_mode,
+                deduplicated=existing is not None,
+                resumed_from=resumed,
+                read_back_verified=True,
+            )
 
-    def _fill(self, source: BinaryIO, partial: _MemoryPartial,
-              progress: Callable[[int], None] | None) -> None:
+    def _fill(
+        self, source: BinaryIO, partial: _MemoryPartial, progress: Callable[[int], None] | None
+    ) -> None:
         while chunk := source.read(self.chunk_size):
             if self.capacity is not None and self._used() + len(chunk) > self.capacity:
                 free = self.capacity - self._used()
-                raise DiskFullError(root=self.root, reason="ENOSPC", free_bytes=free,
-                                    written=len(partial.data))
+                raise DiskFullError(
+                    root=self.root, reason="ENOSPC", free_bytes=free, written=len(partial.data)
+                )
             partial.data += chunk
             if len(partial.data) - partial.durable >= self.fsync_interval:
                 partial.durable = len(partial.data)
@@ -1069,16 +1179,23 @@ class MemoryObjectStore(ObjectStore):
             return [ObjectProblem(blake3_hex, ProblemKind.MISSING, detail)]
         problems = []
         if len(stored.data) != size:
-            problems.append(ObjectProblem(blake3_hex, ProblemKind.SIZE_MISMATCH,
-                                          f"{len(stored.data)} bytes, expected {size}"))
+            problems.append(
+                ObjectProblem(
+                    blake3_hex, ProblemKind.SIZE_MISMATCH, f"{len(stored.data)} bytes, expected {size}"
+                )
+            )
         found_blake3 = str(blake3_module.blake3(stored.data).hexdigest())
         if found_blake3 != blake3_hex:
-            problems.append(ObjectProblem(blake3_hex, ProblemKind.BLAKE3_MISMATCH,
-                                          f"content hashes to {found_blake3}"))
+            problems.append(
+                ObjectProblem(blake3_hex, ProblemKind.BLAKE3_MISMATCH, f"content hashes to {found_blake3}")
+            )
         found_sha256 = hashlib.sha256(stored.data).hexdigest()
         if found_sha256 != sha256_hex:
-            problems.append(ObjectProblem(blake3_hex, ProblemKind.SHA256_MISMATCH,
-                                          f"sha256 {found_sha256}, expected {sha256_hex}"))
+            problems.append(
+                ObjectProblem(
+                    blake3_hex, ProblemKind.SHA256_MISMATCH, f"sha256 {found_sha256}, expected {sha256_hex}"
+                )
+            )
         if not stored.sealed:
             problems.append(ObjectProblem(blake3_hex, ProblemKind.NOT_SEALED, "seal was removed"))
         return problems

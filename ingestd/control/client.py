@@ -73,8 +73,9 @@ def call(
     answer = protocol.parse_response(line, request_id)
     if not answer["ok"]:
         error = answer["error"]
-        raise RemoteError(code=str(error.get("code", "error")), message=error["message"],
-                          exit_code=error["exit_code"])
+        raise RemoteError(
+            code=str(error.get("code", "error")), message=error["message"], exit_code=error["exit_code"]
+        )
     return answer.get("result")
 
 

@@ -92,8 +92,14 @@ def dispatch(services: Services, caller: Caller, message: protocol.Message, now:
         log.warning("control_denied", user=caller.user, uid=caller.uid, command=message.command)
         try:
             _audit(
-                services, caller, spec_roles=None, name=message.command, args=message.args,
-                outcome="denied", now=now, error=str(denied),
+                services,
+                caller,
+                spec_roles=None,
+                name=message.command,
+                args=message.args,
+                outcome="denied",
+                now=now,
+                error=str(denied),
             )
         except (IngestdError, StoreError) as error:
             log.error("control_audit_failed", command=message.command, error=str(error))  # noqa: TRY400
@@ -115,19 +121,27 @@ def dispatch(services: Services, caller: Caller, message: protocol.Message, now:
         if spec.audited:
             _audit_or_log(services, caller, spec=spec, message=message, now=now, error=f"internal: {error!r}")
         return protocol.failure(
-            message.id, "internal", f"{spec.name} failed inside ingestd: {error!r} (see the daemon log)",
+            message.id,
+            "internal",
+            f"{spec.name} failed inside ingestd: {error!r} (see the daemon log)",
             protocol.EX_SOFTWARE,
         )
     if spec.audited:
         try:
             _audit(
-                services, caller, spec_roles=spec.roles, name=spec.name, args=message.args,
-                outcome="ok", now=now,
+                services,
+                caller,
+                spec_roles=spec.roles,
+                name=spec.name,
+                args=message.args,
+                outcome="ok",
+                now=now,
             )
         except (IngestdError, StoreError) as error:
             log.error("control_audit_failed", command=spec.name, error=str(error))  # noqa: TRY400
             return protocol.failure(
-                message.id, "audit-failed",
+                message.id,
+                "audit-failed",
                 f"{spec.name} was done but its audit event could not be written: {error}",
                 protocol.EX_SOFTWARE,
             )
@@ -144,7 +158,15 @@ def _audit_or_log(
     error: str,
 ) -> None:
     try:
-        _audit(services, caller, spec_roles=spec.roles, name=spec.name, args=message.args, outcome="error",
-               now=now, error=error)
+        _audit(
+            services,
+            caller,
+            spec_roles=spec.roles,
+            name=spec.name,
+            args=message.args,
+            outcome="error",
+            now=now,
+            error=error,
+        )
     except (IngestdError, StoreError) as audit_error:
         log.error("control_audit_failed", command=spec.name, error=str(audit_error))  # noqa: TRY400

@@ -139,8 +139,9 @@ def revoke(services: Services, request: Request) -> dict[str, Any]:
     if not reason:
         raise EvidenceUsageError(detail="revoking needs a reason (--reason)")
     with services.catalog.transaction() as session:
-        approval = revoke_approval(session, services.audit, request.actor, approval_id, reason=reason,
-                                   now=request.now)
+        approval = revoke_approval(
+            session, services.audit, request.actor, approval_id, reason=reason, now=request.now
+        )
         return approval_dict(approval, request.now)
 
 
@@ -164,8 +165,14 @@ def approvals(services: Services, request: Request) -> dict[str, Any]:
 def export(services: Services, request: Request) -> dict[str, Any]:
     approval_id = _req_int(request.args, "approval_id")
     dest = Path(_str(request.args, "dest", required=True) or "")
-    outcome = export_bag(services, request.actor, approval_id, dest, now=request.now,
-                         recording_ids=_int_list(request.args, "recording_ids") or None)
+    outcome = export_bag(
+        services,
+        request.actor,
+        approval_id,
+        dest,
+        now=request.now,
+        recording_ids=_int_list(request.args, "recording_ids") or None,
+    )
     return outcome.as_dict()
 
 
@@ -173,8 +180,12 @@ def export(services: Services, request: Request) -> dict[str, Any]:
 
 
 def _period(services: Services, args: Mapping[str, Any]) -> Any:
-    return parse_period(month=_str(args, "month"), start=_str(args, "from"), end=_str(args, "to"),
-                        zone=services.config.deadlines.timezone)
+    return parse_period(
+        month=_str(args, "month"),
+        start=_str(args, "from"),
+        end=_str(args, "to"),
+        zone=services.config.deadlines.timezone,
+    )
 
 
 @command("spotcheck.sample", roles=INSPECTORS, mutates=True)
@@ -183,8 +194,15 @@ def spotcheck_sample(services: Services, request: Request) -> dict[str, Any]:
     period = _period(services, args)
     with services.catalog.transaction() as session:
         inspection = create_inspection(
-            session, services.audit, request.actor, unit_no=_str(args, "unit_no"), period=period,
-            size=_int(args, "size") or 10, seed=_str(args, "seed"), note=_str(args, "note"), now=request.now,
+            session,
+            services.audit,
+            request.actor,
+            unit_no=_str(args, "unit_no"),
+            period=period,
+            size=_int(args, "size") or 10,
+            seed=_str(args, "seed"),
+            note=_str(args, "note"),
+            now=request.now,
         )
         return inspection_dict(session, inspection)
 
@@ -199,9 +217,17 @@ def spotcheck_verdict(services: Services, request: Request) -> dict[str, Any]:
         raise EvidenceUsageError(detail=f"verdict must be pass or fail, got {verdict_text!r}") from None
     inspection_id = _req_int(args, "inspection_id")
     with services.catalog.transaction() as session:
-        record_verdict(session, services.audit, request.actor, inspection_id=inspection_id,
-                       recording_id=_req_int(args, "recording_id"), verdict=verdict,
-                       notes=_str(args, "notes"), amend=_bool(args, "amend"), now=request.now)
+        record_verdict(
+            session,
+            services.audit,
+            request.actor,
+            inspection_id=inspection_id,
+            recording_id=_req_int(args, "recording_id"),
+            verdict=verdict,
+            notes=_str(args, "notes"),
+            amend=_bool(args, "amend"),
+            now=request.now,
+        )
         inspection = session.get(Inspection, inspection_id)
         assert inspection is not None  # noqa: S101 - record_verdict checked it
         return inspection_dict(session, inspection)
@@ -228,7 +254,9 @@ def report(services: Services, request: Request) -> dict[str, Any]:
     period = _period(services, args)
     by = _str(args, "by") or "both"
     choices = {
-        "unit": (GroupBy.UNIT,), "officer": (GroupBy.OFFICER,), "both": (GroupBy.UNIT, GroupBy.OFFICER)
+        "unit": (GroupBy.UNIT,),
+        "officer": (GroupBy.OFFICER,),
+        "both": (GroupBy.UNIT, GroupBy.OFFICER),
     }
     if by not in choices:
         raise EvidenceUsageError(detail=f"--by must be unit, officer or both, got {by!r}")

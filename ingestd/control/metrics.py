@@ -70,31 +70,47 @@ def render(session: Session, *, free_bytes: int | None) -> str:
     total_bytes, seconds = _ingest_totals(session)
     verify = queries.last_verify(session)
     exposition.metric("ingestd_up", "gauge", "1 while the daemon serves metrics.", [({}, 1)])
-    exposition.metric("ingestd_docked_cameras", "gauge", "Cameras docked now (open dock sessions).",
-                      [({}, docked)])
-    exposition.metric("ingestd_queue_length", "gauge", "Docked cameras waiting for a copy slot.",
-                      [({}, queued)])
-    exposition.metric("ingestd_ingest_bytes_total", "counter", "Bytes copied from cameras, all sessions.",
-                      [({}, total_bytes)])
-    exposition.metric("ingestd_ingest_seconds_total", "counter", "Seconds spent in ended dock sessions.",
-                      [({}, seconds)])
     exposition.metric(
-        "ingestd_open_flags", "gauge", "Open flags by kind (late: stored after its deadline; overdue: "
-        "a camera out past the window).",
+        "ingestd_docked_cameras", "gauge", "Cameras docked now (open dock sessions).", [({}, docked)]
+    )
+    exposition.metric(
+        "ingestd_queue_length", "gauge", "Docked cameras waiting for a copy slot.", [({}, queued)]
+    )
+    exposition.metric(
+        "ingestd_ingest_bytes_total",
+        "counter",
+        "Bytes copied from cameras, all sessions.",
+        [({}, total_bytes)],
+    )
+    exposition.metric(
+        "ingestd_ingest_seconds_total", "counter", "Seconds spent in ended dock sessions.", [({}, seconds)]
+    )
+    exposition.metric(
+        "ingestd_open_flags",
+        "gauge",
+        "Open flags by kind (late: stored after its deadline; overdue: a camera out past the window).",
         [({"kind": kind.value}, flags.get(kind.value, 0)) for kind in FlagKind],
     )
     exposition.metric("ingestd_late_open", "gauge", "Open late flags.", [({}, flags.get("late", 0))])
     exposition.metric("ingestd_overdue_open", "gauge", "Open overdue flags.", [({}, flags.get("overdue", 0))])
     if free_bytes is not None:
-        exposition.metric("ingestd_store_free_bytes", "gauge", "Free bytes on the object store.",
-                          [({}, free_bytes)])
+        exposition.metric(
+            "ingestd_store_free_bytes", "gauge", "Free bytes on the object store.", [({}, free_bytes)]
+        )
     if verify is not None:
         at = datetime.fromisoformat(str(verify["at"]).replace("Z", "+00:00"))
-        exposition.metric("ingestd_last_verify_success", "gauge",
-                          "1 when the last `ingestctl verify` found no problem, else 0.",
-                          [({}, 1 if verify["clean"] else 0)])
-        exposition.metric("ingestd_last_verify_timestamp_seconds", "gauge",
-                          "Unix time of the last `ingestctl verify`.", [({}, at.timestamp())])
+        exposition.metric(
+            "ingestd_last_verify_success",
+            "gauge",
+            "1 when the last `ingestctl verify` found no problem, else 0.",
+            [({}, 1 if verify["clean"] else 0)],
+        )
+        exposition.metric(
+            "ingestd_last_verify_timestamp_seconds",
+            "gauge",
+            "Unix time of the last `ingestctl verify`.",
+            [({}, at.timestamp())],
+        )
     return exposition.text()
 
 

@@ -143,8 +143,16 @@ def last_verify(session: Session) -> dict[str, Any] | None:
 
 
 def record_verify(
-    session: Session, audit: AuditLog, actor: Actor, *, clean: bool, events_checked: int,
-    objects_checked: int, problems: int, objects: bool, at: datetime,
+    session: Session,
+    audit: AuditLog,
+    actor: Actor,
+    *,
+    clean: bool,
+    events_checked: int,
+    objects_checked: int,
+    problems: int,
+    objects: bool,
+    at: datetime,
 ) -> None:
     """Keep a verify run's outcome in the audit chain, where `status` and the metrics read it."""
     audit.append(
@@ -187,20 +195,22 @@ def docks(session: Session) -> list[dict[str, Any]]:
     ).all()
     found = []
     for dock, serial, files_done, files_total in rows:
-        found.append({
-            "port": dock.port,
-            "state": dock.state,
-            "device_serial": serial,
-            "current_file": dock.current_file,
-            "bytes_done": dock.bytes_done,
-            "bytes_total": dock.bytes_total,
-            "percent": round(100 * dock.bytes_done / dock.bytes_total, 1) if dock.bytes_total else None,
-            "files_done": files_done,
-            "files_total": files_total,
-            "rate_bps": dock.rate_bps,
-            "eta_s": dock.eta_s,
-            "updated_at": iso(dock.updated_at),
-        })
+        found.append(
+            {
+                "port": dock.port,
+                "state": dock.state,
+                "device_serial": serial,
+                "current_file": dock.current_file,
+                "bytes_done": dock.bytes_done,
+                "bytes_total": dock.bytes_total,
+                "percent": round(100 * dock.bytes_done / dock.bytes_total, 1) if dock.bytes_total else None,
+                "files_done": files_done,
+                "files_total": files_total,
+                "rate_bps": dock.rate_bps,
+                "eta_s": dock.eta_s,
+                "updated_at": iso(dock.updated_at),
+            }
+        )
     return found
 
 
@@ -256,21 +266,23 @@ def cameras(session: Session, raw: Mapping[str, Any]) -> dict[str, Any]:
             state = "out"
         else:
             state = "in"
-        found.append({
-            "device_serial": camera.device_serial,
-            "unit_no": camera_unit,
-            "driver": camera.driver,
-            "state": state,
-            "battery_percent": camera.battery_percent,
-            "storage_free_bytes": camera.storage_free_bytes,
-            "storage_total_bytes": camera.storage_total_bytes,
-            "last_clock_offset_s": camera.last_clock_offset_s,
-            "clock_state": camera.clock_state,
-            "assigned_officer": _officer(assigned_officer),
-            "holder": _officer(holder_officer),
-            "checked_out_at": iso(camera.checked_out_at),
-            "last_docked_at": iso(camera.last_docked_at),
-        })
+        found.append(
+            {
+                "device_serial": camera.device_serial,
+                "unit_no": camera_unit,
+                "driver": camera.driver,
+                "state": state,
+                "battery_percent": camera.battery_percent,
+                "storage_free_bytes": camera.storage_free_bytes,
+                "storage_total_bytes": camera.storage_total_bytes,
+                "last_clock_offset_s": camera.last_clock_offset_s,
+                "clock_state": camera.clock_state,
+                "assigned_officer": _officer(assigned_officer),
+                "holder": _officer(holder_officer),
+                "checked_out_at": iso(camera.checked_out_at),
+                "last_docked_at": iso(camera.last_docked_at),
+            }
+        )
     if serial is not None and not found:
         args.fail(f"no camera with device serial {serial!r}")
     return {"cameras": found}
@@ -336,9 +348,22 @@ def _cursor(value: str | None, args: Args) -> tuple[datetime, int] | None:
 def footage(session: Session, raw: Mapping[str, Any], *, zone: ZoneInfo, role: Role) -> dict[str, Any]:
     """Recording metadata, newest first, `limit` per page; `next` continues (keyset, index-friendly)."""
     args = Args(
-        "footage", raw,
-        {"device", "officer", "unit", "since", "until", "case", "late", "flagged", "retention_class",
-         "limit", "cursor", "include_purged"},
+        "footage",
+        raw,
+        {
+            "device",
+            "officer",
+            "unit",
+            "since",
+            "until",
+            "case",
+            "late",
+            "flagged",
+            "retention_class",
+            "limit",
+            "cursor",
+            "include_purged",
+        },
     )
     device, officer_no, unit_no = args.text("device", 7), args.text("officer", 6), args.text("unit", 12)
     since, until = args.time("since", zone), args.time("until", zone, end=True)
@@ -383,9 +408,7 @@ def footage(session: Session, raw: Mapping[str, Any], *, zone: ZoneInfo, role: R
     if args.flag("late"):
         query = query.where(Recording.ingested_at > Recording.deadline_at)
     if args.flag("flagged"):
-        query = query.where(
-            exists().where(Flag.recording_id == Recording.id, Flag.status == FlagStatus.OPEN)
-        )
+        query = query.where(exists().where(Flag.recording_id == Recording.id, Flag.status == FlagStatus.OPEN))
     if not args.flag("include_purged"):
         query = query.where(Recording.purged_at.is_(None))
     if cursor is not None:
@@ -414,30 +437,32 @@ def footage(session: Session, raw: Mapping[str, Any], *, zone: ZoneInfo, role: R
         def shown(value: str | None, hidden: bool = hidden) -> str | None:
             return REDACTED if hidden and value else value
 
-        items.append({
-            "id": recording.id,
-            "device_serial": serial,
-            "officer_no": rec_officer_no,
-            "officer_name": officer_name,
-            "unit_no": rec_unit_no,
-            "recorded_at": iso(recording.recorded_at),
-            "duration_s": recording.duration_s,
-            "size": recording.size,
-            "ingested_at": iso(recording.ingested_at),
-            "deadline_at": iso(recording.deadline_at),
-            "late": recording.ingested_at > recording.deadline_at,
-            "open_flags": sorted(flags.get(recording.id, [])),
-            "retention_class": str(recording.retention_class),
-            "legal_hold": recording.legal_hold,
-            "case_id": shown(recording.case_id),
-            "case_name": shown(recording.case_name),
-            "case_party": shown(recording.case_party),
-            "confidentiality": str(recording.confidentiality),
-            "original_path": shown(recording.original_path),
-            "blake3": recording.blake3,
-            "sha256": recording.sha256,
-            "purged_at": iso(recording.purged_at),
-        })
+        items.append(
+            {
+                "id": recording.id,
+                "device_serial": serial,
+                "officer_no": rec_officer_no,
+                "officer_name": officer_name,
+                "unit_no": rec_unit_no,
+                "recorded_at": iso(recording.recorded_at),
+                "duration_s": recording.duration_s,
+                "size": recording.size,
+                "ingested_at": iso(recording.ingested_at),
+                "deadline_at": iso(recording.deadline_at),
+                "late": recording.ingested_at > recording.deadline_at,
+                "open_flags": sorted(flags.get(recording.id, [])),
+                "retention_class": str(recording.retention_class),
+                "legal_hold": recording.legal_hold,
+                "case_id": shown(recording.case_id),
+                "case_name": shown(recording.case_name),
+                "case_party": shown(recording.case_party),
+                "confidentiality": str(recording.confidentiality),
+                "original_path": shown(recording.original_path),
+                "blake3": recording.blake3,
+                "sha256": recording.sha256,
+                "purged_at": iso(recording.purged_at),
+            }
+        )
     more = len(rows) > limit
     last = page[-1][0] if page else None
     return {

@@ -73,9 +73,7 @@ def _remove_stale(path: Path) -> None:
 
 
 class ControlServer:
-    def __init__(
-        self, services: Services, config: ControlConfig, *, clock: Callable[[], datetime]
-    ) -> None:
+    def __init__(self, services: Services, config: ControlConfig, *, clock: Callable[[], datetime]) -> None:
         self.services = services
         self.config = config
         self.clock = clock
@@ -169,11 +167,15 @@ class ControlServer:
             newline = buffer.find(b"\n")
             if newline < 0:
                 if len(buffer) > protocol.MAX_REQUEST_BYTES:
-                    self._send(connection, protocol.failure(
-                        None, "bad-request",
-                        f"control protocol: request is larger than {protocol.MAX_REQUEST_BYTES} bytes",
-                        protocol.EX_PROTOCOL,
-                    ))
+                    self._send(
+                        connection,
+                        protocol.failure(
+                            None,
+                            "bad-request",
+                            f"control protocol: request is larger than {protocol.MAX_REQUEST_BYTES} bytes",
+                            protocol.EX_PROTOCOL,
+                        ),
+                    )
                     return
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

@@ -83,26 +83,34 @@ def check_approval(
     ApprovalRefused with code missing, revoked, not-yet-valid, expired, out-of-scope or confidential."""
     at = utc(now, "now")
     if approval is None:
-        raise ApprovalRefused(approval=approval_id if approval_id is not None else "-", code="missing",
-                              detail=f"{action.value} needs an approval and none was found")
+        raise ApprovalRefused(
+            approval=approval_id if approval_id is not None else "-",
+            code="missing",
+            detail=f"{action.value} needs an approval and none was found",
+        )
     ident = approval.id
     if approval.revoked_at is not None:
         raise ApprovalRefused(approval=ident, code="revoked", detail=f"revoked at {iso(approval.revoked_at)}")
     if at < utc(approval.created_at, "created_at"):
-        raise ApprovalRefused(approval=ident, code="not-yet-valid",
-                              detail=f"valid from {iso(approval.created_at)}")
+        raise ApprovalRefused(
+            approval=ident, code="not-yet-valid", detail=f"valid from {iso(approval.created_at)}"
+        )
     if at >= utc(approval.expires_at, "expires_at"):
         raise ApprovalRefused(approval=ident, code="expired", detail=f"expired at {iso(approval.expires_at)}")
     outside = sorted(r.id for r in recordings if not in_scope(approval, r))
     if outside:
-        raise ApprovalRefused(approval=ident, code="out-of-scope",
-                              detail=f"recording(s) {_ids(outside)} are not in its scope")
+        raise ApprovalRefused(
+            approval=ident, code="out-of-scope", detail=f"recording(s) {_ids(outside)} are not in its scope"
+        )
     if not approval.allows_confidential:
         secret = sorted(r.id for r in recordings if r.confidentiality is not Confidentiality.NORMAL)
         if secret:
-            raise ApprovalRefused(approval=ident, code="confidential",
-                                  detail=f"recording(s) {_ids(secret)} are confidential and the approval "
-                                  "does not cover confidential footage")
+            raise ApprovalRefused(
+                approval=ident,
+                code="confidential",
+                detail=f"recording(s) {_ids(secret)} are confidential and the approval "
+                "does not cover confidential footage",
+            )
 
 
 def _ids(ids: Collection[int], limit: int = 20) -> str:
@@ -217,8 +225,14 @@ def create_approval(
     session.add(approval)
     session.flush()
     details = {k: v for k, v in approval_dict(approval).items() if k not in ("id", "state")}
-    audit.append(session, actor=actor, action="approval.create", subject=f"approval:{approval.id}",
-                 details=details, at=now)
+    audit.append(
+        session,
+        actor=actor,
+        action="approval.create",
+        subject=f"approval:{approval.id}",
+        details=details,
+        at=now,
+    )
     return approval
 
 
@@ -233,8 +247,14 @@ def revoke_approval(
         raise EvidenceUsageError(detail=f"approval {approval_id} was already revoked at {revoked}")
     approval.revoked_at = now
     session.flush()
-    audit.append(session, actor=actor, action="approval.revoke", subject=f"approval:{approval_id}",
-                 details={"reason": reason}, at=now)
+    audit.append(
+        session,
+        actor=actor,
+        action="approval.revoke",
+        subject=f"approval:{approval_id}",
+        details={"reason": reason},
+        at=now,
+    )
     return approval
 
 
@@ -262,6 +282,12 @@ def audit_refusal(
 ) -> None:
     """Record a refused footage access in a transaction of its own, so it survives the refusal."""
     with catalog.transaction() as session:
-        audit.append(session, actor=actor, action=f"footage.{action.value}",
-                     subject=f"approval:{refused.facts.get('approval')}", outcome="refused",
-                     details={"code": refused.code, "reason": str(refused), **details}, at=now)
+        audit.append(
+            session,
+            actor=actor,
+            action=f"footage.{action.value}",
+            subject=f"approval:{refused.facts.get('approval')}",
+            outcome="refused",
+            details={"code": refused.code, "reason": str(refused), **details},
+            at=now,
+        )

@@ -131,8 +131,14 @@ def write_bag(
     manifest_sha = "".join(f"{i.sha256}  {layout.PAYLOAD_DIR}/{i.name}\n" for i in ordered)
     manifest_b3 = "".join(f"{i.blake3}  {layout.PAYLOAD_DIR}/{i.name}\n" for i in ordered)
     recordings = [
-        {"file": f"{layout.PAYLOAD_DIR}/{i.name}", "recording_id": i.recording_id, "size": i.size,
-         "sha256": i.sha256, "blake3": i.blake3, **i.facts}
+        {
+            "file": f"{layout.PAYLOAD_DIR}/{i.name}",
+            "recording_id": i.recording_id,
+            "size": i.size,
+            "sha256": i.sha256,
+            "blake3": i.blake3,
+            **i.facts,
+        }
         for i in ordered
     ]
     pem = signer.public_key.public_bytes(
@@ -152,8 +158,9 @@ def write_bag(
         layout.BAG_INFO: tag_file_text(info).encode("utf-8"),
         layout.MANIFEST_SHA256: manifest_sha.encode("utf-8"),
         layout.MANIFEST_BLAKE3: manifest_b3.encode("utf-8"),
-        layout.RECORDINGS_JSON: (json.dumps(recordings, ensure_ascii=False, indent=2, sort_keys=True) + "\n")
-        .encode("utf-8"),
+        layout.RECORDINGS_JSON: (
+            json.dumps(recordings, ensure_ascii=False, indent=2, sort_keys=True) + "\n"
+        ).encode("utf-8"),
         layout.PUBLIC_KEY: pem,
     }
     for name, content in tag_files.items():
@@ -166,14 +173,16 @@ def write_bag(
     tag_manifest_sha = hashlib.sha256(tag_manifest).hexdigest()
     _write_file(
         target / layout.SIGNATURE,
-        tag_file_text([
-            ("Signature-Algorithm", "Ed25519"),
-            ("Signed-File", layout.TAG_MANIFEST),
-            ("Signed-File-SHA256", tag_manifest_sha),
-            ("Key-Id", signer.key_id),
-            ("Public-Key-File", layout.PUBLIC_KEY),
-            ("Signature", base64.b64encode(signature).decode("ascii")),
-        ]).encode("utf-8"),
+        tag_file_text(
+            [
+                ("Signature-Algorithm", "Ed25519"),
+                ("Signed-File", layout.TAG_MANIFEST),
+                ("Signed-File-SHA256", tag_manifest_sha),
+                ("Key-Id", signer.key_id),
+                ("Public-Key-File", layout.PUBLIC_KEY),
+                ("Signature", base64.b64encode(signature).decode("ascii")),
+            ]
+        ).encode("utf-8"),
         file_mode,
     )
     _fsync_dir(target)

@@ -115,13 +115,18 @@ def _plan(session: Session, approval: Approval, rows: list[Recording], actor: Ac
     for row in rows:
         officer = row.officer
         unit = units.get(row.unit_id) if row.unit_id is not None else None
-        name = payload_name(recording_id=row.id, officer_name=officer.name if officer else None,
-                            officer_no=officer.officer_no if officer else None,
-                            case=row.case_id or row.case_name, recorded_at=row.recorded_at,
-                            original_path=row.original_path)
+        name = payload_name(
+            recording_id=row.id,
+            officer_name=officer.name if officer else None,
+            officer_no=officer.officer_no if officer else None,
+            case=row.case_id or row.case_name,
+            recorded_at=row.recorded_at,
+            original_path=row.original_path,
+        )
         if officer is not None:
             officers[officer.officer_no] = f"{officer.name} ({officer.officer_no})" + (
-                f", {unit.name} ({unit.unit_no})" if unit else "")
+                f", {unit.name} ({unit.unit_no})" if unit else ""
+            )
         facts = {
             "device_serial": row.camera.device_serial,
             "officer_no": officer.officer_no if officer else None,
@@ -142,8 +147,16 @@ def _plan(session: Session, approval: Approval, rows: list[Recording], actor: Ac
             "place": row.place,
             "confidentiality": row.confidentiality.value,
         }
-        items.append(PayloadItem(name=name, recording_id=row.id, blake3=row.blake3, sha256=row.sha256,
-                                 size=row.size, facts=facts))
+        items.append(
+            PayloadItem(
+                name=name,
+                recording_id=row.id,
+                blake3=row.blake3,
+                sha256=row.sha256,
+                size=row.size,
+                facts=facts,
+            )
+        )
 
     def distinct(values: Sequence[str | None]) -> list[str]:
         return sorted({v for v in values if v})
@@ -166,8 +179,10 @@ def _plan(session: Session, approval: Approval, rows: list[Recording], actor: Ac
         ("Approval-Purpose", approval.purpose),
         ("Approved-By", approval.approver),
         ("Approval-Expires", iso(approval.expires_at)),
-        ("Internal-Sender-Description",
-         "Body-worn camera footage from the evidence store; recordings.json holds each file's facts."),
+        (
+            "Internal-Sender-Description",
+            "Body-worn camera footage from the evidence store; recordings.json holds each file's facts.",
+        ),
     ]
     return _Plan(approval.id, tuple(items), tuple(info), tuple(r.id for r in rows))
 
@@ -191,7 +206,13 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _build_and_record(
-    services: Services, actor: Actor, plan: _Plan, *, dest: Path, partial: Path, now: datetime,
+    services: Services,
+    actor: Actor,
+    plan: _Plan,
+    *,
+    dest: Path,
+    partial: Path,
+    now: datetime,
     request_details: dict[str, Any],
 ) -> ExportOutcome:
     catalog, audit, signer = services.catalog, services.audit, services.audit.signer
@@ -203,17 +224,23 @@ def _build_and_record(
     report = verify_bag(partial, public_key=signer.public_key)
     if not report.clean:
         found = "; ".join(f"{p.kind} {p.subject}: {p.detail}" for p in report.problems[:10])
-        raise ExportIntegrityError(blake3="-", recording="-",
-                                   detail=f"the written bag does not verify: {found}")
+        raise ExportIntegrityError(
+            blake3="-", recording="-", detail=f"the written bag does not verify: {found}"
+        )
     _give_to(partial, actor.uid)
     with catalog.transaction() as session:
         # Revoked while the bag was being written? Then it is not handed over.
         approval = session.get(Approval, plan.approval_id, with_for_update=True)
         rows = list(session.scalars(select(Recording).where(Recording.id.in_(plan.recording_ids))))
         check_approval(approval, rows, now, FootageAction.EXPORT, approval_id=plan.approval_id)
-        export = Export(approval_id=plan.approval_id, destination=str(dest), created_at=now,
-                        created_by=actor.user, recording_count=len(plan.items),
-                        tag_manifest_blake3=result.tag_manifest_blake3)
+        export = Export(
+            approval_id=plan.approval_id,
+            destination=str(dest),
+            created_at=now,
+            created_by=actor.user,
+            recording_count=len(plan.items),
+            tag_manifest_blake3=result.tag_manifest_blake3,
+        )
         session.add(export)
         session.flush()
         details = {
@@ -225,8 +252,9 @@ def _build_and_record(
             "tag_manifest_blake3": result.tag_manifest_blake3,
             "key_id": result.key_id,
         }
-        audit.append(session, actor=actor, action="export", subject=f"export:{export.id}", details=details,
-                     at=now)
+        audit.append(
+            session, actor=actor, action="export", subject=f"export:{export.id}", details=details, at=now
+        )
         export_id = export.id
     if dest.exists() or dest.is_symlink():
         raise ExportError(dest=dest, detail="appeared while the export was being written")
@@ -235,15 +263,26 @@ def _build_and_record(
         _fsync_dir(dest.parent)
     except OSError as error:
         raise ExportError(dest=dest, detail=f"rename failed: {error.strerror or error}") from error
-    return ExportOutcome(export_id=export_id, destination=str(dest), approval_id=plan.approval_id,
-                         recording_ids=plan.recording_ids, payload_bytes=result.payload_bytes,
-                         tag_manifest_sha256=result.tag_manifest_sha256,
-                         tag_manifest_blake3=result.tag_manifest_blake3, key_id=result.key_id)
+    return ExportOutcome(
+        export_id=export_id,
+        destination=str(dest),
+        approval_id=plan.approval_id,
+        recording_ids=plan.recording_ids,
+        payload_bytes=result.payload_bytes,
+        tag_manifest_sha256=result.tag_manifest_sha256,
+        tag_manifest_blake3=result.tag_manifest_blake3,
+        key_id=result.key_id,
+    )
 
 
 def _load_plan(
-    services: Services, actor: Actor, approval_id: int, *, recording_ids: Sequence[int] | None,
-    now: datetime, request_details: dict[str, Any],
+    services: Services,
+    actor: Actor,
+    approval_id: int,
+    *,
+    recording_ids: Sequence[int] | None,
+    now: datetime,
+    request_details: dict[str, Any],
 ) -> _Plan:
     with services.catalog.transaction() as session:
         approval = session.get(Approval, approval_id)
@@ -252,8 +291,14 @@ def _load_plan(
         if approval is None or not rows:
             raise EvidenceUsageError(detail=f"approval {approval_id} covers no recordings to export")
         plan = _plan(session, approval, rows, actor, now)
-        services.audit.append(session, actor=actor, action="export.begin", subject=f"approval:{approval_id}",
-                              details={**request_details, "recordings": list(plan.recording_ids)}, at=now)
+        services.audit.append(
+            session,
+            actor=actor,
+            action="export.begin",
+            subject=f"approval:{approval_id}",
+            details={**request_details, "recordings": list(plan.recording_ids)},
+            at=now,
+        )
     return plan
 
 
@@ -267,25 +312,48 @@ def export_bag(
     recording_ids: Sequence[int] | None = None,
 ) -> ExportOutcome:
     """Export the recordings `approval_id` covers (or the listed subset of them) as a bag at `dest`."""
-    request_details: dict[str, Any] = {"approval": approval_id, "destination": str(dest),
-                                       "requested_recordings": sorted(set(recording_ids or []))}
+    request_details: dict[str, Any] = {
+        "approval": approval_id,
+        "destination": str(dest),
+        "requested_recordings": sorted(set(recording_ids or [])),
+    }
     partial = check_destination(dest, actor)
     try:
-        plan = _load_plan(services, actor, approval_id, recording_ids=recording_ids, now=now,
-                          request_details=request_details)
+        plan = _load_plan(
+            services,
+            actor,
+            approval_id,
+            recording_ids=recording_ids,
+            now=now,
+            request_details=request_details,
+        )
     except ApprovalRefused as refused:
-        audit_refusal(services.catalog, services.audit, actor, refused, action=FootageAction.EXPORT,
-                      details=request_details, now=now)
+        audit_refusal(
+            services.catalog,
+            services.audit,
+            actor,
+            refused,
+            action=FootageAction.EXPORT,
+            details=request_details,
+            now=now,
+        )
         raise
     try:
-        return _build_and_record(services, actor, plan, dest=dest, partial=partial, now=now,
-                                 request_details=request_details)
+        return _build_and_record(
+            services, actor, plan, dest=dest, partial=partial, now=now, request_details=request_details
+        )
     except BaseException as error:
         with contextlib.suppress(OSError):
             shutil.rmtree(partial)
         outcome = "refused" if isinstance(error, ApprovalRefused) else "failed"
         with services.catalog.transaction() as session:
-            services.audit.append(session, actor=actor, action="export", subject=f"approval:{approval_id}",
-                                  outcome=outcome, at=now,
-                                  details={**request_details, "error": str(error) or type(error).__name__})
+            services.audit.append(
+                session,
+                actor=actor,
+                action="export",
+                subject=f"approval:{approval_id}",
+                outcome=outcome,
+                at=now,
+                details={**request_details, "error": str(error) or type(error).__name__},
+            )
         raise

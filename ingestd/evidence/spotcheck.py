@@ -77,17 +77,39 @@ def create_inspection(
         where = f" for unit {unit_no}" if unit else ""
         raise EvidenceUsageError(detail=f"no recordings in {period.label}{where}")
     chosen = sample_ids(population, seed, size)
-    inspection = Inspection(created_at=now, created_by=actor.user, unit_id=unit.id if unit else None,
-                            period_start=period.start, period_end=period.end, seed=seed,
-                            sample_size=len(chosen), population=len(population), note=note)
+    inspection = Inspection(
+        created_at=now,
+        created_by=actor.user,
+        unit_id=unit.id if unit else None,
+        period_start=period.start,
+        period_end=period.end,
+        seed=seed,
+        sample_size=len(chosen),
+        population=len(population),
+        note=note,
+    )
     session.add(inspection)
     session.flush()
-    session.add_all(InspectionItem(inspection_id=inspection.id, recording_id=rid, position=n)
-                    for n, rid in enumerate(chosen, 1))
+    session.add_all(
+        InspectionItem(inspection_id=inspection.id, recording_id=rid, position=n)
+        for n, rid in enumerate(chosen, 1)
+    )
     session.flush()
-    audit.append(session, actor=actor, action="spotcheck.sample", subject=f"inspection:{inspection.id}",
-                 details={"unit": unit_no, "period": period.as_dict(), "seed": seed, "size": size,
-                          "population": len(population), "recordings": chosen}, at=now)
+    audit.append(
+        session,
+        actor=actor,
+        action="spotcheck.sample",
+        subject=f"inspection:{inspection.id}",
+        details={
+            "unit": unit_no,
+            "period": period.as_dict(),
+            "seed": seed,
+            "size": size,
+            "population": len(population),
+            "recordings": chosen,
+        },
+        at=now,
+    )
     return inspection
 
 
@@ -107,33 +129,52 @@ def record_verdict(
         raise EvidenceUsageError(detail=f"notes are {len(notes)} characters, at most {NOTES_MAX}")
     if session.get(Inspection, inspection_id) is None:
         raise EvidenceUsageError(detail=f"no inspection with id {inspection_id}")
-    item = session.scalar(select(InspectionItem).where(
-        InspectionItem.inspection_id == inspection_id, InspectionItem.recording_id == recording_id
-    ).with_for_update())
+    item = session.scalar(
+        select(InspectionItem)
+        .where(InspectionItem.inspection_id == inspection_id, InspectionItem.recording_id == recording_id)
+        .with_for_update()
+    )
     if item is None:
         raise EvidenceUsageError(
             detail=f"recording {recording_id} is not in the sample of inspection {inspection_id}"
         )
     previous = item.verdict
     if previous is not None and not amend:
-        raise EvidenceUsageError(detail=f"recording {recording_id} already has verdict {previous.value} "
-                                 f"by {item.reviewed_by}; pass --amend to change it")
+        raise EvidenceUsageError(
+            detail=f"recording {recording_id} already has verdict {previous.value} "
+            f"by {item.reviewed_by}; pass --amend to change it"
+        )
     item.verdict = verdict
     item.notes = notes
     item.reviewed_by = actor.user
     item.reviewed_at = now
     session.flush()
-    audit.append(session, actor=actor, action="spotcheck.verdict", subject=f"inspection:{inspection_id}",
-                 details={"recording": recording_id, "verdict": verdict.value, "notes": notes,
-                          "previous": previous.value if previous else None}, at=now)
+    audit.append(
+        session,
+        actor=actor,
+        action="spotcheck.verdict",
+        subject=f"inspection:{inspection_id}",
+        details={
+            "recording": recording_id,
+            "verdict": verdict.value,
+            "notes": notes,
+            "previous": previous.value if previous else None,
+        },
+        at=now,
+    )
     return item
 
 
 def inspection_dict(session: Session, inspection: Inspection, *, replay: bool = False) -> dict[str, Any]:
     """The ledger of one inspection; with `replay`, whether its sample draws again the same."""
     unit = session.get(Unit, inspection.unit_id) if inspection.unit_id is not None else None
-    items = list(session.scalars(select(InspectionItem).where(InspectionItem.inspection_id == inspection.id)
-                                 .order_by(InspectionItem.position)))
+    items = list(
+        session.scalars(
+            select(InspectionItem)
+            .where(InspectionItem.inspection_id == inspection.id)
+            .order_by(InspectionItem.position)
+        )
+    )
     verdicts = {v.value: 0 for v in InspectionVerdict} | {"pending": 0}
     for item in items:
         verdicts[item.verdict.value if item.verdict else "pending"] += 1
@@ -149,16 +190,22 @@ def inspection_dict(session: Session, inspection: Inspection, *, replay: bool = 
         "note": inspection.note,
         "summary": verdicts,
         "items": [
-            {"position": i.position, "recording_id": i.recording_id,
-             "verdict": i.verdict.value if i.verdict else None, "notes": i.notes,
-             "reviewed_by": i.reviewed_by, "reviewed_at": iso(i.reviewed_at) if i.reviewed_at else None}
+            {
+                "position": i.position,
+                "recording_id": i.recording_id,
+                "verdict": i.verdict.value if i.verdict else None,
+                "notes": i.notes,
+                "reviewed_by": i.reviewed_by,
+                "reviewed_at": iso(i.reviewed_at) if i.reviewed_at else None,
+            }
             for i in items
         ],
     }
     if replay:
         period = Period(inspection.period_start, inspection.period_end, "")
-        redrawn = sample_ids(_population(session, inspection.unit_id, period), inspection.seed,
-                             inspection.sample_size)
+        redrawn = sample_ids(
+            _population(session, inspection.unit_id, period), inspection.seed, inspection.sample_size
+        )
         out["reproduces"] = redrawn == [i.recording_id for i in items]
     return out
 
@@ -173,8 +220,16 @@ def list_inspections(session: Session, limit: int = 50) -> list[dict[str, Any]]:
         .limit(limit)
     ).all()
     return [
-        {"id": ins.id, "created_at": iso(ins.created_at), "created_by": ins.created_by, "unit_no": unit_no,
-         "period": {"start": iso(ins.period_start), "end": iso(ins.period_end)}, "seed": ins.seed,
-         "sample_size": ins.sample_size, "reviewed": reviewed, "pending": total - reviewed}
+        {
+            "id": ins.id,
+            "created_at": iso(ins.created_at),
+            "created_by": ins.created_by,
+            "unit_no": unit_no,
+            "period": {"start": iso(ins.period_start), "end": iso(ins.period_end)},
+            "seed": ins.seed,
+            "sample_size": ins.sample_size,
+            "reviewed": reviewed,
+            "pending": total - reviewed,
+        }
         for ins, unit_no, total, reviewed in rows
     ]

@@ -223,11 +223,11 @@ def _check_payload(path: Path, report: BagReport) -> None:
             continue
         total += size
         if sha_manifest is not None and relative in sha_manifest and sha_manifest[relative] != sha:
-            report.add("sha256-mismatch", relative,
-                       f"SHA-256 is {sha}, manifest says {sha_manifest[relative]}")
+            report.add(
+                "sha256-mismatch", relative, f"SHA-256 is {sha}, manifest says {sha_manifest[relative]}"
+            )
         if b3_manifest is not None and relative in b3_manifest and b3_manifest[relative] != b3:
-            report.add("blake3-mismatch", relative,
-                       f"BLAKE3 is {b3}, manifest says {b3_manifest[relative]}")
+            report.add("blake3-mismatch", relative, f"BLAKE3 is {b3}, manifest says {b3_manifest[relative]}")
     report.payload_files = len(files)
     report.payload_bytes = total
     oxum = report.info.get("Payload-Oxum", [None])[0]
@@ -244,8 +244,9 @@ def _check_tag_manifest(path: Path, report: BagReport) -> bytes | None:
         return None
     for name in layout.SIGNED_TAG_FILES:
         if name not in entries:
-            report.add("tag-manifest", name,
-                       f"not listed in {layout.TAG_MANIFEST}, so not covered by the signature")
+            report.add(
+                "tag-manifest", name, f"not listed in {layout.TAG_MANIFEST}, so not covered by the signature"
+            )
     for relative, expected in sorted(entries.items()):
         target = _inside(path, relative)
         if target is None:
@@ -277,8 +278,11 @@ def _check_signature(
     if pinned is not None:
         report.pinned_key_id = key_id(pinned)
         if report.key_id is not None and report.key_id != report.pinned_key_id:
-            report.add("key-not-pinned", layout.PUBLIC_KEY,
-                       f"the bag's key {report.key_id} is not the pinned station key {report.pinned_key_id}")
+            report.add(
+                "key-not-pinned",
+                layout.PUBLIC_KEY,
+                f"the bag's key {report.key_id} is not the pinned station key {report.pinned_key_id}",
+            )
     signature_file = _inside(path, layout.SIGNATURE)
     if signature_file is None or not signature_file.is_file():
         report.add("signature", layout.SIGNATURE, "missing or a symlink")
@@ -295,8 +299,11 @@ def _check_signature(
         signs = fields.get("Signed-File")
         report.add("signature", layout.SIGNATURE, f"signs {signs!r}, expected {layout.TAG_MANIFEST}")
     if report.key_id is not None and fields.get("Key-Id") != report.key_id:
-        report.add("signature", layout.SIGNATURE,
-                   f"names key {fields.get('Key-Id')!r}, the bag's public key is {report.key_id}")
+        report.add(
+            "signature",
+            layout.SIGNATURE,
+            f"names key {fields.get('Key-Id')!r}, the bag's public key is {report.key_id}",
+        )
     try:
         signature = base64.b64decode(fields.get("Signature", ""), validate=True)
     except (binascii.Error, ValueError):
@@ -308,9 +315,12 @@ def _check_signature(
     keys = [("bag", bag_key), ("pinned", pinned)]
     for which, key in keys:
         if key is not None and not verify_signature(key, signature, signed):
-            report.add("signature", layout.TAG_MANIFEST,
-                       f"the signature does not verify with the {which} key {key_id(key)}: "
-                       "the tag manifest (or the signature) was changed")
+            report.add(
+                "signature",
+                layout.TAG_MANIFEST,
+                f"the signature does not verify with the {which} key {key_id(key)}: "
+                "the tag manifest (or the signature) was changed",
+            )
 
 
 def verify_bag(path: Path, *, public_key: Ed25519PublicKey | None = None) -> BagReport:

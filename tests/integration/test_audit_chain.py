@@ -52,14 +52,21 @@ def append_events(catalog: Catalog, log: AuditLog, count: int, start: int = 0) -
     """`count` events, one transaction each, as the daemon would write them."""
     for i in range(start, start + count):
         with catalog.transaction() as session:
-            log.append(session, actor=CLERK, action="custody.check-out", subject=f"camera:ZFY{i:04d}",
-                       details={"officer": "000123", "n": i, "名": "张三"}, at=T0 + timedelta(minutes=i))
+            log.append(
+                session,
+                actor=CLERK,
+                action="custody.check-out",
+                subject=f"camera:ZFY{i:04d}",
+                details={"officer": "000123", "n": i, "名": "张三"},
+                at=T0 + timedelta(minutes=i),
+            )
 
 
 def verify(catalog: Catalog, log: AuditLog, signer: Signer, **kwargs: object) -> list[AuditProblem]:
     with catalog.transaction() as session:
-        return verify_chain(session, checkpoint_path=log.checkpoints.path, public_key=signer.public_key,
-                            **kwargs)  # type: ignore[arg-type]  # only checkpoint_every is passed
+        return verify_chain(
+            session, checkpoint_path=log.checkpoints.path, public_key=signer.public_key, **kwargs
+        )  # type: ignore[arg-type]  # only checkpoint_every is passed
 
 
 def kinds(problems: list[AuditProblem]) -> list[tuple[str, int | None]]:
@@ -217,11 +224,14 @@ def test_tampered_garbled_and_foreign_checkpoint_lines_are_named(
     foreign = AuditLog(other, tmp_path / "other.jsonl", set_append_only=False)
     foreign_cp = foreign.checkpoint(catalog)
     assert foreign_cp is not None
-    path.write_text("\n".join([json.dumps(first), lines[1], foreign_cp.to_line().decode().strip(),
-                               "{not json"]) + "\n")
+    path.write_text(
+        "\n".join([json.dumps(first), lines[1], foreign_cp.to_line().decode().strip(), "{not json"]) + "\n"
+    )
     problems = verify(catalog, log, signer)
     assert kinds(problems) == [
-        ("checkpoint-signature", 3), ("checkpoint-signature", 6), ("checkpoint-file", None),
+        ("checkpoint-signature", 3),
+        ("checkpoint-signature", 6),
+        ("checkpoint-file", None),
     ]
     assert "does not verify" in problems[0].detail
     assert "unknown key" in problems[1].detail
@@ -257,8 +267,9 @@ def test_small_batches_stream_the_same_verdict(catalog: Catalog, tmp_path: Path,
     assert kinds(verify(catalog, log, signer, batch_size=2)) == [("hash-mismatch", 7)]
 
 
-def test_unreadable_row_value_is_a_problem_not_a_crash(sqlite_catalog: Catalog, tmp_path: Path,
-                                                       signer: Signer) -> None:
+def test_unreadable_row_value_is_a_problem_not_a_crash(
+    sqlite_catalog: Catalog, tmp_path: Path, signer: Signer
+) -> None:
     log = make_log(tmp_path, signer, every=100)
     append_events(sqlite_catalog, log, 3)
     tamper(sqlite_catalog, "UPDATE audit_events SET at = 'yesterday', details = '{' WHERE seq = 2")
@@ -316,8 +327,13 @@ def run_appenders(catalog: Catalog, log: AuditLog, threads: int, each: int) -> l
             start.wait()
             for i in range(each):
                 with catalog.transaction() as session:
-                    log.append(session, actor=Actor.system(f"dock:1-{n}"), action="ingest.stored",
-                               subject=f"thread:{n}:{i}", at=T0 + timedelta(seconds=i))
+                    log.append(
+                        session,
+                        actor=Actor.system(f"dock:1-{n}"),
+                        action="ingest.stored",
+                        subject=f"thread:{n}:{i}",
+                        at=T0 + timedelta(seconds=i),
+                    )
         except BaseException as error:  # noqa: BLE001 - collected and asserted on below
             errors.append(error)
 
@@ -379,8 +395,13 @@ def test_append_refuses_naive_times_non_json_details_and_overlong_fields(
         Actor(user="u", uid=0, role="root", source="ctl")  # type: ignore[arg-type]
     # A zone other than UTC is stored as the same instant in UTC.
     with sqlite_catalog.transaction() as session:
-        stored = log.append(session, actor=CLERK, action="a", subject="s",
-                            at=datetime(2026, 3, 1, 16, 0, tzinfo=timezone(timedelta(hours=8))))
+        stored = log.append(
+            session,
+            actor=CLERK,
+            action="a",
+            subject="s",
+            at=datetime(2026, 3, 1, 16, 0, tzinfo=timezone(timedelta(hours=8))),
+        )
         assert stored.at == T0
         assert stored.at.tzinfo is UTC
 

@@ -28,16 +28,32 @@ def seed_recording(catalog: Catalog, recorded_at: datetime) -> int:
     with catalog.transaction() as session:
         unit = Unit(unit_no="110105000000", name="朝阳分局")
         officer = Officer(officer_no="000123", name="张三", unit=unit)
-        camera = Camera(device_serial="ZFY0001", driver="serial", unit=unit, assigned_officer=officer,
-                        first_seen_at=recorded_at)
-        stored = StoredObject(blake3="b" * 64, sha256="s" * 64, size=10, seal=Seal.IMMUTABLE,
-                              stored_at=recorded_at)
+        camera = Camera(
+            device_serial="ZFY0001",
+            driver="serial",
+            unit=unit,
+            assigned_officer=officer,
+            first_seen_at=recorded_at,
+        )
+        stored = StoredObject(
+            blake3="b" * 64, sha256="s" * 64, size=10, seal=Seal.IMMUTABLE, stored_at=recorded_at
+        )
         recording = Recording(
-            camera=camera, officer=officer, unit_id=None, original_path="DCIM/100MEDIA/A.MP4",
-            source_key="DCIM/100MEDIA/A.MP4:10", size=10, recorded_at_raw=recorded_at,
-            recorded_at=recorded_at, recorded_at_source="mvhd", ingested_at=recorded_at,
-            deadline_at=recorded_at + timedelta(hours=24), stored_object=stored, sha256="s" * 64,
-            retention_class=RetentionClass.ROUTINE, confidentiality=Confidentiality.NORMAL,
+            camera=camera,
+            officer=officer,
+            unit_id=None,
+            original_path="DCIM/100MEDIA/A.MP4",
+            source_key="DCIM/100MEDIA/A.MP4:10",
+            size=10,
+            recorded_at_raw=recorded_at,
+            recorded_at=recorded_at,
+            recorded_at_source="mvhd",
+            ingested_at=recorded_at,
+            deadline_at=recorded_at + timedelta(hours=24),
+            stored_object=stored,
+            sha256="s" * 64,
+            retention_class=RetentionClass.ROUTINE,
+            confidentiality=Confidentiality.NORMAL,
         )
         session.add(recording)
         session.flush()
@@ -69,8 +85,7 @@ def test_time_ordering_in_sql_is_by_instant_not_by_local_text(catalog: Catalog) 
 def test_naive_datetime_is_refused(catalog: Catalog) -> None:
     with pytest.raises(sqlalchemy.exc.StatementError) as caught, catalog.transaction() as session:
         session.add(Unit(unit_no="1", name="x"))
-        session.add(Camera(device_serial="ZFY0002", driver="serial",
-                           first_seen_at=datetime(2026, 1, 1)))  # noqa: DTZ001 - the point of the test
+        session.add(Camera(device_serial="ZFY0002", driver="serial", first_seen_at=datetime(2026, 1, 1)))  # noqa: DTZ001 - the point of the test
         session.flush()
     assert isinstance(caught.value.orig, NaiveDatetimeError)
     with catalog.transaction() as session:
@@ -89,13 +104,23 @@ def test_a_recording_is_ingested_once_per_camera_and_source(catalog: Catalog) ->
     recording_id = seed_recording(catalog, now)
     with pytest.raises(sqlalchemy.exc.IntegrityError), catalog.transaction() as session:
         original = session.get_one(Recording, recording_id)
-        session.add(Recording(
-            camera_id=original.camera_id, original_path=original.original_path,
-            source_key=original.source_key, size=10, recorded_at_raw=now, recorded_at=now,
-            recorded_at_source="mtime", ingested_at=now, deadline_at=now, blake3=original.blake3,
-            sha256=original.sha256, retention_class=RetentionClass.ROUTINE,
-            confidentiality=Confidentiality.NORMAL,
-        ))
+        session.add(
+            Recording(
+                camera_id=original.camera_id,
+                original_path=original.original_path,
+                source_key=original.source_key,
+                size=10,
+                recorded_at_raw=now,
+                recorded_at=now,
+                recorded_at_source="mtime",
+                ingested_at=now,
+                deadline_at=now,
+                blake3=original.blake3,
+                sha256=original.sha256,
+                retention_class=RetentionClass.ROUTINE,
+                confidentiality=Confidentiality.NORMAL,
+            )
+        )
         session.flush()
 
 

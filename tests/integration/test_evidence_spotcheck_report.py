@@ -249,7 +249,11 @@ def test_report_aggregates_per_unit_officer_and_period(world: World) -> None:
         "drift_max_abs_s": 10.0,
     }
     only = call(
-        world, report, AUDITOR, **{"from": "2026-03-01", "to": "2026-03-02"}, unit_no="110106000000",
+        world,
+        report,
+        AUDITOR,
+        **{"from": "2026-03-01", "to": "2026-03-02"},
+        unit_no="110106000000",
         by="unit",
     )
     assert "by_officer" not in only

@@ -50,8 +50,13 @@ n = len(list(out.iterdir()))
 
 def make_services(catalog: Catalog, tmp_path: Path, **sections: dict[str, Any]) -> Services:
     config = Config.model_validate({"daemon": {"state_dir": str(tmp_path / "state")}, **sections})
-    return Services(config=config, catalog=catalog, store=FileObjectStore(tmp_path / "store"),
-                    audit=seed.audit_log(tmp_path), registry=DriverRegistry([], discover=False))
+    return Services(
+        config=config,
+        catalog=catalog,
+        store=FileObjectStore(tmp_path / "store"),
+        audit=seed.audit_log(tmp_path),
+        registry=DriverRegistry([], discover=False),
+    )
 
 
 def notify_command(tmp_path: Path) -> tuple[str, Path]:
@@ -101,8 +106,10 @@ def test_the_overdue_job_runs_twice_flags_once_and_notifies_the_new_flag(
         docked_since = session.scalars(select(Camera).where(Camera.device_serial == "ZFY0002")).one()
         docked_since.last_docked_at = OUT + timedelta(hours=8)
 
-    with time_machine.travel(OUT + timedelta(hours=23, minutes=50), tick=True) as traveller, \
-            capture_logs() as logs:
+    with (
+        time_machine.travel(OUT + timedelta(hours=23, minutes=50), tick=True) as traveller,
+        capture_logs() as logs,
+    ):
         runner = JobRunner(services, clock=lambda: datetime.now(UTC))
         runner_cleanup.append(runner)
         runs = Runs(runner)
@@ -117,16 +124,24 @@ def test_the_overdue_job_runs_twice_flags_once_and_notifies_the_new_flag(
         runner.stop()
 
     assert (flag.kind, flag.device_serial, flag.details["checked_out_at"]) == (
-        "overdue", "ZFY0001", OUT.isoformat())
+        "overdue",
+        "ZFY0001",
+        OUT.isoformat(),
+    )
     assert flag.details["holder_officer_no"] == "000123"
     with catalog.transaction() as session:
         assert [f.dedup_key for f in session.scalars(select(Flag)).all()] == [
-            f"overdue:ZFY0001:{OUT.isoformat()}"]
+            f"overdue:ZFY0001:{OUT.isoformat()}"
+        ]
     notified = sorted(out.iterdir())
     assert [p.name for p in notified] == ["0.json"]
     payload = json.loads(notified[0].read_text(encoding="utf-8"))
     assert (payload["id"], payload["kind"], payload["status"], payload["device_serial"]) == (
-        flag.id, "overdue", "open", "ZFY0001")
+        flag.id,
+        "overdue",
+        "open",
+        "ZFY0001",
+    )
     assert payload["details"]["due_at"] == (OUT + timedelta(hours=24)).isoformat()
     raised = [entry for entry in logs if entry["event"] == "flag_raised"]
     assert [(e["kind"], e["device_id"], e["flag_id"]) for e in raised] == [("overdue", "ZFY0001", flag.id)]
@@ -142,23 +157,49 @@ def seed_dock_session(catalog: Catalog, audit: Any, *, drift_s: float) -> int:
         dock = Dock(port="usb-1-1", state="empty", updated_at=docked, bytes_done=0, bytes_total=0)
         session.add(dock)
         session.flush()
-        dock_session = DockSession(dock_id=dock.id, camera_id=camera.id, state=SessionState.DONE,
-                                   started_at=docked, ended_at=docked + timedelta(minutes=5))
+        dock_session = DockSession(
+            dock_id=dock.id,
+            camera_id=camera.id,
+            state=SessionState.DONE,
+            started_at=docked,
+            ended_at=docked + timedelta(minutes=5),
+        )
         session.add(dock_session)
         session.flush()
-        session.add(ClockReading(camera_id=camera.id, dock_session_id=dock_session.id, measured_at=docked,
-                                 offset_s=drift_s, state="synced"))
-        session.add(CustodyEvent(camera_id=camera.id, officer_id=officer.id, kind=CustodyKind.CHECK_IN,
-                                 at=docked, actor="ingestd", actor_role="system",
-                                 dock_session_id=dock_session.id))
+        session.add(
+            ClockReading(
+                camera_id=camera.id,
+                dock_session_id=dock_session.id,
+                measured_at=docked,
+                offset_s=drift_s,
+                state="synced",
+            )
+        )
+        session.add(
+            CustodyEvent(
+                camera_id=camera.id,
+                officer_id=officer.id,
+                kind=CustodyKind.CHECK_IN,
+                at=docked,
+                actor="ingestd",
+                actor_role="system",
+                dock_session_id=dock_session.id,
+            )
+        )
         camera.checked_out_at = None
         # The day before, in another check-out: never compared with today's recordings.
         obj = seed.stored_object(session, seed.payload("yesterday"), stored_at=OUT)
         seed.recording(session, camera, obj, recorded_at=OUT - timedelta(hours=20), ingested_at=OUT)
         for i, start in enumerate((timedelta(hours=1), timedelta(hours=1, minutes=5), timedelta(hours=2))):
             obj = seed.stored_object(session, seed.payload(f"today-{i}"), stored_at=docked)
-            seed.recording(session, camera, obj, recorded_at=OUT + start, ingested_at=docked,
-                           dock_session_id=dock_session.id)
+            seed.recording(
+                session,
+                camera,
+                obj,
+                recorded_at=OUT + start,
+                ingested_at=docked,
+                dock_session_id=dock_session.id,
+            )
         return dock_session.id
 
 
@@ -205,8 +246,17 @@ def test_session_ended_runs_the_gap_job_at_once_in_the_scheduler(
 
 def test_a_failing_or_hanging_notify_command_is_logged_and_never_raises(tmp_path: Path) -> None:
     flag = operations.FlagView(
-        id=7, kind="overdue", status="open", raised_at=OUT, device_serial="ZFY0001", recording_id=None,
-        dock_session_id=None, dedup_key="overdue:ZFY0001:x", details={}, explanation=None, explained_by=None,
+        id=7,
+        kind="overdue",
+        status="open",
+        raised_at=OUT,
+        device_serial="ZFY0001",
+        recording_id=None,
+        dock_session_id=None,
+        dedup_key="overdue:ZFY0001:x",
+        details={},
+        explanation=None,
+        explained_by=None,
         explained_at=None,
     )
     python = shlex.quote(sys.executable)
@@ -217,4 +267,7 @@ def test_a_failing_or_hanging_notify_command_is_logged_and_never_raises(tmp_path
         assert run_notify(flag, hanging) is False
         assert run_notify(flag, NotifyConfig(command="")) is False
     assert [(e["event"], e.get("returncode")) for e in logs] == [
-        ("notify_failed", 3), ("notify_failed", None), ("notify_timeout", None)]
+        ("notify_failed", 3),
+        ("notify_failed", None),
+        ("notify_timeout", None),
+    ]

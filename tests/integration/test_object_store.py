@@ -90,8 +90,12 @@ def test_a_stored_object_is_immutable_even_for_root(ext4: Path) -> None:
     assert result.path == ext4 / "s" / "objects" / digest[:2] / digest[2:4] / digest
     assert result.seal is Seal.IMMUTABLE
     assert oct(result.path.stat().st_mode & 0o7777) == oct(0o444)
-    assert "i" in subprocess.run(["lsattr", str(result.path)], check=True, capture_output=True,
-                                 text=True).stdout.split()[0]
+    assert (
+        "i"
+        in subprocess.run(
+            ["lsattr", str(result.path)], check=True, capture_output=True, text=True
+        ).stdout.split()[0]
+    )
     assert is_immutable(result.path)
     with pytest.raises(PermissionError):
         result.path.open("r+b")
@@ -146,7 +150,11 @@ def test_the_seal_falls_back_to_read_only_without_cap_linux_immutable(ext4: Path
     )
     done = subprocess.run(
         ["setpriv", "--bounding-set", "-linux_immutable", sys.executable, "-c", script, str(ext4 / "s")],
-        check=True, capture_output=True, text=True, cwd=REPO, timeout=60,
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
     )
     report = json.loads(done.stdout)
     assert report["seals"] == ["read-only"] * 3
@@ -251,8 +259,9 @@ def test_a_put_killed_with_sigkill_resumes_from_its_sidecar(ext4: Path, tmp_path
     source_file = tmp_path / "camera.mp4"
     source_file.write_bytes(data)
     root = ext4 / "s"
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(root), "ZFY0001:A.MP4"],
-                              stdin=subprocess.PIPE, cwd=REPO)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(root), "ZFY0001:A.MP4"], stdin=subprocess.PIPE, cwd=REPO
+    )
     try:
         assert writer.stdin is not None
         writer.stdin.write(data[: 12 * MiB])  # a slow camera: the rest never comes
@@ -332,7 +341,13 @@ def test_verify_and_scrub_find_what_a_root_attacker_did(ext4: Path) -> None:
         unflagged.blake3: {ProblemKind.NOT_SEALED},
     }
     assert sound.blake3 not in found
-    assert [c[:2] for c in calls] == [(n, 5, ) for n in range(1, 6)]
+    assert [c[:2] for c in calls] == [
+        (
+            n,
+            5,
+        )
+        for n in range(1, 6)
+    ]
     assert calls[-1][2] == sum(r.size for r in results)
 
 

@@ -138,7 +138,7 @@ def test_a_shorter_source_cannot_resume_and_its_partial_is_discarded(store: Obje
     with pytest.raises(OSError, match="camera unplugged"):
         store.put(camera(data, fail_after=3 * MiB), resume_key="k")
     with pytest.raises(ResumeMismatch, match="already stored"):
-        store.put(reader(data[: MiB]), resume_key="k")
+        store.put(reader(data[:MiB]), resume_key="k")
     result = store.put(reader(data), resume_key="k")
     assert result.resumed_from == 0
     assert result.blake3 == blake3.blake3(data).hexdigest()

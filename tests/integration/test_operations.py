@@ -44,20 +44,33 @@ def test_checkout_in_each_attribution_case_is_audited_and_read_back_per_camera_a
 ) -> None:
     catalog = station
     with catalog.transaction() as session:
-        named = operations.checkout(session, audit, actor=CLERK, now=T0, device_serial="ZFY0001",
-                                    officer_no="000456")
+        named = operations.checkout(
+            session, audit, actor=CLERK, now=T0, device_serial="ZFY0001", officer_no="000456"
+        )
     with catalog.transaction() as session:
-        operations.checkin(session, audit, actor=CLERK, now=T0 + timedelta(hours=9), device_serial="ZFY0001",
-                           note="card reader import")
+        operations.checkin(
+            session,
+            audit,
+            actor=CLERK,
+            now=T0 + timedelta(hours=9),
+            device_serial="ZFY0001",
+            note="card reader import",
+        )
     with catalog.transaction() as session:
-        assigned = operations.checkout(session, audit, actor=CLERK, now=T0 + timedelta(days=1),
-                                       device_serial="ZFY0001")
-        unassigned = operations.checkout(session, audit, actor=CLERK, now=T0 + timedelta(days=1, minutes=1),
-                                         device_serial="ZFY0002")
+        assigned = operations.checkout(
+            session, audit, actor=CLERK, now=T0 + timedelta(days=1), device_serial="ZFY0001"
+        )
+        unassigned = operations.checkout(
+            session, audit, actor=CLERK, now=T0 + timedelta(days=1, minutes=1), device_serial="ZFY0002"
+        )
 
     # 1. the clerk names an officer: the officer holds it, the clerk is the actor.
     assert (named.officer_no, named.actor, named.actor_role, named.note) == (
-        "000456", "li.clerk", "clerk", "named-by-clerk")
+        "000456",
+        "li.clerk",
+        "clerk",
+        "named-by-clerk",
+    )
     # 2. no one named: the camera's assigned officer.
     assert (assigned.officer_no, assigned.note) == ("000123", "assigned-officer")
     # 3. nobody assigned: recorded as unassigned, never guessed.
@@ -78,12 +91,21 @@ def test_checkout_in_each_attribution_case_is_audited_and_read_back_per_camera_a
         ("custody.check-out", "camera:ZFY0002", "li.clerk", 1001, None),
     ]
     assert [e.details["note"] for e in events] == [
-        "named-by-clerk", "card reader import", "assigned-officer", "unassigned"]
+        "named-by-clerk",
+        "card reader import",
+        "assigned-officer",
+        "unassigned",
+    ]
     assert [(e.kind, e.officer_no) for e in by_camera] == [
-        ("check-out", "000456"), ("check-in", "000456"), ("check-out", "000123")]
+        ("check-out", "000456"),
+        ("check-in", "000456"),
+        ("check-out", "000123"),
+    ]
     # 一人一档: the officer's file holds the check-out to them and the check-in of what they returned.
     assert [(e.kind, e.device_serial, e.at) for e in by_officer] == [
-        ("check-out", "ZFY0001", T0), ("check-in", "ZFY0001", T0 + timedelta(hours=9))]
+        ("check-out", "ZFY0001", T0),
+        ("check-in", "ZFY0001", T0 + timedelta(hours=9)),
+    ]
     assert len(register) == 4
 
 
@@ -93,8 +115,14 @@ def test_naming_an_officer_for_a_camera_already_out_keeps_the_time_it_went_out(
     with station.transaction() as session:
         operations.checkout(session, audit, actor=CLERK, now=T0, device_serial="ZFY0001")
     with station.transaction() as session:
-        entry = operations.checkout(session, audit, actor=CLERK, now=T0 + timedelta(hours=2),
-                                    device_serial="ZFY0001", officer_no="000456")
+        entry = operations.checkout(
+            session,
+            audit,
+            actor=CLERK,
+            now=T0 + timedelta(hours=2),
+            device_serial="ZFY0001",
+            officer_no="000456",
+        )
         camera = session.scalars(select(Camera).where(Camera.device_serial == "ZFY0001")).one()
         assert camera.holder is not None
         assert camera.holder.officer_no == "000456"
@@ -112,7 +140,12 @@ def test_naming_an_officer_for_a_camera_already_out_keeps_the_time_it_went_out(
     ],
 )
 def test_checkout_refuses_unknown_things_and_changes_nothing(
-    station: Catalog, audit: AuditLog, *, serial: str, officer_no: str | None, error: type[Exception],
+    station: Catalog,
+    audit: AuditLog,
+    *,
+    serial: str,
+    officer_no: str | None,
+    error: type[Exception],
     message: str,
 ) -> None:
     with pytest.raises(error, match=message) as caught, station.transaction() as session:
@@ -129,8 +162,9 @@ def test_checkout_refuses_unknown_things_and_changes_nothing(
 def _flag(catalog: Catalog, key: str) -> int:
     with catalog.transaction() as session:
         camera_id = session.scalars(select(Camera.id).where(Camera.device_serial == "ZFY0001")).one()
-        flag = Flag(kind=FlagKind.GAP, dedup_key=key, raised_at=T0, camera_id=camera_id,
-                    details={"gap_s": 1800.0})
+        flag = Flag(
+            kind=FlagKind.GAP, dedup_key=key, raised_at=T0, camera_id=camera_id, details={"gap_s": 1800.0}
+        )
         session.add(flag)
         session.flush()
         return flag.id
@@ -143,10 +177,19 @@ def test_explain_is_audited_leaves_the_open_list_and_stays_in_history(
     other = _flag(station, "gap:r2:r3")
     with station.transaction() as session:
         assert [f.id for f in operations.list_flags(session)] == [gap, other]
-        view = operations.explain(session, audit, actor=CLERK, now=T0 + timedelta(hours=1), flag_id=gap,
-                                  text="  battery swapped during the patrol  ")
+        view = operations.explain(
+            session,
+            audit,
+            actor=CLERK,
+            now=T0 + timedelta(hours=1),
+            flag_id=gap,
+            text="  battery swapped during the patrol  ",
+        )
     assert (view.status, view.explanation, view.explained_by) == (
-        "explained", "battery swapped during the patrol", "li.clerk")
+        "explained",
+        "battery swapped during the patrol",
+        "li.clerk",
+    )
     with station.transaction() as session:
         assert [f.id for f in operations.list_flags(session)] == [other]
         history = {f.id: f for f in operations.list_flags(session, include_closed=True)}
@@ -154,7 +197,10 @@ def test_explain_is_audited_leaves_the_open_list_and_stays_in_history(
     assert history[gap].explained_at == T0 + timedelta(hours=1)
     assert history[gap].device_serial == "ZFY0001"
     assert (event.subject, event.actor_user, event.details["explanation"]) == (
-        f"flag:{gap}", "li.clerk", "battery swapped during the patrol")
+        f"flag:{gap}",
+        "li.clerk",
+        "battery swapped during the patrol",
+    )
 
 
 def test_explain_refuses_empty_text_an_unknown_flag_and_a_second_explanation(
@@ -168,8 +214,10 @@ def test_explain_refuses_empty_text_an_unknown_flag_and_a_second_explanation(
     with station.transaction() as session:
         assert [f.status for f in operations.list_flags(session)] == ["open"]
         operations.explain(session, audit, actor=CLERK, now=T0, flag_id=gap, text="first")
-    with pytest.raises(operations.RefusedError, match=r"already explained by li\.clerk"), \
-            station.transaction() as session:
+    with (
+        pytest.raises(operations.RefusedError, match=r"already explained by li\.clerk"),
+        station.transaction() as session,
+    ):
         operations.explain(session, audit, actor=CLERK, now=T0, flag_id=gap, text="second")
     with station.transaction() as session:
         assert session.get_one(Flag, gap).explanation == "first"
@@ -185,8 +233,11 @@ def _recordings(catalog: Catalog, count: int, *, case_id: str | None = None) -> 
         ids = []
         for i in range(count):
             obj = seed.stored_object(session, seed.payload(f"{case_id}-{i}"), stored_at=T0)
-            ids.append(seed.recording(session, camera, obj, recorded_at=T0 - timedelta(hours=2),
-                                      ingested_at=T0, case_id=case_id).id)
+            ids.append(
+                seed.recording(
+                    session, camera, obj, recorded_at=T0 - timedelta(hours=2), ingested_at=T0, case_id=case_id
+                ).id
+            )
         return ids
 
 
@@ -197,29 +248,57 @@ def test_tag_sets_classification_and_a_long_term_tag_forces_the_class(
     retention = RetentionConfig()
     with station.transaction() as session:
         changes = operations.tag(
-            session, audit, actor=CLERK, now=T0, retention=retention, recording_ids=[first, second],
-            case_id="A2026-17", case_party="王五", add_tags=["Mass incident"],
+            session,
+            audit,
+            actor=CLERK,
+            now=T0,
+            retention=retention,
+            recording_ids=[first, second],
+            case_id="A2026-17",
+            case_party="王五",
+            add_tags=["Mass incident"],
         )
     assert [c.changes["retention_class"] for c in changes] == [["routine", "long-term"]] * 2
     with station.transaction() as session:
         row = session.get_one(Recording, first)
         assert (row.case_id, row.case_party, row.retention_tags, row.retention_class) == (
-            "A2026-17", "王五", ["mass-incident"], RetentionClass.LONG_TERM)
+            "A2026-17",
+            "王五",
+            ["mass-incident"],
+            RetentionClass.LONG_TERM,
+        )
         events = seed.audit_events(session, "recording.classify")
         assert [e.subject for e in events] == [f"recording:{first}", f"recording:{second}"]
         assert events[0].details["long_term_reasons"] == ["mass-incident"]
     # Lowering the class while the tag holds is refused; removing the tag alone does not lower it.
     with pytest.raises(operations.RefusedError, match="must stay long-term"), station.transaction() as s:
-        operations.tag(s, audit, actor=CLERK, now=T0, retention=retention, in_case="A2026-17",
-                       retention_class=RetentionClass.ROUTINE)
+        operations.tag(
+            s,
+            audit,
+            actor=CLERK,
+            now=T0,
+            retention=retention,
+            in_case="A2026-17",
+            retention_class=RetentionClass.ROUTINE,
+        )
     with station.transaction() as session:
-        operations.tag(session, audit, actor=CLERK, now=T0, retention=retention, in_case="A2026-17",
-                       remove_tags=["mass-incident"])
+        operations.tag(
+            session,
+            audit,
+            actor=CLERK,
+            now=T0,
+            retention=retention,
+            in_case="A2026-17",
+            remove_tags=["mass-incident"],
+        )
         assert session.get_one(Recording, first).retention_class is RetentionClass.LONG_TERM
-    with pytest.raises(operations.UnknownRecordingError, match="no recording with id 999"), \
-            station.transaction() as session:
-        operations.tag(session, audit, actor=CLERK, now=T0, retention=retention, recording_ids=[first, 999],
-                       case_id="X")
+    with (
+        pytest.raises(operations.UnknownRecordingError, match="no recording with id 999"),
+        station.transaction() as session,
+    ):
+        operations.tag(
+            session, audit, actor=CLERK, now=T0, retention=retention, recording_ids=[first, 999], case_id="X"
+        )
 
 
 def test_hold_withdraws_a_pending_notice_and_release_does_not_bring_it_back(
@@ -229,14 +308,16 @@ def test_hold_withdraws_a_pending_notice_and_release_does_not_bring_it_back(
     with station.transaction() as session:
         session.get_one(Recording, rec).purge_notice_at = T0
     with station.transaction() as session:
-        (held,) = operations.hold(session, audit, actor=CLERK, now=T0 + timedelta(days=1),
-                                  reason="litigation", in_case="C1")
+        (held,) = operations.hold(
+            session, audit, actor=CLERK, now=T0 + timedelta(days=1), reason="litigation", in_case="C1"
+        )
     assert held.changes["purge_notice_at"] == [T0.isoformat(), None]
     with station.transaction() as session:
         (again,) = operations.hold(session, audit, actor=CLERK, now=T0, reason="x", recording_ids=[rec])
         assert again.changes == {}
-        operations.release(session, audit, actor=CLERK, now=T0 + timedelta(days=2), reason="case closed",
-                           recording_ids=[rec])
+        operations.release(
+            session, audit, actor=CLERK, now=T0 + timedelta(days=2), reason="case closed", recording_ids=[rec]
+        )
     with station.transaction() as session:
         row = session.get_one(Recording, rec)
         assert (row.legal_hold, row.hold_reason, row.purge_notice_at) == (False, None, None)
@@ -253,18 +334,37 @@ def test_extend_moves_the_deadline_over_a_weekend_and_resolves_a_covered_late_fl
     with station.transaction() as session:
         camera = session.scalars(select(Camera).where(Camera.device_serial == "ZFY0001")).one()
         obj = seed.stored_object(session, seed.payload("late"), stored_at=friday)
-        rec = seed.recording(session, camera, obj, recorded_at=friday - timedelta(minutes=1), duration_s=60,
-                             ingested_at=friday + timedelta(days=3))  # stored Monday 17:00
-        flag = Flag(kind=FlagKind.LATE, dedup_key=f"late:{rec.id}", raised_at=rec.ingested_at,
-                    camera_id=camera.id, recording_id=rec.id, details={})
+        rec = seed.recording(
+            session,
+            camera,
+            obj,
+            recorded_at=friday - timedelta(minutes=1),
+            duration_s=60,
+            ingested_at=friday + timedelta(days=3),
+        )  # stored Monday 17:00
+        flag = Flag(
+            kind=FlagKind.LATE,
+            dedup_key=f"late:{rec.id}",
+            raised_at=rec.ingested_at,
+            camera_id=camera.id,
+            recording_id=rec.id,
+            details={},
+        )
         session.add(flag)
         session.flush()
         rec_id, flag_id = rec.id, flag.id
     admin = Actor(user="root", uid=0, role=Role.ADMIN, source="ctl:uid=0")
     with station.transaction() as session:
-        result = operations.extend(session, audit, actor=admin, now=friday + timedelta(days=4),
-                                   deadlines=DeadlinesConfig(), recording_id=rec_id, working_days=1,
-                                   reason="remote field work, no dock")
+        result = operations.extend(
+            session,
+            audit,
+            actor=admin,
+            now=friday + timedelta(days=4),
+            deadlines=DeadlinesConfig(),
+            recording_id=rec_id,
+            working_days=1,
+            reason="remote field work, no dock",
+        )
     # One working day after Friday 17:00 is Monday 17:00, not Saturday.
     assert result.deadline_at == datetime(2026, 3, 9, 9, 0, tzinfo=UTC)
     assert result.resolved_flag_ids == (flag_id,)
@@ -275,10 +375,29 @@ def test_extend_moves_the_deadline_over_a_weekend_and_resolves_a_covered_late_fl
         assert session.get_one(Flag, flag_id).status is FlagStatus.RESOLVED
         (event,) = seed.audit_events(session, "recording.extend-deadline")
         assert (event.actor_user, event.details["working_days"], event.details["resolved_flags"]) == (
-            "root", 1, [flag_id])
+            "root",
+            1,
+            [flag_id],
+        )
     with pytest.raises(ExtensionRefusedError, match="exceeds the maximum of 3"), station.transaction() as s:
-        operations.extend(s, audit, actor=admin, now=friday, deadlines=DeadlinesConfig(), recording_id=rec_id,
-                          working_days=4, reason="x")
+        operations.extend(
+            s,
+            audit,
+            actor=admin,
+            now=friday,
+            deadlines=DeadlinesConfig(),
+            recording_id=rec_id,
+            working_days=4,
+            reason="x",
+        )
     with pytest.raises(ExtensionRefusedError, match="reason"), station.transaction() as s:
-        operations.extend(s, audit, actor=admin, now=friday, deadlines=DeadlinesConfig(), recording_id=rec_id,
-                          working_days=2, reason=" ")
+        operations.extend(
+            s,
+            audit,
+            actor=admin,
+            now=friday,
+            deadlines=DeadlinesConfig(),
+            recording_id=rec_id,
+            working_days=2,
+            reason=" ",
+        )

@@ -49,8 +49,9 @@ def populate(catalog: Catalog, store: FileObjectStore, audit: AuditLog) -> dict[
 
         def add(name: str, data: bytes, **kwargs: object) -> int:
             obj = seed.stored_object(session, data, stored_at=STORED, store=store)
-            return seed.recording(session, camera, obj, recorded_at=STORED - timedelta(hours=3),
-                                  ingested_at=STORED, **kwargs).id  # type: ignore[arg-type]
+            return seed.recording(
+                session, camera, obj, recorded_at=STORED - timedelta(hours=3), ingested_at=STORED, **kwargs
+            ).id  # type: ignore[arg-type]
 
         shared = seed.payload("shared")
         ids = {
@@ -63,8 +64,9 @@ def populate(catalog: Catalog, store: FileObjectStore, audit: AuditLog) -> dict[
             "shared_needed": add("shared_needed", shared, retention_class=RetentionClass.STANDARD),
         }
     with catalog.transaction() as session:
-        operations.hold(session, audit, actor=CLERK, now=STORED,
-                        reason="complaint pending", recording_ids=[ids["held"]])
+        operations.hold(
+            session, audit, actor=CLERK, now=STORED, reason="complaint pending", recording_ids=[ids["held"]]
+        )
     return ids
 
 
@@ -80,8 +82,9 @@ def test_purge_removes_only_expired_noticed_unshared_footage(
     digests = {name: digest_of(catalog, rid) for name, rid in ids.items()}
 
     # Before expiry minus the notice period nothing happens at all.
-    early = purge(catalog, store, audit, actor=CLERK, now=NOTICE_AT - timedelta(days=30), rules=RULES,
-                  dry_run=False)
+    early = purge(
+        catalog, store, audit, actor=CLERK, now=NOTICE_AT - timedelta(days=30), rules=RULES, dry_run=False
+    )
     assert (early.noticed, early.purged_recordings, early.removed_objects) == ((), (), ())
 
     noticed = purge(catalog, store, audit, actor=CLERK, now=NOTICE_AT, rules=RULES, dry_run=False)
@@ -97,7 +100,8 @@ def test_purge_removes_only_expired_noticed_unshared_footage(
     assert kept[ids["long_term"]] is KeepReason.LONG_TERM
     assert kept[ids["evidence"]] is KeepReason.LONG_TERM
     assert [(k.blake3, k.referenced_by) for k in report.plan.kept_objects] == [
-        (digests["shared_expired"], (ids["shared_needed"],))]
+        (digests["shared_expired"], (ids["shared_needed"],))
+    ]
 
     assert not store.exists(digests["plain"])
     for name in ("held", "long_term", "evidence", "standard", "shared_expired"):
@@ -124,8 +128,9 @@ def test_a_shared_object_goes_when_its_last_live_recording_does(
     purge(catalog, store, audit, actor=CLERK, now=PURGE_AT, rules=RULES, dry_run=False)
     three_years = datetime(2028, 1, 1, tzinfo=UTC)
     purge(catalog, store, audit, actor=CLERK, now=three_years, rules=RULES, dry_run=False)
-    final = purge(catalog, store, audit, actor=CLERK, now=three_years + timedelta(days=15), rules=RULES,
-                  dry_run=False)
+    final = purge(
+        catalog, store, audit, actor=CLERK, now=three_years + timedelta(days=15), rules=RULES, dry_run=False
+    )
     # The tombstoned recording no longer counts as a reference: the standard one was the last.
     assert shared in final.removed_objects
     assert not store.exists(shared)
@@ -163,8 +168,11 @@ class ObservingStore(FileObjectStore):
 
     def remove(self, blake3_hex: str) -> None:
         with self.catalog.transaction() as session:
-            started = [e.outcome for e in seed.audit_events(session, "retention.purge")
-                       if e.subject == f"object:{blake3_hex}"]
+            started = [
+                e.outcome
+                for e in seed.audit_events(session, "retention.purge")
+                if e.subject == f"object:{blake3_hex}"
+            ]
         self.seen.append((self.exists(blake3_hex), started))
         super().remove(blake3_hex)
 
@@ -183,7 +191,9 @@ def test_the_audit_event_is_committed_before_the_object_goes(
     with catalog.transaction() as session:
         removal = [e for e in seed.audit_events(session) if e.subject == f"object:{digest}"]
     assert [(e.action, e.outcome, e.actor_user) for e in removal] == [
-        ("retention.purge", "started", "li.clerk"), ("retention.remove", "ok", "li.clerk")]
+        ("retention.purge", "started", "li.clerk"),
+        ("retention.remove", "ok", "li.clerk"),
+    ]
     assert removal[0].details["recordings"] == [ids["plain"]]
     assert removal[0].seq < removal[1].seq
     unseal_tree(tmp_path)
@@ -216,7 +226,8 @@ def test_a_failing_removal_leaves_the_audit_event_and_a_consistent_catalog_and_i
     assert store.exists(digest)
     with catalog.transaction() as session:
         outcomes = [
-            (e.action, e.outcome) for e in seed.audit_events(session) if e.subject == f"object:{digest}"]
+            (e.action, e.outcome) for e in seed.audit_events(session) if e.subject == f"object:{digest}"
+        ]
         # The recordings are tombstones (no hold can be placed any more), the object row is not marked
         # removed because its bytes are still there: no row points at missing bytes.
         assert session.get_one(Recording, ids["plain"]).purged_at == PURGE_AT
@@ -225,8 +236,9 @@ def test_a_failing_removal_leaves_the_audit_event_and_a_consistent_catalog_and_i
     assert outcomes == [("retention.purge", "started"), ("retention.remove", "failed")]
     assert pending == (digest,)
 
-    retried = purge(catalog, store, audit, actor=CLERK, now=PURGE_AT + timedelta(hours=1), rules=RULES,
-                    dry_run=False)
+    retried = purge(
+        catalog, store, audit, actor=CLERK, now=PURGE_AT + timedelta(hours=1), rules=RULES, dry_run=False
+    )
     assert retried.ok
     assert retried.removed_objects == (digest,)
     assert not store.exists(digest)
@@ -241,10 +253,22 @@ def test_a_hold_placed_after_the_notice_stops_the_purge_and_voids_the_notice(
     digest = digest_of(catalog, ids["plain"])
     purge(catalog, store, audit, actor=CLERK, now=NOTICE_AT, rules=RULES, dry_run=False)
     with catalog.transaction() as session:
-        operations.hold(session, audit, actor=CLERK, now=NOTICE_AT + timedelta(days=1), reason="review",
-                        recording_ids=[ids["plain"]])
-        operations.release(session, audit, actor=CLERK, now=NOTICE_AT + timedelta(days=2), reason="done",
-                           recording_ids=[ids["plain"]])
+        operations.hold(
+            session,
+            audit,
+            actor=CLERK,
+            now=NOTICE_AT + timedelta(days=1),
+            reason="review",
+            recording_ids=[ids["plain"]],
+        )
+        operations.release(
+            session,
+            audit,
+            actor=CLERK,
+            now=NOTICE_AT + timedelta(days=2),
+            reason="done",
+            recording_ids=[ids["plain"]],
+        )
     report = purge(catalog, store, audit, actor=CLERK, now=PURGE_AT, rules=RULES, dry_run=False)
     # The notice given before the hold does not count: a fresh one now, deletion 14 days later.
     assert ids["plain"] in report.noticed
@@ -252,13 +276,15 @@ def test_a_hold_placed_after_the_notice_stops_the_purge_and_voids_the_notice(
     assert store.exists(digest)
     with catalog.transaction() as session:
         assert session.get_one(Recording, ids["plain"]).purge_notice_at == PURGE_AT
-    later = purge(catalog, store, audit, actor=CLERK, now=PURGE_AT + timedelta(days=14), rules=RULES,
-                  dry_run=False)
+    later = purge(
+        catalog, store, audit, actor=CLERK, now=PURGE_AT + timedelta(days=14), rules=RULES, dry_run=False
+    )
     assert later.removed_objects == (digest,)
     # A tombstone cannot be held: the purge's intent was on record before the bytes went.
     with pytest.raises(operations.RefusedError, match="were purged"), catalog.transaction() as session:
-        operations.hold(session, audit, actor=CLERK, now=PURGE_AT, reason="late",
-                        recording_ids=[ids["plain"]])
+        operations.hold(
+            session, audit, actor=CLERK, now=PURGE_AT, reason="late", recording_ids=[ids["plain"]]
+        )
 
 
 def test_verify_is_clean_after_a_purge(tmp_path: Path) -> None:
@@ -266,11 +292,13 @@ def test_verify_is_clean_after_a_purge(tmp_path: Path) -> None:
     from ingestd.services import Services  # noqa: PLC0415
     from ingestd.verify import verify_all  # noqa: PLC0415
 
-    config = Config.model_validate({
-        "daemon": {"state_dir": str(tmp_path / "state")},
-        "catalog": {"url": f"sqlite:///{tmp_path / 'catalog.db'}"},
-        "store": {"root": str(tmp_path / "store")},
-    })
+    config = Config.model_validate(
+        {
+            "daemon": {"state_dir": str(tmp_path / "state")},
+            "catalog": {"url": f"sqlite:///{tmp_path / 'catalog.db'}"},
+            "store": {"root": str(tmp_path / "store")},
+        }
+    )
     seed.current_schema(config.catalog.url)
     (tmp_path / "state").mkdir()
     Signer.load_or_create(tmp_path / "state")  # the station exists: `migrate=False` opens, never creates
@@ -281,8 +309,15 @@ def test_verify_is_clean_after_a_purge(tmp_path: Path) -> None:
             obj = seed.stored_object(session, seed.payload("verify"), stored_at=STORED, store=services.store)
             seed.recording(session, camera, obj, recorded_at=STORED, ingested_at=STORED)
         for now in (NOTICE_AT, PURGE_AT):
-            purge(services.catalog, services.store, services.audit, actor=CLERK, now=now,
-                  rules=config.retention.rules(), dry_run=False)
+            purge(
+                services.catalog,
+                services.store,
+                services.audit,
+                actor=CLERK,
+                now=now,
+                rules=config.retention.rules(),
+                dry_run=False,
+            )
         assert not services.store.exists(obj.blake3)
         report = verify_all(services, objects=True)
         assert report.clean, report.problems
@@ -290,4 +325,3 @@ def test_verify_is_clean_after_a_purge(tmp_path: Path) -> None:
     finally:
         services.close()
         unseal_tree(tmp_path)
-

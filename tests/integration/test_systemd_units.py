@@ -21,8 +21,9 @@ def test_service_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     # verify also checks ExecStart exists; point it at a binary present on every machine.
     checked = tmp_path / "ingestd.service"
     checked.write_text(unit.replace("/usr/bin/ingestd run", "/bin/true"))
-    done = subprocess.run(["systemd-analyze", "verify", str(checked)], capture_output=True, text=True,
-                          check=False)
+    done = subprocess.run(
+        ["systemd-analyze", "verify", str(checked)], capture_output=True, text=True, check=False
+    )
     assert done.returncode == 0, done.stderr
     assert "Unknown" not in done.stderr, done.stderr
     assert "Failed" not in done.stderr, done.stderr
@@ -33,8 +34,12 @@ def test_tmpfiles_entry_creates_private_state_and_mount_dirs(tmp_path: Path) -> 
         pytest.skip("systemd-tmpfiles is not installed")
     root = tmp_path / "root"
     root.mkdir()
-    done = subprocess.run(["systemd-tmpfiles", f"--root={root}", "--create", str(SYSTEMD / "ingestd.conf")],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["systemd-tmpfiles", f"--root={root}", "--create", str(SYSTEMD / "ingestd.conf")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert stat.S_IMODE((root / "var/lib/ingestd").stat().st_mode) == 0o750
     assert stat.S_IMODE((root / "run/ingestd/mnt").stat().st_mode) == 0o700

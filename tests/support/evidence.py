@@ -47,8 +47,13 @@ def make_services(catalog: Catalog, tmp_path: Path) -> Services:
     signer = Signer.load_or_create(state)
     audit = AuditLog(signer, state / "audit-checkpoints.jsonl", 1000, set_append_only=False)
     store = FileObjectStore(tmp_path / "store")
-    return Services(config=config, catalog=catalog, store=store, audit=audit,
-                    registry=DriverRegistry(config.camera_rules()))
+    return Services(
+        config=config,
+        catalog=catalog,
+        store=store,
+        audit=audit,
+        registry=DriverRegistry(config.camera_rules()),
+    )
 
 
 def payload(seed: str, size: int = 4096) -> bytes:
@@ -83,9 +88,14 @@ class World:
         self, serial: str, unit_no: str, officer_no: str | None = None, *, battery: int | None = None
     ) -> int:
         with self.services.catalog.transaction() as session:
-            row = Camera(device_serial=serial, driver="serial", unit_id=self.units[unit_no],
-                         assigned_officer_id=self.officers.get(officer_no or ""), battery_percent=battery,
-                         first_seen_at=NOW - timedelta(days=100))
+            row = Camera(
+                device_serial=serial,
+                driver="serial",
+                unit_id=self.units[unit_no],
+                assigned_officer_id=self.officers.get(officer_no or ""),
+                battery_percent=battery,
+                first_seen_at=NOW - timedelta(days=100),
+            )
             session.add(row)
             session.flush()
             self.cameras[serial] = row.id
@@ -111,20 +121,37 @@ class World:
         deadline = recorded_at + timedelta(hours=24)
         with self.services.catalog.transaction() as session:
             if session.get(StoredObject, put.blake3) is None:
-                session.add(StoredObject(blake3=put.blake3, sha256=put.sha256, size=put.size, seal=put.seal,
-                                         stored_at=recorded_at + timedelta(hours=1)))
+                session.add(
+                    StoredObject(
+                        blake3=put.blake3,
+                        sha256=put.sha256,
+                        size=put.size,
+                        seal=put.seal,
+                        stored_at=recorded_at + timedelta(hours=1),
+                    )
+                )
             camera = session.get(Camera, self.cameras[serial])
             assert camera is not None
             unit_id = camera.unit_id
             row = Recording(
-                camera_id=camera.id, officer_id=self.officers.get(officer_no or ""), unit_id=unit_id,
-                original_path=original_path, source_key=f"{original_path}:{recorded_at.isoformat()}",
-                size=put.size, recorded_at_raw=recorded_at, recorded_at=recorded_at,
+                camera_id=camera.id,
+                officer_id=self.officers.get(officer_no or ""),
+                unit_id=unit_id,
+                original_path=original_path,
+                source_key=f"{original_path}:{recorded_at.isoformat()}",
+                size=put.size,
+                recorded_at_raw=recorded_at,
+                recorded_at=recorded_at,
                 recorded_at_source="mvhd",
                 duration_s=duration_s,
                 ingested_at=deadline + timedelta(hours=3) if late else recorded_at + timedelta(hours=2),
-                deadline_at=deadline, blake3=put.blake3, sha256=put.sha256,
-                retention_class=RetentionClass.STANDARD, case_id=case_id, event=event, place=place,
+                deadline_at=deadline,
+                blake3=put.blake3,
+                sha256=put.sha256,
+                retention_class=RetentionClass.STANDARD,
+                case_id=case_id,
+                event=event,
+                place=place,
                 confidentiality=confidentiality,
             )
             session.add(row)

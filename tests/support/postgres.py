@@ -58,14 +58,26 @@ class PostgresServer:
             entry = pwd.getpwnam(UNPRIVILEGED_USER)
             for path in (self.base, self.socket_dir):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
-        done = self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                         "--no-sync")
+        done = self._run(
+            "initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"
+        )
         if done.returncode != 0:
             raise RuntimeError(f"initdb failed: {done.stderr.strip()}")
         # fsync=off: a test cluster's durability is irrelevant and fsync dominates its run time.
         options = f"-k {self.socket_dir} -c listen_addresses='' -p {self.port} -F"
-        done = self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.base / "server.log"),
-                         "-w", "-t", "60", "start")
+        done = self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-l",
+            str(self.base / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
         if done.returncode != 0:
             server_log = self.base / "server.log"
             log = server_log.read_text(errors="replace") if server_log.exists() else ""

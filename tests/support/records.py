@@ -65,9 +65,7 @@ def officer(session: Session, officer_no: str, name: str) -> Officer:
     return row
 
 
-def camera(
-    session: Session, serial: str, *, assigned: Officer | None, first_seen_at: datetime
-) -> Camera:
+def camera(session: Session, serial: str, *, assigned: Officer | None, first_seen_at: datetime) -> Camera:
     row = Camera(
         device_serial=serial, driver="serial", assigned_officer=assigned, first_seen_at=first_seen_at
     )
@@ -115,12 +113,24 @@ def recording(
 ) -> Recording:
     key = f"DCIM/{next(_keys):05d}.MP4"
     row = Recording(
-        camera_id=cam.id, officer_id=cam.assigned_officer_id, dock_session_id=dock_session_id,
-        original_path=key, source_key=key, size=obj.size, recorded_at_raw=recorded_at,
-        recorded_at=recorded_at, recorded_at_source="mvhd", duration_s=duration_s, ingested_at=ingested_at,
+        camera_id=cam.id,
+        officer_id=cam.assigned_officer_id,
+        dock_session_id=dock_session_id,
+        original_path=key,
+        source_key=key,
+        size=obj.size,
+        recorded_at_raw=recorded_at,
+        recorded_at=recorded_at,
+        recorded_at_source="mvhd",
+        duration_s=duration_s,
+        ingested_at=ingested_at,
         deadline_at=recorded_at + timedelta(seconds=duration_s or 0) + timedelta(hours=24),
-        blake3=obj.blake3, sha256=obj.sha256, retention_class=retention_class, retention_tags=tags or [],
-        confidentiality=Confidentiality.NORMAL, case_id=case_id,
+        blake3=obj.blake3,
+        sha256=obj.sha256,
+        retention_class=retention_class,
+        retention_tags=tags or [],
+        confidentiality=Confidentiality.NORMAL,
+        case_id=case_id,
     )
     session.add(row)
     session.flush()

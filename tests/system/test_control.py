@@ -40,7 +40,10 @@ def shared_dir() -> Iterator[Path]:
 def ctl(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", CTL, *args, "--config", str(daemon.config_path)],
-        capture_output=True, text=True, check=False, timeout=60,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
     )
 
 
@@ -48,8 +51,12 @@ def audit_rows(daemon: Daemon, action_prefix: str) -> list[Any]:
     catalog = daemon.catalog()
     try:
         columns = select(
-            AuditEvent.action, AuditEvent.actor_user, AuditEvent.actor_uid, AuditEvent.actor_role,
-            AuditEvent.outcome, AuditEvent.source,
+            AuditEvent.action,
+            AuditEvent.actor_user,
+            AuditEvent.actor_uid,
+            AuditEvent.actor_role,
+            AuditEvent.outcome,
+            AuditEvent.source,
         )
         return list(iter_rows(catalog, columns.where(AuditEvent.action.like(f"{action_prefix}%"))))
     finally:
@@ -83,14 +90,16 @@ def test_roles_are_enforced_for_real_users_and_denials_audited(
     nobody = os_users.user("n", [sock])
     outsider = os_users.user("x", [])  # not even in the socket's group
     daemon.control_dir = shared_dir
-    daemon.control_config = "\n".join([
-        f'socket_group = "{sock}"',
-        f'admin_group = "{admin_group}"',
-        f'auditor_group = "{auditor_group}"',
-        f'viewer_group = "{viewer_group}"',
-        'clerk_group = ""',
-        'approver_group = ""',
-    ])
+    daemon.control_config = "\n".join(
+        [
+            f'socket_group = "{sock}"',
+            f'admin_group = "{admin_group}"',
+            f'auditor_group = "{auditor_group}"',
+            f'viewer_group = "{viewer_group}"',
+            'clerk_group = ""',
+            'approver_group = ""',
+        ]
+    )
     daemon.start()
     config = shared_dir / "config.toml"
     shutil.copyfile(daemon.config_path, config)

@@ -53,16 +53,30 @@ def station(tmp_path: Path) -> Iterator[dict[str, Any]]:
             old = seed.stored_object(session, seed.payload("old"), stored_at=LONG_AGO, store=store)
             shared = seed.stored_object(session, seed.payload("shared"), stored_at=LONG_AGO, store=store)
             ids = [
-                seed.recording(session, camera, obj, recorded_at=LONG_AGO - timedelta(hours=1),
-                               ingested_at=LONG_AGO).id
+                seed.recording(
+                    session, camera, obj, recorded_at=LONG_AGO - timedelta(hours=1), ingested_at=LONG_AGO
+                ).id
                 for obj in (old, shared, shared)
             ]
-            flag = Flag(kind=FlagKind.GAP, dedup_key="gap:r1:r2", raised_at=LONG_AGO, camera_id=camera.id,
-                        recording_id=ids[1], details={"gap_s": 900.0})
+            flag = Flag(
+                kind=FlagKind.GAP,
+                dedup_key="gap:r1:r2",
+                raised_at=LONG_AGO,
+                camera_id=camera.id,
+                recording_id=ids[1],
+                details={"gap_s": 900.0},
+            )
             session.add(flag)
             session.flush()
-            facts = {"config": config, "url": url, "recordings": ids, "flag": flag.id, "store": store,
-                     "old": old.blake3, "shared": shared.blake3}
+            facts = {
+                "config": config,
+                "url": url,
+                "recordings": ids,
+                "flag": flag.id,
+                "store": store,
+                "old": old.blake3,
+                "shared": shared.blake3,
+            }
         yield facts
     finally:
         catalog.close()
@@ -72,7 +86,10 @@ def station(tmp_path: Path) -> Iterator[dict[str, Any]]:
 def ctl(station: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", ENTRY, *args, "--config", str(station["config"])],
-        capture_output=True, text=True, check=False, timeout=60,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
     )
 
 
@@ -94,7 +111,11 @@ def audit_rows(station: dict[str, Any]) -> list[AuditEvent]:
 def test_custody_commands_print_json_and_are_audited_as_the_os_user(station: dict[str, Any]) -> None:
     out = ok_json(station, "checkout", "ZFY0001", "--officer", "000456")
     assert (out["device_serial"], out["officer_no"], out["kind"], out["note"]) == (
-        "ZFY0001", "000456", "check-out", "named-by-clerk")
+        "ZFY0001",
+        "000456",
+        "check-out",
+        "named-by-clerk",
+    )
     back = ok_json(station, "checkin", "ZFY0001", "--note", "card reader")
     assert (back["kind"], back["officer_no"], back["note"]) == ("check-in", "000456", "card reader")
     by_device = ok_json(station, "custody", "--device", "ZFY0001")
@@ -122,8 +143,18 @@ def test_flags_explain_tag_hold_release_extend_print_json(station: dict[str, Any
     assert ok_json(station, "flags") == []
     assert [f["status"] for f in ok_json(station, "flags", "--all")] == ["explained"]
 
-    tagged = ok_json(station, "tag", str(second), str(third), "--case-id", "A-17", "--tag", "evidence",
-                     "--confidentiality", "privacy")
+    tagged = ok_json(
+        station,
+        "tag",
+        str(second),
+        str(third),
+        "--case-id",
+        "A-17",
+        "--tag",
+        "evidence",
+        "--confidentiality",
+        "privacy",
+    )
     assert [t["changes"]["retention_class"] for t in tagged] == [["routine", "long-term"]] * 2
     held = ok_json(station, "hold", "--in-case", "A-17", "--reason", "litigation")
     assert [h["recording_id"] for h in held] == [second, third]
@@ -132,11 +163,16 @@ def test_flags_explain_tag_hold_release_extend_print_json(station: dict[str, Any
     extended = ok_json(station, "extend", str(first), "--days", "3", "--reason", "island patrol")
     assert extended["working_days"] == 3
     assert datetime.fromisoformat(extended["deadline_at"]) > datetime.fromisoformat(
-        extended["previous_deadline_at"])
+        extended["previous_deadline_at"]
+    )
     actions = [e.action for e in audit_rows(station)]
     assert actions.count("recording.classify") == 2
     assert actions[-4:] == [
-        "recording.hold", "recording.hold", "recording.release", "recording.extend-deadline"]
+        "recording.hold",
+        "recording.hold",
+        "recording.release",
+        "recording.extend-deadline",
+    ]
 
 
 def test_purge_dry_run_then_real_run_as_json(station: dict[str, Any]) -> None:
@@ -158,12 +194,14 @@ def test_purge_dry_run_then_real_run_as_json(station: dict[str, Any]) -> None:
     assert dry["dry_run"] is True
     assert dry["done"] is None
     assert dry["deletable_objects"] == [station["old"]]
-    assert dry["kept_objects"] == [{"blake3": station["shared"], "reason": "still-referenced",
-                                    "referenced_by": [second]}]
+    assert dry["kept_objects"] == [
+        {"blake3": station["shared"], "reason": "still-referenced", "referenced_by": [second]}
+    ]
     assert station["store"].exists(station["old"])
     real = ok_json(station, "purge")
     assert {k: real[k] for k in ("deletable_recordings", "deletable_objects", "kept_objects")} == {
-        k: dry[k] for k in ("deletable_recordings", "deletable_objects", "kept_objects")}
+        k: dry[k] for k in ("deletable_recordings", "deletable_objects", "kept_objects")
+    }
     assert real["done"]["removed_objects"] == [station["old"]]
     assert not station["store"].exists(station["old"])
     assert station["store"].exists(station["shared"])  # held recording 2 still needs it

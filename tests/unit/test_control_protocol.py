@@ -32,8 +32,10 @@ def test_a_well_formed_request_parses() -> None:
         (b'{"id": true, "command": "status"}', "id must be"),
         (b'{"id": [1], "command": "status"}', "id must be"),
         (b'{"command": "status", "args": [1]}', "args must be a JSON object"),
-        (b'{"command": "status", "args": {"x": "' + b"y" * protocol.MAX_REQUEST_BYTES + b'"}}',
-         "larger than"),
+        (
+            b'{"command": "status", "args": {"x": "' + b"y" * protocol.MAX_REQUEST_BYTES + b'"}}',
+            "larger than",
+        ),
     ],
 )
 def test_garbage_is_refused_with_a_clear_reason(line: bytes, message: str) -> None:
@@ -66,7 +68,9 @@ def test_error_codes_come_from_class_names() -> None:
 
 def test_secrets_never_reach_the_audit_details() -> None:
     assert redact({"password": "123456", "api_token": "t", "device": "ZFY0001"}) == {
-        "password": "***", "api_token": "***", "device": "ZFY0001",
+        "password": "***",
+        "api_token": "***",
+        "device": "ZFY0001",
     }
     huge = redact({"ids": list(range(5000))})
     assert huge["truncated"] is True
@@ -74,7 +78,11 @@ def test_secrets_never_reach_the_audit_details() -> None:
 
 
 CONFIG = ControlConfig(
-    admin_group="adm", clerk_group="clk", approver_group="apr", auditor_group="aud", viewer_group="",
+    admin_group="adm",
+    clerk_group="clk",
+    approver_group="apr",
+    auditor_group="aud",
+    viewer_group="",
 )
 
 
