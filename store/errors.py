@@ -34,14 +34,14 @@ class DiskFullError(StoreError):
         "object store {root} is full ({reason}): {free_bytes} bytes free after writing {written} bytes; "
         "the partial copy was removed and every stored object is untouched"
     )
-    exit_code = 31
+    exit_code = 37
 
 
 class ObjectMissing(StoreError):  # noqa: N818 - the name callers were given for this fact
     """No object is stored under the given BLAKE3."""
 
     template = "object {blake3} is not in the store (expected at {path})"
-    exit_code = 32
+    exit_code = 38
 
 
 class ResumeMismatch(StoreError):  # noqa: N818 - the name callers were given for this fact
@@ -51,7 +51,7 @@ class ResumeMismatch(StoreError):  # noqa: N818 - the name callers were given fo
         "cannot resume {key!r}: the source has {source_size} bytes but {durable} were already stored; "
         "the partial copy was discarded"
     )
-    exit_code = 33
+    exit_code = 39
 
 
 class SourceSizeError(StoreError):

@@ -33,7 +33,7 @@ class SigningKeyError(StoreError):
     """The audit signing key is missing, unsafe or unreadable."""
 
     template = "audit signing key {path}: {detail}"
-    exit_code = 32
+    exit_code = 40
 
 
 def canonical_json(value: Any) -> bytes:

@@ -68,16 +68,20 @@ def test_wrong_flags_and_missing_paths_are_refused_clearly(tmp_path: Path) -> No
 def test_an_unusable_state_directory_is_one_line_naming_it(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("a file where the state directory should be")
+    catalog = f'[catalog]\nurl = "sqlite:///{tmp_path}/c.db"\n'
     config = tmp_path / "config.toml"
-    config.write_text(
-        f'[daemon]\nstate_dir = "{blocker / "state"}"\n[catalog]\nurl = "sqlite:///{tmp_path}/c.db"\n',
-        encoding="utf-8",
-    )
-    for program, command in (("ingestd", "run"), ("ingestctl", "verify")):
-        done = run(program, command, "--config", str(config))
-        assert done.returncode == 74, done.stderr
-        assert "Traceback" not in done.stderr
-        assert done.stderr.strip() == f"{program}: error: Not a directory: {blocker / 'state'}"
+    # A set-up catalog, so ingestctl gets as far as the state directory.
+    config.write_text(f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n{catalog}', encoding="utf-8")
+    assert run("ingestd", "migrate", "--config", str(config)).returncode == 0
+    config.write_text(f'[daemon]\nstate_dir = "{blocker / "state"}"\n{catalog}', encoding="utf-8")
+    done = run("ingestd", "run", "--config", str(config))
+    assert done.returncode == 74, done.stderr
+    assert done.stderr.strip() == f"ingestd: error: Not a directory: {blocker / 'state'}"
+    # A reader creates nothing: it fails where it first reads, the signing key.
+    done = run("ingestctl", "verify", "--config", str(config))
+    assert done.returncode == 40, done.stderr
+    key = blocker / "state" / "audit-signing.key"
+    assert done.stderr.strip() == f"ingestctl: error: audit signing key {key}: cannot open: Not a directory"
 
 
 def test_commands_on_a_station_never_set_up_create_nothing(tmp_path: Path) -> None:

@@ -1,0 +1,40 @@
+"""Each failure class has its own exit code, so scripts and systemd can tell failures apart."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections import defaultdict
+
+import drivers
+import ingestd
+import store
+
+SYSEXITS = range(64, 79)  # shared meanings by design (EX_IOERR, EX_CONFIG, ...)
+USAGE_AND_CTL = range(20)  # 2 usage, 3 integrity, 4 incomplete, 13-16 ingestctl outcomes
+
+
+def _error_classes() -> dict[int, set[str]]:
+    by_code: dict[int, set[str]] = defaultdict(set)
+    for package in (store, drivers, ingestd):
+        for module_info in pkgutil.walk_packages(package.__path__, f"{package.__name__}."):
+            if ".simulator" in module_info.name or module_info.name.endswith("__main__"):
+                continue
+            module = importlib.import_module(module_info.name)
+            for value in vars(module).values():
+                if isinstance(value, type) and issubclass(value, Exception) and "exit_code" in vars(value):
+                    code = vars(value)["exit_code"]
+                    if isinstance(code, int):
+                        by_code[code].add(f"{value.__module__}.{value.__qualname__}")
+    return by_code
+
+
+def test_store_and_driver_failures_each_have_their_own_exit_code() -> None:
+    by_code = _error_classes()
+    assert by_code[37] == {"store.errors.DiskFullError"}
+    shared = {
+        code: names
+        for code, names in by_code.items()
+        if len(names) > 1 and code not in SYSEXITS and code not in USAGE_AND_CTL
+    }
+    assert shared == {}
