@@ -62,11 +62,22 @@ def append_events(catalog: Catalog, log: AuditLog, count: int, start: int = 0) -
             )
 
 
-def verify(catalog: Catalog, log: AuditLog, signer: Signer, **kwargs: object) -> list[AuditProblem]:
+def verify(
+    catalog: Catalog,
+    log: AuditLog,
+    signer: Signer,
+    *,
+    checkpoint_every: int | None = None,
+    batch_size: int = 1000,
+) -> list[AuditProblem]:
     with catalog.transaction() as session:
         return verify_chain(
-            session, checkpoint_path=log.checkpoints.path, public_key=signer.public_key, **kwargs
-        )  # type: ignore[arg-type]  # only checkpoint_every is passed
+            session,
+            checkpoint_path=log.checkpoints.path,
+            public_key=signer.public_key,
+            checkpoint_every=checkpoint_every,
+            batch_size=batch_size,
+        )
 
 
 def kinds(problems: list[AuditProblem]) -> list[tuple[str, int | None]]:

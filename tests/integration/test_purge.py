@@ -8,6 +8,7 @@ import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -47,11 +48,11 @@ def populate(catalog: Catalog, store: FileObjectStore, audit: AuditLog) -> dict[
         officer = seed.officer(session, "000123", "张三")
         camera = seed.camera(session, "ZFY0001", assigned=officer, first_seen_at=STORED)
 
-        def add(name: str, data: bytes, **kwargs: object) -> int:
+        def add(name: str, data: bytes, **kwargs: Any) -> int:
             obj = seed.stored_object(session, data, stored_at=STORED, store=store)
             return seed.recording(
                 session, camera, obj, recorded_at=STORED - timedelta(hours=3), ingested_at=STORED, **kwargs
-            ).id  # type: ignore[arg-type]
+            ).id
 
         shared = seed.payload("shared")
         ids = {
