@@ -54,6 +54,19 @@ def attached(image: Path, *, read_only: bool = False) -> Iterator[str]:
         subprocess.run(["losetup", "--detach", device], check=False, capture_output=True)
 
 
+def detach_if_backed_by(device: str, image: Path) -> None:
+    """Detach `device` only while it still serves `image`: a freed loop number may belong to someone else."""
+    listed = subprocess.run(
+        ["losetup", "--list", "--noheadings", "--output", "BACK-FILE", device],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    backing = listed.stdout.strip().removesuffix(" (deleted)")
+    if listed.returncode == 0 and backing and Path(backing) == image.resolve():
+        subprocess.run(["losetup", "--detach", device], check=False, capture_output=True)
+
+
 @contextlib.contextmanager
 def mounted(source: str | Path, mount_point: Path, options: str = "rw") -> Iterator[Path]:
     """Mount `source` on `mount_point`; unmount that mount point afterwards (lazily if busy)."""

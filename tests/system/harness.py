@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from ingestd.sdnotify import parse_notification
 from store.catalog import Catalog
+from tests.support.loopdev import detach_if_backed_by
 
 T = TypeVar("T")
 READY_TIMEOUT_S = 60.0
@@ -304,7 +305,15 @@ class SimulatedCamera:
             self.process.wait(timeout=30)
 
     def close(self) -> None:
-        self.kill()
+        # SIGTERM lets the simulator detach its loop device; a camera the test already killed left it behind.
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if self.block is not None:
+            detach_if_backed_by(self.block, self.base / f"{self.serial}-sim.img")
         if self.process is not None and self.process.stdout is not None:
             self.process.stdout.close()
 
