@@ -95,7 +95,7 @@ def _direct(config: Config, command: str, args: dict[str, Any], why: DaemonUnava
     roles = DIRECT_READS.get(command)
     if roles is None:
         raise DaemonUnavailable(
-            detail=f"{why.facts['detail']}; {command} needs the daemon, which audits every search"
+            detail=f"{why.facts['detail']}; {command} needs the daemon, which checks and audits it"
         )
     caller = current_caller(config.control)
     database = _sqlite_file(config.catalog.url)
@@ -129,11 +129,14 @@ def _direct(config: Config, command: str, args: dict[str, Any], why: DaemonUnava
         catalog.close()
 
 
-def request(config: Config, command: str, args: dict[str, Any]) -> dict[str, Any]:
+def request(
+    config: Config, command: str, args: dict[str, Any], *, timeout: float | None = None
+) -> dict[str, Any]:
     """Ask the daemon; `served_by` says whether the daemon or a direct catalog read answered."""
     clean = {key: value for key, value in args.items() if value is not None and value is not False}
     try:
-        result = call(config.control.socket, command, clean, timeout=config.control.timeout_seconds)
+        wait = timeout if timeout is not None else config.control.timeout_seconds
+        result = call(config.control.socket, command, clean, timeout=wait)
         served_by = "daemon"
     except DaemonUnavailable as why:
         result = _direct(config, command, clean, why)

@@ -1,78 +1,47 @@
 """`ingestctl` commands for custody, flags, classification, holds, deadline extensions and the purge.
 
-Every command opens the services without migrating, acts as the OS user who ran it, closes what it
-opened, and with `--json` prints one JSON document on stdout. A bad id or option is one line on
-stderr and exit code 2 (see `ingestd.cli.run_cli`); a purge that could not remove an object exits 3.
+Every command asks the daemon over the control socket, which identifies the caller by the kernel's peer
+credentials, checks the role its OS groups give (see `ingestd.control.handlers_records`) and audits the
+call. With `--json` each prints the daemon's answer as one JSON document on stdout.
+
+Exit codes: 0 done; 2 a wrong flag, value or id (one line naming it); 3 a purge could not remove an
+object; 13 permission denied (audited); 69 ingestd is not running; 75 no answer in time.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import pwd
-from collections.abc import Iterator
-from dataclasses import asdict, is_dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ingestd import operations, purge
 from ingestd.cli import config_option, load
-from ingestd.services import Services
-from store.audit import Actor, Role
+from ingestd.ctl_read import request
 from store.models import Confidentiality, RetentionClass
-from store.types import utcnow
 
 EXIT_PROBLEMS = 3
+PURGE_TIMEOUT_S = 6 * 3600.0  # the daemon answers once every object is removed and recorded
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 
 
-def current_actor() -> Actor:
-    """The OS user running the command. Roles from OS groups arrive with the control socket (issue 6);
-    until then root acts as admin and everyone else as clerk."""
-    uid = os.getuid()
-    try:
-        user = pwd.getpwuid(uid).pw_name
-    except KeyError:  # a uid with no passwd entry (containers): still attributable by number
-        user = f"uid{uid}"
-    role = Role.ADMIN if uid == 0 else Role.CLERK
-    return Actor(user=user, uid=uid, role=role, source=f"ctl:uid={uid}")
-
-
-@contextlib.contextmanager
-def opened(config_path: Path | None) -> Iterator[Services]:
-    services = Services.open(load(config_path), migrate=False)
-    try:
-        yield services
-    finally:
-        services.close()
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if is_dataclass(value) and not isinstance(value, type):
-        return _plain(asdict(value))
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
+def ask(config_path: Path | None, command: str, args: dict[str, Any], *, timeout: float | None = None) -> Any:
+    return request(load(config_path), command, args, timeout=timeout)
 
 
 def emit(value: Any) -> None:
-    click.echo(json.dumps(_plain(value), ensure_ascii=False, indent=2))
+    click.echo(json.dumps(value, ensure_ascii=False, indent=2))
 
 
-def _custody_line(entry: operations.CustodyEntry) -> str:
-    officer = f"{entry.officer_no} {entry.officer_name or ''}".strip() if entry.officer_no else "unassigned"
+def _custody_line(entry: dict[str, Any]) -> str:
+    officer = "unassigned"
+    if entry["officer_no"]:
+        officer = f"{entry['officer_no']} {entry['officer_name'] or ''}".strip()
+    note = f"  {entry['note']}" if entry["note"] else ""
     return (
-        f"{entry.at.isoformat()}  {entry.kind:<9}  {entry.device_serial:<7}  {officer}  "
-        f"by {entry.actor} ({entry.actor_role}){'  ' + entry.note if entry.note else ''}"
+        f"{entry['at']}  {entry['kind']:<9}  {entry['device_serial']:<7}  {officer}  "
+        f"by {entry['actor']} ({entry['actor_role']}){note}"
     )
 
 
@@ -83,16 +52,8 @@ def _custody_line(entry: operations.CustodyEntry) -> str:
 @json_option
 def checkout(config_path: Path | None, device: str, officer_no: str | None, as_json: bool) -> None:
     """Check camera DEVICE out: to --officer, else to its assigned officer, else unassigned."""
-    with opened(config_path) as services, services.catalog.transaction() as session:
-        entry = operations.checkout(
-            session,
-            services.audit,
-            actor=current_actor(),
-            now=utcnow(),
-            device_serial=device,
-            officer_no=officer_no,
-        )
-    emit(entry) if as_json else click.echo(_custody_line(entry))
+    result = ask(config_path, "checkout", {"device": device, "officer_no": officer_no})
+    emit(result["custody"]) if as_json else click.echo(_custody_line(result["custody"]))
 
 
 @click.command()
@@ -102,11 +63,8 @@ def checkout(config_path: Path | None, device: str, officer_no: str | None, as_j
 @json_option
 def checkin(config_path: Path | None, device: str, note: str | None, as_json: bool) -> None:
     """Check camera DEVICE in by hand (card-reader imports); docking checks in by itself."""
-    with opened(config_path) as services, services.catalog.transaction() as session:
-        entry = operations.checkin(
-            session, services.audit, actor=current_actor(), now=utcnow(), device_serial=device, note=note
-        )
-    emit(entry) if as_json else click.echo(_custody_line(entry))
+    result = ask(config_path, "checkin", {"device": device, "note": note})
+    emit(result["custody"]) if as_json else click.echo(_custody_line(result["custody"]))
 
 
 @click.command()
@@ -116,8 +74,7 @@ def checkin(config_path: Path | None, device: str, note: str | None, as_json: bo
 @json_option
 def custody(config_path: Path | None, device: str | None, officer_no: str | None, as_json: bool) -> None:
     """The handover register: every check-out and check-in, oldest first."""
-    with opened(config_path) as services, services.catalog.transaction() as session:
-        entries = operations.custody_history(session, device_serial=device, officer_no=officer_no)
+    entries = ask(config_path, "custody", {"device": device, "officer_no": officer_no})["custody"]
     if as_json:
         emit(entries)
         return
@@ -127,14 +84,13 @@ def custody(config_path: Path | None, device: str | None, officer_no: str | None
         click.echo("no custody events")
 
 
-def _flag_line(flag: operations.FlagView) -> str:
-    where = flag.device_serial or "-"
-    target = f" recording {flag.recording_id}" if flag.recording_id else ""
-    raised = flag.raised_at.isoformat()
-    line = f"#{flag.id}  {flag.status:<9}  {flag.kind:<17}  {where}{target}  raised {raised}"
-    if flag.explanation:
-        when = flag.explained_at.isoformat() if flag.explained_at else "?"
-        line += f"\n      {flag.explained_by} at {when}: {flag.explanation}"
+def _flag_line(flag: dict[str, Any]) -> str:
+    where = flag["device_serial"] or "-"
+    target = f" recording {flag['recording_id']}" if flag["recording_id"] else ""
+    line = f"#{flag['id']}  {flag['status']:<9}  {flag['kind']:<17}  {where}{target}  "
+    line += f"raised {flag['raised_at']}"
+    if flag["explanation"]:
+        line += f"\n      {flag['explained_by']} at {flag['explained_at'] or '?'}: {flag['explanation']}"
     return line
 
 
@@ -144,10 +100,9 @@ def _flag_line(flag: operations.FlagView) -> str:
 @json_option
 def flags(config_path: Path | None, include_closed: bool, as_json: bool) -> None:
     """Open flags (late, overdue, gaps, drift, failed files...); --all for the whole history."""
-    with opened(config_path) as services, services.catalog.transaction() as session:
-        found = operations.list_flags(session, include_closed=include_closed)
+    found = ask(config_path, "flags", {"all": include_closed})["flags"]
     if as_json:
-        click.echo(json.dumps([flag.as_json() for flag in found], ensure_ascii=False, indent=2))
+        emit(found)
         return
     for flag in found:
         click.echo(_flag_line(flag))
@@ -157,30 +112,30 @@ def flags(config_path: Path | None, include_closed: bool, as_json: bool) -> None
 
 @click.command()
 @config_option
-@click.argument("flag_id", metavar="FLAG", type=int)
+@click.argument("flag_id", metavar="FLAG", type=click.IntRange(min=1))
 @click.option("--text", required=True, help="The written explanation (000 art. 12; 001 art. 23).")
 @json_option
 def explain(config_path: Path | None, flag_id: int, text: str, as_json: bool) -> None:
     """Record the explanation of FLAG; it leaves the open list and stays in history."""
-    with opened(config_path) as services, services.catalog.transaction() as session:
-        flag = operations.explain(
-            session, services.audit, actor=current_actor(), now=utcnow(), flag_id=flag_id, text=text
-        )
-    if as_json:
-        click.echo(json.dumps(flag.as_json(), ensure_ascii=False, indent=2))
-    else:
-        click.echo(_flag_line(flag))
+    flag = ask(config_path, "explain", {"flag_id": flag_id, "text": text})["flag"]
+    emit(flag) if as_json else click.echo(_flag_line(flag))
 
 
-def _changes(results: list[operations.Change], as_json: bool, verb: str) -> None:
+def _changes(results: list[dict[str, Any]], as_json: bool, verb: str) -> None:
     if as_json:
         emit(results)
         return
     for result in results:
-        click.echo(f"recording {result.recording_id}: {verb if result.changes else 'unchanged'}")
+        click.echo(f"recording {result['recording_id']}: {verb if result['changes'] else 'unchanged'}")
 
 
-recordings_argument = click.argument("recording_ids", metavar="[RECORDING]...", nargs=-1, type=int)
+def _selection(recording_ids: tuple[int, ...], in_case: str | None) -> dict[str, Any]:
+    return {"recording_ids": list(recording_ids) or None, "in_case": in_case}
+
+
+recordings_argument = click.argument(
+    "recording_ids", metavar="[RECORDING]...", nargs=-1, type=click.IntRange(min=1)
+)
 in_case_option = click.option("--in-case", default=None, help="Every recording of this case id instead.")
 
 
@@ -214,39 +169,20 @@ def tag(
     config_path: Path | None,
     recording_ids: tuple[int, ...],
     in_case: str | None,
-    case_id: str | None,
-    case_party: str | None,
-    case_name: str | None,
-    event: str | None,
-    place: str | None,
-    confidentiality: str | None,
+    as_json: bool,
     add_tags: tuple[str, ...],
     remove_tags: tuple[str, ...],
-    retention_class: str | None,
-    as_json: bool,
+    **fields: str | None,
 ) -> None:
     """Classify recordings and set retention tags (audited). Tags such as evidence, complaint,
     litigation, violence, mass-incident or major-case keep footage long-term."""
-    with opened(config_path) as services, services.catalog.transaction() as session:
-        results = operations.tag(
-            session,
-            services.audit,
-            actor=current_actor(),
-            now=utcnow(),
-            retention=services.config.retention,
-            recording_ids=recording_ids,
-            in_case=in_case,
-            case_id=case_id,
-            case_party=case_party,
-            case_name=case_name,
-            event=event,
-            place=place,
-            confidentiality=Confidentiality(confidentiality) if confidentiality else None,
-            add_tags=add_tags,
-            remove_tags=remove_tags,
-            retention_class=RetentionClass(retention_class) if retention_class else None,
-        )
-    _changes(results, as_json, "classified")
+    args = {
+        **_selection(recording_ids, in_case),
+        **fields,
+        "add_tags": list(add_tags) or None,
+        "remove_tags": list(remove_tags) or None,
+    }
+    _changes(ask(config_path, "tag", args)["changes"], as_json, "classified")
 
 
 @click.command()
@@ -259,17 +195,8 @@ def hold(
     config_path: Path | None, recording_ids: tuple[int, ...], in_case: str | None, reason: str, as_json: bool
 ) -> None:
     """Place a legal hold: the recordings are never purged while it lasts."""
-    with opened(config_path) as services, services.catalog.transaction() as session:
-        results = operations.hold(
-            session,
-            services.audit,
-            actor=current_actor(),
-            now=utcnow(),
-            reason=reason,
-            recording_ids=recording_ids,
-            in_case=in_case,
-        )
-    _changes(results, as_json, "held")
+    args = {**_selection(recording_ids, in_case), "reason": reason}
+    _changes(ask(config_path, "hold", args)["changes"], as_json, "held")
 
 
 @click.command()
@@ -282,22 +209,13 @@ def release(
     config_path: Path | None, recording_ids: tuple[int, ...], in_case: str | None, reason: str, as_json: bool
 ) -> None:
     """Lift a legal hold; a later purge gives a fresh notice first."""
-    with opened(config_path) as services, services.catalog.transaction() as session:
-        results = operations.release(
-            session,
-            services.audit,
-            actor=current_actor(),
-            now=utcnow(),
-            reason=reason,
-            recording_ids=recording_ids,
-            in_case=in_case,
-        )
-    _changes(results, as_json, "released")
+    args = {**_selection(recording_ids, in_case), "reason": reason}
+    _changes(ask(config_path, "release", args)["changes"], as_json, "released")
 
 
 @click.command()
 @config_option
-@click.argument("recording_id", metavar="RECORDING", type=int)
+@click.argument("recording_id", metavar="RECORDING", type=click.IntRange(min=1))
 @click.option("--days", "working_days", type=int, required=True, help="Working days (1 to 3, 003 art. 11).")
 @click.option("--reason", required=True, help="Why the footage could not be stored within the window.")
 @json_option
@@ -305,25 +223,16 @@ def extend(
     config_path: Path | None, recording_id: int, working_days: int, reason: str, as_json: bool
 ) -> None:
     """Extend RECORDING's upload deadline to N working days after it ended (holiday calendar applies)."""
-    with opened(config_path) as services, services.catalog.transaction() as session:
-        result = operations.extend(
-            session,
-            services.audit,
-            actor=current_actor(),
-            now=utcnow(),
-            deadlines=services.config.deadlines,
-            recording_id=recording_id,
-            working_days=working_days,
-            reason=reason,
-        )
+    args = {"recording_id": recording_id, "working_days": working_days, "reason": reason}
+    result = ask(config_path, "extend", args)["extension"]
     if as_json:
         emit(result)
-    else:
-        resolved = ", ".join(map(str, result.resolved_flag_ids))
-        click.echo(
-            f"recording {result.recording_id}: deadline {result.previous_deadline_at.isoformat()} -> "
-            f"{result.deadline_at.isoformat()}" + (f"; resolved flag(s) {resolved}" if resolved else "")
-        )
+        return
+    resolved = ", ".join(map(str, result["resolved_flag_ids"]))
+    click.echo(
+        f"recording {result['recording_id']}: deadline {result['previous_deadline_at']} -> "
+        f"{result['deadline_at']}" + (f"; resolved flag(s) {resolved}" if resolved else "")
+    )
 
 
 @click.command("purge")
@@ -333,31 +242,23 @@ def extend(
 def purge_command(config_path: Path | None, dry_run: bool, as_json: bool) -> None:
     """Apply retention: give due notices, then delete noticed, expired footage that is not held, not
     long-term and whose bytes no other recording needs. The only way stored footage is ever removed."""
-    with opened(config_path) as services:
-        report = purge.purge(
-            services.catalog,
-            services.store,
-            services.audit,
-            actor=current_actor(),
-            now=utcnow(),
-            rules=services.config.retention.rules(),
-            dry_run=dry_run,
-        )
+    report = ask(config_path, "purge", {"dry_run": dry_run}, timeout=PURGE_TIMEOUT_S)["purge"]
+    done = report["done"] or {}
     if as_json:
-        click.echo(json.dumps(report.as_json(), ensure_ascii=False, indent=2))
+        emit(report)
     else:
-        data = report.as_json()
         prefix = "would " if dry_run else ""
+        recordings, objects = len(report["deletable_recordings"]), len(report["deletable_objects"])
         click.echo(
-            f"{prefix}notice {len(data['notices'])} recording(s); {prefix}purge "
-            f"{len(data['deletable_recordings'])} recording(s) and remove {len(data['deletable_objects'])} "
-            f"object(s) (+{len(data['pending_objects'])} pending); kept: {data['kept_counts']}"
+            f"{prefix}notice {len(report['notices'])} recording(s); {prefix}purge {recordings} "
+            f"recording(s) and remove {objects} object(s) (+{len(report['pending_objects'])} pending); "
+            f"kept: {report['kept_counts']}"
         )
-        for digest, error in report.failed_objects.items():
+        for digest, error in done.get("failed_objects", {}).items():
             click.echo(f"FAILED to remove {digest}: {error}", err=True)
-        for subject, why in report.skipped.items():
+        for subject, why in done.get("skipped", {}).items():
             click.echo(f"skipped {subject}: {why}", err=True)
-    if not report.ok:
+    if done.get("failed_objects"):
         raise SystemExit(EXIT_PROBLEMS)
 
 

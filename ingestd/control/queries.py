@@ -70,9 +70,7 @@ class Args:
         value = self.args.get(key)
         if value is None:
             return None
-        if not isinstance(value, str) or not value.strip() or len(value) > max_length:
-            self.fail(f"{key} must be a non-empty text of at most {max_length} characters")
-        return str(value).strip()
+        return self._checked_text(key, value, max_length)
 
     def integer(self, key: str, default: int, low: int, high: int) -> int:
         value = self.args.get(key, default)
@@ -84,6 +82,27 @@ class Args:
         if self.args.get(key) is None:
             return None
         return self.integer(key, 0, low, 2**62)
+
+    def integers(self, key: str, limit: int = LIST_LIMIT_MAX) -> list[int]:
+        values = self.args.get(key) or []
+        if (
+            not isinstance(values, list)
+            or len(values) > limit
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
+        ):
+            self.fail(f"{key} must be a list of at most {limit} positive whole numbers")
+        return [int(v) for v in values]
+
+    def texts(self, key: str, max_length: int = 64, limit: int = 100) -> list[str]:
+        values = self.args.get(key) or []
+        if not isinstance(values, list) or len(values) > limit:
+            self.fail(f"{key} must be a list of at most {limit} texts")
+        return [self._checked_text(key, value, max_length) for value in values]
+
+    def _checked_text(self, key: str, value: Any, max_length: int) -> str:
+        if not isinstance(value, str) or not value.strip() or len(value) > max_length:
+            self.fail(f"{key} must be a non-empty text of at most {max_length} characters")
+        return value.strip()
 
     def flag(self, key: str) -> bool:
         value = self.args.get(key, False)
