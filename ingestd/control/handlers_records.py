@@ -9,6 +9,7 @@ register and the flags.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 from datetime import datetime
 from typing import Any
@@ -155,11 +156,12 @@ def tag(services: Services, request: Request) -> dict[str, Any]:
         return {"changes": plain(results)}
 
 
-@command("hold", roles=HOLDERS, mutates=True)
-def hold(services: Services, request: Request) -> dict[str, Any]:
-    args = Args("hold", request.args, SELECTION | {"reason"})
+def _legal_hold(
+    services: Services, request: Request, change: Callable[..., list[operations.Change]]
+) -> dict[str, Any]:
+    args = Args(request.command, request.args, SELECTION | {"reason"})
     with services.catalog.transaction() as session:
-        results = operations.hold(
+        results = change(
             session,
             services.audit,
             actor=request.actor,
@@ -168,21 +170,16 @@ def hold(services: Services, request: Request) -> dict[str, Any]:
             **_selection(args),
         )
         return {"changes": plain(results)}
+
+
+@command("hold", roles=HOLDERS, mutates=True)
+def hold(services: Services, request: Request) -> dict[str, Any]:
+    return _legal_hold(services, request, operations.hold)
 
 
 @command("release", roles=RELEASERS, mutates=True)
 def release(services: Services, request: Request) -> dict[str, Any]:
-    args = Args("release", request.args, SELECTION | {"reason"})
-    with services.catalog.transaction() as session:
-        results = operations.release(
-            session,
-            services.audit,
-            actor=request.actor,
-            now=request.now,
-            reason=_required_text(args, "reason"),
-            **_selection(args),
-        )
-        return {"changes": plain(results)}
+    return _legal_hold(services, request, operations.release)
 
 
 @command("extend", roles=RELEASERS, mutates=True)
