@@ -1,7 +1,10 @@
-"""Fixtures for system tests: a daemon harness and simulated cameras, each torn down by its own pid."""
+"""Fixtures for system tests: a daemon harness, simulated cameras and real OS users, each torn down by
+its own id."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -9,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.support.objectstore import unseal_tree
+from tests.support.osusers import OsUsers, can_manage_users
 from tests.system.harness import Daemon, SimulatedCamera
 
 
@@ -37,3 +41,26 @@ def make_camera(tmp_path: Path) -> Iterator[Callable[..., SimulatedCamera]]:
     finally:
         for camera in made:
             camera.close()
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory other users can traverse (pytest's tmp is 0700): the socket and a config copy."""
+    path = Path(tempfile.mkdtemp(prefix="ingestd-ctl-"))
+    path.chmod(0o711)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def os_users() -> Iterator[OsUsers]:
+    reason = can_manage_users()
+    if reason is not None:
+        pytest.skip(reason)
+    users = OsUsers()
+    try:
+        yield users
+    finally:
+        users.remove()

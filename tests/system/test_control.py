@@ -9,32 +9,19 @@ import json
 import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import select
 
 from ingestd.control.client import RemoteError, call
 from store.models import AuditEvent
-from tests.support.osusers import OsUsers, can_manage_users, run_ctl_as
+from tests.support.osusers import OsUsers, run_ctl_as
 from tests.system.harness import Daemon, SimulatedCamera, iter_rows, wait_for
 
 MIB = 1024 * 1024
 CTL = "from ingestd.ctl import main; main()"
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory other users can traverse (pytest's tmp is 0700): the socket and a config copy."""
-    path = Path(tempfile.mkdtemp(prefix="ingestd-ctl-"))
-    path.chmod(0o711)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def ctl(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
@@ -64,18 +51,6 @@ def audit_rows(daemon: Daemon, action_prefix: str) -> list[Any]:
 
 
 # --- roles for real OS users -------------------------------------------------------------------------
-
-
-@pytest.fixture
-def os_users() -> Iterator[OsUsers]:
-    reason = can_manage_users()
-    if reason is not None:
-        pytest.skip(reason)
-    users = OsUsers()
-    try:
-        yield users
-    finally:
-        users.remove()
 
 
 def test_roles_are_enforced_for_real_users_and_denials_audited(

@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +23,7 @@ from store.catalog import Catalog
 from store.models import AuditEvent, Flag, FlagKind, Recording
 from store.objects import FileObjectStore
 from tests.support import records as seed
+from tests.support.osusers import OsUsers, run_ctl_as
 from tests.system.harness import Daemon
 
 ENTRY = "from ingestd.ctl import main; main()"
@@ -29,8 +32,14 @@ LONG_AGO = datetime(2024, 1, 10, 2, 0, tzinfo=UTC)
 
 @pytest.fixture
 def station(daemon: Daemon) -> dict[str, Any]:
-    """The real daemon on a catalog seeded with two officers, a camera, three recordings (one shared
-    object) and a flag; ingestctl reaches it over the control socket."""
+    """The real daemon on a seeded catalog; ingestctl reaches it over the control socket."""
+    facts = seeded(daemon)
+    daemon.start()
+    return facts
+
+
+def seeded(daemon: Daemon) -> dict[str, Any]:
+    """The daemon's catalog with two officers, a camera, three recordings (one shared object), a flag."""
     daemon.base.mkdir(parents=True)
     daemon.write_config()
     seed.current_schema(daemon.catalog_url)
@@ -72,7 +81,6 @@ def station(daemon: Daemon) -> dict[str, Any]:
             }
     finally:
         catalog.close()
-    daemon.start()
     return facts
 
 
@@ -232,3 +240,47 @@ def test_bad_ids_and_options_get_one_clear_line_and_a_nonzero_exit(
     added = audit_rows(station)[len(before) :]
     # Nothing changed; a refused change that reached the daemon is recorded as the attempt it was.
     assert all(e.action.startswith("ctl.") and e.outcome == "error" for e in added), added
+
+
+def test_roles_decide_who_may_hand_over_hold_release_and_purge(
+    daemon: Daemon, shared_dir: Path, os_users: OsUsers
+) -> None:
+    sock = os_users.group("sock")
+    groups = {role: os_users.group(role[:3]) for role in ("clerk", "approver", "viewer")}
+    users = {role: os_users.user(role[0], [group, sock]) for role, group in groups.items()}
+    daemon.control_dir = shared_dir
+    daemon.control_config = "\n".join(
+        [f'socket_group = "{sock}"', 'admin_group = ""', 'auditor_group = ""']
+        + [f'{role}_group = "{group}"' for role, group in groups.items()]
+    )
+    facts = seeded(daemon)
+    daemon.start()
+    config = shared_dir / "config.toml"
+    shutil.copyfile(daemon.config_path, config)
+    config.chmod(0o644)
+    first = str(facts["recordings"][0])
+
+    def as_role(role: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return run_ctl_as(users[role], *args, "--json", "--config", str(config))
+
+    assert as_role("viewer", "flags").returncode == 0  # reading is for every role
+    refused = as_role("viewer", "checkout", "ZFY0001")
+    assert refused.returncode == 13, refused.stderr
+    assert "permission denied" in refused.stderr
+    assert as_role("clerk", "checkout", "ZFY0001").returncode == 0
+    assert as_role("clerk", "hold", first, "--reason", "complaint").returncode == 0
+    assert as_role("clerk", "release", first, "--reason", "closed").returncode == 13
+    assert as_role("approver", "release", first, "--reason", "closed").returncode == 0
+    assert as_role("approver", "purge", "--dry-run").returncode == 13
+
+    outcomes = {(e.action, e.actor_user, e.outcome) for e in audit_rows(facts) if e.action.startswith("ctl.")}
+    assert ("ctl.checkout", users["viewer"], "denied") in outcomes
+    assert ("ctl.checkout", users["clerk"], "ok") in outcomes
+    assert ("ctl.release", users["clerk"], "denied") in outcomes
+    assert ("ctl.release", users["approver"], "ok") in outcomes
+    assert ("ctl.purge", users["approver"], "denied") in outcomes
+    held = [e for e in audit_rows(facts) if e.action in ("recording.hold", "recording.release")]
+    assert [(e.action, e.actor_user) for e in held] == [
+        ("recording.hold", users["clerk"]),
+        ("recording.release", users["approver"]),
+    ]
