@@ -2,8 +2,8 @@
 
 Exit codes (every command): 0 done; 2 a wrong flag, value or id (the message names it); 13 permission
 denied (the daemon audits the attempt); 69 ingestd is not running (no socket); 70 ingestd failed
-internally; 71 an output file could not be written; 75 ingestd did not answer in time; 76 a garbled
-answer.
+internally; 71 an output file could not be written (one that exists is never overwritten); 75 ingestd
+did not answer in time; 76 a garbled answer. `status --watch` ends with 0 on Ctrl-C or SIGTERM.
 
 When the daemon is down, `status`, `cameras`, `officers` and `audit` read the catalog directly, but only
 for a caller who can open the catalog file and holds a role allowing the command; the output says so
@@ -18,11 +18,13 @@ import csv
 import io
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -229,9 +231,17 @@ def status_view(result: dict[str, Any], zone: ZoneInfo) -> Group:
 # --- commands --------------------------------------------------------------------------------------
 
 
+def _end_watch(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends --watch as Ctrl-C does: the live display gives the cursor back
+
+
 @click.command()
 @config_option
-@click.option("--watch", is_flag=True, help="Refresh about once a second until Ctrl-C (--json: JSON lines).")
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Refresh about once a second until Ctrl-C or SIGTERM, then exit 0 (--json: JSON lines).",
+)
 @json_option
 def status(config_path: Path | None, watch: bool, as_json: bool) -> None:
     """Docks with their transfers, open flags by kind, store free space and the last verify."""
@@ -244,6 +254,7 @@ def status(config_path: Path | None, watch: bool, as_json: bool) -> None:
         else:
             Console().print(status_view(result, zone))
         return
+    signal.signal(signal.SIGTERM, _end_watch)
     try:
         if as_json:
             while True:
@@ -416,13 +427,32 @@ def _audit_pages(config: Config, filters: dict[str, Any], limit: int | None) -> 
             return
 
 
+def _refuse_existing(path: Path) -> None:
+    if os.path.lexists(path):
+        raise OutputError(path=path, detail="it already exists (an export never overwrites a file)")
+
+
+def _publish(temp: Path, path: Path) -> None:
+    """Give the finished file its name, never replacing a file that appeared meanwhile."""
+    try:
+        os.link(temp, path)  # fails atomically if `path` exists
+    except FileExistsError:
+        raise OutputError(path=path, detail="it appeared while the export was written; kept") from None
+    except OSError:  # no hard links on this file system (FAT): check, then rename
+        _refuse_existing(path)
+        temp.replace(path)
+    else:
+        temp.unlink()
+
+
 @contextlib.contextmanager
 def _output(path: Path | None) -> Iterator[io.TextIOBase | Any]:
-    """stdout, or a file written whole: temp file in the same directory, fsync, rename."""
+    """stdout, or a new file written whole: temp file in the same directory, fsync, then its name."""
     if path is None:
         yield sys.stdout
         sys.stdout.flush()
         return
+    _refuse_existing(path)  # before asking the daemon for anything
     directory = path.resolve().parent
     try:
         fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
@@ -433,7 +463,7 @@ def _output(path: Path | None) -> Iterator[io.TextIOBase | Any]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        Path(temp).replace(path)
+        _publish(Path(temp), path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
@@ -485,7 +515,7 @@ def _write_json(events: Iterator[dict[str, Any]], out: Any) -> int:
 @click.option(
     "--output",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Write the export to this file (atomically) instead of stdout.",
+    help="Write the export to this new file (atomically; an existing file is refused) instead of stdout.",
 )
 @json_option
 def audit(

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ingestd.control.client import RemoteError, call
 from ingestd.sdnotify import parse_notification
 from store.catalog import Catalog
 from tests.support.loopdev import detach_if_backed_by
@@ -316,6 +317,20 @@ class SimulatedCamera:
             detach_if_backed_by(self.block, self.base / f"{self.serial}-sim.img")
         if self.process is not None and self.process.stdout is not None:
             self.process.stdout.close()
+
+
+def stored_recordings(daemon: Daemon, serial: str, count: int, timeout: float = 60.0) -> list[dict[str, Any]]:
+    """Wait until the daemon lists `count` recordings of camera `serial` (asked as root); return them."""
+
+    def listed() -> list[dict[str, Any]] | None:
+        try:
+            answer = call(daemon.control_socket, "footage", {"device": serial})
+        except RemoteError:
+            return None  # the camera is not in the catalog yet
+        found: list[dict[str, Any]] = answer["recordings"]
+        return found if len(found) == count else None
+
+    return wait_for(f"{count} recordings of {serial}", listed, timeout=timeout)
 
 
 def iter_rows(catalog: Catalog, statement: Any) -> Iterator[Any]:

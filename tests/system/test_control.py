@@ -15,10 +15,10 @@ from typing import Any
 
 from sqlalchemy import select
 
-from ingestd.control.client import RemoteError, call
+from ingestd.control.client import call
 from store.models import AuditEvent
 from tests.support.osusers import OsUsers, run_ctl_as
-from tests.system.harness import Daemon, SimulatedCamera, iter_rows, wait_for
+from tests.system.harness import Daemon, SimulatedCamera, iter_rows, stored_recordings, wait_for
 
 MIB = 1024 * 1024
 CTL = "from ingestd.ctl import main; main()"
@@ -164,14 +164,7 @@ def test_every_read_command_answers_json_and_refuses_bad_input(
     daemon.start()
     camera = make_camera("ZFY0602", files=2)
     camera.dock(daemon.docks)
-
-    def stored() -> bool:
-        try:
-            return len(call(daemon.control_socket, "footage", {"device": "ZFY0602"})["recordings"]) == 2
-        except RemoteError:
-            return False  # the camera is not in the catalog yet
-
-    wait_for("both recordings of ZFY0602", stored, timeout=60)
+    stored_recordings(daemon, "ZFY0602", 2)
     assert ctl(daemon, "verify", "--json").returncode == 0
 
     outputs = {
