@@ -1,18 +1,24 @@
-"""`ingestctl` commands for approvals, evidence exports, spot checks and reports.
+"""`ingestctl` commands for approvals, evidence exports, copies and viewing, spot checks and reports.
 
 All but `verify-export` ask the daemon over its control socket, which identifies the caller by the
-kernel's peer credentials; `verify-export` reads only the bag, so a court can run it anywhere.
+kernel's peer credentials; `verify-export` reads only the bag, so a court can run it anywhere. `view`
+gets the recording as an open file passed over the socket, never by reading the store itself.
 
-Exit codes: 0 done; 2 wrong flag, argument or id; 3 (verify-export) the bag has problems, each listed;
-13 permission denied (the caller's groups give no role allowed for the command); 14 no valid approval
-(missing, expired, revoked, out of scope, confidential); 15 the export could not be written (DEST
-exists, not writable); 16 the store's bytes do not match the catalog (nothing exported: investigate);
-other codes come from the daemon or the socket (e.g. daemon not running).
+Exit codes: 0 done; 2 wrong flag, argument or id (and `view` to a terminal); 3 (verify-export) the bag
+has problems, each listed; 13 permission denied (the caller's groups give no role allowed for the
+command); 14 no valid approval (missing, expired, revoked, out of scope, confidential); 15 nothing
+written (DEST or --output FILE exists, not writable, the reader of a pipe went away); 16 the store's
+bytes do not match the catalog (nothing exported or copied; for `view`, what was handed over is not the
+catalog's: investigate); other codes come from the daemon or the socket (e.g. daemon not running).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shlex
+import stat
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,11 +29,14 @@ from rich.console import Console
 from rich.table import Table
 
 from ingestd.cli import config_option, load
+from ingestd.errors import IngestdError, UsageError
+from ingestd.evidence.errors import EXIT_EXPORT_FAILED, EXIT_EXPORT_INTEGRITY
 from ingestd.evidence.verify_bag import verify_bag
 from store.signing import SigningKeyError, load_public_key
 
 EXIT_PROBLEMS = 3
-EXPORT_TIMEOUT_S = 6 * 3600.0  # the daemon answers only when the bag is written, verified and recorded
+DELIVERY_TIMEOUT_S = 6 * 3600.0  # the daemon answers only when the files are written, proven and recorded
+VIEW_CHUNK = 1 << 20
 
 F = TypeVar("F", bound=Callable[..., Any])
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
@@ -161,46 +170,161 @@ def approvals(config_path: Path | None, approval_id: int | None, as_json: bool) 
 # --- export and verification ---------------------------------------------------------------------------
 
 
-@click.command()
-@config_option
-@click.option("--approval", "approval_id", type=click.IntRange(min=1), required=True, help="Approval id.")
-@click.option(
-    "--recording",
-    "recordings",
-    type=click.IntRange(min=1),
-    multiple=True,
-    help="Export only these recordings (each must be in the approval's scope).",
-)
-@click.argument("dest", type=click.Path(path_type=Path))
-@json_option
-def export(
-    *,
-    config_path: Path | None,
-    approval_id: int,
-    recordings: tuple[int, ...],
-    dest: Path,
-    as_json: bool,
-) -> None:
-    """Write the approved recordings to DEST as a signed BagIt bag (DEST must not exist)."""
-    absolute = dest.expanduser().absolute()  # the daemon's working directory is not ours
-    result = _call(
-        config_path,
-        "export",
-        {
-            "approval_id": approval_id,
-            "dest": str(absolute),
-            "recording_ids": list(recordings),
-        },
-        timeout=EXPORT_TIMEOUT_S,
+def _delivery_command(name: str, summary: str, describe: Callable[[dict[str, Any]], str]) -> click.Command:
+    """`export` and `copy`: an approval, optionally some of its recordings, a new DEST; `describe` says
+    what was written (unless --json)."""
+
+    @click.command(name, help=summary)
+    @config_option
+    @click.option("--approval", "approval_id", type=click.IntRange(min=1), required=True, help="Approval id.")
+    @click.option(
+        "--recording",
+        "recordings",
+        type=click.IntRange(min=1),
+        multiple=True,
+        help=f"{name.capitalize()} only these recordings (each must be in the approval's scope).",
     )
-    if as_json:
-        _emit(result)
-        return
-    click.echo(
+    @click.argument("dest", type=click.Path(path_type=Path))
+    @json_option
+    def deliver(
+        *,
+        config_path: Path | None,
+        approval_id: int,
+        recordings: tuple[int, ...],
+        dest: Path,
+        as_json: bool,
+    ) -> None:
+        absolute = dest.expanduser().absolute()  # the daemon's working directory is not ours
+        result = _call(
+            config_path,
+            name,
+            {"approval_id": approval_id, "dest": str(absolute), "recording_ids": list(recordings)},
+            timeout=DELIVERY_TIMEOUT_S,
+        )
+        _emit(result) if as_json else click.echo(describe(result))
+
+    return deliver
+
+
+def _describe_export(result: dict[str, Any]) -> str:
+    return (
         f"export {result['export_id']}: {len(result['recording_ids'])} recording(s), "
         f"{result['payload_bytes']} bytes to {result['destination']}\n"
         f"signed by {result['key_id']}; tag manifest SHA-256 {result['tag_manifest_sha256']}"
     )
+
+
+def _describe_copy(result: dict[str, Any]) -> str:
+    where = result["destination"]
+    return (
+        f"copied {len(result['recording_ids'])} recording(s), {result['bytes']} bytes to {where}\n"
+        f"check with: cd {shlex.quote(where)} && sha256sum -c {result['sums_file']}"
+    )
+
+
+export = _delivery_command(
+    "export",
+    "Write the approved recordings to DEST as a signed BagIt bag (DEST must not exist).",
+    _describe_export,
+)
+copy = _delivery_command(
+    "copy",
+    "Copy the approved recordings as plain files into DEST (must not exist), with a SHA256SUMS file.",
+    _describe_copy,
+)
+
+
+class ViewOutputError(IngestdError):
+    template = "view: nothing written to {target}: {detail}"
+    exit_code = EXIT_EXPORT_FAILED
+
+
+class ViewIntegrityError(IngestdError):
+    """What ingestd handed over is not the recording the catalog describes: investigate."""
+
+    template = "view of recording {recording}: the file ingestd handed over {detail}"
+    exit_code = EXIT_EXPORT_INTEGRITY
+
+
+def _view_target(output: Path | None) -> int:
+    """Where the bytes go, checked before the daemon is asked (a refused target is no viewing)."""
+    if output is None:
+        if sys.stdout.isatty():
+            raise UsageError(detail="refusing to write video to a terminal: use --output FILE or a pipe")
+        return sys.stdout.fileno()
+    try:
+        return os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as error:
+        raise ViewOutputError(target=output, detail=error.strerror or str(error)) from None
+
+
+def stream_verified(source: int, target: int, recording: dict[str, Any], target_name: str) -> None:
+    """Copy the handed-over file to `target`, checking it is the catalog's: type, size, then SHA-256."""
+    rid, size = recording["recording_id"], recording["size"]
+    info = os.fstat(source)
+    if not stat.S_ISREG(info.st_mode):
+        raise ViewIntegrityError(recording=rid, detail="is not a regular file")
+    if info.st_size != size:
+        raise ViewIntegrityError(recording=rid, detail=f"has {info.st_size} bytes, the catalog says {size}")
+    digest = hashlib.sha256()
+    done = 0
+    while done < size:
+        chunk = os.pread(source, min(VIEW_CHUNK, size - done), done)  # our own offset, not the daemon's
+        if not chunk:
+            break
+        digest.update(chunk)
+        pending = memoryview(chunk)
+        try:
+            while pending:
+                pending = pending[os.write(target, pending) :]
+        except BrokenPipeError:
+            raise ViewOutputError(
+                target=target_name, detail=f"the reader went away after {done} of {size} bytes"
+            ) from None
+        done += len(chunk)
+    if done != size:
+        raise ViewIntegrityError(recording=rid, detail=f"ended after {done} of {size} bytes")
+    if digest.hexdigest() != recording["sha256"]:
+        raise ViewIntegrityError(
+            recording=rid, detail=f"has SHA-256 {digest.hexdigest()}, the catalog says {recording['sha256']}"
+        )
+
+
+@click.command()
+@config_option
+@click.option("--approval", "approval_id", type=click.IntRange(min=1), required=True, help="Approval id.")
+@click.argument("recording_id", type=click.IntRange(min=1))
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write to this new file (created mode 0600) instead of standard output.",
+)
+def view(*, config_path: Path | None, approval_id: int, recording_id: int, output: Path | None) -> None:
+    """Stream one approved recording to standard output (a pipe: `| mpv -`) or to a new --output FILE.
+
+    ingestd opens the recording and hands the open file over the control socket, so the caller needs no
+    access to the store; what arrives is checked against the catalog's size and SHA-256 (exit 16 if not).
+    """
+    from ingestd.control import client  # noqa: PLC0415 - only the socket commands need it
+
+    target = _view_target(output)
+    try:
+        config = load(config_path)
+        recording, source = client.call_with_fd(
+            config.control.socket, "view", {"approval_id": approval_id, "recording_id": recording_id}
+        )
+        try:
+            stream_verified(source, target, recording, str(output or "standard output"))
+        finally:
+            os.close(source)
+    except BaseException:
+        if output is not None:
+            output.unlink(missing_ok=True)  # ours (O_EXCL): a partial or unverified copy is not left
+        raise
+    finally:
+        if output is not None:
+            os.close(target)
 
 
 @click.command("verify-export")

@@ -1,11 +1,14 @@
-"""What `ingestctl` calls: one request over the control socket, one answer.
+"""What `ingestctl` calls: one request over the control socket, one answer (and, for `call_with_fd`, the
+one open file the answer hands over).
 
 Guarantees: a missing or dead daemon is `DaemonUnavailable` (exit 69) naming the socket; an error the
-daemon answers with is re-raised as an `IngestdError` carrying the daemon's message and exit code.
+daemon answers with is re-raised as an `IngestdError` carrying the daemon's message and exit code; a
+descriptor received with an answer that is not returned is closed.
 """
 
 from __future__ import annotations
 
+import array
 import itertools
 import os
 import socket
@@ -18,6 +21,9 @@ from ingestd.control import protocol
 from ingestd.errors import IngestdError
 
 EX_UNAVAILABLE = 69  # sysexits.h
+CHUNK = 1 << 20
+MAX_PASSED_FILES = 1  # room for one descriptor; more set MSG_CTRUNC and the kernel closes the rest
+_FD = array.array("i")  # a descriptor as SCM_RIGHTS carries it: a C int
 _ids = itertools.count(1)
 
 
@@ -47,6 +53,38 @@ def call(
     socket_path: Path, command: str, args: Mapping[str, Any] | None = None, timeout: float = 30.0
 ) -> Any:
     """Send one request and return its result."""
+    return _exchange(socket_path, command, args, timeout, None)
+
+
+def call_with_fd(
+    socket_path: Path, command: str, args: Mapping[str, Any] | None = None, timeout: float = 30.0
+) -> tuple[Any, int]:
+    """Send one request whose answer hands over an open file (see `protocol`); return the result and the
+    file's descriptor, close-on-exec, which the caller must close. An answer that hands over no file, or
+    more than one, is a ProtocolError."""
+    fds: list[int] = []
+    try:
+        result = _exchange(socket_path, command, args, timeout, fds)
+    except BaseException:
+        _close_all(fds)
+        raise
+    if len(fds) != 1:
+        _close_all(fds)
+        raise protocol.ProtocolError(
+            detail=f"the answer to {command} hands over {len(fds)} files, expected one"
+        )
+    return result, fds[0]
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def _exchange(
+    socket_path: Path, command: str, args: Mapping[str, Any] | None, timeout: float, fds: list[int] | None
+) -> Any:
+    """One request and its answer's result; with `fds`, the descriptors the answer hands over go there."""
     request_id = f"{os.getpid()}-{next(_ids)}"
     payload = protocol.encode({"id": request_id, "command": command, "args": dict(args or {})})
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -63,7 +101,7 @@ def call(
                 detail=f"permission denied connecting to {socket_path}: ask for an ingestd group"
             ) from None
         connection.sendall(payload)
-        line = _read_line(connection, command, socket_path, timeout)
+        line = _read_line(connection, command, socket_path, timeout, fds)
     except TimeoutError:
         raise ControlTimeoutError(command=command, timeout=timeout, path=socket_path) from None
     except (ConnectionResetError, BrokenPipeError):
@@ -79,7 +117,24 @@ def call(
     return answer.get("result")
 
 
-def _read_line(connection: socket.socket, command: str, path: Path, timeout: float) -> bytes:
+def _receive(connection: socket.socket, command: str, fds: list[int] | None) -> bytes:
+    if fds is None:
+        return connection.recv(CHUNK)  # a descriptor sent anyway is discarded by the kernel
+    # recvmsg, not socket.recv_fds: that drops its flags argument (Python 3.11), and the descriptor must
+    # arrive close-on-exec rather than be marked so afterwards.
+    space = socket.CMSG_SPACE(MAX_PASSED_FILES * _FD.itemsize)
+    chunk, ancillary, flags, _ = connection.recvmsg(CHUNK, space, socket.MSG_CMSG_CLOEXEC)
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.extend(array.array(_FD.typecode, data[: len(data) - len(data) % _FD.itemsize]))
+    if flags & socket.MSG_CTRUNC:
+        raise protocol.ProtocolError(detail=f"the answer to {command} hands over more files than expected")
+    return chunk
+
+
+def _read_line(
+    connection: socket.socket, command: str, path: Path, timeout: float, fds: list[int] | None
+) -> bytes:
     deadline = time.monotonic() + timeout
     chunks: list[bytes] = []
     size = 0
@@ -88,7 +143,7 @@ def _read_line(connection: socket.socket, command: str, path: Path, timeout: flo
         if remaining <= 0:
             raise TimeoutError
         connection.settimeout(remaining)
-        chunk = connection.recv(1 << 20)
+        chunk = _receive(connection, command, fds)
         if not chunk:
             raise DaemonUnavailable(detail=f"it closed the connection on {path} before answering {command}")
         newline = chunk.find(b"\n")

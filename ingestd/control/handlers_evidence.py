@@ -2,20 +2,22 @@
 
 Each handler validates its JSON arguments (a wrong type or a missing one is a UsageError naming the
 argument), does its work in one catalog transaction with its own domain audit event, and returns plain
-JSON. Roles: only an approver approves; approvers and admins revoke; admins, clerks and approvers export
-(an approval is needed anyway); admins and auditors run spot checks; oversight roles read reports.
+JSON (`view` also hands over the open recording). Roles: only an approver approves; approvers and admins
+revoke; admins, clerks and approvers export and copy, and auditors may also view (an approval is needed
+anyway); admins and auditors run spot checks; oversight roles read reports.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
+from ingestd.control.protocol import PassedFile
 from ingestd.control.registry import OVERSIGHT, Request, command
 from ingestd.evidence.approvals import (
     approval_dict,
@@ -23,8 +25,10 @@ from ingestd.evidence.approvals import (
     revoke_approval,
     validate_new_approval,
 )
+from ingestd.evidence.copies import CopyOutcome, copy_footage
+from ingestd.evidence.delivery import DeliveryRequest
 from ingestd.evidence.errors import EvidenceUsageError
-from ingestd.evidence.export import export_bag
+from ingestd.evidence.export import ExportOutcome, export_bag
 from ingestd.evidence.periods import parse_period
 from ingestd.evidence.report import GroupBy, build_report
 from ingestd.evidence.spotcheck import (
@@ -34,6 +38,7 @@ from ingestd.evidence.spotcheck import (
     record_verdict,
     resolve_unit,
 )
+from ingestd.evidence.viewing import open_for_viewing
 from ingestd.services import Services
 from store.audit import Role
 from store.models import Approval, Inspection, InspectionVerdict
@@ -41,6 +46,7 @@ from store.models import Approval, Inspection, InspectionVerdict
 APPROVERS = frozenset({Role.APPROVER})
 REVOKERS = frozenset({Role.APPROVER, Role.ADMIN})
 EXPORTERS = frozenset({Role.ADMIN, Role.CLERK, Role.APPROVER})
+FOOTAGE_VIEWERS = EXPORTERS | {Role.AUDITOR}  # an auditor may watch what was recorded, not take it away
 INSPECTORS = frozenset({Role.ADMIN, Role.AUDITOR})
 _DURATION = re.compile(r"^(\d{1,5})([mhd])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days"}
@@ -158,22 +164,45 @@ def approvals(services: Services, request: Request) -> dict[str, Any]:
     return {"approvals": rows}
 
 
-# --- export ----------------------------------------------------------------------------------------------
+# --- footage: export, copy, view ---------------------------------------------------------------------
+
+
+def _deliver(
+    services: Services, request: Request, delivers: Callable[[DeliveryRequest], ExportOutcome | CopyOutcome]
+) -> dict[str, Any]:
+    """Export or copy: the same arguments, the same request."""
+    asked = DeliveryRequest(
+        services,
+        request.actor,
+        _req_int(request.args, "approval_id"),
+        Path(_str(request.args, "dest", required=True) or ""),
+        request.now,
+        tuple(_int_list(request.args, "recording_ids")),
+    )
+    return delivers(asked).as_dict()
 
 
 @command("export", roles=EXPORTERS, mutates=True, footage=True)
 def export(services: Services, request: Request) -> dict[str, Any]:
-    approval_id = _req_int(request.args, "approval_id")
-    dest = Path(_str(request.args, "dest", required=True) or "")
-    outcome = export_bag(
+    return _deliver(services, request, export_bag)
+
+
+@command("copy", roles=EXPORTERS, mutates=True, footage=True)
+def copy(services: Services, request: Request) -> dict[str, Any]:
+    return _deliver(services, request, copy_footage)
+
+
+@command("view", roles=FOOTAGE_VIEWERS, footage=True)
+def view(services: Services, request: Request) -> PassedFile:
+    """The recording's facts, and the stored object itself, opened read-only, handed to the caller."""
+    viewing = open_for_viewing(
         services,
         request.actor,
-        approval_id,
-        dest,
+        _req_int(request.args, "approval_id"),
+        _req_int(request.args, "recording_id"),
         now=request.now,
-        recording_ids=_int_list(request.args, "recording_ids") or None,
     )
-    return outcome.as_dict()
+    return PassedFile(viewing.as_dict(), viewing.file)
 
 
 # --- spot checks ---------------------------------------------------------------------------------------

@@ -4,6 +4,12 @@ Request  {"id": <str|int>, "command": <str>, "args": {...}}
 Response {"id": ..., "ok": true, "result": ...}
        | {"id": ..., "ok": false, "error": {"code": <str>, "message": <str>, "exit_code": <int>}}
 
+An answer may also hand the caller one open file (`view`: the stored object, opened read-only by the
+daemon, so the caller needs no access to the store). Its descriptor travels as SCM_RIGHTS ancillary data
+with the first bytes of the answer's line; the JSON `result` says what the file is (its size and
+digests), and the daemon closes its own copy once sent. A client that expects a file reads the answer
+with recvmsg (`client.call_with_fd`); any other read discards the descriptor (the kernel closes it).
+
 Guarantees: a request longer than MAX_REQUEST_BYTES, not UTF-8, not JSON, or not of that shape is
 answered with a `bad-request` error naming what is wrong; it never reaches a handler.
 """
@@ -14,7 +20,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from ingestd.errors import IngestdError
 
@@ -41,8 +47,32 @@ class Message:
     args: Mapping[str, Any]
 
 
+@dataclass(frozen=True)
+class PassedFile:
+    """A handler's whole result when it hands the caller an open file: `result` is the JSON answer and
+    `file`'s descriptor is sent with it. The server closes `file` once sent (or when sending fails); an
+    answer dropped before sending (say, its audit event could not be written) closes it when collected."""
+
+    result: Any
+    file: BinaryIO
+
+
+def _json_part(value: object) -> Any:
+    if isinstance(value, PassedFile):
+        return value.result
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
 def encode(value: Mapping[str, Any]) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+    """One line of JSON; of a `PassedFile`, its result (the file goes beside the line, see `passed_file`)."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=_json_part)
+    return text.encode() + b"\n"
+
+
+def passed_file(response: Mapping[str, Any]) -> PassedFile | None:
+    """The file a response hands over along with its line, if it hands one over."""
+    result = response.get("result")
+    return result if isinstance(result, PassedFile) else None
 
 
 def parse_request(line: bytes) -> Message:

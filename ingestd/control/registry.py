@@ -4,7 +4,8 @@ Guarantees: a command runs only for a caller holding one of its `roles`; the dis
 (`ingestd.control.dispatch`) audits every call of a `mutates` or `footage` command as action
 "ctl.<name>" with outcome ok/error/denied, and every denied call of any command. Handlers are plain
 functions registered with `@command(...)`; modules named `ingestd.control.handlers_*` are imported by the
-server, so registering a handler needs no other edit.
+server, so registering a handler needs no other edit. A handler returns plain JSON, or a
+`protocol.PassedFile` to hand the caller one open file along with it (sent over the socket, never a path).
 """
 
 from __future__ import annotations

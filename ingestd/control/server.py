@@ -2,7 +2,8 @@
 
 Guarantees: the caller's identity is the kernel's (SO_PEERCRED); each connection is served on its own
 short-lived thread with a deadline, so a slow or hostile client never blocks another; at most
-MAX_CONNECTIONS are served at once (more are told the daemon is busy). The socket is mode 0660, owned by
+MAX_CONNECTIONS are served at once (more are told the daemon is busy). A file a handler hands over
+(`protocol.PassedFile`) is sent with its answer and closed here. The socket is mode 0660, owned by
 `[control] socket_group`; a stale socket file left by a crash is replaced, a live one is not.
 """
 
@@ -204,7 +205,14 @@ class ControlServer:
 
     def _send(self, connection: socket.socket, response: dict[str, object]) -> None:
         connection.settimeout(self.config.timeout_seconds)
-        connection.sendall(protocol.encode(response))
+        passed = protocol.passed_file(response)
+        if passed is None:
+            connection.sendall(protocol.encode(response))
+            return
+        with passed.file:  # our copy is closed whether or not the caller got theirs
+            line = protocol.encode(response)
+            sent = socket.send_fds(connection, [line], [passed.file.fileno()])
+            connection.sendall(line[sent:])  # the descriptor went with the first bytes
 
     def stop(self, timeout: float = 5.0) -> None:
         self.stop_event.set()

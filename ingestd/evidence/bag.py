@@ -50,7 +50,8 @@ class BagResult:
     key_id: str
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make the directory's new entries durable (a rename is not until its directory is synced)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
@@ -66,7 +67,9 @@ def _write_file(path: Path, data: bytes, mode: int) -> None:
         os.fsync(out.fileno())
 
 
-def _copy_proving(source: BinaryIO, path: Path, item: PayloadItem, mode: int, chunk_size: int) -> None:
+def copy_proving(source: BinaryIO, path: Path, item: PayloadItem, mode: int, chunk_size: int) -> None:
+    """Write `source` to the new file `path`, hashing as it goes: what leaves the station is proven to be
+    what the catalog recorded (ExportIntegrityError otherwise; the caller removes the partial tree)."""
     sha = hashlib.sha256()
     b3 = blake3.blake3()
     size = 0
@@ -124,8 +127,8 @@ def write_bag(
     ordered = sorted(items, key=lambda i: i.name)
     for item in ordered:
         with open_object(item.blake3) as source:
-            _copy_proving(source, data / item.name, item, file_mode, chunk_size)
-    _fsync_dir(data)
+            copy_proving(source, data / item.name, item, file_mode, chunk_size)
+    fsync_dir(data)
 
     total = sum(item.size for item in ordered)
     manifest_sha = "".join(f"{i.sha256}  {layout.PAYLOAD_DIR}/{i.name}\n" for i in ordered)
@@ -185,7 +188,7 @@ def write_bag(
         ).encode("utf-8"),
         file_mode,
     )
-    _fsync_dir(target)
+    fsync_dir(target)
     return BagResult(
         payload_bytes=total,
         payload_files=len(ordered),

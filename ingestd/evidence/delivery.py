@@ -1,0 +1,276 @@
+"""Approved footage delivered as files into a new directory of the caller's (exports and copies).
+
+Guarantees:
+- DEST is absolute, does not exist, and lies in a directory the caller owns: the daemon, which may run as
+  root, never becomes a way to write where the caller could not. An existing DEST or DEST.partial is
+  never touched.
+- Nothing is read from the store unless the approval is valid for every recording at the time of the
+  request; a refusal is audited (outcome "refused", with its code) in a transaction of its own.
+- The files are written in DEST.partial, handed to the caller (their uid, the group of the directory
+  they asked for) and renamed to DEST only when complete and recorded; a failure removes the partial
+  directory and is audited (outcome "failed", or "refused" when the approval was withdrawn meanwhile).
+- A recording gets the same file name in every delivery: officer, case and time (004 art. 19(三)).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ingestd.evidence.approvals import FootageAction, audit_refusal, check_approval, scope_recordings
+from ingestd.evidence.bag import PayloadItem, fsync_dir
+from ingestd.evidence.errors import ApprovalRefused, EvidenceUsageError, ExportError
+from ingestd.evidence.naming import payload_name
+from ingestd.policies.flags import iso
+from ingestd.services import Services
+from store.audit import Actor
+from store.models import Approval, Recording, Unit
+
+PARTIAL_SUFFIX = ".partial"
+P = TypeVar("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What kind of delivery: the approval it needs, its audit action, and the error for a DEST that
+    cannot be written (an `ExportError`, exit 15, worded for the command)."""
+
+    action: FootageAction
+    audit_action: str
+    error: type[ExportError] = ExportError
+
+
+def check_destination(dest: Path, actor: Actor, error: type[ExportError] = ExportError) -> Path:
+    """The partial path to build in. DEST must be absolute (the daemon's working directory is not the
+    caller's), new, and in a directory the caller owns."""
+    if not dest.is_absolute():
+        raise EvidenceUsageError(detail=f"destination {dest} must be an absolute path")
+    if not dest.name or dest.name in (".", ".."):
+        raise EvidenceUsageError(detail=f"destination {dest} must name a new directory")
+    partial = dest.with_name(dest.name + PARTIAL_SUFFIX)
+    if dest.exists() or dest.is_symlink():
+        raise error(dest=dest, detail="already exists; nothing is ever overwritten")
+    if partial.exists() or partial.is_symlink():
+        raise error(dest=dest, detail=f"{partial} exists (an interrupted attempt?); remove it first")
+    parent = dest.parent
+    try:
+        info = parent.stat()
+    except OSError as problem:
+        raise error(dest=dest, detail=f"parent directory: {problem.strerror or problem}") from problem
+    if not parent.is_dir():
+        raise error(dest=dest, detail=f"{parent} is not a directory")
+    if actor.uid is not None and actor.uid not in (0, info.st_uid):
+        raise error(dest=dest, detail=f"{parent} is not owned by the caller (uid {actor.uid})")
+    return partial
+
+
+def select_recordings(
+    session: Session, approval: Approval | None, recording_ids: Sequence[int] | None
+) -> list[Recording]:
+    """The listed recordings, else every one the approval covers. Purged recordings have no footage
+    left: one listed is an error, one merely in scope is left out."""
+    if not recording_ids:
+        rows = scope_recordings(session, approval) if approval is not None else []
+        return [r for r in rows if r.purged_at is None]
+    wanted = sorted(set(recording_ids))
+    rows = list(session.scalars(select(Recording).where(Recording.id.in_(wanted)).order_by(Recording.id)))
+    unknown = sorted(set(wanted) - {r.id for r in rows})
+    if unknown:
+        raise EvidenceUsageError(detail=f"no recording with id {', '.join(map(str, unknown))}")
+    purged = {r.id: r.purged_at for r in rows if r.purged_at is not None}
+    if purged:
+        when = ", ".join(f"{rid} at {iso(at)}" for rid, at in purged.items())
+        raise EvidenceUsageError(detail=f"recording(s) purged, their footage no longer exists: {when}")
+    return rows
+
+
+def approved_recordings(
+    session: Session,
+    approval_id: int,
+    recording_ids: Sequence[int] | None,
+    now: datetime,
+    action: FootageAction,
+) -> tuple[Approval, list[Recording]]:
+    """The approval and the recordings it lets `action` touch now; ApprovalRefused if it does not."""
+    approval = session.get(Approval, approval_id)
+    rows = select_recordings(session, approval, recording_ids)
+    check_approval(approval, rows, now, action, approval_id=approval_id)
+    if approval is None or not rows:
+        raise EvidenceUsageError(detail=f"approval {approval_id} covers no recordings to {action.value}")
+    return approval, rows
+
+
+def units_of(session: Session, rows: Sequence[Recording]) -> dict[int, Unit]:
+    unit_ids = {r.unit_id for r in rows if r.unit_id is not None}
+    return {u.id: u for u in session.scalars(select(Unit).where(Unit.id.in_(unit_ids)))}
+
+
+def payload_items(session: Session, rows: Sequence[Recording]) -> tuple[PayloadItem, ...]:
+    """Each recording as a file to deliver: its name, what the catalog says its bytes are, its facts."""
+    units = units_of(session, rows)
+    items = []
+    for row in rows:
+        officer = row.officer
+        unit = units.get(row.unit_id) if row.unit_id is not None else None
+        name = payload_name(
+            recording_id=row.id,
+            officer_name=officer.name if officer else None,
+            officer_no=officer.officer_no if officer else None,
+            case=row.case_id or row.case_name,
+            recorded_at=row.recorded_at,
+            original_path=row.original_path,
+        )
+        facts = {
+            "device_serial": row.camera.device_serial,
+            "officer_no": officer.officer_no if officer else None,
+            "officer_name": officer.name if officer else None,
+            "unit_no": unit.unit_no if unit else None,
+            "unit_name": unit.name if unit else None,
+            "original_path": row.original_path,
+            "recorded_at": iso(row.recorded_at),
+            "recorded_at_camera": iso(row.recorded_at_raw),
+            "recorded_at_source": row.recorded_at_source,
+            "clock_offset_s": row.clock_offset_s,
+            "duration_s": row.duration_s,
+            "ingested_at": iso(row.ingested_at),
+            "case_id": row.case_id,
+            "case_name": row.case_name,
+            "case_party": row.case_party,
+            "event": row.event,
+            "place": row.place,
+            "confidentiality": row.confidentiality.value,
+        }
+        items.append(
+            PayloadItem(
+                name=name,
+                recording_id=row.id,
+                blake3=row.blake3,
+                sha256=row.sha256,
+                size=row.size,
+                facts=facts,
+            )
+        )
+    return tuple(items)
+
+
+@contextlib.contextmanager
+def refusal_audited(
+    services: Services, actor: Actor, action: FootageAction, details: dict[str, Any], now: datetime
+) -> Iterator[None]:
+    """An ApprovalRefused raised inside is audited, in a transaction of its own, and passed on."""
+    try:
+        yield
+    except ApprovalRefused as refused:
+        audit_refusal(
+            services.catalog, services.audit, actor, refused, action=action, details=details, now=now
+        )
+        raise
+
+
+def _make_partial(partial: Path, dest: Path, error: type[ExportError] = ExportError) -> None:
+    try:
+        partial.mkdir(mode=0o750)
+    except OSError as problem:
+        raise error(dest=dest, detail=f"cannot create {partial}: {problem.strerror or problem}") from problem
+
+
+def give_to(path: Path, uid: int | None) -> None:
+    """Hand the tree at `path` to the caller, so they can pass it on: their uid, and the group of the
+    directory they chose (the caller's gid is not known here)."""
+    if uid is None or os.geteuid() != 0:
+        return
+    gid = path.parent.stat().st_gid
+    for directory, dirnames, filenames in os.walk(path):
+        for name in [*dirnames, *filenames]:
+            os.chown(Path(directory) / name, uid, gid, follow_symlinks=False)
+    os.chown(path, uid, gid, follow_symlinks=False)
+
+
+def publish(partial: Path, dest: Path, error: type[ExportError] = ExportError) -> None:
+    """Rename the complete `partial` to `dest`, durably; never over something that appeared meanwhile."""
+    if dest.exists() or dest.is_symlink():
+        raise error(dest=dest, detail="appeared while the files were being written")
+    try:
+        partial.rename(dest)
+        fsync_dir(dest.parent)
+    except OSError as problem:
+        raise error(dest=dest, detail=f"rename failed: {problem.strerror or problem}") from problem
+
+
+@dataclass(frozen=True)
+class DeliveryRequest:
+    """A caller's request to have approved footage delivered into the new directory `dest`."""
+
+    services: Services
+    actor: Actor
+    approval_id: int
+    dest: Path
+    now: datetime
+    recording_ids: tuple[int, ...] = ()  # empty: every recording the approval covers
+
+    @property
+    def details(self) -> dict[str, Any]:
+        """The request as its audit events record it."""
+        return {
+            "approval": self.approval_id,
+            "destination": str(self.dest),
+            "requested_recordings": sorted(set(self.recording_ids)),
+        }
+
+    def approved_recordings(
+        self, session: Session, action: FootageAction
+    ) -> tuple[Approval, list[Recording]]:
+        return approved_recordings(session, self.approval_id, self.recording_ids, self.now, action)
+
+    def recheck_approval(self, session: Session, recording_ids: Sequence[int], action: FootageAction) -> None:
+        """Before the files are handed over: revoked while they were being written? Then they are not.
+        The approval row stays locked until `session` ends."""
+        approval = session.get(Approval, self.approval_id, with_for_update=True)
+        rows = list(session.scalars(select(Recording).where(Recording.id.in_(recording_ids))))
+        check_approval(approval, rows, self.now, action, approval_id=self.approval_id)
+
+
+def deliver(
+    request: DeliveryRequest,
+    kind: Delivery,
+    prepare: Callable[[DeliveryRequest], P],
+    build: Callable[[DeliveryRequest, P, Path], R],
+) -> R:
+    """Check DEST, `prepare` (check the approval, plan what to write: a refusal is audited), create
+    DEST.partial, `build` the files in it and publish them (a failure removes the partial directory and
+    is audited)."""
+    services, actor, details = request.services, request.actor, request.details
+    partial = check_destination(request.dest, actor, kind.error)
+    with refusal_audited(services, actor, kind.action, details, request.now):
+        plan = prepare(request)
+    created = False
+    try:
+        _make_partial(partial, request.dest, kind.error)
+        created = True
+        return build(request, plan, partial)
+    except BaseException as error:
+        if created:  # a DEST.partial that appeared meanwhile is someone else's
+            with contextlib.suppress(OSError):
+                shutil.rmtree(partial)
+        outcome = "refused" if isinstance(error, ApprovalRefused) else "failed"
+        with services.catalog.transaction() as session:
+            services.audit.append(
+                session,
+                actor=actor,
+                action=kind.audit_action,
+                subject=f"approval:{request.approval_id}",
+                outcome=outcome,
+                at=request.now,
+                details={**details, "error": str(error) or type(error).__name__},
+            )
+        raise
