@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -241,3 +242,52 @@ def test_garbage_gets_a_clear_error_others_are_served_and_metrics_scrape(daemon:
     raw.close()
     stalled.close()
     assert daemon.control_socket.exists()
+
+
+def test_oversight_commands_answer_json_and_refuse_bad_input(
+    daemon: Daemon, make_camera: Callable[..., SimulatedCamera], tmp_path: Path
+) -> None:
+    daemon.start()
+    make_camera("ZFY0603", files=3).dock(daemon.docks)
+    stored = stored_recordings(daemon, "ZFY0603", 3)
+    today = datetime.now(UTC).date()
+    period = ("--from", str(today - timedelta(days=2)), "--to", str(today + timedelta(days=1)))
+
+    def ok_json(*args: str) -> Any:
+        done = ctl(daemon, *args, "--json")
+        assert done.returncode == 0, (args, done.stderr)
+        return json.loads(done.stdout)
+
+    sample = ok_json("spotcheck", "sample", *period, "--size", "2", "--seed", "night-shift")
+    assert sample["population"] == 3
+    assert len(sample["items"]) == 2
+    assert {item["recording_id"] for item in sample["items"]} <= {r["id"] for r in stored}
+    first = str(sample["items"][0]["recording_id"])
+    judged = ok_json("spotcheck", "verdict", str(sample["id"]), first, "--pass", "--notes", "complete")
+    assert judged["summary"]["pass"] == 1
+    shown = ok_json("spotcheck", "show", str(sample["id"]))
+    assert shown["reproduces"] is True  # the stored seed draws the same sample again
+    report = ok_json("report", *period)
+    assert report["totals"]["recordings"] == 3
+    assert report["by_officer"][0]["recordings"] == 3
+    assert ok_json("approvals")["approvals"] == []
+
+    bad = {
+        ("spotcheck", "show", "999"): "no inspection with id 999",
+        ("spotcheck", "verdict", str(sample["id"]), "999999", "--pass"): "999999",
+        ("spotcheck", "sample", "--month", "2026-13"): "2026-13",
+        ("report", "--month", "last"): "last",
+        ("report",): "give --month YYYY-MM",
+        ("approvals", "999"): "no approval with id 999",
+        ("revoke", "999", "--reason", "mistake"): "999",
+        ("approve", "--purpose", "court", "--expires-in", "1h"): "give a scope",
+        ("export", "--approval", "999", str(tmp_path / "never-written")): "approval",
+        ("view", "--approval", "0", "1"): "Invalid value for '--approval'",
+    }
+    for args, message in bad.items():
+        done = ctl(daemon, *args)
+        assert done.returncode != 0, args
+        assert message in done.stderr, (args, done.stderr)
+        assert "Traceback" not in done.stderr, args
+        assert done.stdout == "", args
+    assert not (tmp_path / "never-written").exists()
