@@ -12,12 +12,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ingestd.evidence.approvals import FootageAction
 from ingestd.evidence.bag import MiB, PayloadItem, copy_proving
-from ingestd.evidence.delivery import Delivery, DeliveryRequest, deliver, give_to, payload_items, publish
+from ingestd.evidence.delivery import (
+    Delivery,
+    DeliveryRequest,
+    Workspace,
+    deliver,
+    give_to,
+    payload_items,
+    publish,
+)
 from ingestd.evidence.errors import ExportError, ExportIntegrityError
 from store.objects import write_durably
 
@@ -83,8 +90,8 @@ def _select(request: DeliveryRequest) -> _Selection:
         return _Selection(request.approval_id, payload_items(session, rows))
 
 
-def _copy_and_record(request: DeliveryRequest, selection: _Selection, partial: Path) -> CopyOutcome:
-    services = request.services
+def _copy_and_record(request: DeliveryRequest, selection: _Selection, workspace: Workspace) -> CopyOutcome:
+    services, partial = request.services, workspace.path
     chunk_size = services.config.store.chunk_mib * MiB
     for item in selection.items:
         with services.store.open(item.blake3) as source:
@@ -95,7 +102,7 @@ def _copy_and_record(request: DeliveryRequest, selection: _Selection, partial: P
     write_durably(partial / SUMS_FILE, sums_text(selection.items).encode("utf-8"))  # fsyncs `partial` too
     for path in partial.iterdir():
         path.chmod(FILE_MODE)
-    give_to(partial, request.actor.uid)
+    give_to(workspace, request.actor.uid)
     files = tuple(sorted(i.name for i in selection.items))
     total = sum(i.size for i in selection.items)
     with services.catalog.transaction() as session:
@@ -113,7 +120,7 @@ def _copy_and_record(request: DeliveryRequest, selection: _Selection, partial: P
             },
             at=request.now,
         )
-    publish(partial, request.dest, CopyError)
+    publish(workspace, CopyError)
     return CopyOutcome(str(request.dest), selection.approval_id, selection.recording_ids, files, total)
 
 

@@ -177,31 +177,75 @@ def refusal_audited(
         raise
 
 
-def _make_partial(partial: Path, dest: Path, error: type[ExportError] = ExportError) -> None:
+@dataclass(frozen=True)
+class Workspace:
+    """DEST.partial, held by a descriptor. The caller owns the directory it lies in and could swap the
+    name for a symlink while the daemon (root) works, so files are written, handed over and removed
+    through the descriptor (`path`), and the name is renamed only while it is still this directory."""
+
+    name: Path
+    dest: Path
+    fd: int
+
+    @property
+    def path(self) -> Path:
+        """The directory itself, whatever its name now points to (the kernel's magic link to `fd`)."""
+        return Path(f"/proc/self/fd/{self.fd}")
+
+    def still_named(self) -> bool:
+        try:
+            named = os.lstat(self.name)
+        except OSError:
+            return False
+        held = os.fstat(self.fd)
+        return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _make_workspace(partial: Path, dest: Path, error: type[ExportError] = ExportError) -> Workspace:
     try:
         partial.mkdir(mode=0o750)
+        fd = os.open(partial, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as problem:
         raise error(dest=dest, detail=f"cannot create {partial}: {problem.strerror or problem}") from problem
+    if os.fstat(fd).st_uid != os.geteuid():  # swapped for a directory of the caller's before we held it
+        os.close(fd)
+        raise error(dest=dest, detail=f"{partial} was replaced while it was being created")
+    return Workspace(partial, dest, fd)
 
 
-def give_to(path: Path, uid: int | None) -> None:
-    """Hand the tree at `path` to the caller, so they can pass it on: their uid, and the group of the
-    directory they chose (the caller's gid is not known here)."""
+def _discard(workspace: Workspace) -> None:
+    """Remove what was written, through the descriptor; the name only while it is still ours."""
+    for entry in os.scandir(workspace.path):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            Path(entry.path).unlink()
+    if workspace.still_named():
+        workspace.name.rmdir()
+
+
+def give_to(workspace: Workspace, uid: int | None) -> None:
+    """Hand the tree to the caller, so they can pass it on: their uid, and the group of the directory
+    they chose (the caller's gid is not known here)."""
     if uid is None or os.geteuid() != 0:
         return
-    gid = path.parent.stat().st_gid
-    for directory, dirnames, filenames in os.walk(path):
+    gid = workspace.dest.parent.stat().st_gid
+    for directory, dirnames, filenames in os.walk(workspace.path):
         for name in [*dirnames, *filenames]:
             os.chown(Path(directory) / name, uid, gid, follow_symlinks=False)
-    os.chown(path, uid, gid, follow_symlinks=False)
+    os.fchown(workspace.fd, uid, gid)
 
 
-def publish(partial: Path, dest: Path, error: type[ExportError] = ExportError) -> None:
-    """Rename the complete `partial` to `dest`, durably; never over something that appeared meanwhile."""
+def publish(workspace: Workspace, error: type[ExportError] = ExportError) -> None:
+    """Rename the complete workspace to DEST, durably; never over something that appeared meanwhile,
+    and never a name that no longer leads to the workspace."""
+    dest = workspace.dest
     if dest.exists() or dest.is_symlink():
         raise error(dest=dest, detail="appeared while the files were being written")
+    if not workspace.still_named():
+        raise error(dest=dest, detail=f"{workspace.name} was moved or replaced while the files were written")
     try:
-        partial.rename(dest)
+        workspace.name.rename(dest)
         fsync_dir(dest.parent)
     except OSError as problem:
         raise error(dest=dest, detail=f"rename failed: {problem.strerror or problem}") from problem
@@ -244,7 +288,7 @@ def deliver(
     request: DeliveryRequest,
     kind: Delivery,
     prepare: Callable[[DeliveryRequest], P],
-    build: Callable[[DeliveryRequest, P, Path], R],
+    build: Callable[[DeliveryRequest, P, Workspace], R],
 ) -> R:
     """Check DEST, `prepare` (check the approval, plan what to write: a refusal is audited), create
     DEST.partial, `build` the files in it and publish them (a failure removes the partial directory and
@@ -253,15 +297,14 @@ def deliver(
     partial = check_destination(request.dest, actor, kind.error)
     with refusal_audited(services, actor, kind.action, details, request.now):
         plan = prepare(request)
-    created = False
+    workspace: Workspace | None = None
     try:
-        _make_partial(partial, request.dest, kind.error)
-        created = True
-        return build(request, plan, partial)
+        workspace = _make_workspace(partial, request.dest, kind.error)
+        return build(request, plan, workspace)
     except BaseException as error:
-        if created:  # a DEST.partial that appeared meanwhile is someone else's
+        if workspace is not None:  # a DEST.partial that appeared meanwhile is someone else's
             with contextlib.suppress(OSError):
-                shutil.rmtree(partial)
+                _discard(workspace)
         outcome = "refused" if isinstance(error, ApprovalRefused) else "failed"
         with services.catalog.transaction() as session:
             services.audit.append(
@@ -274,3 +317,6 @@ def deliver(
                 details={**details, "error": str(error) or type(error).__name__},
             )
         raise
+    finally:
+        if workspace is not None:
+            os.close(workspace.fd)

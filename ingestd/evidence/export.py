@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -21,6 +20,7 @@ from ingestd.evidence.bag import PayloadItem, write_bag
 from ingestd.evidence.delivery import (
     Delivery,
     DeliveryRequest,
+    Workspace,
     deliver,
     give_to,
     payload_items,
@@ -123,17 +123,20 @@ def _load_plan(request: DeliveryRequest) -> _Plan:
     return plan
 
 
-def _build_and_record(request: DeliveryRequest, plan: _Plan, partial: Path) -> ExportOutcome:
+def _build_and_record(request: DeliveryRequest, plan: _Plan, workspace: Workspace) -> ExportOutcome:
     services, actor, now = request.services, request.actor, request.now
+    partial = workspace.path
     signer = services.audit.signer
     result = write_bag(partial, plan.items, plan.bag_info, signer, services.store.open, now=now)
-    report = verify_bag(partial, public_key=signer.public_key)
+    # The checker refuses a symlinked bag (the magic link is one), so it reads by the current name;
+    # a swap there could only fool this re-check, not what gets published (see `publish`).
+    report = verify_bag(partial.readlink(), public_key=signer.public_key)
     if not report.clean:
         found = "; ".join(f"{p.kind} {p.subject}: {p.detail}" for p in report.problems[:10])
         raise ExportIntegrityError(
             blake3="-", recording="-", detail=f"the written bag does not verify: {found}"
         )
-    give_to(partial, actor.uid)
+    give_to(workspace, actor.uid)
     with services.catalog.transaction() as session:
         request.recheck_approval(session, plan.recording_ids, FootageAction.EXPORT)
         export = Export(
@@ -159,7 +162,7 @@ def _build_and_record(request: DeliveryRequest, plan: _Plan, partial: Path) -> E
             session, actor=actor, action="export", subject=f"export:{export.id}", details=details, at=now
         )
         export_id = export.id
-    publish(partial, request.dest)
+    publish(workspace)
     return ExportOutcome(
         export_id=export_id,
         destination=str(request.dest),

@@ -356,3 +356,40 @@ def test_the_client_checks_the_file_it_was_handed(tmp_path: Path) -> None:
             pytest.raises(ViewIntegrityError, match=message),
         ):
             stream_verified(source.fileno(), sink.fileno(), facts, "out")
+
+
+def test_a_caller_swapping_the_partial_directory_for_a_symlink_redirects_nothing(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller owns the directory DEST is made in, so mid-copy they can put a symlink to a directory
+    of root's where DEST.partial was: the daemon must not write, chown or publish through it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the daemon's privilege is what a swapped symlink would abuse")
+    recordings(world)
+    approval = approve_for(world, case_id=CASE)
+    caller_uid = 4242  # no such user needed: ownership is what matters
+    exports, victim = tmp_path / "exports", tmp_path / "root-only"
+    exports.mkdir()
+    os.chown(exports, caller_uid, 0)
+    victim.mkdir(mode=0o700)
+    (victim / "config").write_text("root's own file")
+    dest = exports / "copy"
+    partial = exports / "copy.partial"
+    store_open = world.services.store.open
+
+    def swap_then_open(blake3_hex: str) -> Any:
+        if not partial.is_symlink():
+            partial.rename(exports / "moved-away")
+            partial.symlink_to(victim)
+        return store_open(blake3_hex)
+
+    monkeypatch.setattr(world.services.store, "open", swap_then_open)
+    caller = Actor(user="li.clerk", uid=caller_uid, role=Role.CLERK, source=f"ctl:uid={caller_uid}")
+    with pytest.raises(CopyError, match="was moved or replaced"):
+        call(world, copy, caller, approval_id=approval["id"], dest=str(dest))
+    assert [p.name for p in victim.iterdir()] == ["config"]
+    assert (victim / "config").stat().st_uid == 0
+    assert victim.stat().st_uid == 0
+    assert not dest.exists()
+    assert list((exports / "moved-away").iterdir()) == []  # what was written went away with the failure
+    assert events(world, "footage.copy")[-1].outcome == "failed"
