@@ -445,28 +445,8 @@ def hold(
     why = reason.strip()
     if not why:
         raise RefusedError(detail="a hold needs a reason (--reason)")
-    results: list[Change] = []
-    for recording in select_recordings(session, recording_ids, in_case):
-        if recording.legal_hold:
-            results.append(Change(recording.id))
-            continue
-        changes: dict[str, Any] = {"legal_hold": [False, True], "hold_reason": [recording.hold_reason, why]}
-        if recording.purge_notice_at is not None:
-            changes["purge_notice_at"] = [iso(recording.purge_notice_at), None]
-        recording.legal_hold = True
-        recording.hold_reason = why
-        recording.purge_notice_at = None
-        session.flush()
-        audit.append(
-            session,
-            actor=actor,
-            action="recording.hold",
-            subject=f"recording:{recording.id}",
-            at=now,
-            details={"reason": why, "changes": changes},
-        )
-        results.append(Change(recording.id, changes))
-    return results
+    recordings = select_recordings(session, recording_ids, in_case)
+    return _set_hold(session, audit, recordings, held=True, actor=actor, now=now, why=why)
 
 
 def release(
@@ -483,19 +463,41 @@ def release(
     why = reason.strip()
     if not why:
         raise RefusedError(detail="a release needs a reason (--reason)")
+    recordings = select_recordings(session, recording_ids, in_case)
+    return _set_hold(session, audit, recordings, held=False, actor=actor, now=now, why=why)
+
+
+def _set_hold(
+    session: Session,
+    audit: AuditLog,
+    recordings: list[Recording],
+    *,
+    held: bool,
+    actor: Actor,
+    now: datetime,
+    why: str,
+) -> list[Change]:
+    """Hold or release each recording not already so, one audit event each."""
     results: list[Change] = []
-    for recording in select_recordings(session, recording_ids, in_case):
-        if not recording.legal_hold:
+    for recording in recordings:
+        if recording.legal_hold is held:
             results.append(Change(recording.id))
             continue
-        changes: dict[str, Any] = {"legal_hold": [True, False], "hold_reason": [recording.hold_reason, None]}
-        recording.legal_hold = False
-        recording.hold_reason = None
+        reason_after = why if held else None
+        changes: dict[str, Any] = {
+            "legal_hold": [not held, held],
+            "hold_reason": [recording.hold_reason, reason_after],
+        }
+        if held and recording.purge_notice_at is not None:
+            changes["purge_notice_at"] = [iso(recording.purge_notice_at), None]
+            recording.purge_notice_at = None
+        recording.legal_hold = held
+        recording.hold_reason = reason_after
         session.flush()
         audit.append(
             session,
             actor=actor,
-            action="recording.release",
+            action="recording.hold" if held else "recording.release",
             subject=f"recording:{recording.id}",
             at=now,
             details={"reason": why, "changes": changes},
