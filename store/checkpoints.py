@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from store.objects import fsync_dir
 from store.signing import Signer, canonical_json
 from store.types import NaiveDatetimeError
 
@@ -127,11 +128,7 @@ class CheckpointFile:
         finally:
             os.close(fd)
         if created:
-            dir_fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            fsync_dir(self.path.parent)
 
     def _ensure_append_only(self, fd: int) -> None:
         buffer = bytearray(_LONG)  # the kernel reads and writes an int at its start

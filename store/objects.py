@@ -416,7 +416,8 @@ class _RingPool:
 # --- filesystem helpers ------------------------------------------------------------------------------
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a directory's new entries durable: a created or renamed name is not, until this."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
@@ -431,7 +432,7 @@ def _make_dirs(path: Path) -> None:
     _make_dirs(path.parent)
     with contextlib.suppress(FileExistsError):
         path.mkdir()
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
 
 def write_durably(path: Path, data: bytes) -> None:
@@ -449,7 +450,7 @@ def write_durably(path: Path, data: bytes) -> None:
         raise
     os.close(fd)
     temp.replace(path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def get_inode_flags(fd: int) -> int:
@@ -894,7 +895,7 @@ class FileObjectStore(ObjectStore):
             return self._deduplicate(
                 target, attempt, ring, blake3_hex=blake3_hex, sha256_hex=sha256_hex, size=size
             )
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         self._discard(attempt)
         seal = self._seal(target)
         return PutResult(
@@ -957,7 +958,7 @@ class FileObjectStore(ObjectStore):
     def _quarantine_copy(self, attempt: _Attempt, blake3_hex: str) -> Path:
         quarantined = self._quarantine / f"{blake3_hex}-{uuid.uuid4().hex[:8]}"
         attempt.partial.replace(quarantined)
-        _fsync_dir(self._quarantine)
+        fsync_dir(self._quarantine)
         self._discard(attempt)
         return quarantined
 
@@ -966,7 +967,7 @@ class FileObjectStore(ObjectStore):
         for path in (attempt.partial, attempt.sidecar):
             if path is not None:
                 path.unlink(missing_ok=True)
-        _fsync_dir(self._partial)
+        fsync_dir(self._partial)
 
     # -- removal and repair --
 
@@ -988,7 +989,7 @@ class FileObjectStore(ObjectStore):
         finally:
             os.close(fd)
         path.unlink()
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         _log.info("object removed", store=str(self.root), blake3=blake3_hex)
 
     def reconcile(self, keep: KeepKeys) -> Reconciled:
@@ -1012,7 +1013,7 @@ class FileObjectStore(ObjectStore):
             entry.unlink(missing_ok=True)
             removed.append(entry)
         if removed:
-            _fsync_dir(self._partial)
+            fsync_dir(self._partial)
         return Reconciled(tuple(kept), tuple(removed_keys), tuple(removed))
 
 

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from store.errors import StoreError
+from store.objects import fsync_dir
 
 PRIVATE_KEY_NAME = "audit-signing.key"
 PUBLIC_KEY_NAME = "audit-signing.pub"
@@ -72,14 +73,6 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
     if not isinstance(loaded, Ed25519PublicKey):
         raise SigningKeyError(path=path, detail=f"not an Ed25519 key but {type(loaded).__name__}")
     return loaded
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _temp_name(path: Path) -> Path:
@@ -150,7 +143,7 @@ class Signer:
         temp = _temp_name(path)
         _write_new(temp, pem, 0o644)
         temp.replace(path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
 
 def _load_private_key(path: Path) -> Ed25519PrivateKey:
@@ -199,5 +192,5 @@ def _create_private_key(path: Path) -> Ed25519PrivateKey:
         return _load_private_key(path)
     finally:
         temp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return key

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ingestd.evidence import layout
 from ingestd.evidence.errors import ExportIntegrityError
+from store.objects import fsync_dir
 from store.signing import Signer
 
 MiB = 1024 * 1024
@@ -48,15 +49,6 @@ class BagResult:
     tag_manifest_sha256: str
     tag_manifest_blake3: str
     key_id: str
-
-
-def fsync_dir(path: Path) -> None:
-    """Make the directory's new entries durable (a rename is not until its directory is synced)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_file(path: Path, data: bytes, mode: int) -> None:

@@ -27,13 +27,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ingestd.evidence.approvals import FootageAction, audit_refusal, check_approval, scope_recordings
-from ingestd.evidence.bag import PayloadItem, fsync_dir
+from ingestd.evidence.bag import PayloadItem
 from ingestd.evidence.errors import ApprovalRefused, EvidenceUsageError, ExportError
 from ingestd.evidence.naming import payload_name
 from ingestd.policies.flags import iso
 from ingestd.services import Services
 from store.audit import Actor
 from store.models import Approval, Recording, Unit
+from store.objects import fsync_dir
 
 PARTIAL_SUFFIX = ".partial"
 P = TypeVar("P")
