@@ -6,6 +6,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -36,6 +37,13 @@ config_option = click.option(
     default=None,
     help="Config file (default: $INGESTD_CONFIG, else /etc/ingestd/config.toml, else built-in defaults).",
 )
+
+# The --json of every ingestctl command that prints a result: one document, indented, UTF-8 as is.
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
+
+
+def print_json(value: Any) -> None:
+    click.echo(json.dumps(value, ensure_ascii=False, indent=2))
 
 
 def run_cli(command: Callable[..., object], prog_name: str) -> None:

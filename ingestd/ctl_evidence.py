@@ -15,7 +15,6 @@ catalog's: investigate); other codes come from the daemon or the socket (e.g. da
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shlex
 import stat
@@ -28,7 +27,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ingestd.cli import config_option, load
+from ingestd.cli import config_option, json_option, load, print_json
 from ingestd.errors import IngestdError, UsageError
 from ingestd.evidence.errors import EXIT_EXPORT_FAILED, EXIT_EXPORT_INTEGRITY
 from ingestd.evidence.verify_bag import verify_bag
@@ -39,7 +38,6 @@ DELIVERY_TIMEOUT_S = 6 * 3600.0  # the daemon answers only when the files are wr
 VIEW_CHUNK = 1 << 20
 
 F = TypeVar("F", bound=Callable[..., Any])
-json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
 
 
 def _call(config_path: Path | None, command: str, args: dict[str, Any], *, timeout: float = 30.0) -> Any:
@@ -47,10 +45,6 @@ def _call(config_path: Path | None, command: str, args: dict[str, Any], *, timeo
 
     config = load(config_path)
     return client.call(config.control.socket, command, args, timeout=timeout)
-
-
-def _emit(value: Any) -> None:
-    click.echo(json.dumps(value, ensure_ascii=False, indent=2))
 
 
 def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -139,7 +133,7 @@ def approve(
             "requested_by": requested_by,
         },
     )
-    _emit(result) if as_json else _print_approval(result)
+    print_json(result) if as_json else _print_approval(result)
 
 
 @click.command()
@@ -150,7 +144,7 @@ def approve(
 def revoke(config_path: Path | None, approval_id: int, reason: str, as_json: bool) -> None:
     """Revoke an approval: no export or viewing under it from now on."""
     result = _call(config_path, "revoke", {"approval_id": approval_id, "reason": reason})
-    _emit(result) if as_json else _print_approval(result)
+    print_json(result) if as_json else _print_approval(result)
 
 
 @click.command()
@@ -161,7 +155,7 @@ def approvals(config_path: Path | None, approval_id: int | None, as_json: bool) 
     """List approvals (newest first), or show one."""
     result = _call(config_path, "approvals", {"approval_id": approval_id})
     if as_json:
-        _emit(result)
+        print_json(result)
         return
     for approval in result["approvals"]:
         _print_approval(approval)
@@ -201,7 +195,7 @@ def _delivery_command(name: str, summary: str, describe: Callable[[dict[str, Any
             {"approval_id": approval_id, "dest": str(absolute), "recording_ids": list(recordings)},
             timeout=DELIVERY_TIMEOUT_S,
         )
-        _emit(result) if as_json else click.echo(describe(result))
+        print_json(result) if as_json else click.echo(describe(result))
 
     return deliver
 
@@ -347,7 +341,7 @@ def verify_export(path: Path, public_key_file: Path | None, as_json: bool) -> No
             raise click.BadParameter(str(error), param_hint="--public-key") from None
     report = verify_bag(path, public_key=pinned)
     if as_json:
-        _emit(report.as_dict())
+        print_json(report.as_dict())
     else:
         console = Console()
         for problem in report.problems:
@@ -435,7 +429,7 @@ def spotcheck_sample(
             "note": note,
         },
     )
-    _emit(result) if as_json else _print_inspection(result)
+    print_json(result) if as_json else _print_inspection(result)
 
 
 @spotcheck.command("verdict")
@@ -471,7 +465,7 @@ def spotcheck_verdict(
             "amend": amend,
         },
     )
-    _emit(result) if as_json else _print_inspection(result)
+    print_json(result) if as_json else _print_inspection(result)
 
 
 @spotcheck.command("show")
@@ -482,7 +476,7 @@ def spotcheck_show(config_path: Path | None, inspection_id: int | None, as_json:
     """Show one inspection's ledger (and whether its sample still draws the same), or list them."""
     result = _call(config_path, "spotcheck.show", {"inspection_id": inspection_id})
     if as_json:
-        _emit(result)
+        print_json(result)
     elif inspection_id is None:
         columns = ["id", "created", "by", "unit", "start", "end", "size", "reviewed", "pending"]
         _table(
@@ -543,7 +537,7 @@ def report(
     """Statistics per unit and officer for a period (001 art. 28)."""
     result = _call(config_path, "report", {**_period_args(month, start, end), "unit_no": unit_no, "by": by})
     if as_json:
-        _emit(result)
+        print_json(result)
         return
     period = result["period"]
     click.echo(f"period {period['label']}: {period['start']} .. {period['end']}")

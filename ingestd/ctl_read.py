@@ -36,7 +36,7 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy.engine import make_url
 
-from ingestd.cli import config_option, load
+from ingestd.cli import config_option, json_option, load, print_json
 from ingestd.config import Config
 from ingestd.control import queries
 from ingestd.control.auth import current_caller
@@ -73,8 +73,6 @@ DIRECT_READS: dict[str, frozenset[Role]] = {
     "officers": EVERYONE,
     "audit": frozenset({Role.ADMIN, Role.AUDITOR}),
 }
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 
 
 class OutputError(IngestdError):
@@ -146,10 +144,6 @@ def request(
     if not isinstance(result, dict):
         raise IngestdError(detail=f"ingestd answered {command} with {type(result).__name__}, not an object")
     return {**result, "served_by": served_by}
-
-
-def _print_json(value: Any) -> None:
-    click.echo(json.dumps(value, ensure_ascii=False, indent=2))
 
 
 # --- formatting ------------------------------------------------------------------------------------
@@ -250,7 +244,7 @@ def status(config_path: Path | None, watch: bool, as_json: bool) -> None:
     if not watch:
         result = request(config, "status", {})
         if as_json:
-            _print_json(result)
+            print_json(result)
         else:
             Console().print(status_view(result, zone))
         return
@@ -279,7 +273,7 @@ def cameras(config_path: Path | None, serial: str | None, unit: str | None, as_j
     zone = ZoneInfo(config.deadlines.timezone)
     result = request(config, "cameras", {"serial": serial, "unit": unit})
     if as_json:
-        _print_json(result)
+        print_json(result)
         return
     table = Table(title="Cameras")
     for column in (
@@ -323,7 +317,7 @@ def officers(config_path: Path | None, officer: str | None, unit: str | None, as
     config = load(config_path)
     result = request(config, "officers", {"officer": officer, "unit": unit})
     if as_json:
-        _print_json(result)
+        print_json(result)
         return
     table = Table(title="Officers")
     for column in ("officer", "name", "unit", "unit name", "cameras held"):
@@ -373,7 +367,7 @@ def footage(config_path: Path | None, as_json: bool, **filters: Any) -> None:
     zone = ZoneInfo(config.deadlines.timezone)
     result = request(config, "footage", filters)
     if as_json:
-        _print_json(result)
+        print_json(result)
         return
     table = Table(title="Footage")
     for column in (

@@ -10,28 +10,21 @@ object; 13 permission denied (audited); 69 ingestd is not running; 75 no answer 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ingestd.cli import config_option, load
+from ingestd.cli import config_option, json_option, load, print_json
 from ingestd.ctl_read import request
 from store.models import Confidentiality, RetentionClass
 
 EXIT_PROBLEMS = 3
 PURGE_TIMEOUT_S = 6 * 3600.0  # the daemon answers once every object is removed and recorded
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-
 
 def ask(config_path: Path | None, command: str, args: dict[str, Any], *, timeout: float | None = None) -> Any:
     return request(load(config_path), command, args, timeout=timeout)
-
-
-def emit(value: Any) -> None:
-    click.echo(json.dumps(value, ensure_ascii=False, indent=2))
 
 
 def _custody_line(entry: dict[str, Any]) -> str:
@@ -53,7 +46,7 @@ def _custody_line(entry: dict[str, Any]) -> str:
 def checkout(config_path: Path | None, device: str, officer_no: str | None, as_json: bool) -> None:
     """Check camera DEVICE out: to --officer, else to its assigned officer, else unassigned."""
     result = ask(config_path, "checkout", {"device": device, "officer_no": officer_no})
-    emit(result["custody"]) if as_json else click.echo(_custody_line(result["custody"]))
+    print_json(result["custody"]) if as_json else click.echo(_custody_line(result["custody"]))
 
 
 @click.command()
@@ -64,7 +57,7 @@ def checkout(config_path: Path | None, device: str, officer_no: str | None, as_j
 def checkin(config_path: Path | None, device: str, note: str | None, as_json: bool) -> None:
     """Check camera DEVICE in by hand (card-reader imports); docking checks in by itself."""
     result = ask(config_path, "checkin", {"device": device, "note": note})
-    emit(result["custody"]) if as_json else click.echo(_custody_line(result["custody"]))
+    print_json(result["custody"]) if as_json else click.echo(_custody_line(result["custody"]))
 
 
 @click.command()
@@ -76,7 +69,7 @@ def custody(config_path: Path | None, device: str | None, officer_no: str | None
     """The handover register: every check-out and check-in, oldest first."""
     entries = ask(config_path, "custody", {"device": device, "officer_no": officer_no})["custody"]
     if as_json:
-        emit(entries)
+        print_json(entries)
         return
     for entry in entries:
         click.echo(_custody_line(entry))
@@ -102,7 +95,7 @@ def flags(config_path: Path | None, include_closed: bool, as_json: bool) -> None
     """Open flags (late, overdue, gaps, drift, failed files...); --all for the whole history."""
     found = ask(config_path, "flags", {"all": include_closed})["flags"]
     if as_json:
-        emit(found)
+        print_json(found)
         return
     for flag in found:
         click.echo(_flag_line(flag))
@@ -118,12 +111,12 @@ def flags(config_path: Path | None, include_closed: bool, as_json: bool) -> None
 def explain(config_path: Path | None, flag_id: int, text: str, as_json: bool) -> None:
     """Record the explanation of FLAG; it leaves the open list and stays in history."""
     flag = ask(config_path, "explain", {"flag_id": flag_id, "text": text})["flag"]
-    emit(flag) if as_json else click.echo(_flag_line(flag))
+    print_json(flag) if as_json else click.echo(_flag_line(flag))
 
 
 def _changes(results: list[dict[str, Any]], as_json: bool, verb: str) -> None:
     if as_json:
-        emit(results)
+        print_json(results)
         return
     for result in results:
         click.echo(f"recording {result['recording_id']}: {verb if result['changes'] else 'unchanged'}")
@@ -226,7 +219,7 @@ def extend(
     args = {"recording_id": recording_id, "working_days": working_days, "reason": reason}
     result = ask(config_path, "extend", args)["extension"]
     if as_json:
-        emit(result)
+        print_json(result)
         return
     resolved = ", ".join(map(str, result["resolved_flag_ids"]))
     click.echo(
@@ -245,7 +238,7 @@ def purge_command(config_path: Path | None, dry_run: bool, as_json: bool) -> Non
     report = ask(config_path, "purge", {"dry_run": dry_run}, timeout=PURGE_TIMEOUT_S)["purge"]
     done = report["done"] or {}
     if as_json:
-        emit(report)
+        print_json(report)
     else:
         prefix = "would " if dry_run else ""
         recordings, objects = len(report["deletable_recordings"]), len(report["deletable_objects"])
