@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 BOOTSTRAP = """
 import os, pwd, sys
 import ingestd.ctl, ingestd.ctl_read, ingestd.control.client, ingestd.control.queries
-import click, csv, json, rich.console, rich.table, rich.live, rich.progress_bar, rich.text, encodings.idna
+import click, click._textwrap, csv, json, encodings.idna
+import rich.console, rich.table, rich.live, rich.progress_bar, rich.text
 user = sys.argv.pop(1)
 entry = pwd.getpwnam(user)
 os.setgroups(os.getgrouplist(user, entry.pw_gid))
