@@ -45,6 +45,29 @@ def test_garbage_is_refused_with_a_clear_reason(line: bytes, message: str) -> No
     assert caught.value.exit_code == protocol.EX_PROTOCOL
 
 
+@pytest.mark.parametrize("opener", [b"[", b'{"k":'])
+def test_deeply_nested_json_is_a_bad_request_not_a_crash(opener: bytes) -> None:
+    closer = b"]" if opener == b"[" else b"}"
+    deep = b'{"id": 9, "command": "status", "args": {"x": ' + opener * 100_000 + closer * 100_000 + b"}}"
+    with pytest.raises(protocol.ProtocolError, match="nested deeper than") as caught:
+        protocol.parse_request(deep)
+    assert caught.value.exit_code == protocol.EX_PROTOCOL
+    assert protocol.request_id_of(deep) is None  # the error path must not recurse either
+    unclosed = b'{"id": 9, "command": "status", "args": {"x": ' + opener * 100_000
+    with pytest.raises(protocol.ProtocolError, match="nested deeper than"):
+        protocol.parse_request(unclosed)
+    assert protocol.request_id_of(unclosed) is None
+    with pytest.raises(protocol.ProtocolError, match="not JSON"):  # merely cut short: said so
+        protocol.parse_request(b'{"command": "status", "args": {"x": [[')
+    # Brackets inside strings are text, not nesting; the limit itself is accepted.
+    within = b'{"command": "status", "args": {"x": "' + b"[" * 1000 + b'"}}'
+    assert protocol.parse_request(within).args == {"x": "[" * 1000}
+    escaped = b'{"command": "status", "args": {"x": "\\"' + b"[" * 40 + b"]" * 40 + b'"}}'
+    assert protocol.parse_request(escaped).args == {"x": '"' + "[" * 40 + "]" * 40}
+    limit = protocol.MAX_NESTING - 2  # the request object and args are two levels
+    assert protocol.parse_request(b'{"command": "s", "args": {"x": ' + b"[" * limit + b"]" * limit + b"}}")
+
+
 def test_an_id_is_recovered_from_a_bad_request_when_possible() -> None:
     assert protocol.request_id_of(b'{"id": "a1", "command": 5}') == "a1"
     assert protocol.request_id_of(b"junk") is None
