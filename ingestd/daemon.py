@@ -143,6 +143,7 @@ class Daemon:
         log.info("ready", docks_watched=self._describe_sources())
         watchdog_every = watchdog_interval_s()
         last_watchdog = last_progress = 0.0
+        last_status = message
         try:
             while not self.state.stop.is_set():
                 self._drain_events()
@@ -150,7 +151,12 @@ class Daemon:
                 if now - last_progress >= PROGRESS_INTERVAL_S:
                     last_progress = now
                     self.manager.flush_progress()
-                    self.notifier.status(self._status_line())
+                    # Only a change: the manager keeps the last STATUS, and a datagram each second to a
+                    # listener that reads none fills its queue and would block this loop.
+                    status = self._status_line()
+                    if status != last_status:
+                        last_status = status
+                        self.notifier.status(status)
                 if watchdog_every is not None and now - last_watchdog >= watchdog_every:
                     last_watchdog = now
                     self.notifier.watchdog()
