@@ -287,6 +287,25 @@ class ControlConfig(Section):
     timeout_seconds: float = Field(
         30.0, gt=0, le=3600, description="A connection idle this long (or a request this slow) is closed."
     )
+    max_connections: int = Field(32, ge=1, le=1024, description="Connections served at once, in all.")
+    max_connections_per_uid: int = Field(
+        4, ge=1, le=1024, description="Connections one uid may hold open at once; more are refused."
+    )
+    connection_lifetime_seconds: float = Field(
+        300.0, gt=0, le=86400, description="A connection is closed this long after it was accepted."
+    )
+    denial_audit_interval_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="Refusals of one kind from one uid: the first is audited, the rest once per interval.",
+    )
+
+    @model_validator(mode="after")
+    def _per_uid_within_total(self) -> ControlConfig:
+        if self.max_connections_per_uid > self.max_connections:
+            raise ValueError("max_connections_per_uid cannot exceed max_connections")
+        return self
 
     @field_validator("socket")
     @classmethod

@@ -161,7 +161,8 @@ def parse_response(line: bytes, expected_id: str | int | None) -> dict[str, Any]
         raise ProtocolError(detail=f"the daemon's answer is not JSON: {error}") from None
     if not isinstance(data, dict) or not isinstance(data.get("ok"), bool):
         raise ProtocolError(detail="the daemon's answer has no ok field")
-    if data.get("id") != expected_id:
+    # An error without an id refuses the connection itself (a cap, the lifetime) or an unreadable request.
+    if data.get("id") != expected_id and not (data.get("id") is None and data["ok"] is False):
         raise ProtocolError(detail=f"answer for request {data.get('id')!r}, expected {expected_id!r}")
     if not data["ok"]:
         problem = data.get("error")

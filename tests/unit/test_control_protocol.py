@@ -82,6 +82,11 @@ def test_responses_round_trip_and_are_checked() -> None:
     assert json.loads(failed)["error"]["exit_code"] == 13
     with pytest.raises(protocol.ProtocolError, match="malformed"):
         protocol.parse_response(b'{"id": "r4", "ok": false, "error": "x"}', "r4")
+    # The daemon refusing the connection itself answers before reading a request, so without an id.
+    refused = protocol.encode(protocol.failure(None, "too-many-connections", "uid 7 ...", 75)).rstrip(b"\n")
+    assert protocol.parse_response(refused, "r5")["error"]["exit_code"] == 75
+    with pytest.raises(protocol.ProtocolError, match="expected 'r6'"):
+        protocol.parse_response(b'{"id": null, "ok": true, "result": 1}', "r6")
 
 
 def test_error_codes_come_from_class_names() -> None:
@@ -97,7 +102,7 @@ def test_secrets_never_reach_the_audit_details() -> None:
     }
     huge = redact({"ids": list(range(5000))})
     assert huge["truncated"] is True
-    assert huge["keys"] == ["ids"]
+    assert huge["key_count"] == 1
 
 
 CONFIG = ControlConfig(
@@ -144,3 +149,9 @@ def test_metrics_listen_only_on_loopback() -> None:
 def test_a_socket_path_too_long_for_sockaddr_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"control\.socket: .*longer than"):
         parse_config({"control": {"socket": "/run/" + "x" * 120}}, "t")
+
+
+def test_the_per_uid_connection_cap_cannot_exceed_the_total() -> None:
+    assert Config().control.max_connections_per_uid < Config().control.max_connections
+    with pytest.raises(ConfigError, match="max_connections_per_uid cannot exceed max_connections"):
+        parse_config({"control": {"max_connections": 2, "max_connections_per_uid": 3}}, "t")
