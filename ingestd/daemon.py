@@ -1,4 +1,5 @@
-"""`ingestd run`: reconcile, report READY, then supervise sources, sessions and the watchdog.
+"""`ingestd run`: take the station's lock, reconcile, report READY, then supervise sources, sessions
+and the watchdog. One daemon per state directory: a second refuses before it opens anything else.
 
 The supervising loop is the only place that pings the systemd watchdog, so a stuck loop stops the pings
 and systemd restarts the daemon. Every service thread has a stop event. SIGTERM lets each session finish
@@ -7,6 +8,8 @@ its current durable step; SIGHUP reloads the camera rules.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import queue
 import signal
 import threading
@@ -37,6 +40,34 @@ log = structlog.get_logger()
 
 LOOP_TICK_S = 0.25
 PROGRESS_INTERVAL_S = 1.0
+LOCK_FILE = "ingestd.lock"
+
+
+class AlreadyRunningError(IngestdError):
+    template = "ingestd is already running on {state_dir} (pid {pid}); refusing to start a second one"
+    exit_code = 43
+
+
+def lock_state(state_dir: Path) -> int:
+    """Take the station's single-instance lock (an exclusive flock on `state_dir/ingestd.lock`) and
+    return its descriptor, held open for the life of the process: the kernel drops it at exit, even on
+    SIGKILL, so a crash leaves nothing stale. Raises AlreadyRunningError, naming the holder's pid, while
+    another daemon holds it."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+    path = state_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise AlreadyRunningError(state_dir=state_dir, pid=holder) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # for the message above; the lock is the flock
+    return fd
 
 
 def ingest_settings(config: Config) -> IngestSettings:
@@ -79,6 +110,8 @@ class Daemon:
     def __init__(
         self, config: Config, config_path: Path | None, *, clock: Callable[[], datetime] = utcnow
     ) -> None:
+        # First of all: a second daemon must not reconcile (interrupt) the live one's sessions.
+        self._lock_fd = lock_state(config.daemon.state_dir)
         self.config = config
         self.config_path = config_path
         self.clock = clock
@@ -231,4 +264,5 @@ class Daemon:
         self.jobs.stop()
         self.services.audit.checkpoint(self.services.catalog)
         self.services.close()
+        os.close(self._lock_fd)  # last: nothing of this station is open any more
         log.info("stopped")

@@ -317,3 +317,45 @@ def test_sigterm_stops_cleanly_and_reports_stopping(daemon: Daemon) -> None:
     daemon.start()
     assert daemon.stop() == 0
     assert daemon.events("stopped")
+
+
+def open_sessions(daemon: Daemon) -> list[tuple[int, SessionState]]:
+    catalog = daemon.catalog()
+    try:
+        with catalog.transaction() as session:
+            rows = session.execute(
+                select(DockSession.id, DockSession.state).where(DockSession.ended_at.is_(None))
+            )
+            return [(row.id, row.state) for row in rows]
+    finally:
+        catalog.close()
+
+
+def test_a_second_daemon_on_the_same_state_refuses_before_touching_anything(
+    daemon: Daemon, make_camera: Callable[..., SimulatedCamera]
+) -> None:
+    # Every camera reply takes 0.25 s (the driver waits 0.5 s), so its dock session stays open a while.
+    camera = make_camera("ZFY5101", files=2, size_bytes=128 * MIB, extra_args=["--faults", "slow=250"])
+    daemon.start()
+    camera.dock(daemon.docks)
+    live = wait_for("a live dock session", lambda: open_sessions(daemon), timeout=60)
+    log_before = daemon.log_text()
+    second = subprocess.run(
+        [sys.executable, "-m", "ingestd", "run", "--config", str(daemon.config_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"},
+    )
+    assert open_sessions(daemon)[:1] == live[:1], second.stderr  # not marked interrupted
+    assert second.returncode == 43, second.stderr
+    assert second.stderr.count("\n") == 1
+    assert second.stderr.startswith(f"ingestd: error: ingestd is already running on {daemon.state_dir} (pid ")
+    assert f"pid {daemon.process.pid if daemon.process else '?'})" in second.stderr
+    assert "reconciled" not in second.stdout
+    assert daemon.control_socket.exists()
+    [ended] = wait_sessions(daemon, "ZFY5101")
+    assert ended.state is SessionState.DONE  # the first daemon finished it undisturbed
+    assert daemon.log_text().startswith(log_before)
+    assert daemon.stop() == 0
