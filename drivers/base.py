@@ -209,6 +209,7 @@ class DriverOptions:
     baud_rate: int = 115200
     filename_patterns: tuple[str, ...] = ()
     extensions: tuple[str, ...] = (".mp4", ".mov", ".avi", ".jpg", ".wav")
+    filesystems: tuple[str, ...] = ("vfat", "exfat")  # a volume of another type is never mounted
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 

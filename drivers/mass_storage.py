@@ -44,7 +44,7 @@ from drivers.base import (
     StorageInfo,
     Unsupported,
 )
-from drivers.mount import ALLOWED_FSTYPES, block_device_present, mount_readonly
+from drivers.mount import block_device_present, mount_readonly
 from drivers.wipe import delete_recordings
 
 IDENTITY_FILE = "ZFYINFO.TXT"
@@ -137,8 +137,6 @@ class MassStorageCamera(Camera):
         self.device = device
         self.options = options
         self.name = f"msc:{device.block}" if device.block is not None else f"msc:{device.directory}"
-        fstypes = options.extra.get("fstypes", ALLOWED_FSTYPES)
-        self.fstypes: tuple[str, ...] = tuple(str(fstype) for fstype in fstypes)
         self._mounted: Path | None = None
 
     def _unsupported(self, command: str) -> Unsupported:
@@ -211,7 +209,9 @@ class MassStorageCamera(Camera):
         if self.device.directory is not None:
             volume_cm = contextlib.nullcontext(self.device.directory)
         elif self.device.block is not None:
-            volume_cm = mount_readonly(self.device.block, device_name=self.name, fstypes=self.fstypes)
+            volume_cm = mount_readonly(
+                self.device.block, device_name=self.name, fstypes=self.options.filesystems
+            )
         else:
             raise Unsupported(self.name, "mount", "no block device and no mounted directory")
         with volume_cm as volume:

@@ -105,6 +105,7 @@ class SerialCamera(Camera):
         self.name = f"serial:{device.tty}"
         self._device = device
         self._password = options.password
+        self._filesystems = options.filesystems
         self._settings = LinkSettings.from_options(self.name, options)
         self._decoder = p.FrameDecoder()
         self._seq = 0
@@ -222,7 +223,7 @@ class SerialCamera(Camera):
         assert self._device.block is not None  # noqa: S101  # checked above
         from drivers.mount import mount_readonly  # noqa: PLC0415  # only the block path needs mounting
 
-        with mount_readonly(self._device.block, device_name=self.name) as path:
+        with mount_readonly(self._device.block, device_name=self.name, fstypes=self._filesystems) as path:
             yield path
 
     def delete_originals(self, volume: Path, relative_paths: list[Path]) -> list[tuple[Path, str]]:

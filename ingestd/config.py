@@ -81,6 +81,17 @@ class CameraRuleConfig(Section):
     baud_rate: int = Field(115200, gt=0)
     filename_patterns: tuple[str, ...] = Field((), description="Regexes with named time groups.")
     extensions: tuple[str, ...] = Field((".mp4", ".mov", ".avi", ".jpg", ".wav"))
+    filesystems: tuple[Literal["vfat", "exfat", "ext4"], ...] = Field(
+        ("vfat", "exfat"),
+        description="Volume types mounted from these cameras (detected before mounting); others are refused.",
+    )
+
+    @field_validator("filesystems")
+    @classmethod
+    def _some_filesystem(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("needs at least one filesystem type")
+        return tuple(dict.fromkeys(value))
 
     @field_validator("match")
     @classmethod
@@ -95,6 +106,7 @@ class CameraRuleConfig(Section):
             baud_rate=self.baud_rate,
             filename_patterns=self.filename_patterns,
             extensions=self.extensions,
+            filesystems=self.filesystems,
         )
         return CameraRule(match=dict(self.match), driver=self.driver, options=options)
 

@@ -101,6 +101,7 @@ password = "000000"
 [[camera]]
 match = {{ SUBSYSTEM = "block", LOOP_BACKING_FILE = "{base}/*.img" }}
 driver = "mass-storage"
+filesystems = ["ext4"]  # the simulated card is an ext4 image; a real dock keeps the vfat/exfat default
 """
     path = base / "config.toml"
     path.write_text(text, encoding="utf-8")

@@ -50,6 +50,8 @@ class Daemon:
     control_dir: Path | None = None  # where the control socket lives (default: base)
     control_config: str = ""  # more [control] keys (group names), one per line
     udev: bool = False
+    # The simulator's volumes are ext4 images, which no rule mounts unless it lists ext4.
+    camera_filesystems: tuple[str, ...] = ("ext4",)
     store_root: Path | None = None
     process: subprocess.Popen[bytes] | None = None
     _notify: socket.socket | None = None
@@ -112,10 +114,12 @@ watch_folders = ["{self.docks}"]
 match = {{ SUBSYSTEM = "folder", ZFY_TRANSPORT = "serial" }}
 driver = "serial"
 password = "000000"
+filesystems = {json.dumps(list(self.camera_filesystems))}
 
 [[camera]]
 match = {{ SUBSYSTEM = "block", LOOP_BACKING_FILE = "*-camera.img" }}
 driver = "mass-storage"
+filesystems = {json.dumps(list(self.camera_filesystems))}
 {self.extra_config}
 """,
             encoding="utf-8",

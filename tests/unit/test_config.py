@@ -101,3 +101,17 @@ def test_config_is_frozen() -> None:
     config = Config()
     with pytest.raises(ValueError, match="frozen"):
         config.store.__setattr__("read_back", False)
+
+
+def test_camera_volumes_are_vfat_or_exfat_unless_a_rule_lists_more(tmp_path: Path) -> None:
+    rule = "[[camera]]\nmatch = { SUBSYSTEM = 'block' }\ndriver = 'mass-storage'\n"
+    [default] = load_config(write(tmp_path, rule)).camera_rules()
+    assert default.options.filesystems == ("vfat", "exfat")
+    [ext4] = load_config(write(tmp_path, rule + "filesystems = ['ext4', 'vfat', 'ext4']\n")).camera_rules()
+    assert ext4.options.filesystems == ("ext4", "vfat")
+    for bad, reason in [
+        ("['ntfs']", r"camera\[0\]\.filesystems\[0\]: .*'vfat', 'exfat' or 'ext4'"),
+        ("[]", "at least one"),
+    ]:
+        with pytest.raises(ConfigError, match=reason):
+            load_config(write(tmp_path, rule + f"filesystems = {bad}\n"))
