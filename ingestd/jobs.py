@@ -29,7 +29,7 @@ from ingestd.config import Config, NotifyConfig
 from ingestd.operations import FlagView, flag_view
 from ingestd.policies.clock import evaluate_drift
 from ingestd.policies.deadlines import recording_end
-from ingestd.policies.flags import FlagDecision
+from ingestd.policies.flags import FlagDecision, bounded_dedup_key
 from ingestd.policies.gaps import RecordingSpan, evaluate_gaps
 from ingestd.policies.overdue import CameraCustodyFacts, evaluate_overdue
 from ingestd.purge import give_notices
@@ -69,7 +69,10 @@ def raise_decisions(
                 )
         except exc.IntegrityError:
             # Only a lost race on the unique key is expected; anything else is re-raised.
-            if session.scalar(select(Flag.id).where(Flag.dedup_key == decision.dedup_key)) is None:
+            if (
+                session.scalar(select(Flag.id).where(Flag.dedup_key == bounded_dedup_key(decision.dedup_key)))
+                is None
+            ):
                 raise
             flag = None
         if flag is not None:

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from drivers.base import CameraIdentity, ClockReading
+from ingestd.policies.flags import bounded_dedup_key
 from store.audit import Actor, AuditLog
 from store.models import (
     Camera,
@@ -230,7 +231,9 @@ def raise_flag(
     recording_id: int | None = None,
     dock_session_id: int | None = None,
 ) -> Flag | None:
-    """Raise a flag once: a second call with the same key returns None and changes nothing."""
+    """Raise a flag once: a second call with the same key returns None and changes nothing. A key longer
+    than the catalog column (a deep path on a camera) is stored in its bounded form."""
+    dedup_key = bounded_dedup_key(dedup_key)
     if session.scalar(select(Flag.id).where(Flag.dedup_key == dedup_key)) is not None:
         return None
     flag = Flag(

@@ -14,6 +14,8 @@ import blake3
 import pytest
 from sqlalchemy import func, select
 
+from drivers.simulator.volume import HOSTILE_DEEP_FIFO_DEPTH, hostile_deep_path
+from ingestd.policies.flags import DEDUP_KEY_MAX
 from store.models import (
     Camera,
     ClockReading,
@@ -26,6 +28,7 @@ from store.models import (
     Recording,
     SessionState,
 )
+from tests.conftest import BACKENDS
 from tests.system.harness import Daemon, SimulatedCamera, wait_for
 
 MIB = 1024 * 1024
@@ -170,6 +173,7 @@ def test_two_cameras_at_once_and_a_failing_one_does_not_stall_the_other(
     assert len(locked_out.recordings(daemon.docks / "ZFY2003")) == 2  # untouched
 
 
+@pytest.mark.parametrize("daemon", BACKENDS, indirect=True)
 def test_hostile_names_symlinks_and_devices_are_flagged_and_the_session_goes_on(
     daemon: Daemon, make_camera: Callable[..., SimulatedCamera]
 ) -> None:
@@ -186,6 +190,14 @@ def test_hostile_names_symlinks_and_devices_are_flagged_and_the_session_goes_on(
             reasons = " | ".join(str(details) for details in flagged)
             assert "symbolic link" in reasons
             assert "fifo" in reasons
+            # Paths longer than any key column are flagged in full (a PostgreSQL catalog refused them).
+            files = {details["file"] for details in flagged}
+            deep_fifo = os.fsdecode(hostile_deep_path(HOSTILE_DEEP_FIFO_DEPTH) + b"/fifo.MP4")
+            assert deep_fifo in files
+            assert len(deep_fifo) > DEDUP_KEY_MAX
+            assert any(
+                file.startswith(f"{deep_fifo[: -len('/fifo.MP4')]}/") and file != deep_fifo for file in files
+            )
             stored = db.scalar(select(func.count()).select_from(Recording))
             assert stored is not None
             assert stored >= 2
@@ -257,6 +269,7 @@ def partial_offsets(store: Path) -> list[int]:
     return offsets
 
 
+@pytest.mark.parametrize("daemon", BACKENDS, indirect=True)
 def test_unplug_mid_copy_keeps_the_camera_intact_and_the_next_dock_resumes(
     daemon: Daemon, make_camera: Callable[..., SimulatedCamera]
 ) -> None:
@@ -285,6 +298,7 @@ def test_unplug_mid_copy_keeps_the_camera_intact_and_the_next_dock_resumes(
     assert len(stored_digests(daemon, "ZFY4001")) == 1
 
 
+@pytest.mark.parametrize("daemon", BACKENDS, indirect=True)
 def test_kill_9_mid_ingest_then_restart_reconciles_and_stores_each_recording_once(
     daemon: Daemon, make_camera: Callable[..., SimulatedCamera]
 ) -> None:
