@@ -27,6 +27,7 @@ from ingestd.docking.folders import FolderSource
 from ingestd.errors import IngestdError
 from ingestd.jobs import JobRunner
 from ingestd.manager import DockManager, interrupted_sessions
+from ingestd.partials import expire_partial_copies
 from ingestd.sdnotify import Notifier, watchdog_interval_s
 from ingestd.services import Services
 from ingestd.session import IngestSettings, SessionSummary
@@ -60,16 +61,20 @@ def reconcile(services: Services, now: datetime) -> str:
     closed = interrupted_sessions(services, now)
     # Keyed partials are kept: the camera's next dock resumes them. Unkeyed temp files are removed.
     partials = services.store.reconcile(keep=lambda _key: True)
+    # ...unless no dock resumed them within ingest.partial_max_age_hours (also an hourly job).
+    expired = expire_partial_copies(services, now)
     # A crash between a commit and its checkpoint is covered here, before anything new is appended.
     services.audit.checkpoint_if_due(services.catalog)
+    kept = len(partials.kept_keys) - len(expired)
     message = (
-        f"reconciled: {closed} interrupted session(s), {len(partials.kept_keys)} partial copy(ies) "
-        f"kept for resume, {len(partials.removed_paths)} temp file(s) removed"
+        f"reconciled: {closed} interrupted session(s), {kept} partial copy(ies) kept for resume, "
+        f"{len(expired)} expired, {len(partials.removed_paths)} temp file(s) removed"
     )
     log.info(
         "reconciled",
         interrupted_sessions=closed,
-        partials_kept=len(partials.kept_keys),
+        partials_kept=kept,
+        partials_expired=len(expired),
         temp_files_removed=len(partials.removed_paths),
     )
     return message

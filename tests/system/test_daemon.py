@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from sqlalchemy import func, select
 from drivers.simulator.volume import HOSTILE_DEEP_FIFO_DEPTH, hostile_deep_path
 from ingestd.policies.flags import DEDUP_KEY_MAX
 from store.models import (
+    AuditEvent,
     Camera,
     ClockReading,
     CustodyEvent,
@@ -325,6 +327,46 @@ def test_kill_9_mid_ingest_then_restart_reconciles_and_stores_each_recording_onc
     assert daemon.stop() == 0
     report = ingestctl_verify(daemon)
     assert report["clean"] is True, report
+
+
+def test_a_partial_copy_no_dock_resumed_expires_at_start_with_an_audit_event(
+    daemon: Daemon, make_camera: Callable[..., SimulatedCamera]
+) -> None:
+    camera = make_camera("ZFY5101", files=1, size_bytes=768 * MIB)
+    daemon.start()
+    camera.dock(daemon.docks)
+    wait_for(
+        "a durable partial copy",
+        lambda: any(offset > 0 for offset in partial_offsets(daemon.store)),
+        timeout=60,
+        interval=0.005,
+    )
+    camera.undock(daemon.docks)
+    (first,) = wait_sessions(daemon, "ZFY5101")
+    assert first.state is SessionState.UNPLUGGED
+    assert daemon.stop() == 0
+    four_days_ago = time.time() - 4 * 24 * 3600  # past the default partial_max_age_hours (72)
+    for path in (daemon.store / "partial").iterdir():
+        os.utime(path, (four_days_ago, four_days_ago))
+    status = daemon.start()
+    assert "0 partial copy(ies) kept for resume, 1 expired" in status
+    assert list((daemon.store / "partial").glob("k-*")) == []
+    catalog = daemon.catalog()
+    try:
+        with catalog.transaction() as session:
+            (subject,) = session.scalars(
+                select(AuditEvent.subject).where(AuditEvent.action == "partial.expired")
+            ).all()
+    finally:
+        catalog.close()
+    assert subject.startswith("partial:ZFY5101-")
+    camera.dock(daemon.docks)  # the camera still holds the recording: copied again from the start
+    sessions = wait_sessions(daemon, "ZFY5101", count=2, timeout=120)
+    assert sessions[1].state is SessionState.DONE
+    (stored,) = [e for e in daemon.events("recording_stored") if e.get("device_id") == "ZFY5101"]
+    assert stored["resumed_from"] == 0
+    assert daemon.stop() == 0
+    assert ingestctl_verify(daemon)["clean"] is True
 
 
 def test_sigterm_stops_cleanly_and_reports_stopping(daemon: Daemon) -> None:
