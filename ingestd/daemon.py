@@ -29,7 +29,7 @@ from ingestd.jobs import JobRunner
 from ingestd.manager import DockManager, interrupted_sessions
 from ingestd.partials import expire_partial_copies
 from ingestd.sdnotify import Notifier, watchdog_interval_s
-from ingestd.services import Services
+from ingestd.services import MIB, Services
 from ingestd.session import IngestSettings, SessionSummary
 from store.models import SessionState
 from store.types import utcnow
@@ -97,6 +97,8 @@ class Daemon:
             max_concurrent=config.ingest.max_concurrent,
             clock=clock,
             on_summary=self._session_ended,
+            slow_rate_floor_bps=config.ingest.slow_rate_floor_mib_s * MIB,
+            slow_rate_seconds=config.ingest.slow_rate_seconds,
         )
         self._sources_stop = threading.Event()
         self._alarm_lock = threading.Lock()
@@ -155,6 +157,7 @@ class Daemon:
                 if now - last_progress >= PROGRESS_INTERVAL_S:
                     last_progress = now
                     self.manager.flush_progress()
+                    self.manager.release_slow_slots(now)
                     self.notifier.status(self._status_line())
                 if watchdog_every is not None and now - last_watchdog >= watchdog_every:
                     last_watchdog = now

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import blake3
@@ -367,6 +368,39 @@ def test_a_partial_copy_no_dock_resumed_expires_at_start_with_an_audit_event(
     assert stored["resumed_from"] == 0
     assert daemon.stop() == 0
     assert ingestctl_verify(daemon)["clean"] is True
+
+
+def session_times(daemon: Daemon, serial: str) -> tuple[datetime, datetime]:
+    (ended,) = ended_sessions(daemon, serial)
+    assert ended.state is SessionState.DONE
+    assert ended.ended_at is not None
+    return ended.started_at, ended.ended_at
+
+
+def test_a_slow_dock_gives_back_its_slot_so_a_queued_camera_starts_and_both_finish(
+    daemon: Daemon, make_camera: Callable[..., SimulatedCamera]
+) -> None:
+    # One slot, and a floor no real copy reaches: the first camera is "slow" after a second of copying.
+    daemon.extra_config = (
+        "[ingest]\nmax_concurrent = 1\nslow_rate_floor_mib_s = 1000000\nslow_rate_seconds = 1\n"
+    )
+    slow = make_camera("ZFY5201", files=2, size_bytes=768 * MIB)
+    queued = make_camera("ZFY5202", files=2)
+    expected = {"ZFY5201": digests_of(slow.recordings()), "ZFY5202": digests_of(queued.recordings())}
+    daemon.start()
+    slow.dock(daemon.docks)
+    wait_for("the first camera copying", lambda: any(row[0] == "ingesting" for row in dock_progress(daemon)))
+    queued.dock(daemon.docks)
+    (released,) = wait_for("the slow dock's slot released", lambda: daemon.events("copy_slot_released"))
+    assert "ZFY5201" in released["port"]
+    wait_sessions(daemon, "ZFY5202", timeout=120)
+    wait_sessions(daemon, "ZFY5201", timeout=180)
+    slow_started, slow_ended = session_times(daemon, "ZFY5201")
+    queued_started, _queued_ended = session_times(daemon, "ZFY5202")
+    # With the slot held to the end, the queued camera could only start after the slow one ended.
+    assert slow_started < queued_started < slow_ended
+    for serial, digests in expected.items():
+        assert set(stored_digests(daemon, serial)) == digests  # the slow dock lost nothing
 
 
 def test_sigterm_stops_cleanly_and_reports_stopping(daemon: Daemon) -> None:
