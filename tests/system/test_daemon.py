@@ -272,6 +272,24 @@ def partial_offsets(store: Path) -> list[int]:
     return offsets
 
 
+def unplug_mid_copy(daemon: Daemon, camera: SimulatedCamera) -> None:
+    """Dock the camera, take it out once part of a copy is durable; its session ends unplugged."""
+    camera.dock(daemon.docks)
+    wait_for_durable_partial(daemon)
+    camera.undock(daemon.docks)
+    (first,) = wait_sessions(daemon, camera.serial)
+    assert first.state is SessionState.UNPLUGGED
+
+
+def wait_for_durable_partial(daemon: Daemon) -> None:
+    wait_for(
+        "a durable partial copy",
+        lambda: any(offset > 0 for offset in partial_offsets(daemon.store)),
+        timeout=60,
+        interval=0.005,
+    )
+
+
 @pytest.mark.parametrize("daemon", BACKENDS, indirect=True)
 def test_unplug_mid_copy_keeps_the_camera_intact_and_the_next_dock_resumes(
     daemon: Daemon, make_camera: Callable[..., SimulatedCamera]
@@ -280,16 +298,7 @@ def test_unplug_mid_copy_keeps_the_camera_intact_and_the_next_dock_resumes(
     (original,) = camera.recordings()
     original_size = original.stat().st_size
     daemon.start()
-    camera.dock(daemon.docks)
-    wait_for(
-        "a durable partial copy",
-        lambda: any(offset > 0 for offset in partial_offsets(daemon.store)),
-        timeout=60,
-        interval=0.005,
-    )
-    camera.undock(daemon.docks)
-    (first,) = wait_sessions(daemon, "ZFY4001")
-    assert first.state is SessionState.UNPLUGGED
+    unplug_mid_copy(daemon, camera)
     assert camera.recordings() == [original]  # nothing deleted: nothing was proven
     assert original.stat().st_size == original_size
     camera.dock(daemon.docks)
@@ -309,12 +318,7 @@ def test_kill_9_mid_ingest_then_restart_reconciles_and_stores_each_recording_onc
     expected = digests_of(camera.recordings())
     daemon.start()
     camera.dock(daemon.docks)
-    wait_for(
-        "a durable partial copy",
-        lambda: any(offset > 0 for offset in partial_offsets(daemon.store)),
-        timeout=60,
-        interval=0.005,
-    )
+    wait_for_durable_partial(daemon)
     assert daemon.process is not None
     os.kill(daemon.process.pid, signal.SIGKILL)
     daemon.process.wait(timeout=30)
@@ -335,16 +339,7 @@ def test_a_partial_copy_no_dock_resumed_expires_at_start_with_an_audit_event(
 ) -> None:
     camera = make_camera("ZFY5101", files=1, size_bytes=768 * MIB)
     daemon.start()
-    camera.dock(daemon.docks)
-    wait_for(
-        "a durable partial copy",
-        lambda: any(offset > 0 for offset in partial_offsets(daemon.store)),
-        timeout=60,
-        interval=0.005,
-    )
-    camera.undock(daemon.docks)
-    (first,) = wait_sessions(daemon, "ZFY5101")
-    assert first.state is SessionState.UNPLUGGED
+    unplug_mid_copy(daemon, camera)
     assert daemon.stop() == 0
     four_days_ago = time.time() - 4 * 24 * 3600  # past the default partial_max_age_hours (72)
     for path in (daemon.store / "partial").iterdir():
