@@ -61,8 +61,13 @@ def reconcile(services: Services, now: datetime) -> str:
     closed = interrupted_sessions(services, now)
     # Keyed partials are kept: the camera's next dock resumes them. Unkeyed temp files are removed.
     partials = services.store.reconcile(keep=lambda _key: True)
-    # ...unless no dock resumed them within ingest.partial_max_age_hours (also an hourly job).
-    expired = expire_partial_copies(services, now)
+    # ...unless no dock resumed them within ingest.partial_max_age_hours (also an hourly job). A partial
+    # the disk will not let go of is worth a log line, not a station that refuses every camera.
+    try:
+        expired = expire_partial_copies(services, now)
+    except OSError as error:
+        log.error("partial_expiry_failed", error=str(error))  # noqa: TRY400 - the message is the whole story
+        expired = []
     # A crash between a commit and its checkpoint is covered here, before anything new is appended.
     services.audit.checkpoint_if_due(services.catalog)
     kept = len(partials.kept_keys) - len(expired)

@@ -233,12 +233,13 @@ def raise_flag(
 ) -> Flag | None:
     """Raise a flag once: a second call with the same key returns None and changes nothing. A key longer
     than the catalog column (a deep path on a camera) is stored in its bounded form."""
-    dedup_key = bounded_dedup_key(dedup_key)
-    if session.scalar(select(Flag.id).where(Flag.dedup_key == dedup_key)) is not None:
+    bounded = bounded_dedup_key(dedup_key)
+    # A SQLite catalog from before keys were bounded may hold a long key as it was.
+    if session.scalar(select(Flag.id).where(Flag.dedup_key.in_({dedup_key, bounded}))) is not None:
         return None
     flag = Flag(
         kind=kind,
-        dedup_key=dedup_key,
+        dedup_key=bounded,
         raised_at=now,
         details=details,
         camera_id=camera_id,

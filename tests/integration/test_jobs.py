@@ -7,6 +7,7 @@ import json
 import os
 import queue
 import shlex
+import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,6 +23,7 @@ from structlog.testing import capture_logs
 from drivers.registry import DriverRegistry
 from ingestd import operations
 from ingestd.config import Config, NotifyConfig
+from ingestd.daemon import reconcile
 from ingestd.jobs import JobRunner, evaluate_after_session, run_notify
 from ingestd.partials import expire_partial_copies
 from ingestd.services import Services
@@ -40,7 +42,8 @@ from store.models import (
 )
 from store.objects import FileObjectStore, MiB
 from tests.support import records as seed
-from tests.support.objectstore import UnpluggedCamera
+from tests.support.loopdev import ext4_filesystem, require_root_tools
+from tests.support.objectstore import UnpluggedCamera, unseal_tree
 from tests.support.records import CLERK
 
 OUT = datetime(2026, 5, 11, 0, 30, tzinfo=UTC)  # Monday 08:30 Shanghai: the camera leaves the station
@@ -305,3 +308,30 @@ def test_partial_copies_older_than_the_max_age_expire_with_an_audit_event_each(
         assert event.details["durable_bytes"] == expired.durable > 0
         assert event.details["max_age_hours"] == 48
     assert services.store.put(io.BytesIO(data), resume_key="ZFY0002-fresh").resumed_from > 0
+
+
+def test_a_partial_that_cannot_be_removed_is_logged_and_start_up_goes_on(
+    catalog: Catalog, tmp_path: Path
+) -> None:
+    require_root_tools("mkfs.ext4", "chattr")
+    services = make_services(catalog, tmp_path)
+    with ext4_filesystem(tmp_path, 64) as mount_point:
+        services.store = FileObjectStore(mount_point / "store", chunk_size=MiB // 4, fsync_interval=MiB)
+        data = seed.payload("stuck") * (3 * MiB // len(seed.payload("stuck")) + 1)
+        with pytest.raises(OSError, match="camera unplugged"):
+            services.store.put(
+                cast(BinaryIO, io.BufferedReader(UnpluggedCamera(data, 2 * MiB))), resume_key="k"
+            )
+        long_ago = (datetime.now(UTC) - timedelta(days=30)).timestamp()
+        parts = list((mount_point / "store" / "partial").glob("k-k-*"))
+        for path in parts:
+            os.utime(path, (long_ago, long_ago))
+        subprocess.run(["chattr", "+i", *map(str, parts)], check=True)  # the disk refuses the unlink
+        try:
+            with capture_logs() as logs:
+                message = reconcile(services, datetime.now(UTC))
+        finally:
+            unseal_tree(mount_point)
+    assert "0 expired" in message
+    (failure,) = [e for e in logs if e["event"] == "partial_expiry_failed"]
+    assert "Operation not permitted" in failure["error"]

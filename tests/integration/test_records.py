@@ -9,7 +9,7 @@ from sqlalchemy import select
 from ingestd import records
 from ingestd.policies.flags import DEDUP_KEY_MAX
 from store.catalog import Catalog
-from store.models import Flag, FlagKind
+from store.models import Flag, FlagKind, FlagStatus
 
 NOW = datetime(2026, 5, 11, 0, 30, tzinfo=UTC)
 
@@ -37,3 +37,18 @@ def test_a_flag_key_longer_than_its_column_is_raised_once_and_kept_apart_from_it
         assert [flag.details["file"] for flag in flags] == keys  # the whole path is kept in the details
         assert all(len(flag.dedup_key) == DEDUP_KEY_MAX for flag in flags)
         assert all(flag.dedup_key.startswith("rejected:1:DCIM/录像-00/") for flag in flags)
+
+
+def test_a_long_key_a_sqlite_catalog_kept_whole_before_keys_were_bounded_still_dedups(
+    sqlite_catalog: Catalog,
+) -> None:
+    key = "rejected:1:DCIM/" + "deep/" * 80 + "fifo.MP4"
+    with sqlite_catalog.transaction() as session:
+        session.add(
+            Flag(kind=FlagKind.FAILED_FILE, status=FlagStatus.OPEN, dedup_key=key, raised_at=NOW, details={})
+        )
+    with sqlite_catalog.transaction() as session:
+        assert (
+            records.raise_flag(session, kind=FlagKind.FAILED_FILE, dedup_key=key, now=NOW, details={}) is None
+        )
+        assert session.scalars(select(Flag.dedup_key)).all() == [key]
