@@ -6,6 +6,7 @@ Guarantees of every adapter:
 - A stored object is sealed (mode 0444, plus the immutable attribute where the filesystem and capability
   allow it) and nothing but `remove` deletes it. Only the retention purge may call `remove`.
 - A crash or a failed source leaves at most a partial copy, resumable by its key or removed by `reconcile`.
+  A keyed partial copy that nobody resumes is removed by `expire_partials` once it is old enough.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import threading
 import uuid
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, Final, NamedTuple
 
@@ -120,6 +122,16 @@ class Reconciled:
     removed_paths: tuple[Path, ...] = field(default=())
 
 
+@dataclass(frozen=True, slots=True)
+class PartialCopy:
+    """A keyed copy in progress or interrupted: its resume key, the bytes known durable, and when it was
+    last written (UTC)."""
+
+    key: str
+    durable: int
+    written_at: datetime
+
+
 ScrubProgress = Callable[[int, int, int], None]  # objects done, objects total, bytes done
 KeepKeys = Callable[[str], bool] | Collection[str]
 
@@ -189,6 +201,17 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def reconcile(self, keep: KeepKeys) -> Reconciled:
         """On start: drop partial copies whose resume key `keep` does not keep, and any temp files."""
+
+    @abc.abstractmethod
+    def expire_partials(
+        self, written_before: datetime, before_remove: Callable[[PartialCopy], None]
+    ) -> list[PartialCopy]:
+        """Remove the keyed partial copies last written before `written_before` and return them.
+
+        A partial a put is writing is never touched. `before_remove` runs for each one first, while no put
+        can take it (the caller audits the removal there); if it raises, that partial is kept and the
+        error propagates.
+        """
 
     def scrub(
         self, entries: Collection[ExpectedObject], progress: ScrubProgress | None = None
@@ -1016,6 +1039,41 @@ class FileObjectStore(ObjectStore):
             fsync_dir(self._partial)
         return Reconciled(tuple(kept), tuple(removed_keys), tuple(removed))
 
+    def expire_partials(
+        self, written_before: datetime, before_remove: Callable[[PartialCopy], None]
+    ) -> list[PartialCopy]:
+        expired: list[PartialCopy] = []
+        for sidecar in sorted(self._partial.glob("k-*.json")):
+            record = _read_sidecar(sidecar)
+            if record is None or _safe_key(record[0]) != sidecar.stem:
+                continue  # not ours to judge: `reconcile` removes malformed entries at start
+            attempt = _Attempt(key=record[0], partial=sidecar.with_suffix(".part"), sidecar=sidecar)
+            try:
+                fd = os.open(attempt.partial, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # the put that owned it finished or discarded it since the listing
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a put is writing it
+                # Read again under the lock: a put may have written it since the listing.
+                record = _read_sidecar(sidecar)
+                try:
+                    written = max(os.fstat(fd).st_mtime, sidecar.stat().st_mtime)
+                except FileNotFoundError:
+                    continue
+                written_at = datetime.fromtimestamp(written, UTC)
+                if record is None or written_at >= written_before:
+                    continue
+                partial = PartialCopy(key=record[0], durable=record[1], written_at=written_at)
+                before_remove(partial)
+                self._discard(attempt)
+                expired.append(partial)
+            finally:
+                os.close(fd)
+        return expired
+
 
 # --- the in-memory adapter ----------------------------------------------------------------------------
 
@@ -1031,6 +1089,7 @@ class _MemoryObject:
 class _MemoryPartial:
     data: bytearray
     durable: int = 0
+    written_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 class MemoryObjectStore(ObjectStore):
@@ -1148,6 +1207,7 @@ class MemoryObjectStore(ObjectStore):
                     root=self.root, reason="ENOSPC", free_bytes=free, written=len(partial.data)
                 )
             partial.data += chunk
+            partial.written_at = datetime.now(UTC)
             if len(partial.data) - partial.durable >= self.fsync_interval:
                 partial.durable = len(partial.data)
             if progress is not None:
@@ -1209,3 +1269,17 @@ class MemoryObjectStore(ObjectStore):
             for key in removed:
                 del self._partials[key]
         return Reconciled(kept, removed)
+
+    def expire_partials(
+        self, written_before: datetime, before_remove: Callable[[PartialCopy], None]
+    ) -> list[PartialCopy]:
+        expired: list[PartialCopy] = []
+        with self._lock:  # held by every put for its whole copy: no partial here is being written
+            for key, partial in list(self._partials.items()):
+                if partial.written_at >= written_before:
+                    continue
+                copy = PartialCopy(key=key, durable=partial.durable, written_at=partial.written_at)
+                before_remove(copy)
+                del self._partials[key]
+                expired.append(copy)
+        return expired

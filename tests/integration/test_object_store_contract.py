@@ -8,6 +8,7 @@ import itertools
 import os
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO, cast
 
@@ -21,6 +22,7 @@ from store.objects import (
     MemoryObjectStore,
     MiB,
     ObjectStore,
+    PartialCopy,
     ProblemKind,
 )
 from tests.support.loopdev import ext4_filesystem, require_root_tools
@@ -174,6 +176,37 @@ def test_reconcile_keeps_only_the_partials_it_is_told_to(store: ObjectStore) -> 
     assert store.put(reader(data), resume_key="drop-me").resumed_from == 0
     assert store.put(reader(data), resume_key="keep-me").deduplicated
     assert store.reconcile({"anything"}).kept_keys == ()
+
+
+def test_partials_written_before_the_cutoff_expire_after_the_callback_and_newer_ones_stay(
+    store: ObjectStore,
+) -> None:
+    data = payload(3 * MiB, seed=4)
+    with pytest.raises(OSError, match="camera unplugged"):
+        store.put(camera(data, fail_after=2 * MiB), resume_key="ZFY0003:C.MP4")
+    now = datetime.now(UTC)
+    seen: list[PartialCopy] = []
+    assert store.expire_partials(now - timedelta(hours=1), seen.append) == []
+    assert seen == []
+    (expired,) = store.expire_partials(now + timedelta(hours=1), seen.append)
+    assert seen == [expired]
+    assert expired.key == "ZFY0003:C.MP4"
+    assert MiB <= expired.durable <= 2 * MiB
+    assert expired.written_at <= datetime.now(UTC)
+    assert store.put(reader(data), resume_key="ZFY0003:C.MP4").resumed_from == 0  # nothing left to resume
+
+
+def test_a_partial_whose_callback_fails_is_kept_for_resume(store: ObjectStore) -> None:
+    data = payload(3 * MiB, seed=5)
+    with pytest.raises(OSError, match="camera unplugged"):
+        store.put(camera(data, fail_after=2 * MiB), resume_key="ZFY0004:D.MP4")
+
+    def audit_fails(_partial: PartialCopy) -> None:
+        raise RuntimeError("catalog unavailable")
+
+    with pytest.raises(RuntimeError, match="catalog unavailable"):
+        store.expire_partials(datetime.now(UTC) + timedelta(hours=1), audit_fails)
+    assert store.put(reader(data), resume_key="ZFY0004:D.MP4").resumed_from >= MiB
 
 
 def test_a_source_of_the_wrong_size_stores_nothing(store: ObjectStore) -> None:

@@ -51,6 +51,7 @@ class Daemon:
     control_config: str = ""  # more [control] keys (group names), one per line
     udev: bool = False
     store_root: Path | None = None
+    database_url: str | None = None  # the catalog (default: a SQLite file in the state directory)
     process: subprocess.Popen[bytes] | None = None
     _notify: socket.socket | None = None
     starts: int = 0
@@ -74,7 +75,7 @@ class Daemon:
 
     @property
     def catalog_url(self) -> str:
-        return f"sqlite:///{self.state_dir / 'catalog.db'}"
+        return self.database_url or f"sqlite:///{self.state_dir / 'catalog.db'}"
 
     @property
     def control_socket(self) -> Path:
