@@ -11,7 +11,9 @@ Order of a real run, per object, each step its own committed transaction:
    the row locks: from then on no hold can be placed on them, and the intent is on record before any
    byte goes;
 2. `store.remove(blake3)`;
-3. `retention.remove` (outcome "ok", "absent" or "failed") with the object row's `removed_at`.
+3. `retention.remove` (outcome "ok", "absent" or "failed") with the object row's `removed_at`; steps 2
+   and 3 hold the object row's lock and first check again that no live recording references the object
+   (an ingest may have deduplicated into it since step 1: then the bytes stay, outcome "skipped").
 
 Recording and object rows are kept as tombstones, never deleted: an auditor can still see what was
 stored, its digests, when it was ingested and when and by whom it was purged, and the audit events'
@@ -315,12 +317,38 @@ class _Run:
         return True
 
     def remove(self, digest: str) -> bool:
-        """Steps 2 and 3; the intent is already on record."""
-        outcome, detail = "ok", "removed"
+        """Steps 2 and 3, in one transaction holding the object row's lock; the intent is already on
+        record. An ingest that deduplicated into this object commits its recording under the same lock:
+        either it came first and the bytes stay, or it finds them gone and stores them again."""
         try:
-            self.store.remove(digest)
-        except ObjectMissing:
-            outcome, detail = "absent", "the bytes were already gone (an earlier run removed them)"
+            with self.catalog.transaction() as session:
+                stored = session.get_one(StoredObject, digest, with_for_update=True, populate_existing=True)
+                live = list(
+                    session.scalars(
+                        select(Recording.id)
+                        .where(Recording.blake3 == digest, Recording.purged_at.is_(None))
+                        .order_by(Recording.id)
+                    ).all()
+                )
+                if live:
+                    self._keep(session, digest, live)
+                    return False
+                outcome, detail = "ok", "removed"
+                try:
+                    self.store.remove(digest)
+                except ObjectMissing:
+                    outcome, detail = "absent", "the bytes were already gone (an earlier run removed them)"
+                stored.removed_at = self.now
+                session.flush()
+                self.audit.append(
+                    session,
+                    actor=self.actor,
+                    action="retention.remove",
+                    subject=f"object:{digest}",
+                    at=self.now,
+                    outcome=outcome,
+                    details={"detail": detail},
+                )
         except IntegrityError:
             raise  # never swallowed
         except (StoreError, OSError) as error:
@@ -337,19 +365,21 @@ class _Run:
                     details={"error": str(error)},
                 )
             return False
-        with self.catalog.transaction() as session:
-            stored = session.get_one(StoredObject, digest, with_for_update=True)
-            stored.removed_at = self.now
-            session.flush()
-            self.audit.append(
-                session,
-                actor=self.actor,
-                action="retention.remove",
-                subject=f"object:{digest}",
-                at=self.now,
-                outcome=outcome,
-                details={"detail": detail},
-            )
         self.removed.append(digest)
         log.info("object_purged", digest=digest, outcome=outcome)
         return True
+
+    def _keep(self, session: Session, digest: str, live: list[int]) -> None:
+        """A recording took the object after its tombstone step: the bytes stay, and that is on record."""
+        why = f"object is now referenced by recording(s) {live}"
+        self.skipped[f"object:{digest}"] = why
+        log.warning("purge_skipped", subject=f"object:{digest}", reason=why)
+        self.audit.append(
+            session,
+            actor=self.actor,
+            action="retention.remove",
+            subject=f"object:{digest}",
+            at=self.now,
+            outcome="skipped",
+            details={"referenced_by": live},
+        )

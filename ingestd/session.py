@@ -50,7 +50,7 @@ from ingestd.policies.deadlines import deadline_for, lateness, recording_end
 from ingestd.progress import DockProgress
 from store.audit import AuditLog
 from store.catalog import Catalog
-from store.errors import DiskFullError, ExistingObjectCorruptError, IntegrityError
+from store.errors import DiskFullError, ExistingObjectCorruptError, IntegrityError, StoreError
 from store.models import (
     Confidentiality,
     CustodyKind,
@@ -103,6 +103,12 @@ class _Stored:
     key: str
     same_source_as: tuple[int, ...]  # earlier recordings with this path, size and time but other bytes
     read_whole: bool  # every byte of the object was read from the camera in this session
+
+
+class _ObjectGoneError(StoreError):
+    """The object a put deduplicated into was removed (by the purge) before the catalog commit."""
+
+    template = "object {blake3} was removed between the copy and the catalog commit"
 
 
 class _Interrupted(Exception):  # noqa: N818 - control flow for a daemon stop, not an error
@@ -357,7 +363,7 @@ class IngestSession:
         self._delete_proven(docked, proven)
 
     def _ingest_file(
-        self, docked: _Docked, key: str, item: ScannedRecording, *, known: bool
+        self, docked: _Docked, key: str, item: ScannedRecording, *, known: bool, again: bool = False
     ) -> _Proven | None:
         """Read one camera file and store it, or for a `known` one prove it is already stored; returns
         the proof that allows its deletion, or None (the file stays on the camera)."""
@@ -387,7 +393,14 @@ class IngestSession:
             return outcome
         result = outcome.result
         self.progress.finish_file(result.size)
-        recording_id, late = self._commit(docked, item, outcome)
+        try:
+            recording_id, late = self._commit(docked, item, outcome)
+        except _ObjectGoneError as gone:
+            if again:
+                raise
+            # The purge took the stored copy: read the file again, which stores the bytes anew.
+            file_log.warning("stored_copy_purged_meanwhile", reason=str(gone))
+            return self._ingest_file(docked, key, item, known=known, again=True)
         self.summary.files += 1
         self.summary.bytes += result.size
         self.summary.deduplicated += int(result.deduplicated)
@@ -517,7 +530,12 @@ class IngestSession:
         deadline = deadline_for(recording_end(recorded_at, item.duration_s), self.settings.deadline_window)
         late_by = lateness(now, deadline)
         with self.catalog.transaction() as session:
-            stored = session.get(StoredObject, result.blake3)
+            # The purge removes bytes only under this row's lock, after checking that no live recording
+            # needs them; so under the lock bytes that are here stay, and bytes it removed after the put
+            # deduplicated into them must be stored again before a live row may point at them.
+            stored = session.get(StoredObject, result.blake3, with_for_update=True, populate_existing=True)
+            if stored is not None and not self.store.exists(result.blake3):
+                raise _ObjectGoneError(blake3=result.blake3)
             if stored is None:
                 session.add(
                     StoredObject(

@@ -25,14 +25,18 @@ from drivers.scan import scan_volume
 from drivers.simulator.volume import build_volume
 from ingestd.config import Config
 from ingestd.importer import run_import
+from ingestd.policies.retention import RetentionRules
+from ingestd.progress import DockProgress
+from ingestd.purge import give_notices, purge
 from ingestd.services import Services
 from ingestd.session import IngestSettings, source_key, source_stamp
-from store.models import DockSession, Recording, SessionState
+from store.models import DockSession, Recording, SessionState, StoredObject
 from store.objects import FileObjectStore
 from store.types import utcnow
+from tests.support import records as seed
 from tests.support.loopdev import ext4_filesystem, require_root_tools
 from tests.support.objectstore import UnpluggedCamera, rot_below_filesystem, unseal_tree
-from tests.support.records import audit_events
+from tests.support.records import CLERK, audit_events
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -260,4 +264,89 @@ def test_a_resumed_copy_spliced_from_another_source_is_copied_again_whole(
         [*(d for p, d in originals.items() if p != target), digests[item.name]]
     )
     assert any(entry["event"] == "resumed_copy_differs" for entry in logs)
+    assert not any(path.exists() for path in originals)
+
+
+class PurgeAfterTheCopy(DockProgress):
+    """Runs the real retention purge right after the store put of one file and before its catalog
+    commit: the window in which a deduplicated put races the removal of the same object."""
+
+    def __init__(self, services: Services, name: str, now: datetime) -> None:
+        super().__init__()
+        self.services, self.name, self.now = services, name, now
+        self.removed: tuple[str, ...] = ()
+        self._current: str | None = None
+
+    def start_file(self, name: str) -> None:
+        super().start_file(name)
+        self._current = name
+
+    def finish_file(self, size: int) -> None:
+        super().finish_file(size)
+        if self._current == self.name and not self.removed:
+            services = self.services
+            report = purge(
+                services.catalog,
+                services.store,
+                services.audit,
+                actor=CLERK,
+                now=self.now,
+                rules=PURGE_RULES,
+                dry_run=False,
+            )
+            self.removed = report.removed_objects
+
+
+PURGE_RULES = RetentionRules(routine_months=6, standard_years=3, notice_days=14)
+
+
+def test_a_deduplicated_copy_that_races_the_purge_of_its_object_stores_the_bytes_again(
+    tmp_path: Path, store_fs: Path
+) -> None:
+    """Another camera's expired recording holds the same bytes as a file on this card. The purge removes
+    that object after the put deduplicated into it and before the commit: the commit must not bring a
+    live row back onto missing bytes (nor may the camera file then go)."""
+    originals = camera_volume(tmp_path)
+    shared = sorted(originals)[0]
+    store = FileObjectStore(store_fs / "store")
+    services = services_with(tmp_path, store)
+    stored_long_ago = datetime(2025, 1, 10, tzinfo=UTC)
+    try:
+        with services.catalog.transaction() as session:
+            officer = seed.officer(session, "000123", "李四")
+            other = seed.camera(session, "ZFY0001", assigned=officer, first_seen_at=stored_long_ago)
+            obj = seed.stored_object(session, shared.read_bytes(), stored_at=stored_long_ago, store=store)
+            expired = seed.recording(
+                session, other, obj, recorded_at=stored_long_ago, ingested_at=stored_long_ago
+            ).id
+        give_notices(
+            services.catalog,
+            services.audit,
+            actor=CLERK,
+            now=datetime(2025, 7, 1, tzinfo=UTC),
+            rules=PURGE_RULES,
+        )
+        progress = PurgeAfterTheCopy(
+            services, str(shared.relative_to(tmp_path / "card")), now=datetime(2025, 7, 20, tzinfo=UTC)
+        )
+        run_import(
+            services,
+            tmp_path / "card",
+            device_id="ZFY8001",
+            officer_no="000101",
+            settings=IngestSettings(),
+            clock=utcnow,
+            progress=progress,
+        )
+        assert progress.removed == (originals[shared],)  # the race happened
+        with services.catalog.transaction() as session:
+            live = session.scalars(select(Recording).where(Recording.purged_at.is_(None))).all()
+            assert sorted(r.blake3 for r in live) == sorted(originals.values())
+            assert session.get_one(Recording, expired).purged_at is not None
+            for recording in live:
+                obj_row = session.get_one(StoredObject, recording.blake3)
+                assert obj_row.removed_at is None
+                assert store.verify_object(obj_row.blake3, obj_row.sha256, obj_row.size) == []
+    finally:
+        services.close()
     assert not any(path.exists() for path in originals)
