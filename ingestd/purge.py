@@ -277,11 +277,7 @@ class _Run:
             )
             why_not = _still_deletable(recordings, self.rules, self.now)
             if digest is not None and why_not is None:
-                live = set(
-                    session.scalars(
-                        select(Recording.id).where(Recording.blake3 == digest, Recording.purged_at.is_(None))
-                    ).all()
-                )
+                live = set(_live_references(session, digest))
                 if live != set(recording_ids):
                     why_not = f"object is now referenced by recording(s) {sorted(live - set(recording_ids))}"
             if why_not is not None:
@@ -323,15 +319,13 @@ class _Run:
         try:
             with self.catalog.transaction() as session:
                 stored = session.get_one(StoredObject, digest, with_for_update=True, populate_existing=True)
-                live = list(
-                    session.scalars(
-                        select(Recording.id)
-                        .where(Recording.blake3 == digest, Recording.purged_at.is_(None))
-                        .order_by(Recording.id)
-                    ).all()
-                )
+                live = _live_references(session, digest)
                 if live:
-                    self._keep(session, digest, live)
+                    # A recording took the object after its tombstone step: the bytes stay, on record.
+                    why = f"object is now referenced by recording(s) {live}"
+                    self.skipped[f"object:{digest}"] = why
+                    log.warning("purge_skipped", subject=f"object:{digest}", reason=why)
+                    self._audit_removal(session, digest, "skipped", {"referenced_by": live})
                     return False
                 outcome, detail = "ok", "removed"
                 try:
@@ -340,46 +334,37 @@ class _Run:
                     outcome, detail = "absent", "the bytes were already gone (an earlier run removed them)"
                 stored.removed_at = self.now
                 session.flush()
-                self.audit.append(
-                    session,
-                    actor=self.actor,
-                    action="retention.remove",
-                    subject=f"object:{digest}",
-                    at=self.now,
-                    outcome=outcome,
-                    details={"detail": detail},
-                )
+                self._audit_removal(session, digest, outcome, {"detail": detail})
         except IntegrityError:
             raise  # never swallowed
         except (StoreError, OSError) as error:
             self.failed[digest] = str(error)
             log.error("purge_remove_failed", digest=digest, error=str(error))  # noqa: TRY400 - an expected failure, not a bug
             with self.catalog.transaction() as session:
-                self.audit.append(
-                    session,
-                    actor=self.actor,
-                    action="retention.remove",
-                    subject=f"object:{digest}",
-                    at=self.now,
-                    outcome="failed",
-                    details={"error": str(error)},
-                )
+                self._audit_removal(session, digest, "failed", {"error": str(error)})
             return False
         self.removed.append(digest)
         log.info("object_purged", digest=digest, outcome=outcome)
         return True
 
-    def _keep(self, session: Session, digest: str, live: list[int]) -> None:
-        """A recording took the object after its tombstone step: the bytes stay, and that is on record."""
-        why = f"object is now referenced by recording(s) {live}"
-        self.skipped[f"object:{digest}"] = why
-        log.warning("purge_skipped", subject=f"object:{digest}", reason=why)
+    def _audit_removal(self, session: Session, digest: str, outcome: str, details: dict[str, Any]) -> None:
         self.audit.append(
             session,
             actor=self.actor,
             action="retention.remove",
             subject=f"object:{digest}",
             at=self.now,
-            outcome="skipped",
-            details={"referenced_by": live},
+            outcome=outcome,
+            details=details,
         )
+
+
+def _live_references(session: Session, digest: str) -> list[int]:
+    """The recordings, not purged, that need this object's bytes."""
+    return list(
+        session.scalars(
+            select(Recording.id)
+            .where(Recording.blake3 == digest, Recording.purged_at.is_(None))
+            .order_by(Recording.id)
+        ).all()
+    )
