@@ -135,6 +135,7 @@ class SessionSummary:
     late: int = 0
     errors: int = 0
     deleted: int = 0
+    reverified: int = 0  # files stored on an earlier dock, read again and matched before deletion
     seconds: float = 0.0
     rejected: list[str] = field(default_factory=list)
 
@@ -387,6 +388,7 @@ class IngestSession:
         if isinstance(outcome, _Proven):
             self.progress.finish_file(item.size)
             file_log.info("recording_reverified", digest=outcome.blake3, recording_id=outcome.recording_id)
+            self.summary.reverified += 1
             if changed is not None:
                 self._file_failed(docked, item, f"the file changed while it was read: {changed}")
                 return None
@@ -741,4 +743,5 @@ class IngestSession:
             rejected=len(summary.rejected),
             deduplicated=summary.deduplicated,
             deleted=summary.deleted,
+            reverified=summary.reverified,
         )

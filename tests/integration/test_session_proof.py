@@ -178,6 +178,16 @@ def test_a_file_rewritten_in_place_is_stored_before_it_is_deleted(tmp_path: Path
             assert (old.blake3, new.blake3) == (originals[changed], new_digest)
             assert (old.size, old.recorded_at) == (new.size, new.recorded_at)
             assert new.source_key != old.source_key
+            (ingest,) = [
+                e for e in audit_events(session, "recording.ingest") if e.subject == f"recording:{new.id}"
+            ]
+            assert ingest.details["same_source_as"] == [f"recording:{old.id}"]
+            reverified = [
+                e.subject
+                for e in audit_events(session, "recording.delete-original")
+                if e.outcome == "deleted"
+            ]
+            assert sorted(reverified) == sorted(f"recording:{r.id}" for r in recordings if r.id != old.id)
         assert store.verify_object(new_digest, hashlib.sha256(new_bytes).hexdigest(), len(new_bytes)) == []
     finally:
         services.close()
