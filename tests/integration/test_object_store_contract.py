@@ -14,6 +14,7 @@ from typing import BinaryIO, cast
 
 import blake3
 import pytest
+from structlog.testing import capture_logs
 
 from store.errors import InvalidDigestError, ObjectMissing, ResumeMismatch, SourceSizeError
 from store.objects import (
@@ -133,6 +134,45 @@ def test_a_copy_stopped_by_its_progress_callback_keeps_its_partial_for_resume(st
     assert MiB <= result.resumed_from <= 4 * MiB
     assert result.blake3 == blake3.blake3(data).hexdigest()
     assert store.verify_object(result.blake3, result.sha256, len(data)) == []
+
+
+def test_a_resume_from_a_spliced_source_copies_it_from_zero(store: ObjectStore) -> None:
+    """Same key, size and stamp, other bytes only just before the stop (the last durable block, where a
+    camera that reused the name would differ first): not the same source."""
+    first = payload(6 * MiB, seed=3)
+    stopped_at = 3 * MiB + 100 * KiB
+    with pytest.raises(OSError, match="camera unplugged"):
+        store.put(camera(first, fail_after=stopped_at), resume_key="ZFY0003:C.MP4", source_stamp="s1")
+    spliced = bytearray(first)
+    spliced[stopped_at - 300 * KiB : stopped_at] = bytes(300 * KiB)  # covers every adapter's last block
+    with capture_logs() as logs:
+        result = store.put(reader(bytes(spliced)), resume_key="ZFY0003:C.MP4", source_stamp="s1")
+    assert result.resumed_from == 0
+    assert result.blake3 == blake3.blake3(spliced).hexdigest()
+    assert any(entry["event"].startswith("resume refused") for entry in logs)
+
+
+def test_a_resume_of_a_source_with_another_stamp_copies_it_from_zero(store: ObjectStore) -> None:
+    data = payload(4 * MiB, seed=4)
+    with pytest.raises(OSError, match="camera unplugged"):
+        store.put(camera(data, fail_after=3 * MiB), resume_key="ZFY0004:D.MP4", source_stamp="size:mtime-1")
+    result = store.put(reader(data), resume_key="ZFY0004:D.MP4", source_stamp="size:mtime-2")
+    assert result.resumed_from == 0
+    assert result.blake3 == blake3.blake3(data).hexdigest()
+    assert store.put(reader(data), resume_key="ZFY0004:D.MP4", source_stamp="size:mtime-2").deduplicated
+
+
+def test_digest_hashes_a_source_as_put_does_and_stores_nothing(store: ObjectStore) -> None:
+    data = payload(3 * MiB, seed=5)
+    seen: list[int] = []
+    expected = store.digest(reader(data), progress=seen.append)
+    assert expected == ExpectedObject(
+        blake3.blake3(data).hexdigest(), hashlib.sha256(data).hexdigest(), len(data)
+    )
+    assert seen[-1] == len(data)
+    assert not store.exists(expected.blake3)
+    with pytest.raises(OSError, match="camera unplugged"):
+        store.digest(camera(data, fail_after=MiB))
 
 
 def test_a_shorter_source_cannot_resume_and_its_partial_is_discarded(store: ObjectStore) -> None:
