@@ -36,9 +36,11 @@ from drivers.base import (
     ClockReading,
     ClockSample,
     ClockSyncState,
+    Deletion,
     DeviceInfo,
     Driver,
     DriverOptions,
+    OriginalFile,
     ProtocolError,
     Resolution,
     StorageInfo,
@@ -229,11 +231,9 @@ class MassStorageCamera(Camera):
             return self.device.directory.is_dir()
         return self.device.block is not None and block_device_present(self.device.block)
 
-    def delete_originals(self, volume: Path, relative_paths: list[Path]) -> list[tuple[Path, str]]:
+    def delete_originals(self, volume: Path, files: list[OriginalFile]) -> list[Deletion]:
         # Our own read-only mount is made writable for the deletion only; a directory is as it is.
-        return delete_recordings(
-            volume, relative_paths, device_name=self.name, remount=self.device.directory is None
-        )
+        return delete_recordings(volume, files, device_name=self.name, remount=self.device.directory is None)
 
     def close(self) -> None:
         """Nothing held open between calls: every mount is scoped to a `with` block."""

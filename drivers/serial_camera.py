@@ -28,12 +28,14 @@ from drivers.base import (
     ClockReading,
     ClockSample,
     ClockSyncState,
+    Deletion,
     DeviceGone,
     DeviceInfo,
     Driver,
     DriverError,
     DriverOptions,
     DriverTimeout,
+    OriginalFile,
     ProtocolError,
     Resolution,
     StorageInfo,
@@ -226,11 +228,9 @@ class SerialCamera(Camera):
         with mount_readonly(self._device.block, device_name=self.name, fstypes=self._filesystems) as path:
             yield path
 
-    def delete_originals(self, volume: Path, relative_paths: list[Path]) -> list[tuple[Path, str]]:
+    def delete_originals(self, volume: Path, files: list[OriginalFile]) -> list[Deletion]:
         # Our own read-only mount is made writable for the deletion only; a directory is as it is.
-        return delete_recordings(
-            volume, relative_paths, device_name=self.name, remount=self._device.directory is None
-        )
+        return delete_recordings(volume, files, device_name=self.name, remount=self._device.directory is None)
 
     def present(self) -> bool:
         """Whether the node this session now depends on exists: the volume once the camera is in

@@ -124,6 +124,15 @@ class IngestConfig(Section):
     stop_timeout_seconds: float = Field(
         60.0, gt=0, description="On SIGTERM, how long sessions get to finish their current durable step."
     )
+    partial_max_age_hours: float = Field(
+        72.0, gt=0, description="An interrupted copy not resumed within this many hours is removed (audited)."
+    )
+    slow_rate_floor_mib_s: float = Field(
+        1.0, ge=0, description="A dock copying slower than this gives back its slot; 0 never does."
+    )
+    slow_rate_seconds: float = Field(
+        120.0, gt=0, description="How long a dock's copy rate must stay below the floor first."
+    )
 
 
 class DetectionConfig(Section):

@@ -30,8 +30,9 @@ from ingestd.docking.folders import FolderSource
 from ingestd.errors import IngestdError
 from ingestd.jobs import JobRunner
 from ingestd.manager import DockManager, interrupted_sessions
+from ingestd.partials import expire_partial_copies
 from ingestd.sdnotify import Notifier, watchdog_interval_s
-from ingestd.services import Services
+from ingestd.services import MIB, Services
 from ingestd.session import IngestSettings, SessionSummary
 from store.models import SessionState
 from store.types import utcnow
@@ -91,16 +92,25 @@ def reconcile(services: Services, now: datetime) -> str:
     closed = interrupted_sessions(services, now)
     # Keyed partials are kept: the camera's next dock resumes them. Unkeyed temp files are removed.
     partials = services.store.reconcile(keep=lambda _key: True)
+    # ...unless no dock resumed them within ingest.partial_max_age_hours (also an hourly job). A partial
+    # the disk will not let go of is worth a log line, not a station that refuses every camera.
+    try:
+        expired = expire_partial_copies(services, now)
+    except OSError as error:
+        log.error("partial_expiry_failed", error=str(error))  # noqa: TRY400 - the message is the whole story
+        expired = []
     # A crash between a commit and its checkpoint is covered here, before anything new is appended.
     services.audit.checkpoint_if_due(services.catalog)
+    kept = len(partials.kept_keys) - len(expired)
     message = (
-        f"reconciled: {closed} interrupted session(s), {len(partials.kept_keys)} partial copy(ies) "
-        f"kept for resume, {len(partials.removed_paths)} temp file(s) removed"
+        f"reconciled: {closed} interrupted session(s), {kept} partial copy(ies) kept for resume, "
+        f"{len(expired)} expired, {len(partials.removed_paths)} temp file(s) removed"
     )
     log.info(
         "reconciled",
         interrupted_sessions=closed,
-        partials_kept=len(partials.kept_keys),
+        partials_kept=kept,
+        partials_expired=len(expired),
         temp_files_removed=len(partials.removed_paths),
     )
     return message
@@ -125,6 +135,8 @@ class Daemon:
             max_concurrent=config.ingest.max_concurrent,
             clock=clock,
             on_summary=self._session_ended,
+            slow_rate_floor_bps=config.ingest.slow_rate_floor_mib_s * MIB,
+            slow_rate_seconds=config.ingest.slow_rate_seconds,
         )
         self._sources_stop = threading.Event()
         self._alarm_lock = threading.Lock()
@@ -184,6 +196,7 @@ class Daemon:
                 if now - last_progress >= PROGRESS_INTERVAL_S:
                     last_progress = now
                     self.manager.flush_progress()
+                    self.manager.release_slow_slots(now)
                     # Only a change: the manager keeps the last STATUS, and a datagram each second to a
                     # listener that reads none fills its queue and would block this loop.
                     status = self._status_line()

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from drivers.base import CameraIdentity, ClockReading
+from ingestd.policies.flags import bounded_dedup_key
 from store.audit import Actor, AuditLog
 from store.models import (
     Camera,
@@ -230,12 +231,15 @@ def raise_flag(
     recording_id: int | None = None,
     dock_session_id: int | None = None,
 ) -> Flag | None:
-    """Raise a flag once: a second call with the same key returns None and changes nothing."""
-    if session.scalar(select(Flag.id).where(Flag.dedup_key == dedup_key)) is not None:
+    """Raise a flag once: a second call with the same key returns None and changes nothing. A key longer
+    than the catalog column (a deep path on a camera) is stored in its bounded form."""
+    bounded = bounded_dedup_key(dedup_key)
+    # A SQLite catalog from before keys were bounded may hold a long key as it was.
+    if session.scalar(select(Flag.id).where(Flag.dedup_key.in_({dedup_key, bounded}))) is not None:
         return None
     flag = Flag(
         kind=kind,
-        dedup_key=dedup_key,
+        dedup_key=bounded,
         raised_at=now,
         details=details,
         camera_id=camera_id,

@@ -53,6 +53,7 @@ class Daemon:
     # The simulator's volumes are ext4 images, which no rule mounts unless it lists ext4.
     camera_filesystems: tuple[str, ...] = ("ext4",)
     store_root: Path | None = None
+    database_url: str | None = None  # the catalog (default: a SQLite file in the state directory)
     process: subprocess.Popen[bytes] | None = None
     _notify: socket.socket | None = None
     starts: int = 0
@@ -76,7 +77,7 @@ class Daemon:
 
     @property
     def catalog_url(self) -> str:
-        return f"sqlite:///{self.state_dir / 'catalog.db'}"
+        return self.database_url or f"sqlite:///{self.state_dir / 'catalog.db'}"
 
     @property
     def control_socket(self) -> Path:
