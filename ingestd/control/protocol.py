@@ -10,9 +10,10 @@ with the first bytes of the answer's line; the JSON `result` says what the file 
 digests), and the daemon closes its own copy once sent. A client that expects a file reads the answer
 with recvmsg (`client.call_with_fd`); any other read discards the descriptor (the kernel closes it).
 
-Guarantees: a request longer than MAX_REQUEST_BYTES, nested deeper than MAX_NESTING, not UTF-8, not
-JSON, or not of that shape is answered with a `bad-request` error naming what is wrong; it never reaches
-a handler. Nesting is measured before any JSON is decoded, so no input can exhaust the decoder's stack.
+Guarantees: a request longer than MAX_REQUEST_BYTES, nested deeper than MAX_NESTING, not UTF-8 (an
+unpaired surrogate escape included), not JSON, or not of that shape is answered with a `bad-request`
+error naming what is wrong; it never reaches a handler. Nesting is measured before any JSON is decoded,
+so no input can exhaust the decoder's stack.
 """
 
 from __future__ import annotations
@@ -83,6 +84,19 @@ _BRACKETS = bytes.maketrans(b"[{]}", b"(())")
 _NOT_BRACKETS = bytes(set(range(256)) - set(b"[{]}"))
 
 
+# Only an escape can smuggle a surrogate past the UTF-8 check; a valid pair decodes to one character.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _encodable(data: object) -> bool:
+    """Whether `data` encodes as UTF-8 (what the audit trail and the catalog store)."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def too_deep(line: bytes, limit: int = MAX_NESTING) -> bool:
     """Whether arrays and objects in `line` nest deeper than `limit`, found without recursion: with
     strings removed and every bracket made `(` or `)`, each pass deletes every innermost `()` pair, so a
@@ -112,6 +126,10 @@ def parse_request(line: bytes) -> Message:
         raise ProtocolError(detail=f"request is not JSON: {error}") from None
     if not isinstance(data, dict):
         raise ProtocolError(detail="request must be a JSON object")
+    if _SURROGATE_ESCAPE.search(line) and not _encodable(data):
+        raise ProtocolError(
+            detail="request has an unpaired surrogate (\\ud800-\\udfff escape): not Unicode text"
+        )
     unknown = set(data) - {"id", "command", "args"}
     if unknown:
         raise ProtocolError(detail=f"unknown request field(s): {', '.join(sorted(unknown))}")

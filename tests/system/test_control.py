@@ -231,12 +231,16 @@ def test_garbage_gets_a_clear_error_others_are_served_and_metrics_scrape(daemon:
     raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     raw.connect(str(daemon.control_socket))
     deep = b'{"id": 8, "command": "status", "args": {"x": ' + b"[" * 200_000 + b"]" * 200_000 + b"}}\n"
-    raw.sendall(b"\xff\xfe not json\n" + b'{"id": 7, "command": "status", "args": []}\n' + deep)
+    surrogate = b'{"id": 9, "command": "footage", "args": {"device": "\\ud800"}}\n'  # audited: args kept
+    raw.sendall(b"\xff\xfe not json\n" + b'{"id": 7, "command": "status", "args": []}\n' + deep + surrogate)
     answers = raw.makefile("rb")
     first, second = json.loads(answers.readline()), json.loads(answers.readline())
     third = json.loads(answers.readline())
     assert (third["error"]["code"], third["error"]["exit_code"]) == ("bad-request", 76)
     assert "nested deeper than 32 levels" in third["error"]["message"]
+    fourth = json.loads(answers.readline())  # not a dead connection thread: an answer
+    assert (fourth["id"], fourth["error"]["code"]) == (9, "bad-request")
+    assert "unpaired surrogate" in fourth["error"]["message"]
     assert first["ok"] is False
     assert first["error"]["code"] == "bad-request"
     assert "not UTF-8" in first["error"]["message"]

@@ -32,6 +32,8 @@ def test_a_well_formed_request_parses() -> None:
         (b'{"id": true, "command": "status"}', "id must be"),
         (b'{"id": [1], "command": "status"}', "id must be"),
         (b'{"command": "status", "args": [1]}', "args must be a JSON object"),
+        (b'{"command": "status", "args": {"x": "\\ud800"}}', "unpaired surrogate"),
+        (b'{"command": "status", "args": {"\\udfff": 1}}', "unpaired surrogate"),
         (
             b'{"command": "status", "args": {"x": "' + b"y" * protocol.MAX_REQUEST_BYTES + b'"}}',
             "larger than",
