@@ -649,14 +649,10 @@ class IngestSession:
                 at=self.clock(),
                 details={
                     "camera": docked.identity.device_serial,
-                    "files": [
-                        {
-                            "path": str(item.original.path),
-                            "recording": item.recording_id,
-                            "blake3": item.blake3,
-                        }
-                        for item in proven
-                    ],
+                    # Counts only, so the event stays small however full the card: each file's path,
+                    # recording and digests are in its own recording.delete-original event.
+                    "files": len(proven),
+                    "bytes": sum(item.original.size for item in proven),
                 },
             )
         originals = [item.original for item in proven]

@@ -229,7 +229,7 @@ def test_a_file_replaced_after_its_copy_stays_and_every_deletion_is_audited(
     assert target.read_bytes() == bytes(target.stat().st_size)  # the swapped-in bytes are still there
     assert [path for path in originals if path.exists()] == [target]
     assert intent.outcome == "started"
-    assert len(intent.details["files"]) == 3
+    assert intent.details["files"] == 3
     assert sorted(event.outcome for event in deletions) == ["deleted", "deleted", "refused"]
     (refused,) = [event for event in deletions if event.outcome == "refused"]
     assert refused.details["path"].endswith(target.name)
