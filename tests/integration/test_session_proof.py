@@ -86,7 +86,7 @@ def import_card(services: Services, card: Path, *, delete: bool = True) -> None:
         services,
         card,
         device_id="ZFY8001",
-        officer_no="000101",
+        officer_no=None,  # the card's identity file names its officer
         settings=IngestSettings(delete_after_ingest=delete),
         clock=utcnow,
     )
