@@ -129,7 +129,7 @@ def import_(
 ) -> None:
     """Ingest a mounted volume or directory once (card reader), through the dock pipeline."""
     config = load(config_path)
-    services = Services.open(config)
+    services = Services.open(config, cameras=False)  # the operator names the camera; no password needed
     try:
         summary = run_import(
             services,

@@ -5,13 +5,14 @@ role) works from the shared configuration without any access to that file."""
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 from store.models import SessionState
 from tests.support.osusers import OsUsers, run_ctl_as
-from tests.system.harness import Daemon, SimulatedCamera
+from tests.system.harness import Daemon, SimulatedCamera, wait_for
 from tests.system.test_cli import run
 from tests.system.test_daemon import wait_sessions
 
@@ -63,6 +64,20 @@ def test_a_password_file_others_can_read_stops_the_daemon_with_one_line(daemon: 
     assert str(secret) in line
     assert "not accessible to group or others" in line
     assert "000000" not in done.stdout + done.stderr
+
+
+def test_a_reload_with_a_loosened_password_file_is_refused_and_the_daemon_goes_on(daemon: Daemon) -> None:
+    secret = secret_file(daemon, 0o600)
+    daemon.serial_password = f'password_file = "{secret}"'
+    daemon.start()
+    assert daemon.process is not None
+    secret.chmod(0o644)
+    daemon.process.send_signal(signal.SIGHUP)
+    refused = wait_for("reload refused", lambda: daemon.events("reload_refused"))
+    assert str(secret) in refused[0]["error"]
+    assert "not accessible to group or others" in refused[0]["error"]
+    assert daemon.process.poll() is None  # still serving, with the rules it had
+    assert daemon.stop() == 0
 
 
 def test_check_config_masks_an_inline_password_and_says_where_it_belongs(daemon: Daemon) -> None:
