@@ -105,7 +105,11 @@ def _print_approval(approval: dict[str, Any]) -> None:
 @click.option("--expires-at", default=None, help="Expiry, ISO 8601 with a zone: 2026-04-01T18:00+08:00.")
 @click.option("--allow-confidential", is_flag=True, help="Also cover confidential recordings in scope.")
 @click.option(
-    "--for", "grantee", required=True, help="The OS user who may use it (never the approver themselves)."
+    "--for",
+    "grantee",
+    required=True,
+    metavar="USER",
+    help="The OS user who alone may use it (never the approver themselves).",
 )
 @click.option("--requested-by", default=None, help="Who asked for the footage (recorded as the extractor).")
 @json_option
@@ -122,7 +126,7 @@ def approve(
     requested_by: str | None,
     as_json: bool,
 ) -> None:
-    """Approve viewing, copying or exporting footage (approver role; 000 art. 16, 004 art. 20)."""
+    """Approve one user's viewing, copying or exporting of footage (approver; 000 art. 16, 004 art. 20)."""
     if not recordings and not case_id:
         raise click.UsageError("give a scope: --recording ID (repeatable) and/or --case CASE")
     if (expires_in is None) == (expires_at is None):
