@@ -7,15 +7,18 @@ import json
 import os
 from collections.abc import Callable
 
+import pytest
 from sqlalchemy import select
 
 from ingestd.docking.folders import DESCRIPTOR
 from store.models import Flag, FlagKind, Officer, Recording, SessionState
+from tests.conftest import BACKENDS
 from tests.support.loopdev import root_filesystem_source
 from tests.system.harness import Daemon, SimulatedCamera, wait_for
 from tests.system.test_daemon import ended_sessions, wait_sessions
 
 
+@pytest.mark.parametrize("daemon", BACKENDS, indirect=True)
 def test_a_camera_cannot_rename_a_registered_officer_or_their_footage(
     daemon: Daemon, make_camera: Callable[..., SimulatedCamera]
 ) -> None:
