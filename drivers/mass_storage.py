@@ -3,7 +3,8 @@
 Such a camera has no control channel, so clock, battery and resolution are `Unsupported` and
 `sync_clock` reports `ClockSyncState.UNSUPPORTED` rather than pretending. Its identity comes from the
 identity file `ZFYINFO.TXT` at the volume root if present, else the USB serial udev reports
-(`ID_SERIAL_SHORT`). Both are only as trustworthy as the device; a disagreement is logged.
+(`ID_SERIAL_SHORT`). Both are claims, only as trustworthy as the device; when they disagree the
+session raises an identity-mismatch flag, as for a serial camera.
 
 `ZFYINFO.TXT` holds the GA/T 947.4 ZFY_INFO fields as `key=value` lines, UTF-8 or GBK:
 

@@ -7,8 +7,10 @@ or value stops start-up with a message naming the file and the key (exit code 78
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import shlex
+import stat
 import tomllib
 from collections.abc import Mapping
 from datetime import date, timedelta
@@ -77,7 +79,12 @@ class CameraRuleConfig(Section):
 
     match: dict[str, str] = Field(description="udev property name -> glob, all must match.")
     driver: str = Field(description="Driver name: serial, mass-storage, or a plug-in's entry-point name.")
-    password: str = Field("", max_length=6, description="Device password (GA/T 947.4: 6 characters).")
+    password: str = Field(
+        "", max_length=6, description="Device password inline; every ingestctl user can read it here."
+    )
+    password_file: Path | None = Field(
+        None, description="File (owner root, no group/other access) whose first line is the password."
+    )
     baud_rate: int = Field(115200, gt=0)
     filename_patterns: tuple[str, ...] = Field((), description="Regexes with named time groups.")
     extensions: tuple[str, ...] = Field((".mp4", ".mov", ".avi", ".jpg", ".wav"))
@@ -100,15 +107,53 @@ class CameraRuleConfig(Section):
             raise ValueError("a rule with no match properties would match every device")
         return value
 
+    @model_validator(mode="after")
+    def _one_password_source(self) -> CameraRuleConfig:
+        if self.password and self.password_file is not None:
+            raise ValueError("give password or password_file, not both")
+        return self
+
     def to_rule(self) -> CameraRule:
+        """The driver rule, with the password read from `password_file` (only the daemon calls this)."""
+        password = read_password_file(self.password_file) if self.password_file else self.password
         options = DriverOptions(
-            password=self.password,
+            password=password,
             baud_rate=self.baud_rate,
             filename_patterns=self.filename_patterns,
             extensions=self.extensions,
             filesystems=self.filesystems,
         )
         return CameraRule(match=dict(self.match), driver=self.driver, options=options)
+
+
+PASSWORD_FILE_MAX_BYTES = 256
+
+
+def read_password_file(path: Path) -> str:
+    """The first line of a secret file that only its owner (root, or the daemon's own user) can read;
+    anything else is a ConfigError naming the file, so a leaked password is noticed, not used."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as error:
+        raise ConfigError(path=path, detail=f"password file: {error.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(path=path, detail="password file is not a regular file")
+        if info.st_uid not in (0, os.geteuid()) or info.st_mode & 0o077:
+            raise ConfigError(
+                path=path,
+                detail=f"password file must be owned by root and not accessible to group or others "
+                f"(it is uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):04o}); chmod 600",
+            )
+        raw = handle.read(PASSWORD_FILE_MAX_BYTES + 1)
+    lines = raw.decode("ascii", errors="replace").splitlines()
+    password = lines[0].strip() if lines else ""
+    if len(raw) > PASSWORD_FILE_MAX_BYTES or not password or len(password) > 6 or not password.isprintable():
+        raise ConfigError(
+            path=path, detail="password file: the first line must be the password (1-6 characters)"
+        )
+    return password
 
 
 class IngestConfig(Section):
@@ -380,7 +425,16 @@ class Config(Section):
     camera: tuple[CameraRuleConfig, ...] = ()
 
     def camera_rules(self) -> list[CameraRule]:
+        """The driver rules with their passwords: reads the password files, so for the daemon only."""
         return [rule.to_rule() for rule in self.camera]
+
+    def redacted_json(self) -> str:
+        """The configuration as JSON with inline passwords masked (password files are named, not read)."""
+        data = self.model_dump(mode="json")
+        for rule in data["camera"]:
+            if rule["password"]:
+                rule["password"] = "***"  # noqa: S105 - the mask, not a password
+        return json.dumps(data, indent=2, ensure_ascii=False)
 
 
 def _key_path(location: tuple[int | str, ...]) -> str:

@@ -62,7 +62,7 @@ def verify(config_path: Path | None, objects: bool, as_json: bool) -> None:
     Exit 0 when everything verifies, 3 when any problem is found (each one is listed).
     """
     config = load(config_path)
-    services = Services.open(config, migrate=False)
+    services = Services.open(config, migrate=False, cameras=False)
     try:
         if objects and not as_json:
             with Progress(

@@ -247,6 +247,7 @@ class Daemon:
     def _reload(self) -> None:
         try:
             fresh = load_config(self.config_path)
+            rules = fresh.camera_rules()  # reads the password files: a bad one refuses the reload
         except IngestdError as error:
             log.error("reload_refused", error=str(error))  # noqa: TRY400 - the message is the whole story
             return
@@ -258,7 +259,7 @@ class Daemon:
             log.warning("reload_partial", detail="catalog, store and daemon settings need a restart")
         from drivers.registry import DriverRegistry  # noqa: PLC0415 - only needed on reload
 
-        self.services.registry = DriverRegistry(fresh.camera_rules())
+        self.services.registry = DriverRegistry(rules)
         self.manager.settings = ingest_settings(fresh)
         self.config = fresh
         log.info("reloaded", camera_rules=len(fresh.camera))

@@ -316,7 +316,7 @@ def run_demo(console: Console, *, workdir: Path | None, files: int, size_mib: in
         time.sleep(1.0)
     finally:
         _stop(daemon, simulators, loops)
-    services = Services.open(load_config(config_path), migrate=False)
+    services = Services.open(load_config(config_path), migrate=False, cameras=False)
     try:
         report = verify_all(services, objects=True)
     finally:

@@ -299,7 +299,8 @@ class IngestSession:
             if storage is not None:
                 camera.storage_free_bytes, camera.storage_total_bytes = storage
                 dock_session.storage_free_bytes = storage[0]
-            if usb_serial and identity.source == "control-channel" and usb_serial != identity.device_serial:
+            # The serial a control channel or an identity file on the volume reports is a claim.
+            if usb_serial and usb_serial != identity.device_serial:
                 records.raise_flag(
                     session,
                     kind=FlagKind.IDENTITY_MISMATCH,
@@ -307,7 +308,11 @@ class IngestSession:
                     now=now,
                     camera_id=camera.id,
                     dock_session_id=dock_session_id,
-                    details={"usb_serial": usb_serial, "device_serial": identity.device_serial},
+                    details={
+                        "usb_serial": usb_serial,
+                        "device_serial": identity.device_serial,
+                        "source": identity.source,
+                    },
                 )
             records.custody_event(
                 session,

@@ -86,7 +86,7 @@ def import_card(services: Services, card: Path, *, delete: bool = True) -> None:
         services,
         card,
         device_id="ZFY8001",
-        officer_no="000101",
+        officer_no=None,  # the card's identity file names its officer
         settings=IngestSettings(delete_after_ingest=delete),
         clock=utcnow,
     )
@@ -343,7 +343,7 @@ def test_a_deduplicated_copy_that_races_the_purge_of_its_object_stores_the_bytes
             services,
             tmp_path / "card",
             device_id="ZFY8001",
-            officer_no="000101",
+            officer_no=None,
             settings=IngestSettings(),
             clock=utcnow,
             progress=progress,

@@ -54,6 +54,7 @@ class Daemon:
     camera_filesystems: tuple[str, ...] = ("ext4",)
     store_root: Path | None = None
     database_url: str | None = None  # the catalog (default: a SQLite file in the state directory)
+    serial_password: str = 'password = "000000"'  # the serial cameras' rule: inline, or a password_file
     process: subprocess.Popen[bytes] | None = None
     _notify: socket.socket | None = None
     starts: int = 0
@@ -114,7 +115,7 @@ watch_folders = ["{self.docks}"]
 [[camera]]
 match = {{ SUBSYSTEM = "folder", ZFY_TRANSPORT = "serial" }}
 driver = "serial"
-password = "000000"
+{self.serial_password}
 filesystems = {json.dumps(list(self.camera_filesystems))}
 
 [[camera]]

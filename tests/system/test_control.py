@@ -288,7 +288,8 @@ def test_oversight_commands_answer_json_and_refuse_bad_input(
         ("report",): "give --month YYYY-MM",
         ("approvals", "999"): "no approval with id 999",
         ("revoke", "999", "--reason", "mistake"): "999",
-        ("approve", "--purpose", "court", "--expires-in", "1h"): "give a scope",
+        ("approve", "--purpose", "court", "--expires-in", "1h", "--for", "li"): "give a scope",
+        ("approve", "--purpose", "court", "--expires-in", "1h", "--case", "C"): "Missing option '--for'",
         ("export", "--approval", "999", str(tmp_path / "never-written")): "approval",
         ("view", "--approval", "0", "1"): "Invalid value for '--approval'",
     }
