@@ -5,11 +5,13 @@ kernel's peer credentials; `verify-export` reads only the bag, so a court can ru
 gets the recording as an open file passed over the socket, never by reading the store itself.
 
 Exit codes: 0 done; 2 wrong flag, argument or id (and `view` to a terminal); 3 (verify-export) the bag
-has problems, each listed; 13 permission denied (the caller's groups give no role allowed for the
-command); 14 no valid approval (missing, expired, revoked, out of scope, confidential); 15 nothing
-written (DEST or --output FILE exists, not writable, the reader of a pipe went away); 16 the store's
-bytes do not match the catalog (nothing exported or copied; for `view`, what was handed over is not the
-catalog's: investigate); other codes come from the daemon or the socket (e.g. daemon not running).
+has problems, each listed; 17 (verify-export) the bag is consistent but its signer is unverified (no
+trusted station key given, see `ingestd key show`); 13 permission denied (the caller's groups give no
+role allowed for the command); 14 no valid approval (missing, expired, revoked, out of scope,
+confidential); 15 nothing written (DEST or --output FILE exists, not writable, the reader of a pipe went
+away); 16 the store's bytes do not match the catalog (nothing exported or copied; for `view`, what was
+handed over is not the catalog's: investigate); other codes come from the daemon or the socket (e.g.
+daemon not running).
 """
 
 from __future__ import annotations
@@ -25,15 +27,16 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from ingestd.cli import config_option, json_option, load, print_json
+from ingestd.display import styled, table
 from ingestd.errors import IngestdError, UsageError
 from ingestd.evidence.errors import EXIT_EXPORT_FAILED, EXIT_EXPORT_INTEGRITY
-from ingestd.evidence.verify_bag import verify_bag
-from store.signing import SigningKeyError, load_public_key
+from ingestd.evidence.verify_bag import load_trusted_keys, verify_bag
+from store.signing import SigningKeyError
 
 EXIT_PROBLEMS = 3
+EXIT_SIGNER_UNVERIFIED = 17  # verify-export: consistent, but not checked against a trusted station key
 DELIVERY_TIMEOUT_S = 6 * 3600.0  # the daemon answers only when the files are written, proven and recorded
 VIEW_CHUNK = 1 << 20
 
@@ -48,13 +51,8 @@ def _call(config_path: Path | None, command: str, args: dict[str, Any], *, timeo
 
 
 def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    table = Table(title=title)
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(*["" if v is None else str(v) for v in row])
     # Piped output (a file, a mail) gets whole columns rather than the 80 columns of a missing terminal.
-    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    Console(width=None if sys.stdout.isatty() else 200).print(table(title, columns, rows))
 
 
 def _period_options(func: F) -> F:
@@ -325,40 +323,55 @@ def view(*, config_path: Path | None, approval_id: int, recording_id: int, outpu
 @click.argument("path", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option(
     "--public-key",
-    "public_key_file",
+    "key_files",
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    default=None,
-    help="The station's published public key (PEM): the bag must be signed with it.",
+    multiple=True,
+    help="The station's published public key (PEM, from `ingestd key show`); repeatable.",
+)
+@click.option(
+    "--trusted-keys",
+    "trusted_files",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    multiple=True,
+    help="A file of trusted station keys (PEM blocks: several stations, or before and after a key change).",
 )
 @json_option
-def verify_export(path: Path, public_key_file: Path | None, as_json: bool) -> None:
-    """Check an exported bag on its own, without the station: exit 0 if it verifies, 3 if not."""
-    pinned = None
-    if public_key_file is not None:
-        try:
-            pinned = load_public_key(public_key_file)
-        except SigningKeyError as error:
-            raise click.BadParameter(str(error), param_hint="--public-key") from None
-    report = verify_bag(path, public_key=pinned)
+def verify_export(
+    path: Path, key_files: tuple[Path, ...], trusted_files: tuple[Path, ...], as_json: bool
+) -> None:
+    """Check an exported bag on its own, without the station: exit 0 if it verifies and is signed by a
+    trusted station key, 3 if it has problems, 17 if it is consistent but no trusted key was given."""
+    trusted = []
+    for option, files in (("--public-key", key_files), ("--trusted-keys", trusted_files)):
+        for file in files:
+            try:
+                trusted.extend(load_trusted_keys(file))
+            except SigningKeyError as error:
+                raise click.BadParameter(str(error), param_hint=option) from None
+    report = verify_bag(path, trusted_keys=trusted)
     if as_json:
         print_json(report.as_dict())
     else:
         console = Console()
         for problem in report.problems:
-            console.print(
-                f"[red]PROBLEM[/red] {problem.kind} {problem.subject}: {problem.detail}",
-                markup=True,
-                highlight=False,
+            line = styled(("PROBLEM", "red"), f" {problem.kind} {problem.subject}: {problem.detail}")
+            console.print(line, highlight=False)
+        if report.valid:
+            verdict = styled(f"signed by trusted station key {report.key_id}; ", ("valid", "green"))
+        elif report.consistent:
+            verdict = styled(
+                f"signed by key {report.key_id}, which is not checked against the station's; ",
+                ("content consistent, signer unverified", "yellow"),
+                " (give the station key: --public-key FILE or --trusted-keys FILE)",
             )
-        verdict = "[green]valid[/green]" if report.clean else f"[red]{len(report.problems)} problem(s)[/red]"
-        pinned_note = " (pinned)" if report.pinned_key_id and report.clean else ""
-        console.print(
-            f"{path}: {report.payload_files} file(s), {report.payload_bytes} bytes; "
-            f"key {report.key_id}{pinned_note}; {verdict}",
-            highlight=False,
-        )
-    if not report.clean:
+        else:
+            verdict = styled(f"key {report.key_id}; ", (f"{len(report.problems)} problem(s)", "red"))
+        summary = f"{path}: {report.payload_files} file(s), {report.payload_bytes} bytes; "
+        console.print(styled(summary, verdict), highlight=False)
+    if not report.consistent:
         raise SystemExit(EXIT_PROBLEMS)
+    if not report.signer_verified:
+        raise SystemExit(EXIT_SIGNER_UNVERIFIED)
 
 
 # --- spot checks ---------------------------------------------------------------------------------------

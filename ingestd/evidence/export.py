@@ -28,7 +28,7 @@ from ingestd.evidence.delivery import (
     units_of,
 )
 from ingestd.evidence.errors import ExportIntegrityError
-from ingestd.evidence.verify_bag import verify_bag
+from ingestd.evidence.verify_bag import verify_tree
 from ingestd.policies.flags import iso
 from store.audit import Actor
 from store.models import Approval, Export, Recording
@@ -128,10 +128,9 @@ def _build_and_record(request: DeliveryRequest, plan: _Plan, workspace: Workspac
     partial = workspace.path
     signer = services.audit.signer
     result = write_bag(partial, plan.items, plan.bag_info, signer, services.store.open, now=now)
-    # The checker refuses a symlinked bag (the magic link is one), so it reads by the current name;
-    # a swap there could only fool this re-check, not what gets published (see `publish`).
-    report = verify_bag(partial.readlink(), public_key=signer.public_key)
-    if not report.clean:
+    # Checked through the descriptor: whatever the caller does to names, this is the tree handed over.
+    report = verify_tree(partial, trusted_keys=[signer.public_key])
+    if not report.valid:
         found = "; ".join(f"{p.kind} {p.subject}: {p.detail}" for p in report.problems[:10])
         raise ExportIntegrityError(
             blake3="-", recording="-", detail=f"the written bag does not verify: {found}"

@@ -33,8 +33,10 @@ from tests.system.harness import Daemon, SimulatedCamera, remove_tree, stored_re
 
 MIB = 1024 * 1024
 CTL = "from ingestd.ctl import main; main()"
+INGESTD = "from ingestd.cli import main; main()"
 EXIT_APPROVAL_REFUSED = 14  # ingestd/ctl_evidence.py
 EXIT_BAG_PROBLEMS = 3
+EXIT_SIGNER_UNVERIFIED = 17
 EXIT_OUTPUT = 71  # ingestd/ctl_read.py
 CJIS_FIELDS = {"event_type", "time", "place", "source", "outcome", "user"}
 ROLES = ("clerk", "approver", "auditor")
@@ -143,10 +145,10 @@ def _in_seconds(seconds: float) -> str:
 # --- an approved export, and one changed byte ------------------------------------------------------------
 
 
-def verify_export(bag: Path) -> subprocess.CompletedProcess[str]:
+def verify_export(bag: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """`ingestctl verify-export` as anyone would run it, wide enough that no line is wrapped."""
     return subprocess.run(
-        [sys.executable, "-c", CTL, "verify-export", str(bag)],
+        [sys.executable, "-c", CTL, "verify-export", str(bag), *args],
         capture_output=True,
         text=True,
         check=False,
@@ -165,7 +167,22 @@ def test_an_approved_export_verifies_and_one_flipped_byte_fails_both_validators(
     assert (result["destination"], result["recording_ids"]) == (str(bag), station.recordings)
     assert bag.stat().st_uid == pwd.getpwnam(station.users["clerk"]).pw_uid  # handed to the caller
 
-    clean = verify_export(bag)
+    unpinned = verify_export(bag)  # a court that has not got the station key: not "valid"
+    assert unpinned.returncode == EXIT_SIGNER_UNVERIFIED, unpinned.stdout + unpinned.stderr
+    assert "signer unverified" in unpinned.stdout
+
+    shown = subprocess.run(
+        [sys.executable, "-c", INGESTD, "key", "show", "--config", str(station.daemon.config_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert f"# ingestd station key {result['key_id']}" in shown.stdout  # the fingerprint on the note
+    key_file = bag.parent / "station.pem"
+    key_file.write_text(shown.stdout)  # what `key show` prints is itself a key file
+    clean = verify_export(bag, "--public-key", str(key_file))
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert "2 file(s)" in clean.stdout
     assert clean.stdout.rstrip().endswith("valid")
@@ -179,7 +196,7 @@ def test_an_approved_export_verifies_and_one_flipped_byte_fails_both_validators(
         payload.seek(100)
         payload.write(bytes([byte[0] ^ 0x01]))
 
-    broken = verify_export(bag)
+    broken = verify_export(bag, "--public-key", str(key_file))
     assert broken.returncode == EXIT_BAG_PROBLEMS, broken.stdout + broken.stderr
     mismatches = [line for line in broken.stdout.splitlines() if "-mismatch" in line]
     assert mismatches, broken.stdout
