@@ -29,7 +29,7 @@ import click
 from rich.console import Console
 
 from ingestd.cli import config_option, json_option, load, print_json
-from ingestd.display import styled, table
+from ingestd.display import problem_line, styled, table
 from ingestd.errors import IngestdError, UsageError
 from ingestd.evidence.errors import EXIT_EXPORT_FAILED, EXIT_EXPORT_INTEGRITY
 from ingestd.evidence.verify_bag import load_trusted_keys, verify_bag
@@ -52,7 +52,7 @@ def _call(config_path: Path | None, command: str, args: dict[str, Any], *, timeo
 
 def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     # Piped output (a file, a mail) gets whole columns rather than the 80 columns of a missing terminal.
-    Console(width=None if sys.stdout.isatty() else 200).print(table(title, columns, rows))
+    Console(width=None if sys.stdout.isatty() else 200).print(table(title, columns, rows, overflow="fold"))
 
 
 def _period_options(func: F) -> F:
@@ -354,8 +354,7 @@ def verify_export(
     else:
         console = Console()
         for problem in report.problems:
-            line = styled(("PROBLEM", "red"), f" {problem.kind} {problem.subject}: {problem.detail}")
-            console.print(line, highlight=False)
+            console.print(problem_line(f"{problem.kind} {problem.subject}", problem.detail), highlight=False)
         if report.valid:
             verdict = styled(f"signed by trusted station key {report.key_id}; ", ("valid", "green"))
         elif report.consistent:

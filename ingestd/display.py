@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rich.console import ConsoleRenderable, OverflowMethod
 from rich.table import Table
 from rich.text import Text
 
@@ -22,11 +23,24 @@ def styled(*parts: str | Text | tuple[str, str]) -> Text:
     return Text.assemble(*parts)
 
 
-def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]], *, empty: str = "") -> Table:
-    """A table whose every cell is literal text (a Text or other renderable is kept as is)."""
+def problem_line(what: str, detail: str) -> Text:
+    """`PROBLEM what: detail` (what: kind and subject), every word literal."""
+    return styled(("PROBLEM", "red"), f" {what}: {detail}")
+
+
+def table(
+    title: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[object]],
+    *,
+    empty: str = "",
+    overflow: OverflowMethod = "ellipsis",
+) -> Table:
+    """A table whose every cell is literal text (`empty` for None or ""); a renderable (a Text, a
+    progress bar) is kept as is."""
     shown = Table(title=title)
     for column in columns:
-        shown.add_column(column, overflow="fold")
+        shown.add_column(column, overflow=overflow)
     for row in rows:
-        shown.add_row(*[v if isinstance(v, Text) else plain(v, empty=empty) for v in row])
+        shown.add_row(*[v if isinstance(v, ConsoleRenderable) else plain(v, empty=empty) for v in row])
     return shown
