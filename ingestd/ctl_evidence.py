@@ -31,7 +31,9 @@ from rich.console import Console
 from ingestd.cli import config_option, json_option, load, print_json
 from ingestd.display import problem_line, styled, table
 from ingestd.errors import IngestdError, UsageError
-from ingestd.evidence.errors import EXIT_EXPORT_FAILED, EXIT_EXPORT_INTEGRITY
+from ingestd.evidence.copies import CopyError
+from ingestd.evidence.destination import deliver_into
+from ingestd.evidence.errors import EXIT_EXPORT_FAILED, EXIT_EXPORT_INTEGRITY, ExportError
 from ingestd.evidence.verify_bag import load_trusted_keys, verify_bag
 from store.signing import SigningKeyError
 
@@ -43,11 +45,18 @@ VIEW_CHUNK = 1 << 20
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _call(config_path: Path | None, command: str, args: dict[str, Any], *, timeout: float = 30.0) -> Any:
+def _call(
+    config_path: Path | None,
+    command: str,
+    args: dict[str, Any],
+    *,
+    timeout: float = 30.0,
+    pass_fd: int | None = None,
+) -> Any:
     from ingestd.control import client  # noqa: PLC0415 - only the socket commands need it
 
     config = load(config_path)
-    return client.call(config.control.socket, command, args, timeout=timeout)
+    return client.call(config.control.socket, command, args, timeout=timeout, pass_fd=pass_fd)
 
 
 def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -162,9 +171,12 @@ def approvals(config_path: Path | None, approval_id: int | None, as_json: bool) 
 # --- export and verification ---------------------------------------------------------------------------
 
 
-def _delivery_command(name: str, summary: str, describe: Callable[[dict[str, Any]], str]) -> click.Command:
+def _delivery_command(
+    name: str, summary: str, describe: Callable[[dict[str, Any]], str], error: type[ExportError]
+) -> click.Command:
     """`export` and `copy`: an approval, optionally some of its recordings, a new DEST; `describe` says
-    what was written (unless --json)."""
+    what was written (unless --json). DEST.partial is made here, with the caller's rights, and handed
+    to the daemon open (see `ingestd.evidence.destination`)."""
 
     @click.command(name, help=summary)
     @config_option
@@ -186,12 +198,12 @@ def _delivery_command(name: str, summary: str, describe: Callable[[dict[str, Any
         dest: Path,
         as_json: bool,
     ) -> None:
-        absolute = dest.expanduser().absolute()  # the daemon's working directory is not ours
-        result = _call(
-            config_path,
-            name,
-            {"approval_id": approval_id, "dest": str(absolute), "recording_ids": list(recordings)},
-            timeout=DELIVERY_TIMEOUT_S,
+        absolute = dest.expanduser().absolute()  # named in the daemon's records as the caller sees it
+        args = {"approval_id": approval_id, "dest": str(absolute), "recording_ids": list(recordings)}
+        result = deliver_into(
+            absolute,
+            error,
+            lambda fd: _call(config_path, name, args, timeout=DELIVERY_TIMEOUT_S, pass_fd=fd),
         )
         print_json(result) if as_json else click.echo(describe(result))
 
@@ -202,7 +214,8 @@ def _describe_export(result: dict[str, Any]) -> str:
     return (
         f"export {result['export_id']}: {len(result['recording_ids'])} recording(s), "
         f"{result['payload_bytes']} bytes to {result['destination']}\n"
-        f"signed by {result['key_id']}; tag manifest SHA-256 {result['tag_manifest_sha256']}"
+        f"signed by station key {result['key_id']} (compare with `ingestd key show` on the station); "
+        f"tag manifest SHA-256 {result['tag_manifest_sha256']}"
     )
 
 
@@ -218,11 +231,13 @@ export = _delivery_command(
     "export",
     "Write the approved recordings to DEST as a signed BagIt bag (DEST must not exist).",
     _describe_export,
+    ExportError,
 )
 copy = _delivery_command(
     "copy",
     "Copy the approved recordings as plain files into DEST (must not exist), with a SHA256SUMS file.",
     _describe_copy,
+    CopyError,
 )
 
 
@@ -323,31 +338,23 @@ def view(*, config_path: Path | None, approval_id: int, recording_id: int, outpu
 @click.argument("path", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option(
     "--public-key",
+    "--trusted-keys",
     "key_files",
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
     multiple=True,
-    help="The station's published public key (PEM, from `ingestd key show`); repeatable.",
-)
-@click.option(
-    "--trusted-keys",
-    "trusted_files",
-    type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    multiple=True,
-    help="A file of trusted station keys (PEM blocks: several stations, or before and after a key change).",
+    help="Trusted station keys: a PEM file (from `ingestd key show`) holding one key or several (other "
+    "stations, or before and after a key change); repeatable.",
 )
 @json_option
-def verify_export(
-    path: Path, key_files: tuple[Path, ...], trusted_files: tuple[Path, ...], as_json: bool
-) -> None:
+def verify_export(path: Path, key_files: tuple[Path, ...], as_json: bool) -> None:
     """Check an exported bag on its own, without the station: exit 0 if it verifies and is signed by a
     trusted station key, 3 if it has problems, 17 if it is consistent but no trusted key was given."""
     trusted = []
-    for option, files in (("--public-key", key_files), ("--trusted-keys", trusted_files)):
-        for file in files:
-            try:
-                trusted.extend(load_trusted_keys(file))
-            except SigningKeyError as error:
-                raise click.BadParameter(str(error), param_hint=option) from None
+    for file in key_files:
+        try:
+            trusted.extend(load_trusted_keys(file))
+        except SigningKeyError as error:
+            raise click.BadParameter(str(error), param_hint="--public-key") from None
     report = verify_bag(path, trusted_keys=trusted)
     if as_json:
         print_json(report.as_dict())

@@ -10,6 +10,7 @@ MAX_CONNECTIONS are served at once (more are told the daemon is busy). A file a 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import grp
 import importlib
 import os
@@ -33,6 +34,7 @@ from ingestd.services import Services
 log = structlog.get_logger()
 
 MAX_CONNECTIONS = 32
+MAX_PASSED_FDS = 1  # export and copy hand over their destination directory; nothing needs more
 ACCEPT_TICK_S = 0.25
 SOCKET_MODE = 0o660
 
@@ -71,6 +73,13 @@ def _remove_stale(path: Path) -> None:
     finally:
         probe.close()
     raise ControlSocketError(path=path, detail="another ingestd is already listening on it")
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    fds.clear()
 
 
 class ControlServer:
@@ -164,44 +173,50 @@ class ControlServer:
         deadline = time.monotonic() + self.config.timeout_seconds
         caller = auth.resolve(auth.peer_credentials(connection), self.config)
         buffer = b""
-        while not self.stop_event.is_set():
-            newline = buffer.find(b"\n")
-            if newline < 0:
-                if len(buffer) > protocol.MAX_REQUEST_BYTES:
-                    self._send(
-                        connection,
-                        protocol.failure(
-                            None,
-                            "bad-request",
-                            f"control protocol: request is larger than {protocol.MAX_REQUEST_BYTES} bytes",
-                            protocol.EX_PROTOCOL,
-                        ),
-                    )
-                    return
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                connection.settimeout(min(remaining, ACCEPT_TICK_S * 4))
-                try:
-                    chunk = connection.recv(65536)
-                except TimeoutError:
+        fds: list[int] = []  # sent with the bytes of the request being read; closed once it is answered
+        try:
+            while not self.stop_event.is_set():
+                newline = buffer.find(b"\n")
+                if newline < 0:
+                    if len(buffer) > protocol.MAX_REQUEST_BYTES:
+                        self._refuse(connection, f"request is larger than {protocol.MAX_REQUEST_BYTES} bytes")
+                        return
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return
+                    connection.settimeout(min(remaining, ACCEPT_TICK_S * 4))
+                    try:
+                        chunk, truncated = protocol.receive(connection, 65536, fds, MAX_PASSED_FDS)
+                    except TimeoutError:
+                        continue
+                    if truncated:
+                        self._refuse(connection, f"a request may hand over at most {MAX_PASSED_FDS} file")
+                        return
+                    if not chunk:
+                        return  # the client closed; a partial line is dropped
+                    buffer += chunk
                     continue
-                if not chunk:
-                    return  # the client closed; a partial line is dropped
-                buffer += chunk
-                continue
-            line, buffer = buffer[:newline], buffer[newline + 1 :]
-            if not line.strip():
-                continue
-            self._send(connection, self._answer(caller, line))
-            deadline = time.monotonic() + self.config.timeout_seconds
+                line, buffer = buffer[:newline], buffer[newline + 1 :]
+                if not line.strip():
+                    continue
+                self._send(connection, self._answer(caller, line, tuple(fds)))
+                _close_all(fds)
+                deadline = time.monotonic() + self.config.timeout_seconds
+        finally:
+            _close_all(fds)
 
-    def _answer(self, caller: auth.Caller, line: bytes) -> dict[str, object]:
+    def _refuse(self, connection: socket.socket, detail: str) -> None:
+        self._send(
+            connection,
+            protocol.failure(None, "bad-request", f"control protocol: {detail}", protocol.EX_PROTOCOL),
+        )
+
+    def _answer(self, caller: auth.Caller, line: bytes, fds: tuple[int, ...]) -> dict[str, object]:
         try:
             message = protocol.parse_request(line)
         except protocol.ProtocolError as error:
             return protocol.failure(protocol.request_id_of(line), "bad-request", str(error), error.exit_code)
-        return dispatch(self.services, caller, message, self.clock())
+        return dispatch(self.services, caller, dataclasses.replace(message, fds=fds), self.clock())
 
     def _send(self, connection: socket.socket, response: dict[str, object]) -> None:
         connection.settimeout(self.config.timeout_seconds)

@@ -21,6 +21,8 @@ from sqlalchemy import select, update
 from ingestd.control.handlers_evidence import approve, export, revoke
 from ingestd.control.registry import Request
 from ingestd.evidence import layout
+from ingestd.evidence.copies import CopyError
+from ingestd.evidence.destination import deliver_into
 from ingestd.evidence.errors import ApprovalRefused, EvidenceUsageError, ExportError, ExportIntegrityError
 from ingestd.evidence.verify_bag import verify_bag
 from store.audit import Actor, verify_chain
@@ -48,7 +50,19 @@ def world(catalog: Catalog, tmp_path: Path) -> Iterator[World]:
 
 
 def call(world: World, handler: Any, actor: Actor, now: Any = NOW, **args: Any) -> Any:
-    return handler(world.services, Request(command=handler.__name__, args=args, actor=actor, now=now))
+    """The handler as the dispatcher calls it; for export and copy, with DEST.partial made and handed
+    over as `ingestctl` does (`deliver_into`), as `actor` would have made it."""
+    name = handler.__name__
+
+    def send(fd: int | None = None) -> Any:
+        if fd is not None and os.geteuid() == 0 and actor.uid is not None:
+            os.fchown(fd, actor.uid, -1)  # made by the caller, not by the test's root
+        fds = () if fd is None else (fd,)
+        return handler(world.services, Request(command=name, args=args, actor=actor, now=now, passed_fds=fds))
+
+    if name not in ("export", "copy"):
+        return send()
+    return deliver_into(Path(args["dest"]), CopyError if name == "copy" else ExportError, send)
 
 
 def approve_for(world: World, **args: Any) -> dict[str, Any]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -45,8 +47,19 @@ def make_bag(
         )
     target = tmp_path / "bag"
     target.mkdir()
-    write_bag(target, items, [("Approval-Id", "1"), ("Event", "line\nbreak")], signer, store.open, now=NOW)
+    with held(target) as fd:
+        write_bag(fd, items, [("Approval-Id", "1"), ("Event", "line\nbreak")], signer, store.open, now=NOW)
     return target, store
+
+
+@contextlib.contextmanager
+def held(directory: Path) -> Iterator[int]:
+    """The directory open, as the daemon holds the one the caller handed over."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 @pytest.fixture
@@ -186,16 +199,16 @@ def test_store_bytes_that_differ_from_the_catalog_stop_the_bag(tmp_path: Path, s
     target = tmp_path / "bag"
     target.mkdir()
     item = PayloadItem(name="a_r1.mp4", recording_id=1, blake3=put.blake3, sha256=put.sha256, size=put.size)
-    with pytest.raises(ExportIntegrityError, match="recording 1"):
-        write_bag(target, [item], [], signer, store.open, now=NOW)
+    with pytest.raises(ExportIntegrityError, match="recording 1"), held(target) as fd:
+        write_bag(fd, [item], [], signer, store.open, now=NOW)
     assert not (target / layout.SIGNATURE).exists()
 
 
 def test_names_must_be_unique_ignoring_case(tmp_path: Path, signer: Signer) -> None:
     item = PayloadItem(name="A_r1.mp4", recording_id=1, blake3="0" * 64, sha256="0" * 64, size=0)
     twin = PayloadItem(name="a_r1.mp4", recording_id=2, blake3="0" * 64, sha256="0" * 64, size=0)
-    with pytest.raises(ValueError, match="unique"):
-        write_bag(tmp_path, [item, twin], [], signer, MemoryObjectStore().open, now=NOW)
+    with pytest.raises(ValueError, match="unique"), held(tmp_path) as fd:
+        write_bag(fd, [item, twin], [], signer, MemoryObjectStore().open, now=NOW)
 
 
 def test_file_names_in_a_bag_are_printed_literally_never_as_markup(tmp_path: Path, signer: Signer) -> None:
