@@ -51,6 +51,7 @@ class Daemon:
     control_config: str = ""  # more [control] keys (group names), one per line
     udev: bool = False
     store_root: Path | None = None
+    wrapper: tuple[str, ...] = ()  # a command the daemon runs under (e.g. the unit's sandbox, emulated)
     process: subprocess.Popen[bytes] | None = None
     _notify: socket.socket | None = None
     starts: int = 0
@@ -132,7 +133,7 @@ driver = "mass-storage"
         env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "PYTHONUNBUFFERED": "1"}
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "ingestd", "run", "--config", str(self.config_path)],
+                [*self.wrapper, sys.executable, "-m", "ingestd", "run", "--config", str(self.config_path)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,

@@ -15,6 +15,7 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import termios
 import threading
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from typing import Any
 import bagit
 import pytest
 
+from tests.support import sandbox
 from tests.support.objectstore import unseal_tree
 from tests.support.osusers import OsUsers, run_ctl_as
 from tests.system.harness import Daemon, SimulatedCamera, remove_tree, stored_recordings, wait_for
@@ -204,6 +206,78 @@ def test_an_approved_export_verifies_and_one_flipped_byte_fails_both_validators(
     with pytest.raises(bagit.BagValidationError) as invalid:
         bagit.Bag(str(bag)).validate()
     assert f"data/{victim.name}" in str(invalid.value)
+
+
+# --- under the shipped unit's sandbox --------------------------------------------------------------------
+
+CAP_DAC_OVERRIDE = 1  # linux/capability.h
+
+
+@pytest.fixture
+def sandboxed(daemon: Daemon, shared_dir: Path) -> Iterator[Path]:
+    """The daemon (started later by `station`) runs under systemd/ingestd.service's sandbox, emulated;
+    the directory returned stands for /home: out of the daemon's sight (ProtectHome, PrivateTmp)."""
+    reason = sandbox.usable()
+    if reason is not None:
+        pytest.skip(f"cannot emulate the unit's sandbox: {reason}")
+    home = Path(tempfile.mkdtemp(prefix="ingestd-home-"))
+    home.chmod(0o711)
+    for path in (daemon.state_dir, daemon.store, daemon.docks):  # the docks folder: read-only to it
+        path.mkdir(parents=True, exist_ok=True)
+    daemon.wrapper = sandbox.sandbox_wrapper(
+        {"/var/lib/ingestd": [daemon.state_dir, daemon.store], "/run/ingestd": [shared_dir]}, [home]
+    )
+    try:
+        yield home
+    finally:
+        remove_tree(home)
+
+
+def test_under_the_units_sandbox_export_and_copy_reach_a_directory_the_daemon_cannot_see(
+    sandboxed: Path, station: Station
+) -> None:
+    """Listed before `station`, `sandboxed` wraps the daemon before it starts."""
+    first, second = station.recordings
+    approval = str(
+        station.approve("--recording", str(first), "--recording", str(second), "--expires-in", "1h")["id"]
+    )
+    clerk = pwd.getpwnam(station.users["clerk"])
+    home = sandboxed / "clerk"
+    home.mkdir(mode=0o700)
+    os.chown(home, clerk.pw_uid, clerk.pw_gid)
+    assert station.daemon.process is not None
+    pid = station.daemon.process.pid
+    # The sandbox holds: the clerk's home is out of the daemon's sight, the rest is read-only to it, and
+    # it runs without CAP_DAC_OVERRIDE.
+    assert not Path(f"/proc/{pid}/root{home}").exists()
+    probe = subprocess.run(
+        ["nsenter", f"--mount=/proc/{pid}/ns/mnt", "--", "mkdir", str(station.daemon.base / "probe")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert probe.returncode != 0
+    assert "Read-only file system" in probe.stderr
+    status = Path(f"/proc/{pid}/status").read_text()
+    bounding = re.search(r"^CapBnd:\s*([0-9a-f]+)$", status, re.MULTILINE)
+    assert bounding is not None
+    assert not int(bounding.group(1), 16) & (1 << CAP_DAC_OVERRIDE)
+
+    bag = home / "bag"
+    done = station.run("clerk", "export", "--approval", approval, str(bag), "--json")
+    assert done.returncode == 0, done.stderr
+    assert bag.stat().st_uid == clerk.pw_uid
+    checked = verify_export(bag, "--public-key", str(station.daemon.state_dir / "audit-signing.pub"))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    copied = home / "copy"
+    done = station.run("clerk", "copy", "--approval", approval, str(copied))
+    assert done.returncode == 0, done.stderr
+    sums = subprocess.run(
+        ["sha256sum", "-c", "SHA256SUMS"], cwd=copied, capture_output=True, text=True, check=False
+    )
+    assert sums.returncode == 0, sums.stdout + sums.stderr
+    assert sums.stdout.count(": OK") == 2
 
 
 # --- status --watch ---------------------------------------------------------------------------------------
