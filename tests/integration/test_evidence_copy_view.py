@@ -33,6 +33,7 @@ from ingestd.control.registry import Request
 from ingestd.control.server import ControlServer
 from ingestd.ctl_evidence import ViewIntegrityError, stream_verified
 from ingestd.evidence.copies import SUMS_FILE, CopyError, CopyIntegrityError
+from ingestd.evidence.delivery import DeliveryRequest
 from ingestd.evidence.destination import deliver_into
 from ingestd.evidence.errors import ApprovalRefused, EvidenceUsageError, ExportError
 from store.audit import Actor, Role
@@ -492,3 +493,46 @@ def test_a_caller_swapping_their_directories_for_symlinks_redirects_nothing(
     assert {p.lstat().st_uid for p in delivered} == {caller_uid}
     assert not any(p.is_symlink() for p in delivered)
     assert events(world, "footage.copy" if kind == "copy" else "export")[-1].outcome == "ok"
+
+
+@pytest.mark.parametrize("kind", ["copy", "export"])
+def test_an_approval_revoked_while_the_files_are_written_hands_nothing_over(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """The approval is checked again before the files become the caller's: when it is re-checked they
+    are still root's, and once it was revoked meanwhile nothing is handed over or left behind."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: handing files over is a chown")
+    recordings(world)
+    approval = approve_for(world, case_id=CASE)
+    caller_uid = 4242
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    os.chown(exports, caller_uid, 0)
+    store_open = world.services.store.open
+    revoked: list[int] = []
+
+    def revoke_then_open(blake3_hex: str) -> Any:
+        if not revoked:
+            revoked.append(approval["id"])
+            call(world, revoke, APPROVER, approval_id=approval["id"], reason="withdrawn meanwhile")
+        return store_open(blake3_hex)
+
+    owners_at_recheck: set[int] = set()
+    recheck = DeliveryRequest.recheck_approval
+
+    def observed(self: DeliveryRequest, *args: Any) -> None:
+        tree = Path(f"/proc/self/fd/{self.directory}")
+        owners_at_recheck.update(p.lstat().st_uid for p in [tree, *tree.rglob("*")])
+        recheck(self, *args)
+
+    monkeypatch.setattr(world.services.store, "open", revoke_then_open)
+    monkeypatch.setattr(DeliveryRequest, "recheck_approval", observed)
+    caller = Actor(user="li.clerk", uid=caller_uid, role=Role.CLERK, source=f"ctl:uid={caller_uid}")
+    handler = copy if kind == "copy" else export
+    with pytest.raises(ApprovalRefused) as refused:
+        call(world, handler, caller, approval_id=approval["id"], dest=str(exports / "out"))
+    assert (refused.value.code, refused.value.exit_code) == ("revoked", 14)
+    assert owners_at_recheck == {0}  # not yet the caller's when the approval was checked again
+    assert list(exports.iterdir()) == []  # no DEST, and the emptied DEST.partial removed
+    assert events(world, "footage.copy" if kind == "copy" else "export")[-1].outcome == "refused"
