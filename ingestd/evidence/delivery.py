@@ -184,6 +184,9 @@ def _take_over(fd: int, actor: Actor) -> str | None:
     os.fchmod(fd, 0o700)
     with os.scandir(fd) as entries:  # looked at once it is ours: nothing can be added now
         if any(True for _ in entries):
+            if os.geteuid() == 0:
+                os.fchown(fd, made.st_uid, made.st_gid)  # not ours to fill: given back as it was
+            os.fchmod(fd, made.st_mode & 0o7777)
             return "the directory handed over is not empty"
     return None
 
@@ -210,24 +213,26 @@ def take_workspace(
 
 def _discard(workspace: Workspace) -> None:
     """Remove what was written, through the descriptor, and give the empty directory back."""
-    for entry in os.scandir(workspace.fd):
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.name, dir_fd=workspace.fd)
-        else:
-            os.unlink(entry.name, dir_fd=workspace.fd)
+    with os.scandir(workspace.fd) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.name, dir_fd=workspace.fd)
+            else:
+                os.unlink(entry.name, dir_fd=workspace.fd)
     if os.geteuid() == 0:
         os.fchown(workspace.fd, workspace.uid, workspace.gid)
 
 
 def _chown_tree(directory: int, uid: int, gid: int) -> None:
-    for entry in os.scandir(directory):
-        os.chown(entry.name, uid, gid, dir_fd=directory, follow_symlinks=False)
-        if entry.is_dir(follow_symlinks=False):
-            inner = os.open(entry.name, _DIRECTORY, dir_fd=directory)
-            try:
-                _chown_tree(inner, uid, gid)
-            finally:
-                os.close(inner)
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            os.chown(entry.name, uid, gid, dir_fd=directory, follow_symlinks=False)
+            if entry.is_dir(follow_symlinks=False):
+                inner = os.open(entry.name, _DIRECTORY, dir_fd=directory)
+                try:
+                    _chown_tree(inner, uid, gid)
+                finally:
+                    os.close(inner)
 
 
 def give_to(workspace: Workspace, mode: int = 0o750) -> None:

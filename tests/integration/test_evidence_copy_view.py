@@ -167,7 +167,9 @@ def test_the_copy_belongs_to_the_caller_and_the_group_their_new_directory_got(
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="taking a directory over needs root, like the daemon")
-def test_a_directory_that_is_not_the_callers_is_refused_and_left_alone(world: World, tmp_path: Path) -> None:
+def test_a_directory_not_the_callers_or_not_empty_is_refused_and_left_as_it_was(
+    world: World, tmp_path: Path
+) -> None:
     recordings(world)
     approval = approve_for(world, case_id=CASE)
     caller = Actor(user="someone", uid=43210, role=Role.CLERK, source="ctl:uid=43210")
@@ -182,6 +184,24 @@ def test_a_directory_that_is_not_the_callers_is_refused_and_left_alone(world: Wo
         os.close(fd)
     assert (roots.stat().st_uid, stat.S_IMODE(roots.stat().st_mode)) == (0, 0o755)
     assert events(world, "footage.copy")[-1].outcome == "failed"
+
+    full = tmp_path / "full"  # the caller's, but not new: refused, and given back as it was
+    full.mkdir(mode=0o750)
+    (full / "keep").write_text("mine")
+    os.chown(full, 43210, 54321)
+    fd = os.open(full, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        args = {"approval_id": approval["id"], "dest": str(full)}
+        with pytest.raises(CopyError, match="not empty"):
+            copy(world.services, Request(command="copy", args=args, actor=caller, now=NOW, passed_fds=(fd,)))
+    finally:
+        os.close(fd)
+    assert (full.stat().st_uid, full.stat().st_gid, stat.S_IMODE(full.stat().st_mode)) == (
+        43210,
+        54321,
+        0o750,
+    )
+    assert (full / "keep").read_text() == "mine"
 
 
 def test_copy_and_export_need_the_directory_handed_over_open(world: World, tmp_path: Path) -> None:
