@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from collections.abc import Callable
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from cryptography.hazmat.primitives import serialization
 from rich.console import Console
 
 from drivers.base import DriverError
@@ -24,6 +26,7 @@ from ingestd.session import SessionSummary
 from store.catalog import Catalog
 from store.errors import StoreError
 from store.models import SessionState
+from store.signing import Signer, key_id
 from store.types import utcnow
 
 EXIT_INGEST_INCOMPLETE = 4
@@ -116,6 +119,31 @@ def run(config_path: Path | None) -> None:
     daemon = Daemon(config, config_path)
     daemon.install_signal_handlers()
     raise SystemExit(daemon.run())
+
+
+@cli.group()
+def key() -> None:
+    """The station's signing key (audit checkpoints and evidence exports)."""
+
+
+@key.command("show")
+@config_option
+@json_option
+def key_show(config_path: Path | None, as_json: bool) -> None:
+    """Print the station's public key (PEM) and its fingerprint, to publish to courts and receivers:
+    `ingestctl verify-export BAG --public-key FILE` calls a bag valid only if signed by this key."""
+    config = load(config_path)
+    public_key = Signer.load(config.daemon.state_dir).public_key
+    pem = public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    shown = {"key_id": key_id(public_key), "der_sha256": hashlib.sha256(der).hexdigest(), "pem": pem.decode()}
+    if as_json:
+        print_json(shown)
+        return
+    # The fingerprint lines start with '#', outside the PEM block: the output is itself a usable key file.
+    click.echo(f"# ingestd station key {shown['key_id']}")
+    click.echo(f"# SHA-256 of the DER key: {shown['der_sha256']}")
+    click.echo(shown["pem"], nl=False)
 
 
 @cli.command("import")

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 
 from ingestd import ctl_evidence, ctl_read, ctl_records
 from ingestd.cli import config_option, load, run_cli
+from ingestd.display import problem_line, styled
 from ingestd.services import Services
 from ingestd.verify import VerifyReport, verify_all
 
@@ -40,14 +41,14 @@ def _print_report(report: VerifyReport, as_json: bool) -> None:
     console = Console()
     for problem in report.problems:
         console.print(
-            f"[red]PROBLEM[/red] {problem.area} {problem.kind} {problem.subject}: {problem.detail}",
-            markup=True,
-            highlight=False,
+            problem_line(f"{problem.area} {problem.kind} {problem.subject}", problem.detail), highlight=False
         )
-    verdict = "[green]clean[/green]" if report.clean else f"[red]{len(report.problems)} problem(s)[/red]"
+    verdict = ("clean", "green") if report.clean else (f"{len(report.problems)} problem(s)", "red")
     console.print(
-        f"audit events checked: {report.events_checked}; objects checked: "
-        f"{report.objects_checked}; {verdict}",
+        styled(
+            f"audit events checked: {report.events_checked}; objects checked: {report.objects_checked}; ",
+            verdict,
+        ),
         highlight=False,
     )
 
