@@ -1,0 +1,308 @@
+"""The vault adapter and `ingestd vault check` against a real single-node Ceph (radosgw, Object Lock).
+
+What the server refuses is asked of the server itself, through a plain boto3 client with the
+station's own credentials: the adapter's word is never the proof.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import blake3
+import pytest
+from botocore.exceptions import ClientError
+
+from store.vault import (
+    COMPLIANCE,
+    S3_MIN_PART_SIZE,
+    Vault,
+    VaultIntegrityError,
+    VaultObjectMissingError,
+    VaultRetentionError,
+    VaultSettings,
+    object_key,
+)
+from tests.support.ceph import CephCluster
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.client import S3Client
+
+PART = S3_MIN_PART_SIZE  # the smallest part S3 allows, so a few MiB exercise multipart
+
+
+class Stored:
+    """A file as the local store holds it: its bytes and both digests."""
+
+    def __init__(self, directory: Path, data: bytes) -> None:
+        self.data = data
+        self.blake3 = blake3.blake3(data).hexdigest()
+        self.sha256 = hashlib.sha256(data).hexdigest()
+        self.size = len(data)
+        self.path = directory / self.blake3
+        self.path.write_bytes(data)
+
+    @property
+    def key(self) -> str:
+        return object_key(self.blake3)
+
+
+def stored(directory: Path, size: int) -> Stored:
+    return Stored(directory, os.urandom(size))
+
+
+def settings_for(cluster: CephCluster, bucket: str, *, secret: str | None = None) -> VaultSettings:
+    assert cluster.user is not None
+    return VaultSettings(
+        endpoint=cluster.endpoint,
+        bucket=bucket,
+        region="us-east-1",
+        access_key_id=cluster.user.access_key_id,
+        secret_access_key=secret or cluster.user.secret_access_key,
+        part_size=PART,
+        multipart_threshold=PART,
+        max_attempts=1,
+    )
+
+
+@pytest.fixture(scope="module")
+def locked_bucket(ceph_cluster: CephCluster) -> str:
+    return ceph_cluster.create_bucket(object_lock=True)
+
+
+@pytest.fixture
+def vault(ceph_cluster: CephCluster, locked_bucket: str) -> Vault:
+    return Vault(settings_for(ceph_cluster, locked_bucket))
+
+
+@pytest.fixture
+def s3(ceph_cluster: CephCluster) -> S3Client:
+    return ceph_cluster.client()
+
+
+def in_days(days: float) -> datetime:
+    return (datetime.now(UTC) + timedelta(days=days)).replace(microsecond=0)
+
+
+def server_code(error: pytest.ExceptionInfo[ClientError]) -> str:
+    return error.value.response.get("Error", {}).get("Code", "")
+
+
+def versions(s3: S3Client, bucket: str, key: str) -> list[str]:
+    listed = s3.list_object_versions(Bucket=bucket, Prefix=key)
+    return [version.get("VersionId", "") for version in listed.get("Versions", [])]
+
+
+# -- the adapter's contract ---------------------------------------------------------------------
+
+
+def test_put_locks_the_object_under_its_content_address_with_its_digests(
+    vault: Vault, s3: S3Client, locked_bucket: str, tmp_path: Path
+) -> None:
+    item = stored(tmp_path, 70_000)
+    until = in_days(30)
+    put = vault.put(
+        item.path, blake3_hex=item.blake3, sha256_hex=item.sha256, size=item.size, retain_until=until
+    )
+
+    assert item.key == f"objects/{item.blake3[:2]}/{item.blake3[2:4]}/{item.blake3}"
+    head = s3.head_object(Bucket=locked_bucket, Key=item.key)
+    assert head["ContentLength"] == item.size
+    assert head["Metadata"] == {"sha256": item.sha256, "blake3": item.blake3, "size": str(item.size)}
+    assert head.get("ObjectLockMode") == COMPLIANCE
+    assert head.get("ObjectLockRetainUntilDate") == until
+    assert head.get("ObjectLockLegalHoldStatus", "OFF") == "OFF"
+    assert put.version_id == head.get("VersionId")
+    assert put.retain_until == until
+    confirmed = vault.confirm(item.blake3, sha256_hex=item.sha256, size=item.size, retain_until=until)
+    assert confirmed == put
+
+
+def test_a_delete_of_a_locked_version_is_refused_by_the_server(
+    vault: Vault, s3: S3Client, locked_bucket: str, tmp_path: Path
+) -> None:
+    item = stored(tmp_path, 4096)
+    put = vault.put(
+        item.path, blake3_hex=item.blake3, sha256_hex=item.sha256, size=item.size, retain_until=in_days(1)
+    )
+    with pytest.raises(ClientError) as refused:
+        s3.delete_object(Bucket=locked_bucket, Key=item.key, VersionId=put.version_id)
+    assert server_code(refused) == "AccessDenied"
+    assert versions(s3, locked_bucket, item.key) == [put.version_id]
+    assert b"".join(vault.stream(item.blake3, sha256_hex=item.sha256, size=item.size)) == item.data
+
+
+def test_retention_is_extended_and_never_shortened(
+    vault: Vault, s3: S3Client, locked_bucket: str, tmp_path: Path
+) -> None:
+    item = stored(tmp_path, 1000)
+    first, later = in_days(2), in_days(400)
+    put = vault.put(
+        item.path, blake3_hex=item.blake3, sha256_hex=item.sha256, size=item.size, retain_until=first
+    )
+
+    assert vault.extend_retention(item.blake3, later) == later
+    retention = s3.get_object_retention(Bucket=locked_bucket, Key=item.key, VersionId=put.version_id)
+    assert retention["Retention"] == {"Mode": COMPLIANCE, "RetainUntilDate": later}
+
+    with pytest.raises(VaultRetentionError, match="refusing to shorten") as local:
+        vault.extend_retention(item.blake3, first)
+    assert local.value.exit_code == 54
+    assert locked_bucket in str(local.value)
+    # The server refuses it too, to the station's own credentials.
+    with pytest.raises(ClientError) as refused:
+        s3.put_object_retention(
+            Bucket=locked_bucket,
+            Key=item.key,
+            VersionId=put.version_id,
+            Retention={"Mode": COMPLIANCE, "RetainUntilDate": first},
+        )
+    assert server_code(refused) == "AccessDenied"
+    assert vault.head(item.blake3).retain_until == later
+
+
+def test_legal_hold_goes_on_and_off(vault: Vault, s3: S3Client, locked_bucket: str, tmp_path: Path) -> None:
+    item = stored(tmp_path, 2000)
+    vault.put(
+        item.path,
+        blake3_hex=item.blake3,
+        sha256_hex=item.sha256,
+        size=item.size,
+        retain_until=in_days(1),
+        legal_hold=True,
+    )
+    assert s3.get_object_legal_hold(Bucket=locked_bucket, Key=item.key)["LegalHold"] == {"Status": "ON"}
+    assert vault.head(item.blake3).legal_hold is True
+
+    vault.set_legal_hold(item.blake3, on=False)
+    assert s3.get_object_legal_hold(Bucket=locked_bucket, Key=item.key)["LegalHold"] == {"Status": "OFF"}
+    vault.set_legal_hold(item.blake3, on=True)
+    assert vault.head(item.blake3).legal_hold is True
+
+
+def test_a_large_object_goes_in_parts_each_with_content_md5_and_reads_back_equal(
+    vault: Vault, s3: S3Client, locked_bucket: str, tmp_path: Path
+) -> None:
+    item = stored(tmp_path, 2 * PART + 12345)
+    until = in_days(3)
+    vault.put(
+        item.path,
+        blake3_hex=item.blake3,
+        sha256_hex=item.sha256,
+        size=item.size,
+        retain_until=until,
+        legal_hold=True,
+    )
+
+    head = s3.head_object(Bucket=locked_bucket, Key=item.key)
+    assert head["ETag"].strip('"').endswith("-3")  # S3's mark of an object completed from three parts
+    assert head["Metadata"] == {"sha256": item.sha256, "blake3": item.blake3, "size": str(item.size)}
+    assert head.get("ObjectLockMode") == COMPLIANCE
+    assert head.get("ObjectLockRetainUntilDate") == until
+    assert head.get("ObjectLockLegalHoldStatus") == "ON"
+    with pytest.raises(ClientError) as refused:
+        s3.delete_object(Bucket=locked_bucket, Key=item.key, VersionId=head.get("VersionId", ""))
+    assert server_code(refused) == "AccessDenied"
+    assert s3.list_multipart_uploads(Bucket=locked_bucket).get("Uploads", []) == []
+    chunks = list(vault.stream(item.blake3, sha256_hex=item.sha256, size=item.size, chunk_size=1 << 20))
+    assert len(chunks) > 1
+    assert b"".join(chunks) == item.data
+
+
+def test_an_object_already_in_the_vault_is_stored_once(
+    vault: Vault, s3: S3Client, locked_bucket: str, tmp_path: Path
+) -> None:
+    item = stored(tmp_path, 3000)
+    later = in_days(9)
+    first = vault.put(
+        item.path, blake3_hex=item.blake3, sha256_hex=item.sha256, size=item.size, retain_until=in_days(1)
+    )
+    again = vault.put(
+        item.path, blake3_hex=item.blake3, sha256_hex=item.sha256, size=item.size, retain_until=later
+    )
+    assert versions(s3, locked_bucket, item.key) == [first.version_id]
+    assert again.version_id == first.version_id
+    assert again.retain_until == later
+
+
+@pytest.mark.parametrize("size", [4096, 2 * PART + 1], ids=["single", "multipart"])
+def test_a_local_file_that_does_not_match_its_digests_is_never_locked(
+    vault: Vault, s3: S3Client, locked_bucket: str, tmp_path: Path, size: int
+) -> None:
+    item = stored(tmp_path, size)
+    damaged = bytearray(item.data)
+    damaged[size // 2] ^= 0x01
+    item.path.write_bytes(bytes(damaged))
+
+    with pytest.raises(VaultIntegrityError, match="nothing was locked") as refused:
+        vault.put(
+            item.path, blake3_hex=item.blake3, sha256_hex=item.sha256, size=item.size, retain_until=in_days(1)
+        )
+    assert refused.value.exit_code == 3
+    assert versions(s3, locked_bucket, item.key) == []
+    assert s3.list_multipart_uploads(Bucket=locked_bucket).get("Uploads", []) == []
+
+
+def test_confirm_refuses_an_object_whose_server_side_facts_differ(
+    vault: Vault, s3: S3Client, locked_bucket: str, tmp_path: Path
+) -> None:
+    item = stored(tmp_path, 500)
+    # Someone with write access put other metadata, and no lock, under this content address.
+    s3.put_object(Bucket=locked_bucket, Key=item.key, Body=item.data, Metadata={"sha256": "0" * 64})
+    with pytest.raises(VaultIntegrityError, match="the server reports"):
+        vault.confirm(item.blake3, sha256_hex=item.sha256, size=item.size)
+    with pytest.raises(VaultIntegrityError, match="the server reports"):
+        vault.put(
+            item.path, blake3_hex=item.blake3, sha256_hex=item.sha256, size=item.size, retain_until=in_days(1)
+        )
+
+    other = stored(tmp_path, 600)
+    metadata = {"sha256": other.sha256, "blake3": other.blake3, "size": str(other.size)}
+    s3.put_object(Bucket=locked_bucket, Key=other.key, Body=other.data, Metadata=metadata)
+    with pytest.raises(VaultIntegrityError, match="lock is none, not COMPLIANCE"):
+        vault.confirm(other.blake3, sha256_hex=other.sha256, size=other.size)
+
+
+def test_a_read_back_that_differs_from_its_digests_raises_at_the_end(
+    vault: Vault, s3: S3Client, locked_bucket: str, tmp_path: Path
+) -> None:
+    item = stored(tmp_path, 800)
+    forged = bytes(reversed(item.data))
+    metadata = {"sha256": item.sha256, "blake3": item.blake3, "size": str(item.size)}
+    s3.put_object(Bucket=locked_bucket, Key=item.key, Body=forged, Metadata=metadata)
+    with pytest.raises(VaultIntegrityError, match="read back as"):
+        b"".join(vault.stream(item.blake3, sha256_hex=item.sha256, size=item.size))
+    # A put finds it there with the right metadata, reads it back, and refuses to count it as stored.
+    with pytest.raises(VaultIntegrityError, match="read back as"):
+        vault.put(
+            item.path, blake3_hex=item.blake3, sha256_hex=item.sha256, size=item.size, retain_until=in_days(1)
+        )
+    assert len(versions(s3, locked_bucket, item.key)) == 1
+
+
+def test_the_secret_never_appears_in_the_settings_repr(ceph_cluster: CephCluster, locked_bucket: str) -> None:
+    settings = settings_for(ceph_cluster, locked_bucket)
+    assert settings.secret_access_key not in repr(settings)
+    assert locked_bucket in repr(settings)
+
+
+def test_a_missing_object_is_named(vault: Vault, tmp_path: Path, locked_bucket: str) -> None:
+    item = stored(tmp_path, 10)
+    with pytest.raises(VaultObjectMissingError, match=item.key) as missing:
+        vault.head(item.blake3)
+    assert missing.value.exit_code == 55
+    assert locked_bucket in str(missing.value)
+
+
+def test_check_proves_a_locked_bucket(vault: Vault, s3: S3Client, locked_bucket: str) -> None:
+    now = datetime.now(UTC)
+    report = vault.check(now=now, probe_retention=timedelta(minutes=5))
+    assert (report.versioning, report.object_lock) == ("Enabled", "Enabled")
+    assert (report.delete_refused, report.shorten_refused) == ("AccessDenied", "AccessDenied")
+    head = s3.head_object(Bucket=locked_bucket, Key=report.probe_key)
+    assert head.get("ObjectLockMode") == COMPLIANCE
+    assert head.get("ObjectLockRetainUntilDate") == report.probe_retain_until
+    assert len(versions(s3, locked_bucket, report.probe_key)) == 1
