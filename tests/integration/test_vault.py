@@ -7,7 +7,10 @@ station's own credentials: the adapter's word is never the proof.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,11 +29,12 @@ from store.vault import (
     VaultSettings,
     object_key,
 )
-from tests.support.ceph import CephCluster
+from tests.support.ceph import CephCluster, free_port
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
 
+REPO = Path(__file__).resolve().parents[2]
 PART = S3_MIN_PART_SIZE  # the smallest part S3 allows, so a few MiB exercise multipart
 
 
@@ -306,3 +310,117 @@ def test_check_proves_a_locked_bucket(vault: Vault, s3: S3Client, locked_bucket:
     assert head.get("ObjectLockMode") == COMPLIANCE
     assert head.get("ObjectLockRetainUntilDate") == report.probe_retain_until
     assert len(versions(s3, locked_bucket, report.probe_key)) == 1
+
+
+# -- `ingestd vault check` as an operator runs it -------------------------------------------------
+
+
+def secret_file(tmp_path: Path, secret: str, mode: int = 0o600) -> Path:
+    path = tmp_path / "vault-secret"
+    path.write_text(secret + "\n", encoding="ascii")
+    path.chmod(mode)
+    return path
+
+
+def write_config(tmp_path: Path, *, endpoint: str, bucket: str, access_key_id: str, secret: Path) -> Path:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[vault]\nendpoint = "{endpoint}"\nbucket = "{bucket}"\naccess_key_id = "{access_key_id}"\n'
+        f'secret_access_key_file = "{secret}"\n',
+        encoding="utf-8",
+    )
+    return config
+
+
+def vault_check(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from ingestd.cli import main; main()",
+            "vault",
+            "check",
+            "--config",
+            str(config),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        cwd=REPO,
+    )
+
+
+def cluster_config(cluster: CephCluster, tmp_path: Path, bucket: str, secret: str | None = None) -> Path:
+    assert cluster.user is not None
+    return write_config(
+        tmp_path,
+        endpoint=cluster.endpoint,
+        bucket=bucket,
+        access_key_id=cluster.user.access_key_id,
+        secret=secret_file(tmp_path, secret or cluster.user.secret_access_key),
+    )
+
+
+def assert_one_line_refusal(done: subprocess.CompletedProcess[str], *expected: str) -> None:
+    assert done.returncode == 78, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert done.stdout == ""
+    for fragment in expected:
+        assert fragment in lines[0], lines[0]
+
+
+def test_vault_check_accepts_a_bucket_with_object_lock(
+    ceph_cluster: CephCluster, locked_bucket: str, tmp_path: Path
+) -> None:
+    config = cluster_config(ceph_cluster, tmp_path, locked_bucket)
+    done = vault_check(config)
+    assert done.returncode == 0, done.stderr
+    assert f"vault bucket {locked_bucket} at {ceph_cluster.endpoint} keeps evidence" in done.stdout
+    assert "delete was refused (AccessDenied)" in done.stdout
+
+    as_json = vault_check(config, "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    report = json.loads(as_json.stdout)
+    assert report["usable"] is True
+    assert report["bucket"] == locked_bucket
+    assert (report["versioning"], report["object_lock"]) == ("Enabled", "Enabled")
+
+
+def test_vault_check_refuses_a_bucket_without_object_lock(ceph_cluster: CephCluster, tmp_path: Path) -> None:
+    plain = ceph_cluster.create_bucket(object_lock=False)
+    done = vault_check(cluster_config(ceph_cluster, tmp_path, plain))
+    assert_one_line_refusal(
+        done, "vault check failed", plain, ceph_cluster.endpoint, "Object Lock is not enabled"
+    )
+    assert ceph_cluster.client().list_objects_v2(Bucket=plain).get("KeyCount") == 0
+
+
+def test_vault_check_refuses_wrong_credentials(
+    ceph_cluster: CephCluster, locked_bucket: str, tmp_path: Path
+) -> None:
+    done = vault_check(cluster_config(ceph_cluster, tmp_path, locked_bucket, secret="not-the-secret"))
+    assert_one_line_refusal(
+        done, locked_bucket, ceph_cluster.endpoint, "secret access key does not match the access key id"
+    )
+
+
+def test_vault_check_refuses_an_unreachable_endpoint(tmp_path: Path) -> None:
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    config = write_config(
+        tmp_path, endpoint=endpoint, bucket="evidence", access_key_id="AK", secret=secret_file(tmp_path, "s")
+    )
+    done = vault_check(config)
+    assert_one_line_refusal(done, f"vault endpoint {endpoint} is unreachable", "evidence")
+
+
+def test_vault_check_refuses_a_secret_file_others_can_read(tmp_path: Path) -> None:
+    secret = secret_file(tmp_path, "s", mode=0o644)
+    config = write_config(
+        tmp_path, endpoint="http://127.0.0.1:9", bucket="evidence", access_key_id="AK", secret=secret
+    )
+    done = vault_check(config)
+    assert_one_line_refusal(done, f"vault.secret_access_key_file {secret}: must have mode 0600, has 0644")
