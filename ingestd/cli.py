@@ -57,7 +57,7 @@ def run_cli(command: Callable[..., object], prog_name: str) -> None:
     except click.ClickException as error:
         error.show()
         sys.exit(error.exit_code)
-    except (IngestdError, StoreError, DriverError, VaultError) as error:
+    except (IngestdError, StoreError, DriverError) as error:
         click.echo(f"{prog_name}: error: {error}", err=True)
         sys.exit(error.exit_code)
     except OSError as error:

@@ -15,18 +15,22 @@ locked version or shorten its date before it passes. What this adapter guarantee
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, Final, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal
 
 import blake3
 import boto3
 from botocore.config import Config as BotoConfig
-from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
+
+from store.errors import IntegrityError, StoreError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -47,15 +51,11 @@ CREDENTIAL_CODES = {
 NO_LOCK_CODES = frozenset({"ObjectLockConfigurationNotFoundError", "InvalidRequest"})
 
 
-class VaultError(Exception):
+class VaultError(StoreError):
     """Root of every error raised by the vault adapter; each names the bucket and the endpoint."""
 
-    template: ClassVar[str] = "vault {bucket} at {endpoint}: {detail}"
-    exit_code: ClassVar[int] = 50
-
-    def __init__(self, **facts: Any) -> None:
-        self.facts = facts
-        super().__init__(self.template.format(**facts))
+    template = "vault {bucket} at {endpoint}: {detail}"
+    exit_code = 50
 
 
 class VaultUnreachableError(VaultError):
@@ -96,9 +96,9 @@ class VaultObjectMissingError(VaultError):
     exit_code = 55
 
 
-class VaultIntegrityError(VaultError):
+class VaultIntegrityError(VaultError, IntegrityError):
     """Bytes, metadata or lock in the vault (or the local file being sent) do not match what was
-    recorded. Never swallowed by a broad handler."""
+    recorded. An `IntegrityError`: never swallowed by a broad handler."""
 
     template = "integrity: vault {bucket} at {endpoint}: {key}: {detail}"
     exit_code = 3
@@ -199,6 +199,25 @@ class _Digests:
         )
 
 
+@dataclass(frozen=True)
+class _Upload:
+    """One object on its way: its address, what its bytes must hash to, and its lock headers."""
+
+    key: str
+    blake3_hex: str
+    sha256_hex: str
+    size: int
+    lock: dict[str, Any]
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return {"sha256": self.sha256_hex, "blake3": self.blake3_hex, "size": str(self.size)}
+
+
+def _error_code(error: ClientError) -> str:
+    return error.response.get("Error", {}).get("Code", "")
+
+
 class Vault:
     """The S3 Object Lock adapter. Thread-safe as boto3 clients are; one per replicator thread is fine."""
 
@@ -231,20 +250,30 @@ class Vault:
         """One clear error for a boto failure, naming what was being done."""
         facts = self._facts()
         if isinstance(error, ClientError):
-            code = error.response.get("Error", {}).get("Code", "")
+            code = _error_code(error)
             message = error.response.get("Error", {}).get("Message") or code
             if code in CREDENTIAL_CODES:
-                return VaultCredentialsError(**facts, detail=f"{doing}: {CREDENTIAL_CODES[code]} ({code})")
-            if code == "NoSuchBucket":
-                return VaultBucketError(**facts, detail="the bucket does not exist")
-            if code in {"NoSuchKey", "404", "NoSuchVersion"} and key is not None:
-                return VaultObjectMissingError(**facts, key=key)
+                return VaultCredentialsError(
+                    **facts, code=code, detail=f"{doing}: {CREDENTIAL_CODES[code]} ({code})"
+                )
             if code == "AccessDenied":
-                return VaultCredentialsError(**facts, detail=f"{doing}: access denied ({message})")
-            return VaultError(**facts, detail=f"{doing}: {code}: {message}")
-        if isinstance(error, EndpointConnectionError | BotoCoreError):
+                return VaultCredentialsError(**facts, code=code, detail=f"{doing}: access denied ({message})")
+            if code == "NoSuchBucket":
+                return VaultBucketError(**facts, code=code, detail="the bucket does not exist")
+            if code in {"NoSuchKey", "404", "NoSuchVersion"} and key is not None:
+                return VaultObjectMissingError(**facts, code=code, key=key)
+            return VaultError(**facts, code=code, detail=f"{doing}: {code}: {message}")
+        if isinstance(error, BotoConnectionError | HTTPClientError):
             return VaultUnreachableError(**facts, detail=f"{doing}: {error}")
         return VaultError(**facts, detail=f"{doing}: {error}")
+
+    @contextlib.contextmanager
+    def _s3(self, doing: str, key: str | None = None) -> Iterator[None]:
+        """Run S3 calls; a boto failure becomes one `VaultError` naming what was being done."""
+        try:
+            yield
+        except (ClientError, BotoCoreError) as error:
+            raise self._translate(error, doing, key) from None
 
     # -- put ----------------------------------------------------------------------------------------
 
@@ -276,69 +305,51 @@ class Vault:
             if legal_hold and not existing.legal_hold:
                 self.set_legal_hold(blake3_hex, on=True)
             return self.confirm(blake3_hex, sha256_hex=sha256_hex, size=size, retain_until=until)
-        metadata = {"sha256": sha256_hex, "blake3": blake3_hex, "size": str(size)}
-        lock: dict[str, Any] = {
-            "ObjectLockMode": COMPLIANCE,
-            "ObjectLockRetainUntilDate": until,
-            "ObjectLockLegalHoldStatus": "ON" if legal_hold else "OFF",
-        }
+        upload = _Upload(
+            key=key,
+            blake3_hex=blake3_hex,
+            sha256_hex=sha256_hex,
+            size=size,
+            lock={
+                "ObjectLockMode": COMPLIANCE,
+                "ObjectLockRetainUntilDate": until,
+                "ObjectLockLegalHoldStatus": "ON" if legal_hold else "OFF",
+            },
+        )
         with path.open("rb") as source:
             if size > self.settings.multipart_threshold:
-                self._put_multipart(
-                    source,
-                    key=key,
-                    metadata=metadata,
-                    lock=lock,
-                    blake3_hex=blake3_hex,
-                    sha256_hex=sha256_hex,
-                    size=size,
-                )
+                version = self._put_multipart(source, upload)
+                # RGW 16 drops the lock headers of a multipart upload: lock the completed version now.
+                self._lock_version(key, version, until=until, legal_hold=legal_hold)
             else:
-                self._put_single(
-                    source,
-                    key=key,
-                    metadata=metadata,
-                    lock=lock,
-                    blake3_hex=blake3_hex,
-                    sha256_hex=sha256_hex,
-                    size=size,
-                )
+                self._put_single(source, upload)
         return self.confirm(blake3_hex, sha256_hex=sha256_hex, size=size, retain_until=until)
 
-    def _refuse_local(self, key: str, mismatch: str) -> VaultIntegrityError:
-        return VaultIntegrityError(
-            **self._facts(), key=key, detail=f"the local file read as {mismatch}; nothing was locked"
-        )
+    def _refuse_local(self, upload: _Upload, digests: _Digests) -> None:
+        """Refuse to lock bytes that are not what the caller claims (a local file that changed)."""
+        mismatch = digests.matches(upload.blake3_hex, upload.sha256_hex, upload.size)
+        if mismatch:
+            raise VaultIntegrityError(
+                **self._facts(),
+                key=upload.key,
+                detail=f"the local file read as {mismatch}; nothing was locked",
+            )
 
-    def _put_single(
-        self,
-        source: BinaryIO,
-        *,
-        key: str,
-        metadata: dict[str, str],
-        lock: dict[str, Any],
-        blake3_hex: str,
-        sha256_hex: str,
-        size: int,
-    ) -> None:
-        body = source.read(size + 1)
+    def _put_single(self, source: BinaryIO, upload: _Upload) -> None:
+        body = source.read(upload.size + 1)
         digests = _Digests()
         digests.update(body)
-        mismatch = digests.matches(blake3_hex, sha256_hex, size)
-        if mismatch:
-            raise self._refuse_local(key, mismatch)
-        try:
+        self._refuse_local(upload, digests)
+        with self._s3(f"put {upload.key}", upload.key):
             self.client.put_object(
                 Bucket=self.settings.bucket,
-                Key=key,
+                Key=upload.key,
                 Body=body,
                 ContentMD5=_md5_b64(body),
-                ContentLength=size,
-                Metadata=metadata,
-                **lock,
+                ContentLength=upload.size,
+                Metadata=upload.metadata,
+                **upload.lock,
             )
-        except (ClientError, BotoCoreError) as error:
-            raise self._translate(error, f"put {key}", key) from None
 
     def _part_size(self, size: int) -> int:
         part = self.settings.part_size
@@ -346,35 +357,22 @@ class Vault:
             part *= 2
         return part
 
-    def _put_multipart(
-        self,
-        source: BinaryIO,
-        *,
-        key: str,
-        metadata: dict[str, str],
-        lock: dict[str, Any],
-        blake3_hex: str,
-        sha256_hex: str,
-        size: int,
-    ) -> None:
-        bucket = self.settings.bucket
-        try:
+    def _put_multipart(self, source: BinaryIO, upload: _Upload) -> str:
+        """Upload in parts, each with its Content-MD5; returns the new version's id."""
+        bucket, key = self.settings.bucket, upload.key
+        with self._s3(f"start multipart upload of {key}", key):
             upload_id = self.client.create_multipart_upload(
-                Bucket=bucket, Key=key, Metadata=metadata, **lock
+                Bucket=bucket, Key=key, Metadata=upload.metadata, **upload.lock
             )["UploadId"]
-        except (ClientError, BotoCoreError) as error:
-            raise self._translate(error, f"start multipart upload of {key}", key) from None
         completed = False
         try:
             digests = _Digests()
             parts: list[CompletedPartTypeDef] = []
-            part_size = self._part_size(size)
-            number = 1
-            while chunk := source.read(part_size):
+            part_size = self._part_size(upload.size)
+            while (chunk := source.read(part_size)) and digests.size <= upload.size:
                 digests.update(chunk)
-                if digests.size > size:
-                    break
-                try:
+                number = len(parts) + 1
+                with self._s3(f"upload part {number} of {key}", key):
                     answer = self.client.upload_part(
                         Bucket=bucket,
                         Key=key,
@@ -384,36 +382,23 @@ class Vault:
                         ContentMD5=_md5_b64(chunk),
                         ContentLength=len(chunk),
                     )
-                except (ClientError, BotoCoreError) as error:
-                    raise self._translate(error, f"upload part {number} of {key}", key) from None
                 parts.append({"PartNumber": number, "ETag": answer["ETag"]})
-                number += 1
             # The whole file is checked before completion: a wrong object must never become locked.
-            mismatch = digests.matches(blake3_hex, sha256_hex, size)
-            if mismatch:
-                raise self._refuse_local(key, mismatch)
-            try:
+            self._refuse_local(upload, digests)
+            with self._s3(f"complete multipart upload of {key}", key):
                 version = self.client.complete_multipart_upload(
                     Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
                 ).get("VersionId", "")
-            except (ClientError, BotoCoreError) as error:
-                raise self._translate(error, f"complete multipart upload of {key}", key) from None
             completed = True
         finally:
             if not completed:
                 self._abort(key, upload_id)
-        self._lock_version(
-            key,
-            version,
-            until=lock["ObjectLockRetainUntilDate"],
-            legal_hold=lock["ObjectLockLegalHoldStatus"] == "ON",
-        )
+        return version
 
     def _lock_version(self, key: str, version: str, *, until: datetime, legal_hold: bool) -> None:
-        """Lock a version the server completed without its lock. RGW 16 drops the lock headers of a
-        multipart upload, so the lock is set on the completed version at once (`confirm` proves it)."""
+        """Lock a version the server completed without its lock (`confirm` then proves it)."""
         bucket = self.settings.bucket
-        try:
+        with self._s3(f"lock {key} version {version}", key):
             head = self.client.head_object(Bucket=bucket, Key=key, VersionId=version)
             reported = head.get("ObjectLockRetainUntilDate")
             if (
@@ -431,8 +416,6 @@ class Vault:
                 self.client.put_object_legal_hold(
                     Bucket=bucket, Key=key, VersionId=version, LegalHold={"Status": "ON"}
                 )
-        except (ClientError, BotoCoreError) as error:
-            raise self._translate(error, f"lock {key} version {version}", key) from None
 
     def _abort(self, key: str, upload_id: str) -> None:
         try:
@@ -453,14 +436,10 @@ class Vault:
 
     def _head_or_none(self, key: str) -> VaultObject | None:
         try:
-            answer = self.client.head_object(Bucket=self.settings.bucket, Key=key)
-        except ClientError as error:
-            code = error.response.get("Error", {}).get("Code", "")
-            if code in {"404", "NoSuchKey"}:
-                return None
-            raise self._translate(error, f"head {key}", key) from None
-        except BotoCoreError as error:
-            raise self._translate(error, f"head {key}", key) from None
+            with self._s3(f"head {key}", key):
+                answer = self.client.head_object(Bucket=self.settings.bucket, Key=key)
+        except VaultObjectMissingError:
+            return None
         metadata = answer.get("Metadata", {})
         until = answer.get("ObjectLockRetainUntilDate")
         return VaultObject(
@@ -526,29 +505,25 @@ class Vault:
                 current=found.retain_until.isoformat(),
                 requested=wanted.isoformat(),
             )
-        try:
+        with self._s3(f"extend retention of {found.key}", found.key):
             self.client.put_object_retention(
                 Bucket=self.settings.bucket,
                 Key=found.key,
                 VersionId=found.version_id,
                 Retention={"Mode": COMPLIANCE, "RetainUntilDate": wanted},
             )
-        except (ClientError, BotoCoreError) as error:
-            raise self._translate(error, f"extend retention of {found.key}", found.key) from None
         return wanted
 
     def set_legal_hold(self, blake3_hex: str, *, on: bool) -> None:
         """Turn the object's legal hold on (nothing deletes it, whatever its date) or off."""
         found = self.head(blake3_hex)
-        try:
+        with self._s3(f"set legal hold of {found.key}", found.key):
             self.client.put_object_legal_hold(
                 Bucket=self.settings.bucket,
                 Key=found.key,
                 VersionId=found.version_id,
                 LegalHold={"Status": "ON" if on else "OFF"},
             )
-        except (ClientError, BotoCoreError) as error:
-            raise self._translate(error, f"set legal hold of {found.key}", found.key) from None
 
     # -- read back ----------------------------------------------------------------------------------
 
@@ -559,17 +534,14 @@ class Vault:
         last step raises `VaultIntegrityError` when they differ, so a consumer must read to the end
         before trusting what it got."""
         key = object_key(blake3_hex)
-        try:
+        with self._s3(f"read {key}", key):
             body = self.client.get_object(Bucket=self.settings.bucket, Key=key)["Body"]
-        except (ClientError, BotoCoreError) as error:
-            raise self._translate(error, f"read {key}", key) from None
         digests = _Digests()
         try:
-            for chunk in body.iter_chunks(chunk_size):
-                digests.update(chunk)
-                yield chunk
-        except BotoCoreError as error:
-            raise self._translate(error, f"read {key}", key) from None
+            with self._s3(f"read {key}", key):
+                for chunk in body.iter_chunks(chunk_size):
+                    digests.update(chunk)
+                    yield chunk
         finally:
             body.close()
         mismatch = digests.matches(blake3_hex, sha256_hex, size)
@@ -586,21 +558,17 @@ class Vault:
         nothing else); a lifecycle rule on `probe/` may expire it then."""
         facts = self._facts()
         bucket = self.settings.bucket
-        try:
+        with self._s3("read bucket versioning"):
             versioning: str = self.client.get_bucket_versioning(Bucket=bucket).get("Status", "")
-        except (ClientError, BotoCoreError) as error:
-            raise self._translate(error, "read bucket versioning") from None
         try:
-            lock = self.client.get_object_lock_configuration(Bucket=bucket)
-        except ClientError as error:
-            code = error.response.get("Error", {}).get("Code", "")
-            if code in NO_LOCK_CODES:
-                raise VaultBucketError(
-                    **facts, detail="Object Lock is not enabled (create the bucket with Object Lock)"
-                ) from None
-            raise self._translate(error, "read Object Lock configuration") from None
-        except BotoCoreError as error:
-            raise self._translate(error, "read Object Lock configuration") from None
+            with self._s3("read Object Lock configuration"):
+                lock = self.client.get_object_lock_configuration(Bucket=bucket)
+        except VaultError as error:
+            if error.facts.get("code") not in NO_LOCK_CODES:
+                raise
+            raise VaultBucketError(
+                **facts, detail="Object Lock is not enabled (create the bucket with Object Lock)"
+            ) from None
         object_lock = lock.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled", "")
         if object_lock != "Enabled":
             raise VaultBucketError(**facts, detail=f"Object Lock is {object_lock or 'not enabled'}")
@@ -609,7 +577,7 @@ class Vault:
         probe_key = f"{PROBE_PREFIX}{_utc(now).strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex}"
         until = _seconds(_utc(now) + probe_retention)
         body = b"ingestd vault check probe\n"
-        try:
+        with self._s3(f"put probe {probe_key}", probe_key):
             version = self.client.put_object(
                 Bucket=bucket,
                 Key=probe_key,
@@ -618,8 +586,6 @@ class Vault:
                 ObjectLockMode=COMPLIANCE,
                 ObjectLockRetainUntilDate=until,
             ).get("VersionId", "")
-        except (ClientError, BotoCoreError) as error:
-            raise self._translate(error, f"put probe {probe_key}", probe_key) from None
         if not version:
             raise VaultBucketError(**facts, detail=f"probe {probe_key} got no version id")
         delete_refused = self._must_refuse(
@@ -637,10 +603,8 @@ class Vault:
                 Retention={"Mode": COMPLIANCE, "RetainUntilDate": until - probe_retention / 2},
             ),
         )
-        try:
+        with self._s3(f"head probe {probe_key}", probe_key):
             head = self.client.head_object(Bucket=bucket, Key=probe_key, VersionId=version)
-        except (ClientError, BotoCoreError) as error:
-            raise self._translate(error, f"head probe {probe_key}", probe_key) from None
         reported = head.get("ObjectLockRetainUntilDate")
         mode: str | None = head.get("ObjectLockMode")
         if mode != COMPLIANCE or reported is None or _seconds(reported) != until:
@@ -665,14 +629,12 @@ class Vault:
     def _must_refuse(self, probe_key: str, what: str, attempt: Callable[[], object]) -> str:
         """Run an attempt the server must refuse; return its refusal code, else the bucket is unfit."""
         try:
-            attempt()
-        except ClientError as error:
-            code = error.response.get("Error", {}).get("Code", "")
-            if code == "AccessDenied":
-                return code
-            raise self._translate(error, what, probe_key) from None
-        except BotoCoreError as error:
-            raise self._translate(error, what, probe_key) from None
+            with self._s3(what, probe_key):
+                attempt()
+        except VaultError as error:
+            if error.facts.get("code") != "AccessDenied":
+                raise
+            return "AccessDenied"
         raise VaultBucketError(
             **self._facts(), detail=f"{what} ({probe_key}) was allowed with the station's credentials"
         )

@@ -24,6 +24,7 @@ from store.vault import (
     S3_MIN_PART_SIZE,
     Vault,
     VaultIntegrityError,
+    VaultObject,
     VaultObjectMissingError,
     VaultRetentionError,
     VaultSettings,
@@ -56,6 +57,17 @@ class Stored:
 
 def stored(directory: Path, size: int) -> Stored:
     return Stored(directory, os.urandom(size))
+
+
+def put(vault: Vault, item: Stored, until: datetime, *, legal_hold: bool = False) -> VaultObject:
+    return vault.put(
+        item.path,
+        blake3_hex=item.blake3,
+        sha256_hex=item.sha256,
+        size=item.size,
+        retain_until=until,
+        legal_hold=legal_hold,
+    )
 
 
 def settings_for(cluster: CephCluster, bucket: str, *, secret: str | None = None) -> VaultSettings:
@@ -108,9 +120,7 @@ def test_put_locks_the_object_under_its_content_address_with_its_digests(
 ) -> None:
     item = stored(tmp_path, 70_000)
     until = in_days(30)
-    put = vault.put(
-        item.path, blake3_hex=item.blake3, sha256_hex=item.sha256, size=item.size, retain_until=until
-    )
+    sent = put(vault, item, until)
 
     assert item.key == f"objects/{item.blake3[:2]}/{item.blake3[2:4]}/{item.blake3}"
     head = s3.head_object(Bucket=locked_bucket, Key=item.key)
@@ -119,23 +129,21 @@ def test_put_locks_the_object_under_its_content_address_with_its_digests(
     assert head.get("ObjectLockMode") == COMPLIANCE
     assert head.get("ObjectLockRetainUntilDate") == until
     assert head.get("ObjectLockLegalHoldStatus", "OFF") == "OFF"
-    assert put.version_id == head.get("VersionId")
-    assert put.retain_until == until
+    assert sent.version_id == head.get("VersionId")
+    assert sent.retain_until == until
     confirmed = vault.confirm(item.blake3, sha256_hex=item.sha256, size=item.size, retain_until=until)
-    assert confirmed == put
+    assert confirmed == sent
 
 
 def test_a_delete_of_a_locked_version_is_refused_by_the_server(
     vault: Vault, s3: S3Client, locked_bucket: str, tmp_path: Path
 ) -> None:
     item = stored(tmp_path, 4096)
-    put = vault.put(
-        item.path, blake3_hex=item.blake3, sha256_hex=item.sha256, size=item.size, retain_until=in_days(1)
-    )
+    sent = put(vault, item, in_days(1))
     with pytest.raises(ClientError) as refused:
-        s3.delete_object(Bucket=locked_bucket, Key=item.key, VersionId=put.version_id)
+        s3.delete_object(Bucket=locked_bucket, Key=item.key, VersionId=sent.version_id)
     assert server_code(refused) == "AccessDenied"
-    assert versions(s3, locked_bucket, item.key) == [put.version_id]
+    assert versions(s3, locked_bucket, item.key) == [sent.version_id]
     assert b"".join(vault.stream(item.blake3, sha256_hex=item.sha256, size=item.size)) == item.data
 
 
@@ -144,12 +152,10 @@ def test_retention_is_extended_and_never_shortened(
 ) -> None:
     item = stored(tmp_path, 1000)
     first, later = in_days(2), in_days(400)
-    put = vault.put(
-        item.path, blake3_hex=item.blake3, sha256_hex=item.sha256, size=item.size, retain_until=first
-    )
+    sent = put(vault, item, first)
 
     assert vault.extend_retention(item.blake3, later) == later
-    retention = s3.get_object_retention(Bucket=locked_bucket, Key=item.key, VersionId=put.version_id)
+    retention = s3.get_object_retention(Bucket=locked_bucket, Key=item.key, VersionId=sent.version_id)
     assert retention["Retention"] == {"Mode": COMPLIANCE, "RetainUntilDate": later}
 
     with pytest.raises(VaultRetentionError, match="refusing to shorten") as local:
@@ -161,7 +167,7 @@ def test_retention_is_extended_and_never_shortened(
         s3.put_object_retention(
             Bucket=locked_bucket,
             Key=item.key,
-            VersionId=put.version_id,
+            VersionId=sent.version_id,
             Retention={"Mode": COMPLIANCE, "RetainUntilDate": first},
         )
     assert server_code(refused) == "AccessDenied"
@@ -170,14 +176,7 @@ def test_retention_is_extended_and_never_shortened(
 
 def test_legal_hold_goes_on_and_off(vault: Vault, s3: S3Client, locked_bucket: str, tmp_path: Path) -> None:
     item = stored(tmp_path, 2000)
-    vault.put(
-        item.path,
-        blake3_hex=item.blake3,
-        sha256_hex=item.sha256,
-        size=item.size,
-        retain_until=in_days(1),
-        legal_hold=True,
-    )
+    put(vault, item, in_days(1), legal_hold=True)
     assert s3.get_object_legal_hold(Bucket=locked_bucket, Key=item.key)["LegalHold"] == {"Status": "ON"}
     assert vault.head(item.blake3).legal_hold is True
 
@@ -192,14 +191,7 @@ def test_a_large_object_goes_in_parts_each_with_content_md5_and_reads_back_equal
 ) -> None:
     item = stored(tmp_path, 2 * PART + 12345)
     until = in_days(3)
-    vault.put(
-        item.path,
-        blake3_hex=item.blake3,
-        sha256_hex=item.sha256,
-        size=item.size,
-        retain_until=until,
-        legal_hold=True,
-    )
+    put(vault, item, until, legal_hold=True)
 
     head = s3.head_object(Bucket=locked_bucket, Key=item.key)
     assert head["ETag"].strip('"').endswith("-3")  # S3's mark of an object completed from three parts
@@ -221,12 +213,8 @@ def test_an_object_already_in_the_vault_is_stored_once(
 ) -> None:
     item = stored(tmp_path, 3000)
     later = in_days(9)
-    first = vault.put(
-        item.path, blake3_hex=item.blake3, sha256_hex=item.sha256, size=item.size, retain_until=in_days(1)
-    )
-    again = vault.put(
-        item.path, blake3_hex=item.blake3, sha256_hex=item.sha256, size=item.size, retain_until=later
-    )
+    first = put(vault, item, in_days(1))
+    again = put(vault, item, later)
     assert versions(s3, locked_bucket, item.key) == [first.version_id]
     assert again.version_id == first.version_id
     assert again.retain_until == later
@@ -242,9 +230,7 @@ def test_a_local_file_that_does_not_match_its_digests_is_never_locked(
     item.path.write_bytes(bytes(damaged))
 
     with pytest.raises(VaultIntegrityError, match="nothing was locked") as refused:
-        vault.put(
-            item.path, blake3_hex=item.blake3, sha256_hex=item.sha256, size=item.size, retain_until=in_days(1)
-        )
+        put(vault, item, in_days(1))
     assert refused.value.exit_code == 3
     assert versions(s3, locked_bucket, item.key) == []
     assert s3.list_multipart_uploads(Bucket=locked_bucket).get("Uploads", []) == []
@@ -259,9 +245,7 @@ def test_confirm_refuses_an_object_whose_server_side_facts_differ(
     with pytest.raises(VaultIntegrityError, match="the server reports"):
         vault.confirm(item.blake3, sha256_hex=item.sha256, size=item.size)
     with pytest.raises(VaultIntegrityError, match="the server reports"):
-        vault.put(
-            item.path, blake3_hex=item.blake3, sha256_hex=item.sha256, size=item.size, retain_until=in_days(1)
-        )
+        put(vault, item, in_days(1))
 
     other = stored(tmp_path, 600)
     metadata = {"sha256": other.sha256, "blake3": other.blake3, "size": str(other.size)}
@@ -281,9 +265,7 @@ def test_a_read_back_that_differs_from_its_digests_raises_at_the_end(
         b"".join(vault.stream(item.blake3, sha256_hex=item.sha256, size=item.size))
     # A put finds it there with the right metadata, reads it back, and refuses to count it as stored.
     with pytest.raises(VaultIntegrityError, match="read back as"):
-        vault.put(
-            item.path, blake3_hex=item.blake3, sha256_hex=item.sha256, size=item.size, retain_until=in_days(1)
-        )
+        put(vault, item, in_days(1))
     assert len(versions(s3, locked_bucket, item.key)) == 1
 
 
@@ -352,14 +334,14 @@ def vault_check(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def cluster_config(cluster: CephCluster, tmp_path: Path, bucket: str, secret: str | None = None) -> Path:
+def cluster_config(cluster: CephCluster, tmp_path: Path, bucket: str) -> Path:
     assert cluster.user is not None
     return write_config(
         tmp_path,
         endpoint=cluster.endpoint,
         bucket=bucket,
         access_key_id=cluster.user.access_key_id,
-        secret=secret_file(tmp_path, secret or cluster.user.secret_access_key),
+        secret=secret_file(tmp_path, cluster.user.secret_access_key),
     )
 
 
@@ -399,13 +381,27 @@ def test_vault_check_refuses_a_bucket_without_object_lock(ceph_cluster: CephClus
     assert ceph_cluster.client().list_objects_v2(Bucket=plain).get("KeyCount") == 0
 
 
+@pytest.mark.parametrize(
+    ("wrong", "expected"),
+    [
+        ("secret", "the secret access key does not match the access key id"),
+        ("access_key_id", "the access key id is unknown to the endpoint"),
+    ],
+)
 def test_vault_check_refuses_wrong_credentials(
-    ceph_cluster: CephCluster, locked_bucket: str, tmp_path: Path
+    ceph_cluster: CephCluster, locked_bucket: str, tmp_path: Path, wrong: str, expected: str
 ) -> None:
-    done = vault_check(cluster_config(ceph_cluster, tmp_path, locked_bucket, secret="not-the-secret"))
-    assert_one_line_refusal(
-        done, locked_bucket, ceph_cluster.endpoint, "secret access key does not match the access key id"
+    assert ceph_cluster.user is not None
+    config = write_config(
+        tmp_path,
+        endpoint=ceph_cluster.endpoint,
+        bucket=locked_bucket,
+        access_key_id="NOSUCHKEY" if wrong == "access_key_id" else ceph_cluster.user.access_key_id,
+        secret=secret_file(
+            tmp_path, "not-the-secret" if wrong == "secret" else ceph_cluster.user.secret_access_key
+        ),
     )
+    assert_one_line_refusal(vault_check(config), locked_bucket, ceph_cluster.endpoint, expected)
 
 
 def test_vault_check_refuses_an_unreachable_endpoint(tmp_path: Path) -> None:
