@@ -220,6 +220,22 @@ def test_an_object_already_in_the_vault_is_stored_once(
     assert again.retain_until == later
 
 
+def test_an_object_left_unlocked_by_an_interrupted_put_is_locked_by_the_next_put(
+    vault: Vault, s3: S3Client, locked_bucket: str, tmp_path: Path
+) -> None:
+    # RGW 16 completes a multipart upload without its lock; a crash before the lock leaves this.
+    item = stored(tmp_path, 5000)
+    metadata = {"sha256": item.sha256, "blake3": item.blake3, "size": str(item.size)}
+    s3.put_object(Bucket=locked_bucket, Key=item.key, Body=item.data, Metadata=metadata)
+    with pytest.raises(VaultIntegrityError, match="lock is none"):
+        vault.confirm(item.blake3, sha256_hex=item.sha256, size=item.size)
+
+    until = in_days(5)
+    sent = put(vault, item, until, legal_hold=True)
+    assert (sent.lock_mode, sent.retain_until, sent.legal_hold) == (COMPLIANCE, until, True)
+    assert len(versions(s3, locked_bucket, item.key)) == 1
+
+
 @pytest.mark.parametrize("size", [4096, 2 * PART + 1], ids=["single", "multipart"])
 def test_a_local_file_that_does_not_match_its_digests_is_never_locked(
     vault: Vault, s3: S3Client, locked_bucket: str, tmp_path: Path, size: int

@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -170,14 +170,15 @@ rgw dns name = 127.0.0.1
         except OSError:
             return False
 
-    def _wait(self, ready: object, what: str) -> None:
+    def _wait(self, ready: Callable[[], bool], what: str) -> None:
+        """Poll `ready` until it holds; a daemon that exits meanwhile fails the start at once."""
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             for name, process in self.processes.items():
                 if process.poll() is not None:
                     raise RuntimeError(f"{name} exited with {process.returncode} (see {self.base}/log)")
             with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
-                if callable(ready) and ready():
+                if ready():
                     return
             time.sleep(0.2)
         raise RuntimeError(f"{what} not up after {START_TIMEOUT:.0f} s")
@@ -196,7 +197,7 @@ rgw dns name = 127.0.0.1
         )
         return S3User(uid, access, secret)
 
-    def client(self, *, secret_access_key: str | None = None) -> S3Client:
+    def client(self) -> S3Client:
         """A plain boto3 client as the station's user: the tests' view of what the server allows."""
         assert self.user is not None
         return boto3.client(
@@ -204,7 +205,7 @@ rgw dns name = 127.0.0.1
             endpoint_url=self.endpoint,
             region_name="us-east-1",
             aws_access_key_id=self.user.access_key_id,
-            aws_secret_access_key=secret_access_key or self.user.secret_access_key,
+            aws_secret_access_key=self.user.secret_access_key,
             config=BotoConfig(
                 s3={"addressing_style": "path"},
                 retries={"max_attempts": 1},
