@@ -31,6 +31,7 @@ from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from store.errors import IntegrityError, StoreError
+from store.objects import object_relpath
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -156,10 +157,8 @@ class CheckReport:
 
 
 def object_key(blake3_hex: str) -> str:
-    """The content address in the bucket; the same fan-out as the local store."""
-    if len(blake3_hex) != 64 or any(c not in "0123456789abcdef" for c in blake3_hex):
-        raise ValueError(f"not a BLAKE3 hex digest: {blake3_hex!r}")
-    return f"objects/{blake3_hex[:2]}/{blake3_hex[2:4]}/{blake3_hex}"
+    """The content address in the bucket: the local store's own path (a bad digest is refused)."""
+    return object_relpath(blake3_hex).as_posix()
 
 
 def _md5_b64(data: bytes | memoryview) -> str:
