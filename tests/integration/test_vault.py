@@ -464,7 +464,10 @@ def test_vault_check_refuses_a_secret_file_others_can_read(tmp_path: Path) -> No
         tmp_path, endpoint="http://127.0.0.1:9", bucket="evidence", access_key_id="AK", secret=secret
     )
     done = vault_check(config)
-    assert_one_line_refusal(done, f"vault.secret_access_key_file {secret}: must not be accessible to group or others, has mode 0644")
+    assert_one_line_refusal(
+        done,
+        f"vault.secret_access_key_file {secret}: must not be accessible to group or others, has mode 0644",
+    )
 
 
 def test_vault_check_names_the_keys_a_config_without_a_vault_lacks(tmp_path: Path) -> None:
