@@ -62,7 +62,7 @@ def test_a_password_file_others_can_read_stops_the_daemon_with_one_line(daemon: 
     assert done.returncode == 78, done.stderr
     [line] = done.stderr.strip().splitlines()
     assert str(secret) in line
-    assert "not accessible to group or others" in line
+    assert "not be accessible to group or others" in line
     assert "000000" not in done.stdout + done.stderr
 
 
