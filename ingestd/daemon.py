@@ -60,8 +60,8 @@ def reconcile(services: Services, now: datetime) -> str:
     closed = interrupted_sessions(services, now)
     # Keyed partials are kept: the camera's next dock resumes them. Unkeyed temp files are removed.
     partials = services.store.reconcile(keep=lambda _key: True)
-    # A crash between a commit and its checkpoint is covered here, before anything new is appended.
-    services.audit.checkpoint_if_due(services.catalog)
+    # A crash between a commit and its anchor is covered here, before anything new is appended.
+    services.audit.anchor(services.catalog)
     message = (
         f"reconciled: {closed} interrupted session(s), {len(partials.kept_keys)} partial copy(ies) "
         f"kept for resume, {len(partials.removed_paths)} temp file(s) removed"

@@ -1,4 +1,4 @@
-"""The daemon's scheduled jobs: overdue cameras, gaps, clock drift and retention notices.
+"""The daemon's scheduled jobs: overdue cameras, gaps, clock drift, retention notices, audit anchors.
 
 Guarantees:
 - Every job is idempotent. Flags carry the policy's deterministic `dedup_key`, so running a job twice,
@@ -42,7 +42,7 @@ from store.types import utcnow
 log = structlog.get_logger(__name__)
 
 Clock = Callable[[], datetime]
-JOB_IDS = ("overdue", "gaps", "drift", "retention-notices")
+JOB_IDS = ("overdue", "gaps", "drift", "retention-notices", "audit-checkpoint")
 
 
 # --- raising flags ----------------------------------------------------------------------------------
@@ -301,7 +301,7 @@ def _job(
 
 
 def build_scheduler(services: Services, clock: Clock = utcnow) -> BackgroundScheduler:
-    """A UTC BackgroundScheduler holding the four jobs, not started. Overdue and retention notices run
+    """A UTC BackgroundScheduler holding the jobs, not started. Overdue and retention notices run
     once at start too, so a restart never waits a whole interval to catch up."""
     config = services.config
     jobs = config.jobs
@@ -314,6 +314,10 @@ def build_scheduler(services: Services, clock: Clock = utcnow) -> BackgroundSche
 
     def notices(now: datetime) -> list[FlagView]:
         give_notices(catalog, services.audit, actor=system, now=now, rules=config.retention.rules())
+        return []
+
+    def anchor(_now: datetime) -> list[FlagView]:
+        services.audit.anchor(catalog)
         return []
 
     work: dict[str, tuple[Callable[[datetime], list[FlagView]], timedelta, bool]] = {
@@ -333,6 +337,7 @@ def build_scheduler(services: Services, clock: Clock = utcnow) -> BackgroundSche
             False,
         ),
         "retention-notices": (notices, timedelta(hours=jobs.retention_interval_hours), True),
+        "audit-checkpoint": (anchor, timedelta(minutes=jobs.audit_checkpoint_interval_minutes), False),
     }
     for name, (function, interval, at_start) in work.items():
         options = {"next_run_time": clock()} if at_start else {}

@@ -8,7 +8,7 @@ Guarantees:
   by the first statement of `append`, so the chain never forks (SQLite's write lock, PostgreSQL's row
   lock).
 - Signed checkpoints (see `store.checkpoints`) are written only after a commit, from what was committed:
-  automatically every `checkpoint_every` events, and on demand.
+  automatically every `checkpoint_every` events, and by `anchor` whenever a unit of work has finished.
 - `verify_chain` streams the whole chain, never stops at the first problem and names each kind.
 """
 
@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Connection, Table, Text, cast, event, insert, inspect, select, type_coerce, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.types import NullType
 
@@ -281,18 +282,28 @@ class AuditLog:
         with self._lock:
             return self._write(*head)
 
-    def checkpoint_if_due(self, target: Catalog | Session) -> Checkpoint | None:
-        """At start-up: sign the committed head if `checkpoint_every` events went unsigned (a crash between
-        commit and checkpoint, or a failed write)."""
-        head = self._committed_head(target)
-        if head is None:
-            return None
-        with self._lock:
-            if self._checkpointed_seq is None:
-                self._checkpointed_seq = self.checkpoints.last_seq(self.signer.key_id)
-            if head[0] - self._checkpointed_seq >= self.checkpoint_every:
+    def anchor(self, target: Catalog | Session) -> Checkpoint | None:
+        """Sign the committed head unless a checkpoint already covers it; None if nothing was written.
+
+        Called when a session or a mutating command has finished, on a timer and at start-up, so that
+        deleting even the last event (and moving `audit_head` back) leaves the chain shorter than a
+        signed checkpoint. Costs one indexed read, one signature and one fsynced line. A failure is
+        logged and kept in `last_checkpoint_error`, never raised: the work it anchors is done and
+        committed, and the next anchor (at the latest the timer's) covers it."""
+        try:
+            head = self._committed_head(target)
+            if head is None:
+                return None
+            with self._lock:
+                if self._checkpointed_seq is None:
+                    self._checkpointed_seq = self.checkpoints.last_seq(self.signer.key_id)
+                if head[0] <= self._checkpointed_seq:
+                    return None
                 return self._write(*head)
-        return None
+        except (OSError, SQLAlchemyError) as error:
+            self.last_checkpoint_error = str(error)
+            _log.error("audit_checkpoint_failed", path=str(self.checkpoints.path), error=str(error))
+            return None
 
 
 def _last_event(session: Session) -> tuple[int, str] | None:

@@ -64,6 +64,8 @@ def _audit(
             details=details,
             at=now,
         )
+    # Sign the head now, so deleting this command's event (even the newest) is caught by verify.
+    services.audit.anchor(services.catalog)
 
 
 def _failure(request_id: str | int | None, error: IngestdError | StoreError | DriverError) -> dict[str, Any]:

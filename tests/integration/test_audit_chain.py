@@ -141,6 +141,41 @@ def test_on_demand_checkpoint_signs_the_committed_head(
     assert verify(catalog, log, signer) == []
 
 
+def test_anchor_signs_an_unsigned_head_once_so_deleting_the_last_event_is_caught(
+    catalog: Catalog, tmp_path: Path, signer: Signer
+) -> None:
+    log = make_log(tmp_path, signer, every=1000)
+    assert log.anchor(catalog) is None  # empty chain: nothing to sign
+    append_events(catalog, log, 2)
+    made = log.anchor(catalog)
+    assert made is not None
+    assert made.seq == 2
+    assert log.anchor(catalog) is None  # nothing new: no second line
+    fresh = make_log(tmp_path, signer, every=1000)  # another process (ingestctl) reads the file instead
+    assert fresh.anchor(catalog) is None
+    assert checkpoint_seqs(log) == [2]
+    append_events(catalog, log, 1, start=2)
+    assert log.anchor(catalog) is not None
+    assert checkpoint_seqs(log) == [2, 3]
+    # One event fewer than checkpoint_every: delete the newest and rewind the head over it.
+    with catalog.transaction() as session:
+        previous = session.get_one(AuditEvent, 2)
+    tamper(catalog, "DELETE FROM audit_events WHERE seq = 3")
+    tamper(catalog, "UPDATE audit_head SET seq = 2, hash = :h", h=previous.hash)
+    assert kinds(verify(catalog, log, signer)) == [("tail-missing", 3)]
+
+
+def test_a_failed_anchor_is_logged_and_kept_not_raised(
+    catalog: Catalog, tmp_path: Path, signer: Signer
+) -> None:
+    log = make_log(tmp_path, signer, every=1000)
+    append_events(catalog, log, 1)
+    log.checkpoints.path.parent.joinpath("audit-checkpoints.jsonl").mkdir()  # cannot be opened as a file
+    assert log.anchor(catalog) is None
+    assert log.last_checkpoint_error is not None
+    assert "audit-checkpoints.jsonl" in log.last_checkpoint_error
+
+
 # --- each kind of tampering, caught and named -----------------------------------------------------
 
 

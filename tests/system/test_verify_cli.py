@@ -21,7 +21,7 @@ CLI = {"ingestd": "from ingestd.cli import main; main()", "ingestctl": "from ing
 
 
 class Station:
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, checkpoint_every: int = 3) -> None:
         self.base = base
         self.config = base / "config.toml"
         self.url = f"sqlite:///{base / 'state' / 'catalog.db'}"
@@ -35,7 +35,7 @@ url = "{self.url}"
 [store]
 root = "{base / "store"}"
 [audit]
-checkpoint_every = 3
+checkpoint_every = {checkpoint_every}
 """,
             encoding="utf-8",
         )
@@ -66,9 +66,8 @@ checkpoint_every = 3
         engine.dispose()
 
 
-@pytest.fixture
-def station(tmp_path: Path) -> Iterator[Station]:
-    built = Station(tmp_path / "station")
+def build_station(tmp_path: Path, checkpoint_every: int = 3) -> Station:
+    built = Station(tmp_path / "station", checkpoint_every)
     card = tmp_path / "card"
     build_volume(
         card,
@@ -82,6 +81,12 @@ def station(tmp_path: Path) -> Iterator[Station]:
     )
     done = built.run("ingestd", "import", str(card), "--device-id", "ZFY9001", "--officer-no", "000101")
     assert done.returncode == 0, done.stderr
+    return built
+
+
+@pytest.fixture
+def station(tmp_path: Path) -> Iterator[Station]:
+    built = build_station(tmp_path)
     try:
         yield built
     finally:
@@ -160,3 +165,42 @@ def test_an_unsealed_object_is_reported(station: Station) -> None:
     code, problems = station.verify()
     assert code == 3
     assert [p["kind"] for p in problems] == ["not-sealed"]
+
+
+def delete_the_last_event(station: Station) -> int:
+    """Delete the newest event and move the head back over it; returns the deleted seq."""
+    engine = create_engine(station.url)
+    with engine.begin() as connection:
+        head = connection.execute(select(func.max(AuditEvent.seq))).scalar_one()
+        connection.execute(delete(AuditEvent).where(AuditEvent.seq == head))
+        last = connection.execute(
+            select(AuditEvent.seq, AuditEvent.hash).where(AuditEvent.seq == head - 1)
+        ).one()
+        connection.execute(update(AuditHead).values(seq=last.seq, hash=last.hash))
+    engine.dispose()
+    return int(head)
+
+
+def test_deleting_the_last_event_of_an_import_is_caught(tmp_path: Path) -> None:
+    # Far fewer events than checkpoint_every: only the anchor at the end of each session or command
+    # can catch this.
+    station = build_station(tmp_path, checkpoint_every=1000)
+    try:
+        deleted = delete_the_last_event(station)  # the import's last event
+        code, problems = station.verify()
+        assert code == 3
+        assert [(p["kind"], p["subject"]) for p in problems] == [("tail-missing", f"seq {deleted}")], problems
+    finally:
+        unseal_tree(tmp_path)
+
+
+def test_deleting_the_event_of_the_last_verify_is_caught(tmp_path: Path) -> None:
+    station = build_station(tmp_path, checkpoint_every=1000)
+    try:
+        assert station.verify() == (0, [])
+        deleted = delete_the_last_event(station)  # the verify.run event the clean verify just wrote
+        code, problems = station.verify()
+        assert code == 3
+        assert ("tail-missing", f"seq {deleted}") in [(p["kind"], p["subject"]) for p in problems], problems
+    finally:
+        unseal_tree(tmp_path)
