@@ -30,7 +30,7 @@ from store.audit import (
     verify_chain,
 )
 from store.catalog import Catalog
-from store.checkpoints import FS_APPEND_FL, FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, CheckpointFile
+from store.checkpoints import FS_APPEND_FL, FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, Checkpoint, CheckpointFile
 from store.models import AuditEvent, AuditHead, Base, Unit
 from store.signing import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, Signer, SigningKeyError, load_public_key
 from tests.support.audit import rewrite_chain, spec_hash
@@ -176,6 +176,47 @@ def test_a_failed_anchor_is_logged_and_kept_not_raised(
     assert "audit-checkpoints.jsonl" in log.last_checkpoint_error
 
 
+def test_checkpoints_of_another_catalog_are_named_as_such_not_as_a_missing_tail(
+    sqlite_catalog: Catalog, tmp_path: Path, signer: Signer
+) -> None:
+    log = make_log(tmp_path, signer, every=1000)
+    append_events(sqlite_catalog, log, 5)
+    assert log.anchor(sqlite_catalog) is not None
+    # The same state directory (key and checkpoint file) paired with another catalog: empty, then in use.
+    other = Catalog.open(f"sqlite:///{tmp_path / 'other.db'}")
+    Base.metadata.create_all(other.engine)
+    try:
+        problems = verify(other, log, signer)
+        assert kinds(problems) == [("catalog-mismatch", None)]
+        assert "has no events" in problems[0].detail
+        append_events(other, make_log(tmp_path / "b", Signer.load_or_create(tmp_path / "b")), 2, start=100)
+        problems = verify(other, log, signer)
+        assert kinds(problems) == [("catalog-mismatch", None)]
+        assert "another catalog" in problems[0].detail
+        assert "seq 5" in problems[0].detail
+    finally:
+        other.close()
+    assert verify(sqlite_catalog, log, signer) == []
+
+
+def test_lines_from_before_genesis_still_verify_and_a_bad_genesis_is_a_garbled_line(
+    catalog: Catalog, tmp_path: Path, signer: Signer
+) -> None:
+    log = make_log(tmp_path, signer, every=1000)
+    append_events(catalog, log, 3)
+    with catalog.transaction() as session:
+        third = session.get_one(AuditEvent, 3)
+    legacy = Checkpoint.sign(signer, seq=3, hash=third.hash, at=T0, genesis=None)
+    assert b"genesis" not in legacy.to_line()
+    log.checkpoints.append(legacy)
+    assert verify(catalog, log, signer) == []
+    record = json.loads(legacy.to_line())
+    log.checkpoints.path.write_text(json.dumps({**record, "genesis": None}) + "\n")
+    problems = verify(catalog, log, signer)
+    assert kinds(problems) == [("checkpoint-file", None)]
+    assert "genesis is not 64 lowercase hex digits" in problems[0].detail
+
+
 # --- each kind of tampering, caught and named -----------------------------------------------------
 
 
@@ -242,6 +283,19 @@ def test_consistently_rewritten_chain_is_caught_only_by_the_checkpoints(
     with catalog.transaction() as session:
         unsigned = verify_chain(session, checkpoint_path=empty, public_key=signer.public_key)
     assert unsigned == []  # without checkpoints the forgery is invisible...
+    # ...with them, event 1 no longer hashes to the genesis every checkpoint names.
+    problems = verify(catalog, log, signer)
+    assert kinds(problems) == [("catalog-mismatch", None)]
+    assert "2 signed checkpoint(s) up to seq 10" in problems[0].detail
+    assert "rewritten from its first event" in problems[0].detail
+
+
+def test_chain_rewritten_after_its_first_event_is_caught_at_each_checkpoint(
+    catalog: Catalog, tmp_path: Path, signer: Signer
+) -> None:
+    log = make_log(tmp_path, signer, every=5)
+    append_events(catalog, log, 11)
+    assert rewrite_chain(catalog.engine, {"officer": "000999"}, start=2) == 11
     assert kinds(verify(catalog, log, signer)) == [("checkpoint-mismatch", 5), ("checkpoint-mismatch", 10)]
 
 

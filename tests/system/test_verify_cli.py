@@ -142,7 +142,7 @@ def rewrite_everything(station: Station) -> None:
         (delete_an_object, {"missing"}),
         (edit_an_audit_row, {"hash-mismatch"}),
         (delete_the_tail, {"tail-missing"}),
-        (rewrite_everything, {"checkpoint-mismatch"}),
+        (rewrite_everything, {"catalog-mismatch"}),
     ],
 )
 def test_each_kind_of_tampering_is_caught_and_named(
