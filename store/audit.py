@@ -329,6 +329,12 @@ def _read_genesis(session: Session) -> str | None:
     return None if found is None else str(found)
 
 
+def chain_end(session: Session) -> int:
+    """The seq of the last event stored (0 for an empty chain)."""
+    head = _last_event(session)
+    return 0 if head is None else head.seq
+
+
 def _last_event(session: Session) -> _Head | None:
     events = EVENTS
     row = session.execute(select(events.c.seq, events.c.hash).order_by(events.c.seq.desc()).limit(1)).first()

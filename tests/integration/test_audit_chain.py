@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import pwd
 import sqlite3
 import stat
 import struct
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text
 
+from ingestd.services import signed_history
 from store.audit import (
     GENESIS_HASH,
     Actor,
@@ -577,6 +579,37 @@ def test_key_symlink_and_garbage_are_refused(tmp_path: Path) -> None:
     (state / PRIVATE_KEY_NAME).chmod(0o600)
     with pytest.raises(SigningKeyError, match="PEM"):
         Signer.load_or_create(state)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the key to another user")
+def test_key_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    Signer.load_or_create(state)
+    nobody = pwd.getpwnam("nobody").pw_uid
+    os.chown(state / PRIVATE_KEY_NAME, nobody, -1)  # mode 0600 still: only the owner is wrong
+    with pytest.raises(SigningKeyError, match=f"owned by uid {nobody}") as caught:
+        Signer.load_or_create(state)
+    assert caught.value.exit_code == 40
+    with pytest.raises(SigningKeyError, match=f"owned by uid {nobody}"):
+        Signer.load(state)
+
+
+def test_a_missing_key_is_not_regenerated_over_checkpoints_even_with_an_empty_catalog(
+    sqlite_catalog: Catalog, tmp_path: Path, signer: Signer
+) -> None:
+    state = tmp_path / "state"
+    log = make_log(tmp_path, signer)
+    checkpoints = log.checkpoints.path
+    assert signed_history(sqlite_catalog, checkpoints) is None  # a new station: a key may be made
+    append_events(sqlite_catalog, log, 1)
+    assert log.anchor(sqlite_catalog) is not None
+    (state / PRIVATE_KEY_NAME).unlink()
+    with pytest.raises(SigningKeyError, match=r"missing, but the audit chain already has 1 event"):
+        Signer.load_or_create(state, history=lambda: signed_history(sqlite_catalog, checkpoints))
+    tamper(sqlite_catalog, "DELETE FROM audit_events")  # the catalog emptied too: the checkpoints remain
+    with pytest.raises(SigningKeyError, match="already holds signed checkpoints"):
+        Signer.load_or_create(state, history=lambda: signed_history(sqlite_catalog, checkpoints))
+    assert not (state / PRIVATE_KEY_NAME).exists()
 
 
 # --- the checkpoint file ---------------------------------------------------------------------------

@@ -204,3 +204,16 @@ def test_deleting_the_event_of_the_last_verify_is_caught(tmp_path: Path) -> None
         assert ("tail-missing", f"seq {deleted}") in [(p["kind"], p["subject"]) for p in problems], problems
     finally:
         unseal_tree(tmp_path)
+
+
+def test_a_missing_key_is_never_regenerated_once_the_chain_has_events(station: Station) -> None:
+    key = station.base / "state" / "audit-signing.key"
+    key.unlink()
+    again = station.base / "card"
+    again.mkdir()
+    done = station.run("ingestd", "import", str(again), "--device-id", "ZFY9001")
+    assert done.returncode == 40, done.stderr
+    assert "missing" in done.stderr
+    assert "restore" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not key.exists()
