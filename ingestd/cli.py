@@ -24,6 +24,7 @@ from ingestd.session import SessionSummary
 from store.catalog import Catalog
 from store.errors import StoreError
 from store.models import SessionState
+from store.signing import SigningKeyError, load_public_key
 from store.types import utcnow
 
 EXIT_INGEST_INCOMPLETE = 4
@@ -40,6 +41,26 @@ config_option = click.option(
 
 # The --json of every ingestctl command that prints a result: one document, indented, UTF-8 as is.
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
+
+
+def _load_pinned_key(_context: click.Context, _param: click.Parameter, path: Path | None) -> Any:
+    if path is None:
+        return None
+    try:
+        return load_public_key(path)
+    except SigningKeyError as error:
+        raise click.BadParameter(str(error), param_hint="--public-key") from None
+
+
+# A station public key kept off the machine: what a verifier trusts instead of the station's own files.
+public_key_option = click.option(
+    "--public-key",
+    "pinned_key",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    callback=_load_pinned_key,
+    help="The station's public key (PEM), kept off the machine: checkpoints must be signed with it.",
+)
 
 
 def print_json(value: Any) -> None:

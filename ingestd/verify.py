@@ -9,11 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import func, select
 
 from ingestd.services import Services, checkpoint_path
 from store.audit import verify_chain
 from store.models import AuditEvent, StoredObject
+from store.signing import key_id
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -34,24 +36,38 @@ class VerifyReport:
     events_checked: int
     objects_checked: int
     problems: list[Problem]
+    key_id: str  # the key checkpoints were checked against
+    pinned: bool  # given by the verifier (--public-key), not read from the station
 
     @property
     def clean(self) -> bool:
         return not self.problems
 
 
-def verify_audit(services: Services) -> tuple[int, list[Problem]]:
+def verify_audit(services: Services, public_key: Ed25519PublicKey) -> tuple[int, list[Problem]]:
+    """The chain and its checkpoints, checked against `public_key`."""
     with services.catalog.transaction() as session:
         count = session.scalar(select(func.count()).select_from(AuditEvent)) or 0
         found = verify_chain(
             session,
             checkpoint_path=checkpoint_path(services.config),
-            public_key=services.audit.signer.public_key,
+            public_key=public_key,
             checkpoint_every=services.config.audit.checkpoint_every,
         )
     problems = [
         Problem("audit", p.kind, f"seq {p.seq}" if p.seq is not None else "chain", p.detail) for p in found
     ]
+    station = services.audit.signer.key_id
+    if key_id(public_key) != station:
+        problems.append(
+            Problem(
+                "audit",
+                "key-mismatch",
+                "signing key",
+                f"the station signs with {station}, not with the pinned key {key_id(public_key)}: "
+                "its key was replaced, or the pinned key is another station's",
+            )
+        )
     return count, problems
 
 
@@ -76,11 +92,23 @@ def verify_objects(services: Services, progress: ProgressCallback | None = None)
 
 
 def verify_all(
-    services: Services, *, objects: bool, progress: ProgressCallback | None = None
+    services: Services,
+    *,
+    objects: bool,
+    progress: ProgressCallback | None = None,
+    pinned_key: Ed25519PublicKey | None = None,
 ) -> VerifyReport:
-    events, problems = verify_audit(services)
+    """Everything; checkpoints are checked against `pinned_key` when given, else the station's own key."""
+    public_key = pinned_key or services.audit.signer.public_key
+    events, problems = verify_audit(services, public_key)
     checked = 0
     if objects:
         checked, object_problems = verify_objects(services, progress)
         problems += object_problems
-    return VerifyReport(events_checked=events, objects_checked=checked, problems=problems)
+    return VerifyReport(
+        events_checked=events,
+        objects_checked=checked,
+        problems=problems,
+        key_id=key_id(public_key),
+        pinned=pinned_key is not None,
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -13,7 +14,10 @@ import pytest
 from sqlalchemy import create_engine, delete, func, select, update
 
 from drivers.simulator.volume import build_volume
+from store.audit import AuditLog
+from store.catalog import Catalog
 from store.models import AuditEvent, AuditHead, StoredObject
+from store.signing import Signer
 from tests.support.audit import rewrite_chain
 from tests.support.objectstore import unseal_tree
 
@@ -217,3 +221,37 @@ def test_a_missing_key_is_never_regenerated_once_the_chain_has_events(station: S
     assert "restore" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert not key.exists()
+
+
+def test_a_pinned_public_key_catches_a_replaced_key_that_re_signed_a_rewritten_chain(
+    station: Station, tmp_path: Path
+) -> None:
+    state = station.base / "state"
+    pinned = tmp_path / "station-key.pub"  # what the agency kept off the machine
+    shutil.copyfile(state / "audit-signing.pub", pinned)
+    assert station.run("ingestctl", "verify", "--public-key", str(pinned)).returncode == 0
+    # Root rewrites the chain, removes the checkpoints and puts in a key of its own, which then signs.
+    rewrite_everything(station)
+    checkpoints = state / "audit-checkpoints.jsonl"
+    chattr("-a", checkpoints)
+    checkpoints.unlink()
+    forged = Signer.load_or_create(tmp_path / "forger")
+    for name in ("audit-signing.key", "audit-signing.pub"):
+        shutil.copyfile(tmp_path / "forger" / name, state / name)
+    catalog = Catalog.open(station.url, create=False)
+    try:
+        assert AuditLog(forged, checkpoints, set_append_only=False).checkpoint(catalog) is not None
+    finally:
+        catalog.close()
+    assert station.run("ingestctl", "verify").returncode == 0  # unpinned: the forgery passes...
+    done = station.run("ingestctl", "verify", "--json", "--public-key", str(pinned))
+    assert done.returncode == 3, done.stderr
+    kinds = {problem["kind"] for problem in json.loads(done.stdout)["problems"]}
+    assert {"key-mismatch", "checkpoint-signature"} <= kinds, done.stdout
+    human = station.run("ingestctl", "verify", "--public-key", str(pinned))
+    assert human.returncode == 3
+    assert forged.key_id in human.stdout
+    # A file that is not a public key is a usage error, not a verdict.
+    bad = station.run("ingestctl", "verify", "--public-key", str(checkpoints))
+    assert bad.returncode == 2
+    assert "--public-key" in bad.stderr
