@@ -1,4 +1,5 @@
-"""Whole-system verification: the audit chain from genesis, its signed checkpoints, and the objects.
+"""Whole-system verification: the audit chain from genesis, its signed checkpoints, the catalog rows
+that carry custody meaning against their events, and the objects.
 
 Every problem is collected and named; nothing stops at the first one. An auditor reads the report, so
 each line says what is wrong and where.
@@ -13,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import func, select
 
 from ingestd.services import Services, checkpoint_path
+from ingestd.verify_rows import verify_rows
 from store.audit import verify_chain
 from store.models import AuditEvent, StoredObject
 from store.signing import key_id
@@ -22,7 +24,7 @@ ProgressCallback = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class Problem:
-    area: str  # "audit" or "object"
+    area: str  # "audit", "catalog" (a row against its events) or "object"
     kind: str
     subject: str
     detail: str
@@ -71,6 +73,13 @@ def verify_audit(services: Services, public_key: Ed25519PublicKey) -> tuple[int,
     return count, problems
 
 
+def verify_catalog_rows(services: Services) -> list[Problem]:
+    """Recordings, approvals and custody rows that disagree with their audit events."""
+    with services.catalog.transaction() as session:
+        found = verify_rows(session)
+    return [Problem("catalog", p.kind, p.subject, p.detail) for p in found]
+
+
 def verify_objects(services: Services, progress: ProgressCallback | None = None) -> tuple[int, list[Problem]]:
     with services.catalog.transaction() as session:
         # Objects the retention purge removed stay as tombstone rows; their absence is expected.
@@ -101,6 +110,7 @@ def verify_all(
     """Everything; checkpoints are checked against `pinned_key` when given, else the station's own key."""
     public_key = pinned_key or services.audit.signer.public_key
     events, problems = verify_audit(services, public_key)
+    problems += verify_catalog_rows(services)
     checked = 0
     if objects:
         checked, object_problems = verify_objects(services, progress)

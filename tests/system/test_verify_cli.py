@@ -11,15 +11,20 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, delete, func, select, update
+from sqlalchemy import create_engine, delete, func, insert, select, update
 
 from drivers.simulator.volume import build_volume
-from store.audit import AuditLog
+from ingestd import operations
+from ingestd.config import load_config
+from ingestd.evidence.approvals import NewApproval, create_approval, revoke_approval
+from ingestd.services import Services
+from store.audit import Actor, AuditLog, Role
 from store.catalog import Catalog
-from store.models import AuditEvent, AuditHead, StoredObject
+from store.models import Approval, AuditEvent, AuditHead, CustodyEvent, Recording, StoredObject
 from store.signing import Signer
 from tests.support.audit import rewrite_chain
 from tests.support.objectstore import unseal_tree
+from tests.support.records import CLERK, officer
 
 CLI = {"ingestd": "from ingestd.cli import main; main()", "ingestctl": "from ingestd.ctl import main; main()"}
 
@@ -255,3 +260,106 @@ def test_a_pinned_public_key_catches_a_replaced_key_that_re_signed_a_rewritten_c
     bad = station.run("ingestctl", "verify", "--public-key", str(checkpoints))
     assert bad.returncode == 2
     assert "--public-key" in bad.stderr
+
+
+# --- catalog rows edited behind the chain's back ------------------------------------------------------
+
+APPROVER = Actor(user="wang.approver", uid=1002, role=Role.APPROVER, source="ctl:uid=1002")
+
+
+@pytest.fixture
+def classified(station: Station) -> Station:
+    """Recording 1 tagged evidence (so long-term) and held; approval 1 valid, approval 2 revoked; the
+    camera checked out by a clerk to another officer and back in; all done through the same code the
+    control commands run, then signed as a command would."""
+    services = Services.open(load_config(station.config), migrate=False)
+    now = datetime.now(UTC)
+    try:
+        with services.catalog.transaction() as session:
+            operations.tag(
+                session,
+                services.audit,
+                actor=CLERK,
+                now=now,
+                retention=services.config.retention,
+                recording_ids=[1],
+                add_tags=["evidence"],
+            )
+            operations.hold(session, services.audit, actor=CLERK, now=now, reason="case 7", recording_ids=[1])
+            for purpose in ("court", "press"):
+                new = NewApproval(
+                    purpose=purpose,
+                    expires_at=now + timedelta(days=7),
+                    recording_ids=(1,),
+                    case_id=None,
+                    allows_confidential=False,
+                    requested_by="zhao",
+                )
+                approval = create_approval(session, services.audit, APPROVER, new, now=now)
+            revoke_approval(session, services.audit, APPROVER, approval.id, reason="withdrawn", now=now)
+            officer(session, "000202", "李四")
+            operations.checkout(
+                session, services.audit, actor=CLERK, now=now, device_serial="ZFY9001", officer_no="000202"
+            )
+            operations.checkin(session, services.audit, actor=CLERK, now=now, device_serial="ZFY9001")
+        services.audit.anchor(services.catalog)
+    finally:
+        services.close()
+    return station
+
+
+ROW_TAMPERING = {
+    "class lowered": (
+        update(Recording).where(Recording.id == 1).values(retention_class="routine"),
+        ("row-mismatch", "recording:1"),
+    ),
+    "tags cleared": (
+        update(Recording).where(Recording.id == 1).values(retention_tags=[]),
+        ("row-mismatch", "recording:1"),
+    ),
+    "hold lifted": (
+        update(Recording).where(Recording.id == 1).values(legal_hold=False),
+        ("row-mismatch", "recording:1"),
+    ),
+    "approval extended": (
+        update(Approval).where(Approval.id == 1).values(expires_at=datetime(2099, 1, 1, tzinfo=UTC)),
+        ("row-mismatch", "approval:1"),
+    ),
+    "revocation undone": (
+        update(Approval).where(Approval.id == 2).values(revoked_at=None),
+        ("row-mismatch", "approval:2"),
+    ),
+    "approval inserted": (
+        insert(Approval).values(
+            id=3,
+            approver="wang.approver",
+            purpose="forged",
+            scope_recording_ids=[1, 2, 3],
+            allows_confidential=True,
+            created_at=datetime(2026, 1, 1, tzinfo=UTC),
+            expires_at=datetime(2099, 1, 1, tzinfo=UTC),
+        ),
+        ("row-unaudited", "approval:3"),
+    ),
+    "custody row deleted": (delete(CustodyEvent), ("row-missing", "camera:ZFY9001")),
+    "custody row re-attributed": (
+        update(CustodyEvent).where(CustodyEvent.kind == "check-out").values(officer_id=None),
+        ("row-unaudited", "camera:ZFY9001"),
+    ),
+}
+
+
+@pytest.mark.parametrize("tampering", ROW_TAMPERING.values(), ids=ROW_TAMPERING.keys())
+def test_custody_rows_edited_outside_the_chain_are_reported(
+    classified: Station, tampering: tuple[object, tuple[str, str]]
+) -> None:
+    statement, (kind, subject) = tampering
+    assert classified.verify() == (0, [])
+    classified.sql(statement)
+    code, problems = classified.verify()
+    assert code == 3
+    assert (kind, subject) in [(p["kind"], p["subject"]) for p in problems], problems
+    assert {p["area"] for p in problems} == {"catalog"}, problems
+    human = classified.run("ingestctl", "verify")
+    assert human.returncode == 3
+    assert f"PROBLEM catalog {kind} {subject}" in human.stdout
