@@ -13,7 +13,7 @@ that differs from its events "row-mismatch". Trust follows the chain: run it aft
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -59,17 +59,17 @@ class RowProblem(NamedTuple):
 
 
 @dataclass
-class _RecordingState:
-    seq: int  # the last event that set it
-    retention_class: str = _INGESTED_CLASS
-    tags: list[str] = field(default_factory=list)
-    legal_hold: bool = False
+class _Expected:
+    """A row as its audit events leave it: the fields they set, and the last event that set one."""
+
+    seq: int
+    fields: dict[str, Any]
 
 
 @dataclass
 class _Replay:
-    recordings: dict[int, _RecordingState] = field(default_factory=dict)
-    approvals: dict[int, tuple[int, dict[str, Any]]] = field(default_factory=dict)  # id -> (seq, fields)
+    recordings: dict[int, _Expected] = field(default_factory=dict)
+    approvals: dict[int, _Expected] = field(default_factory=dict)
     custody: Counter[tuple[Any, ...]] = field(default_factory=Counter)
     custody_seq: dict[tuple[Any, ...], int] = field(default_factory=dict)
 
@@ -96,6 +96,20 @@ def _custody_key(*fields: object) -> tuple[Any, ...]:
     return (kind, serial, _instant(at), *rest)
 
 
+def _approval_fields(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The approval fields present in `values` (a row's or an event's), in one comparable form."""
+    fields: dict[str, Any] = {}
+    for name in _APPROVAL_FIELDS:
+        if name in values:
+            value = values[name]
+            if name in _APPROVAL_TIMES:
+                value = _instant(value)
+            elif name == "scope_recording_ids":
+                value = list(value or [])
+            fields[name] = value
+    return fields
+
+
 def _replay(session: Session) -> _Replay:
     replay = _Replay()
     events = session.execute(
@@ -120,12 +134,12 @@ def _replay(session: Session) -> _Replay:
         elif action == "approval.create":
             approval_id = _id(event.subject, "approval")
             if approval_id is not None:
-                fields = {name: details[name] for name in _APPROVAL_FIELDS if name in details}
-                replay.approvals[approval_id] = (seq, fields)
+                replay.approvals[approval_id] = _Expected(seq, _approval_fields(details))
         elif action == "approval.revoke":
-            approval_id = _id(event.subject, "approval")
-            if approval_id in replay.approvals:
-                replay.approvals[approval_id][1]["revoked_at"] = format_utc(event.at)
+            made = replay.approvals.get(_id(event.subject, "approval") or 0)
+            if made is not None:
+                made.seq = seq
+                made.fields["revoked_at"] = _instant(event.at)
         else:  # custody
             key = _custody_key(
                 action.removeprefix("custody."),
@@ -148,91 +162,75 @@ def _replay_recording(
     if recording_id is None:
         return
     if action == "recording.ingest":
-        replay.recordings[recording_id] = _RecordingState(seq)
+        fields = {"retention_class": _INGESTED_CLASS, "tags": [], "legal_hold": False}
+        replay.recordings[recording_id] = _Expected(seq, fields)
         return
-    state = replay.recordings.get(recording_id)
-    if state is None:  # a change to a recording never ingested: its row is reported as unaudited
+    made = replay.recordings.get(recording_id)
+    if made is None:  # a change to a recording never ingested: its row is reported as unaudited
         return
     changes = details.get("changes") or {}
-    state.seq = seq
+    made.seq = seq
     if "retention_class" in changes:
-        state.retention_class = changes["retention_class"][1]
+        made.fields["retention_class"] = changes["retention_class"][1]
     if "tags" in changes:
-        state.tags = sorted(changes["tags"][1])
+        made.fields["tags"] = sorted(changes["tags"][1])
     if "legal_hold" in changes:
-        state.legal_hold = bool(changes["legal_hold"][1])
+        made.fields["legal_hold"] = bool(changes["legal_hold"][1])
+
+
+def _compare(
+    noun: str, made_by: str, rows: Iterable[tuple[int, dict[str, Any]]], expected: Mapping[int, _Expected]
+) -> Iterator[RowProblem]:
+    """Each row (id, its fields) against what its events say; then the events whose row is gone."""
+    seen: set[int] = set()
+    for row_id, found in rows:
+        subject = f"{noun}:{row_id}"
+        seen.add(row_id)
+        made = expected.get(row_id)
+        if made is None:
+            yield RowProblem("row-unaudited", subject, f"no {made_by} event made this {noun}")
+            continue
+        for name, value in made.fields.items():
+            if found[name] != value:
+                yield RowProblem(
+                    "row-mismatch",
+                    subject,
+                    f"{name} is {found[name]}, but its audit events (last: seq {made.seq}) say {value}",
+                )
+    for row_id in sorted(set(expected) - seen):
+        yield RowProblem(
+            "row-missing",
+            f"{noun}:{row_id}",
+            f"made by the audit chain (last event: seq {expected[row_id].seq}) but not in the catalog",
+        )
 
 
 def _check_recordings(session: Session, replay: _Replay) -> Iterator[RowProblem]:
-    seen: set[int] = set()
     rows = session.execute(
         select(Recording.id, Recording.retention_class, Recording.retention_tags, Recording.legal_hold)
         .order_by(Recording.id)
         .execution_options(yield_per=_BATCH)
     )
-    for row in rows:
-        subject = f"recording:{row.id}"
-        seen.add(row.id)
-        state = replay.recordings.get(row.id)
-        if state is None:
-            yield RowProblem("row-unaudited", subject, "no recording.ingest event made this recording")
-            continue
-        found = {
-            "retention_class": str(row.retention_class),
-            "tags": sorted(row.retention_tags or ()),
-            "legal_hold": bool(row.legal_hold),
-        }
-        expected = {
-            "retention_class": state.retention_class,
-            "tags": state.tags,
-            "legal_hold": state.legal_hold,
-        }
-        for name, value in found.items():
-            if value != expected[name]:
-                yield RowProblem(
-                    "row-mismatch",
-                    subject,
-                    f"{name} is {value}, but the audit events (last: seq {state.seq}) say {expected[name]}",
-                )
-    for recording_id in sorted(set(replay.recordings) - seen):
-        state = replay.recordings[recording_id]
-        yield RowProblem(
-            "row-missing",
-            f"recording:{recording_id}",
-            f"recorded by the audit chain (seq {state.seq}) but not in the catalog",
+    found = (
+        (
+            row.id,
+            {
+                "retention_class": str(row.retention_class),
+                "tags": sorted(row.retention_tags or ()),
+                "legal_hold": bool(row.legal_hold),
+            },
         )
+        for row in rows
+    )
+    return _compare("recording", "recording.ingest", found, replay.recordings)
 
 
 def _check_approvals(session: Session, replay: _Replay) -> Iterator[RowProblem]:
-    seen: set[int] = set()
-    for approval in session.scalars(select(Approval).order_by(Approval.id)):
-        subject = f"approval:{approval.id}"
-        seen.add(approval.id)
-        made = replay.approvals.get(approval.id)
-        if made is None:
-            yield RowProblem("row-unaudited", subject, "no approval.create event made this approval")
-            continue
-        seq, fields = made
-        for name, recorded in fields.items():
-            value, expected = getattr(approval, name), recorded
-            if name in _APPROVAL_TIMES:
-                value, expected = _instant(value), _instant(recorded)
-            elif name == "scope_recording_ids":
-                value = list(value or [])
-            if value != expected:
-                yield RowProblem(
-                    "row-mismatch",
-                    subject,
-                    f"{name} is {value}, but its audit events (approval.create seq {seq}, approval.revoke) "
-                    f"say {expected}",
-                )
-    for approval_id in sorted(set(replay.approvals) - seen):
-        seq = replay.approvals[approval_id][0]
-        yield RowProblem(
-            "row-missing",
-            f"approval:{approval_id}",
-            f"created by audit event seq {seq} but not in the catalog",
-        )
+    approvals = session.scalars(select(Approval).order_by(Approval.id))
+    found = (
+        (a.id, _approval_fields({name: getattr(a, name) for name in _APPROVAL_FIELDS})) for a in approvals
+    )
+    return _compare("approval", "approval.create", found, replay.approvals)
 
 
 def _check_custody(session: Session, replay: _Replay) -> Iterator[RowProblem]:

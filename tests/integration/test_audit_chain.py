@@ -91,6 +91,13 @@ def tamper(catalog: Catalog, sql: str, **params: object) -> None:
         connection.execute(text(sql), params)
 
 
+def rewind_head(catalog: Catalog, seq: int) -> None:
+    """Point audit_head at event `seq`, as an attacker covering deleted events would."""
+    with catalog.transaction() as session:
+        last = session.get_one(AuditEvent, seq)
+    tamper(catalog, "UPDATE audit_head SET seq = :s, hash = :h", s=seq, h=last.hash)
+
+
 def checkpoint_seqs(log: AuditLog) -> list[int]:
     return [line.checkpoint.seq for line in log.checkpoints.lines() if line.checkpoint is not None]
 
@@ -160,10 +167,8 @@ def test_anchor_signs_an_unsigned_head_once_so_deleting_the_last_event_is_caught
     assert log.anchor(catalog) is not None
     assert checkpoint_seqs(log) == [2, 3]
     # One event fewer than checkpoint_every: delete the newest and rewind the head over it.
-    with catalog.transaction() as session:
-        previous = session.get_one(AuditEvent, 2)
     tamper(catalog, "DELETE FROM audit_events WHERE seq = 3")
-    tamper(catalog, "UPDATE audit_head SET seq = 2, hash = :h", h=previous.hash)
+    rewind_head(catalog, 2)
     assert kinds(verify(catalog, log, signer)) == [("tail-missing", 3)]
 
 
@@ -268,9 +273,7 @@ def test_deleted_tail_after_a_checkpoint_is_caught_even_with_the_head_fixed(
     # Head left alone: the head and the checkpoint both say rows are missing.
     assert sorted(kinds(verify(catalog, log, signer))) == [("head-mismatch", 7), ("tail-missing", 7)]
     # A careful attacker also rewinds the head: only the signed checkpoint still knows.
-    with catalog.transaction() as session:
-        last = session.get_one(AuditEvent, 5)
-    tamper(catalog, "UPDATE audit_head SET seq = 5, hash = :h", h=last.hash)
+    rewind_head(catalog, 5)
     assert kinds(verify(catalog, log, signer)) == [("tail-missing", 7)]
 
 
