@@ -195,10 +195,13 @@ def test_deleting_the_last_event_of_an_import_is_caught(tmp_path: Path) -> None:
     # can catch this.
     station = build_station(tmp_path, checkpoint_every=1000)
     try:
-        deleted = delete_the_last_event(station)  # the import's last event
+        deleted = delete_the_last_event(station)  # the import's last event: recording 3 was ingested
         code, problems = station.verify()
         assert code == 3
-        assert [(p["kind"], p["subject"]) for p in problems] == [("tail-missing", f"seq {deleted}")], problems
+        assert [(p["kind"], p["subject"]) for p in problems] == [
+            ("tail-missing", f"seq {deleted}"),
+            ("row-unaudited", "recording:3"),
+        ], problems
     finally:
         unseal_tree(tmp_path)
 
@@ -235,8 +238,13 @@ def test_a_pinned_public_key_catches_a_replaced_key_that_re_signed_a_rewritten_c
     pinned = tmp_path / "station-key.pub"  # what the agency kept off the machine
     shutil.copyfile(state / "audit-signing.pub", pinned)
     assert station.run("ingestctl", "verify", "--public-key", str(pinned)).returncode == 0
-    # Root rewrites the chain, removes the checkpoints and puts in a key of its own, which then signs.
-    rewrite_everything(station)
+    # Root rewrites the newest event (its record of the last verify), removes the checkpoints and puts in
+    # a key of its own, which then signs the rewritten chain.
+    engine = create_engine(station.url)
+    with engine.connect() as connection:
+        newest = connection.execute(select(func.max(AuditEvent.seq))).scalar_one()
+    rewrite_chain(engine, {"clean": True}, start=newest)
+    engine.dispose()
     checkpoints = state / "audit-checkpoints.jsonl"
     chattr("-a", checkpoints)
     checkpoints.unlink()
