@@ -25,22 +25,27 @@ from store.signing import Signer
 from tests.support.audit import rewrite_chain
 from tests.support.objectstore import unseal_tree
 from tests.support.records import CLERK, officer
+from tests.system.harness import Daemon
 
 CLI = {"ingestd": "from ingestd.cli import main; main()", "ingestctl": "from ingestd.ctl import main; main()"}
 
 
 class Station:
-    def __init__(self, base: Path, checkpoint_every: int = 3) -> None:
+    def __init__(self, base: Path, config: Path, url: str) -> None:
         self.base = base
-        self.config = base / "config.toml"
-        self.url = f"sqlite:///{base / 'state' / 'catalog.db'}"
+        self.config = config
+        self.url = url
+
+    @classmethod
+    def create(cls, base: Path, checkpoint_every: int = 3) -> Station:
+        station = cls(base, base / "config.toml", f"sqlite:///{base / 'state' / 'catalog.db'}")
         base.mkdir(parents=True)
-        self.config.write_text(
+        station.config.write_text(
             f"""
 [daemon]
 state_dir = "{base / "state"}"
 [catalog]
-url = "{self.url}"
+url = "{station.url}"
 [store]
 root = "{base / "store"}"
 [audit]
@@ -48,6 +53,7 @@ checkpoint_every = {checkpoint_every}
 """,
             encoding="utf-8",
         )
+        return station
 
     def run(self, program: str, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -76,7 +82,7 @@ checkpoint_every = {checkpoint_every}
 
 
 def build_station(tmp_path: Path, checkpoint_every: int = 3) -> Station:
-    built = Station(tmp_path / "station", checkpoint_every)
+    built = Station.create(tmp_path / "station", checkpoint_every)
     card = tmp_path / "card"
     build_volume(
         card,
@@ -371,3 +377,23 @@ def test_custody_rows_edited_outside_the_chain_are_reported(
     human = classified.run("ingestctl", "verify")
     assert human.returncode == 3
     assert f"PROBLEM catalog {kind} {subject}" in human.stdout
+
+
+def test_deleting_the_event_of_the_last_control_command_is_caught(daemon: Daemon) -> None:
+    daemon.start()
+    station = Station(daemon.base, daemon.config_path, daemon.catalog_url)
+    for _ in range(2):
+        # A mutating command that fails (no recording 999) is audited and signed like one that succeeds.
+        refused = station.run("ingestctl", "hold", "999", "--reason", "case 7")
+        assert refused.returncode == 2, refused.stderr
+    engine = create_engine(daemon.catalog_url)
+    with engine.connect() as connection:
+        newest = connection.execute(
+            select(AuditEvent.action).order_by(AuditEvent.seq.desc()).limit(1)
+        ).scalar()
+    engine.dispose()
+    assert newest == "ctl.hold"
+    deleted = delete_the_last_event(station)
+    code, problems = station.verify()
+    assert code == 3
+    assert ("tail-missing", f"seq {deleted}") in [(p["kind"], p["subject"]) for p in problems], problems
