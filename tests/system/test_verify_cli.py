@@ -20,12 +20,13 @@ from ingestd.evidence.approvals import NewApproval, create_approval, revoke_appr
 from ingestd.services import Services
 from store.audit import Actor, AuditLog, Role
 from store.catalog import Catalog
+from store.checkpoints import CheckpointFile
 from store.models import Approval, AuditEvent, AuditHead, CustodyEvent, Recording, StoredObject
 from store.signing import Signer
 from tests.support.audit import rewrite_chain
 from tests.support.objectstore import unseal_tree
 from tests.support.records import CLERK, officer
-from tests.system.harness import Daemon
+from tests.system.harness import Daemon, SimulatedCamera, stored_recordings, wait_for
 
 CLI = {"ingestd": "from ingestd.cli import main; main()", "ingestctl": "from ingestd.ctl import main; main()"}
 
@@ -393,6 +394,36 @@ def test_deleting_the_event_of_the_last_control_command_is_caught(daemon: Daemon
         ).scalar()
     engine.dispose()
     assert newest == "ctl.hold"
+    deleted = delete_the_last_event(station)
+    code, problems = station.verify()
+    assert code == 3
+    assert ("tail-missing", f"seq {deleted}") in [(p["kind"], p["subject"]) for p in problems], problems
+
+
+def test_deleting_the_check_out_of_the_last_undock_is_caught(
+    daemon: Daemon, make_camera: Callable[..., SimulatedCamera]
+) -> None:
+    daemon.start()
+    camera = make_camera("ZFY0701", files=1)
+    camera.dock(daemon.docks)
+    stored_recordings(daemon, "ZFY0701", 1)
+    camera.undock(daemon.docks)
+    station = Station(daemon.base, daemon.config_path, daemon.catalog_url)
+
+    def signed_check_out() -> bool:
+        engine = create_engine(daemon.catalog_url)
+        with engine.connect() as connection:
+            newest = connection.execute(
+                select(AuditEvent.seq, AuditEvent.action).order_by(AuditEvent.seq.desc()).limit(1)
+            ).one()
+        engine.dispose()
+        signed = CheckpointFile(daemon.state_dir / "audit-checkpoints.jsonl").last_seq(
+            Signer.load(daemon.state_dir).key_id
+        )
+        return bool(newest.action == "custody.check-out" and signed == newest.seq)
+
+    # The daemon keeps running: its shutdown checkpoint must not be what signs the check-out.
+    wait_for("the check-out on undock, signed", signed_check_out)
     deleted = delete_the_last_event(station)
     code, problems = station.verify()
     assert code == 3
