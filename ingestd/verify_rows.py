@@ -3,7 +3,9 @@
 The chain proves the events; the rows are what the station acts on (a retention class decides a purge,
 an approval's expiry decides an export). Someone who can write the catalog but not the key could edit a
 row and leave the chain alone, so every such row is replayed from its events and compared:
-- a recording's retention class, tags and legal hold (recording.ingest, .classify, .hold, .release);
+- a recording's bytes (digests, size, path as ingested), ingest time, classification (case, party,
+  event, place, confidentiality), retention class, tags, legal hold, deletion notice and purge
+  (recording.ingest, .classify, .hold, .release, retention.notice, .purge);
 - an approval's every field (approval.create, approval.revoke);
 - each custody row (custody.check-in, custody.check-out), matched one to one.
 A row with no event that made it is "row-unaudited", an event whose row is gone "row-missing", a row
@@ -22,11 +24,33 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased
 
 from store.checkpoints import format_utc
-from store.models import Approval, AuditEvent, Camera, CustodyEvent, Officer, Recording, RetentionClass
+from store.models import (
+    Approval,
+    AuditEvent,
+    Camera,
+    Confidentiality,
+    CustodyEvent,
+    Officer,
+    Recording,
+    RetentionClass,
+)
 
 _BATCH = 1000
 # What a recording is at ingest (session.py sets exactly these), before any event changes it.
-_INGESTED_CLASS = RetentionClass.ROUTINE.value
+# recording.classify sets these (each change as [before, after], as text).
+_CLASSIFICATION = ("case_id", "case_party", "case_name", "event", "place", "confidentiality")
+_AT_INGEST: dict[str, Any] = {
+    **dict.fromkeys(_CLASSIFICATION),
+    "confidentiality": Confidentiality.NORMAL.value,
+    "retention_class": RetentionClass.ROUTINE.value,
+    "tags": [],
+    "legal_hold": False,
+    "purge_notice_at": None,
+    "purged_at": None,
+}
+# recording.ingest details that name a column of the row (details name -> column).
+_INGEST_DETAILS = {"blake3": "blake3", "sha256": "sha256", "size": "size", "path": "original_path"}
+_RECORDING_TIMES = ("ingested_at", "purge_notice_at", "purged_at")
 # The approval columns approval.create records, in its details' names.
 _APPROVAL_FIELDS = (
     "approver",
@@ -49,7 +73,11 @@ _ACTIONS = (
     "approval.revoke",
     "custody.check-in",
     "custody.check-out",
+    "retention.notice",
+    "retention.purge",
 )
+# A purge whose object removal is still to come is "started"; its recordings are purged all the same.
+_OUTCOMES = ("ok", "started")
 
 
 class RowProblem(NamedTuple):
@@ -83,6 +111,11 @@ def _instant(value: object) -> str | None:
     if not isinstance(value, datetime):
         return repr(value)
     return format_utc(value)
+
+
+def _text(value: object) -> str | None:
+    """A classification value as recording.classify records it: text, or None when unset."""
+    return None if value is None else str(value)
 
 
 def _id(subject: str, prefix: str) -> int | None:
@@ -122,15 +155,19 @@ def _replay(session: Session) -> _Replay:
             AuditEvent.actor_role,
             AuditEvent.details,
         )
-        .where(AuditEvent.action.in_(_ACTIONS), AuditEvent.outcome == "ok")
+        .where(AuditEvent.action.in_(_ACTIONS), AuditEvent.outcome.in_(_OUTCOMES))
         .order_by(AuditEvent.seq)
         .execution_options(yield_per=_BATCH)
     )
     for event in events:
         details: Mapping[str, Any] = event.details or {}
         action, seq = event.action, event.seq
-        if action.startswith("recording."):
-            _replay_recording(replay, action, seq, _id(event.subject, "recording"), details)
+        if action == "retention.purge":
+            for recording_id in details.get("recordings") or ():
+                _replay_recording(replay, recording_id, action=action, seq=seq, at=event.at, details=details)
+        elif action.startswith(("recording.", "retention.")):
+            recording_id = _id(event.subject, "recording")
+            _replay_recording(replay, recording_id, action=action, seq=seq, at=event.at, details=details)
         elif action == "approval.create":
             approval_id = _id(event.subject, "approval")
             if approval_id is not None:
@@ -157,25 +194,42 @@ def _replay(session: Session) -> _Replay:
 
 
 def _replay_recording(
-    replay: _Replay, action: str, seq: int, recording_id: int | None, details: Mapping[str, Any]
+    replay: _Replay,
+    recording_id: int | None,
+    *,
+    action: str,
+    seq: int,
+    at: datetime,
+    details: Mapping[str, Any],
 ) -> None:
     if recording_id is None:
         return
     if action == "recording.ingest":
-        fields = {"retention_class": _INGESTED_CLASS, "tags": [], "legal_hold": False}
+        fields = {**_AT_INGEST, "ingested_at": _instant(at)}
+        fields.update({column: details[name] for name, column in _INGEST_DETAILS.items() if name in details})
         replay.recordings[recording_id] = _Expected(seq, fields)
         return
     made = replay.recordings.get(recording_id)
     if made is None:  # a change to a recording never ingested: its row is reported as unaudited
         return
-    changes = details.get("changes") or {}
     made.seq = seq
-    if "retention_class" in changes:
-        made.fields["retention_class"] = changes["retention_class"][1]
-    if "tags" in changes:
-        made.fields["tags"] = sorted(changes["tags"][1])
-    if "legal_hold" in changes:
-        made.fields["legal_hold"] = bool(changes["legal_hold"][1])
+    if action == "retention.notice":
+        made.fields["purge_notice_at"] = _instant(at)
+    elif action == "retention.purge":
+        made.fields["purged_at"] = _instant(at)
+    else:  # classify, hold, release: each change as [before, after]
+        changes = details.get("changes") or {}
+        for name in _CLASSIFICATION:
+            if name in changes:
+                made.fields[name] = changes[name][1]
+        if "retention_class" in changes:
+            made.fields["retention_class"] = changes["retention_class"][1]
+        if "tags" in changes:
+            made.fields["tags"] = sorted(changes["tags"][1])
+        if "legal_hold" in changes:
+            made.fields["legal_hold"] = bool(changes["legal_hold"][1])
+        if "purge_notice_at" in changes:
+            made.fields["purge_notice_at"] = _instant(changes["purge_notice_at"][1])
 
 
 def _compare(
@@ -206,8 +260,12 @@ def _compare(
 
 
 def _check_recordings(session: Session, replay: _Replay) -> Iterator[RowProblem]:
+    columns = (Recording.retention_class, Recording.retention_tags, Recording.legal_hold)
+    classification = [getattr(Recording, name) for name in _CLASSIFICATION]
+    copied = [getattr(Recording, column) for column in _INGEST_DETAILS.values()]
+    times = [getattr(Recording, column) for column in _RECORDING_TIMES]
     rows = session.execute(
-        select(Recording.id, Recording.retention_class, Recording.retention_tags, Recording.legal_hold)
+        select(Recording.id, *columns, *classification, *copied, *times)
         .order_by(Recording.id)
         .execution_options(yield_per=_BATCH)
     )
@@ -218,6 +276,9 @@ def _check_recordings(session: Session, replay: _Replay) -> Iterator[RowProblem]
                 "retention_class": str(row.retention_class),
                 "tags": sorted(row.retention_tags or ()),
                 "legal_hold": bool(row.legal_hold),
+                **{name: _text(getattr(row, name)) for name in _CLASSIFICATION},
+                **{column: getattr(row, column) for column in _INGEST_DETAILS.values()},
+                **{column: _instant(getattr(row, column)) for column in _RECORDING_TIMES},
             },
         )
         for row in rows

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import text
+from sqlalchemy import select, text, update
 
 from ingestd import operations
 from ingestd.config import RetentionConfig
@@ -14,6 +14,7 @@ from ingestd.evidence.approvals import NewApproval, create_approval, revoke_appr
 from ingestd.verify_rows import RowProblem, verify_rows
 from store.audit import Actor, Role
 from store.catalog import Catalog
+from store.models import Confidentiality, Recording
 from tests.support import records as seed
 from tests.support.records import CLERK
 
@@ -37,6 +38,8 @@ def build(catalog: Catalog, tmp_path: Path) -> None:
             retention=RetentionConfig(),
             recording_ids=[1],
             add_tags=["evidence"],
+            case_id="A-7",
+            confidentiality=Confidentiality.PRIVACY,
         )
         operations.checkout(session, audit, actor=CLERK, now=NOW, device_serial="ZFY0001")
         new = NewApproval(
@@ -75,7 +78,10 @@ def test_each_row_edited_behind_the_chain_is_named(catalog: Catalog, tmp_path: P
     tamper(catalog, "UPDATE recordings SET legal_hold = true WHERE id = 2")
     tamper(catalog, "UPDATE approvals SET revoked_at = NULL")
     tamper(catalog, "DELETE FROM custody_events")
+    tamper(catalog, "UPDATE recordings SET confidentiality = 'normal', case_id = NULL WHERE id = 1")
     assert check(catalog) == [
+        ("row-mismatch", "recording:1"),
+        ("row-mismatch", "recording:1"),
         ("row-mismatch", "recording:1"),
         ("row-mismatch", "recording:2"),
         ("row-mismatch", "approval:1"),
@@ -91,3 +97,26 @@ def test_rows_with_no_event_and_events_with_no_row_are_named(catalog: Catalog, t
         obj = seed.stored_object(session, seed.payload("smuggled"), stored_at=NOW)
         seed.recording(session, camera, obj, recorded_at=NOW, ingested_at=NOW)  # no recording.ingest event
     assert check(catalog) == [("row-unaudited", "recording:3"), ("row-missing", "approval:1")]
+
+
+def test_a_recording_pointed_at_other_bytes_backdated_or_noticed_behind_the_chain_is_named(
+    catalog: Catalog, tmp_path: Path
+) -> None:
+    build(catalog, tmp_path)
+    with catalog.engine.begin() as connection:
+        other = connection.execute(select(Recording.blake3, Recording.sha256).where(Recording.id == 2)).one()
+        connection.execute(
+            update(Recording).where(Recording.id == 1).values(blake3=other.blake3, sha256=other.sha256)
+        )
+        early = NOW - timedelta(days=400)
+        connection.execute(
+            update(Recording).where(Recording.id == 2).values(purge_notice_at=early, ingested_at=early)
+        )
+    with catalog.transaction() as session:
+        found = [(p.kind, p.subject, p.detail.split(" ")[0]) for p in verify_rows(session)]
+    assert found == [
+        ("row-mismatch", "recording:1", "blake3"),
+        ("row-mismatch", "recording:1", "sha256"),
+        ("row-mismatch", "recording:2", "purge_notice_at"),
+        ("row-mismatch", "recording:2", "ingested_at"),
+    ]

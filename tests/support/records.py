@@ -143,7 +143,13 @@ def recording(
             actor=Actor.system("dock:seed"),
             action="recording.ingest",
             subject=f"recording:{row.id}",
-            details={"camera": cam.device_serial, "path": key, "blake3": obj.blake3, "size": obj.size},
+            details={
+                "camera": cam.device_serial,
+                "path": key,
+                "blake3": obj.blake3,
+                "sha256": obj.sha256,
+                "size": obj.size,
+            },
             at=ingested_at,
         )
     return row
