@@ -541,14 +541,17 @@ def _set_aside_other_chains(
             checkpoints[seq] = kept
         else:
             del checkpoints[seq]
-    ours = "has no events" if genesis is None else f"starts with an event hashed {genesis[:16]}…"
+    if genesis is None:
+        ours, or_else = "has no events", "every event of this one was deleted"
+    else:
+        ours, or_else = f"starts with an event hashed {genesis[:16]}…", "its chain was rewritten from event 1"
     for theirs, seqs in others.items():
         problems.add(
             "catalog-mismatch",
             None,
             f"{len(seqs)} signed checkpoint(s) up to seq {max(seqs)} are of a chain that starts with an "
             f"event hashed {theirs[:16]}…, but this catalog {ours}: the state directory belongs to "
-            "another catalog, or this catalog's chain was rewritten from its first event",
+            f"another catalog, or {or_else}",
         )
 
 
