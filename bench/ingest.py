@@ -76,6 +76,7 @@ driver = "mass-storage"
 [[camera]]
 match = {{ SUBSYSTEM = "block", LOOP_BACKING_FILE = "*-bench-card.img" }}
 driver = "mass-storage"
+filesystems = ["ext4"]  # the benchmark's card images are ext4
 """,
         encoding="utf-8",
     )

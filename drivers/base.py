@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import enum
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -134,6 +135,45 @@ class Resolution:
     height: int
 
 
+@dataclass(frozen=True)
+class OriginalFile:
+    """A file on a mounted camera volume as it was when its bytes were read (its fstat): the deletion
+    refuses a file that is no longer this one."""
+
+    path: Path  # relative to the volume root
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: Path, info: os.stat_result) -> OriginalFile:
+        return cls(path, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+    def differs_from(self, info: os.stat_result) -> str | None:
+        """What changed since, or None when `info` is still this file."""
+        now = OriginalFile.of(self.path, info)
+        changed = [
+            f"{name} {getattr(self, name)} -> {getattr(now, name)}"
+            for name in ("device", "inode", "size", "mtime_ns")
+            if getattr(self, name) != getattr(now, name)
+        ]
+        return ", ".join(changed) or None
+
+
+class DeletionOutcome(enum.StrEnum):
+    DELETED = "deleted"
+    REFUSED = "refused"  # not the file that was read any more, or not a regular file inside the volume
+    FAILED = "failed"  # the unlink itself failed
+
+
+@dataclass(frozen=True)
+class Deletion:
+    file: OriginalFile
+    outcome: DeletionOutcome
+    reason: str | None = None
+
+
 class Camera(abc.ABC):
     """One docked camera, opened by its driver. Not thread-safe: one ingest session owns it."""
 
@@ -175,8 +215,9 @@ class Camera(abc.ABC):
         """Is the device still attached? Cheap and sends no command: polled during long copies."""
         return True
 
-    def delete_originals(self, volume: Path, relative_paths: list[Path]) -> list[tuple[Path, str]]:
-        """Delete proven recordings from the camera; returns (path, error) for each one that failed.
+    def delete_originals(self, volume: Path, files: list[OriginalFile]) -> list[Deletion]:
+        """Delete proven recordings from the camera, each only if it is still the file that was read;
+        returns one outcome per file, in order.
 
         Only called after each file's copy was re-read, both digests matched and the catalog commit is
         durable. The default refuses: a transport must opt in.
@@ -209,6 +250,7 @@ class DriverOptions:
     baud_rate: int = 115200
     filename_patterns: tuple[str, ...] = ()
     extensions: tuple[str, ...] = (".mp4", ".mov", ".avi", ".jpg", ".wav")
+    filesystems: tuple[str, ...] = ("vfat", "exfat")  # a volume of another type is never mounted
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 

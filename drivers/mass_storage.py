@@ -3,7 +3,8 @@
 Such a camera has no control channel, so clock, battery and resolution are `Unsupported` and
 `sync_clock` reports `ClockSyncState.UNSUPPORTED` rather than pretending. Its identity comes from the
 identity file `ZFYINFO.TXT` at the volume root if present, else the USB serial udev reports
-(`ID_SERIAL_SHORT`). Both are only as trustworthy as the device; a disagreement is logged.
+(`ID_SERIAL_SHORT`). Both are claims, only as trustworthy as the device; when they disagree the
+session raises an identity-mismatch flag, as for a serial camera.
 
 `ZFYINFO.TXT` holds the GA/T 947.4 ZFY_INFO fields as `key=value` lines, UTF-8 or GBK:
 
@@ -36,15 +37,17 @@ from drivers.base import (
     ClockReading,
     ClockSample,
     ClockSyncState,
+    Deletion,
     DeviceInfo,
     Driver,
     DriverOptions,
+    OriginalFile,
     ProtocolError,
     Resolution,
     StorageInfo,
     Unsupported,
 )
-from drivers.mount import ALLOWED_FSTYPES, block_device_present, mount_readonly
+from drivers.mount import block_device_present, mount_readonly
 from drivers.wipe import delete_recordings
 
 IDENTITY_FILE = "ZFYINFO.TXT"
@@ -137,8 +140,6 @@ class MassStorageCamera(Camera):
         self.device = device
         self.options = options
         self.name = f"msc:{device.block}" if device.block is not None else f"msc:{device.directory}"
-        fstypes = options.extra.get("fstypes", ALLOWED_FSTYPES)
-        self.fstypes: tuple[str, ...] = tuple(str(fstype) for fstype in fstypes)
         self._mounted: Path | None = None
 
     def _unsupported(self, command: str) -> Unsupported:
@@ -211,7 +212,9 @@ class MassStorageCamera(Camera):
         if self.device.directory is not None:
             volume_cm = contextlib.nullcontext(self.device.directory)
         elif self.device.block is not None:
-            volume_cm = mount_readonly(self.device.block, device_name=self.name, fstypes=self.fstypes)
+            volume_cm = mount_readonly(
+                self.device.block, device_name=self.name, fstypes=self.options.filesystems
+            )
         else:
             raise Unsupported(self.name, "mount", "no block device and no mounted directory")
         with volume_cm as volume:
@@ -229,11 +232,9 @@ class MassStorageCamera(Camera):
             return self.device.directory.is_dir()
         return self.device.block is not None and block_device_present(self.device.block)
 
-    def delete_originals(self, volume: Path, relative_paths: list[Path]) -> list[tuple[Path, str]]:
+    def delete_originals(self, volume: Path, files: list[OriginalFile]) -> list[Deletion]:
         # Our own read-only mount is made writable for the deletion only; a directory is as it is.
-        return delete_recordings(
-            volume, relative_paths, device_name=self.name, remount=self.device.directory is None
-        )
+        return delete_recordings(volume, files, device_name=self.name, remount=self.device.directory is None)
 
     def close(self) -> None:
         """Nothing held open between calls: every mount is scoped to a `with` block."""

@@ -1,9 +1,14 @@
 """Mount a camera volume read-only, nosuid, nodev, noexec, in a private directory, and always unmount it.
 
-Guarantees: the volume is mounted only as one of the allowed filesystem types; the mount point sits
-inside a fresh 0700 directory so no other local user can traverse it; on exit the volume is unmounted
-(lazily if it is still busy) and the private directory removed. Every failure is a `MountError` that
-names the device and carries mount(8)'s own message.
+Guarantees: the volume's type is detected first (blkid's low-level probe) and the volume is mounted
+only when that type is one the camera's rule allows, and only as that type (`mount -t`), so the kernel
+never parses it with another filesystem's code. Allowed by default: vfat and exfat, what cameras use;
+ext4 only where a rule lists it (a hostile image is parsed by the kernel, and ext4 is a large parser).
+A volume of another type, of no type blkid recognises, or with signatures of more than one type is
+refused before any mount point is made (`FilesystemRefused`, exit 28). The mount point sits inside a
+fresh 0700 directory so no other local user can traverse it; on exit the volume is unmounted (lazily if
+it is still busy) and the private directory removed. Every failure is a `MountError` that names the
+device and carries blkid's or mount(8)'s own message.
 """
 
 from __future__ import annotations
@@ -20,12 +25,22 @@ import structlog
 
 from drivers.base import MountError
 
-ALLOWED_FSTYPES: tuple[str, ...] = ("vfat", "exfat", "ext4")
+DEFAULT_FSTYPES: tuple[str, ...] = ("vfat", "exfat")
 MOUNT_OPTIONS = "ro,nosuid,nodev,noexec"
 # Names on FAT and exFAT are UTF-16 on disk; ask for UTF-8 so non-ASCII (Chinese) names survive.
 # ext4: `noload` skips journal replay, so not even the journal of the evidence medium is written.
 _FS_OPTIONS: dict[str, str] = {"vfat": "utf8,shortname=mixed", "exfat": "iocharset=utf8", "ext4": "noload"}
+SUPPORTED_FSTYPES: tuple[str, ...] = tuple(_FS_OPTIONS)  # what a rule may allow
 _TIMEOUT_S = 60.0
+_BLKID_NOTHING_FOUND = 2
+_BLKID_AMBIVALENT = 8
+
+
+class FilesystemRefused(MountError):  # noqa: N818 - reads as the situation, like the other MountErrors
+    """The volume's filesystem type is not one this camera may be mounted as, or cannot be told."""
+
+    exit_code = 28
+
 
 log = structlog.get_logger()
 
@@ -38,16 +53,39 @@ def _error_text(done: subprocess.CompletedProcess[str]) -> str:
     return (done.stderr or done.stdout).strip() or f"exit status {done.returncode}"
 
 
-def probe_fstype(block_device: str) -> str | None:
-    """The filesystem type blkid finds on the device (low-level probe, no cache), or None."""
+def detect_fstype(block_device: str, device_name: str) -> str:
+    """The one filesystem type blkid's low-level probe (no cache) finds on the device; refused when it
+    finds none or signatures of several types."""
     if shutil.which("blkid") is None:
-        return None
+        raise MountError(
+            device_name, "mount", "blkid (util-linux) is not installed: cannot tell the filesystem"
+        )
     try:
         done = _run(["blkid", "-p", "-o", "value", "-s", "TYPE", "--", block_device])
     except subprocess.TimeoutExpired:
-        return None
+        raise MountError(device_name, "mount", f"{block_device}: blkid timed out") from None
     found = done.stdout.strip()
-    return found if done.returncode == 0 and found else None
+    if done.returncode == 0 and found and "\n" not in found:
+        return found
+    if done.returncode == _BLKID_AMBIVALENT:
+        detail = "signatures of more than one filesystem (blkid: ambivalent); refusing to guess"
+    elif done.returncode == _BLKID_NOTHING_FOUND and Path(block_device).exists():
+        detail = "no filesystem that blkid recognises"
+    else:
+        raise MountError(device_name, "mount", f"{block_device}: blkid: {_error_text(done)}")
+    raise FilesystemRefused(device_name, "mount", f"{block_device}: {detail}")
+
+
+def _allowed_fstype(block_device: str, device_name: str, fstypes: Sequence[str]) -> str:
+    fstype = detect_fstype(block_device, device_name)
+    if fstype not in fstypes:
+        raise FilesystemRefused(
+            device_name,
+            "mount",
+            f"{block_device}: filesystem {fstype!r} is not allowed for this camera (allowed: "
+            f"{', '.join(fstypes)}; a [[camera]] rule's filesystems can allow more)",
+        )
+    return fstype
 
 
 def kernel_filesystems() -> frozenset[str]:
@@ -57,21 +95,6 @@ def kernel_filesystems() -> frozenset[str]:
     except OSError:
         return frozenset()
     return frozenset(line.split()[-1] for line in text.splitlines() if line.strip())
-
-
-def _candidates(block_device: str, device_name: str, fstypes: Sequence[str]) -> list[str]:
-    probed = probe_fstype(block_device)
-    if probed is not None:
-        if probed not in fstypes:
-            raise MountError(
-                device_name,
-                "mount",
-                f"{block_device}: filesystem {probed!r} is not one of {', '.join(fstypes)}",
-            )
-        return [probed]
-    # No probe result (garbage, or no blkid): try each allowed type, those the kernel offers first.
-    offered = kernel_filesystems()
-    return sorted(fstypes, key=lambda fstype: fstype not in offered)
 
 
 def _unmount(mount_point: Path, device_name: str) -> str | None:
@@ -106,43 +129,41 @@ def mount_readonly(
     block_device: str,
     *,
     device_name: str,
-    fstypes: Sequence[str] = ALLOWED_FSTYPES,
+    fstypes: Sequence[str] = DEFAULT_FSTYPES,
     base_dir: Path | None = None,
 ) -> Iterator[Path]:
-    """Mount `block_device` read-only and yield the mount point; unmount and clean up on exit."""
-    disallowed = [fstype for fstype in fstypes if fstype not in _FS_OPTIONS]
-    if disallowed:
-        raise MountError(device_name, "mount", f"filesystem types not supported: {', '.join(disallowed)}")
+    """Mount `block_device` read-only as one of `fstypes` and yield the mount point; unmount and clean
+    up on exit."""
+    unsupported = [fstype for fstype in fstypes if fstype not in _FS_OPTIONS]
+    if unsupported:
+        raise MountError(device_name, "mount", f"filesystem types not supported: {', '.join(unsupported)}")
     if not fstypes:
         raise MountError(device_name, "mount", "no filesystem type allowed")
     if shutil.which("mount") is None or shutil.which("umount") is None:
         raise MountError(device_name, "mount", "mount(8) and umount(8) are not installed")
-    candidates = _candidates(block_device, device_name, fstypes)
+    try:
+        fstype = _allowed_fstype(block_device, device_name, fstypes)
+    except FilesystemRefused as refused:
+        log.error("volume.refused", device=device_name, block=block_device, error=refused.detail)  # noqa: TRY400 - the refusal is the whole story
+        raise
     private = Path(tempfile.mkdtemp(prefix="ingestd-volume-", dir=base_dir))  # mode 0700
     mount_point = private / "volume"
     mount_point.mkdir(mode=0o700)
-    errors: list[str] = []
-    mounted_as: str | None = None
-    for fstype in candidates:
-        options = f"{MOUNT_OPTIONS},{_FS_OPTIONS[fstype]}"
-        try:
-            done = _run(["mount", "-t", fstype, "-o", options, "--", block_device, str(mount_point)])
-        except subprocess.TimeoutExpired:
-            errors.append(f"{fstype}: mount timed out")
-            # A timed-out mount may still complete in the kernel: make sure nothing stays attached.
-            if os.path.ismount(mount_point):
-                _unmount(mount_point, device_name)
-            continue
-        if done.returncode == 0:
-            mounted_as = fstype
-            break
-        errors.append(f"{fstype}: {_error_text(done)}")
-    if mounted_as is None:
+    options = f"{MOUNT_OPTIONS},{_FS_OPTIONS[fstype]}"
+    try:
+        done = _run(["mount", "-t", fstype, "-o", options, "--", block_device, str(mount_point)])
+        failure = None if done.returncode == 0 else _error_text(done)
+    except subprocess.TimeoutExpired:
+        failure = "mount timed out"
+        # A timed-out mount may still complete in the kernel: make sure nothing stays attached.
+        if os.path.ismount(mount_point):
+            _unmount(mount_point, device_name)
+    if failure is not None:
         _remove_private_dir(private, mount_point, device_name)
-        detail = f"{block_device}: " + "; ".join(errors)
+        detail = f"{block_device}: {fstype}: {failure}"
         log.error("volume.mount_failed", device=device_name, block=block_device, error=detail)
         raise MountError(device_name, "mount", detail)
-    log.info("volume.mounted", device=device_name, block=block_device, fstype=mounted_as)
+    log.info("volume.mounted", device=device_name, block=block_device, fstype=fstype)
     failed = False
     try:
         yield mount_point

@@ -28,12 +28,14 @@ from drivers.base import (
     ClockReading,
     ClockSample,
     ClockSyncState,
+    Deletion,
     DeviceGone,
     DeviceInfo,
     Driver,
     DriverError,
     DriverOptions,
     DriverTimeout,
+    OriginalFile,
     ProtocolError,
     Resolution,
     StorageInfo,
@@ -105,6 +107,7 @@ class SerialCamera(Camera):
         self.name = f"serial:{device.tty}"
         self._device = device
         self._password = options.password
+        self._filesystems = options.filesystems
         self._settings = LinkSettings.from_options(self.name, options)
         self._decoder = p.FrameDecoder()
         self._seq = 0
@@ -222,14 +225,12 @@ class SerialCamera(Camera):
         assert self._device.block is not None  # noqa: S101  # checked above
         from drivers.mount import mount_readonly  # noqa: PLC0415  # only the block path needs mounting
 
-        with mount_readonly(self._device.block, device_name=self.name) as path:
+        with mount_readonly(self._device.block, device_name=self.name, fstypes=self._filesystems) as path:
             yield path
 
-    def delete_originals(self, volume: Path, relative_paths: list[Path]) -> list[tuple[Path, str]]:
+    def delete_originals(self, volume: Path, files: list[OriginalFile]) -> list[Deletion]:
         # Our own read-only mount is made writable for the deletion only; a directory is as it is.
-        return delete_recordings(
-            volume, relative_paths, device_name=self.name, remount=self._device.directory is None
-        )
+        return delete_recordings(volume, files, device_name=self.name, remount=self._device.directory is None)
 
     def present(self) -> bool:
         """Whether the node this session now depends on exists: the volume once the camera is in

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from drivers.base import DriverError
 from ingestd import schema
-from ingestd.config import Config, load_config
+from ingestd.config import Config, load_config, resolve_config_path
 from ingestd.daemon import Daemon, ingest_settings
 from ingestd.demo import run_demo
 from ingestd.errors import IngestdError
@@ -103,9 +103,17 @@ def cli() -> None:
 @cli.command("check-config")
 @config_option
 def check_config(config_path: Path | None) -> None:
-    """Validate the configuration and print it as JSON (exit 78 when it is wrong)."""
+    """Validate the configuration and print it as JSON, passwords masked (exit 78 when it is wrong)."""
     config = load_config(config_path)
-    click.echo(config.model_dump_json(indent=2))
+    click.echo(config.redacted_json())
+    source = resolve_config_path(config_path)
+    inline = [str(i) for i, rule in enumerate(config.camera) if rule.password]
+    if inline and source is not None and source.stat().st_mode & 0o044:
+        click.echo(
+            f"warning: camera[{', '.join(inline)}] password is inline in {source}, which group or others "
+            "can read (ingestctl users must): move it to password_file",
+            err=True,
+        )
 
 
 @cli.command()
@@ -142,7 +150,7 @@ def import_(
 ) -> None:
     """Ingest a mounted volume or directory once (card reader), through the dock pipeline."""
     config = load(config_path)
-    services = Services.open(config)
+    services = Services.open(config, cameras=False)  # the operator names the camera; no password needed
     try:
         summary = run_import(
             services,

@@ -7,8 +7,10 @@ or value stops start-up with a message naming the file and the key (exit code 78
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import shlex
+import stat
 import tomllib
 from collections.abc import Mapping
 from datetime import date, timedelta
@@ -77,10 +79,26 @@ class CameraRuleConfig(Section):
 
     match: dict[str, str] = Field(description="udev property name -> glob, all must match.")
     driver: str = Field(description="Driver name: serial, mass-storage, or a plug-in's entry-point name.")
-    password: str = Field("", max_length=6, description="Device password (GA/T 947.4: 6 characters).")
+    password: str = Field(
+        "", max_length=6, description="Device password inline; every ingestctl user can read it here."
+    )
+    password_file: Path | None = Field(
+        None, description="File (owner root, no group/other access) whose first line is the password."
+    )
     baud_rate: int = Field(115200, gt=0)
     filename_patterns: tuple[str, ...] = Field((), description="Regexes with named time groups.")
     extensions: tuple[str, ...] = Field((".mp4", ".mov", ".avi", ".jpg", ".wav"))
+    filesystems: tuple[Literal["vfat", "exfat", "ext4"], ...] = Field(
+        ("vfat", "exfat"),
+        description="Volume types mounted from these cameras (detected before mounting); others are refused.",
+    )
+
+    @field_validator("filesystems")
+    @classmethod
+    def _some_filesystem(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("needs at least one filesystem type")
+        return tuple(dict.fromkeys(value))
 
     @field_validator("match")
     @classmethod
@@ -89,14 +107,53 @@ class CameraRuleConfig(Section):
             raise ValueError("a rule with no match properties would match every device")
         return value
 
+    @model_validator(mode="after")
+    def _one_password_source(self) -> CameraRuleConfig:
+        if self.password and self.password_file is not None:
+            raise ValueError("give password or password_file, not both")
+        return self
+
     def to_rule(self) -> CameraRule:
+        """The driver rule, with the password read from `password_file` (only the daemon calls this)."""
+        password = read_password_file(self.password_file) if self.password_file else self.password
         options = DriverOptions(
-            password=self.password,
+            password=password,
             baud_rate=self.baud_rate,
             filename_patterns=self.filename_patterns,
             extensions=self.extensions,
+            filesystems=self.filesystems,
         )
         return CameraRule(match=dict(self.match), driver=self.driver, options=options)
+
+
+PASSWORD_FILE_MAX_BYTES = 256
+
+
+def read_password_file(path: Path) -> str:
+    """The first line of a secret file that only its owner (root, or the daemon's own user) can read;
+    anything else is a ConfigError naming the file, so a leaked password is noticed, not used."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as error:
+        raise ConfigError(path=path, detail=f"password file: {error.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(path=path, detail="password file is not a regular file")
+        if info.st_uid not in (0, os.geteuid()) or info.st_mode & 0o077:
+            raise ConfigError(
+                path=path,
+                detail=f"password file must be owned by root and not accessible to group or others "
+                f"(it is uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):04o}); chmod 600",
+            )
+        raw = handle.read(PASSWORD_FILE_MAX_BYTES + 1)
+    lines = raw.decode("ascii", errors="replace").splitlines()
+    password = lines[0].strip() if lines else ""
+    if len(raw) > PASSWORD_FILE_MAX_BYTES or not password or len(password) > 6 or not password.isprintable():
+        raise ConfigError(
+            path=path, detail="password file: the first line must be the password (1-6 characters)"
+        )
+    return password
 
 
 class IngestConfig(Section):
@@ -111,6 +168,15 @@ class IngestConfig(Section):
     )
     stop_timeout_seconds: float = Field(
         60.0, gt=0, description="On SIGTERM, how long sessions get to finish their current durable step."
+    )
+    partial_max_age_hours: float = Field(
+        72.0, gt=0, description="An interrupted copy not resumed within this many hours is removed (audited)."
+    )
+    slow_rate_floor_mib_s: float = Field(
+        1.0, ge=0, description="A dock copying slower than this gives back its slot; 0 never does."
+    )
+    slow_rate_seconds: float = Field(
+        120.0, gt=0, description="How long a dock's copy rate must stay below the floor first."
     )
 
 
@@ -290,6 +356,25 @@ class ControlConfig(Section):
     timeout_seconds: float = Field(
         30.0, gt=0, le=3600, description="A connection idle this long (or a request this slow) is closed."
     )
+    max_connections: int = Field(32, ge=1, le=1024, description="Connections served at once, in all.")
+    max_connections_per_uid: int = Field(
+        4, ge=1, le=1024, description="Connections one uid may hold open at once; more are refused."
+    )
+    connection_lifetime_seconds: float = Field(
+        300.0, gt=0, le=86400, description="A connection is closed this long after it was accepted."
+    )
+    denial_audit_interval_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="Refusals of one kind from one uid: the first is audited, the rest once per interval.",
+    )
+
+    @model_validator(mode="after")
+    def _per_uid_within_total(self) -> ControlConfig:
+        if self.max_connections_per_uid > self.max_connections:
+            raise ValueError("max_connections_per_uid cannot exceed max_connections")
+        return self
 
     @field_validator("socket")
     @classmethod
@@ -343,7 +428,16 @@ class Config(Section):
     camera: tuple[CameraRuleConfig, ...] = ()
 
     def camera_rules(self) -> list[CameraRule]:
+        """The driver rules with their passwords: reads the password files, so for the daemon only."""
         return [rule.to_rule() for rule in self.camera]
+
+    def redacted_json(self) -> str:
+        """The configuration as JSON with inline passwords masked (password files are named, not read)."""
+        data = self.model_dump(mode="json")
+        for rule in data["camera"]:
+            if rule["password"]:
+                rule["password"] = "***"  # noqa: S105 - the mask, not a password
+        return json.dumps(data, indent=2, ensure_ascii=False)
 
 
 def _key_path(location: tuple[int | str, ...]) -> str:

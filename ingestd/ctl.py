@@ -69,7 +69,7 @@ def verify(
     Exit 0 when everything verifies, 3 when any problem is found (each one is listed).
     """
     config = load(config_path)
-    services = Services.open(config, migrate=False)
+    services = Services.open(config, migrate=False, cameras=False)
     try:
         if objects and not as_json:
             with Progress(

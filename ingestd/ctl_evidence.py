@@ -77,10 +77,11 @@ def _print_approval(approval: dict[str, Any]) -> None:
     if approval["scope_recording_ids"]:
         scope.append("recordings " + ", ".join(map(str, approval["scope_recording_ids"])))
     if approval["scope_case_id"]:
-        scope.append(f"case {approval['scope_case_id']}")
+        scope.append(f"(case {approval['scope_case_id']} as tagged when granted)")
     click.echo(
-        f"approval {approval['id']} ({approval['state']}): by {approval['approver']}, "
-        f"purpose {approval['purpose']!r}; scope {' and '.join(scope)}; "
+        f"approval {approval['id']} ({approval['state']}): by {approval['approver']} "
+        f"for {approval.get('grantee') or 'nobody'}, "
+        f"purpose {approval['purpose']!r}; scope {' '.join(scope)}; "
         f"{'confidential allowed' if approval['allows_confidential'] else 'no confidential'}; "
         f"expires {approval['expires_at']}"
         + (f"; revoked {approval['revoked_at']}" if approval["revoked_at"] else "")
@@ -97,15 +98,25 @@ def _print_approval(approval: dict[str, Any]) -> None:
     multiple=True,
     help="A recording id in scope (repeatable).",
 )
-@click.option("--case", "case_id", default=None, help="A case id: its recordings are all in scope.")
+@click.option(
+    "--case", "case_id", default=None, help="A case id: the recordings tagged with it now are in scope."
+)
 @click.option("--expires-in", default=None, help="Validity from now: 90m, 12h, 30d (at most 90 days).")
 @click.option("--expires-at", default=None, help="Expiry, ISO 8601 with a zone: 2026-04-01T18:00+08:00.")
 @click.option("--allow-confidential", is_flag=True, help="Also cover confidential recordings in scope.")
+@click.option(
+    "--for",
+    "grantee",
+    required=True,
+    metavar="USER",
+    help="The OS user who alone may use it (never the approver themselves).",
+)
 @click.option("--requested-by", default=None, help="Who asked for the footage (recorded as the extractor).")
 @json_option
 def approve(
     *,
     config_path: Path | None,
+    grantee: str,
     purpose: str,
     recordings: tuple[int, ...],
     case_id: str | None,
@@ -115,7 +126,7 @@ def approve(
     requested_by: str | None,
     as_json: bool,
 ) -> None:
-    """Approve viewing, copying or exporting footage (approver role; 000 art. 16, 004 art. 20)."""
+    """Approve one user's viewing, copying or exporting of footage (approver; 000 art. 16, 004 art. 20)."""
     if not recordings and not case_id:
         raise click.UsageError("give a scope: --recording ID (repeatable) and/or --case CASE")
     if (expires_in is None) == (expires_at is None):
@@ -124,6 +135,7 @@ def approve(
         config_path,
         "approve",
         {
+            "grantee": grantee,
             "purpose": purpose,
             "recording_ids": list(recordings),
             "case_id": case_id,

@@ -1,4 +1,5 @@
-"""`ingestd run`: reconcile, report READY, then supervise sources, sessions and the watchdog.
+"""`ingestd run`: take the station's lock, reconcile, report READY, then supervise sources, sessions
+and the watchdog. One daemon per state directory: a second refuses before it opens anything else.
 
 The supervising loop is the only place that pings the systemd watchdog, so a stuck loop stops the pings
 and systemd restarts the daemon. Every service thread has a stop event. SIGTERM lets each session finish
@@ -7,6 +8,8 @@ its current durable step; SIGHUP reloads the camera rules.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import queue
 import signal
 import threading
@@ -27,8 +30,9 @@ from ingestd.docking.folders import FolderSource
 from ingestd.errors import IngestdError
 from ingestd.jobs import JobRunner
 from ingestd.manager import DockManager, interrupted_sessions
+from ingestd.partials import expire_partial_copies
 from ingestd.sdnotify import Notifier, watchdog_interval_s
-from ingestd.services import Services
+from ingestd.services import MIB, Services
 from ingestd.session import IngestSettings, SessionSummary
 from store.models import SessionState
 from store.types import utcnow
@@ -37,6 +41,34 @@ log = structlog.get_logger()
 
 LOOP_TICK_S = 0.25
 PROGRESS_INTERVAL_S = 1.0
+LOCK_FILE = "ingestd.lock"
+
+
+class AlreadyRunningError(IngestdError):
+    template = "ingestd is already running on {state_dir} (pid {pid}); refusing to start a second one"
+    exit_code = 43
+
+
+def lock_state(state_dir: Path) -> int:
+    """Take the station's single-instance lock (an exclusive flock on `state_dir/ingestd.lock`) and
+    return its descriptor, held open for the life of the process: the kernel drops it at exit, even on
+    SIGKILL, so a crash leaves nothing stale. Raises AlreadyRunningError, naming the holder's pid, while
+    another daemon holds it."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+    path = state_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise AlreadyRunningError(state_dir=state_dir, pid=holder) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # for the message above; the lock is the flock
+    return fd
 
 
 def ingest_settings(config: Config) -> IngestSettings:
@@ -60,16 +92,25 @@ def reconcile(services: Services, now: datetime) -> str:
     closed = interrupted_sessions(services, now)
     # Keyed partials are kept: the camera's next dock resumes them. Unkeyed temp files are removed.
     partials = services.store.reconcile(keep=lambda _key: True)
+    # ...unless no dock resumed them within ingest.partial_max_age_hours (also an hourly job). A partial
+    # the disk will not let go of is worth a log line, not a station that refuses every camera.
+    try:
+        expired = expire_partial_copies(services, now)
+    except OSError as error:
+        log.error("partial_expiry_failed", error=str(error))  # noqa: TRY400 - the message is the whole story
+        expired = []
     # A crash between a commit and its anchor is covered here, before anything new is appended.
     services.audit.anchor(services.catalog)
+    kept = len(partials.kept_keys) - len(expired)
     message = (
-        f"reconciled: {closed} interrupted session(s), {len(partials.kept_keys)} partial copy(ies) "
-        f"kept for resume, {len(partials.removed_paths)} temp file(s) removed"
+        f"reconciled: {closed} interrupted session(s), {kept} partial copy(ies) kept for resume, "
+        f"{len(expired)} expired, {len(partials.removed_paths)} temp file(s) removed"
     )
     log.info(
         "reconciled",
         interrupted_sessions=closed,
-        partials_kept=len(partials.kept_keys),
+        partials_kept=kept,
+        partials_expired=len(expired),
         temp_files_removed=len(partials.removed_paths),
     )
     return message
@@ -79,6 +120,8 @@ class Daemon:
     def __init__(
         self, config: Config, config_path: Path | None, *, clock: Callable[[], datetime] = utcnow
     ) -> None:
+        # First of all: a second daemon must not reconcile (interrupt) the live one's sessions.
+        self._lock_fd = lock_state(config.daemon.state_dir)
         self.config = config
         self.config_path = config_path
         self.clock = clock
@@ -92,6 +135,8 @@ class Daemon:
             max_concurrent=config.ingest.max_concurrent,
             clock=clock,
             on_summary=self._session_ended,
+            slow_rate_floor_bps=config.ingest.slow_rate_floor_mib_s * MIB,
+            slow_rate_seconds=config.ingest.slow_rate_seconds,
         )
         self._sources_stop = threading.Event()
         self._alarm_lock = threading.Lock()
@@ -143,6 +188,7 @@ class Daemon:
         log.info("ready", docks_watched=self._describe_sources())
         watchdog_every = watchdog_interval_s()
         last_watchdog = last_progress = 0.0
+        last_status = message
         try:
             while not self.state.stop.is_set():
                 self._drain_events()
@@ -150,7 +196,13 @@ class Daemon:
                 if now - last_progress >= PROGRESS_INTERVAL_S:
                     last_progress = now
                     self.manager.flush_progress()
-                    self.notifier.status(self._status_line())
+                    self.manager.release_slow_slots(now)
+                    # Only a change: the manager keeps the last STATUS, and a datagram each second to a
+                    # listener that reads none fills its queue and would block this loop.
+                    status = self._status_line()
+                    if status != last_status:
+                        last_status = status
+                        self.notifier.status(status)
                 if watchdog_every is not None and now - last_watchdog >= watchdog_every:
                     last_watchdog = now
                     self.notifier.watchdog()
@@ -195,6 +247,7 @@ class Daemon:
     def _reload(self) -> None:
         try:
             fresh = load_config(self.config_path)
+            rules = fresh.camera_rules()  # reads the password files: a bad one refuses the reload
         except IngestdError as error:
             log.error("reload_refused", error=str(error))  # noqa: TRY400 - the message is the whole story
             return
@@ -206,7 +259,7 @@ class Daemon:
             log.warning("reload_partial", detail="catalog, store and daemon settings need a restart")
         from drivers.registry import DriverRegistry  # noqa: PLC0415 - only needed on reload
 
-        self.services.registry = DriverRegistry(fresh.camera_rules())
+        self.services.registry = DriverRegistry(rules)
         self.manager.settings = ingest_settings(fresh)
         self.config = fresh
         log.info("reloaded", camera_rules=len(fresh.camera))
@@ -225,4 +278,5 @@ class Daemon:
         self.jobs.stop()
         self.services.audit.checkpoint(self.services.catalog)
         self.services.close()
+        os.close(self._lock_fd)  # last: nothing of this station is open any more
         log.info("stopped")

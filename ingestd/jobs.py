@@ -27,9 +27,10 @@ from sqlalchemy.orm import Session
 from ingestd import records
 from ingestd.config import Config, NotifyConfig
 from ingestd.operations import FlagView, flag_view
+from ingestd.partials import expire_partial_copies
 from ingestd.policies.clock import evaluate_drift
 from ingestd.policies.deadlines import recording_end
-from ingestd.policies.flags import FlagDecision
+from ingestd.policies.flags import FlagDecision, bounded_dedup_key
 from ingestd.policies.gaps import RecordingSpan, evaluate_gaps
 from ingestd.policies.overdue import CameraCustodyFacts, evaluate_overdue
 from ingestd.purge import give_notices
@@ -42,7 +43,8 @@ from store.types import utcnow
 log = structlog.get_logger(__name__)
 
 Clock = Callable[[], datetime]
-JOB_IDS = ("overdue", "gaps", "drift", "retention-notices", "audit-checkpoint")
+JOB_IDS = ("overdue", "gaps", "drift", "retention-notices", "partial-expiry", "audit-checkpoint")
+PARTIAL_EXPIRY_INTERVAL = timedelta(hours=1)
 
 
 # --- raising flags ----------------------------------------------------------------------------------
@@ -69,7 +71,10 @@ def raise_decisions(
                 )
         except exc.IntegrityError:
             # Only a lost race on the unique key is expected; anything else is re-raised.
-            if session.scalar(select(Flag.id).where(Flag.dedup_key == decision.dedup_key)) is None:
+            if (
+                session.scalar(select(Flag.id).where(Flag.dedup_key == bounded_dedup_key(decision.dedup_key)))
+                is None
+            ):
                 raise
             flag = None
         if flag is not None:
@@ -301,8 +306,9 @@ def _job(
 
 
 def build_scheduler(services: Services, clock: Clock = utcnow) -> BackgroundScheduler:
-    """A UTC BackgroundScheduler holding the jobs, not started. Overdue and retention notices run
-    once at start too, so a restart never waits a whole interval to catch up."""
+    """A UTC BackgroundScheduler holding the jobs, not started. Overdue and retention notices run once at
+    start too, so a restart never waits a whole interval to catch up (the daemon's reconcile expires
+    partial copies before READY)."""
     config = services.config
     jobs = config.jobs
     catalog = services.catalog
@@ -314,6 +320,10 @@ def build_scheduler(services: Services, clock: Clock = utcnow) -> BackgroundSche
 
     def notices(now: datetime) -> list[FlagView]:
         give_notices(catalog, services.audit, actor=system, now=now, rules=config.retention.rules())
+        return []
+
+    def partials(now: datetime) -> list[FlagView]:
+        expire_partial_copies(services, now)
         return []
 
     def anchor(_now: datetime) -> list[FlagView]:
@@ -337,6 +347,7 @@ def build_scheduler(services: Services, clock: Clock = utcnow) -> BackgroundSche
             False,
         ),
         "retention-notices": (notices, timedelta(hours=jobs.retention_interval_hours), True),
+        "partial-expiry": (partials, PARTIAL_EXPIRY_INTERVAL, False),
         "audit-checkpoint": (anchor, timedelta(minutes=jobs.audit_checkpoint_interval_minutes), False),
     }
     for name, (function, interval, at_start) in work.items():

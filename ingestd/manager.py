@@ -3,6 +3,10 @@
 Each port's session runs on its own thread, so a stalled or failing camera never blocks the others. A
 semaphore bounds how many copy at once; a waiting session shows as "queued". Progress lives in memory
 and is written to the `docks` table by `flush_progress`, which the supervising loop calls about 1 Hz.
+
+A dock whose copy stays below `ingest.slow_rate_floor_mib_s` for `ingest.slow_rate_seconds` gives its
+slot back (`release_slow_slots`, also ~1 Hz) so a queued camera starts. It keeps copying: nothing is
+paused or dropped, it just no longer counts against the cap, and it never takes a slot back.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from drivers.base import Driver, DriverError, DriverOptions
 from ingestd import records
 from ingestd.docking.events import Docked, DockEvent, Undocked
 from ingestd.policies.custody import attribute_checkout
-from ingestd.progress import DockProgress
+from ingestd.progress import DockProgress, SlowCopyWatch
 from ingestd.services import Services
 from ingestd.session import IngestSession, IngestSettings, SessionSummary
 from store.models import Camera, CustodyKind, Dock, DockSession, SessionState
@@ -30,11 +34,13 @@ log = structlog.get_logger()
 @dataclass
 class _Slot:
     port: str
+    slow_watch: SlowCopyWatch  # read and fed by the supervising loop only
     progress: DockProgress = field(default_factory=DockProgress)
     unplugged: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     summary: SessionSummary | None = None
     device_serial: str | None = None
+    holds_copy_slot: bool = False  # guarded by the manager's lock
 
 
 class DockManager:
@@ -46,10 +52,14 @@ class DockManager:
         max_concurrent: int,
         clock: Callable[[], datetime],
         on_summary: Callable[[SessionSummary], None] | None = None,
+        slow_rate_floor_bps: float = 0.0,
+        slow_rate_seconds: float = 120.0,
     ) -> None:
         self.services = services
         self.settings = settings
         self.clock = clock
+        self.slow_rate_floor_bps = slow_rate_floor_bps
+        self.slow_rate_seconds = slow_rate_seconds
         self.stopping = threading.Event()
         self._copy_slots = threading.BoundedSemaphore(max_concurrent)
         self._slots: dict[str, _Slot] = {}
@@ -73,7 +83,9 @@ class DockManager:
             match = self.services.registry.match(event.device)
             if match is None:
                 return  # logged once by the registry
-            slot = _Slot(port=event.port)
+            slot = _Slot(
+                port=event.port, slow_watch=SlowCopyWatch(self.slow_rate_floor_bps, self.slow_rate_seconds)
+            )
             self._slots[event.port] = slot
         driver, options = match
         thread = threading.Thread(
@@ -85,7 +97,10 @@ class DockManager:
     def _session(self, slot: _Slot, event: Docked, driver: Driver, options: DriverOptions) -> None:
         bound = log.bind(port=event.port)
         slot.progress.set_state("queued")
-        with self._copy_slots:
+        self._copy_slots.acquire()
+        with self._lock:
+            slot.holds_copy_slot = True
+        try:
             if self.stopping.is_set():
                 return
             try:
@@ -113,11 +128,22 @@ class DockManager:
             except Exception:  # noqa: BLE001 - a bug in one session must not take the daemon down
                 bound.exception("session_crashed")
                 return
+        finally:
+            self._give_back_copy_slot(slot)
         slot.summary = summary
         slot.device_serial = summary.device_id
         slot.progress.set_state(summary.state.value)
         if self._on_summary is not None:
             self._on_summary(summary)
+
+    def _give_back_copy_slot(self, slot: _Slot) -> bool:
+        """Release the slot's place in the cap, once: by the session at its end, or early when slow."""
+        with self._lock:
+            if not slot.holds_copy_slot:
+                return False
+            slot.holds_copy_slot = False
+        self._copy_slots.release()
+        return True
 
     def _record_open_failure(self, port: str, reason: str) -> None:
         now = self.clock()
@@ -180,6 +206,30 @@ class DockManager:
     def active_ports(self) -> list[str]:
         with self._lock:
             return [port for port, slot in self._slots.items() if slot.thread and slot.thread.is_alive()]
+
+    def release_slow_slots(self, now: float) -> list[str]:
+        """Give back the copy slot of each dock that copied below the floor for a whole window (`now` is
+        monotonic seconds; called ~1 Hz by the supervising loop). Returns those ports."""
+        with self._lock:
+            holding = [slot for slot in self._slots.values() if slot.holds_copy_slot]
+        released: list[str] = []
+        for slot in holding:
+            copying, bytes_done = slot.progress.copying()
+            if not copying:
+                slot.slow_watch.restart()
+                continue
+            rate = slot.slow_watch.observe(now, bytes_done)
+            if rate is not None and self._give_back_copy_slot(slot):
+                released.append(slot.port)
+                log.warning(
+                    "copy_slot_released",
+                    port=slot.port,
+                    rate_bps=round(rate),
+                    floor_bps=slot.slow_watch.floor_bps,
+                    over_s=slot.slow_watch.window_s,
+                    detail="copying below the floor; it goes on without counting against max_concurrent",
+                )
+        return released
 
     def flush_progress(self) -> None:
         """Persist each live transfer's progress (called ~1 Hz; never from the copy loop)."""

@@ -22,9 +22,9 @@ from ingestd.errors import UsageError
 from ingestd.policies.custody import attribute_checkout
 from ingestd.policies.deadlines import deadline_basis, extend_deadline, lateness, recording_end
 from ingestd.policies.flags import iso
-from ingestd.policies.retention import long_term_reasons, normalize_tag
+from ingestd.policies.retention import RetentionRules, long_term_reasons, normalize_tag
 from ingestd.purge import retention_facts
-from store.audit import Actor, AuditLog
+from store.audit import Actor, AuditLog, Role
 from store.models import (
     Camera,
     Confidentiality,
@@ -39,6 +39,9 @@ from store.models import (
 )
 
 DEVICE_SERIAL_MAX = 7  # GA/T 947.4 cSerial[7]
+# Who may lower a recording's protection: drop a long-term reason, its retention class or its
+# confidentiality. The same roles lift a hold. Levels are ordered as the enums list them, lowest first.
+PROTECTION_LOWERERS = frozenset({Role.ADMIN, Role.APPROVER})
 
 
 class OperationError(UsageError):
@@ -63,6 +66,13 @@ class UnknownRecordingError(OperationError):
 
 class RefusedError(OperationError):
     template = "{detail}"
+
+
+class LoweringNotAllowedError(OperationError):
+    """Lowering protection needs a stronger role than the one that may classify."""
+
+    template = "permission denied: {detail}"
+    exit_code = 13  # like a command the caller's roles do not allow
 
 
 # --- custody ----------------------------------------------------------------------------------------
@@ -370,7 +380,9 @@ def tag(
 
     A tag that forces long-term retention sets the class to long-term. Removing that tag never lowers
     the class by itself: lowering is an explicit `retention_class`, refused while such a tag remains,
-    so footage is never made deletable as a side effect.
+    so footage is never made deletable as a side effect. Lowering protection at all (removing such a
+    tag, a lower class or confidentiality) needs an actor in `PROTECTION_LOWERERS`; for anyone else the
+    whole request is refused before anything changes.
     """
     text_fields = {
         "case_id": case_id,
@@ -394,6 +406,7 @@ def tag(
     rules = retention.rules()
     results: list[Change] = []
     for recording in select_recordings(session, recording_ids, in_case):
+        protected = _protection(recording, rules)
         changes: dict[str, Any] = {}
         for name, value in wanted.items():
             before = getattr(recording, name)
@@ -416,6 +429,12 @@ def tag(
         if new_class is not recording.retention_class:
             changes["retention_class"] = [recording.retention_class.value, new_class.value]
             recording.retention_class = new_class
+        lowered = _lowered(protected, _protection(recording, rules))
+        if lowered and actor.role not in PROTECTION_LOWERERS:
+            raise LoweringNotAllowedError(
+                detail=f"recording {recording.id}: {'; '.join(lowered)} lowers its protection, which needs "
+                f"the approver or admin role ({actor.user} acts as {actor.role})"
+            )
         if changes:
             session.flush()
             audit.append(
@@ -428,6 +447,31 @@ def tag(
             )
         results.append(Change(recording.id, changes))
     return results
+
+
+@dataclass(frozen=True, slots=True)
+class _Protection:
+    reasons: frozenset[str]
+    retention_class: RetentionClass
+    confidentiality: Confidentiality
+
+
+def _protection(recording: Recording, rules: RetentionRules) -> _Protection:
+    reasons = frozenset(long_term_reasons(retention_facts(recording), rules))
+    return _Protection(reasons, recording.retention_class, recording.confidentiality)
+
+
+def _lowered(before: _Protection, after: _Protection) -> list[str]:
+    """What a change takes away, worded for the refusal; empty when nothing is lowered."""
+    lost = []
+    if before.reasons - after.reasons:
+        lost.append(f"removing long-term tag(s) {', '.join(sorted(before.reasons - after.reasons))}")
+    classes, levels = list(RetentionClass), list(Confidentiality)
+    if classes.index(after.retention_class) < classes.index(before.retention_class):
+        lost.append(f"retention class {before.retention_class} -> {after.retention_class}")
+    if levels.index(after.confidentiality) < levels.index(before.confidentiality):
+        lost.append(f"confidentiality {before.confidentiality} -> {after.confidentiality}")
+    return lost
 
 
 def hold(

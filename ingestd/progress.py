@@ -76,3 +76,37 @@ class DockProgress:
             return ProgressSnapshot(
                 self._state, self._current_file, done, total, self._files_done, self._files_total, rate, eta
             )
+
+    def copying(self) -> tuple[bool, int]:
+        """Whether the session is copying recordings now, and the bytes copied so far."""
+        with self._lock:
+            return self._state == "ingesting", self._bytes_done
+
+
+class SlowCopyWatch:
+    """Says when a copy has averaged below `floor_bps` over the last `window_s` seconds.
+
+    Fed monotonic times and byte counts by one caller; a floor of 0 never calls a copy slow. A gap in
+    copying (another stage of the session) restarts the window, so only copying time is judged.
+    """
+
+    def __init__(self, floor_bps: float, window_s: float) -> None:
+        self.floor_bps = floor_bps
+        self.window_s = window_s
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def restart(self) -> None:
+        self._samples.clear()
+
+    def observe(self, now: float, bytes_done: int) -> float | None:
+        """The average rate over the window when it is below the floor, else None."""
+        if self.floor_bps <= 0:
+            return None
+        self._samples.append((now, bytes_done))
+        while len(self._samples) > 1 and now - self._samples[1][0] >= self.window_s:
+            self._samples.popleft()  # the next sample still spans a whole window
+        first_t, first_done = self._samples[0]
+        if now - first_t < self.window_s:
+            return None
+        rate = (bytes_done - first_done) / (now - first_t)
+        return rate if rate < self.floor_bps else None

@@ -11,7 +11,9 @@ Order of a real run, per object, each step its own committed transaction:
    the row locks: from then on no hold can be placed on them, and the intent is on record before any
    byte goes;
 2. `store.remove(blake3)`;
-3. `retention.remove` (outcome "ok", "absent" or "failed") with the object row's `removed_at`.
+3. `retention.remove` (outcome "ok", "absent" or "failed") with the object row's `removed_at`; steps 2
+   and 3 hold the object row's lock and first check again that no live recording references the object
+   (an ingest may have deduplicated into it since step 1: then the bytes stay, outcome "skipped").
 
 Recording and object rows are kept as tombstones, never deleted: an auditor can still see what was
 stored, its digests, when it was ingested and when and by whom it was purged, and the audit events'
@@ -275,11 +277,7 @@ class _Run:
             )
             why_not = _still_deletable(recordings, self.rules, self.now)
             if digest is not None and why_not is None:
-                live = set(
-                    session.scalars(
-                        select(Recording.id).where(Recording.blake3 == digest, Recording.purged_at.is_(None))
-                    ).all()
-                )
+                live = set(_live_references(session, digest))
                 if live != set(recording_ids):
                     why_not = f"object is now referenced by recording(s) {sorted(live - set(recording_ids))}"
             if why_not is not None:
@@ -315,41 +313,58 @@ class _Run:
         return True
 
     def remove(self, digest: str) -> bool:
-        """Steps 2 and 3; the intent is already on record."""
-        outcome, detail = "ok", "removed"
+        """Steps 2 and 3, in one transaction holding the object row's lock; the intent is already on
+        record. An ingest that deduplicated into this object commits its recording under the same lock:
+        either it came first and the bytes stay, or it finds them gone and stores them again."""
         try:
-            self.store.remove(digest)
-        except ObjectMissing:
-            outcome, detail = "absent", "the bytes were already gone (an earlier run removed them)"
+            with self.catalog.transaction() as session:
+                stored = session.get_one(StoredObject, digest, with_for_update=True, populate_existing=True)
+                live = _live_references(session, digest)
+                if live:
+                    # A recording took the object after its tombstone step: the bytes stay, on record.
+                    why = f"object is now referenced by recording(s) {live}"
+                    self.skipped[f"object:{digest}"] = why
+                    log.warning("purge_skipped", subject=f"object:{digest}", reason=why)
+                    self._audit_removal(session, digest, "skipped", {"referenced_by": live})
+                    return False
+                outcome, detail = "ok", "removed"
+                try:
+                    self.store.remove(digest)
+                except ObjectMissing:
+                    outcome, detail = "absent", "the bytes were already gone (an earlier run removed them)"
+                stored.removed_at = self.now
+                session.flush()
+                self._audit_removal(session, digest, outcome, {"detail": detail})
         except IntegrityError:
             raise  # never swallowed
         except (StoreError, OSError) as error:
             self.failed[digest] = str(error)
             log.error("purge_remove_failed", digest=digest, error=str(error))  # noqa: TRY400 - an expected failure, not a bug
             with self.catalog.transaction() as session:
-                self.audit.append(
-                    session,
-                    actor=self.actor,
-                    action="retention.remove",
-                    subject=f"object:{digest}",
-                    at=self.now,
-                    outcome="failed",
-                    details={"error": str(error)},
-                )
+                self._audit_removal(session, digest, "failed", {"error": str(error)})
             return False
-        with self.catalog.transaction() as session:
-            stored = session.get_one(StoredObject, digest, with_for_update=True)
-            stored.removed_at = self.now
-            session.flush()
-            self.audit.append(
-                session,
-                actor=self.actor,
-                action="retention.remove",
-                subject=f"object:{digest}",
-                at=self.now,
-                outcome=outcome,
-                details={"detail": detail},
-            )
         self.removed.append(digest)
         log.info("object_purged", digest=digest, outcome=outcome)
         return True
+
+    def _audit_removal(self, session: Session, digest: str, outcome: str, details: dict[str, Any]) -> None:
+        self.audit.append(
+            session,
+            actor=self.actor,
+            action="retention.remove",
+            subject=f"object:{digest}",
+            at=self.now,
+            outcome=outcome,
+            details=details,
+        )
+
+
+def _live_references(session: Session, digest: str) -> list[int]:
+    """The recordings, not purged, that need this object's bytes."""
+    return list(
+        session.scalars(
+            select(Recording.id)
+            .where(Recording.blake3 == digest, Recording.purged_at.is_(None))
+            .order_by(Recording.id)
+        ).all()
+    )

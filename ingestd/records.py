@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from drivers.base import CameraIdentity, ClockReading
+from ingestd.policies.flags import bounded_dedup_key
 from store.audit import Actor, AuditLog
 from store.models import (
     Camera,
@@ -84,19 +85,27 @@ def officer_by_number(session: Session, officer_no: str) -> Officer | None:
     return session.scalar(select(Officer).where(Officer.officer_no == officer_no))
 
 
-def _officer(session: Session, officer_no: str, name: str, unit: Unit | None) -> Officer | None:
+def _officer(
+    session: Session, officer_no: str, name: str, unit: Unit | None
+) -> tuple[Officer | None, dict[str, Any]]:
+    """The officer a camera names, registered on first sight. The registry is authoritative after
+    that: what a camera says about a known officer never changes the officer (nor so the footage
+    filed under them); a disagreement is returned, field -> [registered, reported]."""
     if not officer_no:
-        return None
+        return None, {}
     officer = officer_by_number(session, officer_no)
     if officer is None:
         officer = Officer(officer_no=officer_no, name=name or officer_no, unit=unit)
         session.add(officer)
-    else:
-        if name:
-            officer.name = name
-        if unit is not None:
-            officer.unit = unit
-    return officer
+        return officer, {}
+    disagreement: dict[str, Any] = {}
+    if name and name != officer.name:
+        disagreement["officer_name"] = [officer.name, name]
+    if unit is not None and officer.unit is not None and unit.unit_no != officer.unit.unit_no:
+        disagreement["unit_no"] = [officer.unit.unit_no, unit.unit_no]
+    if unit is not None and officer.unit is None:
+        officer.unit = unit  # filling a gap, not overriding the registry
+    return officer, disagreement
 
 
 @dataclass(frozen=True)
@@ -116,9 +125,11 @@ def register_camera(
     port: str,
     now: datetime,
 ) -> Registration:
-    """Create or update the camera, its unit and its assigned officer from the identity it reported."""
+    """Create or update the camera, its unit and its assigned officer from the identity it reported.
+    A camera that describes a known officer otherwise than the registry raises an identity-mismatch
+    flag (once per distinct claim) and changes nothing about the officer."""
     unit = _unit(session, identity.unit_no, identity.unit_name)
-    officer = _officer(session, identity.officer_no, identity.officer_name, unit)
+    officer, disagreement = _officer(session, identity.officer_no, identity.officer_name, unit)
     camera = session.scalar(select(Camera).where(Camera.device_serial == identity.device_serial))
     changed: dict[str, Any] = {}
     if camera is None:
@@ -142,6 +153,22 @@ def register_camera(
             subject=f"camera:{identity.device_serial}",
             details={**changed, "source": identity.source},
             at=now,
+        )
+    if disagreement:
+        claim = "|".join(str(reported) for _registered, reported in disagreement.values())
+        raise_flag(
+            session,
+            kind=FlagKind.IDENTITY_MISMATCH,
+            dedup_key=f"officer:{identity.device_serial}:{identity.officer_no}:{claim}",
+            now=now,
+            camera_id=camera.id,
+            details={
+                "officer_no": identity.officer_no,
+                "device_serial": identity.device_serial,
+                "source": identity.source,
+                **{f"{field}_registered": registered for field, (registered, _) in disagreement.items()},
+                **{f"{field}_reported": reported for field, (_, reported) in disagreement.items()},
+            },
         )
     return Registration(camera=camera, officer=officer, identity_changed=changed)
 
@@ -230,12 +257,15 @@ def raise_flag(
     recording_id: int | None = None,
     dock_session_id: int | None = None,
 ) -> Flag | None:
-    """Raise a flag once: a second call with the same key returns None and changes nothing."""
-    if session.scalar(select(Flag.id).where(Flag.dedup_key == dedup_key)) is not None:
+    """Raise a flag once: a second call with the same key returns None and changes nothing. A key longer
+    than the catalog column (a deep path on a camera) is stored in its bounded form."""
+    bounded = bounded_dedup_key(dedup_key)
+    # A SQLite catalog from before keys were bounded may hold a long key as it was.
+    if session.scalar(select(Flag.id).where(Flag.dedup_key.in_({dedup_key, bounded}))) is not None:
         return None
     flag = Flag(
         kind=kind,
-        dedup_key=dedup_key,
+        dedup_key=bounded,
         raised_at=now,
         details=details,
         camera_id=camera_id,

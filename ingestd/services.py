@@ -42,9 +42,10 @@ class Services:
     registry: DriverRegistry
 
     @classmethod
-    def open(cls, config: Config, *, migrate: bool = True) -> Services:
+    def open(cls, config: Config, *, migrate: bool = True, cameras: bool = True) -> Services:
         """Open everything. The daemon and imports set the station up (state directory, catalog schema,
-        signing key); every other caller (`migrate=False`) opens an existing station and creates nothing."""
+        signing key); every other caller (`migrate=False`) opens an existing station and creates nothing.
+        With `cameras=False` no camera rule is loaded, so no camera password file is read."""
         if migrate:
             config.daemon.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         catalog = Catalog.open(config.catalog.url, create=migrate)
@@ -66,7 +67,7 @@ class Services:
             else:
                 signer = Signer.load(config.daemon.state_dir)
             audit = AuditLog(signer, checkpoint_path(config), config.audit.checkpoint_every)
-            registry = DriverRegistry(config.camera_rules())
+            registry = DriverRegistry(config.camera_rules() if cameras else [])
         except BaseException:
             catalog.close()
             raise

@@ -1,8 +1,11 @@
 """One dock of one camera, from identification to unmount: the dock sequence of DESIGN.md, stages 3 to 8.
 
 Guarantees:
-- nothing is deleted from the camera unless its copy was re-read from disk, both digests matched and the
-  catalog commit (with its audit event) is durable;
+- nothing is deleted from the camera unless the bytes read from it in this session hash to a stored
+  object that was re-read from disk with both digests matching, and the catalog commit (with its audit
+  event) is durable. A file that matches an earlier recording by path, size and time is read again: the
+  same bytes are proven by the stored copy, other bytes are a new recording. Each deletion, and each
+  refusal, is an audit event;
 - a bad file (hostile name, symlink, read error) is flagged and the session goes on;
 - an unplug ends the session as "unplugged" with the partial copy kept for resume;
 - a full store ends the session as failed with an alarm, and leaves the camera untouched.
@@ -30,10 +33,13 @@ from drivers.base import (
     Camera,
     CameraIdentity,
     ClockReading,
+    Deletion,
+    DeletionOutcome,
     DeviceGone,
     DeviceInfo,
     DriverError,
     DriverOptions,
+    OriginalFile,
     Unsupported,
 )
 from drivers.scan import Recording as ScannedRecording
@@ -44,7 +50,7 @@ from ingestd.policies.deadlines import deadline_for, lateness, recording_end
 from ingestd.progress import DockProgress
 from store.audit import AuditLog
 from store.catalog import Catalog
-from store.errors import DiskFullError, IntegrityError
+from store.errors import DiskFullError, ExistingObjectCorruptError, IntegrityError, StoreError
 from store.models import (
     Confidentiality,
     CustodyKind,
@@ -55,7 +61,7 @@ from store.models import (
     SessionState,
     StoredObject,
 )
-from store.objects import ObjectStore, PutResult
+from store.objects import ExpectedObject, ObjectStore, PutResult
 
 log = structlog.get_logger()
 
@@ -76,6 +82,33 @@ class _Docked:
 
 
 UNFINALIZED = "unfinalized container"
+
+
+@dataclass(frozen=True)
+class _Proven:
+    """A camera file whose bytes, read in this session, hash to a stored, read-back-verified object."""
+
+    original: OriginalFile
+    recording_id: int
+    blake3: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """A camera file copied into the store in this session, not yet in the catalog."""
+
+    original: OriginalFile
+    result: PutResult
+    key: str
+    same_source_as: tuple[int, ...]  # earlier recordings with this path, size and time but other bytes
+    read_whole: bool  # every byte of the object was read from the camera in this session
+
+
+class _ObjectGoneError(StoreError):
+    """The object a put deduplicated into was removed (by the purge) before the catalog commit."""
+
+    template = "object {blake3} was removed between the copy and the catalog commit"
 
 
 class _Interrupted(Exception):  # noqa: N818 - control flow for a daemon stop, not an error
@@ -102,6 +135,7 @@ class SessionSummary:
     late: int = 0
     errors: int = 0
     deleted: int = 0
+    reverified: int = 0  # files stored on an earlier dock, read again and matched before deletion
     seconds: float = 0.0
     rejected: list[str] = field(default_factory=list)
 
@@ -116,6 +150,16 @@ def source_key(scanned: ScannedRecording, volume: Path) -> str:
     relative = os.path.relpath(scanned.raw_path, os.fsencode(volume))
     identity = b"\0".join([relative, str(scanned.size).encode(), scanned.recorded_at.isoformat().encode()])
     return blake3(identity).hexdigest()
+
+
+def changed_source_key(key: str, blake3_hex: str) -> str:
+    """The key of a recording whose file has the path, size and time of an earlier one but other bytes."""
+    return blake3(f"{key}\0{blake3_hex}".encode()).hexdigest()
+
+
+def source_stamp(original: OriginalFile) -> str:
+    """What a resumed copy must find unchanged in its source (see ObjectStore.put)."""
+    return f"{original.size}:{original.mtime_ns}"
 
 
 def open_regular_nofollow(path: bytes | str | Path) -> BinaryIO:
@@ -255,7 +299,8 @@ class IngestSession:
             if storage is not None:
                 camera.storage_free_bytes, camera.storage_total_bytes = storage
                 dock_session.storage_free_bytes = storage[0]
-            if usb_serial and identity.source == "control-channel" and usb_serial != identity.device_serial:
+            # The serial a control channel or an identity file on the volume reports is a claim.
+            if usb_serial and usb_serial != identity.device_serial:
                 records.raise_flag(
                     session,
                     kind=FlagKind.IDENTITY_MISMATCH,
@@ -263,7 +308,11 @@ class IngestSession:
                     now=now,
                     camera_id=camera.id,
                     dock_session_id=dock_session_id,
-                    details={"usb_serial": usb_serial, "device_serial": identity.device_serial},
+                    details={
+                        "usb_serial": usb_serial,
+                        "device_serial": identity.device_serial,
+                        "source": identity.source,
+                    },
                 )
             records.custody_event(
                 session,
@@ -296,51 +345,69 @@ class IngestSession:
                     details={"file": rejected.path, "reason": rejected.reason},
                 )
                 self._log.warning("file_rejected", file=rejected.path, reason=rejected.reason)
-            # Stored on an earlier dock: proven then if that copy was read back from disk.
-            verified = session.execute(
-                select(Recording.source_key, StoredObject.last_verified_at)
-                .join(StoredObject, StoredObject.blake3 == Recording.blake3)
-                .where(Recording.camera_id == camera_id)
-            ).all()
-            known = {row.source_key: row.last_verified_at is not None for row in verified}
+            known = set(session.scalars(select(Recording.source_key).where(Recording.camera_id == camera_id)))
         keyed = [(source_key(item, volume), item) for item in scan.recordings]
-        already_proven = [item for key, item in keyed if known.get(key)]
         plan = [(key, item) for key, item in keyed if key not in known]
-        self.progress.plan(len(plan), sum(item.size for _, item in plan))
+        # Same path, size and time as a stored recording is no proof of the same bytes: before such a
+        # file is deleted it is read again. Without deletion it stays on the camera and is not read.
+        recheck = [(key, item) for key, item in keyed if key in known and self.settings.delete_after_ingest]
+        self.progress.plan(len(plan) + len(recheck), sum(item.size for _, item in plan + recheck))
         self.progress.set_state(SessionState.INGESTING.value)
         with self.catalog.transaction() as session:
             dock_session = session.get_one(DockSession, dock_session_id)
             dock_session.state = SessionState.INGESTING
             dock_session.files_total = len(plan)
             dock_session.bytes_total = sum(item.size for _, item in plan)
-        proven = list(already_proven)
-        for key, item in plan:
-            if self.stopping.is_set():
-                raise _Interrupted
-            if self._ingest_file(docked, key, item):
-                proven.append(item)
-        self._delete_proven(volume, proven)
+        proven: list[_Proven] = []
+        for rereading, files in ((False, plan), (True, recheck)):
+            for key, item in files:
+                if self.stopping.is_set():
+                    raise _Interrupted
+                outcome = self._ingest_file(docked, key, item, known=rereading)
+                if outcome is not None:
+                    proven.append(outcome)
+        self._delete_proven(docked, proven)
 
-    def _ingest_file(self, docked: _Docked, key: str, item: ScannedRecording) -> bool:
+    def _ingest_file(
+        self, docked: _Docked, key: str, item: ScannedRecording, *, known: bool, again: bool = False
+    ) -> _Proven | None:
+        """Read one camera file and store it, or for a `known` one prove it is already stored; returns
+        the proof that allows its deletion, or None (the file stays on the camera)."""
         file_log = self._log.bind(file=item.name)
         self.progress.start_file(item.name)
+        relative = Path(os.fsdecode(item.raw_path)).relative_to(docked.volume)
         try:
             with open_regular_nofollow(item.raw_path) as source:
-                result = self.store.put(
-                    source,
-                    resume_key=f"{docked.identity.device_serial}-{key}",
-                    expected_size=item.size,
-                    progress=self._on_progress,
-                )
+                original = OriginalFile.of(relative, os.fstat(source.fileno()))
+                outcome = self._read_source(docked, key, item, source, original, known=known)
+                changed = original.differs_from(os.fstat(source.fileno()))
         except (Unplugged, DiskFullError, IntegrityError):
             raise
         except OSError as error:
             if not self.camera.present():
                 raise Unplugged(f"{item.name}: {error.strerror}") from None
             self._file_failed(docked, item, f"read error: {error.strerror or error}")
-            return False
+            return None
+        if outcome is None:
+            return None
+        if isinstance(outcome, _Proven):
+            self.progress.finish_file(item.size)
+            file_log.info("recording_reverified", digest=outcome.blake3, recording_id=outcome.recording_id)
+            self.summary.reverified += 1
+            if changed is not None:
+                self._file_failed(docked, item, f"the file changed while it was read: {changed}")
+                return None
+            return outcome
+        result = outcome.result
         self.progress.finish_file(result.size)
-        late = self._commit(docked, key, item, result)
+        try:
+            recording_id, late = self._commit(docked, item, outcome)
+        except _ObjectGoneError as gone:
+            if again:
+                raise
+            # The purge took the stored copy: read the file again, which stores the bytes anew.
+            file_log.warning("stored_copy_purged_meanwhile", reason=str(gone))
+            return self._ingest_file(docked, key, item, known=known, again=True)
         self.summary.files += 1
         self.summary.bytes += result.size
         self.summary.deduplicated += int(result.deduplicated)
@@ -352,9 +419,102 @@ class IngestSession:
             late=late,
             deduplicated=result.deduplicated,
             resumed_from=result.resumed_from,
+            same_source_as=list(outcome.same_source_as) or None,
         )
-        # Proven means re-read from disk with both digests matching; without read-back nothing is deleted.
-        return result.read_back_verified
+        if changed is not None:
+            # What was read is stored, but the camera file is not the one it was: the next dock reads it.
+            self._file_failed(docked, item, f"the file changed while it was read: {changed}")
+            return None
+        # Proven means read whole in this session and re-read from disk with both digests matching;
+        # without read-back nothing is deleted.
+        if not (result.read_back_verified and outcome.read_whole):
+            return None
+        return _Proven(original, recording_id, result.blake3, result.sha256)
+
+    def _read_source(
+        self,
+        docked: _Docked,
+        key: str,
+        item: ScannedRecording,
+        source: BinaryIO,
+        original: OriginalFile,
+        *,
+        known: bool,
+    ) -> _Proven | _Stored | None:
+        same_source_as: tuple[int, ...] = ()
+        if known:
+            digest = self.store.digest(source, progress=self._on_progress)
+            match, free_key, same_source_as = self._stored_match(docked.camera_id, key, digest)
+            if match is not None:
+                self._verify_stored(digest)
+                return _Proven(original, match, digest.blake3, digest.sha256)
+            if free_key is None:
+                self._file_failed(
+                    docked, item, "these bytes were stored and purged before; left on the camera"
+                )
+                return None
+            key = free_key
+            source.seek(0)
+        result = self.store.put(
+            source,
+            resume_key=f"{docked.identity.device_serial}-{key}",
+            expected_size=item.size,
+            progress=self._on_progress,
+            source_stamp=source_stamp(original),
+        )
+        read_whole = result.resumed_from == 0
+        if not read_whole and self.settings.delete_after_ingest:
+            # The resumed prefix was only sampled against the camera: read the file whole before it may go.
+            source.seek(0)
+            digest = self.store.digest(source, progress=self._on_progress)
+            if digest == ExpectedObject(result.blake3, result.sha256, result.size):
+                read_whole = True
+            else:
+                self._log.error(
+                    "resumed_copy_differs",
+                    file=item.name,
+                    digest=result.blake3,
+                    camera_digest=digest.blake3,
+                    resumed_from=result.resumed_from,
+                )
+                source.seek(0)
+                result = self.store.put(
+                    source,
+                    expected_size=item.size,
+                    progress=self._on_progress,
+                    source_stamp=source_stamp(original),
+                )
+                read_whole = True
+        return _Stored(original, result, key, same_source_as, read_whole)
+
+    def _stored_match(
+        self, camera_id: int, key: str, digest: ExpectedObject
+    ) -> tuple[int | None, str | None, tuple[int, ...]]:
+        """For a file whose path, size and time match a recording of this camera, and whose bytes hash to
+        `digest`: the live recording that holds these bytes (proof by the stored copy), else the key a
+        new recording gets (None if both are taken) and the recordings it has the source of."""
+        changed = changed_source_key(key, digest.blake3)
+        with self.catalog.transaction() as session:
+            rows = session.execute(
+                select(Recording.id, Recording.source_key, Recording.blake3, Recording.purged_at).where(
+                    Recording.camera_id == camera_id, Recording.source_key.in_((key, changed))
+                )
+            ).all()
+        for row in rows:
+            if row.blake3 == digest.blake3 and row.purged_at is None:
+                return row.id, None, ()
+        taken = {row.source_key for row in rows}
+        free = next((candidate for candidate in (key, changed) if candidate not in taken), None)
+        return None, free, tuple(row.id for row in rows if row.blake3 != digest.blake3)
+
+    def _verify_stored(self, digest: ExpectedObject) -> None:
+        """Re-read the stored object from disk now: the proof for a file stored on an earlier dock."""
+        problems = self.store.verify_object(digest.blake3, digest.sha256, digest.size)
+        if problems:
+            raise ExistingObjectCorruptError(
+                path=self.store.path_for(digest.blake3),
+                detail="; ".join(f"{problem.kind.value}: {problem.detail}" for problem in problems),
+            )
 
     def _on_progress(self, done_in_file: int) -> None:
         self.progress.file_progress(done_in_file)
@@ -366,7 +526,9 @@ class IngestSession:
             if not self.camera.present():
                 raise Unplugged("device no longer present")
 
-    def _commit(self, docked: _Docked, key: str, item: ScannedRecording, result: PutResult) -> bool:
+    def _commit(self, docked: _Docked, item: ScannedRecording, copy: _Stored) -> tuple[int, bool]:
+        """Catalog the stored copy and its audit event in one transaction; returns (recording id, late)."""
+        result, key = copy.result, copy.key
         identity, offset, camera_id = docked.identity, docked.offset_s, docked.camera_id
         dock_session_id = docked.dock_session_id
         now = self.clock()
@@ -375,7 +537,12 @@ class IngestSession:
         deadline = deadline_for(recording_end(recorded_at, item.duration_s), self.settings.deadline_window)
         late_by = lateness(now, deadline)
         with self.catalog.transaction() as session:
-            stored = session.get(StoredObject, result.blake3)
+            # The purge removes bytes only under this row's lock, after checking that no live recording
+            # needs them; so under the lock bytes that are here stay, and bytes it removed after the put
+            # deduplicated into them must be stored again before a live row may point at them.
+            stored = session.get(StoredObject, result.blake3, with_for_update=True, populate_existing=True)
+            if stored is not None and not self.store.exists(result.blake3):
+                raise _ObjectGoneError(blake3=result.blake3)
             if stored is None:
                 session.add(
                     StoredObject(
@@ -433,6 +600,10 @@ class IngestSession:
                     "seal": result.seal.value,
                     "deduplicated": result.deduplicated,
                     "read_back_verified": result.read_back_verified,
+                    "resumed_from": result.resumed_from,
+                    # Recordings with this file's path, size and time but other bytes: the camera
+                    # presented new content under an old name.
+                    "same_source_as": [f"recording:{rid}" for rid in copy.same_source_as],
                 },
             )
             if late_by is not None:
@@ -448,7 +619,7 @@ class IngestSession:
             dock_session = session.get_one(DockSession, dock_session_id)
             dock_session.files_done += 1
             dock_session.bytes_done += result.size
-        return late_by is not None
+        return recording.id, late_by is not None
 
     def _file_failed(self, docked: _Docked, item: ScannedRecording, reason: str) -> None:
         dock_session_id, camera_id = docked.dock_session_id, docked.camera_id
@@ -467,18 +638,74 @@ class IngestSession:
             dock_session = session.get_one(DockSession, dock_session_id)
             dock_session.files_failed += 1
 
-    def _delete_proven(self, volume: Path, proven: list[ScannedRecording]) -> None:
+    def _delete_proven(self, docked: _Docked, proven: list[_Proven]) -> None:
+        """Delete the proven files, each only if it is still the file that was read. The intent is on
+        record before the first unlink, and every outcome after."""
         if not self.settings.delete_after_ingest or not proven:
             return
-        paths = [Path(os.fsdecode(item.raw_path)).relative_to(volume) for item in proven]
+        by_path = {item.original.path: item for item in proven}
+        with self.catalog.transaction() as session:
+            self.audit.append(
+                session,
+                actor=records.daemon_actor(self.device.port),
+                action="camera.delete-originals",
+                subject=f"dock_session:{docked.dock_session_id}",
+                outcome="started",
+                at=self.clock(),
+                details={
+                    "camera": docked.identity.device_serial,
+                    # Counts only, so the event stays small however full the card: each file's path,
+                    # recording and digests are in its own recording.delete-original event.
+                    "files": len(proven),
+                    "bytes": sum(item.original.size for item in proven),
+                },
+            )
+        originals = [item.original for item in proven]
         try:
-            failures = self.camera.delete_originals(volume, paths)
-        except Unsupported as error:
-            self._log.warning("delete_unsupported", reason=str(error))
-            return
-        self.summary.deleted = len(paths) - len(failures)
-        for path, reason in failures:
-            self._log.warning("delete_failed", file=str(path), reason=reason)
+            outcomes = self.camera.delete_originals(docked.volume, originals)
+        except DriverError as error:
+            outcome = DeletionOutcome.REFUSED if isinstance(error, Unsupported) else DeletionOutcome.FAILED
+            self._record_deletions(docked, by_path, [Deletion(o, outcome, str(error)) for o in originals])
+            if isinstance(error, Unsupported):
+                self._log.warning("delete_unsupported", reason=str(error))
+                return
+            raise
+        self._record_deletions(docked, by_path, outcomes)
+
+    def _record_deletions(
+        self, docked: _Docked, by_path: dict[Path, _Proven], outcomes: list[Deletion]
+    ) -> None:
+        now = self.clock()
+        with self.catalog.transaction() as session:
+            for deletion in outcomes:
+                proof, original = by_path[deletion.file.path], deletion.file
+                self.audit.append(
+                    session,
+                    actor=records.daemon_actor(self.device.port),
+                    action="recording.delete-original",
+                    subject=f"recording:{proof.recording_id}",
+                    outcome=deletion.outcome.value,
+                    at=now,
+                    details={
+                        "camera": docked.identity.device_serial,
+                        "dock_session": docked.dock_session_id,
+                        "path": str(original.path),
+                        "blake3": proof.blake3,
+                        "sha256": proof.sha256,
+                        "size": original.size,
+                        "device": original.device,
+                        "inode": original.inode,
+                        "mtime_ns": original.mtime_ns,
+                        "reason": deletion.reason,
+                    },
+                )
+        for deletion in outcomes:
+            if deletion.outcome is DeletionOutcome.DELETED:
+                self.summary.deleted += 1
+            else:
+                self._log.warning(
+                    "delete_" + deletion.outcome.value, file=str(deletion.file.path), reason=deletion.reason
+                )
 
     def _flag_store_full(self, dock_session_id: int, full: DiskFullError) -> None:
         with self.catalog.transaction() as session:
@@ -518,4 +745,5 @@ class IngestSession:
             rejected=len(summary.rejected),
             deduplicated=summary.deduplicated,
             deleted=summary.deleted,
+            reverified=summary.reverified,
         )

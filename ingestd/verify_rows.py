@@ -6,7 +6,7 @@ row and leave the chain alone, so every such row is replayed from its events and
 - a recording's bytes (digests, size, path as ingested), ingest time, classification (case, party,
   event, place, confidentiality), retention class, tags, legal hold, deletion notice and purge
   (recording.ingest, .classify, .hold, .release, retention.notice, .purge);
-- an approval's every field (approval.create, approval.revoke);
+- an approval's every field: who granted it to whom, scope, expiry (approval.create, approval.revoke);
 - each custody row (custody.check-in, custody.check-out), matched one to one.
 A row with no event that made it is "row-unaudited", an event whose row is gone "row-missing", a row
 that differs from its events "row-mismatch". Trust follows the chain: run it after `verify_chain`.
@@ -54,6 +54,7 @@ _RECORDING_TIMES = ("ingested_at", "purge_notice_at", "purged_at")
 # The approval columns approval.create records, in its details' names.
 _APPROVAL_FIELDS = (
     "approver",
+    "grantee",
     "requested_by",
     "purpose",
     "scope_case_id",

@@ -331,6 +331,8 @@ class Approval(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     approver: Mapped[str] = mapped_column(String(64))
+    # The one OS user who may use it (never the approver); None only on rows from before grantees.
+    grantee: Mapped[str | None] = mapped_column(String(64))
     requested_by: Mapped[str | None] = mapped_column(String(64))
     purpose: Mapped[str] = mapped_column(Text)
     scope_case_id: Mapped[str | None] = mapped_column(String(64))

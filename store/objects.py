@@ -6,6 +6,7 @@ Guarantees of every adapter:
 - A stored object is sealed (mode 0444, plus the immutable attribute where the filesystem and capability
   allow it) and nothing but `remove` deletes it. Only the retention purge may call `remove`.
 - A crash or a failed source leaves at most a partial copy, resumable by its key or removed by `reconcile`.
+  A keyed partial copy that nobody resumes is removed by `expire_partials` once it is old enough.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import threading
 import uuid
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, Final, NamedTuple
 
@@ -120,6 +122,16 @@ class Reconciled:
     removed_paths: tuple[Path, ...] = field(default=())
 
 
+@dataclass(frozen=True, slots=True)
+class PartialCopy:
+    """A keyed copy in progress or interrupted: its resume key, the bytes known durable, and when it was
+    last written (UTC)."""
+
+    key: str
+    durable: int
+    written_at: datetime
+
+
 ScrubProgress = Callable[[int, int, int], None]  # objects done, objects total, bytes done
 KeepKeys = Callable[[str], bool] | Collection[str]
 
@@ -155,13 +167,40 @@ class ObjectStore(abc.ABC):
         resume_key: str | None = None,
         expected_size: int | None = None,
         progress: Callable[[int], None] | None = None,
+        source_stamp: str | None = None,
     ) -> PutResult:
         """Copy `source` from its current position to EOF into the store, hashing in the same pass.
 
         With `resume_key`, an interrupted copy is kept and a later put with the same key continues from
-        its last durable offset (the source must then be seekable, else it restarts from 0).
-        `progress` receives the number of bytes stored so far.
+        its last durable offset (the source must then be seekable, else it restarts from 0). It continues
+        only if the source still looks like the one the partial came from: the same `source_stamp` (what
+        the caller knows of the source's version, e.g. size and mtime) and the same bytes at sampled
+        offsets of the prefix, the last durable block included; otherwise the partial is discarded and
+        the copy starts from 0. `progress` receives the number of bytes stored so far.
         """
+
+    def digest(self, source: BinaryIO, *, progress: Callable[[int], None] | None = None) -> ExpectedObject:
+        """Hash `source` from its current position to EOF as `put` does, storing nothing: how a caller
+        proves that the bytes it reads now are those of an object it believes stored."""
+        digests = _Digests()
+        done = 0
+
+        def count(view: memoryview) -> None:
+            nonlocal done
+            done += len(view)
+            if progress is not None:
+                progress(done)
+
+        with self._borrowed_ring() as ring:
+            try:
+                size = _pump(ring, _source_filler(source), count, digests)
+            except _SourceFailedError as failed:
+                raise failed.error from None
+        blake3_hex, sha256_hex = digests.hex()
+        return ExpectedObject(blake3_hex, sha256_hex, size)
+
+    def _borrowed_ring(self) -> contextlib.AbstractContextManager[list[memoryview]]:
+        return _RingPool(MiB).borrowed()
 
     @abc.abstractmethod
     def open(self, blake3_hex: str) -> BinaryIO:
@@ -189,6 +228,17 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def reconcile(self, keep: KeepKeys) -> Reconciled:
         """On start: drop partial copies whose resume key `keep` does not keep, and any temp files."""
+
+    @abc.abstractmethod
+    def expire_partials(
+        self, written_before: datetime, before_remove: Callable[[PartialCopy], None]
+    ) -> list[PartialCopy]:
+        """Remove the keyed partial copies last written before `written_before` and return them.
+
+        A partial a put is writing is never touched. `before_remove` runs for each one first, while no put
+        can take it (the caller audits the removal there); if it raises, that partial is kept and the
+        error propagates.
+        """
 
     def scrub(
         self, entries: Collection[ExpectedObject], progress: ScrubProgress | None = None
@@ -372,8 +422,39 @@ def _source_filler(source: BinaryIO) -> _Fill:
     return fill
 
 
-def _seek_source(source: BinaryIO, durable: int, key: str | None, expected_size: int | None) -> int:
-    """Seek the source to `durable` bytes past its current position, or return 0 if it cannot seek."""
+RESUME_SAMPLES: Final = 8  # windows of the prefix compared before a resume, the first and last included
+RESUME_SAMPLE_BYTES: Final = 64 * 1024
+
+
+def _read_at(source: BinaryIO, offset: int, count: int) -> bytes:
+    source.seek(offset)
+    parts: list[bytes] = []
+    while count > 0 and (chunk := source.read(count)):
+        parts.append(chunk)
+        count -= len(chunk)
+    return b"".join(parts)
+
+
+def _sample_windows(durable: int) -> list[tuple[int, int]]:
+    """(offset, length) of the prefix windows compared before a resume: evenly spread over [0, durable),
+    the first window at 0 and the last ending at `durable`, the block written last before the stop."""
+    width = min(RESUME_SAMPLE_BYTES, durable)
+    last = durable - width
+    starts = sorted({last * index // (RESUME_SAMPLES - 1) for index in range(RESUME_SAMPLES)})
+    return [(start, width) for start in starts]
+
+
+def _resume_point(
+    source: BinaryIO,
+    durable: int,
+    *,
+    key: str | None,
+    expected_size: int | None,
+    read_partial: Callable[[int, int], bytes],
+) -> int:
+    """Where to continue a partial copy of `durable` bytes: `durable` when the source is seekable, long
+    enough and holds the partial's bytes at every sampled window, else 0 (a different source: copy it
+    whole). Leaves the source positioned there. A source shorter than the partial is ResumeMismatch."""
     try:
         if not source.seekable():
             return 0
@@ -388,6 +469,11 @@ def _seek_source(source: BinaryIO, durable: int, key: str | None, expected_size:
             source_size=available if expected_size is None else min(available, expected_size),
             durable=durable,
         )
+    for offset, length in _sample_windows(durable):
+        if _read_at(source, origin + offset, length) != read_partial(offset, length):
+            _log.warning("resume refused: the source differs from the partial copy", key=key, offset=offset)
+            source.seek(origin)
+            return 0
     source.seek(origin + durable)
     return durable
 
@@ -481,6 +567,10 @@ def _safe_key(key: str) -> str:
     return f"k-{readable}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
+class _VanishedError(Exception):
+    """The object a put was deduplicating into was removed before it could be opened."""
+
+
 @dataclass(slots=True)
 class _Attempt:
     """One put's partial copy and what an error should leave of it."""
@@ -488,6 +578,7 @@ class _Attempt:
     key: str | None
     partial: Path
     sidecar: Path | None
+    stamp: str | None = None
     resumed: int = 0
     written: int = 0
     keep_partial: bool = False
@@ -504,6 +595,7 @@ class _Writer:
         interval: int,
         sidecar: Path | None,
         key: str | None,
+        stamp: str | None,
         progress: Callable[[int], None] | None,
     ) -> None:
         self.fd = fd
@@ -512,6 +604,7 @@ class _Writer:
         self.interval = interval
         self.sidecar = sidecar
         self.key = key
+        self.stamp = stamp
         self.progress = progress
 
     def write(self, view: memoryview) -> None:
@@ -530,22 +623,22 @@ class _Writer:
         os.posix_fadvise(self.fd, self.synced, self.offset - self.synced, os.POSIX_FADV_DONTNEED)
         self.synced = self.offset
         if self.sidecar is not None and self.key is not None:
-            write_durably(self.sidecar, _sidecar_bytes(self.key, self.synced))
+            write_durably(self.sidecar, _sidecar_bytes(self.key, self.synced, self.stamp))
 
 
-def _sidecar_bytes(key: str, durable: int) -> bytes:
-    return json.dumps({"key": key, "durable": durable}).encode()
+def _sidecar_bytes(key: str, durable: int, stamp: str | None) -> bytes:
+    return json.dumps({"key": key, "durable": durable, "source": stamp}).encode()
 
 
-def _read_sidecar(path: Path) -> tuple[str, int] | None:
+def _read_sidecar(path: Path) -> tuple[str, int, str | None] | None:
     try:
         record = json.loads(path.read_bytes())
-        key, durable = record["key"], record["durable"]
-    except (OSError, ValueError, KeyError, TypeError):
+        key, durable, stamp = record["key"], record["durable"], record.get("source")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     if not isinstance(key, str) or not isinstance(durable, int) or durable < 0:
         return None
-    return key, durable
+    return key, durable, stamp if isinstance(stamp, str) else None
 
 
 # --- the filesystem adapter ---------------------------------------------------------------------------
@@ -586,6 +679,9 @@ class FileObjectStore(ObjectStore):
         self._lock = threading.Lock()
         self._warned = False
         self.seal_mode = self._probe_seal()
+
+    def _borrowed_ring(self) -> contextlib.AbstractContextManager[list[memoryview]]:
+        return self._rings.borrowed()
 
     # -- sealing --
 
@@ -727,12 +823,14 @@ class FileObjectStore(ObjectStore):
         resume_key: str | None = None,
         expected_size: int | None = None,
         progress: Callable[[int], None] | None = None,
+        source_stamp: str | None = None,
     ) -> PutResult:
         stem = _safe_key(resume_key) if resume_key is not None else f"anon-{uuid.uuid4().hex}"
         attempt = _Attempt(
             key=resume_key,
             partial=self._partial / f"{stem}.part",
             sidecar=self._partial / f"{stem}.json" if resume_key is not None else None,
+            stamp=source_stamp,
         )
         with contextlib.suppress(FileNotFoundError):
             if attempt.partial.lstat().st_nlink > 1:
@@ -784,7 +882,7 @@ class FileObjectStore(ObjectStore):
             )
             attempt.resumed = resumed
             if attempt.sidecar is not None and attempt.key is not None and resumed == 0:
-                write_durably(attempt.sidecar, _sidecar_bytes(attempt.key, 0))
+                write_durably(attempt.sidecar, _sidecar_bytes(attempt.key, 0, attempt.stamp))
             self._check_space(expected_size, resumed)
             writer = _Writer(
                 fd=fd,
@@ -792,6 +890,7 @@ class FileObjectStore(ObjectStore):
                 interval=self.fsync_interval,
                 sidecar=attempt.sidecar,
                 key=attempt.key,
+                stamp=attempt.stamp,
                 progress=progress,
             )
             try:
@@ -855,17 +954,24 @@ class FileObjectStore(ObjectStore):
         expected_size: int | None,
     ) -> int:
         """Prepare the partial copy: truncate it to its durable offset, re-hash that prefix and seek the
-        source past it. Returns the offset to continue from (0 when there is nothing to resume)."""
+        source past it. Returns the offset to continue from (0 when there is nothing to resume, or the
+        source is not the one the partial was copied from)."""
         durable = 0
         key = attempt.key
         if attempt.sidecar is not None and key is not None:
             record = _read_sidecar(attempt.sidecar)
-            if record is not None and record[0] == key:
+            if record is not None and record[0] == key and record[2] == attempt.stamp:
                 durable = record[1]
         if durable > os.fstat(fd).st_size:
             durable = 0  # the sidecar claims more than the file holds: trust neither
         if durable > 0:
-            durable = _seek_source(source, durable, key, expected_size)
+            durable = _resume_point(
+                source,
+                durable,
+                key=key,
+                expected_size=expected_size,
+                read_partial=lambda offset, length: os.pread(fd, length, offset),
+            )
         os.ftruncate(fd, durable)
         if durable > 0:
             _, _, rehashed = self._digest_fd(fd, ring, end=durable, digests=digests)
@@ -889,12 +995,18 @@ class FileObjectStore(ObjectStore):
         _make_dirs(target.parent)
         os.fchmod(fd, _SEALED_MODE)
         os.fsync(fd)
-        try:
-            os.link(attempt.partial, target, follow_symlinks=False)
-        except FileExistsError:
-            return self._deduplicate(
-                target, attempt, ring, blake3_hex=blake3_hex, sha256_hex=sha256_hex, size=size
-            )
+        while True:
+            try:
+                os.link(attempt.partial, target, follow_symlinks=False)
+                break
+            except FileExistsError:
+                with contextlib.suppress(_VanishedError):
+                    return self._deduplicate(
+                        target, attempt, ring, blake3_hex=blake3_hex, sha256_hex=sha256_hex, size=size
+                    )
+            # The purge removed the existing object between the link and the open: link ours instead. Each
+            # turn needs another writer to store the object and the purge to remove it again.
+            _make_dirs(target.parent)
         fsync_dir(target.parent)
         self._discard(attempt)
         seal = self._seal(target)
@@ -922,6 +1034,8 @@ class FileObjectStore(ObjectStore):
         """The content is already stored: prove the stored copy holds it, then drop the new copy."""
         try:
             fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise _VanishedError from None
         except OSError as error:
             detail = f"cannot open it: {error.strerror}"
             raise ExistingObjectCorruptError(path=target, detail=detail) from error
@@ -1016,6 +1130,41 @@ class FileObjectStore(ObjectStore):
             fsync_dir(self._partial)
         return Reconciled(tuple(kept), tuple(removed_keys), tuple(removed))
 
+    def expire_partials(
+        self, written_before: datetime, before_remove: Callable[[PartialCopy], None]
+    ) -> list[PartialCopy]:
+        expired: list[PartialCopy] = []
+        for sidecar in sorted(self._partial.glob("k-*.json")):
+            record = _read_sidecar(sidecar)
+            if record is None or _safe_key(record[0]) != sidecar.stem:
+                continue  # not ours to judge: `reconcile` removes malformed entries at start
+            attempt = _Attempt(key=record[0], partial=sidecar.with_suffix(".part"), sidecar=sidecar)
+            try:
+                fd = os.open(attempt.partial, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # the put that owned it finished or discarded it since the listing
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a put is writing it
+                # Read again under the lock: a put may have written it since the listing.
+                record = _read_sidecar(sidecar)
+                try:
+                    written = max(os.fstat(fd).st_mtime, sidecar.stat().st_mtime)
+                except FileNotFoundError:
+                    continue
+                written_at = datetime.fromtimestamp(written, UTC)
+                if record is None or written_at >= written_before:
+                    continue
+                partial = PartialCopy(key=record[0], durable=record[1], written_at=written_at)
+                before_remove(partial)
+                self._discard(attempt)
+                expired.append(partial)
+            finally:
+                os.close(fd)
+        return expired
+
 
 # --- the in-memory adapter ----------------------------------------------------------------------------
 
@@ -1031,6 +1180,8 @@ class _MemoryObject:
 class _MemoryPartial:
     data: bytearray
     durable: int = 0
+    written_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    stamp: str | None = None
 
 
 class MemoryObjectStore(ObjectStore):
@@ -1085,13 +1236,22 @@ class MemoryObjectStore(ObjectStore):
         resume_key: str | None = None,
         expected_size: int | None = None,
         progress: Callable[[int], None] | None = None,
+        source_stamp: str | None = None,
     ) -> PutResult:
         with self._lock:
             partial = self._partials.pop(resume_key, None) if resume_key is not None else None
-            partial = partial or _MemoryPartial(bytearray())
+            if partial is None or partial.stamp != source_stamp:
+                partial = _MemoryPartial(bytearray(), stamp=source_stamp)
             del partial.data[partial.durable :]
             if partial.durable:
-                partial.durable = _seek_source(source, partial.durable, resume_key, expected_size)
+                prefix = partial.data
+                partial.durable = _resume_point(
+                    source,
+                    partial.durable,
+                    key=resume_key,
+                    expected_size=expected_size,
+                    read_partial=lambda offset, length: bytes(prefix[offset : offset + length]),
+                )
                 del partial.data[partial.durable :]
             if resume_key is not None:
                 self._partials[resume_key] = partial
@@ -1148,6 +1308,7 @@ class MemoryObjectStore(ObjectStore):
                     root=self.root, reason="ENOSPC", free_bytes=free, written=len(partial.data)
                 )
             partial.data += chunk
+            partial.written_at = datetime.now(UTC)
             if len(partial.data) - partial.durable >= self.fsync_interval:
                 partial.durable = len(partial.data)
             if progress is not None:
@@ -1209,3 +1370,17 @@ class MemoryObjectStore(ObjectStore):
             for key in removed:
                 del self._partials[key]
         return Reconciled(kept, removed)
+
+    def expire_partials(
+        self, written_before: datetime, before_remove: Callable[[PartialCopy], None]
+    ) -> list[PartialCopy]:
+        expired: list[PartialCopy] = []
+        with self._lock:  # held by every put for its whole copy: no partial here is being written
+            for key, partial in list(self._partials.items()):
+                if partial.written_at >= written_before:
+                    continue
+                copy = PartialCopy(key=key, durable=partial.durable, written_at=partial.written_at)
+                before_remove(copy)
+                del self._partials[key]
+                expired.append(copy)
+        return expired

@@ -4,8 +4,9 @@ Everything is deterministic from `seed`. Recordings carry real `mvhd` headers (U
 names in the camera's local time; their mtime is the end of the recording, as cameras close files.
 The hostile extras are what a broken or malicious camera can present to the scanner: literal `..`-ish
 names, a 255-byte name, GBK and undecodable names, newlines and terminal escapes in names, symlinks to
-a file and a directory outside the volume, a fifo, a socket, a device node (as root) and a recording
-whose boxes lie about their sizes.
+a file and a directory outside the volume, a fifo, a socket, a device node (as root), a recording
+whose boxes lie about their sizes, and a directory chain deeper than a scanner walks (with a fifo deep
+inside), whose display paths are far longer than a catalog column.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ HOSTILE_DOTS = b"..evil"  # a plain file, not a recording
 HOSTILE_FIFO = b"DCIM/100MEDIA/fifo.MP4"
 HOSTILE_SOCKET = b"DCIM/100MEDIA/socket.MP4"
 HOSTILE_DEVICE = b"DCIM/100MEDIA/null.MP4"  # a character device, only when built as root
+# One level of the deep chain; HOSTILE_DEEP_LEVELS of them is past the scanner's depth limit (32).
+HOSTILE_DEEP_LEVEL = b"deep-level-"
+HOSTILE_DEEP_LEVELS = 34
+HOSTILE_DEEP_FIFO_DEPTH = 24  # a fifo this deep: a rejected entry whose path is ~300 characters
 
 log = structlog.get_logger()
 
@@ -165,7 +170,14 @@ def _add_hostile(root: Path, serial: str, local: datetime, size_bytes: int, rng:
     os.mknod(at(HOSTILE_SOCKET), stat.S_IFSOCK | 0o644)
     if os.geteuid() == 0:
         os.mknod(at(HOSTILE_DEVICE), stat.S_IFCHR | 0o644, os.makedev(1, 3))
+    at(hostile_deep_path(HOSTILE_DEEP_LEVELS)).mkdir(parents=True)
+    os.mkfifo(at(hostile_deep_path(HOSTILE_DEEP_FIFO_DEPTH) + b"/fifo.MP4"))
     return made
+
+
+def hostile_deep_path(levels: int) -> bytes:
+    """The raw relative path of the deep chain's directory `levels` below DCIM."""
+    return b"/".join([b"DCIM", *(HOSTILE_DEEP_LEVEL + b"%02d" % level for level in range(1, levels + 1))])
 
 
 def _tree_bytes(directory: Path) -> int:

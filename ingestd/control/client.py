@@ -9,6 +9,7 @@ descriptor received with an answer that is not returned is closed.
 from __future__ import annotations
 
 import array
+import contextlib
 import itertools
 import os
 import socket
@@ -100,7 +101,9 @@ def _exchange(
             raise IngestdError(
                 detail=f"permission denied connecting to {socket_path}: ask for an ingestd group"
             ) from None
-        connection.sendall(payload)
+        # Refused before reading (a connection cap): its one error line may still wait to be read.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            connection.sendall(payload)
         line = _read_line(connection, command, socket_path, timeout, fds)
     except TimeoutError:
         raise ControlTimeoutError(command=command, timeout=timeout, path=socket_path) from None

@@ -125,6 +125,7 @@ def parse_expiry(args: Mapping[str, Any], now: datetime) -> datetime:
 def approve(services: Services, request: Request) -> dict[str, Any]:
     args = request.args
     new = validate_new_approval(
+        grantee=_str(args, "grantee", required=True) or "",
         purpose=_str(args, "purpose", required=True) or "",
         expires_at=parse_expiry(args, request.now),
         recording_ids=_int_list(args, "recording_ids"),

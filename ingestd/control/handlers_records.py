@@ -3,8 +3,8 @@
 Each mutation runs in one catalog transaction as the caller's real OS identity and writes its own domain
 event besides the dispatcher's `ctl.<name>`. Roles: clerks and admins hand cameras over, explain flags
 and classify footage; a hold may also be placed by an approver, but only an approver or an admin lifts
-one or extends a deadline (both weaken protection); only an admin purges. Every role reads the custody
-register and the flags.
+one, extends a deadline or lowers a recording's protection in `tag` (all weaken protection); only an
+admin purges. Every role reads the custody register and the flags.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from store.models import Confidentiality, RetentionClass
 
 CUSTODIANS = frozenset({Role.ADMIN, Role.CLERK})
 HOLDERS = frozenset({Role.ADMIN, Role.CLERK, Role.APPROVER})
-RELEASERS = frozenset({Role.ADMIN, Role.APPROVER})
+RELEASERS = operations.PROTECTION_LOWERERS
 PURGERS = frozenset({Role.ADMIN})
 REASON_MAX = 2000
 ID_MAX = 64  # transport bound; operations name an unknown or malformed id precisely
@@ -129,7 +129,7 @@ def explain(services: Services, request: Request) -> dict[str, Any]:
 # --- classification, holds, deadlines ----------------------------------------------------------------
 
 
-@command("tag", roles=CUSTODIANS, mutates=True)
+@command("tag", roles=CUSTODIANS | RELEASERS, mutates=True)
 def tag(services: Services, request: Request) -> dict[str, Any]:
     fields = {"case_id", "case_party", "case_name", "event", "place", "confidentiality"}
     args = Args("tag", request.args, SELECTION | fields | {"add_tags", "remove_tags", "retention_class"})

@@ -10,8 +10,10 @@ with the first bytes of the answer's line; the JSON `result` says what the file 
 digests), and the daemon closes its own copy once sent. A client that expects a file reads the answer
 with recvmsg (`client.call_with_fd`); any other read discards the descriptor (the kernel closes it).
 
-Guarantees: a request longer than MAX_REQUEST_BYTES, not UTF-8, not JSON, or not of that shape is
-answered with a `bad-request` error naming what is wrong; it never reaches a handler.
+Guarantees: a request longer than MAX_REQUEST_BYTES, nested deeper than MAX_NESTING, not UTF-8 (an
+unpaired surrogate escape included), not JSON, or not of that shape is answered with a `bad-request`
+error naming what is wrong; it never reaches a handler. Nesting is measured before any JSON is decoded,
+so no input can exhaust the decoder's stack.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ingestd.errors import IngestdError
 
 MAX_REQUEST_BYTES = 1024 * 1024
 MAX_RESPONSE_BYTES = 256 * 1024 * 1024  # an audit export can be large; the client still bounds it
+MAX_NESTING = 32  # arrays and objects, the request object included; real requests use three
 COMMAND_NAME = re.compile(r"[a-z][a-z0-9._-]{0,59}")  # "ctl." + name fits audit_events.action
 
 EX_USAGE = 2
@@ -75,10 +78,44 @@ def passed_file(response: Mapping[str, Any]) -> PassedFile | None:
     return result if isinstance(result, PassedFile) else None
 
 
+# A JSON string, or an unterminated one up to the end: always matches, so the scan stays linear.
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"?', re.DOTALL)
+_BRACKETS = bytes.maketrans(b"[{]}", b"(())")
+_NOT_BRACKETS = bytes(set(range(256)) - set(b"[{]}"))
+
+
+# Only an escape can smuggle a surrogate past the UTF-8 check; a valid pair decodes to one character.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _encodable(data: object) -> bool:
+    """Whether `data` encodes as UTF-8 (what the audit trail and the catalog store)."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def too_deep(line: bytes, limit: int = MAX_NESTING) -> bool:
+    """Whether arrays and objects in `line` nest deeper than `limit`, found without recursion: with
+    strings removed and every bracket made `(` or `)`, each pass deletes every innermost `()` pair, so a
+    pair left after `limit` passes sits deeper than `limit`. More than `limit` openers never closed
+    count too: a decoder descends into each of them before it finds the end."""
+    shape = _JSON_STRING.sub(b"", line).translate(_BRACKETS, _NOT_BRACKETS)
+    for _ in range(limit):
+        if b"()" not in shape:
+            break
+        shape = shape.replace(b"()", b"")
+    return b"()" in shape or shape.count(b"(") > limit
+
+
 def parse_request(line: bytes) -> Message:
     """Decode one request line (without or with its newline); raises ProtocolError on anything else."""
     if len(line) > MAX_REQUEST_BYTES:
         raise ProtocolError(detail=f"request is larger than {MAX_REQUEST_BYTES} bytes")
+    if too_deep(line):
+        raise ProtocolError(detail=f"request is nested deeper than {MAX_NESTING} levels")
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -89,6 +126,10 @@ def parse_request(line: bytes) -> Message:
         raise ProtocolError(detail=f"request is not JSON: {error}") from None
     if not isinstance(data, dict):
         raise ProtocolError(detail="request must be a JSON object")
+    if _SURROGATE_ESCAPE.search(line) and not _encodable(data):
+        raise ProtocolError(
+            detail="request has an unpaired surrogate (\\ud800-\\udfff escape): not Unicode text"
+        )
     unknown = set(data) - {"id", "command", "args"}
     if unknown:
         raise ProtocolError(detail=f"unknown request field(s): {', '.join(sorted(unknown))}")
@@ -106,6 +147,8 @@ def parse_request(line: bytes) -> Message:
 
 def request_id_of(line: bytes) -> str | int | None:
     """Best effort: the id of a request that failed to parse, so the error can still be matched."""
+    if len(line) > MAX_REQUEST_BYTES or too_deep(line):
+        return None
     try:
         data = json.loads(line)
     except (ValueError, UnicodeDecodeError):
@@ -136,7 +179,8 @@ def parse_response(line: bytes, expected_id: str | int | None) -> dict[str, Any]
         raise ProtocolError(detail=f"the daemon's answer is not JSON: {error}") from None
     if not isinstance(data, dict) or not isinstance(data.get("ok"), bool):
         raise ProtocolError(detail="the daemon's answer has no ok field")
-    if data.get("id") != expected_id:
+    # An error without an id refuses the connection itself (a cap, the lifetime) or an unreadable request.
+    if data.get("id") != expected_id and not (data.get("id") is None and data["ok"] is False):
         raise ProtocolError(detail=f"answer for request {data.get('id')!r}, expected {expected_id!r}")
     if not data["ok"]:
         problem = data.get("error")

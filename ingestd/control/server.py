@@ -1,8 +1,12 @@
 """The control socket inside the daemon: accepts `ingestctl` connections and answers their requests.
 
 Guarantees: the caller's identity is the kernel's (SO_PEERCRED); each connection is served on its own
-short-lived thread with a deadline, so a slow or hostile client never blocks another; at most
-MAX_CONNECTIONS are served at once (more are told the daemon is busy). A file a handler hands over
+short-lived thread with a deadline, so a slow or hostile client never blocks another. At most
+`[control] max_connections` are served at once and `max_connections_per_uid` for one uid, so one local
+user cannot take every slot; a refused connection gets one error line, and its refusal is audited with
+the others of its interval (`denials`). A connection is closed `connection_lifetime_seconds` after it
+was accepted, however busy its client keeps it (a request being answered is answered first). A file a
+handler hands over
 (`protocol.PassedFile`) is sent with its answer and closed here. The socket is mode 0660, owned by
 `[control] socket_group`; a stale socket file left by a crash is replaced, a live one is not.
 """
@@ -26,14 +30,18 @@ import structlog
 
 from ingestd.config import ControlConfig
 from ingestd.control import auth, protocol
-from ingestd.control.dispatch import dispatch
+from ingestd.control.denials import DenialAggregator, Repeated
+from ingestd.control.dispatch import audit_repeated, dispatch
 from ingestd.errors import IngestdError
 from ingestd.services import Services
+from store.errors import StoreError
 
 log = structlog.get_logger()
 
-MAX_CONNECTIONS = 32
 ACCEPT_TICK_S = 0.25
+DENIAL_FLUSH_TICK_S = 1.0
+EX_TEMPFAIL = 75  # sysexits.h: try again later
+CONNECT_ACTION = "ctl.connect"
 SOCKET_MODE = 0o660
 
 
@@ -81,8 +89,11 @@ class ControlServer:
         self.stop_event = threading.Event()
         self._listener: socket.socket | None = None
         self._thread: threading.Thread | None = None
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._inode: int | None = None
+        self._open_lock = threading.Lock()
+        self._open: dict[int, int] = {}  # uid -> connections being served
+        self.denials = DenialAggregator(config.denial_audit_interval_seconds)
+        self._flusher: threading.Thread | None = None
 
     @property
     def path(self) -> Path:
@@ -122,6 +133,8 @@ class ControlServer:
         self._listener = listener
         self._thread = threading.Thread(target=self._serve, name="control-socket", daemon=True)
         self._thread.start()
+        self._flusher = threading.Thread(target=self._flush_denials, name="control-denials", daemon=True)
+        self._flusher.start()
         log.info("control_listening", socket=str(path), handlers=handlers)
 
     def _serve(self) -> None:
@@ -137,34 +150,87 @@ class ControlServer:
                 log.error("control_accept_failed", error=str(error))  # noqa: TRY400
                 time.sleep(ACCEPT_TICK_S)
                 continue
-            if not self._slots.acquire(blocking=False):
-                self._refuse_busy(connection)
+            accepted = time.monotonic()
+            try:
+                peer = auth.peer_credentials(connection)
+            except OSError as error:
+                connection.close()
+                log.info("control_client_gone", error=str(error))
+                continue
+            refusal = self._take_slot(peer.uid)
+            if refusal is not None:
+                self._refuse(connection, peer, *refusal)
                 continue
             threading.Thread(
-                target=self._connection, args=(connection,), name="control-conn", daemon=True
+                target=self._connection, args=(connection, peer, accepted), name="control-conn", daemon=True
             ).start()
 
-    def _refuse_busy(self, connection: socket.socket) -> None:
+    def _take_slot(self, uid: int) -> tuple[str, str] | None:
+        """Count a connection of `uid` in; or the refusal's code and message when a cap is reached."""
+        with self._open_lock:
+            mine = self._open.get(uid, 0)
+            if mine >= self.config.max_connections_per_uid:
+                return "too-many-connections", (
+                    f"uid {uid} already has {mine} connections open to ingestd (at most "
+                    f"{self.config.max_connections_per_uid}); close one and try again"
+                )
+            if sum(self._open.values()) >= self.config.max_connections:
+                return "busy", "ingestd is busy; try again"
+            self._open[uid] = mine + 1
+        return None
+
+    def _release_slot(self, uid: int) -> None:
+        with self._open_lock:
+            left = self._open[uid] - 1
+            if left:
+                self._open[uid] = left
+            else:
+                del self._open[uid]
+
+    def _refuse(self, connection: socket.socket, peer: auth.Peer, code: str, message: str) -> None:
+        """Answer a connection that gets no slot, from the accept loop: the refusal is counted, and its
+        audit event written by the flusher, so no database write ever holds up accepting."""
+        self._close_with(connection, protocol.failure(None, code, message, EX_TEMPFAIL))
+        caller = auth.resolve(peer, self.config)
+        self.denials.count(caller, CONNECT_ACTION, message, mono=time.monotonic(), at=self.clock())
+
+    @staticmethod
+    def _close_with(connection: socket.socket, answer: dict[str, object]) -> None:
         with contextlib.suppress(OSError), connection:
             connection.settimeout(1.0)
-            connection.sendall(
-                protocol.encode(protocol.failure(None, "busy", "ingestd is busy; try again", 75))
-            )
+            connection.sendall(protocol.encode(answer))
 
-    def _connection(self, connection: socket.socket) -> None:
+    def _flush_denials(self) -> None:
+        while not self.stop_event.wait(DENIAL_FLUSH_TICK_S):
+            self._write_denials(self.denials.due(time.monotonic()))
+        self._write_denials(self.denials.due(time.monotonic(), everything=True))
+
+    def _write_denials(self, counted: list[Repeated]) -> None:
+        for repeated in counted:
+            try:
+                audit_repeated(self.services, repeated, self.clock())
+            except (IngestdError, StoreError) as error:
+                failed = {"action": repeated.action, "count": repeated.count, "error": str(error)}
+                log.error("control_audit_failed", **failed)  # noqa: TRY400 - the message is the whole story
+
+    def _connection(self, connection: socket.socket, peer: auth.Peer, accepted: float) -> None:
         try:
             with connection:
-                self._serve_connection(connection)
+                self._serve_connection(connection, peer, accepted + self.config.connection_lifetime_seconds)
         except OSError as error:
             log.info("control_client_gone", error=str(error))
         finally:
-            self._slots.release()
+            self._release_slot(peer.uid)
 
-    def _serve_connection(self, connection: socket.socket) -> None:
-        deadline = time.monotonic() + self.config.timeout_seconds
-        caller = auth.resolve(auth.peer_credentials(connection), self.config)
+    def _serve_connection(self, connection: socket.socket, peer: auth.Peer, expires: float) -> None:
+        idle_until = time.monotonic() + self.config.timeout_seconds
+        caller = auth.resolve(peer, self.config)
         buffer = b""
         while not self.stop_event.is_set():
+            now = time.monotonic()
+            if now >= expires:  # checked before each request too, for a client that pipelines them
+                self._close_with(connection, self._expired())
+                return
             newline = buffer.find(b"\n")
             if newline < 0:
                 if len(buffer) > protocol.MAX_REQUEST_BYTES:
@@ -178,10 +244,9 @@ class ControlServer:
                         ),
                     )
                     return
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if now >= idle_until:
                     return
-                connection.settimeout(min(remaining, ACCEPT_TICK_S * 4))
+                connection.settimeout(min(idle_until - now, expires - now, ACCEPT_TICK_S * 4))
                 try:
                     chunk = connection.recv(65536)
                 except TimeoutError:
@@ -194,14 +259,21 @@ class ControlServer:
             if not line.strip():
                 continue
             self._send(connection, self._answer(caller, line))
-            deadline = time.monotonic() + self.config.timeout_seconds
+            idle_until = time.monotonic() + self.config.timeout_seconds
+
+    def _expired(self) -> dict[str, object]:
+        lifetime = self.config.connection_lifetime_seconds
+        message = f"connection closed: open longer than {lifetime:g}s; reconnect"
+        return protocol.failure(None, "connection-expired", message, EX_TEMPFAIL)
 
     def _answer(self, caller: auth.Caller, line: bytes) -> dict[str, object]:
         try:
             message = protocol.parse_request(line)
         except protocol.ProtocolError as error:
             return protocol.failure(protocol.request_id_of(line), "bad-request", str(error), error.exit_code)
-        return dispatch(self.services, caller, message, self.clock())
+        return dispatch(
+            self.services, caller, message, self.clock(), denials=self.denials, mono=time.monotonic()
+        )
 
     def _send(self, connection: socket.socket, response: dict[str, object]) -> None:
         connection.settimeout(self.config.timeout_seconds)
@@ -218,6 +290,8 @@ class ControlServer:
         self.stop_event.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._flusher is not None:
+            self._flusher.join(timeout)  # writes what is still counted
         if self._listener is not None:
             self._listener.close()
             self._listener = None

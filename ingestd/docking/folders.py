@@ -3,11 +3,21 @@
 Each directory that appears directly inside a watched folder is one dock, with the directory as its
 volume. A `.ingestd-dock.json` file in it may add the control-channel tty and udev-like properties
 (the camera simulator writes one), so a serial camera served over a pty docks through the same path.
+
+Guarantees: the descriptor is a claim about devices, so it is honoured only when the station wrote it:
+a regular file owned by root (or the daemon's own user), writable by nobody else, on the watched
+folder's own filesystem (never on the docked medium: a card mounted there could carry one). The tty it
+names must be a terminal device and the block device one that nothing on the station has mounted or
+swaps to; it may not override the `SUBSYSTEM` and `FOLDER` properties. Otherwise the directory docks
+as a plain volume and the reason is logged.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -35,20 +45,130 @@ def port_for(directory: Path) -> str:
     return f"folder:{directory}"
 
 
+DESCRIPTOR_MAX_BYTES = 64 * 1024
+RESERVED_PROPERTIES = frozenset({"SUBSYSTEM", "FOLDER"})
+
+
+class UntrustedDescriptorError(ValueError):
+    """A descriptor the station did not write, or that names devices it may not."""
+
+
 def _read_descriptor(descriptor: Path) -> tuple[str | None, str | None, dict[str, str]]:
-    data: Any = json.loads(descriptor.read_text(encoding="utf-8"))
+    fd = os.open(descriptor, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise UntrustedDescriptorError("not a regular file")
+        if info.st_uid not in (0, os.geteuid()) or info.st_mode & 0o022:
+            raise UntrustedDescriptorError(
+                f"owned by uid {info.st_uid} with mode {stat.S_IMODE(info.st_mode):04o}: only a file "
+                "of root's that nobody else can write is honoured"
+            )
+        if info.st_dev != descriptor.parent.parent.stat().st_dev:
+            raise UntrustedDescriptorError(
+                "it lies on the docked medium, not on the watched folder's filesystem"
+            )
+        raw = handle.read(DESCRIPTOR_MAX_BYTES + 1)
+    if len(raw) > DESCRIPTOR_MAX_BYTES:
+        raise UntrustedDescriptorError(f"larger than {DESCRIPTOR_MAX_BYTES} bytes")
+    data: Any = json.loads(raw.decode("utf-8"))
     if not isinstance(data, dict):
         raise TypeError("not a JSON object")
     extra = data.get("properties", {})
     if not isinstance(extra, dict):
         raise TypeError("properties is not an object")
-    tty = str(data["tty"]) if data.get("tty") else None
-    block = str(data["block"]) if data.get("block") else None
+    reserved = sorted(RESERVED_PROPERTIES & {str(k) for k in extra})
+    if reserved:
+        raise UntrustedDescriptorError(f"it may not set {', '.join(reserved)}")
+    tty = _terminal(str(data["tty"])) if data.get("tty") else None
+    block = _unused_block_device(str(data["block"])) if data.get("block") else None
     return tty, block, {str(k): str(v) for k, v in extra.items()}
 
 
+def _device_node(path: str, kind: str) -> os.stat_result:
+    resolved = os.path.realpath(path)
+    if not resolved.startswith("/dev/"):
+        raise UntrustedDescriptorError(f"{kind} {path!r} is not a device node under /dev")
+    try:
+        return Path(resolved).stat()
+    except OSError as error:
+        raise UntrustedDescriptorError(f"{kind} {path!r}: {error.strerror}") from None
+
+
+def _terminal(path: str) -> str:
+    """`path` if it is a terminal (a pty or a serial port), the only thing a control channel runs on."""
+    if not stat.S_ISCHR(_device_node(path, "tty").st_mode):
+        raise UntrustedDescriptorError(f"tty {path!r} is not a character device")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        raise UntrustedDescriptorError(f"tty {path!r}: {error.strerror}") from None
+    try:
+        if not os.isatty(fd):
+            raise UntrustedDescriptorError(f"tty {path!r} is not a terminal")
+    finally:
+        os.close(fd)
+    return path
+
+
+def _station_devices() -> set[int]:
+    """Device numbers the station itself uses: mounted anywhere (by number or by source), or swap."""
+    used: set[int] = set()
+    sources: list[str] = []
+    for line in Path("/proc/self/mountinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+        fields = line.split()
+        major, _, minor = fields[2].partition(":")
+        used.add(os.makedev(int(major), int(minor)))
+        after = fields.index("-") if "-" in fields else -1
+        if after >= 0 and len(fields) > after + 2:
+            sources.append(fields[after + 2])
+    with contextlib.suppress(OSError):
+        sources += [line.split()[0] for line in Path("/proc/swaps").read_text().splitlines()[1:] if line]
+    for source in sources:
+        if source.startswith("/dev/"):
+            with contextlib.suppress(OSError):
+                info = Path(source).stat()
+                if stat.S_ISBLK(info.st_mode):
+                    used.add(info.st_rdev)
+    return used
+
+
+def _disk_members(rdev: int) -> list[Path]:
+    """The sysfs directories of the whole disk `rdev` belongs to and of each of its partitions."""
+    node = Path(f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}").resolve()
+    disk = node.parent if (node / "partition").exists() else node
+    if not disk.is_dir():
+        return []
+    return [disk, *(entry for entry in disk.iterdir() if (entry / "partition").exists())]
+
+
+def _device_number(member: Path) -> int | None:
+    try:
+        major, _, minor = (member / "dev").read_text(encoding="ascii").strip().partition(":")
+        return os.makedev(int(major), int(minor))
+    except (OSError, ValueError):
+        return None
+
+
+def _unused_block_device(path: str) -> str:
+    """`path` if it is a block device of which no part is mounted, swapped on or held by another
+    device (LVM, RAID, dm-crypt): a docked medium, never a disk of the station (the driver would mount
+    it, and delete from it after ingest)."""
+    info = _device_node(path, "block")
+    if not stat.S_ISBLK(info.st_mode):
+        raise UntrustedDescriptorError(f"block {path!r} is not a block device")
+    members = _disk_members(info.st_rdev)
+    numbers = {info.st_rdev} | {n for n in map(_device_number, members) if n is not None}
+    held = any(any((member / "holders").iterdir()) for member in members if (member / "holders").is_dir())
+    if held or numbers & _station_devices():
+        raise UntrustedDescriptorError(
+            f"block {path!r} (or another part of its disk) is in use by the station"
+        )
+    return path
+
+
 def device_for(directory: Path) -> DeviceInfo:
-    """The DeviceInfo of a directory volume, enriched by its descriptor when it has a valid one."""
+    """The DeviceInfo of a directory volume, enriched by its descriptor when it has a trusted one."""
     properties: dict[str, str] = {"SUBSYSTEM": "folder", "FOLDER": str(directory)}
     tty: str | None = None
     block: str | None = None
@@ -58,7 +178,7 @@ def device_for(directory: Path) -> DeviceInfo:
             tty, block, extra = _read_descriptor(descriptor)
             properties.update(extra)
         except (OSError, ValueError, TypeError) as error:
-            log.warning("dock_descriptor_invalid", folder=str(directory), error=str(error))
+            log.warning("dock_descriptor_ignored", folder=str(directory), error=str(error))
     # A descriptor naming a block device means the volume is that device, to be mounted by the driver;
     # otherwise the directory itself is the (already mounted) volume.
     return DeviceInfo(

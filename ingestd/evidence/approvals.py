@@ -1,9 +1,11 @@
 """Approvals for viewing, copying or exporting footage (000 art. 16; 002 art. 16; 004 art. 20).
 
-Guarantees: `check_approval` is a pure function of the approval, the recordings and `now`; every refusal
-names its reason as a stable code. An approval covers the recordings it lists and, when it names a case,
-every recording tagged with that case (also ones tagged later, while it is valid). Confidential recordings
-(anything but `normal`) are covered only when the approval says so.
+Guarantees: `check_approval` is a pure function of the approval, the user, the recordings and `now`;
+every refusal names its reason as a stable code. An approval is for the one OS user it names (its
+grantee), never its approver. Its scope is fixed when it is granted: the recordings it lists and, when it
+names a case, the recordings tagged with that case at that moment; tagging more footage into the case
+later does not widen it. Confidential recordings (anything but `normal`) are covered only when the
+approval says so.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ingestd.evidence.errors import ApprovalRefused, EvidenceUsageError
@@ -41,7 +43,9 @@ class ApprovalLike(Protocol):
     @property
     def id(self) -> int: ...
     @property
-    def scope_case_id(self) -> str | None: ...
+    def approver(self) -> str: ...
+    @property
+    def grantee(self) -> str | None: ...
     @property
     def scope_recording_ids(self) -> list[int]: ...
     @property
@@ -66,9 +70,8 @@ class RecordingLike(Protocol):
 
 
 def in_scope(approval: ApprovalLike, recording: RecordingLike) -> bool:
-    if recording.id in set(approval.scope_recording_ids or ()):
-        return True
-    return approval.scope_case_id is not None and recording.case_id == approval.scope_case_id
+    """By id only: a case's recordings were resolved to ids when the approval was granted."""
+    return recording.id in set(approval.scope_recording_ids or ())
 
 
 def check_approval(
@@ -77,10 +80,12 @@ def check_approval(
     now: datetime,
     action: FootageAction,
     *,
+    user: str,
     approval_id: int | None = None,
 ) -> None:
-    """Return if `approval` lets `action` touch every one of `recordings` at `now`; else raise
-    ApprovalRefused with code missing, revoked, not-yet-valid, expired, out-of-scope or confidential."""
+    """Return if `approval` lets `user` `action` every one of `recordings` at `now`; else raise
+    ApprovalRefused with code missing, revoked, not-yet-valid, expired, own-approval, not-grantee,
+    out-of-scope or confidential."""
     at = utc(now, "now")
     if approval is None:
         raise ApprovalRefused(
@@ -97,6 +102,16 @@ def check_approval(
         )
     if at >= utc(approval.expires_at, "expires_at"):
         raise ApprovalRefused(approval=ident, code="expired", detail=f"expired at {iso(approval.expires_at)}")
+    if user == approval.approver:
+        raise ApprovalRefused(
+            approval=ident, code="own-approval", detail=f"{user} granted it and cannot use it themselves"
+        )
+    if user != approval.grantee:
+        raise ApprovalRefused(
+            approval=ident,
+            code="not-grantee",
+            detail=f"it was granted to {approval.grantee or 'nobody'}, not to {user}",
+        )
     outside = sorted(r.id for r in recordings if not in_scope(approval, r))
     if outside:
         raise ApprovalRefused(
@@ -129,10 +144,12 @@ class NewApproval:
     case_id: str | None
     allows_confidential: bool
     requested_by: str | None
+    grantee: str
 
 
 def validate_new_approval(
     *,
+    grantee: str,
     purpose: str,
     expires_at: datetime,
     recording_ids: Iterable[int],
@@ -170,7 +187,12 @@ def validate_new_approval(
     requester = requested_by.strip() if requested_by else None
     if requester is not None and len(requester) > USER_MAX:
         raise EvidenceUsageError(detail=f"requested-by is longer than {USER_MAX} characters")
-    return NewApproval(purpose, expires, ids, case or None, allows_confidential, requester or None)
+    user = grantee.strip()
+    if not user or len(user) > USER_MAX or any(c.isspace() or not c.isprintable() for c in user):
+        raise EvidenceUsageError(
+            detail=f"an approval is for one OS user (--for USER, 1 to {USER_MAX} characters, no spaces)"
+        )
+    return NewApproval(purpose, expires, ids, case or None, allows_confidential, requester or None, user)
 
 
 # --- catalog operations -------------------------------------------------------------------------------
@@ -185,6 +207,7 @@ def approval_dict(approval: Approval, now: datetime | None = None) -> dict[str, 
     return {
         "id": approval.id,
         "approver": approval.approver,
+        "grantee": approval.grantee,
         "requested_by": approval.requested_by,
         "purpose": approval.purpose,
         "scope_case_id": approval.scope_case_id,
@@ -201,22 +224,28 @@ def create_approval(
     session: Session, audit: AuditLog, actor: Actor, new: NewApproval, *, now: datetime
 ) -> Approval:
     """Store `new`, approved by `actor`, with its audit event in the same transaction. Every listed
-    recording must exist, and a case must have at least one recording (a typo would approve nothing)."""
+    recording must exist, and a case must have at least one recording (a typo would approve nothing).
+    The case is resolved to the recordings tagged with it now: that is the scope, for good."""
+    if new.grantee == actor.user:
+        raise EvidenceUsageError(detail=f"{actor.user} cannot approve their own access to footage")
+    scope = set(new.recording_ids)
     if new.recording_ids:
         found = set(session.scalars(select(Recording.id).where(Recording.id.in_(new.recording_ids))))
         unknown = sorted(set(new.recording_ids) - found)
         if unknown:
             raise EvidenceUsageError(detail=f"no recording with id {_ids(unknown)}")
     if new.case_id is not None:
-        tagged = session.scalar(select(Recording.id).where(Recording.case_id == new.case_id).limit(1))
-        if tagged is None:
+        tagged = set(session.scalars(select(Recording.id).where(Recording.case_id == new.case_id)))
+        if not tagged:
             raise EvidenceUsageError(detail=f"no recording is tagged with case {new.case_id!r}")
+        scope |= tagged
     approval = Approval(
         approver=actor.user,
+        grantee=new.grantee,
         requested_by=new.requested_by,
         purpose=new.purpose,
         scope_case_id=new.case_id,
-        scope_recording_ids=list(new.recording_ids),
+        scope_recording_ids=sorted(scope),
         allows_confidential=new.allows_confidential,
         created_at=now,
         expires_at=new.expires_at,
@@ -260,14 +289,10 @@ def revoke_approval(
 
 def scope_recordings(session: Session, approval: Approval) -> list[Recording]:
     """Every recording the approval covers, by id."""
-    conditions: list[ColumnElement[bool]] = []
-    if approval.scope_recording_ids:
-        conditions.append(Recording.id.in_(list(approval.scope_recording_ids)))
-    if approval.scope_case_id is not None:
-        conditions.append(Recording.case_id == approval.scope_case_id)
-    if not conditions:
+    if not approval.scope_recording_ids:
         return []
-    return list(session.scalars(select(Recording).where(or_(*conditions)).order_by(Recording.id)))
+    wanted = list(approval.scope_recording_ids)
+    return list(session.scalars(select(Recording).where(Recording.id.in_(wanted)).order_by(Recording.id)))
 
 
 def audit_refusal(

@@ -101,11 +101,13 @@ def approved_recordings(
     recording_ids: Sequence[int] | None,
     now: datetime,
     action: FootageAction,
+    *,
+    user: str,
 ) -> tuple[Approval, list[Recording]]:
-    """The approval and the recordings it lets `action` touch now; ApprovalRefused if it does not."""
+    """The approval and the recordings it lets `user` `action` now; ApprovalRefused if it does not."""
     approval = session.get(Approval, approval_id)
     rows = select_recordings(session, approval, recording_ids)
-    check_approval(approval, rows, now, action, approval_id=approval_id)
+    check_approval(approval, rows, now, action, user=user, approval_id=approval_id)
     if approval is None or not rows:
         raise EvidenceUsageError(detail=f"approval {approval_id} covers no recordings to {action.value}")
     return approval, rows
@@ -275,14 +277,16 @@ class DeliveryRequest:
     def approved_recordings(
         self, session: Session, action: FootageAction
     ) -> tuple[Approval, list[Recording]]:
-        return approved_recordings(session, self.approval_id, self.recording_ids, self.now, action)
+        return approved_recordings(
+            session, self.approval_id, self.recording_ids, self.now, action, user=self.actor.user
+        )
 
     def recheck_approval(self, session: Session, recording_ids: Sequence[int], action: FootageAction) -> None:
         """Before the files are handed over: revoked while they were being written? Then they are not.
         The approval row stays locked until `session` ends."""
         approval = session.get(Approval, self.approval_id, with_for_update=True)
         rows = list(session.scalars(select(Recording).where(Recording.id.in_(recording_ids))))
-        check_approval(approval, rows, self.now, action, approval_id=self.approval_id)
+        check_approval(approval, rows, self.now, action, user=self.actor.user, approval_id=self.approval_id)
 
 
 def deliver(

@@ -46,7 +46,9 @@ def open_for_viewing(
             refusal_audited(services, actor, FootageAction.VIEW, details, now),
             services.catalog.transaction() as session,
         ):
-            _, rows = approved_recordings(session, approval_id, [recording_id], now, FootageAction.VIEW)
+            _, rows = approved_recordings(
+                session, approval_id, [recording_id], now, FootageAction.VIEW, user=actor.user
+            )
             [item] = payload_items(session, rows)
             source = services.store.open(item.blake3)
             services.audit.append(

@@ -6,6 +6,7 @@ facts twice yields the same keys and the catalog's unique `dedup_key` turns a re
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -16,6 +17,21 @@ from store.models import FlagKind
 
 # Catalog column width of `flags.dedup_key`.
 DEDUP_KEY_MAX = 255
+_HASHED_MARK = "~sha256:"
+
+
+def bounded_dedup_key(key: str) -> str:
+    """`key` itself when shorter than the column, else a readable prefix and the SHA-256 of the whole key.
+
+    Keys built from camera paths can be any length. A kept key is at most DEDUP_KEY_MAX - 1 characters
+    and a hashed one exactly DEDUP_KEY_MAX, so a short key can never equal a long key's hashed form,
+    whatever names a hostile volume chooses. Length is in characters, as PostgreSQL counts VARCHAR.
+    """
+    if len(key) < DEDUP_KEY_MAX:
+        return key
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+    prefix = key[: DEDUP_KEY_MAX - len(_HASHED_MARK) - len(digest)]
+    return f"{prefix}{_HASHED_MARK}{digest}"
 
 
 def utc(value: datetime, name: str = "datetime") -> datetime:

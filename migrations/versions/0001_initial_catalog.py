@@ -24,6 +24,7 @@ def upgrade() -> None:
         "approvals",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("approver", sa.String(length=64), nullable=False),
+        sa.Column("grantee", sa.String(length=64), nullable=True),
         sa.Column("requested_by", sa.String(length=64), nullable=True),
         sa.Column("purpose", sa.Text(), nullable=False),
         sa.Column("scope_case_id", sa.String(length=64), nullable=True),

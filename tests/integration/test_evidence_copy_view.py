@@ -148,7 +148,7 @@ def test_the_copy_belongs_to_the_caller_and_the_group_of_the_directory_they_chos
     world: World, tmp_path: Path
 ) -> None:
     ids = recordings(world)
-    approval = approve_for(world, recording_ids=ids[:1])
+    approval = approve_for(world, recording_ids=ids[:1], grantee="someone")
     caller = Actor(user="someone", uid=43210, role=Role.CLERK, source="ctl:uid=43210")
     parent = tmp_path / "theirs"
     parent.mkdir()
@@ -203,7 +203,7 @@ def test_an_existing_destination_is_never_touched(world: World, tmp_path: Path) 
 
 def test_view_hands_over_the_stored_bytes_read_only_and_is_audited(world: World) -> None:
     ids = recordings(world)
-    approval = approve_for(world, recording_ids=[ids[2]])
+    approval = approve_for(world, recording_ids=[ids[2]], grantee=AUDITOR.user)
     passed = call(world, view, AUDITOR, approval_id=approval["id"], recording_id=ids[2])
     assert isinstance(passed, protocol.PassedFile)
     with passed.file as opened:
@@ -257,7 +257,7 @@ def short_dir() -> Iterator[Path]:
 
 def test_the_server_passes_the_open_file_and_the_client_receives_it(world: World, short_dir: Path) -> None:
     ids = recordings(world)
-    approval = approve_for(world, recording_ids=[ids[0]])
+    approval = approve_for(world, recording_ids=[ids[0]], grantee="root")  # the caller over the socket
     if os.geteuid() != 0:
         pytest.skip("the caller needs a role: as root it is admin")
     config = world.services.config.control.model_copy(update={"socket": short_dir / "c.sock"})

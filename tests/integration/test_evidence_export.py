@@ -52,7 +52,7 @@ def call(world: World, handler: Any, actor: Actor, now: Any = NOW, **args: Any) 
 
 
 def approve_for(world: World, **args: Any) -> dict[str, Any]:
-    defaults: dict[str, Any] = {"purpose": "行政复议 evidence", "expires_in": "7d"}
+    defaults: dict[str, Any] = {"purpose": "行政复议 evidence", "expires_in": "7d", "grantee": CLERK.user}
     return dict(call(world, approve, APPROVER, **{**defaults, **args}))
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import queue
 import shlex
+import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import pytest
 import time_machine
@@ -20,10 +23,13 @@ from structlog.testing import capture_logs
 from drivers.registry import DriverRegistry
 from ingestd import operations
 from ingestd.config import Config, NotifyConfig
+from ingestd.daemon import reconcile
 from ingestd.jobs import JobRunner, evaluate_after_session, run_notify
+from ingestd.partials import expire_partial_copies
 from ingestd.services import Services
 from store.catalog import Catalog
 from store.models import (
+    AuditEvent,
     Camera,
     ClockReading,
     CustodyEvent,
@@ -34,8 +40,10 @@ from store.models import (
     Recording,
     SessionState,
 )
-from store.objects import FileObjectStore
+from store.objects import FileObjectStore, MiB
 from tests.support import records as seed
+from tests.support.loopdev import ext4_filesystem, require_root_tools
+from tests.support.objectstore import UnpluggedCamera, unseal_tree
 from tests.support.records import CLERK
 
 OUT = datetime(2026, 5, 11, 0, 30, tzinfo=UTC)  # Monday 08:30 Shanghai: the camera leaves the station
@@ -298,3 +306,59 @@ def test_the_audit_checkpoint_job_signs_events_written_outside_a_session_or_comm
         runner.stop()
     assert signed == [1]
     assert [line.checkpoint.seq for line in checkpoints.lines() if line.checkpoint is not None] == [1]
+
+
+def test_partial_copies_older_than_the_max_age_expire_with_an_audit_event_each(
+    catalog: Catalog, tmp_path: Path
+) -> None:
+    services = make_services(catalog, tmp_path, ingest={"partial_max_age_hours": 48})
+    # Durable points every MiB, so an unplug after 2 MiB leaves something to resume.
+    services.store = FileObjectStore(tmp_path / "store", chunk_size=MiB // 4, fsync_interval=MiB)
+    data = seed.payload("partial") * (3 * MiB // len(seed.payload("partial")) + 1)
+    for key in ("ZFY0001-stale", "ZFY0002-fresh"):
+        source = io.BufferedReader(UnpluggedCamera(data, 2 * MiB))
+        with pytest.raises(OSError, match="camera unplugged"):
+            services.store.put(cast(BinaryIO, source), resume_key=key)
+    now = datetime.now(UTC)
+    three_days_ago = (now - timedelta(days=3)).timestamp()
+    for path in (tmp_path / "store" / "partial").glob("k-ZFY0001-stale-*"):
+        os.utime(path, (three_days_ago, three_days_ago))
+    with capture_logs() as logs:
+        (expired,) = expire_partial_copies(services, now)
+    assert expired.key == "ZFY0001-stale"
+    assert [e["event"] for e in logs] == ["partial_expired"]
+    assert expire_partial_copies(services, now) == []  # removed, and the fresh one is still young
+    with catalog.transaction() as session:
+        event = session.scalars(select(AuditEvent).where(AuditEvent.action == "partial.expired")).one()
+        assert event.subject == "partial:ZFY0001-stale"
+        assert event.actor_role == "system"
+        assert event.details["durable_bytes"] == expired.durable > 0
+        assert event.details["max_age_hours"] == 48
+    assert services.store.put(io.BytesIO(data), resume_key="ZFY0002-fresh").resumed_from > 0
+
+
+def test_a_partial_that_cannot_be_removed_is_logged_and_start_up_goes_on(
+    catalog: Catalog, tmp_path: Path
+) -> None:
+    require_root_tools("mkfs.ext4", "chattr")
+    services = make_services(catalog, tmp_path)
+    with ext4_filesystem(tmp_path, 64) as mount_point:
+        services.store = FileObjectStore(mount_point / "store", chunk_size=MiB // 4, fsync_interval=MiB)
+        data = seed.payload("stuck") * (3 * MiB // len(seed.payload("stuck")) + 1)
+        with pytest.raises(OSError, match="camera unplugged"):
+            services.store.put(
+                cast(BinaryIO, io.BufferedReader(UnpluggedCamera(data, 2 * MiB))), resume_key="k"
+            )
+        long_ago = (datetime.now(UTC) - timedelta(days=30)).timestamp()
+        parts = list((mount_point / "store" / "partial").glob("k-k-*"))
+        for path in parts:
+            os.utime(path, (long_ago, long_ago))
+        subprocess.run(["chattr", "+i", *map(str, parts)], check=True)  # the disk refuses the unlink
+        try:
+            with capture_logs() as logs:
+                message = reconcile(services, datetime.now(UTC))
+        finally:
+            unseal_tree(mount_point)
+    assert "0 expired" in message
+    (failure,) = [e for e in logs if e["event"] == "partial_expiry_failed"]
+    assert "Operation not permitted" in failure["error"]

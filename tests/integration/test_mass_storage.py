@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.base import DeviceInfo, closing_camera
+from drivers.base import DeviceInfo, DriverOptions, closing_camera
 from drivers.mass_storage import MassStorageDriver
 from drivers.registry import CameraRule, DriverRegistry
 from drivers.scan import scan_volume
@@ -32,7 +32,13 @@ def test_block_device_camera_from_dock_to_scan(tmp_path: Path) -> None:
     )
     image = make_image(source, tmp_path / "card.img")
     registry = DriverRegistry(
-        [CameraRule(match={"SUBSYSTEM": "block", "ID_FS_LABEL": "CAM*"}, driver="mass-storage")]
+        [
+            CameraRule(
+                match={"SUBSYSTEM": "block", "ID_FS_LABEL": "CAM*"},
+                driver="mass-storage",
+                options=DriverOptions(filesystems=("ext4",)),  # the test image is ext4: allowed explicitly
+            )
+        ]
     )
     with attached(image) as device:
         docked = DeviceInfo(

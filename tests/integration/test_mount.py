@@ -23,6 +23,7 @@ from tests.support.loopdev import make_image as make_empty_image
 pytestmark = pytest.mark.root
 
 START = datetime(2026, 11, 22, 0, 30, 15, tzinfo=UTC)
+EXT4 = ("ext4",)  # the camera images here are ext4, which is never mounted unless allowed explicitly
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,10 @@ def test_ext4_volume_is_read_only_private_and_removed_afterwards(tmp_path: Path)
     base = tmp_path / "mounts"
     base.mkdir()
     with attached(image) as device:
-        with capture_logs() as logs, mount_readonly(device, device_name="msc:test", base_dir=base) as volume:
+        with (
+            capture_logs() as logs,
+            mount_readonly(device, device_name="msc:test", fstypes=EXT4, base_dir=base) as volume,
+        ):
             assert volume.parent.parent == base
             assert_mounted_safely(volume, "ext4")
         assert mount_entry(volume) is None
@@ -113,8 +117,8 @@ def test_vfat_volume_is_read_only_private_and_removed_afterwards(tmp_path: Path)
     assert loop_devices_of(image) == ""
 
 
-def test_garbage_image_raises_mount_error_naming_the_device(tmp_path: Path) -> None:
-    require_root_tools()
+def test_garbage_image_is_refused_unmounted_naming_the_device(tmp_path: Path) -> None:
+    require_root_tools("blkid")
     image = tmp_path / "garbage.img"
     image.write_bytes(os.urandom(4 * 2**20))
     base = tmp_path / "mounts"
@@ -122,29 +126,83 @@ def test_garbage_image_raises_mount_error_naming_the_device(tmp_path: Path) -> N
     with attached(image) as device, capture_logs() as logs:
         with (
             pytest.raises(MountError) as caught,
-            mount_readonly(device, device_name="msc:dock3", base_dir=base),
+            mount_readonly(device, device_name="msc:dock3", fstypes=("vfat", "exfat", "ext4"), base_dir=base),
         ):
             pytest.fail("a garbage image must not mount")
         assert caught.value.device == "msc:dock3"
-        assert str(caught.value).startswith(f"msc:dock3: mount: {device}: ")
-        assert "ext4:" in caught.value.detail  # every allowed type was tried and its error kept
-        assert caught.value.exit_code == 26
-        assert [log["event"] for log in logs] == ["volume.mount_failed"]
+        # Refused, not tried: the kernel never parses what blkid cannot name.
+        assert str(caught.value) == f"msc:dock3: mount: {device}: no filesystem that blkid recognises"
+        assert caught.value.exit_code == 28
+        assert [log["event"] for log in logs] == ["volume.refused"]
         assert list(base.iterdir()) == []
     assert loop_devices_of(image) == ""
+
+
+def test_ext4_is_not_mounted_unless_allowed_explicitly(tmp_path: Path) -> None:
+    require_root_tools("mkfs.ext4", "blkid")
+    image = camera_image(tmp_path)
+    base = tmp_path / "mounts"
+    base.mkdir()
+    with attached(image) as device, capture_logs() as logs:
+        with (
+            pytest.raises(MountError) as caught,
+            mount_readonly(device, device_name="msc:dock3", base_dir=base),
+        ):
+            pytest.fail("ext4 is not a default camera filesystem: the kernel would parse a hostile image")
+        assert caught.value.exit_code == 28
+        assert str(caught.value) == (
+            f"msc:dock3: mount: {device}: filesystem 'ext4' is not allowed for this camera (allowed: vfat, "
+            "exfat; a [[camera]] rule's filesystems can allow more)"
+        )
+        assert [log["event"] for log in logs] == ["volume.refused"]
+        assert list(base.iterdir()) == []  # refused before a mount point was even made
+        with mount_readonly(device, device_name="msc:dock3", fstypes=EXT4, base_dir=base) as volume:
+            assert_mounted_safely(volume, "ext4")
+
+
+def test_a_volume_with_signatures_of_two_filesystems_is_refused_even_if_both_are_allowed(
+    tmp_path: Path,
+) -> None:
+    require_root_tools("mkfs.ext4", "mkfs.vfat", "blkid")
+    polyglot = make_empty_image(tmp_path / "polyglot.img", 16)  # ext4: its superblock sits at 1 KiB
+    boot_sector = make_empty_image(tmp_path / "fat.img", 16, fstype="vfat").read_bytes()[:512]
+    with polyglot.open("r+b") as image:
+        image.write(boot_sector)  # a FAT boot sector in front of it: which one would the kernel parse?
+    base = tmp_path / "mounts"
+    base.mkdir()
+    with attached(polyglot) as device:
+        refused = pytest.raises(MountError, match=r"signatures of more than one filesystem")
+        with (
+            refused as caught,
+            mount_readonly(device, device_name="msc:t", fstypes=("vfat", "ext4"), base_dir=base),
+        ):
+            pytest.fail("an ambivalent volume must not be mounted as either")
+        assert caught.value.exit_code == 28
+        assert list(base.iterdir()) == []
 
 
 def test_a_filesystem_outside_the_allowed_types_is_refused(tmp_path: Path) -> None:
     require_root_tools("mkfs.ext2", "blkid")
     image = make_empty_image(tmp_path / "ext2.img", 8, fstype="ext2")
     with attached(image) as device:
-        refused = pytest.raises(MountError, match=r"filesystem 'ext2' is not one of vfat, exfat, ext4")
-        with refused, mount_readonly(device, device_name="msc:test", base_dir=tmp_path):
+        refused = pytest.raises(
+            MountError, match=r"filesystem 'ext2' is not allowed for this camera \(allowed: vfat"
+        )
+        with (
+            refused,
+            mount_readonly(
+                device, device_name="msc:test", fstypes=("vfat", "exfat", "ext4"), base_dir=tmp_path
+            ),
+        ):
             pytest.fail("ext2 is not an allowed camera filesystem")
     ext4 = camera_image(tmp_path)
-    with attached(ext4) as ext4_device, pytest.raises(MountError, match="'ext4' is not one of vfat"):  # noqa: SIM117 - the device must outlive the failed mount
-        with mount_readonly(ext4_device, device_name="msc:test", fstypes=("vfat",), base_dir=tmp_path):
-            pytest.fail("only vfat was allowed")
+    only_vfat = pytest.raises(MountError, match=r"'ext4' is not allowed for this camera \(allowed: vfat;")
+    with (
+        attached(ext4) as ext4_device,  # outermost: the device outlives the failed mount
+        only_vfat,
+        mount_readonly(ext4_device, device_name="msc:test", fstypes=("vfat",), base_dir=tmp_path),
+    ):
+        pytest.fail("only vfat was allowed")
 
 
 def test_missing_device_raises_mount_error(tmp_path: Path) -> None:
@@ -161,7 +219,7 @@ def test_busy_volume_is_unmounted_lazily(tmp_path: Path) -> None:
     base = tmp_path / "mounts"
     base.mkdir()
     with attached(image) as device, capture_logs() as logs:
-        with mount_readonly(device, device_name="msc:busy", base_dir=base) as volume:
+        with mount_readonly(device, device_name="msc:busy", fstypes=EXT4, base_dir=base) as volume:
             recording = next((volume / "DCIM" / "100MEDIA").iterdir())
             held = recording.open("rb")  # keeps the filesystem busy past the block
         try:
@@ -182,7 +240,7 @@ def test_an_exception_in_the_block_still_unmounts(tmp_path: Path) -> None:
     base.mkdir()
     with attached(image) as device:
         failing = pytest.raises(RuntimeError, match="copy failed")
-        with failing, mount_readonly(device, device_name="msc:test", base_dir=base) as volume:
+        with failing, mount_readonly(device, device_name="msc:test", fstypes=EXT4, base_dir=base) as volume:
             raise RuntimeError("copy failed")
         assert mount_entry(volume) is None
         assert list(base.iterdir()) == []

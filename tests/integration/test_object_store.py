@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO, cast
 
@@ -311,6 +312,34 @@ def test_reconcile_removes_unknown_partials_and_temp_files(ext4: Path) -> None:
     assert len(remaining) == 2
     assert set(remaining) < set(kept_files)
     assert store.put(io.BytesIO(data), resume_key="keep").resumed_from == 2 * MiB
+
+
+def test_expiry_goes_by_the_last_write_and_never_takes_a_partial_being_written(ext4: Path) -> None:
+    store = FileObjectStore(ext4 / "s", chunk_size=256 * KiB, fsync_interval=MiB)
+    data = payload(3 * MiB, seed=9)
+    for key in ("old", "recent"):
+        with pytest.raises(OSError, match="camera unplugged"):
+            store.put(cast(BinaryIO, io.BufferedReader(UnpluggedCamera(data, 2 * MiB))), resume_key=key)
+    now = datetime.now(UTC)
+    week_ago = (now - timedelta(days=7)).timestamp()
+    for path in (ext4 / "s" / "partial").glob("k-old-*"):
+        os.utime(path, (week_ago, week_ago))  # the camera has not been back for a week
+    (expired,) = store.expire_partials(now - timedelta(days=3), lambda _partial: None)
+    assert expired.key == "old"
+    assert expired.written_at == datetime.fromtimestamp(week_ago, UTC)
+    assert sorted(p.name.split("-")[1] for p in (ext4 / "s" / "partial").iterdir()) == ["recent", "recent"]
+
+    during: list[list[str]] = []
+
+    def expire_mid_copy(done: int) -> None:
+        if done >= MiB and not during:  # this put holds the partial: a far cutoff must still skip it
+            expired_now = store.expire_partials(now + timedelta(days=1), lambda _partial: None)
+            during.append([partial.key for partial in expired_now])
+
+    result = store.put(io.BytesIO(data), resume_key="recent", progress=expire_mid_copy)
+    assert during == [[]]
+    assert result.resumed_from >= MiB
+    assert result.blake3 == blake3.blake3(data).hexdigest()
 
 
 def test_verify_and_scrub_find_what_a_root_attacker_did(ext4: Path) -> None:

@@ -8,11 +8,13 @@ import itertools
 import os
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO, cast
 
 import blake3
 import pytest
+from structlog.testing import capture_logs
 
 from store.errors import InvalidDigestError, ObjectMissing, ResumeMismatch, SourceSizeError
 from store.objects import (
@@ -21,6 +23,7 @@ from store.objects import (
     MemoryObjectStore,
     MiB,
     ObjectStore,
+    PartialCopy,
     ProblemKind,
 )
 from tests.support.loopdev import ext4_filesystem, require_root_tools
@@ -133,6 +136,45 @@ def test_a_copy_stopped_by_its_progress_callback_keeps_its_partial_for_resume(st
     assert store.verify_object(result.blake3, result.sha256, len(data)) == []
 
 
+def test_a_resume_from_a_spliced_source_copies_it_from_zero(store: ObjectStore) -> None:
+    """Same key, size and stamp, other bytes only just before the stop (the last durable block, where a
+    camera that reused the name would differ first): not the same source."""
+    first = payload(6 * MiB, seed=3)
+    stopped_at = 3 * MiB + 100 * KiB
+    with pytest.raises(OSError, match="camera unplugged"):
+        store.put(camera(first, fail_after=stopped_at), resume_key="ZFY0003:C.MP4", source_stamp="s1")
+    spliced = bytearray(first)
+    spliced[stopped_at - 300 * KiB : stopped_at] = bytes(300 * KiB)  # covers every adapter's last block
+    with capture_logs() as logs:
+        result = store.put(reader(bytes(spliced)), resume_key="ZFY0003:C.MP4", source_stamp="s1")
+    assert result.resumed_from == 0
+    assert result.blake3 == blake3.blake3(spliced).hexdigest()
+    assert any(entry["event"].startswith("resume refused") for entry in logs)
+
+
+def test_a_resume_of_a_source_with_another_stamp_copies_it_from_zero(store: ObjectStore) -> None:
+    data = payload(4 * MiB, seed=4)
+    with pytest.raises(OSError, match="camera unplugged"):
+        store.put(camera(data, fail_after=3 * MiB), resume_key="ZFY0004:D.MP4", source_stamp="size:mtime-1")
+    result = store.put(reader(data), resume_key="ZFY0004:D.MP4", source_stamp="size:mtime-2")
+    assert result.resumed_from == 0
+    assert result.blake3 == blake3.blake3(data).hexdigest()
+    assert store.put(reader(data), resume_key="ZFY0004:D.MP4", source_stamp="size:mtime-2").deduplicated
+
+
+def test_digest_hashes_a_source_as_put_does_and_stores_nothing(store: ObjectStore) -> None:
+    data = payload(3 * MiB, seed=5)
+    seen: list[int] = []
+    expected = store.digest(reader(data), progress=seen.append)
+    assert expected == ExpectedObject(
+        blake3.blake3(data).hexdigest(), hashlib.sha256(data).hexdigest(), len(data)
+    )
+    assert seen[-1] == len(data)
+    assert not store.exists(expected.blake3)
+    with pytest.raises(OSError, match="camera unplugged"):
+        store.digest(camera(data, fail_after=MiB))
+
+
 def test_a_shorter_source_cannot_resume_and_its_partial_is_discarded(store: ObjectStore) -> None:
     data = payload(4 * MiB)
     with pytest.raises(OSError, match="camera unplugged"):
@@ -174,6 +216,37 @@ def test_reconcile_keeps_only_the_partials_it_is_told_to(store: ObjectStore) -> 
     assert store.put(reader(data), resume_key="drop-me").resumed_from == 0
     assert store.put(reader(data), resume_key="keep-me").deduplicated
     assert store.reconcile({"anything"}).kept_keys == ()
+
+
+def test_partials_written_before_the_cutoff_expire_after_the_callback_and_newer_ones_stay(
+    store: ObjectStore,
+) -> None:
+    data = payload(3 * MiB, seed=4)
+    with pytest.raises(OSError, match="camera unplugged"):
+        store.put(camera(data, fail_after=2 * MiB), resume_key="ZFY0003:C.MP4")
+    now = datetime.now(UTC)
+    seen: list[PartialCopy] = []
+    assert store.expire_partials(now - timedelta(hours=1), seen.append) == []
+    assert seen == []
+    (expired,) = store.expire_partials(now + timedelta(hours=1), seen.append)
+    assert seen == [expired]
+    assert expired.key == "ZFY0003:C.MP4"
+    assert MiB <= expired.durable <= 2 * MiB
+    assert expired.written_at <= datetime.now(UTC)
+    assert store.put(reader(data), resume_key="ZFY0003:C.MP4").resumed_from == 0  # nothing left to resume
+
+
+def test_a_partial_whose_callback_fails_is_kept_for_resume(store: ObjectStore) -> None:
+    data = payload(3 * MiB, seed=5)
+    with pytest.raises(OSError, match="camera unplugged"):
+        store.put(camera(data, fail_after=2 * MiB), resume_key="ZFY0004:D.MP4")
+
+    def audit_fails(_partial: PartialCopy) -> None:
+        raise RuntimeError("catalog unavailable")
+
+    with pytest.raises(RuntimeError, match="catalog unavailable"):
+        store.expire_partials(datetime.now(UTC) + timedelta(hours=1), audit_fails)
+    assert store.put(reader(data), resume_key="ZFY0004:D.MP4").resumed_from >= MiB
 
 
 def test_a_source_of_the_wrong_size_stores_nothing(store: ObjectStore) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -13,9 +14,11 @@ from ingestd.config import DeadlinesConfig, RetentionConfig
 from ingestd.policies.errors import ExtensionRefusedError
 from store.audit import Actor, AuditLog, Role
 from store.catalog import Catalog
-from store.models import Camera, Flag, FlagKind, FlagStatus, Recording, RetentionClass
+from store.models import Camera, Confidentiality, Flag, FlagKind, FlagStatus, Recording, RetentionClass
 from tests.support import records as seed
 from tests.support.records import CLERK
+
+APPROVER = Actor(user="wang.approver", uid=1002, role=Role.APPROVER, source="ctl:uid=1002")
 
 T0 = datetime(2026, 3, 2, 0, 30, tzinfo=UTC)  # Monday 08:30 in Shanghai
 
@@ -285,7 +288,7 @@ def test_tag_sets_classification_and_a_long_term_tag_forces_the_class(
         operations.tag(
             session,
             audit,
-            actor=CLERK,
+            actor=APPROVER,
             now=T0,
             retention=retention,
             in_case="A2026-17",
@@ -299,6 +302,70 @@ def test_tag_sets_classification_and_a_long_term_tag_forces_the_class(
         operations.tag(
             session, audit, actor=CLERK, now=T0, retention=retention, recording_ids=[first, 999], case_id="X"
         )
+
+
+def _tag_one(station: Catalog, audit: AuditLog, actor: Actor, rec: int, **fields: Any) -> operations.Change:
+    """Tag one recording in a transaction of its own."""
+    with station.transaction() as session:
+        [change] = operations.tag(
+            session, audit, actor=actor, now=T0, retention=RetentionConfig(), recording_ids=[rec], **fields
+        )
+    return change
+
+
+def _protection(station: Catalog, rec: int) -> tuple[Any, ...]:
+    with station.transaction() as session:
+        row = session.get_one(Recording, rec)
+        return (row.retention_tags, row.retention_class, row.confidentiality, row.case_id)
+
+
+def _classified(station: Catalog) -> int:
+    with station.transaction() as session:
+        return len(seed.audit_events(session, "recording.classify"))
+
+
+@pytest.mark.parametrize(
+    "lowering",
+    [
+        {"remove_tags": ["evidence"]},
+        {"retention_class": RetentionClass.ROUTINE},
+        {"confidentiality": Confidentiality.NORMAL},
+        {"case_id": "B-1", "confidentiality": Confidentiality.NORMAL},  # one lowering field is enough
+    ],
+    ids=["untag", "class", "confidentiality", "mixed"],
+)
+def test_only_an_approver_or_admin_lowers_protection(
+    station: Catalog, audit: AuditLog, lowering: dict[str, Any]
+) -> None:
+    (rec,) = _recordings(station, 1)
+    with station.transaction() as session:
+        session.get_one(Recording, rec).retention_class = RetentionClass.STANDARD
+    tags = ["evidence"] if "remove_tags" in lowering else []
+    _tag_one(station, audit, CLERK, rec, add_tags=tags, confidentiality=Confidentiality.PRIVACY)
+    before, classified = _protection(station, rec), _classified(station)
+    with pytest.raises(
+        operations.LoweringNotAllowedError, match="needs the approver or admin role"
+    ) as refused:
+        _tag_one(station, audit, CLERK, rec, **lowering)
+    assert refused.value.exit_code == 13
+    assert (_protection(station, rec), _classified(station)) == (before, classified)  # nothing changed
+    assert _tag_one(station, audit, APPROVER, rec, **lowering).changes
+    assert _classified(station) == classified + 1
+
+
+def test_raising_protection_needs_no_more_than_a_clerk(station: Catalog, audit: AuditLog) -> None:
+    (rec,) = _recordings(station, 1)
+    raised = _tag_one(
+        station,
+        audit,
+        CLERK,
+        rec,
+        add_tags=["evidence", "note"],
+        confidentiality=Confidentiality.STATE_SECRET,
+    )
+    assert raised.changes["confidentiality"] == ["normal", "state-secret"]
+    # A tag that forces nothing comes off as it went on.
+    assert _tag_one(station, audit, CLERK, rec, remove_tags=["note"]).changes["tags"][1] == ["evidence"]
 
 
 def test_hold_withdraws_a_pending_notice_and_release_does_not_bring_it_back(

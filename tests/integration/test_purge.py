@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from ingestd import operations
 from ingestd.policies.retention import KeepReason, RetentionRules
-from ingestd.purge import gather, give_notices, purge
+from ingestd.purge import _Run, gather, give_notices, purge
 from store.audit import AuditLog
 from store.catalog import Catalog
 from store.models import Recording, RetentionClass, StoredObject
@@ -182,7 +182,9 @@ def test_the_audit_event_is_committed_before_the_object_goes(
     catalog: Catalog, tmp_path: Path, audit: AuditLog
 ) -> None:
     store = ObservingStore(tmp_path / "observed", chunk_size=64 * 1024)
-    store.catalog, store.seen = catalog, []
+    # Another process reads, as ingestctl does: the purge holds the object row's lock while it removes.
+    url = catalog.engine.url.render_as_string(hide_password=False)
+    store.catalog, store.seen = Catalog.open(url, read_only=True), []
     ids = populate(catalog, store, audit)
     digest = digest_of(catalog, ids["plain"])
     purge(catalog, store, audit, actor=CLERK, now=NOTICE_AT, rules=RULES, dry_run=False)
@@ -197,6 +199,7 @@ def test_the_audit_event_is_committed_before_the_object_goes(
     ]
     assert removal[0].details["recordings"] == [ids["plain"]]
     assert removal[0].seq < removal[1].seq
+    store.catalog.close()
     unseal_tree(tmp_path)
 
 
@@ -326,3 +329,34 @@ def test_verify_is_clean_after_a_purge(tmp_path: Path) -> None:
     finally:
         services.close()
         unseal_tree(tmp_path)
+
+
+def test_the_removal_keeps_an_object_that_a_new_recording_took_after_the_tombstone(
+    catalog: Catalog, store: FileObjectStore, audit: AuditLog
+) -> None:
+    """An ingest that deduplicates into an object commits its recording between the purge's tombstone
+    step and its removal step: the removal, under the object row's lock, sees the live recording and
+    leaves the bytes, so no live row points at missing bytes."""
+    ids = populate(catalog, store, audit)
+    digest = digest_of(catalog, ids["plain"])
+    purge(catalog, store, audit, actor=CLERK, now=NOTICE_AT, rules=RULES, dry_run=False)
+    run = _Run(catalog, store, audit, CLERK, PURGE_AT, RULES)
+    assert run.tombstone([ids["plain"]], digest)
+    with catalog.transaction() as session:  # the ingest that raced in
+        camera = session.get_one(Recording, ids["plain"]).camera
+        obj = session.get_one(StoredObject, digest)
+        newcomer = seed.recording(
+            session, camera, obj, recorded_at=PURGE_AT - timedelta(hours=3), ingested_at=PURGE_AT
+        ).id
+    assert not run.remove(digest)
+    assert store.exists(digest)
+    assert store.verify_object(digest, obj.sha256, obj.size) == []
+    with catalog.transaction() as session:
+        assert session.get_one(StoredObject, digest).removed_at is None
+        assert session.get_one(Recording, newcomer).purged_at is None
+        (event,) = [
+            e for e in seed.audit_events(session, "retention.remove") if e.subject == f"object:{digest}"
+        ]
+    assert event.outcome == "skipped"
+    assert event.details["referenced_by"] == [newcomer]
+    assert run.skipped[f"object:{digest}"].startswith("object is now referenced by recording")

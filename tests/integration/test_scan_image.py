@@ -15,6 +15,8 @@ from drivers.scan import scan_volume
 from drivers.simulator import volume as sim
 from tests.support.loopdev import attached, image_with_unreadable_file, require_root_tools
 
+EXT4 = ("ext4",)  # the test images are ext4, which a rule must allow explicitly
+
 pytestmark = pytest.mark.root
 
 START = datetime(2026, 11, 22, 0, 30, 15, tzinfo=UTC)
@@ -36,7 +38,7 @@ def test_hostile_volume_on_a_mounted_image(tmp_path: Path) -> None:
     from_directory = scan_volume(source)
     image = sim.make_image(source, tmp_path / "card.img")
     outside = Path(sim.OUTSIDE_FILE).read_bytes()[:64]
-    with attached(image) as device, mount_readonly(device, device_name="msc:test") as volume:
+    with attached(image) as device, mount_readonly(device, device_name="msc:test", fstypes=EXT4) as volume:
         result = scan_volume(volume)
         # Same listing as the plain directory: names, sizes and dates survive the image.
         assert [(r.name, r.size, r.recorded_at, r.recorded_at_source) for r in result.recordings] == [
@@ -72,7 +74,7 @@ def test_a_read_error_on_the_medium_is_reported_not_raised(tmp_path: Path) -> No
     write_mp4(source / "BAD.MP4", created_at=START, payload_size=60_000, duration_s=60)
     write_mp4(source / "GOOD.MP4", created_at=START, payload_size=1000, duration_s=60)
     image = image_with_unreadable_file(source, tmp_path / "card.img", "BAD.MP4")
-    with attached(image) as device, mount_readonly(device, device_name="msc:test") as volume:
+    with attached(image) as device, mount_readonly(device, device_name="msc:test", fstypes=EXT4) as volume:
         result = scan_volume(volume)
         assert [recording.name for recording in result.recordings] == ["GOOD.MP4"]
         assert result.recordings[0].recorded_at_source == "mvhd"

@@ -7,27 +7,43 @@ the loop device's backing image, underneath ext4 (tests/support/objectstore.rot_
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
+import os
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import BinaryIO, cast
 
 import blake3
 import pytest
 from sqlalchemy import select
 from structlog.testing import capture_logs
 
+from drivers.base import OriginalFile
+from drivers.scan import scan_volume
 from drivers.simulator.volume import build_volume
 from ingestd.config import Config
 from ingestd.importer import run_import
+from ingestd.policies.retention import RetentionRules
+from ingestd.progress import DockProgress
+from ingestd.purge import give_notices, purge
 from ingestd.services import Services
-from ingestd.session import IngestSettings
-from store.models import DockSession, Recording, SessionState
+from ingestd.session import IngestSettings, source_key, source_stamp
+from store.models import DockSession, Recording, SessionState, StoredObject
 from store.objects import FileObjectStore
 from store.types import utcnow
+from tests.support import records as seed
 from tests.support.loopdev import ext4_filesystem, require_root_tools
-from tests.support.objectstore import rot_below_filesystem, unseal_tree
+from tests.support.objectstore import UnpluggedCamera, rot_below_filesystem, unseal_tree
+from tests.support.records import CLERK, audit_events
 
-MIB = 1024 * 1024
+KIB = 1024
+MIB = 1024 * KIB
+
+
+def camera(data: bytes, fail_after: int) -> BinaryIO:
+    return cast(BinaryIO, io.BufferedReader(UnpluggedCamera(data, fail_after)))
 
 
 @pytest.fixture
@@ -65,10 +81,26 @@ def services_with(tmp_path: Path, store: FileObjectStore) -> Services:
     return dataclasses.replace(services, store=store)
 
 
-def import_card(services: Services, card: Path) -> None:
+def import_card(services: Services, card: Path, *, delete: bool = True) -> None:
     run_import(
-        services, card, device_id="ZFY8001", officer_no="000101", settings=IngestSettings(), clock=utcnow
+        services,
+        card,
+        device_id="ZFY8001",
+        officer_no=None,  # the card's identity file names its officer
+        settings=IngestSettings(delete_after_ingest=delete),
+        clock=utcnow,
     )
+
+
+def rewrite_in_place(path: Path) -> bytes:
+    """Other bytes under the same name, size and mtime (the metadata an earlier dock keyed on)."""
+    before = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-4096:] = bytes(byte ^ 0x5A for byte in data[-4096:])
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size
+    return bytes(data)
 
 
 def rot_the_second_copy(image: Path) -> Callable[[Path], None]:
@@ -122,6 +154,209 @@ def test_with_read_back_proven_originals_are_deleted(tmp_path: Path, store_fs: P
     services = services_with(tmp_path, FileObjectStore(store_fs / "store"))
     try:
         import_card(services, tmp_path / "card")
+    finally:
+        services.close()
+    assert not any(path.exists() for path in originals)
+
+
+def test_a_file_rewritten_in_place_is_stored_before_it_is_deleted(tmp_path: Path, store_fs: Path) -> None:
+    """Same path, size and time as a stored recording is no proof: the new bytes are read, stored as a
+    new recording, and only then deleted; the untouched files are re-read and match their old copies."""
+    originals = camera_volume(tmp_path)
+    store = FileObjectStore(store_fs / "store")
+    services = services_with(tmp_path, store)
+    try:
+        import_card(services, tmp_path / "card", delete=False)
+        changed = sorted(originals)[1]
+        new_bytes = rewrite_in_place(changed)
+        new_digest = blake3.blake3(new_bytes).hexdigest()
+        import_card(services, tmp_path / "card")
+        with services.catalog.transaction() as session:
+            recordings = session.scalars(select(Recording).order_by(Recording.id)).all()
+            assert sorted(r.blake3 for r in recordings) == sorted([*originals.values(), new_digest])
+            (old, new) = [r for r in recordings if r.original_path.endswith(changed.name)]
+            assert (old.blake3, new.blake3) == (originals[changed], new_digest)
+            assert (old.size, old.recorded_at) == (new.size, new.recorded_at)
+            assert new.source_key != old.source_key
+            (ingest,) = [
+                e for e in audit_events(session, "recording.ingest") if e.subject == f"recording:{new.id}"
+            ]
+            assert ingest.details["same_source_as"] == [f"recording:{old.id}"]
+            reverified = [
+                e.subject
+                for e in audit_events(session, "recording.delete-original")
+                if e.outcome == "deleted"
+            ]
+            assert sorted(reverified) == sorted(f"recording:{r.id}" for r in recordings if r.id != old.id)
+        assert store.verify_object(new_digest, hashlib.sha256(new_bytes).hexdigest(), len(new_bytes)) == []
+    finally:
+        services.close()
+    assert not any(path.exists() for path in originals)
+
+
+def test_a_file_replaced_after_its_copy_stays_and_every_deletion_is_audited(
+    tmp_path: Path, store_fs: Path
+) -> None:
+    """Between the proof and the unlink the camera file is swapped for other bytes of the same size and
+    mtime: the unlink is refused because the inode is not the one read, and the refusal is on record."""
+    originals = camera_volume(tmp_path)
+    replaced: list[Path] = []
+    store_box: list[FileObjectStore] = []
+
+    def swap_a_stored_file(_partial: Path) -> None:
+        stored = [path for path, digest in originals.items() if store_box[0].exists(digest)]
+        if len(stored) == 2 and not replaced:
+            target = stored[0]
+            before = target.stat()
+            swapped = target.with_name(".swap")
+            swapped.write_bytes(bytes(before.st_size))
+            os.utime(swapped, ns=(before.st_atime_ns, before.st_mtime_ns))
+            swapped.replace(target)
+            replaced.append(target)
+
+    store = FileObjectStore(store_fs / "store", on_synced=swap_a_stored_file)
+    store_box.append(store)
+    services = services_with(tmp_path, store)
+    try:
+        import_card(services, tmp_path / "card")
+        with services.catalog.transaction() as session:
+            (intent,) = audit_events(session, "camera.delete-originals")
+            deletions = audit_events(session, "recording.delete-original")
+            recordings = {r.id: r for r in session.scalars(select(Recording)).all()}
+    finally:
+        services.close()
+    (target,) = replaced
+    assert target.read_bytes() == bytes(target.stat().st_size)  # the swapped-in bytes are still there
+    assert [path for path in originals if path.exists()] == [target]
+    assert intent.outcome == "started"
+    assert intent.details["files"] == 3
+    assert sorted(event.outcome for event in deletions) == ["deleted", "deleted", "refused"]
+    (refused,) = [event for event in deletions if event.outcome == "refused"]
+    assert refused.details["path"].endswith(target.name)
+    assert refused.details["reason"].startswith("not the file that was copied: inode")
+    recording = recordings[int(refused.subject.removeprefix("recording:"))]
+    assert recording.blake3 == originals[target] == refused.details["blake3"]
+
+
+def test_a_resumed_copy_spliced_from_another_source_is_copied_again_whole(
+    tmp_path: Path, store_fs: Path
+) -> None:
+    """A partial copy of a camera file, then the file changes where the resume check does not sample
+    (same size and mtime): the object stored equals the camera file, and only then is it deleted."""
+    originals = camera_volume(tmp_path)
+    store = FileObjectStore(store_fs / "store", chunk_size=256 * KIB, fsync_interval=256 * KIB)
+    card = tmp_path / "card"
+    (item, *_) = scan_volume(card).recordings
+    target = Path(os.fsdecode(item.raw_path))
+    info = target.stat()
+    first = target.read_bytes()
+    stamp = source_stamp(OriginalFile.of(target, info))
+    with pytest.raises(OSError, match="camera unplugged"):
+        store.put(
+            camera(first, fail_after=3 * MIB // 2),
+            resume_key=f"ZFY8001-{source_key(item, card)}",
+            source_stamp=stamp,
+        )
+    spliced = bytearray(first)
+    spliced[100 * KIB : 101 * KIB] = bytes(KIB)  # between the first and the second sampled window
+    target.write_bytes(spliced)
+    os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns))
+    services = services_with(tmp_path, store)
+    try:
+        with capture_logs() as logs:
+            import_card(services, card)
+        with services.catalog.transaction() as session:
+            digests = {r.original_path: r.blake3 for r in session.scalars(select(Recording)).all()}
+    finally:
+        services.close()
+    assert digests[item.name] == blake3.blake3(spliced).hexdigest()
+    assert sorted(digests.values()) == sorted(
+        [*(d for p, d in originals.items() if p != target), digests[item.name]]
+    )
+    assert any(entry["event"] == "resumed_copy_differs" for entry in logs)
+    assert not any(path.exists() for path in originals)
+
+
+class PurgeAfterTheCopy(DockProgress):
+    """Runs the real retention purge right after the store put of one file and before its catalog
+    commit: the window in which a deduplicated put races the removal of the same object."""
+
+    def __init__(self, services: Services, name: str, now: datetime) -> None:
+        super().__init__()
+        self.services, self.name, self.now = services, name, now
+        self.removed: tuple[str, ...] = ()
+        self._current: str | None = None
+
+    def start_file(self, name: str) -> None:
+        super().start_file(name)
+        self._current = name
+
+    def finish_file(self, size: int) -> None:
+        super().finish_file(size)
+        if self._current == self.name and not self.removed:
+            services = self.services
+            report = purge(
+                services.catalog,
+                services.store,
+                services.audit,
+                actor=CLERK,
+                now=self.now,
+                rules=PURGE_RULES,
+                dry_run=False,
+            )
+            self.removed = report.removed_objects
+
+
+PURGE_RULES = RetentionRules(routine_months=6, standard_years=3, notice_days=14)
+
+
+def test_a_deduplicated_copy_that_races_the_purge_of_its_object_stores_the_bytes_again(
+    tmp_path: Path, store_fs: Path
+) -> None:
+    """Another camera's expired recording holds the same bytes as a file on this card. The purge removes
+    that object after the put deduplicated into it and before the commit: the commit must not bring a
+    live row back onto missing bytes (nor may the camera file then go)."""
+    originals = camera_volume(tmp_path)
+    shared = sorted(originals)[0]
+    store = FileObjectStore(store_fs / "store")
+    services = services_with(tmp_path, store)
+    stored_long_ago = datetime(2025, 1, 10, tzinfo=UTC)
+    try:
+        with services.catalog.transaction() as session:
+            officer = seed.officer(session, "000123", "李四")
+            other = seed.camera(session, "ZFY0001", assigned=officer, first_seen_at=stored_long_ago)
+            obj = seed.stored_object(session, shared.read_bytes(), stored_at=stored_long_ago, store=store)
+            expired = seed.recording(
+                session, other, obj, recorded_at=stored_long_ago, ingested_at=stored_long_ago
+            ).id
+        give_notices(
+            services.catalog,
+            services.audit,
+            actor=CLERK,
+            now=datetime(2025, 7, 1, tzinfo=UTC),
+            rules=PURGE_RULES,
+        )
+        progress = PurgeAfterTheCopy(
+            services, str(shared.relative_to(tmp_path / "card")), now=datetime(2025, 7, 20, tzinfo=UTC)
+        )
+        run_import(
+            services,
+            tmp_path / "card",
+            device_id="ZFY8001",
+            officer_no=None,
+            settings=IngestSettings(),
+            clock=utcnow,
+            progress=progress,
+        )
+        assert progress.removed == (originals[shared],)  # the race happened
+        with services.catalog.transaction() as session:
+            live = session.scalars(select(Recording).where(Recording.purged_at.is_(None))).all()
+            assert sorted(r.blake3 for r in live) == sorted(originals.values())
+            assert session.get_one(Recording, expired).purged_at is not None
+            for recording in live:
+                obj_row = session.get_one(StoredObject, recording.blake3)
+                assert obj_row.removed_at is None
+                assert store.verify_object(obj_row.blake3, obj_row.sha256, obj_row.size) == []
     finally:
         services.close()
     assert not any(path.exists() for path in originals)

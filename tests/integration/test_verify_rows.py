@@ -49,6 +49,7 @@ def build(catalog: Catalog, tmp_path: Path) -> None:
             case_id=None,
             allows_confidential=False,
             requested_by=None,
+            grantee="zhao.clerk",
         )
         approval = create_approval(session, audit, APPROVER, new, now=NOW)
         revoke_approval(

@@ -111,3 +111,12 @@ def image_with_unreadable_file(source: Path, image: Path, name: str, size_mib: i
         out.seek(int(found.group(1)) * 1024)
         out.write(b"\xf0\xff\xff\xff" * 256)
     return image
+
+
+def root_filesystem_source() -> str:
+    """What is mounted at / here: a device node such as /dev/vda1, or a name like overlay."""
+    for line in Path("/proc/self/mountinfo").read_text(encoding="utf-8").splitlines():
+        fields = line.split()
+        if fields[4] == "/":
+            return fields[fields.index("-") + 2]
+    raise AssertionError("nothing is mounted at /")

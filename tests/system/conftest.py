@@ -11,14 +11,19 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import fresh_database_url
 from tests.support.objectstore import unseal_tree
 from tests.support.osusers import OsUsers, can_manage_users
 from tests.system.harness import Daemon, SimulatedCamera
 
 
 @pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Daemon]:
-    harness = Daemon(base=tmp_path / "station")
+def daemon(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Daemon]:
+    """The daemon on a SQLite catalog; a test that parametrises it indirectly with BACKENDS runs once per
+    catalog backend, PostgreSQL on a fresh database of the test server."""
+    backend = getattr(request, "param", "sqlite")
+    url = None if backend == "sqlite" else fresh_database_url(backend, request, tmp_path)
+    harness = Daemon(base=tmp_path / "station", database_url=url)
     try:
         yield harness
     finally:

@@ -50,7 +50,11 @@ class Daemon:
     control_dir: Path | None = None  # where the control socket lives (default: base)
     control_config: str = ""  # more [control] keys (group names), one per line
     udev: bool = False
+    # The simulator's volumes are ext4 images, which no rule mounts unless it lists ext4.
+    camera_filesystems: tuple[str, ...] = ("ext4",)
     store_root: Path | None = None
+    database_url: str | None = None  # the catalog (default: a SQLite file in the state directory)
+    serial_password: str = 'password = "000000"'  # the serial cameras' rule: inline, or a password_file
     process: subprocess.Popen[bytes] | None = None
     _notify: socket.socket | None = None
     starts: int = 0
@@ -74,7 +78,7 @@ class Daemon:
 
     @property
     def catalog_url(self) -> str:
-        return f"sqlite:///{self.state_dir / 'catalog.db'}"
+        return self.database_url or f"sqlite:///{self.state_dir / 'catalog.db'}"
 
     @property
     def control_socket(self) -> Path:
@@ -111,11 +115,13 @@ watch_folders = ["{self.docks}"]
 [[camera]]
 match = {{ SUBSYSTEM = "folder", ZFY_TRANSPORT = "serial" }}
 driver = "serial"
-password = "000000"
+{self.serial_password}
+filesystems = {json.dumps(list(self.camera_filesystems))}
 
 [[camera]]
 match = {{ SUBSYSTEM = "block", LOOP_BACKING_FILE = "*-camera.img" }}
 driver = "mass-storage"
+filesystems = {json.dumps(list(self.camera_filesystems))}
 {self.extra_config}
 """,
             encoding="utf-8",

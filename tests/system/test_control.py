@@ -230,9 +230,17 @@ def test_garbage_gets_a_clear_error_others_are_served_and_metrics_scrape(daemon:
     stalled.sendall(b'{"id": 1, "command": "sta')  # never finished
     raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     raw.connect(str(daemon.control_socket))
-    raw.sendall(b"\xff\xfe not json\n" + b'{"id": 7, "command": "status", "args": []}\n')
+    deep = b'{"id": 8, "command": "status", "args": {"x": ' + b"[" * 200_000 + b"]" * 200_000 + b"}}\n"
+    surrogate = b'{"id": 9, "command": "footage", "args": {"device": "\\ud800"}}\n'  # audited: args kept
+    raw.sendall(b"\xff\xfe not json\n" + b'{"id": 7, "command": "status", "args": []}\n' + deep + surrogate)
     answers = raw.makefile("rb")
     first, second = json.loads(answers.readline()), json.loads(answers.readline())
+    third = json.loads(answers.readline())
+    assert (third["error"]["code"], third["error"]["exit_code"]) == ("bad-request", 76)
+    assert "nested deeper than 32 levels" in third["error"]["message"]
+    fourth = json.loads(answers.readline())  # not a dead connection thread: an answer
+    assert (fourth["id"], fourth["error"]["code"]) == (9, "bad-request")
+    assert "unpaired surrogate" in fourth["error"]["message"]
     assert first["ok"] is False
     assert first["error"]["code"] == "bad-request"
     assert "not UTF-8" in first["error"]["message"]
@@ -280,7 +288,8 @@ def test_oversight_commands_answer_json_and_refuse_bad_input(
         ("report",): "give --month YYYY-MM",
         ("approvals", "999"): "no approval with id 999",
         ("revoke", "999", "--reason", "mistake"): "999",
-        ("approve", "--purpose", "court", "--expires-in", "1h"): "give a scope",
+        ("approve", "--purpose", "court", "--expires-in", "1h", "--for", "li"): "give a scope",
+        ("approve", "--purpose", "court", "--expires-in", "1h", "--case", "C"): "Missing option '--for'",
         ("export", "--approval", "999", str(tmp_path / "never-written")): "approval",
         ("view", "--approval", "0", "1"): "Invalid value for '--approval'",
     }
@@ -291,3 +300,106 @@ def test_oversight_commands_answer_json_and_refuse_bad_input(
         assert "Traceback" not in done.stderr, args
         assert done.stdout == "", args
     assert not (tmp_path / "never-written").exists()
+
+
+# --- denial of service: connection caps, lifetime, aggregated refusals ---------------------------------
+
+# Runs as `user`: opens `count` connections, asks `status` once on each (a user without a role is refused,
+# a connection over the cap is refused before that), prints the error codes as one JSON line; then keeps
+# one accepted connection busy until the daemon ends it, and prints how it ended and how many were refused.
+HOLDER = """
+import json, os, pwd, socket, sys, time
+from pathlib import Path
+from ingestd.control.client import RemoteError, call
+user, path, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+entry = pwd.getpwnam(user)
+os.setgroups(os.getgrouplist(user, entry.pw_gid))
+os.setgid(entry.pw_gid)
+os.setuid(entry.pw_uid)
+connections = []
+def ask(connection, reader):
+    try:
+        connection.sendall(b'{"command": "status"}\\n')
+    except OSError:
+        pass  # the daemon closed it; its last answer still waits to be read
+    line = reader.readline()
+    return json.loads(line)["error"]["code"] if line else "closed"
+codes = []
+for _ in range(count):
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    connection.settimeout(60)
+    connection.connect(path)
+    reader = connection.makefile("rb")
+    codes.append(ask(connection, reader))
+    connections.append((connection, reader))
+try:
+    call(Path(path), "status", {})
+    refused = None
+except RemoteError as error:  # what ingestctl shows: the daemon's own message and exit code
+    refused = [error.code, error.exit_code, str(error)]
+print(json.dumps({"codes": codes, "refused": refused}), flush=True)
+held, reader = connections[codes.index("permission-denied")]
+denied, code, stop = codes.count("permission-denied"), "open", time.monotonic() + 60
+while time.monotonic() < stop:
+    code = ask(held, reader)
+    if code != "permission-denied":
+        break
+    denied += 1
+    time.sleep(0.1)
+print(json.dumps({"ended": code, "denied": denied}), flush=True)
+"""
+
+
+def test_one_uid_cannot_take_every_connection_connections_expire_and_refusals_are_counted(
+    daemon: Daemon, shared_dir: Path, os_users: OsUsers
+) -> None:
+    sock = os_users.group("sock")
+    hostile = os_users.user("h", [sock])  # may open the socket, holds no role
+    daemon.control_dir = shared_dir
+    daemon.control_config = "\n".join(
+        [
+            f'socket_group = "{sock}"',
+            "max_connections = 6",
+            "max_connections_per_uid = 2",
+            "connection_lifetime_seconds = 3",
+            "denial_audit_interval_seconds = 3600",  # so every count is written at stop, once
+        ]
+    )
+    daemon.start()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, hostile, str(daemon.control_socket), "8"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        opened = json.loads(holder.stdout.readline() or "null")
+        assert opened["codes"] == ["permission-denied"] * 2 + ["too-many-connections"] * 6
+        code, exit_code, message = opened["refused"]
+        assert (code, exit_code) == ("too-many-connections", 75)
+        assert "already has 2 connections open to ingestd (at most 2)" in message
+        # The hostile uid holds its two connections; root (admin) still gets one of the other slots.
+        assert call(daemon.control_socket, "status", {})["store"]
+        ended = json.loads(holder.stdout.readline() or "null")
+        assert holder.wait(timeout=60) == 0
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    assert ended["ended"] == "connection-expired"  # however busy it kept the connection
+    daemon.stop()
+
+    catalog = daemon.catalog()
+    try:
+        columns = select(AuditEvent.action, AuditEvent.outcome, AuditEvent.details)
+        events = list(iter_rows(catalog, columns.where(AuditEvent.actor_user == hostile)))
+    finally:
+        catalog.close()
+    by_action: dict[str, list[int]] = {}
+    for event in events:
+        assert event.outcome == "denied"
+        by_action.setdefault(event.action, []).append(event.details.get("count", 1))
+    # The first refusal of each kind is written at once only when a request was refused; the rest are
+    # one event with their count, so nothing is lost and the trail does not grow with the hammering.
+    assert by_action == {"ctl.status": [1, ended["denied"] - 1], "ctl.connect": [7]}

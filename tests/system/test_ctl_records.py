@@ -272,6 +272,19 @@ def test_roles_decide_who_may_hand_over_hold_release_and_purge(
     assert as_role("clerk", "release", first, "--reason", "closed").returncode == 13
     assert as_role("approver", "release", first, "--reason", "closed").returncode == 0
     assert as_role("approver", "purge", "--dry-run").returncode == 13
+    # Classifying is a clerk's job; lowering protection is not (like release).
+    assert (
+        as_role("clerk", "tag", first, "--tag", "complaint", "--confidentiality", "privacy").returncode == 0
+    )
+    for lowering in (["--untag", "complaint"], ["--confidentiality", "normal"]):
+        lowered = as_role("clerk", "tag", first, *lowering)
+        assert lowered.returncode == 13, lowered.stderr
+        assert "needs the approver or admin role" in lowered.stderr
+        assert len(lowered.stderr.strip().splitlines()) == 1
+    assert (
+        as_role("approver", "tag", first, "--untag", "complaint", "--confidentiality", "normal").returncode
+        == 0
+    )
 
     outcomes = {(e.action, e.actor_user, e.outcome) for e in audit_rows(facts) if e.action.startswith("ctl.")}
     assert ("ctl.checkout", users["viewer"], "denied") in outcomes
@@ -279,6 +292,9 @@ def test_roles_decide_who_may_hand_over_hold_release_and_purge(
     assert ("ctl.release", users["clerk"], "denied") in outcomes
     assert ("ctl.release", users["approver"], "ok") in outcomes
     assert ("ctl.purge", users["approver"], "denied") in outcomes
+    assert ("ctl.tag", users["clerk"], "error") in outcomes  # the refused lowering, as the clerk
+    classified = [e for e in audit_rows(facts) if e.action == "recording.classify"]
+    assert [e.actor_user for e in classified] == [users["clerk"], users["approver"]]
     held = [e for e in audit_rows(facts) if e.action in ("recording.hold", "recording.release")]
     assert [(e.action, e.actor_user) for e in held] == [
         ("recording.hold", users["clerk"]),

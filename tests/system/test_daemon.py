@@ -7,14 +7,19 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import blake3
 import pytest
 from sqlalchemy import func, select
 
+from drivers.simulator.volume import HOSTILE_DEEP_FIFO_DEPTH, hostile_deep_path
+from ingestd.policies.flags import DEDUP_KEY_MAX
 from store.models import (
+    AuditEvent,
     Camera,
     ClockReading,
     CustodyEvent,
@@ -26,6 +31,7 @@ from store.models import (
     Recording,
     SessionState,
 )
+from tests.conftest import BACKENDS
 from tests.system.harness import Daemon, SimulatedCamera, wait_for
 
 MIB = 1024 * 1024
@@ -170,6 +176,7 @@ def test_two_cameras_at_once_and_a_failing_one_does_not_stall_the_other(
     assert len(locked_out.recordings(daemon.docks / "ZFY2003")) == 2  # untouched
 
 
+@pytest.mark.parametrize("daemon", BACKENDS, indirect=True)
 def test_hostile_names_symlinks_and_devices_are_flagged_and_the_session_goes_on(
     daemon: Daemon, make_camera: Callable[..., SimulatedCamera]
 ) -> None:
@@ -186,6 +193,14 @@ def test_hostile_names_symlinks_and_devices_are_flagged_and_the_session_goes_on(
             reasons = " | ".join(str(details) for details in flagged)
             assert "symbolic link" in reasons
             assert "fifo" in reasons
+            # Paths longer than any key column are flagged in full (a PostgreSQL catalog refused them).
+            files = {details["file"] for details in flagged}
+            deep_fifo = os.fsdecode(hostile_deep_path(HOSTILE_DEEP_FIFO_DEPTH) + b"/fifo.MP4")
+            assert deep_fifo in files
+            assert len(deep_fifo) > DEDUP_KEY_MAX
+            assert any(
+                file.startswith(f"{deep_fifo[: -len('/fifo.MP4')]}/") and file != deep_fifo for file in files
+            )
             stored = db.scalar(select(func.count()).select_from(Recording))
             assert stored is not None
             assert stored >= 2
@@ -257,6 +272,25 @@ def partial_offsets(store: Path) -> list[int]:
     return offsets
 
 
+def unplug_mid_copy(daemon: Daemon, camera: SimulatedCamera) -> None:
+    """Dock the camera, take it out once part of a copy is durable; its session ends unplugged."""
+    camera.dock(daemon.docks)
+    wait_for_durable_partial(daemon)
+    camera.undock(daemon.docks)
+    (first,) = wait_sessions(daemon, camera.serial)
+    assert first.state is SessionState.UNPLUGGED
+
+
+def wait_for_durable_partial(daemon: Daemon) -> None:
+    wait_for(
+        "a durable partial copy",
+        lambda: any(offset > 0 for offset in partial_offsets(daemon.store)),
+        timeout=60,
+        interval=0.005,
+    )
+
+
+@pytest.mark.parametrize("daemon", BACKENDS, indirect=True)
 def test_unplug_mid_copy_keeps_the_camera_intact_and_the_next_dock_resumes(
     daemon: Daemon, make_camera: Callable[..., SimulatedCamera]
 ) -> None:
@@ -264,16 +298,7 @@ def test_unplug_mid_copy_keeps_the_camera_intact_and_the_next_dock_resumes(
     (original,) = camera.recordings()
     original_size = original.stat().st_size
     daemon.start()
-    camera.dock(daemon.docks)
-    wait_for(
-        "a durable partial copy",
-        lambda: any(offset > 0 for offset in partial_offsets(daemon.store)),
-        timeout=60,
-        interval=0.005,
-    )
-    camera.undock(daemon.docks)
-    (first,) = wait_sessions(daemon, "ZFY4001")
-    assert first.state is SessionState.UNPLUGGED
+    unplug_mid_copy(daemon, camera)
     assert camera.recordings() == [original]  # nothing deleted: nothing was proven
     assert original.stat().st_size == original_size
     camera.dock(daemon.docks)
@@ -285,6 +310,7 @@ def test_unplug_mid_copy_keeps_the_camera_intact_and_the_next_dock_resumes(
     assert len(stored_digests(daemon, "ZFY4001")) == 1
 
 
+@pytest.mark.parametrize("daemon", BACKENDS, indirect=True)
 def test_kill_9_mid_ingest_then_restart_reconciles_and_stores_each_recording_once(
     daemon: Daemon, make_camera: Callable[..., SimulatedCamera]
 ) -> None:
@@ -292,12 +318,7 @@ def test_kill_9_mid_ingest_then_restart_reconciles_and_stores_each_recording_onc
     expected = digests_of(camera.recordings())
     daemon.start()
     camera.dock(daemon.docks)
-    wait_for(
-        "a durable partial copy",
-        lambda: any(offset > 0 for offset in partial_offsets(daemon.store)),
-        timeout=60,
-        interval=0.005,
-    )
+    wait_for_durable_partial(daemon)
     assert daemon.process is not None
     os.kill(daemon.process.pid, signal.SIGKILL)
     daemon.process.wait(timeout=30)
@@ -313,7 +334,113 @@ def test_kill_9_mid_ingest_then_restart_reconciles_and_stores_each_recording_onc
     assert report["clean"] is True, report
 
 
+def test_a_partial_copy_no_dock_resumed_expires_at_start_with_an_audit_event(
+    daemon: Daemon, make_camera: Callable[..., SimulatedCamera]
+) -> None:
+    camera = make_camera("ZFY5101", files=1, size_bytes=768 * MIB)
+    daemon.start()
+    unplug_mid_copy(daemon, camera)
+    assert daemon.stop() == 0
+    four_days_ago = time.time() - 4 * 24 * 3600  # past the default partial_max_age_hours (72)
+    for path in (daemon.store / "partial").iterdir():
+        os.utime(path, (four_days_ago, four_days_ago))
+    status = daemon.start()
+    assert "0 partial copy(ies) kept for resume, 1 expired" in status
+    assert list((daemon.store / "partial").glob("k-*")) == []
+    catalog = daemon.catalog()
+    try:
+        with catalog.transaction() as session:
+            (subject,) = session.scalars(
+                select(AuditEvent.subject).where(AuditEvent.action == "partial.expired")
+            ).all()
+    finally:
+        catalog.close()
+    assert subject.startswith("partial:ZFY5101-")
+    camera.dock(daemon.docks)  # the camera still holds the recording: copied again from the start
+    sessions = wait_sessions(daemon, "ZFY5101", count=2, timeout=120)
+    assert sessions[1].state is SessionState.DONE
+    (stored,) = [e for e in daemon.events("recording_stored") if e.get("device_id") == "ZFY5101"]
+    assert stored["resumed_from"] == 0
+    assert daemon.stop() == 0
+    assert ingestctl_verify(daemon)["clean"] is True
+
+
+def session_times(daemon: Daemon, serial: str) -> tuple[datetime, datetime]:
+    (ended,) = ended_sessions(daemon, serial)
+    assert ended.state is SessionState.DONE
+    assert ended.ended_at is not None
+    return ended.started_at, ended.ended_at
+
+
+def test_a_slow_dock_gives_back_its_slot_so_a_queued_camera_starts_and_both_finish(
+    daemon: Daemon, make_camera: Callable[..., SimulatedCamera]
+) -> None:
+    # One slot, and a floor no real copy reaches: the first camera is "slow" after a second of copying.
+    daemon.extra_config = (
+        "[ingest]\nmax_concurrent = 1\nslow_rate_floor_mib_s = 1000000\nslow_rate_seconds = 1\n"
+    )
+    slow = make_camera("ZFY5201", files=2, size_bytes=768 * MIB)
+    queued = make_camera("ZFY5202", files=2)
+    expected = {"ZFY5201": digests_of(slow.recordings()), "ZFY5202": digests_of(queued.recordings())}
+    daemon.start()
+    slow.dock(daemon.docks)
+    wait_for("the first camera copying", lambda: any(row[0] == "ingesting" for row in dock_progress(daemon)))
+    queued.dock(daemon.docks)
+    (released,) = wait_for("the slow dock's slot released", lambda: daemon.events("copy_slot_released"))
+    assert "ZFY5201" in released["port"]
+    wait_sessions(daemon, "ZFY5202", timeout=120)
+    wait_sessions(daemon, "ZFY5201", timeout=180)
+    slow_started, slow_ended = session_times(daemon, "ZFY5201")
+    queued_started, _queued_ended = session_times(daemon, "ZFY5202")
+    # With the slot held to the end, the queued camera could only start after the slow one ended.
+    assert slow_started < queued_started < slow_ended
+    for serial, digests in expected.items():
+        assert set(stored_digests(daemon, serial)) == digests  # the slow dock lost nothing
+
+
 def test_sigterm_stops_cleanly_and_reports_stopping(daemon: Daemon) -> None:
     daemon.start()
     assert daemon.stop() == 0
     assert daemon.events("stopped")
+
+
+def open_sessions(daemon: Daemon) -> list[tuple[int, SessionState]]:
+    catalog = daemon.catalog()
+    try:
+        with catalog.transaction() as session:
+            rows = session.execute(
+                select(DockSession.id, DockSession.state).where(DockSession.ended_at.is_(None))
+            )
+            return [(row.id, row.state) for row in rows]
+    finally:
+        catalog.close()
+
+
+def test_a_second_daemon_on_the_same_state_refuses_before_touching_anything(
+    daemon: Daemon, make_camera: Callable[..., SimulatedCamera]
+) -> None:
+    # Every camera reply takes 0.25 s (the driver waits 0.5 s), so its dock session stays open a while.
+    camera = make_camera("ZFY5101", files=2, size_bytes=128 * MIB, extra_args=["--faults", "slow=250"])
+    daemon.start()
+    camera.dock(daemon.docks)
+    live = wait_for("a live dock session", lambda: open_sessions(daemon), timeout=60)
+    log_before = daemon.log_text()
+    second = subprocess.run(
+        [sys.executable, "-m", "ingestd", "run", "--config", str(daemon.config_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"},
+    )
+    assert open_sessions(daemon)[:1] == live[:1], second.stderr  # not marked interrupted
+    assert second.returncode == 43, second.stderr
+    assert second.stderr.count("\n") == 1
+    assert second.stderr.startswith(f"ingestd: error: ingestd is already running on {daemon.state_dir} (pid ")
+    assert f"pid {daemon.process.pid if daemon.process else '?'})" in second.stderr
+    assert "reconciled" not in second.stdout
+    assert daemon.control_socket.exists()
+    [ended] = wait_sessions(daemon, "ZFY5101")
+    assert ended.state is SessionState.DONE  # the first daemon finished it undisturbed
+    assert daemon.log_text().startswith(log_before)
+    assert daemon.stop() == 0

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from drivers.base import CameraIdentity
 from drivers.mass_storage import IDENTITY_FILE, format_identity_file
 from drivers.mp4 import write_mp4
+from ingestd.control.client import call
 from store.models import Camera, CustodyEvent, CustodyKind, Flag, FlagKind, SessionState
 from tests.support.loopdev import (
     attached,
@@ -164,3 +165,34 @@ def test_a_serial_camera_whose_volume_is_a_loop_image_is_mounted_read_only_and_w
         left = {path.name for path in volume.rglob("*.MP4")}
     assert left == set()  # wiped from the image itself, through a temporary read-write remount
     assert daemon.events("originals_deleted")[-1]["device"].startswith("serial:")
+
+
+def test_an_ext4_camera_volume_is_refused_unmounted_where_the_rule_keeps_the_default_filesystems(
+    tmp_path: Path,
+) -> None:
+    require_root_tools("mkfs.ext4", "debugfs", "blkid")
+    image = camera_image(tmp_path, "ZFY6101")
+    daemon = Daemon(base=tmp_path / "station", udev=True, camera_filesystems=("vfat", "exfat"))
+    try:
+        daemon.start()
+        with attached(image) as device:
+            why = (
+                f"{device}: filesystem 'ext4' is not allowed for this camera (allowed: vfat, exfat; "
+                "a [[camera]] rule's filesystems can allow more)"
+            )
+
+            def ended() -> list[dict[str, object]]:
+                return [
+                    e for e in daemon.events("ingest_summary") if str(e["port"]).endswith(Path(device).name)
+                ]
+
+            [summary] = wait_for("the dock to end", ended)
+            assert (summary["state"], summary["reason"]) == ("failed", f"msc:{device}: mount: {why}")
+            assert [e["error"] for e in daemon.events("volume.refused") if e["block"] == device] == [why]
+            assert not [e for e in daemon.events("volume.mounted") if e["block"] == device]
+            assert call(daemon.control_socket, "status", {})["store"]  # the daemon goes on serving
+        assert daemon.stop() == 0
+        assert stored_digests(daemon, "ZFY6101") == []
+    finally:
+        daemon.close()
+        unseal_tree(daemon.base)

@@ -53,7 +53,16 @@ class Station:
         return run_ctl_as(self.users[role], *args, "--config", str(self.config))
 
     def approve(self, *args: str) -> dict[str, Any]:
-        done = self.run("approver", "approve", "--purpose", "行政复议 evidence", *args, "--json")
+        done = self.run(
+            "approver",
+            "approve",
+            "--purpose",
+            "行政复议 evidence",
+            "--for",
+            self.users["clerk"],
+            *args,
+            "--json",
+        )
         assert done.returncode == 0, done.stderr
         result: dict[str, Any] = json.loads(done.stdout)
         return result

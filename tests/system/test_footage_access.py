@@ -54,8 +54,10 @@ class Footage:
     def argv(self, role: str, *args: str) -> list[str]:
         return [sys.executable, "-c", BOOTSTRAP, self.users[role], *args, "--config", str(self.config)]
 
-    def approve(self, *recordings: int) -> int:
+    def approve(self, *recordings: int, grantee: str = "clerk") -> int:
+        """An approval for the role user `grantee`, by the approver."""
         args = [arg for rid in recordings for arg in ("--recording", str(rid))]
+        args += ["--for", self.users[grantee]]
         done = self.run("approver", "approve", "--purpose", "复核", "--expires-in", "1h", *args, "--json")
         assert done.returncode == 0, done.stderr
         return int(json.loads(done.stdout)["id"])
@@ -185,7 +187,8 @@ def test_an_approved_view_pipes_exactly_the_stored_bytes_though_the_caller_canno
     assert summed.stdout.split()[0] == footage.catalog_sha256(first)
     assert summed.stdout.split()[0] == hashlib.sha256(footage.data[first]).hexdigest()
 
-    piped = footage.run("auditor", "view", "--approval", approval, str(second))
+    for_auditor = str(footage.approve(second, grantee="auditor"))
+    piped = footage.run("auditor", "view", "--approval", for_auditor, str(second))
     assert piped.returncode == 0, piped.stderr
     assert piped.stdout == footage.data[second]
 
@@ -266,3 +269,63 @@ def test_an_approved_copy_is_the_callers_and_its_sums_verify(footage: Footage) -
     [event] = [e for e in footage.audit("footage.copy") if e.outcome == "ok"]
     assert (event.actor_user, event.details["destination"]) == (clerk, str(dest))
     assert event.details["recordings"] == footage.ids
+
+
+def test_an_approval_serves_only_its_grantee_never_its_approver_and_never_grows(footage: Footage) -> None:
+    first, second, _ = footage.ids
+    tagged = footage.run("clerk", "tag", str(first), "--case-id", "C-9")
+    assert tagged.returncode == 0, tagged.stderr
+    done = footage.run(
+        "approver",
+        "approve",
+        "--purpose",
+        "复核",
+        "--case",
+        "C-9",
+        "--for",
+        footage.users["clerk"],
+        "--expires-in",
+        "1h",
+        "--json",
+    )
+    assert done.returncode == 0, done.stderr
+    approval = json.loads(done.stdout)
+    assert approval["scope_recording_ids"] == [first]
+    for_clerk = str(approval["id"])
+
+    # The clerk tags more footage into the case: the approval does not follow.
+    assert footage.run("clerk", "tag", str(second), "--case-id", "C-9").returncode == 0
+    grown = footage.run("clerk", "view", "--approval", for_clerk, str(second))
+    assert grown.returncode == 14
+    assert "access refused (out-of-scope)" in one_error_line(grown)
+    assert footage.run("clerk", "view", "--approval", for_clerk, str(first)).returncode == 0
+
+    other = footage.run("auditor", "view", "--approval", for_clerk, str(first))
+    assert other.returncode == 14
+    assert "access refused (not-grantee)" in one_error_line(other)
+    own = footage.run("approver", "view", "--approval", for_clerk, str(first))
+    assert own.returncode == 14
+    assert "access refused (own-approval)" in one_error_line(own)
+    self_granted = footage.run(
+        "approver",
+        "approve",
+        "--purpose",
+        "x",
+        "--recording",
+        str(first),
+        "--expires-in",
+        "1h",
+        "--for",
+        footage.users["approver"],
+    )
+    assert self_granted.returncode == 2
+    assert "cannot approve their own access" in one_error_line(self_granted)
+
+    refused = [
+        (e.actor_user, e.details["code"]) for e in footage.audit("footage.view") if e.outcome == "refused"
+    ]
+    assert refused == [
+        (footage.users["clerk"], "out-of-scope"),
+        (footage.users["auditor"], "not-grantee"),
+        (footage.users["approver"], "own-approval"),
+    ]

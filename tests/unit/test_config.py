@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ingestd.config import CameraRuleConfig, Config, ConfigError, load_config
+from ingestd.config import CameraRuleConfig, Config, ConfigError, load_config, read_password_file
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,10 +27,10 @@ def test_defaults_are_the_documented_system_paths() -> None:
 def test_example_config_loads_and_sets_every_section() -> None:
     config = load_config(REPO / "config.example.toml")
     assert config.audit.checkpoint_every == 1000
-    rules = config.camera_rules()
-    assert [rule.driver for rule in rules] == ["serial", "mass-storage"]
-    assert rules[0].options.password == "000000"
-    assert rules[0].match["ID_MODEL_ID"] == "01*"
+    assert [rule.driver for rule in config.camera] == ["serial", "mass-storage"]
+    assert config.camera[0].password_file == Path("/etc/ingestd/camera-password")
+    assert config.camera[0].password == ""  # not in the file every ingestctl user reads
+    assert config.camera[0].match["ID_MODEL_ID"] == "01*"
 
 
 def test_example_config_documents_every_schema_key() -> None:
@@ -101,3 +101,77 @@ def test_config_is_frozen() -> None:
     config = Config()
     with pytest.raises(ValueError, match="frozen"):
         config.store.__setattr__("read_back", False)
+
+
+def test_camera_volumes_are_vfat_or_exfat_unless_a_rule_lists_more(tmp_path: Path) -> None:
+    rule = "[[camera]]\nmatch = { SUBSYSTEM = 'block' }\ndriver = 'mass-storage'\n"
+    [default] = load_config(write(tmp_path, rule)).camera_rules()
+    assert default.options.filesystems == ("vfat", "exfat")
+    [ext4] = load_config(write(tmp_path, rule + "filesystems = ['ext4', 'vfat', 'ext4']\n")).camera_rules()
+    assert ext4.options.filesystems == ("ext4", "vfat")
+    for bad, reason in [
+        ("['ntfs']", r"camera\[0\]\.filesystems\[0\]: .*'vfat', 'exfat' or 'ext4'"),
+        ("[]", "at least one"),
+    ]:
+        with pytest.raises(ConfigError, match=reason):
+            load_config(write(tmp_path, rule + f"filesystems = {bad}\n"))
+
+
+def test_a_password_file_gives_the_rule_its_password(tmp_path: Path) -> None:
+    secret = tmp_path / "camera-password"
+    secret.write_text("123456\n# the first line is the password\n", encoding="ascii")
+    secret.chmod(0o600)
+    path = write(
+        tmp_path, f"[[camera]]\nmatch = {{ A = 'b' }}\ndriver = 'serial'\npassword_file = '{secret}'\n"
+    )
+    [rule] = load_config(path).camera_rules()
+    assert rule.options.password == "123456"
+
+
+@pytest.mark.parametrize(
+    ("mode", "content", "expected"),
+    [
+        (0o640, "123456\n", "not accessible to group or others"),
+        (0o604, "123456\n", "not accessible to group or others"),
+        (0o600, "\n", "first line must be the password"),
+        (0o600, "1234567\n", "first line must be the password"),
+    ],
+)
+def test_a_password_file_others_can_read_or_that_holds_no_password_is_refused(
+    tmp_path: Path, mode: int, content: str, expected: str
+) -> None:
+    secret = tmp_path / "camera-password"
+    secret.write_text(content, encoding="ascii")
+    secret.chmod(mode)
+    with pytest.raises(ConfigError, match=expected) as refused:
+        read_password_file(secret)
+    assert str(secret) in str(refused.value)
+    assert "123456" not in str(refused.value)
+    assert refused.value.exit_code == 78
+
+
+def test_a_password_file_that_is_a_symlink_or_missing_is_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "camera-password"
+    secret.write_text("123456\n", encoding="ascii")
+    secret.chmod(0o600)
+    link = tmp_path / "link"
+    link.symlink_to(secret)
+    with pytest.raises(ConfigError, match="password file"):
+        read_password_file(link)
+    with pytest.raises(ConfigError, match="password file"):
+        read_password_file(tmp_path / "absent")
+
+
+def test_a_rule_takes_a_password_or_a_password_file_not_both(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "[[camera]]\nmatch = { A = 'b' }\ndriver = 'serial'\npassword = '1'\npassword_file = '/x'\n"
+    )
+    with pytest.raises(ConfigError, match="password or password_file, not both"):
+        load_config(path)
+
+
+def test_the_printed_configuration_masks_inline_passwords(tmp_path: Path) -> None:
+    path = write(tmp_path, "[[camera]]\nmatch = { A = 'b' }\ndriver = 'serial'\npassword = '654321'\n")
+    shown = load_config(path).redacted_json()
+    assert "654321" not in shown
+    assert '"password": "***"' in shown

@@ -32,6 +32,8 @@ def test_a_well_formed_request_parses() -> None:
         (b'{"id": true, "command": "status"}', "id must be"),
         (b'{"id": [1], "command": "status"}', "id must be"),
         (b'{"command": "status", "args": [1]}', "args must be a JSON object"),
+        (b'{"command": "status", "args": {"x": "\\ud800"}}', "unpaired surrogate"),
+        (b'{"command": "status", "args": {"\\udfff": 1}}', "unpaired surrogate"),
         (
             b'{"command": "status", "args": {"x": "' + b"y" * protocol.MAX_REQUEST_BYTES + b'"}}',
             "larger than",
@@ -43,6 +45,29 @@ def test_garbage_is_refused_with_a_clear_reason(line: bytes, message: str) -> No
         protocol.parse_request(line)
     assert message in str(caught.value)
     assert caught.value.exit_code == protocol.EX_PROTOCOL
+
+
+@pytest.mark.parametrize("opener", [b"[", b'{"k":'])
+def test_deeply_nested_json_is_a_bad_request_not_a_crash(opener: bytes) -> None:
+    closer = b"]" if opener == b"[" else b"}"
+    deep = b'{"id": 9, "command": "status", "args": {"x": ' + opener * 100_000 + closer * 100_000 + b"}}"
+    with pytest.raises(protocol.ProtocolError, match="nested deeper than") as caught:
+        protocol.parse_request(deep)
+    assert caught.value.exit_code == protocol.EX_PROTOCOL
+    assert protocol.request_id_of(deep) is None  # the error path must not recurse either
+    unclosed = b'{"id": 9, "command": "status", "args": {"x": ' + opener * 100_000
+    with pytest.raises(protocol.ProtocolError, match="nested deeper than"):
+        protocol.parse_request(unclosed)
+    assert protocol.request_id_of(unclosed) is None
+    with pytest.raises(protocol.ProtocolError, match="not JSON"):  # merely cut short: said so
+        protocol.parse_request(b'{"command": "status", "args": {"x": [[')
+    # Brackets inside strings are text, not nesting; the limit itself is accepted.
+    within = b'{"command": "status", "args": {"x": "' + b"[" * 1000 + b'"}}'
+    assert protocol.parse_request(within).args == {"x": "[" * 1000}
+    escaped = b'{"command": "status", "args": {"x": "\\"' + b"[" * 40 + b"]" * 40 + b'"}}'
+    assert protocol.parse_request(escaped).args == {"x": '"' + "[" * 40 + "]" * 40}
+    limit = protocol.MAX_NESTING - 2  # the request object and args are two levels
+    assert protocol.parse_request(b'{"command": "s", "args": {"x": ' + b"[" * limit + b"]" * limit + b"}}")
 
 
 def test_an_id_is_recovered_from_a_bad_request_when_possible() -> None:
@@ -59,6 +84,11 @@ def test_responses_round_trip_and_are_checked() -> None:
     assert json.loads(failed)["error"]["exit_code"] == 13
     with pytest.raises(protocol.ProtocolError, match="malformed"):
         protocol.parse_response(b'{"id": "r4", "ok": false, "error": "x"}', "r4")
+    # The daemon refusing the connection itself answers before reading a request, so without an id.
+    refused = protocol.encode(protocol.failure(None, "too-many-connections", "uid 7 ...", 75)).rstrip(b"\n")
+    assert protocol.parse_response(refused, "r5")["error"]["exit_code"] == 75
+    with pytest.raises(protocol.ProtocolError, match="expected 'r6'"):
+        protocol.parse_response(b'{"id": null, "ok": true, "result": 1}', "r6")
 
 
 def test_error_codes_come_from_class_names() -> None:
@@ -74,7 +104,7 @@ def test_secrets_never_reach_the_audit_details() -> None:
     }
     huge = redact({"ids": list(range(5000))})
     assert huge["truncated"] is True
-    assert huge["keys"] == ["ids"]
+    assert huge["key_count"] == 1
 
 
 CONFIG = ControlConfig(
@@ -121,3 +151,9 @@ def test_metrics_listen_only_on_loopback() -> None:
 def test_a_socket_path_too_long_for_sockaddr_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"control\.socket: .*longer than"):
         parse_config({"control": {"socket": "/run/" + "x" * 120}}, "t")
+
+
+def test_the_per_uid_connection_cap_cannot_exceed_the_total() -> None:
+    assert Config().control.max_connections_per_uid < Config().control.max_connections
+    with pytest.raises(ConfigError, match="max_connections_per_uid cannot exceed max_connections"):
+        parse_config({"control": {"max_connections": 2, "max_connections_per_uid": 3}}, "t")

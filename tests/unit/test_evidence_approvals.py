@@ -23,7 +23,8 @@ NOW = datetime(2026, 3, 10, 4, 0, tzinfo=UTC)
 @dataclass
 class Appr:
     id: int = 7
-    scope_case_id: str | None = None
+    approver: str = "wang.approver"
+    grantee: str | None = "li.clerk"
     scope_recording_ids: list[int] = field(default_factory=list)
     allows_confidential: bool = False
     created_at: datetime = NOW - timedelta(days=1)
@@ -38,15 +39,22 @@ class Rec:
     confidentiality: Confidentiality = Confidentiality.NORMAL
 
 
-def refused(approval: Appr | None, recordings: list[Rec], now: datetime = NOW) -> str:
+def refused(approval: Appr | None, recordings: list[Rec], now: datetime = NOW, user: str = "li.clerk") -> str:
     with pytest.raises(ApprovalRefused) as error:
-        check_approval(approval, recordings, now, FootageAction.EXPORT)
+        check_approval(approval, recordings, now, FootageAction.EXPORT, user=user)
     return error.value.code
 
 
-def test_a_valid_approval_covers_its_ids_and_its_case() -> None:
-    approval = Appr(scope_recording_ids=[1, 2], scope_case_id="C1")
-    check_approval(approval, [Rec(1), Rec(2), Rec(3, case_id="C1")], NOW, FootageAction.VIEW)
+def test_a_valid_approval_covers_its_ids() -> None:
+    approval = Appr(scope_recording_ids=[1, 2])
+    check_approval(approval, [Rec(1), Rec(2, case_id="C1")], NOW, FootageAction.VIEW, user="li.clerk")
+
+
+def test_an_approval_is_for_its_grantee_and_never_its_approver() -> None:
+    assert refused(Appr(scope_recording_ids=[1]), [Rec(1)], user="zhao.auditor") == "not-grantee"
+    assert refused(Appr(scope_recording_ids=[1], grantee=None), [Rec(1)]) == "not-grantee"
+    self_granted = Appr(scope_recording_ids=[1], grantee="wang.approver")
+    assert refused(self_granted, [Rec(1)], user="wang.approver") == "own-approval"
 
 
 def test_each_refusal_has_its_code() -> None:
@@ -55,20 +63,21 @@ def test_each_refusal_has_its_code() -> None:
     assert refused(Appr(scope_recording_ids=[1]), [Rec(1)], NOW + timedelta(days=1)) == "expired"  # at expiry
     assert refused(Appr(scope_recording_ids=[1]), [Rec(1)], NOW - timedelta(days=2)) == "not-yet-valid"
     assert refused(Appr(scope_recording_ids=[1]), [Rec(1), Rec(2)]) == "out-of-scope"
-    assert refused(Appr(scope_case_id="C1"), [Rec(1, case_id="C2")]) == "out-of-scope"
-    assert refused(Appr(scope_case_id="C1"), [Rec(1, case_id=None)]) == "out-of-scope"
+    assert refused(Appr(scope_recording_ids=[2]), [Rec(1, case_id="C2")]) == "out-of-scope"
     secret = Rec(1, confidentiality=Confidentiality.STATE_SECRET)
     assert refused(Appr(scope_recording_ids=[1]), [secret]) == "confidential"
-    check_approval(Appr(scope_recording_ids=[1], allows_confidential=True), [secret], NOW, FootageAction.COPY)
+    allowed = Appr(scope_recording_ids=[1], allows_confidential=True)
+    check_approval(allowed, [secret], NOW, FootageAction.COPY, user="li.clerk")
 
 
 def test_a_naive_now_is_refused() -> None:
     with pytest.raises(NaiveDatetimeError):
-        check_approval(Appr(), [], NOW.replace(tzinfo=None), FootageAction.VIEW)
+        check_approval(Appr(), [], NOW.replace(tzinfo=None), FootageAction.VIEW, user="li.clerk")
 
 
 def test_new_approvals_need_purpose_scope_and_a_bounded_future_expiry() -> None:
     good = validate_new_approval(
+        grantee=" li.clerk ",
         purpose=" review ",
         expires_at=NOW + timedelta(days=90),
         recording_ids=[3, 1, 3],
@@ -77,16 +86,19 @@ def test_new_approvals_need_purpose_scope_and_a_bounded_future_expiry() -> None:
         requested_by=None,
         now=NOW,
     )
-    assert (good.purpose, good.recording_ids) == ("review", (1, 3))
+    assert (good.purpose, good.recording_ids, good.grantee) == ("review", (1, 3), "li.clerk")
     cases: list[tuple[dict[str, Any], str]] = [
         ({"purpose": ""}, "purpose"),
         ({"expires_at": NOW}, "future"),
         ({"expires_at": NOW + timedelta(days=90, seconds=1)}, "90 days"),
         ({"recording_ids": [], "case_id": "  "}, "scope"),
         ({"recording_ids": [0]}, "positive"),
+        ({"grantee": " "}, "one OS user"),
+        ({"grantee": "li clerk"}, "one OS user"),
     ]
     for override, message in cases:
         args: dict[str, Any] = {
+            "grantee": "li.clerk",
             "purpose": "p",
             "expires_at": NOW + timedelta(days=1),
             "recording_ids": [1],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ingestd.progress import DockProgress
+from ingestd.progress import DockProgress, SlowCopyWatch
 
 
 def test_rate_and_eta_follow_the_bytes_copied() -> None:
@@ -39,3 +39,25 @@ def test_rate_window_forgets_old_samples() -> None:
     snap = progress.snapshot(now=12.0)
     assert snap.rate_bps == pytest.approx(0.0)
     assert snap.eta_s is None
+
+
+def test_a_copy_is_slow_only_after_a_whole_window_below_the_floor() -> None:
+    watch = SlowCopyWatch(floor_bps=100.0, window_s=10.0)
+    assert watch.observe(0.0, 0) is None
+    assert watch.observe(5.0, 600) is None  # no whole window yet
+    assert watch.observe(10.0, 1500) is None  # 150 B/s over the window: fast enough
+    assert watch.observe(15.0, 1500) == pytest.approx(90.0)  # the last 10 s: 900 B, below the floor
+
+
+def test_a_pause_in_copying_restarts_the_window() -> None:
+    watch = SlowCopyWatch(floor_bps=100.0, window_s=10.0)
+    watch.observe(0.0, 0)
+    watch.restart()  # e.g. the session went on to another stage, then copies again
+    assert watch.observe(20.0, 0) is None
+    assert watch.observe(29.0, 0) is None
+    assert watch.observe(30.0, 0) == 0.0  # stalled for a whole window since it resumed
+
+
+def test_a_floor_of_zero_never_calls_a_copy_slow() -> None:
+    watch = SlowCopyWatch(floor_bps=0.0, window_s=1.0)
+    assert [watch.observe(float(t), 0) for t in range(5)] == [None] * 5
