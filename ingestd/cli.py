@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from collections.abc import Callable
@@ -9,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from rich.console import Console
 
 from drivers.base import DriverError
@@ -17,6 +20,7 @@ from ingestd.config import Config, load_config, resolve_config_path
 from ingestd.daemon import Daemon, ingest_settings
 from ingestd.demo import run_demo
 from ingestd.errors import IngestdError
+from ingestd.evidence.verify_bag import load_trusted_keys
 from ingestd.importer import run_import
 from ingestd.logging import configure_logging
 from ingestd.services import Services
@@ -24,7 +28,7 @@ from ingestd.session import SessionSummary
 from store.catalog import Catalog
 from store.errors import StoreError
 from store.models import SessionState
-from store.signing import SigningKeyError, load_public_key
+from store.signing import Signer, SigningKeyError, key_id
 from store.types import utcnow
 
 EXIT_INGEST_INCOMPLETE = 4
@@ -43,23 +47,29 @@ config_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
 
 
-def _load_pinned_key(_context: click.Context, _param: click.Parameter, path: Path | None) -> Any:
-    if path is None:
-        return None
-    try:
-        return load_public_key(path)
-    except SigningKeyError as error:
-        raise click.BadParameter(str(error), param_hint="--public-key") from None
+def _load_trusted_keys(
+    _context: click.Context, _param: click.Parameter, files: tuple[Path, ...]
+) -> list[Ed25519PublicKey]:
+    trusted: list[Ed25519PublicKey] = []
+    for file in files:
+        try:
+            trusted.extend(load_trusted_keys(file))
+        except SigningKeyError as error:
+            raise click.BadParameter(str(error), param_hint="--public-key") from None
+    return trusted
 
 
-# A station public key kept off the machine: what a verifier trusts instead of the station's own files.
-public_key_option = click.option(
+# Station public keys kept off the machine (`ingestd key show`): what a verifier trusts, never the
+# station's own files. `verify` and `verify-export` take the same files.
+trusted_keys_option = click.option(
     "--public-key",
-    "pinned_key",
+    "--trusted-keys",
+    "trusted_keys",
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    default=None,
-    callback=_load_pinned_key,
-    help="The station's public key (PEM), kept off the machine: checkpoints must be signed with it.",
+    multiple=True,
+    callback=_load_trusted_keys,
+    help="Trusted station keys: a PEM file (from `ingestd key show`) holding one key or several (other "
+    "stations, or before and after a key change); repeatable.",
 )
 
 
@@ -137,6 +147,31 @@ def run(config_path: Path | None) -> None:
     daemon = Daemon(config, config_path)
     daemon.install_signal_handlers()
     raise SystemExit(daemon.run())
+
+
+@cli.group()
+def key() -> None:
+    """The station's signing key (audit checkpoints and evidence exports)."""
+
+
+@key.command("show")
+@config_option
+@json_option
+def key_show(config_path: Path | None, as_json: bool) -> None:
+    """Print the station's public key (PEM) and its fingerprint, to publish to courts and receivers:
+    `ingestctl verify-export BAG --public-key FILE` calls a bag valid only if signed by this key."""
+    config = load(config_path)
+    public_key = Signer.load(config.daemon.state_dir).public_key
+    pem = public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    shown = {"key_id": key_id(public_key), "der_sha256": hashlib.sha256(der).hexdigest(), "pem": pem.decode()}
+    if as_json:
+        print_json(shown)
+        return
+    # The fingerprint lines start with '#', outside the PEM block: the output is itself a usable key file.
+    click.echo(f"# ingestd station key {shown['key_id']}")
+    click.echo(f"# SHA-256 of the DER key: {shown['der_sha256']}")
+    click.echo(shown["pem"], nl=False)
 
 
 @cli.command("import")

@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
 from ingestd import ctl_evidence, ctl_read, ctl_records
-from ingestd.cli import config_option, load, public_key_option, run_cli
+from ingestd.cli import config_option, load, run_cli, trusted_keys_option
+from ingestd.display import problem_line, styled
 from ingestd.services import Services
 from ingestd.verify import VerifyReport, verify_all
 
@@ -29,7 +30,7 @@ def _print_report(report: VerifyReport, as_json: bool) -> None:
             json.dumps(
                 {
                     "clean": report.clean,
-                    "key_id": report.key_id,
+                    "key_ids": report.key_ids,
                     "pinned": report.pinned,
                     "events_checked": report.events_checked,
                     "objects_checked": report.objects_checked,
@@ -43,14 +44,15 @@ def _print_report(report: VerifyReport, as_json: bool) -> None:
     console = Console()
     for problem in report.problems:
         console.print(
-            f"[red]PROBLEM[/red] {problem.area} {problem.kind} {problem.subject}: {problem.detail}",
-            markup=True,
-            highlight=False,
+            problem_line(f"{problem.area} {problem.kind} {problem.subject}", problem.detail), highlight=False
         )
-    verdict = "[green]clean[/green]" if report.clean else f"[red]{len(report.problems)} problem(s)[/red]"
+    verdict = ("clean", "green") if report.clean else (f"{len(report.problems)} problem(s)", "red")
     console.print(
-        f"audit events checked: {report.events_checked}; objects checked: "
-        f"{report.objects_checked}; key {report.key_id}{' (pinned)' if report.pinned else ''}; {verdict}",
+        styled(
+            f"audit events checked: {report.events_checked}; objects checked: {report.objects_checked}; "
+            f"key {', '.join(report.key_ids)}{' (pinned)' if report.pinned else ''}; ",
+            verdict,
+        ),
         highlight=False,
     )
 
@@ -58,10 +60,10 @@ def _print_report(report: VerifyReport, as_json: bool) -> None:
 @ctl.command()
 @config_option
 @click.option("--objects", is_flag=True, help="Also re-hash every stored object (slow: reads the store).")
-@public_key_option
+@trusted_keys_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 def verify(
-    config_path: Path | None, objects: bool, pinned_key: Ed25519PublicKey | None, as_json: bool
+    config_path: Path | None, objects: bool, trusted_keys: list[Ed25519PublicKey], as_json: bool
 ) -> None:
     """Verify the audit chain from genesis, its signed checkpoints, the catalog rows that carry custody
     meaning against their events, and (--objects) every object.
@@ -84,9 +86,9 @@ def verify(
                 def advance(done: int, total: int) -> None:
                     bar.update(task, completed=done, total=total)
 
-                report = verify_all(services, objects=True, progress=advance, pinned_key=pinned_key)
+                report = verify_all(services, objects=True, progress=advance, trusted_keys=trusted_keys)
         else:
-            report = verify_all(services, objects=objects, pinned_key=pinned_key)
+            report = verify_all(services, objects=objects, trusted_keys=trusted_keys)
         ctl_read.record_verify_outcome(services, report, objects=objects)  # for status and metrics
     finally:
         services.close()

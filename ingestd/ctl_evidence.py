@@ -5,11 +5,13 @@ kernel's peer credentials; `verify-export` reads only the bag, so a court can ru
 gets the recording as an open file passed over the socket, never by reading the store itself.
 
 Exit codes: 0 done; 2 wrong flag, argument or id (and `view` to a terminal); 3 (verify-export) the bag
-has problems, each listed; 13 permission denied (the caller's groups give no role allowed for the
-command); 14 no valid approval (missing, expired, revoked, out of scope, confidential); 15 nothing
-written (DEST or --output FILE exists, not writable, the reader of a pipe went away); 16 the store's
-bytes do not match the catalog (nothing exported or copied; for `view`, what was handed over is not the
-catalog's: investigate); other codes come from the daemon or the socket (e.g. daemon not running).
+has problems, each listed; 17 (verify-export) the bag is consistent but its signer is unverified (no
+trusted station key given, see `ingestd key show`); 13 permission denied (the caller's groups give no
+role allowed for the command); 14 no valid approval (missing, expired, revoked, out of scope,
+confidential); 15 nothing written (DEST or --output FILE exists, not writable, the reader of a pipe went
+away); 16 the store's bytes do not match the catalog (nothing exported or copied; for `view`, what was
+handed over is not the catalog's: investigate); other codes come from the daemon or the socket (e.g.
+daemon not running).
 """
 
 from __future__ import annotations
@@ -24,37 +26,42 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from rich.console import Console
-from rich.table import Table
 
-from ingestd.cli import config_option, json_option, load, print_json
+from ingestd.cli import config_option, json_option, load, print_json, trusted_keys_option
+from ingestd.display import problem_line, styled, table
 from ingestd.errors import IngestdError, UsageError
-from ingestd.evidence.errors import EXIT_EXPORT_FAILED, EXIT_EXPORT_INTEGRITY
+from ingestd.evidence.copies import CopyError
+from ingestd.evidence.destination import deliver_into
+from ingestd.evidence.errors import EXIT_EXPORT_FAILED, EXIT_EXPORT_INTEGRITY, ExportError
 from ingestd.evidence.verify_bag import verify_bag
-from store.signing import SigningKeyError, load_public_key
 
 EXIT_PROBLEMS = 3
+EXIT_SIGNER_UNVERIFIED = 17  # verify-export: consistent, but not checked against a trusted station key
 DELIVERY_TIMEOUT_S = 6 * 3600.0  # the daemon answers only when the files are written, proven and recorded
 VIEW_CHUNK = 1 << 20
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _call(config_path: Path | None, command: str, args: dict[str, Any], *, timeout: float = 30.0) -> Any:
+def _call(
+    config_path: Path | None,
+    command: str,
+    args: dict[str, Any],
+    *,
+    timeout: float = 30.0,
+    pass_fd: int | None = None,
+) -> Any:
     from ingestd.control import client  # noqa: PLC0415 - only the socket commands need it
 
     config = load(config_path)
-    return client.call(config.control.socket, command, args, timeout=timeout)
+    return client.call(config.control.socket, command, args, timeout=timeout, pass_fd=pass_fd)
 
 
 def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    table = Table(title=title)
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(*["" if v is None else str(v) for v in row])
     # Piped output (a file, a mail) gets whole columns rather than the 80 columns of a missing terminal.
-    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    Console(width=None if sys.stdout.isatty() else 200).print(table(title, columns, rows, overflow="fold"))
 
 
 def _period_options(func: F) -> F:
@@ -176,9 +183,12 @@ def approvals(config_path: Path | None, approval_id: int | None, as_json: bool) 
 # --- export and verification ---------------------------------------------------------------------------
 
 
-def _delivery_command(name: str, summary: str, describe: Callable[[dict[str, Any]], str]) -> click.Command:
+def _delivery_command(
+    name: str, summary: str, describe: Callable[[dict[str, Any]], str], error: type[ExportError]
+) -> click.Command:
     """`export` and `copy`: an approval, optionally some of its recordings, a new DEST; `describe` says
-    what was written (unless --json)."""
+    what was written (unless --json). DEST.partial is made here, with the caller's rights, and handed
+    to the daemon open (see `ingestd.evidence.destination`)."""
 
     @click.command(name, help=summary)
     @config_option
@@ -200,12 +210,12 @@ def _delivery_command(name: str, summary: str, describe: Callable[[dict[str, Any
         dest: Path,
         as_json: bool,
     ) -> None:
-        absolute = dest.expanduser().absolute()  # the daemon's working directory is not ours
-        result = _call(
-            config_path,
-            name,
-            {"approval_id": approval_id, "dest": str(absolute), "recording_ids": list(recordings)},
-            timeout=DELIVERY_TIMEOUT_S,
+        absolute = dest.expanduser().absolute()  # named in the daemon's records as the caller sees it
+        args = {"approval_id": approval_id, "dest": str(absolute), "recording_ids": list(recordings)}
+        result = deliver_into(
+            absolute,
+            error,
+            lambda fd: _call(config_path, name, args, timeout=DELIVERY_TIMEOUT_S, pass_fd=fd),
         )
         print_json(result) if as_json else click.echo(describe(result))
 
@@ -216,7 +226,8 @@ def _describe_export(result: dict[str, Any]) -> str:
     return (
         f"export {result['export_id']}: {len(result['recording_ids'])} recording(s), "
         f"{result['payload_bytes']} bytes to {result['destination']}\n"
-        f"signed by {result['key_id']}; tag manifest SHA-256 {result['tag_manifest_sha256']}"
+        f"signed by station key {result['key_id']} (compare with `ingestd key show` on the station); "
+        f"tag manifest SHA-256 {result['tag_manifest_sha256']}"
     )
 
 
@@ -232,11 +243,13 @@ export = _delivery_command(
     "export",
     "Write the approved recordings to DEST as a signed BagIt bag (DEST must not exist).",
     _describe_export,
+    ExportError,
 )
 copy = _delivery_command(
     "copy",
     "Copy the approved recordings as plain files into DEST (must not exist), with a SHA256SUMS file.",
     _describe_copy,
+    CopyError,
 )
 
 
@@ -335,42 +348,34 @@ def view(*, config_path: Path | None, approval_id: int, recording_id: int, outpu
 
 @click.command("verify-export")
 @click.argument("path", type=click.Path(path_type=Path, exists=True, file_okay=False))
-@click.option(
-    "--public-key",
-    "public_key_file",
-    type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    default=None,
-    help="The station's published public key (PEM): the bag must be signed with it.",
-)
+@trusted_keys_option
 @json_option
-def verify_export(path: Path, public_key_file: Path | None, as_json: bool) -> None:
-    """Check an exported bag on its own, without the station: exit 0 if it verifies, 3 if not."""
-    pinned = None
-    if public_key_file is not None:
-        try:
-            pinned = load_public_key(public_key_file)
-        except SigningKeyError as error:
-            raise click.BadParameter(str(error), param_hint="--public-key") from None
-    report = verify_bag(path, public_key=pinned)
+def verify_export(path: Path, trusted_keys: list[Ed25519PublicKey], as_json: bool) -> None:
+    """Check an exported bag on its own, without the station: exit 0 if it verifies and is signed by a
+    trusted station key, 3 if it has problems, 17 if it is consistent but no trusted key was given."""
+    report = verify_bag(path, trusted_keys=trusted_keys)
     if as_json:
         print_json(report.as_dict())
     else:
         console = Console()
         for problem in report.problems:
-            console.print(
-                f"[red]PROBLEM[/red] {problem.kind} {problem.subject}: {problem.detail}",
-                markup=True,
-                highlight=False,
+            console.print(problem_line(f"{problem.kind} {problem.subject}", problem.detail), highlight=False)
+        if report.valid:
+            verdict = styled(f"signed by trusted station key {report.key_id}; ", ("valid", "green"))
+        elif report.consistent:
+            verdict = styled(
+                f"signed by key {report.key_id}, which is not checked against the station's; ",
+                ("content consistent, signer unverified", "yellow"),
+                " (give the station key: --public-key FILE or --trusted-keys FILE)",
             )
-        verdict = "[green]valid[/green]" if report.clean else f"[red]{len(report.problems)} problem(s)[/red]"
-        pinned_note = " (pinned)" if report.pinned_key_id and report.clean else ""
-        console.print(
-            f"{path}: {report.payload_files} file(s), {report.payload_bytes} bytes; "
-            f"key {report.key_id}{pinned_note}; {verdict}",
-            highlight=False,
-        )
-    if not report.clean:
+        else:
+            verdict = styled(f"key {report.key_id}; ", (f"{len(report.problems)} problem(s)", "red"))
+        summary = f"{path}: {report.payload_files} file(s), {report.payload_bytes} bytes; "
+        console.print(styled(summary, verdict), highlight=False)
+    if not report.consistent:
         raise SystemExit(EXIT_PROBLEMS)
+    if not report.signer_verified:
+        raise SystemExit(EXIT_SIGNER_UNVERIFIED)
 
 
 # --- spot checks ---------------------------------------------------------------------------------------

@@ -32,8 +32,6 @@ import click
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress_bar import ProgressBar
-from rich.table import Table
-from rich.text import Text
 from sqlalchemy.engine import make_url
 
 from ingestd.cli import config_option, json_option, load, print_json
@@ -42,6 +40,7 @@ from ingestd.control import queries
 from ingestd.control.auth import current_caller
 from ingestd.control.client import DaemonUnavailable, call
 from ingestd.control.registry import EVERYONE, PermissionDenied
+from ingestd.display import plain, styled, table
 from ingestd.errors import IngestdError
 from ingestd.services import Services
 from ingestd.verify import VerifyReport
@@ -181,22 +180,24 @@ def _cell(value: Any) -> str:
 
 
 def status_view(result: dict[str, Any], zone: ZoneInfo) -> Group:
-    table = Table(title="Docks", expand=False)
-    for column in ("port", "camera", "state", "file", "progress", "done / total", "rate", "ETA"):
-        table.add_column(column)
+    rows = []
     for dock in result["docks"]:
         total = dock["bytes_total"] or 0
         bar = ProgressBar(total=max(total, 1), completed=min(dock["bytes_done"], max(total, 1)), width=24)
-        table.add_row(
-            Text(dock["port"]),
-            _cell(dock["device_serial"]),
-            dock["state"],
-            Text(_cell(dock["current_file"])),
-            bar if total else Text("-"),
-            f"{_size(dock['bytes_done'])} / {_size(total)}",
-            f"{_size(int(dock['rate_bps']))}/s" if dock["rate_bps"] else "-",
-            _eta(dock["eta_s"]),
+        rows.append(
+            (
+                dock["port"],
+                dock["device_serial"],
+                dock["state"],
+                dock["current_file"],
+                bar if total else None,
+                f"{_size(dock['bytes_done'])} / {_size(total)}",
+                f"{_size(int(dock['rate_bps']))}/s" if dock["rate_bps"] else None,
+                _eta(dock["eta_s"]),
+            )
         )
+    columns = ("port", "camera", "state", "file", "progress", "done / total", "rate", "ETA")
+    docks = table("Docks", columns, rows, empty="-")
     flags = result["open_flags"]
     flag_text = ", ".join(f"{kind} {count}" for kind, count in sorted(flags.items())) or "none"
     verify = result["last_verify"]
@@ -205,7 +206,7 @@ def status_view(result: dict[str, Any], zone: ZoneInfo) -> Group:
     else:
         verdict = "clean" if verify["clean"] else f"{verify['problems']} problem(s)"
         verify_text = f"{verdict} at {_local(verify['at'], zone)} by {verify['by']}"
-    footer = Text.assemble(
+    footer = styled(
         ("open flags: ", "bold"),
         flag_text,
         "\n",
@@ -219,7 +220,7 @@ def status_view(result: dict[str, Any], zone: ZoneInfo) -> Group:
         str(result["queued"]),
         ("  (read from the catalog: the daemon is not running)" if result["served_by"] == "catalog" else ""),
     )
-    return Group(table, footer)
+    return Group(docks, footer)
 
 
 # --- commands --------------------------------------------------------------------------------------
@@ -275,8 +276,7 @@ def cameras(config_path: Path | None, serial: str | None, unit: str | None, as_j
     if as_json:
         print_json(result)
         return
-    table = Table(title="Cameras")
-    for column in (
+    columns = (
         "serial",
         "unit",
         "state",
@@ -287,24 +287,26 @@ def cameras(config_path: Path | None, serial: str | None, unit: str | None, as_j
         "holder",
         "checked out",
         "last docked",
-    ):
-        table.add_column(column)
+    )
+    rows = []
     for camera in result["cameras"]:
         holder = camera["holder"]
         offset = camera["last_clock_offset_s"]
-        table.add_row(
-            camera["device_serial"],
-            _cell(camera["unit_no"]),
-            camera["state"],
-            f"{camera['battery_percent']}%" if camera["battery_percent"] is not None else "-",
-            _size(camera["storage_free_bytes"]),
-            f"{offset:+.3f} s" if offset is not None else "-",
-            _cell(camera["clock_state"]),
-            Text(f"{holder['officer_no']} {holder['name']}") if holder else "-",
-            _local(camera["checked_out_at"], zone),
-            _local(camera["last_docked_at"], zone),
+        rows.append(
+            (
+                camera["device_serial"],
+                camera["unit_no"],
+                camera["state"],
+                f"{camera['battery_percent']}%" if camera["battery_percent"] is not None else None,
+                _size(camera["storage_free_bytes"]),
+                f"{offset:+.3f} s" if offset is not None else None,
+                camera["clock_state"],
+                f"{holder['officer_no']} {holder['name']}" if holder else None,
+                _local(camera["checked_out_at"], zone),
+                _local(camera["last_docked_at"], zone),
+            )
         )
-    Console().print(table)
+    Console().print(table("Cameras", columns, rows, empty="-"))
 
 
 @click.command()
@@ -319,18 +321,12 @@ def officers(config_path: Path | None, officer: str | None, unit: str | None, as
     if as_json:
         print_json(result)
         return
-    table = Table(title="Officers")
-    for column in ("officer", "name", "unit", "unit name", "cameras held"):
-        table.add_column(column)
-    for row in result["officers"]:
-        table.add_row(
-            row["officer_no"],
-            Text(row["name"]),
-            _cell(row["unit_no"]),
-            Text(_cell(row["unit_name"])),
-            str(row["cameras_held"]),
-        )
-    Console().print(table)
+    columns = ("officer", "name", "unit", "unit name", "cameras held")
+    rows = [
+        (row["officer_no"], row["name"], row["unit_no"], row["unit_name"], row["cameras_held"])
+        for row in result["officers"]
+    ]
+    Console().print(table("Officers", columns, rows, empty="-"))
 
 
 @click.command()
@@ -369,8 +365,7 @@ def footage(config_path: Path | None, as_json: bool, **filters: Any) -> None:
     if as_json:
         print_json(result)
         return
-    table = Table(title="Footage")
-    for column in (
+    columns = (
         "id",
         "recorded",
         "device",
@@ -382,26 +377,27 @@ def footage(config_path: Path | None, as_json: bool, **filters: Any) -> None:
         "class",
         "case",
         "hold",
-    ):
-        table.add_column(column)
-    for item in result["recordings"]:
-        table.add_row(
-            str(item["id"]),
+    )
+    rows = [
+        (
+            item["id"],
             _local(item["recorded_at"], zone),
             item["device_serial"],
-            Text(f"{_cell(item['officer_no'])} {item['officer_name'] or ''}".strip()),
-            _cell(item["unit_no"]),
+            f"{_cell(item['officer_no'])} {item['officer_name'] or ''}".strip(),
+            item["unit_no"],
             _size(item["size"]),
             "late" if item["late"] else "",
             ",".join(item["open_flags"]),
             item["retention_class"],
-            Text(_cell(item["case_id"])),
+            item["case_id"],
             "hold" if item["legal_hold"] else "",
         )
+        for item in result["recordings"]
+    ]
     console = Console()
-    console.print(table)
+    console.print(table("Footage", columns, rows, empty="-"))
     if result["next"]:
-        console.print(f"more: --cursor '{result['next']}'", highlight=False)
+        console.print(plain(f"more: --cursor '{result['next']}'"), highlight=False)
 
 
 def _audit_pages(config: Config, filters: dict[str, Any], limit: int | None) -> Iterator[dict[str, Any]]:
@@ -545,21 +541,21 @@ def audit(
     if fmt == "table":
         zone = ZoneInfo(config.deadlines.timezone)
         events = list(_audit_pages(config, filters, limit or queries.AUDIT_LIMIT_DEFAULT))
-        table = Table(title="Audit trail")
-        for column in ("seq", "time", "event", "user", "role", "outcome", "subject", "source"):
-            table.add_column(column)
-        for event in events:
-            table.add_row(
-                str(event["seq"]),
+        columns = ("seq", "time", "event", "user", "role", "outcome", "subject", "source")
+        rows = [
+            (
+                event["seq"],
                 _local(event["time"], zone),
                 event["event_type"],
-                Text(event["user"]),
+                event["user"],
                 event["role"],
                 event["outcome"],
-                Text(event["subject"]),
-                Text(event["source"]),
+                event["subject"],
+                event["source"],
             )
-        Console().print(table)
+            for event in events
+        ]
+        Console().print(table("Audit trail", columns, rows, empty="-"))
         return
     writer: Callable[[Iterator[dict[str, Any]], Any], int] = _write_csv if fmt == "csv" else _write_json
     with _output(output) as out:

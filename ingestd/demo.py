@@ -29,6 +29,7 @@ from rich.table import Table
 from sqlalchemy import select
 
 from ingestd.config import load_config
+from ingestd.display import problem_line, styled, table
 from ingestd.docking.folders import DESCRIPTOR
 from ingestd.errors import IngestdError
 from ingestd.sdnotify import parse_notification
@@ -218,9 +219,7 @@ def dock_loop_image(base: Path, camera: DemoCamera, files: int, size: int) -> st
 
 
 def progress_table(catalog: Catalog) -> tuple[Table, int]:
-    table = Table(title="docks")
-    for column in ("port", "state", "file", "done", "rate", "eta"):
-        table.add_column(column)
+    rows = []
     with catalog.transaction() as session:
         docks = session.scalars(select(Dock).order_by(Dock.port)).all()
         ended = len(session.scalars(select(DockSession.id).where(DockSession.ended_at.is_not(None))).all())
@@ -228,14 +227,12 @@ def progress_table(catalog: Catalog) -> tuple[Table, int]:
             done = f"{dock.bytes_done / MIB:.1f}/{dock.bytes_total / MIB:.1f} MiB"
             rate = f"{dock.rate_bps / MIB:.1f} MiB/s" if dock.rate_bps else "-"
             eta = f"{dock.eta_s:.0f}s" if dock.eta_s is not None else "-"
-            table.add_row(dock.port[-40:], dock.state, (dock.current_file or "-")[-40:], done, rate, eta)
-    return table, ended
+            rows.append((dock.port[-40:], dock.state, (dock.current_file or "-")[-40:], done, rate, eta))
+    return table("docks", ("port", "state", "file", "done", "rate", "eta"), rows), ended
 
 
 def summary_table(catalog: Catalog) -> Table:
-    table = Table(title="cameras")
-    for column in ("camera", "officer", "clock offset", "battery", "last session", "files", "MiB"):
-        table.add_column(column)
+    rows = []
     with catalog.transaction() as session:
         for camera in session.scalars(select(Camera).order_by(Camera.device_serial)).all():
             last = session.scalars(
@@ -246,16 +243,19 @@ def summary_table(catalog: Catalog) -> Table:
                 if camera.last_clock_offset_s is not None
                 else camera.clock_state or "-"
             )
-            table.add_row(
-                camera.device_serial,
-                camera.assigned_officer.name if camera.assigned_officer else "-",
-                offset,
-                f"{camera.battery_percent}%" if camera.battery_percent is not None else "-",
-                last.state.value if last else "-",
-                str(last.files_done if last else 0),
-                f"{(last.bytes_done if last else 0) / MIB:.1f}",
+            rows.append(
+                (
+                    camera.device_serial,
+                    camera.assigned_officer.name if camera.assigned_officer else "-",
+                    offset,
+                    f"{camera.battery_percent}%" if camera.battery_percent is not None else "-",
+                    last.state.value if last else "-",
+                    str(last.files_done if last else 0),
+                    f"{(last.bytes_done if last else 0) / MIB:.1f}",
+                )
             )
-    return table
+    columns = ("camera", "officer", "clock offset", "battery", "last session", "files", "MiB")
+    return table("cameras", columns, rows)
 
 
 def run_demo(console: Console, *, workdir: Path | None, files: int, size_mib: int, keep: bool) -> bool:
@@ -322,11 +322,14 @@ def run_demo(console: Console, *, workdir: Path | None, files: int, size_mib: in
     finally:
         services.close()
     for problem in report.problems:
-        console.print(f"[red]PROBLEM[/red] {problem.area} {problem.kind} {problem.subject}: {problem.detail}")
-    verdict = "[green]clean[/green]" if report.clean else "[red]NOT clean[/red]"
+        console.print(problem_line(f"{problem.area} {problem.kind} {problem.subject}", problem.detail))
+    verdict = ("clean", "green") if report.clean else ("NOT clean", "red")
     console.print(
-        f"ingestctl verify --objects: {report.events_checked} audit events, "
-        f"{report.objects_checked} objects: {verdict}"
+        styled(
+            f"ingestctl verify --objects: {report.events_checked} audit events, "
+            f"{report.objects_checked} objects: ",
+            verdict,
+        )
     )
     if not keep and workdir is None:
         remove_sealed_tree(base)

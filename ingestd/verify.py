@@ -7,7 +7,7 @@ each line says what is wrong and where.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -38,7 +38,7 @@ class VerifyReport:
     events_checked: int
     objects_checked: int
     problems: list[Problem]
-    key_id: str  # the key checkpoints were checked against
+    key_ids: list[str]  # the keys checkpoints were checked against
     pinned: bool  # given by the verifier (--public-key), not read from the station
 
     @property
@@ -46,28 +46,29 @@ class VerifyReport:
         return not self.problems
 
 
-def verify_audit(services: Services, public_key: Ed25519PublicKey) -> tuple[int, list[Problem]]:
-    """The chain and its checkpoints, checked against `public_key`."""
+def verify_audit(services: Services, public_keys: list[Ed25519PublicKey]) -> tuple[int, list[Problem]]:
+    """The chain and its checkpoints, checked against `public_keys`."""
     with services.catalog.transaction() as session:
         count = session.scalar(select(func.count()).select_from(AuditEvent)) or 0
         found = verify_chain(
             session,
             checkpoint_path=checkpoint_path(services.config),
-            public_key=public_key,
+            public_key=public_keys,
             checkpoint_every=services.config.audit.checkpoint_every,
         )
     problems = [
         Problem("audit", p.kind, f"seq {p.seq}" if p.seq is not None else "chain", p.detail) for p in found
     ]
     station = services.audit.signer.key_id
-    if key_id(public_key) != station:
+    trusted = [key_id(key) for key in public_keys]
+    if station not in trusted:
         problems.append(
             Problem(
                 "audit",
                 "key-mismatch",
                 "signing key",
-                f"the station signs with {station}, not with the pinned key {key_id(public_key)}: "
-                "its key was replaced, or the pinned key is another station's",
+                f"the station signs with {station}, which is not a trusted key ({', '.join(trusted)}): "
+                "its key was replaced, or the trusted keys are another station's",
             )
         )
     return count, problems
@@ -105,11 +106,12 @@ def verify_all(
     *,
     objects: bool,
     progress: ProgressCallback | None = None,
-    pinned_key: Ed25519PublicKey | None = None,
+    trusted_keys: Collection[Ed25519PublicKey] = (),
 ) -> VerifyReport:
-    """Everything; checkpoints are checked against `pinned_key` when given, else the station's own key."""
-    public_key = pinned_key or services.audit.signer.public_key
-    events, problems = verify_audit(services, public_key)
+    """Everything; checkpoints are checked against `trusted_keys` when given (kept off the machine),
+    else against the station's own key."""
+    public_keys = list(trusted_keys) or [services.audit.signer.public_key]
+    events, problems = verify_audit(services, public_keys)
     problems += verify_catalog_rows(services)
     checked = 0
     if objects:
@@ -119,6 +121,6 @@ def verify_all(
         events_checked=events,
         objects_checked=checked,
         problems=problems,
-        key_id=key_id(public_key),
-        pinned=pinned_key is not None,
+        key_ids=[key_id(key) for key in public_keys],
+        pinned=bool(trusted_keys),
     )

@@ -8,7 +8,6 @@ descriptor received with an answer that is not returned is closed.
 
 from __future__ import annotations
 
-import array
 import contextlib
 import itertools
 import os
@@ -24,7 +23,6 @@ from ingestd.errors import IngestdError
 EX_UNAVAILABLE = 69  # sysexits.h
 CHUNK = 1 << 20
 MAX_PASSED_FILES = 1  # room for one descriptor; more set MSG_CTRUNC and the kernel closes the rest
-_FD = array.array("i")  # a descriptor as SCM_RIGHTS carries it: a C int
 _ids = itertools.count(1)
 
 
@@ -51,10 +49,15 @@ class RemoteError(IngestdError):
 
 
 def call(
-    socket_path: Path, command: str, args: Mapping[str, Any] | None = None, timeout: float = 30.0
+    socket_path: Path,
+    command: str,
+    args: Mapping[str, Any] | None = None,
+    timeout: float = 30.0,
+    *,
+    pass_fd: int | None = None,
 ) -> Any:
-    """Send one request and return its result."""
-    return _exchange(socket_path, command, args, timeout, None)
+    """Send one request (with `pass_fd`, handing the daemon that open descriptor) and return its result."""
+    return _exchange(socket_path, command, args, timeout, None, pass_fd=pass_fd)
 
 
 def call_with_fd(
@@ -83,7 +86,13 @@ def _close_all(fds: list[int]) -> None:
 
 
 def _exchange(
-    socket_path: Path, command: str, args: Mapping[str, Any] | None, timeout: float, fds: list[int] | None
+    socket_path: Path,
+    command: str,
+    args: Mapping[str, Any] | None,
+    timeout: float,
+    fds: list[int] | None,
+    *,
+    pass_fd: int | None = None,
 ) -> Any:
     """One request and its answer's result; with `fds`, the descriptors the answer hands over go there."""
     request_id = f"{os.getpid()}-{next(_ids)}"
@@ -103,7 +112,11 @@ def _exchange(
             ) from None
         # Refused before reading (a connection cap): its one error line may still wait to be read.
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            connection.sendall(payload)
+            if pass_fd is None:
+                connection.sendall(payload)
+            else:
+                sent = socket.send_fds(connection, [payload], [pass_fd])
+                connection.sendall(payload[sent:])  # the descriptor went with the first bytes
         line = _read_line(connection, command, socket_path, timeout, fds)
     except TimeoutError:
         raise ControlTimeoutError(command=command, timeout=timeout, path=socket_path) from None
@@ -123,14 +136,8 @@ def _exchange(
 def _receive(connection: socket.socket, command: str, fds: list[int] | None) -> bytes:
     if fds is None:
         return connection.recv(CHUNK)  # a descriptor sent anyway is discarded by the kernel
-    # recvmsg, not socket.recv_fds: that drops its flags argument (Python 3.11), and the descriptor must
-    # arrive close-on-exec rather than be marked so afterwards.
-    space = socket.CMSG_SPACE(MAX_PASSED_FILES * _FD.itemsize)
-    chunk, ancillary, flags, _ = connection.recvmsg(CHUNK, space, socket.MSG_CMSG_CLOEXEC)
-    for level, kind, data in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.extend(array.array(_FD.typecode, data[: len(data) - len(data) % _FD.itemsize]))
-    if flags & socket.MSG_CTRUNC:
+    chunk, truncated = protocol.receive(connection, CHUNK, fds, MAX_PASSED_FILES)
+    if truncated:
         raise protocol.ProtocolError(detail=f"the answer to {command} hands over more files than expected")
     return chunk
 

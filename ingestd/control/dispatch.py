@@ -166,7 +166,13 @@ def dispatch(
             log.error("control_audit_failed", command=message.command, error=str(error))  # noqa: TRY400
         return _failure(message.id, denied)
 
-    request = Request(command=spec.name, args=message.args, actor=caller.actor(spec.roles), now=now)
+    request = Request(
+        command=spec.name,
+        args=message.args,
+        actor=caller.actor(spec.roles),
+        now=now,
+        passed_fds=message.fds,
+    )
     try:
         result = spec.handler(services, request)
         response = protocol.ok(message.id, result)

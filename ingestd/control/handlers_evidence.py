@@ -171,12 +171,22 @@ def approvals(services: Services, request: Request) -> dict[str, Any]:
 def _deliver(
     services: Services, request: Request, delivers: Callable[[DeliveryRequest], ExportOutcome | CopyOutcome]
 ) -> dict[str, Any]:
-    """Export or copy: the same arguments, the same request."""
+    """Export or copy: the same arguments, the same request, and the caller's new directory passed open
+    with it (the daemon never opens a path the caller chose: see `ingestd.evidence.delivery`)."""
+    if len(request.passed_fds) != 1:
+        raise EvidenceUsageError(
+            detail=f"{request.command} needs the new destination directory handed over open "
+            f"(got {len(request.passed_fds)} descriptors): use ingestctl {request.command}"
+        )
+    dest = Path(_str(request.args, "dest", required=True) or "")
+    if not dest.is_absolute():
+        raise EvidenceUsageError(detail=f"destination {dest} must be an absolute path")
     asked = DeliveryRequest(
         services,
         request.actor,
         _req_int(request.args, "approval_id"),
-        Path(_str(request.args, "dest", required=True) or ""),
+        dest,
+        request.passed_fds[0],
         request.now,
         tuple(_int_list(request.args, "recording_ids")),
     )

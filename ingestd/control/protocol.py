@@ -9,6 +9,9 @@ daemon, so the caller needs no access to the store). Its descriptor travels as S
 with the first bytes of the answer's line; the JSON `result` says what the file is (its size and
 digests), and the daemon closes its own copy once sent. A client that expects a file reads the answer
 with recvmsg (`client.call_with_fd`); any other read discards the descriptor (the kernel closes it).
+The other way round, a request may hand the daemon one open directory the same way (`export`, `copy`:
+the new DEST.partial the caller made, which the daemon fills without ever resolving the caller's path);
+the server passes it to the handler as `Request.passed_fds` and closes it once the answer is sent.
 
 Guarantees: a request longer than MAX_REQUEST_BYTES, nested deeper than MAX_NESTING, not UTF-8 (an
 unpaired surrogate escape included), not JSON, or not of that shape is answered with a `bad-request`
@@ -18,8 +21,10 @@ so no input can exhaust the decoder's stack.
 
 from __future__ import annotations
 
+import array
 import json
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -48,6 +53,23 @@ class Message:
     id: str | int | None
     command: str
     args: Mapping[str, Any]
+    fds: tuple[int, ...] = ()  # descriptors the caller sent with the request (owned by the server)
+
+
+_FD = array.array("i")  # a descriptor as SCM_RIGHTS carries it: a C int
+
+
+def receive(connection: socket.socket, size: int, fds: list[int], max_fds: int) -> tuple[bytes, bool]:
+    """Up to `size` bytes, and into `fds` the descriptors sent with them (close-on-exec); True as the
+    second value when more than `max_fds` were sent (the kernel closed the rest)."""
+    # recvmsg, not socket.recv_fds: that drops its flags argument (Python 3.11), and a descriptor must
+    # arrive close-on-exec rather than be marked so afterwards.
+    space = socket.CMSG_SPACE(max_fds * _FD.itemsize)
+    chunk, ancillary, flags, _ = connection.recvmsg(size, space, socket.MSG_CMSG_CLOEXEC)
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.extend(array.array(_FD.typecode, data[: len(data) - len(data) % _FD.itemsize]))
+    return chunk, bool(flags & socket.MSG_CTRUNC)
 
 
 @dataclass(frozen=True)

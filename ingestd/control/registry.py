@@ -42,6 +42,7 @@ class Request:
     args: Mapping[str, Any]
     actor: Actor  # the real OS identity from SO_PEERCRED, role from its groups
     now: datetime  # tz-aware UTC, injected
+    passed_fds: tuple[int, ...] = ()  # descriptors the caller sent with the request; the server closes them
 
 
 Handler = Callable[[Services, Request], Any]

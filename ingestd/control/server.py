@@ -14,6 +14,7 @@ handler hands over
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import grp
 import importlib
 import os
@@ -38,6 +39,7 @@ from store.errors import StoreError
 
 log = structlog.get_logger()
 
+MAX_PASSED_FDS = 1  # export and copy hand over their destination directory; nothing needs more
 ACCEPT_TICK_S = 0.25
 DENIAL_FLUSH_TICK_S = 1.0
 EX_TEMPFAIL = 75  # sysexits.h: try again later
@@ -79,6 +81,13 @@ def _remove_stale(path: Path) -> None:
     finally:
         probe.close()
     raise ControlSocketError(path=path, detail="another ingestd is already listening on it")
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    fds.clear()
 
 
 class ControlServer:
@@ -226,53 +235,68 @@ class ControlServer:
         idle_until = time.monotonic() + self.config.timeout_seconds
         caller = auth.resolve(peer, self.config)
         buffer = b""
-        while not self.stop_event.is_set():
-            now = time.monotonic()
-            if now >= expires:  # checked before each request too, for a client that pipelines them
-                self._close_with(connection, self._expired())
-                return
-            newline = buffer.find(b"\n")
-            if newline < 0:
-                if len(buffer) > protocol.MAX_REQUEST_BYTES:
-                    self._send(
-                        connection,
-                        protocol.failure(
-                            None,
-                            "bad-request",
-                            f"control protocol: request is larger than {protocol.MAX_REQUEST_BYTES} bytes",
-                            protocol.EX_PROTOCOL,
-                        ),
-                    )
+        fds: list[int] = []  # sent with the bytes of the request being read; closed once it is answered
+        try:
+            while not self.stop_event.is_set():
+                now = time.monotonic()
+                if now >= expires:  # checked before each request too, for a client that pipelines them
+                    self._close_with(connection, self._expired())
                     return
-                if now >= idle_until:
-                    return
-                connection.settimeout(min(idle_until - now, expires - now, ACCEPT_TICK_S * 4))
-                try:
-                    chunk = connection.recv(65536)
-                except TimeoutError:
+                newline = buffer.find(b"\n")
+                if newline < 0:
+                    if len(buffer) > protocol.MAX_REQUEST_BYTES:
+                        self._bad_request(
+                            connection, f"request is larger than {protocol.MAX_REQUEST_BYTES} bytes"
+                        )
+                        return
+                    if now >= idle_until:
+                        return
+                    connection.settimeout(min(idle_until - now, expires - now, ACCEPT_TICK_S * 4))
+                    try:
+                        chunk, truncated = protocol.receive(connection, 65536, fds, MAX_PASSED_FDS)
+                    except TimeoutError:
+                        continue
+                    if truncated:
+                        self._bad_request(
+                            connection, f"a request may hand over at most {MAX_PASSED_FDS} file"
+                        )
+                        return
+                    if not chunk:
+                        return  # the client closed; a partial line is dropped
+                    buffer += chunk
                     continue
-                if not chunk:
-                    return  # the client closed; a partial line is dropped
-                buffer += chunk
-                continue
-            line, buffer = buffer[:newline], buffer[newline + 1 :]
-            if not line.strip():
-                continue
-            self._send(connection, self._answer(caller, line))
-            idle_until = time.monotonic() + self.config.timeout_seconds
+                line, buffer = buffer[:newline], buffer[newline + 1 :]
+                if not line.strip():
+                    continue
+                self._send(connection, self._answer(caller, line, tuple(fds)))
+                _close_all(fds)
+                idle_until = time.monotonic() + self.config.timeout_seconds
+        finally:
+            _close_all(fds)
 
     def _expired(self) -> dict[str, object]:
         lifetime = self.config.connection_lifetime_seconds
         message = f"connection closed: open longer than {lifetime:g}s; reconnect"
         return protocol.failure(None, "connection-expired", message, EX_TEMPFAIL)
 
-    def _answer(self, caller: auth.Caller, line: bytes) -> dict[str, object]:
+    def _bad_request(self, connection: socket.socket, detail: str) -> None:
+        self._send(
+            connection,
+            protocol.failure(None, "bad-request", f"control protocol: {detail}", protocol.EX_PROTOCOL),
+        )
+
+    def _answer(self, caller: auth.Caller, line: bytes, fds: tuple[int, ...]) -> dict[str, object]:
         try:
             message = protocol.parse_request(line)
         except protocol.ProtocolError as error:
             return protocol.failure(protocol.request_id_of(line), "bad-request", str(error), error.exit_code)
         return dispatch(
-            self.services, caller, message, self.clock(), denials=self.denials, mono=time.monotonic()
+            self.services,
+            caller,
+            dataclasses.replace(message, fds=fds),
+            self.clock(),
+            denials=self.denials,
+            mono=time.monotonic(),
         )
 
     def _send(self, connection: socket.socket, response: dict[str, object]) -> None:

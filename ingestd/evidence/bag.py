@@ -3,7 +3,8 @@
 Guarantees: each payload file is copied from the store and hashed (SHA-256 and BLAKE3) in the same pass;
 any difference from the catalog's size or digests raises ExportIntegrityError before anything is
 signed. Every file is fsynced, then its directory. The manifests carry the catalog's digests, which the
-copy has just proven. The caller provides an empty directory and does the final rename.
+copy has just proven. The caller provides an empty directory, as an open descriptor: every file and
+folder is created relative to it, never through a symlink, so what its path leads to does not matter.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import blake3
@@ -23,7 +23,6 @@ from cryptography.hazmat.primitives import serialization
 
 from ingestd.evidence import layout
 from ingestd.evidence.errors import ExportIntegrityError
-from store.objects import fsync_dir
 from store.signing import Signer
 
 MiB = 1024 * 1024
@@ -51,22 +50,33 @@ class BagResult:
     key_id: str
 
 
-def _write_file(path: Path, data: bytes, mode: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    with os.fdopen(fd, "wb") as out:
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _create(directory: int, name: str, mode: int) -> BinaryIO:
+    """The new file `name` in the directory open as `directory`, with exactly `mode` (not narrowed by
+    the umask); never an existing file, never through a symlink."""
+    out = os.fdopen(os.open(name, _NEW_FILE, mode, dir_fd=directory), "wb")
+    os.fchmod(out.fileno(), mode)
+    return out
+
+
+def write_new(directory: int, name: str, data: bytes, mode: int) -> None:
+    """Write `data` durably to the new file `name` in the directory open as `directory`."""
+    with _create(directory, name, mode) as out:
         out.write(data)
         out.flush()
         os.fsync(out.fileno())
 
 
-def copy_proving(source: BinaryIO, path: Path, item: PayloadItem, mode: int, chunk_size: int) -> None:
-    """Write `source` to the new file `path`, hashing as it goes: what leaves the station is proven to be
-    what the catalog recorded (ExportIntegrityError otherwise; the caller removes the partial tree)."""
+def copy_proving(source: BinaryIO, directory: int, item: PayloadItem, mode: int, chunk_size: int) -> None:
+    """Write `source` to the new file `item.name` in the directory open as `directory`, hashing as it goes:
+    what leaves the station is proven to be what the catalog recorded (ExportIntegrityError otherwise;
+    the caller removes the partial tree)."""
     sha = hashlib.sha256()
     b3 = blake3.blake3()
     size = 0
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    with os.fdopen(fd, "wb") as out:
+    with _create(directory, item.name, mode) as out:
         while chunk := source.read(chunk_size):
             sha.update(chunk)
             b3.update(chunk)
@@ -99,7 +109,7 @@ def tag_file_text(fields: Sequence[tuple[str, str]]) -> str:
 
 
 def write_bag(
-    target: Path,
+    target: int,
     items: Sequence[PayloadItem],
     bag_info: Sequence[tuple[str, str]],
     signer: Signer,
@@ -110,17 +120,23 @@ def write_bag(
     dir_mode: int = 0o750,
     chunk_size: int = 4 * MiB,
 ) -> BagResult:
-    """Fill the empty directory `target` with a complete, signed bag of `items`."""
+    """Fill the empty directory open as `target` with a complete, signed bag of `items`."""
     names = [item.name for item in items]
     if len(set(names)) != len(names) or len({n.casefold() for n in names}) != len(names):
         raise ValueError("payload names must be unique (also ignoring case)")
-    data = target / layout.PAYLOAD_DIR
-    data.mkdir(mode=dir_mode)
+    os.mkdir(layout.PAYLOAD_DIR, dir_mode, dir_fd=target)
+    data = os.open(
+        layout.PAYLOAD_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=target
+    )
     ordered = sorted(items, key=lambda i: i.name)
-    for item in ordered:
-        with open_object(item.blake3) as source:
-            copy_proving(source, data / item.name, item, file_mode, chunk_size)
-    fsync_dir(data)
+    try:
+        os.fchmod(data, dir_mode)
+        for item in ordered:
+            with open_object(item.blake3) as source:
+                copy_proving(source, data, item, file_mode, chunk_size)
+        os.fsync(data)
+    finally:
+        os.close(data)
 
     total = sum(item.size for item in ordered)
     manifest_sha = "".join(f"{i.sha256}  {layout.PAYLOAD_DIR}/{i.name}\n" for i in ordered)
@@ -159,15 +175,16 @@ def write_bag(
         layout.PUBLIC_KEY: pem,
     }
     for name, content in tag_files.items():
-        _write_file(target / name, content, file_mode)
+        write_new(target, name, content, file_mode)
     tag_manifest = "".join(
         f"{hashlib.sha256(tag_files[name]).hexdigest()}  {name}\n" for name in sorted(tag_files)
     ).encode("utf-8")
-    _write_file(target / layout.TAG_MANIFEST, tag_manifest, file_mode)
+    write_new(target, layout.TAG_MANIFEST, tag_manifest, file_mode)
     signature = signer.sign(tag_manifest)
     tag_manifest_sha = hashlib.sha256(tag_manifest).hexdigest()
-    _write_file(
-        target / layout.SIGNATURE,
+    write_new(
+        target,
+        layout.SIGNATURE,
         tag_file_text(
             [
                 ("Signature-Algorithm", "Ed25519"),
@@ -180,7 +197,7 @@ def write_bag(
         ).encode("utf-8"),
         file_mode,
     )
-    fsync_dir(target)
+    os.fsync(target)
     return BagResult(
         payload_bytes=total,
         payload_files=len(ordered),

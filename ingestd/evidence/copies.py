@@ -5,17 +5,19 @@ Guarantees (besides those of every delivery, see `ingestd.evidence.delivery`):
   whole copy (exit 16) and leave nothing behind.
 - DEST holds the recordings, each named like in an export, and `SHA256SUMS` (`sha256sum -c` format) with
   the digests the copy has just proven; every file is mode 0444 and, like DEST, the caller's.
-- A `footage.copy` audit event (approval, recordings, destination, files) is committed before DEST appears.
+- The approval is checked again and a `footage.copy` audit event (approval, recordings, destination,
+  files) committed before the files are handed to the caller.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ingestd.evidence.approvals import FootageAction
-from ingestd.evidence.bag import MiB, PayloadItem, copy_proving
+from ingestd.evidence.bag import MiB, PayloadItem, copy_proving, write_new
 from ingestd.evidence.delivery import (
     Delivery,
     DeliveryRequest,
@@ -23,13 +25,11 @@ from ingestd.evidence.delivery import (
     deliver,
     give_to,
     payload_items,
-    publish,
 )
 from ingestd.evidence.errors import ExportError, ExportIntegrityError
-from store.objects import write_durably
 
 SUMS_FILE = "SHA256SUMS"
-FILE_MODE = 0o444  # set explicitly: the daemon's umask would narrow a mode given at creation
+FILE_MODE = 0o444
 
 
 class CopyError(ExportError):
@@ -91,18 +91,16 @@ def _select(request: DeliveryRequest) -> _Selection:
 
 
 def _copy_and_record(request: DeliveryRequest, selection: _Selection, workspace: Workspace) -> CopyOutcome:
-    services, partial = request.services, workspace.path
+    services = request.services
     chunk_size = services.config.store.chunk_mib * MiB
     for item in selection.items:
         with services.store.open(item.blake3) as source:
             try:
-                copy_proving(source, partial / item.name, item, FILE_MODE, chunk_size)
+                copy_proving(source, workspace.fd, item, FILE_MODE, chunk_size)
             except ExportIntegrityError as mismatch:
                 raise CopyIntegrityError(**mismatch.facts) from None
-    write_durably(partial / SUMS_FILE, sums_text(selection.items).encode("utf-8"))  # fsyncs `partial` too
-    for path in partial.iterdir():
-        path.chmod(FILE_MODE)
-    give_to(workspace, request.actor.uid)
+    write_new(workspace.fd, SUMS_FILE, sums_text(selection.items).encode("utf-8"), FILE_MODE)
+    os.fsync(workspace.fd)
     files = tuple(sorted(i.name for i in selection.items))
     total = sum(i.size for i in selection.items)
     with services.catalog.transaction() as session:
@@ -120,7 +118,7 @@ def _copy_and_record(request: DeliveryRequest, selection: _Selection, workspace:
             },
             at=request.now,
         )
-    publish(workspace, CopyError)
+    give_to(workspace)  # only now: re-checked and recorded
     return CopyOutcome(str(request.dest), selection.approval_id, selection.recording_ids, files, total)
 
 

@@ -1,14 +1,18 @@
 """Approved footage delivered as files into a new directory of the caller's (exports and copies).
 
 Guarantees:
-- DEST is absolute, does not exist, and lies in a directory the caller owns: the daemon, which may run as
-  root, never becomes a way to write where the caller could not. An existing DEST or DEST.partial is
-  never touched.
+- The daemon never resolves a path the caller chose. The caller (`ingestctl`, with its own rights and in
+  its own mount namespace, see `destination`) creates DEST.partial and hands over an open descriptor of
+  it; the daemon, which may run as root in a sandbox that cannot see the caller's files, works only
+  relative to that descriptor: it takes the empty directory over (root-owned, 0700, so nobody changes it
+  meanwhile), creates, writes, chowns and, on failure, removes through it, never following a symlink.
+  So it never writes where the caller could not, and swapping names or symlinks redirects nothing.
 - Nothing is read from the store unless the approval is valid for every recording at the time of the
   request; a refusal is audited (outcome "refused", with its code) in a transaction of its own.
-- The files are written in DEST.partial, handed to the caller (their uid, the group of the directory
-  they asked for) and renamed to DEST only when complete and recorded; a failure removes the partial
-  directory and is audited (outcome "failed", or "refused" when the approval was withdrawn meanwhile).
+- The approval is checked again, and the delivery recorded, before the files are handed to the caller
+  (their uid, the group their new directory got); a failure empties the directory, gives it back and is
+  audited (outcome "failed", or "refused" when the approval was withdrawn meanwhile). The caller renames
+  DEST.partial to DEST once the daemon answered.
 - A recording gets the same file name in every delivery: officer, case and time (004 art. 19(三)).
 """
 
@@ -34,9 +38,7 @@ from ingestd.policies.flags import iso
 from ingestd.services import Services
 from store.audit import Actor
 from store.models import Approval, Recording, Unit
-from store.objects import fsync_dir
 
-PARTIAL_SUFFIX = ".partial"
 P = TypeVar("P")
 R = TypeVar("R")
 
@@ -49,30 +51,6 @@ class Delivery:
     action: FootageAction
     audit_action: str
     error: type[ExportError] = ExportError
-
-
-def check_destination(dest: Path, actor: Actor, error: type[ExportError] = ExportError) -> Path:
-    """The partial path to build in. DEST must be absolute (the daemon's working directory is not the
-    caller's), new, and in a directory the caller owns."""
-    if not dest.is_absolute():
-        raise EvidenceUsageError(detail=f"destination {dest} must be an absolute path")
-    if not dest.name or dest.name in (".", ".."):
-        raise EvidenceUsageError(detail=f"destination {dest} must name a new directory")
-    partial = dest.with_name(dest.name + PARTIAL_SUFFIX)
-    if dest.exists() or dest.is_symlink():
-        raise error(dest=dest, detail="already exists; nothing is ever overwritten")
-    if partial.exists() or partial.is_symlink():
-        raise error(dest=dest, detail=f"{partial} exists (an interrupted attempt?); remove it first")
-    parent = dest.parent
-    try:
-        info = parent.stat()
-    except OSError as problem:
-        raise error(dest=dest, detail=f"parent directory: {problem.strerror or problem}") from problem
-    if not parent.is_dir():
-        raise error(dest=dest, detail=f"{parent} is not a directory")
-    if actor.uid is not None and actor.uid not in (0, info.st_uid):
-        raise error(dest=dest, detail=f"{parent} is not owned by the caller (uid {actor.uid})")
-    return partial
 
 
 def select_recordings(
@@ -180,88 +158,103 @@ def refusal_audited(
         raise
 
 
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 @dataclass(frozen=True)
 class Workspace:
-    """DEST.partial, held by a descriptor. The caller owns the directory it lies in and could swap the
-    name for a symlink while the daemon (root) works, so files are written, handed over and removed
-    through the descriptor (`path`), and the name is renamed only while it is still this directory."""
+    """The caller's new DEST.partial, held by the daemon's own descriptor `fd`, and whose it is to be."""
 
-    name: Path
-    dest: Path
     fd: int
+    dest: Path  # as the caller named it: for messages and records only, never opened
+    uid: int  # the caller's
+    gid: int  # the group the caller's new directory got
 
     @property
     def path(self) -> Path:
-        """The directory itself, whatever its name now points to (the kernel's magic link to `fd`)."""
+        """The directory itself, for reading back what was written (the kernel's magic link to `fd`)."""
         return Path(f"/proc/self/fd/{self.fd}")
 
-    def still_named(self) -> bool:
-        try:
-            named = os.lstat(self.name)
-        except OSError:
-            return False
-        held = os.fstat(self.fd)
-        return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+
+def _take_over(fd: int, actor: Actor) -> str | None:
+    """Make the directory open as `fd` ours (root's, 0700) if it is the caller's and empty; else why not."""
+    made = os.fstat(fd)
+    if actor.uid is not None and actor.uid not in (0, made.st_uid):
+        return f"the directory handed over is not the caller's (uid {actor.uid})"
+    if os.geteuid() == 0:
+        os.fchown(fd, 0, 0)
+    os.fchmod(fd, 0o700)
+    with os.scandir(fd) as entries:  # looked at once it is ours: nothing can be added now
+        if any(True for _ in entries):
+            if os.geteuid() == 0:
+                os.fchown(fd, made.st_uid, made.st_gid)  # not ours to fill: given back as it was
+            os.fchmod(fd, made.st_mode & 0o7777)
+            return "the directory handed over is not empty"
+    return None
 
 
-def _make_workspace(partial: Path, dest: Path, error: type[ExportError] = ExportError) -> Workspace:
+def take_workspace(
+    passed: int, dest: Path, actor: Actor, error: type[ExportError] = ExportError
+) -> Workspace:
+    """Take over the empty directory the caller made and passed as `passed`: owned by root and 0700 while
+    the daemon fills it, so the caller (who owns the directory around it) cannot change what is in it."""
     try:
-        partial.mkdir(mode=0o750)
-        fd = os.open(partial, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(".", _DIRECTORY, dir_fd=passed)  # our own descriptor, read-only, whatever was sent
     except OSError as problem:
-        raise error(dest=dest, detail=f"cannot create {partial}: {problem.strerror or problem}") from problem
-    if os.fstat(fd).st_uid != os.geteuid():  # swapped for a directory of the caller's before we held it
+        raise error(dest=dest, detail=f"the directory handed over: {problem.strerror or problem}") from None
+    made = os.fstat(fd)
+    try:
+        refused = _take_over(fd, actor)
+    except OSError as problem:
+        refused = f"the directory handed over: {problem.strerror or problem}"
+    if refused is not None:
         os.close(fd)
-        raise error(dest=dest, detail=f"{partial} was replaced while it was being created")
-    return Workspace(partial, dest, fd)
+        raise error(dest=dest, detail=refused)
+    return Workspace(fd, dest, made.st_uid, made.st_gid)
 
 
 def _discard(workspace: Workspace) -> None:
-    """Remove what was written, through the descriptor; the name only while it is still ours."""
-    for entry in os.scandir(workspace.path):
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path)
-        else:
-            Path(entry.path).unlink()
-    if workspace.still_named():
-        workspace.name.rmdir()
+    """Remove what was written, through the descriptor, and give the empty directory back."""
+    with os.scandir(workspace.fd) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.name, dir_fd=workspace.fd)
+            else:
+                os.unlink(entry.name, dir_fd=workspace.fd)
+    if os.geteuid() == 0:
+        os.fchown(workspace.fd, workspace.uid, workspace.gid)
 
 
-def give_to(workspace: Workspace, uid: int | None) -> None:
-    """Hand the tree to the caller, so they can pass it on: their uid, and the group of the directory
-    they chose (the caller's gid is not known here)."""
-    if uid is None or os.geteuid() != 0:
-        return
-    gid = workspace.dest.parent.stat().st_gid
-    for directory, dirnames, filenames in os.walk(workspace.path):
-        for name in [*dirnames, *filenames]:
-            os.chown(Path(directory) / name, uid, gid, follow_symlinks=False)
-    os.fchown(workspace.fd, uid, gid)
+def _chown_tree(directory: int, uid: int, gid: int) -> None:
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            os.chown(entry.name, uid, gid, dir_fd=directory, follow_symlinks=False)
+            if entry.is_dir(follow_symlinks=False):
+                inner = os.open(entry.name, _DIRECTORY, dir_fd=directory)
+                try:
+                    _chown_tree(inner, uid, gid)
+                finally:
+                    os.close(inner)
 
 
-def publish(workspace: Workspace, error: type[ExportError] = ExportError) -> None:
-    """Rename the complete workspace to DEST, durably; never over something that appeared meanwhile,
-    and never a name that no longer leads to the workspace."""
-    dest = workspace.dest
-    if dest.exists() or dest.is_symlink():
-        raise error(dest=dest, detail="appeared while the files were being written")
-    if not workspace.still_named():
-        raise error(dest=dest, detail=f"{workspace.name} was moved or replaced while the files were written")
-    try:
-        workspace.name.rename(dest)
-        fsync_dir(dest.parent)
-    except OSError as problem:
-        raise error(dest=dest, detail=f"rename failed: {problem.strerror or problem}") from problem
+def give_to(workspace: Workspace, mode: int = 0o750) -> None:
+    """Hand the tree to the caller, so they can pass it on: every file first, the directory last."""
+    if os.geteuid() == 0:
+        _chown_tree(workspace.fd, workspace.uid, workspace.gid)
+        os.fchown(workspace.fd, workspace.uid, workspace.gid)
+    os.fchmod(workspace.fd, mode)
 
 
 @dataclass(frozen=True)
 class DeliveryRequest:
-    """A caller's request to have approved footage delivered into the new directory `dest`."""
+    """A caller's request to have approved footage delivered into the new directory it passed open as
+    `directory` (DEST.partial, to be renamed `dest` by the caller)."""
 
     services: Services
     actor: Actor
     approval_id: int
     dest: Path
+    directory: int
     now: datetime
     recording_ids: tuple[int, ...] = ()  # empty: every recording the approval covers
 
@@ -295,19 +288,17 @@ def deliver(
     prepare: Callable[[DeliveryRequest], P],
     build: Callable[[DeliveryRequest, P, Workspace], R],
 ) -> R:
-    """Check DEST, `prepare` (check the approval, plan what to write: a refusal is audited), create
-    DEST.partial, `build` the files in it and publish them (a failure removes the partial directory and
-    is audited)."""
+    """`prepare` (check the approval, plan what to write: a refusal is audited), take over the caller's
+    directory and `build` the files in it (a failure empties it and is audited)."""
     services, actor, details = request.services, request.actor, request.details
-    partial = check_destination(request.dest, actor, kind.error)
     with refusal_audited(services, actor, kind.action, details, request.now):
         plan = prepare(request)
     workspace: Workspace | None = None
     try:
-        workspace = _make_workspace(partial, request.dest, kind.error)
+        workspace = take_workspace(request.directory, request.dest, actor, kind.error)
         return build(request, plan, workspace)
     except BaseException as error:
-        if workspace is not None:  # a DEST.partial that appeared meanwhile is someone else's
+        if workspace is not None:
             with contextlib.suppress(OSError):
                 _discard(workspace)
         outcome = "refused" if isinstance(error, ApprovalRefused) else "failed"

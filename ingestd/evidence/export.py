@@ -1,8 +1,9 @@
 """Exporting approved footage as a signed BagIt bag (001 art. 26; 003 art. 13; 004 art. 19, 20).
 
 Guarantees (besides those of every delivery, see `ingestd.evidence.delivery`):
-- The bag is proven with the offline verifier and recorded (an `Export` row and its audit event,
-  committed) before it is renamed to DEST: a DEST that exists is complete, verified and recorded.
+- The bag is proven with the offline verifier (against the station key) and recorded (an `Export` row
+  and its audit event, committed) before it is handed to the caller: a bag the caller gets is complete,
+  verified and recorded.
 - No catalog transaction is held while bytes are copied, so ingest is never blocked by an export.
 """
 
@@ -24,11 +25,10 @@ from ingestd.evidence.delivery import (
     deliver,
     give_to,
     payload_items,
-    publish,
     units_of,
 )
 from ingestd.evidence.errors import ExportIntegrityError
-from ingestd.evidence.verify_bag import verify_bag
+from ingestd.evidence.verify_bag import verify_tree
 from ingestd.policies.flags import iso
 from store.audit import Actor
 from store.models import Approval, Export, Recording
@@ -125,18 +125,15 @@ def _load_plan(request: DeliveryRequest) -> _Plan:
 
 def _build_and_record(request: DeliveryRequest, plan: _Plan, workspace: Workspace) -> ExportOutcome:
     services, actor, now = request.services, request.actor, request.now
-    partial = workspace.path
     signer = services.audit.signer
-    result = write_bag(partial, plan.items, plan.bag_info, signer, services.store.open, now=now)
-    # The checker refuses a symlinked bag (the magic link is one), so it reads by the current name;
-    # a swap there could only fool this re-check, not what gets published (see `publish`).
-    report = verify_bag(partial.readlink(), public_key=signer.public_key)
-    if not report.clean:
+    result = write_bag(workspace.fd, plan.items, plan.bag_info, signer, services.store.open, now=now)
+    # Read back through the descriptor: nobody but the daemon can change the tree until it is handed over.
+    report = verify_tree(workspace.path, trusted_keys=[signer.public_key])
+    if not report.valid:
         found = "; ".join(f"{p.kind} {p.subject}: {p.detail}" for p in report.problems[:10])
         raise ExportIntegrityError(
             blake3="-", recording="-", detail=f"the written bag does not verify: {found}"
         )
-    give_to(workspace, actor.uid)
     with services.catalog.transaction() as session:
         request.recheck_approval(session, plan.recording_ids, FootageAction.EXPORT)
         export = Export(
@@ -162,7 +159,7 @@ def _build_and_record(request: DeliveryRequest, plan: _Plan, workspace: Workspac
             session, actor=actor, action="export", subject=f"export:{export.id}", details=details, at=now
         )
         export_id = export.id
-    publish(workspace)
+    give_to(workspace)  # only now: re-checked and recorded
     return ExportOutcome(
         export_id=export_id,
         destination=str(request.dest),

@@ -4,8 +4,10 @@ This is what a court or the receiving party runs. Guarantees: every problem foun
 never stops at the first one); the payload is checked by the `bagit` library (RFC 8493: structure,
 Payload-Oxum, manifests) and again here against both the SHA-256 and the BLAKE3 manifest; the tag
 manifest must cover every signed tag file and match them; the Ed25519 signature over the tag manifest
-must verify with the public key in the bag and, when one is given, with the pinned station key. Symlinks
-and paths leading out of the bag are reported and never followed.
+must verify with the public key in the bag. That only proves the bag is consistent: anyone can re-sign
+an edited bag with a key of their own. A bag is `valid` only when its key is also one of the trusted
+station keys the checker was given (published by `ingestd key show`). Symlinks and paths leading out of
+the bag are reported and never followed.
 """
 
 from __future__ import annotations
@@ -18,17 +20,18 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import bagit
 import blake3
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ingestd.evidence import layout
-from store.signing import SigningKeyError, key_id, load_public_key, verify_signature
+from store.signing import SigningKeyError, key_id, keys_by_id, load_public_key, verify_signature
 
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 _CHUNK = 4 * 1024 * 1024
@@ -54,12 +57,22 @@ class BagReport:
     payload_files: int = 0
     payload_bytes: int = 0
     key_id: str | None = None
-    pinned_key_id: str | None = None
+    pinned_key_id: str | None = None  # the trusted station key the bag's key matched, if any
     info: dict[str, list[str]] = field(default_factory=dict)
 
     @property
-    def clean(self) -> bool:
+    def consistent(self) -> bool:
+        """No problem found: the bag is whole and signed by the key it carries (whoever holds that)."""
         return not self.problems
+
+    @property
+    def signer_verified(self) -> bool:
+        """The signature verifies with a trusted station key, not merely the key the bag carries."""
+        return self.consistent and self.pinned_key_id is not None
+
+    @property
+    def valid(self) -> bool:
+        return self.consistent and self.signer_verified
 
     def add(self, kind: str, subject: str, detail: str) -> None:
         self.problems.append(BagProblem(kind, subject, detail))
@@ -67,7 +80,9 @@ class BagReport:
     def as_dict(self) -> dict[str, Any]:
         return {
             "path": str(self.path),
-            "clean": self.clean,
+            "valid": self.valid,
+            "consistent": self.consistent,
+            "signer_verified": self.signer_verified,
             "payload_files": self.payload_files,
             "payload_bytes": self.payload_bytes,
             "key_id": self.key_id,
@@ -263,7 +278,7 @@ def _check_tag_manifest(path: Path, report: BagReport) -> bytes | None:
 
 
 def _check_signature(
-    path: Path, signed: bytes | None, pinned: Ed25519PublicKey | None, report: BagReport
+    path: Path, signed: bytes | None, trusted: dict[str, Ed25519PublicKey], report: BagReport
 ) -> None:
     bag_key: Ed25519PublicKey | None = None
     key_file = _inside(path, layout.PUBLIC_KEY)
@@ -275,14 +290,17 @@ def _check_signature(
             report.key_id = key_id(bag_key)
         except SigningKeyError as error:
             report.add("public-key", layout.PUBLIC_KEY, str(error))
-    if pinned is not None:
-        report.pinned_key_id = key_id(pinned)
-        if report.key_id is not None and report.key_id != report.pinned_key_id:
+    pinned: Ed25519PublicKey | None = None
+    if trusted and report.key_id is not None:
+        pinned = trusted.get(report.key_id)
+        if pinned is None:
             report.add(
                 "key-not-pinned",
                 layout.PUBLIC_KEY,
-                f"the bag's key {report.key_id} is not the pinned station key {report.pinned_key_id}",
+                f"the bag's key {report.key_id} is not a trusted station key ({', '.join(sorted(trusted))})",
             )
+        else:
+            report.pinned_key_id = report.key_id
     signature_file = _inside(path, layout.SIGNATURE)
     if signature_file is None or not signature_file.is_file():
         report.add("signature", layout.SIGNATURE, "missing or a symlink")
@@ -312,8 +330,8 @@ def _check_signature(
     if signed is None:
         report.add("signature", layout.TAG_MANIFEST, "nothing to verify: the tag manifest is missing")
         return
-    keys = [("bag", bag_key), ("pinned", pinned)]
-    for which, key in keys:
+    # A trusted key of the same id is the bag's key; check with the copy that came from the station.
+    for which, key in [("trusted station", pinned)] if pinned is not None else [("bag", bag_key)]:
         if key is not None and not verify_signature(key, signature, signed):
             report.add(
                 "signature",
@@ -323,10 +341,48 @@ def _check_signature(
             )
 
 
-def verify_bag(path: Path, *, public_key: Ed25519PublicKey | None = None) -> BagReport:
-    """Check the bag at `path`; `public_key` pins the station key the bag must be signed with."""
+_PEM_BLOCK = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.DOTALL)
+
+
+def load_trusted_keys(path: Path) -> list[Ed25519PublicKey]:
+    """The Ed25519 public keys (PEM) in the file at `path`: one station key, or several (other stations,
+    or before and after a key change). Text outside the PEM blocks (a note of whose key it is) is ignored."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise SigningKeyError(path=path, detail=f"cannot read: {error.strerror or error}") from None
+    blocks = _PEM_BLOCK.findall(data)
+    if not blocks:
+        raise SigningKeyError(path=path, detail="holds no PEM public key (BEGIN PUBLIC KEY)")
+    keys = []
+    for number, block in enumerate(blocks, 1):
+        try:
+            loaded = serialization.load_pem_public_key(block)
+        except ValueError as error:
+            raise SigningKeyError(path=path, detail=f"key {number}: {error}") from None
+        if not isinstance(loaded, Ed25519PublicKey):
+            raise SigningKeyError(
+                path=path, detail=f"key {number} is not Ed25519 but {type(loaded).__name__}"
+            )
+        keys.append(loaded)
+    return keys
+
+
+def verify_bag(path: Path, *, trusted_keys: Collection[Ed25519PublicKey] = ()) -> BagReport:
+    """Check the bag at `path`; it is `valid` only if signed with one of `trusted_keys`."""
+    if path.is_symlink():
+        report = BagReport(path=path)
+        report.add("not-a-bag", str(path), "is a symlink; not followed")
+        return report
+    return verify_tree(path, trusted_keys=trusted_keys)
+
+
+def verify_tree(root: Path, *, trusted_keys: Collection[Ed25519PublicKey] = ()) -> BagReport:
+    """`verify_bag` of the directory `root` leads to, which may be a descriptor's magic link
+    (/proc/self/fd/N): the daemon checks a bag it holds open, whatever its name now leads to."""
+    path = root
     report = BagReport(path=path)
-    if path.is_symlink() or not path.is_dir() or not (path / layout.BAGIT_TXT).is_file():
+    if not path.is_dir() or not (path / layout.BAGIT_TXT).is_file():
         report.add("not-a-bag", str(path), f"not a directory holding {layout.BAGIT_TXT}")
         return report
     info_file = _inside(path, layout.BAG_INFO)
@@ -340,5 +396,5 @@ def verify_bag(path: Path, *, public_key: Ed25519PublicKey | None = None) -> Bag
     _bagit_problems(path, report)
     _check_payload(path, report)
     signed = _check_tag_manifest(path, report)
-    _check_signature(path, signed, public_key, report)
+    _check_signature(path, signed, keys_by_id(trusted_keys), report)
     return report

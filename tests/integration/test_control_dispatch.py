@@ -102,3 +102,15 @@ def test_repeated_denials_of_one_kind_are_one_event_per_interval_with_their_coun
     ]
     assert all(outcome == "denied" for _, outcome, _ in events)
     assert "no ingestd role" in events[2][2]["error"]
+
+
+def test_an_admin_who_is_not_an_approver_cannot_approve(catalog: Catalog, tmp_path: Path) -> None:
+    """Separation of duties: approving footage access is the approver's alone, even against an admin."""
+    services = make_services(catalog, tmp_path)
+    args = {"purpose": "court", "recording_ids": [1], "expires_in": "1h", "grantee": "li.clerk"}
+    answer = dispatch(
+        services, ADMIN, Message(1, "approve", args), NOW, denials=DenialAggregator(60.0), mono=0.0
+    )
+    assert answer["ok"] is False
+    assert answer["error"]["code"] == "permission-denied"
+    assert [(a, o) for a, o, _ in stored_details(catalog)] == [("ctl.approve", "denied")]

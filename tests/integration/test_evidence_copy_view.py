@@ -6,8 +6,10 @@ Handlers are called directly with a Request, as the dispatcher would after autho
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
+import importlib
 import os
 import shutil
 import socket
@@ -25,11 +27,15 @@ from sqlalchemy import update
 
 from ingestd.control import protocol
 from ingestd.control.client import RemoteError, call_with_fd
-from ingestd.control.handlers_evidence import copy, revoke, view
+from ingestd.control.client import call as client_call
+from ingestd.control.handlers_evidence import copy, export, revoke, view
+from ingestd.control.registry import Request
 from ingestd.control.server import ControlServer
 from ingestd.ctl_evidence import ViewIntegrityError, stream_verified
 from ingestd.evidence.copies import SUMS_FILE, CopyError, CopyIntegrityError
-from ingestd.evidence.errors import ApprovalRefused, EvidenceUsageError
+from ingestd.evidence.delivery import DeliveryRequest
+from ingestd.evidence.destination import deliver_into
+from ingestd.evidence.errors import ApprovalRefused, EvidenceUsageError, ExportError
 from store.audit import Actor, Role
 from store.catalog import Catalog
 from store.models import Recording
@@ -144,7 +150,7 @@ def test_a_copy_of_listed_recordings_takes_only_those(world: World, tmp_path: Pa
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="handing files to another uid needs root, like the daemon")
-def test_the_copy_belongs_to_the_caller_and_the_group_of_the_directory_they_chose(
+def test_the_copy_belongs_to_the_caller_and_the_group_their_new_directory_got(
     world: World, tmp_path: Path
 ) -> None:
     ids = recordings(world)
@@ -153,12 +159,58 @@ def test_the_copy_belongs_to_the_caller_and_the_group_of_the_directory_they_chos
     parent = tmp_path / "theirs"
     parent.mkdir()
     os.chown(parent, 43210, 54321)
+    parent.chmod(0o2770)  # setgid: a new directory in it gets the group 54321
     dest = parent / "copy"
     call(world, copy, caller, approval_id=approval["id"], dest=str(dest))
     for path in [dest, *dest.iterdir()]:
         assert (path.stat().st_uid, path.stat().st_gid) == (43210, 54321), path
-    with pytest.raises(CopyError, match="not owned by the caller"):
-        call(world, copy, caller, approval_id=approval["id"], dest=str(tmp_path / "not-theirs"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="taking a directory over needs root, like the daemon")
+def test_a_directory_not_the_callers_or_not_empty_is_refused_and_left_as_it_was(
+    world: World, tmp_path: Path
+) -> None:
+    recordings(world)
+    approval = approve_for(world, case_id=CASE, grantee="someone")
+    caller = Actor(user="someone", uid=43210, role=Role.CLERK, source="ctl:uid=43210")
+    roots = tmp_path / "roots"
+    roots.mkdir(mode=0o755)
+    fd = os.open(roots, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        args = {"approval_id": approval["id"], "dest": str(tmp_path / "x")}
+        with pytest.raises(CopyError, match="not the caller's"):
+            copy(world.services, Request(command="copy", args=args, actor=caller, now=NOW, passed_fds=(fd,)))
+    finally:
+        os.close(fd)
+    assert (roots.stat().st_uid, stat.S_IMODE(roots.stat().st_mode)) == (0, 0o755)
+    assert events(world, "footage.copy")[-1].outcome == "failed"
+
+    full = tmp_path / "full"  # the caller's, but not new: refused, and given back as it was
+    full.mkdir(mode=0o750)
+    (full / "keep").write_text("mine")
+    os.chown(full, 43210, 54321)
+    fd = os.open(full, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        args = {"approval_id": approval["id"], "dest": str(full)}
+        with pytest.raises(CopyError, match="not empty"):
+            copy(world.services, Request(command="copy", args=args, actor=caller, now=NOW, passed_fds=(fd,)))
+    finally:
+        os.close(fd)
+    assert (full.stat().st_uid, full.stat().st_gid, stat.S_IMODE(full.stat().st_mode)) == (
+        43210,
+        54321,
+        0o750,
+    )
+    assert (full / "keep").read_text() == "mine"
+
+
+def test_copy_and_export_need_the_directory_handed_over_open(world: World, tmp_path: Path) -> None:
+    recordings(world)
+    approval = approve_for(world, case_id=CASE)
+    args = {"approval_id": approval["id"], "dest": str(tmp_path / "x")}
+    with pytest.raises(EvidenceUsageError, match="handed over open"):
+        copy(world.services, Request(command="copy", args=args, actor=CLERK, now=NOW))
+    assert not (tmp_path / "x").exists()
 
 
 def test_store_bytes_that_differ_from_the_catalog_copy_nothing(world: World, tmp_path: Path) -> None:
@@ -255,18 +307,25 @@ def short_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def test_the_server_passes_the_open_file_and_the_client_receives_it(world: World, short_dir: Path) -> None:
-    ids = recordings(world)
-    approval = approve_for(world, recording_ids=[ids[0]], grantee="root")  # the caller over the socket
+@contextlib.contextmanager
+def serving(world: World, short_dir: Path) -> Iterator[Path]:
+    """A real ControlServer in this process (its caller, root, is admin); its socket."""
     if os.geteuid() != 0:
         pytest.skip("the caller needs a role: as root it is admin")
     config = world.services.config.control.model_copy(update={"socket": short_dir / "c.sock"})
     server = ControlServer(world.services, config, clock=lambda: NOW)
     server.start()
     try:
-        result, fd = call_with_fd(
-            config.socket, "view", {"approval_id": approval["id"], "recording_id": ids[0]}
-        )
+        yield config.socket
+    finally:
+        server.stop()
+
+
+def test_the_server_passes_the_open_file_and_the_client_receives_it(world: World, short_dir: Path) -> None:
+    ids = recordings(world)
+    approval = approve_for(world, recording_ids=[ids[0]], grantee="root")  # the caller over the socket
+    with serving(world, short_dir) as sock:
+        result, fd = call_with_fd(sock, "view", {"approval_id": approval["id"], "recording_id": ids[0]})
         try:
             assert os.get_inheritable(fd) is False  # received close-on-exec
             assert os.pread(fd, len(world.data[ids[0]]) + 1, 0) == world.data[ids[0]]
@@ -274,13 +333,42 @@ def test_the_server_passes_the_open_file_and_the_client_receives_it(world: World
         finally:
             os.close(fd)
         with pytest.raises(RemoteError) as refused:
-            call_with_fd(config.socket, "view", {"approval_id": approval["id"], "recording_id": ids[1]})
+            call_with_fd(sock, "view", {"approval_id": approval["id"], "recording_id": ids[1]})
         assert refused.value.exit_code == 14
         assert "out-of-scope" in str(refused.value)
-    finally:
-        server.stop()
     ctl_events = [(e.outcome, e.actor_user) for e in events(world, "ctl.view")]
     assert ctl_events == [("ok", "root"), ("error", "root")]
+
+
+def test_a_copy_through_the_server_fills_the_directory_ingestctl_hands_over(
+    world: World, short_dir: Path, tmp_path: Path
+) -> None:
+    """ingestctl's side (`deliver_into`) and the real server: the directory goes over the socket open,
+    the server closes its copy once it has answered, and a request handing over two is refused."""
+    ids = recordings(world)
+    approval = approve_for(world, recording_ids=[ids[0]], grantee="root")
+    dest = tmp_path / "copy"
+    args = {"approval_id": approval["id"], "dest": str(dest)}
+    with serving(world, short_dir) as sock:
+        result = deliver_into(dest, CopyError, lambda fd: client_call(sock, "copy", args, pass_fd=fd))
+        assert result["files"] == [p.name for p in sorted(dest.iterdir()) if p.name != SUMS_FILE]
+        assert descriptors_on(dest) == set()  # the server's copy of the descriptor is closed
+        two = tmp_path / "two"
+        two.mkdir()
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        held = [os.open(two, os.O_RDONLY | os.O_DIRECTORY) for _ in range(2)]
+        try:
+            with connection:
+                connection.connect(str(sock))
+                request = {"id": 1, "command": "copy", "args": {**args, "dest": str(two / "x")}}
+                socket.send_fds(connection, [protocol.encode(request)], held)
+                answer = protocol.parse_response(connection.makefile("rb").readline(), 1)
+        finally:
+            for fd in held:
+                os.close(fd)
+        assert answer["ok"] is False
+        assert "(got 2 descriptors)" in answer["error"]["message"]
+        assert list(two.iterdir()) == []
 
 
 def answer_once(path: Path, response: dict[str, Any], fds: list[int]) -> threading.Thread:
@@ -358,11 +446,32 @@ def test_the_client_checks_the_file_it_was_handed(tmp_path: Path) -> None:
             stream_verified(source.fileno(), sink.fileno(), facts, "out")
 
 
-def test_a_caller_swapping_the_partial_directory_for_a_symlink_redirects_nothing(
-    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+# Where a caller who owns DEST's parent could swap names for symlinks while the daemon (root) works:
+# (module, function the daemon calls at that step).
+STEPS = {
+    "copy": {
+        "taken-over": ("ingestd.evidence.delivery", "take_workspace"),
+        "writing": ("ingestd.evidence.copies", "copy_proving"),
+        "sums": ("ingestd.evidence.copies", "write_new"),
+        "handing-over": ("ingestd.evidence.copies", "give_to"),
+    },
+    "export": {
+        "taken-over": ("ingestd.evidence.delivery", "take_workspace"),
+        "writing": ("ingestd.evidence.export", "write_bag"),
+        "verifying": ("ingestd.evidence.export", "verify_tree"),
+        "handing-over": ("ingestd.evidence.export", "give_to"),
+    },
+}
+
+
+@pytest.mark.parametrize(("kind", "step"), [(kind, step) for kind, steps in STEPS.items() for step in steps])
+def test_a_caller_swapping_their_directories_for_symlinks_redirects_nothing(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, step: str
 ) -> None:
-    """The caller owns the directory DEST is made in, so mid-copy they can put a symlink to a directory
-    of root's where DEST.partial was: the daemon must not write, chown or publish through it."""
+    """The caller owns the directory DEST is made in: at each step of the daemon's work they replace
+    it, and DEST.partial in it, by symlinks to a root-only directory. The daemon works only through the
+    descriptor it was handed: nothing is created or chowned in the root-only directory, and what was
+    written is in the caller's real directory, theirs."""
     if os.geteuid() != 0:
         pytest.skip("needs root: the daemon's privilege is what a swapped symlink would abuse")
     recordings(world)
@@ -373,23 +482,77 @@ def test_a_caller_swapping_the_partial_directory_for_a_symlink_redirects_nothing
     os.chown(exports, caller_uid, 0)
     victim.mkdir(mode=0o700)
     (victim / "config").write_text("root's own file")
-    dest = exports / "copy"
-    partial = exports / "copy.partial"
-    store_open = world.services.store.open
+    moved = tmp_path / "exports-moved"
 
-    def swap_then_open(blake3_hex: str) -> Any:
-        if not partial.is_symlink():
-            partial.rename(exports / "moved-away")
-            partial.symlink_to(victim)
+    def swap() -> None:
+        if exports.is_symlink():
+            return
+        exports.rename(moved)
+        exports.symlink_to(victim)
+        (moved / "out.partial").rename(moved / "moved-away")
+        (moved / "out.partial").symlink_to(victim)
+
+    module_name, function = STEPS[kind][step]
+    module = importlib.import_module(module_name)
+    original = getattr(module, function)
+
+    def swapping(*args: Any, **kwargs: Any) -> Any:
+        swap()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, function, swapping)
+    caller = Actor(user="li.clerk", uid=caller_uid, role=Role.CLERK, source=f"ctl:uid={caller_uid}")
+    handler, error = (copy, CopyError) if kind == "copy" else (export, ExportError)
+    with pytest.raises(error, match="moved or replaced"):  # the caller's own rename is refused...
+        call(world, handler, caller, approval_id=approval["id"], dest=str(exports / "out"))
+    assert sorted(p.name for p in victim.iterdir()) == ["config"]  # ...and nothing went astray
+    assert [(p.stat().st_uid, p.stat().st_gid) for p in [victim, victim / "config"]] == [(0, 0), (0, 0)]
+    written = moved / "moved-away"
+    delivered = [written, *written.rglob("*")]
+    assert len(delivered) > 3
+    assert {p.lstat().st_uid for p in delivered} == {caller_uid}
+    assert not any(p.is_symlink() for p in delivered)
+    assert events(world, "footage.copy" if kind == "copy" else "export")[-1].outcome == "ok"
+
+
+@pytest.mark.parametrize("kind", ["copy", "export"])
+def test_an_approval_revoked_while_the_files_are_written_hands_nothing_over(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """The approval is checked again before the files become the caller's: when it is re-checked they
+    are still root's, and once it was revoked meanwhile nothing is handed over or left behind."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: handing files over is a chown")
+    recordings(world)
+    approval = approve_for(world, case_id=CASE)
+    caller_uid = 4242
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    os.chown(exports, caller_uid, 0)
+    store_open = world.services.store.open
+    revoked: list[int] = []
+
+    def revoke_then_open(blake3_hex: str) -> Any:
+        if not revoked:
+            revoked.append(approval["id"])
+            call(world, revoke, APPROVER, approval_id=approval["id"], reason="withdrawn meanwhile")
         return store_open(blake3_hex)
 
-    monkeypatch.setattr(world.services.store, "open", swap_then_open)
+    owners_at_recheck: set[int] = set()
+    recheck = DeliveryRequest.recheck_approval
+
+    def observed(self: DeliveryRequest, *args: Any) -> None:
+        tree = Path(f"/proc/self/fd/{self.directory}")
+        owners_at_recheck.update(p.lstat().st_uid for p in [tree, *tree.rglob("*")])
+        recheck(self, *args)
+
+    monkeypatch.setattr(world.services.store, "open", revoke_then_open)
+    monkeypatch.setattr(DeliveryRequest, "recheck_approval", observed)
     caller = Actor(user="li.clerk", uid=caller_uid, role=Role.CLERK, source=f"ctl:uid={caller_uid}")
-    with pytest.raises(CopyError, match="was moved or replaced"):
-        call(world, copy, caller, approval_id=approval["id"], dest=str(dest))
-    assert [p.name for p in victim.iterdir()] == ["config"]
-    assert (victim / "config").stat().st_uid == 0
-    assert victim.stat().st_uid == 0
-    assert not dest.exists()
-    assert list((exports / "moved-away").iterdir()) == []  # what was written went away with the failure
-    assert events(world, "footage.copy")[-1].outcome == "failed"
+    handler = copy if kind == "copy" else export
+    with pytest.raises(ApprovalRefused) as refused:
+        call(world, handler, caller, approval_id=approval["id"], dest=str(exports / "out"))
+    assert (refused.value.code, refused.value.exit_code) == ("revoked", 14)
+    assert owners_at_recheck == {0}  # not yet the caller's when the approval was checked again
+    assert list(exports.iterdir()) == []  # no DEST, and the emptied DEST.partial removed
+    assert events(world, "footage.copy" if kind == "copy" else "export")[-1].outcome == "refused"

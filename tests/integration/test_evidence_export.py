@@ -15,19 +15,21 @@ from typing import Any
 
 import bagit
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select, update
 
 from ingestd.control.handlers_evidence import approve, export, revoke
 from ingestd.control.registry import Request
 from ingestd.evidence import layout
+from ingestd.evidence.copies import CopyError
+from ingestd.evidence.destination import deliver_into
 from ingestd.evidence.errors import ApprovalRefused, EvidenceUsageError, ExportError, ExportIntegrityError
 from ingestd.evidence.verify_bag import verify_bag
 from store.audit import Actor, verify_chain
 from store.catalog import Catalog
 from store.models import AuditEvent, Confidentiality, Export, Recording
-from tests.support.evidence import APPROVER, CLERK, NOW, World, make_services
+from store.signing import Signer
+from tests.support.evidence import APPROVER, CLERK, NOW, World, forge_bag, make_services
 from tests.support.objectstore import unseal_tree
 
 
@@ -48,7 +50,19 @@ def world(catalog: Catalog, tmp_path: Path) -> Iterator[World]:
 
 
 def call(world: World, handler: Any, actor: Actor, now: Any = NOW, **args: Any) -> Any:
-    return handler(world.services, Request(command=handler.__name__, args=args, actor=actor, now=now))
+    """The handler as the dispatcher calls it; for export and copy, with DEST.partial made and handed
+    over as `ingestctl` does (`deliver_into`), as `actor` would have made it."""
+    name = handler.__name__
+
+    def send(fd: int | None = None) -> Any:
+        if fd is not None and os.geteuid() == 0 and actor.uid is not None:
+            os.fchown(fd, actor.uid, -1)  # made by the caller, not by the test's root
+        fds = () if fd is None else (fd,)
+        return handler(world.services, Request(command=name, args=args, actor=actor, now=now, passed_fds=fds))
+
+    if name not in ("export", "copy"):
+        return send()
+    return deliver_into(Path(args["dest"]), CopyError if name == "copy" else ExportError, send)
 
 
 def approve_for(world: World, **args: Any) -> dict[str, Any]:
@@ -202,7 +216,7 @@ def test_an_export_is_a_valid_signed_bag_and_is_recorded(world: World, tmp_path:
     assert result["recording_ids"] == ids
     assert not (tmp_path / "export 案2026-017.partial").exists()
     bagit.Bag(str(dest)).validate()  # the library accepts it
-    report = verify_bag(dest, public_key=world.services.audit.signer.public_key)
+    report = verify_bag(dest, trusted_keys=[world.services.audit.signer.public_key])
     assert report.problems == []
     assert report.payload_files == 3
 
@@ -297,40 +311,12 @@ def test_a_bag_resigned_with_another_key_fails_only_when_the_station_key_is_pinn
     call(world, export, CLERK, approval_id=approval["id"], dest=str(dest))
     forged = tmp_path / "forged"
     shutil.copytree(dest, forged)
-    for path in forged.rglob("*"):
-        path.chmod(0o750 if path.is_dir() else 0o640)
-    # Re-sign everything with a key of the forger's own, consistently.
-    import base64  # noqa: PLC0415
-    import hashlib  # noqa: PLC0415
-
-    from ingestd.evidence.bag import tag_file_text  # noqa: PLC0415
-    from store.signing import Signer  # noqa: PLC0415
-
-    signer = Signer(Ed25519PrivateKey.generate())
-    (forged / layout.PUBLIC_KEY).write_bytes(
-        signer.public_key.public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    lines = []
-    for line in (forged / layout.TAG_MANIFEST).read_text().splitlines():
-        _, name = line.split(None, 1)
-        lines.append(f"{hashlib.sha256((forged / name).read_bytes()).hexdigest()}  {name}")
-    signed = ("\n".join(lines) + "\n").encode()
-    (forged / layout.TAG_MANIFEST).write_bytes(signed)
-    (forged / layout.SIGNATURE).write_text(
-        tag_file_text(
-            [
-                ("Signature-Algorithm", "Ed25519"),
-                ("Signed-File", layout.TAG_MANIFEST),
-                ("Key-Id", signer.key_id),
-                ("Signature", base64.b64encode(signer.sign(signed)).decode()),
-            ]
-        )
-    )
-    assert verify_bag(forged).clean  # self-consistent...
-    pinned = verify_bag(forged, public_key=world.services.audit.signer.public_key)
-    assert {p.kind for p in pinned.problems} == {"key-not-pinned", "signature"}  # ...but not the station's
+    forge_bag(forged, Signer(Ed25519PrivateKey.generate()))  # re-signed consistently, another key
+    unpinned = verify_bag(forged)
+    assert unpinned.consistent  # self-consistent...
+    assert not unpinned.valid  # ...so, with no station key to check against, never valid
+    pinned = verify_bag(forged, trusted_keys=[world.services.audit.signer.public_key])
+    assert {p.kind for p in pinned.problems} == {"key-not-pinned"}  # ...and not the station's
 
 
 def test_store_bytes_that_differ_from_the_catalog_export_nothing(world: World, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ FileObjectStore, units, officers (with CJK names), cameras and recordings."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import os
@@ -10,10 +11,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import blake3
+from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 
 from drivers.registry import DriverRegistry
 from ingestd.config import Config
+from ingestd.evidence import layout
+from ingestd.evidence.bag import tag_file_text
 from ingestd.services import Services
 from store.audit import Actor, AuditLog, Role
 from store.catalog import Catalog
@@ -162,3 +167,40 @@ class World:
     def recording_ids(self) -> list[int]:
         with self.services.catalog.transaction() as session:
             return list(session.scalars(select(Recording.id).order_by(Recording.id)))
+
+
+def forge_bag(bag: Path, signer: Signer, edits: dict[str, bytes] | None = None) -> None:
+    """What a forger without the station key can do: replace payload files (`edits`, by path in the
+    bag), then rewrite every manifest and re-sign the bag consistently with a key of their own."""
+    for path in bag.rglob("*"):
+        path.chmod(0o750 if path.is_dir() else 0o640)
+    for name, data in (edits or {}).items():
+        (bag / name).write_bytes(data)
+    payload_names = sorted(p.relative_to(bag).as_posix() for p in (bag / layout.PAYLOAD_DIR).iterdir())
+    for manifest, digest in (
+        (layout.MANIFEST_SHA256, hashlib.sha256),
+        (layout.MANIFEST_BLAKE3, blake3.blake3),
+    ):
+        lines = [f"{digest((bag / n).read_bytes()).hexdigest()}  {n}\n" for n in payload_names]
+        (bag / manifest).write_text("".join(lines))
+    (bag / layout.PUBLIC_KEY).write_bytes(
+        signer.public_key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    lines = []
+    for line in (bag / layout.TAG_MANIFEST).read_text().splitlines():
+        _, name = line.split(None, 1)
+        lines.append(f"{hashlib.sha256((bag / name).read_bytes()).hexdigest()}  {name}")
+    signed = ("\n".join(lines) + "\n").encode()
+    (bag / layout.TAG_MANIFEST).write_bytes(signed)
+    (bag / layout.SIGNATURE).write_text(
+        tag_file_text(
+            [
+                ("Signature-Algorithm", "Ed25519"),
+                ("Signed-File", layout.TAG_MANIFEST),
+                ("Key-Id", signer.key_id),
+                ("Signature", base64.b64encode(signer.sign(signed)).decode()),
+            ]
+        )
+    )

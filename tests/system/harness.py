@@ -55,6 +55,7 @@ class Daemon:
     store_root: Path | None = None
     database_url: str | None = None  # the catalog (default: a SQLite file in the state directory)
     serial_password: str = 'password = "000000"'  # the serial cameras' rule: inline, or a password_file
+    wrapper: tuple[str, ...] = ()  # a command the daemon runs under (e.g. the unit's sandbox, emulated)
     process: subprocess.Popen[bytes] | None = None
     _notify: socket.socket | None = None
     starts: int = 0
@@ -138,7 +139,7 @@ filesystems = {json.dumps(list(self.camera_filesystems))}
         env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "PYTHONUNBUFFERED": "1"}
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "ingestd", "run", "--config", str(self.config_path)],
+                [*self.wrapper, sys.executable, "-m", "ingestd", "run", "--config", str(self.config_path)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,

@@ -15,6 +15,7 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import termios
 import threading
 from collections.abc import Callable, Iterator
@@ -27,14 +28,17 @@ from typing import Any
 import bagit
 import pytest
 
+from tests.support import sandbox
 from tests.support.objectstore import unseal_tree
 from tests.support.osusers import OsUsers, run_ctl_as
 from tests.system.harness import Daemon, SimulatedCamera, remove_tree, stored_recordings, wait_for
 
 MIB = 1024 * 1024
 CTL = "from ingestd.ctl import main; main()"
+INGESTD = "from ingestd.cli import main; main()"
 EXIT_APPROVAL_REFUSED = 14  # ingestd/ctl_evidence.py
 EXIT_BAG_PROBLEMS = 3
+EXIT_SIGNER_UNVERIFIED = 17
 EXIT_OUTPUT = 71  # ingestd/ctl_read.py
 CJIS_FIELDS = {"event_type", "time", "place", "source", "outcome", "user"}
 ROLES = ("clerk", "approver", "auditor")
@@ -152,10 +156,10 @@ def _in_seconds(seconds: float) -> str:
 # --- an approved export, and one changed byte ------------------------------------------------------------
 
 
-def verify_export(bag: Path) -> subprocess.CompletedProcess[str]:
+def verify_export(bag: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """`ingestctl verify-export` as anyone would run it, wide enough that no line is wrapped."""
     return subprocess.run(
-        [sys.executable, "-c", CTL, "verify-export", str(bag)],
+        [sys.executable, "-c", CTL, "verify-export", str(bag), *args],
         capture_output=True,
         text=True,
         check=False,
@@ -174,7 +178,22 @@ def test_an_approved_export_verifies_and_one_flipped_byte_fails_both_validators(
     assert (result["destination"], result["recording_ids"]) == (str(bag), station.recordings)
     assert bag.stat().st_uid == pwd.getpwnam(station.users["clerk"]).pw_uid  # handed to the caller
 
-    clean = verify_export(bag)
+    unpinned = verify_export(bag)  # a court that has not got the station key: not "valid"
+    assert unpinned.returncode == EXIT_SIGNER_UNVERIFIED, unpinned.stdout + unpinned.stderr
+    assert "signer unverified" in unpinned.stdout
+
+    shown = subprocess.run(
+        [sys.executable, "-c", INGESTD, "key", "show", "--config", str(station.daemon.config_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert f"# ingestd station key {result['key_id']}" in shown.stdout  # the fingerprint on the note
+    key_file = bag.parent / "station.pem"
+    key_file.write_text(shown.stdout)  # what `key show` prints is itself a key file
+    clean = verify_export(bag, "--public-key", str(key_file))
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert "2 file(s)" in clean.stdout
     assert clean.stdout.rstrip().endswith("valid")
@@ -188,7 +207,7 @@ def test_an_approved_export_verifies_and_one_flipped_byte_fails_both_validators(
         payload.seek(100)
         payload.write(bytes([byte[0] ^ 0x01]))
 
-    broken = verify_export(bag)
+    broken = verify_export(bag, "--public-key", str(key_file))
     assert broken.returncode == EXIT_BAG_PROBLEMS, broken.stdout + broken.stderr
     mismatches = [line for line in broken.stdout.splitlines() if "-mismatch" in line]
     assert mismatches, broken.stdout
@@ -196,6 +215,78 @@ def test_an_approved_export_verifies_and_one_flipped_byte_fails_both_validators(
     with pytest.raises(bagit.BagValidationError) as invalid:
         bagit.Bag(str(bag)).validate()
     assert f"data/{victim.name}" in str(invalid.value)
+
+
+# --- under the shipped unit's sandbox --------------------------------------------------------------------
+
+CAP_DAC_OVERRIDE = 1  # linux/capability.h
+
+
+@pytest.fixture
+def sandboxed(daemon: Daemon, shared_dir: Path) -> Iterator[Path]:
+    """The daemon (started later by `station`) runs under systemd/ingestd.service's sandbox, emulated;
+    the directory returned stands for /home: out of the daemon's sight (ProtectHome, PrivateTmp)."""
+    reason = sandbox.usable()
+    if reason is not None:
+        pytest.skip(f"cannot emulate the unit's sandbox: {reason}")
+    home = Path(tempfile.mkdtemp(prefix="ingestd-home-"))
+    home.chmod(0o711)
+    for path in (daemon.state_dir, daemon.store, daemon.docks):  # the docks folder: read-only to it
+        path.mkdir(parents=True, exist_ok=True)
+    daemon.wrapper = sandbox.sandbox_wrapper(
+        {"/var/lib/ingestd": [daemon.state_dir, daemon.store], "/run/ingestd": [shared_dir]}, [home]
+    )
+    try:
+        yield home
+    finally:
+        remove_tree(home)
+
+
+def test_under_the_units_sandbox_export_and_copy_reach_a_directory_the_daemon_cannot_see(
+    sandboxed: Path, station: Station
+) -> None:
+    """Listed before `station`, `sandboxed` wraps the daemon before it starts."""
+    first, second = station.recordings
+    approval = str(
+        station.approve("--recording", str(first), "--recording", str(second), "--expires-in", "1h")["id"]
+    )
+    clerk = pwd.getpwnam(station.users["clerk"])
+    home = sandboxed / "clerk"
+    home.mkdir(mode=0o700)
+    os.chown(home, clerk.pw_uid, clerk.pw_gid)
+    assert station.daemon.process is not None
+    pid = station.daemon.process.pid
+    # The sandbox holds: the clerk's home is out of the daemon's sight, the rest is read-only to it, and
+    # it runs without CAP_DAC_OVERRIDE.
+    assert not Path(f"/proc/{pid}/root{home}").exists()
+    probe = subprocess.run(
+        ["nsenter", f"--mount=/proc/{pid}/ns/mnt", "--", "mkdir", str(station.daemon.base / "probe")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert probe.returncode != 0
+    assert "Read-only file system" in probe.stderr
+    status = Path(f"/proc/{pid}/status").read_text()
+    bounding = re.search(r"^CapBnd:\s*([0-9a-f]+)$", status, re.MULTILINE)
+    assert bounding is not None
+    assert not int(bounding.group(1), 16) & (1 << CAP_DAC_OVERRIDE)
+
+    bag = home / "bag"
+    done = station.run("clerk", "export", "--approval", approval, str(bag), "--json")
+    assert done.returncode == 0, done.stderr
+    assert bag.stat().st_uid == clerk.pw_uid
+    checked = verify_export(bag, "--public-key", str(station.daemon.state_dir / "audit-signing.pub"))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    copied = home / "copy"
+    done = station.run("clerk", "copy", "--approval", approval, str(copied))
+    assert done.returncode == 0, done.stderr
+    sums = subprocess.run(
+        ["sha256sum", "-c", "SHA256SUMS"], cwd=copied, capture_output=True, text=True, check=False
+    )
+    assert sums.returncode == 0, sums.stdout + sums.stderr
+    assert sums.stdout.count(": OK") == 2
 
 
 # --- status --watch ---------------------------------------------------------------------------------------

@@ -256,12 +256,14 @@ def test_an_approved_copy_is_the_callers_and_its_sums_verify(footage: Footage) -
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert checked.stdout.count(": OK") == 3
 
-    auditor = footage.run("auditor", "copy", "--approval", approval, str(dest.parent / "auditor"))
-    assert auditor.returncode == 13
     not_theirs = footage.home("auditor", "not-the-clerks")
+    auditor = footage.run("auditor", "copy", "--approval", approval, str(not_theirs / "auditor"))
+    assert auditor.returncode == 13  # a role that may not copy, even into a directory of their own
+    assert list(not_theirs.iterdir()) == []
     elsewhere = footage.run("clerk", "copy", "--approval", approval, str(not_theirs / "x"))
     assert elsewhere.returncode == 15
-    assert "not owned by the caller" in one_error_line(elsewhere)
+    assert "Permission denied" in one_error_line(elsewhere)  # ingestctl makes DEST, with the clerk's rights
+    assert list(not_theirs.iterdir()) == []
     exists = footage.run("clerk", "copy", "--approval", approval, str(dest))
     assert exists.returncode == 15
     assert "already exists" in one_error_line(exists)

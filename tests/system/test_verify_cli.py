@@ -240,8 +240,10 @@ def test_a_pinned_public_key_catches_a_replaced_key_that_re_signed_a_rewritten_c
     station: Station, tmp_path: Path
 ) -> None:
     state = station.base / "state"
-    pinned = tmp_path / "station-key.pub"  # what the agency kept off the machine
-    shutil.copyfile(state / "audit-signing.pub", pinned)
+    pinned = tmp_path / "station-key.pem"  # what the agency kept off the machine
+    shown = station.run("ingestd", "key", "show")
+    assert shown.returncode == 0, shown.stderr
+    pinned.write_text(shown.stdout, encoding="utf-8")
     assert station.run("ingestctl", "verify", "--public-key", str(pinned)).returncode == 0
     # Root rewrites the newest event (its record of the last verify), removes the checkpoints and puts in
     # a key of its own, which then signs the rewritten chain.
