@@ -9,7 +9,8 @@ row and leave the chain alone, so every such row is replayed from its events and
 - an approval's every field: who granted it to whom, scope, expiry (approval.create, approval.revoke);
 - each custody row (custody.check-in, custody.check-out), matched one to one.
 A row with no event that made it is "row-unaudited", an event whose row is gone "row-missing", a row
-that differs from its events "row-mismatch". Trust follows the chain: run it after `verify_chain`.
+that differs from its events "row-mismatch", a value that cannot be decoded "row-unreadable". Trust
+follows the chain: run it after `verify_chain`.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from typing import Any, NamedTuple
 from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased
 
+from store.audit import EVENTS, decode_event, undecoded_events
 from store.checkpoints import format_utc
 from store.models import (
     Approval,
-    AuditEvent,
     Camera,
     Confidentiality,
     CustodyEvent,
@@ -36,9 +37,9 @@ from store.models import (
 )
 
 _BATCH = 1000
-# What a recording is at ingest (session.py sets exactly these), before any event changes it.
 # recording.classify sets these (each change as [before, after], as text).
 _CLASSIFICATION = ("case_id", "case_party", "case_name", "event", "place", "confidentiality")
+# What a recording is at ingest (session.py sets exactly these), before any event changes it.
 _AT_INGEST: dict[str, Any] = {
     **dict.fromkeys(_CLASSIFICATION),
     "confidentiality": Confidentiality.NORMAL.value,
@@ -79,10 +80,12 @@ _ACTIONS = (
 )
 # A purge whose object removal is still to come is "started"; its recordings are purged all the same.
 _OUTCOMES = ("ok", "started")
+# What a value edited into something undecodable raises while it is read or replayed.
+_UNREADABLE = (ValueError, TypeError, KeyError, IndexError, AttributeError)
 
 
 class RowProblem(NamedTuple):
-    kind: str  # "row-mismatch", "row-unaudited" or "row-missing"
+    kind: str  # "row-mismatch", "row-unaudited", "row-missing" or "row-unreadable"
     subject: str  # "recording:<id>", "approval:<id>" or "camera:<serial>"
     detail: str
 
@@ -101,6 +104,7 @@ class _Replay:
     approvals: dict[int, _Expected] = field(default_factory=dict)
     custody: Counter[tuple[Any, ...]] = field(default_factory=Counter)
     custody_seq: dict[tuple[Any, ...], int] = field(default_factory=dict)
+    unreadable: list[RowProblem] = field(default_factory=list)
 
 
 def _instant(value: object) -> str | None:
@@ -146,52 +150,52 @@ def _approval_fields(values: Mapping[str, Any]) -> dict[str, Any]:
 
 def _replay(session: Session) -> _Replay:
     replay = _Replay()
-    events = session.execute(
-        select(
-            AuditEvent.seq,
-            AuditEvent.action,
-            AuditEvent.subject,
-            AuditEvent.at,
-            AuditEvent.actor_user,
-            AuditEvent.actor_role,
-            AuditEvent.details,
-        )
-        .where(AuditEvent.action.in_(_ACTIONS), AuditEvent.outcome.in_(_OUTCOMES))
-        .order_by(AuditEvent.seq)
-        .execution_options(yield_per=_BATCH)
-    )
-    for event in events:
-        details: Mapping[str, Any] = event.details or {}
-        action, seq = event.action, event.seq
-        if action == "retention.purge":
-            for recording_id in details.get("recordings") or ():
-                _replay_recording(replay, recording_id, action=action, seq=seq, at=event.at, details=details)
-        elif action.startswith(("recording.", "retention.")):
-            recording_id = _id(event.subject, "recording")
-            _replay_recording(replay, recording_id, action=action, seq=seq, at=event.at, details=details)
-        elif action == "approval.create":
-            approval_id = _id(event.subject, "approval")
-            if approval_id is not None:
-                replay.approvals[approval_id] = _Expected(seq, _approval_fields(details))
-        elif action == "approval.revoke":
-            made = replay.approvals.get(_id(event.subject, "approval") or 0)
-            if made is not None:
-                made.seq = seq
-                made.fields["revoked_at"] = _instant(event.at)
-        else:  # custody
-            key = _custody_key(
-                action.removeprefix("custody."),
-                event.subject.removeprefix("camera:"),
-                event.at,
-                details.get("officer"),
-                event.actor_user,
-                event.actor_role,
-                details.get("dock_session"),
-                details.get("note"),
+    query = undecoded_events(_BATCH).where(EVENTS.c.action.in_(_ACTIONS), EVENTS.c.outcome.in_(_OUTCOMES))
+    for row in session.execute(query).mappings():
+        try:
+            _replay_event(replay, decode_event(row))
+        except _UNREADABLE as error:  # an edited event (verify_chain names the edit): replay goes on
+            replay.unreadable.append(
+                RowProblem(
+                    "row-unreadable", f"seq {row['seq']}", f"{row['action']} cannot be replayed: {error}"
+                )
             )
-            replay.custody[key] += 1
-            replay.custody_seq[key] = seq
     return replay
+
+
+def _replay_event(replay: _Replay, event: Mapping[str, Any]) -> None:
+    details = event["details"] or {}
+    if not isinstance(details, Mapping):
+        raise TypeError(f"details are a {type(details).__name__}, not an object")
+    action, seq, at = event["action"], event["seq"], event["at"]
+    if action == "retention.purge":
+        for recording_id in details.get("recordings") or ():
+            _replay_recording(replay, recording_id, action=action, seq=seq, at=at, details=details)
+    elif action.startswith(("recording.", "retention.")):
+        recording_id = _id(event["subject"], "recording")
+        _replay_recording(replay, recording_id, action=action, seq=seq, at=at, details=details)
+    elif action == "approval.create":
+        approval_id = _id(event["subject"], "approval")
+        if approval_id is not None:
+            replay.approvals[approval_id] = _Expected(seq, _approval_fields(details))
+    elif action == "approval.revoke":
+        made = replay.approvals.get(_id(event["subject"], "approval") or 0)
+        if made is not None:
+            made.seq = seq
+            made.fields["revoked_at"] = _instant(at)
+    else:  # custody
+        key = _custody_key(
+            action.removeprefix("custody."),
+            event["subject"].removeprefix("camera:"),
+            at,
+            details.get("officer"),
+            event["actor_user"],
+            event["actor_role"],
+            details.get("dock_session"),
+            details.get("note"),
+        )
+        replay.custody[key] += 1
+        replay.custody_seq[key] = seq
 
 
 def _replay_recording(
@@ -337,10 +341,20 @@ def _check_custody(session: Session, replay: _Replay) -> Iterator[RowProblem]:
 
 
 def verify_rows(session: Session) -> list[RowProblem]:
-    """Every custody-relevant row that disagrees with the audit events; empty when all agree."""
+    """Every custody-relevant row that disagrees with the audit events; empty when all agree. A value
+    that cannot be decoded is a problem named with its table or event, never a crash."""
     replay = _replay(session)
-    return [
-        *_check_recordings(session, replay),
-        *_check_approvals(session, replay),
-        *_check_custody(session, replay),
-    ]
+    problems = list(replay.unreadable)
+    checks = (
+        ("recordings", _check_recordings),
+        ("approvals", _check_approvals),
+        ("custody_events", _check_custody),
+    )
+    for table, check in checks:
+        try:
+            problems.extend(check(session, replay))
+        except _UNREADABLE as error:
+            problems.append(
+                RowProblem("row-unreadable", table, f"a row cannot be read, the rest is unchecked: {error}")
+            )
+    return problems

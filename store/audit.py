@@ -26,7 +26,19 @@ from typing import Any
 import blake3
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import Connection, Table, Text, cast, event, insert, inspect, select, type_coerce, update
+from sqlalchemy import (
+    Connection,
+    Select,
+    Table,
+    Text,
+    cast,
+    event,
+    insert,
+    inspect,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import SQLAlchemyError
@@ -417,8 +429,24 @@ def _load_checkpoints(
     return valid
 
 
-def _decode_row(row: RowMapping) -> dict[str, Any]:
-    # `at` and `details` arrive undecoded (see verify_chain) so one bad value is a problem, not a crash.
+def undecoded_events(batch_size: int = 1000) -> Select[Any]:
+    """Every event in seq order, streamed, with `at` and `details` left undecoded: a reader calls
+    `decode_event` on each row, so one unreadable value is a problem it reports, not a crash."""
+    events = EVENTS
+    columns = [c for c in events.c if c.name not in ("at", "details")]
+    return (
+        select(
+            *columns,
+            type_coerce(events.c.at, NullType()).label("at"),
+            cast(events.c.details, Text).label("details"),
+        )
+        .order_by(events.c.seq)
+        .execution_options(yield_per=batch_size)
+    )
+
+
+def decode_event(row: RowMapping) -> dict[str, Any]:
+    """A row of `undecoded_events` with `at` (UTC) and `details` decoded; ValueError or TypeError if not."""
     values = dict(row)
     at = values["at"]
     if isinstance(at, str):
@@ -447,23 +475,13 @@ def verify_chain(
     problems = _Problems()
     checkpoints = _load_checkpoints(checkpoint_path, keys_by_id(public_key), problems)
     _set_aside_other_chains(checkpoints, _read_genesis(session), problems)
-    events = EVENTS
     head_table = HEAD
     head = session.execute(
         select(head_table.c.seq, head_table.c.hash).where(head_table.c.id == HEAD_ID)
     ).first()
     head_seq = None if head is None else int(head.seq)
 
-    columns = [c for c in events.c if c.name not in ("at", "details")]
-    query = (
-        select(
-            *columns,
-            type_coerce(events.c.at, NullType()).label("at"),
-            cast(events.c.details, Text).label("details"),
-        )
-        .order_by(events.c.seq)
-        .execution_options(yield_per=batch_size)
-    )
+    query = undecoded_events(batch_size)
     expected = 1
     prev_stored: str | None = GENESIS_HASH  # None: the previous row is missing, the link cannot be checked
     last: tuple[int, str] | None = None
@@ -481,7 +499,7 @@ def verify_chain(
                 f"prev_hash {row['prev_hash']} is not the previous hash {prev_stored}",
             )
         try:
-            recomputed = event_hash(row["prev_hash"], _hashed_form(_decode_row(row)))
+            recomputed = event_hash(row["prev_hash"], _hashed_form(decode_event(row)))
         except (ValueError, TypeError) as error:
             problems.add("row-unreadable", seq, f"cannot recompute the hash: {error}")
         else:

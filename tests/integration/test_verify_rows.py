@@ -121,3 +121,13 @@ def test_a_recording_pointed_at_other_bytes_backdated_or_noticed_behind_the_chai
         ("row-mismatch", "recording:2", "purge_notice_at"),
         ("row-mismatch", "recording:2", "ingested_at"),
     ]
+
+
+def test_unreadable_values_are_problems_not_a_crash(sqlite_catalog: Catalog, tmp_path: Path) -> None:
+    build(sqlite_catalog, tmp_path)
+    tamper(sqlite_catalog, "UPDATE audit_events SET details = '{' WHERE action = 'recording.classify'")
+    tamper(sqlite_catalog, "UPDATE audit_events SET details = '[1]' WHERE action = 'approval.create'")
+    tamper(sqlite_catalog, "UPDATE custody_events SET at = 'yesterday'")
+    found = check(sqlite_catalog)
+    assert ("row-unreadable", "custody_events") in found, found
+    assert [kind for kind, subject in found if subject.startswith("seq ")] == ["row-unreadable"] * 2, found
