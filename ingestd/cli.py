@@ -30,6 +30,7 @@ from store.errors import StoreError
 from store.models import SessionState
 from store.signing import Signer, SigningKeyError, key_id
 from store.types import utcnow
+from store.vault import CheckReport, Vault, VaultError, VaultIntegrityError
 
 EXIT_INGEST_INCOMPLETE = 4
 EXIT_PROBLEMS = 3
@@ -223,6 +224,56 @@ def demo(files: int, size_mib: int, workdir: Path | None, keep: bool) -> None:
     configure_logging("console", stream=sys.stderr)
     if not run_demo(Console(), workdir=workdir, files=files, size_mib=size_mib, keep=keep):
         raise SystemExit(EXIT_PROBLEMS)
+
+
+class VaultCheckError(IngestdError):
+    """`ingestd vault check` found the vault unfit for evidence: nothing may be sent to it."""
+
+    template = "vault check failed: {detail}"
+    exit_code = 78  # EX_CONFIG: the configured vault is wrong, as systemd's ExecStartPre would see it
+
+
+@cli.group()
+def vault() -> None:
+    """The agency vault: an S3 bucket with Object Lock in compliance mode."""
+
+
+@vault.command("check")
+@config_option
+@json_option
+def vault_check(config_path: Path | None, as_json: bool) -> None:
+    """Prove the configured bucket keeps evidence before anything is sent (exit 78 when it does not)."""
+    config = load(config_path)
+    settings = config.vault.settings(resolve_config_path(config_path) or "(built-in defaults)")
+    try:
+        report = Vault(settings).check(now=utcnow())
+    except VaultIntegrityError:
+        raise
+    except VaultError as error:
+        raise VaultCheckError(detail=str(error)) from None
+    if as_json:
+        print_json(vault_check_dict(report))
+        return
+    click.echo(
+        f"vault bucket {report.bucket} at {report.endpoint} keeps evidence: versioning {report.versioning}, "
+        f"Object Lock {report.object_lock}; probe {report.probe_key} locked in compliance mode until "
+        f"{report.probe_retain_until.isoformat()}: its delete was refused ({report.delete_refused}), "
+        f"shortening its retention was refused ({report.shorten_refused})"
+    )
+
+
+def vault_check_dict(report: CheckReport) -> dict[str, object]:
+    return {
+        "endpoint": report.endpoint,
+        "bucket": report.bucket,
+        "versioning": report.versioning,
+        "object_lock": report.object_lock,
+        "probe_key": report.probe_key,
+        "probe_retain_until": report.probe_retain_until.isoformat(),
+        "delete_refused": report.delete_refused,
+        "shorten_refused": report.shorten_refused,
+        "usable": True,
+    }
 
 
 def summary_dict(summary: SessionSummary) -> dict[str, object]:

@@ -9,13 +9,15 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import shlex
 import stat
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import holidays
@@ -27,6 +29,7 @@ from ingestd.errors import IngestdError
 from ingestd.policies.calendar import WorkingCalendar
 from ingestd.policies.deadlines import MAX_EXTENSION_WORKING_DAYS
 from ingestd.policies.retention import DEFAULT_LONG_TERM_TAGS, RetentionRules, normalize_tag
+from store.vault import VaultSettings
 
 DEFAULT_CONFIG_PATH = Path("/etc/ingestd/config.toml")
 CONFIG_ENV = "INGESTD_CONFIG"
@@ -37,6 +40,12 @@ class ConfigError(IngestdError):
 
     template = "config {path}: {detail}"
     exit_code = 78  # EX_CONFIG from sysexits.h
+
+
+class VaultSecretError(ConfigError):
+    """The vault's secret access key file is missing, unreadable, empty or not private to root."""
+
+    template = "vault.secret_access_key_file {path}: {detail}"
 
 
 class Section(BaseModel):
@@ -129,30 +138,45 @@ class CameraRuleConfig(Section):
 PASSWORD_FILE_MAX_BYTES = 256
 
 
-def read_password_file(path: Path) -> str:
-    """The first line of a secret file that only its owner (root, or the daemon's own user) can read;
-    anything else is a ConfigError naming the file, so a leaked password is noticed, not used."""
+def read_private_file(path: Path, fail: Callable[[str], ConfigError], limit: int) -> bytes:
+    """The bytes of a secret file that only root (or the daemon's own user) can read, opened without
+    following a symlink so the checks apply to the file actually read; `fail(detail)` builds the error
+    naming the file, so a leaked secret is noticed, not used."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise fail("file not found") from None
     except OSError as error:
-        raise ConfigError(path=path, detail=f"password file: {error.strerror}") from None
+        raise fail(f"cannot open: {error.strerror}") from None
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(path=path, detail="password file is not a regular file")
-        if info.st_uid not in (0, os.geteuid()) or info.st_mode & 0o077:
-            raise ConfigError(
-                path=path,
-                detail=f"password file must be owned by root and not accessible to group or others "
-                f"(it is uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):04o}); chmod 600",
+            raise fail("not a regular file")
+        if info.st_uid not in (0, os.geteuid()):
+            raise fail(f"must be owned by root, is owned by uid {info.st_uid}")
+        if info.st_mode & 0o077:
+            raise fail(
+                f"must not be accessible to group or others, has mode {stat.S_IMODE(info.st_mode):04o}; "
+                "chmod 600"
             )
-        raw = handle.read(PASSWORD_FILE_MAX_BYTES + 1)
-    lines = raw.decode("ascii", errors="replace").splitlines()
+        raw = handle.read(limit + 1)
+    if len(raw) > limit:
+        raise fail(f"larger than {limit} bytes")
+    return raw
+
+
+def read_password_file(path: Path) -> str:
+    """A camera password: the first line of a private file (`read_private_file`)."""
+
+    def fail(detail: str) -> ConfigError:
+        return ConfigError(path=path, detail=f"password file: {detail}")
+
+    lines = (
+        read_private_file(path, fail, PASSWORD_FILE_MAX_BYTES).decode("ascii", errors="replace").splitlines()
+    )
     password = lines[0].strip() if lines else ""
-    if len(raw) > PASSWORD_FILE_MAX_BYTES or not password or len(password) > 6 or not password.isprintable():
-        raise ConfigError(
-            path=path, detail="password file: the first line must be the password (1-6 characters)"
-        )
+    if not password or len(password) > 6 or not password.isprintable():
+        raise fail("the first line must be the password (1-6 characters)")
     return password
 
 
@@ -410,6 +434,100 @@ class MetricsConfig(Section):
         return host.strip("[]"), int(port)
 
 
+BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+class VaultConfig(Section):
+    """The agency vault: an S3 bucket with Object Lock in compliance mode (see README, Agency vault).
+
+    Only `ingestd vault check` uses it so far; it checks the configured bucket whether or not
+    `enabled` is set, so a bucket can be proven before replication is turned on."""
+
+    enabled: bool = Field(False, description="Replicate to the vault (the replicator is not built yet).")
+    endpoint: str = Field("", description="S3 endpoint URL; https, or http on a loopback address only.")
+    bucket: str = Field("", description="Bucket created with Object Lock (versioning follows).")
+    region: str = Field("us-east-1", min_length=1, description="Region the requests are signed for.")
+    access_key_id: str = Field("", description="The station's access key id.")
+    secret_access_key_file: Path = Field(
+        Path("/etc/ingestd/vault-secret"),
+        description="File holding the secret key: owned by root, mode 0600.",
+    )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in {"https", "http"} or not parts.hostname:
+            raise ValueError("must be an http(s) URL such as https://s3.example.org")
+        if parts.scheme == "http" and not _is_loopback(parts.hostname):
+            raise ValueError("plain http is allowed only to a loopback address: the key would cross the wire")
+        return value
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket_name(cls, value: str) -> str:
+        if value and not BUCKET_NAME.fullmatch(value):
+            raise ValueError("not an S3 bucket name (3-63 of a-z, 0-9, '.', '-')")
+        return value
+
+    @model_validator(mode="after")
+    def _complete_when_enabled(self) -> VaultConfig:
+        missing = self.unset_keys()
+        if self.enabled and missing:
+            raise ValueError(f"enabled needs {', '.join(missing)}")
+        if self.enabled:
+            # Refused rather than ignored: an operator who turns it on would believe evidence leaves
+            # the station, and nothing replicates yet.
+            raise ValueError(
+                "enabled = true needs the replicator, which this release does not have yet; "
+                "leave it false (`ingestd vault check` works without it)"
+            )
+        return self
+
+    def unset_keys(self) -> list[str]:
+        """The keys a vault cannot be reached without, where still empty."""
+        return [name for name in ("endpoint", "bucket", "access_key_id") if not getattr(self, name)]
+
+    def settings(self, config_path: Path | str) -> VaultSettings:
+        """The adapter's settings, with the secret read from its root-only file."""
+        missing = self.unset_keys()
+        if missing:
+            raise ConfigError(path=config_path, detail=f"vault: set {', '.join(missing)}")
+        return VaultSettings(
+            endpoint=self.endpoint,
+            bucket=self.bucket,
+            region=self.region,
+            access_key_id=self.access_key_id,
+            secret_access_key=read_secret_file(self.secret_access_key_file),
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_secret_file(path: Path) -> str:
+    """The vault's secret access key: one line of a private file (`read_private_file`)."""
+
+    def fail(detail: str) -> ConfigError:
+        return VaultSecretError(path=path, detail=detail)
+
+    try:
+        secret = read_private_file(path, fail, 4096).decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise fail("not ASCII text") from None
+    if not secret or any(char.isspace() for char in secret):
+        raise fail("must hold exactly one secret key on one line")
+    return secret
+
+
 class Config(Section):
     daemon: DaemonConfig = DaemonConfig()
     catalog: CatalogConfig = CatalogConfig()
@@ -425,6 +543,7 @@ class Config(Section):
     notify: NotifyConfig = NotifyConfig()
     control: ControlConfig = ControlConfig()
     metrics: MetricsConfig = MetricsConfig()
+    vault: VaultConfig = VaultConfig()
     camera: tuple[CameraRuleConfig, ...] = ()
 
     def camera_rules(self) -> list[CameraRule]:

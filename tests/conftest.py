@@ -1,4 +1,5 @@
-"""Fixtures shared by every test layer: catalogs on real SQLite files and a real PostgreSQL server."""
+"""Fixtures shared by every test layer: catalogs on real SQLite files and a real PostgreSQL server, and a
+real single-node Ceph for the vault."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ from sqlalchemy import create_engine, text
 
 from store.catalog import Catalog
 from store.models import Base
+from tests.support.ceph import ceph_cluster
 from tests.support.postgres import PostgresServer, start_server
+
+__all__ = ["ceph_cluster"]  # a session fixture: the vault tests' single-node Ceph
 
 BACKENDS = ["sqlite", "postgresql"]
 _database_names = itertools.count(1)

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from ingestd.config import CameraRuleConfig, Config, ConfigError, load_config, read_password_file
+from ingestd.config import (
+    CameraRuleConfig,
+    Config,
+    ConfigError,
+    VaultSecretError,
+    load_config,
+    read_password_file,
+    read_secret_file,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -131,8 +140,8 @@ def test_a_password_file_gives_the_rule_its_password(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("mode", "content", "expected"),
     [
-        (0o640, "123456\n", "not accessible to group or others"),
-        (0o604, "123456\n", "not accessible to group or others"),
+        (0o640, "123456\n", "not be accessible to group or others"),
+        (0o604, "123456\n", "not be accessible to group or others"),
         (0o600, "\n", "first line must be the password"),
         (0o600, "1234567\n", "first line must be the password"),
     ],
@@ -175,3 +184,68 @@ def test_the_printed_configuration_masks_inline_passwords(tmp_path: Path) -> Non
     shown = load_config(path).redacted_json()
     assert "654321" not in shown
     assert '"password": "***"' in shown
+
+
+VAULT = "[vault]\nenabled = true\nbucket = 'evidence'\naccess_key_id = 'AK'\n"
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "reason"),
+    [
+        ("http://s3.example.org", "plain http is allowed only to a loopback address"),
+        ("ftp://127.0.0.1", "must be an http"),
+        ("s3.example.org", "must be an http"),
+    ],
+)
+def test_vault_endpoint_is_https_or_loopback(tmp_path: Path, endpoint: str, reason: str) -> None:
+    checked_only = VAULT.replace("enabled = true", "enabled = false")  # as `ingestd vault check` reads it
+    with pytest.raises(ConfigError, match=f"vault.endpoint: .*{reason}"):
+        load_config(write(tmp_path, checked_only + f"endpoint = '{endpoint}'\n"))
+    for good in ("https://s3.example.org", "http://127.0.0.1:7480", "http://[::1]:7480"):
+        assert load_config(write(tmp_path, checked_only + f"endpoint = '{good}'\n")).vault.endpoint == good
+
+
+def test_an_enabled_vault_needs_its_endpoint_and_a_valid_bucket(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"vault: .*enabled needs endpoint"):
+        load_config(write(tmp_path, VAULT))
+    complete = "[vault]\nenabled = true\nendpoint = 'https://s3.example.org'\nbucket = 'evidence'\n"
+    complete += "access_key_id = 'station-7'\n"
+    with pytest.raises(ConfigError, match=r"vault: .*the replicator, which this release does not have"):
+        load_config(write(tmp_path, complete))
+    with pytest.raises(ConfigError, match=r"vault\.bucket: .*not an S3 bucket name"):
+        load_config(write(tmp_path, "[vault]\nbucket = 'Evidence_Bucket'\n"))
+    assert Config().vault.enabled is False
+
+
+def secret(tmp_path: Path, text: str = "s3cr3t\n", mode: int = 0o600) -> Path:
+    path = tmp_path / "vault-secret"
+    path.write_text(text, encoding="ascii")
+    path.chmod(mode)
+    return path
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a secret file owned by root is created by root")
+def test_the_vault_secret_is_read_only_from_a_root_owned_0600_file(tmp_path: Path) -> None:
+    path = secret(tmp_path)
+    assert read_secret_file(path) == "s3cr3t"
+
+    path.chmod(0o640)
+    with pytest.raises(
+        VaultSecretError, match=f"{path}: must not be accessible to group or others, has mode 0640"
+    ):
+        read_secret_file(path)
+    path.chmod(0o600)
+    os.chown(path, 65534, 65534)
+    with pytest.raises(VaultSecretError, match=f"{path}: must be owned by root, is owned by uid 65534"):
+        read_secret_file(path)
+    os.chown(path, 0, 0)
+    link = tmp_path / "link"
+    link.symlink_to(path)
+    with pytest.raises(VaultSecretError, match=f"{link}: cannot open"):
+        read_secret_file(link)
+    for bad in ("", "two words\n"):
+        with pytest.raises(VaultSecretError, match="exactly one secret key"):
+            read_secret_file(secret(tmp_path, bad))
+    with pytest.raises(VaultSecretError, match="file not found") as missing:
+        read_secret_file(tmp_path / "absent")
+    assert missing.value.exit_code == 78
