@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(PY) -m bench.store_put
 	$(PY) -m bench.ingest
 	$(PY) -m bench.catalog
+	$(PY) -m bench.audit_anchor
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

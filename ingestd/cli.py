@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from rich.console import Console
 
 from drivers.base import DriverError
@@ -19,6 +20,7 @@ from ingestd.config import Config, load_config, resolve_config_path
 from ingestd.daemon import Daemon, ingest_settings
 from ingestd.demo import run_demo
 from ingestd.errors import IngestdError
+from ingestd.evidence.verify_bag import load_trusted_keys
 from ingestd.importer import run_import
 from ingestd.logging import configure_logging
 from ingestd.services import Services
@@ -26,7 +28,7 @@ from ingestd.session import SessionSummary
 from store.catalog import Catalog
 from store.errors import StoreError
 from store.models import SessionState
-from store.signing import Signer, key_id
+from store.signing import Signer, SigningKeyError, key_id
 from store.types import utcnow
 from store.vault import CheckReport, Vault, VaultError, VaultIntegrityError
 
@@ -44,6 +46,32 @@ config_option = click.option(
 
 # The --json of every ingestctl command that prints a result: one document, indented, UTF-8 as is.
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
+
+
+def _load_trusted_keys(
+    _context: click.Context, _param: click.Parameter, files: tuple[Path, ...]
+) -> list[Ed25519PublicKey]:
+    trusted: list[Ed25519PublicKey] = []
+    for file in files:
+        try:
+            trusted.extend(load_trusted_keys(file))
+        except SigningKeyError as error:
+            raise click.BadParameter(str(error), param_hint="--public-key") from None
+    return trusted
+
+
+# Station public keys kept off the machine (`ingestd key show`): what a verifier trusts, never the
+# station's own files. `verify` and `verify-export` take the same files.
+trusted_keys_option = click.option(
+    "--public-key",
+    "--trusted-keys",
+    "trusted_keys",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    multiple=True,
+    callback=_load_trusted_keys,
+    help="Trusted station keys: a PEM file (from `ingestd key show`) holding one key or several (other "
+    "stations, or before and after a key change); repeatable.",
+)
 
 
 def print_json(value: Any) -> None:

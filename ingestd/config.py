@@ -330,6 +330,9 @@ class JobsConfig(Section):
     gaps_interval_minutes: int = Field(60, ge=1, description="How often recent sessions are checked (gaps).")
     drift_interval_minutes: int = Field(60, ge=1, description="How often recent clock readings are checked.")
     retention_interval_hours: int = Field(24, ge=1, description="How often retention notices are given.")
+    audit_checkpoint_interval_minutes: int = Field(
+        5, ge=1, description="How often the audit chain's head is signed if anything is unsigned."
+    )
     lookback_hours: int = Field(
         72, ge=1, description="Gap and drift jobs look at dock sessions that ended this recently."
     )

@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 
 import click
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
 from ingestd import ctl_evidence, ctl_read, ctl_records
-from ingestd.cli import config_option, load, run_cli
+from ingestd.cli import config_option, load, run_cli, trusted_keys_option
 from ingestd.display import problem_line, styled
 from ingestd.services import Services
 from ingestd.verify import VerifyReport, verify_all
@@ -29,6 +30,8 @@ def _print_report(report: VerifyReport, as_json: bool) -> None:
             json.dumps(
                 {
                     "clean": report.clean,
+                    "key_ids": report.key_ids,
+                    "pinned": report.pinned,
                     "events_checked": report.events_checked,
                     "objects_checked": report.objects_checked,
                     "problems": [problem.as_dict() for problem in report.problems],
@@ -46,7 +49,8 @@ def _print_report(report: VerifyReport, as_json: bool) -> None:
     verdict = ("clean", "green") if report.clean else (f"{len(report.problems)} problem(s)", "red")
     console.print(
         styled(
-            f"audit events checked: {report.events_checked}; objects checked: {report.objects_checked}; ",
+            f"audit events checked: {report.events_checked}; objects checked: {report.objects_checked}; "
+            f"key {', '.join(report.key_ids)}{' (pinned)' if report.pinned else ''}; ",
             verdict,
         ),
         highlight=False,
@@ -56,9 +60,13 @@ def _print_report(report: VerifyReport, as_json: bool) -> None:
 @ctl.command()
 @config_option
 @click.option("--objects", is_flag=True, help="Also re-hash every stored object (slow: reads the store).")
+@trusted_keys_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
-def verify(config_path: Path | None, objects: bool, as_json: bool) -> None:
-    """Verify the audit chain from genesis, its signed checkpoints and (--objects) every object.
+def verify(
+    config_path: Path | None, objects: bool, trusted_keys: list[Ed25519PublicKey], as_json: bool
+) -> None:
+    """Verify the audit chain from genesis, its signed checkpoints, the catalog rows that carry custody
+    meaning against their events, and (--objects) every object.
 
     Exit 0 when everything verifies, 3 when any problem is found (each one is listed).
     """
@@ -78,9 +86,9 @@ def verify(config_path: Path | None, objects: bool, as_json: bool) -> None:
                 def advance(done: int, total: int) -> None:
                     bar.update(task, completed=done, total=total)
 
-                report = verify_all(services, objects=True, progress=advance)
+                report = verify_all(services, objects=True, progress=advance, trusted_keys=trusted_keys)
         else:
-            report = verify_all(services, objects=objects)
+            report = verify_all(services, objects=objects, trusted_keys=trusted_keys)
         ctl_read.record_verify_outcome(services, report, objects=objects)  # for status and metrics
     finally:
         services.close()

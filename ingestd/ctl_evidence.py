@@ -26,16 +26,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from rich.console import Console
 
-from ingestd.cli import config_option, json_option, load, print_json
+from ingestd.cli import config_option, json_option, load, print_json, trusted_keys_option
 from ingestd.display import problem_line, styled, table
 from ingestd.errors import IngestdError, UsageError
 from ingestd.evidence.copies import CopyError
 from ingestd.evidence.destination import deliver_into
 from ingestd.evidence.errors import EXIT_EXPORT_FAILED, EXIT_EXPORT_INTEGRITY, ExportError
-from ingestd.evidence.verify_bag import load_trusted_keys, verify_bag
-from store.signing import SigningKeyError
+from ingestd.evidence.verify_bag import verify_bag
 
 EXIT_PROBLEMS = 3
 EXIT_SIGNER_UNVERIFIED = 17  # verify-export: consistent, but not checked against a trusted station key
@@ -348,26 +348,12 @@ def view(*, config_path: Path | None, approval_id: int, recording_id: int, outpu
 
 @click.command("verify-export")
 @click.argument("path", type=click.Path(path_type=Path, exists=True, file_okay=False))
-@click.option(
-    "--public-key",
-    "--trusted-keys",
-    "key_files",
-    type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    multiple=True,
-    help="Trusted station keys: a PEM file (from `ingestd key show`) holding one key or several (other "
-    "stations, or before and after a key change); repeatable.",
-)
+@trusted_keys_option
 @json_option
-def verify_export(path: Path, key_files: tuple[Path, ...], as_json: bool) -> None:
+def verify_export(path: Path, trusted_keys: list[Ed25519PublicKey], as_json: bool) -> None:
     """Check an exported bag on its own, without the station: exit 0 if it verifies and is signed by a
     trusted station key, 3 if it has problems, 17 if it is consistent but no trusted key was given."""
-    trusted = []
-    for file in key_files:
-        try:
-            trusted.extend(load_trusted_keys(file))
-        except SigningKeyError as error:
-            raise click.BadParameter(str(error), param_hint="--public-key") from None
-    report = verify_bag(path, trusted_keys=trusted)
+    report = verify_bag(path, trusted_keys=trusted_keys)
     if as_json:
         print_json(report.as_dict())
     else:

@@ -579,3 +579,4 @@ def record_verify_outcome(services: Services, report: VerifyReport, *, objects: 
             objects=objects,
             at=utcnow(),
         )
+    services.audit.anchor(services.catalog)

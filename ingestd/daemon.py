@@ -99,8 +99,8 @@ def reconcile(services: Services, now: datetime) -> str:
     except OSError as error:
         log.error("partial_expiry_failed", error=str(error))  # noqa: TRY400 - the message is the whole story
         expired = []
-    # A crash between a commit and its checkpoint is covered here, before anything new is appended.
-    services.audit.checkpoint_if_due(services.catalog)
+    # A crash between a commit and its anchor is covered here, before anything new is appended.
+    services.audit.anchor(services.catalog)
     kept = len(partials.kept_keys) - len(expired)
     message = (
         f"reconciled: {closed} interrupted session(s), {kept} partial copy(ies) kept for resume, "

@@ -1,4 +1,4 @@
-"""The daemon's scheduled jobs: overdue cameras, gaps, clock drift and retention notices.
+"""The daemon's scheduled jobs: overdue cameras, gaps, clock drift, retention notices, audit anchors.
 
 Guarantees:
 - Every job is idempotent. Flags carry the policy's deterministic `dedup_key`, so running a job twice,
@@ -43,7 +43,7 @@ from store.types import utcnow
 log = structlog.get_logger(__name__)
 
 Clock = Callable[[], datetime]
-JOB_IDS = ("overdue", "gaps", "drift", "retention-notices", "partial-expiry")
+JOB_IDS = ("overdue", "gaps", "drift", "retention-notices", "partial-expiry", "audit-checkpoint")
 PARTIAL_EXPIRY_INTERVAL = timedelta(hours=1)
 
 
@@ -326,6 +326,10 @@ def build_scheduler(services: Services, clock: Clock = utcnow) -> BackgroundSche
         expire_partial_copies(services, now)
         return []
 
+    def anchor(_now: datetime) -> list[FlagView]:
+        services.audit.anchor(catalog)
+        return []
+
     work: dict[str, tuple[Callable[[datetime], list[FlagView]], timedelta, bool]] = {
         "overdue": (
             lambda now: evaluate_overdue_cameras(catalog, config, now),
@@ -344,6 +348,7 @@ def build_scheduler(services: Services, clock: Clock = utcnow) -> BackgroundSche
         ),
         "retention-notices": (notices, timedelta(hours=jobs.retention_interval_hours), True),
         "partial-expiry": (partials, PARTIAL_EXPIRY_INTERVAL, False),
+        "audit-checkpoint": (anchor, timedelta(minutes=jobs.audit_checkpoint_interval_minutes), False),
     }
     for name, (function, interval, at_start) in work.items():
         options = {"next_run_time": clock()} if at_start else {}

@@ -190,6 +190,7 @@ class DockManager:
                 now=now,
                 note=f"undocked ({attribution.basis})",
             )
+        self.services.audit.anchor(self.services.catalog)  # sign the check-out: it ends the dock
 
     def _set_dock_empty(self, port: str) -> None:
         with self.services.catalog.transaction() as session:

@@ -8,8 +8,9 @@ from pathlib import Path
 from drivers.registry import DriverRegistry
 from ingestd import schema
 from ingestd.config import Config
-from store.audit import AuditLog
+from store.audit import AuditLog, chain_end
 from store.catalog import Catalog
+from store.checkpoints import CheckpointFile
 from store.objects import FileObjectStore
 from store.signing import Signer
 
@@ -19,6 +20,17 @@ CHECKPOINT_FILE = "audit-checkpoints.jsonl"
 
 def checkpoint_path(config: Config) -> Path:
     return config.daemon.state_dir / CHECKPOINT_FILE
+
+
+def signed_history(catalog: Catalog, checkpoints: Path) -> str | None:
+    """What an existing signing key has signed, in words, or None on a station with no audit history."""
+    with catalog.transaction() as session:
+        events = chain_end(session)
+    if events:
+        return f"the audit chain already has {events} event(s)"
+    if any(True for _ in CheckpointFile(checkpoints, set_append_only=False).lines()):
+        return f"{checkpoints} already holds signed checkpoints"
+    return None
 
 
 @dataclass
@@ -49,7 +61,9 @@ class Services:
                 fsync_interval=config.store.fsync_interval_mib * MIB,
             )
             if migrate:
-                signer = Signer.load_or_create(config.daemon.state_dir)
+                signer = Signer.load_or_create(
+                    config.daemon.state_dir, history=lambda: signed_history(catalog, checkpoint_path(config))
+                )
             else:
                 signer = Signer.load(config.daemon.state_dir)
             audit = AuditLog(signer, checkpoint_path(config), config.audit.checkpoint_every)

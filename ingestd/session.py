@@ -730,6 +730,7 @@ class IngestSession:
             dock_session.state = self.summary.state
             dock_session.failure_reason = self.summary.reason
             dock_session.ended_at = self.clock()
+        self.audit.anchor(self.catalog)  # the session's last event is now covered by a signed checkpoint
         summary = self.summary
         self._log.info(
             "ingest_summary",

@@ -1,4 +1,5 @@
-"""Whole-system verification: the audit chain from genesis, its signed checkpoints, and the objects.
+"""Whole-system verification: the audit chain from genesis, its signed checkpoints, the catalog rows
+that carry custody meaning against their events, and the objects.
 
 Every problem is collected and named; nothing stops at the first one. An auditor reads the report, so
 each line says what is wrong and where.
@@ -6,21 +7,24 @@ each line says what is wrong and where.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import func, select
 
 from ingestd.services import Services, checkpoint_path
+from ingestd.verify_rows import verify_rows
 from store.audit import verify_chain
 from store.models import AuditEvent, StoredObject
+from store.signing import key_id
 
 ProgressCallback = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
 class Problem:
-    area: str  # "audit" or "object"
+    area: str  # "audit", "catalog" (a row against its events) or "object"
     kind: str
     subject: str
     detail: str
@@ -34,25 +38,47 @@ class VerifyReport:
     events_checked: int
     objects_checked: int
     problems: list[Problem]
+    key_ids: list[str]  # the keys checkpoints were checked against
+    pinned: bool  # given by the verifier (--public-key), not read from the station
 
     @property
     def clean(self) -> bool:
         return not self.problems
 
 
-def verify_audit(services: Services) -> tuple[int, list[Problem]]:
+def verify_audit(services: Services, public_keys: list[Ed25519PublicKey]) -> tuple[int, list[Problem]]:
+    """The chain and its checkpoints, checked against `public_keys`."""
     with services.catalog.transaction() as session:
         count = session.scalar(select(func.count()).select_from(AuditEvent)) or 0
         found = verify_chain(
             session,
             checkpoint_path=checkpoint_path(services.config),
-            public_key=services.audit.signer.public_key,
+            public_key=public_keys,
             checkpoint_every=services.config.audit.checkpoint_every,
         )
     problems = [
         Problem("audit", p.kind, f"seq {p.seq}" if p.seq is not None else "chain", p.detail) for p in found
     ]
+    station = services.audit.signer.key_id
+    trusted = [key_id(key) for key in public_keys]
+    if station not in trusted:
+        problems.append(
+            Problem(
+                "audit",
+                "key-mismatch",
+                "signing key",
+                f"the station signs with {station}, which is not a trusted key ({', '.join(trusted)}): "
+                "its key was replaced, or the trusted keys are another station's",
+            )
+        )
     return count, problems
+
+
+def verify_catalog_rows(services: Services) -> list[Problem]:
+    """Recordings, approvals and custody rows that disagree with their audit events."""
+    with services.catalog.transaction() as session:
+        found = verify_rows(session)
+    return [Problem("catalog", p.kind, p.subject, p.detail) for p in found]
 
 
 def verify_objects(services: Services, progress: ProgressCallback | None = None) -> tuple[int, list[Problem]]:
@@ -76,11 +102,25 @@ def verify_objects(services: Services, progress: ProgressCallback | None = None)
 
 
 def verify_all(
-    services: Services, *, objects: bool, progress: ProgressCallback | None = None
+    services: Services,
+    *,
+    objects: bool,
+    progress: ProgressCallback | None = None,
+    trusted_keys: Collection[Ed25519PublicKey] = (),
 ) -> VerifyReport:
-    events, problems = verify_audit(services)
+    """Everything; checkpoints are checked against `trusted_keys` when given (kept off the machine),
+    else against the station's own key."""
+    public_keys = list(trusted_keys) or [services.audit.signer.public_key]
+    events, problems = verify_audit(services, public_keys)
+    problems += verify_catalog_rows(services)
     checked = 0
     if objects:
         checked, object_problems = verify_objects(services, progress)
         problems += object_problems
-    return VerifyReport(events_checked=events, objects_checked=checked, problems=problems)
+    return VerifyReport(
+        events_checked=events,
+        objects_checked=checked,
+        problems=problems,
+        key_ids=[key_id(key) for key in public_keys],
+        pinned=bool(trusted_keys),
+    )

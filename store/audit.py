@@ -8,7 +8,7 @@ Guarantees:
   by the first statement of `append`, so the chain never forks (SQLite's write lock, PostgreSQL's row
   lock).
 - Signed checkpoints (see `store.checkpoints`) are written only after a commit, from what was committed:
-  automatically every `checkpoint_every` events, and on demand.
+  automatically every `checkpoint_every` events, and by `anchor` whenever a unit of work has finished.
 - `verify_chain` streams the whole chain, never stops at the first problem and names each kind.
 """
 
@@ -26,9 +26,22 @@ from typing import Any
 import blake3
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import Connection, Table, Text, cast, event, insert, inspect, select, type_coerce, update
+from sqlalchemy import (
+    Connection,
+    Select,
+    Table,
+    Text,
+    cast,
+    event,
+    insert,
+    inspect,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.types import NullType
 
@@ -191,6 +204,7 @@ class AuditLog:
         self._clock = clock
         self._lock = threading.Lock()
         self._checkpointed_seq: int | None = None  # read lazily from the file
+        self._genesis: str | None = None  # hash of event 1, once a commit has shown it
         self.last_checkpoint_error: str | None = None
 
     def append(
@@ -224,6 +238,9 @@ class AuditLog:
         values["seq"] = head_seq + 1
         values["prev_hash"] = head_hash
         values["hash"] = event_hash(head_hash, _hashed_form(values))
+        genesis = self._genesis
+        if genesis is None:
+            genesis = values["hash"] if values["seq"] == 1 else _read_genesis(session)
         record = AuditEvent(**values)
         session.add(record)
         session.flush([record])
@@ -231,39 +248,43 @@ class AuditLog:
         connection.execute(
             update(head).where(head.c.id == HEAD_ID).values(seq=values["seq"], hash=values["hash"])
         )
-        self._track(session, record, values["seq"], values["hash"])
+        self._track(session, record, _Head(values["seq"], values["hash"], genesis))
         return record
 
     # --- checkpoints -------------------------------------------------------------------------------
 
-    def _track(self, session: Session, record: AuditEvent, seq: int, digest: str) -> None:
-        session.info.setdefault(_PENDING, []).append((self, record, seq, digest))
+    def _track(self, session: Session, record: AuditEvent, head: _Head) -> None:
+        session.info.setdefault(_PENDING, []).append((self, record, head))
         if not event.contains(session, "after_commit", _after_commit):
             event.listen(session, "after_commit", _after_commit)
             event.listen(session, "after_transaction_end", _after_transaction_end)
 
-    def _committed(self, seq: int, digest: str) -> None:
-        """Called after a commit made event `seq` durable: checkpoint it if one is due."""
+    def _committed(self, head: _Head) -> None:
+        """Called after a commit made event `head.seq` durable: checkpoint it if one is due."""
         with self._lock:
+            if head.genesis is not None:
+                self._genesis = head.genesis  # committed: event 1 of this catalog never changes
             try:
                 if self._checkpointed_seq is None:
                     self._checkpointed_seq = self.checkpoints.last_seq(self.signer.key_id)
-                if seq - self._checkpointed_seq >= self.checkpoint_every:
-                    self._write(seq, digest)
+                if head.seq - self._checkpointed_seq >= self.checkpoint_every:
+                    self._write(head)
             except OSError as error:
                 # The commit has happened and must not be reported as failed; the next commit retries,
                 # and verify_chain(checkpoint_every=...) shows an overdue checkpoint.
                 self.last_checkpoint_error = str(error)
                 _log.error("audit_checkpoint_failed", path=str(self.checkpoints.path), error=str(error))
 
-    def _write(self, seq: int, digest: str) -> Checkpoint:
-        checkpoint = Checkpoint.sign(self.signer, seq=seq, hash=digest, at=self._clock())
+    def _write(self, head: _Head) -> Checkpoint:
+        checkpoint = Checkpoint.sign(
+            self.signer, seq=head.seq, hash=head.hash, at=self._clock(), genesis=head.genesis
+        )
         self.checkpoints.append(checkpoint)
-        self._checkpointed_seq = max(seq, self._checkpointed_seq or 0)
+        self._checkpointed_seq = max(head.seq, self._checkpointed_seq or 0)
         self.last_checkpoint_error = None
         return checkpoint
 
-    def _committed_head(self, target: Catalog | Session) -> tuple[int, str] | None:
+    def _committed_head(self, target: Catalog | Session) -> _Head | None:
         if isinstance(target, Catalog):
             with target.transaction() as session:
                 return _last_event(session)
@@ -279,37 +300,68 @@ class AuditLog:
         if head is None:
             return None
         with self._lock:
-            return self._write(*head)
+            return self._write(head)
 
-    def checkpoint_if_due(self, target: Catalog | Session) -> Checkpoint | None:
-        """At start-up: sign the committed head if `checkpoint_every` events went unsigned (a crash between
-        commit and checkpoint, or a failed write)."""
-        head = self._committed_head(target)
-        if head is None:
+    def anchor(self, target: Catalog | Session) -> Checkpoint | None:
+        """Sign the committed head unless a checkpoint already covers it; None if nothing was written.
+
+        Called when a session or a mutating command has finished, on a timer and at start-up, so that
+        deleting even the last event (and moving `audit_head` back) leaves the chain shorter than a
+        signed checkpoint. Costs one indexed read, one signature and one fsynced line. A failure is
+        logged and kept in `last_checkpoint_error`, never raised: the work it anchors is done and
+        committed, and the next anchor (at the latest the timer's) covers it."""
+        try:
+            head = self._committed_head(target)
+            if head is None:
+                return None
+            with self._lock:
+                if self._checkpointed_seq is None:
+                    self._checkpointed_seq = self.checkpoints.last_seq(self.signer.key_id)
+                if head.seq <= self._checkpointed_seq:
+                    return None
+                return self._write(head)
+        except (OSError, SQLAlchemyError) as error:
+            self.last_checkpoint_error = str(error)
+            _log.error("audit_checkpoint_failed", path=str(self.checkpoints.path), error=str(error))
             return None
-        with self._lock:
-            if self._checkpointed_seq is None:
-                self._checkpointed_seq = self.checkpoints.last_seq(self.signer.key_id)
-            if head[0] - self._checkpointed_seq >= self.checkpoint_every:
-                return self._write(*head)
-        return None
 
 
-def _last_event(session: Session) -> tuple[int, str] | None:
+@dataclass(frozen=True)
+class _Head:
+    """What a checkpoint signs: the event `seq`, its hash, and the hash of event 1 (None if missing)."""
+
+    seq: int
+    hash: str
+    genesis: str | None
+
+
+def _read_genesis(session: Session) -> str | None:
+    events = EVENTS
+    found = session.execute(select(events.c.hash).where(events.c.seq == 1)).scalar_one_or_none()
+    return None if found is None else str(found)
+
+
+def chain_end(session: Session) -> int:
+    """The seq of the last event stored (0 for an empty chain)."""
+    head = _last_event(session)
+    return 0 if head is None else head.seq
+
+
+def _last_event(session: Session) -> _Head | None:
     events = EVENTS
     row = session.execute(select(events.c.seq, events.c.hash).order_by(events.c.seq.desc()).limit(1)).first()
-    return None if row is None else (int(row.seq), str(row.hash))
+    return None if row is None else _Head(int(row.seq), str(row.hash), _read_genesis(session))
 
 
 def _after_commit(session: Session) -> None:
-    pending: list[tuple[AuditLog, AuditEvent, int, str]] = session.info.pop(_PENDING, [])
-    latest: dict[AuditLog, tuple[int, str]] = {}
-    for log, record, seq, digest in pending:
+    pending: list[tuple[AuditLog, AuditEvent, _Head]] = session.info.pop(_PENDING, [])
+    latest: dict[AuditLog, _Head] = {}
+    for log, record, head in pending:
         # An event added inside a savepoint that rolled back is no longer persistent: skip it.
-        if inspect(record).persistent and seq > latest.get(log, (0, ""))[0]:
-            latest[log] = (seq, digest)
-    for log, (seq, digest) in latest.items():
-        log._committed(seq, digest)
+        if inspect(record).persistent and (log not in latest or head.seq > latest[log].seq):
+            latest[log] = head
+    for log, head in latest.items():
+        log._committed(head)
 
 
 def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
@@ -331,6 +383,8 @@ class AuditProblem:
     signed checkpoint), "checkpoint-mismatch" (the chain differs from what a checkpoint signed: it was
     rewritten), "checkpoint-signature" (bad signature or unknown key), "checkpoint-file" (unreadable or
     garbled line), "checkpoint-missing" (too many events after the last valid checkpoint),
+    "catalog-mismatch" (checkpoints signed for a chain with another first event: the state directory
+    belongs to another catalog, or this chain was rewritten from its start),
     "head-mismatch" (audit_head disagrees with the rows), "row-unreadable" (a value cannot be decoded).
     """
 
@@ -375,8 +429,24 @@ def _load_checkpoints(
     return valid
 
 
-def _decode_row(row: RowMapping) -> dict[str, Any]:
-    # `at` and `details` arrive undecoded (see verify_chain) so one bad value is a problem, not a crash.
+def undecoded_events(batch_size: int = 1000) -> Select[Any]:
+    """Every event in seq order, streamed, with `at` and `details` left undecoded: a reader calls
+    `decode_event` on each row, so one unreadable value is a problem it reports, not a crash."""
+    events = EVENTS
+    columns = [c for c in events.c if c.name not in ("at", "details")]
+    return (
+        select(
+            *columns,
+            type_coerce(events.c.at, NullType()).label("at"),
+            cast(events.c.details, Text).label("details"),
+        )
+        .order_by(events.c.seq)
+        .execution_options(yield_per=batch_size)
+    )
+
+
+def decode_event(row: RowMapping) -> dict[str, Any]:
+    """A row of `undecoded_events` with `at` (UTC) and `details` decoded; ValueError or TypeError if not."""
     values = dict(row)
     at = values["at"]
     if isinstance(at, str):
@@ -404,23 +474,14 @@ def verify_chain(
     """
     problems = _Problems()
     checkpoints = _load_checkpoints(checkpoint_path, keys_by_id(public_key), problems)
-    events = EVENTS
+    _set_aside_other_chains(checkpoints, _read_genesis(session), problems)
     head_table = HEAD
     head = session.execute(
         select(head_table.c.seq, head_table.c.hash).where(head_table.c.id == HEAD_ID)
     ).first()
     head_seq = None if head is None else int(head.seq)
 
-    columns = [c for c in events.c if c.name not in ("at", "details")]
-    query = (
-        select(
-            *columns,
-            type_coerce(events.c.at, NullType()).label("at"),
-            cast(events.c.details, Text).label("details"),
-        )
-        .order_by(events.c.seq)
-        .execution_options(yield_per=batch_size)
-    )
+    query = undecoded_events(batch_size)
     expected = 1
     prev_stored: str | None = GENESIS_HASH  # None: the previous row is missing, the link cannot be checked
     last: tuple[int, str] | None = None
@@ -438,7 +499,7 @@ def verify_chain(
                 f"prev_hash {row['prev_hash']} is not the previous hash {prev_stored}",
             )
         try:
-            recomputed = event_hash(row["prev_hash"], _hashed_form(_decode_row(row)))
+            recomputed = event_hash(row["prev_hash"], _hashed_form(decode_event(row)))
         except (ValueError, TypeError) as error:
             problems.add("row-unreadable", seq, f"cannot recompute the hash: {error}")
         else:
@@ -481,6 +542,35 @@ def verify_chain(
                 f"(one is due every {checkpoint_every})",
             )
     return problems
+
+
+def _set_aside_other_chains(
+    checkpoints: dict[int, list[Checkpoint]], genesis: str | None, problems: _Problems
+) -> None:
+    """Remove the checkpoints that name another first event, reported as one problem per chain they
+    name: compared seq by seq they would only say "tail missing" or "mismatch", which misleads."""
+    others: dict[str, list[int]] = {}
+    for seq, signed in list(checkpoints.items()):
+        kept = [c for c in signed if c.genesis is None or c.genesis == genesis]
+        for checkpoint in signed:
+            if checkpoint.genesis is not None and checkpoint.genesis != genesis:
+                others.setdefault(checkpoint.genesis, []).append(seq)
+        if kept:
+            checkpoints[seq] = kept
+        else:
+            del checkpoints[seq]
+    if genesis is None:
+        ours, or_else = "has no events", "every event of this one was deleted"
+    else:
+        ours, or_else = f"starts with an event hashed {genesis[:16]}…", "its chain was rewritten from event 1"
+    for theirs, seqs in others.items():
+        problems.add(
+            "catalog-mismatch",
+            None,
+            f"{len(seqs)} signed checkpoint(s) up to seq {max(seqs)} are of a chain that starts with an "
+            f"event hashed {theirs[:16]}…, but this catalog {ours}: the state directory belongs to "
+            f"another catalog, or {or_else}",
+        )
 
 
 def _check_head(

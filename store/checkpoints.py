@@ -1,7 +1,10 @@
 """Signed checkpoints of the audit chain, kept as JSON lines in an append-only file outside the database.
 
-A checkpoint says "the chain's event `seq` had hash `hash`", signed with the station key. Someone who can
-rewrite the database but not the key cannot make a rewritten chain agree with earlier checkpoints.
+A checkpoint says "the chain whose first event hashes to `genesis` had, at event `seq`, hash `hash`",
+signed with the station key. Someone who can rewrite the database but not the key cannot make a
+rewritten chain agree with earlier checkpoints, and `genesis` tells a checkpoint of another catalog
+(a state directory paired with the wrong database) from a chain that lost its tail. Lines written
+before `genesis` existed carry no such field and stay valid.
 Each line is written with one O_APPEND write and fsynced; the file gets the filesystem append-only
 attribute where the kernel allows it, and whether it did is recorded on the `CheckpointFile`.
 """
@@ -36,6 +39,7 @@ FS_APPEND_FL = 0x00000020
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX128 = re.compile(r"[0-9a-f]{128}")
 _FIELDS = frozenset({"seq", "hash", "at", "key_id", "signature"})
+_FIELDS_WITH_GENESIS = _FIELDS | {"genesis"}
 
 
 def format_utc(at: datetime) -> str:
@@ -52,9 +56,13 @@ class Checkpoint:
     at: str  # format_utc form, kept as signed
     key_id: str
     signature: str  # hex Ed25519 signature over canonical_json(body())
+    genesis: str | None = None  # hash of the chain's event 1; None only in lines from older releases
 
     def body(self) -> dict[str, Any]:
-        return {"seq": self.seq, "hash": self.hash, "at": self.at, "key_id": self.key_id}
+        body = {"seq": self.seq, "hash": self.hash, "at": self.at, "key_id": self.key_id}
+        if self.genesis is not None:
+            body["genesis"] = self.genesis
+        return body
 
     def signed_bytes(self) -> bytes:
         return canonical_json(self.body())
@@ -63,8 +71,18 @@ class Checkpoint:
         return canonical_json({**self.body(), "signature": self.signature}) + b"\n"
 
     @classmethod
-    def sign(cls, signer: Signer, *, seq: int, hash: str, at: datetime) -> Checkpoint:  # noqa: A002 - the field's name
-        unsigned = cls(seq=seq, hash=hash, at=format_utc(at), key_id=signer.key_id, signature="")
+    def sign(
+        cls,
+        signer: Signer,
+        *,
+        seq: int,
+        hash: str,  # noqa: A002 - the field's name
+        at: datetime,
+        genesis: str | None,
+    ) -> Checkpoint:
+        unsigned = cls(
+            seq=seq, hash=hash, at=format_utc(at), key_id=signer.key_id, signature="", genesis=genesis
+        )
         return cls(**{**unsigned.body(), "signature": signer.sign(unsigned.signed_bytes()).hex()})
 
     @classmethod
@@ -74,8 +92,8 @@ class Checkpoint:
             record = json.loads(line)
         except json.JSONDecodeError as error:
             raise ValueError(f"not JSON ({error.msg})") from error
-        if not isinstance(record, dict) or set(record) != _FIELDS:
-            raise ValueError(f"expected an object with exactly {sorted(_FIELDS)}")
+        if not isinstance(record, dict) or set(record) not in (_FIELDS, _FIELDS_WITH_GENESIS):
+            raise ValueError(f"expected an object with exactly {sorted(_FIELDS)} (and genesis)")
         seq, digest, at, kid, signature = (record[k] for k in ("seq", "hash", "at", "key_id", "signature"))
         if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
             raise ValueError(f"seq {seq!r} is not a positive integer")
@@ -85,7 +103,10 @@ class Checkpoint:
             raise ValueError("at and key_id must be strings")  # noqa: TRY004 - a bad line, reported as such
         if not isinstance(signature, str) or not _HEX128.fullmatch(signature):
             raise ValueError("signature is not 128 lowercase hex digits")
-        return cls(seq=seq, hash=digest, at=at, key_id=kid, signature=signature)
+        genesis = record.get("genesis")
+        if "genesis" in record and (not isinstance(genesis, str) or not _HEX64.fullmatch(genesis)):
+            raise ValueError("genesis is not 64 lowercase hex digits")
+        return cls(seq=seq, hash=digest, at=at, key_id=kid, signature=signature, genesis=genesis)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """The Ed25519 key that signs audit checkpoints.
 
 Guarantees: the private key file is created 0600 and appears under its final name only once complete
-(so a crash or a second starter never sees half a key); a key file that group or others could read is
-refused rather than used; the public key is published beside it for verifiers.
+(so a crash or a second starter never sees half a key); a key file that group or others could read, or
+that another user owns (and so could have replaced), is refused rather than used; a missing key is
+created only when the caller says no history depends on it; the public key is published beside it for
+verifiers.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import json
 import os
 import secrets
 import stat
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,12 +124,23 @@ class Signer:
             ) from None
 
     @classmethod
-    def load_or_create(cls, state_dir: Path) -> Signer:
-        """Load `state_dir/audit-signing.key`, generating it on first start, and publish the public key."""
+    def load_or_create(cls, state_dir: Path, *, history: Callable[[], str | None] = lambda: None) -> Signer:
+        """Load `state_dir/audit-signing.key`, generating it on first start, and publish the public key.
+
+        `history` is asked only when the key is missing: it names what the old key signed (an audit
+        chain with events, checkpoints), or None. A key is never regenerated over such history: a new
+        key would let whoever deleted the old one sign a rewritten past."""
         path = state_dir / PRIVATE_KEY_NAME
         try:
             signer = cls(_load_private_key(path))
         except FileNotFoundError:
+            signed = history()
+            if signed is not None:
+                raise SigningKeyError(
+                    path=path,
+                    detail=f"missing, but {signed}; restore the key from its backup "
+                    f"(it must match {PUBLIC_KEY_NAME}); a new key is never generated over signed history",
+                ) from None
             signer = cls(_create_private_key(path))
         signer._publish_public_key(state_dir / PUBLIC_KEY_NAME)
         return signer
@@ -158,6 +171,12 @@ def _load_private_key(path: Path) -> Ed25519PrivateKey:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise SigningKeyError(path=path, detail="not a regular file")
+        if info.st_uid != os.geteuid():
+            raise SigningKeyError(
+                path=path,
+                detail=f"owned by uid {info.st_uid}, not by uid {os.geteuid()} that uses it; its owner could "
+                "have replaced it, so it is refused (if it is the station's key: chown it back)",
+            )
         if info.st_mode & 0o077:
             raise SigningKeyError(
                 path=path,

@@ -89,6 +89,8 @@ def _audit(
             details=_details(caller, args, error, **more),
             at=now,
         )
+    # Sign the head now, so deleting this command's event (even the newest) is caught by verify.
+    services.audit.anchor(services.catalog)
 
 
 def audit_repeated(services: Services, repeated: Repeated, now: datetime) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import pwd
 import sqlite3
 import stat
 import struct
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text
 
+from ingestd.services import signed_history
 from store.audit import (
     GENESIS_HASH,
     Actor,
@@ -30,7 +32,7 @@ from store.audit import (
     verify_chain,
 )
 from store.catalog import Catalog
-from store.checkpoints import FS_APPEND_FL, FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, CheckpointFile
+from store.checkpoints import FS_APPEND_FL, FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, Checkpoint, CheckpointFile
 from store.models import AuditEvent, AuditHead, Base, Unit
 from store.signing import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, Signer, SigningKeyError, load_public_key
 from tests.support.audit import rewrite_chain, spec_hash
@@ -89,6 +91,13 @@ def tamper(catalog: Catalog, sql: str, **params: object) -> None:
         connection.execute(text(sql), params)
 
 
+def rewind_head(catalog: Catalog, seq: int) -> None:
+    """Point audit_head at event `seq`, as an attacker covering deleted events would."""
+    with catalog.transaction() as session:
+        last = session.get_one(AuditEvent, seq)
+    tamper(catalog, "UPDATE audit_head SET seq = :s, hash = :h", s=seq, h=last.hash)
+
+
 def checkpoint_seqs(log: AuditLog) -> list[int]:
     return [line.checkpoint.seq for line in log.checkpoints.lines() if line.checkpoint is not None]
 
@@ -141,6 +150,81 @@ def test_on_demand_checkpoint_signs_the_committed_head(
     assert verify(catalog, log, signer) == []
 
 
+def test_anchor_signs_an_unsigned_head_once_so_deleting_the_last_event_is_caught(
+    catalog: Catalog, tmp_path: Path, signer: Signer
+) -> None:
+    log = make_log(tmp_path, signer, every=1000)
+    assert log.anchor(catalog) is None  # empty chain: nothing to sign
+    append_events(catalog, log, 2)
+    made = log.anchor(catalog)
+    assert made is not None
+    assert made.seq == 2
+    assert log.anchor(catalog) is None  # nothing new: no second line
+    fresh = make_log(tmp_path, signer, every=1000)  # another process (ingestctl) reads the file instead
+    assert fresh.anchor(catalog) is None
+    assert checkpoint_seqs(log) == [2]
+    append_events(catalog, log, 1, start=2)
+    assert log.anchor(catalog) is not None
+    assert checkpoint_seqs(log) == [2, 3]
+    # One event fewer than checkpoint_every: delete the newest and rewind the head over it.
+    tamper(catalog, "DELETE FROM audit_events WHERE seq = 3")
+    rewind_head(catalog, 2)
+    assert kinds(verify(catalog, log, signer)) == [("tail-missing", 3)]
+
+
+def test_a_failed_anchor_is_logged_and_kept_not_raised(
+    catalog: Catalog, tmp_path: Path, signer: Signer
+) -> None:
+    log = make_log(tmp_path, signer, every=1000)
+    append_events(catalog, log, 1)
+    log.checkpoints.path.parent.joinpath("audit-checkpoints.jsonl").mkdir()  # cannot be opened as a file
+    assert log.anchor(catalog) is None
+    assert log.last_checkpoint_error is not None
+    assert "audit-checkpoints.jsonl" in log.last_checkpoint_error
+
+
+def test_checkpoints_of_another_catalog_are_named_as_such_not_as_a_missing_tail(
+    sqlite_catalog: Catalog, tmp_path: Path, signer: Signer
+) -> None:
+    log = make_log(tmp_path, signer, every=1000)
+    append_events(sqlite_catalog, log, 5)
+    assert log.anchor(sqlite_catalog) is not None
+    # The same state directory (key and checkpoint file) paired with another catalog: empty, then in use.
+    other = Catalog.open(f"sqlite:///{tmp_path / 'other.db'}")
+    Base.metadata.create_all(other.engine)
+    try:
+        problems = verify(other, log, signer)
+        assert kinds(problems) == [("catalog-mismatch", None)]
+        assert "has no events" in problems[0].detail
+        assert "or every event of this one was deleted" in problems[0].detail
+        append_events(other, make_log(tmp_path / "b", Signer.load_or_create(tmp_path / "b")), 2, start=100)
+        problems = verify(other, log, signer)
+        assert kinds(problems) == [("catalog-mismatch", None)]
+        assert "another catalog" in problems[0].detail
+        assert "seq 5" in problems[0].detail
+    finally:
+        other.close()
+    assert verify(sqlite_catalog, log, signer) == []
+
+
+def test_lines_from_before_genesis_still_verify_and_a_bad_genesis_is_a_garbled_line(
+    catalog: Catalog, tmp_path: Path, signer: Signer
+) -> None:
+    log = make_log(tmp_path, signer, every=1000)
+    append_events(catalog, log, 3)
+    with catalog.transaction() as session:
+        third = session.get_one(AuditEvent, 3)
+    legacy = Checkpoint.sign(signer, seq=3, hash=third.hash, at=T0, genesis=None)
+    assert b"genesis" not in legacy.to_line()
+    log.checkpoints.append(legacy)
+    assert verify(catalog, log, signer) == []
+    record = json.loads(legacy.to_line())
+    log.checkpoints.path.write_text(json.dumps({**record, "genesis": None}) + "\n")
+    problems = verify(catalog, log, signer)
+    assert kinds(problems) == [("checkpoint-file", None)]
+    assert "genesis is not 64 lowercase hex digits" in problems[0].detail
+
+
 # --- each kind of tampering, caught and named -----------------------------------------------------
 
 
@@ -190,9 +274,7 @@ def test_deleted_tail_after_a_checkpoint_is_caught_even_with_the_head_fixed(
     # Head left alone: the head and the checkpoint both say rows are missing.
     assert sorted(kinds(verify(catalog, log, signer))) == [("head-mismatch", 7), ("tail-missing", 7)]
     # A careful attacker also rewinds the head: only the signed checkpoint still knows.
-    with catalog.transaction() as session:
-        last = session.get_one(AuditEvent, 5)
-    tamper(catalog, "UPDATE audit_head SET seq = 5, hash = :h", h=last.hash)
+    rewind_head(catalog, 5)
     assert kinds(verify(catalog, log, signer)) == [("tail-missing", 7)]
 
 
@@ -207,6 +289,19 @@ def test_consistently_rewritten_chain_is_caught_only_by_the_checkpoints(
     with catalog.transaction() as session:
         unsigned = verify_chain(session, checkpoint_path=empty, public_key=signer.public_key)
     assert unsigned == []  # without checkpoints the forgery is invisible...
+    # ...with them, event 1 no longer hashes to the genesis every checkpoint names.
+    problems = verify(catalog, log, signer)
+    assert kinds(problems) == [("catalog-mismatch", None)]
+    assert "2 signed checkpoint(s) up to seq 10" in problems[0].detail
+    assert "rewritten from event 1" in problems[0].detail
+
+
+def test_chain_rewritten_after_its_first_event_is_caught_at_each_checkpoint(
+    catalog: Catalog, tmp_path: Path, signer: Signer
+) -> None:
+    log = make_log(tmp_path, signer, every=5)
+    append_events(catalog, log, 11)
+    assert rewrite_chain(catalog.engine, {"officer": "000999"}, start=2) == 11
     assert kinds(verify(catalog, log, signer)) == [("checkpoint-mismatch", 5), ("checkpoint-mismatch", 10)]
 
 
@@ -488,6 +583,37 @@ def test_key_symlink_and_garbage_are_refused(tmp_path: Path) -> None:
     (state / PRIVATE_KEY_NAME).chmod(0o600)
     with pytest.raises(SigningKeyError, match="PEM"):
         Signer.load_or_create(state)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the key to another user")
+def test_key_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    Signer.load_or_create(state)
+    nobody = pwd.getpwnam("nobody").pw_uid
+    os.chown(state / PRIVATE_KEY_NAME, nobody, -1)  # mode 0600 still: only the owner is wrong
+    with pytest.raises(SigningKeyError, match=f"owned by uid {nobody}") as caught:
+        Signer.load_or_create(state)
+    assert caught.value.exit_code == 40
+    with pytest.raises(SigningKeyError, match=f"owned by uid {nobody}"):
+        Signer.load(state)
+
+
+def test_a_missing_key_is_not_regenerated_over_checkpoints_even_with_an_empty_catalog(
+    sqlite_catalog: Catalog, tmp_path: Path, signer: Signer
+) -> None:
+    state = tmp_path / "state"
+    log = make_log(tmp_path, signer)
+    checkpoints = log.checkpoints.path
+    assert signed_history(sqlite_catalog, checkpoints) is None  # a new station: a key may be made
+    append_events(sqlite_catalog, log, 1)
+    assert log.anchor(sqlite_catalog) is not None
+    (state / PRIVATE_KEY_NAME).unlink()
+    with pytest.raises(SigningKeyError, match=r"missing, but the audit chain already has 1 event"):
+        Signer.load_or_create(state, history=lambda: signed_history(sqlite_catalog, checkpoints))
+    tamper(sqlite_catalog, "DELETE FROM audit_events")  # the catalog emptied too: the checkpoints remain
+    with pytest.raises(SigningKeyError, match="already holds signed checkpoints"):
+        Signer.load_or_create(state, history=lambda: signed_history(sqlite_catalog, checkpoints))
+    assert not (state / PRIVATE_KEY_NAME).exists()
 
 
 # --- the checkpoint file ---------------------------------------------------------------------------

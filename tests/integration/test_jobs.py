@@ -281,6 +281,33 @@ def test_a_failing_or_hanging_notify_command_is_logged_and_never_raises(tmp_path
     ]
 
 
+def test_the_audit_checkpoint_job_signs_events_written_outside_a_session_or_command(
+    catalog: Catalog, tmp_path: Path, runner_cleanup: list[JobRunner]
+) -> None:
+    services = make_services(catalog, tmp_path, jobs={"audit_checkpoint_interval_minutes": 5})
+    checkpoints = services.audit.checkpoints
+    with catalog.transaction() as session:
+        officer = seed.officer(session, "000123", "张三")
+        seed.camera(session, "ZFY0001", assigned=officer, first_seen_at=OUT)
+        operations.checkout(session, services.audit, actor=CLERK, now=OUT, device_serial="ZFY0001")
+    assert list(checkpoints.lines()) == []  # one event, checkpoint_every 1000: nothing signed yet
+    with time_machine.travel(OUT, tick=True) as traveller:
+        runner = JobRunner(services, clock=lambda: datetime.now(UTC))
+        runner_cleanup.append(runner)
+        runs = Runs(runner)
+        runner.start()
+        traveller.shift(timedelta(minutes=5))
+        runner.scheduler.wakeup()
+        runs.next("audit-checkpoint")
+        signed = [line.checkpoint.seq for line in checkpoints.lines() if line.checkpoint is not None]
+        traveller.shift(timedelta(minutes=5))
+        runner.scheduler.wakeup()
+        runs.next("audit-checkpoint")  # nothing new: nothing written
+        runner.stop()
+    assert signed == [1]
+    assert [line.checkpoint.seq for line in checkpoints.lines() if line.checkpoint is not None] == [1]
+
+
 def test_partial_copies_older_than_the_max_age_expire_with_an_audit_event_each(
     catalog: Catalog, tmp_path: Path
 ) -> None:

@@ -311,7 +311,7 @@ def test_verify_is_clean_after_a_purge(tmp_path: Path) -> None:
         with services.catalog.transaction() as session:
             camera = seed.camera(session, "ZFY0003", assigned=None, first_seen_at=STORED)
             obj = seed.stored_object(session, seed.payload("verify"), stored_at=STORED, store=services.store)
-            seed.recording(session, camera, obj, recorded_at=STORED, ingested_at=STORED)
+            seed.recording(session, camera, obj, recorded_at=STORED, ingested_at=STORED, audit=services.audit)
         for now in (NOTICE_AT, PURGE_AT):
             purge(
                 services.catalog,

@@ -33,23 +33,24 @@ def spec_hash(prev_hash: str, event: AuditEvent) -> str:
     return blake3.blake3(bytes.fromhex(prev_hash) + canonical.encode("utf-8")).hexdigest()
 
 
-def rewrite_chain(engine: Engine, new_details: dict[str, Any]) -> int:
-    """Replace every event's details and recompute every hash and the head: a self-consistent forgery.
-    Returns the head seq."""
+def rewrite_chain(engine: Engine, new_details: dict[str, Any], *, start: int = 1) -> int:
+    """Replace the details of every event from seq `start` on and recompute every hash from there and
+    the head: a self-consistent forgery. Returns the head seq."""
     with Session(engine) as session:
         events = session.scalars(select(AuditEvent).order_by(AuditEvent.seq)).all()
         session.expunge_all()
     previous = GENESIS_HASH
     with engine.begin() as connection:
         for event in events:
-            event.details = {**new_details, "n": event.seq}
-            event.prev_hash = previous
-            event.hash = spec_hash(previous, event)
-            connection.execute(
-                update(AuditEvent)
-                .where(AuditEvent.seq == event.seq)
-                .values(details=event.details, prev_hash=event.prev_hash, hash=event.hash)
-            )
+            if event.seq >= start:
+                event.details = {**new_details, "n": event.seq}
+                event.prev_hash = previous
+                event.hash = spec_hash(previous, event)
+                connection.execute(
+                    update(AuditEvent)
+                    .where(AuditEvent.seq == event.seq)
+                    .values(details=event.details, prev_hash=event.prev_hash, hash=event.hash)
+                )
             previous = event.hash
         connection.execute(update(AuditHead).values(seq=len(events), hash=previous))
     return len(events)

@@ -110,7 +110,10 @@ def recording(
     retention_class: RetentionClass = RetentionClass.ROUTINE,
     tags: list[str] | None = None,
     case_id: str | None = None,
+    audit: AuditLog | None = None,
 ) -> Recording:
+    """A recording row; with `audit`, also its recording.ingest event, as a dock session writes it (what
+    `ingestctl verify` needs to find the row accounted for)."""
     key = f"DCIM/{next(_keys):05d}.MP4"
     row = Recording(
         camera_id=cam.id,
@@ -134,6 +137,21 @@ def recording(
     )
     session.add(row)
     session.flush()
+    if audit is not None:
+        audit.append(
+            session,
+            actor=Actor.system("dock:seed"),
+            action="recording.ingest",
+            subject=f"recording:{row.id}",
+            details={
+                "camera": cam.device_serial,
+                "path": key,
+                "blake3": obj.blake3,
+                "sha256": obj.sha256,
+                "size": obj.size,
+            },
+            at=ingested_at,
+        )
     return row
 
 

@@ -1,0 +1,133 @@
+"""Custody-relevant catalog rows against their audit events, on SQLite and PostgreSQL: rows edited,
+inserted or deleted with raw SQL (as someone with catalog access but not the key would) are named."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import select, text, update
+
+from ingestd import operations
+from ingestd.config import RetentionConfig
+from ingestd.evidence.approvals import NewApproval, create_approval, revoke_approval
+from ingestd.verify_rows import RowProblem, verify_rows
+from store.audit import Actor, Role
+from store.catalog import Catalog
+from store.models import Confidentiality, Recording
+from tests.support import records as seed
+from tests.support.records import CLERK
+
+NOW = datetime(2026, 3, 2, 9, 0, 0, 123456, tzinfo=UTC)
+APPROVER = Actor(user="wang.approver", uid=1002, role=Role.APPROVER, source="ctl:uid=1002")
+
+
+def build(catalog: Catalog, tmp_path: Path) -> None:
+    audit = seed.audit_log(tmp_path)
+    with catalog.transaction() as session:
+        officer = seed.officer(session, "000123", "张三")
+        camera = seed.camera(session, "ZFY0001", assigned=officer, first_seen_at=NOW)
+        for n in range(2):
+            obj = seed.stored_object(session, seed.payload(f"r{n}"), stored_at=NOW)
+            seed.recording(session, camera, obj, recorded_at=NOW, ingested_at=NOW, audit=audit)
+        operations.tag(
+            session,
+            audit,
+            actor=CLERK,
+            now=NOW,
+            retention=RetentionConfig(),
+            recording_ids=[1],
+            add_tags=["evidence"],
+            case_id="A-7",
+            confidentiality=Confidentiality.PRIVACY,
+        )
+        operations.checkout(session, audit, actor=CLERK, now=NOW, device_serial="ZFY0001")
+        new = NewApproval(
+            purpose="court",
+            expires_at=NOW + timedelta(days=7),
+            recording_ids=(1,),
+            case_id=None,
+            allows_confidential=False,
+            requested_by=None,
+            grantee="zhao.clerk",
+        )
+        approval = create_approval(session, audit, APPROVER, new, now=NOW)
+        revoke_approval(
+            session, audit, APPROVER, approval.id, reason="withdrawn", now=NOW + timedelta(hours=1)
+        )
+
+
+def check(catalog: Catalog) -> list[tuple[str, str]]:
+    with catalog.transaction() as session:
+        found: list[RowProblem] = verify_rows(session)
+    return [(p.kind, p.subject) for p in found]
+
+
+def tamper(catalog: Catalog, sql: str) -> None:
+    with catalog.engine.begin() as connection:
+        connection.execute(text(sql))
+
+
+def test_rows_that_agree_with_their_events_verify(catalog: Catalog, tmp_path: Path) -> None:
+    build(catalog, tmp_path)
+    assert check(catalog) == []
+
+
+def test_each_row_edited_behind_the_chain_is_named(catalog: Catalog, tmp_path: Path) -> None:
+    build(catalog, tmp_path)
+    tamper(catalog, "UPDATE recordings SET retention_class = 'routine' WHERE id = 1")
+    tamper(catalog, "UPDATE recordings SET legal_hold = true WHERE id = 2")
+    tamper(catalog, "UPDATE approvals SET revoked_at = NULL")
+    tamper(catalog, "DELETE FROM custody_events")
+    tamper(catalog, "UPDATE recordings SET confidentiality = 'normal', case_id = NULL WHERE id = 1")
+    assert check(catalog) == [
+        ("row-mismatch", "recording:1"),
+        ("row-mismatch", "recording:1"),
+        ("row-mismatch", "recording:1"),
+        ("row-mismatch", "recording:2"),
+        ("row-mismatch", "approval:1"),
+        ("row-missing", "camera:ZFY0001"),
+    ]
+
+
+def test_rows_with_no_event_and_events_with_no_row_are_named(catalog: Catalog, tmp_path: Path) -> None:
+    build(catalog, tmp_path)
+    tamper(catalog, "DELETE FROM approvals")
+    with catalog.transaction() as session:
+        camera = seed.camera(session, "ZFY0002", assigned=None, first_seen_at=NOW)
+        obj = seed.stored_object(session, seed.payload("smuggled"), stored_at=NOW)
+        seed.recording(session, camera, obj, recorded_at=NOW, ingested_at=NOW)  # no recording.ingest event
+    assert check(catalog) == [("row-unaudited", "recording:3"), ("row-missing", "approval:1")]
+
+
+def test_a_recording_pointed_at_other_bytes_backdated_or_noticed_behind_the_chain_is_named(
+    catalog: Catalog, tmp_path: Path
+) -> None:
+    build(catalog, tmp_path)
+    with catalog.engine.begin() as connection:
+        other = connection.execute(select(Recording.blake3, Recording.sha256).where(Recording.id == 2)).one()
+        connection.execute(
+            update(Recording).where(Recording.id == 1).values(blake3=other.blake3, sha256=other.sha256)
+        )
+        early = NOW - timedelta(days=400)
+        connection.execute(
+            update(Recording).where(Recording.id == 2).values(purge_notice_at=early, ingested_at=early)
+        )
+    with catalog.transaction() as session:
+        found = [(p.kind, p.subject, p.detail.split(" ")[0]) for p in verify_rows(session)]
+    assert found == [
+        ("row-mismatch", "recording:1", "blake3"),
+        ("row-mismatch", "recording:1", "sha256"),
+        ("row-mismatch", "recording:2", "purge_notice_at"),
+        ("row-mismatch", "recording:2", "ingested_at"),
+    ]
+
+
+def test_unreadable_values_are_problems_not_a_crash(sqlite_catalog: Catalog, tmp_path: Path) -> None:
+    build(sqlite_catalog, tmp_path)
+    tamper(sqlite_catalog, "UPDATE audit_events SET details = '{' WHERE action = 'recording.classify'")
+    tamper(sqlite_catalog, "UPDATE audit_events SET details = '[1]' WHERE action = 'approval.create'")
+    tamper(sqlite_catalog, "UPDATE custody_events SET at = 'yesterday'")
+    found = check(sqlite_catalog)
+    assert ("row-unreadable", "custody_events") in found, found
+    assert [kind for kind, subject in found if subject.startswith("seq ")] == ["row-unreadable"] * 2, found
