@@ -75,7 +75,7 @@ def test_a_reload_with_a_loosened_password_file_is_refused_and_the_daemon_goes_o
     daemon.process.send_signal(signal.SIGHUP)
     refused = wait_for("reload refused", lambda: daemon.events("reload_refused"))
     assert str(secret) in refused[0]["error"]
-    assert "not accessible to group or others" in refused[0]["error"]
+    assert "not be accessible to group or others" in refused[0]["error"]
     assert daemon.process.poll() is None  # still serving, with the rules it had
     assert daemon.stop() == 0
 
