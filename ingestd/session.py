@@ -43,7 +43,7 @@ from drivers.base import (
     Unsupported,
 )
 from drivers.scan import Recording as ScannedRecording
-from drivers.scan import scan_volume
+from drivers.scan import decode_name, display_name, scan_volume
 from ingestd import records
 from ingestd.policies.clock import corrected_recorded_at
 from ingestd.policies.deadlines import deadline_for, lateness, recording_end
@@ -150,6 +150,12 @@ def source_key(scanned: ScannedRecording, volume: Path) -> str:
     relative = os.path.relpath(scanned.raw_path, os.fsencode(volume))
     identity = b"\0".join([relative, str(scanned.size).encode(), scanned.recorded_at.isoformat().encode()])
     return blake3(identity).hexdigest()
+
+
+def shown_path(path: Path) -> str:
+    """A camera path as logs and audit details may hold it: decoded like the scanner's names (raw bytes
+    a name cannot decode would make the audit details unencodable) and escaped for display."""
+    return display_name(decode_name(os.fsencode(path)))
 
 
 def changed_source_key(key: str, blake3_hex: str) -> str:
@@ -689,7 +695,7 @@ class IngestSession:
                     details={
                         "camera": docked.identity.device_serial,
                         "dock_session": docked.dock_session_id,
-                        "path": str(original.path),
+                        "path": shown_path(original.path),
                         "blake3": proof.blake3,
                         "sha256": proof.sha256,
                         "size": original.size,
@@ -704,7 +710,9 @@ class IngestSession:
                 self.summary.deleted += 1
             else:
                 self._log.warning(
-                    "delete_" + deletion.outcome.value, file=str(deletion.file.path), reason=deletion.reason
+                    "delete_" + deletion.outcome.value,
+                    file=shown_path(deletion.file.path),
+                    reason=deletion.reason,
                 )
 
     def _flag_store_full(self, dock_session_id: int, full: DiskFullError) -> None:
