@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
+import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from rich.console import Console
 
 from drivers.base import DriverError
 from ingestd import schema
-from ingestd.config import Config, load_config, resolve_config_path
+from ingestd.config import Config, ConfigError, load_config, resolve_config_path
 from ingestd.daemon import Daemon, ingest_settings
 from ingestd.demo import run_demo
 from ingestd.errors import IngestdError
@@ -25,12 +27,15 @@ from ingestd.importer import run_import
 from ingestd.logging import configure_logging
 from ingestd.services import Services
 from ingestd.session import SessionSummary
+from store import crashpoints
 from store.catalog import Catalog
 from store.errors import StoreError
 from store.models import SessionState
 from store.signing import Signer, SigningKeyError, key_id
 from store.types import utcnow
 from store.vault import CheckReport, Vault, VaultError, VaultIntegrityError
+
+log = structlog.get_logger()
 
 EXIT_INGEST_INCOMPLETE = 4
 EXIT_PROBLEMS = 3
@@ -99,10 +104,22 @@ def run_cli(command: Callable[..., object], prog_name: str) -> None:
     sys.exit(0)
 
 
+class CrashPointError(ConfigError):
+    """`INGESTD_CRASH_AT` names no crash point (see `store.crashpoints`)."""
+
+    template = "INGESTD_CRASH_AT={spec}: {detail}"
+
+
 def load(config_path: Path | None, *, daemon: bool = False) -> Config:
     """Load the config and configure logging once: stdout for the daemon, stderr for commands."""
     config = load_config(config_path)
+    try:
+        armed = crashpoints.armed()
+    except ValueError as error:
+        raise CrashPointError(spec=os.environ[crashpoints.ENV], detail=str(error)) from None
     configure_logging(config.daemon.log_format, stream=None if daemon else sys.stderr)
+    if armed is not None:  # test-only: say so loudly, a station must never run like this
+        log.warning("crash_point_armed", step=armed[0].value, hit=armed[1], variable=crashpoints.ENV)
     return config
 
 

@@ -50,6 +50,7 @@ from ingestd.policies.deadlines import deadline_for, lateness, recording_end
 from ingestd.progress import DockProgress
 from store.audit import AuditLog
 from store.catalog import Catalog
+from store.crashpoints import Step, crash_point
 from store.errors import DiskFullError, ExistingObjectCorruptError, IntegrityError, StoreError
 from store.models import (
     Confidentiality,
@@ -625,6 +626,7 @@ class IngestSession:
             dock_session = session.get_one(DockSession, dock_session_id)
             dock_session.files_done += 1
             dock_session.bytes_done += result.size
+        crash_point(Step.CATALOG_COMMIT)
         return recording.id, late_by is not None
 
     def _file_failed(self, docked: _Docked, item: ScannedRecording, reason: str) -> None:
@@ -669,6 +671,7 @@ class IngestSession:
         originals = [item.original for item in proven]
         try:
             outcomes = self.camera.delete_originals(docked.volume, originals)
+            crash_point(Step.CAMERA_DELETION)
         except DriverError as error:
             outcome = DeletionOutcome.REFUSED if isinstance(error, Unsupported) else DeletionOutcome.FAILED
             self._record_deletions(docked, by_path, [Deletion(o, outcome, str(error)) for o in originals])
@@ -738,6 +741,7 @@ class IngestSession:
             dock_session.state = self.summary.state
             dock_session.failure_reason = self.summary.reason
             dock_session.ended_at = self.clock()
+        crash_point(Step.SESSION_CLOSE)
         self.audit.anchor(self.catalog)  # the session's last event is now covered by a signed checkpoint
         summary = self.summary
         self._log.info(

@@ -47,6 +47,7 @@ from sqlalchemy.types import NullType
 
 from store.catalog import Catalog
 from store.checkpoints import Checkpoint, CheckpointFile, format_utc
+from store.crashpoints import Step, crash_point
 from store.errors import StoreError
 from store.models import AuditEvent, AuditHead, Base
 from store.signing import Signer, canonical_json, keys_by_id, verify_signature
@@ -279,6 +280,7 @@ class AuditLog:
         checkpoint = Checkpoint.sign(
             self.signer, seq=head.seq, hash=head.hash, at=self._clock(), genesis=head.genesis
         )
+        crash_point(Step.AUDIT_CHECKPOINT)
         self.checkpoints.append(checkpoint)
         self._checkpointed_seq = max(head.seq, self._checkpointed_seq or 0)
         self.last_checkpoint_error = None

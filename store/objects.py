@@ -36,6 +36,7 @@ from typing import BinaryIO, Final, NamedTuple
 import blake3 as blake3_module
 import structlog
 
+from store.crashpoints import Step, crash_point
 from store.errors import (
     DiskFullError,
     ExistingObjectCorruptError,
@@ -612,6 +613,7 @@ class _Writer:
         while written < len(view):
             written += os.write(self.fd, view[written:])
         self.offset += written
+        crash_point(Step.PARTIAL_WRITE)
         if self.offset - self.synced >= self.interval:
             self.sync()
         if self.progress is not None:
@@ -624,6 +626,7 @@ class _Writer:
         self.synced = self.offset
         if self.sidecar is not None and self.key is not None:
             write_durably(self.sidecar, _sidecar_bytes(self.key, self.synced, self.stamp))
+        crash_point(Step.FSYNC)
 
 
 def _sidecar_bytes(key: str, durable: int, stamp: str | None) -> bytes:
@@ -931,6 +934,7 @@ class FileObjectStore(ObjectStore):
                         read_size=read_back[2],
                         quarantine=quarantined,
                     )
+                crash_point(Step.READ_BACK)
             return self._publish(fd, attempt, ring, blake3_hex=blake3_hex, sha256_hex=sha256_hex, size=size)
 
     def _check_space(self, expected_size: int | None, resumed: int) -> None:
@@ -1008,8 +1012,10 @@ class FileObjectStore(ObjectStore):
             # turn needs another writer to store the object and the purge to remove it again.
             _make_dirs(target.parent)
         fsync_dir(target.parent)
+        crash_point(Step.LINK)
         self._discard(attempt)
         seal = self._seal(target)
+        crash_point(Step.SEAL)
         return PutResult(
             blake3_hex,
             sha256_hex,

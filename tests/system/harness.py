@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -128,21 +128,21 @@ filesystems = {json.dumps(list(self.camera_filesystems))}
             encoding="utf-8",
         )
 
-    def start(self) -> str:
-        """Start the daemon and wait for READY=1; returns its STATUS text."""
+    def start(self, env: Mapping[str, str] | None = None) -> str:
+        """Start the daemon (with `env` added to ours) and wait for READY=1; returns its STATUS text."""
         self.base.mkdir(parents=True, exist_ok=True)
         self.write_config()
         notify_path = self.base / f"notify-{self.starts}.sock"
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._notify.bind(str(notify_path))
         self._notify.settimeout(0.2)
-        env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "PYTHONUNBUFFERED": "1"}
+        added = {**(env or {}), "NOTIFY_SOCKET": str(notify_path), "PYTHONUNBUFFERED": "1"}
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [*self.wrapper, sys.executable, "-m", "ingestd", "run", "--config", str(self.config_path)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=env,
+                env={**os.environ, **added},
             )
         self.starts += 1
         deadline = time.monotonic() + READY_TIMEOUT_S
