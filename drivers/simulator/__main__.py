@@ -26,6 +26,7 @@ from drivers.simulator.faults import Faults
 from drivers.simulator.pty_server import PtyServer
 
 EXIT_USAGE = 64
+EXIT_UNAVAILABLE = 69  # a fault this host cannot inject (no block read throttle)
 
 
 def _resolution(text: str) -> Resolution:
@@ -74,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=_faults,
         default=Faults(),
         help="comma-separated: garbage, slow[=MS], bad-crc[=N], truncate[=N], silence[=N], busy[=N], "
-        "disconnect-after=N, wrong-identity",
+        "disconnect-after=N, wrong-identity, read-rate=KIB_PER_S (an --image card read at most that fast)",
     )
     camera.add_argument("--seed", type=int, default=0, help="seed for garbage bytes and generated files")
     volume = parser.add_argument_group("volume")
@@ -93,6 +94,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--image needs --volume (the directory whose files the image holds)")
     if args.image is not None and os.geteuid() != 0:
         parser.error("--image needs root to attach a loop device")
+    if args.faults.read_kib_s and args.image is None:
+        parser.error("fault read-rate needs --image: a directory volume is read without a device to throttle")
     return args
 
 
@@ -150,6 +153,13 @@ def main(argv: list[str] | None = None) -> int:
     except FieldError as exc:
         print(f"simulator: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.faults.read_kib_s:
+        from drivers.simulator.throttle import unavailable  # noqa: PLC0415  # only for a read-rate fault
+
+        reason = unavailable()
+        if reason is not None:
+            print(f"simulator: read-rate: {reason}", file=sys.stderr)
+            return EXIT_UNAVAILABLE
     if args.volume is not None:
         args.volume.mkdir(parents=True, exist_ok=True)
         if args.generate:
@@ -168,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
             from drivers.simulator.volume import make_image  # noqa: PLC0415  # only for image volumes
 
             block = held.enter_context(loop_device(make_image(args.volume, args.image)))
+            if args.faults.read_kib_s:
+                from drivers.simulator.throttle import read_rate  # noqa: PLC0415  # only for a read-rate fault
+
+                held.enter_context(read_rate(block, args.faults.read_kib_s * 1024))
         server = held.enter_context(PtyServer(camera, args.faults, seed=args.seed))
         ready = {
             "tty": server.slave_path,

@@ -20,10 +20,12 @@ class Faults:
     busy: int = 0  # requests answered BUSY without being executed
     disconnect_after: int | None = None  # serve N requests, then close the pty on the next one
     wrong_identity: bool = False  # the USB serial differs from the reported cSerial
+    read_kib_s: int = 0  # the card (an --image volume) reads at most this many KiB/s; 0: full speed
 
     @classmethod
     def parse(cls, spec: str) -> Faults:
-        """Parse "garbage,slow=200,bad-crc=2,truncate,silence,busy=1,disconnect-after=5,wrong-identity".
+        """Parse "garbage,slow=200,bad-crc=2,truncate,silence,busy=1,disconnect-after=5,wrong-identity,
+        read-rate=1024".
 
         A count fault without "=N" applies to every reply; "slow" alone means 300 ms.
         """
@@ -35,12 +37,12 @@ class Faults:
                 if has_value:
                     raise ValueError(f"fault {key!r} takes no value")
                 flags.add(key)
-            elif key in {"slow", "bad-crc", "truncate", "silence", "busy", "disconnect-after"}:
+            elif key in {"slow", "bad-crc", "truncate", "silence", "busy", "disconnect-after", "read-rate"}:
                 counts[key] = _count(key, raw)
             else:
                 raise ValueError(
                     f"unknown fault {key!r}; known: garbage, slow[=MS], bad-crc[=N], truncate[=N], "
-                    "silence[=N], busy[=N], disconnect-after=N, wrong-identity"
+                    "silence[=N], busy[=N], disconnect-after=N, wrong-identity, read-rate=KIB_PER_S"
                 )
         return cls(
             garbage="garbage" in flags,
@@ -51,6 +53,7 @@ class Faults:
             busy=counts.get("busy", 0),
             disconnect_after=counts.get("disconnect-after"),
             wrong_identity="wrong-identity" in flags,
+            read_kib_s=counts.get("read-rate", 0),
         )
 
 
@@ -58,6 +61,8 @@ def _count(key: str, raw: str) -> int:
     if not raw:
         if key == "disconnect-after":
             raise ValueError("fault 'disconnect-after' needs a count: disconnect-after=N")
+        if key == "read-rate":
+            raise ValueError("fault 'read-rate' needs a rate: read-rate=KIB_PER_S")
         return DEFAULT_SLOW_MS if key == "slow" else ALWAYS
     try:
         number = int(raw)

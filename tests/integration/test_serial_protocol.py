@@ -34,7 +34,8 @@ from drivers.base import (
     Unsupported,
 )
 from drivers.serial_camera import SerialCamera, SerialDriver
-from drivers.simulator import ALWAYS, Faults, PtyServer, SimulatedCamera
+from drivers.simulator import ALWAYS, Faults, PtyServer, SimulatedCamera, throttle
+from tests.support.loopdev import detach_if_backed_by, require_root_tools
 
 pytestmark = pytest.mark.timeout(15)
 
@@ -586,6 +587,8 @@ def test_cli_simulator_generates_the_volume(tmp_path: Path) -> None:
     [
         (["--faults", "sparks"], 2, "unknown fault 'sparks'"),
         (["--faults", "disconnect-after"], 2, "needs a count"),
+        (["--faults", "read-rate"], 2, "needs a rate"),
+        (["--faults", "read-rate=512"], 2, "fault read-rate needs --image"),
         (["--officer-name", "张" * 17], 64, "userName: .* is 34 bytes in GBK"),
         (["--start", "2024-05-01T08:00:00"], 2, "has no timezone"),
     ],
@@ -605,6 +608,28 @@ def test_cli_simulator_refuses_bad_flags_clearly(
     assert done.returncode == code
     assert done.stdout == ""
     assert re.search(message, done.stderr), done.stderr
+
+
+def test_cli_simulator_read_rate_throttles_its_own_card_only_while_it_serves(tmp_path: Path) -> None:
+    require_root_tools("mkfs.ext4")
+    reason = throttle.unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    image = tmp_path / "card.img"
+    args = ["--generate", "1", "--size-bytes", "4096", "--image", str(image), "--faults", "read-rate=256"]
+    process, ready = start_simulator(tmp_path, *args)
+    try:
+        number = Path(ready["block"]).stat().st_rdev
+        device = f"{os.major(number)}:{os.minor(number)}"
+        rules = throttle.READ_BPS.read_text(encoding="ascii").splitlines()
+        assert f"{device} {256 * 1024}" in rules  # this card only, at the asked rate
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0
+        rules = throttle.READ_BPS.read_text(encoding="ascii").splitlines()
+        assert not [rule for rule in rules if rule.startswith(f"{device} ")]  # cleared on the way out
+    finally:
+        stop_process(process)
+        detach_if_backed_by(ready["block"], image)
 
 
 def test_undocking_returns_the_camera_to_normal_mode_for_its_next_dock(
