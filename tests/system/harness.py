@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -43,6 +45,44 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0, in
         time.sleep(interval)
 
 
+class NotifyReceiver:
+    """The service manager's end of $NOTIFY_SOCKET. A thread receives every datagram as systemd does, so
+    the daemon never blocks on a full queue (the kernel holds only net.unix.max_dgram_qlen, often 10)."""
+
+    def __init__(self, path: Path) -> None:
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._socket.bind(str(path))
+        self._socket.settimeout(0.2)
+        self._received: queue.SimpleQueue[dict[str, str]] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._receive, name=f"notify {path.name}", daemon=True)
+        self._thread.start()
+
+    def _receive(self) -> None:
+        while not self._stop.is_set():
+            try:
+                datagram = self._socket.recv(4096)
+            except TimeoutError:
+                continue
+            self._received.put(parse_notification(datagram))
+
+    def take(self, wait: float) -> dict[str, str]:
+        """Everything received since the last call, merged; waits up to `wait` s while there is none."""
+        merged: dict[str, str] = {}
+        try:
+            merged.update(self._received.get(timeout=wait))
+            while True:
+                merged.update(self._received.get_nowait())
+        except queue.Empty:
+            pass
+        return merged
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._socket.close()
+
+
 @dataclass
 class Daemon:
     base: Path
@@ -57,7 +97,7 @@ class Daemon:
     serial_password: str = 'password = "000000"'  # the serial cameras' rule: inline, or a password_file
     wrapper: tuple[str, ...] = ()  # a command the daemon runs under (e.g. the unit's sandbox, emulated)
     process: subprocess.Popen[bytes] | None = None
-    _notify: socket.socket | None = None
+    _notify: NotifyReceiver | None = None
     starts: int = 0
     last_status: str = ""
 
@@ -133,9 +173,7 @@ filesystems = {json.dumps(list(self.camera_filesystems))}
         self.base.mkdir(parents=True, exist_ok=True)
         self.write_config()
         notify_path = self.base / f"notify-{self.starts}.sock"
-        self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._notify.bind(str(notify_path))
-        self._notify.settimeout(0.2)
+        self._notify = NotifyReceiver(notify_path)
         added = {**(env or {}), "NOTIFY_SOCKET": str(notify_path), "PYTHONUNBUFFERED": "1"}
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
@@ -157,12 +195,7 @@ filesystems = {json.dumps(list(self.camera_filesystems))}
     def notifications(self) -> dict[str, str]:
         """Drain what the daemon sent since the last call; `last_status` keeps the newest STATUS."""
         assert self._notify is not None
-        merged: dict[str, str] = {}
-        try:
-            while True:
-                merged.update(parse_notification(self._notify.recv(4096)))
-        except (TimeoutError, BlockingIOError):
-            pass
+        merged = self._notify.take(wait=0.2)
         if "STATUS" in merged:
             self.last_status = merged["STATUS"]
         return merged
