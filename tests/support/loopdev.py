@@ -80,6 +80,27 @@ def mounted(source: str | Path, mount_point: Path, options: str = "rw") -> Itera
             subprocess.run(["umount", "-l", str(mount_point)], check=False, capture_output=True)
 
 
+def unmount_all(device: str) -> list[Path]:
+    """Unmount every mount of block `device` (a killed daemon's mounts outlive it), newest first, and
+    remove the daemon's emptied private directories; returns the mount points."""
+    number = Path(device).stat().st_rdev
+    wanted = f"{os.major(number)}:{os.minor(number)}"
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text(encoding="utf-8").splitlines():
+        fields = line.split()
+        if fields[2] == wanted:  # octal escapes (\040 for a space) decoded back to the path
+            points.append(Path(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4])))
+    for point in reversed(points):
+        done = subprocess.run(["umount", str(point)], check=False, capture_output=True)
+        if done.returncode != 0:
+            subprocess.run(["umount", "-l", str(point)], check=False, capture_output=True)
+        if point.parent.name.startswith("ingestd-volume-"):  # drivers.mount's 0700 private directory
+            with contextlib.suppress(OSError):
+                point.rmdir()
+                point.parent.rmdir()
+    return points
+
+
 @contextlib.contextmanager
 def ext4_filesystem(workdir: Path, size_mib: int, name: str = "fs") -> Iterator[Path]:
     """A freshly made, loop-mounted, writable ext4 filesystem under `workdir`."""

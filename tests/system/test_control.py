@@ -20,6 +20,7 @@ from ingestd.control.client import call
 from store.models import AuditEvent
 from tests.support.osusers import OsUsers, run_ctl_as
 from tests.system.harness import Daemon, SimulatedCamera, iter_rows, stored_recordings, wait_for
+from tests.system.pacing import paced
 
 MIB = 1024 * 1024
 CTL = "from ingestd.ctl import main; main()"
@@ -138,8 +139,8 @@ def test_status_json_shows_progress_moving(
 ) -> None:
     daemon.extra_config = "\n[ingest]\ndelete_after_ingest = false\n"
     daemon.start()
-    # ~1.6 GiB, so the copy outlasts a few of the daemon's ~1 Hz progress flushes even on a fast disk.
-    camera = make_camera("ZFY0601", files=10, size_bytes=160 * MIB)
+    # 12 MiB read at 1 MiB/s: the copy outlasts several of the daemon's ~1 Hz progress flushes.
+    camera = make_camera("ZFY0601", files=3, size_bytes=4 * MIB, **paced())
     camera.dock(daemon.docks)
     seen: list[int] = []
 

@@ -32,7 +32,9 @@ from store.models import (
     SessionState,
 )
 from tests.conftest import BACKENDS
+from tests.support.loopdev import mounted, unmount_all
 from tests.system.harness import Daemon, SimulatedCamera, wait_for
+from tests.system.pacing import paced
 
 MIB = 1024 * 1024
 
@@ -243,7 +245,7 @@ def dock_progress(daemon: Daemon) -> list[tuple[str, int, int, float | None]]:
 def test_live_progress_is_persisted_about_once_a_second_while_copying(
     daemon: Daemon, make_camera: Callable[..., SimulatedCamera]
 ) -> None:
-    camera = make_camera("ZFY3201", files=6, size_bytes=512 * MIB)  # ~5 s of copying: several flushes
+    camera = make_camera("ZFY3201", files=3, size_bytes=4 * MIB, **paced())  # ~12 s: several flushes
     daemon.start()
     camera.dock(daemon.docks)
     seen: list[tuple[str, int, int, float | None]] = []
@@ -256,7 +258,7 @@ def test_live_progress_is_persisted_about_once_a_second_while_copying(
 
     wait_for("two different progress readings while ingesting", moving, timeout=60, interval=0.2)
     assert seen[-1][1] > seen[0][1]
-    assert seen[-1][2] == 6 * 512 * MIB
+    assert seen[-1][2] == 3 * 4 * MIB
     assert seen[-1][3] is not None  # a rate is known once bytes move
     (session,) = wait_sessions(daemon, "ZFY3201", timeout=120)
     assert session.state is SessionState.DONE
@@ -290,20 +292,28 @@ def wait_for_durable_partial(daemon: Daemon) -> None:
     )
 
 
+def card_files(camera: SimulatedCamera, workdir: Path) -> dict[str, int]:
+    """Recordings on the camera's card image and their sizes, read from a read-only mount of it."""
+    assert camera.block is not None
+    with mounted(camera.block, workdir / "card", "ro,noload") as card:
+        return {str(path.relative_to(card)): path.stat().st_size for path in camera.recordings(card)}
+
+
 @pytest.mark.parametrize("daemon", BACKENDS, indirect=True)
 def test_unplug_mid_copy_keeps_the_camera_intact_and_the_next_dock_resumes(
-    daemon: Daemon, make_camera: Callable[..., SimulatedCamera]
+    daemon: Daemon, make_camera: Callable[..., SimulatedCamera], tmp_path: Path
 ) -> None:
-    camera = make_camera("ZFY4001", files=1, size_bytes=768 * MIB)
+    # 12 MiB at 1 MiB/s: the first 4 MiB buffer is durable after ~4 s, the copy ends after ~12 s.
+    camera = make_camera("ZFY4001", files=1, size_bytes=12 * MIB, **paced())
     (original,) = camera.recordings()
-    original_size = original.stat().st_size
+    on_card = {str(original.relative_to(camera.staging)): original.stat().st_size}
     daemon.start()
     unplug_mid_copy(daemon, camera)
-    assert camera.recordings() == [original]  # nothing deleted: nothing was proven
-    assert original.stat().st_size == original_size
+    assert card_files(camera, tmp_path) == on_card  # nothing deleted: nothing was proven
     camera.dock(daemon.docks)
     sessions = wait_sessions(daemon, "ZFY4001", count=2, timeout=120)
     assert sessions[1].state is SessionState.DONE
+    assert card_files(camera, tmp_path) == {}  # deleted from the card once proven
     stored = [e for e in daemon.events("recording_stored") if e.get("device_id") == "ZFY4001"]
     assert len(stored) == 1
     assert stored[0]["resumed_from"] > 0
@@ -314,7 +324,9 @@ def test_unplug_mid_copy_keeps_the_camera_intact_and_the_next_dock_resumes(
 def test_kill_9_mid_ingest_then_restart_reconciles_and_stores_each_recording_once(
     daemon: Daemon, make_camera: Callable[..., SimulatedCamera]
 ) -> None:
-    camera = make_camera("ZFY5001", files=2, size_bytes=384 * MIB)
+    # 12 MiB at 1 MiB/s: killed once the first 4 MiB are durable, well before the copy ends.
+    camera = make_camera("ZFY5001", files=2, size_bytes=6 * MIB, **paced())
+    assert camera.block is not None
     expected = digests_of(camera.recordings())
     daemon.start()
     camera.dock(daemon.docks)
@@ -322,22 +334,25 @@ def test_kill_9_mid_ingest_then_restart_reconciles_and_stores_each_recording_onc
     assert daemon.process is not None
     os.kill(daemon.process.pid, signal.SIGKILL)
     daemon.process.wait(timeout=30)
-    status = daemon.start()
-    assert "1 interrupted session" in status
-    sessions = wait_sessions(daemon, "ZFY5001", count=2, timeout=120)
-    assert sessions[0].state is SessionState.INTERRUPTED
-    assert sessions[1].state is SessionState.DONE
-    digests = stored_digests(daemon, "ZFY5001")
-    assert sorted(digests) == sorted(expected)
-    assert daemon.stop() == 0
-    report = ingestctl_verify(daemon)
-    assert report["clean"] is True, report
+    try:
+        status = daemon.start()
+        assert "1 interrupted session" in status
+        sessions = wait_sessions(daemon, "ZFY5001", count=2, timeout=120)
+        assert sessions[0].state is SessionState.INTERRUPTED
+        assert sessions[1].state is SessionState.DONE
+        digests = stored_digests(daemon, "ZFY5001")
+        assert sorted(digests) == sorted(expected)
+        assert daemon.stop() == 0
+        report = ingestctl_verify(daemon)
+        assert report["clean"] is True, report
+    finally:
+        unmount_all(camera.block)  # the killed daemon's mount of the card outlives it
 
 
 def test_a_partial_copy_no_dock_resumed_expires_at_start_with_an_audit_event(
     daemon: Daemon, make_camera: Callable[..., SimulatedCamera]
 ) -> None:
-    camera = make_camera("ZFY5101", files=1, size_bytes=768 * MIB)
+    camera = make_camera("ZFY5101", files=1, size_bytes=12 * MIB, **paced())  # ~12 s to copy
     daemon.start()
     unplug_mid_copy(daemon, camera)
     assert daemon.stop() == 0
@@ -379,7 +394,7 @@ def test_a_slow_dock_gives_back_its_slot_so_a_queued_camera_starts_and_both_fini
     daemon.extra_config = (
         "[ingest]\nmax_concurrent = 1\nslow_rate_floor_mib_s = 1000000\nslow_rate_seconds = 1\n"
     )
-    slow = make_camera("ZFY5201", files=2, size_bytes=768 * MIB)
+    slow = make_camera("ZFY5201", files=2, size_bytes=6 * MIB, **paced())  # ~12 s: slow for certain
     queued = make_camera("ZFY5202", files=2)
     expected = {"ZFY5201": digests_of(slow.recordings()), "ZFY5202": digests_of(queued.recordings())}
     daemon.start()

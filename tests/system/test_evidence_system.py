@@ -29,9 +29,9 @@ import bagit
 import pytest
 
 from tests.support import sandbox
-from tests.support.objectstore import unseal_tree
 from tests.support.osusers import OsUsers, run_ctl_as
 from tests.system.harness import Daemon, SimulatedCamera, remove_tree, stored_recordings, wait_for
+from tests.system.pacing import paced
 
 MIB = 1024 * 1024
 CTL = "from ingestd.ctl import main; main()"
@@ -386,18 +386,13 @@ def watchers(tmp_path: Path) -> Iterator[Callable[..., Watcher]]:
 @pytest.fixture
 def busy_station(
     daemon: Daemon, make_camera: Callable[..., SimulatedCamera]
-) -> Iterator[tuple[Daemon, SimulatedCamera]]:
-    """The daemon and an undocked camera holding ~2 GiB: its copy spans several of --watch's refreshes."""
+) -> tuple[Daemon, SimulatedCamera]:
+    """The daemon and an undocked camera whose 12 MiB are read at 1 MiB/s: its copy spans several of
+    --watch's refreshes."""
     daemon.extra_config = "\n[ingest]\ndelete_after_ingest = false\n"
-    camera = make_camera("ZFY0702", files=10, size_bytes=200 * MIB)
+    camera = make_camera("ZFY0702", files=3, size_bytes=4 * MIB, **paced())
     daemon.start()
-    try:
-        yield daemon, camera
-    finally:
-        daemon.close()
-        unseal_tree(daemon.base)
-        for tree in (daemon.store, daemon.docks, camera.staging):  # gigabytes: not left to pytest's tmp
-            remove_tree(tree)
+    return daemon, camera  # the daemon and camera fixtures stop and clean up both
 
 
 def test_status_watch_redraws_moving_progress_and_ends_cleanly_on_sigint_or_sigterm(
