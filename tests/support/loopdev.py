@@ -55,7 +55,8 @@ def attached(image: Path, *, read_only: bool = False) -> Iterator[str]:
 
 
 def detach_if_backed_by(device: str, image: Path) -> None:
-    """Detach `device` only while it still serves `image`: a freed loop number may belong to someone else."""
+    """Detach `device` only while it still serves `image`: a freed loop number may belong to someone else.
+    Its mounts go first (a killed daemon's outlive it), else the detach would wait for them forever."""
     listed = subprocess.run(
         ["losetup", "--list", "--noheadings", "--output", "BACK-FILE", device],
         check=False,
@@ -64,6 +65,7 @@ def detach_if_backed_by(device: str, image: Path) -> None:
     )
     backing = listed.stdout.strip().removesuffix(" (deleted)")
     if listed.returncode == 0 and backing and Path(backing) == image.resolve():
+        unmount_all(device)
         subprocess.run(["losetup", "--detach", device], check=False, capture_output=True)
 
 
