@@ -22,6 +22,7 @@ from sqlalchemy import select
 from store.crashpoints import ENV, Step
 from store.models import Camera, Recording, SessionState, StoredObject
 from store.objects import object_relpath
+from tests.conftest import BACKENDS
 from tests.system.harness import Daemon, SimulatedCamera
 from tests.system.test_daemon import MIB, ingestctl_verify, wait_sessions
 
@@ -64,6 +65,7 @@ def stored_objects(daemon: Daemon) -> list[str]:
     return sorted(path.name for path in (daemon.store / "objects").rglob("*") if path.is_file())
 
 
+@pytest.mark.parametrize("daemon", BACKENDS, indirect=True)
 @pytest.mark.parametrize("step", list(Step), ids=str)
 def test_a_sigkill_at_each_durable_step_loses_nothing_and_stores_nothing_twice(
     step: Step, daemon: Daemon, make_camera: Callable[..., SimulatedCamera]
