@@ -192,6 +192,19 @@ filesystems = {json.dumps(list(self.camera_filesystems))}
                 return fields.get("STATUS", "")
         raise AssertionError(f"no READY=1 within {READY_TIMEOUT_S}s:\n{self.log_text()[-4000:]}")
 
+    def run_refused(self, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """`ingestd run` on this station's config, in the foreground and without a notify socket, for a
+        start that must be refused: returns when it exits (or fails the test after 60 s)."""
+        base = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        return subprocess.run(
+            [sys.executable, "-m", "ingestd", "run", "--config", str(self.config_path)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+            env={**base, **(env or {})},
+        )
+
     def notifications(self) -> dict[str, str]:
         """Drain what the daemon sent since the last call; `last_status` keeps the newest STATUS."""
         assert self._notify is not None

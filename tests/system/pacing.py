@@ -17,11 +17,12 @@ from tests.support.loopdev import require_root_tools
 KIB_PER_S = 1024  # 1 MiB/s: a 4 MiB copy buffer is filled about every 4 s
 
 
-def paced(kib_per_s: int = KIB_PER_S) -> dict[str, Any]:
-    """`make_camera` options for a card read at most `kib_per_s` KiB/s; skips, saying why, where the
-    host cannot throttle a block device."""
+def paced(kib_per_s: int = KIB_PER_S, faults: str = "") -> dict[str, Any]:
+    """`make_camera` options for a card read at most `kib_per_s` KiB/s, with any other simulator
+    `faults`; skips, saying why, where the host cannot throttle a block device."""
     require_root_tools("mkfs.ext4")
     reason = unavailable()
     if reason is not None:
         pytest.skip(reason)
-    return {"image": True, "extra_args": ["--faults", f"read-rate={kib_per_s}"]}
+    rate = f"read-rate={kib_per_s}"
+    return {"image": True, "extra_args": ["--faults", f"{faults},{rate}" if faults else rate]}

@@ -8,10 +8,7 @@ deleted from the camera only then, and `verify --objects` is clean.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -107,14 +104,7 @@ def test_a_sigkill_at_each_durable_step_loses_nothing_and_stores_nothing_twice(
 def test_a_crash_point_that_names_no_step_stops_the_daemon_before_it_starts(daemon: Daemon) -> None:
     daemon.base.mkdir(parents=True)
     daemon.write_config()
-    done = subprocess.run(
-        [sys.executable, "-m", "ingestd", "run", "--config", str(daemon.config_path)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-        env={**os.environ, ENV: "link:0"},
-    )
+    done = daemon.run_refused({ENV: "link:0"})
     assert done.returncode == 78
     assert done.stderr.strip().splitlines() == [
         "ingestd: error: INGESTD_CRASH_AT=link:0: '0' is not a hit count (a whole number from 1)"

@@ -431,20 +431,14 @@ def open_sessions(daemon: Daemon) -> list[tuple[int, SessionState]]:
 def test_a_second_daemon_on_the_same_state_refuses_before_touching_anything(
     daemon: Daemon, make_camera: Callable[..., SimulatedCamera]
 ) -> None:
-    # Every camera reply takes 0.25 s (the driver waits 0.5 s), so its dock session stays open a while.
-    camera = make_camera("ZFY5101", files=2, size_bytes=128 * MIB, extra_args=["--faults", "slow=250"])
+    # Every camera reply takes 0.25 s (the driver waits 0.5 s) and its 8 MiB are read at 1 MiB/s, so its
+    # dock session stays open well past the second daemon's refusal.
+    camera = make_camera("ZFY5101", files=2, size_bytes=4 * MIB, **paced(faults="slow=250"))
     daemon.start()
     camera.dock(daemon.docks)
     live = wait_for("a live dock session", lambda: open_sessions(daemon), timeout=60)
     log_before = daemon.log_text()
-    second = subprocess.run(
-        [sys.executable, "-m", "ingestd", "run", "--config", str(daemon.config_path)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-        env={k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"},
-    )
+    second = daemon.run_refused()
     assert open_sessions(daemon)[:1] == live[:1], second.stderr  # not marked interrupted
     assert second.returncode == 43, second.stderr
     assert second.stderr.count("\n") == 1
