@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 UNIT = Path(__file__).resolve().parents[2] / "systemd" / "ingestd.service"
+# PrivateMounts=yes alone: the daemon's mounts live in its own namespace and end with its last process.
+PRIVATE_MOUNTS: tuple[str, ...] = ("unshare", "--mount", "--propagation", "private", "--")
 
 # Runs inside the new mount namespace, as root, then execs the daemon: argv = hidden..., "--rw",
 # rw..., "--caps", caps, "--", command...
@@ -77,11 +79,7 @@ def sandbox_wrapper(read_write: Mapping[str, Sequence[Path]], hidden: Sequence[P
     caps = ",".join("+" + cap.removeprefix("CAP_").lower() for cap in settings["CapabilityBoundingSet"])
     rw = [str(path) for paths in read_write.values() for path in paths]
     return (
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "--",
+        *PRIVATE_MOUNTS,
         sys.executable,
         "-c",
         _ENTER,

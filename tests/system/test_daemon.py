@@ -32,6 +32,7 @@ from store.models import (
     SessionState,
 )
 from tests.conftest import BACKENDS
+from tests.support import sandbox
 from tests.support.loopdev import mounted
 from tests.system.harness import Daemon, SimulatedCamera, wait_for
 from tests.system.pacing import paced
@@ -327,14 +328,21 @@ def test_kill_9_mid_ingest_then_restart_reconciles_and_stores_each_recording_onc
     # 12 MiB at 1 MiB/s: killed once the first 4 MiB are durable, well before the copy ends.
     camera = make_camera("ZFY5001", files=2, size_bytes=6 * MIB, **paced())
     expected = digests_of(camera.recordings())
-    daemon.start()
+    # As the shipped unit runs it (PrivateMounts=yes, PrivateTmp=yes), so its mount of the card ends with
+    # it: a killed daemon's mount outside that namespace would keep the card "in use" and refused at the
+    # next dock. Its temporary directories (the mount's private one) are its own, here in the station.
+    unit = sandbox.unit_settings()
+    assert unit["PrivateMounts"] == unit["PrivateTmp"] == ["yes"]
+    daemon.wrapper = sandbox.PRIVATE_MOUNTS
+    private_tmp = {"TMPDIR": str(daemon.base / "tmp")}
+    (daemon.base / "tmp").mkdir(parents=True)
+    daemon.start(env=private_tmp)
     camera.dock(daemon.docks)
     wait_for_durable_partial(daemon)
     assert daemon.process is not None
     os.kill(daemon.process.pid, signal.SIGKILL)
     daemon.process.wait(timeout=30)
-    # The killed daemon's read-only mount of the card outlives it; the camera fixture unmounts it.
-    status = daemon.start()
+    status = daemon.start(env=private_tmp)
     assert "1 interrupted session" in status
     sessions = wait_sessions(daemon, "ZFY5001", count=2, timeout=120)
     assert sessions[0].state is SessionState.INTERRUPTED
