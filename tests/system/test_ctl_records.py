@@ -24,7 +24,7 @@ from store.models import AuditEvent, Flag, FlagKind, Recording
 from store.objects import FileObjectStore
 from tests.support import records as seed
 from tests.support.osusers import OsUsers, run_ctl_as
-from tests.system.harness import Daemon
+from tests.system.harness import Daemon, wait_for
 
 ENTRY = "from ingestd.ctl import main; main()"
 LONG_AGO = datetime(2024, 1, 10, 2, 0, tzinfo=UTC)
@@ -35,6 +35,12 @@ def station(daemon: Daemon) -> dict[str, Any]:
     """The real daemon on a seeded catalog; ingestctl reaches it over the control socket."""
     facts = seeded(daemon)
     daemon.start()
+    # The retention job runs once at start and notices the three seeded recordings. Wait for it, so a
+    # test comparing the audit trail before and after a command sees only what that command did.
+    wait_for(
+        "the start-up retention notices",
+        lambda: [e.action for e in audit_rows(facts)].count("retention.notice") == len(facts["recordings"]),
+    )
     return facts
 
 
@@ -239,7 +245,9 @@ def test_bad_ids_and_options_get_one_clear_line_and_a_nonzero_exit(
     assert done.stdout == ""
     added = audit_rows(station)[len(before) :]
     # Nothing changed; a refused change that reached the daemon is recorded as the attempt it was.
-    assert all(e.action.startswith("ctl.") and e.outcome == "error" for e in added), added
+    assert all(e.action.startswith("ctl.") and e.outcome == "error" for e in added), [
+        (e.action, e.outcome) for e in added
+    ]
 
 
 def test_roles_decide_who_may_hand_over_hold_release_and_purge(
