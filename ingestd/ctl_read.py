@@ -33,6 +33,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.progress_bar import ProgressBar
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from ingestd.cli import config_option, json_option, load, print_json
 from ingestd.config import Config
@@ -103,11 +104,6 @@ def _direct(config: Config, command: str, args: dict[str, Any], why: DaemonUnava
         raise DaemonUnavailable(detail=f"{why.facts['detail']}; and you cannot read the catalog directly")
     if not caller.roles & roles:
         raise PermissionDenied(detail=f"{command} needs one of the roles {', '.join(sorted(roles))}")
-    click.echo(
-        f"ingestctl: ingestd is not running ({why.facts['detail']}); read directly from the catalog "
-        f"as {caller.user}: no live progress",
-        err=True,
-    )
     catalog = Catalog.open(config.catalog.url, read_only=True)
     zone = ZoneInfo(config.deadlines.timezone)
     try:
@@ -118,14 +114,36 @@ def _direct(config: Config, command: str, args: dict[str, Any], why: DaemonUnava
                 except OSError:
                     free = None
                 root = str(config.store.root)
-                return queries.status(session, free_bytes=free, store_root=root, now=utcnow())
-            if command == "cameras":
-                return queries.cameras(session, args)
-            if command == "officers":
-                return queries.officers(session, args)
-            return queries.audit_events(session, args, zone=zone)
+                result = queries.status(session, free_bytes=free, store_root=root, now=utcnow())
+            elif command == "cameras":
+                result = queries.cameras(session, args)
+            elif command == "officers":
+                result = queries.officers(session, args)
+            else:
+                result = queries.audit_events(session, args, zone=zone)
+    except OperationalError as error:
+        raise DaemonUnavailable(
+            detail=f"{why.facts['detail']}; and you cannot read the catalog read-only: {_unreadable(error)}"
+        ) from None
     finally:
         catalog.close()
+    click.echo(
+        f"ingestctl: ingestd is not running ({why.facts['detail']}); read directly from the catalog "
+        f"as {caller.user}: no live progress",
+        err=True,
+    )
+    return result
+
+
+def _unreadable(error: OperationalError) -> str:
+    """SQLite's reason, said for the operator: a reader may create nothing, not even the WAL index."""
+    reason = str(error.orig)
+    if "readonly database" in reason or "unable to open" in reason:
+        return (
+            f"{reason} (its WAL index, the -shm file, is missing and you may not create it; "
+            "start ingestd, or read as root)"
+        )
+    return reason
 
 
 def request(

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -39,6 +40,16 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+def _sqlite_reader_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # A read-only connection sets nothing that writes: the journal mode is the writer's to choose.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    finally:
+        cursor.close()
+
+
 def _begin_immediate(connection: Connection) -> None:
     # A deferred transaction that reads first cannot later upgrade to a write in WAL mode once another
     # writer committed (SQLITE_BUSY_SNAPSHOT, no retry). Taking the write lock up front makes writers
@@ -52,7 +63,8 @@ def _begin_deferred(connection: Connection) -> None:
 
 def create_catalog_engine(url: str, *, read_only: bool = False, create: bool = True) -> Engine:
     """An engine for `url`; SQLite files get WAL, busy_timeout, foreign keys and, when `create`, their
-    directory. Without `create` a missing SQLite file is an error, so a reader never makes a catalog."""
+    directory. Without `create` a missing SQLite file is an error, so a reader never makes a catalog.
+    `read_only` opens a SQLite file with mode=ro, setting nothing that writes."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
@@ -65,8 +77,11 @@ def create_catalog_engine(url: str, *, read_only: bool = False, create: bool = T
                     detail="no catalog database there; the station has not been set up "
                     "(start ingestd or run `ingestd migrate`)",
                 )
-        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
-        event.listen(engine, "connect", _sqlite_pragmas)
+        if read_only and database and database != ":memory:":
+            # SQLite's own read-only open (mode=ro): no write reaches the file, whoever the caller is.
+            parsed = parsed.set(database=f"file:{quote(database)}", query={"mode": "ro", "uri": "true"})
+        engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        event.listen(engine, "connect", _sqlite_reader_pragmas if read_only else _sqlite_pragmas)
         event.listen(engine, "begin", _begin_deferred if read_only else _begin_immediate)
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":

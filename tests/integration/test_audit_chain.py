@@ -10,7 +10,6 @@ import fcntl
 import json
 import os
 import pwd
-import sqlite3
 import stat
 import struct
 import threading
@@ -19,6 +18,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event as sa_event
 from sqlalchemy import select, text
 
 from ingestd.services import signed_history
@@ -31,7 +31,7 @@ from store.audit import (
     Role,
     verify_chain,
 )
-from store.catalog import Catalog
+from store.catalog import Catalog, _begin_deferred, _begin_immediate
 from store.checkpoints import FS_APPEND_FL, FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, Checkpoint, CheckpointFile
 from store.models import AuditEvent, AuditHead, Base, Unit
 from store.signing import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, Signer, SigningKeyError, load_public_key
@@ -467,10 +467,11 @@ def test_concurrent_appenders_never_fork_the_chain(catalog: Catalog, tmp_path: P
 
 
 def test_deferred_sqlite_transactions_also_serialise_on_the_head(tmp_path: Path, signer: Signer) -> None:
-    # ingestctl opens SQLite with plain BEGIN; the head UPDATE must still be the first statement so a
-    # writer never reads a head it cannot then write after (SQLITE_BUSY_SNAPSHOT).
-    sqlite3.connect(tmp_path / "deferred.db").close()  # the file exists: readers never create it
-    catalog = Catalog.open(f"sqlite:///{tmp_path / 'deferred.db'}", read_only=True)
+    # A writer on plain BEGIN (ours take BEGIN IMMEDIATE): the head UPDATE must still be the first
+    # statement so a writer never reads a head it cannot then write after (SQLITE_BUSY_SNAPSHOT).
+    catalog = Catalog.open(f"sqlite:///{tmp_path / 'deferred.db'}")
+    sa_event.remove(catalog.engine, "begin", _begin_immediate)
+    sa_event.listen(catalog.engine, "begin", _begin_deferred)
     try:
         Base.metadata.create_all(catalog.engine)
         log = make_log(tmp_path, signer, every=1000)

@@ -404,3 +404,48 @@ def test_one_uid_cannot_take_every_connection_connections_expire_and_refusals_ar
     # The first refusal of each kind is written at once only when a request was refused; the rest are
     # one event with their count, so nothing is lost and the trail does not grow with the hammering.
     assert by_action == {"ctl.status": [1, ended["denied"] - 1], "ctl.connect": [7]}
+
+
+# --- the direct catalog read, daemon down -------------------------------------------------------------
+
+
+def test_a_role_holder_reads_the_stopped_stations_catalog_read_only_or_gets_one_line(
+    daemon: Daemon, shared_dir: Path, os_users: OsUsers
+) -> None:
+    sock, approvers = os_users.group("sock"), os_users.group("apr")
+    approver = os_users.user("p", [approvers, sock])
+    daemon.control_dir = shared_dir
+    daemon.control_config = f'socket_group = "{sock}"\napprover_group = "{approvers}"'
+    # The catalog where the approver can read it but not write, as an agency granting read access would.
+    database = shared_dir / "catalog" / "catalog.db"
+    daemon.database_url = f"sqlite:///{database}"
+    daemon.start()
+    config = shared_dir / "config.toml"
+    shutil.copyfile(daemon.config_path, config)
+    config.chmod(0o644)
+    assert daemon.stop() == 0
+    database.parent.chmod(0o755)
+    database.chmod(0o644)
+    assert not database.with_name("catalog.db-shm").exists()  # a clean stop leaves no WAL index
+    before = database.read_bytes()
+
+    # No WAL index, and none can be made by a reader: one line and 69, never a traceback.
+    down = run_ctl_as(approver, "status", "--config", str(config))
+    assert down.returncode == 69, down.stderr
+    assert "Traceback" not in down.stderr
+    assert down.stderr.count("\n") == 1, down.stderr
+    assert "cannot read the catalog read-only" in down.stderr
+    assert down.stdout == ""
+
+    # A WAL index that root left (root's tools, a killed daemon): read through it, read-only.
+    with daemon.catalog().transaction() as session:
+        session.execute(select(AuditEvent.seq).limit(1))
+    assert database.with_name("catalog.db-shm").exists()
+    shown = run_ctl_as(approver, "status", "--json", "--config", str(config))
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["served_by"] == "catalog"
+    table = run_ctl_as(approver, "status", "--config", str(config))
+    assert table.returncode == 0, table.stderr
+    assert "Docks" in table.stdout
+    assert "read directly from the catalog" in table.stderr
+    assert database.read_bytes() == before  # nothing was written
