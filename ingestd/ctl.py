@@ -7,12 +7,11 @@ from pathlib import Path
 
 import click
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
 from ingestd import ctl_evidence, ctl_read, ctl_records
 from ingestd.cli import config_option, load, run_cli, trusted_keys_option
-from ingestd.display import problem_line, styled
+from ingestd.display import console, problem_line, styled
 from ingestd.services import Services
 from ingestd.verify import VerifyReport, verify_all
 
@@ -41,13 +40,13 @@ def _print_report(report: VerifyReport, as_json: bool) -> None:
             )
         )
         return
-    console = Console()
+    out = console()
     for problem in report.problems:
-        console.print(
+        out.print(
             problem_line(f"{problem.area} {problem.kind} {problem.subject}", problem.detail), highlight=False
         )
     verdict = ("clean", "green") if report.clean else (f"{len(report.problems)} problem(s)", "red")
-    console.print(
+    out.print(
         styled(
             f"audit events checked: {report.events_checked}; objects checked: {report.objects_checked}; "
             f"key {', '.join(report.key_ids)}{' (pinned)' if report.pinned else ''}; ",

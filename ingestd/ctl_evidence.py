@@ -27,10 +27,9 @@ from typing import Any, TypeVar
 
 import click
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from rich.console import Console
 
 from ingestd.cli import config_option, json_option, load, print_json, trusted_keys_option
-from ingestd.display import problem_line, styled, table
+from ingestd.display import console, problem_line, styled, table
 from ingestd.errors import IngestdError, UsageError
 from ingestd.evidence.copies import CopyError
 from ingestd.evidence.destination import deliver_into
@@ -60,8 +59,7 @@ def _call(
 
 
 def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    # Piped output (a file, a mail) gets whole columns rather than the 80 columns of a missing terminal.
-    Console(width=None if sys.stdout.isatty() else 200).print(table(title, columns, rows, overflow="fold"))
+    console().print(table(title, columns, rows, overflow="fold"))
 
 
 def _period_options(func: F) -> F:
@@ -357,9 +355,9 @@ def verify_export(path: Path, trusted_keys: list[Ed25519PublicKey], as_json: boo
     if as_json:
         print_json(report.as_dict())
     else:
-        console = Console()
+        out = console()
         for problem in report.problems:
-            console.print(problem_line(f"{problem.kind} {problem.subject}", problem.detail), highlight=False)
+            out.print(problem_line(f"{problem.kind} {problem.subject}", problem.detail), highlight=False)
         if report.valid:
             verdict = styled(f"signed by trusted station key {report.key_id}; ", ("valid", "green"))
         elif report.consistent:
@@ -371,7 +369,7 @@ def verify_export(path: Path, trusted_keys: list[Ed25519PublicKey], as_json: boo
         else:
             verdict = styled(f"key {report.key_id}; ", (f"{len(report.problems)} problem(s)", "red"))
         summary = f"{path}: {report.payload_files} file(s), {report.payload_bytes} bytes; "
-        console.print(styled(summary, verdict), highlight=False)
+        out.print(styled(summary, verdict), highlight=False)
     if not report.consistent:
         raise SystemExit(EXIT_PROBLEMS)
     if not report.signer_verified:

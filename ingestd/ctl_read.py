@@ -29,7 +29,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import click
-from rich.console import Console, Group
+from rich.console import Group
 from rich.live import Live
 from rich.progress_bar import ProgressBar
 from sqlalchemy.engine import make_url
@@ -41,7 +41,7 @@ from ingestd.control import queries
 from ingestd.control.auth import current_caller
 from ingestd.control.client import DaemonUnavailable, call
 from ingestd.control.registry import EVERYONE, PermissionDenied
-from ingestd.display import plain, styled, table
+from ingestd.display import console, plain, styled, table
 from ingestd.errors import IngestdError
 from ingestd.services import Services
 from ingestd.verify import VerifyReport
@@ -265,7 +265,7 @@ def status(config_path: Path | None, watch: bool, as_json: bool) -> None:
         if as_json:
             print_json(result)
         else:
-            Console().print(status_view(result, zone))
+            console().print(status_view(result, zone))
         return
     signal.signal(signal.SIGTERM, _end_watch)
     try:
@@ -324,7 +324,7 @@ def cameras(config_path: Path | None, serial: str | None, unit: str | None, as_j
                 _local(camera["last_docked_at"], zone),
             )
         )
-    Console().print(table("Cameras", columns, rows, empty="-"))
+    console().print(table("Cameras", columns, rows, empty="-"))
 
 
 @click.command()
@@ -344,7 +344,7 @@ def officers(config_path: Path | None, officer: str | None, unit: str | None, as
         (row["officer_no"], row["name"], row["unit_no"], row["unit_name"], row["cameras_held"])
         for row in result["officers"]
     ]
-    Console().print(table("Officers", columns, rows, empty="-"))
+    console().print(table("Officers", columns, rows, empty="-"))
 
 
 @click.command()
@@ -412,10 +412,10 @@ def footage(config_path: Path | None, as_json: bool, **filters: Any) -> None:
         )
         for item in result["recordings"]
     ]
-    console = Console()
-    console.print(table("Footage", columns, rows, empty="-"))
+    out = console()
+    out.print(table("Footage", columns, rows, empty="-"))
     if result["next"]:
-        console.print(plain(f"more: --cursor '{result['next']}'"), highlight=False)
+        out.print(plain(f"more: --cursor '{result['next']}'"), highlight=False)
 
 
 def _audit_pages(config: Config, filters: dict[str, Any], limit: int | None) -> Iterator[dict[str, Any]]:
@@ -573,7 +573,7 @@ def audit(
             )
             for event in events
         ]
-        Console().print(table("Audit trail", columns, rows, empty="-"))
+        console().print(table("Audit trail", columns, rows, empty="-"))
         return
     writer: Callable[[Iterator[dict[str, Any]], Any], int] = _write_csv if fmt == "csv" else _write_json
     with _output(output) as out:

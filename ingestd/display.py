@@ -1,16 +1,27 @@
-"""What `ingestctl` prints through rich: data never reaches the markup parser.
+"""What `ingestctl` prints through rich: data never reaches the markup parser, and a pipe gets it whole.
 
 Camera file names, officer names, bag contents and paths can hold `[`; rich would read `x[/red].mp4` as
 markup and fail (or restyle the line). Everything that is not our own literal goes through here.
+Piped (grep, a file, a mail), rich would assume 80 columns and cut cells to `ZFY0…` or wrap a PROBLEM
+line in two; `console()` gives every line the width it needs there instead.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
-from rich.console import ConsoleRenderable, OverflowMethod
+from rich.console import Console, ConsoleRenderable, OverflowMethod
 from rich.table import Table
 from rich.text import Text
+
+# Piped output is never cut or wrapped: wider than any line we print (a width, not a buffer size).
+PIPED_WIDTH = 1_000_000
+
+
+def console() -> Console:
+    """The console for stdout: the terminal's width on a terminal; piped, each line as wide as it is."""
+    return Console(width=None if sys.stdout.isatty() else PIPED_WIDTH)
 
 
 def plain(value: object, *, empty: str = "") -> Text:

@@ -212,6 +212,32 @@ def test_every_read_command_answers_json_and_refuses_bad_input(
         assert "Traceback" not in done.stderr, args
 
 
+LONG_NAME = "Alexandria Montgomery-Smithson"  # 30 bytes: the most GA/T 947's userName[32] holds, near
+
+
+def test_piped_tables_keep_every_cell_whole_for_grep(
+    daemon: Daemon, make_camera: Callable[..., SimulatedCamera]
+) -> None:
+    daemon.start()
+    camera = make_camera("ZFY0101", files=2, officer_name=LONG_NAME)
+    camera.dock(daemon.docks)
+    stored_recordings(daemon, "ZFY0101", 2)
+
+    # capture_output: stdout is a pipe, as in `ingestctl cameras | grep ZFY0101`.
+    for args, whole in (
+        (("cameras",), ["ZFY0101"]),
+        (("officers",), [LONG_NAME]),
+        (("footage", "--device", "ZFY0101"), ["ZFY0101", LONG_NAME]),
+        (("status",), [str(daemon.store)]),
+    ):
+        done = ctl(daemon, *args)
+        assert done.returncode == 0, (args, done.stderr)
+        assert "…" not in done.stdout, (args, done.stdout)
+        matching = [line for line in done.stdout.splitlines() if all(word in line for word in whole)]
+        expected = 2 if args[0] == "footage" else 1  # a line per recording, else one row (or line)
+        assert len(matching) == expected, (args, done.stdout)
+
+
 def test_garbage_gets_a_clear_error_others_are_served_and_metrics_scrape(daemon: Daemon) -> None:
     import socket  # noqa: PLC0415 - only this test speaks raw bytes
     import urllib.request  # noqa: PLC0415

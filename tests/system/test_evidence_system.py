@@ -157,14 +157,14 @@ def _in_seconds(seconds: float) -> str:
 
 
 def verify_export(bag: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """`ingestctl verify-export` as anyone would run it, wide enough that no line is wrapped."""
+    """`ingestctl verify-export` as a script runs it: stdout a pipe, whose lines are never wrapped."""
     return subprocess.run(
         [sys.executable, "-c", CTL, "verify-export", str(bag), *args],
         capture_output=True,
         text=True,
         check=False,
         timeout=60,
-        env={**os.environ, "COLUMNS": "1000"},
+        env={key: value for key, value in os.environ.items() if key != "COLUMNS"},
     )
 
 
@@ -212,6 +212,9 @@ def test_an_approved_export_verifies_and_one_flipped_byte_fails_both_validators(
     mismatches = [line for line in broken.stdout.splitlines() if "-mismatch" in line]
     assert mismatches, broken.stdout
     assert all(line.startswith("PROBLEM") and f"data/{victim.name}" in line for line in mismatches)
+    reported = json.loads(verify_export(bag, "--public-key", str(key_file), "--json").stdout)["problems"]
+    listed = [line for line in broken.stdout.splitlines() if line.startswith("PROBLEM ")]
+    assert listed == [f"PROBLEM {p['kind']} {p['subject']}: {p['detail']}" for p in reported]  # whole lines
     with pytest.raises(bagit.BagValidationError) as invalid:
         bagit.Bag(str(bag)).validate()
     assert f"data/{victim.name}" in str(invalid.value)

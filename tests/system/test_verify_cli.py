@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -170,8 +171,12 @@ def test_each_kind_of_tampering_is_caught_and_named(
     code, problems = station.verify()
     assert code == 3
     assert named <= {problem["kind"] for problem in problems}, problems
-    human = station.run("ingestctl", "verify", "--objects")
+    human = station.run("ingestctl", "verify", "--objects")  # piped: one whole line per problem, for grep
     assert human.returncode == 3
+    listed = [line for line in human.stdout.splitlines() if line.startswith("PROBLEM ")]
+    expected = [f"PROBLEM {p['area']} {p['kind']} {p['subject']}: {p['detail']}" for p in problems]
+    # Each run of verify is itself audited, so counts in a chain problem move on by one between runs.
+    assert [re.sub(r"\d+", "#", line) for line in listed] == [re.sub(r"\d+", "#", line) for line in expected]
     for kind in named:
         assert kind in human.stdout
 
