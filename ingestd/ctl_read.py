@@ -29,9 +29,10 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import click
-from rich.console import Group
+from rich.console import Group, RenderableType
 from rich.live import Live
 from rich.progress_bar import ProgressBar
+from rich.text import Text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
@@ -39,7 +40,7 @@ from ingestd.cli import config_option, json_option, load, print_json
 from ingestd.config import Config
 from ingestd.control import queries
 from ingestd.control.auth import current_caller
-from ingestd.control.client import DaemonUnavailable, call
+from ingestd.control.client import ControlTimeoutError, DaemonUnavailable, call
 from ingestd.control.registry import EVERYONE, PermissionDenied
 from ingestd.display import console, plain, styled, table
 from ingestd.errors import IngestdError
@@ -90,8 +91,11 @@ def _sqlite_file(url: str) -> Path | None:
     return Path(parsed.database)
 
 
-def _direct(config: Config, command: str, args: dict[str, Any], why: DaemonUnavailable) -> dict[str, Any]:
-    """The daemon is down: read the catalog ourselves, if this caller may (else re-raise `why`)."""
+def _direct(
+    config: Config, command: str, args: dict[str, Any], why: DaemonUnavailable, *, announce: bool
+) -> dict[str, Any]:
+    """The daemon is down: read the catalog ourselves, if this caller may (else re-raise `why`);
+    `announce` says so on stderr (a live view says it inside itself instead)."""
     roles = DIRECT_READS.get(command)
     if roles is None:
         raise DaemonUnavailable(
@@ -127,11 +131,12 @@ def _direct(config: Config, command: str, args: dict[str, Any], why: DaemonUnava
         ) from None
     finally:
         catalog.close()
-    click.echo(
-        f"ingestctl: ingestd is not running ({why.facts['detail']}); read directly from the catalog "
-        f"as {caller.user}: no live progress",
-        err=True,
-    )
+    if announce:
+        click.echo(
+            f"ingestctl: ingestd is not running ({why.facts['detail']}); read directly from the catalog "
+            f"as {caller.user}: no live progress",
+            err=True,
+        )
     return result
 
 
@@ -147,16 +152,22 @@ def _unreadable(error: OperationalError) -> str:
 
 
 def request(
-    config: Config, command: str, args: dict[str, Any], *, timeout: float | None = None
+    config: Config,
+    command: str,
+    args: dict[str, Any],
+    *,
+    timeout: float | None = None,
+    announce: bool = True,
 ) -> dict[str, Any]:
-    """Ask the daemon; `served_by` says whether the daemon or a direct catalog read answered."""
+    """Ask the daemon; `served_by` says whether the daemon or a direct catalog read answered (and,
+    with `announce`, a note on stderr says the latter)."""
     clean = {key: value for key, value in args.items() if value is not None and value is not False}
     try:
         wait = timeout if timeout is not None else config.control.timeout_seconds
         result = call(config.control.socket, command, clean, timeout=wait)
         served_by = "daemon"
     except DaemonUnavailable as why:
-        result = _direct(config, command, clean, why)
+        result = _direct(config, command, clean, why, announce=announce)
         served_by = "catalog"
     if not isinstance(result, dict):
         raise IngestdError(detail=f"ingestd answered {command} with {type(result).__name__}, not an object")
@@ -270,15 +281,26 @@ def status(config_path: Path | None, watch: bool, as_json: bool) -> None:
     signal.signal(signal.SIGTERM, _end_watch)
     try:
         if as_json:
-            while True:
-                click.echo(json.dumps(request(config, "status", {}), ensure_ascii=False))
+            while True:  # each line says who answered (served_by); no note on stderr every second
+                click.echo(json.dumps(request(config, "status", {}, announce=False), ensure_ascii=False))
                 time.sleep(WATCH_INTERVAL_S)
-        with Live(status_view(request(config, "status", {}), zone), refresh_per_second=4) as live:
+        first = status_view(request(config, "status", {}, announce=False), zone)
+        with Live(first, refresh_per_second=4) as live:
             while True:
                 time.sleep(WATCH_INTERVAL_S)
-                live.update(status_view(request(config, "status", {}), zone))
+                live.update(_watch_frame(config, zone))
     except KeyboardInterrupt:
         return  # Ctrl-C is how --watch ends
+
+
+def _watch_frame(config: Config, zone: ZoneInfo) -> RenderableType:
+    """The next view; when the daemon stops or stops answering, that notice, inside the live view (text
+    written beside a live display tears it), until it answers again or the catalog can be read."""
+    try:
+        return status_view(request(config, "status", {}, announce=False), zone)
+    except (DaemonUnavailable, ControlTimeoutError) as error:
+        notice = f"{error}; trying again every {WATCH_INTERVAL_S:g} s (Ctrl-C ends)"
+        return Text(notice, style="bold red", no_wrap=True, overflow="ellipsis")
 
 
 @click.command()

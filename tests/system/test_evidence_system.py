@@ -29,7 +29,7 @@ import bagit
 import pytest
 
 from tests.support import sandbox
-from tests.support.osusers import OsUsers, run_ctl_as
+from tests.support.osusers import BOOTSTRAP, OsUsers, run_ctl_as
 from tests.system.harness import Daemon, SimulatedCamera, remove_tree, stored_recordings, wait_for
 from tests.system.pacing import paced
 
@@ -354,9 +354,21 @@ class Watcher:
 def watchers(tmp_path: Path) -> Iterator[Callable[..., Watcher]]:
     started: list[Watcher] = []
 
-    def start(daemon: Daemon, *flags: str, tty: bool) -> Watcher:
+    def start(
+        daemon: Daemon, *flags: str, tty: bool, user: str | None = None, config: Path | None = None
+    ) -> Watcher:
+        """As root, or as `user` (who needs a `config` it can read)."""
         errors = tmp_path / f"watcher-{len(started)}.err"
-        argv = [sys.executable, "-c", CTL, "status", "--watch", *flags, "--config", str(daemon.config_path)]
+        program = ["-c", CTL] if user is None else ["-c", BOOTSTRAP, user]
+        argv = [
+            sys.executable,
+            *program,
+            "status",
+            "--watch",
+            *flags,
+            "--config",
+            str(config or daemon.config_path),
+        ]
         env = {**os.environ, "TERM": "xterm-256color"}
         with errors.open("wb") as stderr:
             if tty:
@@ -437,6 +449,44 @@ def test_status_watch_redraws_moving_progress_and_ends_cleanly_on_sigint_or_sigt
             lines = bytes(watcher.output).decode().splitlines()
             assert len(lines) >= 3, what
             assert all(json.loads(line)["served_by"] == "daemon" for line in lines)
+
+
+def test_status_watch_says_inside_its_view_that_the_daemon_stopped(
+    daemon: Daemon, watchers: Callable[..., Watcher], shared_dir: Path, os_users: OsUsers
+) -> None:
+    sock, viewers = os_users.group("sock"), os_users.group("vw")
+    viewer = os_users.user("v", [viewers, sock])  # may not read the catalog: nothing to fall back on
+    daemon.control_dir = shared_dir
+    daemon.control_config = f'socket_group = "{sock}"\nviewer_group = "{viewers}"'
+    daemon.start()
+    config = shared_dir / "config.toml"
+    config.write_bytes(daemon.config_path.read_bytes())
+    config.chmod(0o644)
+    as_root = watchers(daemon, tty=True)
+    as_viewer = watchers(daemon, tty=True, user=viewer, config=config)
+    started = (as_root, as_viewer)
+    wait_for("both watchers' first view", lambda: all(b"Docks" in w.output for w in started), timeout=30)
+    assert daemon.stop() == 0
+    screens = {
+        "root": (as_root, "(read from the catalog: the daemon is not running)"),
+        # The whole notice on one line of the live view, which keeps running.
+        "viewer": (
+            as_viewer,
+            (
+                f"ingestd is not running (no socket at {daemon.control_socket}; and you "
+                "cannot read the catalog directly); trying again every 1 s (Ctrl-C ends)"
+            ),
+        ),
+    }
+    for who, (watcher, notice) in screens.items():
+        shown = notice.encode()
+        wait_for(f"{who}'s notice", lambda: shown in watcher.output, timeout=30)  # noqa: B023 - waited here
+        assert watcher.process.poll() is None, who
+    for who, (watcher, _notice) in screens.items():
+        code, errors = watcher.stop(signal.SIGINT)
+        assert (code, errors) == (0, ""), who  # nothing written beside the live view, no traceback
+        screen = bytes(watcher.output)
+        assert screen.rfind(SHOW_CURSOR) > screen.rfind(HIDE_CURSOR) >= 0, who
 
 
 # --- audit --output ---------------------------------------------------------------------------------------
