@@ -18,7 +18,7 @@ from rich.console import Console
 
 from drivers.base import DriverError
 from ingestd import schema
-from ingestd.config import Config, ConfigError, load_config, resolve_config_path
+from ingestd.config import Config, ConfigError, check_for_run, load_config, resolve_config_path
 from ingestd.daemon import Daemon, ingest_settings
 from ingestd.demo import run_demo
 from ingestd.errors import IngestdError
@@ -131,10 +131,13 @@ def cli() -> None:
 @cli.command("check-config")
 @config_option
 def check_config(config_path: Path | None) -> None:
-    """Validate the configuration and print it as JSON, passwords masked (exit 78 when it is wrong)."""
+    """Validate the configuration as `run` does and print it as JSON, passwords masked (exit 78 when it
+    is wrong)."""
     config = load_config(config_path)
-    click.echo(config.redacted_json())
     source = resolve_config_path(config_path)
+    for unchecked in check_for_run(config, config_path):
+        click.echo(f"warning: {unchecked}", err=True)
+    click.echo(config.redacted_json())
     inline = [str(i) for i, rule in enumerate(config.camera) if rule.password]
     if inline and source is not None and source.stat().st_mode & 0o044:
         click.echo(
@@ -162,6 +165,7 @@ def migrate(config_path: Path | None) -> None:
 def run(config_path: Path | None) -> None:
     """Run the daemon: reconcile, report READY to systemd, ingest docked cameras until SIGTERM."""
     config = load(config_path, daemon=True)
+    check_for_run(config, config_path)  # as check-config does
     daemon = Daemon(config, config_path)
     daemon.install_signal_handlers()
     raise SystemExit(daemon.run())

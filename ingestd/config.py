@@ -6,6 +6,7 @@ or value stops start-up with a message naming the file and the key (exit code 78
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import json
 import os
@@ -24,7 +25,7 @@ import holidays
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from drivers.base import DriverOptions
-from drivers.registry import CameraRule
+from drivers.registry import CameraRule, DriverRegistry
 from ingestd.errors import IngestdError
 from ingestd.policies.calendar import WorkingCalendar
 from ingestd.policies.deadlines import MAX_EXTENSION_WORKING_DAYS
@@ -557,6 +558,44 @@ class Config(Section):
             if rule["password"]:
                 rule["password"] = "***"  # noqa: S105 - the mask, not a password
         return json.dumps(data, indent=2, ensure_ascii=False)
+
+
+def check_for_run(config: Config, explicit: Path | None) -> list[str]:
+    """What the schema cannot see but `run` refuses, named by key: each rule's driver is installed, each
+    password file is usable, the socket group exists. Raises one ConfigError for the file `explicit`
+    resolves to, listing every problem; returns what this user could not check (a root-only password
+    file, when not root)."""
+    problems: list[str] = []
+    unchecked: list[str] = []
+    available = DriverRegistry([]).available()
+    for index, rule in enumerate(config.camera):
+        if rule.driver not in available:
+            problems.append(
+                f"camera[{index}].driver: {rule.driver!r} is not an installed driver "
+                f"(available: {', '.join(sorted(available))})"
+            )
+        secret = rule.password_file
+        if secret is None:
+            continue
+        if os.geteuid() != 0 and secret.exists() and not os.access(secret, os.R_OK):
+            unchecked.append(f"camera[{index}].password_file {secret}: only root can read it; not checked")
+            continue
+        try:
+            read_password_file(secret)
+        except ConfigError as error:
+            detail = str(error.facts["detail"]).removeprefix("password file: ")
+            problems.append(f"camera[{index}].password_file: {secret}: {detail}")
+    group = config.control.socket_group
+    if group:
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            problems.append(f"control.socket_group: no group {group!r} on this host")
+    if problems:
+        raise ConfigError(
+            path=resolve_config_path(explicit) or "(built-in defaults)", detail="; ".join(problems)
+        )
+    return unchecked
 
 
 def _key_path(location: tuple[int | str, ...]) -> str:

@@ -22,7 +22,7 @@ from types import FrameType
 
 import structlog
 
-from ingestd.config import Config, load_config
+from ingestd.config import Config, check_for_run, load_config
 from ingestd.control.metrics import MetricsServer
 from ingestd.control.server import ControlServer
 from ingestd.docking.events import DockEvent
@@ -247,6 +247,7 @@ class Daemon:
     def _reload(self) -> None:
         try:
             fresh = load_config(self.config_path)
+            check_for_run(fresh, self.config_path)  # an unknown driver, too
             rules = fresh.camera_rules()  # reads the password files: a bad one refuses the reload
         except IngestdError as error:
             log.error("reload_refused", error=str(error))  # noqa: TRY400 - the message is the whole story

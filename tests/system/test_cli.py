@@ -52,6 +52,46 @@ def test_a_bad_config_file_gets_one_clear_line_and_exit_78(tmp_path: Path, text:
         assert expected in lines[0]
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "[[camera]]\nmatch = { SUBSYSTEM = 'folder' }\ndriver = 'scsi'\n",
+            "camera[0].driver: 'scsi' is not an installed driver (available: mass-storage, serial",
+        ),
+        ("[control]\nsocket_group = 'ingestd-no-such-group'\n", "control.socket_group: no group"),
+        (
+            "[[camera]]\nmatch = { SUBSYSTEM = 'folder' }\ndriver = 'serial'\npassword_file = '{pw}'\n",
+            "camera[0].password_file: {pw}: must not be accessible to group or others, has mode 0644",
+        ),
+    ],
+)
+def test_check_config_refuses_what_run_refuses_with_the_same_line(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    password = tmp_path / "camera.pw"
+    password.write_text("000000\n", encoding="utf-8")
+    password.chmod(0o644)
+    station = tmp_path / "station"
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[daemon]\nstate_dir = "{station / "state"}"\n[catalog]\nurl = "sqlite:///{station}/c.db"\n'
+        f'[store]\nroot = "{station / "store"}"\n' + text.replace("{pw}", str(password)),
+        encoding="utf-8",
+    )
+    said = {}
+    for command in ("check-config", "run"):
+        done = run("ingestd", command, "--config", str(config))
+        assert done.returncode == 78, (command, done.stderr)
+        assert done.stdout == "", command
+        said[command] = done.stderr
+    assert said["check-config"] == said["run"]
+    assert said["run"].startswith(f"ingestd: error: config {config}: "), said["run"]
+    assert expected.replace("{pw}", str(password)) in said["run"]
+    assert said["run"].count("\n") == 1
+    assert not station.exists()  # refused before anything was set up
+
+
 def test_wrong_flags_and_missing_paths_are_refused_clearly(tmp_path: Path) -> None:
     done = run("ingestd", "import", str(tmp_path / "absent"), "--device-id", "ZFY0001")
     assert done.returncode == 2
@@ -111,6 +151,12 @@ def test_sighup_reloads_and_a_broken_reload_keeps_the_running_config(daemon: Dae
     refused = wait_for("reload refused", lambda: daemon.events("reload_refused"))
     assert str(daemon.config_path) in refused[0]["error"]
     assert daemon.process.poll() is None  # still serving
+    daemon.extra_config = "\n[[camera]]\nmatch = { SUBSYSTEM = 'usb' }\ndriver = 'scsi'\n"  # as check-config
+    daemon.write_config()
+    daemon.process.send_signal(signal.SIGHUP)
+    refused = wait_for("second reload refused", lambda: daemon.events("reload_refused")[1:])
+    assert "camera[2].driver: 'scsi' is not an installed driver" in refused[0]["error"]
+    assert daemon.process.poll() is None
     assert daemon.stop() == 0
 
 
