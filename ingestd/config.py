@@ -209,8 +209,10 @@ class DetectionConfig(Section):
     """Where docked cameras come from."""
 
     udev: bool = Field(True, description="Watch kernel uevents (pyudev netlink) for USB cameras.")
-    udev_source: Literal["udev", "kernel"] = Field(
-        "udev", description="udev: events enriched by udevd; kernel: raw kernel events (no udevd needed)."
+    udev_source: Literal["auto", "udev", "kernel"] = Field(
+        "auto",
+        description="auto: udevd's events when udevd runs, else the kernel's; udev: events enriched by "
+        "udevd (none arrive without it); kernel: raw kernel events (no udevd needed).",
     )
     settle_seconds: float = Field(
         1.0, ge=0, le=30, description="Wait this long after a camera's last device appears before docking."

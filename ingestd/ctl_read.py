@@ -119,6 +119,7 @@ def _direct(
                     free = None
                 root = str(config.store.root)
                 result = queries.status(session, free_bytes=free, store_root=root, now=utcnow())
+                result["detection"] = None  # only the daemon knows what it watches
             elif command == "cameras":
                 result = queries.cameras(session, args)
             elif command == "officers":
@@ -236,6 +237,7 @@ def status_view(result: dict[str, Any], zone: ZoneInfo) -> Group:
         verdict = "clean" if verify["clean"] else f"{verify['problems']} problem(s)"
         verify_text = f"{verdict} at {_local(verify['at'], zone)} by {verify['by']}"
     footer = styled(
+        *_detection_parts(result.get("detection")),
         ("open flags: ", "bold"),
         flag_text,
         "\n",
@@ -250,6 +252,16 @@ def status_view(result: dict[str, Any], zone: ZoneInfo) -> Group:
         ("  (read from the catalog: the daemon is not running)" if result["served_by"] == "catalog" else ""),
     )
     return Group(docks, footer)
+
+
+def _detection_parts(detection: dict[str, Any] | None) -> list[str | tuple[str, str]]:
+    """`watching:` the daemon's camera sources: udev's chosen event source and why, and the folders."""
+    if detection is None:
+        return []
+    udev = detection["udev"]
+    watched = [f"udev {udev['source']} events ({udev['why']})"] if udev else []
+    watched += [f"folder {folder}" for folder in detection["watch_folders"]]
+    return [("watching: ", "bold"), "; ".join(watched) or "nothing (no udev, no watched folder)", "\n"]
 
 
 # --- commands --------------------------------------------------------------------------------------

@@ -161,15 +161,21 @@ class Daemon:
 
     def start_sources(self) -> None:
         detection = self.config.detection
+        udev: dict[str, str] | None = None
         if detection.udev:
-            from ingestd.docking.udev import UdevSource  # noqa: PLC0415 - pyudev needs libudev; load on use
+            # pyudev needs libudev: load on use.
+            from ingestd.docking.udev import UdevSource, choose_source  # noqa: PLC0415
 
+            source, why = choose_source(detection.udev_source)
+            udev = {"setting": detection.udev_source, "source": source, "why": why}
+            log.info("udev_source", **udev)
             UdevSource(
                 self.events.put,
-                source=detection.udev_source,
+                source=source,
                 settle_s=detection.settle_seconds,
                 stop=self._sources_stop,
             ).start()
+        self.services.detection = {"udev": udev, "watch_folders": [str(f) for f in detection.watch_folders]}
         if detection.watch_folders:
             self._folder_source = FolderSource(
                 list(detection.watch_folders), self.events.put, settle_s=detection.settle_seconds
@@ -240,9 +246,10 @@ class Daemon:
         return line
 
     def _describe_sources(self) -> list[str]:
-        detection = self.config.detection
-        described = [f"udev:{detection.udev_source}"] if detection.udev else []
-        return described + [f"folder:{folder}" for folder in detection.watch_folders]
+        detection = self.services.detection or {}
+        udev = detection.get("udev")
+        described = [f"udev:{udev['source']}"] if udev else []
+        return described + [f"folder:{folder}" for folder in detection.get("watch_folders", [])]
 
     def _reload(self) -> None:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from drivers.registry import DriverRegistry
 from ingestd import schema
@@ -40,6 +41,9 @@ class Services:
     store: FileObjectStore
     audit: AuditLog
     registry: DriverRegistry
+    # What the daemon watches for cameras, as it started its sources (udev's chosen event source and
+    # why, the watched folders), for `status`; None outside the daemon.
+    detection: dict[str, Any] | None = None
 
     @classmethod
     def open(cls, config: Config, *, migrate: bool = True, cameras: bool = True) -> Services:

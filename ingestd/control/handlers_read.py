@@ -34,12 +34,13 @@ def _free_bytes(services: Services) -> int | None:
 def status(services: Services, request: Request) -> dict[str, Any]:
     queries.Args("status", request.args, set())
     with services.catalog.transaction() as session:
-        return queries.status(
+        shown = queries.status(
             session,
             free_bytes=_free_bytes(services),
             store_root=str(services.config.store.root),
             now=request.now,
         )
+    return {**shown, "detection": services.detection}
 
 
 @command("cameras", roles=EVERYONE)

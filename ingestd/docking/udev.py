@@ -3,12 +3,15 @@
 With udevd running, `source="udev"` gives events with udev's ID_* properties. Without it (containers,
 minimal images) `source="kernel"` reads the kernel's own uevents, and the USB IDs udev would have added
 (ID_VENDOR_ID, ID_MODEL_ID, ID_SERIAL_SHORT) are read from the USB parent's sysfs attributes instead.
+`auto` (`choose_source`) picks udev when udevd answers on its control socket, else kernel: listening
+for udevd's events with no udevd would dock nothing, silently.
 Loop devices are virtual: attaching an image emits `change`, which is normalised to add/remove by
 whether the device now has a backing file, so a test can dock a camera image by attaching it.
 """
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +27,8 @@ from ingestd.docking.grouping import Uevent, UeventGrouper
 log = structlog.get_logger()
 
 SUBSYSTEMS = ("tty", "block")
+UDEVD_CONTROL = Path("/run/udev/control")  # where udevd listens; libudev tests the same path
+Source = Literal["udev", "kernel"]
 USB_SYSFS_IDS = {"idVendor": "ID_VENDOR_ID", "idProduct": "ID_MODEL_ID", "serial": "ID_SERIAL_SHORT"}
 
 
@@ -71,6 +76,27 @@ def to_uevent(device: Any, action: str) -> Uevent | None:
     )
 
 
+def udevd_answers(control: Path = UDEVD_CONTROL) -> bool:
+    """Whether a udevd accepts a connection on its control socket (a stale socket file refuses it)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as probe:
+        try:
+            probe.connect(str(control))
+        except OSError:
+            return False
+    return True
+
+
+def choose_source(
+    setting: Literal["auto", "udev", "kernel"], control: Path = UDEVD_CONTROL
+) -> tuple[Source, str]:
+    """The event source for `setting`, and why it was chosen (for the log and `ingestctl status`)."""
+    if setting != "auto":
+        return setting, "set in the config"
+    if udevd_answers(control):
+        return "udev", f"auto: udevd answers at {control}"
+    return "kernel", f"auto: udevd is not running (nothing answers at {control})"
+
+
 class UdevSource:
     """A thread that turns netlink uevents into Docked/Undocked, after coldplugging present devices."""
 
@@ -78,7 +104,7 @@ class UdevSource:
         self,
         sink: Callable[[DockEvent], None],
         *,
-        source: Literal["udev", "kernel"],
+        source: Source,
         settle_s: float,
         stop: threading.Event,
     ) -> None:

@@ -90,6 +90,7 @@ class Daemon:
     control_dir: Path | None = None  # where the control socket lives (default: base)
     control_config: str = ""  # more [control] keys (group names), one per line
     udev: bool = False
+    udev_source: str | None = "kernel"  # None: not set, the config's default (auto)
     # The simulator's volumes are ext4 images, which no rule mounts unless it lists ext4.
     camera_filesystems: tuple[str, ...] = ("ext4",)
     store_root: Path | None = None
@@ -149,7 +150,7 @@ socket = "{self.control_socket}"
 
 [detection]
 udev = {str(self.udev).lower()}
-udev_source = "kernel"
+{f'udev_source = "{self.udev_source}"' if self.udev_source else ""}
 settle_seconds = 0.3
 watch_folders = ["{self.docks}"]
 

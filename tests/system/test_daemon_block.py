@@ -14,6 +14,7 @@ from drivers.base import CameraIdentity
 from drivers.mass_storage import IDENTITY_FILE, format_identity_file
 from drivers.mp4 import write_mp4
 from ingestd.control.client import call
+from ingestd.docking.udev import UDEVD_CONTROL
 from store.models import Camera, CustodyEvent, CustodyKind, Flag, FlagKind, SessionState
 from tests.support.loopdev import (
     attached,
@@ -24,6 +25,7 @@ from tests.support.loopdev import (
 )
 from tests.support.objectstore import unseal_tree
 from tests.system.harness import Daemon, SimulatedCamera, wait_for
+from tests.system.test_control import ctl
 from tests.system.test_daemon import ingestctl_verify, stored_digests, wait_sessions
 
 START = datetime.now(UTC) - timedelta(hours=5)
@@ -57,6 +59,35 @@ def block_daemon(tmp_path: Path) -> Iterator[Daemon]:
     finally:
         harness.close()
         unseal_tree(harness.base)
+
+
+def test_the_default_event_source_docks_without_udevd_and_says_which_it_chose(tmp_path: Path) -> None:
+    require_root_tools("mkfs.ext4", "debugfs")
+    daemon = Daemon(base=tmp_path / "station", udev=True, udev_source=None)  # the default: auto
+    image = camera_image(tmp_path, "ZFY6003")
+    try:
+        daemon.start()
+        [chosen] = daemon.events("udev_source")
+        assert chosen["setting"] == "auto"
+        if not UDEVD_CONTROL.exists():  # this host (a container): no udevd, so the kernel's own events
+            assert chosen["source"] == "kernel", chosen
+            assert "udevd is not running" in chosen["why"]
+        with attached(image):
+            (session,) = wait_sessions(daemon, "ZFY6003")  # docked: the old default heard nothing here
+            assert session.state is SessionState.DONE
+        shown = ctl(daemon, "status", "--json")
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout)["detection"] == {
+            "udev": {"setting": "auto", "source": chosen["source"], "why": chosen["why"]},
+            "watch_folders": [str(daemon.docks)],
+        }
+        table = ctl(daemon, "status")
+        assert table.returncode == 0, table.stderr
+        watching = f"watching: udev {chosen['source']} events ({chosen['why']}); folder {daemon.docks}"
+        assert watching in table.stdout.splitlines(), table.stdout
+    finally:
+        daemon.close()
+        unseal_tree(daemon.base)
 
 
 def test_attaching_a_camera_image_is_a_real_uevent_dock_and_read_errors_are_flagged(
