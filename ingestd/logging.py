@@ -35,3 +35,22 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=True,
     )
+    # Libraries log through the standard library (APScheduler's "Execution of job ... skipped"): their
+    # records take the same path, so every line is JSON where ours are. Replacing the root's handlers
+    # keeps a second call from doubling lines. APScheduler's INFO is a line per job run: warnings only.
+    root = logging.getLogger()
+    root.handlers[:] = [_ToStructlog()]
+    root.setLevel(level)
+    logging.getLogger("apscheduler").setLevel(max(level, logging.WARNING))
+
+
+class _ToStructlog(logging.Handler):
+    """A standard-library record as one structlog event: its message, level, logger name, exception."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a library's bad format arguments: logging's own report
+            self.handleError(record)
+            return
+        structlog.get_logger().log(record.levelno, message, logger=record.name, exc_info=record.exc_info)

@@ -424,6 +424,32 @@ def test_sigterm_stops_cleanly_and_reports_stopping(daemon: Daemon) -> None:
     assert daemon.events("stopped")
 
 
+def test_every_line_of_the_daemon_log_is_json_apschedulers_warnings_too(
+    daemon: Daemon, make_camera: Callable[..., SimulatedCamera], tmp_path: Path
+) -> None:
+    # The drift job notifies about a drifting camera through a command that waits for the test; while it
+    # waits, a second camera's session ends and asks for the drift job again, which APScheduler skips.
+    release = tmp_path / "release-notify"
+    waiting = f"while [ ! -e {release} ]; do sleep 0.05; done"
+    daemon.extra_config = f"\n[notify]\ncommand = 'sh -c \"{waiting}\"'\ntimeout_seconds = 300\n"
+    daemon.start()
+    make_camera("ZFY1201", drift_s=120.0, files=1).dock(daemon.docks)
+    wait_for("the drift flag", lambda: [e for e in daemon.events("flag_raised") if e["kind"] == "drift"])
+    make_camera("ZFY1202", files=1).dock(daemon.docks)
+    skipped = wait_for(
+        "APScheduler's skip",
+        lambda: [e for e in daemon.events() if "skipped: maximum number of running instances" in e["event"]],
+    )
+    release.touch()
+    assert daemon.stop() == 0
+    assert skipped[0]["logger"].startswith("apscheduler")
+    assert skipped[0]["level"] == "warning"
+    lines = daemon.log_text().splitlines()
+    assert lines
+    for line in lines:
+        assert isinstance(json.loads(line), dict), line  # not one plain-text line
+
+
 def open_sessions(daemon: Daemon) -> list[tuple[int, SessionState]]:
     catalog = daemon.catalog()
     try:
