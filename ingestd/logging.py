@@ -37,11 +37,11 @@ def configure_logging(
     )
     # Libraries log through the standard library (APScheduler's "Execution of job ... skipped"): their
     # records take the same path, so every line is JSON where ours are. Replacing the root's handlers
-    # keeps a second call from doubling lines. APScheduler's INFO is a line per job run: warnings only.
+    # keeps a second call from doubling lines. Their INFO is chatter (a line per APScheduler job run,
+    # Alembic's context): warnings and worse only, as Python shows them unconfigured.
     root = logging.getLogger()
     root.handlers[:] = [_ToStructlog()]
-    root.setLevel(level)
-    logging.getLogger("apscheduler").setLevel(max(level, logging.WARNING))
+    root.setLevel(max(level, logging.WARNING))
 
 
 class _ToStructlog(logging.Handler):
