@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -72,7 +73,7 @@ def verify(
     config = load(config_path)
     services = Services.open(config, migrate=False, cameras=False)
     try:
-        if objects and not as_json:
+        if objects and not as_json and sys.stdout.isatty():  # piped: no bar, no blank line it leaves
             with Progress(
                 "[progress.description]{task.description}",
                 BarColumn(),
