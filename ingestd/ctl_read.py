@@ -128,7 +128,8 @@ def _direct(
                 result = queries.audit_events(session, args, zone=zone)
     except OperationalError as error:
         raise DaemonUnavailable(
-            detail=f"{why.facts['detail']}; and you cannot read the catalog read-only: {_unreadable(error)}"
+            detail=f"{why.facts['detail']}; and you cannot read the catalog read-only: "
+            f"{_unreadable(error, database)}"
         ) from None
     finally:
         catalog.close()
@@ -141,13 +142,14 @@ def _direct(
     return result
 
 
-def _unreadable(error: OperationalError) -> str:
-    """SQLite's reason, said for the operator: a reader may create nothing, not even the WAL index."""
+def _unreadable(error: OperationalError, database: Path | None) -> str:
+    """SQLite's reason, said for the operator: a reader may create nothing, not even the WAL index
+    (which SQLite reports as a write to a read-only database)."""
     reason = str(error.orig)
-    if "readonly database" in reason or "unable to open" in reason:
+    if database is not None and ("readonly database" in reason or "unable to open" in reason):
         return (
-            f"{reason} (its WAL index, the -shm file, is missing and you may not create it; "
-            "start ingestd, or read as root)"
+            f"its WAL index {database}-shm is missing and you may not create it "
+            "(start ingestd, or read as root)"
         )
     return reason
 
