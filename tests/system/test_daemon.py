@@ -433,14 +433,18 @@ def test_every_line_of_the_daemon_log_is_json_apschedulers_warnings_too(
     waiting = f"while [ ! -e {release} ]; do sleep 0.05; done"
     daemon.extra_config = f"\n[notify]\ncommand = 'sh -c \"{waiting}\"'\ntimeout_seconds = 300\n"
     daemon.start()
-    make_camera("ZFY1201", drift_s=120.0, files=1).dock(daemon.docks)
-    wait_for("the drift flag", lambda: [e for e in daemon.events("flag_raised") if e["kind"] == "drift"])
-    make_camera("ZFY1202", files=1).dock(daemon.docks)
-    skipped = wait_for(
-        "APScheduler's skip",
-        lambda: [e for e in daemon.events() if "skipped: maximum number of running instances" in e["event"]],
-    )
-    release.touch()
+    try:
+        make_camera("ZFY1201", drift_s=120.0, files=1).dock(daemon.docks)
+        wait_for("the drift flag", lambda: [e for e in daemon.events("flag_raised") if e["kind"] == "drift"])
+        make_camera("ZFY1202", files=1).dock(daemon.docks)
+        skipped = wait_for(
+            "APScheduler's skip",
+            lambda: [
+                e for e in daemon.events() if "skipped: maximum number of running instances" in e["event"]
+            ],
+        )
+    finally:
+        release.touch()  # the waiting notify command ends even when the test fails, not 300 s later
     assert daemon.stop() == 0
     assert skipped[0]["logger"].startswith("apscheduler")
     assert skipped[0]["level"] == "warning"
