@@ -25,8 +25,9 @@ from ingestd.docking.events import Docked, DockEvent, Undocked
 from ingestd.policies.custody import attribute_checkout
 from ingestd.progress import DockProgress, SlowCopyWatch
 from ingestd.services import Services
-from ingestd.session import IngestSession, IngestSettings, SessionSummary
-from store.models import Camera, CustodyKind, Dock, DockSession, SessionState
+from ingestd.session import DELETE_ORIGINALS, IngestSession, IngestSettings, SessionSummary
+from store.audit import Actor
+from store.models import AuditEvent, Camera, CustodyKind, Dock, DockSession, SessionState
 
 log = structlog.get_logger()
 
@@ -259,14 +260,37 @@ class DockManager:
             thread.join(timeout)
 
 
+RECONCILE_ACTOR = Actor.system(source="reconcile")
+
+
 def interrupted_sessions(services: Services, now: datetime) -> int:
-    """Reconciliation: sessions a crash left open are closed as interrupted; docks start empty."""
+    """Reconciliation: sessions a crash left open are closed as interrupted; docks start empty. A
+    deletion of originals the crash cut short is closed on record as interrupted: which files went is
+    not known, and the next dock shows what the camera still holds."""
     with services.catalog.transaction() as session:
         open_sessions = session.scalars(select(DockSession).where(DockSession.ended_at.is_(None))).all()
         for dock_session in open_sessions:
             dock_session.state = SessionState.INTERRUPTED
             dock_session.failure_reason = "daemon stopped before the session ended"
             dock_session.ended_at = now
+            subject = f"dock_session:{dock_session.id}"
+            outcomes = set(
+                session.scalars(
+                    select(AuditEvent.outcome).where(
+                        AuditEvent.action == DELETE_ORIGINALS, AuditEvent.subject == subject
+                    )
+                )
+            )
+            if "started" in outcomes and "done" not in outcomes:
+                services.audit.append(
+                    session,
+                    actor=RECONCILE_ACTOR,
+                    action=DELETE_ORIGINALS,
+                    subject=subject,
+                    outcome="interrupted",
+                    at=now,
+                    details={"reason": "the daemon stopped during the deletion; per-file outcomes unknown"},
+                )
         for dock in session.scalars(select(Dock)).all():
             dock.state = "empty"
             dock.current_file = None

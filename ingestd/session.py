@@ -83,6 +83,9 @@ class _Docked:
 
 
 UNFINALIZED = "unfinalized container"
+# The deletion of a dock's proven originals: outcome "started" before the first unlink, "done" with the
+# per-file outcomes, or "interrupted" (written at start-up) when the daemon died in between.
+DELETE_ORIGINALS = "camera.delete-originals"
 
 
 @dataclass(frozen=True)
@@ -656,7 +659,7 @@ class IngestSession:
             self.audit.append(
                 session,
                 actor=records.daemon_actor(self.device.port),
-                action="camera.delete-originals",
+                action=DELETE_ORIGINALS,
                 subject=f"dock_session:{docked.dock_session_id}",
                 outcome="started",
                 at=self.clock(),
@@ -708,6 +711,18 @@ class IngestSession:
                         "reason": deletion.reason,
                     },
                 )
+            self.audit.append(
+                session,
+                actor=records.daemon_actor(self.device.port),
+                action=DELETE_ORIGINALS,
+                subject=f"dock_session:{docked.dock_session_id}",
+                outcome="done",
+                at=now,
+                details={
+                    "camera": docked.identity.device_serial,
+                    **{kind.value: sum(d.outcome is kind for d in outcomes) for kind in DeletionOutcome},
+                },
+            )
         for deletion in outcomes:
             if deletion.outcome is DeletionOutcome.DELETED:
                 self.summary.deleted += 1

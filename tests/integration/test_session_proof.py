@@ -220,7 +220,7 @@ def test_a_file_replaced_after_its_copy_stays_and_every_deletion_is_audited(
     try:
         import_card(services, tmp_path / "card")
         with services.catalog.transaction() as session:
-            (intent,) = audit_events(session, "camera.delete-originals")
+            intent, closed = audit_events(session, "camera.delete-originals")
             deletions = audit_events(session, "recording.delete-original")
             recordings = {r.id: r for r in session.scalars(select(Recording)).all()}
     finally:
@@ -230,6 +230,13 @@ def test_a_file_replaced_after_its_copy_stays_and_every_deletion_is_audited(
     assert [path for path in originals if path.exists()] == [target]
     assert intent.outcome == "started"
     assert intent.details["files"] == 3
+    assert closed.outcome == "done"
+    assert closed.subject == intent.subject
+    assert {k: closed.details[k] for k in ("deleted", "refused", "failed")} == {
+        "deleted": 2,
+        "refused": 1,
+        "failed": 0,
+    }
     assert sorted(event.outcome for event in deletions) == ["deleted", "deleted", "refused"]
     (refused,) = [event for event in deletions if event.outcome == "refused"]
     assert refused.details["path"].endswith(target.name)

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from store.crashpoints import ENV, Step
-from store.models import Camera, Recording, SessionState, StoredObject
+from store.models import AuditEvent, Camera, Recording, SessionState, StoredObject
 from store.objects import object_relpath
 from tests.conftest import BACKENDS
 from tests.system.harness import Daemon, SimulatedCamera
@@ -35,6 +35,24 @@ def camera_digests(camera: SimulatedCamera, volume: Path) -> dict[str, str]:
         str(path.relative_to(volume)): blake3.blake3(path.read_bytes()).hexdigest()
         for path in camera.recordings(volume)
     }
+
+
+def deletion_outcomes(daemon: Daemon) -> dict[str, list[str]]:
+    """The outcomes of each dock session's `camera.delete-originals` events, in order."""
+    catalog = daemon.catalog()
+    try:
+        with catalog.transaction() as db:
+            rows = db.execute(
+                select(AuditEvent.subject, AuditEvent.outcome)
+                .where(AuditEvent.action == "camera.delete-originals")
+                .order_by(AuditEvent.seq)
+            ).all()
+    finally:
+        catalog.close()
+    outcomes: dict[str, list[str]] = {}
+    for row in rows:
+        outcomes.setdefault(row.subject, []).append(row.outcome)
+    return outcomes
 
 
 def stored_and_verified(daemon: Daemon) -> list[str]:
@@ -95,6 +113,14 @@ def test_a_sigkill_at_each_durable_step_loses_nothing_and_stores_nothing_twice(
     assert camera.recordings(volume) == []  # deleted from the camera, only after proof
     assert not any((daemon.store / "partial").iterdir())
     assert not any((daemon.store / "quarantine").iterdir())
+    # One deletion of the originals per card, on record from start to end: a deletion the crash cut
+    # short is closed as interrupted at start-up (the camera then holds nothing more to delete).
+    first, second = (f"dock_session:{s.id}" for s in sessions[-2:])
+    expected_outcomes = {
+        Step.CAMERA_DELETION: {first: ["started", "interrupted"]},
+        Step.SESSION_CLOSE: {first: ["started", "done"]},
+    }.get(step, {second: ["started", "done"]})
+    assert deletion_outcomes(daemon) == expected_outcomes
     assert daemon.stop() == 0
     report = ingestctl_verify(daemon)
     assert report["clean"] is True, report
