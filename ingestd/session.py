@@ -28,6 +28,7 @@ from typing import BinaryIO
 import structlog
 from blake3 import blake3
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from drivers.base import (
     Camera,
@@ -656,20 +657,15 @@ class IngestSession:
             return
         by_path = {item.original.path: item for item in proven}
         with self.catalog.transaction() as session:
-            self.audit.append(
+            # Counts only, so the event stays small however full the card: each file's path, recording
+            # and digests are in its own recording.delete-original event.
+            self._audit_deletion(
                 session,
-                actor=records.daemon_actor(self.device.port),
-                action=DELETE_ORIGINALS,
-                subject=f"dock_session:{docked.dock_session_id}",
-                outcome="started",
-                at=self.clock(),
-                details={
-                    "camera": docked.identity.device_serial,
-                    # Counts only, so the event stays small however full the card: each file's path,
-                    # recording and digests are in its own recording.delete-original event.
-                    "files": len(proven),
-                    "bytes": sum(item.original.size for item in proven),
-                },
+                docked,
+                "started",
+                self.clock(),
+                files=len(proven),
+                bytes=sum(item.original.size for item in proven),
             )
         originals = [item.original for item in proven]
         try:
@@ -683,6 +679,20 @@ class IngestSession:
                 return
             raise
         self._record_deletions(docked, by_path, outcomes)
+
+    def _audit_deletion(
+        self, session: Session, docked: _Docked, outcome: str, at: datetime, **details: int
+    ) -> None:
+        """One `camera.delete-originals` event of this dock's deletion (see DELETE_ORIGINALS)."""
+        self.audit.append(
+            session,
+            actor=records.daemon_actor(self.device.port),
+            action=DELETE_ORIGINALS,
+            subject=f"dock_session:{docked.dock_session_id}",
+            outcome=outcome,
+            at=at,
+            details={"camera": docked.identity.device_serial, **details},
+        )
 
     def _record_deletions(
         self, docked: _Docked, by_path: dict[Path, _Proven], outcomes: list[Deletion]
@@ -711,18 +721,8 @@ class IngestSession:
                         "reason": deletion.reason,
                     },
                 )
-            self.audit.append(
-                session,
-                actor=records.daemon_actor(self.device.port),
-                action=DELETE_ORIGINALS,
-                subject=f"dock_session:{docked.dock_session_id}",
-                outcome="done",
-                at=now,
-                details={
-                    "camera": docked.identity.device_serial,
-                    **{kind.value: sum(d.outcome is kind for d in outcomes) for kind in DeletionOutcome},
-                },
-            )
+            counts = {kind.value: sum(d.outcome is kind for d in outcomes) for kind in DeletionOutcome}
+            self._audit_deletion(session, docked, "done", now, **counts)
         for deletion in outcomes:
             if deletion.outcome is DeletionOutcome.DELETED:
                 self.summary.deleted += 1
