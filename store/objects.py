@@ -37,6 +37,7 @@ import blake3 as blake3_module
 import structlog
 
 from store.crashpoints import Step, crash_point
+from store.digests import Digests
 from store.errors import (
     DiskFullError,
     ExistingObjectCorruptError,
@@ -183,7 +184,7 @@ class ObjectStore(abc.ABC):
     def digest(self, source: BinaryIO, *, progress: Callable[[int], None] | None = None) -> ExpectedObject:
         """Hash `source` from its current position to EOF as `put` does, storing nothing: how a caller
         proves that the bytes it reads now are those of an object it believes stored."""
-        digests = _Digests()
+        digests = Digests()
         done = 0
 
         def count(view: memoryview) -> None:
@@ -259,17 +260,6 @@ class ObjectStore(abc.ABC):
 # --- the single-pass pipeline ------------------------------------------------------------------------
 
 
-class _Digests:
-    """BLAKE3 and SHA-256 of one stream, fed in order."""
-
-    def __init__(self) -> None:
-        self.blake3 = blake3_module.blake3()
-        self.sha256 = hashlib.sha256()
-
-    def hex(self) -> tuple[str, str]:
-        return str(self.blake3.hexdigest()), self.sha256.hexdigest()
-
-
 class _SourceFailedError(Exception):
     """Wraps an error raised by the source, so `put` can tell it from an error of the store itself."""
 
@@ -283,7 +273,7 @@ _EOF: Final = -1
 
 
 def _pump(
-    ring: list[memoryview], fill: _Fill, sink: Callable[[memoryview], None] | None, digests: _Digests
+    ring: list[memoryview], fill: _Fill, sink: Callable[[memoryview], None] | None, digests: Digests
 ) -> int:
     """Move a stream through three stages that overlap: a reader thread fills ring buffers, a hasher
     thread runs SHA-256, and the calling thread runs BLAKE3 and `sink` (the write). Both hashes and the
@@ -770,10 +760,10 @@ class FileObjectStore(ObjectStore):
         *,
         start: int = 0,
         end: int | None = None,
-        digests: _Digests | None = None,
+        digests: Digests | None = None,
     ) -> tuple[str, str, int]:
         """Hash [start, end) of `fd` as read from the medium: cached pages are dropped first."""
-        digests = digests if digests is not None else _Digests()
+        digests = digests if digests is not None else Digests()
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         size = _pump(ring, _fd_filler(fd, start, end), None, digests)
@@ -879,7 +869,7 @@ class FileObjectStore(ObjectStore):
     ) -> PutResult:
         """The put itself; `put` owns the fd and decides what an error leaves behind."""
         with self._rings.borrowed() as ring:
-            digests = _Digests()
+            digests = Digests()
             resumed = self._resume(
                 fd, attempt, source, ring=ring, digests=digests, expected_size=expected_size
             )
@@ -954,7 +944,7 @@ class FileObjectStore(ObjectStore):
         source: BinaryIO,
         *,
         ring: list[memoryview],
-        digests: _Digests,
+        digests: Digests,
         expected_size: int | None,
     ) -> int:
         """Prepare the partial copy: truncate it to its durable offset, re-hash that prefix and seek the

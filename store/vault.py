@@ -24,12 +24,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal
 
-import blake3
 import boto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from store.digests import Digests
 from store.errors import IntegrityError, StoreError
 from store.objects import object_relpath
 
@@ -177,27 +177,6 @@ def _seconds(value: datetime) -> datetime:
     return _utc(value).replace(microsecond=0)
 
 
-class _Digests:
-    def __init__(self) -> None:
-        self.blake3 = blake3.blake3()
-        self.sha256 = hashlib.sha256()
-        self.size = 0
-
-    def update(self, data: bytes | memoryview) -> None:
-        self.blake3.update(data)
-        self.sha256.update(data)
-        self.size += len(data)
-
-    def matches(self, blake3_hex: str, sha256_hex: str, size: int) -> str | None:
-        """None when the bytes are what was claimed, else what differs."""
-        got = (self.blake3.hexdigest(), self.sha256.hexdigest(), self.size)
-        if got == (blake3_hex, sha256_hex, size):
-            return None
-        return (
-            f"blake3 {got[0]}, sha256 {got[1]}, {got[2]} bytes; expected {blake3_hex}, {sha256_hex}, {size}"
-        )
-
-
 @dataclass(frozen=True)
 class _Upload:
     """One object on its way: its address, what its bytes must hash to, and its lock headers."""
@@ -324,7 +303,7 @@ class Vault:
                 self._put_single(source, upload)
         return self.confirm(blake3_hex, sha256_hex=sha256_hex, size=size, retain_until=until)
 
-    def _refuse_local(self, upload: _Upload, digests: _Digests) -> None:
+    def _refuse_local(self, upload: _Upload, digests: Digests) -> None:
         """Refuse to lock bytes that are not what the caller claims (a local file that changed)."""
         mismatch = digests.matches(upload.blake3_hex, upload.sha256_hex, upload.size)
         if mismatch:
@@ -336,7 +315,7 @@ class Vault:
 
     def _put_single(self, source: BinaryIO, upload: _Upload) -> None:
         body = source.read(upload.size + 1)
-        digests = _Digests()
+        digests = Digests()
         digests.update(body)
         self._refuse_local(upload, digests)
         with self._s3(f"put {upload.key}", upload.key):
@@ -365,7 +344,7 @@ class Vault:
             )["UploadId"]
         completed = False
         try:
-            digests = _Digests()
+            digests = Digests()
             parts: list[CompletedPartTypeDef] = []
             part_size = self._part_size(upload.size)
             while (chunk := source.read(part_size)) and digests.size <= upload.size:
@@ -535,7 +514,7 @@ class Vault:
         key = object_key(blake3_hex)
         with self._s3(f"read {key}", key):
             body = self.client.get_object(Bucket=self.settings.bucket, Key=key)["Body"]
-        digests = _Digests()
+        digests = Digests()
         try:
             with self._s3(f"read {key}", key):
                 for chunk in body.iter_chunks(chunk_size):
