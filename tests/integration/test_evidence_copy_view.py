@@ -31,7 +31,7 @@ from ingestd.control.client import call as client_call
 from ingestd.control.handlers_evidence import copy, export, revoke, view
 from ingestd.control.registry import Request
 from ingestd.control.server import ControlServer
-from ingestd.ctl_evidence import ViewIntegrityError, stream_verified
+from ingestd.ctl.evidence import ViewIntegrityError, stream_verified
 from ingestd.evidence.copies import SUMS_FILE, CopyError, CopyIntegrityError
 from ingestd.evidence.delivery import DeliveryRequest
 from ingestd.evidence.destination import deliver_into

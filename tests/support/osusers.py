@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 BOOTSTRAP = """
 import os, pwd, sys
-import ingestd.ctl, ingestd.ctl_read, ingestd.control.client, ingestd.control.queries
+import ingestd.ctl, ingestd.ctl.read, ingestd.control.client, ingestd.control.queries
 import click, click._textwrap, csv, json, encodings.idna
 import sqlite3, sqlalchemy.dialects.sqlite.pysqlite  # the direct catalog read, daemon down
 import rich.console, rich.table, rich.live, rich.progress_bar, rich.text

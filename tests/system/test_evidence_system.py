@@ -36,10 +36,10 @@ from tests.system.pacing import paced
 MIB = 1024 * 1024
 CTL = "from ingestd.ctl import main; main()"
 INGESTD = "from ingestd.cli import main; main()"
-EXIT_APPROVAL_REFUSED = 14  # ingestd/ctl_evidence.py
+EXIT_APPROVAL_REFUSED = 14  # ingestd/ctl/evidence.py
 EXIT_BAG_PROBLEMS = 3
 EXIT_SIGNER_UNVERIFIED = 17
-EXIT_OUTPUT = 71  # ingestd/ctl_read.py
+EXIT_OUTPUT = 71  # ingestd/ctl/read.py
 CJIS_FIELDS = {"event_type", "time", "place", "source", "outcome", "user"}
 ROLES = ("clerk", "approver", "auditor")
 

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 from rich.console import Console
 
-from ingestd.ctl_read import status_view
+from ingestd.ctl.read import status_view
 from ingestd.display import table
 
 HOSTILE = "x[/red].mp4"  # a closing tag that matches nothing: rich's markup parser raises on it

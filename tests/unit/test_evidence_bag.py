@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ingestd.ctl_evidence import verify_export
+from ingestd.ctl.evidence import verify_export
 from ingestd.evidence import layout
 from ingestd.evidence.bag import PayloadItem, write_bag
 from ingestd.evidence.errors import ExportIntegrityError

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from ingestd.cli import config_option, json_option, load, print_json
-from ingestd.ctl_read import request
+from ingestd.ctl.read import request
 from store.models import Confidentiality, RetentionClass
 
 EXIT_PROBLEMS = 3

@@ -10,8 +10,10 @@ import click
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
-from ingestd import ctl_evidence, ctl_read, ctl_records
 from ingestd.cli import config_option, load, run_cli, trusted_keys_option
+from ingestd.ctl import evidence as ctl_evidence
+from ingestd.ctl import read as ctl_read
+from ingestd.ctl import records as ctl_records
 from ingestd.display import console, problem_line, styled
 from ingestd.services import Services
 from ingestd.verify import VerifyReport, verify_all
