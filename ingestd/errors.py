@@ -1,7 +1,8 @@
 """The application's error root: a message template filled from keyword facts, and an exit code.
 
 Errors from `store/` and `drivers/` keep their own roots (those packages import nothing of ours); the
-entry points map all three to messages and exit codes in one place (`ingestd.cli.run_cli`).
+entry points map all three to messages and exit codes in one place (`ingestd.cli.run_cli`). An integrity
+error raised here also derives from `store.errors.IntegrityError`, the one integrity root.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ class IngestdError(Exception):
 
     def __init__(self, **facts: Any) -> None:
         self.facts = facts
-        super().__init__(self.template.format(**facts))
+        # Exception's own __init__, not super(): see store.errors (an integrity error has both roots).
+        Exception.__init__(self, self.template.format(**facts))
 
 
 class UsageError(IngestdError):

@@ -1,7 +1,9 @@
 """The store's error root. Each error formats a message template from keyword facts and has an exit code.
 
-Integrity errors (a digest that does not match, a chain that does not verify) must never be caught by a
-broad handler: callers catch `StoreError` only where they also re-raise `IntegrityError`.
+`IntegrityError` is the project's one integrity root: every error that says evidence is not what was
+recorded (here, in the vault adapter, and in `ingestd`'s export, copy and view) derives from it and exits
+with its code. It must never be caught by a broad handler: callers catch `StoreError` only where they
+also re-raise `IntegrityError`.
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ class StoreError(Exception):
 
     def __init__(self, **facts: Any) -> None:
         self.facts = facts
-        super().__init__(self.template.format(**facts))
+        # Exception's own __init__, not super(): an integrity error raised by ingestd/ is both an
+        # IngestdError and an IntegrityError, and the two roots' constructors take only facts.
+        Exception.__init__(self, self.template.format(**facts))
 
 
 class IntegrityError(StoreError):
-    """Stored evidence does not match what was recorded. Never swallowed."""
+    """Root of every integrity error: evidence does not match what was recorded. One exit code for all
+    of them; subclasses keep their own message templates. Never swallowed."""
 
     template = "integrity: {detail}"
     exit_code = 3

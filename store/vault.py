@@ -97,12 +97,11 @@ class VaultObjectMissingError(VaultError):
     exit_code = 55
 
 
-class VaultIntegrityError(VaultError, IntegrityError):
+class VaultIntegrityError(IntegrityError, VaultError):
     """Bytes, metadata or lock in the vault (or the local file being sent) do not match what was
-    recorded. An `IntegrityError`: never swallowed by a broad handler."""
+    recorded. An `IntegrityError` (its exit code): never swallowed by a broad handler."""
 
     template = "integrity: vault {bucket} at {endpoint}: {key}: {detail}"
-    exit_code = 3
 
 
 @dataclass(frozen=True)

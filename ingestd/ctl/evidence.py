@@ -33,8 +33,9 @@ from ingestd.display import console, problem_line, styled, table
 from ingestd.errors import IngestdError, UsageError
 from ingestd.evidence.copies import CopyError
 from ingestd.evidence.destination import deliver_into
-from ingestd.evidence.errors import EXIT_EXPORT_FAILED, EXIT_EXPORT_INTEGRITY, ExportError
+from ingestd.evidence.errors import EXIT_EXPORT_FAILED, ExportError
 from ingestd.evidence.verify_bag import verify_bag
+from store.errors import IntegrityError
 
 EXIT_PROBLEMS = 3
 EXIT_SIGNER_UNVERIFIED = 17  # verify-export: consistent, but not checked against a trusted station key
@@ -256,11 +257,10 @@ class ViewOutputError(IngestdError):
     exit_code = EXIT_EXPORT_FAILED
 
 
-class ViewIntegrityError(IngestdError):
-    """What ingestd handed over is not the recording the catalog describes: investigate."""
+class ViewIntegrityError(IntegrityError, IngestdError):
+    """What ingestd handed over is not the recording the catalog describes: investigate (exit 3)."""
 
     template = "view of recording {recording}: the file ingestd handed over {detail}"
-    exit_code = EXIT_EXPORT_INTEGRITY
 
 
 def _view_target(output: Path | None) -> int:

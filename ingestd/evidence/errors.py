@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from ingestd.errors import IngestdError, UsageError
+from store.errors import IntegrityError
 
 EXIT_APPROVAL_REFUSED = 14
 EXIT_EXPORT_FAILED = 15
-EXIT_EXPORT_INTEGRITY = 16
 
 
 class EvidenceUsageError(UsageError):
@@ -34,11 +34,11 @@ class ExportError(IngestdError):
     exit_code = EXIT_EXPORT_FAILED
 
 
-class ExportIntegrityError(IngestdError):
-    """The store's bytes do not match the catalog: nothing is exported, and this must be investigated."""
+class ExportIntegrityError(IntegrityError, IngestdError):
+    """The store's bytes do not match the catalog: nothing is exported, and this must be investigated.
+    An integrity error: exit code 3, never swallowed."""
 
     template = (
         "export refused: stored object {blake3} of recording {recording} "
         "is not what the catalog says: {detail}"
     )
-    exit_code = EXIT_EXPORT_INTEGRITY

@@ -221,7 +221,7 @@ def test_store_bytes_that_differ_from_the_catalog_copy_nothing(world: World, tmp
     dest = tmp_path / "copy"
     with pytest.raises(CopyIntegrityError) as failed:
         call(world, copy, CLERK, approval_id=approval["id"], dest=str(dest))
-    assert failed.value.exit_code == 16
+    assert failed.value.exit_code == 3
     assert str(failed.value).startswith("copy refused: stored object")
     assert not dest.exists()
     assert not (tmp_path / "copy.partial").exists()
@@ -430,7 +430,7 @@ def test_the_client_checks_the_file_it_was_handed(tmp_path: Path) -> None:
     try:
         with pytest.raises(ViewIntegrityError, match="not a regular file") as not_a_file:
             stream_verified(read_end, write_end, facts, "out")
-        assert not_a_file.value.exit_code == 16
+        assert not_a_file.value.exit_code == 3
     finally:
         os.close(read_end)
         os.close(write_end)

@@ -327,7 +327,7 @@ def test_store_bytes_that_differ_from_the_catalog_export_nothing(world: World, t
     dest = tmp_path / "out"
     with pytest.raises(ExportIntegrityError) as failed:
         call(world, export, CLERK, approval_id=approval["id"], dest=str(dest))
-    assert failed.value.exit_code == 16
+    assert failed.value.exit_code == 3
     assert not dest.exists()
     assert not (tmp_path / "out.partial").exists()
     assert events(world, "export")[-1].outcome == "failed"

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 import re
 from collections import defaultdict
 from pathlib import Path
 
-import drivers
-import ingestd
-import store
+from tests.support.errors import error_classes
 
 SYSEXITS = range(64, 79)  # shared meanings by design (EX_IOERR, EX_CONFIG, ...)
 USAGE_AND_CTL = range(20)  # 2 usage, 3 integrity, 4 incomplete, 13-16 ingestctl outcomes
@@ -18,16 +14,10 @@ USAGE_AND_CTL = range(20)  # 2 usage, 3 integrity, 4 incomplete, 13-16 ingestctl
 
 def _error_classes() -> dict[int, set[str]]:
     by_code: dict[int, set[str]] = defaultdict(set)
-    for package in (store, drivers, ingestd):
-        for module_info in pkgutil.walk_packages(package.__path__, f"{package.__name__}."):
-            if ".simulator" in module_info.name or module_info.name.endswith("__main__"):
-                continue
-            module = importlib.import_module(module_info.name)
-            for value in vars(module).values():
-                if isinstance(value, type) and issubclass(value, Exception) and "exit_code" in vars(value):
-                    code = vars(value)["exit_code"]
-                    if isinstance(code, int):
-                        by_code[code].add(f"{value.__module__}.{value.__qualname__}")
+    for value in error_classes():
+        code = vars(value).get("exit_code")
+        if isinstance(code, int):
+            by_code[code].add(f"{value.__module__}.{value.__qualname__}")
     return by_code
 
 
