@@ -22,6 +22,7 @@ class DriverError(Exception):
     """Root of every driver error. The message always names the device and the command."""
 
     exit_code: ClassVar[int] = 20
+    wire_code: ClassVar[str] = "driver"
     template: ClassVar[str] = "{device}: {command}: {detail}"
 
     def __init__(self, device: str, command: str, detail: str) -> None:
@@ -35,36 +36,42 @@ class DriverTimeout(DriverError):
     """The device did not answer within the command's deadline, after all retries."""
 
     exit_code = 21
+    wire_code = "driver-timeout"
 
 
 class AuthenticationFailed(DriverError):
     """The device refused the password (GA/T 947.4 Init_Device)."""
 
     exit_code = 22
+    wire_code = "authentication-failed"
 
 
 class ProtocolError(DriverError):
     """The device answered with something the protocol does not allow."""
 
     exit_code = 23
+    wire_code = "camera-protocol"
 
 
 class Unsupported(DriverError):
     """The transport or the device model cannot do this command."""
 
     exit_code = 24
+    wire_code = "unsupported"
 
 
 class DeviceGone(DriverError):
     """The device vanished (unplugged, tty closed, block device removed)."""
 
     exit_code = 25
+    wire_code = "device-gone"
 
 
 class MountError(DriverError):
     """A camera volume could not be mounted or unmounted."""
 
     exit_code = 26
+    wire_code = "mount"
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ class FilesystemRefused(MountError):  # noqa: N818 - reads as the situation, lik
     """The volume's filesystem type is not one this camera may be mounted as, or cannot be told."""
 
     exit_code = 28
+    wire_code = "filesystem-refused"
 
 
 log = structlog.get_logger()

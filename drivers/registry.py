@@ -37,6 +37,7 @@ class DriverLoadError(DriverError):
     """A rule names a driver that is not installed, or whose module fails to load."""
 
     exit_code = 27
+    wire_code = "driver-load"
 
     def __init__(self, driver: str, detail: str) -> None:
         super().__init__(f"driver {driver}", "load", detail)

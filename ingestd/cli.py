@@ -108,6 +108,7 @@ class CrashPointError(ConfigError):
     """`INGESTD_CRASH_AT` names no crash point (see `store.crashpoints`)."""
 
     template = "INGESTD_CRASH_AT={spec}: {detail}"
+    wire_code = "crash-point"
 
 
 def load(config_path: Path | None, *, daemon: bool = False) -> Config:
@@ -252,6 +253,7 @@ class VaultCheckError(IngestdError):
 
     template = "vault check failed: {detail}"
     exit_code = 78  # EX_CONFIG: the configured vault is wrong, as systemd's ExecStartPre would see it
+    wire_code = "vault-check"
 
 
 @cli.group()

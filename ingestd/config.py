@@ -41,12 +41,14 @@ class ConfigError(IngestdError):
 
     template = "config {path}: {detail}"
     exit_code = 78  # EX_CONFIG from sysexits.h
+    wire_code = "config"
 
 
 class VaultSecretError(ConfigError):
     """The vault's secret access key file is missing, unreadable, empty or not private to root."""
 
     template = "vault.secret_access_key_file {path}: {detail}"
+    wire_code = "vault-secret"
 
 
 class Section(BaseModel):

@@ -47,6 +47,7 @@ LOCK_FILE = "ingestd.lock"
 class AlreadyRunningError(IngestdError):
     template = "ingestd is already running on {state_dir} (pid {pid}); refusing to start a second one"
     exit_code = 43
+    wire_code = "already-running"
 
 
 def lock_state(state_dir: Path) -> int:

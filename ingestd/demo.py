@@ -45,6 +45,7 @@ MIB = 1024 * 1024
 
 class DemoError(IngestdError):
     template = "demo: {detail}"
+    wire_code = "demo"
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ class IngestdError(Exception):
 
     template: ClassVar[str] = "{detail}"
     exit_code: ClassVar[int] = 1
+    wire_code: ClassVar[str] = "ingestd"
 
     def __init__(self, **facts: Any) -> None:
         self.facts = facts
@@ -26,3 +27,4 @@ class UsageError(IngestdError):
     """The operator asked for something that cannot be done as asked (bad id, missing approval)."""
 
     exit_code = 2
+    wire_code = "usage"

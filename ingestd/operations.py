@@ -47,25 +47,32 @@ PROTECTION_LOWERERS = frozenset({Role.ADMIN, Role.APPROVER})
 class OperationError(UsageError):
     """Root of the refusals of an operator action."""
 
+    wire_code = "operation"
+
 
 class UnknownCameraError(OperationError):
     template = "no camera with device serial {serial!r} in the catalog"
+    wire_code = "unknown-camera"
 
 
 class UnknownOfficerError(OperationError):
     template = "no officer with number {officer_no!r} in the catalog"
+    wire_code = "unknown-officer"
 
 
 class UnknownFlagError(OperationError):
     template = "no flag with id {flag_id}"
+    wire_code = "unknown-flag"
 
 
 class UnknownRecordingError(OperationError):
     template = "no recording with id {ids}"
+    wire_code = "unknown-recording"
 
 
 class RefusedError(OperationError):
     template = "{detail}"
+    wire_code = "refused"
 
 
 class LoweringNotAllowedError(OperationError):
@@ -73,6 +80,7 @@ class LoweringNotAllowedError(OperationError):
 
     template = "permission denied: {detail}"
     exit_code = 13  # like a command the caller's roles do not allow
+    wire_code = "lowering-not-allowed"
 
 
 # --- custody ----------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from ingestd.errors import IngestdError
 class SchemaError(IngestdError):
     template = "catalog schema: {detail}"
     exit_code = 32
+    wire_code = "schema"
 
 
 def migrations_dir() -> Path:

@@ -114,6 +114,7 @@ class _ObjectGoneError(StoreError):
     """The object a put deduplicated into was removed (by the purge) before the catalog commit."""
 
     template = "object {blake3} was removed between the copy and the catalog commit"
+    wire_code = "object-gone"
 
 
 class _Interrupted(Exception):  # noqa: N818 - control flow for a daemon stop, not an error

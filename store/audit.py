@@ -91,6 +91,7 @@ class AuditError(StoreError):
 
     template = "audit: {detail}"
     exit_code = 33
+    wire_code = "audit"
 
 
 class Role(enum.StrEnum):

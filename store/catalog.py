@@ -23,6 +23,7 @@ class CatalogError(StoreError):
 
     template = "catalog {url}: {detail}"
     exit_code = 31
+    wire_code = "catalog"
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

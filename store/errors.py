@@ -16,6 +16,7 @@ class StoreError(Exception):
 
     template: ClassVar[str] = "{detail}"
     exit_code: ClassVar[int] = 30
+    wire_code: ClassVar[str] = "store"
 
     def __init__(self, **facts: Any) -> None:
         self.facts = facts
@@ -30,6 +31,7 @@ class IntegrityError(StoreError):
 
     template = "integrity: {detail}"
     exit_code = 3
+    wire_code = "integrity"
 
 
 class DiskFullError(StoreError):
@@ -40,6 +42,7 @@ class DiskFullError(StoreError):
         "the partial copy was removed and every stored object is untouched"
     )
     exit_code = 37
+    wire_code = "disk-full"
 
 
 class ObjectMissing(StoreError):  # noqa: N818 - the name callers were given for this fact
@@ -47,6 +50,7 @@ class ObjectMissing(StoreError):  # noqa: N818 - the name callers were given for
 
     template = "object {blake3} is not in the store (expected at {path})"
     exit_code = 38
+    wire_code = "object-missing"
 
 
 class ResumeMismatch(StoreError):  # noqa: N818 - the name callers were given for this fact
@@ -57,6 +61,7 @@ class ResumeMismatch(StoreError):  # noqa: N818 - the name callers were given fo
         "the partial copy was discarded"
     )
     exit_code = 39
+    wire_code = "resume-mismatch"
 
 
 class SourceSizeError(StoreError):
@@ -64,6 +69,7 @@ class SourceSizeError(StoreError):
 
     template = "source {key!r} produced {actual} bytes but {expected} were expected; nothing was stored"
     exit_code = 34
+    wire_code = "source-size"
 
 
 class ResumeBusyError(StoreError):
@@ -71,6 +77,7 @@ class ResumeBusyError(StoreError):
 
     template = "resume key {key!r} is being written by another put"
     exit_code = 35
+    wire_code = "resume-busy"
 
 
 class InvalidDigestError(StoreError, ValueError):
@@ -78,6 +85,7 @@ class InvalidDigestError(StoreError, ValueError):
 
     template = "not a BLAKE3 hex digest: {value!r}"
     exit_code = 36
+    wire_code = "invalid-digest"
 
 
 class ReadBackMismatchError(IntegrityError):
@@ -87,6 +95,7 @@ class ReadBackMismatchError(IntegrityError):
         "integrity: object {blake3} (sha256 {sha256}, {size} bytes) read back from disk as blake3 "
         "{read_blake3}, sha256 {read_sha256}, {read_size} bytes; the copy was quarantined at {quarantine}"
     )
+    wire_code = "read-back-mismatch"
 
 
 class ExistingObjectCorruptError(IntegrityError):
@@ -96,3 +105,4 @@ class ExistingObjectCorruptError(IntegrityError):
         "integrity: stored object {path} does not match new content with the same BLAKE3 ({detail}); "
         "it was left untouched for investigation"
     )
+    wire_code = "existing-object-corrupt"

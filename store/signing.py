@@ -37,6 +37,7 @@ class SigningKeyError(StoreError):
 
     template = "audit signing key {path}: {detail}"
     exit_code = 40
+    wire_code = "signing-key"
 
 
 def canonical_json(value: Any) -> bytes:

@@ -57,6 +57,7 @@ class VaultError(StoreError):
 
     template = "vault {bucket} at {endpoint}: {detail}"
     exit_code = 50
+    wire_code = "vault"
 
 
 class VaultUnreachableError(VaultError):
@@ -64,6 +65,7 @@ class VaultUnreachableError(VaultError):
 
     template = "vault endpoint {endpoint} is unreachable (bucket {bucket}): {detail}"
     exit_code = 51
+    wire_code = "vault-unreachable"
 
 
 class VaultCredentialsError(VaultError):
@@ -71,6 +73,7 @@ class VaultCredentialsError(VaultError):
 
     template = "vault {endpoint} refused the station's access to bucket {bucket}: {detail}"
     exit_code = 52
+    wire_code = "vault-credentials"
 
 
 class VaultBucketError(VaultError):
@@ -78,6 +81,7 @@ class VaultBucketError(VaultError):
 
     template = "vault bucket {bucket} at {endpoint} is not usable for evidence: {detail}"
     exit_code = 53
+    wire_code = "vault-bucket"
 
 
 class VaultRetentionError(VaultError):
@@ -88,6 +92,7 @@ class VaultRetentionError(VaultError):
         "refusing to shorten it to {requested}"
     )
     exit_code = 54
+    wire_code = "vault-retention"
 
 
 class VaultObjectMissingError(VaultError):
@@ -95,6 +100,7 @@ class VaultObjectMissingError(VaultError):
 
     template = "vault {bucket} at {endpoint}: {key} is not in the bucket"
     exit_code = 55
+    wire_code = "vault-object-missing"
 
 
 class VaultIntegrityError(IntegrityError, VaultError):
@@ -102,6 +108,7 @@ class VaultIntegrityError(IntegrityError, VaultError):
     recorded. An `IntegrityError` (its exit code): never swallowed by a broad handler."""
 
     template = "integrity: vault {bucket} at {endpoint}: {key}: {detail}"
+    wire_code = "vault-integrity"
 
 
 @dataclass(frozen=True)

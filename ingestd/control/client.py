@@ -29,22 +29,25 @@ _ids = itertools.count(1)
 class DaemonUnavailable(IngestdError):  # noqa: N818 - reads as the situation it names
     template = "ingestd is not running ({detail})"
     exit_code = EX_UNAVAILABLE
+    wire_code = "daemon-unavailable"
 
 
 class ControlTimeoutError(IngestdError):
     template = "ingestd did not answer {command} within {timeout:g}s (socket {path})"
     exit_code = 75  # EX_TEMPFAIL
+    wire_code = "control-timeout"
 
 
 class RemoteError(IngestdError):
     """An error the daemon answered with; its exit code is the daemon's."""
 
     template = "{message}"
+    wire_code = "remote"
 
     def __init__(self, *, code: str, message: str, exit_code: int) -> None:
         super().__init__(message=message)
-        self.code = code
-        # Per instance: the daemon chose it. (The class attribute is the root's default.)
+        # Per instance: the daemon chose them. (The class attributes are defaults.)
+        self.__dict__["wire_code"] = code
         self.__dict__["exit_code"] = exit_code
 
 

@@ -189,7 +189,7 @@ def dispatch(
             _audit_or_log(services, caller, spec=spec, message=message, now=now, error=f"internal: {error!r}")
         return protocol.failure(
             message.id,
-            "internal",
+            protocol.INTERNAL,
             f"{spec.name} failed inside ingestd: {error!r} (see the daemon log)",
             protocol.EX_SOFTWARE,
         )
@@ -208,7 +208,7 @@ def dispatch(
             log.error("control_audit_failed", command=spec.name, error=str(error))  # noqa: TRY400
             return protocol.failure(
                 message.id,
-                "audit-failed",
+                protocol.AUDIT_FAILED,
                 f"{spec.name} was done but its audit event could not be written: {error}",
                 protocol.EX_SOFTWARE,
             )

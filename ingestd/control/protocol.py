@@ -17,6 +17,9 @@ Guarantees: a request longer than MAX_REQUEST_BYTES, nested deeper than MAX_NEST
 unpaired surrogate escape included), not JSON, or not of that shape is answered with a `bad-request`
 error naming what is wrong; it never reaches a handler. Nesting is measured before any JSON is decoded,
 so no input can exhaust the decoder's stack.
+
+Error codes are constants: each error class declares its `wire_code`, and the answers the protocol
+itself gives have theirs below, so renaming a class never changes what a script sees.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from drivers.base import DriverError
 from ingestd.errors import IngestdError
+from store.errors import StoreError
 
 MAX_REQUEST_BYTES = 1024 * 1024
 MAX_RESPONSE_BYTES = 256 * 1024 * 1024  # an audit export can be large; the client still bounds it
@@ -40,12 +45,22 @@ EX_USAGE = 2
 EX_PROTOCOL = 76  # sysexits.h: remote error in protocol
 EX_SOFTWARE = 70  # sysexits.h: internal software error
 
+# Wire codes of answers no error class stands behind (each error class declares its own `wire_code`).
+BAD_REQUEST = "bad-request"  # not a request of this protocol
+INTERNAL = "internal"  # a handler crashed (a bug)
+AUDIT_FAILED = "audit-failed"  # done, but its audit event could not be written
+CONNECTION_EXPIRED = "connection-expired"
+TOO_MANY_CONNECTIONS = "too-many-connections"  # for this uid
+BUSY = "busy"  # for all uids together
+PROTOCOL_CODES = (BAD_REQUEST, INTERNAL, AUDIT_FAILED, CONNECTION_EXPIRED, TOO_MANY_CONNECTIONS, BUSY)
+
 
 class ProtocolError(IngestdError):
     """A message on the control socket does not follow the protocol."""
 
     template = "control protocol: {detail}"
     exit_code = EX_PROTOCOL
+    wire_code = "protocol"
 
 
 @dataclass(frozen=True)
@@ -183,9 +198,9 @@ def ok(request_id: str | int | None, result: Any) -> dict[str, Any]:
     return {"id": request_id, "ok": True, "result": result}
 
 
-def error_code(error: BaseException) -> str:
-    """A stable code from the class name: PermissionDenied -> permission-denied."""
-    return re.sub(r"(?<!^)(?=[A-Z])", "-", type(error).__name__).lower().removesuffix("-error")
+def error_code(error: IngestdError | StoreError | DriverError) -> str:
+    """The code an error is answered with: the constant its class declares, never its class name."""
+    return error.wire_code
 
 
 def failure(request_id: str | int | None, code: str, message: str, exit_code: int) -> dict[str, Any]:

@@ -44,6 +44,7 @@ REDACTED = "[confidential]"
 
 class BadArgumentError(UsageError):
     template = "{command}: {detail}"
+    wire_code = "bad-argument"
 
 
 def iso(value: datetime | None) -> str | None:

@@ -29,11 +29,13 @@ class PermissionDenied(IngestdError):  # noqa: N818 - the issue's word; exit 13 
 
     template = "permission denied: {detail}"
     exit_code = 13
+    wire_code = "permission-denied"
 
 
 class UnknownCommand(IngestdError):  # noqa: N818 - reads as the message it carries
     template = "unknown command {name!r}"
     exit_code = 2
+    wire_code = "unknown-command"
 
 
 @dataclass(frozen=True)

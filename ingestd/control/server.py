@@ -50,6 +50,7 @@ SOCKET_MODE = 0o660
 class ControlSocketError(IngestdError):
     template = "control socket {path}: {detail}"
     exit_code = 71  # EX_OSERR
+    wire_code = "control-socket"
 
 
 def load_handlers() -> list[str]:
@@ -179,12 +180,12 @@ class ControlServer:
         with self._open_lock:
             mine = self._open.get(uid, 0)
             if mine >= self.config.max_connections_per_uid:
-                return "too-many-connections", (
+                return protocol.TOO_MANY_CONNECTIONS, (
                     f"uid {uid} already has {mine} connections open to ingestd (at most "
                     f"{self.config.max_connections_per_uid}); close one and try again"
                 )
             if sum(self._open.values()) >= self.config.max_connections:
-                return "busy", "ingestd is busy; try again"
+                return protocol.BUSY, "ingestd is busy; try again"
             self._open[uid] = mine + 1
         return None
 
@@ -277,19 +278,21 @@ class ControlServer:
     def _expired(self) -> dict[str, object]:
         lifetime = self.config.connection_lifetime_seconds
         message = f"connection closed: open longer than {lifetime:g}s; reconnect"
-        return protocol.failure(None, "connection-expired", message, EX_TEMPFAIL)
+        return protocol.failure(None, protocol.CONNECTION_EXPIRED, message, EX_TEMPFAIL)
 
     def _bad_request(self, connection: socket.socket, detail: str) -> None:
         self._send(
             connection,
-            protocol.failure(None, "bad-request", f"control protocol: {detail}", protocol.EX_PROTOCOL),
+            protocol.failure(None, protocol.BAD_REQUEST, f"control protocol: {detail}", protocol.EX_PROTOCOL),
         )
 
     def _answer(self, caller: auth.Caller, line: bytes, fds: tuple[int, ...]) -> dict[str, object]:
         try:
             message = protocol.parse_request(line)
         except protocol.ProtocolError as error:
-            return protocol.failure(protocol.request_id_of(line), "bad-request", str(error), error.exit_code)
+            return protocol.failure(
+                protocol.request_id_of(line), protocol.BAD_REQUEST, str(error), error.exit_code
+            )
         return dispatch(
             self.services,
             caller,

@@ -255,12 +255,14 @@ copy = _delivery_command(
 class ViewOutputError(IngestdError):
     template = "view: nothing written to {target}: {detail}"
     exit_code = EXIT_EXPORT_FAILED
+    wire_code = "view-output"
 
 
 class ViewIntegrityError(IntegrityError, IngestdError):
     """What ingestd handed over is not the recording the catalog describes: investigate (exit 3)."""
 
     template = "view of recording {recording}: the file ingestd handed over {detail}"
+    wire_code = "view-integrity"
 
 
 def _view_target(output: Path | None) -> int:

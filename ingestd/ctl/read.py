@@ -79,6 +79,7 @@ DIRECT_READS: dict[str, frozenset[Role]] = {
 class OutputError(IngestdError):
     template = "cannot write {path}: {detail}"
     exit_code = 71
+    wire_code = "output"
 
 
 # --- talking to the daemon, or reading the catalog directly ------------------------------------------

@@ -36,6 +36,7 @@ class CopyError(ExportError):
     """The copy could not be written (DEST exists, parent not the caller's, disk full): exit 15."""
 
     template = "copy to {dest}: {detail}"
+    wire_code = "copy"
 
 
 class CopyIntegrityError(ExportIntegrityError):
@@ -44,6 +45,7 @@ class CopyIntegrityError(ExportIntegrityError):
     template = (
         "copy refused: stored object {blake3} of recording {recording} is not what the catalog says: {detail}"
     )
+    wire_code = "copy-integrity"
 
 
 COPY = Delivery(FootageAction.COPY, audit_action="footage.copy", error=CopyError)

@@ -13,6 +13,7 @@ class EvidenceUsageError(UsageError):
     """A wrong argument: unknown id, bad date, missing purpose (exit 2)."""
 
     template = "{detail}"
+    wire_code = "evidence-usage"
 
 
 class ApprovalRefused(IngestdError):  # noqa: N818 - named in the issue's words
@@ -21,6 +22,7 @@ class ApprovalRefused(IngestdError):  # noqa: N818 - named in the issue's words
 
     template = "approval {approval}: access refused ({code}): {detail}"
     exit_code = EXIT_APPROVAL_REFUSED
+    wire_code = "approval-refused"
 
     @property
     def code(self) -> str:
@@ -32,6 +34,7 @@ class ExportError(IngestdError):
 
     template = "export to {dest}: {detail}"
     exit_code = EXIT_EXPORT_FAILED
+    wire_code = "export"
 
 
 class ExportIntegrityError(IntegrityError, IngestdError):
@@ -42,3 +45,4 @@ class ExportIntegrityError(IntegrityError, IngestdError):
         "export refused: stored object {blake3} of recording {recording} "
         "is not what the catalog says: {detail}"
     )
+    wire_code = "export-integrity"

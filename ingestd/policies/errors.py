@@ -9,6 +9,7 @@ class PolicyError(IngestdError):
     """Root of the policy errors. A refusal is the operator's to fix, hence the usage exit code."""
 
     exit_code = 2
+    wire_code = "policy"
 
 
 class NaiveDatetimeError(PolicyError):
@@ -16,27 +17,32 @@ class NaiveDatetimeError(PolicyError):
 
     template = "{name} must be a timezone-aware datetime, got naive {value}"
     exit_code = 70  # EX_SOFTWARE
+    wire_code = "naive-datetime"
 
 
 class ExtensionRefusedError(PolicyError):
     """A deadline extension that the regulations do not allow (003 art. 11: at most 3 working days)."""
 
     template = "deadline extension refused: {detail}"
+    wire_code = "extension-refused"
 
 
 class CalendarError(PolicyError):
     """The working-day calendar cannot be built from the settings given."""
 
     template = "working-day calendar: {detail}"
+    wire_code = "calendar"
 
 
 class AttributionError(PolicyError):
     """A check-out cannot be attributed as asked."""
 
     template = "custody attribution refused: {detail}"
+    wire_code = "attribution"
 
 
 class RetentionError(PolicyError):
     """The facts handed to the retention policy contradict each other."""
 
     template = "retention: {detail}"
+    wire_code = "retention"

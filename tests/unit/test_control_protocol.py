@@ -91,7 +91,7 @@ def test_responses_round_trip_and_are_checked() -> None:
         protocol.parse_response(b'{"id": null, "ok": true, "result": 1}', "r6")
 
 
-def test_error_codes_come_from_class_names() -> None:
+def test_an_error_is_answered_with_the_code_its_class_declares() -> None:
     assert protocol.error_code(PermissionDenied(detail="x")) == "permission-denied"
     assert protocol.error_code(protocol.ProtocolError(detail="x")) == "protocol"
 
