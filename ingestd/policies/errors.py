@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 from ingestd.errors import IngestdError
+from ingestd.exit_codes import ExitCode
 
 
 class PolicyError(IngestdError):
     """Root of the policy errors. A refusal is the operator's to fix, hence the usage exit code."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class NaiveDatetimeError(PolicyError):
     """A naive datetime reached a policy. Always a bug in the caller: times are UTC-aware everywhere."""
 
     template = "{name} must be a timezone-aware datetime, got naive {value}"
-    exit_code = 70  # EX_SOFTWARE
+    exit_code = ExitCode.SOFTWARE
 
 
 class ExtensionRefusedError(PolicyError):
