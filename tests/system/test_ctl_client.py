@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 from sqlalchemy import select
@@ -17,18 +15,7 @@ from store.models import AuditEvent
 from store.signing import Signer
 from tests.support.osusers import OsUsers, run_ctl_as
 from tests.system.harness import Daemon, iter_rows
-
-CTL = "from ingestd.ctl import main; main()"
-
-
-def ctl(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", CTL, *args, "--config", str(daemon.config_path)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+from tests.system.test_control import ctl
 
 
 def test_a_user_outside_the_socket_group_gets_exit_13_naming_the_group(
