@@ -9,11 +9,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from ingestd.policies.errors import NaiveDatetimeError
-from store.models import FlagKind
+from store.kinds import FlagKind
+from store.times import utc
 
 # Catalog column width of `flags.dedup_key`.
 DEDUP_KEY_MAX = 255
@@ -32,18 +32,6 @@ def bounded_dedup_key(key: str) -> str:
     digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
     prefix = key[: DEDUP_KEY_MAX - len(_HASHED_MARK) - len(digest)]
     return f"{prefix}{_HASHED_MARK}{digest}"
-
-
-def utc(value: datetime, name: str = "datetime") -> datetime:
-    """`value` converted to UTC; a naive datetime is refused rather than guessed."""
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise NaiveDatetimeError(name=name, value=value.isoformat())
-    return value.astimezone(UTC)
-
-
-def iso(value: datetime) -> str:
-    """Canonical UTC ISO 8601 text, the form used inside keys and details."""
-    return utc(value).isoformat()
 
 
 @dataclass(frozen=True, slots=True)
