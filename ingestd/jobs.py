@@ -29,6 +29,7 @@ from ingestd.config import Config, NotifyConfig
 from ingestd.operations import FlagView, flag_view
 from ingestd.partials import expire_partial_copies
 from ingestd.policies.clock import evaluate_drift
+from ingestd.policies.custody import CustodyPeriod, checkout_covering, custody_periods
 from ingestd.policies.deadlines import recording_end
 from ingestd.policies.flags import FlagDecision, bounded_dedup_key
 from ingestd.policies.gaps import RecordingSpan, evaluate_gaps
@@ -37,7 +38,7 @@ from ingestd.purge import give_notices
 from ingestd.services import Services
 from store.audit import Actor
 from store.catalog import Catalog
-from store.models import Camera, ClockReading, CustodyEvent, CustodyKind, DockSession, Flag, Recording
+from store.models import Camera, ClockReading, CustodyEvent, DockSession, Flag, Recording
 from store.types import utcnow
 
 log = structlog.get_logger(__name__)
@@ -151,31 +152,13 @@ def evaluate_overdue_cameras(catalog: Catalog, config: Config, now: datetime) ->
         return raise_decisions(session, evaluate_overdue(facts, config.deadlines.window, now))
 
 
-def _custody_periods(session: Session, camera_id: int) -> list[tuple[datetime, datetime | None]]:
-    """Check-out to next check-in. A check-out while already out re-attributes: the period goes on."""
+def _custody_periods(session: Session, camera_id: int) -> list[CustodyPeriod]:
     events = session.execute(
         select(CustodyEvent.kind, CustodyEvent.at)
         .where(CustodyEvent.camera_id == camera_id)
         .order_by(CustodyEvent.at, CustodyEvent.id)
     ).all()
-    periods: list[tuple[datetime, datetime | None]] = []
-    out: datetime | None = None
-    for kind, at in events:
-        if kind is CustodyKind.CHECK_OUT and out is None:
-            out = at
-        elif kind is CustodyKind.CHECK_IN and out is not None:
-            periods.append((out, at))
-            out = None
-    if out is not None:
-        periods.append((out, None))
-    return periods
-
-
-def _period_of(periods: list[tuple[datetime, datetime | None]], start: datetime) -> datetime | None:
-    for out, back in periods:
-        if out <= start and (back is None or start < back):
-            return out
-    return None
+    return custody_periods((kind, at) for kind, at in events)
 
 
 def _gap_decisions(
@@ -185,12 +168,12 @@ def _gap_decisions(
         select(Recording).where(Recording.dock_session_id == dock_session_id, Recording.purged_at.is_(None))
     ).all()
     periods = _custody_periods(session, camera.id)
-    touched = {_period_of(periods, r.recorded_at) for r in session_recordings} - {None}
+    touched = {checkout_covering(periods, r.recorded_at) for r in session_recordings} - {None}
     # A cut-off recording needs an explanation whether or not a check-out period covers it.
     uncovered_cut = [
         _span(camera, r, None)
         for r in session_recordings
-        if r.interruption is not None and _period_of(periods, r.recorded_at) is None
+        if r.interruption is not None and checkout_covering(periods, r.recorded_at) is None
     ]
     if not touched:
         return evaluate_gaps(uncovered_cut, config.gaps.threshold, now)
@@ -203,7 +186,7 @@ def _gap_decisions(
     ).all()
     spans = list(uncovered_cut)
     for recording in candidates:
-        checkout_at = _period_of(periods, recording.recorded_at)
+        checkout_at = checkout_covering(periods, recording.recorded_at)
         if checkout_at in touched:
             spans.append(_span(camera, recording, checkout_at))
     return evaluate_gaps(spans, config.gaps.threshold, now)
