@@ -1,7 +1,8 @@
-"""What a policy asks a job to raise: a flag decision with a deterministic deduplication key.
+"""What a policy asks to raise: a flag decision with a deterministic deduplication key.
 
 The key is built only from the facts that make the flag (never from `now`), so evaluating the same
 facts twice yields the same keys and the catalog's unique `dedup_key` turns a re-run into a no-op.
+`ingestd.flagging` raises decisions; nothing else writes a flag.
 """
 
 from __future__ import annotations
@@ -34,9 +35,20 @@ def bounded_dedup_key(key: str) -> str:
     return f"{prefix}{_HASHED_MARK}{digest}"
 
 
+# A key starts with its kind, except the dock's own flags, which keep the prefixes their keys had before
+# they were decisions: a catalog from then still deduplicates them.
+_KEY_PREFIXES: dict[FlagKind, tuple[str, ...]] = {
+    FlagKind.FAILED_FILE: ("failed:", "rejected:"),
+    FlagKind.IDENTITY_MISMATCH: ("identity:", "officer:"),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class FlagDecision:
-    """One flag to raise. `details` holds JSON-safe values only (str, int, float, bool, None)."""
+    """One flag to raise. `details` holds JSON-safe values only (str, int, float, bool, None).
+
+    A key may be longer than the catalog column (it can hold a camera path): the flag service stores
+    its `bounded_dedup_key`."""
 
     kind: FlagKind
     dedup_key: str
@@ -47,7 +59,7 @@ class FlagDecision:
     details: dict[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
-        if not self.dedup_key.startswith(f"{self.kind.value}:") or len(self.dedup_key) > DEDUP_KEY_MAX:
+        if not self.dedup_key.startswith(_KEY_PREFIXES.get(self.kind, (f"{self.kind.value}:",))):
             raise ValueError(f"malformed dedup key {self.dedup_key!r} for a {self.kind.value} flag")
         utc(self.raised_at, "raised_at")
 
