@@ -23,27 +23,23 @@ from store.times import utc
 def rejected_file(
     *, camera_serial: str, camera_id: int, path: str, reason: str, now: datetime
 ) -> FlagDecision:
-    return FlagDecision(
-        kind=FlagKind.FAILED_FILE,
-        dedup_key=f"rejected:{camera_id}:{path}",
-        raised_at=utc(now, "now"),
-        camera_serial=camera_serial,
-        camera_id=camera_id,
-        details={"file": path, "reason": reason},
+    return _file_flag(
+        f"rejected:{camera_id}:{path}", camera_serial, camera_id, {"file": path, "reason": reason}, now
     )
 
 
 def failed_file(
     *, camera_serial: str, camera_id: int, dock_session_id: int, file: str, reason: str, now: datetime
 ) -> FlagDecision:
-    return FlagDecision(
-        kind=FlagKind.FAILED_FILE,
-        dedup_key=f"failed:{dock_session_id}:{file}",
-        raised_at=utc(now, "now"),
-        camera_serial=camera_serial,
-        camera_id=camera_id,
-        details={"file": file, "reason": reason},
+    return _file_flag(
+        f"failed:{dock_session_id}:{file}", camera_serial, camera_id, {"file": file, "reason": reason}, now
     )
+
+
+def _file_flag(
+    key: str, camera_serial: str, camera_id: int, details: dict[str, Any], now: datetime
+) -> FlagDecision:
+    return FlagDecision(FlagKind.FAILED_FILE, key, utc(now, "now"), camera_serial, camera_id, details=details)
 
 
 def serial_mismatch(
