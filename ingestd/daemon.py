@@ -76,6 +76,7 @@ def ingest_settings(config: Config) -> IngestSettings:
         clock_samples=config.ingest.clock_samples,
         delete_after_ingest=config.ingest.delete_after_ingest,
         deadline_window=config.deadlines.window,
+        notify=config.notify,
     )
 
 

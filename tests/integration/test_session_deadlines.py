@@ -58,7 +58,7 @@ def test_a_long_recording_that_ended_within_the_window_is_on_time(services: Serv
         assert rows["LONG.MP4"].deadline_at == now + timedelta(minutes=5)
         late = session.scalars(select(Flag).where(Flag.kind == FlagKind.LATE)).one()
         assert late.recording_id == rows["SHORT.MP4"].id
-        assert late.details["late_by_s"] == 60
+        assert late.details["lateness_s"] == 60
 
 
 def test_a_cut_off_recording_is_stored_and_flagged_as_needing_an_explanation(
