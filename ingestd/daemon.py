@@ -198,6 +198,7 @@ class Daemon:
         try:
             while not self.state.stop.is_set():
                 self._drain_events()
+                self.manager.reap()
                 now = time.monotonic()
                 if now - last_progress >= PROGRESS_INTERVAL_S:
                     last_progress = now
