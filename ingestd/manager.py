@@ -30,7 +30,7 @@ from ingestd.docking.events import Docked, DockEvent, Undocked
 from ingestd.policies.custody import attribute_checkout
 from ingestd.progress import DockProgress, SlowCopyWatch
 from ingestd.services import Services
-from ingestd.session import DELETE_ORIGINALS, IngestSession, IngestSettings, SessionSummary
+from ingestd.session import DELETE_ORIGINALS, IngestSettings, SessionSummary, run_session
 from store.audit import Actor
 from store.models import AuditEvent, Camera, CustodyKind, Dock, DockSession, SessionState
 
@@ -125,22 +125,19 @@ class DockManager:
                 bound.error("camera_open_failed", error=str(error))
                 self._record_open_failure(event.port, str(error))
                 return
-            session = IngestSession(
-                catalog=self.services.catalog,
-                store=self.services.store,
-                audit=self.services.audit,
-                camera=camera,
-                device=event.device,
-                driver_name=driver.name,
-                options=options,
-                settings=self.settings,
-                progress=slot.progress,
-                unplugged=slot.unplugged,
-                stopping=self.stopping,
-                clock=self.clock,
-            )
             try:
-                summary = session.run()
+                summary = run_session(
+                    self.services,
+                    camera,
+                    device=event.device,
+                    driver_name=driver.name,
+                    options=options,
+                    settings=self.settings,
+                    clock=self.clock,
+                    progress=slot.progress,
+                    unplugged=slot.unplugged,
+                    stopping=self.stopping,
+                )
             except Exception:  # noqa: BLE001 - a bug in one session must not take the daemon down
                 bound.exception("session_crashed")
                 return
