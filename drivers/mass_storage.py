@@ -141,6 +141,8 @@ class MassStorageCamera(Camera):
         self.options = options
         self.name = f"msc:{device.block}" if device.block is not None else f"msc:{device.directory}"
         self._mounted: Path | None = None
+        self._held = contextlib.ExitStack()  # unmounts what `_hold_mount` mounted
+        self._in_use = False  # a `mounted_volume` block is open
 
     def _unsupported(self, command: str) -> Unsupported:
         return Unsupported(self.name, command, "a mass-storage camera has no control channel")
@@ -195,34 +197,38 @@ class MassStorageCamera(Camera):
             total_bytes=usage.f_blocks * usage.f_frsize, free_bytes=usage.f_bavail * usage.f_frsize
         )
 
-    @contextlib.contextmanager
-    def _volume(self) -> Iterator[Path]:
-        """The mounted volume: the current mount if there is one, else a mount for this call only."""
+    def _hold_mount(self) -> Path:
+        """The volume, mounted on first use and held until the session's `mounted_volume` block ends
+        or the camera is closed: one read-only mount serves identify, storage, scan and copy."""
         if self._mounted is not None:
-            yield self._mounted
-            return
-        with self.mounted_volume() as volume:
-            yield volume
-
-    @contextlib.contextmanager
-    def _mount(self) -> Iterator[Path]:
-        if self._mounted is not None:
-            raise Unsupported(self.name, "mount", "the volume is already mounted by this camera")
-        volume_cm: contextlib.AbstractContextManager[Path]
+            return self._mounted
+        held = contextlib.ExitStack()
         if self.device.directory is not None:
-            volume_cm = contextlib.nullcontext(self.device.directory)
+            volume = self.device.directory
         elif self.device.block is not None:
-            volume_cm = mount_readonly(
-                self.device.block, device_name=self.name, fstypes=self.options.filesystems
+            volume = held.enter_context(
+                mount_readonly(self.device.block, device_name=self.name, fstypes=self.options.filesystems)
             )
         else:
             raise Unsupported(self.name, "mount", "no block device and no mounted directory")
-        with volume_cm as volume:
-            self._mounted = volume
-            try:
+        self._held, self._mounted = held, volume
+        return volume
+
+    @contextlib.contextmanager
+    def _volume(self) -> Iterator[Path]:
+        yield self._hold_mount()
+
+    @contextlib.contextmanager
+    def _mount(self) -> Iterator[Path]:
+        if self._in_use:
+            raise Unsupported(self.name, "mount", "the volume is already mounted by this camera")
+        volume = self._hold_mount()
+        held, self._in_use = self._held, True
+        try:
+            with held:  # the unmount sees how the block ended, so it never masks its exception
                 yield volume
-            finally:
-                self._mounted = None
+        finally:
+            self._held, self._mounted, self._in_use = contextlib.ExitStack(), None, False
 
     def mounted_volume(self) -> contextlib.AbstractContextManager[Path]:
         return self._mount()
@@ -237,7 +243,9 @@ class MassStorageCamera(Camera):
         return delete_recordings(volume, files, device_name=self.name, remount=self.device.directory is None)
 
     def close(self) -> None:
-        """Nothing held open between calls: every mount is scoped to a `with` block."""
+        """Unmount the volume if identify or storage mounted it and no session block took it over."""
+        held, self._held, self._mounted = self._held, contextlib.ExitStack(), None
+        held.close()
 
 
 class MassStorageDriver(Driver):
