@@ -19,7 +19,7 @@ import pytest
 from ingestd.docking.events import Docked, DockEvent, Undocked
 from ingestd.docking.folders import FolderSource, port_for
 from ingestd.docking.source import DeviceSource
-from tests.support.loopdev import require_root_tools
+from tests.support.loopdev import attach_held, require_root_tools
 
 SETTLE_S = 0.5
 WAIT_S = 30.0
@@ -83,26 +83,13 @@ class UdevBay:
         image = self.base / f"{label}.img"
         with image.open("wb") as out:
             out.truncate(1024 * 1024)
-        device = subprocess.run(
-            ["losetup", "--find", "--show", str(image)], check=True, capture_output=True, text=True
-        ).stdout.strip()
+        device = attach_held(image, self.held)
         self.attached[label] = device
-        self.held.callback(self._detach, device, image)
         return Arrival(f"/devices/virtual/block/{Path(device).name}", label)
 
     def leave(self, arrival: Arrival) -> None:
         device = self.attached.pop(arrival.label)
         subprocess.run(["losetup", "--detach", device], check=True, capture_output=True)
-
-    def _detach(self, device: str, image: Path) -> None:
-        listed = subprocess.run(
-            ["losetup", "--list", "--noheadings", "--output", "BACK-FILE", device],
-            check=False,
-            capture_output=True,
-            text=True,
-        )
-        if Path(listed.stdout.strip() or "/nonexistent") == image:  # still ours: a freed number is not
-            subprocess.run(["losetup", "--detach", device], check=False, capture_output=True)
 
     def label_of(self, event: Docked) -> str:
         return Path(event.device.properties["LOOP_BACKING_FILE"]).stem

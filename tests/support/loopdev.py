@@ -69,6 +69,16 @@ def detach_if_backed_by(device: str, image: Path) -> None:
         subprocess.run(["losetup", "--detach", device], check=False, capture_output=True)
 
 
+def attach_held(image: Path, held: contextlib.ExitStack) -> str:
+    """Attach `image` to a free loop device that the test may detach itself (an unplug); `held` detaches
+    it at its end only while it still serves `image`."""
+    device = subprocess.run(
+        ["losetup", "--find", "--show", str(image)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    held.callback(detach_if_backed_by, device, image)
+    return device
+
+
 @contextlib.contextmanager
 def mounted(source: str | Path, mount_point: Path, options: str = "rw") -> Iterator[Path]:
     """Mount `source` on `mount_point`; unmount that mount point afterwards (lazily if busy)."""
