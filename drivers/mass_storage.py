@@ -38,9 +38,11 @@ from drivers.base import (
     ClockSample,
     ClockSyncState,
     Deletion,
+    DeviceGone,
     DeviceInfo,
     Driver,
     DriverOptions,
+    MountError,
     OriginalFile,
     ProtocolError,
     Resolution,
@@ -148,7 +150,7 @@ class MassStorageCamera(Camera):
         return Unsupported(self.name, command, "a mass-storage camera has no control channel")
 
     def identify(self) -> CameraIdentity:
-        with self._volume() as volume:
+        with self._volume("identify") as volume:
             data = _read_identity_file(volume, self.name)
         usb_serial = self.device.properties.get("ID_SERIAL_SHORT", "").strip()
         if data is not None:
@@ -191,38 +193,45 @@ class MassStorageCamera(Camera):
         """Already a mass-storage device: nothing to switch."""
 
     def storage(self) -> StorageInfo:
-        with self._volume() as volume:
+        with self._volume("storage") as volume:
             usage = os.statvfs(volume)
         return StorageInfo(
             total_bytes=usage.f_blocks * usage.f_frsize, free_bytes=usage.f_bavail * usage.f_frsize
         )
 
-    def _hold_mount(self) -> Path:
+    def _hold_mount(self, command: str) -> Path:
         """The volume, mounted on first use and held until the session's `mounted_volume` block ends
-        or the camera is closed: one read-only mount serves identify, storage, scan and copy."""
+        or the camera is closed: one read-only mount serves identify, storage, scan and copy. An
+        unplugged camera is `DeviceGone`, not a volume that failed to mount."""
         if self._mounted is not None:
             return self._mounted
         held = contextlib.ExitStack()
         if self.device.directory is not None:
             volume = self.device.directory
         elif self.device.block is not None:
-            volume = held.enter_context(
-                mount_readonly(self.device.block, device_name=self.name, fstypes=self.options.filesystems)
-            )
+            block = self.device.block
+            try:
+                volume = held.enter_context(
+                    mount_readonly(block, device_name=self.name, fstypes=self.options.filesystems)
+                )
+            except MountError:
+                if self.present():
+                    raise
+                raise DeviceGone(self.name, command, f"{block} is gone (unplugged)") from None
         else:
             raise Unsupported(self.name, "mount", "no block device and no mounted directory")
         self._held, self._mounted = held, volume
         return volume
 
     @contextlib.contextmanager
-    def _volume(self) -> Iterator[Path]:
-        yield self._hold_mount()
+    def _volume(self, command: str) -> Iterator[Path]:
+        yield self._hold_mount(command)
 
     @contextlib.contextmanager
     def _mount(self) -> Iterator[Path]:
         if self._in_use:
             raise Unsupported(self.name, "mount", "the volume is already mounted by this camera")
-        volume = self._hold_mount()
+        volume = self._hold_mount("mount")
         held, self._in_use = self._held, True
         try:
             with held:  # the unmount sees how the block ended, so it never masks its exception
