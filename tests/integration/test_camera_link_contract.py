@@ -34,7 +34,7 @@ from drivers.scan import scan_volume
 from drivers.serial_camera import SerialDriver
 from drivers.simulator import PtyServer, SimulatedCamera
 from drivers.simulator.volume import build_volume, make_image
-from tests.support.loopdev import attach_held, mounted, require_root_tools
+from tests.support.loopdev import attach_held, mount_options, mounted, require_root_tools
 
 pytestmark = pytest.mark.root
 
@@ -100,14 +100,6 @@ def link(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Link]:
                 subprocess.run(["losetup", "--detach", block], check=True, capture_output=True)
 
             yield Link(camera, card, image, control_channel=False, unplug=unplug)
-
-
-def mount_options(mount_point: Path) -> set[str]:
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        fields = line.split()
-        if fields[4] == str(mount_point):
-            return set(fields[5].split(","))
-    raise AssertionError(f"{mount_point} is not mounted")
 
 
 def test_identify_reports_the_cameras_identity(link: Link) -> None:

@@ -14,7 +14,6 @@ from sqlalchemy import select
 from structlog.testing import capture_logs
 
 from drivers.simulator.volume import build_volume
-from ingestd.config import Config
 from ingestd.docking.events import Docked, Undocked
 from ingestd.docking.folders import device_for
 from ingestd.manager import DockManager
@@ -22,7 +21,7 @@ from ingestd.services import Services
 from ingestd.session import IngestSettings, SessionSummary
 from store.models import CustodyEvent, CustodyKind, DockSession
 from store.types import utcnow
-from tests.support.objectstore import unseal_tree
+from tests.support.station import open_station
 from tests.system.harness import wait_for
 
 START = datetime(2026, 11, 22, 0, 30, 15, tzinfo=UTC)
@@ -30,20 +29,10 @@ START = datetime(2026, 11, 22, 0, 30, 15, tzinfo=UTC)
 
 @pytest.fixture
 def services(tmp_path: Path) -> Iterator[Services]:
-    config = Config.model_validate(
-        {
-            "daemon": {"state_dir": str(tmp_path / "state")},
-            "catalog": {"url": f"sqlite:///{tmp_path / 'state' / 'catalog.db'}"},
-            "store": {"root": str(tmp_path / "store")},
-            "camera": [{"match": {"SUBSYSTEM": "folder"}, "driver": "mass-storage"}],
-        }
-    )
-    opened = Services.open(config)
-    try:
+    with open_station(
+        tmp_path, camera=[{"match": {"SUBSYSTEM": "folder"}, "driver": "mass-storage"}]
+    ) as opened:
         yield opened
-    finally:
-        opened.close()
-        unseal_tree(tmp_path / "store")
 
 
 class HeldSessions:

@@ -15,14 +15,12 @@ from drivers.mass_storage import MassStorageDriver
 from drivers.registry import CameraRule, DriverRegistry
 from drivers.scan import scan_volume
 from drivers.simulator.volume import build_volume, make_image
-from ingestd.config import Config
 from ingestd.progress import DockProgress
-from ingestd.services import Services
 from ingestd.session import IngestSettings, run_session
 from store.models import SessionState
 from store.types import utcnow
 from tests.support.loopdev import attached, require_root_tools
-from tests.support.objectstore import unseal_tree
+from tests.support.station import open_station
 
 pytestmark = pytest.mark.root
 
@@ -91,34 +89,22 @@ def test_a_session_mounts_the_volume_once_and_remounts_it_only_to_delete(tmp_pat
         source, device_serial="0000004", officer_name="钱七", count=2, size_bytes=50_000, start=START, seed=4
     )
     image = make_image(source, tmp_path / "card.img")
-    config = Config.model_validate(
-        {
-            "daemon": {"state_dir": str(tmp_path / "state")},
-            "catalog": {"url": f"sqlite:///{tmp_path / 'state' / 'catalog.db'}"},
-            "store": {"root": str(tmp_path / "store")},
-        }
-    )
-    services = Services.open(config)
-    try:
-        with attached(image) as device, capture_logs() as logs:
-            options = DriverOptions(filesystems=("ext4",))
-            docked = DeviceInfo(port="1-1.5", properties={"ID_SERIAL_SHORT": "0000004"}, block=device)
-            summary = run_session(
-                services,
-                MassStorageDriver().open(docked, options),
-                device=docked,
-                driver_name="mass-storage",
-                options=options,
-                settings=IngestSettings(delete_after_ingest=True),
-                clock=utcnow,
-                progress=DockProgress(),
-                unplugged=threading.Event(),
-                stopping=threading.Event(),
-            )
-            assert not any(line.split()[9] == device for line in mountinfo())  # unmounted at the end
-    finally:
-        services.close()
-        unseal_tree(tmp_path / "store")
+    with open_station(tmp_path / "station") as services, attached(image) as device, capture_logs() as logs:
+        options = DriverOptions(filesystems=("ext4",))
+        docked = DeviceInfo(port="1-1.5", properties={"ID_SERIAL_SHORT": "0000004"}, block=device)
+        summary = run_session(
+            services,
+            MassStorageDriver().open(docked, options),
+            device=docked,
+            driver_name="mass-storage",
+            options=options,
+            settings=IngestSettings(delete_after_ingest=True),
+            clock=utcnow,
+            progress=DockProgress(),
+            unplugged=threading.Event(),
+            stopping=threading.Event(),
+        )
+        assert not any(line.split()[9] == device for line in mountinfo())  # unmounted at the end
     assert summary.state is SessionState.DONE
     assert summary.files == 2
     events = [(entry["event"], entry.get("mode")) for entry in logs if entry["event"].startswith("volume.")]

@@ -92,6 +92,15 @@ def mounted(source: str | Path, mount_point: Path, options: str = "rw") -> Itera
             subprocess.run(["umount", "-l", str(mount_point)], check=False, capture_output=True)
 
 
+def mount_options(mount_point: Path) -> set[str]:
+    """The options `mount_point` is mounted with now (ro or rw among them)."""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[4] == str(mount_point):
+            return set(fields[5].split(","))
+    raise AssertionError(f"{mount_point} is not mounted")
+
+
 def unmount_all(device: str) -> list[Path]:
     """Unmount every mount of block `device` (a killed daemon's mounts outlive it), newest first, and
     remove the daemon's emptied private directories; returns the mount points."""
