@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import structlog
 from blake3 import blake3
@@ -66,6 +66,9 @@ from store.models import (
     StoredObject,
 )
 from store.objects import ExpectedObject, ObjectStore, PutResult
+
+if TYPE_CHECKING:
+    from ingestd.services import Services
 
 log = structlog.get_logger()
 
@@ -184,6 +187,37 @@ def open_regular_nofollow(path: bytes | str | Path) -> BinaryIO:
         os.close(fd)
         raise OSError(errno.EINVAL, "not a regular file")
     return os.fdopen(fd, "rb", buffering=0)
+
+
+def run_session(
+    services: Services,
+    camera: Camera,
+    *,
+    device: DeviceInfo,
+    driver_name: str,
+    options: DriverOptions,
+    settings: IngestSettings,
+    clock: Callable[[], datetime],
+    progress: DockProgress,
+    unplugged: threading.Event,
+    stopping: threading.Event,
+) -> SessionSummary:
+    """Ingest one opened camera to the end of its session: the one place an `IngestSession` is built,
+    for a dock of the daemon and for `ingestd import` alike."""
+    return IngestSession(
+        catalog=services.catalog,
+        store=services.store,
+        audit=services.audit,
+        camera=camera,
+        device=device,
+        driver_name=driver_name,
+        options=options,
+        settings=settings,
+        progress=progress,
+        unplugged=unplugged,
+        stopping=stopping,
+        clock=clock,
+    ).run()
 
 
 class IngestSession:

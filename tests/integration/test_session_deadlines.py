@@ -10,30 +10,18 @@ import pytest
 from sqlalchemy import select
 
 from drivers.mp4 import write_mp4
-from ingestd.config import Config
 from ingestd.importer import run_import
 from ingestd.jobs import evaluate_after_session
 from ingestd.services import Services
 from ingestd.session import IngestSettings
 from store.models import Flag, FlagKind, Recording
-from tests.support.objectstore import unseal_tree
+from tests.support.station import open_station
 
 
 @pytest.fixture
 def services(tmp_path: Path) -> Iterator[Services]:
-    config = Config.model_validate(
-        {
-            "daemon": {"state_dir": str(tmp_path / "state")},
-            "catalog": {"url": f"sqlite:///{tmp_path / 'state' / 'catalog.db'}"},
-            "store": {"root": str(tmp_path / "store")},
-        }
-    )
-    opened = Services.open(config)
-    try:
+    with open_station(tmp_path) as opened:
         yield opened
-    finally:
-        opened.close()
-        unseal_tree(tmp_path)
 
 
 def test_a_long_recording_that_ended_within_the_window_is_on_time(services: Services, tmp_path: Path) -> None:
