@@ -25,6 +25,7 @@ import structlog
 
 from ingestd.bay.tiles import bays
 from ingestd.config import BayDisplayConfig
+from ingestd.errors import IngestdError
 from store.catalog import Catalog
 
 log = structlog.get_logger()
@@ -66,6 +67,13 @@ def host_allowed(host_header: str | None) -> bool:
     except ValueError:
         return False
     return True
+
+
+class BayDisplayError(IngestdError):
+    """The bay display cannot listen where it is configured to (the address is taken, or not this host's)."""
+
+    template = "bay_display.listen {listen}: cannot listen: {detail}"
+    exit_code = 74  # EX_IOERR, as any socket the daemon cannot open
 
 
 class _Server(ThreadingHTTPServer):
@@ -127,9 +135,12 @@ class BayDisplay:
     def start(self) -> None:
         static = resources.files("ingestd.bay") / "static"
         self.assets = {path: (static / name).read_bytes() for path, (name, _) in ASSETS.items()}
-        self._server = _Server(
-            self.config.address(), _handler(self), self.config.max_clients + SPARE_CONNECTIONS
-        )
+        try:
+            self._server = _Server(
+                self.config.address(), _handler(self), self.config.max_clients + SPARE_CONNECTIONS
+            )
+        except OSError as error:
+            raise BayDisplayError(listen=self.config.listen, detail=error.strerror or str(error)) from None
         self._refresh()
         self._threads = [
             threading.Thread(target=self._poll, name="bay-display-poll", daemon=True),

@@ -14,10 +14,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from ingestd import records
-from ingestd.bay.server import BayDisplay
+from ingestd.bay.server import BayDisplay, BayDisplayError
 from ingestd.bay.tiles import bays
 from ingestd.config import BayDisplayConfig
 from ingestd.session import DELETE_ORIGINALS
@@ -248,3 +249,15 @@ def test_a_change_reaches_the_stream_and_stop_ends_open_streams(
     assert display.streams == 0
     assert stream.reader.read().strip() == b""  # nothing more, then the end: the server closed it
     stream.close()
+
+
+def test_a_taken_address_is_one_clear_error_naming_the_key(sqlite_catalog: Catalog) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        listen = f"127.0.0.1:{taken.getsockname()[1]}"
+        display = BayDisplay(sqlite_catalog, BayDisplayConfig(listen=listen))
+        with pytest.raises(BayDisplayError) as caught:
+            display.start()
+    assert str(caught.value) == f"bay_display.listen {listen}: cannot listen: Address already in use"
+    assert caught.value.exit_code == 74

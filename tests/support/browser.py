@@ -1,12 +1,14 @@
 """Debian's chromium, headless, driven through Debian's chromedriver (never a downloaded browser build).
 
-`headless_chromium` skips, saying why, where either package or selenium is missing; the browser and its
-driver are ended by selenium's own handles on them, and the profile is a fresh directory of the test's.
+`headless_chromium` skips, saying why, where either package or selenium is missing (under CI that is a
+failure: .ci/system-deps installs them). The browser and its driver are ended by selenium's own handles
+on them, and the profile is a fresh directory of the test's.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,6 +49,8 @@ def chromium_unavailable() -> str | None:
 def headless_chromium(profile: Path, size: tuple[int, int] = KIOSK) -> Iterator[WebDriver]:
     reason = chromium_unavailable()
     if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason} (CI installs it through .ci/system-deps)")
         pytest.skip(reason)
     from selenium import webdriver  # noqa: PLC0415 - only where the browser is there
     from selenium.webdriver.chrome.service import Service  # noqa: PLC0415

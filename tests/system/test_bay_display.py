@@ -1,11 +1,10 @@
-"""The bay display in a real headless chromium, fed by the real daemon while a paced camera ingests."""
+"""The bay display in a real headless chromium, fed by the real daemon while paced cameras ingest."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
@@ -16,9 +15,45 @@ from tests.support.ceph import free_port
 from tests.system.harness import Daemon, SimulatedCamera, wait_for
 from tests.system.pacing import paced
 
+if TYPE_CHECKING:
+    from selenium.webdriver.remote.webdriver import WebDriver
+
 MIB = 1024 * 1024
 HOSTILE_NAME = "<script>王</script>"  # an officer name is the camera's claim: shown, never run
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"  # gitignored
+# The tiles as the page shows them, read in one go (the page redraws them on every update).
+READ_TILES = """
+return Array.from(document.querySelectorAll("#bays .tile")).map((tile) => {
+  const text = (selector) => {
+    const found = tile.querySelector(selector);
+    return found && found.textContent;
+  };
+  const bar = tile.querySelector(".bar");
+  return {
+    name: text("h2"), phase: tile.dataset.phase, officer: text(".officer"), serial: text(".serial"),
+    detail: text(".detail"), undock: text(".undock"),
+    percent: bar && Number(bar.getAttribute("aria-valuenow")),
+    opacity: Number(getComputedStyle(tile).opacity), scripts: tile.querySelectorAll("script").length,
+  };
+});
+"""
+
+
+def tiles(browser: WebDriver) -> dict[str, dict[str, Any]]:
+    return {tile["name"]: tile for tile in browser.execute_script(READ_TILES)}
+
+
+def with_bay_display(daemon: Daemon) -> str:
+    """Turn the daemon's bay display on; returns its URL."""
+    port = free_port()
+    daemon.extra_config = f'\n[bay_display]\nenabled = true\nlisten = "127.0.0.1:{port}"\n'
+    return f"http://127.0.0.1:{port}/"
+
+
+def save(browser: WebDriver, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / name))
+    print(f"bay display screenshot: {ARTIFACTS / name}")
 
 
 def deletion_done(daemon: Daemon) -> dict[str, Any] | None:
@@ -37,59 +72,83 @@ def deletion_done(daemon: Daemon) -> dict[str, Any] | None:
 def test_bay_tile_shows_progress_then_safe_to_undock_only_after_the_deletion(
     daemon: Daemon, make_camera: Callable[..., SimulatedCamera], tmp_path: Path
 ) -> None:
-    from selenium.webdriver.common.by import By  # noqa: PLC0415 - selenium is there once the browser is
-
-    port = free_port()
-    daemon.extra_config = f'\n[bay_display]\nenabled = true\nlisten = "127.0.0.1:{port}"\n'
+    url = with_bay_display(daemon)
     camera = make_camera(
         "ZFY0801", officer_name=HOSTILE_NAME, files=3, size_bytes=4 * MIB, **paced()
     )  # ~12 s to copy at 1 MiB/s
     daemon.start()
     with headless_chromium(tmp_path / "chromium-profile") as browser:
-        browser.get(f"http://127.0.0.1:{port}/")
-        wait_for("the page to connect", lambda: "updated" in browser.find_element(By.ID, "link").text)
+        browser.get(url)
+        wait_for(
+            "the page to connect",
+            lambda: "updated" in browser.execute_script("return document.getElementById('link').textContent"),
+        )
         camera.dock(daemon.docks)
-        percents: list[float] = []
-        shot = tmp_path / "bay-display.png"
-
-        def tile(phase: str) -> Any:
-            found = browser.find_elements(By.CSS_SELECTOR, f'#bays .tile[data-phase="{phase}"]')
-            return found[0] if found else None
+        seen: list[dict[str, Any]] = []
 
         def advanced() -> bool:
-            working = tile("working")
-            bars = working.find_elements(By.CSS_SELECTOR, ".bar") if working else []
-            if bars:
-                percents.append(float(bars[0].get_attribute("aria-valuenow") or 0))
-            return len({p for p in percents if 0 < p < 100}) >= 2
+            tile = tiles(browser).get("ZFY0801")
+            if tile is not None and tile["phase"] == "working" and tile["percent"] is not None:
+                seen.append(tile)
+            return len({t["percent"] for t in seen if 0 < t["percent"] < 100}) >= 2
 
         wait_for("progress to advance on the tile", advanced, timeout=90, interval=0.3)
-        assert percents[-1] > min(p for p in percents if p > 0)
-        working = tile("working")
-        assert working.find_element(By.CSS_SELECTOR, ".serial").text == "ZFY0801"
-        assert "left" in working.find_element(By.CSS_SELECTOR, ".detail").text
-        assert tile("safe") is None
-        browser.save_screenshot(str(tmp_path / "bay-display-copying.png"))
+        moving = [t["percent"] for t in seen if t["percent"] > 0]
+        assert moving[-1] > moving[0]
+        assert seen[-1]["serial"] == "ZFY0801"
+        assert " left" in seen[-1]["detail"]  # the ETA
+        assert all(t["undock"] is None for t in seen)
 
-        def safe() -> Any:
-            found = tile("safe")
+        def safe() -> dict[str, Any] | None:
+            tile = tiles(browser).get("ZFY0801")
+            if tile is None or tile["phase"] != "safe":
+                return None
             # Seen on the page: the deletion it waits for must already be on record.
-            if found is not None:
-                assert deletion_done(daemon) is not None, "safe to undock shown before the deletion"
-            return found
+            assert deletion_done(daemon) is not None, "safe to undock shown before the deletion"
+            return tile
 
         done = wait_for("done, safe to undock", safe, timeout=120, interval=0.3)
-        assert done.find_element(By.CSS_SELECTOR, ".undock").text == "done, safe to undock"
+        assert done["undock"] == "done, safe to undock"
         assert (deletion_done(daemon) or {}).get("deleted") == 3
         # The hostile name is text on the tile, and no element was made of it.
-        assert done.find_element(By.CSS_SELECTOR, ".officer").text == HOSTILE_NAME
-        assert browser.find_elements(By.CSS_SELECTOR, "#bays script") == []
+        assert (done["officer"], done["scripts"]) == (HOSTILE_NAME, 0)
         assert browser.execute_script("return [innerWidth, innerHeight]") == [1280, 800]
-        browser.save_screenshot(str(shot))
-        ARTIFACTS.mkdir(exist_ok=True)
-        shutil.copy(shot, ARTIFACTS / shot.name)
-        print(f"bay display screenshot: {ARTIFACTS / shot.name}")
+        save(browser, "bay-display.png")
 
         camera.undock(daemon.docks)
-        wait_for("the bay to go idle", lambda: tile("idle"), timeout=60, interval=0.3)
-        assert HOSTILE_NAME not in browser.find_element(By.ID, "bays").text  # no history once it's gone
+        wait_for("the bay to go idle", lambda: tiles(browser)["ZFY0801"]["phase"] == "idle", timeout=60)
+        assert tiles(browser)["ZFY0801"]["officer"] is None  # no history once the camera is gone
+
+
+def test_bays_side_by_side_show_their_own_camera_and_a_bay_left_empty_dims_without_names(
+    daemon: Daemon, make_camera: Callable[..., SimulatedCamera], tmp_path: Path
+) -> None:
+    url = with_bay_display(daemon)
+    slow = make_camera("ZFY0811", officer_name="李四", files=3, size_bytes=4 * MIB, **paced())
+    quick = make_camera("ZFY0812", officer_name="王五", officer_no="000102", battery=64, files=2)
+    left = make_camera("ZFY0813", officer_name="赵六", officer_no="000103", battery=35, files=1)
+    daemon.start()
+    with headless_chromium(tmp_path / "chromium-profile") as browser:
+        browser.get(url)
+
+        def phases() -> dict[str, str]:
+            return {name: tile["phase"] for name, tile in tiles(browser).items()}
+
+        left.dock(daemon.docks)
+        wait_for("the first camera done", lambda: phases().get("ZFY0813") == "safe", timeout=90)
+        left.undock(daemon.docks)
+        quick.dock(daemon.docks)
+        slow.dock(daemon.docks)
+
+        def copying_beside_done_and_empty() -> dict[str, dict[str, Any]] | None:
+            now = tiles(browser)
+            wanted = {"ZFY0811": "working", "ZFY0812": "safe", "ZFY0813": "idle"}
+            ready = {name: tile["phase"] for name, tile in now.items()} == wanted
+            return now if ready and (now["ZFY0811"]["percent"] or 0) > 0 else None
+
+        now = wait_for("one bay copying, one done, one empty", copying_beside_done_and_empty, timeout=90)
+        assert (now["ZFY0811"]["officer"], now["ZFY0812"]["officer"]) == ("李四", "王五")
+        assert now["ZFY0813"]["officer"] is None  # the officer who left is not shown
+        assert now["ZFY0813"]["opacity"] < 0.5  # idle bays dim
+        assert now["ZFY0811"]["opacity"] == now["ZFY0812"]["opacity"] == 1.0
+        save(browser, "bay-display-bays.png")
