@@ -193,15 +193,14 @@ def test_serves_only_its_read_only_page_and_refuses_a_dns_name(sqlite_catalog: C
         assert get(display, "/", host="localhost:8947")[0] == 200
 
 
+def one_copying_bay(catalog: Catalog, tmp_path: Path) -> None:
+    lay(catalog, rows.audit_log(tmp_path), Bay("folder:/docks/b1", "ingesting", SessionState.INGESTING), 1)
+
+
 def test_streams_are_bounded_and_one_that_goes_away_frees_its_thread(
     sqlite_catalog: Catalog, tmp_path: Path
 ) -> None:
-    lay(
-        sqlite_catalog,
-        rows.audit_log(tmp_path),
-        Bay("folder:/docks/b1", "ingesting", SessionState.INGESTING),
-        1,
-    )
+    one_copying_bay(sqlite_catalog, tmp_path)
     baseline = threading.active_count()
     with serving(sqlite_catalog, max_clients=2) as display:
         first, second = Stream(display.port), Stream(display.port)
@@ -227,12 +226,7 @@ def test_streams_are_bounded_and_one_that_goes_away_frees_its_thread(
 def test_a_change_reaches_the_stream_and_stop_ends_open_streams(
     sqlite_catalog: Catalog, tmp_path: Path
 ) -> None:
-    lay(
-        sqlite_catalog,
-        rows.audit_log(tmp_path),
-        Bay("folder:/docks/b1", "ingesting", SessionState.INGESTING),
-        1,
-    )
+    one_copying_bay(sqlite_catalog, tmp_path)
     display = BayDisplay(
         sqlite_catalog, BayDisplayConfig(listen=f"127.0.0.1:{free_port()}")
     )  # keep-alive 15 s
