@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -119,6 +120,11 @@ def test_bay_tile_shows_progress_then_safe_to_undock_only_after_the_deletion(
         wait_for("the bay to go idle", lambda: tiles(browser)["ZFY0801"]["phase"] == "idle", timeout=60)
         assert tiles(browser)["ZFY0801"]["officer"] is None  # no history once the camera is gone
 
+        assert daemon.stop() == 0
+        link = "return [link.textContent, bays.className]"  # the elements' ids are globals of the page
+        wait_for("the page to say it lost the station", lambda: "lost" in browser.execute_script(link)[0])
+        assert browser.execute_script(link)[1] == "stale"  # what the tiles say may be old: greyed
+
 
 def test_bays_side_by_side_show_their_own_camera_and_a_bay_left_empty_dims_without_names(
     daemon: Daemon, make_camera: Callable[..., SimulatedCamera], tmp_path: Path
@@ -152,3 +158,18 @@ def test_bays_side_by_side_show_their_own_camera_and_a_bay_left_empty_dims_witho
         assert now["ZFY0813"]["opacity"] < 0.5  # idle bays dim
         assert now["ZFY0811"]["opacity"] == now["ZFY0812"]["opacity"] == 1.0
         save(browser, "bay-display-bays.png")
+
+
+def test_a_taken_bay_display_address_refuses_the_start_in_one_line(daemon: Daemon) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        listen = f"127.0.0.1:{taken.getsockname()[1]}"
+        daemon.extra_config = f'\n[bay_display]\nenabled = true\nlisten = "{listen}"\n'
+        daemon.base.mkdir(parents=True)
+        daemon.write_config()
+        done = daemon.run_refused()
+    assert done.returncode == 74
+    assert done.stderr.strip().splitlines() == [
+        f"ingestd: error: bay_display.listen {listen}: cannot listen: Address already in use"
+    ]

@@ -42,6 +42,7 @@ function tile(bay) {
 function render(snapshot) {
   const bays = document.getElementById("bays");
   bays.replaceChildren(...snapshot.tiles.map(tile));
+  bays.className = "";
   const link = document.getElementById("link");
   link.className = "";
   link.textContent = "updated " + new Date(snapshot.at).toLocaleTimeString();
@@ -51,6 +52,8 @@ function connect() {
   const events = new EventSource("/events");
   events.onmessage = (message) => render(JSON.parse(message.data));
   events.onerror = () => {
+    // What the tiles say may be out of date: grey them until the station answers again.
+    document.getElementById("bays").className = "stale";
     const link = document.getElementById("link");
     link.className = "lost";
     link.textContent = "connection to the station lost: reconnecting…";
