@@ -2,10 +2,11 @@
 
 Guarantees: off unless `[bay_display] enabled`; a loopback address unless `allow_remote`. Read-only: GET
 of the page, its two assets and `/events`; nothing else. One poller thread reads the catalog about once a
-second (never the sessions' memory), so a slow or hostile browser cannot slow the supervisor or a copy.
-At most `max_clients` live streams and a fixed number of connections; a stream ends when its client goes
-away (a write fails or stays unacknowledged), when it has run `STREAM_MAX_S` (the browser reconnects), or
-at stop. A Host header that is a DNS name other than localhost is refused (DNS rebinding).
+second while a screen watches (never the sessions' memory), so a slow or hostile browser cannot slow the
+supervisor or a copy. At most `max_clients` live streams and a fixed number of connections; a stream ends
+when its client goes away (a write fails or stays unacknowledged), when it has run `STREAM_MAX_S` (the
+browser reconnects), or at stop. A Host header that is a DNS name other than localhost is refused (DNS
+rebinding).
 """
 
 from __future__ import annotations
@@ -141,7 +142,6 @@ class BayDisplay:
             )
         except OSError as error:
             raise BayDisplayError(listen=self.config.listen, detail=error.strerror or str(error)) from None
-        self._refresh()
         self._threads = [
             threading.Thread(target=self._poll, name="bay-display-poll", daemon=True),
             threading.Thread(target=self._server.serve_forever, args=(0.5,), name="bay-display", daemon=True),
@@ -168,8 +168,10 @@ class BayDisplay:
     # -- the snapshot ----------------------------------------------------------------------------
 
     def _poll(self) -> None:
+        # Only while a screen watches: the catalog is not read for nobody.
         while not self.stop_event.wait(POLL_S):
-            self._refresh()
+            if self.streams:
+                self._refresh()
 
     def _refresh(self) -> None:
         try:
@@ -206,6 +208,7 @@ class BayDisplay:
     def stream(self, write: Any) -> None:
         """Send snapshots with `write` until the client goes, the stream's time is up, or stop."""
         write(b"retry: 2000\n\n")
+        self._refresh()  # the snapshot may be old if no screen was watching
         seen = -1
         ends = time.monotonic() + STREAM_MAX_S
         while not self.stop_event.is_set() and time.monotonic() < ends:
