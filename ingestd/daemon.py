@@ -22,6 +22,7 @@ from types import FrameType
 
 import structlog
 
+from ingestd.bay.server import BayDisplay
 from ingestd.config import Config, check_for_run, load_config
 from ingestd.control.metrics import MetricsServer
 from ingestd.control.server import ControlServer
@@ -149,6 +150,9 @@ class Daemon:
         self.metrics = (
             MetricsServer(self.services, config.metrics, clock=clock) if config.metrics.enabled else None
         )
+        self.bay_display = (
+            BayDisplay(self.services.catalog, config.bay_display) if config.bay_display.enabled else None
+        )
 
     def install_signal_handlers(self) -> None:
         def on_term(_signum: int, _frame: FrameType | None) -> None:
@@ -187,6 +191,8 @@ class Daemon:
         self.control.start()
         if self.metrics is not None:
             self.metrics.start()
+        if self.bay_display is not None:
+            self.bay_display.start()
         self.start_sources()
         self.jobs.start()
         self.notifier.ready(message)
@@ -278,6 +284,8 @@ class Daemon:
         self.control.stop()
         if self.metrics is not None:
             self.metrics.stop()
+        if self.bay_display is not None:
+            self.bay_display.stop()
         for device_source in self._sources:
             device_source.stop()
         for device_source in self._sources:
