@@ -35,6 +35,7 @@ from pydantic import (
 from drivers.base import DriverOptions
 from drivers.registry import CameraRule, DriverRegistry
 from ingestd.errors import IngestdError
+from ingestd.exit_codes import ExitCode
 from ingestd.policies.calendar import WorkingCalendar
 from ingestd.policies.deadlines import MAX_EXTENSION_WORKING_DAYS
 from ingestd.policies.retention import DEFAULT_LONG_TERM_TAGS, RetentionRules, normalize_tag
@@ -48,7 +49,7 @@ class ConfigError(IngestdError):
     """The configuration file is missing, unreadable, not TOML, or does not fit the schema."""
 
     template = "config {path}: {detail}"
-    exit_code = 78  # EX_CONFIG from sysexits.h
+    exit_code = ExitCode.CONFIG
 
 
 class VaultSecretError(ConfigError):

@@ -30,6 +30,7 @@ from ingestd.docking.events import DockEvent
 from ingestd.docking.folders import FolderSource
 from ingestd.docking.source import DeviceSource
 from ingestd.errors import IngestdError
+from ingestd.exit_codes import ExitCode
 from ingestd.jobs import JobRunner
 from ingestd.manager import DockManager, interrupted_sessions
 from ingestd.partials import expire_partial_copies
@@ -49,7 +50,7 @@ SOURCE_STOP_TIMEOUT_S = 5.0
 
 class AlreadyRunningError(IngestdError):
     template = "ingestd is already running on {state_dir} (pid {pid}); refusing to start a second one"
-    exit_code = 43
+    exit_code = ExitCode.ALREADY_RUNNING
 
 
 def lock_state(state_dir: Path) -> int:

@@ -46,13 +46,17 @@ class Services:
     detection: dict[str, Any] | None = None
 
     @classmethod
-    def open(cls, config: Config, *, migrate: bool = True, cameras: bool = True) -> Services:
+    def open(
+        cls, config: Config, *, migrate: bool = True, cameras: bool = True, read_only: bool = False
+    ) -> Services:
         """Open everything. The daemon and imports set the station up (state directory, catalog schema,
         signing key); every other caller (`migrate=False`) opens an existing station and creates nothing.
-        With `cameras=False` no camera rule is loaded, so no camera password file is read."""
+        With `cameras=False` no camera rule is loaded, so no camera password file is read; `read_only`
+        (implies `migrate=False`) opens the catalog so that nothing can write it."""
+        migrate = migrate and not read_only
         if migrate:
             config.daemon.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-        catalog = Catalog.open(config.catalog.url, create=migrate)
+        catalog = Catalog.open(config.catalog.url, create=migrate, read_only=read_only)
         try:
             if migrate:
                 schema.upgrade(catalog.engine)

@@ -27,6 +27,7 @@ import structlog
 from ingestd.bay.tiles import bays
 from ingestd.config import BayDisplayConfig
 from ingestd.errors import IngestdError
+from ingestd.exit_codes import ExitCode
 from store.catalog import Catalog
 
 log = structlog.get_logger()
@@ -74,7 +75,7 @@ class BayDisplayError(IngestdError):
     """The bay display cannot listen where it is configured to (the address is taken, or not this host's)."""
 
     template = "bay_display.listen {listen}: cannot listen: {detail}"
-    exit_code = 74  # EX_IOERR, as any socket the daemon cannot open
+    exit_code = ExitCode.OS_ERROR  # as any socket the daemon cannot open
 
 
 class _Server(ThreadingHTTPServer):

@@ -26,6 +26,7 @@ from ingestd.control.auth import Caller
 from ingestd.control.denials import DenialAggregator, Repeated
 from ingestd.control.registry import CommandSpec, PermissionDenied, Request, UnknownCommand, lookup
 from ingestd.errors import IngestdError
+from ingestd.exit_codes import ExitCode
 from ingestd.services import Services
 from store.errors import StoreError
 
@@ -191,7 +192,7 @@ def dispatch(
             message.id,
             "internal",
             f"{spec.name} failed inside ingestd: {error!r} (see the daemon log)",
-            protocol.EX_SOFTWARE,
+            ExitCode.SOFTWARE,
         )
     if spec.audited:
         try:
@@ -210,7 +211,7 @@ def dispatch(
                 message.id,
                 "audit-failed",
                 f"{spec.name} was done but its audit event could not be written: {error}",
-                protocol.EX_SOFTWARE,
+                ExitCode.SOFTWARE,
             )
     return response
 

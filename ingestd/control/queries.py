@@ -17,7 +17,7 @@ from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from ingestd.errors import UsageError
-from store.audit import Actor, AuditLog, Role
+from store.audit import Role
 from store.models import (
     AuditEvent,
     Camera,
@@ -159,35 +159,6 @@ def last_verify(session: Session) -> dict[str, Any] | None:
         "objects_checked": details.get("objects_checked"),
         "problems": details.get("problems"),
     }
-
-
-def record_verify(
-    session: Session,
-    audit: AuditLog,
-    actor: Actor,
-    *,
-    clean: bool,
-    events_checked: int,
-    objects_checked: int,
-    problems: int,
-    objects: bool,
-    at: datetime,
-) -> None:
-    """Keep a verify run's outcome in the audit chain, where `status` and the metrics read it."""
-    audit.append(
-        session,
-        actor=actor,
-        action=VERIFY_ACTION,
-        subject="objects" if objects else "audit-chain",
-        outcome="ok" if clean else "problems",
-        details={
-            "events_checked": events_checked,
-            "objects_checked": objects_checked,
-            "problems": problems,
-            "objects": objects,
-        },
-        at=at,
-    )
 
 
 def open_flag_counts(session: Session) -> dict[str, int]:

@@ -28,34 +28,20 @@ from typing import Any, TypeVar
 import click
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ingestd.cli import config_option, json_option, load, print_json, trusted_keys_option
+from ingestd.commandline import config_option, json_option, load, print_json, trusted_keys_option
+from ingestd.ctl import client
 from ingestd.display import console, problem_line, styled, table
 from ingestd.errors import IngestdError, UsageError
 from ingestd.evidence.copies import CopyError
 from ingestd.evidence.destination import deliver_into
-from ingestd.evidence.errors import EXIT_EXPORT_FAILED, EXIT_EXPORT_INTEGRITY, ExportError
+from ingestd.evidence.errors import ExportError
 from ingestd.evidence.verify_bag import verify_bag
+from ingestd.exit_codes import ExitCode
 
-EXIT_PROBLEMS = 3
-EXIT_SIGNER_UNVERIFIED = 17  # verify-export: consistent, but not checked against a trusted station key
 DELIVERY_TIMEOUT_S = 6 * 3600.0  # the daemon answers only when the files are written, proven and recorded
 VIEW_CHUNK = 1 << 20
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _call(
-    config_path: Path | None,
-    command: str,
-    args: dict[str, Any],
-    *,
-    timeout: float = 30.0,
-    pass_fd: int | None = None,
-) -> Any:
-    from ingestd.control import client  # noqa: PLC0415 - only the socket commands need it
-
-    config = load(config_path)
-    return client.call(config.control.socket, command, args, timeout=timeout, pass_fd=pass_fd)
 
 
 def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -136,7 +122,7 @@ def approve(
         raise click.UsageError("give a scope: --recording ID (repeatable) and/or --case CASE")
     if (expires_in is None) == (expires_at is None):
         raise click.UsageError("give exactly one of --expires-in or --expires-at")
-    result = _call(
+    result = client.ask(
         config_path,
         "approve",
         {
@@ -160,7 +146,7 @@ def approve(
 @json_option
 def revoke(config_path: Path | None, approval_id: int, reason: str, as_json: bool) -> None:
     """Revoke an approval: no export or viewing under it from now on."""
-    result = _call(config_path, "revoke", {"approval_id": approval_id, "reason": reason})
+    result = client.ask(config_path, "revoke", {"approval_id": approval_id, "reason": reason})
     print_json(result) if as_json else _print_approval(result)
 
 
@@ -170,7 +156,7 @@ def revoke(config_path: Path | None, approval_id: int, reason: str, as_json: boo
 @json_option
 def approvals(config_path: Path | None, approval_id: int | None, as_json: bool) -> None:
     """List approvals (newest first), or show one."""
-    result = _call(config_path, "approvals", {"approval_id": approval_id})
+    result = client.ask(config_path, "approvals", {"approval_id": approval_id})
     if as_json:
         print_json(result)
         return
@@ -213,7 +199,7 @@ def _delivery_command(
         result = deliver_into(
             absolute,
             error,
-            lambda fd: _call(config_path, name, args, timeout=DELIVERY_TIMEOUT_S, pass_fd=fd),
+            lambda fd: client.ask(config_path, name, args, timeout=DELIVERY_TIMEOUT_S, pass_fd=fd),
         )
         print_json(result) if as_json else click.echo(describe(result))
 
@@ -253,14 +239,14 @@ copy = _delivery_command(
 
 class ViewOutputError(IngestdError):
     template = "view: nothing written to {target}: {detail}"
-    exit_code = EXIT_EXPORT_FAILED
+    exit_code = ExitCode.EXPORT_FAILED
 
 
 class ViewIntegrityError(IngestdError):
     """What ingestd handed over is not the recording the catalog describes: investigate."""
 
     template = "view of recording {recording}: the file ingestd handed over {detail}"
-    exit_code = EXIT_EXPORT_INTEGRITY
+    exit_code = ExitCode.EXPORT_INTEGRITY
 
 
 def _view_target(output: Path | None) -> int:
@@ -323,13 +309,11 @@ def view(*, config_path: Path | None, approval_id: int, recording_id: int, outpu
     ingestd opens the recording and hands the open file over the control socket, so the caller needs no
     access to the store; what arrives is checked against the catalog's size and SHA-256 (exit 16 if not).
     """
-    from ingestd.control import client  # noqa: PLC0415 - only the socket commands need it
-
     target = _view_target(output)
     try:
         config = load(config_path)
         recording, source = client.call_with_fd(
-            config.control.socket, "view", {"approval_id": approval_id, "recording_id": recording_id}
+            config, "view", {"approval_id": approval_id, "recording_id": recording_id}
         )
         try:
             stream_verified(source, target, recording, str(output or "standard output"))
@@ -371,9 +355,9 @@ def verify_export(path: Path, trusted_keys: list[Ed25519PublicKey], as_json: boo
         summary = f"{path}: {report.payload_files} file(s), {report.payload_bytes} bytes; "
         out.print(styled(summary, verdict), highlight=False)
     if not report.consistent:
-        raise SystemExit(EXIT_PROBLEMS)
+        raise SystemExit(ExitCode.PROBLEMS)
     if not report.signer_verified:
-        raise SystemExit(EXIT_SIGNER_UNVERIFIED)
+        raise SystemExit(ExitCode.SIGNER_UNVERIFIED)
 
 
 # --- spot checks ---------------------------------------------------------------------------------------
@@ -433,7 +417,7 @@ def spotcheck_sample(
     as_json: bool,
 ) -> None:
     """Draw a reproducible sample and open an inspection."""
-    result = _call(
+    result = client.ask(
         config_path,
         "spotcheck.sample",
         {
@@ -469,7 +453,7 @@ def spotcheck_verdict(
     """Record the reviewer's verdict on one sampled recording."""
     if verdict is None:
         raise click.UsageError("give --pass or --fail")
-    result = _call(
+    result = client.ask(
         config_path,
         "spotcheck.verdict",
         {
@@ -489,7 +473,7 @@ def spotcheck_verdict(
 @json_option
 def spotcheck_show(config_path: Path | None, inspection_id: int | None, as_json: bool) -> None:
     """Show one inspection's ledger (and whether its sample still draws the same), or list them."""
-    result = _call(config_path, "spotcheck.show", {"inspection_id": inspection_id})
+    result = client.ask(config_path, "spotcheck.show", {"inspection_id": inspection_id})
     if as_json:
         print_json(result)
     elif inspection_id is None:
@@ -550,7 +534,9 @@ def report(
     as_json: bool,
 ) -> None:
     """Statistics per unit and officer for a period (001 art. 28)."""
-    result = _call(config_path, "report", {**_period_args(month, start, end), "unit_no": unit_no, "by": by})
+    result = client.ask(
+        config_path, "report", {**_period_args(month, start, end), "unit_no": unit_no, "by": by}
+    )
     if as_json:
         print_json(result)
         return

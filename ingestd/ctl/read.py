@@ -36,16 +36,16 @@ from rich.text import Text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
-from ingestd.cli import config_option, json_option, load, print_json
+from ingestd.commandline import config_option, json_option, load, print_json
 from ingestd.config import Config
 from ingestd.control import queries
 from ingestd.control.auth import current_caller
-from ingestd.control.client import ControlTimeoutError, DaemonUnavailable, call
+from ingestd.control.client import ControlTimeoutError, DaemonUnavailable
 from ingestd.control.registry import EVERYONE, PermissionDenied
+from ingestd.ctl import client
 from ingestd.display import console, plain, styled, table
 from ingestd.errors import IngestdError
-from ingestd.services import Services
-from ingestd.verify import VerifyReport
+from ingestd.exit_codes import ExitCode
 from store.audit import Role
 from store.catalog import Catalog
 from store.objects import FileObjectStore
@@ -78,7 +78,7 @@ DIRECT_READS: dict[str, frozenset[Role]] = {
 
 class OutputError(IngestdError):
     template = "cannot write {path}: {detail}"
-    exit_code = 71
+    exit_code = ExitCode.OUTPUT_FAILED
 
 
 # --- talking to the daemon, or reading the catalog directly ------------------------------------------
@@ -164,13 +164,11 @@ def request(
 ) -> dict[str, Any]:
     """Ask the daemon; `served_by` says whether the daemon or a direct catalog read answered (and,
     with `announce`, a note on stderr says the latter)."""
-    clean = {key: value for key, value in args.items() if value is not None and value is not False}
     try:
-        wait = timeout if timeout is not None else config.control.timeout_seconds
-        result = call(config.control.socket, command, clean, timeout=wait)
+        result = client.call(config, command, args, timeout=timeout)
         served_by = "daemon"
     except DaemonUnavailable as why:
-        result = _direct(config, command, clean, why, announce=announce)
+        result = _direct(config, command, client.given(args), why, announce=announce)
         served_by = "catalog"
     if not isinstance(result, dict):
         raise IngestdError(detail=f"ingestd answered {command} with {type(result).__name__}, not an object")
@@ -616,21 +614,3 @@ def audit(
         count = writer(_audit_pages(config, filters, limit), out)
     if output is not None:
         click.echo(f"{count} event(s) written to {output}", err=True)
-
-
-def record_verify_outcome(services: Services, report: VerifyReport, *, objects: bool) -> None:
-    """Keep the outcome of `ingestctl verify` in the audit chain (read by `status` and the metrics)."""
-    caller = current_caller(services.config.control)
-    with services.catalog.transaction() as session:
-        queries.record_verify(
-            session,
-            services.audit,
-            caller.actor(),
-            clean=report.clean,
-            events_checked=report.events_checked,
-            objects_checked=report.objects_checked,
-            problems=len(report.problems),
-            objects=objects,
-            at=utcnow(),
-        )
-    services.audit.anchor(services.catalog)

@@ -15,16 +15,12 @@ from typing import Any
 
 import click
 
-from ingestd.cli import config_option, json_option, load, print_json
-from ingestd.ctl.read import request
+from ingestd.commandline import config_option, json_option, print_json
+from ingestd.ctl.client import ask
+from ingestd.exit_codes import ExitCode
 from store.models import Confidentiality, RetentionClass
 
-EXIT_PROBLEMS = 3
 PURGE_TIMEOUT_S = 6 * 3600.0  # the daemon answers once every object is removed and recorded
-
-
-def ask(config_path: Path | None, command: str, args: dict[str, Any], *, timeout: float | None = None) -> Any:
-    return request(load(config_path), command, args, timeout=timeout)
 
 
 def _custody_line(entry: dict[str, Any]) -> str:
@@ -252,7 +248,7 @@ def purge_command(config_path: Path | None, dry_run: bool, as_json: bool) -> Non
         for subject, why in done.get("skipped", {}).items():
             click.echo(f"skipped {subject}: {why}", err=True)
     if done.get("failed_objects"):
-        raise SystemExit(EXIT_PROBLEMS)
+        raise SystemExit(ExitCode.PROBLEMS)
 
 
 COMMANDS = (checkout, checkin, custody, explain, flags, tag, hold, release, extend, purge_command)

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 from ingestd.errors import IngestdError
+from ingestd.exit_codes import ExitCode
 
 
 class PolicyError(IngestdError):
     """Root of the policy errors. A refusal is the operator's to fix, hence the usage exit code."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class ExtensionRefusedError(PolicyError):
