@@ -8,7 +8,7 @@ The daemon's handlers and `ingestctl`'s direct-read fallback both call these, so
 from __future__ import annotations
 
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, NoReturn
 from zoneinfo import ZoneInfo
@@ -16,12 +16,15 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
+from ingestd.config import short_port_name
 from ingestd.errors import UsageError
 from store.audit import Actor, AuditLog, Role
 from store.models import (
     AuditEvent,
     Camera,
     Confidentiality,
+    CustodyEvent,
+    CustodyKind,
     Dock,
     DockSession,
     Flag,
@@ -197,28 +200,37 @@ def open_flag_counts(session: Session) -> dict[str, int]:
     return {str(kind): int(count) for kind, count in rows}
 
 
-def docks(session: Session) -> list[dict[str, Any]]:
-    # The camera on a dock is that of the dock's open session (Dock.camera_id is not maintained).
+def docks(session: Session, dock_label: Callable[[str], str] = short_port_name) -> list[dict[str, Any]]:
+    """Docks with a camera on them (an undocked port is gone), with the camera and officer of the dock's
+    latest session, kept after the session ends so a finished dock still says whose camera it is."""
     latest = (
         select(DockSession.dock_id, func.max(DockSession.id).label("session_id"))
-        .where(DockSession.ended_at.is_(None))
         .group_by(DockSession.dock_id)
         .subquery()
     )
+    checked_in = aliased(CustodyEvent)
     rows = session.execute(
-        select(Dock, Camera.device_serial, DockSession.files_done, DockSession.files_total)
+        select(Dock, Camera.device_serial, Officer.name, DockSession.files_done, DockSession.files_total)
         .outerjoin(latest, latest.c.dock_id == Dock.id)
         .outerjoin(DockSession, DockSession.id == latest.c.session_id)
         .outerjoin(Camera, Camera.id == DockSession.camera_id)
+        .outerjoin(
+            checked_in,
+            and_(checked_in.dock_session_id == DockSession.id, checked_in.kind == CustodyKind.CHECK_IN),
+        )
+        .outerjoin(Officer, Officer.id == checked_in.officer_id)
+        .where(Dock.state != "empty")
         .order_by(Dock.port)
     ).all()
     found = []
-    for dock, serial, files_done, files_total in rows:
+    for dock, serial, officer_name, files_done, files_total in rows:
         found.append(
             {
                 "port": dock.port,
+                "label": dock_label(dock.port),
                 "state": dock.state,
                 "device_serial": serial,
+                "officer_name": officer_name,
                 "current_file": dock.current_file,
                 "bytes_done": dock.bytes_done,
                 "bytes_total": dock.bytes_total,
@@ -233,8 +245,15 @@ def docks(session: Session) -> list[dict[str, Any]]:
     return found
 
 
-def status(session: Session, *, free_bytes: int | None, store_root: str, now: datetime) -> dict[str, Any]:
-    dock_rows = docks(session)
+def status(
+    session: Session,
+    *,
+    free_bytes: int | None,
+    store_root: str,
+    now: datetime,
+    dock_label: Callable[[str], str] = short_port_name,
+) -> dict[str, Any]:
+    dock_rows = docks(session, dock_label)
     return {
         "now": iso(now),
         "docks": dock_rows,

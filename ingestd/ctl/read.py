@@ -31,7 +31,6 @@ from zoneinfo import ZoneInfo
 import click
 from rich.console import Group, RenderableType
 from rich.live import Live
-from rich.progress_bar import ProgressBar
 from rich.text import Text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
@@ -42,7 +41,7 @@ from ingestd.control import queries
 from ingestd.control.auth import current_caller
 from ingestd.control.client import ControlTimeoutError, DaemonUnavailable, call
 from ingestd.control.registry import EVERYONE, PermissionDenied
-from ingestd.display import console, plain, styled, table
+from ingestd.display import console, local_time, one_line_table, plain, styled, table
 from ingestd.errors import IngestdError
 from ingestd.services import Services
 from ingestd.verify import VerifyReport
@@ -118,7 +117,9 @@ def _direct(
                 except OSError:
                     free = None
                 root = str(config.store.root)
-                result = queries.status(session, free_bytes=free, store_root=root, now=utcnow())
+                result = queries.status(
+                    session, free_bytes=free, store_root=root, now=utcnow(), dock_label=config.dock_label
+                )
                 result["detection"] = None  # only the daemon knows what it watches
             elif command == "cameras":
                 result = queries.cameras(session, args)
@@ -198,38 +199,50 @@ def _eta(seconds: float | None) -> str:
     return f"{minutes}:{secs:02d}"
 
 
-def _local(value: str | None, zone: ZoneInfo) -> str:
-    """Times travel as UTC; they are shown in the station's zone."""
-    if not value:
-        return "-"
-    from datetime import datetime  # noqa: PLC0415 - display only
-
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
-
-
 def _cell(value: Any) -> str:
     return "-" if value is None or value == "" else str(value)
 
 
+BAR_CELLS = 8
+
+
+def _bar(done: int, total: int) -> str:
+    """A progress bar as literal text, with the percentage: one short line on any terminal."""
+    if not total:
+        return "-"
+    share = min(done, total) / total
+    filled = round(share * BAR_CELLS)
+    return f"{'█' * filled}{'░' * (BAR_CELLS - filled)} {share * 100:3.0f}%"
+
+
 def status_view(result: dict[str, Any], zone: ZoneInfo) -> Group:
-    rows = []
-    for dock in result["docks"]:
-        total = dock["bytes_total"] or 0
-        bar = ProgressBar(total=max(total, 1), completed=min(dock["bytes_done"], max(total, 1)), width=24)
-        rows.append(
-            (
-                dock["port"],
-                dock["device_serial"],
-                dock["state"],
-                dock["current_file"],
-                bar if total else None,
-                f"{_size(dock['bytes_done'])} / {_size(total)}",
-                f"{_size(int(dock['rate_bps']))}/s" if dock["rate_bps"] else None,
-                _eta(dock["eta_s"]),
-            )
+    """One line per dock and one per footer fact: at 80 columns a terminal cuts long cells with "…"
+    rather than wrap (a pipe gets them whole)."""
+    rows = [
+        (
+            dock["label"],
+            dock["device_serial"],
+            dock["officer_name"],
+            dock["state"],
+            _bar(dock["bytes_done"], dock["bytes_total"] or 0),
+            f"{_size(int(dock['rate_bps']))}/s" if dock["rate_bps"] else None,
+            _eta(dock["eta_s"]),
+            dock["current_file"],
         )
-    columns = ("port", "camera", "state", "file", "progress", "done / total", "rate", "ETA")
-    docks = table("Docks", columns, rows, empty="-")
+        for dock in result["docks"]
+    ]
+    # Cut first: a long label, officer name or file name; never the camera, state or figures.
+    columns = (
+        ("dock", True),
+        ("camera", False),
+        ("officer", True),
+        ("state", False),
+        ("progress", False),
+        ("rate", False),
+        ("ETA", False),
+        ("file", True),
+    )
+    docks = one_line_table("Docks", columns, rows)
     flags = result["open_flags"]
     flag_text = ", ".join(f"{kind} {count}" for kind, count in sorted(flags.items())) or "none"
     verify = result["last_verify"]
@@ -237,7 +250,7 @@ def status_view(result: dict[str, Any], zone: ZoneInfo) -> Group:
         verify_text = "never run"
     else:
         verdict = "clean" if verify["clean"] else f"{verify['problems']} problem(s)"
-        verify_text = f"{verdict} at {_local(verify['at'], zone)} by {verify['by']}"
+        verify_text = f"{verdict} at {local_time(verify['at'], zone)} by {verify['by']}"
     footer = styled(
         *_detection_parts(result.get("detection")),
         ("open flags: ", "bold"),
@@ -253,6 +266,7 @@ def status_view(result: dict[str, Any], zone: ZoneInfo) -> Group:
         str(result["queued"]),
         ("  (read from the catalog: the daemon is not running)" if result["served_by"] == "catalog" else ""),
     )
+    footer.no_wrap, footer.overflow = True, "ellipsis"
     return Group(docks, footer)
 
 
@@ -356,8 +370,8 @@ def cameras(config_path: Path | None, serial: str | None, unit: str | None, as_j
                 f"{offset:+.3f} s" if offset is not None else None,
                 camera["clock_state"],
                 f"{holder['officer_no']} {holder['name']}" if holder else None,
-                _local(camera["checked_out_at"], zone),
-                _local(camera["last_docked_at"], zone),
+                local_time(camera["checked_out_at"], zone),
+                local_time(camera["last_docked_at"], zone),
             )
         )
     console().print(table("Cameras", columns, rows, empty="-"))
@@ -435,7 +449,7 @@ def footage(config_path: Path | None, as_json: bool, **filters: Any) -> None:
     rows = [
         (
             item["id"],
-            _local(item["recorded_at"], zone),
+            local_time(item["recorded_at"], zone),
             item["device_serial"],
             f"{_cell(item['officer_no'])} {item['officer_name'] or ''}".strip(),
             item["unit_no"],
@@ -599,7 +613,7 @@ def audit(
         rows = [
             (
                 event["seq"],
-                _local(event["time"], zone),
+                local_time(event["time"], zone),
                 event["event_type"],
                 event["user"],
                 event["role"],

@@ -1,0 +1,87 @@
+"""What ingestctl shows an operator, read from the real command on a real terminal and in a pipe."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from rich.cells import cell_len
+
+from ingestd.control.client import call
+from tests.support.terminal import on_terminal
+from tests.system.harness import Daemon, SimulatedCamera, wait_for
+from tests.system.test_control import CTL, ctl
+
+OFFICERS = {"ZFY0701": "王五", "ZFY0702": "Li Na", "ZFY0703": "赵六", "ZFY0704": "Chen Jie"}
+LABELS = {"ZFY0701": "Bay 1", "ZFY0702": "Bay 2"}  # the other two show their short name
+
+
+def _docks(daemon: Daemon) -> dict[str, dict[str, Any]]:
+    return {dock["device_serial"]: dock for dock in call(daemon.control_socket, "status", {})["docks"]}
+
+
+def test_status_fits_80x24_one_line_per_dock_labelled_and_keeps_camera_officer_and_rate_when_done(
+    daemon: Daemon, make_camera: Callable[..., SimulatedCamera]
+) -> None:
+    docks = "".join(
+        f'\n[[dock]]\nport = "folder:{daemon.docks / serial}"\nlabel = "{label}"\n'
+        for serial, label in LABELS.items()
+    )
+    daemon.extra_config = "\n[ingest]\ndelete_after_ingest = false\n" + docks
+    daemon.start()
+    cameras = {
+        serial: make_camera(serial, officer_no=f"0007{index:02d}", officer_name=name, files=2)
+        for index, (serial, name) in enumerate(OFFICERS.items())
+    }
+    for camera in cameras.values():
+        camera.dock(daemon.docks)
+
+    def all_done() -> dict[str, dict[str, Any]] | None:
+        shown = _docks(daemon)
+        finished = set(shown) == set(OFFICERS) and all(d["state"] == "done" for d in shown.values())
+        return shown if finished and all(d["rate_bps"] for d in shown.values()) else None
+
+    done = wait_for("every camera done", all_done, timeout=120, interval=0.2)
+    assert {serial: dock["label"] for serial, dock in done.items()} == {
+        **LABELS,
+        "ZFY0703": "folder ZFY0703",
+        "ZFY0704": "folder ZFY0704",
+    }
+
+    code, lines = on_terminal([sys.executable, "-c", CTL, "status", "--config", str(daemon.config_path)])
+    assert code == 0, lines
+    assert len(lines) <= 24, lines
+    assert all(cell_len(line) <= 80 for line in lines), lines
+    for serial, officer in OFFICERS.items():
+        label = LABELS.get(serial, f"folder {serial}")
+        rows = [line for line in lines if serial in line]
+        assert len(rows) == 1, (serial, lines)  # one line per dock, never wrapped
+        for shown in (label, officer, "done"):
+            assert shown in rows[0], (shown, rows[0])
+        assert "/s" in rows[0], rows[0]  # the copy's rate stays once it is done
+    assert not any("/devices/" in line or "folder:/" in line for line in lines), lines
+
+    # The rate is frozen, not decaying while the camera waits to be taken.
+    before = {serial: dock["rate_bps"] for serial, dock in done.items()}
+    wait_for(
+        "two more progress flushes",
+        lambda: _docks(daemon)["ZFY0701"]["updated_at"] != done["ZFY0701"]["updated_at"],
+        timeout=10,
+    )
+    assert {serial: dock["rate_bps"] for serial, dock in _docks(daemon).items()} == before
+
+    cameras["ZFY0703"].undock(daemon.docks)
+    wait_for(
+        "the undocked dock's row to go",
+        lambda: "ZFY0703" not in _docks(daemon) and len(_docks(daemon)) == 3,
+        timeout=60,
+    )
+    piped = ctl(daemon, "status")
+    assert piped.returncode == 0, piped.stderr
+    assert "ZFY0703" not in piped.stdout
+    assert "folder ZFY0703" not in piped.stdout
+    assert [line for line in piped.stdout.splitlines() if "Bay 1" in line and "ZFY0701" in line]
+    shown = json.loads(ctl(daemon, "status", "--json").stdout)
+    assert sorted(dock["label"] for dock in shown["docks"]) == ["Bay 1", "Bay 2", "folder ZFY0704"]
