@@ -516,13 +516,21 @@ CJIS_FIELDS = ("event_type", "time", "place", "source", "outcome", "user")
 
 
 def audit_events(session: Session, raw: Mapping[str, Any], *, zone: ZoneInfo) -> dict[str, Any]:
-    """Audit events in chain order, `limit` per page after `after_seq`, carrying the CJIS 5.4 fields."""
-    args = Args("audit", raw, {"action", "actor", "outcome", "since", "until", "limit", "after_seq"})
+    """Audit events carrying the CJIS 5.4 fields, `limit` per page: in chain order after `after_seq`
+    (exports), or with `newest_first` before `before_seq` (what an operator reads first)."""
+    args = Args(
+        "audit",
+        raw,
+        {"action", "actor", "outcome", "since", "until", "limit", "after_seq", "before_seq", "newest_first"},
+    )
     action, actor = args.text("action", 64), args.text("actor", 64)
     outcome = args.text("outcome", 16)
     since, until = args.time("since", zone), args.time("until", zone, end=True)
     limit = args.integer("limit", AUDIT_LIMIT_DEFAULT, 1, AUDIT_LIMIT_MAX)
-    after_seq = args.optional_integer("after_seq")
+    after_seq, before_seq = args.optional_integer("after_seq"), args.optional_integer("before_seq")
+    newest_first = args.flag("newest_first")
+    if not newest_first and before_seq is not None:
+        args.fail("before_seq pages newest first: give newest_first too")
     query = select(AuditEvent)
     if action is not None:
         # "ctl.*" matches a family; otherwise exact (ix_audit_action_time).
@@ -541,7 +549,10 @@ def audit_events(session: Session, raw: Mapping[str, Any], *, zone: ZoneInfo) ->
         query = query.where(AuditEvent.at < until)
     if after_seq is not None:
         query = query.where(AuditEvent.seq > after_seq)
-    rows = session.scalars(query.order_by(AuditEvent.seq).limit(limit + 1)).all()
+    if before_seq is not None:
+        query = query.where(AuditEvent.seq < before_seq)
+    order = AuditEvent.seq.desc() if newest_first else AuditEvent.seq
+    rows = session.scalars(query.order_by(order).limit(limit + 1)).all()
     page = rows[:limit]
     place = socket.gethostname()
     events = [
@@ -564,7 +575,8 @@ def audit_events(session: Session, raw: Mapping[str, Any], *, zone: ZoneInfo) ->
     return {
         "events": events,
         "count": len(events),
-        "next_after_seq": page[-1].seq if len(rows) > limit and page else None,
+        "next_after_seq": page[-1].seq if len(rows) > limit and page and not newest_first else None,
+        "next_before_seq": page[-1].seq if len(rows) > limit and page and newest_first else None,
     }
 
 

@@ -561,7 +561,13 @@ def _write_json(events: Iterator[dict[str, Any]], out: Any) -> int:
     "--limit",
     type=click.IntRange(min=1),
     default=None,
-    help="At most this many events (table default: 100; csv/json default: all).",
+    help="At most this many events (table: per page, default 100, at most 10000; csv/json default: all).",
+)
+@click.option(
+    "--before",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Table: events older than this seq (the next page, as the table's last line says).",
 )
 @click.option(
     "--format",
@@ -577,16 +583,19 @@ def _write_json(events: Iterator[dict[str, Any]], out: Any) -> int:
 )
 @json_option
 def audit(
+    *,
     config_path: Path | None,
     fmt: str | None,
     output: Path | None,
     limit: int | None,
+    before: int | None,
     as_json: bool,
     **filters: Any,
 ) -> None:
     """Show or export the audit trail: event type, time, place (this station), source, outcome, user.
 
-    Needs the admin or auditor role. Exports are in chain order (seq), with each event's hash."""
+    Needs the admin or auditor role. The table shows the newest events first, a page at a time (its last
+    line says how to get the next); exports are in chain order (seq), with each event's hash."""
     if as_json and fmt not in (None, "json"):
         raise click.UsageError("--json and --format csv contradict each other")
     fmt = (
@@ -606,9 +615,14 @@ def audit(
     if fmt == "table" and output is not None:
         raise click.UsageError("--output needs --format csv or json")
     config = load(config_path)
+    if before is not None and fmt != "table":
+        raise click.UsageError("--before pages the table; csv and json export in chain order")
     if fmt == "table":
         zone = ZoneInfo(config.deadlines.timezone)
-        events = list(_audit_pages(config, filters, limit or queries.AUDIT_LIMIT_DEFAULT))
+        page = min(limit or queries.AUDIT_LIMIT_DEFAULT, AUDIT_PAGE)
+        newest = {**filters, "limit": page, "newest_first": True, "before_seq": before}
+        found = request(config, "audit", newest)
+        events = found["events"]
         columns = ("seq", "time", "event", "user", "role", "outcome", "subject", "source")
         rows = [
             (
@@ -623,7 +637,10 @@ def audit(
             )
             for event in events
         ]
-        console().print(table("Audit trail", columns, rows, empty="-"))
+        shown = console()
+        shown.print(table("Audit trail (newest first)", columns, rows, empty="-"))
+        if found["next_before_seq"] is not None:
+            shown.print(plain(f"more: --before {found['next_before_seq']}"), highlight=False)
         return
     writer: Callable[[Iterator[dict[str, Any]], Any], int] = _write_csv if fmt == "csv" else _write_json
     with _output(output) as out:

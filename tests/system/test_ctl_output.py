@@ -85,3 +85,33 @@ def test_status_fits_80x24_one_line_per_dock_labelled_and_keeps_camera_officer_a
     assert [line for line in piped.stdout.splitlines() if "Bay 1" in line and "ZFY0701" in line]
     shown = json.loads(ctl(daemon, "status", "--json").stdout)
     assert sorted(dock["label"] for dock in shown["docks"]) == ["Bay 1", "Bay 2", "folder ZFY0704"]
+
+
+def test_audit_shows_the_newest_first_says_how_to_page_and_an_empty_list_says_none(daemon: Daemon) -> None:
+    daemon.start()
+    for _ in range(7):
+        assert ctl(daemon, "footage").returncode == 0  # each search is audited
+    chain = [event["seq"] for event in json.loads(ctl(daemon, "audit", "--json").stdout)]
+    assert chain == sorted(chain)  # exports stay in chain order
+    assert len(chain) > 4
+
+    first = ctl(daemon, "audit", "--limit", "3")
+    assert first.returncode == 0, first.stderr
+    newest = sorted(chain)[-3:][::-1]
+    assert _seqs(first.stdout) == newest
+    assert first.stdout.splitlines()[-1] == f"more: --before {newest[-1]}"
+    second = ctl(daemon, "audit", "--limit", "3", "--before", str(newest[-1]))
+    assert _seqs(second.stdout) == sorted(chain)[-6:-3][::-1]
+
+    empty = ctl(daemon, "audit", "--action", "no.such.event")
+    assert empty.returncode == 0, empty.stderr
+    assert empty.stdout.strip() == "Audit trail (newest first): none"
+    assert json.loads(ctl(daemon, "audit", "--json", "--action", "no.such.event").stdout) == []
+    refused = ctl(daemon, "audit", "--format", "csv", "--before", "3")
+    assert refused.returncode == 2
+    assert "--before pages the table" in refused.stderr
+
+
+def _seqs(table: str) -> list[int]:
+    """The seq column of a piped audit table (its rows start with a border, then the seq)."""
+    return [int(line.split("│")[1]) for line in table.splitlines() if line.startswith("│")]
