@@ -8,11 +8,15 @@ from collections.abc import Callable
 from typing import Any
 
 from rich.cells import cell_len
+from sqlalchemy import select
 
 from ingestd.control.client import call
+from store.catalog import Catalog
+from store.models import Camera, Flag, FlagKind
 from tests.support.terminal import on_terminal
 from tests.system.harness import Daemon, SimulatedCamera, wait_for
 from tests.system.test_control import CTL, ctl
+from tests.system.test_ctl_records import LONG_AGO, seeded
 
 OFFICERS = {"ZFY0701": "王五", "ZFY0702": "Li Na", "ZFY0703": "赵六", "ZFY0704": "Chen Jie"}
 LABELS = {"ZFY0701": "Bay 1", "ZFY0702": "Bay 2"}  # the other two show their short name
@@ -115,3 +119,51 @@ def test_audit_shows_the_newest_first_says_how_to_page_and_an_empty_list_says_no
 def _seqs(table: str) -> list[int]:
     """The seq column of a piped audit table (its rows start with a border, then the seq)."""
     return [int(line.split("│")[1]) for line in table.splitlines() if line.startswith("│")]
+
+
+def test_flags_say_what_each_is_about_and_explain_takes_the_id_as_printed(daemon: Daemon) -> None:
+    facts = seeded(daemon)  # one gap flag of 900 s, on a recording of camera ZFY0001
+    catalog = Catalog.open(daemon.catalog_url)
+    try:
+        with catalog.transaction() as session:
+            camera_id = session.scalar(select(Camera.id).where(Camera.device_serial == "ZFY0001"))
+            for kind, key, details in (
+                (FlagKind.FAILED_FILE, "f1", {"file": "DCIM/A.MP4", "reason": "read error: EIO"}),
+                (FlagKind.FAILED_FILE, "f2", {"file": "DCIM/B.MP4", "reason": "a symbolic link"}),
+                (FlagKind.LATE, "l1", {"deadline_at": "2024-01-09T01:00:00Z", "late_by_s": 3900.0}),
+                (FlagKind.DRIFT, "d1", {"offset_s": 45.25, "bound_s": 30.0}),
+            ):
+                session.add(
+                    Flag(kind=kind, dedup_key=key, raised_at=LONG_AGO, camera_id=camera_id, details=details)
+                )
+    finally:
+        catalog.close()
+    daemon.start()
+
+    shown = ctl(daemon, "flags")
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    for about in (
+        "DCIM/A.MP4: read error: EIO",
+        "DCIM/B.MP4: a symbolic link",
+        "late by 1 h 05 min (deadline 2024-01-09 09:00:00 CST)",
+        "clock offset +45.2 s (bound 30 s)",
+        "gap of 15 min 00 s",
+    ):
+        assert len([line for line in lines if about in line]) == 1, (about, shown.stdout)
+    assert "raised 2024-01-10 10:00:00 CST" in lines[0]  # station time, with its zone
+
+    gap = facts["flag"]
+    explained = ctl(daemon, "explain", f"#{gap}", "--text", "battery swap")
+    assert explained.returncode == 0, explained.stderr
+    assert explained.stdout.startswith(f"#{gap}  explained")
+    for bad in ("#", "#x", "8#", "0"):
+        refused = ctl(daemon, "explain", bad, "--text", "t")
+        assert refused.returncode == 2, (bad, refused.stderr)
+        assert "is not a flag id" in refused.stderr, (bad, refused.stderr)
+        assert "Traceback" not in refused.stderr
+    for flag in json.loads(ctl(daemon, "flags", "--json").stdout):
+        assert ctl(daemon, "explain", str(flag["id"]), "--text", "seen").returncode == 0
+    empty = ctl(daemon, "flags")
+    assert empty.stdout == "open flags: none\n"
+    assert json.loads(ctl(daemon, "flags", "--json").stdout) == []

@@ -223,7 +223,7 @@ def test_purge_dry_run_then_real_run_as_json(station: dict[str, Any]) -> None:
     [
         (("explain", "999", "--text", "x"), "no flag with id 999"),
         (("explain", "1", "--text", "   "), "explain: text must be a non-empty text"),
-        (("explain", "abc", "--text", "x"), "'abc' is not a valid integer"),
+        (("explain", "abc", "--text", "x"), "'abc' is not a flag id"),
         (("checkout", "ZFY9999"), "no camera with device serial 'ZFY9999'"),
         (("checkout", "ZFY0001", "--officer", "999999"), "no officer with number '999999'"),
         (("custody", "--device", "ZFY0001", "--officer", "000123"), "not both"),
