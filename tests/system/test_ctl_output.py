@@ -167,3 +167,14 @@ def test_flags_say_what_each_is_about_and_explain_takes_the_id_as_printed(daemon
     empty = ctl(daemon, "flags")
     assert empty.stdout == "open flags: none\n"
     assert json.loads(ctl(daemon, "flags", "--json").stdout) == []
+
+
+def test_an_admin_asking_to_approve_is_told_it_is_separation_of_duties(daemon: Daemon) -> None:
+    daemon.start()  # root: the admin role, and no approver group
+    refused = ctl(
+        daemon, "approve", "--for", "nobody", "--purpose", "court", "--recording", "1", "--expires-in", "7d"
+    )
+    assert refused.returncode == 13, refused.stderr
+    (line,) = refused.stderr.splitlines()
+    assert "approve needs one of the roles approver; root has admin" in line
+    assert "separation of duties: admin does not include approve; only approver may" in line
