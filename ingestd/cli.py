@@ -124,6 +124,7 @@ def load(config_path: Path | None, *, daemon: bool = False) -> Config:
 
 
 @click.group()
+@click.version_option(package_name="ingestd", message="%(prog)s %(version)s")
 def cli() -> None:
     """ingestd: body-camera docking-station ingest daemon."""
 

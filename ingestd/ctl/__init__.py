@@ -22,6 +22,7 @@ EXIT_PROBLEMS = 3
 
 
 @click.group()
+@click.version_option(package_name="ingestd", message="%(prog)s %(version)s")
 def ctl() -> None:
     """ingestctl: inspect and manage the ingest station."""
 

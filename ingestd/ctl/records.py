@@ -19,7 +19,7 @@ import click
 from ingestd.cli import config_option, json_option, load, print_json
 from ingestd.config import Config
 from ingestd.ctl.read import request
-from ingestd.display import local_time
+from ingestd.display import console, local_time, plain, table
 from store.models import Confidentiality, RetentionClass
 
 EXIT_PROBLEMS = 3
@@ -55,6 +55,8 @@ def checkout(config_path: Path | None, device: str, officer_no: str | None, as_j
     config = load(config_path)
     result = request(config, "checkout", {"device": device, "officer_no": officer_no})
     print_json(result["custody"]) if as_json else click.echo(_custody_line(result["custody"], _zone(config)))
+    if result.get("warning"):
+        click.echo(f"ingestctl: warning: {result['warning']}", err=True)
 
 
 @click.command()
@@ -290,15 +292,48 @@ def extend(
 ) -> None:
     """Extend RECORDING's upload deadline to N working days after it ended (holiday calendar applies)."""
     args = {"recording_id": recording_id, "working_days": working_days, "reason": reason}
-    result = ask(config_path, "extend", args)["extension"]
+    config = load(config_path)
+    result = request(config, "extend", args)["extension"]
     if as_json:
         print_json(result)
         return
-    resolved = ", ".join(map(str, result["resolved_flag_ids"]))
-    click.echo(
-        f"recording {result['recording_id']}: deadline {result['previous_deadline_at']} -> "
-        f"{result['deadline_at']}" + (f"; resolved flag(s) {resolved}" if resolved else "")
+    zone = _zone(config)
+    resolved = ", ".join(f"#{flag}" for flag in result["resolved_flag_ids"])
+    deadline = local_time(result["deadline_at"], zone)
+    if result["previous_deadline_at"] == result["deadline_at"]:
+        line = (
+            f"recording {result['recording_id']}: deadline unchanged, already {deadline} (nothing extended)"
+        )
+    else:
+        previous = local_time(result["previous_deadline_at"], zone)
+        line = f"recording {result['recording_id']}: deadline {previous} -> {deadline}"
+    click.echo(line + (f"; resolved flag(s) {resolved}" if resolved else ""))
+
+
+def _print_purge(report: dict[str, Any], dry_run: bool, zone: ZoneInfo) -> None:
+    """The purge as an operator checks it: what is noticed, what goes, what is kept and why."""
+    prefix = "would " if dry_run else ""
+    recordings, objects = report["deletable_recordings"], report["deletable_objects"]
+    out = console()
+    out.print(
+        plain(
+            f"{prefix}notice {len(report['notices'])} recording(s); {prefix}purge {len(recordings)} "
+            f"recording(s) and remove {len(objects)} object(s) (+{len(report['pending_objects'])} pending)"
+        )
     )
+    kept = ", ".join(f"{reason} {count}" for reason, count in report["kept_counts"].items())
+    out.print(plain(f"kept: {kept or 'none'}"))
+    notices = [
+        (n["recording_id"], local_time(n["expires_at"], zone), local_time(n["delete_not_before"], zone))
+        for n in report["notices"]
+    ]
+    out.print(table(f"{prefix.capitalize()}notice", ("recording", "expires", "deleted not before"), notices))
+    goes = [(recording_id, "recording") for recording_id in recordings]
+    goes += [(digest, "object") for digest in objects]
+    out.print(table(f"{prefix.capitalize()}purge", ("id or BLAKE3", "what"), goes))
+    held = [(k["recording_id"], k["reason"], k["detail"]) for k in report["kept"]]
+    held += [(k["blake3"], k["reason"], f"needed by {k['referenced_by']}") for k in report["kept_objects"]]
+    out.print(table("Kept", ("id or BLAKE3", "why", "detail"), held, empty="-"))
 
 
 @click.command("purge")
@@ -308,18 +343,13 @@ def extend(
 def purge_command(config_path: Path | None, dry_run: bool, as_json: bool) -> None:
     """Apply retention: give due notices, then delete noticed, expired footage that is not held, not
     long-term and whose bytes no other recording needs. The only way stored footage is ever removed."""
-    report = ask(config_path, "purge", {"dry_run": dry_run}, timeout=PURGE_TIMEOUT_S)["purge"]
+    config = load(config_path)
+    report = request(config, "purge", {"dry_run": dry_run}, timeout=PURGE_TIMEOUT_S)["purge"]
     done = report["done"] or {}
     if as_json:
         print_json(report)
     else:
-        prefix = "would " if dry_run else ""
-        recordings, objects = len(report["deletable_recordings"]), len(report["deletable_objects"])
-        click.echo(
-            f"{prefix}notice {len(report['notices'])} recording(s); {prefix}purge {recordings} "
-            f"recording(s) and remove {objects} object(s) (+{len(report['pending_objects'])} pending); "
-            f"kept: {report['kept_counts']}"
-        )
+        _print_purge(report, dry_run, _zone(config))
         for digest, error in done.get("failed_objects", {}).items():
             click.echo(f"FAILED to remove {digest}: {error}", err=True)
         for subject, why in done.get("skipped", {}).items():
