@@ -210,9 +210,9 @@ def _bar(done: int, total: int) -> str:
     """A progress bar as literal text, with the percentage: one short line on any terminal."""
     if not total:
         return "-"
-    share = min(done, total) / total
-    filled = round(share * BAR_CELLS)
-    return f"{'█' * filled}{'░' * (BAR_CELLS - filled)} {share * 100:3.0f}%"
+    percent = min(done, total) * 100 // total  # rounded down: 100% only when every byte is in
+    filled = percent * BAR_CELLS // 100
+    return f"{'█' * filled}{'░' * (BAR_CELLS - filled)} {percent:3d}%"
 
 
 def status_view(result: dict[str, Any], zone: ZoneInfo) -> Group:
