@@ -59,16 +59,21 @@ def none_line(title: str) -> Text:
 
 
 def one_line_table(
-    title: str, columns: Sequence[tuple[str, bool]], rows: Sequence[Sequence[object]]
+    title: str,
+    columns: Sequence[tuple[str, int | None]],
+    rows: Sequence[Sequence[object]],
+    *,
+    flexible: str,
 ) -> RenderableType:
-    """A frameless table of one line per row, for a screen that must fit a terminal: the columns marked
-    True give up width first and cut their text with "…"; the others keep theirs. Piped, nothing is cut
-    (see `console`). No rows: the line `title: none`."""
+    """A frameless table of one line per row, for a screen that must fit a terminal. Each column is
+    (name, widest it may get on a terminal, or None); the `flexible` column gives up width first. Cut
+    text ends in "…"; piped, nothing is cut (see `console`). No rows: the line `title: none`."""
     if not rows:
         return none_line(title)
     shown = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    for name, shrinks in columns:
-        shown.add_column(name, no_wrap=not shrinks)
+    on_terminal = sys.stdout.isatty()  # piped, as wide as it is (as `console`)
+    for name, widest in columns:
+        shown.add_column(name, no_wrap=name != flexible, max_width=widest if on_terminal else None)
     for row in rows:
         cells = [plain(value, empty="-") for value in row]
         for cell in cells:

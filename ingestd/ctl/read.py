@@ -182,11 +182,12 @@ def request(
 
 
 def _size(value: int | None) -> str:
+    """At most three digits before the point (`1014.7 KiB` is shown as `1.0 MiB`), as `ls -h` does."""
     if value is None:
         return "-"
     size = float(value)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
+        if size < 1000 or unit == "TiB":
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{value} B"  # pragma: no cover - the loop always returns
@@ -231,18 +232,19 @@ def status_view(result: dict[str, Any], zone: ZoneInfo) -> Group:
         )
         for dock in result["docks"]
     ]
-    # Cut first: a long label, officer name or file name; never the camera, state or figures.
+    # At 80 columns a long label or officer name is cut at a readable width, and the file name gives
+    # up the rest; the camera, state and figures never are.
     columns = (
-        ("dock", True),
-        ("camera", False),
-        ("officer", True),
-        ("state", False),
-        ("progress", False),
-        ("rate", False),
-        ("ETA", False),
-        ("file", True),
+        ("dock", 14),
+        ("camera", None),
+        ("officer", 12),
+        ("state", None),
+        ("progress", None),
+        ("rate", None),
+        ("ETA", None),
+        ("file", None),
     )
-    docks = one_line_table("Docks", columns, rows)
+    docks = one_line_table("Docks", columns, rows, flexible="file")
     flags = result["open_flags"]
     flag_text = ", ".join(f"{kind} {count}" for kind, count in sorted(flags.items())) or "none"
     verify = result["last_verify"]

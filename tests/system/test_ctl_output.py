@@ -19,6 +19,7 @@ from tests.system.test_control import CTL, ctl
 from tests.system.test_ctl_records import LONG_AGO, seeded
 
 OFFICERS = {"ZFY0701": "王五", "ZFY0702": "Li Na", "ZFY0703": "赵六", "ZFY0704": "Chen Jie"}
+LONG_OFFICER = "Alexandria Montgomery-Smithson"  # cut on a terminal, whole in a pipe
 LABELS = {"ZFY0701": "Bay 1", "ZFY0702": "Bay 2"}  # the other two show their short name
 
 
@@ -35,16 +36,17 @@ def test_status_fits_80x24_one_line_per_dock_labelled_and_keeps_camera_officer_a
     )
     daemon.extra_config = "\n[ingest]\ndelete_after_ingest = false\n" + docks
     daemon.start()
+    everyone = {**OFFICERS, "ZFY0705": LONG_OFFICER}
     cameras = {
         serial: make_camera(serial, officer_no=f"0007{index:02d}", officer_name=name, files=2)
-        for index, (serial, name) in enumerate(OFFICERS.items())
+        for index, (serial, name) in enumerate(everyone.items())
     }
     for camera in cameras.values():
         camera.dock(daemon.docks)
 
     def all_done() -> dict[str, dict[str, Any]] | None:
         shown = _docks(daemon)
-        finished = set(shown) == set(OFFICERS) and all(d["state"] == "done" for d in shown.values())
+        finished = set(shown) == set(everyone) and all(d["state"] == "done" for d in shown.values())
         return shown if finished and all(d["rate_bps"] for d in shown.values()) else None
 
     done = wait_for("every camera done", all_done, timeout=120, interval=0.2)
@@ -52,6 +54,7 @@ def test_status_fits_80x24_one_line_per_dock_labelled_and_keeps_camera_officer_a
         **LABELS,
         "ZFY0703": "folder ZFY0703",
         "ZFY0704": "folder ZFY0704",
+        "ZFY0705": "folder ZFY0705",
     }
 
     code, lines = on_terminal([sys.executable, "-c", CTL, "status", "--config", str(daemon.config_path)])
@@ -66,6 +69,9 @@ def test_status_fits_80x24_one_line_per_dock_labelled_and_keeps_camera_officer_a
             assert shown in rows[0], (shown, rows[0])
         assert "/s" in rows[0], rows[0]  # the copy's rate stays once it is done
     assert not any("/devices/" in line or "folder:/" in line for line in lines), lines
+    (long_row,) = [line for line in lines if "ZFY0705" in line]
+    for shown in ("Alexandria", "…", "done"):  # cut at a readable width, the rest of the row intact
+        assert shown in long_row, (shown, long_row)
 
     # The rate is frozen, not decaying while the camera waits to be taken.
     before = {serial: dock["rate_bps"] for serial, dock in done.items()}
@@ -79,7 +85,7 @@ def test_status_fits_80x24_one_line_per_dock_labelled_and_keeps_camera_officer_a
     cameras["ZFY0703"].undock(daemon.docks)
     wait_for(
         "the undocked dock's row to go",
-        lambda: "ZFY0703" not in _docks(daemon) and len(_docks(daemon)) == 3,
+        lambda: "ZFY0703" not in _docks(daemon) and len(_docks(daemon)) == 4,
         timeout=60,
     )
     piped = ctl(daemon, "status")
@@ -87,8 +93,11 @@ def test_status_fits_80x24_one_line_per_dock_labelled_and_keeps_camera_officer_a
     assert "ZFY0703" not in piped.stdout
     assert "folder ZFY0703" not in piped.stdout
     assert [line for line in piped.stdout.splitlines() if "Bay 1" in line and "ZFY0701" in line]
+    assert [line for line in piped.stdout.splitlines() if LONG_OFFICER in line and "ZFY0705" in line]
+    assert "…" not in piped.stdout  # a pipe gets every cell whole
     shown = json.loads(ctl(daemon, "status", "--json").stdout)
-    assert sorted(dock["label"] for dock in shown["docks"]) == ["Bay 1", "Bay 2", "folder ZFY0704"]
+    labels = sorted(dock["label"] for dock in shown["docks"])
+    assert labels == ["Bay 1", "Bay 2", "folder ZFY0704", "folder ZFY0705"]
 
 
 def test_audit_shows_the_newest_first_says_how_to_page_and_an_empty_list_says_none(daemon: Daemon) -> None:
