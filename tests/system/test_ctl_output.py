@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -115,6 +116,17 @@ def test_audit_shows_the_newest_first_says_how_to_page_and_an_empty_list_says_no
     assert first.stdout.splitlines()[-1] == f"more: --before {newest[-1]}"
     second = ctl(daemon, "audit", "--limit", "3", "--before", str(newest[-1]))
     assert _seqs(second.stdout) == sorted(chain)[-6:-3][::-1]
+
+    # A terminal shows station time with its zone, JSON ISO 8601 UTC; an empty list says so on both.
+    argv = [sys.executable, "-c", CTL, "audit", "--limit", "1", "--config", str(daemon.config_path)]
+    code, lines = on_terminal(argv, columns=200)
+    assert code == 0, lines
+    (row,) = [line for line in lines if f"│ {newest[0]} " in line]
+    assert re.search(r"│ \d{4}-\d\d-\d\d \d\d:\d\d:\d\d CST │", row), row
+    newest_json = json.loads(ctl(daemon, "audit", "--json").stdout)[-1]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", newest_json["time"])
+    code, lines = on_terminal([*argv[:-2], "--action", "no.such.event", *argv[-2:]])
+    assert (code, lines) == (0, ["Audit trail (newest first): none"])
 
     empty = ctl(daemon, "audit", "--action", "no.such.event")
     assert empty.returncode == 0, empty.stderr
