@@ -82,23 +82,14 @@ class DockProgress:
         with self._lock:
             done, total = self._bytes_done, self._bytes_total
             if self._state != COPYING and self._copy_started is not None:
-                return ProgressSnapshot(
-                    self.label,
-                    self._state,
-                    self._current_file,
-                    done,
-                    total,
-                    self._files_done,
-                    self._files_total,
-                    self._copy_rate,
-                    None,
-                )
-            self._samples.append((now, done))
-            while len(self._samples) > 2 and now - self._samples[0][0] > RATE_WINDOW_S:
-                self._samples.popleft()
-            first_t, first_done = self._samples[0]
-            rate = (done - first_done) / (now - first_t) if now > first_t else None
-            eta = (total - done) / rate if rate and rate > 0 and total >= done else None
+                rate, eta = self._copy_rate, None  # the copy is over: its average, no ETA
+            else:
+                self._samples.append((now, done))
+                while len(self._samples) > 2 and now - self._samples[0][0] > RATE_WINDOW_S:
+                    self._samples.popleft()
+                first_t, first_done = self._samples[0]
+                rate = (done - first_done) / (now - first_t) if now > first_t else None
+                eta = (total - done) / rate if rate and rate > 0 and total >= done else None
             return ProgressSnapshot(
                 self.label,
                 self._state,
