@@ -448,11 +448,9 @@ class DockConfig(Section):
 
 
 def short_port_name(port: str) -> str:
-    """A short name that stays the same for a port across docks: the folder's or the USB port's last part."""
-    if port.startswith("folder:"):
-        return f"folder {Path(port.removeprefix('folder:')).name}"
-    last = port.rstrip("/").rpartition("/")[2] or port
-    return f"usb {last}" if "/usb" in port else last
+    """A short name that stays the same for a port across docks: the last part of its path (the USB
+    port, `1-4`, or the watched folder's subdirectory)."""
+    return port.removeprefix("folder:").rstrip("/").rpartition("/")[2] or port
 
 
 BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")

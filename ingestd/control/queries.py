@@ -201,8 +201,9 @@ def open_flag_counts(session: Session) -> dict[str, int]:
 
 
 def docks(session: Session, dock_label: Callable[[str], str] = short_port_name) -> list[dict[str, Any]]:
-    """Docks with a camera on them (an undocked port is gone), with the camera and officer of the dock's
-    latest session, kept after the session ends so a finished dock still says whose camera it is."""
+    """Every known dock with its label, and the camera and officer of its latest session while a camera
+    is on it: kept after the session ends, so a finished dock still says whose camera it is; none once
+    the camera is taken (the dock is `empty`)."""
     latest = (
         select(DockSession.dock_id, func.max(DockSession.id).label("session_id"))
         .group_by(DockSession.dock_id)
@@ -219,11 +220,12 @@ def docks(session: Session, dock_label: Callable[[str], str] = short_port_name) 
             and_(checked_in.dock_session_id == DockSession.id, checked_in.kind == CustodyKind.CHECK_IN),
         )
         .outerjoin(Officer, Officer.id == checked_in.officer_id)
-        .where(Dock.state != "empty")
         .order_by(Dock.port)
     ).all()
     found = []
-    for dock, serial, officer_name, files_done, files_total in rows:
+    for dock, latest_serial, latest_officer, files_done, files_total in rows:
+        # Taken: no earlier camera or officer shows on a free dock.
+        serial, officer_name = (None, None) if dock.state == "empty" else (latest_serial, latest_officer)
         found.append(
             {
                 "port": dock.port,
@@ -253,7 +255,7 @@ def status(
     now: datetime,
     dock_label: Callable[[str], str] = short_port_name,
 ) -> dict[str, Any]:
-    dock_rows = docks(session, dock_label)
+    dock_rows = [dock for dock in docks(session, dock_label) if dock["state"] != "empty"]  # gone: no row
     return {
         "now": iso(now),
         "docks": dock_rows,

@@ -53,9 +53,9 @@ def test_status_fits_80x24_one_line_per_dock_labelled_and_keeps_camera_officer_a
     done = wait_for("every camera done", all_done, timeout=120, interval=0.2)
     assert {serial: dock["label"] for serial, dock in done.items()} == {
         **LABELS,
-        "ZFY0703": "folder ZFY0703",
-        "ZFY0704": "folder ZFY0704",
-        "ZFY0705": "folder ZFY0705",
+        "ZFY0703": "ZFY0703",
+        "ZFY0704": "ZFY0704",
+        "ZFY0705": "ZFY0705",
     }
 
     code, lines = on_terminal([sys.executable, "-c", CTL, "status", "--config", str(daemon.config_path)])
@@ -63,10 +63,11 @@ def test_status_fits_80x24_one_line_per_dock_labelled_and_keeps_camera_officer_a
     assert len(lines) <= 24, lines
     assert all(cell_len(line) <= 80 for line in lines), lines
     for serial, officer in OFFICERS.items():
-        label = LABELS.get(serial, f"folder {serial}")
+        label = LABELS.get(serial, serial)  # a folder dock's short name: its subdirectory
         rows = [line for line in lines if serial in line]
         assert len(rows) == 1, (serial, lines)  # one line per dock, never wrapped
-        for shown in (label, officer, "done"):
+        assert rows[0].lstrip().startswith(f"{label} "), rows[0]
+        for shown in (officer, "done"):
             assert shown in rows[0], (shown, rows[0])
         assert "/s" in rows[0], rows[0]  # the copy's rate stays once it is done
     assert not any("/devices/" in line or "folder:/" in line for line in lines), lines
@@ -92,13 +93,12 @@ def test_status_fits_80x24_one_line_per_dock_labelled_and_keeps_camera_officer_a
     piped = ctl(daemon, "status")
     assert piped.returncode == 0, piped.stderr
     assert "ZFY0703" not in piped.stdout
-    assert "folder ZFY0703" not in piped.stdout
     assert [line for line in piped.stdout.splitlines() if "Bay 1" in line and "ZFY0701" in line]
     assert [line for line in piped.stdout.splitlines() if LONG_OFFICER in line and "ZFY0705" in line]
     assert "…" not in piped.stdout  # a pipe gets every cell whole
     shown = json.loads(ctl(daemon, "status", "--json").stdout)
     labels = sorted(dock["label"] for dock in shown["docks"])
-    assert labels == ["Bay 1", "Bay 2", "folder ZFY0704", "folder ZFY0705"]
+    assert labels == ["Bay 1", "Bay 2", "ZFY0704", "ZFY0705"]
 
 
 def test_audit_shows_the_newest_first_says_how_to_page_and_an_empty_list_says_none(daemon: Daemon) -> None:
