@@ -30,6 +30,7 @@ from store.vault import CheckReport, Vault, VaultError, VaultIntegrityError
 
 
 @click.group()
+@click.version_option(package_name="ingestd", message="%(prog)s %(version)s")
 def cli() -> None:
     """ingestd: body-camera docking-station ingest daemon."""
 

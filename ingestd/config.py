@@ -486,6 +486,22 @@ class BayDisplayConfig(Section):
         return split_listen(self.listen)
 
 
+class DockConfig(Section):
+    """One `[[dock]]`: a physical port and the name operators and officers see for it."""
+
+    port: str = Field(
+        min_length=1,
+        description="The dock's port as status --json shows it: the USB device path, or folder:/path.",
+    )
+    label: str = Field(min_length=1, max_length=24, description="What status and the bay display show.")
+
+
+def short_port_name(port: str) -> str:
+    """A short name that stays the same for a port across docks: the last part of its path (the USB
+    port, `1-4`, or the watched folder's subdirectory)."""
+    return port.removeprefix("folder:").rstrip("/").rpartition("/")[2] or port
+
+
 BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
@@ -598,6 +614,14 @@ class Config(Section):
     bay_display: BayDisplayConfig = BayDisplayConfig()
     vault: VaultConfig = VaultConfig()
     camera: tuple[CameraRuleConfig, ...] = ()
+    dock: tuple[DockConfig, ...] = ()
+
+    def dock_label(self, port: str) -> str:
+        """The `[[dock]]` label of `port`, else its short name."""
+        for dock in self.dock:
+            if dock.port == port:
+                return dock.label
+        return short_port_name(port)
 
     def camera_rules(self) -> list[CameraRule]:
         """The driver rules with their passwords: reads the password files, so for the daemon only."""
@@ -663,10 +687,25 @@ def _key_path(location: tuple[int | str, ...]) -> str:
 def parse_config(data: Mapping[str, Any], path: Path | str) -> Config:
     """Validate a parsed TOML document; every problem is named by its key path."""
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as error:
         problems = "; ".join(f"{_key_path(tuple(item['loc']))}: {_friendly(item)}" for item in error.errors())
         raise ConfigError(path=path, detail=problems) from None
+    _refuse_duplicate_docks(config, path)
+    return config
+
+
+def _refuse_duplicate_docks(config: Config, path: Path | str) -> None:
+    """Two `[[dock]]` entries for one port, or one label for two bays, would show an officer the wrong bay."""
+    for key in ("port", "label"):
+        seen: dict[str, int] = {}
+        for index, dock in enumerate(config.dock):
+            value = getattr(dock, key)
+            if value in seen:
+                raise ConfigError(
+                    path=path, detail=f"dock[{index}].{key}: {value!r} is already dock[{seen[value]}].{key}"
+                )
+            seen[value] = index
 
 
 def _friendly(item: Mapping[str, Any]) -> str:

@@ -100,7 +100,9 @@ class DockManager:
             if match is None:
                 return  # logged once by the registry
             slot = _Slot(
-                port=event.port, slow_watch=SlowCopyWatch(self.slow_rate_floor_bps, self.slow_rate_seconds)
+                port=event.port,
+                slow_watch=SlowCopyWatch(self.slow_rate_floor_bps, self.slow_rate_seconds),
+                progress=DockProgress(self.services.config.dock_label(event.port)),
             )
             self._slots[event.port] = slot
         driver, options = match

@@ -25,6 +25,7 @@ from ingestd.verify import VerifyReport, verify_all
 
 
 @click.group()
+@click.version_option(package_name="ingestd", message="%(prog)s %(version)s")
 def ctl() -> None:
     """ingestctl: inspect and manage the ingest station."""
 

@@ -24,13 +24,15 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 import click
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ingestd.commandline import config_option, json_option, load, print_json, trusted_keys_option
+from ingestd.config import load_config
 from ingestd.ctl import client
-from ingestd.display import console, problem_line, styled, table
+from ingestd.display import console, local_time, problem_line, styled, table
 from ingestd.errors import IngestdError, UsageError
 from ingestd.evidence.copies import CopyError
 from ingestd.evidence.destination import deliver_into
@@ -63,7 +65,11 @@ def _period_args(month: str | None, start: str | None, end: str | None) -> dict[
 # --- approvals -----------------------------------------------------------------------------------------
 
 
-def _print_approval(approval: dict[str, Any]) -> None:
+def _zone(config_path: Path | None) -> ZoneInfo:
+    return ZoneInfo(load_config(config_path).deadlines.timezone)
+
+
+def _print_approval(approval: dict[str, Any], zone: ZoneInfo) -> None:
     scope = []
     if approval["scope_recording_ids"]:
         scope.append("recordings " + ", ".join(map(str, approval["scope_recording_ids"])))
@@ -74,8 +80,8 @@ def _print_approval(approval: dict[str, Any]) -> None:
         f"for {approval.get('grantee') or 'nobody'}, "
         f"purpose {approval['purpose']!r}; scope {' '.join(scope)}; "
         f"{'confidential allowed' if approval['allows_confidential'] else 'no confidential'}; "
-        f"expires {approval['expires_at']}"
-        + (f"; revoked {approval['revoked_at']}" if approval["revoked_at"] else "")
+        f"expires {local_time(approval['expires_at'], zone)}"
+        + (f"; revoked {local_time(approval['revoked_at'], zone)}" if approval["revoked_at"] else "")
     )
 
 
@@ -136,7 +142,15 @@ def approve(
             "requested_by": requested_by,
         },
     )
-    print_json(result) if as_json else _print_approval(result)
+    print_json(result) if as_json else _print_approval(result, _zone(config_path))
+    uncovered = result["confidential_not_covered"]
+    if uncovered:
+        click.echo(
+            f"ingestctl: warning: recording(s) {', '.join(map(str, uncovered))} in scope are confidential "
+            "and this approval does not cover them (they will be refused); approve again with "
+            "--allow-confidential if it should",
+            err=True,
+        )
 
 
 @click.command()
@@ -147,7 +161,7 @@ def approve(
 def revoke(config_path: Path | None, approval_id: int, reason: str, as_json: bool) -> None:
     """Revoke an approval: no export or viewing under it from now on."""
     result = client.ask(config_path, "revoke", {"approval_id": approval_id, "reason": reason})
-    print_json(result) if as_json else _print_approval(result)
+    print_json(result) if as_json else _print_approval(result, _zone(config_path))
 
 
 @click.command()
@@ -160,8 +174,11 @@ def approvals(config_path: Path | None, approval_id: int | None, as_json: bool) 
     if as_json:
         print_json(result)
         return
+    zone = _zone(config_path)
     for approval in result["approvals"]:
-        _print_approval(approval)
+        _print_approval(approval, zone)
+    if not result["approvals"]:
+        click.echo("approvals: none")
 
 
 # --- export and verification ---------------------------------------------------------------------------
@@ -319,6 +336,11 @@ def view(*, config_path: Path | None, approval_id: int, recording_id: int, outpu
             stream_verified(source, target, recording, str(output or "standard output"))
         finally:
             os.close(source)
+        if output is not None:  # stdout carries the video itself: nothing else goes there
+            click.echo(
+                f"wrote recording {recording_id} to {output}: {recording['size']} bytes, "
+                f"SHA-256 {recording['sha256']} (matches the catalog)"
+            )
     except BaseException:
         if output is not None:
             output.unlink(missing_ok=True)  # ours (O_EXCL): a partial or unverified copy is not left
@@ -363,7 +385,7 @@ def verify_export(path: Path, trusted_keys: list[Ed25519PublicKey], as_json: boo
 # --- spot checks ---------------------------------------------------------------------------------------
 
 
-def _print_inspection(inspection: dict[str, Any]) -> None:
+def _print_inspection(inspection: dict[str, Any], zone: ZoneInfo) -> None:
     summary = inspection["summary"]
     click.echo(
         f"inspection {inspection['id']}: unit {inspection['unit_no'] or 'all'}, "
@@ -381,7 +403,7 @@ def _print_inspection(inspection: dict[str, Any]) -> None:
                 i["recording_id"],
                 i["verdict"] or "pending",
                 i["reviewed_by"],
-                i["reviewed_at"],
+                local_time(i["reviewed_at"], zone),
                 i["notes"],
             )
             for i in inspection["items"]
@@ -428,7 +450,7 @@ def spotcheck_sample(
             "note": note,
         },
     )
-    print_json(result) if as_json else _print_inspection(result)
+    print_json(result) if as_json else _print_inspection(result, _zone(config_path))
 
 
 @spotcheck.command("verdict")
@@ -464,7 +486,7 @@ def spotcheck_verdict(
             "amend": amend,
         },
     )
-    print_json(result) if as_json else _print_inspection(result)
+    print_json(result) if as_json else _print_inspection(result, _zone(config_path))
 
 
 @spotcheck.command("show")
@@ -477,6 +499,7 @@ def spotcheck_show(config_path: Path | None, inspection_id: int | None, as_json:
     if as_json:
         print_json(result)
     elif inspection_id is None:
+        zone = _zone(config_path)
         columns = ["id", "created", "by", "unit", "start", "end", "size", "reviewed", "pending"]
         _table(
             "inspections",
@@ -484,7 +507,7 @@ def spotcheck_show(config_path: Path | None, inspection_id: int | None, as_json:
             [
                 (
                     i["id"],
-                    i["created_at"],
+                    local_time(i["created_at"], zone),
                     i["created_by"],
                     i["unit_no"] or "all",
                     i["period"]["start"],
@@ -497,7 +520,7 @@ def spotcheck_show(config_path: Path | None, inspection_id: int | None, as_json:
             ],
         )
     else:
-        _print_inspection(result)
+        _print_inspection(result, _zone(config_path))
 
 
 # --- report --------------------------------------------------------------------------------------------

@@ -220,6 +220,21 @@ def approval_dict(approval: Approval, now: datetime | None = None) -> dict[str, 
     }
 
 
+def uncovered_confidential(session: Session, approval: Approval) -> list[int]:
+    """The confidential recordings in `approval`'s scope that it does not cover (no --allow-confidential):
+    using it on them is refused, so the approver is told now rather than the grantee later."""
+    if approval.allows_confidential or not approval.scope_recording_ids:
+        return []
+    return sorted(
+        session.scalars(
+            select(Recording.id).where(
+                Recording.id.in_(approval.scope_recording_ids),
+                Recording.confidentiality != Confidentiality.NORMAL,
+            )
+        )
+    )
+
+
 def create_approval(
     session: Session, audit: AuditLog, actor: Actor, new: NewApproval, *, now: datetime
 ) -> Approval:

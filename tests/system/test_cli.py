@@ -36,6 +36,15 @@ def run(program: str, *args: str, env: dict[str, str] | None = None) -> subproce
         ("[store]\nchunk_mib = 'four'\n", "store.chunk_mib: Input should be a valid integer"),
         ("[catalog\nurl = 1\n", "not valid TOML"),
         ("[[camera]]\nmatch = {}\ndriver = 'serial'\n", "camera[0].match"),
+        (
+            "[[dock]]\nport = 'folder:/a'\nlabel = 'Bay 3'\n[[dock]]\nport = 'folder:/b'\nlabel = 'Bay 3'\n",
+            "dock[1].label: 'Bay 3' is already dock[0].label",
+        ),
+        (
+            "[[dock]]\nport = 'folder:/a'\nlabel = 'Bay 1'\n[[dock]]\nport = 'folder:/a'\nlabel = 'Bay 2'\n",
+            "dock[1].port: 'folder:/a' is already dock[0].port",
+        ),
+        ("[[dock]]\nport = 'folder:/a'\n", "dock[0].label: Field required"),
     ],
 )
 def test_a_bad_config_file_gets_one_clear_line_and_exit_78(tmp_path: Path, text: str, expected: str) -> None:
