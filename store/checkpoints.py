@@ -24,7 +24,7 @@ from typing import Any
 
 import structlog
 
-from store.objects import fsync_dir
+from store.durable import fsync_dir
 from store.signing import Signer, canonical_json
 from store.types import NaiveDatetimeError
 

@@ -24,8 +24,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from store.durable import fsync_dir
 from store.errors import StoreError
-from store.objects import fsync_dir
 
 PRIVATE_KEY_NAME = "audit-signing.key"
 PUBLIC_KEY_NAME = "audit-signing.pub"
