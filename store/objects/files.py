@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import BinaryIO, Final, Self
 
 import structlog
 
@@ -38,6 +38,7 @@ from store.errors import (
     ResumeMismatch,
     SourceSizeError,
     StoreError,
+    StoreNotSetUpError,
 )
 from store.objects.interface import (
     KeepKeys,
@@ -167,6 +168,10 @@ class FileObjectStore(ObjectStore):
     `on_synced` is a test seam only: it is called with the partial copy's path after the final fsync and
     before read-back, so a test can change the bytes on the medium underneath. Production leaves it None.
     The store is safe to share between threads; each concurrent put borrows its own ring of buffers.
+
+    Constructing a store touches nothing on disk, so opening an existing station creates nothing: the
+    directories are made by `create_directories` (or `FileObjectStore.create`), which only the start-up and
+    set-up paths call. Used before that, the store raises StoreNotSetUpError naming what is missing.
     """
 
     def __init__(
@@ -188,12 +193,46 @@ class FileObjectStore(ObjectStore):
         self._objects = self.root / "objects"
         self._partial = self.root / "partial"
         self._quarantine = self.root / "quarantine"
-        for directory in (self._objects, self._partial, self._quarantine):
-            make_dirs(directory)
         self._rings = RingPool(chunk_size)
         self._lock = threading.Lock()
         self._warned = False
-        self.seal_mode = self._probe_seal()
+        self._probe_lock = threading.Lock()
+        self._seal_mode: Seal | None = None
+
+    @classmethod
+    def create(
+        cls,
+        root: Path,
+        *,
+        read_back: bool = True,
+        chunk_size: int = 4 * MiB,
+        fsync_interval: int = 256 * MiB,
+        on_synced: Callable[[Path], None] | None = None,
+    ) -> Self:
+        """A store at `root` whose directories exist: made durably where missing. For set-up paths."""
+        store = cls(
+            root,
+            read_back=read_back,
+            chunk_size=chunk_size,
+            fsync_interval=fsync_interval,
+            on_synced=on_synced,
+        )
+        store.create_directories()
+        return store
+
+    def create_directories(self) -> None:
+        """Make `objects/`, `partial/` and `quarantine/` under the root where missing, durably."""
+        for directory in self._layout():
+            make_dirs(directory)
+
+    def _layout(self) -> tuple[Path, Path, Path]:
+        return (self._objects, self._partial, self._quarantine)
+
+    def _require_layout(self) -> None:
+        """Raise StoreNotSetUpError unless every directory of the store exists."""
+        for directory in self._layout():
+            if not directory.is_dir():
+                raise StoreNotSetUpError(root=self.root, missing=directory)
 
     def _borrowed_ring(self) -> contextlib.AbstractContextManager[list[memoryview]]:
         return self._rings.borrowed()
@@ -211,6 +250,15 @@ class FileObjectStore(ObjectStore):
             errno=errno.errorcode.get(error.errno or 0, "?"),
             reason=error.strerror,
         )
+
+    @property
+    def seal_mode(self) -> Seal:
+        """How this store seals objects, found out on first need (it writes a probe file) and kept."""
+        with self._probe_lock:
+            if self._seal_mode is None:
+                self._require_layout()
+                self._seal_mode = self._probe_seal()
+            return self._seal_mode
 
     def _probe_seal(self) -> Seal:
         """Find out once whether this filesystem and our capabilities allow the immutable attribute."""
@@ -261,13 +309,17 @@ class FileObjectStore(ObjectStore):
         return self.root / object_relpath(blake3_hex)
 
     def exists(self, blake3_hex: str) -> bool:
-        return self.path_for(blake3_hex).is_file()
+        if self.path_for(blake3_hex).is_file():
+            return True
+        self._require_layout()
+        return False
 
     def open(self, blake3_hex: str) -> BinaryIO:
         path = self.path_for(blake3_hex)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
+            self._require_layout()
             raise ObjectMissing(blake3=blake3_hex, path=path) from None
         return os.fdopen(fd, "rb")
 
@@ -300,6 +352,7 @@ class FileObjectStore(ObjectStore):
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
+            self._require_layout()
             return [problem(ProblemKind.MISSING, f"{path} does not exist")]
         except OSError as error:
             if error.errno == errno.ELOOP:
@@ -340,6 +393,7 @@ class FileObjectStore(ObjectStore):
         progress: Callable[[int], None] | None = None,
         source_stamp: str | None = None,
     ) -> PutResult:
+        self._require_layout()
         stem = _safe_key(resume_key) if resume_key is not None else f"anon-{uuid.uuid4().hex}"
         attempt = _Attempt(
             key=resume_key,
@@ -610,6 +664,7 @@ class FileObjectStore(ObjectStore):
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
+            self._require_layout()
             raise ObjectMissing(blake3=blake3_hex, path=path) from None
         try:
             flags = get_inode_flags(fd)
@@ -625,6 +680,7 @@ class FileObjectStore(ObjectStore):
         _log.info("object removed", store=str(self.root), blake3=blake3_hex)
 
     def reconcile(self, keep: KeepKeys) -> Reconciled:
+        self._require_layout()
         kept_key = keeper(keep)
         kept: list[str] = []
         removed_keys: list[str] = []
@@ -651,6 +707,7 @@ class FileObjectStore(ObjectStore):
     def expire_partials(
         self, written_before: datetime, before_remove: Callable[[PartialCopy], None]
     ) -> list[PartialCopy]:
+        self._require_layout()
         expired: list[PartialCopy] = []
         for sidecar in sorted(self._partial.glob("k-*.json")):
             record = _read_sidecar(sidecar)

@@ -47,7 +47,7 @@ def store(request: pytest.FixtureRequest) -> ObjectStore:
     if request.param == "memory":
         return MemoryObjectStore(chunk_size=256 * KiB, fsync_interval=MiB)
     mount: Path = request.getfixturevalue("ext4_mount")
-    return FileObjectStore(mount / f"store-{next(_roots)}", chunk_size=256 * KiB, fsync_interval=MiB)
+    return FileObjectStore.create(mount / f"store-{next(_roots)}", chunk_size=256 * KiB, fsync_interval=MiB)
 
 
 def payload(size: int, seed: int = 0) -> bytes:
