@@ -170,7 +170,7 @@ class FileObjectStore(ObjectStore):
     The store is safe to share between threads; each concurrent put borrows its own ring of buffers.
 
     Constructing a store touches nothing on disk, so opening an existing station creates nothing: the
-    directories are made by `create_directories` (or `FileObjectStore.create`), which only the start-up and
+    directories are made by `create_directories`, which only the start-up and
     set-up paths call. Used before that, the store raises StoreNotSetUpError naming what is missing.
     """
 
@@ -199,31 +199,12 @@ class FileObjectStore(ObjectStore):
         self._probe_lock = threading.Lock()
         self._seal_mode: Seal | None = None
 
-    @classmethod
-    def create(
-        cls,
-        root: Path,
-        *,
-        read_back: bool = True,
-        chunk_size: int = 4 * MiB,
-        fsync_interval: int = 256 * MiB,
-        on_synced: Callable[[Path], None] | None = None,
-    ) -> Self:
-        """A store at `root` whose directories exist: made durably where missing. For set-up paths."""
-        store = cls(
-            root,
-            read_back=read_back,
-            chunk_size=chunk_size,
-            fsync_interval=fsync_interval,
-            on_synced=on_synced,
-        )
-        store.create_directories()
-        return store
-
-    def create_directories(self) -> None:
-        """Make `objects/`, `partial/` and `quarantine/` under the root where missing, durably."""
+    def create_directories(self) -> Self:
+        """Make `objects/`, `partial/` and `quarantine/` under the root where missing, durably. Returns the
+        store, so a set-up path reads `FileObjectStore(root).create_directories()`."""
         for directory in self._layout():
             make_dirs(directory)
+        return self
 
     def _layout(self) -> tuple[Path, Path, Path]:
         return (self._objects, self._partial, self._quarantine)

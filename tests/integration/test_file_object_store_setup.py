@@ -51,7 +51,7 @@ def test_a_store_over_a_missing_root_creates_nothing_and_fails_clearly_when_used
 
 def test_opening_an_existing_store_writes_nothing_and_create_sets_one_up(tmp_path: Path) -> None:
     root = tmp_path / "store"
-    stored = FileObjectStore.create(root).put(io.BytesIO(b"evidence"))
+    stored = FileObjectStore(root).create_directories().put(io.BytesIO(b"evidence"))
     assert sorted(p.name for p in root.iterdir()) == ["objects", "partial", "quarantine"]
     before = snapshot(root)
     reopened = FileObjectStore(root)
@@ -60,7 +60,7 @@ def test_opening_an_existing_store_writes_nothing_and_create_sets_one_up(tmp_pat
         assert handle.read() == b"evidence"
     assert reopened.free_bytes() > 0
     assert snapshot(root) == before  # no directory made, no seal probe written
-    FileObjectStore.create(root)  # set-up again changes nothing that exists
+    FileObjectStore(root).create_directories()  # set-up again changes nothing that exists
     assert snapshot(root) == before
 
 

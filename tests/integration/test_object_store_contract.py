@@ -57,9 +57,13 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     if request.param == "memory":
         return MemoryObjectStore(chunk_size=256 * KiB, fsync_interval=MiB)
     if request.param == "file-dir":  # sealed 0444 only, unless the process may set the attribute here
-        return FileObjectStore.create(tmp_path / "store", chunk_size=256 * KiB, fsync_interval=MiB)
+        return FileObjectStore(
+            tmp_path / "store", chunk_size=256 * KiB, fsync_interval=MiB
+        ).create_directories()
     mount: Path = request.getfixturevalue("ext4_mount")
-    return FileObjectStore.create(mount / f"store-{next(_roots)}", chunk_size=256 * KiB, fsync_interval=MiB)
+    return FileObjectStore(
+        mount / f"store-{next(_roots)}", chunk_size=256 * KiB, fsync_interval=MiB
+    ).create_directories()
 
 
 def payload(size: int, seed: int = 0) -> bytes:

@@ -33,7 +33,9 @@ PURGE_AT = datetime(2025, 7, 20, 0, 0, tzinfo=UTC)  # expired and noticed more t
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[FileObjectStore]:
-    yield FileObjectStore.create(tmp_path / "store", chunk_size=64 * 1024, fsync_interval=1024 * 1024)
+    yield FileObjectStore(
+        tmp_path / "store", chunk_size=64 * 1024, fsync_interval=1024 * 1024
+    ).create_directories()
     unseal_tree(tmp_path)  # sealed objects carry the immutable attribute where the filesystem allows
 
 
@@ -181,7 +183,7 @@ class ObservingStore(FileObjectStore):
 def test_the_audit_event_is_committed_before_the_object_goes(
     catalog: Catalog, tmp_path: Path, audit: AuditLog
 ) -> None:
-    store = ObservingStore.create(tmp_path / "observed", chunk_size=64 * 1024)
+    store = ObservingStore(tmp_path / "observed", chunk_size=64 * 1024).create_directories()
     # Another process reads, as ingestctl does: the purge holds the object row's lock while it removes.
     url = catalog.engine.url.render_as_string(hide_password=False)
     store.catalog, store.seen = Catalog.open(url, read_only=True), []
@@ -306,7 +308,7 @@ def test_verify_is_clean_after_a_purge(tmp_path: Path) -> None:
     seed.current_schema(config.catalog.url)
     (tmp_path / "state").mkdir()
     Signer.load_or_create(tmp_path / "state")  # the station exists: `migrate=False` opens, never creates
-    FileObjectStore.create(tmp_path / "store")
+    FileObjectStore(tmp_path / "store").create_directories()
     services = Services.open(config, migrate=False)
     try:
         with services.catalog.transaction() as session:
