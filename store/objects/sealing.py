@@ -1,4 +1,5 @@
-"""The inode flags that seal a stored object: FS_IOC_GETFLAGS / FS_IOC_SETFLAGS and the immutable bit.
+"""The inode flags that seal a file: FS_IOC_GETFLAGS / FS_IOC_SETFLAGS, the immutable bit of a stored
+object and the append-only bit of the audit checkpoint file.
 
 Guarantees: the request numbers are the kernel's own on 32- and 64-bit builds, and a filesystem or a
 process that cannot hold the attribute is told apart (`NO_ATTRIBUTE_ERRNOS`) from a real I/O error.
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Final
 
 FS_IMMUTABLE_FL: Final = 0x10
+FS_APPEND_FL: Final = 0x20  # the audit checkpoint file's seal: writes may only append
 SEALED_MODE: Final = 0o444  # every stored object, with or without the immutable attribute
 
 
