@@ -252,6 +252,32 @@ def test_a_failing_removal_leaves_the_audit_event_and_a_consistent_catalog_and_i
         assert session.get_one(StoredObject, digest).removed_at == PURGE_AT + timedelta(hours=1)
 
 
+def test_a_purge_over_an_unmounted_store_fails_and_marks_nothing_removed(
+    catalog: Catalog, store: FileObjectStore, audit: AuditLog, tmp_path: Path
+) -> None:
+    """The store's disk is not mounted: its root is an empty mount point. Opening the store there creates
+    nothing, and each removal fails, audited, instead of recording bytes out of reach as already gone."""
+    ids = populate(catalog, store, audit)
+    digest = digest_of(catalog, ids["plain"])
+    purge(catalog, store, audit, actor=CLERK, now=NOTICE_AT, rules=RULES, dry_run=False)
+    mount_point = tmp_path / "unmounted"
+    mount_point.mkdir()
+    failed = purge(
+        catalog, FileObjectStore(mount_point), audit, actor=CLERK, now=PURGE_AT, rules=RULES, dry_run=False
+    )
+    assert not failed.ok
+    assert digest in failed.failed_objects
+    assert "is not set up" in failed.failed_objects[digest]
+    assert list(mount_point.iterdir()) == []
+    assert store.exists(digest)
+    with catalog.transaction() as session:
+        assert session.get_one(StoredObject, digest).removed_at is None
+        outcomes = [
+            (e.action, e.outcome) for e in seed.audit_events(session) if e.subject == f"object:{digest}"
+        ]
+    assert outcomes == [("retention.purge", "started"), ("retention.remove", "failed")]
+
+
 def test_a_hold_placed_after_the_notice_stops_the_purge_and_voids_the_notice(
     catalog: Catalog, store: FileObjectStore, audit: AuditLog
 ) -> None:
