@@ -22,7 +22,15 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import holidays
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from drivers.base import DriverOptions
 from drivers.registry import CameraRule, DriverRegistry
@@ -420,21 +428,61 @@ class MetricsConfig(Section):
     @field_validator("listen")
     @classmethod
     def _loopback(cls, value: str) -> str:
-        host, _, port = value.rpartition(":")
-        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError("must be host:port, e.g. 127.0.0.1:9464")
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            raise ValueError(f"{host!r} is not an IP address (use 127.0.0.1 or [::1])") from None
-        if not address.is_loopback:
+        host = listen_address(value, "127.0.0.1:9464")
+        if not host.is_loopback:
             raise ValueError(f"{host} is not a loopback address: metrics are served on loopback only")
         return value
 
     def address(self) -> tuple[str, int]:
-        host, _, port = self.listen.rpartition(":")
-        return host.strip("[]"), int(port)
+        return split_listen(self.listen)
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` as the (host, port) a socket binds."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def listen_address(value: str, example: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The IP of a `host:port` setting; a ValueError naming `example` if it is not an IP and a port."""
+    host, _, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"must be host:port, e.g. {example}")
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address (use 127.0.0.1 or [::1])") from None
+
+
+class BayDisplayConfig(Section):
+    """The officers' bay display: a read-only web page of the docks (README, Bay display)."""
+
+    enabled: bool = Field(False, description="Serve the bay display page.")
+    # Before listen: its validator reads this.
+    allow_remote: bool = Field(
+        False,
+        description="Allow a non-loopback listen address (a kiosk screen on another machine). The page "
+        "shows docked officers' names to whoever can reach it.",
+    )
+    listen: str = Field(
+        "127.0.0.1:8947", description="host:port; a loopback IP unless allow_remote ([::1]:port for v6)."
+    )
+    max_clients: int = Field(8, ge=1, le=64, description="Screens that may watch live at once.")
+
+    @field_validator("listen")
+    @classmethod
+    def _loopback_unless_allowed(cls, value: str, info: ValidationInfo) -> str:
+        host = listen_address(value, "127.0.0.1:8947")
+        if not host.is_loopback and not info.data.get("allow_remote", False):
+            raise ValueError(
+                f"{host} is not a loopback address; set bay_display.allow_remote = true to serve the "
+                "bay display beyond this machine"
+            )
+        return value
+
+    def address(self) -> tuple[str, int]:
+        return split_listen(self.listen)
 
 
 BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
@@ -546,6 +594,7 @@ class Config(Section):
     notify: NotifyConfig = NotifyConfig()
     control: ControlConfig = ControlConfig()
     metrics: MetricsConfig = MetricsConfig()
+    bay_display: BayDisplayConfig = BayDisplayConfig()
     vault: VaultConfig = VaultConfig()
     camera: tuple[CameraRuleConfig, ...] = ()
 

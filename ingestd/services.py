@@ -12,7 +12,7 @@ from ingestd.config import Config
 from store.audit import AuditLog, chain_end
 from store.catalog import Catalog
 from store.checkpoints import CheckpointFile
-from store.objects import FileObjectStore
+from store.objects import FileObjectStore, ObjectStore
 from store.signing import Signer
 
 MIB = 1024 * 1024
@@ -38,7 +38,7 @@ def signed_history(catalog: Catalog, checkpoints: Path) -> str | None:
 class Services:
     config: Config
     catalog: Catalog
-    store: FileObjectStore
+    store: ObjectStore
     audit: AuditLog
     registry: DriverRegistry
     # What the daemon watches for cameras, as it started its sources (udev's chosen event source and

@@ -16,7 +16,7 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import structlog
 from store.durable import fsync_dir
 from store.objects.sealing import FS_APPEND_FL, get_inode_flags, set_inode_flags
 from store.signing import Signer, canonical_json
-from store.types import NaiveDatetimeError
+from store.times import utc
 
 _log = structlog.get_logger(__name__)
 
@@ -37,9 +37,7 @@ _FIELDS_WITH_GENESIS = _FIELDS | {"genesis"}
 
 def format_utc(at: datetime) -> str:
     """ISO-8601 UTC with microseconds and "Z", one fixed form so hashes never depend on formatting."""
-    if at.tzinfo is None or at.utcoffset() is None:
-        raise NaiveDatetimeError(f"naive datetime {at.isoformat()} refused: times must carry a zone")
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return utc(at, "at").strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass(frozen=True)

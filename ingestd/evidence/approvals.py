@@ -20,10 +20,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ingestd.evidence.errors import ApprovalRefused, EvidenceUsageError
-from ingestd.policies.flags import iso, utc
 from store.audit import Actor, AuditLog
 from store.catalog import Catalog
 from store.models import Approval, Confidentiality, Recording
+from store.times import iso, utc
 
 MAX_APPROVAL_VALIDITY = timedelta(days=90)
 PURPOSE_MAX = 2000
