@@ -10,12 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from ingestd.config import Config
 from ingestd.services import Services
 from store.errors import StoreNotSetUpError
 from store.objects import FileObjectStore
-from store.signing import Signer
-from tests.support import records as seed
+from tests.support.station import open_station
 
 DIGEST = "ab" * 32
 
@@ -64,32 +62,15 @@ def test_opening_an_existing_store_writes_nothing_and_create_sets_one_up(tmp_pat
     assert snapshot(root) == before
 
 
-def station_config(tmp_path: Path) -> Config:
-    """A station whose catalog and signing key are set up, with its store root not created yet."""
-    config = Config.model_validate(
-        {
-            "daemon": {"state_dir": str(tmp_path / "state")},
-            "catalog": {"url": f"sqlite:///{tmp_path / 'catalog.db'}"},
-            "store": {"root": str(tmp_path / "disk" / "store")},
-        }
-    )
-    seed.current_schema(config.catalog.url)
-    (tmp_path / "state").mkdir()
-    Signer.load_or_create(tmp_path / "state")
-    return config
-
-
 def test_only_the_set_up_path_of_services_creates_the_store(tmp_path: Path) -> None:
-    config = station_config(tmp_path)
-    reader = Services.open(config, migrate=False)
+    with open_station(tmp_path, store={"root": str(tmp_path / "disk" / "store")}) as daemon:
+        assert daemon.store.put(io.BytesIO(b"evidence")).size == len(b"evidence")
+        config = daemon.config
+    unmounted = config.store.model_copy(update={"root": tmp_path / "unmounted" / "store"})
+    reader = Services.open(config.model_copy(update={"store": unmounted}), migrate=False)
     try:
-        assert not (tmp_path / "disk").exists()
         with pytest.raises(StoreNotSetUpError, match="is not set up"):
             reader.store.put(io.BytesIO(b"evidence"))
     finally:
         reader.close()
-    daemon = Services.open(config)
-    try:
-        assert daemon.store.put(io.BytesIO(b"evidence")).size == len(b"evidence")
-    finally:
-        daemon.close()
+    assert not (tmp_path / "unmounted").exists()
