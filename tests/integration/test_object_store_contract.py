@@ -326,6 +326,7 @@ def contract_cases() -> set[str]:
     }
 
 
+@pytest.mark.root  # to create the OS user and its mount namespace
 def test_without_root_only_the_ext4_cases_skip_and_the_file_adapter_passes_in_a_directory() -> None:
     """Run this module's file-adapter cases as a real OS user with no capabilities and read its report."""
     reason = can_manage_users()
