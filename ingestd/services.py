@@ -69,6 +69,8 @@ class Services:
                 fsync_interval=config.store.fsync_interval_mib * MIB,
             )
             if migrate:
+                store.create_directories()
+            if migrate:
                 signer = Signer.load_or_create(
                     config.daemon.state_dir, history=lambda: signed_history(catalog, checkpoint_path(config))
                 )

@@ -20,7 +20,6 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -47,6 +46,7 @@ from ingestd.errors import IngestdError
 from ingestd.exit_codes import ExitCode
 from store.audit import Role
 from store.catalog import Catalog
+from store.durable import durable_file
 from store.objects import FileObjectStore
 from store.types import utcnow
 
@@ -490,40 +490,29 @@ def _refuse_existing(path: Path) -> None:
         raise OutputError(path=path, detail="it already exists (an export never overwrites a file)")
 
 
-def _publish(temp: Path, path: Path) -> None:
-    """Give the finished file its name, never replacing a file that appeared meanwhile."""
-    try:
-        os.link(temp, path)  # fails atomically if `path` exists
-    except FileExistsError:
-        raise OutputError(path=path, detail="it appeared while the export was written; kept") from None
-    except OSError:  # no hard links on this file system (FAT): check, then rename
-        _refuse_existing(path)
-        temp.replace(path)
-    else:
-        temp.unlink()
-
-
 @contextlib.contextmanager
 def _output(path: Path | None) -> Iterator[io.TextIOBase | Any]:
-    """stdout, or a new file written whole: temp file in the same directory, fsync, then its name."""
+    """stdout, or a new file written whole and durably (store/durable.py), never over an existing one."""
     if path is None:
         yield sys.stdout
         sys.stdout.flush()
         return
     _refuse_existing(path)  # before asking the daemon for anything
-    directory = path.resolve().parent
+    stage = "create"
     try:
-        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+        with durable_file(path, overwrite=False) as raw:
+            stage = "write"
+            handle = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+            try:
+                yield handle
+            finally:
+                handle.detach()  # flushes into `raw`, which durable_file fsyncs, then names or removes
+            stage = "publish"
     except OSError as error:
-        raise OutputError(path=path, detail=error.strerror or str(error)) from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        _publish(Path(temp), path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
+        if stage == "create":
+            raise OutputError(path=path, detail=error.strerror or str(error)) from None
+        if stage == "publish" and isinstance(error, FileExistsError):
+            raise OutputError(path=path, detail="it appeared while the export was written; kept") from None
         raise
 
 

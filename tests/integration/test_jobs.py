@@ -53,7 +53,7 @@ def make_services(catalog: Catalog, tmp_path: Path, **sections: dict[str, Any]) 
     return Services(
         config=config,
         catalog=catalog,
-        store=FileObjectStore(tmp_path / "store"),
+        store=FileObjectStore(tmp_path / "store").create_directories(),
         audit=seed.audit_log(tmp_path),
         registry=DriverRegistry([], discover=False),
     )
@@ -269,7 +269,9 @@ def test_partial_copies_older_than_the_max_age_expire_with_an_audit_event_each(
 ) -> None:
     services = make_services(catalog, tmp_path, ingest={"partial_max_age_hours": 48})
     # Durable points every MiB, so an unplug after 2 MiB leaves something to resume.
-    services.store = FileObjectStore(tmp_path / "store", chunk_size=MiB // 4, fsync_interval=MiB)
+    services.store = FileObjectStore(
+        tmp_path / "store", chunk_size=MiB // 4, fsync_interval=MiB
+    ).create_directories()
     data = seed.payload("partial") * (3 * MiB // len(seed.payload("partial")) + 1)
     for key in ("ZFY0001-stale", "ZFY0002-fresh"):
         source = io.BufferedReader(UnpluggedCamera(data, 2 * MiB))
@@ -299,7 +301,9 @@ def test_a_partial_that_cannot_be_removed_is_logged_and_start_up_goes_on(
     require_root_tools("mkfs.ext4", "chattr")
     services = make_services(catalog, tmp_path)
     with ext4_filesystem(tmp_path, 64) as mount_point:
-        services.store = FileObjectStore(mount_point / "store", chunk_size=MiB // 4, fsync_interval=MiB)
+        services.store = FileObjectStore(
+            mount_point / "store", chunk_size=MiB // 4, fsync_interval=MiB
+        ).create_directories()
         data = seed.payload("stuck") * (3 * MiB // len(seed.payload("stuck")) + 1)
         with pytest.raises(OSError, match="camera unplugged"):
             services.store.put(

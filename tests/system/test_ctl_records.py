@@ -51,7 +51,7 @@ def seeded(daemon: Daemon) -> dict[str, Any]:
     daemon.write_config()
     seed.current_schema(daemon.catalog_url)
     catalog = Catalog.open(daemon.catalog_url)
-    store = FileObjectStore(daemon.store)
+    store = FileObjectStore(daemon.store).create_directories()
     seed.audit_log(daemon.base)  # the daemon's signing key and checkpoint file, in its state directory
     try:
         with catalog.transaction() as session:
