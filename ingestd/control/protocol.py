@@ -34,16 +34,13 @@ from typing import Any, BinaryIO
 
 from drivers.base import DriverError
 from ingestd.errors import IngestdError
+from ingestd.exit_codes import ExitCode
 from store.errors import StoreError
 
 MAX_REQUEST_BYTES = 1024 * 1024
 MAX_RESPONSE_BYTES = 256 * 1024 * 1024  # an audit export can be large; the client still bounds it
 MAX_NESTING = 32  # arrays and objects, the request object included; real requests use three
 COMMAND_NAME = re.compile(r"[a-z][a-z0-9._-]{0,59}")  # "ctl." + name fits audit_events.action
-
-EX_USAGE = 2
-EX_PROTOCOL = 76  # sysexits.h: remote error in protocol
-EX_SOFTWARE = 70  # sysexits.h: internal software error
 
 # Wire codes of answers no error class stands behind (each error class declares its own `wire_code`).
 BAD_REQUEST = "bad-request"  # not a request of this protocol
@@ -59,7 +56,7 @@ class ProtocolError(IngestdError):
     """A message on the control socket does not follow the protocol."""
 
     template = "control protocol: {detail}"
-    exit_code = EX_PROTOCOL
+    exit_code = ExitCode.PROTOCOL
     wire_code = "protocol"
 
 

@@ -10,28 +10,33 @@ import click
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
-from ingestd.cli import config_option, load, run_cli, trusted_keys_option
+from ingestd.commandline import config_option, load, run_cli, trusted_keys_option
+from ingestd.config import Config
+from ingestd.control.client import DaemonUnavailable
+from ingestd.ctl import client
 from ingestd.ctl import evidence as ctl_evidence
 from ingestd.ctl import read as ctl_read
 from ingestd.ctl import records as ctl_records
 from ingestd.display import console, problem_line, styled
+from ingestd.errors import IngestdError
+from ingestd.exit_codes import ExitCode
 from ingestd.services import Services
 from ingestd.verify import VerifyReport, verify_all
 
-EXIT_PROBLEMS = 3
-
 
 @click.group()
+@click.version_option(package_name="ingestd", message="%(prog)s %(version)s")
 def ctl() -> None:
     """ingestctl: inspect and manage the ingest station."""
 
 
-def _print_report(report: VerifyReport, as_json: bool) -> None:
+def _print_report(report: VerifyReport, as_json: bool, *, recorded: bool) -> None:
     if as_json:
         click.echo(
             json.dumps(
                 {
                     "clean": report.clean,
+                    "recorded": recorded,
                     "key_ids": report.key_ids,
                     "pinned": report.pinned,
                     "events_checked": report.events_checked,
@@ -70,10 +75,11 @@ def verify(
     """Verify the audit chain from genesis, its signed checkpoints, the catalog rows that carry custody
     meaning against their events, and (--objects) every object.
 
-    Exit 0 when everything verifies, 3 when any problem is found (each one is listed).
+    Exit 0 when everything verifies, 3 when any problem is found (each one is listed). This process only
+    reads; the daemon records the outcome for `status` (when it is not running, one line says so).
     """
     config = load(config_path)
-    services = Services.open(config, migrate=False, cameras=False)
+    services = Services.open(config, cameras=False, read_only=True)
     try:
         if objects and not as_json and sys.stdout.isatty():  # piped: no bar, no blank line it leaves
             with Progress(
@@ -91,12 +97,25 @@ def verify(
                 report = verify_all(services, objects=True, progress=advance, trusted_keys=trusted_keys)
         else:
             report = verify_all(services, objects=objects, trusted_keys=trusted_keys)
-        ctl_read.record_verify_outcome(services, report, objects=objects)  # for status and metrics
     finally:
         services.close()
-    _print_report(report, as_json)
+    failure = _record(config, report, objects=objects)
+    _print_report(report, as_json, recorded=failure is None)
+    if failure is not None:
+        click.echo(f"ingestctl: this verify was not recorded for status and metrics: {failure}", err=True)
     if not report.clean:
-        raise SystemExit(EXIT_PROBLEMS)
+        raise SystemExit(ExitCode.PROBLEMS)
+    if failure is not None and not isinstance(failure, DaemonUnavailable):
+        raise SystemExit(failure.exit_code)
+
+
+def _record(config: Config, report: VerifyReport, *, objects: bool) -> IngestdError | None:
+    """Ask the daemon, the catalog's one writer, to keep the outcome; the error if it could not."""
+    try:
+        client.call(config, "verify.record", report.outcome(objects=objects).as_dict())
+    except IngestdError as error:
+        return error
+    return None
 
 
 ctl.add_command(ctl_records.checkout)

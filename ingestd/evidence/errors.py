@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from ingestd.errors import IngestdError, UsageError
+from ingestd.exit_codes import ExitCode
 from store.errors import IntegrityError
-
-EXIT_APPROVAL_REFUSED = 14
-EXIT_EXPORT_FAILED = 15
 
 
 class EvidenceUsageError(UsageError):
@@ -21,7 +19,7 @@ class ApprovalRefused(IngestdError):  # noqa: N818 - named in the issue's words
     missing, expired, revoked, not-yet-valid, out-of-scope, confidential."""
 
     template = "approval {approval}: access refused ({code}): {detail}"
-    exit_code = EXIT_APPROVAL_REFUSED
+    exit_code = ExitCode.APPROVAL_REFUSED
     wire_code = "approval-refused"
 
     @property
@@ -33,7 +31,7 @@ class ExportError(IngestdError):
     """The export could not be written (destination exists, not writable, disk full)."""
 
     template = "export to {dest}: {detail}"
-    exit_code = EXIT_EXPORT_FAILED
+    exit_code = ExitCode.EXPORT_FAILED
     wire_code = "export"
 
 

@@ -249,3 +249,21 @@ def test_the_vault_secret_is_read_only_from_a_root_owned_0600_file(tmp_path: Pat
     with pytest.raises(VaultSecretError, match="file not found") as missing:
         read_secret_file(tmp_path / "absent")
     assert missing.value.exit_code == 78
+
+
+def test_bay_display_listens_on_loopback_unless_remote_is_allowed(tmp_path: Path) -> None:
+    remote = "[bay_display]\nenabled = true\nlisten = '192.0.2.10:8947'\n"
+    with pytest.raises(
+        ConfigError, match=r"bay_display\.listen: .*192\.0\.2\.10 is not a loopback address; set "
+    ):
+        load_config(write(tmp_path, remote))
+    with pytest.raises(ConfigError, match=r"bay_display\.listen: .*'kiosk\.lan' is not an IP address"):
+        load_config(write(tmp_path, "[bay_display]\nlisten = 'kiosk.lan:8947'\n"))
+    assert load_config(write(tmp_path, remote + "allow_remote = true\n")).bay_display.address() == (
+        "192.0.2.10",
+        8947,
+    )
+    assert load_config(write(tmp_path, "[bay_display]\nlisten = '[::1]:8947'\n")).bay_display.address() == (
+        "::1",
+        8947,
+    )

@@ -8,7 +8,7 @@ import sys
 import click
 import pytest
 
-from ingestd.cli import run_cli
+from ingestd.commandline import run_cli
 from ingestd.ctl.evidence import ViewIntegrityError
 from ingestd.errors import IngestdError
 from ingestd.evidence.copies import CopyIntegrityError

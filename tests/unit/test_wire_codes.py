@@ -11,10 +11,12 @@ from drivers import base
 from drivers.base import AuthenticationFailed, DeviceGone, DriverError, DriverTimeout, MountError, Unsupported
 from drivers.mount import FilesystemRefused
 from drivers.registry import DriverLoadError
-from ingestd.cli import CrashPointError, VaultCheckError
+from ingestd.bay.server import BayDisplayError
+from ingestd.cli import VaultCheckError
+from ingestd.commandline import CrashPointError
 from ingestd.config import ConfigError, VaultSecretError
 from ingestd.control import protocol
-from ingestd.control.client import ControlTimeoutError, DaemonUnavailable, RemoteError
+from ingestd.control.client import ControlTimeoutError, DaemonUnavailable, RemoteError, SocketAccessDenied
 from ingestd.control.queries import BadArgumentError
 from ingestd.control.registry import PermissionDenied, UnknownCommand
 from ingestd.control.server import ControlSocketError
@@ -38,7 +40,6 @@ from ingestd.policies.errors import (
     AttributionError,
     CalendarError,
     ExtensionRefusedError,
-    NaiveDatetimeError,
     PolicyError,
     RetentionError,
 )
@@ -57,8 +58,10 @@ from store.errors import (
     ResumeMismatch,
     SourceSizeError,
     StoreError,
+    StoreNotSetUpError,
 )
 from store.signing import SigningKeyError
+from store.times import NaiveDatetimeError
 from store.vault import (
     VaultBucketError,
     VaultCredentialsError,
@@ -74,6 +77,9 @@ ROOTS = (IngestdError, StoreError, DriverError)
 
 # The wire code of every error class, each code once. Change an entry only with a note to operators.
 PINNED: dict[str, type[Exception]] = {
+    "bay-display": BayDisplayError,
+    "socket-access-denied": SocketAccessDenied,
+    "store-not-set-up": StoreNotSetUpError,
     "already-running": AlreadyRunningError,
     "approval-refused": ApprovalRefused,
     "attribution": AttributionError,
