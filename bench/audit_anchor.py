@@ -50,8 +50,8 @@ def main() -> None:
         audit = AuditLog(Signer.load_or_create(state), state / "audit-checkpoints.jsonl", 1_000_000_000)
 
         def command(n: int) -> None:
-            with catalog.transaction() as session:
-                audit.append(session, actor=ADMIN, action="ctl.bench", subject=str(n), at=utcnow())
+            with catalog.transaction() as db:
+                audit.append(db, actor=ADMIN, action="ctl.bench", subject=str(n), at=utcnow())
 
         def anchored(n: int) -> None:
             command(n)

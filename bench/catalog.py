@@ -241,20 +241,18 @@ def main() -> None:
         )
         catalog = Catalog.open(f"sqlite:///{path}", read_only=True)
         zone = ZoneInfo(ZONE)
-        with catalog.transaction() as session:
-            sample = session.execute(
+        with catalog.transaction() as db:
+            sample = db.execute(
                 select(Recording.camera_id, Recording.officer_id).where(Recording.id == 1)
             ).one()
-            serial = session.scalar(text("SELECT device_serial FROM cameras WHERE id = :i"), {"i": sample[0]})
-            officer_no = session.scalar(
-                text("SELECT officer_no FROM officers WHERE id = :i"), {"i": sample[1]}
-            )
+            serial = db.scalar(text("SELECT device_serial FROM cameras WHERE id = :i"), {"i": sample[0]})
+            officer_no = db.scalar(text("SELECT officer_no FROM officers WHERE id = :i"), {"i": sample[1]})
         month = parse_period(month="2026-03", start=None, end=None, zone=ZONE)
 
         def run(action: Callable[[Any], object]) -> Callable[[], object]:
             def once() -> object:
-                with catalog.transaction() as session:
-                    return action(session)
+                with catalog.transaction() as db:
+                    return action(db)
 
             return once
 

@@ -32,7 +32,7 @@ from drivers.base import CameraIdentity
 from drivers.mass_storage import IDENTITY_FILE, format_identity_file
 from ingestd.demo import remove_sealed_tree
 from store.catalog import Catalog
-from store.models import DockSession
+from store.models import DockVisit
 
 TARGETS = {"one camera": 0.75, "cameras at once": 0.9}
 FIRST_BYTE_TARGET_S = 2.0
@@ -127,11 +127,9 @@ def start_daemon(work: Path, *, udev: bool) -> subprocess.Popen[bytes]:
 def ended_sessions(work: Path) -> int:
     catalog = Catalog.open(f"sqlite:///{work / 'state' / 'catalog.db'}", read_only=True)
     try:
-        with catalog.transaction() as session:
+        with catalog.transaction() as db:
             return int(
-                session.scalar(
-                    select(func.count()).select_from(DockSession).where(DockSession.ended_at.is_not(None))
-                )
+                db.scalar(select(func.count()).select_from(DockVisit).where(DockVisit.ended_at.is_not(None)))
                 or 0
             )
     finally:

@@ -1,6 +1,6 @@
 """The camera interface every transport implements, and the error hierarchy drivers raise.
 
-A driver turns one docked device into a `Camera`. Everything above `drivers/` talks to cameras only
+A driver turns one docked device into a `CameraLink`. Everything above `drivers/` talks to cameras only
 through these types, so a new transport (serial, SCSI pass-through, adb) is a new adapter, not a new
 code path in the daemon.
 """
@@ -46,7 +46,7 @@ class AuthenticationFailed(DriverError):
     wire_code = "authentication-failed"
 
 
-class ProtocolError(DriverError):
+class CameraProtocolError(DriverError):
     """The device answered with something the protocol does not allow."""
 
     exit_code = 23
@@ -115,7 +115,7 @@ class ClockSample:
 
 
 @dataclass(frozen=True)
-class ClockReading:
+class ClockSync:
     """The measured offset before correction, and the outcome of the correction."""
 
     offset_s: float | None
@@ -181,7 +181,7 @@ class Deletion:
     reason: str | None = None
 
 
-class Camera(abc.ABC):
+class CameraLink(abc.ABC):
     """One docked camera, opened by its driver. Not thread-safe: one ingest session owns it."""
 
     name: str  # for messages: "serial:/dev/ttyACM0" or "msc:/dev/sdb1"
@@ -208,7 +208,7 @@ class Camera(abc.ABC):
     def enter_mass_storage(self) -> None: ...
 
     @abc.abstractmethod
-    def sync_clock(self, samples: int = 5) -> ClockReading:
+    def sync_clock(self, samples: int = 5) -> ClockSync:
         """Measure the offset (min round trip of k samples), then set and read back."""
 
     @abc.abstractmethod
@@ -231,7 +231,7 @@ class Camera(abc.ABC):
         """
         raise Unsupported(self.name, "delete_originals", "this camera does not support deleting recordings")
 
-    def __enter__(self) -> Camera:
+    def __enter__(self) -> CameraLink:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -267,11 +267,11 @@ class Driver(abc.ABC):
     name: ClassVar[str]
 
     @abc.abstractmethod
-    def open(self, device: DeviceInfo, options: DriverOptions) -> Camera: ...
+    def open(self, device: DeviceInfo, options: DriverOptions) -> CameraLink: ...
 
 
 @contextlib.contextmanager
-def closing_camera(camera: Camera) -> Iterator[Camera]:
+def closing_camera(camera: CameraLink) -> Iterator[CameraLink]:
     """Close the camera however the block exits, so a failed session never leaks a tty or a mount."""
     try:
         yield camera

@@ -15,7 +15,7 @@ session raises an identity-mismatch flag, as for a serial camera.
     unitName=朝阳分局
 
 Field widths are the standard's byte widths in GBK (cSerial 7, userNo 6, userName 32, unitNo 12,
-unitName 32); a file breaking them, or larger than 4 KiB, is refused with a `ProtocolError`.
+unitName 32); a file breaking them, or larger than 4 KiB, is refused with a `CameraProtocolError`.
 """
 
 from __future__ import annotations
@@ -32,10 +32,11 @@ import structlog
 
 from drivers.base import (
     Battery,
-    Camera,
     CameraIdentity,
-    ClockReading,
+    CameraLink,
+    CameraProtocolError,
     ClockSample,
+    ClockSync,
     ClockSyncState,
     Deletion,
     DeviceGone,
@@ -44,7 +45,6 @@ from drivers.base import (
     DriverOptions,
     MountError,
     OriginalFile,
-    ProtocolError,
     Resolution,
     StorageInfo,
     Unsupported,
@@ -80,7 +80,9 @@ def parse_identity_file(data: bytes, device: str) -> CameraIdentity:
         try:
             text = data.decode("gbk")
         except UnicodeDecodeError:
-            raise ProtocolError(device, "identify", f"{IDENTITY_FILE} is neither UTF-8 nor GBK") from None
+            raise CameraProtocolError(
+                device, "identify", f"{IDENTITY_FILE} is neither UTF-8 nor GBK"
+            ) from None
     values: dict[str, str] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -88,21 +90,21 @@ def parse_identity_file(data: bytes, device: str) -> CameraIdentity:
         key, separator, value = line.partition("=")
         key, value = key.strip(), value.strip()
         if not separator or key not in IDENTITY_FIELDS:
-            raise ProtocolError(
+            raise CameraProtocolError(
                 device, "identify", f"{IDENTITY_FILE} line {number}: unknown entry {key[:40]!r}"
             )
         field, width = IDENTITY_FIELDS[key]
         try:
             encoded = value.encode("gbk")
         except UnicodeEncodeError:
-            raise ProtocolError(device, "identify", f"{IDENTITY_FILE}: {key} is not GBK text") from None
+            raise CameraProtocolError(device, "identify", f"{IDENTITY_FILE}: {key} is not GBK text") from None
         if len(encoded) > width or any(not char.isprintable() for char in value):
-            raise ProtocolError(
+            raise CameraProtocolError(
                 device, "identify", f"{IDENTITY_FILE}: {key} exceeds {width} bytes or has controls"
             )
         values[field] = value
     if not values.get("device_serial"):
-        raise ProtocolError(device, "identify", f"{IDENTITY_FILE} has no cSerial")
+        raise CameraProtocolError(device, "identify", f"{IDENTITY_FILE} has no cSerial")
     return CameraIdentity(
         device_serial=values["device_serial"],
         officer_no=values.get("officer_no", ""),
@@ -123,17 +125,19 @@ def _read_identity_file(volume: Path, device: str) -> bytes | None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as error:
-        raise ProtocolError(device, "identify", f"{IDENTITY_FILE}: {error.strerror}") from None
+        raise CameraProtocolError(device, "identify", f"{IDENTITY_FILE}: {error.strerror}") from None
     with os.fdopen(fd, "rb") as handle:
         if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            raise ProtocolError(device, "identify", f"{IDENTITY_FILE} is not a regular file")
+            raise CameraProtocolError(device, "identify", f"{IDENTITY_FILE} is not a regular file")
         data = handle.read(IDENTITY_MAX_BYTES + 1)
     if len(data) > IDENTITY_MAX_BYTES:
-        raise ProtocolError(device, "identify", f"{IDENTITY_FILE} is larger than {IDENTITY_MAX_BYTES} bytes")
+        raise CameraProtocolError(
+            device, "identify", f"{IDENTITY_FILE} is larger than {IDENTITY_MAX_BYTES} bytes"
+        )
     return data
 
 
-class MassStorageCamera(Camera):
+class MassStorageCamera(CameraLink):
     """A camera seen only as a volume: a block device to mount, or an already-mounted directory."""
 
     def __init__(self, device: DeviceInfo, options: DriverOptions) -> None:
@@ -186,8 +190,8 @@ class MassStorageCamera(Camera):
     def resolution(self) -> Resolution:
         raise self._unsupported("resolution")
 
-    def sync_clock(self, samples: int = 5) -> ClockReading:
-        return ClockReading(offset_s=None, round_trip_s=None, state=ClockSyncState.UNSUPPORTED)
+    def sync_clock(self, samples: int = 5) -> ClockSync:
+        return ClockSync(offset_s=None, round_trip_s=None, state=ClockSyncState.UNSUPPORTED)
 
     def enter_mass_storage(self) -> None:
         """Already a mass-storage device: nothing to switch."""
@@ -260,5 +264,5 @@ class MassStorageCamera(Camera):
 class MassStorageDriver(Driver):
     name: ClassVar[str] = "mass-storage"
 
-    def open(self, device: DeviceInfo, options: DriverOptions) -> Camera:
+    def open(self, device: DeviceInfo, options: DriverOptions) -> CameraLink:
         return MassStorageCamera(device, options)

@@ -9,7 +9,7 @@ Guarantees:
 - Nothing in the volume makes the scan raise: every refused or unreadable entry is reported in
   `ScanResult.rejected` with a reason, every regular file with another extension in `ignored`.
 - Names are shown safely: UTF-8, else GBK, else the raw bytes as `\\xNN`; control and bidi characters
-  are escaped. `Recording.raw_path` holds the exact bytes that open the file.
+  are escaped. `CardFile.raw_path` holds the exact bytes that open the file.
 
 `recorded_at` comes from the MP4/MOV `mvhd` creation time, else a file-name pattern (local time of the
 camera, `filename_tz`), else the file's mtime; `recorded_at_source` says which.
@@ -56,7 +56,7 @@ class Rejection(NamedTuple):
 
 
 @dataclass(frozen=True)
-class Recording:
+class CardFile:
     """One recording file on the volume, dated."""
 
     name: str  # relative display path, safe to log or show
@@ -77,7 +77,7 @@ class Recording:
 
 @dataclass(frozen=True)
 class ScanResult:
-    recordings: tuple[Recording, ...]
+    recordings: tuple[CardFile, ...]
     rejected: tuple[Rejection, ...]  # unsafe, odd or unreadable entries: worth an operator's look
     ignored: tuple[Rejection, ...] = ()  # regular files that are not recordings (by extension)
 
@@ -173,7 +173,7 @@ class _Scanner:
         self.max_depth = max_depth
         self.max_entries = max_entries
         self.entries = 0
-        self.recordings: list[Recording] = []
+        self.recordings: list[CardFile] = []
         self.rejected: list[Rejection] = []
         self.ignored: list[Rejection] = []
 
@@ -279,7 +279,7 @@ class _Scanner:
         else:
             recorded_at, source = mtime, "mtime"
         self.recordings.append(
-            Recording(
+            CardFile(
                 name=display_name(relative),
                 raw_path=entry.path,
                 size=info.st_size,

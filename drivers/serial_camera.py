@@ -23,10 +23,11 @@ from drivers import protocol as p
 from drivers.base import (
     AuthenticationFailed,
     Battery,
-    Camera,
     CameraIdentity,
-    ClockReading,
+    CameraLink,
+    CameraProtocolError,
     ClockSample,
+    ClockSync,
     ClockSyncState,
     Deletion,
     DeviceGone,
@@ -36,7 +37,6 @@ from drivers.base import (
     DriverOptions,
     DriverTimeout,
     OriginalFile,
-    ProtocolError,
     Resolution,
     StorageInfo,
     Unsupported,
@@ -98,7 +98,7 @@ class SerialDriver(Driver):
         return camera
 
 
-class SerialCamera(Camera):
+class SerialCamera(CameraLink):
     """An opened control channel. Call `authenticate()` first (the driver does)."""
 
     def __init__(self, device: DeviceInfo, options: DriverOptions) -> None:
@@ -178,7 +178,7 @@ class SerialCamera(Camera):
 
         self._call(p.Command.SET_TIME, payload, took_effect=took_effect)
 
-    def sync_clock(self, samples: int = 5) -> ClockReading:
+    def sync_clock(self, samples: int = 5) -> ClockSync:
         if samples < 1:
             raise ValueError(f"samples must be at least 1, not {samples}")
         best = min((self.read_clock() for _ in range(samples)), key=lambda s: s.round_trip_s)
@@ -190,11 +190,11 @@ class SerialCamera(Camera):
         except DeviceGone:
             raise
         except DriverError:
-            return ClockReading(offset_s, round_trip_s, ClockSyncState.MEASURED_ONLY)
+            return ClockSync(offset_s, round_trip_s, ClockSyncState.MEASURED_ONLY)
         residual_s = after.offset_s
         synced = abs(residual_s) <= self._settings.max_clock_residual_s
         state = ClockSyncState.SYNCED if synced else ClockSyncState.MEASURED_ONLY
-        return ClockReading(offset_s, round_trip_s, state, residual_s)
+        return ClockSync(offset_s, round_trip_s, state, residual_s)
 
     def battery(self) -> Battery:
         return self._decode(p.Command.READ_BATTERY, p.decode_battery, self._call(p.Command.READ_BATTERY))
@@ -255,7 +255,7 @@ class SerialCamera(Camera):
         try:
             return decode(data)
         except p.FieldError as exc:
-            raise ProtocolError(self.name, command.label, f"bad reply data: {exc}") from None
+            raise CameraProtocolError(self.name, command.label, f"bad reply data: {exc}") from None
 
     def _call(
         self,
@@ -296,7 +296,9 @@ class SerialCamera(Camera):
                 case p.Status.BUSY:
                     raise DriverTimeout(self.name, label, "device stayed busy through every retry")
                 case p.Status.BAD_CRC:
-                    raise ProtocolError(self.name, label, "device kept reporting a request CRC mismatch")
+                    raise CameraProtocolError(
+                        self.name, label, "device kept reporting a request CRC mismatch"
+                    )
                 case p.Status.NOT_AUTHENTICATED if may_reauthenticate:
                     may_reauthenticate = False  # the camera may have restarted: log in again, once
                     self.authenticate()
@@ -312,9 +314,9 @@ class SerialCamera(Camera):
                 case p.Status.BAD_COMMAND:
                     raise Unsupported(self.name, label, f"device does not support it ({detail})")
                 case p.Status.MSC_MODE:
-                    raise ProtocolError(self.name, label, "device is in mass-storage mode")
+                    raise CameraProtocolError(self.name, label, "device is in mass-storage mode")
                 case _:
-                    raise ProtocolError(self.name, label, f"device answered {status.name} ({detail})")
+                    raise CameraProtocolError(self.name, label, f"device answered {status.name} ({detail})")
 
     def _attempt(self, command: p.Command, payload: bytes) -> tuple[p.Status, bytes]:
         """One request and its reply, within one deadline. Late replies to earlier attempts are dropped."""
@@ -345,7 +347,7 @@ class SerialCamera(Camera):
                 try:
                     reply = p.decode_reply(frame, command)
                 except p.FrameError as exc:
-                    raise ProtocolError(self.name, label, str(exc)) from None
+                    raise CameraProtocolError(self.name, label, str(exc)) from None
                 self._exchange_times = (sent_at, received_at)
                 return reply
             if corrupt and self._decoder.pending < len(p.MAGIC):
@@ -354,9 +356,11 @@ class SerialCamera(Camera):
     def _lost_error(self, label: str, corrupt: bool) -> DriverError:
         pending = self._decoder.pending
         if pending >= len(p.MAGIC):
-            return ProtocolError(self.name, label, f"truncated reply: {pending} bytes of an incomplete frame")
+            return CameraProtocolError(
+                self.name, label, f"truncated reply: {pending} bytes of an incomplete frame"
+            )
         if corrupt:
-            return ProtocolError(self.name, label, "reply failed its CRC check")
+            return CameraProtocolError(self.name, label, "reply failed its CRC check")
         return DriverTimeout(self.name, label, f"no reply within {self._settings.timeout_s:.2f} s")
 
     def _read(self, port: serial.Serial, label: str, remaining: float) -> bytes:

@@ -35,7 +35,7 @@ from ingestd.sdnotify import parse_notification
 from ingestd.services import Services
 from ingestd.verify import verify_all
 from store.catalog import Catalog
-from store.models import Camera, Dock, DockSession
+from store.models import Camera, Dock, DockVisit
 
 READY_TIMEOUT_S = 60
 INGEST_TIMEOUT_S = 300
@@ -220,9 +220,9 @@ def dock_loop_image(base: Path, camera: DemoCamera, files: int, size: int) -> st
 
 def progress_table(catalog: Catalog) -> tuple[RenderableType, int]:
     rows = []
-    with catalog.transaction() as session:
-        docks = session.scalars(select(Dock).order_by(Dock.port)).all()
-        ended = len(session.scalars(select(DockSession.id).where(DockSession.ended_at.is_not(None))).all())
+    with catalog.transaction() as db:
+        docks = db.scalars(select(Dock).order_by(Dock.port)).all()
+        ended = len(db.scalars(select(DockVisit.id).where(DockVisit.ended_at.is_not(None))).all())
         for dock in docks:
             done = f"{dock.bytes_done / MIB:.1f}/{dock.bytes_total / MIB:.1f} MiB"
             rate = f"{dock.rate_bps / MIB:.1f} MiB/s" if dock.rate_bps else "-"
@@ -233,10 +233,10 @@ def progress_table(catalog: Catalog) -> tuple[RenderableType, int]:
 
 def summary_table(catalog: Catalog) -> RenderableType:
     rows = []
-    with catalog.transaction() as session:
-        for camera in session.scalars(select(Camera).order_by(Camera.device_serial)).all():
-            last = session.scalars(
-                select(DockSession).where(DockSession.camera_id == camera.id).order_by(DockSession.id.desc())
+    with catalog.transaction() as db:
+        for camera in db.scalars(select(Camera).order_by(Camera.device_serial)).all():
+            last = db.scalars(
+                select(DockVisit).where(DockVisit.camera_id == camera.id).order_by(DockVisit.id.desc())
             ).first()
             offset = (
                 f"{camera.last_clock_offset_s:+.3f}s"

@@ -35,7 +35,7 @@ log = structlog.get_logger(__name__)
 class FlagBatch:
     """The flags raised in one open catalog transaction; see `FlagService.transaction`."""
 
-    session: Session
+    db: Session
     raised: list[FlagView] = field(default_factory=list)
 
     def raise_flags(
@@ -45,18 +45,18 @@ class FlagBatch:
         fresh = [
             flag_view(flag, decision.camera_serial)
             for decision in decisions
-            if (flag := _insert(self.session, decision, dock_session_id)) is not None
+            if (flag := _insert(self.db, decision, dock_session_id)) is not None
         ]
         self.raised += fresh
         return fresh
 
 
-def _insert(session: Session, decision: FlagDecision, dock_session_id: int | None) -> Flag | None:
+def _insert(db: Session, decision: FlagDecision, dock_session_id: int | None) -> Flag | None:
     """The new flag, or None when its key is taken. A key longer than the catalog column (a deep path on
     a camera) is stored in its bounded form."""
     bounded = bounded_dedup_key(decision.dedup_key)
     # A SQLite catalog from before keys were bounded may hold a long key as it was.
-    if session.scalar(select(Flag.id).where(Flag.dedup_key.in_({decision.dedup_key, bounded}))) is not None:
+    if db.scalar(select(Flag.id).where(Flag.dedup_key.in_({decision.dedup_key, bounded}))) is not None:
         return None
     flag = Flag(
         kind=decision.kind,
@@ -69,12 +69,12 @@ def _insert(session: Session, decision: FlagDecision, dock_session_id: int | Non
     )
     try:
         # A savepoint: a flag another process raised a moment ago is skipped, the transaction goes on.
-        with session.begin_nested():
-            session.add(flag)
-            session.flush()
+        with db.begin_nested():
+            db.add(flag)
+            db.flush()
     except exc.IntegrityError:
         # Only a lost race on the unique key is expected; anything else is re-raised.
-        if session.scalar(select(Flag.id).where(Flag.dedup_key == bounded)) is None:
+        if db.scalar(select(Flag.id).where(Flag.dedup_key == bounded)) is None:
             raise
         return None
     return flag
@@ -88,10 +88,10 @@ class FlagService:
 
     @contextmanager
     def transaction(self, catalog: Catalog) -> Iterator[FlagBatch]:
-        """A catalog transaction to raise flags in (`batch.session` for the rest of its work); the new
+        """A catalog transaction to raise flags in (`batch.db` for the rest of its work); the new
         flags are announced once it has committed."""
-        with catalog.transaction() as session:
-            batch = FlagBatch(session)
+        with catalog.transaction() as db:
+            batch = FlagBatch(db)
             yield batch
         self.announce(batch.raised)
 

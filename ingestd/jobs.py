@@ -35,7 +35,7 @@ from ingestd.purge import give_notices
 from ingestd.services import Services
 from store.audit import Actor
 from store.catalog import Catalog
-from store.models import Camera, ClockReading, CustodyEvent, DockSession, Recording
+from store.models import Camera, ClockReading, CustodyEvent, DockVisit, Recording
 from store.types import utcnow
 
 log = structlog.get_logger(__name__)
@@ -52,7 +52,7 @@ def evaluate_overdue_cameras(catalog: Catalog, config: Config, now: datetime) ->
     """OVERDUE for every camera checked out longer than the upload window without docking; returns the
     new flags, announced."""
     with FlagService(config.notify).transaction(catalog) as batch:
-        rows = batch.session.scalars(select(Camera).where(Camera.checked_out_at.is_not(None))).all()
+        rows = batch.db.scalars(select(Camera).where(Camera.checked_out_at.is_not(None))).all()
         facts = [
             CameraCustodyFacts(
                 camera_serial=camera.device_serial,
@@ -66,8 +66,8 @@ def evaluate_overdue_cameras(catalog: Catalog, config: Config, now: datetime) ->
         return batch.raise_flags(evaluate_overdue(facts, config.deadlines.window, now))
 
 
-def _custody_periods(session: Session, camera_id: int) -> list[CustodyPeriod]:
-    events = session.execute(
+def _custody_periods(db: Session, camera_id: int) -> list[CustodyPeriod]:
+    events = db.execute(
         select(CustodyEvent.kind, CustodyEvent.at)
         .where(CustodyEvent.camera_id == camera_id)
         .order_by(CustodyEvent.at, CustodyEvent.id)
@@ -76,12 +76,12 @@ def _custody_periods(session: Session, camera_id: int) -> list[CustodyPeriod]:
 
 
 def _gap_decisions(
-    session: Session, camera: Camera, dock_session_id: int, now: datetime, config: Config
+    db: Session, camera: Camera, dock_session_id: int, now: datetime, config: Config
 ) -> list[FlagDecision]:
-    session_recordings = session.scalars(
+    session_recordings = db.scalars(
         select(Recording).where(Recording.dock_session_id == dock_session_id, Recording.purged_at.is_(None))
     ).all()
-    periods = _custody_periods(session, camera.id)
+    periods = _custody_periods(db, camera.id)
     touched = {checkout_covering(periods, r.recorded_at) for r in session_recordings} - {None}
     # A cut-off recording needs an explanation whether or not a check-out period covers it.
     uncovered_cut = [
@@ -93,7 +93,7 @@ def _gap_decisions(
         return evaluate_gaps(uncovered_cut, config.gaps.threshold, now)
     # Compare with every recording of the same check-outs, including those stored at another dock.
     since = min(out for out in touched if out is not None)
-    candidates = session.scalars(
+    candidates = db.scalars(
         select(Recording).where(
             Recording.camera_id == camera.id, Recording.recorded_at >= since, Recording.purged_at.is_(None)
         )
@@ -120,11 +120,9 @@ def _span(camera: Camera, recording: Recording, checkout_at: datetime | None) ->
 
 
 def _drift_decisions(
-    session: Session, camera: Camera, dock_session_id: int, now: datetime, config: Config
+    db: Session, camera: Camera, dock_session_id: int, now: datetime, config: Config
 ) -> list[FlagDecision]:
-    readings = session.scalars(
-        select(ClockReading).where(ClockReading.dock_session_id == dock_session_id)
-    ).all()
+    readings = db.scalars(select(ClockReading).where(ClockReading.dock_session_id == dock_session_id)).all()
     decisions = []
     for reading in readings:
         decision = evaluate_drift(
@@ -153,15 +151,15 @@ def evaluate_after_session(
 ) -> list[FlagView]:
     """Drift and gap flags for one dock session, once it has ended. Returns the new flags, announced."""
     with FlagService(config.notify).transaction(catalog) as batch:
-        session = batch.session
-        dock_session = session.get(DockSession, dock_session_id)
+        db = batch.db
+        dock_session = db.get(DockVisit, dock_session_id)
         if dock_session is None or dock_session.camera is None:
             return []
         camera = dock_session.camera
         decisions = [
             decision
             for kind in kinds
-            for decision in _EVALUATIONS[kind](session, camera, dock_session_id, now, config)
+            for decision in _EVALUATIONS[kind](db, camera, dock_session_id, now, config)
         ]
         return batch.raise_flags(decisions, dock_session_id=dock_session_id)
 
@@ -170,11 +168,11 @@ def evaluate_recent_sessions(catalog: Catalog, config: Config, now: datetime, ki
     """`kind` ("drift" or "gaps") over the dock sessions that ended within the look-back window: catches
     sessions whose immediate evaluation was missed (the daemon stopped in between)."""
     since = now - timedelta(hours=config.jobs.lookback_hours)
-    with catalog.transaction() as session:
-        ids = session.scalars(
-            select(DockSession.id)
-            .where(DockSession.ended_at >= since, DockSession.camera_id.is_not(None))
-            .order_by(DockSession.id)
+    with catalog.transaction() as db:
+        ids = db.scalars(
+            select(DockVisit.id)
+            .where(DockVisit.ended_at >= since, DockVisit.camera_id.is_not(None))
+            .order_by(DockVisit.id)
         ).all()
     fresh: list[FlagView] = []
     for dock_session_id in ids:

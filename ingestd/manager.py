@@ -32,7 +32,7 @@ from ingestd.progress import DockProgress, SlowCopyWatch
 from ingestd.services import Services
 from ingestd.session import DELETE_ORIGINALS, IngestSettings, SessionSummary, run_session
 from store.audit import Actor
-from store.models import AuditEvent, Camera, CustodyKind, Dock, DockSession, SessionState
+from store.models import AuditEvent, Camera, CustodyKind, Dock, DockVisit, SessionState
 
 log = structlog.get_logger()
 
@@ -162,8 +162,8 @@ class DockManager:
 
     def _record_open_failure(self, port: str, reason: str) -> None:
         now = self.clock()
-        with self.services.catalog.transaction() as session:
-            dock_session = records.open_dock_session(session, port, now)
+        with self.services.catalog.transaction() as db:
+            dock_session = records.open_dock_session(db, port, now)
             dock_session.state = SessionState.FAILED
             dock_session.failure_reason = reason
             dock_session.ended_at = now
@@ -205,8 +205,8 @@ class DockManager:
     def check_out_on_undock(self, port: str, device_serial: str) -> None:
         """Undock is check-out, to the camera's assigned officer unless a clerk named someone else."""
         now = self.clock()
-        with self.services.catalog.transaction() as session:
-            camera = session.scalar(select(Camera).where(Camera.device_serial == device_serial))
+        with self.services.catalog.transaction() as db:
+            camera = db.scalar(select(Camera).where(Camera.device_serial == device_serial))
             if camera is None:
                 return
             assigned = camera.assigned_officer.officer_no if camera.assigned_officer else None
@@ -214,10 +214,10 @@ class DockManager:
                 explicit_officer_no=None, clerk_user=None, assigned_officer_no=assigned
             )
             officer = (
-                records.officer_by_number(session, attribution.officer_no) if attribution.officer_no else None
+                records.officer_by_number(db, attribution.officer_no) if attribution.officer_no else None
             )
             records.custody_event(
-                session,
+                db,
                 self.services.audit,
                 camera=camera,
                 kind=CustodyKind.CHECK_OUT,
@@ -229,8 +229,8 @@ class DockManager:
         self.services.audit.anchor(self.services.catalog)  # sign the check-out: it ends the dock
 
     def _set_dock_empty(self, port: str) -> None:
-        with self.services.catalog.transaction() as session:
-            dock = session.scalar(select(Dock).where(Dock.port == port))
+        with self.services.catalog.transaction() as db:
+            dock = db.scalar(select(Dock).where(Dock.port == port))
             if dock is not None:
                 dock.state = "empty"
                 dock.current_file = None
@@ -275,10 +275,10 @@ class DockManager:
         if not slots:
             return
         now = self.clock()
-        with self.services.catalog.transaction() as session:
+        with self.services.catalog.transaction() as db:
             for port, slot in slots:
                 snap = slot.progress.snapshot()
-                dock = records.get_or_create_dock(session, port, now)
+                dock = records.get_or_create_dock(db, port, now)
                 dock.state = snap.state
                 dock.current_file = snap.current_file
                 dock.bytes_done = snap.bytes_done
@@ -310,15 +310,15 @@ def interrupted_sessions(services: Services, now: datetime) -> int:
     """Reconciliation: sessions a crash left open are closed as interrupted; docks start empty. A
     deletion of originals the crash cut short is closed on record as interrupted: which files went is
     not known, and the next dock shows what the camera still holds."""
-    with services.catalog.transaction() as session:
-        open_sessions = session.scalars(select(DockSession).where(DockSession.ended_at.is_(None))).all()
+    with services.catalog.transaction() as db:
+        open_sessions = db.scalars(select(DockVisit).where(DockVisit.ended_at.is_(None))).all()
         for dock_session in open_sessions:
             dock_session.state = SessionState.INTERRUPTED
             dock_session.failure_reason = "daemon stopped before the session ended"
             dock_session.ended_at = now
             subject = f"dock_session:{dock_session.id}"
             outcomes = set(
-                session.scalars(
+                db.scalars(
                     select(AuditEvent.outcome).where(
                         AuditEvent.action == DELETE_ORIGINALS, AuditEvent.subject == subject
                     )
@@ -326,7 +326,7 @@ def interrupted_sessions(services: Services, now: datetime) -> int:
             )
             if "started" in outcomes and "done" not in outcomes:
                 services.audit.append(
-                    session,
+                    db,
                     actor=RECONCILE_ACTOR,
                     action=DELETE_ORIGINALS,
                     subject=subject,
@@ -334,7 +334,7 @@ def interrupted_sessions(services: Services, now: datetime) -> int:
                     at=now,
                     details={"reason": "the daemon stopped during the deletion; per-file outcomes unknown"},
                 )
-        for dock in session.scalars(select(Dock)).all():
+        for dock in db.scalars(select(Dock)).all():
             dock.state = "empty"
             dock.current_file = None
             dock.rate_bps = dock.eta_s = None

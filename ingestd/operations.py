@@ -103,18 +103,18 @@ class CustodyEntry:
     note: str | None
 
 
-def _camera(session: Session, device_serial: str) -> Camera:
+def _camera(db: Session, device_serial: str) -> Camera:
     serial = device_serial.strip()
     if not serial or len(serial) > DEVICE_SERIAL_MAX:
         raise RefusedError(detail=f"{device_serial!r} is not a device serial (1-7 characters)")
-    camera = session.scalar(select(Camera).where(Camera.device_serial == serial))
+    camera = db.scalar(select(Camera).where(Camera.device_serial == serial))
     if camera is None:
         raise UnknownCameraError(serial=serial)
     return camera
 
 
-def _officer(session: Session, officer_no: str) -> Officer:
-    officer = records.officer_by_number(session, officer_no.strip())
+def _officer(db: Session, officer_no: str) -> Officer:
+    officer = records.officer_by_number(db, officer_no.strip())
     if officer is None:
         raise UnknownOfficerError(officer_no=officer_no)
     return officer
@@ -136,7 +136,7 @@ def _entry(event: CustodyEvent, serial: str, officer: Officer | None) -> Custody
 
 
 def checkout(
-    session: Session,
+    db: Session,
     audit: AuditLog,
     *,
     actor: Actor,
@@ -150,17 +150,17 @@ def checkout(
     A camera already out (the daemon checks out on undock) is re-attributed: the holder changes but
     the time it went out does not, so a clerk's naming neither resets nor duplicates an overdue flag.
     """
-    camera = _camera(session, device_serial)
+    camera = _camera(db, device_serial)
     assigned = camera.assigned_officer.officer_no if camera.assigned_officer else None
     attribution = attribute_checkout(officer_no, actor.user, assigned)
-    officer = _officer(session, attribution.officer_no) if attribution.officer_no else None
+    officer = _officer(db, attribution.officer_no) if attribution.officer_no else None
     out_since = camera.checked_out_at
     note: str = attribution.basis
     if out_since is not None:
         previous = camera.holder.officer_no if camera.holder else "unassigned"
         note = f"{attribution.basis}; re-attributed (was {previous}, out since {iso(out_since)})"
     event = records.custody_event(
-        session,
+        db,
         audit,
         camera=camera,
         kind=CustodyKind.CHECK_OUT,
@@ -175,7 +175,7 @@ def checkout(
 
 
 def checkin(
-    session: Session,
+    db: Session,
     audit: AuditLog,
     *,
     actor: Actor,
@@ -185,11 +185,11 @@ def checkin(
 ) -> CustodyEntry:
     """Manual check-in, for footage brought in on a card reader rather than docked. The officer
     recorded is the one holding it (else its assigned officer): the person handing it back."""
-    camera = _camera(session, device_serial)
+    camera = _camera(db, device_serial)
     officer = camera.holder or camera.assigned_officer
     text = note.strip() if note and note.strip() else "manual check-in"
     event = records.custody_event(
-        session,
+        db,
         audit,
         camera=camera,
         kind=CustodyKind.CHECK_IN,
@@ -202,7 +202,7 @@ def checkin(
 
 
 def custody_history(
-    session: Session, *, device_serial: str | None = None, officer_no: str | None = None
+    db: Session, *, device_serial: str | None = None, officer_no: str | None = None
 ) -> list[CustodyEntry]:
     """The handover register, oldest first: of one camera, of one officer (一人一档), or of all."""
     if device_serial is not None and officer_no is not None:
@@ -215,10 +215,10 @@ def custody_history(
         .order_by(CustodyEvent.at, CustodyEvent.id)
     )
     if device_serial is not None:
-        query = query.where(CustodyEvent.camera_id == _camera(session, device_serial).id)
+        query = query.where(CustodyEvent.camera_id == _camera(db, device_serial).id)
     if officer_no is not None:
-        query = query.where(CustodyEvent.officer_id == _officer(session, officer_no).id)
-    return [_entry(event, serial, officer) for event, serial, officer in session.execute(query).all()]
+        query = query.where(CustodyEvent.officer_id == _officer(db, officer_no).id)
+    return [_entry(event, serial, officer) for event, serial, officer in db.execute(query).all()]
 
 
 # --- flags ------------------------------------------------------------------------------------------
@@ -274,7 +274,7 @@ def flag_view(flag: Flag, device_serial: str | None) -> FlagView:
     )
 
 
-def list_flags(session: Session, *, include_closed: bool = False) -> list[FlagView]:
+def list_flags(db: Session, *, include_closed: bool = False) -> list[FlagView]:
     """Open flags, oldest first; with `include_closed`, the whole history (explained and resolved too)."""
     query = (
         select(Flag, Camera.device_serial)
@@ -283,18 +283,18 @@ def list_flags(session: Session, *, include_closed: bool = False) -> list[FlagVi
     )
     if not include_closed:
         query = query.where(Flag.status == FlagStatus.OPEN)
-    return [flag_view(flag, serial) for flag, serial in session.execute(query).all()]
+    return [flag_view(flag, serial) for flag, serial in db.execute(query).all()]
 
 
 def explain(
-    session: Session, audit: AuditLog, *, actor: Actor, now: datetime, flag_id: int, text: str
+    db: Session, audit: AuditLog, *, actor: Actor, now: datetime, flag_id: int, text: str
 ) -> FlagView:
     """Record the written explanation of a flag (000 art. 12; 001 art. 23). The flag leaves the open
     list and stays in history. An explanation is a record: it is never overwritten."""
     explanation = text.strip()
     if not explanation:
         raise RefusedError(detail="an explanation needs text (--text)")
-    flag = session.get(Flag, flag_id, with_for_update=True)
+    flag = db.get(Flag, flag_id, with_for_update=True)
     if flag is None:
         raise UnknownFlagError(flag_id=flag_id)
     if flag.status is not FlagStatus.OPEN:
@@ -306,16 +306,16 @@ def explain(
     flag.explained_by = actor.user
     flag.explained_at = now
     flag.status = FlagStatus.EXPLAINED
-    session.flush()
+    db.flush()
     audit.append(
-        session,
+        db,
         actor=actor,
         action="flag.explain",
         subject=f"flag:{flag.id}",
         at=now,
         details={"kind": flag.kind.value, "dedup_key": flag.dedup_key, "explanation": explanation},
     )
-    serial = session.scalar(select(Camera.device_serial).where(Camera.id == flag.camera_id))
+    serial = db.scalar(select(Camera.device_serial).where(Camera.id == flag.camera_id))
     return flag_view(flag, serial)
 
 
@@ -323,21 +323,21 @@ def explain(
 
 
 def select_recordings(
-    session: Session, recording_ids: Collection[int] = (), in_case: str | None = None
+    db: Session, recording_ids: Collection[int] = (), in_case: str | None = None
 ) -> list[Recording]:
     """The recordings named by id, or every recording of a case; purged ones (tombstones) are refused."""
     if bool(recording_ids) == (in_case is not None):
         raise RefusedError(detail="name recordings by id or by --in-case, exactly one of the two")
     if recording_ids:
         wanted = sorted(set(recording_ids))
-        found = session.scalars(
+        found = db.scalars(
             select(Recording).where(Recording.id.in_(wanted)).order_by(Recording.id).with_for_update()
         ).all()
         missing = sorted(set(wanted) - {r.id for r in found})
         if missing:
             raise UnknownRecordingError(ids=", ".join(map(str, missing)))
     else:
-        found = session.scalars(
+        found = db.scalars(
             select(Recording).where(Recording.case_id == in_case).order_by(Recording.id).with_for_update()
         ).all()
         if not found:
@@ -367,7 +367,7 @@ def _tags(values: Iterable[str], option: str) -> set[str]:
 
 
 def tag(
-    session: Session,
+    db: Session,
     audit: AuditLog,
     *,
     actor: Actor,
@@ -414,7 +414,7 @@ def tag(
         raise RefusedError(detail="nothing to set: give a classification, a tag or a class")
     rules = retention.rules()
     results: list[Change] = []
-    for recording in select_recordings(session, recording_ids, in_case):
+    for recording in select_recordings(db, recording_ids, in_case):
         protected = _protection(recording, rules)
         changes: dict[str, Any] = {}
         for name, value in wanted.items():
@@ -445,9 +445,9 @@ def tag(
                 f"the approver or admin role ({actor.user} acts as {actor.role})"
             )
         if changes:
-            session.flush()
+            db.flush()
             audit.append(
-                session,
+                db,
                 actor=actor,
                 action="recording.classify",
                 subject=f"recording:{recording.id}",
@@ -484,7 +484,7 @@ def _lowered(before: _Protection, after: _Protection) -> list[str]:
 
 
 def hold(
-    session: Session,
+    db: Session,
     audit: AuditLog,
     *,
     actor: Actor,
@@ -498,12 +498,12 @@ def hold(
     why = reason.strip()
     if not why:
         raise RefusedError(detail="a hold needs a reason (--reason)")
-    recordings = select_recordings(session, recording_ids, in_case)
-    return _set_hold(session, audit, recordings, held=True, actor=actor, now=now, why=why)
+    recordings = select_recordings(db, recording_ids, in_case)
+    return _set_hold(db, audit, recordings, held=True, actor=actor, now=now, why=why)
 
 
 def release(
-    session: Session,
+    db: Session,
     audit: AuditLog,
     *,
     actor: Actor,
@@ -516,12 +516,12 @@ def release(
     why = reason.strip()
     if not why:
         raise RefusedError(detail="a release needs a reason (--reason)")
-    recordings = select_recordings(session, recording_ids, in_case)
-    return _set_hold(session, audit, recordings, held=False, actor=actor, now=now, why=why)
+    recordings = select_recordings(db, recording_ids, in_case)
+    return _set_hold(db, audit, recordings, held=False, actor=actor, now=now, why=why)
 
 
 def _set_hold(
-    session: Session,
+    db: Session,
     audit: AuditLog,
     recordings: list[Recording],
     *,
@@ -546,9 +546,9 @@ def _set_hold(
             recording.purge_notice_at = None
         recording.legal_hold = held
         recording.hold_reason = reason_after
-        session.flush()
+        db.flush()
         audit.append(
-            session,
+            db,
             actor=actor,
             action="recording.hold" if held else "recording.release",
             subject=f"recording:{recording.id}",
@@ -570,7 +570,7 @@ class Extension:
 
 
 def extend(
-    session: Session,
+    db: Session,
     audit: AuditLog,
     *,
     actor: Actor,
@@ -582,7 +582,7 @@ def extend(
 ) -> Extension:
     """Extend a recording's upload deadline (003 art. 11: for cause, at most 3 working days from the end
     of the recording). An open LATE flag the new deadline covers is resolved with the reason."""
-    recording = session.get(Recording, recording_id, with_for_update=True)
+    recording = db.get(Recording, recording_id, with_for_update=True)
     if recording is None:
         raise UnknownRecordingError(ids=str(recording_id))
     if recording.purged_at is not None:
@@ -601,7 +601,7 @@ def extend(
     recording.deadline_extension_reason = reason.strip()
     resolved: list[int] = []
     if lateness(recording.ingested_at, new_deadline) is None:
-        late_flags = session.scalars(
+        late_flags = db.scalars(
             select(Flag).where(
                 Flag.recording_id == recording.id, Flag.kind == FlagKind.LATE, Flag.status == FlagStatus.OPEN
             )
@@ -612,9 +612,9 @@ def extend(
             flag.explained_by = actor.user
             flag.explained_at = now
             resolved.append(flag.id)
-    session.flush()
+    db.flush()
     audit.append(
-        session,
+        db,
         actor=actor,
         action="recording.extend-deadline",
         subject=f"recording:{recording.id}",

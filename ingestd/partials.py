@@ -26,9 +26,9 @@ def expire_partial_copies(services: Services, now: datetime) -> list[PartialCopy
     max_age_hours = services.config.ingest.partial_max_age_hours
 
     def audit(partial: PartialCopy) -> None:
-        with services.catalog.transaction() as session:
+        with services.catalog.transaction() as db:
             services.audit.append(
-                session,
+                db,
                 actor=EXPIRY_ACTOR,
                 action="partial.expired",
                 subject=f"partial:{partial.key}",

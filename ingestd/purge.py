@@ -125,17 +125,17 @@ def retention_facts(recording: Recording) -> RetentionFacts:
     )
 
 
-def gather(session: Session, rules: RetentionRules, now: datetime) -> tuple[PurgePlan, tuple[str, ...]]:
+def gather(db: Session, rules: RetentionRules, now: datetime) -> tuple[PurgePlan, tuple[str, ...]]:
     """Plan from every live recording (tombstones are neither candidates nor references) and list the
     pending objects. Shared by the dry run, the real run and the notice job."""
-    live = session.scalars(select(Recording).where(Recording.purged_at.is_(None))).all()
+    live = db.scalars(select(Recording).where(Recording.purged_at.is_(None))).all()
     references: dict[str, list[int]] = defaultdict(list)
     for recording in live:
         references[recording.blake3].append(recording.id)
     plan = plan_purge([retention_facts(r) for r in live], references, now, rules)
     purged_digests = select(Recording.blake3).where(Recording.purged_at.is_not(None))
     live_digests = select(Recording.blake3).where(Recording.purged_at.is_(None))
-    pending = session.scalars(
+    pending = db.scalars(
         select(StoredObject.blake3)
         .where(
             StoredObject.removed_at.is_(None),
@@ -151,26 +151,24 @@ def give_notices(
     catalog: Catalog, audit: AuditLog, *, actor: Actor, now: datetime, rules: RetentionRules
 ) -> list[int]:
     """Record the deletion notices the plan asks for (one audit event each); returns the recordings."""
-    with catalog.transaction() as session:
-        plan, _pending = gather(session, rules, now)
-        return _record_notices(session, audit, plan, actor=actor, now=now)
+    with catalog.transaction() as db:
+        plan, _pending = gather(db, rules, now)
+        return _record_notices(db, audit, plan, actor=actor, now=now)
 
 
 def _record_notices(
-    session: Session, audit: AuditLog, plan: PurgePlan, *, actor: Actor, now: datetime
+    db: Session, audit: AuditLog, plan: PurgePlan, *, actor: Actor, now: datetime
 ) -> list[int]:
     noticed: list[int] = []
     for notice in plan.notices:
-        recording = session.get_one(
-            Recording, notice.recording_id, with_for_update=True, populate_existing=True
-        )
+        recording = db.get_one(Recording, notice.recording_id, with_for_update=True, populate_existing=True)
         # Another process (the daemon's notice job, a second purge) may have got here first, or a hold.
         if recording.purge_notice_at is not None or recording.legal_hold or recording.purged_at is not None:
             continue
         recording.purge_notice_at = now
-        session.flush()
+        db.flush()
         audit.append(
-            session,
+            db,
             actor=actor,
             action="retention.notice",
             subject=f"recording:{recording.id}",
@@ -214,14 +212,14 @@ def purge(
     dry_run: bool,
 ) -> PurgeReport:
     """Plan, and unless `dry_run`, give the notices, purge what is deletable and remove its objects."""
-    with catalog.transaction() as session:
-        plan, pending = gather(session, rules, now)
+    with catalog.transaction() as db:
+        plan, pending = gather(db, rules, now)
         if dry_run:
             return PurgeReport(at=now, dry_run=True, plan=plan, pending_objects=pending)
-        noticed = _record_notices(session, audit, plan, actor=actor, now=now)
+        noticed = _record_notices(db, audit, plan, actor=actor, now=now)
         by_object: dict[str, list[int]] = defaultdict(list)
         for recording_id in plan.deletable_recordings:
-            by_object[session.get_one(Recording, recording_id).blake3].append(recording_id)
+            by_object[db.get_one(Recording, recording_id).blake3].append(recording_id)
 
     run = _Run(catalog, store, audit, actor, now, rules)
     # Recordings whose object another live recording still needs: tombstone only, the bytes stay.
@@ -266,9 +264,9 @@ class _Run:
         """Step 1: check again, audit and tombstone in one transaction. `digest` names the object removed
         next; None means the object stays (another live recording still references it)."""
         subject = f"object:{digest}" if digest else f"recording:{recording_ids[0]}"
-        with self.catalog.transaction() as session:
+        with self.catalog.transaction() as db:
             recordings = list(
-                session.scalars(
+                db.scalars(
                     select(Recording)
                     .where(Recording.id.in_(recording_ids))
                     .order_by(Recording.id)
@@ -277,7 +275,7 @@ class _Run:
             )
             why_not = _still_deletable(recordings, self.rules, self.now)
             if digest is not None and why_not is None:
-                live = set(_live_references(session, digest))
+                live = set(_live_references(db, digest))
                 if live != set(recording_ids):
                     why_not = f"object is now referenced by recording(s) {sorted(live - set(recording_ids))}"
             if why_not is not None:
@@ -286,7 +284,7 @@ class _Run:
                 return False
             for recording in recordings:
                 recording.purged_at = self.now
-            session.flush()
+            db.flush()
             details: dict[str, Any] = {
                 "recordings": recording_ids,
                 "notices": {str(r.id): iso(r.purge_notice_at) for r in recordings if r.purge_notice_at},
@@ -297,10 +295,10 @@ class _Run:
                 details["blake3"] = recordings[0].blake3
                 details["object"] = "kept: still referenced by a live recording"
             else:
-                stored = session.get_one(StoredObject, digest)
+                stored = db.get_one(StoredObject, digest)
                 details.update(sha256=stored.sha256, size=stored.size)
             self.audit.append(
-                session,
+                db,
                 actor=self.actor,
                 action="retention.purge",
                 subject=subject,
@@ -317,15 +315,15 @@ class _Run:
         record. An ingest that deduplicated into this object commits its recording under the same lock:
         either it came first and the bytes stay, or it finds them gone and stores them again."""
         try:
-            with self.catalog.transaction() as session:
-                stored = session.get_one(StoredObject, digest, with_for_update=True, populate_existing=True)
-                live = _live_references(session, digest)
+            with self.catalog.transaction() as db:
+                stored = db.get_one(StoredObject, digest, with_for_update=True, populate_existing=True)
+                live = _live_references(db, digest)
                 if live:
                     # A recording took the object after its tombstone step: the bytes stay, on record.
                     why = f"object is now referenced by recording(s) {live}"
                     self.skipped[f"object:{digest}"] = why
                     log.warning("purge_skipped", subject=f"object:{digest}", reason=why)
-                    self._audit_removal(session, digest, "skipped", {"referenced_by": live})
+                    self._audit_removal(db, digest, "skipped", {"referenced_by": live})
                     return False
                 outcome, detail = "ok", "removed"
                 try:
@@ -333,23 +331,23 @@ class _Run:
                 except ObjectMissing:
                     outcome, detail = "absent", "the bytes were already gone (an earlier run removed them)"
                 stored.removed_at = self.now
-                session.flush()
-                self._audit_removal(session, digest, outcome, {"detail": detail})
+                db.flush()
+                self._audit_removal(db, digest, outcome, {"detail": detail})
         except IntegrityError:
             raise  # never swallowed
         except (StoreError, OSError) as error:
             self.failed[digest] = str(error)
             log.error("purge_remove_failed", digest=digest, error=str(error))  # noqa: TRY400 - an expected failure, not a bug
-            with self.catalog.transaction() as session:
-                self._audit_removal(session, digest, "failed", {"error": str(error)})
+            with self.catalog.transaction() as db:
+                self._audit_removal(db, digest, "failed", {"error": str(error)})
             return False
         self.removed.append(digest)
         log.info("object_purged", digest=digest, outcome=outcome)
         return True
 
-    def _audit_removal(self, session: Session, digest: str, outcome: str, details: dict[str, Any]) -> None:
+    def _audit_removal(self, db: Session, digest: str, outcome: str, details: dict[str, Any]) -> None:
         self.audit.append(
-            session,
+            db,
             actor=self.actor,
             action="retention.remove",
             subject=f"object:{digest}",
@@ -359,10 +357,10 @@ class _Run:
         )
 
 
-def _live_references(session: Session, digest: str) -> list[int]:
+def _live_references(db: Session, digest: str) -> list[int]:
     """The recordings, not purged, that need this object's bytes."""
     return list(
-        session.scalars(
+        db.scalars(
             select(Recording.id)
             .where(Recording.blake3 == digest, Recording.purged_at.is_(None))
             .order_by(Recording.id)

@@ -13,20 +13,18 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from drivers.base import CameraIdentity, ClockReading
+from drivers.base import CameraIdentity, ClockSync
 from store.audit import Actor, AuditLog
 from store.models import (
     Camera,
+    ClockReading,
     CustodyEvent,
     CustodyKind,
     Dock,
-    DockSession,
+    DockVisit,
     Officer,
     SessionState,
     Unit,
-)
-from store.models import (
-    ClockReading as ClockReadingRow,
 )
 
 
@@ -35,18 +33,18 @@ def daemon_actor(port: str) -> Actor:
     return Actor.system(source=f"dock:{port}")
 
 
-def get_or_create_dock(session: Session, port: str, now: datetime) -> Dock:
-    dock = session.scalar(select(Dock).where(Dock.port == port))
+def get_or_create_dock(db: Session, port: str, now: datetime) -> Dock:
+    dock = db.scalar(select(Dock).where(Dock.port == port))
     if dock is None:
         dock = Dock(port=port, state="empty", updated_at=now, bytes_done=0, bytes_total=0)
-        session.add(dock)
-        session.flush()
+        db.add(dock)
+        db.flush()
     return dock
 
 
-def open_dock_session(session: Session, port: str, now: datetime) -> DockSession:
-    dock = get_or_create_dock(session, port, now)
-    dock_session = DockSession(
+def open_dock_session(db: Session, port: str, now: datetime) -> DockVisit:
+    dock = get_or_create_dock(db, port, now)
+    dock_session = DockVisit(
         dock_id=dock.id,
         state=SessionState.IDENTIFYING,
         started_at=now,
@@ -56,44 +54,44 @@ def open_dock_session(session: Session, port: str, now: datetime) -> DockSession
         bytes_total=0,
         bytes_done=0,
     )
-    session.add(dock_session)
+    db.add(dock_session)
     dock.state = SessionState.IDENTIFYING.value
     dock.current_file = None
     dock.bytes_done = dock.bytes_total = 0
     dock.rate_bps = dock.eta_s = None
     dock.updated_at = now
-    session.flush()
+    db.flush()
     return dock_session
 
 
-def _unit(session: Session, unit_no: str, name: str) -> Unit | None:
+def _unit(db: Session, unit_no: str, name: str) -> Unit | None:
     if not unit_no:
         return None
-    unit = session.scalar(select(Unit).where(Unit.unit_no == unit_no))
+    unit = db.scalar(select(Unit).where(Unit.unit_no == unit_no))
     if unit is None:
         unit = Unit(unit_no=unit_no, name=name)
-        session.add(unit)
+        db.add(unit)
     elif name and unit.name != name:
         unit.name = name
     return unit
 
 
-def officer_by_number(session: Session, officer_no: str) -> Officer | None:
-    return session.scalar(select(Officer).where(Officer.officer_no == officer_no))
+def officer_by_number(db: Session, officer_no: str) -> Officer | None:
+    return db.scalar(select(Officer).where(Officer.officer_no == officer_no))
 
 
 def _officer(
-    session: Session, officer_no: str, name: str, unit: Unit | None
+    db: Session, officer_no: str, name: str, unit: Unit | None
 ) -> tuple[Officer | None, dict[str, tuple[str, str]]]:
     """The officer a camera names, registered on first sight. The registry is authoritative after
     that: what a camera says about a known officer never changes the officer (nor so the footage
     filed under them); a disagreement is returned, field -> (registered, reported)."""
     if not officer_no:
         return None, {}
-    officer = officer_by_number(session, officer_no)
+    officer = officer_by_number(db, officer_no)
     if officer is None:
         officer = Officer(officer_no=officer_no, name=name or officer_no, unit=unit)
-        session.add(officer)
+        db.add(officer)
         return officer, {}
     disagreement: dict[str, tuple[str, str]] = {}
     if name and name != officer.name:
@@ -116,7 +114,7 @@ class Registration:
 
 
 def register_camera(
-    session: Session,
+    db: Session,
     audit: AuditLog,
     *,
     identity: CameraIdentity,
@@ -128,13 +126,13 @@ def register_camera(
     """Create or update the camera, its unit and its assigned officer from the identity it reported.
     A camera that describes a known officer otherwise than the registry changes nothing about the
     officer; the disagreement is returned."""
-    unit = _unit(session, identity.unit_no, identity.unit_name)
-    officer, disagreement = _officer(session, identity.officer_no, identity.officer_name, unit)
-    camera = session.scalar(select(Camera).where(Camera.device_serial == identity.device_serial))
+    unit = _unit(db, identity.unit_no, identity.unit_name)
+    officer, disagreement = _officer(db, identity.officer_no, identity.officer_name, unit)
+    camera = db.scalar(select(Camera).where(Camera.device_serial == identity.device_serial))
     changed: dict[str, Any] = {}
     if camera is None:
         camera = Camera(device_serial=identity.device_serial, driver=driver, first_seen_at=now)
-        session.add(camera)
+        db.add(camera)
         changed["new"] = True
     previous_officer = camera.assigned_officer.officer_no if camera.assigned_officer else None
     if previous_officer != (officer.officer_no if officer else None):
@@ -144,10 +142,10 @@ def register_camera(
     camera.driver = driver
     camera.usb_serial = usb_serial
     camera.last_docked_at = now
-    session.flush()
+    db.flush()
     if changed:
         audit.append(
-            session,
+            db,
             actor=daemon_actor(port),
             action="camera.register",
             subject=f"camera:{identity.device_serial}",
@@ -160,16 +158,16 @@ def register_camera(
 
 
 def record_clock(
-    session: Session,
+    db: Session,
     *,
     camera: Camera,
-    dock_session: DockSession,
-    reading: ClockReading,
+    dock_session: DockVisit,
+    reading: ClockSync,
     now: datetime,
 ) -> None:
     """Store the offset measured before correction: the drift history and the session's own copy."""
-    session.add(
-        ClockReadingRow(
+    db.add(
+        ClockReading(
             camera_id=camera.id,
             dock_session_id=dock_session.id,
             measured_at=now,
@@ -187,7 +185,7 @@ def record_clock(
 
 
 def custody_event(
-    session: Session,
+    db: Session,
     audit: AuditLog,
     *,
     camera: Camera,
@@ -195,7 +193,7 @@ def custody_event(
     officer: Officer | None,
     actor: Actor,
     now: datetime,
-    dock_session: DockSession | None = None,
+    dock_session: DockVisit | None = None,
     note: str | None = None,
 ) -> CustodyEvent:
     """Check a camera in or out; the holder changes and the audit event commit together."""
@@ -209,16 +207,16 @@ def custody_event(
         dock_session_id=dock_session.id if dock_session else None,
         note=note,
     )
-    session.add(event)
+    db.add(event)
     if kind is CustodyKind.CHECK_IN:
         camera.holder = None
         camera.checked_out_at = None
     else:
         camera.holder = officer
         camera.checked_out_at = now
-    session.flush()
+    db.flush()
     audit.append(
-        session,
+        db,
         actor=actor,
         action=f"custody.{kind.value}",
         subject=f"camera:{camera.device_serial}",

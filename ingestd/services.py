@@ -25,8 +25,8 @@ def checkpoint_path(config: Config) -> Path:
 
 def signed_history(catalog: Catalog, checkpoints: Path) -> str | None:
     """What an existing signing key has signed, in words, or None on a station with no audit history."""
-    with catalog.transaction() as session:
-        events = chain_end(session)
+    with catalog.transaction() as db:
+        events = chain_end(db)
     if events:
         return f"the audit chain already has {events} event(s)"
     if any(True for _ in CheckpointFile(checkpoints, set_append_only=False).lines()):

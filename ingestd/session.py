@@ -31,9 +31,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from drivers.base import (
-    Camera,
     CameraIdentity,
-    ClockReading,
+    CameraLink,
+    ClockSync,
     Deletion,
     DeletionOutcome,
     DeviceGone,
@@ -43,8 +43,7 @@ from drivers.base import (
     OriginalFile,
     Unsupported,
 )
-from drivers.scan import Recording as ScannedRecording
-from drivers.scan import decode_name, display_name, scan_volume
+from drivers.scan import CardFile, decode_name, display_name, scan_volume
 from ingestd import records
 from ingestd.config import NotifyConfig
 from ingestd.flagging import FlagService
@@ -59,7 +58,7 @@ from store.errors import DiskFullError, ExistingObjectCorruptError, IntegrityErr
 from store.models import (
     Confidentiality,
     CustodyKind,
-    DockSession,
+    DockVisit,
     Recording,
     RetentionClass,
     SessionState,
@@ -156,7 +155,7 @@ class SessionSummary:
         return self.bytes / (1024 * 1024) / self.seconds if self.seconds > 0 else 0.0
 
 
-def source_key(scanned: ScannedRecording, volume: Path) -> str:
+def source_key(scanned: CardFile, volume: Path) -> str:
     """What makes a file on a camera 'the same recording' across docks: its path on the volume (the
     mount point differs per dock), its size and its time."""
     relative = os.path.relpath(scanned.raw_path, os.fsencode(volume))
@@ -192,7 +191,7 @@ def open_regular_nofollow(path: bytes | str | Path) -> BinaryIO:
 
 def run_session(
     services: Services,
-    camera: Camera,
+    camera: CameraLink,
     *,
     device: DeviceInfo,
     driver_name: str,
@@ -228,7 +227,7 @@ class IngestSession:
         catalog: Catalog,
         store: ObjectStore,
         audit: AuditLog,
-        camera: Camera,
+        camera: CameraLink,
         device: DeviceInfo,
         driver_name: str,
         options: DriverOptions,
@@ -259,8 +258,8 @@ class IngestSession:
 
     def run(self) -> SessionSummary:
         started = time.monotonic()
-        with self.catalog.transaction() as session:
-            dock_session_id = records.open_dock_session(session, self.device.port, self.clock()).id
+        with self.catalog.transaction() as db:
+            dock_session_id = records.open_dock_session(db, self.device.port, self.clock()).id
         try:
             self._run(dock_session_id)
         except (Unplugged, DeviceGone) as gone:
@@ -324,17 +323,17 @@ class IngestSession:
         self,
         dock_session_id: int,
         identity: CameraIdentity,
-        reading: ClockReading,
+        reading: ClockSync,
         battery: int | None,
         storage: tuple[int, int] | None,
     ) -> tuple[int, float | None]:
         now = self.clock()
         usb_serial = self.device.properties.get("ID_SERIAL_SHORT")
         with self.flags.transaction(self.catalog) as flags:
-            session = flags.session
-            dock_session = session.get_one(DockSession, dock_session_id)
+            db = flags.db
+            dock_session = db.get_one(DockVisit, dock_session_id)
             registration = records.register_camera(
-                session,
+                db,
                 self.audit,
                 identity=identity,
                 usb_serial=usb_serial,
@@ -345,7 +344,7 @@ class IngestSession:
             camera = registration.camera
             dock_session.camera_id = camera.id
             dock_session.state = SessionState.SYNCING
-            records.record_clock(session, camera=camera, dock_session=dock_session, reading=reading, now=now)
+            records.record_clock(db, camera=camera, dock_session=dock_session, reading=reading, now=now)
             camera.battery_percent = dock_session.battery_percent = battery
             if storage is not None:
                 camera.storage_free_bytes, camera.storage_total_bytes = storage
@@ -369,7 +368,7 @@ class IngestSession:
             )
             flags.raise_flags([m for m in mismatches if m is not None], dock_session_id=dock_session_id)
             records.custody_event(
-                session,
+                db,
                 self.audit,
                 camera=camera,
                 kind=CustodyKind.CHECK_IN,
@@ -387,7 +386,7 @@ class IngestSession:
         )
         now = self.clock()
         with self.flags.transaction(self.catalog) as flags:
-            session = flags.session
+            db = flags.db
             for rejected in scan.rejected:
                 self.summary.rejected.append(f"{rejected.path}: {rejected.reason}")
                 decision = dock_flags.rejected_file(
@@ -399,7 +398,7 @@ class IngestSession:
                 )
                 flags.raise_flags([decision], dock_session_id=dock_session_id)
                 self._log.warning("file_rejected", file=rejected.path, reason=rejected.reason)
-            known = set(session.scalars(select(Recording.source_key).where(Recording.camera_id == camera_id)))
+            known = set(db.scalars(select(Recording.source_key).where(Recording.camera_id == camera_id)))
         keyed = [(source_key(item, volume), item) for item in scan.recordings]
         plan = [(key, item) for key, item in keyed if key not in known]
         # Same path, size and time as a stored recording is no proof of the same bytes: before such a
@@ -407,8 +406,8 @@ class IngestSession:
         recheck = [(key, item) for key, item in keyed if key in known and self.settings.delete_after_ingest]
         self.progress.plan(len(plan) + len(recheck), sum(item.size for _, item in plan + recheck))
         self.progress.set_state(SessionState.INGESTING.value)
-        with self.catalog.transaction() as session:
-            dock_session = session.get_one(DockSession, dock_session_id)
+        with self.catalog.transaction() as db:
+            dock_session = db.get_one(DockVisit, dock_session_id)
             dock_session.state = SessionState.INGESTING
             dock_session.files_total = len(plan)
             dock_session.bytes_total = sum(item.size for _, item in plan)
@@ -423,7 +422,7 @@ class IngestSession:
         self._delete_proven(docked, proven)
 
     def _ingest_file(
-        self, docked: _Docked, key: str, item: ScannedRecording, *, known: bool, again: bool = False
+        self, docked: _Docked, key: str, item: CardFile, *, known: bool, again: bool = False
     ) -> _Proven | None:
         """Read one camera file and store it, or for a `known` one prove it is already stored; returns
         the proof that allows its deletion, or None (the file stays on the camera)."""
@@ -489,7 +488,7 @@ class IngestSession:
         self,
         docked: _Docked,
         key: str,
-        item: ScannedRecording,
+        item: CardFile,
         source: BinaryIO,
         original: OriginalFile,
         *,
@@ -548,8 +547,8 @@ class IngestSession:
         `digest`: the live recording that holds these bytes (proof by the stored copy), else the key a
         new recording gets (None if both are taken) and the recordings it has the source of."""
         changed = changed_source_key(key, digest.blake3)
-        with self.catalog.transaction() as session:
-            rows = session.execute(
+        with self.catalog.transaction() as db:
+            rows = db.execute(
                 select(Recording.id, Recording.source_key, Recording.blake3, Recording.purged_at).where(
                     Recording.camera_id == camera_id, Recording.source_key.in_((key, changed))
                 )
@@ -580,7 +579,7 @@ class IngestSession:
             if not self.camera.present():
                 raise Unplugged("device no longer present")
 
-    def _commit(self, docked: _Docked, item: ScannedRecording, copy: _Stored) -> tuple[int, bool]:
+    def _commit(self, docked: _Docked, item: CardFile, copy: _Stored) -> tuple[int, bool]:
         """Catalog the stored copy and its audit event in one transaction; returns (recording id, late)."""
         result, key = copy.result, copy.key
         identity, offset, camera_id = docked.identity, docked.offset_s, docked.camera_id
@@ -590,15 +589,15 @@ class IngestSession:
         # Due a window after the recording ends; an unknown duration counts from the start (stricter).
         deadline = deadline_for(recording_end(recorded_at, item.duration_s), self.settings.deadline_window)
         with self.flags.transaction(self.catalog) as flags:
-            session = flags.session
+            db = flags.db
             # The purge removes bytes only under this row's lock, after checking that no live recording
             # needs them; so under the lock bytes that are here stay, and bytes it removed after the put
             # deduplicated into them must be stored again before a live row may point at them.
-            stored = session.get(StoredObject, result.blake3, with_for_update=True, populate_existing=True)
+            stored = db.get(StoredObject, result.blake3, with_for_update=True, populate_existing=True)
             if stored is not None and not self.store.exists(result.blake3):
                 raise _ObjectGoneError(blake3=result.blake3)
             if stored is None:
-                session.add(
+                db.add(
                     StoredObject(
                         blake3=result.blake3,
                         sha256=result.sha256,
@@ -614,7 +613,7 @@ class IngestSession:
                 stored.stored_at = now
                 stored.seal = result.seal
                 stored.last_verified_at = now if result.read_back_verified else None
-            officer = records.officer_by_number(session, identity.officer_no) if identity.officer_no else None
+            officer = records.officer_by_number(db, identity.officer_no) if identity.officer_no else None
             recording = Recording(
                 camera_id=camera_id,
                 officer_id=officer.id if officer else None,
@@ -637,10 +636,10 @@ class IngestSession:
                 retention_tags=[],
                 confidentiality=Confidentiality.NORMAL,
             )
-            session.add(recording)
-            session.flush()
+            db.add(recording)
+            db.flush()
             self.audit.append(
-                session,
+                db,
                 actor=records.daemon_actor(self.device.port),
                 action="recording.ingest",
                 subject=f"recording:{recording.id}",
@@ -664,13 +663,13 @@ class IngestSession:
                 [DeadlineFacts(recording.id, identity.device_serial, now, deadline, camera_id)], now
             )
             flags.raise_flags(late, dock_session_id=dock_session_id)
-            dock_session = session.get_one(DockSession, dock_session_id)
+            dock_session = db.get_one(DockVisit, dock_session_id)
             dock_session.files_done += 1
             dock_session.bytes_done += result.size
         crash_point(Step.CATALOG_COMMIT)
         return recording.id, bool(late)
 
-    def _file_failed(self, docked: _Docked, item: ScannedRecording, reason: str) -> None:
+    def _file_failed(self, docked: _Docked, item: CardFile, reason: str) -> None:
         dock_session_id, camera_id = docked.dock_session_id, docked.camera_id
         self.summary.errors += 1
         self._log.warning("file_failed", file=item.name, reason=reason)
@@ -684,7 +683,7 @@ class IngestSession:
         )
         with self.flags.transaction(self.catalog) as flags:
             flags.raise_flags([decision], dock_session_id=dock_session_id)
-            dock_session = flags.session.get_one(DockSession, dock_session_id)
+            dock_session = flags.db.get_one(DockVisit, dock_session_id)
             dock_session.files_failed += 1
 
     def _delete_proven(self, docked: _Docked, proven: list[_Proven]) -> None:
@@ -693,11 +692,11 @@ class IngestSession:
         if not self.settings.delete_after_ingest or not proven:
             return
         by_path = {item.original.path: item for item in proven}
-        with self.catalog.transaction() as session:
+        with self.catalog.transaction() as db:
             # Counts only, so the event stays small however full the card: each file's path, recording
             # and digests are in its own recording.delete-original event.
             self._audit_deletion(
-                session,
+                db,
                 docked,
                 "started",
                 self.clock(),
@@ -718,11 +717,11 @@ class IngestSession:
         self._record_deletions(docked, by_path, outcomes)
 
     def _audit_deletion(
-        self, session: Session, docked: _Docked, outcome: str, at: datetime, **details: int
+        self, db: Session, docked: _Docked, outcome: str, at: datetime, **details: int
     ) -> None:
         """One `camera.delete-originals` event of this dock's deletion (see DELETE_ORIGINALS)."""
         self.audit.append(
-            session,
+            db,
             actor=records.daemon_actor(self.device.port),
             action=DELETE_ORIGINALS,
             subject=f"dock_session:{docked.dock_session_id}",
@@ -735,11 +734,11 @@ class IngestSession:
         self, docked: _Docked, by_path: dict[Path, _Proven], outcomes: list[Deletion]
     ) -> None:
         now = self.clock()
-        with self.catalog.transaction() as session:
+        with self.catalog.transaction() as db:
             for deletion in outcomes:
                 proof, original = by_path[deletion.file.path], deletion.file
                 self.audit.append(
-                    session,
+                    db,
                     actor=records.daemon_actor(self.device.port),
                     action="recording.delete-original",
                     subject=f"recording:{proof.recording_id}",
@@ -759,7 +758,7 @@ class IngestSession:
                     },
                 )
             counts = {kind.value: sum(d.outcome is kind for d in outcomes) for kind in DeletionOutcome}
-            self._audit_deletion(session, docked, "done", now, **counts)
+            self._audit_deletion(db, docked, "done", now, **counts)
         for deletion in outcomes:
             if deletion.outcome is DeletionOutcome.DELETED:
                 self.summary.deleted += 1
@@ -774,7 +773,7 @@ class IngestSession:
         with self.flags.transaction(self.catalog) as flags:
             decision = dock_flags.store_full(
                 camera_serial=self.summary.device_id,
-                camera_id=flags.session.get_one(DockSession, dock_session_id).camera_id,
+                camera_id=flags.db.get_one(DockVisit, dock_session_id).camera_id,
                 dock_session_id=dock_session_id,
                 error=str(full),
                 free_bytes=self.store.free_bytes(),
@@ -787,8 +786,8 @@ class IngestSession:
         self.summary.reason = reason
 
     def _close_session(self, dock_session_id: int) -> None:
-        with self.catalog.transaction() as session:
-            dock_session = session.get_one(DockSession, dock_session_id)
+        with self.catalog.transaction() as db:
+            dock_session = db.get_one(DockVisit, dock_session_id)
             dock_session.state = self.summary.state
             dock_session.failure_reason = self.summary.reason
             dock_session.ended_at = self.clock()

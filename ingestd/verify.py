@@ -74,13 +74,11 @@ class VerifyOutcome:
         return asdict(self)
 
 
-def record_outcome(
-    session: Session, audit: AuditLog, actor: Actor, outcome: VerifyOutcome, at: datetime
-) -> None:
+def record_outcome(db: Session, audit: AuditLog, actor: Actor, outcome: VerifyOutcome, at: datetime) -> None:
     """Keep a verify run's outcome in the audit chain (`verify.run`), where `status` and the metrics read
     it. The daemon's write: `actor` is who ran the verify and reported this outcome."""
     audit.append(
-        session,
+        db,
         actor=actor,
         action=VERIFY_ACTION,
         subject="objects" if outcome.objects else "audit-chain",
@@ -97,10 +95,10 @@ def record_outcome(
 
 def verify_audit(services: Services, public_keys: list[Ed25519PublicKey]) -> tuple[int, list[Problem]]:
     """The chain and its checkpoints, checked against `public_keys`."""
-    with services.catalog.transaction() as session:
-        count = session.scalar(select(func.count()).select_from(AuditEvent)) or 0
+    with services.catalog.transaction() as db:
+        count = db.scalar(select(func.count()).select_from(AuditEvent)) or 0
         found = verify_chain(
-            session,
+            db,
             checkpoint_path=checkpoint_path(services.config),
             public_key=public_keys,
             checkpoint_every=services.config.audit.checkpoint_every,
@@ -125,15 +123,15 @@ def verify_audit(services: Services, public_keys: list[Ed25519PublicKey]) -> tup
 
 def verify_catalog_rows(services: Services) -> list[Problem]:
     """Recordings, approvals and custody rows that disagree with their audit events."""
-    with services.catalog.transaction() as session:
-        found = verify_rows(session)
+    with services.catalog.transaction() as db:
+        found = verify_rows(db)
     return [Problem("catalog", p.kind, p.subject, p.detail) for p in found]
 
 
 def verify_objects(services: Services, progress: ProgressCallback | None = None) -> tuple[int, list[Problem]]:
-    with services.catalog.transaction() as session:
+    with services.catalog.transaction() as db:
         # Objects the retention purge removed stay as tombstone rows; their absence is expected.
-        rows = session.execute(
+        rows = db.execute(
             select(StoredObject.blake3, StoredObject.sha256, StoredObject.size)
             .where(StoredObject.removed_at.is_(None))
             .order_by(StoredObject.blake3)

@@ -148,10 +148,10 @@ def _approval_fields(values: Mapping[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def _replay(session: Session) -> _Replay:
+def _replay(db: Session) -> _Replay:
     replay = _Replay()
     query = undecoded_events(_BATCH).where(EVENTS.c.action.in_(_ACTIONS), EVENTS.c.outcome.in_(_OUTCOMES))
-    for row in session.execute(query).mappings():
+    for row in db.execute(query).mappings():
         try:
             _replay_event(replay, decode_event(row))
         except _UNREADABLE as error:  # an edited event (verify_chain names the edit): replay goes on
@@ -264,12 +264,12 @@ def _compare(
         )
 
 
-def _check_recordings(session: Session, replay: _Replay) -> Iterator[RowProblem]:
+def _check_recordings(db: Session, replay: _Replay) -> Iterator[RowProblem]:
     columns = (Recording.retention_class, Recording.retention_tags, Recording.legal_hold)
     classification = [getattr(Recording, name) for name in _CLASSIFICATION]
     copied = [getattr(Recording, column) for column in _INGEST_DETAILS.values()]
     times = [getattr(Recording, column) for column in _RECORDING_TIMES]
-    rows = session.execute(
+    rows = db.execute(
         select(Recording.id, *columns, *classification, *copied, *times)
         .order_by(Recording.id)
         .execution_options(yield_per=_BATCH)
@@ -291,18 +291,18 @@ def _check_recordings(session: Session, replay: _Replay) -> Iterator[RowProblem]
     return _compare("recording", "recording.ingest", found, replay.recordings)
 
 
-def _check_approvals(session: Session, replay: _Replay) -> Iterator[RowProblem]:
-    approvals = session.scalars(select(Approval).order_by(Approval.id))
+def _check_approvals(db: Session, replay: _Replay) -> Iterator[RowProblem]:
+    approvals = db.scalars(select(Approval).order_by(Approval.id))
     found = (
         (a.id, _approval_fields({name: getattr(a, name) for name in _APPROVAL_FIELDS})) for a in approvals
     )
     return _compare("approval", "approval.create", found, replay.approvals)
 
 
-def _check_custody(session: Session, replay: _Replay) -> Iterator[RowProblem]:
+def _check_custody(db: Session, replay: _Replay) -> Iterator[RowProblem]:
     unmatched = Counter(replay.custody)
     officer = aliased(Officer)
-    rows = session.execute(
+    rows = db.execute(
         select(CustodyEvent, Camera.device_serial, officer.officer_no)
         .join(Camera, Camera.id == CustodyEvent.camera_id)
         .outerjoin(officer, officer.id == CustodyEvent.officer_id)
@@ -340,10 +340,10 @@ def _check_custody(session: Session, replay: _Replay) -> Iterator[RowProblem]:
             )
 
 
-def verify_rows(session: Session) -> list[RowProblem]:
+def verify_rows(db: Session) -> list[RowProblem]:
     """Every custody-relevant row that disagrees with the audit events; empty when all agree. A value
     that cannot be decoded is a problem named with its table or event, never a crash."""
-    replay = _replay(session)
+    replay = _replay(db)
     problems = list(replay.unreadable)
     checks = (
         ("recordings", _check_recordings),
@@ -352,7 +352,7 @@ def verify_rows(session: Session) -> list[RowProblem]:
     )
     for table, check in checks:
         try:
-            problems.extend(check(session, replay))
+            problems.extend(check(db, replay))
         except _UNREADABLE as error:
             problems.append(
                 RowProblem("row-unreadable", table, f"a row cannot be read, the rest is unchecked: {error}")

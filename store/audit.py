@@ -212,7 +212,7 @@ class AuditLog:
 
     def append(
         self,
-        session: Session,
+        db: Session,
         *,
         actor: Actor,
         action: str,
@@ -234,31 +234,31 @@ class AuditLog:
             "details": _normalise_details(details),
         }
         _check_lengths(values)
-        connection = session.connection()
+        connection = db.connection()
         head_seq, head_hash = _lock_head(connection)  # first statement: serialises appenders
         values["seq"] = head_seq + 1
         values["prev_hash"] = head_hash
         values["hash"] = event_hash(head_hash, _hashed_form(values))
         genesis = self._genesis
         if genesis is None:
-            genesis = values["hash"] if values["seq"] == 1 else _read_genesis(session)
+            genesis = values["hash"] if values["seq"] == 1 else _read_genesis(db)
         record = AuditEvent(**values)
-        session.add(record)
-        session.flush([record])
+        db.add(record)
+        db.flush([record])
         head = HEAD
         connection.execute(
             update(head).where(head.c.id == HEAD_ID).values(seq=values["seq"], hash=values["hash"])
         )
-        self._track(session, record, _Head(values["seq"], values["hash"], genesis))
+        self._track(db, record, _Head(values["seq"], values["hash"], genesis))
         return record
 
     # --- checkpoints -------------------------------------------------------------------------------
 
-    def _track(self, session: Session, record: AuditEvent, head: _Head) -> None:
-        session.info.setdefault(_PENDING, []).append((self, record, head))
-        if not event.contains(session, "after_commit", _after_commit):
-            event.listen(session, "after_commit", _after_commit)
-            event.listen(session, "after_transaction_end", _after_transaction_end)
+    def _track(self, db: Session, record: AuditEvent, head: _Head) -> None:
+        db.info.setdefault(_PENDING, []).append((self, record, head))
+        if not event.contains(db, "after_commit", _after_commit):
+            event.listen(db, "after_commit", _after_commit)
+            event.listen(db, "after_transaction_end", _after_transaction_end)
 
     def _committed(self, head: _Head) -> None:
         """Called after a commit made event `head.seq` durable: checkpoint it if one is due."""
@@ -288,8 +288,8 @@ class AuditLog:
 
     def _committed_head(self, target: Catalog | Session) -> _Head | None:
         if isinstance(target, Catalog):
-            with target.transaction() as session:
-                return _last_event(session)
+            with target.transaction() as db:
+                return _last_event(db)
         if target.in_transaction():
             # Its transaction may hold events that are not committed yet: a checkpoint must never sign them.
             raise AuditError(detail="checkpoint needs a session with no transaction open (commit first)")
@@ -337,26 +337,26 @@ class _Head:
     genesis: str | None
 
 
-def _read_genesis(session: Session) -> str | None:
+def _read_genesis(db: Session) -> str | None:
     events = EVENTS
-    found = session.execute(select(events.c.hash).where(events.c.seq == 1)).scalar_one_or_none()
+    found = db.execute(select(events.c.hash).where(events.c.seq == 1)).scalar_one_or_none()
     return None if found is None else str(found)
 
 
-def chain_end(session: Session) -> int:
+def chain_end(db: Session) -> int:
     """The seq of the last event stored (0 for an empty chain)."""
-    head = _last_event(session)
+    head = _last_event(db)
     return 0 if head is None else head.seq
 
 
-def _last_event(session: Session) -> _Head | None:
+def _last_event(db: Session) -> _Head | None:
     events = EVENTS
-    row = session.execute(select(events.c.seq, events.c.hash).order_by(events.c.seq.desc()).limit(1)).first()
-    return None if row is None else _Head(int(row.seq), str(row.hash), _read_genesis(session))
+    row = db.execute(select(events.c.seq, events.c.hash).order_by(events.c.seq.desc()).limit(1)).first()
+    return None if row is None else _Head(int(row.seq), str(row.hash), _read_genesis(db))
 
 
-def _after_commit(session: Session) -> None:
-    pending: list[tuple[AuditLog, AuditEvent, _Head]] = session.info.pop(_PENDING, [])
+def _after_commit(db: Session) -> None:
+    pending: list[tuple[AuditLog, AuditEvent, _Head]] = db.info.pop(_PENDING, [])
     latest: dict[AuditLog, _Head] = {}
     for log, record, head in pending:
         # An event added inside a savepoint that rolled back is no longer persistent: skip it.
@@ -366,11 +366,11 @@ def _after_commit(session: Session) -> None:
         log._committed(head)
 
 
-def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+def _after_transaction_end(db: Session, transaction: SessionTransaction) -> None:
     # The outermost transaction ended; after a commit `_after_commit` has already taken the list, so
     # whatever is left was rolled back. (A savepoint's end changes nothing: see `_after_commit`.)
     if transaction.parent is None:
-        session.info.pop(_PENDING, None)
+        db.info.pop(_PENDING, None)
 
 
 # --- verification ----------------------------------------------------------------------------------
@@ -461,7 +461,7 @@ def decode_event(row: RowMapping) -> dict[str, Any]:
 
 
 def verify_chain(
-    session: Session,
+    db: Session,
     *,
     checkpoint_path: Path,
     public_key: Ed25519PublicKey | Collection[Ed25519PublicKey],
@@ -476,11 +476,9 @@ def verify_chain(
     """
     problems = _Problems()
     checkpoints = _load_checkpoints(checkpoint_path, keys_by_id(public_key), problems)
-    _set_aside_other_chains(checkpoints, _read_genesis(session), problems)
+    _set_aside_other_chains(checkpoints, _read_genesis(db), problems)
     head_table = HEAD
-    head = session.execute(
-        select(head_table.c.seq, head_table.c.hash).where(head_table.c.id == HEAD_ID)
-    ).first()
+    head = db.execute(select(head_table.c.seq, head_table.c.hash).where(head_table.c.id == HEAD_ID)).first()
     head_seq = None if head is None else int(head.seq)
 
     query = undecoded_events(batch_size)
@@ -488,7 +486,7 @@ def verify_chain(
     prev_stored: str | None = GENESIS_HASH  # None: the previous row is missing, the link cannot be checked
     last: tuple[int, str] | None = None
     hash_at_head: str | None = None
-    for row in session.execute(query).mappings():
+    for row in db.execute(query).mappings():
         seq = int(row["seq"])
         if seq != expected:
             missing = f"{expected}" if seq == expected + 1 else f"{expected}..{seq - 1}"
@@ -526,7 +524,7 @@ def verify_chain(
         expected = seq + 1
 
     last_seq = last[0] if last else 0
-    _check_head(session, head, hash_at_head, last, problems)
+    _check_head(db, head, hash_at_head, last, problems)
     beyond = [seq for seq in checkpoints if seq > last_seq]
     if beyond:
         problems.add(
@@ -576,7 +574,7 @@ def _set_aside_other_chains(
 
 
 def _check_head(
-    session: Session,
+    db: Session,
     head: Any,
     hash_at_head: str | None,
     last: tuple[int, str] | None,
@@ -608,7 +606,7 @@ def _check_head(
     if last is not None and last_seq > head_seq:
         # Either appended after the head was read (PostgreSQL, concurrent appender) or written around it.
         table = HEAD
-        now = session.execute(select(table.c.seq).where(table.c.id == HEAD_ID)).scalar_one_or_none()
+        now = db.execute(select(table.c.seq).where(table.c.id == HEAD_ID)).scalar_one_or_none()
         if now is None or int(now) < last_seq:
             problems.add(
                 "head-mismatch",

@@ -108,8 +108,8 @@ class Catalog:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Session]:
         """One unit of work: committed on success, rolled back on any error, always closed."""
-        with self.sessions.begin() as session:
-            yield session
+        with self.sessions.begin() as db:
+            yield db
 
     def close(self) -> None:
         self.engine.dispose()

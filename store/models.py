@@ -148,7 +148,7 @@ class Dock(Base):
     updated_at: Mapped[datetime]
 
 
-class DockSession(Base):
+class DockVisit(Base):
     """One dock of one camera, from uevent to unplug: the unit of work and of the summary log line."""
 
     __tablename__ = "dock_sessions"

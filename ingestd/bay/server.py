@@ -177,8 +177,8 @@ class BayDisplay:
 
     def _refresh(self) -> None:
         try:
-            with self.catalog.transaction() as session:
-                tiles = bays(session)
+            with self.catalog.transaction() as db:
+                tiles = bays(db)
         except Exception:  # the display must never take the daemon down; the failure is logged
             log.exception("bay_display_read_failed")
             return

@@ -22,7 +22,7 @@ from store.models import (
     CustodyEvent,
     CustodyKind,
     Dock,
-    DockSession,
+    DockVisit,
     Officer,
     SessionState,
 )
@@ -59,16 +59,14 @@ def short_name(port: str) -> str:
     return path.rsplit("/", 1)[-1] or port
 
 
-def _current_sessions(session: Session) -> dict[str, _Current]:
-    latest = select(DockSession.dock_id, func.max(DockSession.id).label("session_id")).group_by(
-        DockSession.dock_id
-    )
+def _current_sessions(db: Session) -> dict[str, _Current]:
+    latest = select(DockVisit.dock_id, func.max(DockVisit.id).label("session_id")).group_by(DockVisit.dock_id)
     latest_ids = latest.subquery()
-    rows = session.execute(
-        select(Dock.port, DockSession, Camera.device_serial)
+    rows = db.execute(
+        select(Dock.port, DockVisit, Camera.device_serial)
         .join(latest_ids, latest_ids.c.dock_id == Dock.id)
-        .join(DockSession, DockSession.id == latest_ids.c.session_id)
-        .outerjoin(Camera, Camera.id == DockSession.camera_id)
+        .join(DockVisit, DockVisit.id == latest_ids.c.session_id)
+        .outerjoin(Camera, Camera.id == DockVisit.camera_id)
     ).all()
     return {
         port: _Current(
@@ -85,11 +83,11 @@ def _current_sessions(session: Session) -> dict[str, _Current]:
     }
 
 
-def _officer_names(session: Session, session_ids: list[int]) -> dict[int, str]:
+def _officer_names(db: Session, session_ids: list[int]) -> dict[int, str]:
     """The officer each session's check-in recorded (the camera's holder, else its registered officer)."""
     if not session_ids:
         return {}
-    rows = session.execute(
+    rows = db.execute(
         select(CustodyEvent.dock_session_id, Officer.name)
         .join(Officer, Officer.id == CustodyEvent.officer_id)
         .where(CustodyEvent.dock_session_id.in_(session_ids), CustodyEvent.kind == CustodyKind.CHECK_IN)
@@ -97,13 +95,13 @@ def _officer_names(session: Session, session_ids: list[int]) -> dict[int, str]:
     return {int(session_id): name for session_id, name in rows if session_id is not None}
 
 
-def _unfinished_deletions(session: Session, session_ids: list[int]) -> set[int]:
+def _unfinished_deletions(db: Session, session_ids: list[int]) -> set[int]:
     """Sessions whose deletion of originals was started and has no `done` event."""
     if not session_ids:
         return set()
     subjects = {f"dock_session:{session_id}": session_id for session_id in session_ids}
     outcomes: dict[int, set[str]] = {}
-    for subject, outcome in session.execute(
+    for subject, outcome in db.execute(
         select(AuditEvent.subject, AuditEvent.outcome).where(
             AuditEvent.action == DELETE_ORIGINALS, AuditEvent.subject.in_(list(subjects))
         )
@@ -127,12 +125,12 @@ def phase_of(dock_state: str, current: _Current | None, unfinished_deletion: boo
     return "attention", "stopped: see the station operator"
 
 
-def bays(session: Session) -> list[dict[str, Any]]:
+def bays(db: Session) -> list[dict[str, Any]]:
     """One tile per known dock, in port order, as plain JSON values."""
-    docks = queries.docks(session)
-    current = _current_sessions(session)
+    docks = queries.docks(db)
+    current = _current_sessions(db)
     ids = [c.session_id for c in current.values()]
-    officers, unfinished = _officer_names(session, ids), _unfinished_deletions(session, ids)
+    officers, unfinished = _officer_names(db, ids), _unfinished_deletions(db, ids)
     return [_tile(dock, current.get(dock["port"]), officers, unfinished) for dock in docks]
 
 

@@ -80,7 +80,7 @@ def call_with_fd(
 ) -> tuple[Any, int]:
     """Send one request whose answer hands over an open file (see `protocol`); return the result and the
     file's descriptor, close-on-exec, which the caller must close. An answer that hands over no file, or
-    more than one, is a ProtocolError."""
+    more than one, is a WireProtocolError."""
     fds: list[int] = []
     try:
         result = _exchange(socket_path, command, args, timeout, fds)
@@ -89,7 +89,7 @@ def call_with_fd(
         raise
     if len(fds) != 1:
         _close_all(fds)
-        raise protocol.ProtocolError(
+        raise protocol.WireProtocolError(
             detail=f"the answer to {command} hands over {len(fds)} files, expected one"
         )
     return result, fds[0]
@@ -151,7 +151,9 @@ def _receive(connection: socket.socket, command: str, fds: list[int] | None) -> 
         return connection.recv(CHUNK)  # a descriptor sent anyway is discarded by the kernel
     chunk, truncated = protocol.receive(connection, CHUNK, fds, MAX_PASSED_FILES)
     if truncated:
-        raise protocol.ProtocolError(detail=f"the answer to {command} hands over more files than expected")
+        raise protocol.WireProtocolError(
+            detail=f"the answer to {command} hands over more files than expected"
+        )
     return chunk
 
 
@@ -176,4 +178,4 @@ def _read_line(
         chunks.append(chunk)
         size += len(chunk)
         if size > protocol.MAX_RESPONSE_BYTES:
-            raise protocol.ProtocolError(detail=f"the answer to {command} is larger than allowed")
+            raise protocol.WireProtocolError(detail=f"the answer to {command} is larger than allowed")

@@ -81,9 +81,9 @@ def _audit(
     action: str | None = None,
     **more: Any,
 ) -> None:
-    with services.catalog.transaction() as session:
+    with services.catalog.transaction() as db:
         services.audit.append(
-            session,
+            db,
             actor=caller.actor(spec_roles),
             action=action or f"ctl.{name}",
             subject=name,

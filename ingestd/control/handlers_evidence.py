@@ -135,11 +135,11 @@ def approve(services: Services, request: Request) -> dict[str, Any]:
         requested_by=_str(args, "requested_by"),
         now=request.now,
     )
-    with services.catalog.transaction() as session:
-        approval = create_approval(session, services.audit, request.actor, new, now=request.now)
+    with services.catalog.transaction() as db:
+        approval = create_approval(db, services.audit, request.actor, new, now=request.now)
         return {
             **approval_dict(approval, request.now),
-            "confidential_not_covered": uncovered_confidential(session, approval),
+            "confidential_not_covered": uncovered_confidential(db, approval),
         }
 
 
@@ -149,9 +149,9 @@ def revoke(services: Services, request: Request) -> dict[str, Any]:
     reason = (_str(request.args, "reason") or "").strip()
     if not reason:
         raise EvidenceUsageError(detail="revoking needs a reason (--reason)")
-    with services.catalog.transaction() as session:
+    with services.catalog.transaction() as db:
         approval = revoke_approval(
-            session, services.audit, request.actor, approval_id, reason=reason, now=request.now
+            db, services.audit, request.actor, approval_id, reason=reason, now=request.now
         )
         return approval_dict(approval, request.now)
 
@@ -159,11 +159,11 @@ def revoke(services: Services, request: Request) -> dict[str, Any]:
 @command("approvals", roles=OVERSIGHT | EXPORTERS)
 def approvals(services: Services, request: Request) -> dict[str, Any]:
     approval_id = _int(request.args, "approval_id")
-    with services.catalog.transaction() as session:
+    with services.catalog.transaction() as db:
         query = select(Approval).order_by(Approval.id.desc()).limit(_int(request.args, "limit") or 100)
         if approval_id is not None:
             query = select(Approval).where(Approval.id == approval_id)
-        rows = [approval_dict(a, request.now) for a in session.scalars(query)]
+        rows = [approval_dict(a, request.now) for a in db.scalars(query)]
     if approval_id is not None and not rows:
         raise EvidenceUsageError(detail=f"no approval with id {approval_id}")
     return {"approvals": rows}
@@ -236,9 +236,9 @@ def _period(services: Services, args: Mapping[str, Any]) -> Any:
 def spotcheck_sample(services: Services, request: Request) -> dict[str, Any]:
     args = request.args
     period = _period(services, args)
-    with services.catalog.transaction() as session:
+    with services.catalog.transaction() as db:
         inspection = create_inspection(
-            session,
+            db,
             services.audit,
             request.actor,
             unit_no=_str(args, "unit_no"),
@@ -248,7 +248,7 @@ def spotcheck_sample(services: Services, request: Request) -> dict[str, Any]:
             note=_str(args, "note"),
             now=request.now,
         )
-        return inspection_dict(session, inspection)
+        return inspection_dict(db, inspection)
 
 
 @command("spotcheck.verdict", roles=INSPECTORS, mutates=True)
@@ -260,9 +260,9 @@ def spotcheck_verdict(services: Services, request: Request) -> dict[str, Any]:
     except ValueError:
         raise EvidenceUsageError(detail=f"verdict must be pass or fail, got {verdict_text!r}") from None
     inspection_id = _req_int(args, "inspection_id")
-    with services.catalog.transaction() as session:
+    with services.catalog.transaction() as db:
         record_verdict(
-            session,
+            db,
             services.audit,
             request.actor,
             inspection_id=inspection_id,
@@ -272,21 +272,21 @@ def spotcheck_verdict(services: Services, request: Request) -> dict[str, Any]:
             amend=_bool(args, "amend"),
             now=request.now,
         )
-        inspection = session.get(Inspection, inspection_id)
+        inspection = db.get(Inspection, inspection_id)
         assert inspection is not None  # noqa: S101 - record_verdict checked it
-        return inspection_dict(session, inspection)
+        return inspection_dict(db, inspection)
 
 
 @command("spotcheck.show", roles=OVERSIGHT)
 def spotcheck_show(services: Services, request: Request) -> dict[str, Any]:
     inspection_id = _int(request.args, "inspection_id")
-    with services.catalog.transaction() as session:
+    with services.catalog.transaction() as db:
         if inspection_id is None:
-            return {"inspections": list_inspections(session, _int(request.args, "limit") or 50)}
-        inspection = session.get(Inspection, inspection_id)
+            return {"inspections": list_inspections(db, _int(request.args, "limit") or 50)}
+        inspection = db.get(Inspection, inspection_id)
         if inspection is None:
             raise EvidenceUsageError(detail=f"no inspection with id {inspection_id}")
-        return inspection_dict(session, inspection, replay=True)
+        return inspection_dict(db, inspection, replay=True)
 
 
 # --- reports -------------------------------------------------------------------------------------------
@@ -304,6 +304,6 @@ def report(services: Services, request: Request) -> dict[str, Any]:
     }
     if by not in choices:
         raise EvidenceUsageError(detail=f"--by must be unit, officer or both, got {by!r}")
-    with services.catalog.transaction() as session:
-        unit = resolve_unit(session, _str(args, "unit_no"))
-        return build_report(session, period, groups=choices[by], unit_id=unit.id if unit else None)
+    with services.catalog.transaction() as db:
+        unit = resolve_unit(db, _str(args, "unit_no"))
+        return build_report(db, period, groups=choices[by], unit_id=unit.id if unit else None)

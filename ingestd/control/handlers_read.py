@@ -33,9 +33,9 @@ def _free_bytes(services: Services) -> int | None:
 @command("status", roles=EVERYONE)
 def status(services: Services, request: Request) -> dict[str, Any]:
     queries.Args("status", request.args, set())
-    with services.catalog.transaction() as session:
+    with services.catalog.transaction() as db:
         shown = queries.status(
-            session,
+            db,
             free_bytes=_free_bytes(services),
             store_root=str(services.config.store.root),
             now=request.now,
@@ -46,23 +46,23 @@ def status(services: Services, request: Request) -> dict[str, Any]:
 
 @command("cameras", roles=EVERYONE)
 def cameras(services: Services, request: Request) -> dict[str, Any]:
-    with services.catalog.transaction() as session:
-        return queries.cameras(session, request.args)
+    with services.catalog.transaction() as db:
+        return queries.cameras(db, request.args)
 
 
 @command("officers", roles=EVERYONE)
 def officers(services: Services, request: Request) -> dict[str, Any]:
-    with services.catalog.transaction() as session:
-        return queries.officers(session, request.args)
+    with services.catalog.transaction() as db:
+        return queries.officers(db, request.args)
 
 
 @command("footage", roles=EVERYONE, footage=True)
 def footage(services: Services, request: Request) -> dict[str, Any]:
-    with services.catalog.transaction() as session:
-        return queries.footage(session, request.args, zone=_zone(services), role=request.actor.role)
+    with services.catalog.transaction() as db:
+        return queries.footage(db, request.args, zone=_zone(services), role=request.actor.role)
 
 
 @command("audit", roles=AUDIT_READERS)
 def audit(services: Services, request: Request) -> dict[str, Any]:
-    with services.catalog.transaction() as session:
-        return queries.audit_events(session, request.args, zone=_zone(services))
+    with services.catalog.transaction() as db:
+        return queries.audit_events(db, request.args, zone=_zone(services))

@@ -63,10 +63,10 @@ def _selection(args: Args) -> dict[str, Any]:
 def checkout(services: Services, request: Request) -> dict[str, Any]:
     args = Args("checkout", request.args, {"device", "officer_no"})
     device = _required_text(args, "device", ID_MAX)
-    with services.catalog.transaction() as session:
-        out_since = session.scalar(select(Camera.checked_out_at).where(Camera.device_serial == device))
+    with services.catalog.transaction() as db:
+        out_since = db.scalar(select(Camera.checked_out_at).where(Camera.device_serial == device))
         entry = operations.checkout(
-            session,
+            db,
             services.audit,
             actor=request.actor,
             now=request.now,
@@ -86,9 +86,9 @@ def checkout(services: Services, request: Request) -> dict[str, Any]:
 @command("checkin", roles=CUSTODIANS, mutates=True)
 def checkin(services: Services, request: Request) -> dict[str, Any]:
     args = Args("checkin", request.args, {"device", "note"})
-    with services.catalog.transaction() as session:
+    with services.catalog.transaction() as db:
         entry = operations.checkin(
-            session,
+            db,
             services.audit,
             actor=request.actor,
             now=request.now,
@@ -101,9 +101,9 @@ def checkin(services: Services, request: Request) -> dict[str, Any]:
 @command("custody", roles=EVERYONE)
 def custody(services: Services, request: Request) -> dict[str, Any]:
     args = Args("custody", request.args, {"device", "officer_no"})
-    with services.catalog.transaction() as session:
+    with services.catalog.transaction() as db:
         entries = operations.custody_history(
-            session, device_serial=args.text("device", ID_MAX), officer_no=args.text("officer_no", ID_MAX)
+            db, device_serial=args.text("device", ID_MAX), officer_no=args.text("officer_no", ID_MAX)
         )
         return {"custody": plain(entries)}
 
@@ -114,8 +114,8 @@ def custody(services: Services, request: Request) -> dict[str, Any]:
 @command("flags", roles=EVERYONE)
 def flags(services: Services, request: Request) -> dict[str, Any]:
     args = Args("flags", request.args, {"all"})
-    with services.catalog.transaction() as session:
-        found = operations.list_flags(session, include_closed=args.flag("all"))
+    with services.catalog.transaction() as db:
+        found = operations.list_flags(db, include_closed=args.flag("all"))
         return {"flags": [flag.as_json() for flag in found]}
 
 
@@ -125,9 +125,9 @@ def explain(services: Services, request: Request) -> dict[str, Any]:
     flag_id = args.optional_integer("flag_id", low=1)
     if flag_id is None:
         args.fail("flag_id is required")
-    with services.catalog.transaction() as session:
+    with services.catalog.transaction() as db:
         flag = operations.explain(
-            session,
+            db,
             services.audit,
             actor=request.actor,
             now=request.now,
@@ -146,9 +146,9 @@ def tag(services: Services, request: Request) -> dict[str, Any]:
     args = Args("tag", request.args, SELECTION | fields | {"add_tags", "remove_tags", "retention_class"})
     confidentiality = args.choice("confidentiality", [c.value for c in Confidentiality])
     retention_class = args.choice("retention_class", [c.value for c in RetentionClass])
-    with services.catalog.transaction() as session:
+    with services.catalog.transaction() as db:
         results = operations.tag(
-            session,
+            db,
             services.audit,
             actor=request.actor,
             now=request.now,
@@ -171,9 +171,9 @@ def _legal_hold(
     services: Services, request: Request, change: Callable[..., list[operations.Change]]
 ) -> dict[str, Any]:
     args = Args(request.command, request.args, SELECTION | {"reason"})
-    with services.catalog.transaction() as session:
+    with services.catalog.transaction() as db:
         results = change(
-            session,
+            db,
             services.audit,
             actor=request.actor,
             now=request.now,
@@ -199,9 +199,9 @@ def extend(services: Services, request: Request) -> dict[str, Any]:
     recording_id = args.optional_integer("recording_id", low=1)
     if recording_id is None:
         args.fail("recording_id is required")
-    with services.catalog.transaction() as session:
+    with services.catalog.transaction() as db:
         result = operations.extend(
-            session,
+            db,
             services.audit,
             actor=request.actor,
             now=request.now,

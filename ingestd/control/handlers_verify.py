@@ -38,6 +38,6 @@ def record(services: Services, request: Request) -> dict[str, Any]:
         args.fail(
             f"clean must be true exactly when problems is 0, not {outcome.clean} with {outcome.problems}"
         )
-    with services.catalog.transaction() as session:
-        record_outcome(session, services.audit, request.actor, outcome, request.now)
-        return {"last_verify": last_verify(session)}
+    with services.catalog.transaction() as db:
+        record_outcome(db, services.audit, request.actor, outcome, request.now)
+        return {"last_verify": last_verify(db)}

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from ingestd.config import MetricsConfig
 from ingestd.control import queries
 from ingestd.services import Services
-from store.models import DockSession, FlagKind
+from store.models import DockVisit, FlagKind
 
 log = structlog.get_logger()
 
@@ -50,25 +50,25 @@ class _Exposition:
         return "\n".join(self.lines) + "\n"
 
 
-def _ingest_totals(session: Session) -> tuple[int, float]:
+def _ingest_totals(db: Session) -> tuple[int, float]:
     """Bytes copied and seconds spent over every ended dock session (a small table: one row per dock)."""
-    total_bytes = session.scalar(select(func.coalesce(func.sum(DockSession.bytes_done), 0))) or 0
+    total_bytes = db.scalar(select(func.coalesce(func.sum(DockVisit.bytes_done), 0))) or 0
     seconds = 0.0
-    for started, ended in session.execute(
-        select(DockSession.started_at, DockSession.ended_at).where(DockSession.ended_at.is_not(None))
+    for started, ended in db.execute(
+        select(DockVisit.started_at, DockVisit.ended_at).where(DockVisit.ended_at.is_not(None))
     ).all():
         seconds += max(0.0, (ended - started).total_seconds())
     return int(total_bytes), seconds
 
 
-def render(session: Session, *, free_bytes: int | None) -> str:
+def render(db: Session, *, free_bytes: int | None) -> str:
     exposition = _Exposition()
-    docks = queries.docks(session)
+    docks = queries.docks(db)
     docked = sum(1 for dock in docks if dock["device_serial"] is not None)
     queued = sum(1 for dock in docks if dock["state"] == "queued")
-    flags = queries.open_flag_counts(session)
-    total_bytes, seconds = _ingest_totals(session)
-    verify = queries.last_verify(session)
+    flags = queries.open_flag_counts(db)
+    total_bytes, seconds = _ingest_totals(db)
+    verify = queries.last_verify(db)
     exposition.metric("ingestd_up", "gauge", "1 while the daemon serves metrics.", [({}, 1)])
     exposition.metric(
         "ingestd_docked_cameras", "gauge", "Cameras docked now (open dock sessions).", [({}, docked)]
@@ -132,8 +132,8 @@ class MetricsServer:
             free: int | None = self.services.store.free_bytes()
         except OSError:
             free = None
-        with self.services.catalog.transaction() as session:
-            return render(session, free_bytes=free)
+        with self.services.catalog.transaction() as db:
+            return render(db, free_bytes=free)
 
     def start(self) -> None:
         metrics = self

@@ -52,7 +52,7 @@ BUSY = "busy"  # for all uids together
 PROTOCOL_CODES = (BAD_REQUEST, INTERNAL, AUDIT_FAILED, CONNECTION_EXPIRED, TOO_MANY_CONNECTIONS, BUSY)
 
 
-class ProtocolError(IngestdError):
+class WireProtocolError(IngestdError):
     """A message on the control socket does not follow the protocol."""
 
     template = "control protocol: {detail}"
@@ -145,37 +145,37 @@ def too_deep(line: bytes, limit: int = MAX_NESTING) -> bool:
 
 
 def parse_request(line: bytes) -> Message:
-    """Decode one request line (without or with its newline); raises ProtocolError on anything else."""
+    """Decode one request line (without or with its newline); raises WireProtocolError on anything else."""
     if len(line) > MAX_REQUEST_BYTES:
-        raise ProtocolError(detail=f"request is larger than {MAX_REQUEST_BYTES} bytes")
+        raise WireProtocolError(detail=f"request is larger than {MAX_REQUEST_BYTES} bytes")
     if too_deep(line):
-        raise ProtocolError(detail=f"request is nested deeper than {MAX_NESTING} levels")
+        raise WireProtocolError(detail=f"request is nested deeper than {MAX_NESTING} levels")
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise ProtocolError(detail=f"request is not UTF-8 (byte {error.start})") from None
+        raise WireProtocolError(detail=f"request is not UTF-8 (byte {error.start})") from None
     try:
         data = json.loads(text)
     except ValueError as error:
-        raise ProtocolError(detail=f"request is not JSON: {error}") from None
+        raise WireProtocolError(detail=f"request is not JSON: {error}") from None
     if not isinstance(data, dict):
-        raise ProtocolError(detail="request must be a JSON object")
+        raise WireProtocolError(detail="request must be a JSON object")
     if _SURROGATE_ESCAPE.search(line) and not _encodable(data):
-        raise ProtocolError(
+        raise WireProtocolError(
             detail="request has an unpaired surrogate (\\ud800-\\udfff escape): not Unicode text"
         )
     unknown = set(data) - {"id", "command", "args"}
     if unknown:
-        raise ProtocolError(detail=f"unknown request field(s): {', '.join(sorted(unknown))}")
+        raise WireProtocolError(detail=f"unknown request field(s): {', '.join(sorted(unknown))}")
     request_id = data.get("id")
     if request_id is not None and (isinstance(request_id, bool) or not isinstance(request_id, str | int)):
-        raise ProtocolError(detail="id must be a string or an integer")
+        raise WireProtocolError(detail="id must be a string or an integer")
     name = data.get("command")
     if not isinstance(name, str) or not COMMAND_NAME.fullmatch(name):
-        raise ProtocolError(detail="command must be a lower-case command name")
+        raise WireProtocolError(detail="command must be a lower-case command name")
     args = data.get("args", {})
     if not isinstance(args, dict):
-        raise ProtocolError(detail="args must be a JSON object")
+        raise WireProtocolError(detail="args must be a JSON object")
     return Message(id=request_id, command=name, args=args)
 
 
@@ -206,16 +206,16 @@ def failure(request_id: str | int | None, code: str, message: str, exit_code: in
 
 
 def parse_response(line: bytes, expected_id: str | int | None) -> dict[str, Any]:
-    """Decode one response line and check its shape and id; raises ProtocolError otherwise."""
+    """Decode one response line and check its shape and id; raises WireProtocolError otherwise."""
     try:
         data = json.loads(line)
     except (ValueError, UnicodeDecodeError) as error:
-        raise ProtocolError(detail=f"the daemon's answer is not JSON: {error}") from None
+        raise WireProtocolError(detail=f"the daemon's answer is not JSON: {error}") from None
     if not isinstance(data, dict) or not isinstance(data.get("ok"), bool):
-        raise ProtocolError(detail="the daemon's answer has no ok field")
+        raise WireProtocolError(detail="the daemon's answer has no ok field")
     # An error without an id refuses the connection itself (a cap, the lifetime) or an unreadable request.
     if data.get("id") != expected_id and not (data.get("id") is None and data["ok"] is False):
-        raise ProtocolError(detail=f"answer for request {data.get('id')!r}, expected {expected_id!r}")
+        raise WireProtocolError(detail=f"answer for request {data.get('id')!r}, expected {expected_id!r}")
     if not data["ok"]:
         problem = data.get("error")
         if (
@@ -223,5 +223,5 @@ def parse_response(line: bytes, expected_id: str | int | None) -> dict[str, Any]
             or not isinstance(problem.get("message"), str)
             or not isinstance(problem.get("exit_code"), int)
         ):
-            raise ProtocolError(detail="the daemon's error answer is malformed")
+            raise WireProtocolError(detail="the daemon's error answer is malformed")
     return data

@@ -26,7 +26,7 @@ from store.models import (
     CustodyEvent,
     CustodyKind,
     Dock,
-    DockSession,
+    DockVisit,
     Flag,
     FlagKind,
     FlagStatus,
@@ -147,8 +147,8 @@ class Args:
 # --- status ----------------------------------------------------------------------------------------
 
 
-def last_verify(session: Session) -> dict[str, Any] | None:
-    event = session.scalars(
+def last_verify(db: Session) -> dict[str, Any] | None:
+    event = db.scalars(
         select(AuditEvent).where(AuditEvent.action == VERIFY_ACTION).order_by(AuditEvent.at.desc()).limit(1)
     ).first()
     if event is None:
@@ -165,31 +165,31 @@ def last_verify(session: Session) -> dict[str, Any] | None:
     }
 
 
-def open_flag_counts(session: Session) -> dict[str, int]:
-    rows = session.execute(
+def open_flag_counts(db: Session) -> dict[str, int]:
+    rows = db.execute(
         select(Flag.kind, func.count()).where(Flag.status == FlagStatus.OPEN).group_by(Flag.kind)
     ).all()
     return {str(kind): int(count) for kind, count in rows}
 
 
-def docks(session: Session, dock_label: Callable[[str], str] = short_port_name) -> list[dict[str, Any]]:
+def docks(db: Session, dock_label: Callable[[str], str] = short_port_name) -> list[dict[str, Any]]:
     """Every known dock with its label, and the camera and officer of its latest session while a camera
     is on it: kept after the session ends, so a finished dock still says whose camera it is; none once
     the camera is taken (the dock is `empty`)."""
     latest = (
-        select(DockSession.dock_id, func.max(DockSession.id).label("session_id"))
-        .group_by(DockSession.dock_id)
+        select(DockVisit.dock_id, func.max(DockVisit.id).label("session_id"))
+        .group_by(DockVisit.dock_id)
         .subquery()
     )
     checked_in = aliased(CustodyEvent)
-    rows = session.execute(
-        select(Dock, Camera.device_serial, Officer.name, DockSession.files_done, DockSession.files_total)
+    rows = db.execute(
+        select(Dock, Camera.device_serial, Officer.name, DockVisit.files_done, DockVisit.files_total)
         .outerjoin(latest, latest.c.dock_id == Dock.id)
-        .outerjoin(DockSession, DockSession.id == latest.c.session_id)
-        .outerjoin(Camera, Camera.id == DockSession.camera_id)
+        .outerjoin(DockVisit, DockVisit.id == latest.c.session_id)
+        .outerjoin(Camera, Camera.id == DockVisit.camera_id)
         .outerjoin(
             checked_in,
-            and_(checked_in.dock_session_id == DockSession.id, checked_in.kind == CustodyKind.CHECK_IN),
+            and_(checked_in.dock_session_id == DockVisit.id, checked_in.kind == CustodyKind.CHECK_IN),
         )
         .outerjoin(Officer, Officer.id == checked_in.officer_id)
         .order_by(Dock.port)
@@ -220,22 +220,22 @@ def docks(session: Session, dock_label: Callable[[str], str] = short_port_name) 
 
 
 def status(
-    session: Session,
+    db: Session,
     *,
     free_bytes: int | None,
     store_root: str,
     now: datetime,
     dock_label: Callable[[str], str] = short_port_name,
 ) -> dict[str, Any]:
-    dock_rows = [dock for dock in docks(session, dock_label) if dock["state"] != "empty"]  # gone: no row
+    dock_rows = [dock for dock in docks(db, dock_label) if dock["state"] != "empty"]  # gone: no row
     return {
         "now": iso(now),
         "docks": dock_rows,
         "active": sum(1 for d in dock_rows if d["state"] not in ("empty", "done", "failed", "unplugged")),
         "queued": sum(1 for d in dock_rows if d["state"] == "queued"),
-        "open_flags": open_flag_counts(session),
+        "open_flags": open_flag_counts(db),
         "store": {"root": store_root, "free_bytes": free_bytes},
-        "last_verify": last_verify(session),
+        "last_verify": last_verify(db),
     }
 
 
@@ -246,7 +246,7 @@ def _officer(officer: Officer | None) -> dict[str, Any] | None:
     return None if officer is None else {"officer_no": officer.officer_no, "name": officer.name}
 
 
-def cameras(session: Session, raw: Mapping[str, Any]) -> dict[str, Any]:
+def cameras(db: Session, raw: Mapping[str, Any]) -> dict[str, Any]:
     args = Args("cameras", raw, {"serial", "unit", "limit"})
     serial, unit_no = args.text("serial", 7), args.text("unit", 12)
     limit = args.integer("limit", LIST_LIMIT_MAX, 1, LIST_LIMIT_MAX)
@@ -262,16 +262,14 @@ def cameras(session: Session, raw: Mapping[str, Any]) -> dict[str, Any]:
     if serial is not None:
         query = query.where(Camera.device_serial == serial)
     if unit_no is not None:
-        query = query.where(Unit.unit_no == _unit_id_checked(session, args, unit_no))
+        query = query.where(Unit.unit_no == _unit_id_checked(db, args, unit_no))
     docked = set(
-        session.scalars(
-            select(DockSession.camera_id).where(
-                DockSession.ended_at.is_(None), DockSession.camera_id.is_not(None)
-            )
+        db.scalars(
+            select(DockVisit.camera_id).where(DockVisit.ended_at.is_(None), DockVisit.camera_id.is_not(None))
         ).all()
     )
     found = []
-    for camera, camera_unit, assigned_officer, holder_officer in session.execute(query).all():
+    for camera, camera_unit, assigned_officer, holder_officer in db.execute(query).all():
         if camera.id in docked:
             state = "docked"
         elif camera.checked_out_at is not None:
@@ -300,13 +298,13 @@ def cameras(session: Session, raw: Mapping[str, Any]) -> dict[str, Any]:
     return {"cameras": found}
 
 
-def _unit_id_checked(session: Session, args: Args, unit_no: str) -> str:
-    if session.scalar(select(Unit.id).where(Unit.unit_no == unit_no)) is None:
+def _unit_id_checked(db: Session, args: Args, unit_no: str) -> str:
+    if db.scalar(select(Unit.id).where(Unit.unit_no == unit_no)) is None:
         args.fail(f"no unit {unit_no!r}")
     return unit_no
 
 
-def officers(session: Session, raw: Mapping[str, Any]) -> dict[str, Any]:
+def officers(db: Session, raw: Mapping[str, Any]) -> dict[str, Any]:
     args = Args("officers", raw, {"officer", "unit", "limit"})
     officer_no, unit_no = args.text("officer", 6), args.text("unit", 12)
     limit = args.integer("limit", LIST_LIMIT_MAX, 1, LIST_LIMIT_MAX)
@@ -326,7 +324,7 @@ def officers(session: Session, raw: Mapping[str, Any]) -> dict[str, Any]:
     if officer_no is not None:
         query = query.where(Officer.officer_no == officer_no)
     if unit_no is not None:
-        query = query.where(Unit.unit_no == _unit_id_checked(session, args, unit_no))
+        query = query.where(Unit.unit_no == _unit_id_checked(db, args, unit_no))
     found = [
         {
             "officer_no": officer.officer_no,
@@ -335,7 +333,7 @@ def officers(session: Session, raw: Mapping[str, Any]) -> dict[str, Any]:
             "unit_name": unit_name,
             "cameras_held": int(held),
         }
-        for officer, officer_unit_no, unit_name, held in session.execute(query).all()
+        for officer, officer_unit_no, unit_name, held in db.execute(query).all()
     ]
     if officer_no is not None and not found:
         args.fail(f"no officer {officer_no!r}")
@@ -357,7 +355,7 @@ def _cursor(value: str | None, args: Args) -> tuple[datetime, int] | None:
         ) from None
 
 
-def footage(session: Session, raw: Mapping[str, Any], *, zone: ZoneInfo, role: Role) -> dict[str, Any]:
+def footage(db: Session, raw: Mapping[str, Any], *, zone: ZoneInfo, role: Role) -> dict[str, Any]:
     """Recording metadata, newest first, `limit` per page; `next` continues (keyset, index-friendly)."""
     args = Args(
         "footage",
@@ -395,17 +393,17 @@ def footage(session: Session, raw: Mapping[str, Any], *, zone: ZoneInfo, role: R
     # Ids are resolved first so a typo is an error rather than an empty page, and the filter is on the
     # indexed foreign key (ix_recordings_camera_time, _officer_time, _unit_time).
     if device is not None:
-        camera_id = session.scalar(select(Camera.id).where(Camera.device_serial == device))
+        camera_id = db.scalar(select(Camera.id).where(Camera.device_serial == device))
         if camera_id is None:
             args.fail(f"no camera with device serial {device!r}")
         query = query.where(Recording.camera_id == camera_id)
     if officer_no is not None:
-        officer_id = session.scalar(select(Officer.id).where(Officer.officer_no == officer_no))
+        officer_id = db.scalar(select(Officer.id).where(Officer.officer_no == officer_no))
         if officer_id is None:
             args.fail(f"no officer {officer_no!r}")
         query = query.where(Recording.officer_id == officer_id)
     if unit_no is not None:
-        unit_id = session.scalar(select(Unit.id).where(Unit.unit_no == unit_no))
+        unit_id = db.scalar(select(Unit.id).where(Unit.unit_no == unit_no))
         if unit_id is None:
             args.fail(f"no unit {unit_no!r}")
         query = query.where(Recording.unit_id == unit_id)
@@ -428,14 +426,14 @@ def footage(session: Session, raw: Mapping[str, Any], *, zone: ZoneInfo, role: R
         query = query.where(
             or_(Recording.recorded_at < at, and_(Recording.recorded_at == at, Recording.id < last_id))
         )
-    rows = session.execute(
+    rows = db.execute(
         query.order_by(Recording.recorded_at.desc(), Recording.id.desc()).limit(limit + 1)
     ).all()
     page = rows[:limit]
     ids = [row[0].id for row in page]
     flags: dict[int, list[str]] = {}
     if ids:
-        for recording_id, kind in session.execute(
+        for recording_id, kind in db.execute(
             select(Flag.recording_id, Flag.kind).where(
                 Flag.recording_id.in_(ids), Flag.status == FlagStatus.OPEN
             )
@@ -489,7 +487,7 @@ def footage(session: Session, raw: Mapping[str, Any], *, zone: ZoneInfo, role: R
 CJIS_FIELDS = ("event_type", "time", "place", "source", "outcome", "user")
 
 
-def audit_events(session: Session, raw: Mapping[str, Any], *, zone: ZoneInfo) -> dict[str, Any]:
+def audit_events(db: Session, raw: Mapping[str, Any], *, zone: ZoneInfo) -> dict[str, Any]:
     """Audit events carrying the CJIS 5.4 fields, `limit` per page: in chain order after `after_seq`
     (exports), or with `newest_first` before `before_seq` (what an operator reads first)."""
     args = Args(
@@ -526,7 +524,7 @@ def audit_events(session: Session, raw: Mapping[str, Any], *, zone: ZoneInfo) ->
     if before_seq is not None:
         query = query.where(AuditEvent.seq < before_seq)
     order = AuditEvent.seq.desc() if newest_first else AuditEvent.seq
-    rows = session.scalars(query.order_by(order).limit(limit + 1)).all()
+    rows = db.scalars(query.order_by(order).limit(limit + 1)).all()
     page = rows[:limit]
     place = socket.gethostname()
     events = [

@@ -289,7 +289,7 @@ class ControlServer:
     def _answer(self, caller: auth.Caller, line: bytes, fds: tuple[int, ...]) -> dict[str, object]:
         try:
             message = protocol.parse_request(line)
-        except protocol.ProtocolError as error:
+        except protocol.WireProtocolError as error:
             return protocol.failure(
                 protocol.request_id_of(line), protocol.BAD_REQUEST, str(error), error.exit_code
             )

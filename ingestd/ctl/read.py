@@ -111,7 +111,7 @@ def _direct(
     catalog = Catalog.open(config.catalog.url, read_only=True)
     zone = ZoneInfo(config.deadlines.timezone)
     try:
-        with catalog.transaction() as session:
+        with catalog.transaction() as db:
             if command == "status":
                 try:
                     free: int | None = FileObjectStore(config.store.root).free_bytes()
@@ -119,15 +119,15 @@ def _direct(
                     free = None
                 root = str(config.store.root)
                 result = queries.status(
-                    session, free_bytes=free, store_root=root, now=utcnow(), dock_label=config.dock_label
+                    db, free_bytes=free, store_root=root, now=utcnow(), dock_label=config.dock_label
                 )
                 result["detection"] = None  # only the daemon knows what it watches
             elif command == "cameras":
-                result = queries.cameras(session, args)
+                result = queries.cameras(db, args)
             elif command == "officers":
-                result = queries.officers(session, args)
+                result = queries.officers(db, args)
             else:
-                result = queries.audit_events(session, args, zone=zone)
+                result = queries.audit_events(db, args, zone=zone)
     except OperationalError as error:
         raise DaemonUnavailable(
             detail=f"{why.facts['detail']}; and you cannot read the catalog read-only: "

@@ -220,13 +220,13 @@ def approval_dict(approval: Approval, now: datetime | None = None) -> dict[str, 
     }
 
 
-def uncovered_confidential(session: Session, approval: Approval) -> list[int]:
+def uncovered_confidential(db: Session, approval: Approval) -> list[int]:
     """The confidential recordings in `approval`'s scope that it does not cover (no --allow-confidential):
     using it on them is refused, so the approver is told now rather than the grantee later."""
     if approval.allows_confidential or not approval.scope_recording_ids:
         return []
     return sorted(
-        session.scalars(
+        db.scalars(
             select(Recording.id).where(
                 Recording.id.in_(approval.scope_recording_ids),
                 Recording.confidentiality != Confidentiality.NORMAL,
@@ -236,7 +236,7 @@ def uncovered_confidential(session: Session, approval: Approval) -> list[int]:
 
 
 def create_approval(
-    session: Session, audit: AuditLog, actor: Actor, new: NewApproval, *, now: datetime
+    db: Session, audit: AuditLog, actor: Actor, new: NewApproval, *, now: datetime
 ) -> Approval:
     """Store `new`, approved by `actor`, with its audit event in the same transaction. Every listed
     recording must exist, and a case must have at least one recording (a typo would approve nothing).
@@ -245,12 +245,12 @@ def create_approval(
         raise EvidenceUsageError(detail=f"{actor.user} cannot approve their own access to footage")
     scope = set(new.recording_ids)
     if new.recording_ids:
-        found = set(session.scalars(select(Recording.id).where(Recording.id.in_(new.recording_ids))))
+        found = set(db.scalars(select(Recording.id).where(Recording.id.in_(new.recording_ids))))
         unknown = sorted(set(new.recording_ids) - found)
         if unknown:
             raise EvidenceUsageError(detail=f"no recording with id {_ids(unknown)}")
     if new.case_id is not None:
-        tagged = set(session.scalars(select(Recording.id).where(Recording.case_id == new.case_id)))
+        tagged = set(db.scalars(select(Recording.id).where(Recording.case_id == new.case_id)))
         if not tagged:
             raise EvidenceUsageError(detail=f"no recording is tagged with case {new.case_id!r}")
         scope |= tagged
@@ -266,11 +266,11 @@ def create_approval(
         expires_at=new.expires_at,
         revoked_at=None,
     )
-    session.add(approval)
-    session.flush()
+    db.add(approval)
+    db.flush()
     details = {k: v for k, v in approval_dict(approval).items() if k not in ("id", "state")}
     audit.append(
-        session,
+        db,
         actor=actor,
         action="approval.create",
         subject=f"approval:{approval.id}",
@@ -281,18 +281,18 @@ def create_approval(
 
 
 def revoke_approval(
-    session: Session, audit: AuditLog, actor: Actor, approval_id: int, *, reason: str, now: datetime
+    db: Session, audit: AuditLog, actor: Actor, approval_id: int, *, reason: str, now: datetime
 ) -> Approval:
-    approval = session.get(Approval, approval_id, with_for_update=True)
+    approval = db.get(Approval, approval_id, with_for_update=True)
     if approval is None:
         raise EvidenceUsageError(detail=f"no approval with id {approval_id}")
     if approval.revoked_at is not None:
         revoked = iso(approval.revoked_at)
         raise EvidenceUsageError(detail=f"approval {approval_id} was already revoked at {revoked}")
     approval.revoked_at = now
-    session.flush()
+    db.flush()
     audit.append(
-        session,
+        db,
         actor=actor,
         action="approval.revoke",
         subject=f"approval:{approval_id}",
@@ -302,12 +302,12 @@ def revoke_approval(
     return approval
 
 
-def scope_recordings(session: Session, approval: Approval) -> list[Recording]:
+def scope_recordings(db: Session, approval: Approval) -> list[Recording]:
     """Every recording the approval covers, by id."""
     if not approval.scope_recording_ids:
         return []
     wanted = list(approval.scope_recording_ids)
-    return list(session.scalars(select(Recording).where(Recording.id.in_(wanted)).order_by(Recording.id)))
+    return list(db.scalars(select(Recording).where(Recording.id.in_(wanted)).order_by(Recording.id)))
 
 
 def audit_refusal(
@@ -321,9 +321,9 @@ def audit_refusal(
     now: datetime,
 ) -> None:
     """Record a refused footage access in a transaction of its own, so it survives the refusal."""
-    with catalog.transaction() as session:
+    with catalog.transaction() as db:
         audit.append(
-            session,
+            db,
             actor=actor,
             action=f"footage.{action.value}",
             subject=f"approval:{refused.facts.get('approval')}",

@@ -87,9 +87,9 @@ def sums_text(items: Sequence[PayloadItem]) -> str:
 
 
 def _select(request: DeliveryRequest) -> _Selection:
-    with request.services.catalog.transaction() as session:
-        _, rows = request.approved_recordings(session, FootageAction.COPY)
-        return _Selection(request.approval_id, payload_items(session, rows))
+    with request.services.catalog.transaction() as db:
+        _, rows = request.approved_recordings(db, FootageAction.COPY)
+        return _Selection(request.approval_id, payload_items(db, rows))
 
 
 def _copy_and_record(request: DeliveryRequest, selection: _Selection, workspace: Workspace) -> CopyOutcome:
@@ -105,10 +105,10 @@ def _copy_and_record(request: DeliveryRequest, selection: _Selection, workspace:
     os.fsync(workspace.fd)
     files = tuple(sorted(i.name for i in selection.items))
     total = sum(i.size for i in selection.items)
-    with services.catalog.transaction() as session:
-        request.recheck_approval(session, selection.recording_ids, FootageAction.COPY)
+    with services.catalog.transaction() as db:
+        request.recheck_approval(db, selection.recording_ids, FootageAction.COPY)
         services.audit.append(
-            session,
+            db,
             actor=request.actor,
             action="footage.copy",
             subject=f"approval:{selection.approval_id}",

@@ -54,15 +54,15 @@ class Delivery:
 
 
 def select_recordings(
-    session: Session, approval: Approval | None, recording_ids: Sequence[int] | None
+    db: Session, approval: Approval | None, recording_ids: Sequence[int] | None
 ) -> list[Recording]:
     """The listed recordings, else every one the approval covers. Purged recordings have no footage
     left: one listed is an error, one merely in scope is left out."""
     if not recording_ids:
-        rows = scope_recordings(session, approval) if approval is not None else []
+        rows = scope_recordings(db, approval) if approval is not None else []
         return [r for r in rows if r.purged_at is None]
     wanted = sorted(set(recording_ids))
-    rows = list(session.scalars(select(Recording).where(Recording.id.in_(wanted)).order_by(Recording.id)))
+    rows = list(db.scalars(select(Recording).where(Recording.id.in_(wanted)).order_by(Recording.id)))
     unknown = sorted(set(wanted) - {r.id for r in rows})
     if unknown:
         raise EvidenceUsageError(detail=f"no recording with id {', '.join(map(str, unknown))}")
@@ -74,7 +74,7 @@ def select_recordings(
 
 
 def approved_recordings(
-    session: Session,
+    db: Session,
     approval_id: int,
     recording_ids: Sequence[int] | None,
     now: datetime,
@@ -83,22 +83,22 @@ def approved_recordings(
     user: str,
 ) -> tuple[Approval, list[Recording]]:
     """The approval and the recordings it lets `user` `action` now; ApprovalRefused if it does not."""
-    approval = session.get(Approval, approval_id)
-    rows = select_recordings(session, approval, recording_ids)
+    approval = db.get(Approval, approval_id)
+    rows = select_recordings(db, approval, recording_ids)
     check_approval(approval, rows, now, action, user=user, approval_id=approval_id)
     if approval is None or not rows:
         raise EvidenceUsageError(detail=f"approval {approval_id} covers no recordings to {action.value}")
     return approval, rows
 
 
-def units_of(session: Session, rows: Sequence[Recording]) -> dict[int, Unit]:
+def units_of(db: Session, rows: Sequence[Recording]) -> dict[int, Unit]:
     unit_ids = {r.unit_id for r in rows if r.unit_id is not None}
-    return {u.id: u for u in session.scalars(select(Unit).where(Unit.id.in_(unit_ids)))}
+    return {u.id: u for u in db.scalars(select(Unit).where(Unit.id.in_(unit_ids)))}
 
 
-def payload_items(session: Session, rows: Sequence[Recording]) -> tuple[PayloadItem, ...]:
+def payload_items(db: Session, rows: Sequence[Recording]) -> tuple[PayloadItem, ...]:
     """Each recording as a file to deliver: its name, what the catalog says its bytes are, its facts."""
-    units = units_of(session, rows)
+    units = units_of(db, rows)
     items = []
     for row in rows:
         officer = row.officer
@@ -267,18 +267,16 @@ class DeliveryRequest:
             "requested_recordings": sorted(set(self.recording_ids)),
         }
 
-    def approved_recordings(
-        self, session: Session, action: FootageAction
-    ) -> tuple[Approval, list[Recording]]:
+    def approved_recordings(self, db: Session, action: FootageAction) -> tuple[Approval, list[Recording]]:
         return approved_recordings(
-            session, self.approval_id, self.recording_ids, self.now, action, user=self.actor.user
+            db, self.approval_id, self.recording_ids, self.now, action, user=self.actor.user
         )
 
-    def recheck_approval(self, session: Session, recording_ids: Sequence[int], action: FootageAction) -> None:
+    def recheck_approval(self, db: Session, recording_ids: Sequence[int], action: FootageAction) -> None:
         """Before the files are handed over: revoked while they were being written? Then they are not.
         The approval row stays locked until `session` ends."""
-        approval = session.get(Approval, self.approval_id, with_for_update=True)
-        rows = list(session.scalars(select(Recording).where(Recording.id.in_(recording_ids))))
+        approval = db.get(Approval, self.approval_id, with_for_update=True)
+        rows = list(db.scalars(select(Recording).where(Recording.id.in_(recording_ids))))
         check_approval(approval, rows, self.now, action, user=self.actor.user, approval_id=self.approval_id)
 
 
@@ -302,9 +300,9 @@ def deliver(
             with contextlib.suppress(OSError):
                 _discard(workspace)
         outcome = "refused" if isinstance(error, ApprovalRefused) else "failed"
-        with services.catalog.transaction() as session:
+        with services.catalog.transaction() as db:
             services.audit.append(
-                session,
+                db,
                 actor=actor,
                 action=kind.audit_action,
                 subject=f"approval:{request.approval_id}",

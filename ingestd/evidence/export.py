@@ -68,8 +68,8 @@ class _Plan:
     recording_ids: tuple[int, ...]
 
 
-def _plan(session: Session, approval: Approval, rows: list[Recording], actor: Actor, now: datetime) -> _Plan:
-    units = units_of(session, rows)
+def _plan(db: Session, approval: Approval, rows: list[Recording], actor: Actor, now: datetime) -> _Plan:
+    units = units_of(db, rows)
     officers: dict[str, str] = {}
     for row in rows:
         officer = row.officer
@@ -105,15 +105,15 @@ def _plan(session: Session, approval: Approval, rows: list[Recording], actor: Ac
             "Body-worn camera footage from the evidence store; recordings.json holds each file's facts.",
         ),
     ]
-    return _Plan(approval.id, payload_items(session, rows), tuple(info), tuple(r.id for r in rows))
+    return _Plan(approval.id, payload_items(db, rows), tuple(info), tuple(r.id for r in rows))
 
 
 def _load_plan(request: DeliveryRequest) -> _Plan:
-    with request.services.catalog.transaction() as session:
-        approval, rows = request.approved_recordings(session, FootageAction.EXPORT)
-        plan = _plan(session, approval, rows, request.actor, request.now)
+    with request.services.catalog.transaction() as db:
+        approval, rows = request.approved_recordings(db, FootageAction.EXPORT)
+        plan = _plan(db, approval, rows, request.actor, request.now)
         request.services.audit.append(
-            session,
+            db,
             actor=request.actor,
             action="export.begin",
             subject=f"approval:{request.approval_id}",
@@ -134,8 +134,8 @@ def _build_and_record(request: DeliveryRequest, plan: _Plan, workspace: Workspac
         raise ExportIntegrityError(
             blake3="-", recording="-", detail=f"the written bag does not verify: {found}"
         )
-    with services.catalog.transaction() as session:
-        request.recheck_approval(session, plan.recording_ids, FootageAction.EXPORT)
+    with services.catalog.transaction() as db:
+        request.recheck_approval(db, plan.recording_ids, FootageAction.EXPORT)
         export = Export(
             approval_id=plan.approval_id,
             destination=str(request.dest),
@@ -144,8 +144,8 @@ def _build_and_record(request: DeliveryRequest, plan: _Plan, workspace: Workspac
             recording_count=len(plan.items),
             tag_manifest_blake3=result.tag_manifest_blake3,
         )
-        session.add(export)
-        session.flush()
+        db.add(export)
+        db.flush()
         details = {
             **request.details,
             "recordings": list(plan.recording_ids),
@@ -156,7 +156,7 @@ def _build_and_record(request: DeliveryRequest, plan: _Plan, workspace: Workspac
             "key_id": result.key_id,
         }
         services.audit.append(
-            session, actor=actor, action="export", subject=f"export:{export.id}", details=details, at=now
+            db, actor=actor, action="export", subject=f"export:{export.id}", details=details, at=now
         )
         export_id = export.id
     give_to(workspace)  # only now: re-checked and recorded

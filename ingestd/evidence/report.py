@@ -115,7 +115,7 @@ def _most(a: float | None, b: float | None) -> float | None:
 Key = tuple[int | None, int | None]  # (unit id, officer id)
 
 
-def _groups(session: Session, period: Period, unit_id: int | None) -> dict[Key, _Sums]:
+def _groups(db: Session, period: Period, unit_id: int | None) -> dict[Key, _Sums]:
     """One grouped query per source, merged into partial sums per (unit, officer)."""
     groups: dict[Key, _Sums] = defaultdict(_Sums)
     in_period = (Recording.recorded_at >= period.start, Recording.recorded_at < period.end)
@@ -123,7 +123,7 @@ def _groups(session: Session, period: Period, unit_id: int | None) -> dict[Key, 
     cam_unit = (Camera.unit_id == unit_id,) if unit_id is not None else ()
 
     # Grouped in ix_recordings_report's order, and covered by it.
-    for unit, officer, count, size, seconds, known, late in session.execute(
+    for unit, officer, count, size, seconds, known, late in db.execute(
         select(
             Recording.unit_id,
             Recording.officer_id,
@@ -145,7 +145,7 @@ def _groups(session: Session, period: Period, unit_id: int | None) -> dict[Key, 
             int(late),
         )
 
-    for unit, officer, gaps, interrupted in session.execute(
+    for unit, officer, gaps, interrupted in db.execute(
         select(
             Recording.unit_id,
             Recording.officer_id,
@@ -160,7 +160,7 @@ def _groups(session: Session, period: Period, unit_id: int | None) -> dict[Key, 
         groups[(unit, officer)].interrupted += int(interrupted)
 
     holder = Flag.details["holder_officer_no"].as_string()
-    for unit, officer, count in session.execute(
+    for unit, officer, count in db.execute(
         select(Camera.unit_id, Officer.id, func.count(Flag.id))
         .join(Camera, Camera.id == Flag.camera_id)
         .outerjoin(Officer, Officer.officer_no == holder)
@@ -174,7 +174,7 @@ def _groups(session: Session, period: Period, unit_id: int | None) -> dict[Key, 
     ):
         groups[(unit, officer)].overdue += int(count)
 
-    for unit, officer, cams, total, counted, least, low in session.execute(
+    for unit, officer, cams, total, counted, least, low in db.execute(
         select(
             Camera.unit_id,
             Camera.assigned_officer_id,
@@ -192,7 +192,7 @@ def _groups(session: Session, period: Period, unit_id: int | None) -> dict[Key, 
         g.battery_min, g.low_battery = (int(least) if least is not None else None), int(low)
 
     offset = func.abs(ClockReading.offset_s)
-    for unit, officer, count, total, most in session.execute(
+    for unit, officer, count, total, most in db.execute(
         select(
             Camera.unit_id,
             Camera.assigned_officer_id,
@@ -217,35 +217,35 @@ def _roll_up(groups: dict[Key, _Sums], key: Callable[[Key], int | None]) -> dict
     return rolled
 
 
-def _labels(session: Session, by: GroupBy, ids: Iterable[int | None]) -> dict[int | None, dict[str, Any]]:
+def _labels(db: Session, by: GroupBy, ids: Iterable[int | None]) -> dict[int | None, dict[str, Any]]:
     wanted = [i for i in ids if i is not None]
     if by is GroupBy.UNIT:
         return {
             u.id: {"unit_no": u.unit_no, "unit_name": u.name}
-            for u in session.scalars(select(Unit).where(Unit.id.in_(wanted)))
+            for u in db.scalars(select(Unit).where(Unit.id.in_(wanted)))
         }
     return {
         o.id: {"officer_no": o.officer_no, "officer_name": o.name}
-        for o in session.scalars(select(Officer).where(Officer.id.in_(wanted)))
+        for o in db.scalars(select(Officer).where(Officer.id.in_(wanted)))
     }
 
 
 def build_report(
-    session: Session,
+    db: Session,
     period: Period,
     *,
     groups: Sequence[GroupBy] = (GroupBy.UNIT, GroupBy.OFFICER),
     unit_id: int | None = None,
 ) -> dict[str, Any]:
     """{"period", "totals", "by_unit"?, "by_officer"?}; rows sorted by number, unknown (None) last."""
-    partial = _groups(session, period, unit_id)
+    partial = _groups(db, period, unit_id)
     totals = _Sums()
     for sums in partial.values():
         totals.add(sums)
     result: dict[str, Any] = {"period": period.as_dict(), "totals": totals.figures()}
     for by in groups:
         rolled = _roll_up(partial, (lambda k: k[0]) if by is GroupBy.UNIT else (lambda k: k[1]))
-        labels = _labels(session, by, rolled)
+        labels = _labels(db, by, rolled)
         number = "unit_no" if by is GroupBy.UNIT else "officer_no"
         unknown = {number: None, number.replace("_no", "_name"): None}
         rows = [{**labels.get(key, unknown), **sums.figures()} for key, sums in rolled.items()]

@@ -35,26 +35,26 @@ def sample_ids(ids: Iterable[int], seed: str, size: int) -> list[int]:
     return sorted(set(ids), key=lambda i: blake3.blake3(f"{seed}:{i}".encode()).digest())[:size]
 
 
-def _population(session: Session, unit_id: int | None, period: Period) -> list[int]:
+def _population(db: Session, unit_id: int | None, period: Period) -> list[int]:
     query = select(Recording.id).where(
         Recording.recorded_at >= period.start, Recording.recorded_at < period.end
     )
     if unit_id is not None:
         query = query.where(Recording.unit_id == unit_id)
-    return list(session.scalars(query))
+    return list(db.scalars(query))
 
 
-def resolve_unit(session: Session, unit_no: str | None) -> Unit | None:
+def resolve_unit(db: Session, unit_no: str | None) -> Unit | None:
     if unit_no is None:
         return None
-    unit = session.scalar(select(Unit).where(Unit.unit_no == unit_no))
+    unit = db.scalar(select(Unit).where(Unit.unit_no == unit_no))
     if unit is None:
         raise EvidenceUsageError(detail=f"no unit with number {unit_no!r}")
     return unit
 
 
 def create_inspection(
-    session: Session,
+    db: Session,
     audit: AuditLog,
     actor: Actor,
     *,
@@ -71,8 +71,8 @@ def create_inspection(
     if seed is not None and not (0 < len(seed) <= SEED_MAX and seed.isprintable()):
         raise EvidenceUsageError(detail=f"seed must be 1..{SEED_MAX} printable characters")
     seed = seed or secrets.token_hex(16)
-    unit = resolve_unit(session, unit_no)
-    population = _population(session, unit.id if unit else None, period)
+    unit = resolve_unit(db, unit_no)
+    population = _population(db, unit.id if unit else None, period)
     if not population:
         where = f" for unit {unit_no}" if unit else ""
         raise EvidenceUsageError(detail=f"no recordings in {period.label}{where}")
@@ -88,15 +88,15 @@ def create_inspection(
         population=len(population),
         note=note,
     )
-    session.add(inspection)
-    session.flush()
-    session.add_all(
+    db.add(inspection)
+    db.flush()
+    db.add_all(
         InspectionItem(inspection_id=inspection.id, recording_id=rid, position=n)
         for n, rid in enumerate(chosen, 1)
     )
-    session.flush()
+    db.flush()
     audit.append(
-        session,
+        db,
         actor=actor,
         action="spotcheck.sample",
         subject=f"inspection:{inspection.id}",
@@ -114,7 +114,7 @@ def create_inspection(
 
 
 def record_verdict(
-    session: Session,
+    db: Session,
     audit: AuditLog,
     actor: Actor,
     *,
@@ -127,9 +127,9 @@ def record_verdict(
 ) -> InspectionItem:
     if notes is not None and len(notes) > NOTES_MAX:
         raise EvidenceUsageError(detail=f"notes are {len(notes)} characters, at most {NOTES_MAX}")
-    if session.get(Inspection, inspection_id) is None:
+    if db.get(Inspection, inspection_id) is None:
         raise EvidenceUsageError(detail=f"no inspection with id {inspection_id}")
-    item = session.scalar(
+    item = db.scalar(
         select(InspectionItem)
         .where(InspectionItem.inspection_id == inspection_id, InspectionItem.recording_id == recording_id)
         .with_for_update()
@@ -148,9 +148,9 @@ def record_verdict(
     item.notes = notes
     item.reviewed_by = actor.user
     item.reviewed_at = now
-    session.flush()
+    db.flush()
     audit.append(
-        session,
+        db,
         actor=actor,
         action="spotcheck.verdict",
         subject=f"inspection:{inspection_id}",
@@ -165,11 +165,11 @@ def record_verdict(
     return item
 
 
-def inspection_dict(session: Session, inspection: Inspection, *, replay: bool = False) -> dict[str, Any]:
+def inspection_dict(db: Session, inspection: Inspection, *, replay: bool = False) -> dict[str, Any]:
     """The ledger of one inspection; with `replay`, whether its sample draws again the same."""
-    unit = session.get(Unit, inspection.unit_id) if inspection.unit_id is not None else None
+    unit = db.get(Unit, inspection.unit_id) if inspection.unit_id is not None else None
     items = list(
-        session.scalars(
+        db.scalars(
             select(InspectionItem)
             .where(InspectionItem.inspection_id == inspection.id)
             .order_by(InspectionItem.position)
@@ -204,14 +204,14 @@ def inspection_dict(session: Session, inspection: Inspection, *, replay: bool = 
     if replay:
         period = Period(inspection.period_start, inspection.period_end, "")
         redrawn = sample_ids(
-            _population(session, inspection.unit_id, period), inspection.seed, inspection.sample_size
+            _population(db, inspection.unit_id, period), inspection.seed, inspection.sample_size
         )
         out["reproduces"] = redrawn == [i.recording_id for i in items]
     return out
 
 
-def list_inspections(session: Session, limit: int = 50) -> list[dict[str, Any]]:
-    rows = session.execute(
+def list_inspections(db: Session, limit: int = 50) -> list[dict[str, Any]]:
+    rows = db.execute(
         select(Inspection, Unit.unit_no, func.count(InspectionItem.id), func.count(InspectionItem.verdict))
         .outerjoin(Unit, Unit.id == Inspection.unit_id)
         .outerjoin(InspectionItem, InspectionItem.inspection_id == Inspection.id)

@@ -44,15 +44,15 @@ def open_for_viewing(
     try:
         with (
             refusal_audited(services, actor, FootageAction.VIEW, details, now),
-            services.catalog.transaction() as session,
+            services.catalog.transaction() as db,
         ):
             _, rows = approved_recordings(
-                session, approval_id, [recording_id], now, FootageAction.VIEW, user=actor.user
+                db, approval_id, [recording_id], now, FootageAction.VIEW, user=actor.user
             )
-            [item] = payload_items(session, rows)
+            [item] = payload_items(db, rows)
             source = services.store.open(item.blake3)
             services.audit.append(
-                session,
+                db,
                 actor=actor,
                 action="footage.view",
                 subject=f"recording:{recording_id}",

@@ -52,9 +52,9 @@ def make_log(tmp_path: Path, signer: Signer, every: int = 5) -> AuditLog:
 def append_events(catalog: Catalog, log: AuditLog, count: int, start: int = 0) -> None:
     """`count` events, one transaction each, as the daemon would write them."""
     for i in range(start, start + count):
-        with catalog.transaction() as session:
+        with catalog.transaction() as db:
             log.append(
-                session,
+                db,
                 actor=CLERK,
                 action="custody.check-out",
                 subject=f"camera:ZFY{i:04d}",
@@ -71,9 +71,9 @@ def verify(
     checkpoint_every: int | None = None,
     batch_size: int = 1000,
 ) -> list[AuditProblem]:
-    with catalog.transaction() as session:
+    with catalog.transaction() as db:
         return verify_chain(
-            session,
+            db,
             checkpoint_path=log.checkpoints.path,
             public_key=signer.public_key,
             checkpoint_every=checkpoint_every,
@@ -92,8 +92,8 @@ def tamper(catalog: Catalog, sql: str, **params: object) -> None:
 
 def rewind_head(catalog: Catalog, seq: int) -> None:
     """Point audit_head at event `seq`, as an attacker covering deleted events would."""
-    with catalog.transaction() as session:
-        last = session.get_one(AuditEvent, seq)
+    with catalog.transaction() as db:
+        last = db.get_one(AuditEvent, seq)
     tamper(catalog, "UPDATE audit_head SET seq = :s, hash = :h", s=seq, h=last.hash)
 
 
@@ -109,9 +109,9 @@ def test_clean_chain_links_from_genesis_and_checkpoints_after_commit(
 ) -> None:
     log = make_log(tmp_path, signer, every=5)
     append_events(catalog, log, 12)
-    with catalog.transaction() as session:
-        events = session.scalars(select(AuditEvent).order_by(AuditEvent.seq)).all()
-        head = session.get_one(AuditHead, 1)
+    with catalog.transaction() as db:
+        events = db.scalars(select(AuditEvent).order_by(AuditEvent.seq)).all()
+        head = db.get_one(AuditHead, 1)
     assert [e.seq for e in events] == list(range(1, 13))
     assert events[0].prev_hash == GENESIS_HASH
     previous = GENESIS_HASH
@@ -137,15 +137,15 @@ def test_on_demand_checkpoint_signs_the_committed_head(
     assert made is not None
     assert made.seq == 3
     assert checkpoint_seqs(log) == [3]
-    with catalog.sessions() as session:
-        assert made.hash == session.get_one(AuditEvent, 3).hash
-        session.commit()
+    with catalog.sessions() as db:
+        assert made.hash == db.get_one(AuditEvent, 3).hash
+        db.commit()
         # A session with a transaction open could hold uncommitted events: refused.
-        session.execute(select(AuditEvent.seq)).all()
+        db.execute(select(AuditEvent.seq)).all()
         with pytest.raises(AuditError, match="no transaction open"):
-            log.checkpoint(session)
-        session.rollback()
-        assert log.checkpoint(session) is not None  # idle again: allowed
+            log.checkpoint(db)
+        db.rollback()
+        assert log.checkpoint(db) is not None  # idle again: allowed
     assert verify(catalog, log, signer) == []
 
 
@@ -211,8 +211,8 @@ def test_lines_from_before_genesis_still_verify_and_a_bad_genesis_is_a_garbled_l
 ) -> None:
     log = make_log(tmp_path, signer, every=1000)
     append_events(catalog, log, 3)
-    with catalog.transaction() as session:
-        third = session.get_one(AuditEvent, 3)
+    with catalog.transaction() as db:
+        third = db.get_one(AuditEvent, 3)
     legacy = Checkpoint.sign(signer, seq=3, hash=third.hash, at=T0, genesis=None)
     assert b"genesis" not in legacy.to_line()
     log.checkpoints.append(legacy)
@@ -239,8 +239,8 @@ def test_edited_row_with_its_hash_recomputed_breaks_the_next_link(
 ) -> None:
     log = make_log(tmp_path, signer, every=100)
     append_events(catalog, log, 5)
-    with catalog.transaction() as session:
-        row = session.get_one(AuditEvent, 2)
+    with catalog.transaction() as db:
+        row = db.get_one(AuditEvent, 2)
         row.subject = "camera:FORGED"
         forged = spec_hash(row.prev_hash, row)
     tamper(catalog, "UPDATE audit_events SET subject = 'camera:FORGED', hash = :h WHERE seq = 2", h=forged)
@@ -285,8 +285,8 @@ def test_consistently_rewritten_chain_is_caught_only_by_the_checkpoints(
     # The attacker rewrites history and recomputes every hash and the head: the chain is self-consistent.
     assert rewrite_chain(catalog.engine, {"officer": "000999"}) == 11
     empty = tmp_path / "no-checkpoints.jsonl"
-    with catalog.transaction() as session:
-        unsigned = verify_chain(session, checkpoint_path=empty, public_key=signer.public_key)
+    with catalog.transaction() as db:
+        unsigned = verify_chain(db, checkpoint_path=empty, public_key=signer.public_key)
     assert unsigned == []  # without checkpoints the forgery is invisible...
     # ...with them, event 1 no longer hashes to the genesis every checkpoint names.
     problems = verify(catalog, log, signer)
@@ -342,8 +342,8 @@ def test_tampered_garbled_and_foreign_checkpoint_lines_are_named(
     assert "unknown key" in problems[1].detail
     assert "line 4" in problems[2].detail
     # The verifier can trust both keys (after a rotation): then the foreign line verifies.
-    with catalog.transaction() as session:
-        both = verify_chain(session, checkpoint_path=path, public_key=[signer.public_key, other.public_key])
+    with catalog.transaction() as db:
+        both = verify_chain(db, checkpoint_path=path, public_key=[signer.public_key, other.public_key])
     assert kinds(both) == [("checkpoint-signature", 3), ("checkpoint-file", None)]
 
 
@@ -391,21 +391,21 @@ def test_event_rolls_back_with_its_transaction(catalog: Catalog, tmp_path: Path,
         pass
 
     def change_then_fail() -> None:
-        with catalog.transaction() as session:
-            session.add(Unit(unit_no="110105000000", name="朝阳分局"))
-            log.append(session, actor=CLERK, action="unit.create", subject="unit:110105000000", at=T0)
-            session.flush()  # both rows reached the database inside the transaction
+        with catalog.transaction() as db:
+            db.add(Unit(unit_no="110105000000", name="朝阳分局"))
+            log.append(db, actor=CLERK, action="unit.create", subject="unit:110105000000", at=T0)
+            db.flush()  # both rows reached the database inside the transaction
             raise ChangeFailedError
 
     with pytest.raises(ChangeFailedError):
         change_then_fail()
-    with catalog.transaction() as session:
-        assert session.scalars(select(Unit)).all() == []
-        assert session.scalars(select(AuditEvent)).all() == []
+    with catalog.transaction() as db:
+        assert db.scalars(select(Unit)).all() == []
+        assert db.scalars(select(AuditEvent)).all() == []
     assert checkpoint_seqs(log) == []  # nothing uncommitted was ever signed
     append_events(catalog, log, 1)
-    with catalog.transaction() as session:
-        assert session.scalars(select(AuditEvent.seq)).all() == [1]  # no hole where the rollback was
+    with catalog.transaction() as db:
+        assert db.scalars(select(AuditEvent.seq)).all() == [1]  # no hole where the rollback was
     assert checkpoint_seqs(log) == [1]
     assert verify(catalog, log, signer) == []
 
@@ -414,10 +414,10 @@ def test_event_in_a_rolled_back_savepoint_is_not_checkpointed(
     catalog: Catalog, tmp_path: Path, signer: Signer
 ) -> None:
     log = make_log(tmp_path, signer, every=1)
-    with catalog.transaction() as session:
-        log.append(session, actor=CLERK, action="a", subject="s", at=T0)
-        nested = session.begin_nested()
-        log.append(session, actor=CLERK, action="b", subject="s", at=T0)
+    with catalog.transaction() as db:
+        log.append(db, actor=CLERK, action="a", subject="s", at=T0)
+        nested = db.begin_nested()
+        log.append(db, actor=CLERK, action="b", subject="s", at=T0)
         nested.rollback()
     assert checkpoint_seqs(log) == [1]
     assert verify(catalog, log, signer) == []
@@ -431,9 +431,9 @@ def run_appenders(catalog: Catalog, log: AuditLog, threads: int, each: int) -> l
         try:
             start.wait()
             for i in range(each):
-                with catalog.transaction() as session:
+                with catalog.transaction() as db:
                     log.append(
-                        session,
+                        db,
                         actor=Actor.system(f"dock:1-{n}"),
                         action="ingest.stored",
                         subject=f"thread:{n}:{i}",
@@ -454,9 +454,9 @@ def test_concurrent_appenders_never_fork_the_chain(catalog: Catalog, tmp_path: P
     threads, each = 8, 15
     log = make_log(tmp_path, signer, every=10)
     assert run_appenders(catalog, log, threads, each) == []
-    with catalog.transaction() as session:
-        subjects = session.scalars(select(AuditEvent.subject).order_by(AuditEvent.seq)).all()
-        seqs = session.scalars(select(AuditEvent.seq).order_by(AuditEvent.seq)).all()
+    with catalog.transaction() as db:
+        subjects = db.scalars(select(AuditEvent.subject).order_by(AuditEvent.seq)).all()
+        seqs = db.scalars(select(AuditEvent.seq).order_by(AuditEvent.seq)).all()
     assert seqs == list(range(1, threads * each + 1))
     assert sorted(subjects) == sorted(f"thread:{n}:{i}" for n in range(threads) for i in range(each))
     cps = checkpoint_seqs(log)
@@ -476,8 +476,8 @@ def test_deferred_sqlite_transactions_also_serialise_on_the_head(tmp_path: Path,
         log = make_log(tmp_path, signer, every=1000)
         assert run_appenders(catalog, log, 4, 10) == []
         assert verify(catalog, log, signer) == []
-        with catalog.transaction() as session:
-            seqs = session.scalars(select(AuditEvent.seq).order_by(AuditEvent.seq)).all()
+        with catalog.transaction() as db:
+            seqs = db.scalars(select(AuditEvent.seq).order_by(AuditEvent.seq)).all()
         assert seqs == list(range(1, 41))
     finally:
         catalog.close()
@@ -490,19 +490,19 @@ def test_append_refuses_naive_times_non_json_details_and_overlong_fields(
     sqlite_catalog: Catalog, tmp_path: Path, signer: Signer
 ) -> None:
     log = make_log(tmp_path, signer)
-    with sqlite_catalog.transaction() as session:
+    with sqlite_catalog.transaction() as db:
         with pytest.raises(ValueError, match="naive"):
-            log.append(session, actor=CLERK, action="a", subject="s", at=datetime(2026, 1, 1))  # noqa: DTZ001
+            log.append(db, actor=CLERK, action="a", subject="s", at=datetime(2026, 1, 1))  # noqa: DTZ001
         with pytest.raises(AuditError, match="plain JSON"):
-            log.append(session, actor=CLERK, action="a", subject="s", details={"when": T0}, at=T0)
+            log.append(db, actor=CLERK, action="a", subject="s", details={"when": T0}, at=T0)
         with pytest.raises(AuditError, match="action"):
-            log.append(session, actor=CLERK, action="x" * 65, subject="s", at=T0)
+            log.append(db, actor=CLERK, action="x" * 65, subject="s", at=T0)
     with pytest.raises(ValueError, match="'root'"):
         Actor(user="u", uid=0, role="root", source="ctl")  # type: ignore[arg-type]
     # A zone other than UTC is stored as the same instant in UTC.
-    with sqlite_catalog.transaction() as session:
+    with sqlite_catalog.transaction() as db:
         stored = log.append(
-            session,
+            db,
             actor=CLERK,
             action="a",
             subject="s",

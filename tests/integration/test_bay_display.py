@@ -49,13 +49,13 @@ class Bay:
 
 
 def lay(catalog: Catalog, audit: AuditLog, bay: Bay, number: int) -> None:
-    with catalog.transaction() as session:
+    with catalog.transaction() as db:
         if bay.session_state is None:
-            records.get_or_create_dock(session, bay.port, NOW)
+            records.get_or_create_dock(db, bay.port, NOW)
         else:
-            dock_session = records.open_dock_session(session, bay.port, NOW)
-            officer = rows.officer(session, f"{number:06d}", bay.officer)
-            camera = rows.camera(session, bay.serial, assigned=officer, first_seen_at=NOW)
+            dock_session = records.open_dock_session(db, bay.port, NOW)
+            officer = rows.officer(db, f"{number:06d}", bay.officer)
+            camera = rows.camera(db, bay.serial, assigned=officer, first_seen_at=NOW)
             dock_session.camera_id = camera.id
             dock_session.state = bay.session_state
             dock_session.battery_percent = 70 + number
@@ -63,7 +63,7 @@ def lay(catalog: Catalog, audit: AuditLog, bay: Bay, number: int) -> None:
             dock_session.files_failed = bay.files_failed
             dock_session.ended_at = NOW if bay.ended else None
             records.custody_event(
-                session,
+                db,
                 audit,
                 camera=camera,
                 kind=CustodyKind.CHECK_IN,
@@ -74,7 +74,7 @@ def lay(catalog: Catalog, audit: AuditLog, bay: Bay, number: int) -> None:
             )
             for outcome in bay.deletion:
                 audit.append(
-                    session,
+                    db,
                     actor=records.daemon_actor(bay.port),
                     action=DELETE_ORIGINALS,
                     subject=f"dock_session:{dock_session.id}",
@@ -82,7 +82,7 @@ def lay(catalog: Catalog, audit: AuditLog, bay: Bay, number: int) -> None:
                     at=NOW,
                     details={"camera": bay.serial},
                 )
-        dock = session.scalars(select(Dock).where(Dock.port == bay.port)).one()
+        dock = db.scalars(select(Dock).where(Dock.port == bay.port)).one()
         dock.state, dock.bytes_done, dock.bytes_total = bay.dock_state, bay.bytes_done, bay.bytes_total
 
 
@@ -105,8 +105,8 @@ def test_each_tile_shows_its_current_session_and_safe_only_after_proof_and_delet
     for number, bay in enumerate(laid, start=1):
         bay.serial = bay.serial if bay.serial != "ZFY0001" else f"ZFY{number:04d}"
         lay(catalog, audit, bay, number)
-    with catalog.transaction() as session:
-        tiles = {tile["name"]: tile for tile in bays(session)}
+    with catalog.transaction() as db:
+        tiles = {tile["name"]: tile for tile in bays(db)}
     assert {name: (tile["phase"], tile["words"]) for name, tile in tiles.items()} == {
         "b1": ("working", "copying"),
         "b2": ("safe", "done, safe to undock"),
@@ -234,8 +234,8 @@ def test_a_change_reaches_the_stream_and_stop_ends_open_streams(
     try:
         stream = Stream(display.port)
         assert stream.next_data()["tiles"][0]["phase"] == "working"
-        with sqlite_catalog.transaction() as session:
-            dock = session.scalars(select(Dock)).one()
+        with sqlite_catalog.transaction() as db:
+            dock = db.scalars(select(Dock)).one()
             dock.bytes_done, dock.bytes_total = 1, 4
         assert stream.next_data()["tiles"][0]["percent"] == 25.0
     finally:

@@ -1,4 +1,4 @@
-"""What every camera link guarantees (drivers/base.py `Camera`), run against each driver: the serial
+"""What every camera link guarantees (drivers/base.py `CameraLink`), run against each driver: the serial
 driver talking to the simulated camera over a real pty, its volume a loop-attached card image, and the
 mass-storage driver on a loop-attached card image. A link without a control channel says `Unsupported`
 for what only a control channel can do; it never pretends."""
@@ -17,8 +17,8 @@ import pytest
 
 from drivers.base import (
     Battery,
-    Camera,
     CameraIdentity,
+    CameraLink,
     ClockSyncState,
     DeletionOutcome,
     DeviceGone,
@@ -46,7 +46,7 @@ START = datetime(2026, 11, 22, 0, 30, 15, tzinfo=UTC)
 
 @dataclass
 class Link:
-    camera: Camera
+    camera: CameraLink
     card: dict[str, bytes]  # the recordings on the card: path relative to the volume root -> bytes
     image: Path
     control_channel: bool

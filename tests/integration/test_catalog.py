@@ -25,7 +25,7 @@ SHANGHAI = timezone(timedelta(hours=8))
 
 
 def seed_recording(catalog: Catalog, recorded_at: datetime) -> int:
-    with catalog.transaction() as session:
+    with catalog.transaction() as db:
         unit = Unit(unit_no="110105000000", name="朝阳分局")
         officer = Officer(officer_no="000123", name="张三", unit=unit)
         camera = Camera(
@@ -55,18 +55,18 @@ def seed_recording(catalog: Catalog, recorded_at: datetime) -> int:
             retention_class=RetentionClass.ROUTINE,
             confidentiality=Confidentiality.NORMAL,
         )
-        session.add(recording)
-        session.flush()
+        db.add(recording)
+        db.flush()
         return recording.id
 
 
 def test_times_come_back_as_aware_utc_on_every_backend(catalog: Catalog) -> None:
     local = datetime(2026, 11, 22, 8, 30, 15, 123456, tzinfo=SHANGHAI)
     recording_id = seed_recording(catalog, local)
-    with catalog.transaction() as session:
-        recording = session.get_one(Recording, recording_id)
-        session.expire_all()
-        recording = session.get_one(Recording, recording_id)
+    with catalog.transaction() as db:
+        recording = db.get_one(Recording, recording_id)
+        db.expire_all()
+        recording = db.get_one(Recording, recording_id)
         assert recording.recorded_at.tzinfo is UTC
         assert recording.recorded_at == local
         assert recording.recorded_at.hour == 0  # 08:30 in Shanghai is 00:30 UTC
@@ -76,35 +76,35 @@ def test_times_come_back_as_aware_utc_on_every_backend(catalog: Catalog) -> None
 def test_time_ordering_in_sql_is_by_instant_not_by_local_text(catalog: Catalog) -> None:
     early = datetime(2026, 11, 22, 9, 0, tzinfo=SHANGHAI)  # 01:00 UTC
     seed_recording(catalog, early)
-    with catalog.transaction() as session:
+    with catalog.transaction() as db:
         cutoff = datetime(2026, 11, 22, 2, 0, tzinfo=UTC)
-        found = session.scalars(select(Recording.id).where(Recording.recorded_at < cutoff)).all()
+        found = db.scalars(select(Recording.id).where(Recording.recorded_at < cutoff)).all()
         assert len(found) == 1
 
 
 def test_naive_datetime_is_refused(catalog: Catalog) -> None:
-    with pytest.raises(sqlalchemy.exc.StatementError) as caught, catalog.transaction() as session:
-        session.add(Unit(unit_no="1", name="x"))
-        session.add(Camera(device_serial="ZFY0002", driver="serial", first_seen_at=datetime(2026, 1, 1)))  # noqa: DTZ001 - the point of the test
-        session.flush()
+    with pytest.raises(sqlalchemy.exc.StatementError) as caught, catalog.transaction() as db:
+        db.add(Unit(unit_no="1", name="x"))
+        db.add(Camera(device_serial="ZFY0002", driver="serial", first_seen_at=datetime(2026, 1, 1)))  # noqa: DTZ001 - the point of the test
+        db.flush()
     assert isinstance(caught.value.orig, NaiveDatetimeError)
-    with catalog.transaction() as session:
-        assert session.scalars(select(Unit)).all() == []  # the whole transaction rolled back
+    with catalog.transaction() as db:
+        assert db.scalars(select(Unit)).all() == []  # the whole transaction rolled back
 
 
 def test_foreign_keys_are_enforced(catalog: Catalog) -> None:
     now = datetime.now(UTC)
-    with pytest.raises(sqlalchemy.exc.IntegrityError), catalog.transaction() as session:
-        session.add(Camera(device_serial="ZFY0003", driver="serial", unit_id=999, first_seen_at=now))
-        session.flush()
+    with pytest.raises(sqlalchemy.exc.IntegrityError), catalog.transaction() as db:
+        db.add(Camera(device_serial="ZFY0003", driver="serial", unit_id=999, first_seen_at=now))
+        db.flush()
 
 
 def test_a_recording_is_ingested_once_per_camera_and_source(catalog: Catalog) -> None:
     now = datetime.now(UTC)
     recording_id = seed_recording(catalog, now)
-    with pytest.raises(sqlalchemy.exc.IntegrityError), catalog.transaction() as session:
-        original = session.get_one(Recording, recording_id)
-        session.add(
+    with pytest.raises(sqlalchemy.exc.IntegrityError), catalog.transaction() as db:
+        original = db.get_one(Recording, recording_id)
+        db.add(
             Recording(
                 camera_id=original.camera_id,
                 original_path=original.original_path,
@@ -121,7 +121,7 @@ def test_a_recording_is_ingested_once_per_camera_and_source(catalog: Catalog) ->
                 confidentiality=Confidentiality.NORMAL,
             )
         )
-        session.flush()
+        db.flush()
 
 
 def test_sqlite_runs_in_wal_with_busy_timeout_and_foreign_keys(sqlite_catalog: Catalog) -> None:

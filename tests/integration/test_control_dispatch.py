@@ -36,8 +36,8 @@ def handlers() -> None:
 
 
 def stored_details(catalog: Catalog) -> list[tuple[str, str, dict[str, Any]]]:
-    with catalog.transaction() as session:
-        rows = session.execute(select(AuditEvent.action, AuditEvent.outcome, AuditEvent.details)).all()
+    with catalog.transaction() as db:
+        rows = db.execute(select(AuditEvent.action, AuditEvent.outcome, AuditEvent.details)).all()
         return [(row.action, row.outcome, row.details) for row in rows]
 
 

@@ -19,7 +19,7 @@ from ingestd.docking.folders import device_for
 from ingestd.manager import DockManager
 from ingestd.services import Services
 from ingestd.session import IngestSettings, SessionSummary
-from store.models import CustodyEvent, CustodyKind, DockSession
+from store.models import CustodyEvent, CustodyKind, DockVisit
 from store.types import utcnow
 from tests.support.station import open_station
 from tests.system.harness import wait_for
@@ -48,13 +48,13 @@ class HeldSessions:
 
 
 def custody(services: Services) -> list[CustodyKind]:
-    with services.catalog.transaction() as session:
-        return list(session.scalars(select(CustodyEvent.kind).order_by(CustodyEvent.id)))
+    with services.catalog.transaction() as db:
+        return list(db.scalars(select(CustodyEvent.kind).order_by(CustodyEvent.id)))
 
 
 def sessions(services: Services) -> int:
-    with services.catalog.transaction() as session:
-        return len(session.scalars(select(DockSession.id)).all())
+    with services.catalog.transaction() as db:
+        return len(db.scalars(select(DockVisit.id)).all())
 
 
 def manager_for(services: Services, held: HeldSessions) -> DockManager:

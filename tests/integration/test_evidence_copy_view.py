@@ -215,8 +215,8 @@ def test_copy_and_export_need_the_directory_handed_over_open(world: World, tmp_p
 
 def test_store_bytes_that_differ_from_the_catalog_copy_nothing(world: World, tmp_path: Path) -> None:
     ids = recordings(world)
-    with world.services.catalog.transaction() as session:
-        session.execute(update(Recording).where(Recording.id == ids[1]).values(sha256="0" * 64))
+    with world.services.catalog.transaction() as db:
+        db.execute(update(Recording).where(Recording.id == ids[1]).values(sha256="0" * 64))
     approval = approve_for(world, case_id=CASE)
     dest = tmp_path / "copy"
     with pytest.raises(CopyIntegrityError) as failed:
@@ -288,8 +288,8 @@ def test_view_without_a_valid_approval_opens_nothing_and_is_audited(world: World
     ]
     with pytest.raises(EvidenceUsageError, match="no recording with id 4242"):
         call(world, view, CLERK, approval_id=approval["id"], recording_id=4242)
-    with world.services.catalog.transaction() as session:
-        session.execute(update(Recording).where(Recording.id == ids[0]).values(purged_at=NOW))
+    with world.services.catalog.transaction() as db:
+        db.execute(update(Recording).where(Recording.id == ids[0]).values(purged_at=NOW))
     with pytest.raises(EvidenceUsageError, match="purged"):
         call(world, view, CLERK, approval_id=approval["id"], recording_id=ids[0])
 
@@ -404,7 +404,7 @@ def test_an_answer_without_the_file_is_a_protocol_error_and_a_failed_one_leaks_n
     short_dir: Path,
 ) -> None:
     answer_once(short_dir / "a.sock", protocol.ok(None, {"size": 1}), [])
-    with pytest.raises(protocol.ProtocolError, match="hands over 0 files, expected one"):
+    with pytest.raises(protocol.WireProtocolError, match="hands over 0 files, expected one"):
         call_with_fd(short_dir / "a.sock", "view", {})
     handed_path = (short_dir / "f").resolve()
     with handed_path.open("wb") as handed:

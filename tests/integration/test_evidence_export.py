@@ -71,9 +71,9 @@ def approve_for(world: World, **args: Any) -> dict[str, Any]:
 
 
 def events(world: World, action: str) -> list[AuditEvent]:
-    with world.services.catalog.transaction() as session:
+    with world.services.catalog.transaction() as db:
         return list(
-            session.scalars(select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.seq))
+            db.scalars(select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.seq))
         )
 
 
@@ -245,12 +245,12 @@ def test_an_export_is_a_valid_signed_bag_and_is_recorded(world: World, tmp_path:
     facts = json.loads((dest / layout.RECORDINGS_JSON).read_text(encoding="utf-8"))
     assert {f["device_serial"] for f in facts} == {"ZFY0001", "ZFY0002"}
 
-    with world.services.catalog.transaction() as session:
-        row = session.scalars(select(Export)).one()
+    with world.services.catalog.transaction() as db:
+        row = db.scalars(select(Export)).one()
         assert (row.approval_id, row.destination, row.recording_count) == (approval["id"], str(dest), 3)
         assert row.tag_manifest_blake3 == result["tag_manifest_blake3"]
         problems = verify_chain(
-            session,
+            db,
             checkpoint_path=world.services.audit.checkpoints.path,
             public_key=world.services.audit.signer.public_key,
         )
@@ -321,8 +321,8 @@ def test_a_bag_resigned_with_another_key_fails_only_when_the_station_key_is_pinn
 
 def test_store_bytes_that_differ_from_the_catalog_export_nothing(world: World, tmp_path: Path) -> None:
     ids = case_recordings(world)
-    with world.services.catalog.transaction() as session:
-        session.execute(update(Recording).where(Recording.id == ids[1]).values(sha256="0" * 64))
+    with world.services.catalog.transaction() as db:
+        db.execute(update(Recording).where(Recording.id == ids[1]).values(sha256="0" * 64))
     approval = approve_for(world, case_id="案2026-017")
     dest = tmp_path / "out"
     with pytest.raises(ExportIntegrityError) as failed:
@@ -331,8 +331,8 @@ def test_store_bytes_that_differ_from_the_catalog_export_nothing(world: World, t
     assert not dest.exists()
     assert not (tmp_path / "out.partial").exists()
     assert events(world, "export")[-1].outcome == "failed"
-    with world.services.catalog.transaction() as session:
-        assert session.scalars(select(Export)).all() == []
+    with world.services.catalog.transaction() as db:
+        assert db.scalars(select(Export)).all() == []
 
 
 def test_an_existing_destination_is_never_touched(world: World, tmp_path: Path) -> None:

@@ -98,8 +98,8 @@ def test_a_spotcheck_sample_is_reproducible_and_its_verdicts_are_ledgered(world:
     assert [i["id"] for i in listed][-1] == first["id"]
     assert listed[-1]["reviewed"] == 2
 
-    with world.services.catalog.transaction() as session:
-        verdicts = session.scalars(
+    with world.services.catalog.transaction() as db:
+        verdicts = db.scalars(
             select(AuditEvent).where(AuditEvent.action == "spotcheck.verdict").order_by(AuditEvent.seq)
         ).all()
     assert verdicts[-1].details["previous"] == "fail"
@@ -132,8 +132,8 @@ def _flag(
     recording: int | None = None,
     details: dict[str, Any] | None = None,
 ) -> None:
-    with world.services.catalog.transaction() as session:
-        session.add(
+    with world.services.catalog.transaction() as db:
+        db.add(
             Flag(
                 kind=kind,
                 dedup_key=key,
@@ -146,10 +146,8 @@ def _flag(
 
 
 def _reading(world: World, camera: str, at: datetime, offset: float) -> None:
-    with world.services.catalog.transaction() as session:
-        session.add(
-            ClockReading(camera_id=world.cameras[camera], measured_at=at, offset_s=offset, state="synced")
-        )
+    with world.services.catalog.transaction() as db:
+        db.add(ClockReading(camera_id=world.cameras[camera], measured_at=at, offset_s=offset, state="synced"))
 
 
 def test_report_aggregates_per_unit_officer_and_period(world: World) -> None:

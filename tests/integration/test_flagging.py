@@ -39,8 +39,8 @@ def test_a_flag_key_longer_than_its_column_is_raised_once_and_kept_apart_from_it
         again = batch.raise_flags([failed_file(keys[0])])
     assert len(raised) == 2
     assert again == []
-    with catalog.transaction() as session:
-        flags = session.scalars(select(Flag).order_by(Flag.id)).all()
+    with catalog.transaction() as db:
+        flags = db.scalars(select(Flag).order_by(Flag.id)).all()
         assert [flag.details["file"] for flag in flags] == keys  # the whole path is kept in the details
         assert all(len(flag.dedup_key) == DEDUP_KEY_MAX for flag in flags)
         assert all(flag.dedup_key.startswith("rejected:1:DCIM/录像-00/") for flag in flags)
@@ -50,13 +50,13 @@ def test_a_long_key_a_sqlite_catalog_kept_whole_before_keys_were_bounded_still_d
     sqlite_catalog: Catalog,
 ) -> None:
     key = "rejected:1:DCIM/" + "deep/" * 80 + "fifo.MP4"
-    with sqlite_catalog.transaction() as session:
-        session.add(
+    with sqlite_catalog.transaction() as db:
+        db.add(
             Flag(kind=FlagKind.FAILED_FILE, status=FlagStatus.OPEN, dedup_key=key, raised_at=NOW, details={})
         )
     with SILENT.transaction(sqlite_catalog) as batch:
         assert batch.raise_flags([failed_file(key)]) == []
-        assert batch.session.scalars(select(Flag.dedup_key)).all() == [key]
+        assert batch.db.scalars(select(Flag.dedup_key)).all() == [key]
 
 
 def test_a_new_flag_is_announced_once_after_commit_and_a_rolled_back_one_never(
@@ -73,8 +73,8 @@ def test_a_new_flag_is_announced_once_after_commit_and_a_rolled_back_one_never(
             (flag,) = batch.raise_flags([late])
             assert notified(out) == []  # not before the commit
         assert service.raise_now(catalog, [late]) == []  # raised already: nothing new, nothing announced
-    with catalog.transaction() as session:
-        assert session.scalars(select(Flag.dedup_key)).all() == ["late:r1"]
+    with catalog.transaction() as db:
+        assert db.scalars(select(Flag.dedup_key)).all() == ["late:r1"]
     assert [(p["id"], p["kind"], p["device_serial"], p["details"]) for p in notified(out)] == [
         (flag.id, "late", "ZFY0001", {"lateness_s": 60.0})
     ]

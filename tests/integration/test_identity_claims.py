@@ -43,8 +43,8 @@ def ingest(services: Services, volume: Path, device_id: str, officer_no: str | N
 
 
 def mismatches(services: Services) -> list[dict[str, object]]:
-    with services.catalog.transaction() as session:
-        flags = session.scalars(select(Flag).where(Flag.kind == FlagKind.IDENTITY_MISMATCH).order_by(Flag.id))
+    with services.catalog.transaction() as db:
+        flags = db.scalars(select(Flag).where(Flag.kind == FlagKind.IDENTITY_MISMATCH).order_by(Flag.id))
         return [dict(flag.details) for flag in flags]
 
 
@@ -70,10 +70,10 @@ def test_a_known_officer_is_never_renamed_by_a_camera_and_their_footage_keeps_it
     claim = card(tmp_path, "claim", serial="ZFY9004", officer_no="000101", officer_name="李鬼", seed=3)
     ingest(services, claim, device_id="ZFY9004")
     ingest(services, claim, device_id="ZFY9004")  # the same claim again: still one flag
-    with services.catalog.transaction() as session:
-        officer = session.scalars(select(Officer).where(Officer.officer_no == "000101")).one()
+    with services.catalog.transaction() as db:
+        officer = db.scalars(select(Officer).where(Officer.officer_no == "000101")).one()
         assert officer.name == "张三"
-        names = {r.officer.name for r in session.scalars(select(Recording)) if r.officer is not None}
+        names = {r.officer.name for r in db.scalars(select(Recording)) if r.officer is not None}
         assert names == {"张三"}
     [flag] = mismatches(services)
     assert (flag["officer_no"], flag["officer_name_registered"], flag["officer_name_reported"]) == (
@@ -89,9 +89,9 @@ def test_import_refuses_an_officer_the_registry_does_not_know(services: Services
     with pytest.raises(UnknownOfficerError, match="no officer with number '000999'") as refused:
         ingest(services, volume, device_id="ZFY9005", officer_no="000999")
     assert refused.value.exit_code == 2
-    with services.catalog.transaction() as session:
-        assert session.scalars(select(Officer)).all() == []
-        assert session.scalars(select(Recording)).all() == []
+    with services.catalog.transaction() as db:
+        assert db.scalars(select(Officer)).all() == []
+        assert db.scalars(select(Recording)).all() == []
     ingest(services, volume, device_id="ZFY9005")  # registers 000101 from the camera
     ingest(
         services,
@@ -99,6 +99,6 @@ def test_import_refuses_an_officer_the_registry_does_not_know(services: Services
         "ZFY9005",
         "000101",
     )
-    with services.catalog.transaction() as session:
-        assert {r.officer.officer_no for r in session.scalars(select(Recording)) if r.officer} == {"000101"}
+    with services.catalog.transaction() as db:
+        assert {r.officer.officer_no for r in db.scalars(select(Recording)) if r.officer} == {"000101"}
     assert mismatches(services) == []

@@ -33,7 +33,7 @@ from store.models import (
     CustodyEvent,
     CustodyKind,
     Dock,
-    DockSession,
+    DockVisit,
     Flag,
     Recording,
     SessionState,
@@ -89,14 +89,14 @@ def test_the_overdue_job_runs_twice_flags_once_and_notifies_the_new_flag(
 ) -> None:
     command, out = notify_command(tmp_path)
     services = make_services(catalog, tmp_path, notify={"command": command})
-    with catalog.transaction() as session:
-        officer = seed.officer(session, "000123", "张三")
-        seed.camera(session, "ZFY0001", assigned=officer, first_seen_at=OUT)
-        seed.camera(session, "ZFY0002", assigned=None, first_seen_at=OUT)
-        operations.checkout(session, services.audit, actor=CLERK, now=OUT, device_serial="ZFY0001")
+    with catalog.transaction() as db:
+        officer = seed.officer(db, "000123", "张三")
+        seed.camera(db, "ZFY0001", assigned=officer, first_seen_at=OUT)
+        seed.camera(db, "ZFY0002", assigned=None, first_seen_at=OUT)
+        operations.checkout(db, services.audit, actor=CLERK, now=OUT, device_serial="ZFY0001")
         # ZFY0002 went out too but was docked since: its footage is not at risk.
-        operations.checkout(session, services.audit, actor=CLERK, now=OUT, device_serial="ZFY0002")
-        docked_since = session.scalars(select(Camera).where(Camera.device_serial == "ZFY0002")).one()
+        operations.checkout(db, services.audit, actor=CLERK, now=OUT, device_serial="ZFY0002")
+        docked_since = db.scalars(select(Camera).where(Camera.device_serial == "ZFY0002")).one()
         docked_since.last_docked_at = OUT + timedelta(hours=8)
 
     with (
@@ -122,10 +122,8 @@ def test_the_overdue_job_runs_twice_flags_once_and_notifies_the_new_flag(
         OUT.isoformat(),
     )
     assert flag.details["holder_officer_no"] == "000123"
-    with catalog.transaction() as session:
-        assert [f.dedup_key for f in session.scalars(select(Flag)).all()] == [
-            f"overdue:ZFY0001:{OUT.isoformat()}"
-        ]
+    with catalog.transaction() as db:
+        assert [f.dedup_key for f in db.scalars(select(Flag)).all()] == [f"overdue:ZFY0001:{OUT.isoformat()}"]
     notified = sorted(out.iterdir())
     assert [p.name for p in notified] == ["0.json"]
     payload = json.loads(notified[0].read_text(encoding="utf-8"))
@@ -142,24 +140,24 @@ def test_the_overdue_job_runs_twice_flags_once_and_notifies_the_new_flag(
 
 def seed_dock_session(catalog: Catalog, audit: Any, *, drift_s: float) -> int:
     """ZFY0001 out at OUT, recordings at +1 h, +1 h 5 min and +2 h (one minute each), docked at +9 h."""
-    with catalog.transaction() as session:
-        officer = seed.officer(session, "000123", "张三")
-        camera = seed.camera(session, "ZFY0001", assigned=officer, first_seen_at=OUT - timedelta(days=1))
-        operations.checkout(session, audit, actor=CLERK, now=OUT, device_serial="ZFY0001")
+    with catalog.transaction() as db:
+        officer = seed.officer(db, "000123", "张三")
+        camera = seed.camera(db, "ZFY0001", assigned=officer, first_seen_at=OUT - timedelta(days=1))
+        operations.checkout(db, audit, actor=CLERK, now=OUT, device_serial="ZFY0001")
         docked = OUT + timedelta(hours=9)
         dock = Dock(port="usb-1-1", state="empty", updated_at=docked, bytes_done=0, bytes_total=0)
-        session.add(dock)
-        session.flush()
-        dock_session = DockSession(
+        db.add(dock)
+        db.flush()
+        dock_session = DockVisit(
             dock_id=dock.id,
             camera_id=camera.id,
             state=SessionState.DONE,
             started_at=docked,
             ended_at=docked + timedelta(minutes=5),
         )
-        session.add(dock_session)
-        session.flush()
-        session.add(
+        db.add(dock_session)
+        db.flush()
+        db.add(
             ClockReading(
                 camera_id=camera.id,
                 dock_session_id=dock_session.id,
@@ -168,7 +166,7 @@ def seed_dock_session(catalog: Catalog, audit: Any, *, drift_s: float) -> int:
                 state="synced",
             )
         )
-        session.add(
+        db.add(
             CustodyEvent(
                 camera_id=camera.id,
                 officer_id=officer.id,
@@ -181,12 +179,12 @@ def seed_dock_session(catalog: Catalog, audit: Any, *, drift_s: float) -> int:
         )
         camera.checked_out_at = None
         # The day before, in another check-out: never compared with today's recordings.
-        obj = seed.stored_object(session, seed.payload("yesterday"), stored_at=OUT)
-        seed.recording(session, camera, obj, recorded_at=OUT - timedelta(hours=20), ingested_at=OUT)
+        obj = seed.stored_object(db, seed.payload("yesterday"), stored_at=OUT)
+        seed.recording(db, camera, obj, recorded_at=OUT - timedelta(hours=20), ingested_at=OUT)
         for i, start in enumerate((timedelta(hours=1), timedelta(hours=1, minutes=5), timedelta(hours=2))):
-            obj = seed.stored_object(session, seed.payload(f"today-{i}"), stored_at=docked)
+            obj = seed.stored_object(db, seed.payload(f"today-{i}"), stored_at=docked)
             seed.recording(
-                session,
+                db,
                 camera,
                 obj,
                 recorded_at=OUT + start,
@@ -204,8 +202,8 @@ def test_gaps_and_drift_after_a_session_are_flagged_once(catalog: Catalog, tmp_p
     assert evaluate_after_session(catalog, dock_session_id, services.config, now) == []
     by_kind = {flag.kind: flag for flag in first}
     assert sorted(by_kind) == ["drift", "gap"]
-    with catalog.transaction() as session:
-        recordings = session.scalars(
+    with catalog.transaction() as db:
+        recordings = db.scalars(
             select(Recording)
             .where(Recording.dock_session_id == dock_session_id)
             .order_by(Recording.recorded_at)
@@ -242,10 +240,10 @@ def test_the_audit_checkpoint_job_signs_events_written_outside_a_session_or_comm
 ) -> None:
     services = make_services(catalog, tmp_path, jobs={"audit_checkpoint_interval_minutes": 5})
     checkpoints = services.audit.checkpoints
-    with catalog.transaction() as session:
-        officer = seed.officer(session, "000123", "张三")
-        seed.camera(session, "ZFY0001", assigned=officer, first_seen_at=OUT)
-        operations.checkout(session, services.audit, actor=CLERK, now=OUT, device_serial="ZFY0001")
+    with catalog.transaction() as db:
+        officer = seed.officer(db, "000123", "张三")
+        seed.camera(db, "ZFY0001", assigned=officer, first_seen_at=OUT)
+        operations.checkout(db, services.audit, actor=CLERK, now=OUT, device_serial="ZFY0001")
     assert list(checkpoints.lines()) == []  # one event, checkpoint_every 1000: nothing signed yet
     with time_machine.travel(OUT, tick=True) as traveller:
         runner = JobRunner(services, clock=lambda: datetime.now(UTC))
@@ -286,8 +284,8 @@ def test_partial_copies_older_than_the_max_age_expire_with_an_audit_event_each(
     assert expired.key == "ZFY0001-stale"
     assert [e["event"] for e in logs] == ["partial_expired"]
     assert expire_partial_copies(services, now) == []  # removed, and the fresh one is still young
-    with catalog.transaction() as session:
-        event = session.scalars(select(AuditEvent).where(AuditEvent.action == "partial.expired")).one()
+    with catalog.transaction() as db:
+        event = db.scalars(select(AuditEvent).where(AuditEvent.action == "partial.expired")).one()
         assert event.subject == "partial:ZFY0001-stale"
         assert event.actor_role == "system"
         assert event.details["durable_bytes"] == expired.durable > 0

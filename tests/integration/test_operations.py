@@ -31,11 +31,11 @@ def audit(tmp_path: Path) -> AuditLog:
 @pytest.fixture
 def station(catalog: Catalog) -> Catalog:
     """Two officers; ZFY0001 assigned to 000123, ZFY0002 assigned to nobody."""
-    with catalog.transaction() as session:
-        zhang = seed.officer(session, "000123", "张三")
-        seed.officer(session, "000456", "李四")
-        seed.camera(session, "ZFY0001", assigned=zhang, first_seen_at=T0)
-        seed.camera(session, "ZFY0002", assigned=None, first_seen_at=T0)
+    with catalog.transaction() as db:
+        zhang = seed.officer(db, "000123", "张三")
+        seed.officer(db, "000456", "李四")
+        seed.camera(db, "ZFY0001", assigned=zhang, first_seen_at=T0)
+        seed.camera(db, "ZFY0002", assigned=None, first_seen_at=T0)
     return catalog
 
 
@@ -46,25 +46,25 @@ def test_checkout_in_each_attribution_case_is_audited_and_read_back_per_camera_a
     station: Catalog, audit: AuditLog
 ) -> None:
     catalog = station
-    with catalog.transaction() as session:
+    with catalog.transaction() as db:
         named = operations.checkout(
-            session, audit, actor=CLERK, now=T0, device_serial="ZFY0001", officer_no="000456"
+            db, audit, actor=CLERK, now=T0, device_serial="ZFY0001", officer_no="000456"
         )
-    with catalog.transaction() as session:
+    with catalog.transaction() as db:
         operations.checkin(
-            session,
+            db,
             audit,
             actor=CLERK,
             now=T0 + timedelta(hours=9),
             device_serial="ZFY0001",
             note="card reader import",
         )
-    with catalog.transaction() as session:
+    with catalog.transaction() as db:
         assigned = operations.checkout(
-            session, audit, actor=CLERK, now=T0 + timedelta(days=1), device_serial="ZFY0001"
+            db, audit, actor=CLERK, now=T0 + timedelta(days=1), device_serial="ZFY0001"
         )
         unassigned = operations.checkout(
-            session, audit, actor=CLERK, now=T0 + timedelta(days=1, minutes=1), device_serial="ZFY0002"
+            db, audit, actor=CLERK, now=T0 + timedelta(days=1, minutes=1), device_serial="ZFY0002"
         )
 
     # 1. the clerk names an officer: the officer holds it, the clerk is the actor.
@@ -79,14 +79,14 @@ def test_checkout_in_each_attribution_case_is_audited_and_read_back_per_camera_a
     # 3. nobody assigned: recorded as unassigned, never guessed.
     assert (unassigned.officer_no, unassigned.note) == (None, "unassigned")
 
-    with catalog.transaction() as session:
-        events = seed.audit_events(session)
-        camera = session.scalars(select(Camera).where(Camera.device_serial == "ZFY0002")).one()
+    with catalog.transaction() as db:
+        events = seed.audit_events(db)
+        camera = db.scalars(select(Camera).where(Camera.device_serial == "ZFY0002")).one()
         assert camera.holder_officer_id is None
         assert camera.checked_out_at == T0 + timedelta(days=1, minutes=1)
-        by_camera = operations.custody_history(session, device_serial="ZFY0001")
-        by_officer = operations.custody_history(session, officer_no="000456")
-        register = operations.custody_history(session)
+        by_camera = operations.custody_history(db, device_serial="ZFY0001")
+        by_officer = operations.custody_history(db, officer_no="000456")
+        register = operations.custody_history(db)
     assert [(e.action, e.subject, e.actor_user, e.actor_uid, e.details["officer"]) for e in events] == [
         ("custody.check-out", "camera:ZFY0001", "li.clerk", 1001, "000456"),
         ("custody.check-in", "camera:ZFY0001", "li.clerk", 1001, "000456"),
@@ -115,18 +115,18 @@ def test_checkout_in_each_attribution_case_is_audited_and_read_back_per_camera_a
 def test_naming_an_officer_for_a_camera_already_out_keeps_the_time_it_went_out(
     station: Catalog, audit: AuditLog
 ) -> None:
-    with station.transaction() as session:
-        operations.checkout(session, audit, actor=CLERK, now=T0, device_serial="ZFY0001")
-    with station.transaction() as session:
+    with station.transaction() as db:
+        operations.checkout(db, audit, actor=CLERK, now=T0, device_serial="ZFY0001")
+    with station.transaction() as db:
         entry = operations.checkout(
-            session,
+            db,
             audit,
             actor=CLERK,
             now=T0 + timedelta(hours=2),
             device_serial="ZFY0001",
             officer_no="000456",
         )
-        camera = session.scalars(select(Camera).where(Camera.device_serial == "ZFY0001")).one()
+        camera = db.scalars(select(Camera).where(Camera.device_serial == "ZFY0001")).one()
         assert camera.holder is not None
         assert camera.holder.officer_no == "000456"
         assert camera.checked_out_at == T0
@@ -151,25 +151,25 @@ def test_checkout_refuses_unknown_things_and_changes_nothing(
     error: type[Exception],
     message: str,
 ) -> None:
-    with pytest.raises(error, match=message) as caught, station.transaction() as session:
-        operations.checkout(session, audit, actor=CLERK, now=T0, device_serial=serial, officer_no=officer_no)
+    with pytest.raises(error, match=message) as caught, station.transaction() as db:
+        operations.checkout(db, audit, actor=CLERK, now=T0, device_serial=serial, officer_no=officer_no)
     assert getattr(caught.value, "exit_code", None) == 2
-    with station.transaction() as session:
-        assert seed.audit_events(session) == []
-        assert operations.custody_history(session) == []
+    with station.transaction() as db:
+        assert seed.audit_events(db) == []
+        assert operations.custody_history(db) == []
 
 
 # --- flags ------------------------------------------------------------------------------------------
 
 
 def _flag(catalog: Catalog, key: str) -> int:
-    with catalog.transaction() as session:
-        camera_id = session.scalars(select(Camera.id).where(Camera.device_serial == "ZFY0001")).one()
+    with catalog.transaction() as db:
+        camera_id = db.scalars(select(Camera.id).where(Camera.device_serial == "ZFY0001")).one()
         flag = Flag(
             kind=FlagKind.GAP, dedup_key=key, raised_at=T0, camera_id=camera_id, details={"gap_s": 1800.0}
         )
-        session.add(flag)
-        session.flush()
+        db.add(flag)
+        db.flush()
         return flag.id
 
 
@@ -178,10 +178,10 @@ def test_explain_is_audited_leaves_the_open_list_and_stays_in_history(
 ) -> None:
     gap = _flag(station, "gap:r1:r2")
     other = _flag(station, "gap:r2:r3")
-    with station.transaction() as session:
-        assert [f.id for f in operations.list_flags(session)] == [gap, other]
+    with station.transaction() as db:
+        assert [f.id for f in operations.list_flags(db)] == [gap, other]
         view = operations.explain(
-            session,
+            db,
             audit,
             actor=CLERK,
             now=T0 + timedelta(hours=1),
@@ -193,10 +193,10 @@ def test_explain_is_audited_leaves_the_open_list_and_stays_in_history(
         "battery swapped during the patrol",
         "li.clerk",
     )
-    with station.transaction() as session:
-        assert [f.id for f in operations.list_flags(session)] == [other]
-        history = {f.id: f for f in operations.list_flags(session, include_closed=True)}
-        (event,) = seed.audit_events(session, "flag.explain")
+    with station.transaction() as db:
+        assert [f.id for f in operations.list_flags(db)] == [other]
+        history = {f.id: f for f in operations.list_flags(db, include_closed=True)}
+        (event,) = seed.audit_events(db, "flag.explain")
     assert history[gap].explained_at == T0 + timedelta(hours=1)
     assert history[gap].device_serial == "ZFY0001"
     assert (event.subject, event.actor_user, event.details["explanation"]) == (
@@ -210,35 +210,35 @@ def test_explain_refuses_empty_text_an_unknown_flag_and_a_second_explanation(
     station: Catalog, audit: AuditLog
 ) -> None:
     gap = _flag(station, "gap:r1:r2")
-    with pytest.raises(operations.RefusedError, match="needs text"), station.transaction() as session:
-        operations.explain(session, audit, actor=CLERK, now=T0, flag_id=gap, text=" \n ")
+    with pytest.raises(operations.RefusedError, match="needs text"), station.transaction() as db:
+        operations.explain(db, audit, actor=CLERK, now=T0, flag_id=gap, text=" \n ")
     with pytest.raises(operations.UnknownFlagError, match="no flag with id 4242"), station.transaction() as s:
         operations.explain(s, audit, actor=CLERK, now=T0, flag_id=4242, text="x")
-    with station.transaction() as session:
-        assert [f.status for f in operations.list_flags(session)] == ["open"]
-        operations.explain(session, audit, actor=CLERK, now=T0, flag_id=gap, text="first")
+    with station.transaction() as db:
+        assert [f.status for f in operations.list_flags(db)] == ["open"]
+        operations.explain(db, audit, actor=CLERK, now=T0, flag_id=gap, text="first")
     with (
         pytest.raises(operations.RefusedError, match=r"already explained by li\.clerk"),
-        station.transaction() as session,
+        station.transaction() as db,
     ):
-        operations.explain(session, audit, actor=CLERK, now=T0, flag_id=gap, text="second")
-    with station.transaction() as session:
-        assert session.get_one(Flag, gap).explanation == "first"
-        assert len(seed.audit_events(session, "flag.explain")) == 1
+        operations.explain(db, audit, actor=CLERK, now=T0, flag_id=gap, text="second")
+    with station.transaction() as db:
+        assert db.get_one(Flag, gap).explanation == "first"
+        assert len(seed.audit_events(db, "flag.explain")) == 1
 
 
 # --- classification, holds, deadlines ---------------------------------------------------------------------
 
 
 def _recordings(catalog: Catalog, count: int, *, case_id: str | None = None) -> list[int]:
-    with catalog.transaction() as session:
-        camera = session.scalars(select(Camera).where(Camera.device_serial == "ZFY0001")).one()
+    with catalog.transaction() as db:
+        camera = db.scalars(select(Camera).where(Camera.device_serial == "ZFY0001")).one()
         ids = []
         for i in range(count):
-            obj = seed.stored_object(session, seed.payload(f"{case_id}-{i}"), stored_at=T0)
+            obj = seed.stored_object(db, seed.payload(f"{case_id}-{i}"), stored_at=T0)
             ids.append(
                 seed.recording(
-                    session, camera, obj, recorded_at=T0 - timedelta(hours=2), ingested_at=T0, case_id=case_id
+                    db, camera, obj, recorded_at=T0 - timedelta(hours=2), ingested_at=T0, case_id=case_id
                 ).id
             )
         return ids
@@ -249,9 +249,9 @@ def test_tag_sets_classification_and_a_long_term_tag_forces_the_class(
 ) -> None:
     first, second = _recordings(station, 2)
     retention = RetentionConfig()
-    with station.transaction() as session:
+    with station.transaction() as db:
         changes = operations.tag(
-            session,
+            db,
             audit,
             actor=CLERK,
             now=T0,
@@ -262,15 +262,15 @@ def test_tag_sets_classification_and_a_long_term_tag_forces_the_class(
             add_tags=["Mass incident"],
         )
     assert [c.changes["retention_class"] for c in changes] == [["routine", "long-term"]] * 2
-    with station.transaction() as session:
-        row = session.get_one(Recording, first)
+    with station.transaction() as db:
+        row = db.get_one(Recording, first)
         assert (row.case_id, row.case_party, row.retention_tags, row.retention_class) == (
             "A2026-17",
             "王五",
             ["mass-incident"],
             RetentionClass.LONG_TERM,
         )
-        events = seed.audit_events(session, "recording.classify")
+        events = seed.audit_events(db, "recording.classify")
         assert [e.subject for e in events] == [f"recording:{first}", f"recording:{second}"]
         assert events[0].details["long_term_reasons"] == ["mass-incident"]
     # Lowering the class while the tag holds is refused; removing the tag alone does not lower it.
@@ -284,9 +284,9 @@ def test_tag_sets_classification_and_a_long_term_tag_forces_the_class(
             in_case="A2026-17",
             retention_class=RetentionClass.ROUTINE,
         )
-    with station.transaction() as session:
+    with station.transaction() as db:
         operations.tag(
-            session,
+            db,
             audit,
             actor=APPROVER,
             now=T0,
@@ -294,34 +294,34 @@ def test_tag_sets_classification_and_a_long_term_tag_forces_the_class(
             in_case="A2026-17",
             remove_tags=["mass-incident"],
         )
-        assert session.get_one(Recording, first).retention_class is RetentionClass.LONG_TERM
+        assert db.get_one(Recording, first).retention_class is RetentionClass.LONG_TERM
     with (
         pytest.raises(operations.UnknownRecordingError, match="no recording with id 999"),
-        station.transaction() as session,
+        station.transaction() as db,
     ):
         operations.tag(
-            session, audit, actor=CLERK, now=T0, retention=retention, recording_ids=[first, 999], case_id="X"
+            db, audit, actor=CLERK, now=T0, retention=retention, recording_ids=[first, 999], case_id="X"
         )
 
 
 def _tag_one(station: Catalog, audit: AuditLog, actor: Actor, rec: int, **fields: Any) -> operations.Change:
     """Tag one recording in a transaction of its own."""
-    with station.transaction() as session:
+    with station.transaction() as db:
         [change] = operations.tag(
-            session, audit, actor=actor, now=T0, retention=RetentionConfig(), recording_ids=[rec], **fields
+            db, audit, actor=actor, now=T0, retention=RetentionConfig(), recording_ids=[rec], **fields
         )
     return change
 
 
 def _protection(station: Catalog, rec: int) -> tuple[Any, ...]:
-    with station.transaction() as session:
-        row = session.get_one(Recording, rec)
+    with station.transaction() as db:
+        row = db.get_one(Recording, rec)
         return (row.retention_tags, row.retention_class, row.confidentiality, row.case_id)
 
 
 def _classified(station: Catalog) -> int:
-    with station.transaction() as session:
-        return len(seed.audit_events(session, "recording.classify"))
+    with station.transaction() as db:
+        return len(seed.audit_events(db, "recording.classify"))
 
 
 @pytest.mark.parametrize(
@@ -338,8 +338,8 @@ def test_only_an_approver_or_admin_lowers_protection(
     station: Catalog, audit: AuditLog, lowering: dict[str, Any]
 ) -> None:
     (rec,) = _recordings(station, 1)
-    with station.transaction() as session:
-        session.get_one(Recording, rec).retention_class = RetentionClass.STANDARD
+    with station.transaction() as db:
+        db.get_one(Recording, rec).retention_class = RetentionClass.STANDARD
     tags = ["evidence"] if "remove_tags" in lowering else []
     _tag_one(station, audit, CLERK, rec, add_tags=tags, confidentiality=Confidentiality.PRIVACY)
     before, classified = _protection(station, rec), _classified(station)
@@ -372,37 +372,37 @@ def test_hold_withdraws_a_pending_notice_and_release_does_not_bring_it_back(
     station: Catalog, audit: AuditLog
 ) -> None:
     (rec,) = _recordings(station, 1, case_id="C1")
-    with station.transaction() as session:
-        session.get_one(Recording, rec).purge_notice_at = T0
-    with station.transaction() as session:
+    with station.transaction() as db:
+        db.get_one(Recording, rec).purge_notice_at = T0
+    with station.transaction() as db:
         (held,) = operations.hold(
-            session, audit, actor=CLERK, now=T0 + timedelta(days=1), reason="litigation", in_case="C1"
+            db, audit, actor=CLERK, now=T0 + timedelta(days=1), reason="litigation", in_case="C1"
         )
     assert held.changes["purge_notice_at"] == [T0.isoformat(), None]
-    with station.transaction() as session:
-        (again,) = operations.hold(session, audit, actor=CLERK, now=T0, reason="x", recording_ids=[rec])
+    with station.transaction() as db:
+        (again,) = operations.hold(db, audit, actor=CLERK, now=T0, reason="x", recording_ids=[rec])
         assert again.changes == {}
         operations.release(
-            session, audit, actor=CLERK, now=T0 + timedelta(days=2), reason="case closed", recording_ids=[rec]
+            db, audit, actor=CLERK, now=T0 + timedelta(days=2), reason="case closed", recording_ids=[rec]
         )
-    with station.transaction() as session:
-        row = session.get_one(Recording, rec)
+    with station.transaction() as db:
+        row = db.get_one(Recording, rec)
         assert (row.legal_hold, row.hold_reason, row.purge_notice_at) == (False, None, None)
-        actions = [(e.action, e.details["reason"]) for e in seed.audit_events(session)]
+        actions = [(e.action, e.details["reason"]) for e in seed.audit_events(db)]
     assert actions == [("recording.hold", "litigation"), ("recording.release", "case closed")]
-    with pytest.raises(operations.RefusedError, match="needs a reason"), station.transaction() as session:
-        operations.hold(session, audit, actor=CLERK, now=T0, reason="  ", recording_ids=[rec])
+    with pytest.raises(operations.RefusedError, match="needs a reason"), station.transaction() as db:
+        operations.hold(db, audit, actor=CLERK, now=T0, reason="  ", recording_ids=[rec])
 
 
 def test_extend_moves_the_deadline_over_a_weekend_and_resolves_a_covered_late_flag(
     station: Catalog, audit: AuditLog
 ) -> None:
     friday = datetime(2026, 3, 6, 9, 0, tzinfo=UTC)  # 17:00 in Shanghai
-    with station.transaction() as session:
-        camera = session.scalars(select(Camera).where(Camera.device_serial == "ZFY0001")).one()
-        obj = seed.stored_object(session, seed.payload("late"), stored_at=friday)
+    with station.transaction() as db:
+        camera = db.scalars(select(Camera).where(Camera.device_serial == "ZFY0001")).one()
+        obj = seed.stored_object(db, seed.payload("late"), stored_at=friday)
         rec = seed.recording(
-            session,
+            db,
             camera,
             obj,
             recorded_at=friday - timedelta(minutes=1),
@@ -417,13 +417,13 @@ def test_extend_moves_the_deadline_over_a_weekend_and_resolves_a_covered_late_fl
             recording_id=rec.id,
             details={},
         )
-        session.add(flag)
-        session.flush()
+        db.add(flag)
+        db.flush()
         rec_id, flag_id = rec.id, flag.id
     admin = Actor(user="root", uid=0, role=Role.ADMIN, source="ctl:uid=0")
-    with station.transaction() as session:
+    with station.transaction() as db:
         result = operations.extend(
-            session,
+            db,
             audit,
             actor=admin,
             now=friday + timedelta(days=4),
@@ -435,12 +435,12 @@ def test_extend_moves_the_deadline_over_a_weekend_and_resolves_a_covered_late_fl
     # One working day after Friday 17:00 is Monday 17:00, not Saturday.
     assert result.deadline_at == datetime(2026, 3, 9, 9, 0, tzinfo=UTC)
     assert result.resolved_flag_ids == (flag_id,)
-    with station.transaction() as session:
-        row = session.get_one(Recording, rec_id)
+    with station.transaction() as db:
+        row = db.get_one(Recording, rec_id)
         assert row.deadline_at == result.deadline_at
         assert row.deadline_extension_reason == "remote field work, no dock"
-        assert session.get_one(Flag, flag_id).status is FlagStatus.RESOLVED
-        (event,) = seed.audit_events(session, "recording.extend-deadline")
+        assert db.get_one(Flag, flag_id).status is FlagStatus.RESOLVED
+        (event,) = seed.audit_events(db, "recording.extend-deadline")
         assert (event.actor_user, event.details["working_days"], event.details["resolved_flags"]) == (
             "root",
             1,

@@ -46,14 +46,14 @@ def audit(tmp_path: Path) -> AuditLog:
 
 def populate(catalog: Catalog, store: FileObjectStore, audit: AuditLog) -> dict[str, int]:
     """Seven recordings stored on the same day, so only holds, classes, tags and sharing differ."""
-    with catalog.transaction() as session:
-        officer = seed.officer(session, "000123", "张三")
-        camera = seed.camera(session, "ZFY0001", assigned=officer, first_seen_at=STORED)
+    with catalog.transaction() as db:
+        officer = seed.officer(db, "000123", "张三")
+        camera = seed.camera(db, "ZFY0001", assigned=officer, first_seen_at=STORED)
 
         def add(name: str, data: bytes, **kwargs: Any) -> int:
-            obj = seed.stored_object(session, data, stored_at=STORED, store=store)
+            obj = seed.stored_object(db, data, stored_at=STORED, store=store)
             return seed.recording(
-                session, camera, obj, recorded_at=STORED - timedelta(hours=3), ingested_at=STORED, **kwargs
+                db, camera, obj, recorded_at=STORED - timedelta(hours=3), ingested_at=STORED, **kwargs
             ).id
 
         shared = seed.payload("shared")
@@ -66,16 +66,16 @@ def populate(catalog: Catalog, store: FileObjectStore, audit: AuditLog) -> dict[
             "shared_expired": add("shared_expired", shared),
             "shared_needed": add("shared_needed", shared, retention_class=RetentionClass.STANDARD),
         }
-    with catalog.transaction() as session:
+    with catalog.transaction() as db:
         operations.hold(
-            session, audit, actor=CLERK, now=STORED, reason="complaint pending", recording_ids=[ids["held"]]
+            db, audit, actor=CLERK, now=STORED, reason="complaint pending", recording_ids=[ids["held"]]
         )
     return ids
 
 
 def digest_of(catalog: Catalog, recording_id: int) -> str:
-    with catalog.transaction() as session:
-        return session.get_one(Recording, recording_id).blake3
+    with catalog.transaction() as db:
+        return db.get_one(Recording, recording_id).blake3
 
 
 def test_purge_removes_only_expired_noticed_unshared_footage(
@@ -109,13 +109,13 @@ def test_purge_removes_only_expired_noticed_unshared_footage(
     assert not store.exists(digests["plain"])
     for name in ("held", "long_term", "evidence", "standard", "shared_expired"):
         assert store.exists(digests[name]), name
-    with catalog.transaction() as session:
-        rows = {r.id: r for r in session.scalars(select(Recording)).all()}
+    with catalog.transaction() as db:
+        rows = {r.id: r for r in db.scalars(select(Recording)).all()}
         assert rows[ids["plain"]].purged_at == PURGE_AT  # a tombstone, still readable
         assert rows[ids["shared_expired"]].purged_at == PURGE_AT
         assert rows[ids["shared_needed"]].purged_at is None
-        assert session.get_one(StoredObject, digests["plain"]).removed_at == PURGE_AT
-        assert session.get_one(StoredObject, digests["shared_expired"]).removed_at is None
+        assert db.get_one(StoredObject, digests["plain"]).removed_at == PURGE_AT
+        assert db.get_one(StoredObject, digests["shared_expired"]).removed_at is None
 
     # Running again at the same instant changes nothing more.
     again = purge(catalog, store, audit, actor=CLERK, now=PURGE_AT, rules=RULES, dry_run=False)
@@ -146,12 +146,12 @@ def test_dry_run_equals_the_real_run_and_changes_nothing(
 ) -> None:
     ids = populate(catalog, store, audit)
     give_notices(catalog, audit, actor=CLERK, now=NOTICE_AT, rules=RULES)
-    with catalog.transaction() as session:
-        events_before = len(seed.audit_events(session))
+    with catalog.transaction() as db:
+        events_before = len(seed.audit_events(db))
     dry = purge(catalog, store, audit, actor=CLERK, now=PURGE_AT, rules=RULES, dry_run=True)
-    with catalog.transaction() as session:
-        assert len(seed.audit_events(session)) == events_before
-        assert all(r.purged_at is None for r in session.scalars(select(Recording)).all())
+    with catalog.transaction() as db:
+        assert len(seed.audit_events(db)) == events_before
+        assert all(r.purged_at is None for r in db.scalars(select(Recording)).all())
     assert store.exists(digest_of(catalog, ids["plain"]))
 
     real = purge(catalog, store, audit, actor=CLERK, now=PURGE_AT, rules=RULES, dry_run=False)
@@ -170,10 +170,10 @@ class ObservingStore(FileObjectStore):
     seen: list[tuple[bool, list[str]]]
 
     def remove(self, blake3_hex: str) -> None:
-        with self.catalog.transaction() as session:
+        with self.catalog.transaction() as db:
             started = [
                 e.outcome
-                for e in seed.audit_events(session, "retention.purge")
+                for e in seed.audit_events(db, "retention.purge")
                 if e.subject == f"object:{blake3_hex}"
             ]
         self.seen.append((self.exists(blake3_hex), started))
@@ -193,8 +193,8 @@ def test_the_audit_event_is_committed_before_the_object_goes(
     purge(catalog, store, audit, actor=CLERK, now=PURGE_AT, rules=RULES, dry_run=False)
     assert store.seen == [(True, ["started"])]
     assert not store.exists(digest)
-    with catalog.transaction() as session:
-        removal = [e for e in seed.audit_events(session) if e.subject == f"object:{digest}"]
+    with catalog.transaction() as db:
+        removal = [e for e in seed.audit_events(db) if e.subject == f"object:{digest}"]
     assert [(e.action, e.outcome, e.actor_user) for e in removal] == [
         ("retention.purge", "started", "li.clerk"),
         ("retention.remove", "ok", "li.clerk"),
@@ -230,15 +230,13 @@ def test_a_failing_removal_leaves_the_audit_event_and_a_consistent_catalog_and_i
     assert not failed.ok
     assert digest in failed.failed_objects
     assert store.exists(digest)
-    with catalog.transaction() as session:
-        outcomes = [
-            (e.action, e.outcome) for e in seed.audit_events(session) if e.subject == f"object:{digest}"
-        ]
+    with catalog.transaction() as db:
+        outcomes = [(e.action, e.outcome) for e in seed.audit_events(db) if e.subject == f"object:{digest}"]
         # The recordings are tombstones (no hold can be placed any more), the object row is not marked
         # removed because its bytes are still there: no row points at missing bytes.
-        assert session.get_one(Recording, ids["plain"]).purged_at == PURGE_AT
-        assert session.get_one(StoredObject, digest).removed_at is None
-        _plan, pending = gather(session, RULES, PURGE_AT)
+        assert db.get_one(Recording, ids["plain"]).purged_at == PURGE_AT
+        assert db.get_one(StoredObject, digest).removed_at is None
+        _plan, pending = gather(db, RULES, PURGE_AT)
     assert outcomes == [("retention.purge", "started"), ("retention.remove", "failed")]
     assert pending == (digest,)
 
@@ -248,8 +246,8 @@ def test_a_failing_removal_leaves_the_audit_event_and_a_consistent_catalog_and_i
     assert retried.ok
     assert retried.removed_objects == (digest,)
     assert not store.exists(digest)
-    with catalog.transaction() as session:
-        assert session.get_one(StoredObject, digest).removed_at == PURGE_AT + timedelta(hours=1)
+    with catalog.transaction() as db:
+        assert db.get_one(StoredObject, digest).removed_at == PURGE_AT + timedelta(hours=1)
 
 
 def test_a_purge_over_an_unmounted_store_fails_and_marks_nothing_removed(
@@ -270,11 +268,9 @@ def test_a_purge_over_an_unmounted_store_fails_and_marks_nothing_removed(
     assert "is not set up" in failed.failed_objects[digest]
     assert list(mount_point.iterdir()) == []
     assert store.exists(digest)
-    with catalog.transaction() as session:
-        assert session.get_one(StoredObject, digest).removed_at is None
-        outcomes = [
-            (e.action, e.outcome) for e in seed.audit_events(session) if e.subject == f"object:{digest}"
-        ]
+    with catalog.transaction() as db:
+        assert db.get_one(StoredObject, digest).removed_at is None
+        outcomes = [(e.action, e.outcome) for e in seed.audit_events(db) if e.subject == f"object:{digest}"]
     assert outcomes == [("retention.purge", "started"), ("retention.remove", "failed")]
 
 
@@ -284,9 +280,9 @@ def test_a_hold_placed_after_the_notice_stops_the_purge_and_voids_the_notice(
     ids = populate(catalog, store, audit)
     digest = digest_of(catalog, ids["plain"])
     purge(catalog, store, audit, actor=CLERK, now=NOTICE_AT, rules=RULES, dry_run=False)
-    with catalog.transaction() as session:
+    with catalog.transaction() as db:
         operations.hold(
-            session,
+            db,
             audit,
             actor=CLERK,
             now=NOTICE_AT + timedelta(days=1),
@@ -294,7 +290,7 @@ def test_a_hold_placed_after_the_notice_stops_the_purge_and_voids_the_notice(
             recording_ids=[ids["plain"]],
         )
         operations.release(
-            session,
+            db,
             audit,
             actor=CLERK,
             now=NOTICE_AT + timedelta(days=2),
@@ -306,17 +302,15 @@ def test_a_hold_placed_after_the_notice_stops_the_purge_and_voids_the_notice(
     assert ids["plain"] in report.noticed
     assert ids["plain"] not in report.purged_recordings
     assert store.exists(digest)
-    with catalog.transaction() as session:
-        assert session.get_one(Recording, ids["plain"]).purge_notice_at == PURGE_AT
+    with catalog.transaction() as db:
+        assert db.get_one(Recording, ids["plain"]).purge_notice_at == PURGE_AT
     later = purge(
         catalog, store, audit, actor=CLERK, now=PURGE_AT + timedelta(days=14), rules=RULES, dry_run=False
     )
     assert later.removed_objects == (digest,)
     # A tombstone cannot be held: the purge's intent was on record before the bytes went.
-    with pytest.raises(operations.RefusedError, match="were purged"), catalog.transaction() as session:
-        operations.hold(
-            session, audit, actor=CLERK, now=PURGE_AT, reason="late", recording_ids=[ids["plain"]]
-        )
+    with pytest.raises(operations.RefusedError, match="were purged"), catalog.transaction() as db:
+        operations.hold(db, audit, actor=CLERK, now=PURGE_AT, reason="late", recording_ids=[ids["plain"]])
 
 
 def test_verify_is_clean_after_a_purge(tmp_path: Path) -> None:
@@ -337,10 +331,10 @@ def test_verify_is_clean_after_a_purge(tmp_path: Path) -> None:
     FileObjectStore(tmp_path / "store").create_directories()
     services = Services.open(config, migrate=False)
     try:
-        with services.catalog.transaction() as session:
-            camera = seed.camera(session, "ZFY0003", assigned=None, first_seen_at=STORED)
-            obj = seed.stored_object(session, seed.payload("verify"), stored_at=STORED, store=services.store)
-            seed.recording(session, camera, obj, recorded_at=STORED, ingested_at=STORED, audit=services.audit)
+        with services.catalog.transaction() as db:
+            camera = seed.camera(db, "ZFY0003", assigned=None, first_seen_at=STORED)
+            obj = seed.stored_object(db, seed.payload("verify"), stored_at=STORED, store=services.store)
+            seed.recording(db, camera, obj, recorded_at=STORED, ingested_at=STORED, audit=services.audit)
         for now in (NOTICE_AT, PURGE_AT):
             purge(
                 services.catalog,
@@ -371,21 +365,19 @@ def test_the_removal_keeps_an_object_that_a_new_recording_took_after_the_tombsto
     purge(catalog, store, audit, actor=CLERK, now=NOTICE_AT, rules=RULES, dry_run=False)
     run = _Run(catalog, store, audit, CLERK, PURGE_AT, RULES)
     assert run.tombstone([ids["plain"]], digest)
-    with catalog.transaction() as session:  # the ingest that raced in
-        camera = session.get_one(Recording, ids["plain"]).camera
-        obj = session.get_one(StoredObject, digest)
+    with catalog.transaction() as db:  # the ingest that raced in
+        camera = db.get_one(Recording, ids["plain"]).camera
+        obj = db.get_one(StoredObject, digest)
         newcomer = seed.recording(
-            session, camera, obj, recorded_at=PURGE_AT - timedelta(hours=3), ingested_at=PURGE_AT
+            db, camera, obj, recorded_at=PURGE_AT - timedelta(hours=3), ingested_at=PURGE_AT
         ).id
     assert not run.remove(digest)
     assert store.exists(digest)
     assert store.verify_object(digest, obj.sha256, obj.size) == []
-    with catalog.transaction() as session:
-        assert session.get_one(StoredObject, digest).removed_at is None
-        assert session.get_one(Recording, newcomer).purged_at is None
-        (event,) = [
-            e for e in seed.audit_events(session, "retention.remove") if e.subject == f"object:{digest}"
-        ]
+    with catalog.transaction() as db:
+        assert db.get_one(StoredObject, digest).removed_at is None
+        assert db.get_one(Recording, newcomer).purged_at is None
+        (event,) = [e for e in seed.audit_events(db, "retention.remove") if e.subject == f"object:{digest}"]
     assert event.outcome == "skipped"
     assert event.details["referenced_by"] == [newcomer]
     assert run.skipped[f"object:{digest}"].startswith("object is now referenced by recording")

@@ -45,24 +45,22 @@ def _seeded(tmp_path: Path) -> Path:
     audit = seed.audit_log(tmp_path)
     catalog = Catalog.open(url)
     try:
-        with catalog.transaction() as session:
-            zhang = seed.officer(session, "000123", "张三")
-            camera = seed.camera(session, "ZFY0001", assigned=zhang, first_seen_at=NOW - timedelta(days=9))
-            stored = seed.stored_object(session, seed.payload("a"), stored_at=NOW - timedelta(days=1))
+        with catalog.transaction() as db:
+            zhang = seed.officer(db, "000123", "张三")
+            camera = seed.camera(db, "ZFY0001", assigned=zhang, first_seen_at=NOW - timedelta(days=9))
+            stored = seed.stored_object(db, seed.payload("a"), stored_at=NOW - timedelta(days=1))
             recording = seed.recording(
-                session,
+                db,
                 camera,
                 stored,
                 recorded_at=NOW - timedelta(days=2),
                 ingested_at=NOW - timedelta(days=1),
                 audit=audit,
             )
-            records.open_dock_session(session, "usb-1-1", NOW)
-            session.add(
-                Flag(kind=FlagKind.LATE, dedup_key="late:1", raised_at=NOW, recording_id=recording.id)
-            )
+            records.open_dock_session(db, "usb-1-1", NOW)
+            db.add(Flag(kind=FlagKind.LATE, dedup_key="late:1", raised_at=NOW, recording_id=recording.id))
             outcome = VerifyOutcome(clean=True, events_checked=1, objects_checked=1, problems=0, objects=True)
-            record_outcome(session, audit, AUDITOR, outcome, NOW)
+            record_outcome(db, audit, AUDITOR, outcome, NOW)
     finally:
         catalog.close()
     return database
@@ -74,8 +72,8 @@ def test_every_query_answers_on_a_catalog_opened_read_only(tmp_path: Path) -> No
     before = database.read_bytes()
     catalog = Catalog.open(f"sqlite:///{database}", read_only=True)
     try:
-        with catalog.transaction() as session:
-            answers = {name: call(session) for name, call in CALLS.items()}
+        with catalog.transaction() as db:
+            answers = {name: call(db) for name, call in CALLS.items()}
     finally:
         catalog.close()
     assert database.read_bytes() == before

@@ -22,13 +22,13 @@ from drivers.base import (
     AuthenticationFailed,
     Battery,
     CameraIdentity,
+    CameraProtocolError,
     ClockSyncState,
     DeviceGone,
     DeviceInfo,
     DriverError,
     DriverOptions,
     DriverTimeout,
-    ProtocolError,
     Resolution,
     StorageInfo,
     Unsupported,
@@ -124,7 +124,7 @@ def test_every_command_round_trips(camera: SerialCamera, sim: SimulatedCamera) -
     camera.enter_mass_storage()
     assert sim.msc_mode
     camera.enter_mass_storage()  # a repeat is harmless: MSC_MODE counts as done
-    with pytest.raises(ProtocolError, match=r"serial:.*: ReadDeviceBatteryDumpEnergy: .*mass-storage"):
+    with pytest.raises(CameraProtocolError, match=r"serial:.*: ReadDeviceBatteryDumpEnergy: .*mass-storage"):
         camera.battery()
 
 
@@ -231,14 +231,14 @@ def test_corrupt_replies_are_a_protocol_error(
 ) -> None:
     server.faults = Faults(bad_crc=ALWAYS)
     before = sim.requests
-    with pytest.raises(ProtocolError, match="ReadDeviceBatteryDumpEnergy: reply failed its CRC check"):
+    with pytest.raises(CameraProtocolError, match="ReadDeviceBatteryDumpEnergy: reply failed its CRC check"):
         camera.battery()
     assert sim.requests - before == 1 + RETRIES
 
 
 def test_truncated_replies_are_a_protocol_error(camera: SerialCamera, server: PtyServer) -> None:
     server.faults = Faults(truncate=ALWAYS)
-    with pytest.raises(ProtocolError, match="GetZFYInfo: truncated reply"):
+    with pytest.raises(CameraProtocolError, match="GetZFYInfo: truncated reply"):
         camera.identify()
 
 
@@ -339,14 +339,19 @@ class LyingCamera(SimulatedCamera):
         (
             p.Command.GET_ZFY_INFO,
             (0x83, b"\x00" + bytes(13) + b"\xff\x80" + bytes(74)),
-            ProtocolError,
+            CameraProtocolError,
             "GetZFYInfo: bad reply data: userName: bytes ff80 are not valid GBK",
         ),
-        (p.Command.READ_BATTERY, (0x89, b"\x00\x96\x00"), ProtocolError, "battery 150% is outside"),
-        (p.Command.READ_BATTERY, (0x88, b"\x00\x50\x00"), ProtocolError, "does not answer command 0x09"),
-        (p.Command.READ_STORAGE, (0x8A, b"\x00\x01"), ProtocolError, "storage is 1 bytes; expected 16"),
+        (p.Command.READ_BATTERY, (0x89, b"\x00\x96\x00"), CameraProtocolError, "battery 150% is outside"),
+        (
+            p.Command.READ_BATTERY,
+            (0x88, b"\x00\x50\x00"),
+            CameraProtocolError,
+            "does not answer command 0x09",
+        ),
+        (p.Command.READ_STORAGE, (0x8A, b"\x00\x01"), CameraProtocolError, "storage is 1 bytes; expected 16"),
         (p.Command.READ_STORAGE, (0x8A, b"\x03"), Unsupported, "ReadStorage: device does not support it"),
-        (p.Command.READ_TIME, (0x85, b"\x42"), ProtocolError, "unknown status 0x42"),
+        (p.Command.READ_TIME, (0x85, b"\x42"), CameraProtocolError, "unknown status 0x42"),
     ],
     ids=["bad-gbk", "battery-150", "wrong-code", "short-storage", "no-storage-extension", "bad-status"],
 )

@@ -40,11 +40,11 @@ def test_a_long_recording_that_ended_within_the_window_is_on_time(services: Serv
         services, card, device_id="ZFY0100", officer_no=None, settings=IngestSettings(), clock=lambda: now
     )
     assert summary.late == 1
-    with services.catalog.transaction() as session:
-        rows = {r.original_path: r for r in session.scalars(select(Recording)).all()}
+    with services.catalog.transaction() as db:
+        rows = {r.original_path: r for r in db.scalars(select(Recording)).all()}
         assert rows["LONG.MP4"].duration_s == 600
         assert rows["LONG.MP4"].deadline_at == now + timedelta(minutes=5)
-        late = session.scalars(select(Flag).where(Flag.kind == FlagKind.LATE)).one()
+        late = db.scalars(select(Flag).where(Flag.kind == FlagKind.LATE)).one()
         assert late.recording_id == rows["SHORT.MP4"].id
         assert late.details["lateness_s"] == 60
 
@@ -67,15 +67,15 @@ def test_a_cut_off_recording_is_stored_and_flagged_as_needing_an_explanation(
         services, card, device_id="ZFY0101", officer_no=None, settings=IngestSettings(), clock=lambda: now
     )
     assert summary.files == 2
-    with services.catalog.transaction() as session:
-        cut = session.scalars(select(Recording).where(Recording.interruption.is_not(None))).one()
+    with services.catalog.transaction() as db:
+        cut = db.scalars(select(Recording).where(Recording.interruption.is_not(None))).one()
         assert cut.original_path.endswith("_0002.MP4")
         assert cut.recorded_at_source == "filename"
         dock_session_id = cut.dock_session_id
     assert dock_session_id is not None
     evaluate_after_session(services.catalog, dock_session_id, services.config, now)
     evaluate_after_session(services.catalog, dock_session_id, services.config, now)  # idempotent
-    with services.catalog.transaction() as session:
-        (flag,) = session.scalars(select(Flag).where(Flag.kind == FlagKind.INTERRUPTED)).all()
+    with services.catalog.transaction() as db:
+        (flag,) = db.scalars(select(Flag).where(Flag.kind == FlagKind.INTERRUPTED)).all()
         assert flag.recording_id == cut.id
         assert flag.details["cause"] == "unfinalized container"

@@ -30,7 +30,7 @@ from ingestd.progress import DockProgress
 from ingestd.purge import give_notices, purge
 from ingestd.services import Services
 from ingestd.session import IngestSettings, source_key, source_stamp
-from store.models import DockSession, Recording, SessionState, StoredObject
+from store.models import DockVisit, Recording, SessionState, StoredObject
 from store.objects import FileObjectStore
 from store.types import utcnow
 from tests.support import records as seed
@@ -124,12 +124,12 @@ def test_a_failed_read_back_leaves_every_original_on_the_camera(tmp_path: Path, 
     try:
         with capture_logs() as logs:
             import_card(services, tmp_path / "card")
-        with services.catalog.transaction() as session:
-            (dock_session,) = session.scalars(select(DockSession)).all()
+        with services.catalog.transaction() as db:
+            (dock_session,) = db.scalars(select(DockVisit)).all()
             assert dock_session.state is SessionState.FAILED
             assert dock_session.failure_reason is not None
             assert dock_session.failure_reason.startswith("integrity error")
-            assert len(session.scalars(select(Recording)).all()) == 1  # only the first, proven copy
+            assert len(db.scalars(select(Recording)).all()) == 1  # only the first, proven copy
     finally:
         services.close()
     assert any(entry["event"] == "integrity_error" and entry["log_level"] == "critical" for entry in logs)
@@ -146,8 +146,8 @@ def test_without_read_back_nothing_is_deleted_because_nothing_is_proven(
     )
     try:
         import_card(services, tmp_path / "card")
-        with services.catalog.transaction() as session:
-            assert len(session.scalars(select(Recording)).all()) == 3
+        with services.catalog.transaction() as db:
+            assert len(db.scalars(select(Recording)).all()) == 3
     finally:
         services.close()
     assert all(path.exists() for path in originals)
@@ -175,21 +175,19 @@ def test_a_file_rewritten_in_place_is_stored_before_it_is_deleted(tmp_path: Path
         new_bytes = rewrite_in_place(changed)
         new_digest = blake3.blake3(new_bytes).hexdigest()
         import_card(services, tmp_path / "card")
-        with services.catalog.transaction() as session:
-            recordings = session.scalars(select(Recording).order_by(Recording.id)).all()
+        with services.catalog.transaction() as db:
+            recordings = db.scalars(select(Recording).order_by(Recording.id)).all()
             assert sorted(r.blake3 for r in recordings) == sorted([*originals.values(), new_digest])
             (old, new) = [r for r in recordings if r.original_path.endswith(changed.name)]
             assert (old.blake3, new.blake3) == (originals[changed], new_digest)
             assert (old.size, old.recorded_at) == (new.size, new.recorded_at)
             assert new.source_key != old.source_key
             (ingest,) = [
-                e for e in audit_events(session, "recording.ingest") if e.subject == f"recording:{new.id}"
+                e for e in audit_events(db, "recording.ingest") if e.subject == f"recording:{new.id}"
             ]
             assert ingest.details["same_source_as"] == [f"recording:{old.id}"]
             reverified = [
-                e.subject
-                for e in audit_events(session, "recording.delete-original")
-                if e.outcome == "deleted"
+                e.subject for e in audit_events(db, "recording.delete-original") if e.outcome == "deleted"
             ]
             assert sorted(reverified) == sorted(f"recording:{r.id}" for r in recordings if r.id != old.id)
         assert store.verify_object(new_digest, hashlib.sha256(new_bytes).hexdigest(), len(new_bytes)) == []
@@ -223,10 +221,10 @@ def test_a_file_replaced_after_its_copy_stays_and_every_deletion_is_audited(
     services = services_with(tmp_path, store)
     try:
         import_card(services, tmp_path / "card")
-        with services.catalog.transaction() as session:
-            intent, closed = audit_events(session, "camera.delete-originals")
-            deletions = audit_events(session, "recording.delete-original")
-            recordings = {r.id: r for r in session.scalars(select(Recording)).all()}
+        with services.catalog.transaction() as db:
+            intent, closed = audit_events(db, "camera.delete-originals")
+            deletions = audit_events(db, "recording.delete-original")
+            recordings = {r.id: r for r in db.scalars(select(Recording)).all()}
     finally:
         services.close()
     (target,) = replaced
@@ -278,8 +276,8 @@ def test_a_resumed_copy_spliced_from_another_source_is_copied_again_whole(
     try:
         with capture_logs() as logs:
             import_card(services, card)
-        with services.catalog.transaction() as session:
-            digests = {r.original_path: r.blake3 for r in session.scalars(select(Recording)).all()}
+        with services.catalog.transaction() as db:
+            digests = {r.original_path: r.blake3 for r in db.scalars(select(Recording)).all()}
     finally:
         services.close()
     assert digests[item.name] == blake3.blake3(spliced).hexdigest()
@@ -335,12 +333,12 @@ def test_a_deduplicated_copy_that_races_the_purge_of_its_object_stores_the_bytes
     services = services_with(tmp_path, store)
     stored_long_ago = datetime(2025, 1, 10, tzinfo=UTC)
     try:
-        with services.catalog.transaction() as session:
-            officer = seed.officer(session, "000123", "李四")
-            other = seed.camera(session, "ZFY0001", assigned=officer, first_seen_at=stored_long_ago)
-            obj = seed.stored_object(session, shared.read_bytes(), stored_at=stored_long_ago, store=store)
+        with services.catalog.transaction() as db:
+            officer = seed.officer(db, "000123", "李四")
+            other = seed.camera(db, "ZFY0001", assigned=officer, first_seen_at=stored_long_ago)
+            obj = seed.stored_object(db, shared.read_bytes(), stored_at=stored_long_ago, store=store)
             expired = seed.recording(
-                session, other, obj, recorded_at=stored_long_ago, ingested_at=stored_long_ago
+                db, other, obj, recorded_at=stored_long_ago, ingested_at=stored_long_ago
             ).id
         give_notices(
             services.catalog,
@@ -362,12 +360,12 @@ def test_a_deduplicated_copy_that_races_the_purge_of_its_object_stores_the_bytes
             progress=progress,
         )
         assert progress.removed == (originals[shared],)  # the race happened
-        with services.catalog.transaction() as session:
-            live = session.scalars(select(Recording).where(Recording.purged_at.is_(None))).all()
+        with services.catalog.transaction() as db:
+            live = db.scalars(select(Recording).where(Recording.purged_at.is_(None))).all()
             assert sorted(r.blake3 for r in live) == sorted(originals.values())
-            assert session.get_one(Recording, expired).purged_at is not None
+            assert db.get_one(Recording, expired).purged_at is not None
             for recording in live:
-                obj_row = session.get_one(StoredObject, recording.blake3)
+                obj_row = db.get_one(StoredObject, recording.blake3)
                 assert obj_row.removed_at is None
                 assert store.verify_object(obj_row.blake3, obj_row.sha256, obj_row.size) == []
     finally:

@@ -24,14 +24,14 @@ APPROVER = Actor(user="wang.approver", uid=1002, role=Role.APPROVER, source="ctl
 
 def build(catalog: Catalog, tmp_path: Path) -> None:
     audit = seed.audit_log(tmp_path)
-    with catalog.transaction() as session:
-        officer = seed.officer(session, "000123", "张三")
-        camera = seed.camera(session, "ZFY0001", assigned=officer, first_seen_at=NOW)
+    with catalog.transaction() as db:
+        officer = seed.officer(db, "000123", "张三")
+        camera = seed.camera(db, "ZFY0001", assigned=officer, first_seen_at=NOW)
         for n in range(2):
-            obj = seed.stored_object(session, seed.payload(f"r{n}"), stored_at=NOW)
-            seed.recording(session, camera, obj, recorded_at=NOW, ingested_at=NOW, audit=audit)
+            obj = seed.stored_object(db, seed.payload(f"r{n}"), stored_at=NOW)
+            seed.recording(db, camera, obj, recorded_at=NOW, ingested_at=NOW, audit=audit)
         operations.tag(
-            session,
+            db,
             audit,
             actor=CLERK,
             now=NOW,
@@ -41,7 +41,7 @@ def build(catalog: Catalog, tmp_path: Path) -> None:
             case_id="A-7",
             confidentiality=Confidentiality.PRIVACY,
         )
-        operations.checkout(session, audit, actor=CLERK, now=NOW, device_serial="ZFY0001")
+        operations.checkout(db, audit, actor=CLERK, now=NOW, device_serial="ZFY0001")
         new = NewApproval(
             purpose="court",
             expires_at=NOW + timedelta(days=7),
@@ -51,15 +51,13 @@ def build(catalog: Catalog, tmp_path: Path) -> None:
             requested_by=None,
             grantee="zhao.clerk",
         )
-        approval = create_approval(session, audit, APPROVER, new, now=NOW)
-        revoke_approval(
-            session, audit, APPROVER, approval.id, reason="withdrawn", now=NOW + timedelta(hours=1)
-        )
+        approval = create_approval(db, audit, APPROVER, new, now=NOW)
+        revoke_approval(db, audit, APPROVER, approval.id, reason="withdrawn", now=NOW + timedelta(hours=1))
 
 
 def check(catalog: Catalog) -> list[tuple[str, str]]:
-    with catalog.transaction() as session:
-        found: list[RowProblem] = verify_rows(session)
+    with catalog.transaction() as db:
+        found: list[RowProblem] = verify_rows(db)
     return [(p.kind, p.subject) for p in found]
 
 
@@ -93,10 +91,10 @@ def test_each_row_edited_behind_the_chain_is_named(catalog: Catalog, tmp_path: P
 def test_rows_with_no_event_and_events_with_no_row_are_named(catalog: Catalog, tmp_path: Path) -> None:
     build(catalog, tmp_path)
     tamper(catalog, "DELETE FROM approvals")
-    with catalog.transaction() as session:
-        camera = seed.camera(session, "ZFY0002", assigned=None, first_seen_at=NOW)
-        obj = seed.stored_object(session, seed.payload("smuggled"), stored_at=NOW)
-        seed.recording(session, camera, obj, recorded_at=NOW, ingested_at=NOW)  # no recording.ingest event
+    with catalog.transaction() as db:
+        camera = seed.camera(db, "ZFY0002", assigned=None, first_seen_at=NOW)
+        obj = seed.stored_object(db, seed.payload("smuggled"), stored_at=NOW)
+        seed.recording(db, camera, obj, recorded_at=NOW, ingested_at=NOW)  # no recording.ingest event
     assert check(catalog) == [("row-unaudited", "recording:3"), ("row-missing", "approval:1")]
 
 
@@ -113,8 +111,8 @@ def test_a_recording_pointed_at_other_bytes_backdated_or_noticed_behind_the_chai
         connection.execute(
             update(Recording).where(Recording.id == 2).values(purge_notice_at=early, ingested_at=early)
         )
-    with catalog.transaction() as session:
-        found = [(p.kind, p.subject, p.detail.split(" ")[0]) for p in verify_rows(session)]
+    with catalog.transaction() as db:
+        found = [(p.kind, p.subject, p.detail.split(" ")[0]) for p in verify_rows(db)]
     assert found == [
         ("row-mismatch", "recording:1", "blake3"),
         ("row-mismatch", "recording:1", "sha256"),

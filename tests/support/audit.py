@@ -36,9 +36,9 @@ def spec_hash(prev_hash: str, event: AuditEvent) -> str:
 def rewrite_chain(engine: Engine, new_details: dict[str, Any], *, start: int = 1) -> int:
     """Replace the details of every event from seq `start` on and recompute every hash from there and
     the head: a self-consistent forgery. Returns the head seq."""
-    with Session(engine) as session:
-        events = session.scalars(select(AuditEvent).order_by(AuditEvent.seq)).all()
-        session.expunge_all()
+    with Session(engine) as db:
+        events = db.scalars(select(AuditEvent).order_by(AuditEvent.seq)).all()
+        db.expunge_all()
     previous = GENESIS_HASH
     with engine.begin() as connection:
         for event in events:

@@ -74,25 +74,25 @@ class World:
     data: dict[int, bytes] = field(default_factory=dict)
 
     def unit(self, unit_no: str, name: str) -> int:
-        with self.services.catalog.transaction() as session:
+        with self.services.catalog.transaction() as db:
             row = Unit(unit_no=unit_no, name=name)
-            session.add(row)
-            session.flush()
+            db.add(row)
+            db.flush()
             self.units[unit_no] = row.id
         return row.id
 
     def officer(self, officer_no: str, name: str, unit_no: str) -> int:
-        with self.services.catalog.transaction() as session:
+        with self.services.catalog.transaction() as db:
             row = Officer(officer_no=officer_no, name=name, unit_id=self.units[unit_no])
-            session.add(row)
-            session.flush()
+            db.add(row)
+            db.flush()
             self.officers[officer_no] = row.id
         return row.id
 
     def camera(
         self, serial: str, unit_no: str, officer_no: str | None = None, *, battery: int | None = None
     ) -> int:
-        with self.services.catalog.transaction() as session:
+        with self.services.catalog.transaction() as db:
             row = Camera(
                 device_serial=serial,
                 driver="serial",
@@ -101,8 +101,8 @@ class World:
                 battery_percent=battery,
                 first_seen_at=NOW - timedelta(days=100),
             )
-            session.add(row)
-            session.flush()
+            db.add(row)
+            db.flush()
             self.cameras[serial] = row.id
         return row.id
 
@@ -124,9 +124,9 @@ class World:
         content = data if data is not None else payload(f"{serial}-{recorded_at.isoformat()}")
         put = self.services.store.put(io.BytesIO(content))
         deadline = recorded_at + timedelta(hours=24)
-        with self.services.catalog.transaction() as session:
-            if session.get(StoredObject, put.blake3) is None:
-                session.add(
+        with self.services.catalog.transaction() as db:
+            if db.get(StoredObject, put.blake3) is None:
+                db.add(
                     StoredObject(
                         blake3=put.blake3,
                         sha256=put.sha256,
@@ -135,7 +135,7 @@ class World:
                         stored_at=recorded_at + timedelta(hours=1),
                     )
                 )
-            camera = session.get(Camera, self.cameras[serial])
+            camera = db.get(Camera, self.cameras[serial])
             assert camera is not None
             unit_id = camera.unit_id
             row = Recording(
@@ -159,14 +159,14 @@ class World:
                 place=place,
                 confidentiality=confidentiality,
             )
-            session.add(row)
-            session.flush()
+            db.add(row)
+            db.flush()
             self.data[row.id] = content
             return row.id
 
     def recording_ids(self) -> list[int]:
-        with self.services.catalog.transaction() as session:
-            return list(session.scalars(select(Recording.id).order_by(Recording.id)))
+        with self.services.catalog.transaction() as db:
+            return list(db.scalars(select(Recording.id).order_by(Recording.id)))
 
 
 def forge_bag(bag: Path, signer: Signer, edits: dict[str, bytes] | None = None) -> None:

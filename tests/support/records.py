@@ -53,24 +53,24 @@ def audit_log(tmp_path: Path) -> AuditLog:
     return AuditLog(Signer.load_or_create(state), checkpoints, 1000, set_append_only=False)
 
 
-def officer(session: Session, officer_no: str, name: str) -> Officer:
-    row = session.scalar(select(Officer).where(Officer.officer_no == officer_no))
+def officer(db: Session, officer_no: str, name: str) -> Officer:
+    row = db.scalar(select(Officer).where(Officer.officer_no == officer_no))
     if row is None:
-        unit = session.scalar(select(Unit).where(Unit.unit_no == "110105000000"))
+        unit = db.scalar(select(Unit).where(Unit.unit_no == "110105000000"))
         if unit is None:
             unit = Unit(unit_no="110105000000", name="朝阳分局")
         row = Officer(officer_no=officer_no, name=name, unit=unit)
-        session.add(row)
-        session.flush()
+        db.add(row)
+        db.flush()
     return row
 
 
-def camera(session: Session, serial: str, *, assigned: Officer | None, first_seen_at: datetime) -> Camera:
+def camera(db: Session, serial: str, *, assigned: Officer | None, first_seen_at: datetime) -> Camera:
     row = Camera(
         device_serial=serial, driver="serial", assigned_officer=assigned, first_seen_at=first_seen_at
     )
-    session.add(row)
-    session.flush()
+    db.add(row)
+    db.flush()
     return row
 
 
@@ -79,7 +79,7 @@ def payload(seed: str, size: int = 4096) -> bytes:
 
 
 def stored_object(
-    session: Session, data: bytes, *, stored_at: datetime, store: ObjectStore | None = None
+    db: Session, data: bytes, *, stored_at: datetime, store: ObjectStore | None = None
 ) -> StoredObject:
     """The catalog row for `data`, and (with `store`) its bytes really put in the store."""
     if store is not None:
@@ -90,16 +90,16 @@ def stored_object(
 
         digest, sha256 = blake3.blake3(data).hexdigest(), hashlib.sha256(data).hexdigest()
         seal = Seal.READ_ONLY
-    row = session.get(StoredObject, digest)
+    row = db.get(StoredObject, digest)
     if row is None:
         row = StoredObject(blake3=digest, sha256=sha256, size=len(data), seal=seal, stored_at=stored_at)
-        session.add(row)
-        session.flush()
+        db.add(row)
+        db.flush()
     return row
 
 
 def recording(
-    session: Session,
+    db: Session,
     cam: Camera,
     obj: StoredObject,
     *,
@@ -135,11 +135,11 @@ def recording(
         confidentiality=Confidentiality.NORMAL,
         case_id=case_id,
     )
-    session.add(row)
-    session.flush()
+    db.add(row)
+    db.flush()
     if audit is not None:
         audit.append(
-            session,
+            db,
             actor=Actor.system("dock:seed"),
             action="recording.ingest",
             subject=f"recording:{row.id}",
@@ -155,8 +155,8 @@ def recording(
     return row
 
 
-def audit_events(session: Session, action: str | None = None) -> list[AuditEvent]:
+def audit_events(db: Session, action: str | None = None) -> list[AuditEvent]:
     query = select(AuditEvent).order_by(AuditEvent.seq)
     if action is not None:
         query = query.where(AuditEvent.action == action)
-    return list(session.scalars(query).all())
+    return list(db.scalars(query).all())

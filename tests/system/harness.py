@@ -398,8 +398,8 @@ def stored_recordings(daemon: Daemon, serial: str, count: int, timeout: float = 
 
 
 def iter_rows(catalog: Catalog, statement: Any) -> Iterator[Any]:
-    with catalog.transaction() as session:
-        yield from session.execute(statement).all()
+    with catalog.transaction() as db:
+        yield from db.execute(statement).all()
 
 
 def remove_tree(path: Path) -> None:

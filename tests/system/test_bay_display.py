@@ -61,8 +61,8 @@ def deletion_done(daemon: Daemon) -> dict[str, Any] | None:
     """The details of the daemon's finished deletion of the camera's originals, if it has one."""
     catalog = daemon.catalog()
     try:
-        with catalog.transaction() as session:
-            event = session.scalars(
+        with catalog.transaction() as db:
+            event = db.scalars(
                 select(AuditEvent).where(AuditEvent.action == DELETE_ORIGINALS, AuditEvent.outcome == "done")
             ).first()
             return None if event is None else dict(event.details or {})

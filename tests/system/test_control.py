@@ -363,7 +363,7 @@ try:
     call(Path(path), "status", {})
     refused = None
 except RemoteError as error:  # what ingestctl shows: the daemon's own message and exit code
-    refused = [error.code, error.exit_code, str(error)]
+    refused = [error.wire_code, error.exit_code, str(error)]
 print(json.dumps({"codes": codes, "refused": refused}), flush=True)
 held, reader = connections[codes.index("permission-denied")]
 denied, code, stop = codes.count("permission-denied"), "open", time.monotonic() + 60
@@ -464,8 +464,8 @@ def test_a_role_holder_reads_the_stopped_stations_catalog_read_only_or_gets_one_
     assert down.stdout == ""
 
     # A WAL index that root left (root's tools, a killed daemon): read through it, read-only.
-    with daemon.catalog().transaction() as session:
-        session.execute(select(AuditEvent.seq).limit(1))
+    with daemon.catalog().transaction() as db:
+        db.execute(select(AuditEvent.seq).limit(1))
     assert database.with_name("catalog.db-shm").exists()
     shown = run_ctl_as(approver, "status", "--json", "--config", str(config))
     assert shown.returncode == 0, shown.stderr

@@ -146,15 +146,15 @@ def test_flags_say_what_each_is_about_and_explain_takes_the_id_as_printed(daemon
     facts = seeded(daemon)  # one gap flag of 900 s, on a recording of camera ZFY0001
     catalog = Catalog.open(daemon.catalog_url)
     try:
-        with catalog.transaction() as session:
-            camera_id = session.scalar(select(Camera.id).where(Camera.device_serial == "ZFY0001"))
+        with catalog.transaction() as db:
+            camera_id = db.scalar(select(Camera.id).where(Camera.device_serial == "ZFY0001"))
             for kind, key, details in (
                 (FlagKind.FAILED_FILE, "f1", {"file": "DCIM/A.MP4", "reason": "read error: EIO"}),
                 (FlagKind.FAILED_FILE, "f2", {"file": "DCIM/B.MP4", "reason": "a symbolic link"}),
                 (FlagKind.LATE, "l1", {"deadline_at": "2024-01-09T01:00:00Z", "late_by_s": 3900.0}),
                 (FlagKind.DRIFT, "d1", {"offset_s": 45.25, "bound_s": 30.0}),
             ):
-                session.add(
+                db.add(
                     Flag(kind=kind, dedup_key=key, raised_at=LONG_AGO, camera_id=camera_id, details=details)
                 )
     finally:

@@ -54,15 +54,15 @@ def seeded(daemon: Daemon) -> dict[str, Any]:
     store = FileObjectStore(daemon.store).create_directories()
     seed.audit_log(daemon.base)  # the daemon's signing key and checkpoint file, in its state directory
     try:
-        with catalog.transaction() as session:
-            zhang = seed.officer(session, "000123", "张三")
-            seed.officer(session, "000456", "李四")
-            camera = seed.camera(session, "ZFY0001", assigned=zhang, first_seen_at=LONG_AGO)
-            old = seed.stored_object(session, seed.payload("old"), stored_at=LONG_AGO, store=store)
-            shared = seed.stored_object(session, seed.payload("shared"), stored_at=LONG_AGO, store=store)
+        with catalog.transaction() as db:
+            zhang = seed.officer(db, "000123", "张三")
+            seed.officer(db, "000456", "李四")
+            camera = seed.camera(db, "ZFY0001", assigned=zhang, first_seen_at=LONG_AGO)
+            old = seed.stored_object(db, seed.payload("old"), stored_at=LONG_AGO, store=store)
+            shared = seed.stored_object(db, seed.payload("shared"), stored_at=LONG_AGO, store=store)
             ids = [
                 seed.recording(
-                    session, camera, obj, recorded_at=LONG_AGO - timedelta(hours=1), ingested_at=LONG_AGO
+                    db, camera, obj, recorded_at=LONG_AGO - timedelta(hours=1), ingested_at=LONG_AGO
                 ).id
                 for obj in (old, shared, shared)
             ]
@@ -74,8 +74,8 @@ def seeded(daemon: Daemon) -> dict[str, Any]:
                 recording_id=ids[1],
                 details={"gap_s": 900.0},
             )
-            session.add(flag)
-            session.flush()
+            db.add(flag)
+            db.flush()
             facts = {
                 "config": daemon.config_path,
                 "url": daemon.catalog_url,
@@ -110,8 +110,8 @@ def ok_json(station: dict[str, Any], *args: str) -> Any:
 def audit_rows(station: dict[str, Any]) -> list[AuditEvent]:
     catalog = Catalog.open(station["url"])
     try:
-        with catalog.transaction() as session:
-            return list(session.scalars(select(AuditEvent).order_by(AuditEvent.seq)).all())
+        with catalog.transaction() as db:
+            return list(db.scalars(select(AuditEvent).order_by(AuditEvent.seq)).all())
     finally:
         catalog.close()
 
@@ -194,8 +194,8 @@ def test_purge_dry_run_then_real_run_as_json(station: dict[str, Any]) -> None:
     assert noticed["done"]["removed_objects"] == noticed["done"]["purged_recordings"] == []
     catalog = Catalog.open(station["url"])
     try:
-        with catalog.transaction() as session:
-            rows = session.scalars(select(Recording).order_by(Recording.id)).all()
+        with catalog.transaction() as db:
+            rows = db.scalars(select(Recording).order_by(Recording.id)).all()
             assert [row.id for row in rows if row.purge_notice_at is not None] == [first, third]
             for row in rows:  # the notice period has passed
                 if row.purge_notice_at is not None:

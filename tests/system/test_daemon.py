@@ -25,7 +25,7 @@ from store.models import (
     CustodyEvent,
     CustodyKind,
     Dock,
-    DockSession,
+    DockVisit,
     Flag,
     FlagKind,
     Recording,
@@ -44,24 +44,24 @@ def digests_of(paths: list[Path]) -> set[str]:
     return {blake3.blake3(path.read_bytes()).hexdigest() for path in paths}
 
 
-def ended_sessions(daemon: Daemon, serial: str) -> list[DockSession]:
+def ended_sessions(daemon: Daemon, serial: str) -> list[DockVisit]:
     catalog = daemon.catalog()
     try:
-        with catalog.transaction() as session:
+        with catalog.transaction() as db:
             return list(
-                session.scalars(
-                    select(DockSession)
-                    .join(Camera, Camera.id == DockSession.camera_id)
-                    .where(Camera.device_serial == serial, DockSession.ended_at.is_not(None))
-                    .order_by(DockSession.id)
+                db.scalars(
+                    select(DockVisit)
+                    .join(Camera, Camera.id == DockVisit.camera_id)
+                    .where(Camera.device_serial == serial, DockVisit.ended_at.is_not(None))
+                    .order_by(DockVisit.id)
                 ).all()
             )
     finally:
         catalog.close()
 
 
-def wait_sessions(daemon: Daemon, serial: str, count: int = 1, timeout: float = 90.0) -> list[DockSession]:
-    def enough() -> list[DockSession] | None:
+def wait_sessions(daemon: Daemon, serial: str, count: int = 1, timeout: float = 90.0) -> list[DockVisit]:
+    def enough() -> list[DockVisit] | None:
         found = ended_sessions(daemon, serial)
         return found if len(found) >= count else None
 
@@ -71,11 +71,9 @@ def wait_sessions(daemon: Daemon, serial: str, count: int = 1, timeout: float = 
 def stored_digests(daemon: Daemon, serial: str) -> list[str]:
     catalog = daemon.catalog()
     try:
-        with catalog.transaction() as session:
+        with catalog.transaction() as db:
             return list(
-                session.scalars(
-                    select(Recording.blake3).join(Camera).where(Camera.device_serial == serial)
-                ).all()
+                db.scalars(select(Recording.blake3).join(Camera).where(Camera.device_serial == serial)).all()
             )
     finally:
         catalog.close()
@@ -124,14 +122,14 @@ def test_serial_camera_is_identified_synced_ingested_and_wiped_after_proof(
 
     catalog = daemon.catalog()
     try:
-        with catalog.transaction() as session:
-            reading = session.scalars(select(ClockReading)).one()
+        with catalog.transaction() as db:
+            reading = db.scalars(select(ClockReading)).one()
             # The clock ends synced: read back after setting, the camera is within 50 ms of the station.
             assert reading.state == "synced"
             assert reading.residual_s is not None
             assert abs(reading.residual_s) < 0.05
             assert reading.offset_s == pytest.approx(3.5, abs=0.02)
-            kinds = session.scalars(select(CustodyEvent.kind)).all()
+            kinds = db.scalars(select(CustodyEvent.kind)).all()
             assert kinds == [CustodyKind.CHECK_IN]
     finally:
         catalog.close()
@@ -153,8 +151,8 @@ def test_serial_camera_is_identified_synced_ingested_and_wiped_after_proof(
 def custody_kinds(daemon: Daemon) -> list[CustodyKind]:
     catalog = daemon.catalog()
     try:
-        with catalog.transaction() as session:
-            return list(session.scalars(select(CustodyEvent.kind).order_by(CustodyEvent.id)).all())
+        with catalog.transaction() as db:
+            return list(db.scalars(select(CustodyEvent.kind).order_by(CustodyEvent.id)).all())
     finally:
         catalog.close()
 
@@ -369,8 +367,8 @@ def test_a_partial_copy_no_dock_resumed_expires_at_start_with_an_audit_event(
     assert list((daemon.store / "partial").glob("k-*")) == []
     catalog = daemon.catalog()
     try:
-        with catalog.transaction() as session:
-            (subject,) = session.scalars(
+        with catalog.transaction() as db:
+            (subject,) = db.scalars(
                 select(AuditEvent.subject).where(AuditEvent.action == "partial.expired")
             ).all()
     finally:
@@ -477,10 +475,8 @@ def test_every_line_of_the_daemon_log_is_json_apschedulers_warnings_too(
 def open_sessions(daemon: Daemon) -> list[tuple[int, SessionState]]:
     catalog = daemon.catalog()
     try:
-        with catalog.transaction() as session:
-            rows = session.execute(
-                select(DockSession.id, DockSession.state).where(DockSession.ended_at.is_(None))
-            )
+        with catalog.transaction() as db:
+            rows = db.execute(select(DockVisit.id, DockVisit.state).where(DockVisit.ended_at.is_(None)))
             return [(row.id, row.state) for row in rows]
     finally:
         catalog.close()

@@ -79,8 +79,8 @@ class Footage:
     def _read(self, query: Any) -> list[Any]:
         catalog = self.daemon.catalog()
         try:
-            with catalog.transaction() as session:
-                return list(session.scalars(query))
+            with catalog.transaction() as db:
+                return list(db.scalars(query))
         finally:
             catalog.close()
 
@@ -98,7 +98,7 @@ def footage(daemon: Daemon, shared_dir: Path, os_users: OsUsers) -> Footage:
     now = datetime.now(UTC)
     catalog = Catalog.open(daemon.catalog_url)
     try:
-        with catalog.transaction() as session:
+        with catalog.transaction() as db:
             expired = Approval(
                 approver="wang.approver",
                 purpose="复核",
@@ -107,10 +107,10 @@ def footage(daemon: Daemon, shared_dir: Path, os_users: OsUsers) -> Footage:
                 created_at=now - timedelta(days=2),
                 expires_at=now - timedelta(days=1),
             )
-            session.add(expired)
-            session.flush()
+            db.add(expired)
+            db.flush()
             expired_id = expired.id
-            sizes = dict(session.execute(select(Recording.id, Recording.size)).tuples().all())
+            sizes = dict(db.execute(select(Recording.id, Recording.size)).tuples().all())
     finally:
         catalog.close()
     daemon.start()

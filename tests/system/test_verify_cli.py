@@ -284,9 +284,9 @@ def classified(station: Station) -> Station:
     services = Services.open(load_config(station.config), migrate=False)
     now = datetime.now(UTC)
     try:
-        with services.catalog.transaction() as session:
+        with services.catalog.transaction() as db:
             operations.tag(
-                session,
+                db,
                 services.audit,
                 actor=CLERK,
                 now=now,
@@ -294,7 +294,7 @@ def classified(station: Station) -> Station:
                 recording_ids=[1],
                 add_tags=["evidence"],
             )
-            operations.hold(session, services.audit, actor=CLERK, now=now, reason="case 7", recording_ids=[1])
+            operations.hold(db, services.audit, actor=CLERK, now=now, reason="case 7", recording_ids=[1])
             for purpose in ("court", "press"):
                 new = NewApproval(
                     purpose=purpose,
@@ -305,13 +305,13 @@ def classified(station: Station) -> Station:
                     requested_by="zhao",
                     grantee="zhao.clerk",
                 )
-                approval = create_approval(session, services.audit, APPROVER, new, now=now)
-            revoke_approval(session, services.audit, APPROVER, approval.id, reason="withdrawn", now=now)
-            officer(session, "000202", "李四")
+                approval = create_approval(db, services.audit, APPROVER, new, now=now)
+            revoke_approval(db, services.audit, APPROVER, approval.id, reason="withdrawn", now=now)
+            officer(db, "000202", "李四")
             operations.checkout(
-                session, services.audit, actor=CLERK, now=now, device_serial="ZFY9001", officer_no="000202"
+                db, services.audit, actor=CLERK, now=now, device_serial="ZFY9001", officer_no="000202"
             )
-            operations.checkin(session, services.audit, actor=CLERK, now=now, device_serial="ZFY9001")
+            operations.checkin(db, services.audit, actor=CLERK, now=now, device_serial="ZFY9001")
         services.audit.anchor(services.catalog)
     finally:
         services.close()

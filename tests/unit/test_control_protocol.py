@@ -42,7 +42,7 @@ def test_a_well_formed_request_parses() -> None:
     ],
 )
 def test_garbage_is_refused_with_a_clear_reason(line: bytes, message: str) -> None:
-    with pytest.raises(protocol.ProtocolError, match="control protocol") as caught:
+    with pytest.raises(protocol.WireProtocolError, match="control protocol") as caught:
         protocol.parse_request(line)
     assert message in str(caught.value)
     assert caught.value.exit_code == ExitCode.PROTOCOL
@@ -52,15 +52,15 @@ def test_garbage_is_refused_with_a_clear_reason(line: bytes, message: str) -> No
 def test_deeply_nested_json_is_a_bad_request_not_a_crash(opener: bytes) -> None:
     closer = b"]" if opener == b"[" else b"}"
     deep = b'{"id": 9, "command": "status", "args": {"x": ' + opener * 100_000 + closer * 100_000 + b"}}"
-    with pytest.raises(protocol.ProtocolError, match="nested deeper than") as caught:
+    with pytest.raises(protocol.WireProtocolError, match="nested deeper than") as caught:
         protocol.parse_request(deep)
     assert caught.value.exit_code == ExitCode.PROTOCOL
     assert protocol.request_id_of(deep) is None  # the error path must not recurse either
     unclosed = b'{"id": 9, "command": "status", "args": {"x": ' + opener * 100_000
-    with pytest.raises(protocol.ProtocolError, match="nested deeper than"):
+    with pytest.raises(protocol.WireProtocolError, match="nested deeper than"):
         protocol.parse_request(unclosed)
     assert protocol.request_id_of(unclosed) is None
-    with pytest.raises(protocol.ProtocolError, match="not JSON"):  # merely cut short: said so
+    with pytest.raises(protocol.WireProtocolError, match="not JSON"):  # merely cut short: said so
         protocol.parse_request(b'{"command": "status", "args": {"x": [[')
     # Brackets inside strings are text, not nesting; the limit itself is accepted.
     within = b'{"command": "status", "args": {"x": "' + b"[" * 1000 + b'"}}'
@@ -79,22 +79,22 @@ def test_an_id_is_recovered_from_a_bad_request_when_possible() -> None:
 def test_responses_round_trip_and_are_checked() -> None:
     line = protocol.encode(protocol.ok("r1", {"n": 1})).rstrip(b"\n")
     assert protocol.parse_response(line, "r1")["result"] == {"n": 1}
-    with pytest.raises(protocol.ProtocolError, match="expected 'r2'"):
+    with pytest.raises(protocol.WireProtocolError, match="expected 'r2'"):
         protocol.parse_response(line, "r2")
     failed = protocol.encode(protocol.failure("r3", "permission-denied", "no", 13)).rstrip(b"\n")
     assert json.loads(failed)["error"]["exit_code"] == 13
-    with pytest.raises(protocol.ProtocolError, match="malformed"):
+    with pytest.raises(protocol.WireProtocolError, match="malformed"):
         protocol.parse_response(b'{"id": "r4", "ok": false, "error": "x"}', "r4")
     # The daemon refusing the connection itself answers before reading a request, so without an id.
     refused = protocol.encode(protocol.failure(None, "too-many-connections", "uid 7 ...", 75)).rstrip(b"\n")
     assert protocol.parse_response(refused, "r5")["error"]["exit_code"] == 75
-    with pytest.raises(protocol.ProtocolError, match="expected 'r6'"):
+    with pytest.raises(protocol.WireProtocolError, match="expected 'r6'"):
         protocol.parse_response(b'{"id": null, "ok": true, "result": 1}', "r6")
 
 
 def test_an_error_is_answered_with_the_code_its_class_declares() -> None:
     assert protocol.error_code(PermissionDenied(detail="x")) == "permission-denied"
-    assert protocol.error_code(protocol.ProtocolError(detail="x")) == "protocol"
+    assert protocol.error_code(protocol.WireProtocolError(detail="x")) == "protocol"
 
 
 def test_secrets_never_reach_the_audit_details() -> None:

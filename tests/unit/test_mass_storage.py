@@ -11,10 +11,10 @@ from structlog.testing import capture_logs
 
 from drivers.base import (
     CameraIdentity,
+    CameraProtocolError,
     ClockSyncState,
     DeviceInfo,
     DriverOptions,
-    ProtocolError,
     Unsupported,
 )
 from drivers.mass_storage import (
@@ -95,7 +95,7 @@ def test_identity_file_name_is_matched_case_insensitively_and_never_through_a_li
     outside = tmp_path.parent / f"{tmp_path.name}-outside.txt"
     outside.write_bytes(format_identity_file(identity))
     (tmp_path / IDENTITY_FILE).symlink_to(outside)
-    with pytest.raises(ProtocolError, match=IDENTITY_FILE):
+    with pytest.raises(CameraProtocolError, match=IDENTITY_FILE):
         open_directory(tmp_path).identify()
 
 
@@ -111,7 +111,7 @@ def test_identity_file_name_is_matched_case_insensitively_and_never_through_a_li
     ],
 )
 def test_bad_identity_files_are_refused(content: bytes, problem: str) -> None:
-    with pytest.raises(ProtocolError) as caught:
+    with pytest.raises(CameraProtocolError) as caught:
         parse_identity_file(content, "msc:x")
     assert problem in str(caught.value)
 

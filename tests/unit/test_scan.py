@@ -11,7 +11,7 @@ import pytest
 from drivers.mp4 import write_mp4
 from drivers.scan import (
     DEFAULT_FILENAME_PATTERNS,
-    Recording,
+    CardFile,
     ScanResult,
     compile_time_patterns,
     decode_name,
@@ -41,7 +41,7 @@ def hostile(tmp_path: Path) -> tuple[Path, list[Path], ScanResult]:
     return root, made, scan_volume(root)
 
 
-def by_name(result: ScanResult) -> dict[str, Recording]:
+def by_name(result: ScanResult) -> dict[str, CardFile]:
     return {recording.name: recording for recording in result.recordings}
 
 
