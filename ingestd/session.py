@@ -45,7 +45,7 @@ from drivers.base import (
 )
 from drivers.scan import Recording as ScannedRecording
 from drivers.scan import decode_name, display_name, scan_volume
-from ingestd import records
+from ingestd import records, replication
 from ingestd.policies.clock import corrected_recorded_at
 from ingestd.policies.deadlines import deadline_for, lateness, recording_end
 from ingestd.progress import DockProgress
@@ -565,6 +565,7 @@ class IngestSession:
                         last_verified_at=now if result.read_back_verified else None,
                     )
                 )
+                replication.enqueue_object(session, blake3=result.blake3, size=result.size, now=now)
             elif stored.removed_at is not None:
                 # The same bytes came back after the purge removed them: the row lives again.
                 stored.removed_at = None

@@ -97,6 +97,7 @@ class FlagKind(enum.StrEnum):
     FAILED_FILE = "failed-file"
     IDENTITY_MISMATCH = "identity-mismatch"
     STORE_FULL = "store-full"
+    UNREPLICATED = "unreplicated"  # not in the vault, verified, within vault.replication_deadline_hours
 
 
 class FlagStatus(enum.StrEnum):
@@ -322,6 +323,49 @@ class Flag(Base):
     explained_at: Mapped[datetime | None]
 
     __table_args__ = (Index("ix_flags_status_kind", "status", "kind"),)
+
+
+class ReplicationState(enum.StrEnum):
+    PENDING = "pending"
+    UPLOADING = "uploading"
+    REPLICATED = "replicated"  # size, digests and lock confirmed from the server
+    FAILED = "failed"  # the last attempt failed; retried at next_attempt_at
+
+
+class ReplicationKind(enum.StrEnum):
+    OBJECT = "object"  # a stored object, `subject` is its BLAKE3
+    AUDIT = "audit"  # an audit segment or checkpoint, `subject` is its vault key
+
+
+class ReplicationItem(Base):
+    """One thing to send to the vault, persisted so replication survives restarts and outages.
+
+    The vault's lock state as last confirmed (`retain_until`, `legal_hold`) is kept beside it, so a
+    later rise of the recording's class or a hold is seen as a difference to push."""
+
+    __tablename__ = "replication_queue"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[ReplicationKind] = mapped_column(_enum(ReplicationKind))
+    subject: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[ReplicationState] = mapped_column(_enum(ReplicationState))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    enqueued_at: Mapped[datetime]
+    next_attempt_at: Mapped[datetime]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    # A multipart upload in progress: its id and the parts the server acknowledged ({"n", "etag"}).
+    upload_id: Mapped[str | None] = mapped_column(String(255))
+    parts: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    replicated_at: Mapped[datetime | None]
+    version_id: Mapped[str | None] = mapped_column(String(255))
+    retain_until: Mapped[datetime | None]
+    legal_hold: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    __table_args__ = (
+        UniqueConstraint("kind", "subject", name="uq_replication_queue_kind_subject"),
+        Index("ix_replication_queue_state_next", "state", "next_attempt_at"),
+    )
 
 
 class Approval(Base):
