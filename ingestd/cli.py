@@ -17,20 +17,21 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from rich.console import Console
 
 from drivers.base import DriverError
-from ingestd import schema
+from ingestd import replication, schema
 from ingestd.config import Config, ConfigError, check_for_run, load_config, resolve_config_path
-from ingestd.daemon import Daemon, ingest_settings
+from ingestd.daemon import Daemon, ingest_settings, lock_state
 from ingestd.demo import run_demo
 from ingestd.errors import IngestdError
 from ingestd.evidence.verify_bag import load_trusted_keys
 from ingestd.importer import run_import
 from ingestd.logging import configure_logging
+from ingestd.replicator import Replicator
 from ingestd.services import Services
 from ingestd.session import SessionSummary
 from store import crashpoints
 from store.catalog import Catalog
 from store.errors import StoreError
-from store.models import SessionState
+from store.models import ReplicationState, SessionState
 from store.signing import Signer, SigningKeyError, key_id
 from store.types import utcnow
 from store.vault import CheckReport, Vault, VaultError, VaultIntegrityError
@@ -281,6 +282,65 @@ def vault_check(config_path: Path | None, as_json: bool) -> None:
         f"{report.probe_retain_until.isoformat()}: its delete was refused ({report.delete_refused}), "
         f"shortening its retention was refused ({report.shorten_refused})"
     )
+
+
+class ReplicationIncompleteError(IngestdError):
+    """`ingestd replicate --once` left items that are not replicated and verified in the vault."""
+
+    template = "replication incomplete: {detail}"
+    exit_code = 56
+
+
+@cli.command()
+@config_option
+@click.option(
+    "--once", is_flag=True, help="Drain the queue once and exit (the daemon replicates continuously)."
+)
+@json_option
+def replicate(config_path: Path | None, once: bool, as_json: bool) -> None:
+    """Send every queued object to the vault, confirm each from the server, and exit."""
+    if not once:
+        raise click.UsageError("only --once is supported: `ingestd run` replicates continuously")
+    config = load(config_path)
+    where = resolve_config_path(config_path) or "(built-in defaults)"
+    if not config.vault.enabled:
+        raise ConfigError(path=where, detail="vault.enabled is false: there is no vault to replicate to")
+    settings = config.vault.settings(where)
+    lock_fd = lock_state(config.daemon.state_dir)  # the daemon's own replicator must not run beside us
+    try:
+        services = Services.open(config, migrate=False, cameras=False)
+        try:
+            replicator = Replicator(services, Vault(settings))
+            replicator.backfill()
+            result = replicator.drain(ignore_backoff=True)
+            services.audit.checkpoint(services.catalog)
+            with services.catalog.transaction() as session:
+                queue = replication.summary(session)
+        finally:
+            services.close()
+    finally:
+        os.close(lock_fd)
+    left = sum(count for state, count in queue.counts.items() if state != ReplicationState.REPLICATED)
+    if as_json:
+        print_json(
+            {
+                "replicated_now": result.replicated,
+                "failed_now": result.failed,
+                "locks_changed": result.locks_changed,
+                "counts": queue.counts,
+                "last_error": queue.last_error,
+                "complete": left == 0,
+            }
+        )
+    else:
+        click.echo(
+            f"replicated {result.replicated} now, {queue.counts[ReplicationState.REPLICATED]} in all; "
+            f"{left} not replicated; {result.locks_changed} lock change(s) pushed"
+        )
+    if left:
+        raise ReplicationIncompleteError(
+            detail=f"{left} item(s) not replicated and verified; last error: {queue.last_error or '-'}"
+        )
 
 
 def vault_check_dict(report: CheckReport) -> dict[str, object]:

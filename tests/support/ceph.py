@@ -163,6 +163,17 @@ rgw dns name = 127.0.0.1
         self._wait(self._rgw_answers, "radosgw")
         self.user = self._create_user("ingestd-station")
 
+    def kill_rgw(self) -> None:
+        """SIGKILL radosgw (its own pid), as a crash or a power cut of the vault's gateway would."""
+        process = self.processes.pop("radosgw")
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+    def start_rgw(self) -> None:
+        """Start radosgw again on the same port; the OSD kept every object and open upload."""
+        self._daemon("radosgw", "-n", "client.rgw")
+        self._wait(self._rgw_answers, "radosgw")
+
     def _rgw_answers(self) -> bool:
         try:
             with socket.create_connection(("127.0.0.1", self.rgw_port), timeout=1):

@@ -210,8 +210,10 @@ def test_an_enabled_vault_needs_its_endpoint_and_a_valid_bucket(tmp_path: Path) 
         load_config(write(tmp_path, VAULT))
     complete = "[vault]\nenabled = true\nendpoint = 'https://s3.example.org'\nbucket = 'evidence'\n"
     complete += "access_key_id = 'station-7'\n"
-    with pytest.raises(ConfigError, match=r"vault: .*the replicator, which this release does not have"):
-        load_config(write(tmp_path, complete))
+    enabled = load_config(write(tmp_path, complete)).vault
+    assert (enabled.enabled, enabled.concurrency, enabled.replication_deadline_hours) == (True, 2, 24)
+    with pytest.raises(ConfigError, match=r"vault\.part_size_mib: .*greater than or equal to 5"):
+        load_config(write(tmp_path, complete + "part_size_mib = 4\n"))
     with pytest.raises(ConfigError, match=r"vault\.bucket: .*not an S3 bucket name"):
         load_config(write(tmp_path, "[vault]\nbucket = 'Evidence_Bucket'\n"))
     assert Config().vault.enabled is False

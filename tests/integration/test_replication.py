@@ -1,0 +1,531 @@
+"""The replication queue (SQLite and PostgreSQL) and the replicator against a real single-node Ceph.
+
+What the vault holds is asked of the server through a plain boto3 client with the station's own
+credentials; radosgw and `ingestd replicate` are killed for real (SIGKILL by their own pid).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import sqlalchemy.exc
+from botocore.exceptions import ClientError
+from sqlalchemy import select, text
+
+from drivers.mp4 import write_mp4
+from ingestd import jobs, operations, replication, schema
+from ingestd.config import Config
+from ingestd.importer import run_import
+from ingestd.policies.retention import RetentionRules, add_months
+from ingestd.replicator import Replicator
+from ingestd.services import Services
+from ingestd.session import IngestSettings
+from store.audit import Actor, Role
+from store.catalog import Catalog
+from store.models import (
+    AuditEvent,
+    Flag,
+    FlagKind,
+    Recording,
+    ReplicationItem,
+    ReplicationKind,
+    ReplicationState,
+    RetentionClass,
+    StoredObject,
+)
+from store.vault import COMPLIANCE, S3_MIN_PART_SIZE, Vault, object_key
+from tests.support import records as seed
+from tests.support.ceph import CephCluster, free_port
+from tests.support.objectstore import unseal_tree
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.client import S3Client
+
+REPO = Path(__file__).resolve().parents[2]
+NOW = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
+PART_MIB = S3_MIN_PART_SIZE // (1024 * 1024)
+
+
+# -- the queue, on both catalog backends ----------------------------------------------------------
+
+
+def test_enqueue_is_idempotent_and_backfill_queues_only_live_unqueued_objects(catalog: Catalog) -> None:
+    with catalog.transaction() as session:
+        first = seed.stored_object(session, seed.payload("a"), stored_at=NOW)
+        second = seed.stored_object(session, seed.payload("b"), stored_at=NOW + timedelta(seconds=1))
+        gone = seed.stored_object(session, seed.payload("c"), stored_at=NOW)
+        gone.removed_at = NOW
+        assert replication.enqueue_object(session, blake3=first.blake3, size=first.size, now=NOW) is True
+        assert replication.enqueue_object(session, blake3=first.blake3, size=first.size, now=NOW) is False
+    with catalog.transaction() as session:
+        assert replication.backfill(session, NOW) == 1
+        assert replication.backfill(session, NOW) == 0
+    with catalog.transaction() as session:
+        rows = session.scalars(select(ReplicationItem).order_by(ReplicationItem.id)).all()
+        assert [(r.subject, r.state, r.attempts, r.parts) for r in rows] == [
+            (first.blake3, ReplicationState.PENDING, 0, []),
+            (second.blake3, ReplicationState.PENDING, 0, []),
+        ]
+        assert all(r.kind is ReplicationKind.OBJECT for r in rows)
+
+
+def test_due_skips_items_backing_off_and_the_summary_counts_states(catalog: Catalog) -> None:
+    with catalog.transaction() as session:
+        for name in ("a", "b", "c"):
+            row = seed.stored_object(session, seed.payload(name), stored_at=NOW)
+            replication.enqueue_object(session, blake3=row.blake3, size=row.size, now=NOW)
+        a, b, c = session.scalars(select(ReplicationItem).order_by(ReplicationItem.id)).all()
+        b.state, b.attempts, b.last_error = ReplicationState.FAILED, 3, "vault endpoint is unreachable"
+        b.next_attempt_at = NOW + replication.backoff(3, timedelta(seconds=30))
+        c.state, c.replicated_at = ReplicationState.REPLICATED, NOW
+    assert replication.backoff(3, timedelta(seconds=30)) == timedelta(minutes=2)
+    assert replication.backoff(30, timedelta(seconds=30)) == replication.MAX_BACKOFF
+    with catalog.transaction() as session:
+        assert [i.id for i in replication.due(session, NOW, limit=10)] == [a.id]
+        assert [i.id for i in replication.due(session, NOW, limit=10, ignore_backoff=True)] == [a.id, b.id]
+        assert [i.id for i in replication.due(session, NOW + timedelta(minutes=2), limit=10)] == [a.id, b.id]
+        summary = replication.summary(session)
+    assert summary.counts == {"pending": 1, "uploading": 0, "replicated": 1, "failed": 1}
+    assert summary.oldest_pending_at == NOW
+    assert summary.last_error == "vault endpoint is unreachable"
+    assert summary.replicated_bytes == 4096
+
+
+def test_the_job_raises_one_unreplicated_flag_per_object_past_the_deadline(catalog: Catalog) -> None:
+    config = Config.model_validate({"vault": {"replication_deadline_hours": 24}})
+    with catalog.transaction() as session:
+        for name, queued in (("late", NOW - timedelta(hours=25)), ("fresh", NOW - timedelta(hours=2))):
+            row = seed.stored_object(session, seed.payload(name), stored_at=queued)
+            replication.enqueue_object(session, blake3=row.blake3, size=row.size, now=queued)
+        late = seed.stored_object(session, seed.payload("late"), stored_at=NOW).blake3
+    fresh = jobs.evaluate_unreplicated_objects(catalog, config, NOW)
+    assert [(flag.kind, flag.dedup_key) for flag in fresh] == [("unreplicated", f"unreplicated:{late}")]
+    assert jobs.evaluate_unreplicated_objects(catalog, config, NOW + timedelta(hours=1)) == []
+    with catalog.transaction() as session:
+        assert session.scalars(select(Flag.kind)).all() == [FlagKind.UNREPLICATED]
+
+
+def test_the_migrated_schema_accepts_the_unreplicated_flag_and_still_refuses_unknown_kinds(
+    empty_database_url: str,
+) -> None:
+    catalog = Catalog.open(empty_database_url)
+    try:
+        schema.upgrade(catalog.engine)
+        with catalog.transaction() as session:
+            session.add(
+                Flag(kind=FlagKind.UNREPLICATED, dedup_key="unreplicated:x", raised_at=NOW, details={})
+            )
+        # A raw insert, past the ORM, as someone writing the catalog directly would.
+        with (
+            pytest.raises(sqlalchemy.exc.IntegrityError, match=r"(?i)check"),
+            catalog.transaction() as session,
+        ):
+            session.execute(
+                text(
+                    "INSERT INTO flags (kind, status, dedup_key, raised_at, details) "
+                    "VALUES ('made-up', 'open', 'k', :at, '{}')"
+                ),
+                {"at": NOW.replace(tzinfo=None)},
+            )
+    finally:
+        catalog.close()
+
+
+def test_the_wanted_lock_is_the_latest_date_and_a_hold_for_held_or_long_term(catalog: Catalog) -> None:
+    rules = RetentionRules()
+    with catalog.transaction() as session:
+        officer = seed.officer(session, "000123", "张三")
+        cam = seed.camera(session, "ZFY0001", assigned=officer, first_seen_at=NOW)
+        obj = seed.stored_object(session, seed.payload("x"), stored_at=NOW)
+        routine = seed.recording(session, cam, obj, recorded_at=NOW, ingested_at=NOW)
+        lock = replication.wanted_lock_for(session, obj.blake3, rules)
+        assert lock == replication.WantedLock(add_months(NOW, 6), legal_hold=False)
+        assert replication.whole_second_after(NOW + timedelta(microseconds=1)) == NOW + timedelta(seconds=1)
+        seed.recording(
+            session, cam, obj, recorded_at=NOW, ingested_at=NOW, retention_class=RetentionClass.STANDARD
+        )
+        assert replication.wanted_lock_for(session, obj.blake3, rules).retain_until == add_months(NOW, 36)
+        routine.legal_hold = True
+        assert replication.wanted_lock_for(session, obj.blake3, rules).legal_hold is True
+        routine.legal_hold = False
+        routine.retention_tags = ["evidence"]  # long-term: held, dated as standard
+        assert replication.wanted_lock_for(session, obj.blake3, rules) == replication.WantedLock(
+            add_months(NOW, 36), legal_hold=True
+        )
+
+
+# -- the replicator against Ceph --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bucket(ceph_cluster: CephCluster) -> str:
+    return ceph_cluster.create_bucket(object_lock=True)
+
+
+@pytest.fixture
+def s3(ceph_cluster: CephCluster) -> S3Client:
+    return ceph_cluster.client()
+
+
+def secret_file(directory: Path, secret: str) -> Path:
+    path = directory / "vault-secret"
+    path.write_text(secret + "\n", encoding="ascii")
+    path.chmod(0o600)
+    return path
+
+
+def station_config(tmp_path: Path, cluster: CephCluster, bucket: str, **vault: Any) -> dict[str, Any]:
+    assert cluster.user is not None
+    return {
+        "daemon": {"state_dir": str(tmp_path / "state")},
+        "catalog": {"url": f"sqlite:///{tmp_path / 'state' / 'catalog.db'}"},
+        "store": {"root": str(tmp_path / "store")},
+        "vault": {
+            "enabled": True,
+            "endpoint": cluster.endpoint,
+            "bucket": bucket,
+            "access_key_id": cluster.user.access_key_id,
+            "secret_access_key_file": str(secret_file(tmp_path, cluster.user.secret_access_key)),
+            "part_size_mib": PART_MIB,
+            "retry_initial_seconds": 60,
+            **vault,
+        },
+    }
+
+
+@pytest.fixture
+def station(tmp_path: Path, ceph_cluster: CephCluster, bucket: str) -> Iterator[Services]:
+    opened = Services.open(Config.model_validate(station_config(tmp_path, ceph_cluster, bucket)))
+    try:
+        yield opened
+    finally:
+        opened.close()
+        unseal_tree(tmp_path)
+
+
+def replicator_for(services: Services, **settings: Any) -> Replicator:
+    vault_settings = services.config.vault.settings("test config")
+    if settings:
+        vault_settings = replace(vault_settings, **settings)
+    return Replicator(services, Vault(vault_settings))
+
+
+def ingest(services: Services, tmp_path: Path, sizes: list[int], *, serial: str = "ZFY0200") -> list[str]:
+    """Ingest a card of recordings of these payload sizes; returns their BLAKE3 digests."""
+    card = tmp_path / f"card-{serial}-{len(sizes)}"
+    card.mkdir()
+    for index, size in enumerate(sizes):
+        write_mp4(
+            card / f"V{index:03d}.MP4",
+            created_at=datetime.now(UTC) - timedelta(hours=1, minutes=index),
+            payload_size=size,
+            duration_s=30,
+        )
+    summary = run_import(
+        services,
+        card,
+        device_id=serial,
+        officer_no=None,
+        settings=IngestSettings(),
+        clock=lambda: datetime.now(UTC),
+    )
+    assert summary.files == len(sizes), summary
+    with services.catalog.transaction() as session:
+        return list(
+            session.scalars(
+                select(Recording.blake3).where(Recording.original_path.like("V%")).order_by(Recording.id)
+            ).all()
+        )
+
+
+def queue(services: Services) -> dict[str, ReplicationItem]:
+    with services.catalog.transaction() as session:
+        return {row.subject: row for row in session.scalars(select(ReplicationItem)).all()}
+
+
+def versions(s3: S3Client, bucket: str, key: str) -> list[str]:
+    listed = s3.list_object_versions(Bucket=bucket, Prefix=key)
+    return [version.get("VersionId", "") for version in listed.get("Versions", [])]
+
+
+def open_uploads(s3: S3Client, bucket: str, key: str) -> list[str]:
+    uploads = s3.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads", [])
+    return [upload.get("UploadId", "") for upload in uploads]
+
+
+def test_an_ingested_object_is_queued_in_its_commit_then_replicated_locked_and_audited(
+    station: Services, s3: S3Client, bucket: str, tmp_path: Path
+) -> None:
+    digests = ingest(station, tmp_path, [3000, 5000])
+    rows = queue(station)
+    assert set(rows) == set(digests)
+    assert {row.state for row in rows.values()} == {ReplicationState.PENDING}
+
+    result = replicator_for(station).drain()
+    assert (result.replicated, result.failed) == (2, 0)
+    rows = queue(station)
+    with station.catalog.transaction() as session:
+        stored = {o.blake3: o for o in session.scalars(select(StoredObject)).all()}
+        events = session.scalars(select(AuditEvent).where(AuditEvent.action == "vault.replicate")).all()
+    assert sorted(e.subject for e in events) == sorted(f"object:{d}" for d in digests)
+    for digest in digests:
+        row = rows[digest]
+        assert row.state is ReplicationState.REPLICATED
+        head = s3.head_object(Bucket=bucket, Key=object_key(digest))
+        assert head.get("ObjectLockMode") == COMPLIANCE
+        assert head["ContentLength"] == stored[digest].size
+        assert head["Metadata"]["sha256"] == stored[digest].sha256
+        assert head.get("ObjectLockRetainUntilDate") == row.retain_until
+        assert row.retain_until is not None
+        assert row.retain_until == replication.whole_second_after(add_months(stored[digest].stored_at, 6))
+        assert row.version_id == head.get("VersionId")
+        with pytest.raises(ClientError) as refused:
+            s3.delete_object(Bucket=bucket, Key=object_key(digest), VersionId=row.version_id or "")
+        assert refused.value.response.get("Error", {}).get("Code") == "AccessDenied"
+    # A second pass has nothing to send.
+    assert replicator_for(station).drain() == type(result)(0, 0, 0)
+
+
+def test_hold_release_and_a_rising_class_change_the_vault_lock_and_a_downgrade_does_not(
+    station: Services, s3: S3Client, bucket: str, tmp_path: Path
+) -> None:
+    (digest,) = ingest(station, tmp_path, [4000], serial="ZFY0201")
+    replicator = replicator_for(station)
+    replicator.drain()
+    key = object_key(digest)
+    with station.catalog.transaction() as session:
+        recording_id = session.scalars(select(Recording.id).where(Recording.blake3 == digest)).one()
+        ingested_at = session.scalars(select(Recording.ingested_at).where(Recording.id == recording_id)).one()
+    now = datetime.now(UTC)
+
+    with station.catalog.transaction() as session:
+        operations.hold(
+            session,
+            station.audit,
+            actor=seed.CLERK,
+            now=now,
+            reason="complaint",
+            recording_ids=[recording_id],
+        )
+    assert replicator.sync_locks() == 1
+    assert s3.get_object_legal_hold(Bucket=bucket, Key=key)["LegalHold"] == {"Status": "ON"}
+
+    with station.catalog.transaction() as session:
+        operations.release(
+            session, station.audit, actor=seed.CLERK, now=now, reason="closed", recording_ids=[recording_id]
+        )
+        operations.tag(
+            session,
+            station.audit,
+            actor=seed.CLERK,
+            now=now,
+            retention=station.config.retention,
+            recording_ids=[recording_id],
+            retention_class=RetentionClass.STANDARD,
+        )
+    assert replicator.sync_locks() == 1
+    assert s3.get_object_legal_hold(Bucket=bucket, Key=key)["LegalHold"] == {"Status": "OFF"}
+    three_years = replication.whole_second_after(add_months(ingested_at, 36))
+    assert s3.head_object(Bucket=bucket, Key=key).get("ObjectLockRetainUntilDate") == three_years
+
+    # Back to routine: compliance mode keeps the vault copy until its date; nothing is pushed.
+    approver = Actor(user="wang.approver", uid=1002, role=Role.APPROVER, source="ctl:uid=1002")
+    with station.catalog.transaction() as session:
+        operations.tag(
+            session,
+            station.audit,
+            actor=approver,
+            now=now,
+            retention=station.config.retention,
+            recording_ids=[recording_id],
+            retention_class=RetentionClass.ROUTINE,
+        )
+    assert replicator.sync_locks() == 0
+    assert s3.head_object(Bucket=bucket, Key=key).get("ObjectLockRetainUntilDate") == three_years
+    with station.catalog.transaction() as session:
+        actions = session.scalars(
+            select(AuditEvent.details).where(AuditEvent.action == "vault.lock").order_by(AuditEvent.seq)
+        ).all()
+    assert [sorted(details) for details in actions] == [
+        ["bucket", "legal_hold"],
+        ["bucket", "legal_hold", "retain_until"],
+    ]
+
+
+def test_an_unreachable_vault_fails_the_item_for_a_later_retry_and_ingest_goes_on(
+    tmp_path: Path, ceph_cluster: CephCluster, bucket: str
+) -> None:
+    config = station_config(tmp_path, ceph_cluster, bucket, endpoint=f"http://127.0.0.1:{free_port()}")
+    services = Services.open(Config.model_validate(config))
+    try:
+        (first,) = ingest(services, tmp_path, [2000], serial="ZFY0202")
+        result = replicator_for(services, max_attempts=1, connect_timeout=2.0).drain()
+        assert (result.replicated, result.failed) == (0, 1)
+        row = queue(services)[first]
+        assert row.state is ReplicationState.FAILED
+        assert row.attempts == 1
+        assert "is unreachable" in (row.last_error or "")
+        assert row.next_attempt_at > datetime.now(UTC) + timedelta(seconds=30)
+        # Docking goes on: the next card is ingested and queued as if the vault were there.
+        second = ingest(services, tmp_path, [2100], serial="ZFY0203")
+        assert queue(services)[second[-1]].state is ReplicationState.PENDING
+        # Backing off: the failed item is not due again yet.
+        with services.catalog.transaction() as session:
+            assert [i.subject for i in replication.due(session, datetime.now(UTC), limit=10)] == [second[-1]]
+    finally:
+        services.close()
+        unseal_tree(tmp_path)
+
+
+def test_radosgw_killed_mid_upload_then_restarted_resumes_the_parts_and_stores_the_object_once(
+    station: Services, ceph_cluster: CephCluster, s3: S3Client, bucket: str, tmp_path: Path
+) -> None:
+    (digest,) = ingest(station, tmp_path, [3 * S3_MIN_PART_SIZE + 4321], serial="ZFY0204")
+    key = object_key(digest)
+    replicator = replicator_for(station, max_attempts=1, connect_timeout=2.0)
+    sent: list[int] = []
+
+    def kill_after_first_part(**_: object) -> None:
+        sent.append(1)
+        if len(sent) == 1:
+            ceph_cluster.kill_rgw()
+
+    replicator.vault.client.meta.events.register("after-call.s3.UploadPart", kill_after_first_part)
+    try:
+        result = replicator.drain()
+    finally:
+        if "radosgw" not in ceph_cluster.processes:
+            ceph_cluster.start_rgw()
+    assert (result.replicated, result.failed) == (0, 1)
+    row = queue(station)[digest]
+    assert row.state is ReplicationState.FAILED
+    assert row.upload_id is not None
+    assert [part["n"] for part in row.parts] == [1]
+    assert open_uploads(s3, bucket, key) == [row.upload_id]
+
+    resumed = replicator_for(station)
+    parts_sent: list[int] = []
+    resumed.vault.client.meta.events.register(
+        "before-parameter-build.s3.UploadPart", lambda params, **_: parts_sent.append(params["PartNumber"])
+    )
+    result = resumed.drain(ignore_backoff=True)
+    assert (result.replicated, result.failed) == (1, 0)
+    assert parts_sent == [2, 3, 4]  # part 1 was already on the server with the same MD5
+    row = queue(station)[digest]
+    assert (row.state, row.upload_id, row.parts) == (ReplicationState.REPLICATED, None, [])
+    assert len(versions(s3, bucket, key)) == 1
+    assert open_uploads(s3, bucket, key) == []
+    head = s3.head_object(Bucket=bucket, Key=key)
+    assert head["ETag"].strip('"').endswith("-4")
+    assert head.get("ObjectLockMode") == COMPLIANCE
+    with station.catalog.transaction() as session:
+        stored = session.get(StoredObject, digest)
+        assert stored is not None
+        sha256, size = stored.sha256, stored.size
+    assert sum(len(c) for c in resumed.vault.stream(digest, sha256_hex=sha256, size=size)) == size
+
+
+def ingestd(config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from ingestd.cli import main; main()", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def write_toml(tmp_path: Path, config: dict[str, Any]) -> Path:
+    lines: list[str] = []
+    for section, values in config.items():
+        lines.append(f"[{section}]")
+        for name, value in values.items():
+            rendered = str(value).lower() if isinstance(value, bool) else repr(value)
+            lines.append(f"{name} = {rendered}".replace("'", '"'))
+    path = tmp_path / "config.toml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_replicate_once_killed_with_sigkill_mid_upload_resumes_and_exits_0_when_all_is_verified(
+    station: Services, s3: S3Client, bucket: str, tmp_path: Path, ceph_cluster: CephCluster
+) -> None:
+    digests = ingest(station, tmp_path, [2 * S3_MIN_PART_SIZE + 99, 1500], serial="ZFY0205")
+    large = digests[0]
+    config = write_toml(tmp_path, station_config(tmp_path, ceph_cluster, bucket, concurrency=1))
+
+    killed = ingestd(config, "replicate", "--once", env={"INGESTD_CRASH_AT": "vault-part:1"})
+    assert killed.returncode == -9, killed.stderr
+    row = queue(station)[large]
+    assert row.state is ReplicationState.UPLOADING  # the process died holding it
+    assert row.upload_id is not None
+    assert [part["n"] for part in row.parts] == [1]
+
+    done = ingestd(config, "replicate", "--once")
+    assert done.returncode == 0, done.stderr
+    assert "0 not replicated" in done.stdout
+    for digest in digests:
+        key = object_key(digest)
+        assert len(versions(s3, bucket, key)) == 1
+        assert open_uploads(s3, bucket, key) == []
+        assert s3.head_object(Bucket=bucket, Key=key).get("ObjectLockMode") == COMPLIANCE
+    assert {row.state for row in queue(station).values()} == {ReplicationState.REPLICATED}
+    verify = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from ingestd.ctl import main; main()",
+            "verify",
+            "--objects",
+            "--config",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_replicate_once_exits_56_with_one_line_while_items_are_left(
+    tmp_path: Path, ceph_cluster: CephCluster, bucket: str
+) -> None:
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    config_data = station_config(tmp_path, ceph_cluster, bucket, endpoint=endpoint)
+    services = Services.open(Config.model_validate(config_data))
+    try:
+        ingest(services, tmp_path, [1000], serial="ZFY0206")
+    finally:
+        services.close()
+    done = ingestd(write_toml(tmp_path, config_data), "replicate", "--once")
+    assert done.returncode == 56, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert "Traceback" not in done.stderr
+    assert lines[-1].startswith("ingestd: error: replication incomplete: 1 item(s) not replicated")
+    assert f"vault endpoint {endpoint} is unreachable" in lines[-1]
+    assert "1 not replicated" in done.stdout
+    unseal_tree(tmp_path)
+
+
+def test_replicate_needs_once_and_an_enabled_vault(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("[vault]\nenabled = false\n", encoding="utf-8")
+    usage = ingestd(config, "replicate")
+    assert usage.returncode == 2
+    assert "only --once is supported" in usage.stderr
+    disabled = ingestd(config, "replicate", "--once")
+    assert disabled.returncode == 78
+    assert "vault.enabled is false" in disabled.stderr
+    assert len(disabled.stderr.strip().splitlines()) == 1
