@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
@@ -151,10 +152,16 @@ class QueueSummary:
     last_error: str | None
     last_error_subject: str | None
     replicated_bytes: int
+    # Bytes replicated within the last THROUGHPUT_WINDOW, per second of that window.
+    recent_bytes_per_s: float
 
 
-def summary(session: Session) -> QueueSummary:
-    """Counts per state, the oldest item not yet replicated, and the most recent error."""
+THROUGHPUT_WINDOW = timedelta(hours=1)
+
+
+def summary(session: Session, now: datetime | None = None) -> QueueSummary:
+    """Counts per state, the oldest item not yet replicated, the most recent error, and (with `now`)
+    the rate over the last hour, all from the catalog, so every reader agrees."""
     counts = Counter({state.value: 0 for state in ReplicationState})
     for state, count in session.execute(
         select(ReplicationItem.state, func.count()).group_by(ReplicationItem.state)
@@ -176,10 +183,53 @@ def summary(session: Session) -> QueueSummary:
             ReplicationItem.state == ReplicationState.REPLICATED
         )
     )
+    recent = 0
+    if now is not None:
+        recent = (
+            session.scalar(
+                select(func.coalesce(func.sum(ReplicationItem.size), 0)).where(
+                    ReplicationItem.state == ReplicationState.REPLICATED,
+                    ReplicationItem.replicated_at > now - THROUGHPUT_WINDOW,
+                )
+            )
+            or 0
+        )
     return QueueSummary(
         counts=dict(counts),
         oldest_pending_at=oldest,
         last_error=failing[0] if failing else None,
         last_error_subject=failing[1] if failing else None,
         replicated_bytes=int(replicated_bytes or 0),
+        recent_bytes_per_s=int(recent) / THROUGHPUT_WINDOW.total_seconds(),
     )
+
+
+def view(session: Session, *, enabled: bool, bucket: str, endpoint: str, now: datetime) -> dict[str, Any]:
+    """What `ingestctl replication` shows, as JSON-safe values."""
+    queued = summary(session, now)
+    oldest = queued.oldest_pending_at
+    return {
+        "enabled": enabled,
+        "bucket": bucket or None,
+        "endpoint": endpoint or None,
+        "counts": queued.counts,
+        "oldest_pending_at": oldest.isoformat() if oldest else None,
+        "oldest_pending_age_s": (now - oldest).total_seconds() if oldest else None,
+        "replicated_bytes": queued.replicated_bytes,
+        "bytes_per_s_last_hour": queued.recent_bytes_per_s,
+        "last_error": queued.last_error,
+        "last_error_subject": queued.last_error_subject,
+    }
+
+
+def vault_states(session: Session, digests: Iterable[str]) -> dict[str, str]:
+    """Each object's replication state by BLAKE3 (absent: not queued)."""
+    wanted = set(digests)
+    if not wanted:
+        return {}
+    rows = session.execute(
+        select(ReplicationItem.subject, ReplicationItem.state).where(
+            ReplicationItem.kind == ReplicationKind.OBJECT, ReplicationItem.subject.in_(wanted)
+        )
+    ).all()
+    return {subject: ReplicationState(state).value for subject, state in rows}

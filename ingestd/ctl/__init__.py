@@ -123,6 +123,7 @@ ctl.add_command(ctl_read.cameras)
 ctl.add_command(ctl_read.officers)
 ctl.add_command(ctl_read.footage)
 ctl.add_command(ctl_read.audit)
+ctl.add_command(ctl_read.replication_command, name="replication")
 
 
 def main() -> None:

@@ -36,6 +36,7 @@ from rich.text import Text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
+from ingestd import replication
 from ingestd.cli import config_option, json_option, load, print_json
 from ingestd.config import Config
 from ingestd.control import queries
@@ -73,6 +74,7 @@ DIRECT_READS: dict[str, frozenset[Role]] = {
     "cameras": EVERYONE,
     "officers": EVERYONE,
     "audit": frozenset({Role.ADMIN, Role.AUDITOR}),
+    "replication": EVERYONE,
 }
 
 
@@ -124,6 +126,11 @@ def _direct(
                 result = queries.cameras(session, args)
             elif command == "officers":
                 result = queries.officers(session, args)
+            elif command == "replication":
+                vault = config.vault
+                result = replication.view(
+                    session, enabled=vault.enabled, bucket=vault.bucket, endpoint=vault.endpoint, now=utcnow()
+                )
             else:
                 result = queries.audit_events(session, args, zone=zone)
     except OperationalError as error:
@@ -361,6 +368,43 @@ def cameras(config_path: Path | None, serial: str | None, unit: str | None, as_j
             )
         )
     console().print(table("Cameras", columns, rows, empty="-"))
+
+
+@click.command()
+@config_option
+@json_option
+def replication_command(config_path: Path | None, as_json: bool) -> None:
+    """Replication to the vault: items per state, oldest pending, throughput, last error, bucket."""
+    config = load(config_path)
+    zone = ZoneInfo(config.deadlines.timezone)
+    result = request(config, "replication", {})
+    if as_json:
+        print_json(result)
+        return
+    counts = result["counts"]
+    age = result["oldest_pending_age_s"]
+    console().print(
+        styled(
+            ("vault: ", "bold"),
+            f"{result['bucket'] or '-'} at {result['endpoint'] or '-'}"
+            + ("" if result["enabled"] else " (vault.enabled is false: nothing replicates)"),
+            "\n",
+            ("items: ", "bold"),
+            ", ".join(
+                f"{state} {counts[state]}" for state in ("replicated", "pending", "uploading", "failed")
+            ),
+            "\n",
+            ("oldest not replicated: ", "bold"),
+            f"{_local(result['oldest_pending_at'], zone)} ({_eta(age)} ago)" if age is not None else "none",
+            "\n",
+            ("throughput (last hour): ", "bold"),
+            f"{_size(int(result['bytes_per_s_last_hour']))}/s; "
+            f"{_size(result['replicated_bytes'])} replicated in all",
+            "\n",
+            ("last error: ", "bold"),
+            f"{result['last_error_subject']}: {result['last_error']}" if result["last_error"] else "none",
+        )
+    )
 
 
 @click.command()

@@ -6,6 +6,7 @@ credentials; radosgw and `ingestd replicate` are killed for real (SIGKILL by the
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy.exc
@@ -23,6 +25,7 @@ from sqlalchemy import select, text
 from drivers.mp4 import write_mp4
 from ingestd import jobs, operations, replication, schema
 from ingestd.config import Config
+from ingestd.control import metrics, queries
 from ingestd.importer import run_import
 from ingestd.policies.retention import RetentionRules, add_months
 from ingestd.replicator import Replicator
@@ -111,6 +114,35 @@ def test_the_job_raises_one_unreplicated_flag_per_object_past_the_deadline(catal
     assert jobs.evaluate_unreplicated_objects(catalog, config, NOW + timedelta(hours=1)) == []
     with catalog.transaction() as session:
         assert session.scalars(select(Flag.kind)).all() == [FlagKind.UNREPLICATED]
+
+
+def test_the_view_footage_and_metrics_show_the_queue_from_the_catalog(catalog: Catalog) -> None:
+    with catalog.transaction() as session:
+        officer = seed.officer(session, "000123", "张三")
+        cam = seed.camera(session, "ZFY0001", assigned=officer, first_seen_at=NOW)
+        digests = []
+        for name, queued in (("a", NOW - timedelta(hours=3)), ("b", NOW - timedelta(hours=2)), ("c", NOW)):
+            row = seed.stored_object(session, seed.payload(name, 7200), stored_at=queued)
+            seed.recording(session, cam, row, recorded_at=queued, ingested_at=queued)
+            replication.enqueue_object(session, blake3=row.blake3, size=row.size, now=queued)
+            digests.append(row.blake3)
+        a, b, _c = session.scalars(select(ReplicationItem).order_by(ReplicationItem.id)).all()
+        a.state, a.replicated_at = ReplicationState.REPLICATED, NOW - timedelta(minutes=10)
+        b.state, b.last_error = ReplicationState.FAILED, "vault endpoint is unreachable"
+    with catalog.transaction() as session:
+        shown = replication.view(session, enabled=True, bucket="evidence", endpoint="https://s3", now=NOW)
+        listed = queries.footage(session, {}, zone=ZoneInfo("Asia/Shanghai"), role=Role.ADMIN)
+        text = metrics.render(session, free_bytes=None, now=NOW)
+    assert shown["counts"] == {"pending": 1, "uploading": 0, "replicated": 1, "failed": 1}
+    assert shown["oldest_pending_age_s"] == 2 * 3600
+    assert shown["bytes_per_s_last_hour"] == 7200 / 3600
+    assert (shown["last_error"], shown["last_error_subject"]) == ("vault endpoint is unreachable", digests[1])
+    assert (shown["bucket"], shown["enabled"]) == ("evidence", True)
+    vault = {item["blake3"]: item["vault"] for item in listed["recordings"]}
+    assert vault == {digests[0]: "replicated", digests[1]: "failed", digests[2]: "pending"}
+    assert 'ingestd_replication_items{state="failed"} 1' in text
+    assert "ingestd_replication_oldest_pending_age_seconds 7200" in text
+    assert "ingestd_replication_bytes_per_second 2" in text
 
 
 def test_the_migrated_schema_accepts_the_unreplicated_flag_and_still_refuses_unknown_kinds(
@@ -480,6 +512,31 @@ def test_replicate_once_killed_with_sigkill_mid_upload_resumes_and_exits_0_when_
         assert open_uploads(s3, bucket, key) == []
         assert s3.head_object(Bucket=bucket, Key=key).get("ObjectLockMode") == COMPLIANCE
     assert {row.state for row in queue(station).values()} == {ReplicationState.REPLICATED}
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from ingestd.ctl import main; main()",
+            "replication",
+            "--json",
+            "--config",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert shown.returncode == 0, shown.stderr
+    report = json.loads(shown.stdout)
+    assert report["counts"]["replicated"] == len(digests)
+    assert (report["bucket"], report["served_by"], report["oldest_pending_age_s"]) == (
+        bucket,
+        "catalog",
+        None,
+    )
+    assert report["bytes_per_s_last_hour"] > 0
     verify = subprocess.run(
         [
             sys.executable,
