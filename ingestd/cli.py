@@ -25,7 +25,7 @@ from ingestd.errors import IngestdError
 from ingestd.evidence.verify_bag import load_trusted_keys
 from ingestd.importer import run_import
 from ingestd.logging import configure_logging
-from ingestd.replicator import Replicator
+from ingestd.replicator import PassResult, Replicator
 from ingestd.services import Services
 from ingestd.session import SessionSummary
 from store import crashpoints
@@ -298,7 +298,7 @@ class ReplicationIncompleteError(IngestdError):
 )
 @json_option
 def replicate(config_path: Path | None, once: bool, as_json: bool) -> None:
-    """Send every queued object to the vault, confirm each from the server, and exit."""
+    """Send every queued object and audit segment to the vault, confirm each from the server, and exit."""
     if not once:
         raise click.UsageError("only --once is supported: `ingestd run` replicates continuously")
     config = load(config_path)
@@ -312,8 +312,15 @@ def replicate(config_path: Path | None, once: bool, as_json: bool) -> None:
         try:
             replicator = Replicator(services, Vault(settings))
             replicator.backfill()
-            result = replicator.drain(ignore_backoff=True)
+            objects = replicator.drain(ignore_backoff=True)
+            # Sign what this run appended, so the last segment of the chain is anchored too.
             services.audit.checkpoint(services.catalog)
+            anchored = replicator.drain(ignore_backoff=True)
+            result = PassResult(
+                objects.replicated + anchored.replicated,
+                objects.failed + anchored.failed,
+                objects.locks_changed + anchored.locks_changed,
+            )
             with services.catalog.transaction() as session:
                 queue = replication.summary(session)
         finally:

@@ -23,15 +23,16 @@ from datetime import datetime, timedelta
 import structlog
 from sqlalchemy import select
 
-from ingestd import replication
+from ingestd import audit_anchor, replication
 from ingestd.config import VaultConfig
+from ingestd.policies.retention import add_months
 from ingestd.services import Services
 from store.audit import Actor
 from store.crashpoints import Step, crash_point
 from store.errors import StoreError
 from store.models import ReplicationItem, ReplicationKind, ReplicationState, StoredObject
 from store.types import utcnow
-from store.vault import PartialUpload, Vault, VaultError, VaultObject, object_key
+from store.vault import PartialUpload, Vault, VaultError, VaultIntegrityError, VaultObject, object_key
 
 log = structlog.get_logger(__name__)
 
@@ -149,6 +150,7 @@ class Replicator:
         lock changes. Returns what happened; failures are recorded in the queue, not raised."""
         replicated = failed = 0
         seen: set[int] = set()
+        self.enqueue_audit()
         with ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="replicate") as pool:
             while not self.stop_event.is_set():
                 with self.services.catalog.transaction() as session:
@@ -175,11 +177,34 @@ class Replicator:
         """Send one item and confirm it; True when replicated, False when it failed (recorded), None
         when stopped (left resumable, no attempt counted)."""
         with self.services.catalog.transaction() as session:
+            kind = session.scalar(select(ReplicationItem.kind).where(ReplicationItem.id == item_id))
+        if kind is ReplicationKind.AUDIT:
+            return self._replicate_audit(item_id)
+        return self._replicate_object(item_id)
+
+    def _replicate_audit(self, item_id: int) -> bool | None:
+        problem = None
+        with self.services.catalog.transaction() as session:
             item = session.get(ReplicationItem, item_id)
             if item is None or item.state is ReplicationState.REPLICATED:
                 return None
-            if item.kind is not ReplicationKind.OBJECT:
-                return None  # audit segments are sent by their own path
+            item.state = ReplicationState.UPLOADING
+            item.attempts += 1
+            key, attempts = item.subject, item.attempts
+            try:
+                record = audit_anchor.render(session, self.services.audit, key)
+            except audit_anchor.AnchorError as error:
+                problem = str(error)
+        if problem is not None:
+            log.error("audit_anchor_failed", key=key, error=problem)
+            return self._failed(item_id, attempts, problem)
+        return self._replicate_record(item_id, key, record, attempts)
+
+    def _replicate_object(self, item_id: int) -> bool | None:
+        with self.services.catalog.transaction() as session:
+            item = session.get(ReplicationItem, item_id)
+            if item is None or item.state is ReplicationState.REPLICATED:
+                return None
             stored = session.get(StoredObject, item.subject)
             blake3, resume = item.subject, _resume(item)
             item.state = ReplicationState.UPLOADING
@@ -224,6 +249,34 @@ class Replicator:
         self._replicated(item_id, found)
         bound.info("replicated", size=size, version_id=found.version_id, retain_until=found.retain_until)
         return True
+
+    def _replicate_record(self, item_id: int, key: str, record: bytes, attempts: int) -> bool:
+        """Send one audit record, locked for the standard retention period from now."""
+        until = add_months(self.clock(), 12 * self.rules.standard_years)
+        try:
+            found = self.vault.put_record(key, record, retain_until=until)
+        except VaultIntegrityError as error:
+            # A record that differs from the vault's is a rewritten chain (or vault): loud, and kept failed.
+            log.error("audit_anchor_failed", key=key, error=str(error))  # noqa: TRY400 - the message is the story
+            return self._failed(item_id, attempts, str(error))
+        except VaultError as error:
+            log.warning("replication_failed", key=key, error=str(error), attempt=attempts)
+            return self._failed(item_id, attempts, str(error))
+        now = self.clock()
+        with self.services.catalog.transaction() as session:
+            item = session.get(ReplicationItem, item_id)
+            if item is not None:
+                item.state = ReplicationState.REPLICATED
+                item.size = len(record)
+                item.replicated_at = now
+                item.version_id = found.version_id
+                item.retain_until = found.retain_until
+                item.last_error = None
+        return True
+
+    def enqueue_audit(self) -> int:
+        with self.services.catalog.transaction() as session:
+            return audit_anchor.enqueue_audit(session, self.services.audit, self.clock())
 
     def _save_parts(self, item_id: int, partial: PartialUpload) -> None:
         with self.services.catalog.transaction() as session:

@@ -596,6 +596,60 @@ class Vault:
         if mismatch:
             raise VaultIntegrityError(**self._facts(), key=key, detail=f"read back as {mismatch}")
 
+    # -- records (the audit chain's segments and checkpoints) ----------------------------------------
+
+    def put_record(self, key: str, data: bytes, *, retain_until: datetime) -> VaultObject:
+        """Store a small record under `key`, locked in compliance mode, once. A record already there
+        must hold exactly these bytes (its SHA-256 is compared, then its bytes are read back): different
+        bytes under the same key mean one side was rewritten, a `VaultIntegrityError`."""
+        sha256_hex = hashlib.sha256(data).hexdigest()
+        until = _utc(retain_until)
+        existing = self._head_or_none(key)
+        if existing is None:
+            with self._s3(f"put {key}", key):
+                self.client.put_object(
+                    Bucket=self.settings.bucket,
+                    Key=key,
+                    Body=data,
+                    ContentMD5=_md5_b64(data),
+                    ContentLength=len(data),
+                    Metadata={"sha256": sha256_hex, "size": str(len(data))},
+                    ObjectLockMode=COMPLIANCE,
+                    ObjectLockRetainUntilDate=until,
+                )
+        stored = self.get_record(key)
+        if stored != data:
+            raise VaultIntegrityError(
+                **self._facts(),
+                key=key,
+                detail=f"the vault holds other bytes (sha256 {hashlib.sha256(stored).hexdigest()}) "
+                f"than the station's {sha256_hex}",
+            )
+        found = self._head_or_none(key)
+        if found is None or found.lock_mode != COMPLIANCE or found.retain_until is None:
+            raise VaultIntegrityError(
+                **self._facts(), key=key, detail="record is not locked in COMPLIANCE mode"
+            )
+        return found
+
+    def get_record(self, key: str) -> bytes:
+        with self._s3(f"read {key}", key):
+            body = self.client.get_object(Bucket=self.settings.bucket, Key=key)["Body"]
+            try:
+                return body.read()
+            finally:
+                body.close()
+
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every key under `prefix`, sorted."""
+        keys: list[str] = []
+        with self._s3(f"list {prefix}"):
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.settings.bucket, Prefix=prefix
+            ):
+                keys += [item["Key"] for item in page.get("Contents", []) if "Key" in item]
+        return sorted(keys)
+
     # -- check --------------------------------------------------------------------------------------
 
     def check(self, *, now: datetime, probe_retention: timedelta = timedelta(hours=1)) -> CheckReport:

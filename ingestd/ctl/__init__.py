@@ -10,13 +10,16 @@ import click
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
+from ingestd.audit_anchor import AnchorReport, verify_against_vault
 from ingestd.cli import config_option, load, run_cli, trusted_keys_option
+from ingestd.config import resolve_config_path
 from ingestd.ctl import evidence as ctl_evidence
 from ingestd.ctl import read as ctl_read
 from ingestd.ctl import records as ctl_records
 from ingestd.display import console, problem_line, styled
 from ingestd.services import Services
 from ingestd.verify import VerifyReport, verify_all
+from store.vault import Vault
 
 EXIT_PROBLEMS = 3
 
@@ -26,12 +29,25 @@ def ctl() -> None:
     """ingestctl: inspect and manage the ingest station."""
 
 
-def _print_report(report: VerifyReport, as_json: bool) -> None:
+def _anchor_dict(anchor: AnchorReport) -> dict[str, object]:
+    return {
+        "bucket": anchor.bucket,
+        "prefix": anchor.prefix,
+        "segments": anchor.segments,
+        "checkpoints": anchor.checkpoints,
+        "events_compared": anchor.events_compared,
+        "problems": [problem.as_dict() for problem in anchor.problems],
+    }
+
+
+def _print_report(report: VerifyReport, as_json: bool, anchor: AnchorReport | None = None) -> None:
+    clean = report.clean and (anchor is None or not anchor.problems)
     if as_json:
         click.echo(
             json.dumps(
                 {
-                    "clean": report.clean,
+                    "clean": clean,
+                    "vault": _anchor_dict(anchor) if anchor is not None else None,
                     "key_ids": report.key_ids,
                     "pinned": report.pinned,
                     "events_checked": report.events_checked,
@@ -48,7 +64,16 @@ def _print_report(report: VerifyReport, as_json: bool) -> None:
         out.print(
             problem_line(f"{problem.area} {problem.kind} {problem.subject}", problem.detail), highlight=False
         )
-    verdict = ("clean", "green") if report.clean else (f"{len(report.problems)} problem(s)", "red")
+    if anchor is not None:
+        for found in anchor.problems:
+            out.print(problem_line(f"vault {found.kind} {found.key}", found.detail), highlight=False)
+        out.print(
+            f"vault {anchor.bucket} {anchor.prefix}: {anchor.segments} segment(s), {anchor.checkpoints} "
+            f"checkpoint(s), {anchor.events_compared} anchored event(s) compared",
+            highlight=False,
+        )
+    count = len(report.problems) + (len(anchor.problems) if anchor is not None else 0)
+    verdict = ("clean", "green") if clean else (f"{count} problem(s)", "red")
     out.print(
         styled(
             f"audit events checked: {report.events_checked}; objects checked: {report.objects_checked}; "
@@ -63,12 +88,23 @@ def _print_report(report: VerifyReport, as_json: bool) -> None:
 @config_option
 @click.option("--objects", is_flag=True, help="Also re-hash every stored object (slow: reads the store).")
 @trusted_keys_option
+@click.option(
+    "--vault",
+    "against_vault",
+    is_flag=True,
+    help="Also compare the chain with its copy anchored in the vault.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 def verify(
-    config_path: Path | None, objects: bool, trusted_keys: list[Ed25519PublicKey], as_json: bool
+    config_path: Path | None,
+    objects: bool,
+    trusted_keys: list[Ed25519PublicKey],
+    against_vault: bool,
+    as_json: bool,
 ) -> None:
     """Verify the audit chain from genesis, its signed checkpoints, the catalog rows that carry custody
-    meaning against their events, and (--objects) every object.
+    meaning against their events, (--objects) every object, and (--vault) the chain against the
+    segments and checkpoints anchored in the vault.
 
     Exit 0 when everything verifies, 3 when any problem is found (each one is listed).
     """
@@ -92,10 +128,15 @@ def verify(
         else:
             report = verify_all(services, objects=objects, trusted_keys=trusted_keys)
         ctl_read.record_verify_outcome(services, report, objects=objects)  # for status and metrics
+        anchor = None
+        if against_vault:
+            vault = Vault(config.vault.settings(resolve_config_path(config_path) or "(built-in defaults)"))
+            with services.catalog.transaction() as session:
+                anchor = verify_against_vault(session, services.audit, vault)
     finally:
         services.close()
-    _print_report(report, as_json)
-    if not report.clean:
+    _print_report(report, as_json, anchor)
+    if not report.clean or (anchor is not None and anchor.problems):
         raise SystemExit(EXIT_PROBLEMS)
 
 

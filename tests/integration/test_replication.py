@@ -23,7 +23,7 @@ from botocore.exceptions import ClientError
 from sqlalchemy import select, text
 
 from drivers.mp4 import write_mp4
-from ingestd import jobs, operations, replication, schema
+from ingestd import audit_anchor, jobs, operations, replication, schema
 from ingestd.config import Config
 from ingestd.control import metrics, queries
 from ingestd.importer import run_import
@@ -46,6 +46,7 @@ from store.models import (
 )
 from store.vault import COMPLIANCE, S3_MIN_PART_SIZE, Vault, object_key
 from tests.support import records as seed
+from tests.support.audit import rewrite_chain
 from tests.support.ceph import CephCluster, free_port
 from tests.support.objectstore import unseal_tree
 
@@ -278,9 +279,15 @@ def ingest(services: Services, tmp_path: Path, sizes: list[int], *, serial: str 
         )
 
 
-def queue(services: Services) -> dict[str, ReplicationItem]:
+def queue(
+    services: Services, kind: ReplicationKind | None = ReplicationKind.OBJECT
+) -> dict[str, ReplicationItem]:
+    """The queue's rows by subject: objects only, or every row with `kind=None`."""
+    query = select(ReplicationItem)
+    if kind is not None:
+        query = query.where(ReplicationItem.kind == kind)
     with services.catalog.transaction() as session:
-        return {row.subject: row for row in session.scalars(select(ReplicationItem)).all()}
+        return {row.subject: row for row in session.scalars(query).all()}
 
 
 def versions(s3: S3Client, bucket: str, key: str) -> list[str]:
@@ -302,8 +309,9 @@ def test_an_ingested_object_is_queued_in_its_commit_then_replicated_locked_and_a
     assert {row.state for row in rows.values()} == {ReplicationState.PENDING}
 
     result = replicator_for(station).drain()
-    assert (result.replicated, result.failed) == (2, 0)
+    assert result.failed == 0
     rows = queue(station)
+    assert result.replicated == len(queue(station, None))  # the objects, and the audit records so far
     with station.catalog.transaction() as session:
         stored = {o.blake3: o for o in session.scalars(select(StoredObject)).all()}
         events = session.scalars(select(AuditEvent).where(AuditEvent.action == "vault.replicate")).all()
@@ -324,6 +332,7 @@ def test_an_ingested_object_is_queued_in_its_commit_then_replicated_locked_and_a
         assert refused.value.response.get("Error", {}).get("Code") == "AccessDenied"
     # A second pass has nothing to send.
     assert replicator_for(station).drain() == type(result)(0, 0, 0)
+    assert {row.state for row in queue(station, None).values()} == {ReplicationState.REPLICATED}
 
 
 def test_hold_release_and_a_rising_class_change_the_vault_lock_and_a_downgrade_does_not(
@@ -400,7 +409,7 @@ def test_an_unreachable_vault_fails_the_item_for_a_later_retry_and_ingest_goes_o
     try:
         (first,) = ingest(services, tmp_path, [2000], serial="ZFY0202")
         result = replicator_for(services, max_attempts=1, connect_timeout=2.0).drain()
-        assert (result.replicated, result.failed) == (0, 1)
+        assert (result.replicated, result.failed) == (0, len(queue(services, None)))
         row = queue(services)[first]
         assert row.state is ReplicationState.FAILED
         assert row.attempts == 1
@@ -436,7 +445,7 @@ def test_radosgw_killed_mid_upload_then_restarted_resumes_the_parts_and_stores_t
     finally:
         if "radosgw" not in ceph_cluster.processes:
             ceph_cluster.start_rgw()
-    assert (result.replicated, result.failed) == (0, 1)
+    assert result.failed >= 1  # the object (audit records sent beside it may have gone first)
     row = queue(station)[digest]
     assert row.state is ReplicationState.FAILED
     assert row.upload_id is not None
@@ -449,7 +458,8 @@ def test_radosgw_killed_mid_upload_then_restarted_resumes_the_parts_and_stores_t
         "before-parameter-build.s3.UploadPart", lambda params, **_: parts_sent.append(params["PartNumber"])
     )
     result = resumed.drain(ignore_backoff=True)
-    assert (result.replicated, result.failed) == (1, 0)
+    assert result.failed == 0
+    assert {row.state for row in queue(station, None).values()} == {ReplicationState.REPLICATED}
     assert parts_sent == [2, 3, 4]  # part 1 was already on the server with the same MD5
     row = queue(station)[digest]
     assert (row.state, row.upload_id, row.parts) == (ReplicationState.REPLICATED, None, [])
@@ -511,7 +521,7 @@ def test_replicate_once_killed_with_sigkill_mid_upload_resumes_and_exits_0_when_
         assert len(versions(s3, bucket, key)) == 1
         assert open_uploads(s3, bucket, key) == []
         assert s3.head_object(Bucket=bucket, Key=key).get("ObjectLockMode") == COMPLIANCE
-    assert {row.state for row in queue(station).values()} == {ReplicationState.REPLICATED}
+    assert {row.state for row in queue(station, None).values()} == {ReplicationState.REPLICATED}
     shown = subprocess.run(
         [
             sys.executable,
@@ -530,7 +540,7 @@ def test_replicate_once_killed_with_sigkill_mid_upload_resumes_and_exits_0_when_
     )
     assert shown.returncode == 0, shown.stderr
     report = json.loads(shown.stdout)
-    assert report["counts"]["replicated"] == len(digests)
+    assert report["counts"]["replicated"] == len(queue(station, None))
     assert (report["bucket"], report["served_by"], report["oldest_pending_age_s"]) == (
         bucket,
         "catalog",
@@ -570,9 +580,15 @@ def test_replicate_once_exits_56_with_one_line_while_items_are_left(
     assert done.returncode == 56, done.stderr
     lines = done.stderr.strip().splitlines()
     assert "Traceback" not in done.stderr
-    assert lines[-1].startswith("ingestd: error: replication incomplete: 1 item(s) not replicated")
+    reopened = Services.open(Config.model_validate(config_data), migrate=False, cameras=False)
+    try:
+        left = len(queue(reopened, None))
+    finally:
+        reopened.close()
+    assert left > 1  # the object and the audit records
+    assert lines[-1].startswith(f"ingestd: error: replication incomplete: {left} item(s) not replicated")
     assert f"vault endpoint {endpoint} is unreachable" in lines[-1]
-    assert "1 not replicated" in done.stdout
+    assert f"{left} not replicated" in done.stdout
     unseal_tree(tmp_path)
 
 
@@ -586,3 +602,58 @@ def test_replicate_needs_once_and_an_enabled_vault(tmp_path: Path) -> None:
     assert disabled.returncode == 78
     assert "vault.enabled is false" in disabled.stderr
     assert len(disabled.stderr.strip().splitlines()) == 1
+
+
+def ingestctl(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from ingestd.ctl import main; main()", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+        cwd=REPO,
+    )
+
+
+def test_the_audit_chain_is_anchored_locked_and_a_rewritten_local_chain_is_reported_by_verify_vault(
+    station: Services, s3: S3Client, bucket: str, tmp_path: Path, ceph_cluster: CephCluster
+) -> None:
+    ingest(station, tmp_path, [1200], serial="ZFY0207")
+    config = write_toml(tmp_path, station_config(tmp_path, ceph_cluster, bucket))
+    done = ingestd(config, "replicate", "--once")
+    assert done.returncode == 0, done.stderr
+    anchored = audit_anchor.prefix(station.audit)
+    keys = [
+        item.get("Key", "") for item in s3.list_objects_v2(Bucket=bucket, Prefix=anchored).get("Contents", [])
+    ]
+    segments = [key for key in keys if "/segments/" in key]
+    assert segments
+    assert [key for key in keys if "/checkpoints/" in key]
+    for key in keys:
+        assert s3.head_object(Bucket=bucket, Key=key).get("ObjectLockMode") == COMPLIANCE
+    with station.catalog.transaction() as session:
+        head = session.scalars(select(AuditEvent.seq).order_by(AuditEvent.seq.desc()).limit(1)).one()
+    assert segments[-1].endswith(f"-{head:012d}.jsonl")  # every event up to the head is anchored
+    clean = ingestctl(config, "verify", "--vault", "--json")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    report = json.loads(clean.stdout)
+    assert report["vault"]["events_compared"] == head
+    assert report["vault"]["problems"] == []
+
+    # Root rewrites the last event, re-hashes the chain and re-signs a checkpoint with the station key.
+    # (verify itself appended its verify.run event after the anchored head)
+    assert rewrite_chain(station.catalog.engine, {"forged": True}, start=head) == head + 1
+    unseal_tree(station.config.daemon.state_dir)
+    (station.config.daemon.state_dir / "audit-checkpoints.jsonl").unlink()
+    forger = Services.open(station.config, migrate=False, cameras=False)
+    try:
+        assert forger.audit.checkpoint(forger.catalog) is not None
+    finally:
+        forger.close()
+    local_only = ingestctl(config, "verify", "--json")
+    assert json.loads(local_only.stdout)["clean"] is True, local_only.stdout  # the forgery holds locally
+    caught = ingestctl(config, "verify", "--vault")
+    assert caught.returncode == 3, caught.stdout + caught.stderr
+    assert f"vault event-differs {segments[-1]}" in caught.stdout
+    assert f"event {head}: local hash" in caught.stdout
+    assert "vault checkpoint-differs" in caught.stdout

@@ -11,7 +11,14 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from store.models import DockSession, Recording, ReplicationItem, ReplicationState, SessionState
+from store.models import (
+    DockSession,
+    Recording,
+    ReplicationItem,
+    ReplicationKind,
+    ReplicationState,
+    SessionState,
+)
 from store.vault import COMPLIANCE, object_key
 from tests.support.ceph import CephCluster, free_port
 from tests.system.harness import Daemon, SimulatedCamera, stored_recordings, wait_for
@@ -40,7 +47,10 @@ def queue_states(daemon: Daemon) -> dict[str, ReplicationState]:
     catalog = daemon.catalog()
     try:
         with catalog.transaction() as session:
-            return {row.subject: row.state for row in session.scalars(select(ReplicationItem)).all()}
+            rows = session.scalars(
+                select(ReplicationItem).where(ReplicationItem.kind == ReplicationKind.OBJECT)
+            )
+            return {row.subject: row.state for row in rows.all()}
     finally:
         catalog.close()
 
