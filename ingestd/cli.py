@@ -15,6 +15,7 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
 from drivers.base import DriverError
 from ingestd import replication, schema
@@ -28,6 +29,7 @@ from ingestd.logging import configure_logging
 from ingestd.replicator import PassResult, Replicator
 from ingestd.services import Services
 from ingestd.session import SessionSummary
+from ingestd.vault_scrub import scrub
 from store import crashpoints
 from store.catalog import Catalog
 from store.errors import StoreError
@@ -282,6 +284,62 @@ def vault_check(config_path: Path | None, as_json: bool) -> None:
         f"{report.probe_retain_until.isoformat()}: its delete was refused ({report.delete_refused}), "
         f"shortening its retention was refused ({report.shorten_refused})"
     )
+
+
+@vault.command("scrub")
+@config_option
+@click.option(
+    "--sample",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Check only N objects, least recently checked first.",
+)
+@json_option
+def vault_scrub(config_path: Path | None, sample: int | None, as_json: bool) -> None:
+    """Read replicated objects back from the vault and check size, BLAKE3 and SHA-256 (3: a failure)."""
+    config = load(config_path)
+    settings = config.vault.settings(resolve_config_path(config_path) or "(built-in defaults)")
+    services = Services.open(config, migrate=False, cameras=False)
+    try:
+        vault_client = Vault(settings)
+        if not as_json and sys.stderr.isatty():
+            with Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                DownloadColumn(),
+                TimeRemainingColumn(),
+                transient=True,
+                console=Console(stderr=True),
+            ) as bar:
+                task = bar.add_task("reading back from the vault", total=None)
+                report = scrub(
+                    services,
+                    vault_client,
+                    now=utcnow(),
+                    sample=sample,
+                    progress=lambda done, total: bar.update(task, completed=done, total=total),
+                )
+        else:
+            report = scrub(services, vault_client, now=utcnow(), sample=sample)
+        services.audit.checkpoint(services.catalog)
+    finally:
+        services.close()
+    if as_json:
+        print_json(
+            {
+                "checked": report.checked,
+                "bytes": report.bytes_read,
+                "failures": report.failures,
+                "clean": report.clean,
+            }
+        )
+    else:
+        for blake3, problem in sorted(report.failures.items()):
+            click.echo(f"PROBLEM {blake3}: {problem}")
+        verdict = "clean" if report.clean else f"{len(report.failures)} problem(s)"
+        click.echo(f"vault scrub: {report.checked} object(s), {report.bytes_read} bytes read back; {verdict}")
+    if not report.clean:
+        raise SystemExit(EXIT_PROBLEMS)
 
 
 class ReplicationIncompleteError(IngestdError):

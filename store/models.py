@@ -361,6 +361,9 @@ class ReplicationItem(Base):
     version_id: Mapped[str | None] = mapped_column(String(255))
     retain_until: Mapped[datetime | None]
     legal_hold: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The last `ingestd vault scrub` of this version: when, and what failed (None: it verified).
+    scrubbed_at: Mapped[datetime | None]
+    scrub_error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         UniqueConstraint("kind", "subject", name="uq_replication_queue_kind_subject"),

@@ -576,14 +576,24 @@ class Vault:
     # -- read back ----------------------------------------------------------------------------------
 
     def stream(
-        self, blake3_hex: str, *, sha256_hex: str, size: int, chunk_size: int = 4 * MiB
+        self,
+        blake3_hex: str,
+        *,
+        sha256_hex: str,
+        size: int,
+        chunk_size: int = 4 * MiB,
+        version_id: str | None = None,
     ) -> Iterator[bytes]:
-        """The object's bytes in chunks. Both digests and the size are checked as it is read: the
-        last step raises `VaultIntegrityError` when they differ, so a consumer must read to the end
-        before trusting what it got."""
+        """The object's bytes in chunks (the newest version, or `version_id`). Both digests and the
+        size are checked as it is read: the last step raises `VaultIntegrityError` when they differ,
+        so a consumer must read to the end before trusting what it got."""
         key = object_key(blake3_hex)
         with self._s3(f"read {key}", key):
-            body = self.client.get_object(Bucket=self.settings.bucket, Key=key)["Body"]
+            if version_id:
+                answer = self.client.get_object(Bucket=self.settings.bucket, Key=key, VersionId=version_id)
+            else:
+                answer = self.client.get_object(Bucket=self.settings.bucket, Key=key)
+            body = answer["Body"]
         digests = Digests()
         try:
             with self._s3(f"read {key}", key):

@@ -76,6 +76,8 @@ def upgrade() -> None:
         sa.Column("version_id", sa.String(length=255), nullable=True),
         sa.Column("retain_until", store.types.UTCDateTime(timezone=True), nullable=True),
         sa.Column("legal_hold", sa.Boolean(), nullable=False),
+        sa.Column("scrubbed_at", store.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("scrub_error", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_replication_queue")),
         sa.UniqueConstraint("kind", "subject", name="uq_replication_queue_kind_subject"),
     )

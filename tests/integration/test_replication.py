@@ -657,3 +657,31 @@ def test_the_audit_chain_is_anchored_locked_and_a_rewritten_local_chain_is_repor
     assert f"vault event-differs {segments[-1]}" in caught.stdout
     assert f"event {head}: local hash" in caught.stdout
     assert "vault checkpoint-differs" in caught.stdout
+
+
+def test_vault_scrub_reads_back_the_replicated_versions_and_reports_one_shadowed_by_a_newer_put(
+    station: Services, s3: S3Client, bucket: str, tmp_path: Path, ceph_cluster: CephCluster
+) -> None:
+    digests = ingest(station, tmp_path, [2500, 3500], serial="ZFY0208")
+    assert replicator_for(station).drain().failed == 0
+    config = write_toml(tmp_path, station_config(tmp_path, ceph_cluster, bucket))
+
+    clean = ingestd(config, "vault", "scrub", "--json")
+    assert clean.returncode == 0, clean.stderr
+    report = json.loads(clean.stdout)
+    assert (report["checked"], report["clean"]) == (2, True)
+    assert report["bytes"] == sum(row.size for row in queue(station).values())
+    assert all(row.scrubbed_at is not None and row.scrub_error is None for row in queue(station).values())
+
+    # Someone with write access to the bucket puts other bytes under the first object's key: the locked
+    # version stays, but a plain read of the key would now return the newer one.
+    first = digests[0]
+    s3.put_object(Bucket=bucket, Key=object_key(first), Body=b"not the footage")
+    caught = ingestd(config, "vault", "scrub", "--sample", "1")
+    assert caught.returncode == 3, caught.stdout + caught.stderr
+    assert caught.stdout.splitlines()[0].startswith(f"PROBLEM {first}: a newer version")
+    assert "vault scrub: 1 object(s)" in caught.stdout
+    assert "shadows the replicated version" in (queue(station)[first].scrub_error or "")
+    with station.catalog.transaction() as session:
+        events = session.scalars(select(AuditEvent).where(AuditEvent.action == "vault.scrub")).all()
+    assert [(event.outcome, event.details["checked"]) for event in events] == [("ok", 2), ("failed", 1)]
