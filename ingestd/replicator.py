@@ -39,6 +39,7 @@ log = structlog.get_logger(__name__)
 Clock = Callable[[], datetime]
 POLL_S = 2.0
 MIN_RETENTION = timedelta(days=1)
+LOCK_SYNC_INTERVAL_S = 60.0
 ACTOR = Actor.system(source="replicator")
 
 
@@ -103,9 +104,7 @@ class Replicator:
         self.stop_event = threading.Event()
         self.pacer = Pacer(self.settings.bandwidth_limit_mib_s * 1024 * 1024, self.stop_event, ingest_busy)
         self._thread: threading.Thread | None = None
-        self._sent_bytes = 0
-        self._sent_seconds = 0.0
-        self._stats_lock = threading.Lock()
+        self._last_lock_sync = float("-inf")
 
     # -- the thread ---------------------------------------------------------------------------------
 
@@ -170,7 +169,12 @@ class Replicator:
                 for ok in pool.map(self.replicate, batch):
                     replicated += ok is True
                     failed += ok is False
-        locks = 0 if self.stop_event.is_set() else self.sync_locks()
+        locks = 0
+        # Lock sync reads every replicated object's recordings: once a minute in the daemon, not per pass.
+        due_sync = ignore_backoff or time.monotonic() - self._last_lock_sync >= LOCK_SYNC_INTERVAL_S
+        if due_sync and not self.stop_event.is_set():
+            self._last_lock_sync = time.monotonic()
+            locks = self.sync_locks()
         return PassResult(replicated, failed, locks)
 
     def replicate(self, item_id: int) -> bool | None:
@@ -220,7 +224,6 @@ class Replicator:
         # S3 refuses a retention date in the past: an old object is locked for at least a day.
         until = max(wanted.retain_until, self.clock() + MIN_RETENTION)
         bound = log.bind(digest=blake3, key=object_key(blake3))
-        started = time.monotonic()
         try:
             found = self.vault.put(
                 self.services.store.path_for(blake3),
@@ -243,9 +246,6 @@ class Replicator:
         except (VaultError, StoreError, OSError) as error:
             bound.warning("replication_failed", error=str(error), attempt=attempts)
             return self._failed(item_id, attempts, str(error))
-        with self._stats_lock:
-            self._sent_bytes += size
-            self._sent_seconds += time.monotonic() - started
         self._replicated(item_id, found)
         bound.info("replicated", size=size, version_id=found.version_id, retain_until=found.retain_until)
         return True
@@ -387,13 +387,6 @@ class Replicator:
                 details={"bucket": self.vault.settings.bucket, **details},
                 at=now,
             )
-
-    # -- figures ------------------------------------------------------------------------------------
-
-    def throughput_bps(self) -> float | None:
-        """Bytes per second over this process's transfers so far; None before the first."""
-        with self._stats_lock:
-            return self._sent_bytes / self._sent_seconds if self._sent_seconds > 0 else None
 
 
 def _resume(item: ReplicationItem) -> PartialUpload | None:
