@@ -25,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ingestd import replication
-from store.audit import AuditLog
+from store.audit import HASHED_FIELDS, AuditLog
 from store.checkpoints import Checkpoint, format_utc
 from store.errors import IntegrityError
 from store.models import AuditEvent, ReplicationKind
@@ -84,21 +84,12 @@ def enqueue_audit(session: Session, audit: AuditLog, now: datetime) -> int:
 
 
 def event_record(event: AuditEvent) -> dict[str, Any]:
-    """One event as a segment line holds it."""
-    return {
-        "seq": event.seq,
-        "at": format_utc(event.at),
-        "actor_user": event.actor_user,
-        "actor_uid": event.actor_uid,
-        "actor_role": event.actor_role,
-        "action": event.action,
-        "subject": event.subject,
-        "outcome": event.outcome,
-        "source": event.source,
-        "details": event.details,
-        "prev_hash": event.prev_hash,
-        "hash": event.hash,
-    }
+    """One event as a segment line holds it: the fields its hash covers, in their hashed form, and
+    the hash."""
+    record: dict[str, Any] = {name: getattr(event, name) for name in HASHED_FIELDS}
+    record["at"] = format_utc(event.at)
+    record["hash"] = event.hash
+    return record
 
 
 def render(session: Session, audit: AuditLog, key: str) -> bytes:

@@ -44,6 +44,19 @@ EXIT_INGEST_INCOMPLETE = 4
 EXIT_PROBLEMS = 3
 EXIT_OS_ERROR = 74  # EX_IOERR from sysexits.h
 
+
+def byte_progress(console: Console | None = None) -> Progress:
+    """The progress bar of a long read (bytes done, rate, time left); it disappears when done."""
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+        console=console,
+    )
+
+
 config_option = click.option(
     "--config",
     "config_path",
@@ -303,14 +316,7 @@ def vault_scrub(config_path: Path | None, sample: int | None, as_json: bool) -> 
     try:
         vault_client = Vault(settings)
         if not as_json and sys.stderr.isatty():
-            with Progress(
-                "[progress.description]{task.description}",
-                BarColumn(),
-                DownloadColumn(),
-                TimeRemainingColumn(),
-                transient=True,
-                console=Console(stderr=True),
-            ) as bar:
+            with byte_progress(Console(stderr=True)) as bar:
                 task = bar.add_task("reading back from the vault", total=None)
                 report = scrub(
                     services,

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import click
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
 from ingestd.audit_anchor import AnchorReport, verify_against_vault
-from ingestd.cli import config_option, load, run_cli, trusted_keys_option
+from ingestd.cli import byte_progress, config_option, load, run_cli, trusted_keys_option
 from ingestd.config import resolve_config_path
 from ingestd.ctl import evidence as ctl_evidence
 from ingestd.ctl import read as ctl_read
@@ -112,13 +111,7 @@ def verify(
     services = Services.open(config, migrate=False, cameras=False)
     try:
         if objects and not as_json and sys.stdout.isatty():  # piped: no bar, no blank line it leaves
-            with Progress(
-                "[progress.description]{task.description}",
-                BarColumn(),
-                DownloadColumn(),
-                TimeRemainingColumn(),
-                transient=True,
-            ) as bar:
+            with byte_progress() as bar:
                 task = bar.add_task("re-hashing objects", total=None)
 
                 def advance(done: int, total: int) -> None:

@@ -475,9 +475,12 @@ def test_radosgw_killed_mid_upload_then_restarted_resumes_the_parts_and_stores_t
     assert sum(len(c) for c in resumed.vault.stream(digest, sha256_hex=sha256, size=size)) == size
 
 
-def ingestd(config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_entry(
+    package: str, config: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`ingestd` (package ingestd.cli) or `ingestctl` (ingestd.ctl) as an operator runs it."""
     return subprocess.run(
-        [sys.executable, "-c", "from ingestd.cli import main; main()", *args, "--config", str(config)],
+        [sys.executable, "-c", f"from {package} import main; main()", *args, "--config", str(config)],
         capture_output=True,
         text=True,
         check=False,
@@ -485,6 +488,14 @@ def ingestd(config: Path, *args: str, env: dict[str, str] | None = None) -> subp
         cwd=REPO,
         env={**os.environ, **(env or {})},
     )
+
+
+def ingestd(config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return run_entry("ingestd.cli", config, *args, env=env)
+
+
+def ingestctl(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_entry("ingestd.ctl", config, *args)
 
 
 def write_toml(tmp_path: Path, config: dict[str, Any]) -> Path:
@@ -522,22 +533,7 @@ def test_replicate_once_killed_with_sigkill_mid_upload_resumes_and_exits_0_when_
         assert open_uploads(s3, bucket, key) == []
         assert s3.head_object(Bucket=bucket, Key=key).get("ObjectLockMode") == COMPLIANCE
     assert {row.state for row in queue(station, None).values()} == {ReplicationState.REPLICATED}
-    shown = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from ingestd.ctl import main; main()",
-            "replication",
-            "--json",
-            "--config",
-            str(config),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-        cwd=REPO,
-    )
+    shown = ingestctl(config, "replication", "--json")
     assert shown.returncode == 0, shown.stderr
     report = json.loads(shown.stdout)
     assert report["counts"]["replicated"] == len(queue(station, None))
@@ -547,22 +543,7 @@ def test_replicate_once_killed_with_sigkill_mid_upload_resumes_and_exits_0_when_
         None,
     )
     assert report["bytes_per_s_last_hour"] > 0
-    verify = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from ingestd.ctl import main; main()",
-            "verify",
-            "--objects",
-            "--config",
-            str(config),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-        cwd=REPO,
-    )
+    verify = ingestctl(config, "verify", "--objects")
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
@@ -602,17 +583,6 @@ def test_replicate_needs_once_and_an_enabled_vault(tmp_path: Path) -> None:
     assert disabled.returncode == 78
     assert "vault.enabled is false" in disabled.stderr
     assert len(disabled.stderr.strip().splitlines()) == 1
-
-
-def ingestctl(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from ingestd.ctl import main; main()", *args, "--config", str(config)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-        cwd=REPO,
-    )
 
 
 def test_the_audit_chain_is_anchored_locked_and_a_rewritten_local_chain_is_reported_by_verify_vault(
