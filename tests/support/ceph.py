@@ -56,6 +56,7 @@ class CephCluster:
     rgw_port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     user: S3User | None = None
+    memstore_bytes: int = MEMSTORE_BYTES  # the OSD keeps every object in RAM, up to this
 
     @property
     def conf(self) -> Path:
@@ -87,7 +88,7 @@ auth_service_required = none
 auth_client_required = none
 {modes}
 osd objectstore = memstore
-memstore device bytes = {MEMSTORE_BYTES}
+memstore device bytes = {self.memstore_bytes}
 osd pool default size = 1
 osd pool default min size = 1
 osd pool default pg num = 8
