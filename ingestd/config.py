@@ -601,6 +601,11 @@ def check_for_run(config: Config, explicit: Path | None) -> list[str]:
             grp.getgrnam(group)
         except KeyError:
             problems.append(f"control.socket_group: no group {group!r} on this host")
+    if config.vault.enabled:  # the daemon reads the vault secret at start: refuse what it would refuse
+        try:
+            read_secret_file(config.vault.secret_access_key_file)
+        except ConfigError as error:
+            problems.append(str(error))
     if problems:
         raise ConfigError(
             path=resolve_config_path(explicit) or "(built-in defaults)", detail="; ".join(problems)

@@ -210,17 +210,19 @@ class Replicator:
             if item is None or item.state is ReplicationState.REPLICATED:
                 return None
             stored = session.get(StoredObject, item.subject)
+            if stored is None or stored.removed_at is not None:
+                # The retention purge removed it (audited there) before it replicated: nothing to send.
+                log.warning(
+                    "replication_dropped", digest=item.subject, reason="removed by the retention purge"
+                )
+                session.delete(item)
+                return None
             blake3, resume = item.subject, _resume(item)
             item.state = ReplicationState.UPLOADING
             item.attempts += 1
             attempts = item.attempts
-            gone = stored is None or stored.removed_at is not None
-            if not gone:
-                assert stored is not None  # noqa: S101 - narrowed for mypy
-                sha256, size = stored.sha256, stored.size
-                wanted = replication.wanted_lock_for(session, blake3, self.rules)
-        if gone:
-            return self._failed(item_id, attempts, "the local object was removed before it replicated")
+            sha256, size = stored.sha256, stored.size
+            wanted = replication.wanted_lock_for(session, blake3, self.rules)
         # S3 refuses a retention date in the past: an old object is locked for at least a day.
         until = max(wanted.retain_until, self.clock() + MIN_RETENTION)
         bound = log.bind(digest=blake3, key=object_key(blake3))

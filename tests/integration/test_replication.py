@@ -44,7 +44,7 @@ from store.models import (
     RetentionClass,
     StoredObject,
 )
-from store.vault import COMPLIANCE, S3_MIN_PART_SIZE, Vault, object_key
+from store.vault import COMPLIANCE, S3_MIN_PART_SIZE, Vault, VaultSettings, object_key
 from tests.support import records as seed
 from tests.support.audit import rewrite_chain
 from tests.support.ceph import CephCluster, free_port
@@ -655,3 +655,27 @@ def test_vault_scrub_reads_back_the_replicated_versions_and_reports_one_shadowed
     with station.catalog.transaction() as session:
         events = session.scalars(select(AuditEvent).where(AuditEvent.action == "vault.scrub")).all()
     assert [(event.outcome, event.details["checked"]) for event in events] == [("ok", 2), ("failed", 1)]
+
+
+def test_an_object_the_purge_removed_before_it_replicated_leaves_the_queue(tmp_path: Path) -> None:
+    config = {
+        "daemon": {"state_dir": str(tmp_path / "state")},
+        "catalog": {"url": f"sqlite:///{tmp_path / 'state' / 'catalog.db'}"},
+        "store": {"root": str(tmp_path / "store")},
+        "vault": {"endpoint": f"http://127.0.0.1:{free_port()}", "bucket": "evidence", "access_key_id": "AK"},
+    }
+    services = Services.open(Config.model_validate(config))
+    try:
+        kept, purged = ingest(services, tmp_path, [1000, 1100], serial="ZFY0209")
+        with services.catalog.transaction() as session:
+            stored = session.get(StoredObject, purged)
+            assert stored is not None
+            stored.removed_at = datetime.now(UTC)  # as the retention purge leaves it
+        replicator = Replicator(
+            services, Vault(VaultSettings("http://127.0.0.1:9", "evidence", "us-east-1", "AK", "s"))
+        )
+        assert replicator.replicate(queue(services)[purged].id) is None
+        assert set(queue(services)) == {kept}
+    finally:
+        services.close()
+        unseal_tree(tmp_path)
