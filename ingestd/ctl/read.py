@@ -1,14 +1,15 @@
-"""`ingestctl` read commands: status, cameras, officers, footage and audit, over the control socket.
+"""`ingestctl` read commands: status, cameras, officers, footage, audit and replication, over the
+control socket.
 
 Exit codes (every command): 0 done; 2 a wrong flag, value or id (the message names it); 13 permission
 denied (the daemon audits the attempt); 69 ingestd is not running (no socket); 70 ingestd failed
 internally; 71 an output file could not be written (one that exists is never overwritten); 75 ingestd
 did not answer in time; 76 a garbled answer. `status --watch` ends with 0 on Ctrl-C or SIGTERM.
 
-When the daemon is down, `status`, `cameras`, `officers` and `audit` read the catalog directly, but only
-for a caller who can open the catalog file and holds a role allowing the command; the output says so
-(`"served_by": "catalog"` in JSON, a note on stderr). `footage` needs the daemon, because every
-search is audited.
+When the daemon is down, `status`, `cameras`, `officers`, `audit` and `replication` read the catalog
+directly, but only for a caller who can open the catalog file and holds a role allowing the command;
+the output says so (`"served_by": "catalog"` in JSON, a note on stderr). `footage` needs the daemon,
+because every search is audited.
 """
 
 from __future__ import annotations

@@ -543,6 +543,14 @@ def test_replicate_once_killed_with_sigkill_mid_upload_resumes_and_exits_0_when_
         None,
     )
     assert report["bytes_per_s_last_hour"] > 0
+    plain = ingestctl(config, "replication")
+    assert plain.returncode == 0, plain.stderr
+    assert f"vault: {bucket} at {ceph_cluster.endpoint}" in plain.stdout
+    assert (
+        f"items: replicated {report['counts']['replicated']}, pending 0, uploading 0, failed 0"
+        in plain.stdout
+    )
+    assert "oldest not replicated: none" in plain.stdout
     verify = ingestctl(config, "verify", "--objects")
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
