@@ -55,7 +55,7 @@ def run_put(source: Path, root: Path, *, read_back: bool) -> PutRun:
 
 
 def child(source: Path, root: Path, *, read_back: bool) -> None:
-    store = FileObjectStore(root, read_back=read_back)
+    store = FileObjectStore(root, read_back=read_back).create_directories()
     drop_caches()
     started = time.perf_counter()
     with source.open("rb") as handle:

@@ -38,9 +38,11 @@ from drivers.base import (
     ClockSample,
     ClockSyncState,
     Deletion,
+    DeviceGone,
     DeviceInfo,
     Driver,
     DriverOptions,
+    MountError,
     OriginalFile,
     ProtocolError,
     Resolution,
@@ -141,12 +143,14 @@ class MassStorageCamera(Camera):
         self.options = options
         self.name = f"msc:{device.block}" if device.block is not None else f"msc:{device.directory}"
         self._mounted: Path | None = None
+        self._held = contextlib.ExitStack()  # unmounts what `_hold_mount` mounted
+        self._in_use = False  # a `mounted_volume` block is open
 
     def _unsupported(self, command: str) -> Unsupported:
         return Unsupported(self.name, command, "a mass-storage camera has no control channel")
 
     def identify(self) -> CameraIdentity:
-        with self._volume() as volume:
+        with self._volume("identify") as volume:
             data = _read_identity_file(volume, self.name)
         usb_serial = self.device.properties.get("ID_SERIAL_SHORT", "").strip()
         if data is not None:
@@ -189,40 +193,51 @@ class MassStorageCamera(Camera):
         """Already a mass-storage device: nothing to switch."""
 
     def storage(self) -> StorageInfo:
-        with self._volume() as volume:
+        with self._volume("storage") as volume:
             usage = os.statvfs(volume)
         return StorageInfo(
             total_bytes=usage.f_blocks * usage.f_frsize, free_bytes=usage.f_bavail * usage.f_frsize
         )
 
-    @contextlib.contextmanager
-    def _volume(self) -> Iterator[Path]:
-        """The mounted volume: the current mount if there is one, else a mount for this call only."""
+    def _hold_mount(self, command: str) -> Path:
+        """The volume, mounted on first use and held until the session's `mounted_volume` block ends
+        or the camera is closed: one read-only mount serves identify, storage, scan and copy. An
+        unplugged camera is `DeviceGone`, not a volume that failed to mount."""
         if self._mounted is not None:
-            yield self._mounted
-            return
-        with self.mounted_volume() as volume:
-            yield volume
+            return self._mounted
+        held = contextlib.ExitStack()
+        if self.device.directory is not None:
+            volume = self.device.directory
+        elif self.device.block is not None:
+            block = self.device.block
+            try:
+                volume = held.enter_context(
+                    mount_readonly(block, device_name=self.name, fstypes=self.options.filesystems)
+                )
+            except MountError:
+                if self.present():
+                    raise
+                raise DeviceGone(self.name, command, f"{block} is gone (unplugged)") from None
+        else:
+            raise Unsupported(self.name, "mount", "no block device and no mounted directory")
+        self._held, self._mounted = held, volume
+        return volume
+
+    @contextlib.contextmanager
+    def _volume(self, command: str) -> Iterator[Path]:
+        yield self._hold_mount(command)
 
     @contextlib.contextmanager
     def _mount(self) -> Iterator[Path]:
-        if self._mounted is not None:
+        if self._in_use:
             raise Unsupported(self.name, "mount", "the volume is already mounted by this camera")
-        volume_cm: contextlib.AbstractContextManager[Path]
-        if self.device.directory is not None:
-            volume_cm = contextlib.nullcontext(self.device.directory)
-        elif self.device.block is not None:
-            volume_cm = mount_readonly(
-                self.device.block, device_name=self.name, fstypes=self.options.filesystems
-            )
-        else:
-            raise Unsupported(self.name, "mount", "no block device and no mounted directory")
-        with volume_cm as volume:
-            self._mounted = volume
-            try:
+        volume = self._hold_mount("mount")
+        held, self._in_use = self._held, True
+        try:
+            with held:  # the unmount sees how the block ended, so it never masks its exception
                 yield volume
-            finally:
-                self._mounted = None
+        finally:
+            self._held, self._mounted, self._in_use = contextlib.ExitStack(), None, False
 
     def mounted_volume(self) -> contextlib.AbstractContextManager[Path]:
         return self._mount()
@@ -237,7 +252,9 @@ class MassStorageCamera(Camera):
         return delete_recordings(volume, files, device_name=self.name, remount=self.device.directory is None)
 
     def close(self) -> None:
-        """Nothing held open between calls: every mount is scoped to a `with` block."""
+        """Unmount the volume if identify or storage mounted it and no session block took it over."""
+        held, self._held, self._mounted = self._held, contextlib.ExitStack(), None
+        held.close()
 
 
 class MassStorageDriver(Driver):

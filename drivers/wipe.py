@@ -40,6 +40,7 @@ def _remount(mount_point: Path, mode: str, device_name: str) -> None:
     )
     if done.returncode != 0:
         raise MountError(device_name, f"remount {mode}", done.stderr.strip() or f"exit {done.returncode}")
+    log.info("volume.remounted", device=device_name, mode=mode)
 
 
 class _Refused(Exception):  # noqa: N818 - a decision, not a failure

@@ -6,140 +6,34 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
-import structlog
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
-from drivers.base import DriverError
 from ingestd import replication, schema
-from ingestd.config import Config, ConfigError, check_for_run, load_config, resolve_config_path
+from ingestd.commandline import byte_progress, config_option, json_option, load, print_json, run_cli
+from ingestd.config import ConfigError, check_for_run, load_config, resolve_config_path
 from ingestd.daemon import Daemon, ingest_settings, lock_state
 from ingestd.demo import run_demo
 from ingestd.errors import IngestdError
-from ingestd.evidence.verify_bag import load_trusted_keys
+from ingestd.exit_codes import ExitCode
 from ingestd.importer import run_import
 from ingestd.logging import configure_logging
 from ingestd.replicator import PassResult, Replicator
 from ingestd.services import Services
 from ingestd.session import SessionSummary
 from ingestd.vault_scrub import scrub
-from store import crashpoints
 from store.catalog import Catalog
-from store.errors import StoreError
 from store.models import ReplicationState, SessionState
-from store.signing import Signer, SigningKeyError, key_id
+from store.signing import Signer, key_id
 from store.types import utcnow
 from store.vault import CheckReport, Vault, VaultError, VaultIntegrityError
 
-log = structlog.get_logger()
-
-EXIT_INGEST_INCOMPLETE = 4
-EXIT_PROBLEMS = 3
-EXIT_OS_ERROR = 74  # EX_IOERR from sysexits.h
-
-
-def byte_progress(console: Console | None = None) -> Progress:
-    """The progress bar of a long read (bytes done, rate, time left); it disappears when done."""
-    return Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(),
-        TimeRemainingColumn(),
-        transient=True,
-        console=console,
-    )
-
-
-config_option = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="Config file (default: $INGESTD_CONFIG, else /etc/ingestd/config.toml, else built-in defaults).",
-)
-
-# The --json of every ingestctl command that prints a result: one document, indented, UTF-8 as is.
-json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
-
-
-def _load_trusted_keys(
-    _context: click.Context, _param: click.Parameter, files: tuple[Path, ...]
-) -> list[Ed25519PublicKey]:
-    trusted: list[Ed25519PublicKey] = []
-    for file in files:
-        try:
-            trusted.extend(load_trusted_keys(file))
-        except SigningKeyError as error:
-            raise click.BadParameter(str(error), param_hint="--public-key") from None
-    return trusted
-
-
-# Station public keys kept off the machine (`ingestd key show`): what a verifier trusts, never the
-# station's own files. `verify` and `verify-export` take the same files.
-trusted_keys_option = click.option(
-    "--public-key",
-    "--trusted-keys",
-    "trusted_keys",
-    type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    multiple=True,
-    callback=_load_trusted_keys,
-    help="Trusted station keys: a PEM file (from `ingestd key show`) holding one key or several (other "
-    "stations, or before and after a key change); repeatable.",
-)
-
-
-def print_json(value: Any) -> None:
-    click.echo(json.dumps(value, ensure_ascii=False, indent=2))
-
-
-def run_cli(command: Callable[..., object], prog_name: str) -> None:
-    """Run a click command; our errors become one clear line on stderr and their exit code."""
-    try:
-        command.main(prog_name=prog_name, standalone_mode=False)  # type: ignore[attr-defined]
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as error:
-        error.show()
-        sys.exit(error.exit_code)
-    except (IngestdError, StoreError, DriverError) as error:
-        click.echo(f"{prog_name}: error: {error}", err=True)
-        sys.exit(error.exit_code)
-    except OSError as error:
-        # A path the station cannot create or open (state dir, store root, socket): name it, no traceback.
-        where = f": {error.filename}" if error.filename else ""
-        click.echo(f"{prog_name}: error: {error.strerror or error}{where}", err=True)
-        sys.exit(EXIT_OS_ERROR)
-    sys.exit(0)
-
-
-class CrashPointError(ConfigError):
-    """`INGESTD_CRASH_AT` names no crash point (see `store.crashpoints`)."""
-
-    template = "INGESTD_CRASH_AT={spec}: {detail}"
-
-
-def load(config_path: Path | None, *, daemon: bool = False) -> Config:
-    """Load the config and configure logging once: stdout for the daemon, stderr for commands."""
-    config = load_config(config_path)
-    try:
-        armed = crashpoints.armed()
-    except ValueError as error:
-        raise CrashPointError(spec=os.environ[crashpoints.ENV], detail=str(error)) from None
-    configure_logging(config.daemon.log_format, stream=None if daemon else sys.stderr)
-    if armed is not None:  # test-only: say so loudly, a station must never run like this
-        log.warning("crash_point_armed", step=armed[0].value, hit=armed[1], variable=crashpoints.ENV)
-    return config
-
 
 @click.group()
+@click.version_option(package_name="ingestd", message="%(prog)s %(version)s")
 def cli() -> None:
     """ingestd: body-camera docking-station ingest daemon."""
 
@@ -243,7 +137,7 @@ def import_(
             f"{summary.late} late, {summary.errors} error(s), {len(summary.rejected)} rejected"
         )
     if summary.state is not SessionState.DONE:
-        raise SystemExit(EXIT_INGEST_INCOMPLETE)
+        raise SystemExit(ExitCode.INGEST_INCOMPLETE)
 
 
 @cli.command()
@@ -260,14 +154,14 @@ def demo(files: int, size_mib: int, workdir: Path | None, keep: bool) -> None:
     """Start the daemon on temporary state, dock three simulated cameras, verify everything."""
     configure_logging("console", stream=sys.stderr)
     if not run_demo(Console(), workdir=workdir, files=files, size_mib=size_mib, keep=keep):
-        raise SystemExit(EXIT_PROBLEMS)
+        raise SystemExit(ExitCode.PROBLEMS)
 
 
 class VaultCheckError(IngestdError):
     """`ingestd vault check` found the vault unfit for evidence: nothing may be sent to it."""
 
     template = "vault check failed: {detail}"
-    exit_code = 78  # EX_CONFIG: the configured vault is wrong, as systemd's ExecStartPre would see it
+    exit_code = ExitCode.CONFIG  # the configured vault is wrong, as systemd's ExecStartPre would see it
 
 
 @cli.group()
@@ -345,14 +239,14 @@ def vault_scrub(config_path: Path | None, sample: int | None, as_json: bool) -> 
         verdict = "clean" if report.clean else f"{len(report.failures)} problem(s)"
         click.echo(f"vault scrub: {report.checked} object(s), {report.bytes_read} bytes read back; {verdict}")
     if not report.clean:
-        raise SystemExit(EXIT_PROBLEMS)
+        raise SystemExit(ExitCode.PROBLEMS)
 
 
 class ReplicationIncompleteError(IngestdError):
     """`ingestd replicate --once` left items that are not replicated and verified in the vault."""
 
     template = "replication incomplete: {detail}"
-    exit_code = 56
+    exit_code = ExitCode.REPLICATION_INCOMPLETE
 
 
 @cli.command()

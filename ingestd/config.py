@@ -22,11 +22,20 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import holidays
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from drivers.base import DriverOptions
 from drivers.registry import CameraRule, DriverRegistry
 from ingestd.errors import IngestdError
+from ingestd.exit_codes import ExitCode
 from ingestd.policies.calendar import WorkingCalendar
 from ingestd.policies.deadlines import MAX_EXTENSION_WORKING_DAYS
 from ingestd.policies.retention import DEFAULT_LONG_TERM_TAGS, RetentionRules, normalize_tag
@@ -40,7 +49,7 @@ class ConfigError(IngestdError):
     """The configuration file is missing, unreadable, not TOML, or does not fit the schema."""
 
     template = "config {path}: {detail}"
-    exit_code = 78  # EX_CONFIG from sysexits.h
+    exit_code = ExitCode.CONFIG
 
 
 class VaultSecretError(ConfigError):
@@ -420,21 +429,77 @@ class MetricsConfig(Section):
     @field_validator("listen")
     @classmethod
     def _loopback(cls, value: str) -> str:
-        host, _, port = value.rpartition(":")
-        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError("must be host:port, e.g. 127.0.0.1:9464")
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            raise ValueError(f"{host!r} is not an IP address (use 127.0.0.1 or [::1])") from None
-        if not address.is_loopback:
+        host = listen_address(value, "127.0.0.1:9464")
+        if not host.is_loopback:
             raise ValueError(f"{host} is not a loopback address: metrics are served on loopback only")
         return value
 
     def address(self) -> tuple[str, int]:
-        host, _, port = self.listen.rpartition(":")
-        return host.strip("[]"), int(port)
+        return split_listen(self.listen)
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` as the (host, port) a socket binds."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def listen_address(value: str, example: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The IP of a `host:port` setting; a ValueError naming `example` if it is not an IP and a port."""
+    host, _, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"must be host:port, e.g. {example}")
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address (use 127.0.0.1 or [::1])") from None
+
+
+class BayDisplayConfig(Section):
+    """The officers' bay display: a read-only web page of the docks (README, Bay display)."""
+
+    enabled: bool = Field(False, description="Serve the bay display page.")
+    # Before listen: its validator reads this.
+    allow_remote: bool = Field(
+        False,
+        description="Allow a non-loopback listen address (a kiosk screen on another machine). The page "
+        "shows docked officers' names to whoever can reach it.",
+    )
+    listen: str = Field(
+        "127.0.0.1:8947", description="host:port; a loopback IP unless allow_remote ([::1]:port for v6)."
+    )
+    max_clients: int = Field(8, ge=1, le=64, description="Screens that may watch live at once.")
+
+    @field_validator("listen")
+    @classmethod
+    def _loopback_unless_allowed(cls, value: str, info: ValidationInfo) -> str:
+        host = listen_address(value, "127.0.0.1:8947")
+        if not host.is_loopback and not info.data.get("allow_remote", False):
+            raise ValueError(
+                f"{host} is not a loopback address; set bay_display.allow_remote = true to serve the "
+                "bay display beyond this machine"
+            )
+        return value
+
+    def address(self) -> tuple[str, int]:
+        return split_listen(self.listen)
+
+
+class DockConfig(Section):
+    """One `[[dock]]`: a physical port and the name operators and officers see for it."""
+
+    port: str = Field(
+        min_length=1,
+        description="The dock's port as status --json shows it: the USB device path, or folder:/path.",
+    )
+    label: str = Field(min_length=1, max_length=24, description="What status and the bay display show.")
+
+
+def short_port_name(port: str) -> str:
+    """A short name that stays the same for a port across docks: the last part of its path (the USB
+    port, `1-4`, or the watched folder's subdirectory)."""
+    return port.removeprefix("folder:").rstrip("/").rpartition("/")[2] or port
 
 
 BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
@@ -554,8 +619,17 @@ class Config(Section):
     notify: NotifyConfig = NotifyConfig()
     control: ControlConfig = ControlConfig()
     metrics: MetricsConfig = MetricsConfig()
+    bay_display: BayDisplayConfig = BayDisplayConfig()
     vault: VaultConfig = VaultConfig()
     camera: tuple[CameraRuleConfig, ...] = ()
+    dock: tuple[DockConfig, ...] = ()
+
+    def dock_label(self, port: str) -> str:
+        """The `[[dock]]` label of `port`, else its short name."""
+        for dock in self.dock:
+            if dock.port == port:
+                return dock.label
+        return short_port_name(port)
 
     def camera_rules(self) -> list[CameraRule]:
         """The driver rules with their passwords: reads the password files, so for the daemon only."""
@@ -626,10 +700,25 @@ def _key_path(location: tuple[int | str, ...]) -> str:
 def parse_config(data: Mapping[str, Any], path: Path | str) -> Config:
     """Validate a parsed TOML document; every problem is named by its key path."""
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as error:
         problems = "; ".join(f"{_key_path(tuple(item['loc']))}: {_friendly(item)}" for item in error.errors())
         raise ConfigError(path=path, detail=problems) from None
+    _refuse_duplicate_docks(config, path)
+    return config
+
+
+def _refuse_duplicate_docks(config: Config, path: Path | str) -> None:
+    """Two `[[dock]]` entries for one port, or one label for two bays, would show an officer the wrong bay."""
+    for key in ("port", "label"):
+        seen: dict[str, int] = {}
+        for index, dock in enumerate(config.dock):
+            value = getattr(dock, key)
+            if value in seen:
+                raise ConfigError(
+                    path=path, detail=f"dock[{index}].{key}: {value!r} is already dock[{seen[value]}].{key}"
+                )
+            seen[value] = index
 
 
 def _friendly(item: Mapping[str, Any]) -> str:

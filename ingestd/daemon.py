@@ -22,12 +22,15 @@ from types import FrameType
 
 import structlog
 
+from ingestd.bay.server import BayDisplay
 from ingestd.config import Config, check_for_run, load_config
 from ingestd.control.metrics import MetricsServer
 from ingestd.control.server import ControlServer
 from ingestd.docking.events import DockEvent
 from ingestd.docking.folders import FolderSource
+from ingestd.docking.source import DeviceSource
 from ingestd.errors import IngestdError
+from ingestd.exit_codes import ExitCode
 from ingestd.jobs import JobRunner
 from ingestd.manager import DockManager, interrupted_sessions
 from ingestd.partials import expire_partial_copies
@@ -44,11 +47,12 @@ log = structlog.get_logger()
 LOOP_TICK_S = 0.25
 PROGRESS_INTERVAL_S = 1.0
 LOCK_FILE = "ingestd.lock"
+SOURCE_STOP_TIMEOUT_S = 5.0
 
 
 class AlreadyRunningError(IngestdError):
     template = "ingestd is already running on {state_dir} (pid {pid}); refusing to start a second one"
-    exit_code = 43
+    exit_code = ExitCode.ALREADY_RUNNING
 
 
 def lock_state(state_dir: Path) -> int:
@@ -78,6 +82,7 @@ def ingest_settings(config: Config) -> IngestSettings:
         clock_samples=config.ingest.clock_samples,
         delete_after_ingest=config.ingest.delete_after_ingest,
         deadline_window=config.deadlines.window,
+        notify=config.notify,
     )
 
 
@@ -140,10 +145,9 @@ class Daemon:
             slow_rate_floor_bps=config.ingest.slow_rate_floor_mib_s * MIB,
             slow_rate_seconds=config.ingest.slow_rate_seconds,
         )
-        self._sources_stop = threading.Event()
+        self._sources: list[DeviceSource] = []
         self._alarm_lock = threading.Lock()
         self._store_full: dict[str, str] = {}
-        self._folder_source: FolderSource | None = None
         self.jobs = JobRunner(self.services, clock=clock)
         self.control = ControlServer(self.services, config.control, clock=clock)
         self.metrics = (
@@ -159,6 +163,9 @@ class Daemon:
             )
             if config.vault.enabled
             else None
+        )
+        self.bay_display = (
+            BayDisplay(self.services.catalog, config.bay_display) if config.bay_display.enabled else None
         )
 
     def install_signal_handlers(self) -> None:
@@ -182,18 +189,15 @@ class Daemon:
             source, why = choose_source(detection.udev_source)
             udev = {"setting": detection.udev_source, "source": source, "why": why}
             log.info("udev_source", **udev)
-            UdevSource(
-                self.events.put,
-                source=source,
-                settle_s=detection.settle_seconds,
-                stop=self._sources_stop,
-            ).start()
+            self._sources.append(
+                UdevSource(self.events.put, source=source, settle_s=detection.settle_seconds)
+            )
         self.services.detection = {"udev": udev, "watch_folders": [str(f) for f in detection.watch_folders]}
         if detection.watch_folders:
-            self._folder_source = FolderSource(
-                list(detection.watch_folders), self.events.put, settle_s=detection.settle_seconds
-            )
-            self._folder_source.start()
+            folders = list(detection.watch_folders)
+            self._sources.append(FolderSource(folders, self.events.put, settle_s=detection.settle_seconds))
+        for device_source in self._sources:
+            device_source.start()
 
     def run(self) -> int:
         message = reconcile(self.services, self.clock())
@@ -201,6 +205,8 @@ class Daemon:
         self.control.start()
         if self.metrics is not None:
             self.metrics.start()
+        if self.bay_display is not None:
+            self.bay_display.start()
         self.start_sources()
         self.jobs.start()
         if self.replicator is not None:
@@ -213,6 +219,7 @@ class Daemon:
         try:
             while not self.state.stop.is_set():
                 self._drain_events()
+                self.manager.reap()
                 now = time.monotonic()
                 if now - last_progress >= PROGRESS_INTERVAL_S:
                     last_progress = now
@@ -293,9 +300,12 @@ class Daemon:
         self.control.stop()
         if self.metrics is not None:
             self.metrics.stop()
-        self._sources_stop.set()
-        if self._folder_source is not None:
-            self._folder_source.stop()
+        if self.bay_display is not None:
+            self.bay_display.stop()
+        for device_source in self._sources:
+            device_source.stop()
+        for device_source in self._sources:
+            device_source.join(timeout=SOURCE_STOP_TIMEOUT_S)
         self.manager.stop(timeout=self.config.ingest.stop_timeout_seconds)
         self.manager.flush_progress()
         if self.replicator is not None:

@@ -23,9 +23,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.live import Live
-from rich.table import Table
 from sqlalchemy import select
 
 from ingestd.config import load_config
@@ -218,7 +217,7 @@ def dock_loop_image(base: Path, camera: DemoCamera, files: int, size: int) -> st
     ).stdout.strip()
 
 
-def progress_table(catalog: Catalog) -> tuple[Table, int]:
+def progress_table(catalog: Catalog) -> tuple[RenderableType, int]:
     rows = []
     with catalog.transaction() as session:
         docks = session.scalars(select(Dock).order_by(Dock.port)).all()
@@ -231,7 +230,7 @@ def progress_table(catalog: Catalog) -> tuple[Table, int]:
     return table("docks", ("port", "state", "file", "done", "rate", "eta"), rows), ended
 
 
-def summary_table(catalog: Catalog) -> Table:
+def summary_table(catalog: Catalog) -> RenderableType:
     rows = []
     with catalog.transaction() as session:
         for camera in session.scalars(select(Camera).order_by(Camera.device_serial)).all():

@@ -21,7 +21,7 @@ from ingestd.errors import UsageError
 from ingestd.operations import UnknownOfficerError
 from ingestd.progress import DockProgress
 from ingestd.services import Services
-from ingestd.session import IngestSession, IngestSettings, SessionSummary
+from ingestd.session import IngestSettings, SessionSummary, run_session
 
 DEVICE_SERIAL_MAX = 7
 OFFICER_NO_MAX = 6
@@ -69,18 +69,15 @@ def run_import(
     )
     options = DriverOptions()
     camera = OperatorNamedCamera(device, options, officer_no)
-    session = IngestSession(
-        catalog=services.catalog,
-        store=services.store,
-        audit=services.audit,
-        camera=camera,
+    return run_session(
+        services,
+        camera,
         device=device,
         driver_name="import",
         options=options,
         settings=settings,
+        clock=clock,
         progress=progress or DockProgress(),
         unplugged=threading.Event(),
         stopping=threading.Event(),
-        clock=clock,
     )
-    return session.run()

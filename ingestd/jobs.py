@@ -2,7 +2,8 @@
 
 Guarantees:
 - Every job is idempotent. Flags carry the policy's deterministic `dedup_key`, so running a job twice,
-  or two processes racing, raises each flag once; only a flag that is new is logged and notified.
+  or two processes racing, raises each flag once; only a flag that is new is logged and notified (both
+  by `ingestd.flagging`, the path the ingest session raises its flags by too).
 - A job never deletes anything: retention jobs only give notices (`ingestctl purge` deletes).
 - A job that fails logs the failure and leaves the scheduler running; a notify command that fails or
   hangs is logged and killed, and never stops the job.
@@ -11,26 +12,23 @@ Guarantees:
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped]  # 3.x: untyped
 from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped]  # 3.x: untyped
-from sqlalchemy import exc, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ingestd import records
-from ingestd.config import Config, NotifyConfig
-from ingestd.operations import FlagView, flag_view
+from ingestd.config import Config
+from ingestd.flagging import FlagService
+from ingestd.operations import FlagView
 from ingestd.partials import expire_partial_copies
 from ingestd.policies.clock import evaluate_drift
+from ingestd.policies.custody import CustodyPeriod, checkout_covering, custody_periods
 from ingestd.policies.deadlines import recording_end
-from ingestd.policies.flags import FlagDecision, bounded_dedup_key
+from ingestd.policies.flags import FlagDecision
 from ingestd.policies.gaps import RecordingSpan, evaluate_gaps
 from ingestd.policies.overdue import CameraCustodyFacts, evaluate_overdue
 from ingestd.policies.replication import PendingReplication, evaluate_unreplicated
@@ -42,9 +40,7 @@ from store.models import (
     Camera,
     ClockReading,
     CustodyEvent,
-    CustodyKind,
     DockSession,
-    Flag,
     Recording,
     ReplicationItem,
     ReplicationKind,
@@ -60,97 +56,14 @@ PARTIAL_EXPIRY_INTERVAL = timedelta(hours=1)
 UNREPLICATED_INTERVAL = timedelta(minutes=15)  # only with vault.enabled
 
 
-# --- raising flags ----------------------------------------------------------------------------------
-
-
-def raise_decisions(
-    session: Session, decisions: Iterable[FlagDecision], *, dock_session_id: int | None = None
-) -> list[FlagView]:
-    """Raise each decision once; returns the flags that are new. Each insert runs in a savepoint, so a
-    flag another process raised a moment ago is skipped instead of failing the whole batch."""
-    fresh: list[FlagView] = []
-    for decision in decisions:
-        try:
-            with session.begin_nested():
-                flag = records.raise_flag(
-                    session,
-                    kind=decision.kind,
-                    dedup_key=decision.dedup_key,
-                    now=decision.raised_at,
-                    details=dict(decision.details),
-                    camera_id=decision.camera_id,
-                    recording_id=decision.recording_id,
-                    dock_session_id=dock_session_id,
-                )
-        except exc.IntegrityError:
-            # Only a lost race on the unique key is expected; anything else is re-raised.
-            if (
-                session.scalar(select(Flag.id).where(Flag.dedup_key == bounded_dedup_key(decision.dedup_key)))
-                is None
-            ):
-                raise
-            flag = None
-        if flag is not None:
-            fresh.append(flag_view(flag, decision.camera_serial))
-    return fresh
-
-
-def announce(flags: Iterable[FlagView], notify: NotifyConfig) -> None:
-    """Log each new flag and run the notify command for it. Call after the flags committed."""
-    for flag in flags:
-        log.info(
-            "flag_raised",
-            flag_id=flag.id,
-            kind=flag.kind,
-            device_id=flag.device_serial,
-            recording_id=flag.recording_id,
-            dedup_key=flag.dedup_key,
-        )
-        run_notify(flag, notify)
-
-
-def run_notify(flag: FlagView, notify: NotifyConfig) -> bool:
-    """Run the notify command with the flag as JSON on stdin; True when it exited 0 in time.
-
-    The command runs in its own process group so a timeout kills whatever it started too."""
-    argv = notify.argv()
-    if not argv:
-        return False
-    payload = json.dumps(flag.as_json(), ensure_ascii=False).encode("utf-8")
-    bound = log.bind(flag_id=flag.id, command=argv[0])
-    try:
-        process = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-    except OSError as error:
-        bound.warning("notify_failed", error=str(error))
-        return False
-    with process:
-        try:
-            _out, err = process.communicate(payload, timeout=notify.timeout_seconds)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
-            bound.warning("notify_timeout", timeout_s=notify.timeout_seconds)
-            return False
-    if process.returncode != 0:
-        stderr = err.decode("utf-8", "replace")[-500:].strip()
-        bound.warning("notify_failed", returncode=process.returncode, stderr=stderr)
-        return False
-    return True
-
-
 # --- evaluations ------------------------------------------------------------------------------------
 
 
 def evaluate_overdue_cameras(catalog: Catalog, config: Config, now: datetime) -> list[FlagView]:
-    """OVERDUE for every camera checked out longer than the upload window without docking."""
-    with catalog.transaction() as session:
-        rows = session.scalars(select(Camera).where(Camera.checked_out_at.is_not(None))).all()
+    """OVERDUE for every camera checked out longer than the upload window without docking; returns the
+    new flags, announced."""
+    with FlagService(config.notify).transaction(catalog) as batch:
+        rows = batch.session.scalars(select(Camera).where(Camera.checked_out_at.is_not(None))).all()
         facts = [
             CameraCustodyFacts(
                 camera_serial=camera.device_serial,
@@ -161,14 +74,15 @@ def evaluate_overdue_cameras(catalog: Catalog, config: Config, now: datetime) ->
             )
             for camera in rows
         ]
-        return raise_decisions(session, evaluate_overdue(facts, config.deadlines.window, now))
+        return batch.raise_flags(evaluate_overdue(facts, config.deadlines.window, now))
 
 
 def evaluate_unreplicated_objects(catalog: Catalog, config: Config, now: datetime) -> list[FlagView]:
-    """UNREPLICATED for every object not replicated and verified within the replication deadline."""
+    """UNREPLICATED for every object not replicated and verified within the replication deadline;
+    returns the new flags, announced."""
     deadline = timedelta(hours=config.vault.replication_deadline_hours)
-    with catalog.transaction() as session:
-        rows = session.scalars(
+    with FlagService(config.notify).transaction(catalog) as batch:
+        rows = batch.session.scalars(
             select(ReplicationItem).where(
                 ReplicationItem.kind == ReplicationKind.OBJECT,
                 ReplicationItem.state != ReplicationState.REPLICATED,
@@ -179,34 +93,16 @@ def evaluate_unreplicated_objects(catalog: Catalog, config: Config, now: datetim
             PendingReplication(r.subject, r.enqueued_at, r.state.value, r.attempts, r.last_error)
             for r in rows
         ]
-        return raise_decisions(session, evaluate_unreplicated(pending, deadline, now))
+        return batch.raise_flags(evaluate_unreplicated(pending, deadline, now))
 
 
-def _custody_periods(session: Session, camera_id: int) -> list[tuple[datetime, datetime | None]]:
-    """Check-out to next check-in. A check-out while already out re-attributes: the period goes on."""
+def _custody_periods(session: Session, camera_id: int) -> list[CustodyPeriod]:
     events = session.execute(
         select(CustodyEvent.kind, CustodyEvent.at)
         .where(CustodyEvent.camera_id == camera_id)
         .order_by(CustodyEvent.at, CustodyEvent.id)
     ).all()
-    periods: list[tuple[datetime, datetime | None]] = []
-    out: datetime | None = None
-    for kind, at in events:
-        if kind is CustodyKind.CHECK_OUT and out is None:
-            out = at
-        elif kind is CustodyKind.CHECK_IN and out is not None:
-            periods.append((out, at))
-            out = None
-    if out is not None:
-        periods.append((out, None))
-    return periods
-
-
-def _period_of(periods: list[tuple[datetime, datetime | None]], start: datetime) -> datetime | None:
-    for out, back in periods:
-        if out <= start and (back is None or start < back):
-            return out
-    return None
+    return custody_periods((kind, at) for kind, at in events)
 
 
 def _gap_decisions(
@@ -216,12 +112,12 @@ def _gap_decisions(
         select(Recording).where(Recording.dock_session_id == dock_session_id, Recording.purged_at.is_(None))
     ).all()
     periods = _custody_periods(session, camera.id)
-    touched = {_period_of(periods, r.recorded_at) for r in session_recordings} - {None}
+    touched = {checkout_covering(periods, r.recorded_at) for r in session_recordings} - {None}
     # A cut-off recording needs an explanation whether or not a check-out period covers it.
     uncovered_cut = [
         _span(camera, r, None)
         for r in session_recordings
-        if r.interruption is not None and _period_of(periods, r.recorded_at) is None
+        if r.interruption is not None and checkout_covering(periods, r.recorded_at) is None
     ]
     if not touched:
         return evaluate_gaps(uncovered_cut, config.gaps.threshold, now)
@@ -234,7 +130,7 @@ def _gap_decisions(
     ).all()
     spans = list(uncovered_cut)
     for recording in candidates:
-        checkout_at = _period_of(periods, recording.recorded_at)
+        checkout_at = checkout_covering(periods, recording.recorded_at)
         if checkout_at in touched:
             spans.append(_span(camera, recording, checkout_at))
     return evaluate_gaps(spans, config.gaps.threshold, now)
@@ -285,9 +181,9 @@ def evaluate_after_session(
     *,
     kinds: Iterable[str] = ("drift", "gaps"),
 ) -> list[FlagView]:
-    """Drift and gap flags for one dock session, once it has ended. Returns the new flags (not yet
-    announced: the caller logs and notifies them, see `announce`)."""
-    with catalog.transaction() as session:
+    """Drift and gap flags for one dock session, once it has ended. Returns the new flags, announced."""
+    with FlagService(config.notify).transaction(catalog) as batch:
+        session = batch.session
         dock_session = session.get(DockSession, dock_session_id)
         if dock_session is None or dock_session.camera is None:
             return []
@@ -297,7 +193,7 @@ def evaluate_after_session(
             for kind in kinds
             for decision in _EVALUATIONS[kind](session, camera, dock_session_id, now, config)
         ]
-        return raise_decisions(session, decisions, dock_session_id=dock_session_id)
+        return batch.raise_flags(decisions, dock_session_id=dock_session_id)
 
 
 def evaluate_recent_sessions(catalog: Catalog, config: Config, now: datetime, kind: str) -> list[FlagView]:
@@ -319,16 +215,13 @@ def evaluate_recent_sessions(catalog: Catalog, config: Config, now: datetime, ki
 # --- the scheduler ----------------------------------------------------------------------------------
 
 
-def _job(
-    name: str, services: Services, clock: Clock, work: Callable[[datetime], list[FlagView]]
-) -> Callable[[], list[FlagView]]:
+def _job(name: str, clock: Clock, work: Callable[[datetime], list[FlagView]]) -> Callable[[], list[FlagView]]:
     def run() -> list[FlagView]:
         try:
             fresh = work(clock())
         except Exception as error:  # noqa: BLE001 - a failed run is logged; the next run tries again
             log.error("job_failed", job=name, error=f"{type(error).__name__}: {error}")  # noqa: TRY400 - the type and message are the story
             return []
-        announce(fresh, services.config.notify)
         log.debug("job_done", job=name, new_flags=len(fresh))
         return fresh
 
@@ -390,7 +283,7 @@ def build_scheduler(services: Services, clock: Clock = utcnow) -> BackgroundSche
     for name, (function, interval, at_start) in work.items():
         options = {"next_run_time": clock()} if at_start else {}
         scheduler.add_job(
-            _job(name, services, clock, function),
+            _job(name, clock, function),
             IntervalTrigger(seconds=interval.total_seconds(), timezone=UTC),
             id=name,
             name=name,

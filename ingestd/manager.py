@@ -7,11 +7,16 @@ and is written to the `docks` table by `flush_progress`, which the supervising l
 A dock whose copy stays below `ingest.slow_rate_floor_mib_s` for `ingest.slow_rate_seconds` gives its
 slot back (`release_slow_slots`, also ~1 Hz) so a queued camera starts. It keeps copying: nothing is
 paused or dropped, it just no longer counts against the cap, and it never takes a slot back.
+
+Nothing here waits on a session from the supervising loop, which pings the systemd watchdog: an undock
+tells the session to end and returns; `reap` (each loop tick) writes the check-out once the session has
+ended, and only then starts a dock that arrived on that port meanwhile. Only `stop` waits, bounded.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,7 +30,7 @@ from ingestd.docking.events import Docked, DockEvent, Undocked
 from ingestd.policies.custody import attribute_checkout
 from ingestd.progress import DockProgress, SlowCopyWatch
 from ingestd.services import Services
-from ingestd.session import DELETE_ORIGINALS, IngestSession, IngestSettings, SessionSummary
+from ingestd.session import DELETE_ORIGINALS, IngestSettings, SessionSummary, run_session
 from store.audit import Actor
 from store.models import AuditEvent, Camera, CustodyKind, Dock, DockSession, SessionState
 
@@ -64,6 +69,9 @@ class DockManager:
         self.stopping = threading.Event()
         self._copy_slots = threading.BoundedSemaphore(max_concurrent)
         self._slots: dict[str, _Slot] = {}
+        # Undocked, their session still ending; and a dock that came back to such a port meanwhile.
+        self._retiring: dict[str, _Slot] = {}
+        self._waiting: dict[str, Docked] = {}
         self._lock = threading.Lock()
         self._on_summary = on_summary
 
@@ -77,6 +85,13 @@ class DockManager:
 
     def _docked(self, event: Docked) -> None:
         with self._lock:
+            if event.port in self._retiring:
+                # The port's previous session has not ended yet: one session per camera at a time.
+                self._waiting[event.port] = event
+                log.info(
+                    "dock_waiting", port=event.port, detail="the previous session on this port is ending"
+                )
+                return
             existing = self._slots.get(event.port)
             if existing is not None and existing.thread is not None and existing.thread.is_alive():
                 log.warning("dock_busy", port=event.port)
@@ -85,7 +100,9 @@ class DockManager:
             if match is None:
                 return  # logged once by the registry
             slot = _Slot(
-                port=event.port, slow_watch=SlowCopyWatch(self.slow_rate_floor_bps, self.slow_rate_seconds)
+                port=event.port,
+                slow_watch=SlowCopyWatch(self.slow_rate_floor_bps, self.slow_rate_seconds),
+                progress=DockProgress(self.services.config.dock_label(event.port)),
             )
             self._slots[event.port] = slot
         driver, options = match
@@ -110,22 +127,19 @@ class DockManager:
                 bound.error("camera_open_failed", error=str(error))
                 self._record_open_failure(event.port, str(error))
                 return
-            session = IngestSession(
-                catalog=self.services.catalog,
-                store=self.services.store,
-                audit=self.services.audit,
-                camera=camera,
-                device=event.device,
-                driver_name=driver.name,
-                options=options,
-                settings=self.settings,
-                progress=slot.progress,
-                unplugged=slot.unplugged,
-                stopping=self.stopping,
-                clock=self.clock,
-            )
             try:
-                summary = session.run()
+                summary = run_session(
+                    self.services,
+                    camera,
+                    device=event.device,
+                    driver_name=driver.name,
+                    options=options,
+                    settings=self.settings,
+                    clock=self.clock,
+                    progress=slot.progress,
+                    unplugged=slot.unplugged,
+                    stopping=self.stopping,
+                )
             except Exception:  # noqa: BLE001 - a bug in one session must not take the daemon down
                 bound.exception("session_crashed")
                 return
@@ -155,17 +169,38 @@ class DockManager:
             dock_session.ended_at = now
 
     def _undocked(self, event: Undocked) -> None:
+        """Tell the port's session to end and return at once; `reap` checks the camera out after it."""
         with self._lock:
+            if self._waiting.pop(event.port, None) is not None:
+                return  # a dock that never started, taken out again
             slot = self._slots.pop(event.port, None)
-        if slot is None:
-            return
-        slot.unplugged.set()
-        if slot.thread is not None:
-            slot.thread.join(timeout=30)
+            if slot is None:
+                return
+            slot.unplugged.set()
+            if slot.thread is not None and slot.thread.is_alive():
+                self._retiring[event.port] = slot
+                return
+        self._after_undock(slot)
+
+    def reap(self) -> None:
+        """Finish the undock of each session that has ended since, then start a dock that waited for it
+        (called each tick of the supervising loop; never waits)."""
+        with self._lock:
+            ended = [slot for slot in self._retiring.values() if not (slot.thread and slot.thread.is_alive())]
+            for slot in ended:
+                del self._retiring[slot.port]
+        for slot in ended:
+            self._after_undock(slot)
+            with self._lock:
+                waiting = self._waiting.pop(slot.port, None)
+            if waiting is not None and not self.stopping.is_set():
+                self._docked(waiting)
+
+    def _after_undock(self, slot: _Slot) -> None:
         serial = slot.device_serial or (slot.summary.device_id if slot.summary else None)
         if serial is not None:
-            self.check_out_on_undock(event.port, serial)
-        self._set_dock_empty(event.port)
+            self.check_out_on_undock(slot.port, serial)
+        self._set_dock_empty(slot.port)
 
     def check_out_on_undock(self, port: str, device_serial: str) -> None:
         """Undock is check-out, to the camera's assigned officer unless a clerk named someone else."""
@@ -206,7 +241,8 @@ class DockManager:
 
     def active_ports(self) -> list[str]:
         with self._lock:
-            return [port for port, slot in self._slots.items() if slot.thread and slot.thread.is_alive()]
+            slots = [*self._slots.values(), *self._retiring.values()]
+        return sorted(slot.port for slot in slots if slot.thread and slot.thread.is_alive())
 
     def release_slow_slots(self, now: float) -> list[str]:
         """Give back the copy slot of each dock that copied below the floor for a whole window (`now` is
@@ -252,12 +288,19 @@ class DockManager:
                 dock.updated_at = now
 
     def stop(self, timeout: float) -> None:
-        """Ask every session to stop after its current durable step, and wait for them."""
+        """Ask every session to stop after its current durable step, and wait for them all for at most
+        `timeout` seconds in total; then finish the undocks of those that ended."""
         self.stopping.set()
         with self._lock:
-            threads = [slot.thread for slot in self._slots.values() if slot.thread is not None]
-        for thread in threads:
-            thread.join(timeout)
+            slots = [*self._slots.values(), *self._retiring.values()]
+        deadline = time.monotonic() + timeout
+        for slot in slots:
+            if slot.thread is not None:
+                slot.thread.join(max(0.0, deadline - time.monotonic()))
+        running = sorted(slot.port for slot in slots if slot.thread and slot.thread.is_alive())
+        if running:
+            log.warning("sessions_still_running", ports=running, waited_s=timeout)
+        self.reap()
 
 
 RECONCILE_ACTOR = Actor.system(source="reconcile")

@@ -19,9 +19,9 @@ from sqlalchemy.orm import Session, aliased
 from ingestd import records
 from ingestd.config import DeadlinesConfig, RetentionConfig
 from ingestd.errors import UsageError
+from ingestd.exit_codes import ExitCode
 from ingestd.policies.custody import attribute_checkout
 from ingestd.policies.deadlines import deadline_basis, extend_deadline, lateness, recording_end
-from ingestd.policies.flags import iso
 from ingestd.policies.retention import RetentionRules, long_term_reasons, normalize_tag
 from ingestd.purge import retention_facts
 from store.audit import Actor, AuditLog, Role
@@ -37,6 +37,7 @@ from store.models import (
     Recording,
     RetentionClass,
 )
+from store.times import iso
 
 DEVICE_SERIAL_MAX = 7  # GA/T 947.4 cSerial[7]
 # Who may lower a recording's protection: drop a long-term reason, its retention class or its
@@ -72,7 +73,7 @@ class LoweringNotAllowedError(OperationError):
     """Lowering protection needs a stronger role than the one that may classify."""
 
     template = "permission denied: {detail}"
-    exit_code = 13  # like a command the caller's roles do not allow
+    exit_code = ExitCode.PERMISSION_DENIED  # like a command the caller's roles do not allow
 
 
 # --- custody ----------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Per-dock transfer progress: updated from the copy loop, read about once a second by the flusher.
 
 The copy loop only adds integers under a lock; rate, ETA and persistence happen on the reader's side,
-so reporting never slows the copy.
+so reporting never slows the copy. Once the copy is over the rate stays at the copy's average, so a
+finished dock does not show a rate that decays while it waits to be undocked.
 """
 
 from __future__ import annotations
@@ -9,13 +10,16 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 RATE_WINDOW_S = 5.0
+COPYING = "ingesting"
 
 
 @dataclass(frozen=True)
 class ProgressSnapshot:
+    label: str  # the dock's `[[dock]]` label, else its short port name ("" for `ingestd import`)
     state: str
     current_file: str | None
     bytes_done: int
@@ -27,7 +31,9 @@ class ProgressSnapshot:
 
 
 class DockProgress:
-    def __init__(self) -> None:
+    def __init__(self, label: str = "", clock: Callable[[], float] = time.monotonic) -> None:
+        self.label = label
+        self._clock = clock
         self._lock = threading.Lock()
         self._state = "identifying"
         self._current_file: str | None = None
@@ -37,9 +43,17 @@ class DockProgress:
         self._files_total = 0
         self._file_base = 0  # bytes_done at the start of the current file
         self._samples: deque[tuple[float, int]] = deque()
+        self._copy_started: float | None = None
+        self._copy_rate: float | None = None  # set once the copy is over: its average
 
     def set_state(self, state: str) -> None:
         with self._lock:
+            now = self._clock()
+            if state == COPYING and self._state != COPYING:
+                self._copy_started, self._copy_rate = now, None
+            elif state != COPYING and self._state == COPYING and self._copy_started is not None:
+                elapsed = now - self._copy_started
+                self._copy_rate = self._bytes_done / elapsed if elapsed > 0 else None
             self._state = state
 
     def plan(self, files_total: int, bytes_total: int) -> None:
@@ -64,23 +78,34 @@ class DockProgress:
             self._current_file = None
 
     def snapshot(self, now: float | None = None) -> ProgressSnapshot:
-        now = time.monotonic() if now is None else now
+        now = self._clock() if now is None else now
         with self._lock:
             done, total = self._bytes_done, self._bytes_total
-            self._samples.append((now, done))
-            while len(self._samples) > 2 and now - self._samples[0][0] > RATE_WINDOW_S:
-                self._samples.popleft()
-            first_t, first_done = self._samples[0]
-            rate = (done - first_done) / (now - first_t) if now > first_t else None
-            eta = (total - done) / rate if rate and rate > 0 and total >= done else None
+            if self._state != COPYING and self._copy_started is not None:
+                rate, eta = self._copy_rate, None  # the copy is over: its average, no ETA
+            else:
+                self._samples.append((now, done))
+                while len(self._samples) > 2 and now - self._samples[0][0] > RATE_WINDOW_S:
+                    self._samples.popleft()
+                first_t, first_done = self._samples[0]
+                rate = (done - first_done) / (now - first_t) if now > first_t else None
+                eta = (total - done) / rate if rate and rate > 0 and total >= done else None
             return ProgressSnapshot(
-                self._state, self._current_file, done, total, self._files_done, self._files_total, rate, eta
+                self.label,
+                self._state,
+                self._current_file,
+                done,
+                total,
+                self._files_done,
+                self._files_total,
+                rate,
+                eta,
             )
 
     def copying(self) -> tuple[bool, int]:
         """Whether the session is copying recordings now, and the bytes copied so far."""
         with self._lock:
-            return self._state == "ingesting", self._bytes_done
+            return self._state == COPYING, self._bytes_done
 
 
 class SlowCopyWatch:

@@ -33,7 +33,6 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ingestd.policies.flags import iso
 from ingestd.policies.retention import (
     KeepReason,
     PurgePlan,
@@ -46,6 +45,7 @@ from store.catalog import Catalog
 from store.errors import IntegrityError, ObjectMissing, StoreError
 from store.models import Recording, StoredObject
 from store.objects import ObjectStore
+from store.times import iso
 
 log = structlog.get_logger(__name__)
 

@@ -14,7 +14,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from drivers.base import CameraIdentity, ClockReading
-from ingestd.policies.flags import bounded_dedup_key
 from store.audit import Actor, AuditLog
 from store.models import (
     Camera,
@@ -22,8 +21,6 @@ from store.models import (
     CustodyKind,
     Dock,
     DockSession,
-    Flag,
-    FlagKind,
     Officer,
     SessionState,
     Unit,
@@ -87,10 +84,10 @@ def officer_by_number(session: Session, officer_no: str) -> Officer | None:
 
 def _officer(
     session: Session, officer_no: str, name: str, unit: Unit | None
-) -> tuple[Officer | None, dict[str, Any]]:
+) -> tuple[Officer | None, dict[str, tuple[str, str]]]:
     """The officer a camera names, registered on first sight. The registry is authoritative after
     that: what a camera says about a known officer never changes the officer (nor so the footage
-    filed under them); a disagreement is returned, field -> [registered, reported]."""
+    filed under them); a disagreement is returned, field -> (registered, reported)."""
     if not officer_no:
         return None, {}
     officer = officer_by_number(session, officer_no)
@@ -98,11 +95,11 @@ def _officer(
         officer = Officer(officer_no=officer_no, name=name or officer_no, unit=unit)
         session.add(officer)
         return officer, {}
-    disagreement: dict[str, Any] = {}
+    disagreement: dict[str, tuple[str, str]] = {}
     if name and name != officer.name:
-        disagreement["officer_name"] = [officer.name, name]
+        disagreement["officer_name"] = (officer.name, name)
     if unit is not None and officer.unit is not None and unit.unit_no != officer.unit.unit_no:
-        disagreement["unit_no"] = [officer.unit.unit_no, unit.unit_no]
+        disagreement["unit_no"] = (officer.unit.unit_no, unit.unit_no)
     if unit is not None and officer.unit is None:
         officer.unit = unit  # filling a gap, not overriding the registry
     return officer, disagreement
@@ -113,6 +110,9 @@ class Registration:
     camera: Camera
     officer: Officer | None
     identity_changed: dict[str, Any]
+    # What the camera said about its known officer otherwise than the registry, field -> (registered,
+    # reported); the caller flags it (`policies.dock.officer_mismatch`).
+    officer_disagreement: dict[str, tuple[str, str]]
 
 
 def register_camera(
@@ -126,8 +126,8 @@ def register_camera(
     now: datetime,
 ) -> Registration:
     """Create or update the camera, its unit and its assigned officer from the identity it reported.
-    A camera that describes a known officer otherwise than the registry raises an identity-mismatch
-    flag (once per distinct claim) and changes nothing about the officer."""
+    A camera that describes a known officer otherwise than the registry changes nothing about the
+    officer; the disagreement is returned."""
     unit = _unit(session, identity.unit_no, identity.unit_name)
     officer, disagreement = _officer(session, identity.officer_no, identity.officer_name, unit)
     camera = session.scalar(select(Camera).where(Camera.device_serial == identity.device_serial))
@@ -154,23 +154,9 @@ def register_camera(
             details={**changed, "source": identity.source},
             at=now,
         )
-    if disagreement:
-        claim = "|".join(str(reported) for _registered, reported in disagreement.values())
-        raise_flag(
-            session,
-            kind=FlagKind.IDENTITY_MISMATCH,
-            dedup_key=f"officer:{identity.device_serial}:{identity.officer_no}:{claim}",
-            now=now,
-            camera_id=camera.id,
-            details={
-                "officer_no": identity.officer_no,
-                "device_serial": identity.device_serial,
-                "source": identity.source,
-                **{f"{field}_registered": registered for field, (registered, _) in disagreement.items()},
-                **{f"{field}_reported": reported for field, (_, reported) in disagreement.items()},
-            },
-        )
-    return Registration(camera=camera, officer=officer, identity_changed=changed)
+    return Registration(
+        camera=camera, officer=officer, identity_changed=changed, officer_disagreement=disagreement
+    )
 
 
 def record_clock(
@@ -244,34 +230,3 @@ def custody_event(
         at=now,
     )
     return event
-
-
-def raise_flag(
-    session: Session,
-    *,
-    kind: FlagKind,
-    dedup_key: str,
-    now: datetime,
-    details: dict[str, Any],
-    camera_id: int | None = None,
-    recording_id: int | None = None,
-    dock_session_id: int | None = None,
-) -> Flag | None:
-    """Raise a flag once: a second call with the same key returns None and changes nothing. A key longer
-    than the catalog column (a deep path on a camera) is stored in its bounded form."""
-    bounded = bounded_dedup_key(dedup_key)
-    # A SQLite catalog from before keys were bounded may hold a long key as it was.
-    if session.scalar(select(Flag.id).where(Flag.dedup_key.in_({dedup_key, bounded}))) is not None:
-        return None
-    flag = Flag(
-        kind=kind,
-        dedup_key=bounded,
-        raised_at=now,
-        details=details,
-        camera_id=camera_id,
-        recording_id=recording_id,
-        dock_session_id=dock_session_id,
-    )
-    session.add(flag)
-    session.flush()
-    return flag

@@ -12,11 +12,12 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
 from ingestd.errors import IngestdError
+from ingestd.exit_codes import ExitCode
 
 
 class SchemaError(IngestdError):
     template = "catalog schema: {detail}"
-    exit_code = 32
+    exit_code = ExitCode.SCHEMA_MISMATCH
 
 
 def migrations_dir() -> Path:

@@ -12,7 +12,7 @@ from ingestd.config import Config
 from store.audit import AuditLog, chain_end
 from store.catalog import Catalog
 from store.checkpoints import CheckpointFile
-from store.objects import FileObjectStore
+from store.objects import FileObjectStore, ObjectStore
 from store.signing import Signer
 
 MIB = 1024 * 1024
@@ -38,7 +38,7 @@ def signed_history(catalog: Catalog, checkpoints: Path) -> str | None:
 class Services:
     config: Config
     catalog: Catalog
-    store: FileObjectStore
+    store: ObjectStore
     audit: AuditLog
     registry: DriverRegistry
     # What the daemon watches for cameras, as it started its sources (udev's chosen event source and
@@ -46,13 +46,17 @@ class Services:
     detection: dict[str, Any] | None = None
 
     @classmethod
-    def open(cls, config: Config, *, migrate: bool = True, cameras: bool = True) -> Services:
+    def open(
+        cls, config: Config, *, migrate: bool = True, cameras: bool = True, read_only: bool = False
+    ) -> Services:
         """Open everything. The daemon and imports set the station up (state directory, catalog schema,
         signing key); every other caller (`migrate=False`) opens an existing station and creates nothing.
-        With `cameras=False` no camera rule is loaded, so no camera password file is read."""
+        With `cameras=False` no camera rule is loaded, so no camera password file is read; `read_only`
+        (implies `migrate=False`) opens the catalog so that nothing can write it."""
+        migrate = migrate and not read_only
         if migrate:
             config.daemon.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-        catalog = Catalog.open(config.catalog.url, create=migrate)
+        catalog = Catalog.open(config.catalog.url, create=migrate, read_only=read_only)
         try:
             if migrate:
                 schema.upgrade(catalog.engine)
@@ -64,6 +68,8 @@ class Services:
                 chunk_size=config.store.chunk_mib * MIB,
                 fsync_interval=config.store.fsync_interval_mib * MIB,
             )
+            if migrate:
+                store.create_directories()
             if migrate:
                 signer = Signer.load_or_create(
                     config.daemon.state_dir, history=lambda: signed_history(catalog, checkpoint_path(config))

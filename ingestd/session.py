@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import structlog
 from blake3 import blake3
@@ -46,8 +46,11 @@ from drivers.base import (
 from drivers.scan import Recording as ScannedRecording
 from drivers.scan import decode_name, display_name, scan_volume
 from ingestd import records, replication
+from ingestd.config import NotifyConfig
+from ingestd.flagging import FlagService
+from ingestd.policies import dock as dock_flags
 from ingestd.policies.clock import corrected_recorded_at
-from ingestd.policies.deadlines import deadline_for, lateness, recording_end
+from ingestd.policies.deadlines import DeadlineFacts, deadline_for, evaluate_late, recording_end
 from ingestd.progress import DockProgress
 from store.audit import AuditLog
 from store.catalog import Catalog
@@ -57,13 +60,15 @@ from store.models import (
     Confidentiality,
     CustodyKind,
     DockSession,
-    FlagKind,
     Recording,
     RetentionClass,
     SessionState,
     StoredObject,
 )
 from store.objects import ExpectedObject, ObjectStore, PutResult
+
+if TYPE_CHECKING:
+    from ingestd.services import Services
 
 log = structlog.get_logger()
 
@@ -126,6 +131,7 @@ class IngestSettings:
     delete_after_ingest: bool = True
     deadline_window: timedelta = timedelta(hours=24)
     presence_check_interval_s: float = 0.5
+    notify: NotifyConfig = field(default_factory=NotifyConfig)  # run for each flag the session raises
 
 
 @dataclass
@@ -183,6 +189,37 @@ def open_regular_nofollow(path: bytes | str | Path) -> BinaryIO:
     return os.fdopen(fd, "rb", buffering=0)
 
 
+def run_session(
+    services: Services,
+    camera: Camera,
+    *,
+    device: DeviceInfo,
+    driver_name: str,
+    options: DriverOptions,
+    settings: IngestSettings,
+    clock: Callable[[], datetime],
+    progress: DockProgress,
+    unplugged: threading.Event,
+    stopping: threading.Event,
+) -> SessionSummary:
+    """Ingest one opened camera to the end of its session: the one place an `IngestSession` is built,
+    for a dock of the daemon and for `ingestd import` alike."""
+    return IngestSession(
+        catalog=services.catalog,
+        store=services.store,
+        audit=services.audit,
+        camera=camera,
+        device=device,
+        driver_name=driver_name,
+        options=options,
+        settings=settings,
+        progress=progress,
+        unplugged=unplugged,
+        stopping=stopping,
+        clock=clock,
+    ).run()
+
+
 class IngestSession:
     def __init__(
         self,
@@ -213,6 +250,7 @@ class IngestSession:
         self.stopping = stopping
         self.clock = clock
         self.summary = SessionSummary(port=device.port)
+        self.flags = FlagService(settings.notify)
         self._last_presence_check = 0.0
         self._log = log.bind(port=device.port)
 
@@ -291,7 +329,8 @@ class IngestSession:
     ) -> tuple[int, float | None]:
         now = self.clock()
         usb_serial = self.device.properties.get("ID_SERIAL_SHORT")
-        with self.catalog.transaction() as session:
+        with self.flags.transaction(self.catalog) as flags:
+            session = flags.session
             dock_session = session.get_one(DockSession, dock_session_id)
             registration = records.register_camera(
                 session,
@@ -310,21 +349,24 @@ class IngestSession:
             if storage is not None:
                 camera.storage_free_bytes, camera.storage_total_bytes = storage
                 dock_session.storage_free_bytes = storage[0]
-            # The serial a control channel or an identity file on the volume reports is a claim.
-            if usb_serial and usb_serial != identity.device_serial:
-                records.raise_flag(
-                    session,
-                    kind=FlagKind.IDENTITY_MISMATCH,
-                    dedup_key=f"identity:{identity.device_serial}:{usb_serial}",
-                    now=now,
+            mismatches = (
+                dock_flags.officer_mismatch(
+                    device_serial=identity.device_serial,
+                    officer_no=identity.officer_no,
+                    source=identity.source,
+                    disagreement=registration.officer_disagreement,
                     camera_id=camera.id,
-                    dock_session_id=dock_session_id,
-                    details={
-                        "usb_serial": usb_serial,
-                        "device_serial": identity.device_serial,
-                        "source": identity.source,
-                    },
-                )
+                    now=now,
+                ),
+                dock_flags.serial_mismatch(
+                    device_serial=identity.device_serial,
+                    usb_serial=usb_serial or "",
+                    source=identity.source,
+                    camera_id=camera.id,
+                    now=now,
+                ),
+            )
+            flags.raise_flags([m for m in mismatches if m is not None], dock_session_id=dock_session_id)
             records.custody_event(
                 session,
                 self.audit,
@@ -343,18 +385,18 @@ class IngestSession:
             volume, extensions=self.options.extensions, filename_patterns=self.options.filename_patterns
         )
         now = self.clock()
-        with self.catalog.transaction() as session:
+        with self.flags.transaction(self.catalog) as flags:
+            session = flags.session
             for rejected in scan.rejected:
                 self.summary.rejected.append(f"{rejected.path}: {rejected.reason}")
-                records.raise_flag(
-                    session,
-                    kind=FlagKind.FAILED_FILE,
-                    dedup_key=f"rejected:{camera_id}:{rejected.path}",
-                    now=now,
+                decision = dock_flags.rejected_file(
+                    camera_serial=docked.identity.device_serial,
                     camera_id=camera_id,
-                    dock_session_id=dock_session_id,
-                    details={"file": rejected.path, "reason": rejected.reason},
+                    path=rejected.path,
+                    reason=rejected.reason,
+                    now=now,
                 )
+                flags.raise_flags([decision], dock_session_id=dock_session_id)
                 self._log.warning("file_rejected", file=rejected.path, reason=rejected.reason)
             known = set(session.scalars(select(Recording.source_key).where(Recording.camera_id == camera_id)))
         keyed = [(source_key(item, volume), item) for item in scan.recordings]
@@ -546,8 +588,8 @@ class IngestSession:
         recorded_at = corrected_recorded_at(item.recorded_at, offset)
         # Due a window after the recording ends; an unknown duration counts from the start (stricter).
         deadline = deadline_for(recording_end(recorded_at, item.duration_s), self.settings.deadline_window)
-        late_by = lateness(now, deadline)
-        with self.catalog.transaction() as session:
+        with self.flags.transaction(self.catalog) as flags:
+            session = flags.session
             # The purge removes bytes only under this row's lock, after checking that no live recording
             # needs them; so under the lock bytes that are here stay, and bytes it removed after the put
             # deduplicated into them must be stored again before a live row may point at them.
@@ -618,37 +660,31 @@ class IngestSession:
                     "same_source_as": [f"recording:{rid}" for rid in copy.same_source_as],
                 },
             )
-            if late_by is not None:
-                records.raise_flag(
-                    session,
-                    kind=FlagKind.LATE,
-                    dedup_key=f"late:r{recording.id}",  # the key policies.deadlines uses: one per recording
-                    now=now,
-                    camera_id=camera_id,
-                    recording_id=recording.id,
-                    details={"deadline_at": deadline.isoformat(), "late_by_s": late_by.total_seconds()},
-                )
+            late = evaluate_late(
+                [DeadlineFacts(recording.id, identity.device_serial, now, deadline, camera_id)], now
+            )
+            flags.raise_flags(late, dock_session_id=dock_session_id)
             dock_session = session.get_one(DockSession, dock_session_id)
             dock_session.files_done += 1
             dock_session.bytes_done += result.size
         crash_point(Step.CATALOG_COMMIT)
-        return recording.id, late_by is not None
+        return recording.id, bool(late)
 
     def _file_failed(self, docked: _Docked, item: ScannedRecording, reason: str) -> None:
         dock_session_id, camera_id = docked.dock_session_id, docked.camera_id
         self.summary.errors += 1
         self._log.warning("file_failed", file=item.name, reason=reason)
-        with self.catalog.transaction() as session:
-            records.raise_flag(
-                session,
-                kind=FlagKind.FAILED_FILE,
-                dedup_key=f"failed:{dock_session_id}:{item.name}",
-                now=self.clock(),
-                camera_id=camera_id,
-                dock_session_id=dock_session_id,
-                details={"file": item.name, "reason": reason},
-            )
-            dock_session = session.get_one(DockSession, dock_session_id)
+        decision = dock_flags.failed_file(
+            camera_serial=docked.identity.device_serial,
+            camera_id=camera_id,
+            dock_session_id=dock_session_id,
+            file=item.name,
+            reason=reason,
+            now=self.clock(),
+        )
+        with self.flags.transaction(self.catalog) as flags:
+            flags.raise_flags([decision], dock_session_id=dock_session_id)
+            dock_session = flags.session.get_one(DockSession, dock_session_id)
             dock_session.files_failed += 1
 
     def _delete_proven(self, docked: _Docked, proven: list[_Proven]) -> None:
@@ -735,17 +771,16 @@ class IngestSession:
                 )
 
     def _flag_store_full(self, dock_session_id: int, full: DiskFullError) -> None:
-        with self.catalog.transaction() as session:
-            camera_id = session.get_one(DockSession, dock_session_id).camera_id
-            records.raise_flag(
-                session,
-                kind=FlagKind.STORE_FULL,
-                dedup_key=f"store-full:{dock_session_id}",
-                now=self.clock(),
-                camera_id=camera_id,
+        with self.flags.transaction(self.catalog) as flags:
+            decision = dock_flags.store_full(
+                camera_serial=self.summary.device_id,
+                camera_id=flags.session.get_one(DockSession, dock_session_id).camera_id,
                 dock_session_id=dock_session_id,
-                details={"error": str(full), "free_bytes": self.store.free_bytes()},
+                error=str(full),
+                free_bytes=self.store.free_bytes(),
+                now=self.clock(),
             )
+            flags.raise_flags([decision], dock_session_id=dock_session_id)
 
     def _end(self, state: SessionState, reason: str) -> None:
         self.summary.state = state

@@ -2,20 +2,25 @@
 that carry custody meaning against their events, and the objects.
 
 Every problem is collected and named; nothing stops at the first one. An auditor reads the report, so
-each line says what is wrong and where.
+each line says what is wrong and where. Verifying only reads; keeping its outcome (`record_outcome`) is
+the daemon's write, which `ingestctl verify` asks for over the control socket.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
+from ingestd.control.queries import VERIFY_ACTION
 from ingestd.services import Services, checkpoint_path
 from ingestd.verify_rows import verify_rows
-from store.audit import verify_chain
+from store.audit import Actor, AuditLog, verify_chain
 from store.models import AuditEvent, StoredObject
 from store.signing import key_id
 
@@ -44,6 +49,50 @@ class VerifyReport:
     @property
     def clean(self) -> bool:
         return not self.problems
+
+    def outcome(self, *, objects: bool) -> VerifyOutcome:
+        return VerifyOutcome(
+            clean=self.clean,
+            events_checked=self.events_checked,
+            objects_checked=self.objects_checked,
+            problems=len(self.problems),
+            objects=objects,
+        )
+
+
+@dataclass(frozen=True)
+class VerifyOutcome:
+    """What the audit chain keeps of a verify run, for `status` and the metrics."""
+
+    clean: bool
+    events_checked: int
+    objects_checked: int
+    problems: int
+    objects: bool  # the objects were re-hashed too
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def record_outcome(
+    session: Session, audit: AuditLog, actor: Actor, outcome: VerifyOutcome, at: datetime
+) -> None:
+    """Keep a verify run's outcome in the audit chain (`verify.run`), where `status` and the metrics read
+    it. The daemon's write: `actor` is who ran the verify and reported this outcome."""
+    audit.append(
+        session,
+        actor=actor,
+        action=VERIFY_ACTION,
+        subject="objects" if outcome.objects else "audit-chain",
+        outcome="ok" if outcome.clean else "problems",
+        details={
+            "events_checked": outcome.events_checked,
+            "objects_checked": outcome.objects_checked,
+            "problems": outcome.problems,
+            "objects": outcome.objects,
+        },
+        at=at,
+    )
 
 
 def verify_audit(services: Services, public_keys: list[Ed25519PublicKey]) -> tuple[int, list[Problem]]:

@@ -51,7 +51,8 @@ from store.crashpoints import Step, crash_point
 from store.errors import StoreError
 from store.models import AuditEvent, AuditHead, Base
 from store.signing import Signer, canonical_json, keys_by_id, verify_signature
-from store.types import NaiveDatetimeError, utcnow
+from store.times import utc
+from store.types import utcnow
 
 _log = structlog.get_logger(__name__)
 
@@ -220,10 +221,8 @@ class AuditLog:
         at: datetime,
     ) -> AuditEvent:
         """Add one event to the chain inside `session`'s transaction; it commits or rolls back with it."""
-        if at.tzinfo is None or at.utcoffset() is None:
-            raise NaiveDatetimeError(f"naive datetime {at.isoformat()} refused: times must carry a zone")
         values: dict[str, Any] = {
-            "at": at.astimezone(UTC),
+            "at": utc(at, "at"),
             "actor_user": actor.user,
             "actor_uid": actor.uid,
             "actor_role": str(actor.role),

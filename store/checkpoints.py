@@ -11,30 +11,23 @@ attribute where the kernel allows it, and whether it did is recorded on the `Che
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from store.objects import fsync_dir
+from store.durable import fsync_dir
+from store.objects.sealing import FS_APPEND_FL, get_inode_flags, set_inode_flags
 from store.signing import Signer, canonical_json
-from store.types import NaiveDatetimeError
+from store.times import utc
 
 _log = structlog.get_logger(__name__)
-
-# linux/fs.h: FS_IOC_GETFLAGS = _IOR('f', 1, long), FS_IOC_SETFLAGS = _IOW('f', 2, long).
-_LONG = struct.calcsize("l")
-FS_IOC_GETFLAGS = (2 << 30) | (_LONG << 16) | (ord("f") << 8) | 1
-FS_IOC_SETFLAGS = (1 << 30) | (_LONG << 16) | (ord("f") << 8) | 2
-FS_APPEND_FL = 0x00000020
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX128 = re.compile(r"[0-9a-f]{128}")
@@ -44,9 +37,7 @@ _FIELDS_WITH_GENESIS = _FIELDS | {"genesis"}
 
 def format_utc(at: datetime) -> str:
     """ISO-8601 UTC with microseconds and "Z", one fixed form so hashes never depend on formatting."""
-    if at.tzinfo is None or at.utcoffset() is None:
-        raise NaiveDatetimeError(f"naive datetime {at.isoformat()} refused: times must carry a zone")
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return utc(at, "at").strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass(frozen=True)
@@ -152,13 +143,10 @@ class CheckpointFile:
             fsync_dir(self.path.parent)
 
     def _ensure_append_only(self, fd: int) -> None:
-        buffer = bytearray(_LONG)  # the kernel reads and writes an int at its start
         try:
-            fcntl.ioctl(fd, FS_IOC_GETFLAGS, buffer, True)
-            flags = struct.unpack_from("I", buffer)[0]
+            flags = get_inode_flags(fd)
             if not flags & FS_APPEND_FL:
-                struct.pack_into("I", buffer, 0, flags | FS_APPEND_FL)
-                fcntl.ioctl(fd, FS_IOC_SETFLAGS, buffer)
+                set_inode_flags(fd, flags | FS_APPEND_FL)
         except OSError as error:
             if self.append_only is not False:
                 _log.warning(

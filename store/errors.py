@@ -68,6 +68,14 @@ class ResumeBusyError(StoreError):
     exit_code = 35
 
 
+class StoreNotSetUpError(StoreError):
+    """The object store's directories are missing: the station was never set up there, or the filesystem
+    that holds it is not mounted. Opening a store creates nothing; only set-up does."""
+
+    template = "object store {root} is not set up: {missing} does not exist (is its filesystem mounted?)"
+    exit_code = 44
+
+
 class InvalidDigestError(StoreError, ValueError):
     """A digest that is not 64 lowercase hex characters: refused before it can become a path."""
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import stat
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -24,8 +23,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from store.durable import write_durably
 from store.errors import StoreError
-from store.objects import fsync_dir
 
 PRIVATE_KEY_NAME = "audit-signing.key"
 PUBLIC_KEY_NAME = "audit-signing.pub"
@@ -75,24 +74,6 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
     if not isinstance(loaded, Ed25519PublicKey):
         raise SigningKeyError(path=path, detail=f"not an Ed25519 key but {type(loaded).__name__}")
     return loaded
-
-
-def _temp_name(path: Path) -> Path:
-    # Unique per call, so concurrent starters in one process or several never share a temp file.
-    return path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-
-
-def _write_new(path: Path, data: bytes, mode: int) -> None:
-    """Write `data` to a fresh file created with `mode` from the first instant (O_EXCL, no umask race)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    try:
-        os.fchmod(fd, mode)  # the umask can only have narrowed it; make it exact
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -153,10 +134,7 @@ class Signer:
             if path.read_bytes() == pem:
                 return
         # Missing or not ours (a stale or substituted file): replace it atomically.
-        temp = _temp_name(path)
-        _write_new(temp, pem, 0o644)
-        temp.replace(path)
-        fsync_dir(path.parent)
+        write_durably(path, pem, mode=0o644)
 
 
 def _load_private_key(path: Path) -> Ed25519PrivateKey:
@@ -203,13 +181,8 @@ def _create_private_key(path: Path) -> Ed25519PrivateKey:
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    temp = _temp_name(path)
-    _write_new(temp, pem, 0o600)
     try:
-        os.link(temp, path)  # never overwrites: the first complete key wins
+        write_durably(path, pem, mode=0o600, overwrite=False)  # the first complete key wins
     except FileExistsError:
         return _load_private_key(path)
-    finally:
-        temp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
     return key

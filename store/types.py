@@ -9,9 +9,7 @@ from sqlalchemy import DateTime
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
-
-class NaiveDatetimeError(ValueError):
-    """A naive datetime reached the catalog: its meaning (which zone?) would be lost."""
+from store.times import utc
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -27,10 +25,8 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise NaiveDatetimeError(f"naive datetime {value.isoformat()} refused: times must carry a zone")
-        utc = value.astimezone(UTC)
-        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+        value = utc(value, "a catalog time")
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:

@@ -1,8 +1,9 @@
 """What `ingestctl` calls: one request over the control socket, one answer (and, for `call_with_fd`, the
 one open file the answer hands over).
 
-Guarantees: a missing or dead daemon is `DaemonUnavailable` (exit 69) naming the socket; an error the
-daemon answers with is re-raised as an `IngestdError` carrying the daemon's message and exit code; a
+Guarantees: a missing or dead daemon is `DaemonUnavailable` (exit 69) naming the socket; a socket the
+kernel refuses to connect (not in its group) is `SocketAccessDenied` (exit 13); an error the daemon
+answers with is re-raised as an `IngestdError` carrying the daemon's message and exit code; a
 descriptor received with an answer that is not returned is closed.
 """
 
@@ -19,8 +20,8 @@ from typing import Any
 
 from ingestd.control import protocol
 from ingestd.errors import IngestdError
+from ingestd.exit_codes import ExitCode
 
-EX_UNAVAILABLE = 69  # sysexits.h
 CHUNK = 1 << 20
 MAX_PASSED_FILES = 1  # room for one descriptor; more set MSG_CTRUNC and the kernel closes the rest
 _ids = itertools.count(1)
@@ -28,12 +29,22 @@ _ids = itertools.count(1)
 
 class DaemonUnavailable(IngestdError):  # noqa: N818 - reads as the situation it names
     template = "ingestd is not running ({detail})"
-    exit_code = EX_UNAVAILABLE
+    exit_code = ExitCode.UNAVAILABLE
 
 
 class ControlTimeoutError(IngestdError):
     template = "ingestd did not answer {command} within {timeout:g}s (socket {path})"
-    exit_code = 75  # EX_TEMPFAIL
+    exit_code = ExitCode.TEMPFAIL
+
+
+class SocketAccessDenied(IngestdError):  # noqa: N818 - reads as the situation it names
+    """The kernel refused the connection (EACCES): the caller is not in the socket's group."""
+
+    template = "permission denied on {path}: {remedy}"
+    exit_code = ExitCode.PERMISSION_DENIED
+
+    def __init__(self, *, path: Path, remedy: str = "ask an administrator for access to it") -> None:
+        super().__init__(path=path, remedy=remedy)
 
 
 class RemoteError(IngestdError):
@@ -107,9 +118,7 @@ def _exchange(
         except ConnectionRefusedError:
             raise DaemonUnavailable(detail=f"nobody listens on {socket_path}") from None
         except PermissionError:
-            raise IngestdError(
-                detail=f"permission denied connecting to {socket_path}: ask for an ingestd group"
-            ) from None
+            raise SocketAccessDenied(path=socket_path) from None
         # Refused before reading (a connection cap): its one error line may still wait to be read.
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             if pass_fd is None:

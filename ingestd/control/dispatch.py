@@ -26,7 +26,9 @@ from ingestd.control.auth import Caller
 from ingestd.control.denials import DenialAggregator, Repeated
 from ingestd.control.registry import CommandSpec, PermissionDenied, Request, UnknownCommand, lookup
 from ingestd.errors import IngestdError
+from ingestd.exit_codes import ExitCode
 from ingestd.services import Services
+from store.audit import Role
 from store.errors import StoreError
 
 log = structlog.get_logger()
@@ -118,6 +120,14 @@ def _failure(request_id: str | int | None, error: IngestdError | StoreError | Dr
     return protocol.failure(request_id, protocol.error_code(error), str(error), error.exit_code)
 
 
+def _duties(spec: CommandSpec | None, caller: Caller) -> str:
+    """Why an admin is refused a command: the admin role deliberately does not include it."""
+    if spec is None or Role.ADMIN not in caller.roles or Role.ADMIN in spec.roles:
+        return ""
+    only = " or ".join(sorted(spec.roles))
+    return f" (separation of duties: admin does not include {spec.name}; only {only} may)"
+
+
 def dispatch(
     services: Services,
     caller: Caller,
@@ -143,7 +153,7 @@ def dispatch(
                 if not caller.roles
                 else f"{message.command} needs one of the roles "
                 f"{', '.join(sorted(spec.roles)) if spec else '?'}; {caller.user} has "
-                f"{', '.join(sorted(caller.roles))}"
+                f"{', '.join(sorted(caller.roles))}{_duties(spec, caller)}"
             )
         )
         action = f"ctl.{spec.name}" if spec is not None else UNKNOWN_ACTION
@@ -191,7 +201,7 @@ def dispatch(
             message.id,
             "internal",
             f"{spec.name} failed inside ingestd: {error!r} (see the daemon log)",
-            protocol.EX_SOFTWARE,
+            ExitCode.SOFTWARE,
         )
     if spec.audited:
         try:
@@ -210,7 +220,7 @@ def dispatch(
                 message.id,
                 "audit-failed",
                 f"{spec.name} was done but its audit event could not be written: {error}",
-                protocol.EX_SOFTWARE,
+                ExitCode.SOFTWARE,
             )
     return response
 

@@ -23,6 +23,7 @@ from ingestd.evidence.approvals import (
     approval_dict,
     create_approval,
     revoke_approval,
+    uncovered_confidential,
     validate_new_approval,
 )
 from ingestd.evidence.copies import CopyOutcome, copy_footage
@@ -136,7 +137,10 @@ def approve(services: Services, request: Request) -> dict[str, Any]:
     )
     with services.catalog.transaction() as session:
         approval = create_approval(session, services.audit, request.actor, new, now=request.now)
-        return approval_dict(approval, request.now)
+        return {
+            **approval_dict(approval, request.now),
+            "confidential_not_covered": uncovered_confidential(session, approval),
+        }
 
 
 @command("revoke", roles=REVOKERS, mutates=True)

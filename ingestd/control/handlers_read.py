@@ -40,6 +40,7 @@ def status(services: Services, request: Request) -> dict[str, Any]:
             free_bytes=_free_bytes(services),
             store_root=str(services.config.store.root),
             now=request.now,
+            dock_label=services.config.dock_label,
         )
     return {**shown, "detection": services.detection}
 

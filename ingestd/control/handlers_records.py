@@ -14,12 +14,14 @@ from dataclasses import asdict, is_dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import select
+
 from ingestd import operations, purge
 from ingestd.control.queries import Args, iso
 from ingestd.control.registry import EVERYONE, Request, command
 from ingestd.services import Services
 from store.audit import Role
-from store.models import Confidentiality, RetentionClass
+from store.models import Camera, Confidentiality, RetentionClass
 
 CUSTODIANS = frozenset({Role.ADMIN, Role.CLERK})
 HOLDERS = frozenset({Role.ADMIN, Role.CLERK, Role.APPROVER})
@@ -60,16 +62,25 @@ def _selection(args: Args) -> dict[str, Any]:
 @command("checkout", roles=CUSTODIANS, mutates=True)
 def checkout(services: Services, request: Request) -> dict[str, Any]:
     args = Args("checkout", request.args, {"device", "officer_no"})
+    device = _required_text(args, "device", ID_MAX)
     with services.catalog.transaction() as session:
+        out_since = session.scalar(select(Camera.checked_out_at).where(Camera.device_serial == device))
         entry = operations.checkout(
             session,
             services.audit,
             actor=request.actor,
             now=request.now,
-            device_serial=_required_text(args, "device", ID_MAX),
+            device_serial=device,
             officer_no=args.text("officer_no", ID_MAX),
         )
-        return {"custody": plain(entry)}
+        # Recorded all the same (a clerk naming who really has it), but a second check-out is worth a look.
+        warning = (
+            None
+            if out_since is None
+            else f"{device} was already checked out (since {iso(out_since)}): recorded as a re-attribution, "
+            "its time out unchanged; check it in first if it came back"
+        )
+        return {"custody": plain(entry), "warning": warning}
 
 
 @command("checkin", roles=CUSTODIANS, mutates=True)

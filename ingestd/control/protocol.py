@@ -30,22 +30,19 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from ingestd.errors import IngestdError
+from ingestd.exit_codes import ExitCode
 
 MAX_REQUEST_BYTES = 1024 * 1024
 MAX_RESPONSE_BYTES = 256 * 1024 * 1024  # an audit export can be large; the client still bounds it
 MAX_NESTING = 32  # arrays and objects, the request object included; real requests use three
 COMMAND_NAME = re.compile(r"[a-z][a-z0-9._-]{0,59}")  # "ctl." + name fits audit_events.action
 
-EX_USAGE = 2
-EX_PROTOCOL = 76  # sysexits.h: remote error in protocol
-EX_SOFTWARE = 70  # sysexits.h: internal software error
-
 
 class ProtocolError(IngestdError):
     """A message on the control socket does not follow the protocol."""
 
     template = "control protocol: {detail}"
-    exit_code = EX_PROTOCOL
+    exit_code = ExitCode.PROTOCOL
 
 
 @dataclass(frozen=True)

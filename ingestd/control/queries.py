@@ -8,7 +8,7 @@ The daemon's handlers and `ingestctl`'s direct-read fallback both call these, so
 from __future__ import annotations
 
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, NoReturn
 from zoneinfo import ZoneInfo
@@ -17,12 +17,15 @@ from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from ingestd import replication
+from ingestd.config import short_port_name
 from ingestd.errors import UsageError
-from store.audit import Actor, AuditLog, Role
+from store.audit import Role
 from store.models import (
     AuditEvent,
     Camera,
     Confidentiality,
+    CustodyEvent,
+    CustodyKind,
     Dock,
     DockSession,
     Flag,
@@ -162,35 +165,6 @@ def last_verify(session: Session) -> dict[str, Any] | None:
     }
 
 
-def record_verify(
-    session: Session,
-    audit: AuditLog,
-    actor: Actor,
-    *,
-    clean: bool,
-    events_checked: int,
-    objects_checked: int,
-    problems: int,
-    objects: bool,
-    at: datetime,
-) -> None:
-    """Keep a verify run's outcome in the audit chain, where `status` and the metrics read it."""
-    audit.append(
-        session,
-        actor=actor,
-        action=VERIFY_ACTION,
-        subject="objects" if objects else "audit-chain",
-        outcome="ok" if clean else "problems",
-        details={
-            "events_checked": events_checked,
-            "objects_checked": objects_checked,
-            "problems": problems,
-            "objects": objects,
-        },
-        at=at,
-    )
-
-
 def open_flag_counts(session: Session) -> dict[str, int]:
     rows = session.execute(
         select(Flag.kind, func.count()).where(Flag.status == FlagStatus.OPEN).group_by(Flag.kind)
@@ -198,28 +172,39 @@ def open_flag_counts(session: Session) -> dict[str, int]:
     return {str(kind): int(count) for kind, count in rows}
 
 
-def docks(session: Session) -> list[dict[str, Any]]:
-    # The camera on a dock is that of the dock's open session (Dock.camera_id is not maintained).
+def docks(session: Session, dock_label: Callable[[str], str] = short_port_name) -> list[dict[str, Any]]:
+    """Every known dock with its label, and the camera and officer of its latest session while a camera
+    is on it: kept after the session ends, so a finished dock still says whose camera it is; none once
+    the camera is taken (the dock is `empty`)."""
     latest = (
         select(DockSession.dock_id, func.max(DockSession.id).label("session_id"))
-        .where(DockSession.ended_at.is_(None))
         .group_by(DockSession.dock_id)
         .subquery()
     )
+    checked_in = aliased(CustodyEvent)
     rows = session.execute(
-        select(Dock, Camera.device_serial, DockSession.files_done, DockSession.files_total)
+        select(Dock, Camera.device_serial, Officer.name, DockSession.files_done, DockSession.files_total)
         .outerjoin(latest, latest.c.dock_id == Dock.id)
         .outerjoin(DockSession, DockSession.id == latest.c.session_id)
         .outerjoin(Camera, Camera.id == DockSession.camera_id)
+        .outerjoin(
+            checked_in,
+            and_(checked_in.dock_session_id == DockSession.id, checked_in.kind == CustodyKind.CHECK_IN),
+        )
+        .outerjoin(Officer, Officer.id == checked_in.officer_id)
         .order_by(Dock.port)
     ).all()
     found = []
-    for dock, serial, files_done, files_total in rows:
+    for dock, latest_serial, latest_officer, files_done, files_total in rows:
+        # Taken: no earlier camera or officer shows on a free dock.
+        serial, officer_name = (None, None) if dock.state == "empty" else (latest_serial, latest_officer)
         found.append(
             {
                 "port": dock.port,
+                "label": dock_label(dock.port),
                 "state": dock.state,
                 "device_serial": serial,
+                "officer_name": officer_name,
                 "current_file": dock.current_file,
                 "bytes_done": dock.bytes_done,
                 "bytes_total": dock.bytes_total,
@@ -234,8 +219,15 @@ def docks(session: Session) -> list[dict[str, Any]]:
     return found
 
 
-def status(session: Session, *, free_bytes: int | None, store_root: str, now: datetime) -> dict[str, Any]:
-    dock_rows = docks(session)
+def status(
+    session: Session,
+    *,
+    free_bytes: int | None,
+    store_root: str,
+    now: datetime,
+    dock_label: Callable[[str], str] = short_port_name,
+) -> dict[str, Any]:
+    dock_rows = [dock for dock in docks(session, dock_label) if dock["state"] != "empty"]  # gone: no row
     return {
         "now": iso(now),
         "docks": dock_rows,
@@ -500,13 +492,21 @@ CJIS_FIELDS = ("event_type", "time", "place", "source", "outcome", "user")
 
 
 def audit_events(session: Session, raw: Mapping[str, Any], *, zone: ZoneInfo) -> dict[str, Any]:
-    """Audit events in chain order, `limit` per page after `after_seq`, carrying the CJIS 5.4 fields."""
-    args = Args("audit", raw, {"action", "actor", "outcome", "since", "until", "limit", "after_seq"})
+    """Audit events carrying the CJIS 5.4 fields, `limit` per page: in chain order after `after_seq`
+    (exports), or with `newest_first` before `before_seq` (what an operator reads first)."""
+    args = Args(
+        "audit",
+        raw,
+        {"action", "actor", "outcome", "since", "until", "limit", "after_seq", "before_seq", "newest_first"},
+    )
     action, actor = args.text("action", 64), args.text("actor", 64)
     outcome = args.text("outcome", 16)
     since, until = args.time("since", zone), args.time("until", zone, end=True)
     limit = args.integer("limit", AUDIT_LIMIT_DEFAULT, 1, AUDIT_LIMIT_MAX)
-    after_seq = args.optional_integer("after_seq")
+    after_seq, before_seq = args.optional_integer("after_seq"), args.optional_integer("before_seq")
+    newest_first = args.flag("newest_first")
+    if not newest_first and before_seq is not None:
+        args.fail("before_seq pages newest first: give newest_first too")
     query = select(AuditEvent)
     if action is not None:
         # "ctl.*" matches a family; otherwise exact (ix_audit_action_time).
@@ -525,7 +525,10 @@ def audit_events(session: Session, raw: Mapping[str, Any], *, zone: ZoneInfo) ->
         query = query.where(AuditEvent.at < until)
     if after_seq is not None:
         query = query.where(AuditEvent.seq > after_seq)
-    rows = session.scalars(query.order_by(AuditEvent.seq).limit(limit + 1)).all()
+    if before_seq is not None:
+        query = query.where(AuditEvent.seq < before_seq)
+    order = AuditEvent.seq.desc() if newest_first else AuditEvent.seq
+    rows = session.scalars(query.order_by(order).limit(limit + 1)).all()
     page = rows[:limit]
     place = socket.gethostname()
     events = [
@@ -548,7 +551,8 @@ def audit_events(session: Session, raw: Mapping[str, Any], *, zone: ZoneInfo) ->
     return {
         "events": events,
         "count": len(events),
-        "next_after_seq": page[-1].seq if len(rows) > limit and page else None,
+        "next_after_seq": page[-1].seq if len(rows) > limit and page and not newest_first else None,
+        "next_before_seq": page[-1].seq if len(rows) > limit and page and newest_first else None,
     }
 
 

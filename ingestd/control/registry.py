@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from ingestd.errors import IngestdError
+from ingestd.exit_codes import ExitCode
 from ingestd.services import Services
 from store.audit import Actor, Role
 
@@ -28,12 +29,12 @@ class PermissionDenied(IngestdError):  # noqa: N818 - the issue's word; exit 13 
     """The caller's roles do not allow this command."""
 
     template = "permission denied: {detail}"
-    exit_code = 13
+    exit_code = ExitCode.PERMISSION_DENIED
 
 
 class UnknownCommand(IngestdError):  # noqa: N818 - reads as the message it carries
     template = "unknown command {name!r}"
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 @dataclass(frozen=True)

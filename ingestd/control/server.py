@@ -34,6 +34,7 @@ from ingestd.control import auth, protocol
 from ingestd.control.denials import DenialAggregator, Repeated
 from ingestd.control.dispatch import audit_repeated, dispatch
 from ingestd.errors import IngestdError
+from ingestd.exit_codes import ExitCode
 from ingestd.services import Services
 from store.errors import StoreError
 
@@ -42,14 +43,13 @@ log = structlog.get_logger()
 MAX_PASSED_FDS = 1  # export and copy hand over their destination directory; nothing needs more
 ACCEPT_TICK_S = 0.25
 DENIAL_FLUSH_TICK_S = 1.0
-EX_TEMPFAIL = 75  # sysexits.h: try again later
 CONNECT_ACTION = "ctl.connect"
 SOCKET_MODE = 0o660
 
 
 class ControlSocketError(IngestdError):
     template = "control socket {path}: {detail}"
-    exit_code = 71  # EX_OSERR
+    exit_code = ExitCode.OUTPUT_FAILED
 
 
 def load_handlers() -> list[str]:
@@ -199,7 +199,7 @@ class ControlServer:
     def _refuse(self, connection: socket.socket, peer: auth.Peer, code: str, message: str) -> None:
         """Answer a connection that gets no slot, from the accept loop: the refusal is counted, and its
         audit event written by the flusher, so no database write ever holds up accepting."""
-        self._close_with(connection, protocol.failure(None, code, message, EX_TEMPFAIL))
+        self._close_with(connection, protocol.failure(None, code, message, ExitCode.TEMPFAIL))
         caller = auth.resolve(peer, self.config)
         self.denials.count(caller, CONNECT_ACTION, message, mono=time.monotonic(), at=self.clock())
 
@@ -277,12 +277,12 @@ class ControlServer:
     def _expired(self) -> dict[str, object]:
         lifetime = self.config.connection_lifetime_seconds
         message = f"connection closed: open longer than {lifetime:g}s; reconnect"
-        return protocol.failure(None, "connection-expired", message, EX_TEMPFAIL)
+        return protocol.failure(None, "connection-expired", message, ExitCode.TEMPFAIL)
 
     def _bad_request(self, connection: socket.socket, detail: str) -> None:
         self._send(
             connection,
-            protocol.failure(None, "bad-request", f"control protocol: {detail}", protocol.EX_PROTOCOL),
+            protocol.failure(None, "bad-request", f"control protocol: {detail}", ExitCode.PROTOCOL),
         )
 
     def _answer(self, caller: auth.Caller, line: bytes, fds: tuple[int, ...]) -> dict[str, object]:

@@ -10,20 +10,23 @@ import click
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ingestd.audit_anchor import AnchorReport, verify_against_vault
-from ingestd.cli import byte_progress, config_option, load, run_cli, trusted_keys_option
-from ingestd.config import resolve_config_path
+from ingestd.commandline import byte_progress, config_option, load, run_cli, trusted_keys_option
+from ingestd.config import Config, resolve_config_path
+from ingestd.control.client import DaemonUnavailable
+from ingestd.ctl import client
 from ingestd.ctl import evidence as ctl_evidence
 from ingestd.ctl import read as ctl_read
 from ingestd.ctl import records as ctl_records
 from ingestd.display import console, problem_line, styled
+from ingestd.errors import IngestdError
+from ingestd.exit_codes import ExitCode
 from ingestd.services import Services
 from ingestd.verify import VerifyReport, verify_all
 from store.vault import Vault
 
-EXIT_PROBLEMS = 3
-
 
 @click.group()
+@click.version_option(package_name="ingestd", message="%(prog)s %(version)s")
 def ctl() -> None:
     """ingestctl: inspect and manage the ingest station."""
 
@@ -39,13 +42,16 @@ def _anchor_dict(anchor: AnchorReport) -> dict[str, object]:
     }
 
 
-def _print_report(report: VerifyReport, as_json: bool, anchor: AnchorReport | None = None) -> None:
+def _print_report(
+    report: VerifyReport, as_json: bool, *, recorded: bool, anchor: AnchorReport | None = None
+) -> None:
     clean = report.clean and (anchor is None or not anchor.problems)
     if as_json:
         click.echo(
             json.dumps(
                 {
                     "clean": clean,
+                    "recorded": recorded,
                     "vault": _anchor_dict(anchor) if anchor is not None else None,
                     "key_ids": report.key_ids,
                     "pinned": report.pinned,
@@ -105,10 +111,11 @@ def verify(
     meaning against their events, (--objects) every object, and (--vault) the chain against the
     segments and checkpoints anchored in the vault.
 
-    Exit 0 when everything verifies, 3 when any problem is found (each one is listed).
+    Exit 0 when everything verifies, 3 when any problem is found (each one is listed). This process only
+    reads; the daemon records the outcome for `status` (when it is not running, one line says so).
     """
     config = load(config_path)
-    services = Services.open(config, migrate=False, cameras=False)
+    services = Services.open(config, cameras=False, read_only=True)
     try:
         if objects and not as_json and sys.stdout.isatty():  # piped: no bar, no blank line it leaves
             with byte_progress() as bar:
@@ -120,7 +127,6 @@ def verify(
                 report = verify_all(services, objects=True, progress=advance, trusted_keys=trusted_keys)
         else:
             report = verify_all(services, objects=objects, trusted_keys=trusted_keys)
-        ctl_read.record_verify_outcome(services, report, objects=objects)  # for status and metrics
         anchor = None
         if against_vault:
             vault = Vault(config.vault.settings(resolve_config_path(config_path) or "(built-in defaults)"))
@@ -128,9 +134,23 @@ def verify(
                 anchor = verify_against_vault(session, services.audit, vault)
     finally:
         services.close()
-    _print_report(report, as_json, anchor)
+    failure = _record(config, report, objects=objects)
+    _print_report(report, as_json, recorded=failure is None, anchor=anchor)
+    if failure is not None:
+        click.echo(f"ingestctl: this verify was not recorded for status and metrics: {failure}", err=True)
     if not report.clean or (anchor is not None and anchor.problems):
-        raise SystemExit(EXIT_PROBLEMS)
+        raise SystemExit(ExitCode.PROBLEMS)
+    if failure is not None and not isinstance(failure, DaemonUnavailable):
+        raise SystemExit(failure.exit_code)
+
+
+def _record(config: Config, report: VerifyReport, *, objects: bool) -> IngestdError | None:
+    """Ask the daemon, the catalog's one writer, to keep the outcome; the error if it could not."""
+    try:
+        client.call(config, "verify.record", report.outcome(objects=objects).as_dict())
+    except IngestdError as error:
+        return error
+    return None
 
 
 ctl.add_command(ctl_records.checkout)

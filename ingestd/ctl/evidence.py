@@ -24,38 +24,26 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 import click
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ingestd.cli import config_option, json_option, load, print_json, trusted_keys_option
-from ingestd.display import console, problem_line, styled, table
+from ingestd.commandline import config_option, json_option, load, print_json, trusted_keys_option
+from ingestd.config import load_config
+from ingestd.ctl import client
+from ingestd.display import console, local_time, problem_line, styled, table
 from ingestd.errors import IngestdError, UsageError
 from ingestd.evidence.copies import CopyError
 from ingestd.evidence.destination import deliver_into
-from ingestd.evidence.errors import EXIT_EXPORT_FAILED, EXIT_EXPORT_INTEGRITY, ExportError
+from ingestd.evidence.errors import ExportError
 from ingestd.evidence.verify_bag import verify_bag
+from ingestd.exit_codes import ExitCode
 
-EXIT_PROBLEMS = 3
-EXIT_SIGNER_UNVERIFIED = 17  # verify-export: consistent, but not checked against a trusted station key
 DELIVERY_TIMEOUT_S = 6 * 3600.0  # the daemon answers only when the files are written, proven and recorded
 VIEW_CHUNK = 1 << 20
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _call(
-    config_path: Path | None,
-    command: str,
-    args: dict[str, Any],
-    *,
-    timeout: float = 30.0,
-    pass_fd: int | None = None,
-) -> Any:
-    from ingestd.control import client  # noqa: PLC0415 - only the socket commands need it
-
-    config = load(config_path)
-    return client.call(config.control.socket, command, args, timeout=timeout, pass_fd=pass_fd)
 
 
 def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -77,7 +65,11 @@ def _period_args(month: str | None, start: str | None, end: str | None) -> dict[
 # --- approvals -----------------------------------------------------------------------------------------
 
 
-def _print_approval(approval: dict[str, Any]) -> None:
+def _zone(config_path: Path | None) -> ZoneInfo:
+    return ZoneInfo(load_config(config_path).deadlines.timezone)
+
+
+def _print_approval(approval: dict[str, Any], zone: ZoneInfo) -> None:
     scope = []
     if approval["scope_recording_ids"]:
         scope.append("recordings " + ", ".join(map(str, approval["scope_recording_ids"])))
@@ -88,8 +80,8 @@ def _print_approval(approval: dict[str, Any]) -> None:
         f"for {approval.get('grantee') or 'nobody'}, "
         f"purpose {approval['purpose']!r}; scope {' '.join(scope)}; "
         f"{'confidential allowed' if approval['allows_confidential'] else 'no confidential'}; "
-        f"expires {approval['expires_at']}"
-        + (f"; revoked {approval['revoked_at']}" if approval["revoked_at"] else "")
+        f"expires {local_time(approval['expires_at'], zone)}"
+        + (f"; revoked {local_time(approval['revoked_at'], zone)}" if approval["revoked_at"] else "")
     )
 
 
@@ -136,7 +128,7 @@ def approve(
         raise click.UsageError("give a scope: --recording ID (repeatable) and/or --case CASE")
     if (expires_in is None) == (expires_at is None):
         raise click.UsageError("give exactly one of --expires-in or --expires-at")
-    result = _call(
+    result = client.ask(
         config_path,
         "approve",
         {
@@ -150,7 +142,15 @@ def approve(
             "requested_by": requested_by,
         },
     )
-    print_json(result) if as_json else _print_approval(result)
+    print_json(result) if as_json else _print_approval(result, _zone(config_path))
+    uncovered = result["confidential_not_covered"]
+    if uncovered:
+        click.echo(
+            f"ingestctl: warning: recording(s) {', '.join(map(str, uncovered))} in scope are confidential "
+            "and this approval does not cover them (they will be refused); approve again with "
+            "--allow-confidential if it should",
+            err=True,
+        )
 
 
 @click.command()
@@ -160,8 +160,8 @@ def approve(
 @json_option
 def revoke(config_path: Path | None, approval_id: int, reason: str, as_json: bool) -> None:
     """Revoke an approval: no export or viewing under it from now on."""
-    result = _call(config_path, "revoke", {"approval_id": approval_id, "reason": reason})
-    print_json(result) if as_json else _print_approval(result)
+    result = client.ask(config_path, "revoke", {"approval_id": approval_id, "reason": reason})
+    print_json(result) if as_json else _print_approval(result, _zone(config_path))
 
 
 @click.command()
@@ -170,12 +170,15 @@ def revoke(config_path: Path | None, approval_id: int, reason: str, as_json: boo
 @json_option
 def approvals(config_path: Path | None, approval_id: int | None, as_json: bool) -> None:
     """List approvals (newest first), or show one."""
-    result = _call(config_path, "approvals", {"approval_id": approval_id})
+    result = client.ask(config_path, "approvals", {"approval_id": approval_id})
     if as_json:
         print_json(result)
         return
+    zone = _zone(config_path)
     for approval in result["approvals"]:
-        _print_approval(approval)
+        _print_approval(approval, zone)
+    if not result["approvals"]:
+        click.echo("approvals: none")
 
 
 # --- export and verification ---------------------------------------------------------------------------
@@ -213,7 +216,7 @@ def _delivery_command(
         result = deliver_into(
             absolute,
             error,
-            lambda fd: _call(config_path, name, args, timeout=DELIVERY_TIMEOUT_S, pass_fd=fd),
+            lambda fd: client.ask(config_path, name, args, timeout=DELIVERY_TIMEOUT_S, pass_fd=fd),
         )
         print_json(result) if as_json else click.echo(describe(result))
 
@@ -253,14 +256,14 @@ copy = _delivery_command(
 
 class ViewOutputError(IngestdError):
     template = "view: nothing written to {target}: {detail}"
-    exit_code = EXIT_EXPORT_FAILED
+    exit_code = ExitCode.EXPORT_FAILED
 
 
 class ViewIntegrityError(IngestdError):
     """What ingestd handed over is not the recording the catalog describes: investigate."""
 
     template = "view of recording {recording}: the file ingestd handed over {detail}"
-    exit_code = EXIT_EXPORT_INTEGRITY
+    exit_code = ExitCode.EXPORT_INTEGRITY
 
 
 def _view_target(output: Path | None) -> int:
@@ -323,18 +326,21 @@ def view(*, config_path: Path | None, approval_id: int, recording_id: int, outpu
     ingestd opens the recording and hands the open file over the control socket, so the caller needs no
     access to the store; what arrives is checked against the catalog's size and SHA-256 (exit 16 if not).
     """
-    from ingestd.control import client  # noqa: PLC0415 - only the socket commands need it
-
     target = _view_target(output)
     try:
         config = load(config_path)
         recording, source = client.call_with_fd(
-            config.control.socket, "view", {"approval_id": approval_id, "recording_id": recording_id}
+            config, "view", {"approval_id": approval_id, "recording_id": recording_id}
         )
         try:
             stream_verified(source, target, recording, str(output or "standard output"))
         finally:
             os.close(source)
+        if output is not None:  # stdout carries the video itself: nothing else goes there
+            click.echo(
+                f"wrote recording {recording_id} to {output}: {recording['size']} bytes, "
+                f"SHA-256 {recording['sha256']} (matches the catalog)"
+            )
     except BaseException:
         if output is not None:
             output.unlink(missing_ok=True)  # ours (O_EXCL): a partial or unverified copy is not left
@@ -371,15 +377,15 @@ def verify_export(path: Path, trusted_keys: list[Ed25519PublicKey], as_json: boo
         summary = f"{path}: {report.payload_files} file(s), {report.payload_bytes} bytes; "
         out.print(styled(summary, verdict), highlight=False)
     if not report.consistent:
-        raise SystemExit(EXIT_PROBLEMS)
+        raise SystemExit(ExitCode.PROBLEMS)
     if not report.signer_verified:
-        raise SystemExit(EXIT_SIGNER_UNVERIFIED)
+        raise SystemExit(ExitCode.SIGNER_UNVERIFIED)
 
 
 # --- spot checks ---------------------------------------------------------------------------------------
 
 
-def _print_inspection(inspection: dict[str, Any]) -> None:
+def _print_inspection(inspection: dict[str, Any], zone: ZoneInfo) -> None:
     summary = inspection["summary"]
     click.echo(
         f"inspection {inspection['id']}: unit {inspection['unit_no'] or 'all'}, "
@@ -397,7 +403,7 @@ def _print_inspection(inspection: dict[str, Any]) -> None:
                 i["recording_id"],
                 i["verdict"] or "pending",
                 i["reviewed_by"],
-                i["reviewed_at"],
+                local_time(i["reviewed_at"], zone),
                 i["notes"],
             )
             for i in inspection["items"]
@@ -433,7 +439,7 @@ def spotcheck_sample(
     as_json: bool,
 ) -> None:
     """Draw a reproducible sample and open an inspection."""
-    result = _call(
+    result = client.ask(
         config_path,
         "spotcheck.sample",
         {
@@ -444,7 +450,7 @@ def spotcheck_sample(
             "note": note,
         },
     )
-    print_json(result) if as_json else _print_inspection(result)
+    print_json(result) if as_json else _print_inspection(result, _zone(config_path))
 
 
 @spotcheck.command("verdict")
@@ -469,7 +475,7 @@ def spotcheck_verdict(
     """Record the reviewer's verdict on one sampled recording."""
     if verdict is None:
         raise click.UsageError("give --pass or --fail")
-    result = _call(
+    result = client.ask(
         config_path,
         "spotcheck.verdict",
         {
@@ -480,7 +486,7 @@ def spotcheck_verdict(
             "amend": amend,
         },
     )
-    print_json(result) if as_json else _print_inspection(result)
+    print_json(result) if as_json else _print_inspection(result, _zone(config_path))
 
 
 @spotcheck.command("show")
@@ -489,10 +495,11 @@ def spotcheck_verdict(
 @json_option
 def spotcheck_show(config_path: Path | None, inspection_id: int | None, as_json: bool) -> None:
     """Show one inspection's ledger (and whether its sample still draws the same), or list them."""
-    result = _call(config_path, "spotcheck.show", {"inspection_id": inspection_id})
+    result = client.ask(config_path, "spotcheck.show", {"inspection_id": inspection_id})
     if as_json:
         print_json(result)
     elif inspection_id is None:
+        zone = _zone(config_path)
         columns = ["id", "created", "by", "unit", "start", "end", "size", "reviewed", "pending"]
         _table(
             "inspections",
@@ -500,7 +507,7 @@ def spotcheck_show(config_path: Path | None, inspection_id: int | None, as_json:
             [
                 (
                     i["id"],
-                    i["created_at"],
+                    local_time(i["created_at"], zone),
                     i["created_by"],
                     i["unit_no"] or "all",
                     i["period"]["start"],
@@ -513,7 +520,7 @@ def spotcheck_show(config_path: Path | None, inspection_id: int | None, as_json:
             ],
         )
     else:
-        _print_inspection(result)
+        _print_inspection(result, _zone(config_path))
 
 
 # --- report --------------------------------------------------------------------------------------------
@@ -550,7 +557,9 @@ def report(
     as_json: bool,
 ) -> None:
     """Statistics per unit and officer for a period (001 art. 28)."""
-    result = _call(config_path, "report", {**_period_args(month, start, end), "unit_no": unit_no, "by": by})
+    result = client.ask(
+        config_path, "report", {**_period_args(month, start, end), "unit_no": unit_no, "by": by}
+    )
     if as_json:
         print_json(result)
         return

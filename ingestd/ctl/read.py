@@ -21,7 +21,6 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,24 +31,24 @@ from zoneinfo import ZoneInfo
 import click
 from rich.console import Group, RenderableType
 from rich.live import Live
-from rich.progress_bar import ProgressBar
 from rich.text import Text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from ingestd import replication
-from ingestd.cli import config_option, json_option, load, print_json
+from ingestd.commandline import config_option, json_option, load, print_json
 from ingestd.config import Config
 from ingestd.control import queries
 from ingestd.control.auth import current_caller
-from ingestd.control.client import ControlTimeoutError, DaemonUnavailable, call
+from ingestd.control.client import ControlTimeoutError, DaemonUnavailable
 from ingestd.control.registry import EVERYONE, PermissionDenied
-from ingestd.display import console, plain, styled, table
+from ingestd.ctl import client
+from ingestd.display import console, local_time, one_line_table, plain, styled, table
 from ingestd.errors import IngestdError
-from ingestd.services import Services
-from ingestd.verify import VerifyReport
+from ingestd.exit_codes import ExitCode
 from store.audit import Role
 from store.catalog import Catalog
+from store.durable import durable_file
 from store.objects import FileObjectStore
 from store.types import utcnow
 
@@ -81,7 +80,7 @@ DIRECT_READS: dict[str, frozenset[Role]] = {
 
 class OutputError(IngestdError):
     template = "cannot write {path}: {detail}"
-    exit_code = 71
+    exit_code = ExitCode.OUTPUT_FAILED
 
 
 # --- talking to the daemon, or reading the catalog directly ------------------------------------------
@@ -121,7 +120,9 @@ def _direct(
                 except OSError:
                     free = None
                 root = str(config.store.root)
-                result = queries.status(session, free_bytes=free, store_root=root, now=utcnow())
+                result = queries.status(
+                    session, free_bytes=free, store_root=root, now=utcnow(), dock_label=config.dock_label
+                )
                 result["detection"] = None  # only the daemon knows what it watches
             elif command == "cameras":
                 result = queries.cameras(session, args)
@@ -172,13 +173,11 @@ def request(
 ) -> dict[str, Any]:
     """Ask the daemon; `served_by` says whether the daemon or a direct catalog read answered (and,
     with `announce`, a note on stderr says the latter)."""
-    clean = {key: value for key, value in args.items() if value is not None and value is not False}
     try:
-        wait = timeout if timeout is not None else config.control.timeout_seconds
-        result = call(config.control.socket, command, clean, timeout=wait)
+        result = client.call(config, command, args, timeout=timeout)
         served_by = "daemon"
     except DaemonUnavailable as why:
-        result = _direct(config, command, clean, why, announce=announce)
+        result = _direct(config, command, client.given(args), why, announce=announce)
         served_by = "catalog"
     if not isinstance(result, dict):
         raise IngestdError(detail=f"ingestd answered {command} with {type(result).__name__}, not an object")
@@ -189,11 +188,12 @@ def request(
 
 
 def _size(value: int | None) -> str:
+    """At most three digits before the point (`1014.7 KiB` is shown as `1.0 MiB`), as `ls -h` does."""
     if value is None:
         return "-"
     size = float(value)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
+        if size < 1000 or unit == "TiB":
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{value} B"  # pragma: no cover - the loop always returns
@@ -206,38 +206,51 @@ def _eta(seconds: float | None) -> str:
     return f"{minutes}:{secs:02d}"
 
 
-def _local(value: str | None, zone: ZoneInfo) -> str:
-    """Times travel as UTC; they are shown in the station's zone."""
-    if not value:
-        return "-"
-    from datetime import datetime  # noqa: PLC0415 - display only
-
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
-
-
 def _cell(value: Any) -> str:
     return "-" if value is None or value == "" else str(value)
 
 
+BAR_CELLS = 8
+
+
+def _bar(done: int, total: int) -> str:
+    """A progress bar as literal text, with the percentage: one short line on any terminal."""
+    if not total:
+        return "-"
+    percent = min(done, total) * 100 // total  # rounded down: 100% only when every byte is in
+    filled = percent * BAR_CELLS // 100
+    return f"{'█' * filled}{'░' * (BAR_CELLS - filled)} {percent:3d}%"
+
+
 def status_view(result: dict[str, Any], zone: ZoneInfo) -> Group:
-    rows = []
-    for dock in result["docks"]:
-        total = dock["bytes_total"] or 0
-        bar = ProgressBar(total=max(total, 1), completed=min(dock["bytes_done"], max(total, 1)), width=24)
-        rows.append(
-            (
-                dock["port"],
-                dock["device_serial"],
-                dock["state"],
-                dock["current_file"],
-                bar if total else None,
-                f"{_size(dock['bytes_done'])} / {_size(total)}",
-                f"{_size(int(dock['rate_bps']))}/s" if dock["rate_bps"] else None,
-                _eta(dock["eta_s"]),
-            )
+    """One line per dock and one per footer fact: at 80 columns a terminal cuts long cells with "…"
+    rather than wrap (a pipe gets them whole)."""
+    rows = [
+        (
+            dock["label"],
+            dock["device_serial"],
+            dock["officer_name"],
+            dock["state"],
+            _bar(dock["bytes_done"], dock["bytes_total"] or 0),
+            f"{_size(int(dock['rate_bps']))}/s" if dock["rate_bps"] else None,
+            _eta(dock["eta_s"]),
+            dock["current_file"],
         )
-    columns = ("port", "camera", "state", "file", "progress", "done / total", "rate", "ETA")
-    docks = table("Docks", columns, rows, empty="-")
+        for dock in result["docks"]
+    ]
+    # At 80 columns a long label or officer name is cut at a readable width, and the file name gives
+    # up the rest; the camera, state and figures never are.
+    columns = (
+        ("dock", 14),
+        ("camera", None),
+        ("officer", 12),
+        ("state", None),
+        ("progress", None),
+        ("rate", None),
+        ("ETA", None),
+        ("file", None),
+    )
+    docks = one_line_table("Docks", columns, rows, flexible="file")
     flags = result["open_flags"]
     flag_text = ", ".join(f"{kind} {count}" for kind, count in sorted(flags.items())) or "none"
     verify = result["last_verify"]
@@ -245,7 +258,7 @@ def status_view(result: dict[str, Any], zone: ZoneInfo) -> Group:
         verify_text = "never run"
     else:
         verdict = "clean" if verify["clean"] else f"{verify['problems']} problem(s)"
-        verify_text = f"{verdict} at {_local(verify['at'], zone)} by {verify['by']}"
+        verify_text = f"{verdict} at {local_time(verify['at'], zone)} by {verify['by']}"
     footer = styled(
         *_detection_parts(result.get("detection")),
         ("open flags: ", "bold"),
@@ -261,6 +274,7 @@ def status_view(result: dict[str, Any], zone: ZoneInfo) -> Group:
         str(result["queued"]),
         ("  (read from the catalog: the daemon is not running)" if result["served_by"] == "catalog" else ""),
     )
+    footer.no_wrap, footer.overflow = True, "ellipsis"
     return Group(docks, footer)
 
 
@@ -364,8 +378,8 @@ def cameras(config_path: Path | None, serial: str | None, unit: str | None, as_j
                 f"{offset:+.3f} s" if offset is not None else None,
                 camera["clock_state"],
                 f"{holder['officer_no']} {holder['name']}" if holder else None,
-                _local(camera["checked_out_at"], zone),
-                _local(camera["last_docked_at"], zone),
+                local_time(camera["checked_out_at"], zone),
+                local_time(camera["last_docked_at"], zone),
             )
         )
     console().print(table("Cameras", columns, rows, empty="-"))
@@ -396,7 +410,9 @@ def replication_command(config_path: Path | None, as_json: bool) -> None:
             ),
             "\n",
             ("oldest not replicated: ", "bold"),
-            f"{_local(result['oldest_pending_at'], zone)} ({_eta(age)} ago)" if age is not None else "none",
+            f"{local_time(result['oldest_pending_at'], zone)} ({_eta(age)} ago)"
+            if age is not None
+            else "none",
             "\n",
             ("throughput (last hour): ", "bold"),
             f"{_size(int(result['bytes_per_s_last_hour']))}/s; "
@@ -480,7 +496,7 @@ def footage(config_path: Path | None, as_json: bool, **filters: Any) -> None:
     rows = [
         (
             item["id"],
-            _local(item["recorded_at"], zone),
+            local_time(item["recorded_at"], zone),
             item["device_serial"],
             f"{_cell(item['officer_no'])} {item['officer_name'] or ''}".strip(),
             item["unit_no"],
@@ -521,40 +537,29 @@ def _refuse_existing(path: Path) -> None:
         raise OutputError(path=path, detail="it already exists (an export never overwrites a file)")
 
 
-def _publish(temp: Path, path: Path) -> None:
-    """Give the finished file its name, never replacing a file that appeared meanwhile."""
-    try:
-        os.link(temp, path)  # fails atomically if `path` exists
-    except FileExistsError:
-        raise OutputError(path=path, detail="it appeared while the export was written; kept") from None
-    except OSError:  # no hard links on this file system (FAT): check, then rename
-        _refuse_existing(path)
-        temp.replace(path)
-    else:
-        temp.unlink()
-
-
 @contextlib.contextmanager
 def _output(path: Path | None) -> Iterator[io.TextIOBase | Any]:
-    """stdout, or a new file written whole: temp file in the same directory, fsync, then its name."""
+    """stdout, or a new file written whole and durably (store/durable.py), never over an existing one."""
     if path is None:
         yield sys.stdout
         sys.stdout.flush()
         return
     _refuse_existing(path)  # before asking the daemon for anything
-    directory = path.resolve().parent
+    stage = "create"
     try:
-        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+        with durable_file(path, overwrite=False) as raw:
+            stage = "write"
+            handle = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+            try:
+                yield handle
+            finally:
+                handle.detach()  # flushes into `raw`, which durable_file fsyncs, then names or removes
+            stage = "publish"
     except OSError as error:
-        raise OutputError(path=path, detail=error.strerror or str(error)) from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        _publish(Path(temp), path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
+        if stage == "create":
+            raise OutputError(path=path, detail=error.strerror or str(error)) from None
+        if stage == "publish" and isinstance(error, FileExistsError):
+            raise OutputError(path=path, detail="it appeared while the export was written; kept") from None
         raise
 
 
@@ -592,7 +597,13 @@ def _write_json(events: Iterator[dict[str, Any]], out: Any) -> int:
     "--limit",
     type=click.IntRange(min=1),
     default=None,
-    help="At most this many events (table default: 100; csv/json default: all).",
+    help="At most this many events (table: per page, default 100, at most 10000; csv/json default: all).",
+)
+@click.option(
+    "--before",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Table: events older than this seq (the next page, as the table's last line says).",
 )
 @click.option(
     "--format",
@@ -608,16 +619,19 @@ def _write_json(events: Iterator[dict[str, Any]], out: Any) -> int:
 )
 @json_option
 def audit(
+    *,
     config_path: Path | None,
     fmt: str | None,
     output: Path | None,
     limit: int | None,
+    before: int | None,
     as_json: bool,
     **filters: Any,
 ) -> None:
     """Show or export the audit trail: event type, time, place (this station), source, outcome, user.
 
-    Needs the admin or auditor role. Exports are in chain order (seq), with each event's hash."""
+    Needs the admin or auditor role. The table shows the newest events first, a page at a time (its last
+    line says how to get the next); exports are in chain order (seq), with each event's hash."""
     if as_json and fmt not in (None, "json"):
         raise click.UsageError("--json and --format csv contradict each other")
     fmt = (
@@ -637,14 +651,19 @@ def audit(
     if fmt == "table" and output is not None:
         raise click.UsageError("--output needs --format csv or json")
     config = load(config_path)
+    if before is not None and fmt != "table":
+        raise click.UsageError("--before pages the table; csv and json export in chain order")
     if fmt == "table":
         zone = ZoneInfo(config.deadlines.timezone)
-        events = list(_audit_pages(config, filters, limit or queries.AUDIT_LIMIT_DEFAULT))
+        page = min(limit or queries.AUDIT_LIMIT_DEFAULT, AUDIT_PAGE)
+        newest = {**filters, "limit": page, "newest_first": True, "before_seq": before}
+        found = request(config, "audit", newest)
+        events = found["events"]
         columns = ("seq", "time", "event", "user", "role", "outcome", "subject", "source")
         rows = [
             (
                 event["seq"],
-                _local(event["time"], zone),
+                local_time(event["time"], zone),
                 event["event_type"],
                 event["user"],
                 event["role"],
@@ -654,28 +673,13 @@ def audit(
             )
             for event in events
         ]
-        console().print(table("Audit trail", columns, rows, empty="-"))
+        shown = console()
+        shown.print(table("Audit trail (newest first)", columns, rows, empty="-"))
+        if found["next_before_seq"] is not None:
+            shown.print(plain(f"more: --before {found['next_before_seq']}"), highlight=False)
         return
     writer: Callable[[Iterator[dict[str, Any]], Any], int] = _write_csv if fmt == "csv" else _write_json
     with _output(output) as out:
         count = writer(_audit_pages(config, filters, limit), out)
     if output is not None:
         click.echo(f"{count} event(s) written to {output}", err=True)
-
-
-def record_verify_outcome(services: Services, report: VerifyReport, *, objects: bool) -> None:
-    """Keep the outcome of `ingestctl verify` in the audit chain (read by `status` and the metrics)."""
-    caller = current_caller(services.config.control)
-    with services.catalog.transaction() as session:
-        queries.record_verify(
-            session,
-            services.audit,
-            caller.actor(),
-            clean=report.clean,
-            events_checked=report.events_checked,
-            objects_checked=report.objects_checked,
-            problems=len(report.problems),
-            objects=objects,
-            at=utcnow(),
-        )
-    services.audit.anchor(services.catalog)

@@ -17,8 +17,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import stat
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from watchdog.observers import Observer
 
 from drivers.base import DeviceInfo
 from ingestd.docking.events import Docked, DockEvent, Undocked
+from ingestd.docking.source import DeviceSource, Settle
 
 log = structlog.get_logger()
 
@@ -219,59 +222,74 @@ class _Handler(FileSystemEventHandler):
                 self._on_new(new)
 
 
-class FolderSource:
+class FolderSource(DeviceSource):
     """Docks each directory that appears in a watched folder once it has settled."""
 
-    def __init__(self, folders: list[Path], sink: Callable[[DockEvent], None], *, settle_s: float) -> None:
+    thread_name = "folder-source"
+
+    def __init__(
+        self,
+        folders: list[Path],
+        sink: Callable[[DockEvent], None],
+        *,
+        settle_s: float,
+        stop: threading.Event | None = None,
+    ) -> None:
+        super().__init__(sink, stop=stop)
         self._folders = folders
-        self._sink = sink
-        self._settle_s = settle_s
         self._observer = Observer()
-        self._lock = threading.Lock()
-        self._pending: dict[Path, threading.Timer] = {}
+        # Filled by the observer's thread, taken in by the source's: (appeared?, directory).
+        self._changes: queue.SimpleQueue[tuple[bool, Path]] = queue.SimpleQueue()
+        # The creator is still filling a new directory (descriptor, files): it docks once settled.
+        self._settle: Settle[Path] = Settle(settle_s)
         self._docked: set[Path] = set()
 
-    def start(self) -> None:
+    def _listen(self) -> None:
         for folder in self._folders:
             folder.mkdir(parents=True, exist_ok=True)
-            self._observer.schedule(_Handler(folder, self._new, self._gone), str(folder), recursive=False)
+            handler = _Handler(folder, self._appeared, self._disappeared)
+            self._observer.schedule(handler, str(folder), recursive=False)
         self._observer.start()
         for folder in self._folders:  # coldplug: volumes already there
             for child in sorted(folder.iterdir()):
                 if child.is_dir() and not child.is_symlink():
-                    self._new(child)
+                    self._appeared(child)
 
-    def stop(self) -> None:
+    def _appeared(self, directory: Path) -> None:
+        self._changes.put((True, directory))
+
+    def _disappeared(self, directory: Path) -> None:
+        self._changes.put((False, directory))
+
+    def _wait_for_change(self, timeout: float) -> list[DockEvent]:
+        undocked: list[DockEvent] = []
+        try:
+            change = self._changes.get(timeout=timeout)
+            while True:
+                appeared, directory = change
+                now = time.monotonic()
+                if appeared:
+                    if directory not in self._docked:
+                        self._settle.touch(directory, now)
+                elif not self._settle.drop(directory) and directory in self._docked:
+                    self._docked.discard(directory)
+                    undocked.append(Undocked(port_for(directory)))
+                change = self._changes.get_nowait()
+        except queue.Empty:
+            pass
+        return undocked
+
+    def _settled(self, now: float) -> list[DockEvent]:
+        docked: list[DockEvent] = []
+        for directory in self._settle.due(now):
+            if directory.is_dir():
+                self._docked.add(directory)
+                docked.append(Docked(device_for(directory)))
+        return docked
+
+    def _next_deadline(self) -> float | None:
+        return self._settle.next_deadline()
+
+    def _close(self) -> None:
         self._observer.stop()
-        with self._lock:
-            for timer in self._pending.values():
-                timer.cancel()
         self._observer.join(timeout=5)
-
-    def _new(self, directory: Path) -> None:
-        # The creator is still filling the directory (descriptor, files); dock after it settles.
-        with self._lock:
-            if directory in self._docked or directory in self._pending:
-                return
-            timer = threading.Timer(self._settle_s, self._settled, args=(directory,))
-            timer.daemon = True
-            self._pending[directory] = timer
-            timer.start()
-
-    def _settled(self, directory: Path) -> None:
-        with self._lock:
-            self._pending.pop(directory, None)
-            if not directory.is_dir():
-                return
-            self._docked.add(directory)
-        self._sink(Docked(device_for(directory)))
-
-    def _gone(self, directory: Path) -> None:
-        with self._lock:
-            timer = self._pending.pop(directory, None)
-            if timer is not None:
-                timer.cancel()
-            was_docked = directory in self._docked
-            self._docked.discard(directory)
-        if was_docked:
-            self._sink(Undocked(port_for(directory)))

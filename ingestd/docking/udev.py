@@ -23,6 +23,7 @@ import structlog
 
 from ingestd.docking.events import DockEvent
 from ingestd.docking.grouping import Uevent, UeventGrouper
+from ingestd.docking.source import DeviceSource
 
 log = structlog.get_logger()
 
@@ -97,8 +98,10 @@ def choose_source(
     return "kernel", f"auto: udevd is not running (nothing answers at {control})"
 
 
-class UdevSource:
-    """A thread that turns netlink uevents into Docked/Undocked, after coldplugging present devices."""
+class UdevSource(DeviceSource):
+    """Kernel uevents over netlink, grouped per USB port into Docked/Undocked."""
+
+    thread_name = "udev-source"
 
     def __init__(
         self,
@@ -106,18 +109,16 @@ class UdevSource:
         *,
         source: Source,
         settle_s: float,
-        stop: threading.Event,
+        stop: threading.Event | None = None,
     ) -> None:
-        self._sink = sink
-        self._stop = stop
+        super().__init__(sink, stop=stop)
         self._grouper = UeventGrouper(settle_s)
         self._context = pyudev.Context()
         self._monitor = pyudev.Monitor.from_netlink(self._context, source=source)
         for subsystem in SUBSYSTEMS:
             self._monitor.filter_by(subsystem)
-        self._thread = threading.Thread(target=self._run, name="udev-source", daemon=True)
 
-    def start(self) -> None:
+    def _listen(self) -> None:
         # Listen before enumerating, so a camera docked in between is not missed.
         self._monitor.start()
         now = time.monotonic()
@@ -126,22 +127,19 @@ class UdevSource:
                 event = to_uevent(device, "add")
                 if event is not None:
                     self._grouper.feed(event, now)
-        self._thread.start()
 
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
+    def _wait_for_change(self, timeout: float) -> list[DockEvent]:
+        device = self._monitor.poll(timeout=timeout)
+        if device is None:
+            return []
+        event = to_uevent(device, device.action or "")
+        return [] if event is None else self._grouper.feed(event, time.monotonic())
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            now = time.monotonic()
-            deadline = self._grouper.next_deadline()
-            wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - now))
-            device = self._monitor.poll(timeout=wait)
-            now = time.monotonic()
-            if device is not None:
-                event = to_uevent(device, device.action or "")
-                if event is not None:
-                    for dock_event in self._grouper.feed(event, now):
-                        self._sink(dock_event)
-            for dock_event in self._grouper.tick(now):
-                self._sink(dock_event)
+    def _settled(self, now: float) -> list[DockEvent]:
+        return self._grouper.tick(now)
+
+    def _next_deadline(self) -> float | None:
+        return self._grouper.next_deadline()
+
+    def _close(self) -> None:
+        """Nothing to release: libudev closes the netlink socket with the monitor."""

@@ -20,10 +20,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ingestd.evidence.errors import ApprovalRefused, EvidenceUsageError
-from ingestd.policies.flags import iso, utc
 from store.audit import Actor, AuditLog
 from store.catalog import Catalog
 from store.models import Approval, Confidentiality, Recording
+from store.times import iso, utc
 
 MAX_APPROVAL_VALIDITY = timedelta(days=90)
 PURPOSE_MAX = 2000
@@ -218,6 +218,21 @@ def approval_dict(approval: Approval, now: datetime | None = None) -> dict[str, 
         "revoked_at": iso(approval.revoked_at) if approval.revoked_at else None,
         "state": state,
     }
+
+
+def uncovered_confidential(session: Session, approval: Approval) -> list[int]:
+    """The confidential recordings in `approval`'s scope that it does not cover (no --allow-confidential):
+    using it on them is refused, so the approver is told now rather than the grantee later."""
+    if approval.allows_confidential or not approval.scope_recording_ids:
+        return []
+    return sorted(
+        session.scalars(
+            select(Recording.id).where(
+                Recording.id.in_(approval.scope_recording_ids),
+                Recording.confidentiality != Confidentiality.NORMAL,
+            )
+        )
+    )
 
 
 def create_approval(

@@ -34,10 +34,10 @@ from ingestd.evidence.approvals import FootageAction, audit_refusal, check_appro
 from ingestd.evidence.bag import PayloadItem
 from ingestd.evidence.errors import ApprovalRefused, EvidenceUsageError, ExportError
 from ingestd.evidence.naming import payload_name
-from ingestd.policies.flags import iso
 from ingestd.services import Services
 from store.audit import Actor
 from store.models import Approval, Recording, Unit
+from store.times import iso
 
 P = TypeVar("P")
 R = TypeVar("R")

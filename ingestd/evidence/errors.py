@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 from ingestd.errors import IngestdError, UsageError
-
-EXIT_APPROVAL_REFUSED = 14
-EXIT_EXPORT_FAILED = 15
-EXIT_EXPORT_INTEGRITY = 16
+from ingestd.exit_codes import ExitCode
 
 
 class EvidenceUsageError(UsageError):
@@ -20,7 +17,7 @@ class ApprovalRefused(IngestdError):  # noqa: N818 - named in the issue's words
     missing, expired, revoked, not-yet-valid, out-of-scope, confidential."""
 
     template = "approval {approval}: access refused ({code}): {detail}"
-    exit_code = EXIT_APPROVAL_REFUSED
+    exit_code = ExitCode.APPROVAL_REFUSED
 
     @property
     def code(self) -> str:
@@ -31,7 +28,7 @@ class ExportError(IngestdError):
     """The export could not be written (destination exists, not writable, disk full)."""
 
     template = "export to {dest}: {detail}"
-    exit_code = EXIT_EXPORT_FAILED
+    exit_code = ExitCode.EXPORT_FAILED
 
 
 class ExportIntegrityError(IngestdError):
@@ -41,4 +38,4 @@ class ExportIntegrityError(IngestdError):
         "export refused: stored object {blake3} of recording {recording} "
         "is not what the catalog says: {detail}"
     )
-    exit_code = EXIT_EXPORT_INTEGRITY
+    exit_code = ExitCode.EXPORT_INTEGRITY

@@ -29,9 +29,9 @@ from ingestd.evidence.delivery import (
 )
 from ingestd.evidence.errors import ExportIntegrityError
 from ingestd.evidence.verify_bag import verify_tree
-from ingestd.policies.flags import iso
 from store.audit import Actor
 from store.models import Approval, Export, Recording
+from store.times import iso
 
 EXPORT = Delivery(FootageAction.EXPORT, audit_action="export")
 

@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from ingestd.evidence.errors import EvidenceUsageError
-from ingestd.policies.flags import iso
+from store.times import iso
 
 _MONTH = re.compile(r"^(\d{4})-(\d{2})$")
 

@@ -21,9 +21,9 @@ from sqlalchemy.orm import Session
 
 from ingestd.evidence.errors import EvidenceUsageError
 from ingestd.evidence.periods import Period
-from ingestd.policies.flags import iso
 from store.audit import Actor, AuditLog
 from store.models import Inspection, InspectionItem, InspectionVerdict, Recording, Unit
+from store.times import iso
 
 MAX_SAMPLE = 1000
 SEED_MAX = 64

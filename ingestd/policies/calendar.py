@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import holidays
 
 from ingestd.policies.errors import CalendarError
-from ingestd.policies.flags import utc
+from store.times import utc
 
 SATURDAY = 5
 # A working day always lies within this many days of the last one; more means a broken calendar.

@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 from datetime import datetime, timedelta
 
-from ingestd.policies.flags import FlagDecision, iso, utc
-from store.models import FlagKind
+from ingestd.policies.flags import FlagDecision
+from store.kinds import FlagKind
+from store.times import iso, utc
 
 
 def corrected_recorded_at(raw: datetime, offset_s: float | None) -> datetime:

@@ -1,4 +1,4 @@
-"""Who a check-out is attributed to, and who is recorded as having done it.
+"""Who a check-out is attributed to, who is recorded as having done it, and when a camera was out.
 
 000 art. 10 lets a squad's clerk (内勤) take cameras out for the squad, so the holder and the actor can
 differ. Three cases, in order:
@@ -7,14 +7,20 @@ differ. Three cases, in order:
 2. Otherwise the camera's assigned officer (from its GA/T 947.4 identity, userNo) holds it; the actor
    is whoever ran the command, or the daemon for an undock.
 3. Otherwise the check-out is recorded as unassigned, never guessed.
+
+A custody period runs from a check-out to the next check-in. A check-out while the camera is already
+out re-attributes it: the period goes on.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 from ingestd.policies.errors import AttributionError
+from store.kinds import CustodyKind
 
 OFFICER_NO_MAX = 6  # GA/T 947.4 userNo[6]
 DAEMON_ACTOR = "ingestd"
@@ -54,3 +60,34 @@ def attribute_checkout(
         number = _officer_no(assigned_officer_no, "assigned officer")
         return CustodyAttribution(number, actor, role, "assigned-officer")
     return CustodyAttribution(None, actor, role, "unassigned")
+
+
+@dataclass(frozen=True, slots=True)
+class CustodyPeriod:
+    """A camera out from `checked_out_at` until `checked_in_at` (None: still out)."""
+
+    checked_out_at: datetime
+    checked_in_at: datetime | None
+
+    def covers(self, at: datetime) -> bool:
+        return self.checked_out_at <= at and (self.checked_in_at is None or at < self.checked_in_at)
+
+
+def custody_periods(events: Iterable[tuple[CustodyKind, datetime]]) -> list[CustodyPeriod]:
+    """A camera's custody periods from its check-ins and check-outs, given in the order they happened."""
+    periods: list[CustodyPeriod] = []
+    out: datetime | None = None
+    for kind, at in events:
+        if kind is CustodyKind.CHECK_OUT and out is None:
+            out = at
+        elif kind is CustodyKind.CHECK_IN and out is not None:
+            periods.append(CustodyPeriod(out, at))
+            out = None
+    if out is not None:
+        periods.append(CustodyPeriod(out, None))
+    return periods
+
+
+def checkout_covering(periods: Iterable[CustodyPeriod], at: datetime) -> datetime | None:
+    """The check-out instant of the period `at` falls in; None when the camera was not out then."""
+    return next((period.checked_out_at for period in periods if period.covers(at)), None)

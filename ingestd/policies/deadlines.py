@@ -22,8 +22,9 @@ from datetime import datetime, timedelta
 
 from ingestd.policies.calendar import WorkingCalendar
 from ingestd.policies.errors import ExtensionRefusedError
-from ingestd.policies.flags import FlagDecision, iso, utc
-from store.models import FlagKind
+from ingestd.policies.flags import FlagDecision
+from store.kinds import FlagKind
+from store.times import iso, utc
 
 DEFAULT_WINDOW = timedelta(hours=24)
 MAX_EXTENSION_WORKING_DAYS = 3  # 003 art. 11; the configuration may only lower it

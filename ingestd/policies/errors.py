@@ -1,21 +1,16 @@
-"""Errors raised by the policies: a refused request (exit 2) or a caller's bug (exit 70)."""
+"""Errors raised by the policies: a refused request (exit 2). A naive datetime, a caller's bug, raises
+`store.times.NaiveDatetimeError` (exit 70)."""
 
 from __future__ import annotations
 
 from ingestd.errors import IngestdError
+from ingestd.exit_codes import ExitCode
 
 
 class PolicyError(IngestdError):
     """Root of the policy errors. A refusal is the operator's to fix, hence the usage exit code."""
 
-    exit_code = 2
-
-
-class NaiveDatetimeError(PolicyError):
-    """A naive datetime reached a policy. Always a bug in the caller: times are UTC-aware everywhere."""
-
-    template = "{name} must be a timezone-aware datetime, got naive {value}"
-    exit_code = 70  # EX_SOFTWARE
+    exit_code = ExitCode.USAGE
 
 
 class ExtensionRefusedError(PolicyError):

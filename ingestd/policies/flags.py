@@ -1,7 +1,8 @@
-"""What a policy asks a job to raise: a flag decision with a deterministic deduplication key.
+"""What a policy asks to raise: a flag decision with a deterministic deduplication key.
 
 The key is built only from the facts that make the flag (never from `now`), so evaluating the same
 facts twice yields the same keys and the catalog's unique `dedup_key` turns a re-run into a no-op.
+`ingestd.flagging` raises decisions; nothing else writes a flag.
 """
 
 from __future__ import annotations
@@ -9,11 +10,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from ingestd.policies.errors import NaiveDatetimeError
-from store.models import FlagKind
+from store.kinds import FlagKind
+from store.times import utc
 
 # Catalog column width of `flags.dedup_key`.
 DEDUP_KEY_MAX = 255
@@ -34,21 +35,20 @@ def bounded_dedup_key(key: str) -> str:
     return f"{prefix}{_HASHED_MARK}{digest}"
 
 
-def utc(value: datetime, name: str = "datetime") -> datetime:
-    """`value` converted to UTC; a naive datetime is refused rather than guessed."""
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise NaiveDatetimeError(name=name, value=value.isoformat())
-    return value.astimezone(UTC)
-
-
-def iso(value: datetime) -> str:
-    """Canonical UTC ISO 8601 text, the form used inside keys and details."""
-    return utc(value).isoformat()
+# A key starts with its kind, except the dock's own flags, which keep the prefixes their keys had before
+# they were decisions: a catalog from then still deduplicates them.
+_KEY_PREFIXES: dict[FlagKind, tuple[str, ...]] = {
+    FlagKind.FAILED_FILE: ("failed:", "rejected:"),
+    FlagKind.IDENTITY_MISMATCH: ("identity:", "officer:"),
+}
 
 
 @dataclass(frozen=True, slots=True)
 class FlagDecision:
-    """One flag to raise. `details` holds JSON-safe values only (str, int, float, bool, None)."""
+    """One flag to raise. `details` holds JSON-safe values only (str, int, float, bool, None).
+
+    A key may be longer than the catalog column (it can hold a camera path): the flag service stores
+    its `bounded_dedup_key`."""
 
     kind: FlagKind
     dedup_key: str
@@ -59,7 +59,7 @@ class FlagDecision:
     details: dict[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
-        if not self.dedup_key.startswith(f"{self.kind.value}:") or len(self.dedup_key) > DEDUP_KEY_MAX:
+        if not self.dedup_key.startswith(_KEY_PREFIXES.get(self.kind, (f"{self.kind.value}:",))):
             raise ValueError(f"malformed dedup key {self.dedup_key!r} for a {self.kind.value} flag")
         utc(self.raised_at, "raised_at")
 

@@ -12,8 +12,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from ingestd.policies.flags import FlagDecision, iso, utc
-from store.models import FlagKind
+from ingestd.policies.flags import FlagDecision
+from store.kinds import FlagKind
+from store.times import iso, utc
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from ingestd.policies.flags import FlagDecision, iso, utc
+from ingestd.policies.flags import FlagDecision
 from store.models import FlagKind
+from store.times import iso, utc
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from ingestd.policies.errors import RetentionError
-from ingestd.policies.flags import utc
-from store.models import RetentionClass
+from store.kinds import RetentionClass
+from store.times import utc
 
 # 000 art. 15; 002 art. 13; 004 art. 20 item 1-5; 003 art. 15.
 DEFAULT_LONG_TERM_TAGS = frozenset(

@@ -6,12 +6,10 @@ hashes recomputed from the published rule (reimplemented here, independently of 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import pwd
 import stat
-import struct
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -32,8 +30,9 @@ from store.audit import (
     verify_chain,
 )
 from store.catalog import Catalog, _begin_deferred, _begin_immediate
-from store.checkpoints import FS_APPEND_FL, FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, Checkpoint, CheckpointFile
+from store.checkpoints import Checkpoint, CheckpointFile
 from store.models import AuditEvent, AuditHead, Base, Unit
+from store.objects.sealing import FS_APPEND_FL, get_inode_flags, set_inode_flags
 from store.signing import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, Signer, SigningKeyError, load_public_key
 from tests.support.audit import rewrite_chain, spec_hash
 
@@ -623,11 +622,7 @@ def test_a_missing_key_is_not_regenerated_over_checkpoints_even_with_an_empty_ca
 def _clear_append_only(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
-        buffer = bytearray(struct.calcsize("l"))
-        fcntl.ioctl(fd, FS_IOC_GETFLAGS, buffer, True)
-        flags = struct.unpack_from("I", buffer)[0]
-        struct.pack_into("I", buffer, 0, flags & ~FS_APPEND_FL)
-        fcntl.ioctl(fd, FS_IOC_SETFLAGS, buffer)
+        set_inode_flags(fd, get_inode_flags(fd) & ~FS_APPEND_FL)
     finally:
         os.close(fd)
 

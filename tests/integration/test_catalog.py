@@ -19,7 +19,7 @@ from store.models import (
     Unit,
 )
 from store.objects import Seal
-from store.types import NaiveDatetimeError
+from store.times import NaiveDatetimeError
 
 SHANGHAI = timezone(timedelta(hours=8))
 

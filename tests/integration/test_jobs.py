@@ -6,9 +6,7 @@ import io
 import json
 import os
 import queue
-import shlex
 import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,9 +20,9 @@ from structlog.testing import capture_logs
 
 from drivers.registry import DriverRegistry
 from ingestd import operations
-from ingestd.config import Config, NotifyConfig
+from ingestd.config import Config
 from ingestd.daemon import reconcile
-from ingestd.jobs import JobRunner, evaluate_after_session, run_notify
+from ingestd.jobs import JobRunner, evaluate_after_session
 from ingestd.partials import expire_partial_copies
 from ingestd.services import Services
 from store.catalog import Catalog
@@ -43,17 +41,11 @@ from store.models import (
 from store.objects import FileObjectStore, MiB
 from tests.support import records as seed
 from tests.support.loopdev import ext4_filesystem, require_root_tools
+from tests.support.notify import notify_command
 from tests.support.objectstore import UnpluggedCamera, unseal_tree
 from tests.support.records import CLERK
 
 OUT = datetime(2026, 5, 11, 0, 30, tzinfo=UTC)  # Monday 08:30 Shanghai: the camera leaves the station
-NOTIFY_SCRIPT = """\
-import pathlib, sys
-out = pathlib.Path(sys.argv[1])
-out.mkdir(exist_ok=True)
-n = len(list(out.iterdir()))
-(out / f"{n}.json").write_bytes(sys.stdin.buffer.read())
-"""
 
 
 def make_services(catalog: Catalog, tmp_path: Path, **sections: dict[str, Any]) -> Services:
@@ -61,17 +53,10 @@ def make_services(catalog: Catalog, tmp_path: Path, **sections: dict[str, Any]) 
     return Services(
         config=config,
         catalog=catalog,
-        store=FileObjectStore(tmp_path / "store"),
+        store=FileObjectStore(tmp_path / "store").create_directories(),
         audit=seed.audit_log(tmp_path),
         registry=DriverRegistry([], discover=False),
     )
-
-
-def notify_command(tmp_path: Path) -> tuple[str, Path]:
-    script = tmp_path / "notify.py"
-    script.write_text(NOTIFY_SCRIPT, encoding="utf-8")
-    out = tmp_path / "notified"
-    return " ".join(shlex.quote(part) for part in (sys.executable, str(script), str(out))), out
 
 
 class Runs:
@@ -252,35 +237,6 @@ def test_session_ended_runs_the_gap_job_at_once_in_the_scheduler(
     assert [flag.kind for flag in gaps] == ["gap"]
 
 
-def test_a_failing_or_hanging_notify_command_is_logged_and_never_raises(tmp_path: Path) -> None:
-    flag = operations.FlagView(
-        id=7,
-        kind="overdue",
-        status="open",
-        raised_at=OUT,
-        device_serial="ZFY0001",
-        recording_id=None,
-        dock_session_id=None,
-        dedup_key="overdue:ZFY0001:x",
-        details={},
-        explanation=None,
-        explained_by=None,
-        explained_at=None,
-    )
-    python = shlex.quote(sys.executable)
-    with capture_logs() as logs:
-        assert run_notify(flag, NotifyConfig(command=f"{python} -c 'import sys; sys.exit(3)'")) is False
-        assert run_notify(flag, NotifyConfig(command=str(tmp_path / "absent"))) is False
-        hanging = NotifyConfig(command=f"{python} -c 'import time; time.sleep(30)'", timeout_seconds=0.5)
-        assert run_notify(flag, hanging) is False
-        assert run_notify(flag, NotifyConfig(command="")) is False
-    assert [(e["event"], e.get("returncode")) for e in logs] == [
-        ("notify_failed", 3),
-        ("notify_failed", None),
-        ("notify_timeout", None),
-    ]
-
-
 def test_the_audit_checkpoint_job_signs_events_written_outside_a_session_or_command(
     catalog: Catalog, tmp_path: Path, runner_cleanup: list[JobRunner]
 ) -> None:
@@ -313,7 +269,9 @@ def test_partial_copies_older_than_the_max_age_expire_with_an_audit_event_each(
 ) -> None:
     services = make_services(catalog, tmp_path, ingest={"partial_max_age_hours": 48})
     # Durable points every MiB, so an unplug after 2 MiB leaves something to resume.
-    services.store = FileObjectStore(tmp_path / "store", chunk_size=MiB // 4, fsync_interval=MiB)
+    services.store = FileObjectStore(
+        tmp_path / "store", chunk_size=MiB // 4, fsync_interval=MiB
+    ).create_directories()
     data = seed.payload("partial") * (3 * MiB // len(seed.payload("partial")) + 1)
     for key in ("ZFY0001-stale", "ZFY0002-fresh"):
         source = io.BufferedReader(UnpluggedCamera(data, 2 * MiB))
@@ -343,7 +301,9 @@ def test_a_partial_that_cannot_be_removed_is_logged_and_start_up_goes_on(
     require_root_tools("mkfs.ext4", "chattr")
     services = make_services(catalog, tmp_path)
     with ext4_filesystem(tmp_path, 64) as mount_point:
-        services.store = FileObjectStore(mount_point / "store", chunk_size=MiB // 4, fsync_interval=MiB)
+        services.store = FileObjectStore(
+            mount_point / "store", chunk_size=MiB // 4, fsync_interval=MiB
+        ).create_directories()
         data = seed.payload("stuck") * (3 * MiB // len(seed.payload("stuck")) + 1)
         with pytest.raises(OSError, match="camera unplugged"):
             services.store.put(

@@ -3,25 +3,36 @@
 from __future__ import annotations
 
 import os
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from drivers.base import DeviceInfo, DriverOptions, closing_camera
 from drivers.mass_storage import MassStorageDriver
 from drivers.registry import CameraRule, DriverRegistry
 from drivers.scan import scan_volume
 from drivers.simulator.volume import build_volume, make_image
+from ingestd.progress import DockProgress
+from ingestd.session import IngestSettings, run_session
+from store.models import SessionState
+from store.types import utcnow
 from tests.support.loopdev import attached, require_root_tools
+from tests.support.station import open_station
 
 pytestmark = pytest.mark.root
 
 START = datetime(2026, 11, 22, 0, 30, 15, tzinfo=UTC)
 
 
+def mountinfo() -> list[str]:
+    return Path("/proc/self/mountinfo").read_text().splitlines()
+
+
 def mounted_at(path: Path) -> bool:
-    return any(line.split()[4] == str(path) for line in Path("/proc/self/mountinfo").read_text().splitlines())
+    return any(line.split()[4] == str(path) for line in mountinfo())
 
 
 def test_block_device_camera_from_dock_to_scan(tmp_path: Path) -> None:
@@ -52,7 +63,7 @@ def test_block_device_camera_from_dock_to_scan(tmp_path: Path) -> None:
         assert isinstance(driver, MassStorageDriver)
         with closing_camera(driver.open(docked, options)) as camera:
             assert camera.name == f"msc:{device}"
-            # Before the session mounts the volume, identify and storage mount it just for the call.
+            # identify mounts the volume and holds it: storage and the session's block use that mount.
             assert camera.identify().device_serial == "0000003"
             assert camera.identify().officer_name == "赵六"
             total = camera.storage().total_bytes
@@ -69,3 +80,39 @@ def test_block_device_camera_from_dock_to_scan(tmp_path: Path) -> None:
                 ]
             assert not mounted_at(volume)
             assert not volume.parent.exists()
+
+
+def test_a_session_mounts_the_volume_once_and_remounts_it_only_to_delete(tmp_path: Path) -> None:
+    require_root_tools("mkfs.ext4", "blkid")
+    source = tmp_path / "card"
+    build_volume(
+        source, device_serial="0000004", officer_name="钱七", count=2, size_bytes=50_000, start=START, seed=4
+    )
+    image = make_image(source, tmp_path / "card.img")
+    with open_station(tmp_path / "station") as services, attached(image) as device, capture_logs() as logs:
+        options = DriverOptions(filesystems=("ext4",))
+        docked = DeviceInfo(port="1-1.5", properties={"ID_SERIAL_SHORT": "0000004"}, block=device)
+        summary = run_session(
+            services,
+            MassStorageDriver().open(docked, options),
+            device=docked,
+            driver_name="mass-storage",
+            options=options,
+            settings=IngestSettings(delete_after_ingest=True),
+            clock=utcnow,
+            progress=DockProgress(),
+            unplugged=threading.Event(),
+            stopping=threading.Event(),
+        )
+        assert not any(line.split()[9] == device for line in mountinfo())  # unmounted at the end
+    assert summary.state is SessionState.DONE
+    assert summary.files == 2
+    events = [(entry["event"], entry.get("mode")) for entry in logs if entry["event"].startswith("volume.")]
+    # identify, storage, scan, copy and the deletion all use the one read-only mount; only the
+    # deletion makes it writable, and it goes back to read-only before the unmount.
+    assert events == [
+        ("volume.mounted", None),
+        ("volume.remounted", "rw"),
+        ("volume.remounted", "ro"),
+        ("volume.unmounted", None),
+    ]

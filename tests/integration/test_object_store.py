@@ -84,7 +84,7 @@ def flip_byte(path: Path, offset: int) -> None:
 
 
 def test_a_stored_object_is_immutable_even_for_root(ext4: Path) -> None:
-    store = FileObjectStore(ext4 / "s")
+    store = FileObjectStore(ext4 / "s").create_directories()
     data = payload(2 * MiB)
     result = store.put(io.BytesIO(data))
     digest = blake3.blake3(data).hexdigest()
@@ -125,7 +125,7 @@ def ramfs(mount_point: Path) -> Iterator[Path]:
 
 def test_the_seal_falls_back_to_read_only_on_a_filesystem_without_the_attribute(tmp_path: Path) -> None:
     with ramfs(tmp_path / "ram") as mount_point, capture_logs() as logs:
-        store = FileObjectStore(mount_point / "s")
+        store = FileObjectStore(mount_point / "s").create_directories()
         results = [store.put(io.BytesIO(payload(MiB, seed))) for seed in (1, 2)]
         assert [r.seal for r in results] == [Seal.READ_ONLY, Seal.READ_ONLY]
         assert all(r.path.stat().st_mode & 0o7777 == 0o444 for r in results)
@@ -145,7 +145,7 @@ def test_the_seal_falls_back_to_read_only_without_cap_linux_immutable(ext4: Path
         "from structlog.testing import capture_logs\n"
         "from store.objects import FileObjectStore\n"
         "with capture_logs() as logs:\n"
-        "    store = FileObjectStore(Path(sys.argv[1]))\n"
+        "    store = FileObjectStore(Path(sys.argv[1])).create_directories()\n"
         "    seals = [store.put(io.BytesIO(bytes([n]) * 4096)).seal for n in range(3)]\n"
         "print(json.dumps({'seals': seals, 'warnings': [e for e in logs if e['log_level'] == 'warning']}))\n"
     )
@@ -171,7 +171,7 @@ def test_read_back_catches_a_byte_changed_on_the_medium(tmp_path: Path) -> None:
     rot = rot_below_filesystem(tmp_path / "store.img")
 
     with ext4_filesystem(tmp_path, 64, name="store") as mount_point:
-        store = FileObjectStore(mount_point / "s", on_synced=rot)
+        store = FileObjectStore(mount_point / "s", on_synced=rot).create_directories()
         with pytest.raises(ReadBackMismatchError) as caught:
             store.put(io.BytesIO(data), resume_key="A.MP4")
         assert isinstance(caught.value, IntegrityError)
@@ -184,7 +184,7 @@ def test_read_back_catches_a_byte_changed_on_the_medium(tmp_path: Path) -> None:
         assert sum(a != b for a, b in zip(stored, data, strict=True)) == 1
 
         # The same rot without read-back goes unnoticed by put; only a later scrub would find it.
-        careless = FileObjectStore(mount_point / "t", on_synced=rot, read_back=False)
+        careless = FileObjectStore(mount_point / "t", on_synced=rot, read_back=False).create_directories()
         result = careless.put(io.BytesIO(data))
         assert not result.read_back_verified
         kinds = {p.kind for p in careless.verify_object(result.blake3, result.sha256, result.size)}
@@ -193,7 +193,7 @@ def test_read_back_catches_a_byte_changed_on_the_medium(tmp_path: Path) -> None:
 
 
 def test_dedup_refuses_a_corrupted_existing_object(ext4: Path) -> None:
-    store = FileObjectStore(ext4 / "s")
+    store = FileObjectStore(ext4 / "s").create_directories()
     data = payload(MiB)
     first = store.put(io.BytesIO(data))
     flip_byte(first.path, 4096)
@@ -207,7 +207,7 @@ def test_dedup_refuses_a_corrupted_existing_object(ext4: Path) -> None:
 
 
 def test_dedup_finishes_a_seal_a_crash_left_undone(ext4: Path) -> None:
-    store = FileObjectStore(ext4 / "s")
+    store = FileObjectStore(ext4 / "s").create_directories()
     data = payload(MiB)
     first = store.put(io.BytesIO(data))
     chattr("-i", first.path)  # as if the daemon died between link and seal
@@ -221,7 +221,9 @@ def test_disk_full_removes_the_partial_and_keeps_every_object(tmp_path: Path) ->
     big = tmp_path / "big.bin"
     big.write_bytes(payload(48 * MiB, seed=9))
     with ext4_filesystem(tmp_path, 32, name="small") as mount_point:
-        store = FileObjectStore(mount_point / "s", chunk_size=MiB, fsync_interval=4 * MiB)
+        store = FileObjectStore(
+            mount_point / "s", chunk_size=MiB, fsync_interval=4 * MiB
+        ).create_directories()
         kept = store.put(io.BytesIO(payload(4 * MiB, seed=1)))
         free_before = store.free_bytes()
         with big.open("rb") as source, pytest.raises(DiskFullError) as caught:
@@ -243,7 +245,7 @@ WRITER = """
 import sys
 from pathlib import Path
 from store.objects import FileObjectStore, MiB
-store = FileObjectStore(Path(sys.argv[1]), chunk_size=256 * 1024, fsync_interval=MiB)
+store = FileObjectStore(Path(sys.argv[1]), chunk_size=256 * 1024, fsync_interval=MiB).create_directories()
 store.put(sys.stdin.buffer, resume_key=sys.argv[2])
 """
 
@@ -282,7 +284,7 @@ def test_a_put_killed_with_sigkill_resumes_from_its_sidecar(ext4: Path, tmp_path
     durable = durable_offset(root / "partial")
     assert durable >= 4 * MiB
 
-    store = FileObjectStore(root, chunk_size=256 * KiB, fsync_interval=MiB)
+    store = FileObjectStore(root, chunk_size=256 * KiB, fsync_interval=MiB).create_directories()
     with source_file.open("rb") as source:
         result = store.put(source, resume_key="ZFY0001:A.MP4")
     assert result.resumed_from == durable
@@ -294,7 +296,7 @@ def test_a_put_killed_with_sigkill_resumes_from_its_sidecar(ext4: Path, tmp_path
 
 
 def test_reconcile_removes_unknown_partials_and_temp_files(ext4: Path) -> None:
-    store = FileObjectStore(ext4 / "s", chunk_size=256 * KiB, fsync_interval=MiB)
+    store = FileObjectStore(ext4 / "s", chunk_size=256 * KiB, fsync_interval=MiB).create_directories()
     data = payload(3 * MiB)
     for key in ("keep", "gone"):
         with pytest.raises(OSError, match="camera unplugged"):
@@ -315,7 +317,7 @@ def test_reconcile_removes_unknown_partials_and_temp_files(ext4: Path) -> None:
 
 
 def test_expiry_goes_by_the_last_write_and_never_takes_a_partial_being_written(ext4: Path) -> None:
-    store = FileObjectStore(ext4 / "s", chunk_size=256 * KiB, fsync_interval=MiB)
+    store = FileObjectStore(ext4 / "s", chunk_size=256 * KiB, fsync_interval=MiB).create_directories()
     data = payload(3 * MiB, seed=9)
     for key in ("old", "recent"):
         with pytest.raises(OSError, match="camera unplugged"):
@@ -343,7 +345,7 @@ def test_expiry_goes_by_the_last_write_and_never_takes_a_partial_being_written(e
 
 
 def test_verify_and_scrub_find_what_a_root_attacker_did(ext4: Path) -> None:
-    store = FileObjectStore(ext4 / "s")
+    store = FileObjectStore(ext4 / "s").create_directories()
     results = [store.put(io.BytesIO(payload(MiB + n, seed=n))) for n in range(5)]
     flipped, deleted, unsealed, unflagged, sound = results
     flip_byte(flipped.path, 12345)
@@ -381,7 +383,7 @@ def test_verify_and_scrub_find_what_a_root_attacker_did(ext4: Path) -> None:
 
 
 def test_remove_lifts_the_seal_and_unlinks(ext4: Path) -> None:
-    store = FileObjectStore(ext4 / "s")
+    store = FileObjectStore(ext4 / "s").create_directories()
     result = store.put(io.BytesIO(payload(MiB)))
     store.remove(result.blake3)
     with pytest.raises(OSError) as caught:

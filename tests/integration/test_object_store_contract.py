@@ -1,16 +1,22 @@
-"""The object-store contract, run against every adapter: files on a real ext4 loop mount, and memory."""
+"""The object-store contract, run against every adapter: files on a real ext4 loop mount (root only: the
+immutable attribute), files in a plain directory (any user), and memory."""
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import itertools
 import os
+import pwd
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO, cast
+from xml.etree import ElementTree
 
 import blake3
 import pytest
@@ -25,11 +31,15 @@ from store.objects import (
     ObjectStore,
     PartialCopy,
     ProblemKind,
+    Seal,
+    is_immutable,
 )
 from tests.support.loopdev import ext4_filesystem, require_root_tools
 from tests.support.objectstore import UnpluggedCamera, unseal_tree
+from tests.support.osusers import OsUsers, can_manage_users, run_python_as
 
 KiB = 1024
+REPO = Path(__file__).resolve().parents[2]
 _roots = itertools.count(1)
 
 
@@ -41,13 +51,19 @@ def ext4_mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         unseal_tree(mount_point)
 
 
-@pytest.fixture(params=["file", "memory"])
-def store(request: pytest.FixtureRequest) -> ObjectStore:
+@pytest.fixture(params=["file-ext4", "file-dir", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     """Small chunks and fsync intervals, so a few MiB exercise many chunks and several durable points."""
     if request.param == "memory":
         return MemoryObjectStore(chunk_size=256 * KiB, fsync_interval=MiB)
+    if request.param == "file-dir":  # sealed 0444 only, unless the process may set the attribute here
+        return FileObjectStore(
+            tmp_path / "store", chunk_size=256 * KiB, fsync_interval=MiB
+        ).create_directories()
     mount: Path = request.getfixturevalue("ext4_mount")
-    return FileObjectStore(mount / f"store-{next(_roots)}", chunk_size=256 * KiB, fsync_interval=MiB)
+    return FileObjectStore(
+        mount / f"store-{next(_roots)}", chunk_size=256 * KiB, fsync_interval=MiB
+    ).create_directories()
 
 
 def payload(size: int, seed: int = 0) -> bytes:
@@ -290,6 +306,63 @@ def test_digests_that_are_not_hex_never_become_paths(store: ObjectStore) -> None
         store.path_for("../../etc/passwd")
     with pytest.raises(ValueError, match="not a BLAKE3"):
         store.exists("A" * 64)
+
+
+def test_a_stored_object_is_sealed_as_put_reports(store: ObjectStore) -> None:
+    result = store.put(reader(payload(MiB, seed=8)))
+    assert result.seal in {Seal.IMMUTABLE, Seal.READ_ONLY}
+    if isinstance(store, FileObjectStore):
+        assert result.path.stat().st_mode & 0o7777 == 0o444
+        assert is_immutable(result.path) == (result.seal is Seal.IMMUTABLE)
+    assert store.verify_object(result.blake3, result.sha256, result.size) == []
+
+
+def contract_cases() -> set[str]:
+    """The names of this module's contract tests: those that take the `store` fixture."""
+    return {
+        name
+        for name, value in globals().items()
+        if name.startswith("test_") and "store" in inspect.signature(value).parameters
+    }
+
+
+@pytest.mark.root  # to create the OS user and its mount namespace
+def test_without_root_only_the_ext4_cases_skip_and_the_file_adapter_passes_in_a_directory() -> None:
+    """Run this module's file-adapter cases as a real OS user with no capabilities and read its report."""
+    reason = can_manage_users()
+    if reason is not None:
+        pytest.skip(reason)
+    for tool in ("setpriv", "unshare"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed")
+    users = OsUsers()
+    workdir = Path(tempfile.mkdtemp(prefix="ingestd-contract-"))  # the user cannot enter root's tmp_path
+    try:
+        user = users.user("st", [])
+        os.chown(workdir, pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid)
+        report = workdir / "report.xml"
+        done = run_python_as(
+            user,
+            *("-m", "pytest", __file__, "-k", "file-dir or file-ext4", "-q", "-p", "no:cacheprovider"),
+            *(f"--basetemp={workdir / 'tmp'}", f"--junitxml={report}"),
+            cwd=REPO,
+            env={"PYTHONDONTWRITEBYTECODE": "1"},
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        outcomes: dict[str, str] = {}
+        written = ElementTree.parse(report)  # noqa: S314 - written just now by our own child pytest
+        for case in written.iter("testcase"):
+            found = [child.tag for child in case if child.tag in {"skipped", "failure", "error"}]
+            outcomes[case.attrib["name"]] = found[0] if found else "passed"
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        users.remove()
+    expected = contract_cases()
+    assert expected
+    in_a_directory = {name: outcomes.get(f"{name}[file-dir]") for name in expected}
+    on_ext4 = {name: outcomes.get(f"{name}[file-ext4]") for name in expected}
+    assert in_a_directory == dict.fromkeys(expected, "passed")
+    assert on_ext4 == dict.fromkeys(expected, "skipped")  # the loop mount needs root
 
 
 @pytest.fixture(autouse=True)

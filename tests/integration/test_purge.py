@@ -33,7 +33,9 @@ PURGE_AT = datetime(2025, 7, 20, 0, 0, tzinfo=UTC)  # expired and noticed more t
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[FileObjectStore]:
-    yield FileObjectStore(tmp_path / "store", chunk_size=64 * 1024, fsync_interval=1024 * 1024)
+    yield FileObjectStore(
+        tmp_path / "store", chunk_size=64 * 1024, fsync_interval=1024 * 1024
+    ).create_directories()
     unseal_tree(tmp_path)  # sealed objects carry the immutable attribute where the filesystem allows
 
 
@@ -181,7 +183,7 @@ class ObservingStore(FileObjectStore):
 def test_the_audit_event_is_committed_before_the_object_goes(
     catalog: Catalog, tmp_path: Path, audit: AuditLog
 ) -> None:
-    store = ObservingStore(tmp_path / "observed", chunk_size=64 * 1024)
+    store = ObservingStore(tmp_path / "observed", chunk_size=64 * 1024).create_directories()
     # Another process reads, as ingestctl does: the purge holds the object row's lock while it removes.
     url = catalog.engine.url.render_as_string(hide_password=False)
     store.catalog, store.seen = Catalog.open(url, read_only=True), []
@@ -250,6 +252,32 @@ def test_a_failing_removal_leaves_the_audit_event_and_a_consistent_catalog_and_i
         assert session.get_one(StoredObject, digest).removed_at == PURGE_AT + timedelta(hours=1)
 
 
+def test_a_purge_over_an_unmounted_store_fails_and_marks_nothing_removed(
+    catalog: Catalog, store: FileObjectStore, audit: AuditLog, tmp_path: Path
+) -> None:
+    """The store's disk is not mounted: its root is an empty mount point. Opening the store there creates
+    nothing, and each removal fails, audited, instead of recording bytes out of reach as already gone."""
+    ids = populate(catalog, store, audit)
+    digest = digest_of(catalog, ids["plain"])
+    purge(catalog, store, audit, actor=CLERK, now=NOTICE_AT, rules=RULES, dry_run=False)
+    mount_point = tmp_path / "unmounted"
+    mount_point.mkdir()
+    failed = purge(
+        catalog, FileObjectStore(mount_point), audit, actor=CLERK, now=PURGE_AT, rules=RULES, dry_run=False
+    )
+    assert not failed.ok
+    assert digest in failed.failed_objects
+    assert "is not set up" in failed.failed_objects[digest]
+    assert list(mount_point.iterdir()) == []
+    assert store.exists(digest)
+    with catalog.transaction() as session:
+        assert session.get_one(StoredObject, digest).removed_at is None
+        outcomes = [
+            (e.action, e.outcome) for e in seed.audit_events(session) if e.subject == f"object:{digest}"
+        ]
+    assert outcomes == [("retention.purge", "started"), ("retention.remove", "failed")]
+
+
 def test_a_hold_placed_after_the_notice_stops_the_purge_and_voids_the_notice(
     catalog: Catalog, store: FileObjectStore, audit: AuditLog
 ) -> None:
@@ -306,6 +334,7 @@ def test_verify_is_clean_after_a_purge(tmp_path: Path) -> None:
     seed.current_schema(config.catalog.url)
     (tmp_path / "state").mkdir()
     Signer.load_or_create(tmp_path / "state")  # the station exists: `migrate=False` opens, never creates
+    FileObjectStore(tmp_path / "store").create_directories()
     services = Services.open(config, migrate=False)
     try:
         with services.catalog.transaction() as session:

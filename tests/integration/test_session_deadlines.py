@@ -10,30 +10,18 @@ import pytest
 from sqlalchemy import select
 
 from drivers.mp4 import write_mp4
-from ingestd.config import Config
 from ingestd.importer import run_import
 from ingestd.jobs import evaluate_after_session
 from ingestd.services import Services
 from ingestd.session import IngestSettings
 from store.models import Flag, FlagKind, Recording
-from tests.support.objectstore import unseal_tree
+from tests.support.station import open_station
 
 
 @pytest.fixture
 def services(tmp_path: Path) -> Iterator[Services]:
-    config = Config.model_validate(
-        {
-            "daemon": {"state_dir": str(tmp_path / "state")},
-            "catalog": {"url": f"sqlite:///{tmp_path / 'state' / 'catalog.db'}"},
-            "store": {"root": str(tmp_path / "store")},
-        }
-    )
-    opened = Services.open(config)
-    try:
+    with open_station(tmp_path) as opened:
         yield opened
-    finally:
-        opened.close()
-        unseal_tree(tmp_path)
 
 
 def test_a_long_recording_that_ended_within_the_window_is_on_time(services: Services, tmp_path: Path) -> None:
@@ -58,7 +46,7 @@ def test_a_long_recording_that_ended_within_the_window_is_on_time(services: Serv
         assert rows["LONG.MP4"].deadline_at == now + timedelta(minutes=5)
         late = session.scalars(select(Flag).where(Flag.kind == FlagKind.LATE)).one()
         assert late.recording_id == rows["SHORT.MP4"].id
-        assert late.details["late_by_s"] == 60
+        assert late.details["lateness_s"] == 60
 
 
 def test_a_cut_off_recording_is_stored_and_flagged_as_needing_an_explanation(

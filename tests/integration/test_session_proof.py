@@ -117,7 +117,9 @@ def rot_the_second_copy(image: Path) -> Callable[[Path], None]:
 
 def test_a_failed_read_back_leaves_every_original_on_the_camera(tmp_path: Path, store_fs: Path) -> None:
     originals = camera_volume(tmp_path)
-    store = FileObjectStore(store_fs / "store", on_synced=rot_the_second_copy(tmp_path / "store.img"))
+    store = FileObjectStore(
+        store_fs / "store", on_synced=rot_the_second_copy(tmp_path / "store.img")
+    ).create_directories()
     services = services_with(tmp_path, store)
     try:
         with capture_logs() as logs:
@@ -139,7 +141,9 @@ def test_without_read_back_nothing_is_deleted_because_nothing_is_proven(
     tmp_path: Path, store_fs: Path
 ) -> None:
     originals = camera_volume(tmp_path)
-    services = services_with(tmp_path, FileObjectStore(store_fs / "store", read_back=False))
+    services = services_with(
+        tmp_path, FileObjectStore(store_fs / "store", read_back=False).create_directories()
+    )
     try:
         import_card(services, tmp_path / "card")
         with services.catalog.transaction() as session:
@@ -151,7 +155,7 @@ def test_without_read_back_nothing_is_deleted_because_nothing_is_proven(
 
 def test_with_read_back_proven_originals_are_deleted(tmp_path: Path, store_fs: Path) -> None:
     originals = camera_volume(tmp_path)
-    services = services_with(tmp_path, FileObjectStore(store_fs / "store"))
+    services = services_with(tmp_path, FileObjectStore(store_fs / "store").create_directories())
     try:
         import_card(services, tmp_path / "card")
     finally:
@@ -163,7 +167,7 @@ def test_a_file_rewritten_in_place_is_stored_before_it_is_deleted(tmp_path: Path
     """Same path, size and time as a stored recording is no proof: the new bytes are read, stored as a
     new recording, and only then deleted; the untouched files are re-read and match their old copies."""
     originals = camera_volume(tmp_path)
-    store = FileObjectStore(store_fs / "store")
+    store = FileObjectStore(store_fs / "store").create_directories()
     services = services_with(tmp_path, store)
     try:
         import_card(services, tmp_path / "card", delete=False)
@@ -214,7 +218,7 @@ def test_a_file_replaced_after_its_copy_stays_and_every_deletion_is_audited(
             swapped.replace(target)
             replaced.append(target)
 
-    store = FileObjectStore(store_fs / "store", on_synced=swap_a_stored_file)
+    store = FileObjectStore(store_fs / "store", on_synced=swap_a_stored_file).create_directories()
     store_box.append(store)
     services = services_with(tmp_path, store)
     try:
@@ -251,7 +255,9 @@ def test_a_resumed_copy_spliced_from_another_source_is_copied_again_whole(
     """A partial copy of a camera file, then the file changes where the resume check does not sample
     (same size and mtime): the object stored equals the camera file, and only then is it deleted."""
     originals = camera_volume(tmp_path)
-    store = FileObjectStore(store_fs / "store", chunk_size=256 * KIB, fsync_interval=256 * KIB)
+    store = FileObjectStore(
+        store_fs / "store", chunk_size=256 * KIB, fsync_interval=256 * KIB
+    ).create_directories()
     card = tmp_path / "card"
     (item, *_) = scan_volume(card).recordings
     target = Path(os.fsdecode(item.raw_path))
@@ -325,7 +331,7 @@ def test_a_deduplicated_copy_that_races_the_purge_of_its_object_stores_the_bytes
     live row back onto missing bytes (nor may the camera file then go)."""
     originals = camera_volume(tmp_path)
     shared = sorted(originals)[0]
-    store = FileObjectStore(store_fs / "store")
+    store = FileObjectStore(store_fs / "store").create_directories()
     services = services_with(tmp_path, store)
     stored_long_ago = datetime(2025, 1, 10, tzinfo=UTC)
     try:

@@ -11,15 +11,7 @@ import pytest
 
 from drivers.base import DeletionOutcome, MountError, OriginalFile
 from drivers.wipe import delete_recordings
-from tests.support.loopdev import attached, make_image, mounted, require_root_tools
-
-
-def mount_options(mount_point: Path) -> set[str]:
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        fields = line.split()
-        if fields[4] == str(mount_point):
-            return set(fields[5].split(","))
-    raise AssertionError(f"{mount_point} is not mounted")
+from tests.support.loopdev import attached, make_image, mount_options, mounted, require_root_tools
 
 
 def read(volume: Path, relative: str) -> OriginalFile:

@@ -51,7 +51,7 @@ def make_services(catalog: Catalog, tmp_path: Path) -> Services:
     state.mkdir(parents=True, exist_ok=True)
     signer = Signer.load_or_create(state)
     audit = AuditLog(signer, state / "audit-checkpoints.jsonl", 1000, set_append_only=False)
-    store = FileObjectStore(tmp_path / "store")
+    store = FileObjectStore(tmp_path / "store").create_directories()
     return Services(
         config=config,
         catalog=catalog,

@@ -69,6 +69,16 @@ def detach_if_backed_by(device: str, image: Path) -> None:
         subprocess.run(["losetup", "--detach", device], check=False, capture_output=True)
 
 
+def attach_held(image: Path, held: contextlib.ExitStack) -> str:
+    """Attach `image` to a free loop device that the test may detach itself (an unplug); `held` detaches
+    it at its end only while it still serves `image`."""
+    device = subprocess.run(
+        ["losetup", "--find", "--show", str(image)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    held.callback(detach_if_backed_by, device, image)
+    return device
+
+
 @contextlib.contextmanager
 def mounted(source: str | Path, mount_point: Path, options: str = "rw") -> Iterator[Path]:
     """Mount `source` on `mount_point`; unmount that mount point afterwards (lazily if busy)."""
@@ -80,6 +90,15 @@ def mounted(source: str | Path, mount_point: Path, options: str = "rw") -> Itera
         done = subprocess.run(["umount", str(mount_point)], check=False, capture_output=True)
         if done.returncode != 0:
             subprocess.run(["umount", "-l", str(mount_point)], check=False, capture_output=True)
+
+
+def mount_options(mount_point: Path) -> set[str]:
+    """The options `mount_point` is mounted with now (ro or rw among them)."""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[4] == str(mount_point):
+            return set(fields[5].split(","))
+    raise AssertionError(f"{mount_point} is not mounted")
 
 
 def unmount_all(device: str) -> list[Path]:

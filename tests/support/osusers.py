@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 BOOTSTRAP = """
 import os, pwd, sys
@@ -90,3 +92,44 @@ def created(users: OsUsers) -> Iterator[OsUsers]:
         yield users
     finally:
         users.remove()
+
+
+def _closed_ancestor(path: Path) -> Path | None:
+    """The highest directory above `path` that other users cannot enter (root's home, 0700), or None."""
+    for ancestor in reversed(path.parents):
+        if not ancestor.stat().st_mode & stat.S_IXOTH:
+            return ancestor
+    return None
+
+
+def run_python_as(
+    user: str, *args: str, cwd: Path, env: Mapping[str, str] | None = None, timeout: float = 600.0
+) -> subprocess.CompletedProcess[str]:
+    """Run this interpreter with `args` as `user`, with every capability dropped.
+
+    If the interpreter lives below a directory others cannot enter, the child gets a private mount
+    namespace in which only that directory is replaced by an empty tmpfs holding the interpreter's tree;
+    the namespace, and so the change, ends with the child."""
+    install = Path(sys.base_prefix).resolve()
+    drop = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--inh-caps=-all"]
+    drop += ["--bounding-set=-all", sys.executable, *args]
+    closed = _closed_ancestor(install / "bin")
+    if closed is None:
+        argv = drop
+    else:
+        tree = closed / install.relative_to(closed).parts[0]  # the child of `closed` holding the install
+        script = (
+            'stash=$(mktemp -d) && mount --bind "$1" "$stash" && mount -t tmpfs -o mode=0755 tmpfs "$2" '
+            '&& mkdir "$1" && mount --move "$stash" "$1" && rmdir "$stash" && shift 2 && exec "$@"'
+        )
+        argv = ["unshare", "--mount", "--propagation=private", "sh", "-c", script, "sh", str(tree)]
+        argv += [str(closed), *drop]
+    return subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+    )

@@ -218,6 +218,16 @@ filesystems = {json.dumps(list(self.camera_filesystems))}
         self.notifications()
         return self.last_status
 
+    def watchdog_polls(self, seconds: float) -> int:
+        """For `seconds`, poll the notify socket (each poll waits up to 0.2 s); how many polls found
+        WATCHDOG=1 among what arrived since the one before."""
+        found = 0
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.notifications().get("WATCHDOG") == "1":
+                found += 1
+        return found
+
     def stop(self, timeout: float = 60.0) -> int:
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -37,6 +36,15 @@ def run(program: str, *args: str, env: dict[str, str] | None = None) -> subproce
         ("[store]\nchunk_mib = 'four'\n", "store.chunk_mib: Input should be a valid integer"),
         ("[catalog\nurl = 1\n", "not valid TOML"),
         ("[[camera]]\nmatch = {}\ndriver = 'serial'\n", "camera[0].match"),
+        (
+            "[[dock]]\nport = 'folder:/a'\nlabel = 'Bay 3'\n[[dock]]\nport = 'folder:/b'\nlabel = 'Bay 3'\n",
+            "dock[1].label: 'Bay 3' is already dock[0].label",
+        ),
+        (
+            "[[dock]]\nport = 'folder:/a'\nlabel = 'Bay 1'\n[[dock]]\nport = 'folder:/a'\nlabel = 'Bay 2'\n",
+            "dock[1].port: 'folder:/a' is already dock[0].port",
+        ),
+        ("[[dock]]\nport = 'folder:/a'\n", "dock[0].label: Field required"),
     ],
 )
 def test_a_bad_config_file_gets_one_clear_line_and_exit_78(tmp_path: Path, text: str, expected: str) -> None:
@@ -167,13 +175,7 @@ def test_the_watchdog_is_pinged_from_the_supervising_loop(
     daemon = Daemon(base=tmp_path / "station")
     try:
         daemon.start()
-        pings = 0
-        deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline:
-            if daemon.notifications().get("WATCHDOG") == "1":
-                pings += 1
-            time.sleep(0.1)
-        assert pings >= 4
+        assert daemon.watchdog_polls(2.0) >= 4
         assert daemon.stop() == 0
     finally:
         daemon.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import sys
@@ -50,7 +51,7 @@ def seeded(daemon: Daemon) -> dict[str, Any]:
     daemon.write_config()
     seed.current_schema(daemon.catalog_url)
     catalog = Catalog.open(daemon.catalog_url)
-    store = FileObjectStore(daemon.store)
+    store = FileObjectStore(daemon.store).create_directories()
     seed.audit_log(daemon.base)  # the daemon's signing key and checkpoint file, in its state directory
     try:
         with catalog.transaction() as session:
@@ -223,7 +224,7 @@ def test_purge_dry_run_then_real_run_as_json(station: dict[str, Any]) -> None:
     [
         (("explain", "999", "--text", "x"), "no flag with id 999"),
         (("explain", "1", "--text", "   "), "explain: text must be a non-empty text"),
-        (("explain", "abc", "--text", "x"), "'abc' is not a valid integer"),
+        (("explain", "abc", "--text", "x"), "'abc' is not a flag id"),
         (("checkout", "ZFY9999"), "no camera with device serial 'ZFY9999'"),
         (("checkout", "ZFY0001", "--officer", "999999"), "no officer with number '999999'"),
         (("custody", "--device", "ZFY0001", "--officer", "000123"), "not both"),
@@ -308,3 +309,43 @@ def test_roles_decide_who_may_hand_over_hold_release_and_purge(
         ("recording.hold", users["clerk"]),
         ("recording.release", users["approver"]),
     ]
+
+
+def test_small_outputs_say_what_happened_double_checkout_warns_extend_unchanged_purge_table(
+    station: dict[str, Any],
+) -> None:
+    first_out = ctl(station, "checkout", "ZFY0001")
+    assert first_out.returncode == 0, first_out.stderr
+    assert first_out.stderr == ""
+    again = ctl(station, "checkout", "ZFY0001", "--officer", "000456")
+    assert again.returncode == 0, again.stderr  # recorded: a clerk may re-attribute who has it
+    (warning,) = again.stderr.splitlines()
+    assert warning.startswith("ingestctl: warning: ZFY0001 was already checked out (since ")
+    assert "recorded as a re-attribution" in warning
+    assert [e["kind"] for e in ok_json(station, "custody", "--device", "ZFY0001")] == ["check-out"] * 2
+    assert " CST  check-out" in again.stdout  # station time with its zone
+
+    first = str(station["recordings"][0])
+    extended = ctl(station, "extend", first, "--days", "2", "--reason", "road closed")
+    assert extended.returncode == 0, extended.stderr
+    assert "unchanged" not in extended.stdout
+    same = ctl(station, "extend", first, "--days", "2", "--reason", "road closed")
+    assert same.returncode == 0, same.stderr
+    assert same.stdout.startswith(f"recording {first}: deadline unchanged, already ")
+    assert same.stdout.rstrip().endswith("CST (nothing extended)")
+
+    dry = ctl(station, "purge", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "{" not in dry.stdout  # a table, not a Python dict
+    lines = dry.stdout.splitlines()
+    assert lines[0].startswith("would notice ")
+    assert lines[1].startswith("kept: ")
+    assert any(title.strip() in ("Would purge", "Would purge: none") for title in lines)
+
+    assert ctl(station, "approvals").stdout == "approvals: none\n"
+    for program in ("from ingestd.cli import main; main()", ENTRY):
+        version = subprocess.run(
+            [sys.executable, "-c", program, "--version"], capture_output=True, text=True, check=False
+        )
+        assert version.returncode == 0, version.stderr
+        assert re.fullmatch(r"ingest(d|ctl) \d+\.\d+\.\d+\n", version.stdout), version.stdout

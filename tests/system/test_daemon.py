@@ -418,6 +418,26 @@ def test_a_slow_dock_gives_back_its_slot_so_a_queued_camera_starts_and_both_fini
         assert set(stored_digests(daemon, serial)) == digests  # the slow dock lost nothing
 
 
+def test_a_stuck_session_does_not_stop_the_supervising_loop_pinging_the_watchdog(
+    daemon: Daemon, make_camera: Callable[..., SimulatedCamera], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # At 16 KiB/s the first 4 MiB read of the copy blocks for minutes: the session is stuck in the card.
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")  # inherited by the daemon: ping every 0.2 s
+    camera = make_camera("ZFY5301", files=1, size_bytes=8 * MIB, **paced(kib_per_s=16))
+    daemon.start()
+    camera.dock(daemon.docks)
+    wait_for("the camera copying", lambda: any(row[0] == "ingesting" for row in dock_progress(daemon)))
+    camera.undock(daemon.docks)  # the loop handles the undock while the session is still in its read
+    time.sleep(1.0)
+    daemon.notifications()
+    assert daemon.watchdog_polls(3.0) >= 3, "the supervising loop stopped pinging while a session was stuck"
+    camera.close()  # lifts the throttle: the read returns and the session ends as unplugged
+    (session,) = wait_sessions(daemon, "ZFY5301")
+    assert session.state is SessionState.UNPLUGGED
+    wait_for("the check-out on undock", lambda: custody_kinds(daemon)[-1:] == [CustodyKind.CHECK_OUT])
+    assert daemon.stop() == 0
+
+
 def test_sigterm_stops_cleanly_and_reports_stopping(daemon: Daemon) -> None:
     daemon.start()
     assert daemon.stop() == 0

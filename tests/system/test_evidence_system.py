@@ -294,8 +294,7 @@ def test_under_the_units_sandbox_export_and_copy_reach_a_directory_the_daemon_ca
 
 # --- status --watch ---------------------------------------------------------------------------------------
 
-SIZE = re.compile(r"(\d+(?:\.\d)?) (B|KiB|MiB|GiB|TiB) / (\d+(?:\.\d)?) (B|KiB|MiB|GiB|TiB)")
-UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+PERCENT = re.compile(r"[█░]+ +(\d+)%")  # the status bar and its percentage
 HIDE_CURSOR, SHOW_CURSOR, CURSOR_UP = b"\x1b[?25l", b"\x1b[?25h", b"\x1b[1A"
 
 
@@ -321,14 +320,10 @@ class Watcher:
             self.output += chunk
 
     def readings(self, serial: str) -> list[tuple[int, int]]:
-        """(bytes done, bytes total) of the camera's dock, in the order the watcher showed them."""
-        if self.tty:
+        """(done, total) of the camera's dock, in the order the watcher showed them."""
+        if self.tty:  # on a terminal the bar's percentage: (percent, 100)
             text = bytes(self.output).decode("utf-8", errors="replace")
-            return [
-                (round(float(done) * UNITS[unit]), round(float(total) * UNITS[total_unit]))
-                for done, unit, total, total_unit in SIZE.findall(text)
-                if float(total) > 0
-            ]
+            return [(int(percent), 100) for percent in PERCENT.findall(text)]
         found = []
         for line in bytes(self.output).decode().splitlines():
             for dock in json.loads(line)["docks"]:

@@ -196,6 +196,10 @@ def test_an_approved_view_pipes_exactly_the_stored_bytes_though_the_caller_canno
     written = footage.run("clerk", "view", "--approval", approval, str(first), "--output", str(saved))
     assert written.returncode == 0, written.stderr
     assert saved.read_bytes() == footage.data[first]
+    assert written.stdout.decode() == (
+        f"wrote recording {first} to {saved}: {len(footage.data[first])} bytes, "
+        f"SHA-256 {hashlib.sha256(footage.data[first]).hexdigest()} (matches the catalog)\n"
+    )
     assert (saved.stat().st_mode & 0o777, saved.stat().st_uid) == (0o600, pwd.getpwnam(clerk).pw_uid)
     again = footage.run("clerk", "view", "--approval", approval, str(first), "--output", str(saved))
     assert again.returncode == 15
@@ -331,3 +335,26 @@ def test_an_approval_serves_only_its_grantee_never_its_approver_and_never_grows(
         (footage.users["auditor"], "not-grantee"),
         (footage.users["approver"], "own-approval"),
     ]
+
+
+def test_an_approval_that_leaves_confidential_recordings_out_says_so_when_it_is_made(
+    footage: Footage,
+) -> None:
+    first, second, third = footage.ids
+    tagged = footage.run("approver", "tag", str(third), "--confidentiality", "privacy")
+    assert tagged.returncode == 0, tagged.stderr
+    base = ["approve", "--purpose", "复核", "--expires-in", "1h", "--for", footage.users["clerk"]]
+    scope = ["--recording", str(first), "--recording", str(third)]
+    warned = footage.run("approver", *base, *scope)
+    assert warned.returncode == 0, warned.stderr
+    (warning,) = warned.stderr.decode().splitlines()
+    assert warning == (
+        f"ingestctl: warning: recording(s) {third} in scope are confidential and this approval does not "
+        "cover them (they will be refused); approve again with --allow-confidential if it should"
+    )
+    covered = footage.run("approver", *base, *scope, "--allow-confidential", "--json")
+    assert covered.returncode == 0, covered.stderr
+    assert covered.stderr == b""
+    assert json.loads(covered.stdout)["confidential_not_covered"] == []
+    plain = footage.run("approver", *base, "--recording", str(second))
+    assert plain.stderr == b""

@@ -268,3 +268,21 @@ def test_check_for_run_refuses_an_enabled_vault_whose_secret_file_the_daemon_wou
         check_for_run(load_config(config_path), config_path)
     path.chmod(0o600)
     assert check_for_run(load_config(config_path), config_path) == []
+
+
+def test_bay_display_listens_on_loopback_unless_remote_is_allowed(tmp_path: Path) -> None:
+    remote = "[bay_display]\nenabled = true\nlisten = '192.0.2.10:8947'\n"
+    with pytest.raises(
+        ConfigError, match=r"bay_display\.listen: .*192\.0\.2\.10 is not a loopback address; set "
+    ):
+        load_config(write(tmp_path, remote))
+    with pytest.raises(ConfigError, match=r"bay_display\.listen: .*'kiosk\.lan' is not an IP address"):
+        load_config(write(tmp_path, "[bay_display]\nlisten = 'kiosk.lan:8947'\n"))
+    assert load_config(write(tmp_path, remote + "allow_remote = true\n")).bay_display.address() == (
+        "192.0.2.10",
+        8947,
+    )
+    assert load_config(write(tmp_path, "[bay_display]\nlisten = '[::1]:8947'\n")).bay_display.address() == (
+        "::1",
+        8947,
+    )

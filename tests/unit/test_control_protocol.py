@@ -11,6 +11,7 @@ from ingestd.control import protocol
 from ingestd.control.auth import Caller, roles_for
 from ingestd.control.dispatch import redact
 from ingestd.control.registry import PermissionDenied
+from ingestd.exit_codes import ExitCode
 from store.audit import Role
 
 
@@ -44,7 +45,7 @@ def test_garbage_is_refused_with_a_clear_reason(line: bytes, message: str) -> No
     with pytest.raises(protocol.ProtocolError, match="control protocol") as caught:
         protocol.parse_request(line)
     assert message in str(caught.value)
-    assert caught.value.exit_code == protocol.EX_PROTOCOL
+    assert caught.value.exit_code == ExitCode.PROTOCOL
 
 
 @pytest.mark.parametrize("opener", [b"[", b'{"k":'])
@@ -53,7 +54,7 @@ def test_deeply_nested_json_is_a_bad_request_not_a_crash(opener: bytes) -> None:
     deep = b'{"id": 9, "command": "status", "args": {"x": ' + opener * 100_000 + closer * 100_000 + b"}}"
     with pytest.raises(protocol.ProtocolError, match="nested deeper than") as caught:
         protocol.parse_request(deep)
-    assert caught.value.exit_code == protocol.EX_PROTOCOL
+    assert caught.value.exit_code == ExitCode.PROTOCOL
     assert protocol.request_id_of(deep) is None  # the error path must not recurse either
     unclosed = b'{"id": 9, "command": "status", "args": {"x": ' + opener * 100_000
     with pytest.raises(protocol.ProtocolError, match="nested deeper than"):

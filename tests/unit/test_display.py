@@ -22,8 +22,10 @@ def rendered(renderable: object) -> str:
 
 def test_a_status_view_shows_hostile_serials_and_file_names_as_they_are() -> None:
     dock = {
-        "port": f"usb-{STYLED}",
+        "port": "/devices/usb1/1-2",
+        "label": f"usb-{STYLED}",
         "device_serial": HOSTILE,
+        "officer_name": HOSTILE,
         "state": "copying",
         "current_file": f"DCIM/{HOSTILE}",
         "bytes_total": 100,

@@ -14,8 +14,8 @@ from ingestd.evidence.errors import ApprovalRefused, EvidenceUsageError
 from ingestd.evidence.naming import MAX_NAME_BYTES, clean_component, extension_of, payload_name
 from ingestd.evidence.periods import parse_period
 from ingestd.evidence.spotcheck import sample_ids
-from ingestd.policies.errors import NaiveDatetimeError
 from store.models import Confidentiality
+from store.times import NaiveDatetimeError
 
 NOW = datetime(2026, 3, 10, 4, 0, tzinfo=UTC)
 

@@ -10,7 +10,8 @@ import pytest
 import time_machine
 
 from ingestd.policies.calendar import WorkingCalendar
-from ingestd.policies.errors import CalendarError, NaiveDatetimeError
+from ingestd.policies.errors import CalendarError
+from store.times import NaiveDatetimeError
 
 CST = ZoneInfo("Asia/Shanghai")
 BERLIN = ZoneInfo("Europe/Berlin")

@@ -8,8 +8,8 @@ import pytest
 import time_machine
 
 from ingestd.policies.clock import corrected_recorded_at, evaluate_drift
-from ingestd.policies.errors import NaiveDatetimeError
 from store.models import FlagKind
+from store.times import NaiveDatetimeError
 
 RAW = datetime(2026, 3, 2, 2, 0, 5, tzinfo=UTC)
 MEASURED = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)

@@ -18,9 +18,10 @@ from ingestd.policies.deadlines import (
     lateness,
     recording_end,
 )
-from ingestd.policies.errors import ExtensionRefusedError, NaiveDatetimeError
+from ingestd.policies.errors import ExtensionRefusedError
 from ingestd.policies.flags import new_flags
 from store.models import FlagKind
+from store.times import NaiveDatetimeError
 
 CST = ZoneInfo("Asia/Shanghai")
 BERLIN = ZoneInfo("Europe/Berlin")

@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ingestd.policies.errors import NaiveDatetimeError
 from ingestd.policies.replication import PendingReplication, evaluate_unreplicated
 from store.models import FlagKind
+from store.times import NaiveDatetimeError
 
 QUEUED = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
 DAY = timedelta(hours=24)

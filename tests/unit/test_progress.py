@@ -61,3 +61,18 @@ def test_a_pause_in_copying_restarts_the_window() -> None:
 def test_a_floor_of_zero_never_calls_a_copy_slow() -> None:
     watch = SlowCopyWatch(floor_bps=0.0, window_s=1.0)
     assert [watch.observe(float(t), 0) for t in range(5)] == [None] * 5
+
+
+def test_a_finished_copy_keeps_its_average_rate_and_its_label() -> None:
+    clock = iter([10.0, 14.0])  # the copy starts at 10 s and ends at 14 s
+    progress = DockProgress("Bay 3", clock=lambda: next(clock))
+    progress.plan(files_total=1, bytes_total=400)
+    progress.set_state("ingesting")
+    progress.start_file("A.MP4")
+    progress.finish_file(400)
+    progress.set_state("done")
+    for later in (15.0, 30.0, 120.0):  # waiting to be undocked: the rate does not decay
+        snap = progress.snapshot(now=later)
+        assert snap.rate_bps == pytest.approx(100.0)
+        assert snap.eta_s is None
+        assert (snap.label, snap.state, snap.bytes_done) == ("Bay 3", "done", 400)

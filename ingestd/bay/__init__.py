@@ -1,0 +1,1 @@
+"""The bay display: a read-only page for the officers at the docks, served by the daemon when enabled."""

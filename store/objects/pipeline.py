@@ -1,0 +1,258 @@
+"""The copy pipeline: one pass over a source that feeds BLAKE3, SHA-256 and the write together, and the
+check that decides whether an interrupted copy may resume.
+
+Guarantees: memory stays flat in the file's size (a fixed ring of buffers per copy); an error of the
+source is told apart from an error of the store (`SourceFailedError`); a resume continues only from a
+source that holds the partial copy's bytes at every sampled window, else it starts from 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import os
+import queue
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from typing import BinaryIO, Final
+
+import structlog
+
+from store.digests import Digests
+from store.errors import ResumeMismatch
+
+_RING_BUFFERS: Final = 4  # enough for reader, hasher and writer to each hold one, plus one in flight
+
+_log = structlog.get_logger()
+
+
+class SourceFailedError(Exception):
+    """Wraps an error raised by the source, so `put` can tell it from an error of the store itself."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+_Fill = Callable[[memoryview], int]
+_EOF: Final = -1
+
+
+def pump(
+    ring: list[memoryview], fill: _Fill, sink: Callable[[memoryview], None] | None, digests: Digests
+) -> int:
+    """Move a stream through three stages that overlap: a reader thread fills ring buffers, a hasher
+    thread runs SHA-256, and the calling thread runs BLAKE3 and `sink` (the write). Both hashes and the
+    write release the GIL on large buffers, so the slowest stage bounds throughput; the fixed ring bounds
+    memory. A buffer returns to the reader only when both the hasher and the writer are done with it.
+    """
+    free: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for index in range(len(ring)):
+        free.put(index)
+    filled: queue.SimpleQueue[tuple[int, int] | BaseException] = queue.SimpleQueue()
+    to_hash: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+    holders = [0] * len(ring)
+    holders_lock = threading.Lock()
+    stop = threading.Event()
+
+    def release(index: int) -> None:
+        with holders_lock:
+            holders[index] -= 1
+            last = holders[index] == 0
+        if last:
+            free.put(index)
+
+    def read() -> None:
+        try:
+            while True:
+                index = free.get()
+                if index < 0 or stop.is_set():
+                    return
+                count = fill(ring[index])
+                if count == 0:
+                    filled.put((_EOF, 0))
+                    return
+                holders[index] = 2
+                filled.put((index, count))
+        except BaseException as error:  # noqa: BLE001 - handed to the calling thread, which re-raises it
+            filled.put(error)
+
+    def hash_sha256() -> None:
+        while (item := to_hash.get()) is not None:
+            index, count = item
+            digests.sha256.update(ring[index][:count])
+            release(index)
+
+    reader = threading.Thread(target=read, name="store-reader", daemon=True)
+    hasher = threading.Thread(target=hash_sha256, name="store-sha256", daemon=True)
+    reader.start()
+    hasher.start()
+    total = 0
+    try:
+        while True:
+            item = filled.get()
+            if isinstance(item, BaseException):
+                raise item
+            index, count = item
+            if index == _EOF:
+                break
+            view = ring[index][:count]
+            to_hash.put(item)
+            digests.blake3.update(view)
+            if sink is not None:
+                sink(view)
+            total += count
+            release(index)
+    finally:
+        stop.set()
+        free.put(-1)  # wakes the reader if it waits for a buffer
+        to_hash.put(None)
+        hasher.join()
+        reader.join()
+    return total
+
+
+def fd_filler(fd: int, start: int, end: int | None) -> _Fill:
+    """Fill buffers from `fd` at [start, end), dropping what was read from the page cache."""
+    position = start
+
+    def fill(view: memoryview) -> int:
+        nonlocal position
+        want = len(view) if end is None else min(len(view), end - position)
+        got = 0
+        while got < want:
+            count = os.preadv(fd, [view[got:want]], position + got)
+            if count == 0:
+                break
+            got += count
+        if got:
+            os.posix_fadvise(fd, position, got, os.POSIX_FADV_DONTNEED)
+        position += got
+        return got
+
+    return fill
+
+
+def _source_fd(source: BinaryIO) -> int | None:
+    """The source's fd when it is a regular file whose cached pages we may drop."""
+    try:
+        fd = source.fileno()
+        return fd if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return None
+
+
+def source_filler(source: BinaryIO) -> _Fill:
+    """Fill buffers from `source` until full or EOF, with readinto where the source has it."""
+    readinto: Callable[[memoryview], int | None] | None = getattr(source, "readinto", None)
+    fd = _source_fd(source)
+    dropped_to = 0
+
+    def read_some(view: memoryview) -> int:
+        if readinto is not None:
+            count = readinto(view)
+            if count is None:
+                raise BlockingIOError(errno.EAGAIN, "source is non-blocking and has no data ready")
+            return count
+        data = source.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def fill(view: memoryview) -> int:
+        nonlocal dropped_to
+        got = 0
+        try:
+            while got < len(view):
+                count = read_some(view[got:])
+                if count == 0:
+                    break
+                got += count
+        except Exception as error:
+            raise SourceFailedError(error) from error
+        if fd is not None and got:
+            with contextlib.suppress(OSError):
+                position = os.lseek(fd, 0, os.SEEK_CUR)
+                os.posix_fadvise(fd, dropped_to, position - dropped_to, os.POSIX_FADV_DONTNEED)
+                dropped_to = position
+        return got
+
+    return fill
+
+
+RESUME_SAMPLES: Final = 8  # windows of the prefix compared before a resume, the first and last included
+RESUME_SAMPLE_BYTES: Final = 64 * 1024
+
+
+def _read_at(source: BinaryIO, offset: int, count: int) -> bytes:
+    source.seek(offset)
+    parts: list[bytes] = []
+    while count > 0 and (chunk := source.read(count)):
+        parts.append(chunk)
+        count -= len(chunk)
+    return b"".join(parts)
+
+
+def _sample_windows(durable: int) -> list[tuple[int, int]]:
+    """(offset, length) of the prefix windows compared before a resume: evenly spread over [0, durable),
+    the first window at 0 and the last ending at `durable`, the block written last before the stop."""
+    width = min(RESUME_SAMPLE_BYTES, durable)
+    last = durable - width
+    starts = sorted({last * index // (RESUME_SAMPLES - 1) for index in range(RESUME_SAMPLES)})
+    return [(start, width) for start in starts]
+
+
+def resume_point(
+    source: BinaryIO,
+    durable: int,
+    *,
+    key: str | None,
+    expected_size: int | None,
+    read_partial: Callable[[int, int], bytes],
+) -> int:
+    """Where to continue a partial copy of `durable` bytes: `durable` when the source is seekable, long
+    enough and holds the partial's bytes at every sampled window, else 0 (a different source: copy it
+    whole). Leaves the source positioned there. A source shorter than the partial is ResumeMismatch."""
+    try:
+        if not source.seekable():
+            return 0
+        origin = source.tell()
+        end = source.seek(0, os.SEEK_END)
+    except (OSError, ValueError):
+        return 0
+    available = end - origin
+    if available < durable or (expected_size is not None and expected_size < durable):
+        raise ResumeMismatch(
+            key=key,
+            source_size=available if expected_size is None else min(available, expected_size),
+            durable=durable,
+        )
+    for offset, length in _sample_windows(durable):
+        if _read_at(source, origin + offset, length) != read_partial(offset, length):
+            _log.warning("resume refused: the source differs from the partial copy", key=key, offset=offset)
+            source.seek(origin)
+            return 0
+    source.seek(origin + durable)
+    return durable
+
+
+class RingPool:
+    """Reusable rings of preallocated buffers; one per concurrent put, so memory is flat in file size."""
+
+    def __init__(self, chunk_size: int) -> None:
+        self._chunk_size = chunk_size
+        self._idle: list[list[memoryview]] = []
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def borrowed(self) -> Iterator[list[memoryview]]:
+        with self._lock:
+            ring = self._idle.pop() if self._idle else None
+        if ring is None:
+            ring = [memoryview(bytearray(self._chunk_size)) for _ in range(_RING_BUFFERS)]
+        try:
+            yield ring
+        finally:
+            with self._lock:
+                self._idle.append(ring)
