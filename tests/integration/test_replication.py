@@ -31,7 +31,7 @@ from ingestd.policies.retention import RetentionRules, add_months
 from ingestd.replicator import Replicator
 from ingestd.services import Services
 from ingestd.session import IngestSettings
-from store.audit import Actor, Role
+from store.audit import Role
 from store.catalog import Catalog
 from store.models import (
     AuditEvent,
@@ -48,6 +48,7 @@ from store.vault import COMPLIANCE, S3_MIN_PART_SIZE, Vault, VaultSettings, obje
 from tests.support import records as seed
 from tests.support.audit import rewrite_chain
 from tests.support.ceph import CephCluster, free_port
+from tests.support.evidence import APPROVER
 from tests.support.objectstore import unseal_tree
 
 if TYPE_CHECKING:
@@ -378,12 +379,11 @@ def test_hold_release_and_a_rising_class_change_the_vault_lock_and_a_downgrade_d
     assert s3.head_object(Bucket=bucket, Key=key).get("ObjectLockRetainUntilDate") == three_years
 
     # Back to routine: compliance mode keeps the vault copy until its date; nothing is pushed.
-    approver = Actor(user="wang.approver", uid=1002, role=Role.APPROVER, source="ctl:uid=1002")
     with station.catalog.transaction() as session:
         operations.tag(
             session,
             station.audit,
-            actor=approver,
+            actor=APPROVER,
             now=now,
             retention=station.config.retention,
             recording_ids=[recording_id],
