@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -11,19 +12,21 @@ import click
 from cryptography.hazmat.primitives import serialization
 from rich.console import Console
 
-from ingestd import schema
-from ingestd.commandline import config_option, json_option, load, print_json, run_cli
-from ingestd.config import check_for_run, load_config, resolve_config_path
-from ingestd.daemon import Daemon, ingest_settings
+from ingestd import replication, schema
+from ingestd.commandline import byte_progress, config_option, json_option, load, print_json, run_cli
+from ingestd.config import ConfigError, check_for_run, load_config, resolve_config_path
+from ingestd.daemon import Daemon, ingest_settings, lock_state
 from ingestd.demo import run_demo
 from ingestd.errors import IngestdError
 from ingestd.exit_codes import ExitCode
 from ingestd.importer import run_import
 from ingestd.logging import configure_logging
+from ingestd.replicator import PassResult, Replicator
 from ingestd.services import Services
 from ingestd.session import SessionSummary
+from ingestd.vault_scrub import scrub
 from store.catalog import Catalog
-from store.models import SessionState
+from store.models import ReplicationState, SessionState
 from store.signing import Signer, key_id
 from store.types import utcnow
 from store.vault import CheckReport, Vault, VaultError, VaultIntegrityError
@@ -189,6 +192,121 @@ def vault_check(config_path: Path | None, as_json: bool) -> None:
         f"{report.probe_retain_until.isoformat()}: its delete was refused ({report.delete_refused}), "
         f"shortening its retention was refused ({report.shorten_refused})"
     )
+
+
+@vault.command("scrub")
+@config_option
+@click.option(
+    "--sample",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Check only N objects, least recently checked first.",
+)
+@json_option
+def vault_scrub(config_path: Path | None, sample: int | None, as_json: bool) -> None:
+    """Read replicated objects back from the vault and check size, BLAKE3 and SHA-256 (3: a failure)."""
+    config = load(config_path)
+    settings = config.vault.settings(resolve_config_path(config_path) or "(built-in defaults)")
+    services = Services.open(config, migrate=False, cameras=False)
+    try:
+        vault_client = Vault(settings)
+        if not as_json and sys.stderr.isatty():
+            with byte_progress(Console(stderr=True)) as bar:
+                task = bar.add_task("reading back from the vault", total=None)
+                report = scrub(
+                    services,
+                    vault_client,
+                    now=utcnow(),
+                    sample=sample,
+                    progress=lambda done, total: bar.update(task, completed=done, total=total),
+                )
+        else:
+            report = scrub(services, vault_client, now=utcnow(), sample=sample)
+        services.audit.checkpoint(services.catalog)
+    finally:
+        services.close()
+    if as_json:
+        print_json(
+            {
+                "checked": report.checked,
+                "bytes": report.bytes_read,
+                "failures": report.failures,
+                "clean": report.clean,
+            }
+        )
+    else:
+        for blake3, problem in sorted(report.failures.items()):
+            click.echo(f"PROBLEM {blake3}: {problem}")
+        verdict = "clean" if report.clean else f"{len(report.failures)} problem(s)"
+        click.echo(f"vault scrub: {report.checked} object(s), {report.bytes_read} bytes read back; {verdict}")
+    if not report.clean:
+        raise SystemExit(ExitCode.PROBLEMS)
+
+
+class ReplicationIncompleteError(IngestdError):
+    """`ingestd replicate --once` left items that are not replicated and verified in the vault."""
+
+    template = "replication incomplete: {detail}"
+    exit_code = ExitCode.REPLICATION_INCOMPLETE
+
+
+@cli.command()
+@config_option
+@click.option(
+    "--once", is_flag=True, help="Drain the queue once and exit (the daemon replicates continuously)."
+)
+@json_option
+def replicate(config_path: Path | None, once: bool, as_json: bool) -> None:
+    """Send every queued object and audit segment to the vault, confirm each from the server, and exit."""
+    if not once:
+        raise click.UsageError("only --once is supported: `ingestd run` replicates continuously")
+    config = load(config_path)
+    where = resolve_config_path(config_path) or "(built-in defaults)"
+    if not config.vault.enabled:
+        raise ConfigError(path=where, detail="vault.enabled is false: there is no vault to replicate to")
+    settings = config.vault.settings(where)
+    lock_fd = lock_state(config.daemon.state_dir)  # the daemon's own replicator must not run beside us
+    try:
+        services = Services.open(config, migrate=False, cameras=False)
+        try:
+            replicator = Replicator(services, Vault(settings))
+            replicator.backfill()
+            objects = replicator.drain(ignore_backoff=True)
+            # Sign what this run appended, so the last segment of the chain is anchored too.
+            services.audit.checkpoint(services.catalog)
+            anchored = replicator.drain(ignore_backoff=True)
+            result = PassResult(
+                objects.replicated + anchored.replicated,
+                objects.failed + anchored.failed,
+                objects.locks_changed + anchored.locks_changed,
+            )
+            with services.catalog.transaction() as db:
+                queue = replication.summary(db)
+        finally:
+            services.close()
+    finally:
+        os.close(lock_fd)
+    left = sum(count for state, count in queue.counts.items() if state != ReplicationState.REPLICATED)
+    if as_json:
+        print_json(
+            {
+                "replicated_now": result.replicated,
+                "failed_now": result.failed,
+                "locks_changed": result.locks_changed,
+                "counts": queue.counts,
+                "last_error": queue.last_error,
+                "complete": left == 0,
+            }
+        )
+    else:
+        click.echo(
+            f"replicated {result.replicated} now, {queue.counts[ReplicationState.REPLICATED]} in all; "
+            f"{left} not replicated; {result.locks_changed} lock change(s) pushed"
+        )
+    if left:
+        raise ReplicationIncompleteError(
+            detail=f"{left} item(s) not replicated and verified; last error: {queue.last_error or '-'}"
+        )
 
 
 def vault_check_dict(report: CheckReport) -> dict[str, object]:

@@ -16,6 +16,8 @@ from typing import Any
 import click
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
 from drivers.base import DriverError
 from ingestd.config import Config, ConfigError, load_config
@@ -65,6 +67,18 @@ trusted_keys_option = click.option(
     help="Trusted station keys: a PEM file (from `ingestd key show`) holding one key or several (other "
     "stations, or before and after a key change); repeatable.",
 )
+
+
+def byte_progress(console: Console | None = None) -> Progress:
+    """The progress bar of a long read (bytes done, rate, time left); it disappears when done."""
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+        console=console,
+    )
 
 
 def print_json(value: Any) -> None:

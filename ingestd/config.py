@@ -510,10 +510,10 @@ BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 class VaultConfig(Section):
     """The agency vault: an S3 bucket with Object Lock in compliance mode (see README, Agency vault).
 
-    Only `ingestd vault check` uses it so far; it checks the configured bucket whether or not
-    `enabled` is set, so a bucket can be proven before replication is turned on."""
+    `ingestd vault check` checks the configured bucket whether or not `enabled` is set, so a bucket
+    can be proven before replication is turned on."""
 
-    enabled: bool = Field(False, description="Replicate to the vault (the replicator is not built yet).")
+    enabled: bool = Field(False, description="Replicate every stored object to the vault in the background.")
     endpoint: str = Field("", description="S3 endpoint URL; https, or http on a loopback address only.")
     bucket: str = Field("", description="Bucket created with Object Lock (versioning follows).")
     region: str = Field("us-east-1", min_length=1, description="Region the requests are signed for.")
@@ -521,6 +521,19 @@ class VaultConfig(Section):
     secret_access_key_file: Path = Field(
         Path("/etc/ingestd/vault-secret"),
         description="File holding the secret key: owned by root, mode 0600.",
+    )
+    concurrency: int = Field(2, ge=1, le=16, description="Objects sent at once.")
+    bandwidth_limit_mib_s: float = Field(
+        0.0, ge=0, description="Upload rate cap in MiB/s across all transfers; 0 means no cap."
+    )
+    part_size_mib: int = Field(
+        64, ge=5, le=5120, description="Multipart part size in MiB; larger objects go in parts."
+    )
+    retry_initial_seconds: float = Field(
+        30.0, gt=0, le=3600, description="Wait after a first failure; doubles per failure, at most 1 h."
+    )
+    replication_deadline_hours: int = Field(
+        24, ge=1, description="An object not replicated and verified this long after storing is flagged."
     )
 
     @field_validator("endpoint")
@@ -547,13 +560,6 @@ class VaultConfig(Section):
         missing = self.unset_keys()
         if self.enabled and missing:
             raise ValueError(f"enabled needs {', '.join(missing)}")
-        if self.enabled:
-            # Refused rather than ignored: an operator who turns it on would believe evidence leaves
-            # the station, and nothing replicates yet.
-            raise ValueError(
-                "enabled = true needs the replicator, which this release does not have yet; "
-                "leave it false (`ingestd vault check` works without it)"
-            )
         return self
 
     def unset_keys(self) -> list[str]:
@@ -571,6 +577,8 @@ class VaultConfig(Section):
             region=self.region,
             access_key_id=self.access_key_id,
             secret_access_key=read_secret_file(self.secret_access_key_file),
+            part_size=self.part_size_mib * 1024 * 1024,
+            multipart_threshold=self.part_size_mib * 1024 * 1024,
         )
 
 
@@ -669,6 +677,11 @@ def check_for_run(config: Config, explicit: Path | None) -> list[str]:
             grp.getgrnam(group)
         except KeyError:
             problems.append(f"control.socket_group: no group {group!r} on this host")
+    if config.vault.enabled:  # the daemon reads the vault secret at start: refuse what it would refuse
+        try:
+            read_secret_file(config.vault.secret_access_key_file)
+        except ConfigError as error:
+            problems.append(str(error))
     if problems:
         raise ConfigError(
             path=resolve_config_path(explicit) or "(built-in defaults)", detail="; ".join(problems)

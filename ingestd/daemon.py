@@ -34,11 +34,13 @@ from ingestd.exit_codes import ExitCode
 from ingestd.jobs import JobRunner
 from ingestd.manager import DockManager, interrupted_sessions
 from ingestd.partials import expire_partial_copies
+from ingestd.replicator import Replicator
 from ingestd.sdnotify import Notifier, watchdog_interval_s
 from ingestd.services import MIB, Services
 from ingestd.session import IngestSettings, SessionSummary
 from store.models import SessionState
 from store.types import utcnow
+from store.vault import Vault
 
 log = structlog.get_logger()
 
@@ -152,6 +154,17 @@ class Daemon:
         self.metrics = (
             MetricsServer(self.services, config.metrics, clock=clock) if config.metrics.enabled else None
         )
+        # Reads the vault secret now, so a bad secret file refuses the start (78), never the first upload.
+        self.replicator = (
+            Replicator(
+                self.services,
+                Vault(config.vault.settings(config_path or "(built-in defaults)")),
+                clock=clock,
+                ingest_busy=lambda: bool(self.manager.active_ports()),
+            )
+            if config.vault.enabled
+            else None
+        )
         self.bay_display = (
             BayDisplay(self.services.catalog, config.bay_display) if config.bay_display.enabled else None
         )
@@ -197,6 +210,8 @@ class Daemon:
             self.bay_display.start()
         self.start_sources()
         self.jobs.start()
+        if self.replicator is not None:
+            self.replicator.start()
         self.notifier.ready(message)
         log.info("ready", docks_watched=self._describe_sources())
         watchdog_every = watchdog_interval_s()
@@ -294,6 +309,8 @@ class Daemon:
             device_source.join(timeout=SOURCE_STOP_TIMEOUT_S)
         self.manager.stop(timeout=self.config.ingest.stop_timeout_seconds)
         self.manager.flush_progress()
+        if self.replicator is not None:
+            self.replicator.stop(timeout=self.config.ingest.stop_timeout_seconds)
         self.jobs.stop()
         self.services.audit.checkpoint(self.services.catalog)
         self.services.close()

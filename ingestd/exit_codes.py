@@ -22,6 +22,7 @@ class ExitCode(IntEnum):
     SIGNER_UNVERIFIED = 17  # verify-export: consistent, but not checked against a trusted station key
     SCHEMA_MISMATCH = 32  # the catalog schema is older or newer than this release
     ALREADY_RUNNING = 43  # another `ingestd run` holds the state directory
+    REPLICATION_INCOMPLETE = 56  # `ingestd replicate --once` left items not replicated and verified
     UNAVAILABLE = 69  # EX_UNAVAILABLE: ingestd is not running
     SOFTWARE = 70  # EX_SOFTWARE: ingestd failed internally
     OUTPUT_FAILED = 71  # EX_OSERR: an output file or the control socket could not be created

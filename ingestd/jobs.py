@@ -31,11 +31,21 @@ from ingestd.policies.deadlines import recording_end
 from ingestd.policies.flags import FlagDecision
 from ingestd.policies.gaps import RecordingSpan, evaluate_gaps
 from ingestd.policies.overdue import CameraCustodyFacts, evaluate_overdue
+from ingestd.policies.replication import PendingReplication, evaluate_unreplicated
 from ingestd.purge import give_notices
 from ingestd.services import Services
 from store.audit import Actor
 from store.catalog import Catalog
-from store.models import Camera, ClockReading, CustodyEvent, DockVisit, Recording
+from store.models import (
+    Camera,
+    ClockReading,
+    CustodyEvent,
+    DockVisit,
+    Recording,
+    ReplicationItem,
+    ReplicationKind,
+    ReplicationState,
+)
 from store.types import utcnow
 
 log = structlog.get_logger(__name__)
@@ -43,6 +53,7 @@ log = structlog.get_logger(__name__)
 Clock = Callable[[], datetime]
 JOB_IDS = ("overdue", "gaps", "drift", "retention-notices", "partial-expiry", "audit-checkpoint")
 PARTIAL_EXPIRY_INTERVAL = timedelta(hours=1)
+UNREPLICATED_INTERVAL = timedelta(minutes=15)  # only with vault.enabled
 
 
 # --- evaluations ------------------------------------------------------------------------------------
@@ -64,6 +75,25 @@ def evaluate_overdue_cameras(catalog: Catalog, config: Config, now: datetime) ->
             for camera in rows
         ]
         return batch.raise_flags(evaluate_overdue(facts, config.deadlines.window, now))
+
+
+def evaluate_unreplicated_objects(catalog: Catalog, config: Config, now: datetime) -> list[FlagView]:
+    """UNREPLICATED for every object not replicated and verified within the replication deadline;
+    returns the new flags, announced."""
+    deadline = timedelta(hours=config.vault.replication_deadline_hours)
+    with FlagService(config.notify).transaction(catalog) as batch:
+        rows = batch.db.scalars(
+            select(ReplicationItem).where(
+                ReplicationItem.kind == ReplicationKind.OBJECT,
+                ReplicationItem.state != ReplicationState.REPLICATED,
+                ReplicationItem.enqueued_at < now - deadline,
+            )
+        ).all()
+        pending = [
+            PendingReplication(r.subject, r.enqueued_at, r.state.value, r.attempts, r.last_error)
+            for r in rows
+        ]
+        return batch.raise_flags(evaluate_unreplicated(pending, deadline, now))
 
 
 def _custody_periods(db: Session, camera_id: int) -> list[CustodyPeriod]:
@@ -242,6 +272,12 @@ def build_scheduler(services: Services, clock: Clock = utcnow) -> BackgroundSche
         "partial-expiry": (partials, PARTIAL_EXPIRY_INTERVAL, False),
         "audit-checkpoint": (anchor, timedelta(minutes=jobs.audit_checkpoint_interval_minutes), False),
     }
+    if config.vault.enabled:
+        work["unreplicated"] = (
+            lambda now: evaluate_unreplicated_objects(catalog, config, now),
+            UNREPLICATED_INTERVAL,
+            True,
+        )
     for name, (function, interval, at_start) in work.items():
         options = {"next_run_time": clock()} if at_start else {}
         scheduler.add_job(

@@ -44,7 +44,7 @@ from drivers.base import (
     Unsupported,
 )
 from drivers.scan import CardFile, decode_name, display_name, scan_volume
-from ingestd import records
+from ingestd import records, replication
 from ingestd.config import NotifyConfig
 from ingestd.flagging import FlagService
 from ingestd.policies import dock as dock_flags
@@ -607,6 +607,7 @@ class IngestSession:
                         last_verified_at=now if result.read_back_verified else None,
                     )
                 )
+                replication.enqueue_object(db, blake3=result.blake3, size=result.size, now=now)
             elif stored.removed_at is not None:
                 # The same bytes came back after the purge removed them: the row lives again.
                 stored.removed_at = None

@@ -12,6 +12,7 @@ copy hard-linked at its content address, directory fsynced, not yet sealed), sea
 catalog-commit (the recording row and its audit event committed), audit-checkpoint (just before a
 signed checkpoint is appended: the commit is durable, its checkpoint is not), camera-deletion (the
 proven originals deleted from the camera), session-close (the dock session's end state committed).
+Replication: vault-part (a multipart part acknowledged by the vault and recorded in the queue).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class Step(enum.StrEnum):
     AUDIT_CHECKPOINT = "audit-checkpoint"
     CAMERA_DELETION = "camera-deletion"
     SESSION_CLOSE = "session-close"
+    VAULT_PART = "vault-part"
 
 
 def parse(spec: str) -> tuple[Step, int]:

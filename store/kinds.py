@@ -29,3 +29,4 @@ class FlagKind(enum.StrEnum):
     FAILED_FILE = "failed-file"
     IDENTITY_MISMATCH = "identity-mismatch"
     STORE_FULL = "store-full"
+    UNREPLICATED = "unreplicated"  # not replicated and verified within vault.replication_deadline_hours

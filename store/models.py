@@ -306,6 +306,52 @@ class Flag(Base):
     __table_args__ = (Index("ix_flags_status_kind", "status", "kind"),)
 
 
+class ReplicationState(enum.StrEnum):
+    PENDING = "pending"
+    UPLOADING = "uploading"
+    REPLICATED = "replicated"  # size, digests and lock confirmed from the server
+    FAILED = "failed"  # the last attempt failed; retried at next_attempt_at
+
+
+class ReplicationKind(enum.StrEnum):
+    OBJECT = "object"  # a stored object, `subject` is its BLAKE3
+    AUDIT = "audit"  # an audit segment or checkpoint, `subject` is its vault key
+
+
+class ReplicationItem(Base):
+    """One thing to send to the vault, persisted so replication survives restarts and outages.
+
+    The vault's lock state as last confirmed (`retain_until`, `legal_hold`) is kept beside it, so a
+    later rise of the recording's class or a hold is seen as a difference to push."""
+
+    __tablename__ = "replication_queue"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[ReplicationKind] = mapped_column(_enum(ReplicationKind))
+    subject: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[ReplicationState] = mapped_column(_enum(ReplicationState))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    enqueued_at: Mapped[datetime]
+    next_attempt_at: Mapped[datetime]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    # A multipart upload in progress: its id and the parts the server acknowledged ({"n", "etag"}).
+    upload_id: Mapped[str | None] = mapped_column(String(255))
+    parts: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    replicated_at: Mapped[datetime | None]
+    version_id: Mapped[str | None] = mapped_column(String(255))
+    retain_until: Mapped[datetime | None]
+    legal_hold: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The last `ingestd vault scrub` of this version: when, and what failed (None: it verified).
+    scrubbed_at: Mapped[datetime | None]
+    scrub_error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        UniqueConstraint("kind", "subject", name="uq_replication_queue_kind_subject"),
+        Index("ix_replication_queue_state_next", "state", "next_attempt_at"),
+    )
+
+
 class Approval(Base):
     """Permission to view, copy or export footage (000 art. 16; 002 art. 16; 004 art. 20)."""
 

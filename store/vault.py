@@ -149,6 +149,15 @@ class VaultObject:
 
 
 @dataclass(frozen=True)
+class PartialUpload:
+    """An open multipart upload as a caller persists it: its id and the parts acknowledged so far
+    as (part number, MD5 hex). The server's own list is the truth on resume; this only names it."""
+
+    upload_id: str
+    parts: tuple[tuple[int, str], ...]
+
+
+@dataclass(frozen=True)
 class CheckReport:
     """What `Vault.check` proved about the bucket."""
 
@@ -270,12 +279,20 @@ class Vault:
         size: int,
         retain_until: datetime,
         legal_hold: bool = False,
+        resume: PartialUpload | None = None,
+        on_part: Callable[[PartialUpload], None] | None = None,
+        pace: Callable[[int], None] | None = None,
     ) -> VaultObject:
         """Send a stored file under its content address, locked in compliance mode until `retain_until`.
 
         An object already in the vault is not sent again: its metadata is checked and its bytes are
         read back against both digests (metadata alone is never proof), then its retention is extended
         to `retain_until` when shorter. The result is confirmed from the server.
+
+        A multipart upload that fails (other than on integrity) is left open for `resume`: `on_part`
+        is told after each part the server acknowledged, and a later put given that state sends only
+        the parts the server does not hold with the same MD5. `pace(n)` is called before `n` bytes
+        are sent (bandwidth limits; it may raise to stop, leaving the upload resumable).
         """
         key = object_key(blake3_hex)
         until = _utc(retain_until)
@@ -302,11 +319,11 @@ class Vault:
         )
         with path.open("rb") as source:
             if size > self.settings.multipart_threshold:
-                version = self._put_multipart(source, upload)
+                version = self._put_multipart(source, upload, resume=resume, on_part=on_part, pace=pace)
                 # RGW 16 drops the lock headers of a multipart upload: lock the completed version now.
                 self._lock_version(key, version, until=until, legal_hold=legal_hold)
             else:
-                self._put_single(source, upload)
+                self._put_single(source, upload, pace=pace)
         return self.confirm(blake3_hex, sha256_hex=sha256_hex, size=size, retain_until=until)
 
     def _refuse_local(self, upload: _Upload, digests: Digests) -> None:
@@ -319,11 +336,13 @@ class Vault:
                 detail=f"the local file read as {mismatch}; nothing was locked",
             )
 
-    def _put_single(self, source: BinaryIO, upload: _Upload) -> None:
+    def _put_single(self, source: BinaryIO, upload: _Upload, *, pace: Callable[[int], None] | None) -> None:
         body = source.read(upload.size + 1)
         digests = Digests()
         digests.update(body)
         self._refuse_local(upload, digests)
+        if pace is not None:
+            pace(len(body))
         with self._s3(f"put {upload.key}", upload.key):
             self.client.put_object(
                 Bucket=self.settings.bucket,
@@ -341,42 +360,93 @@ class Vault:
             part *= 2
         return part
 
-    def _put_multipart(self, source: BinaryIO, upload: _Upload) -> str:
-        """Upload in parts, each with its Content-MD5; returns the new version's id."""
-        bucket, key = self.settings.bucket, upload.key
-        with self._s3(f"start multipart upload of {key}", key):
-            upload_id = self.client.create_multipart_upload(
-                Bucket=bucket, Key=key, Metadata=upload.metadata, **upload.lock
-            )["UploadId"]
-        completed = False
-        try:
-            digests = Digests()
-            parts: list[CompletedPartTypeDef] = []
-            part_size = self._part_size(upload.size)
-            while (chunk := source.read(part_size)) and digests.size <= upload.size:
-                digests.update(chunk)
-                number = len(parts) + 1
-                with self._s3(f"upload part {number} of {key}", key):
-                    answer = self.client.upload_part(
-                        Bucket=bucket,
-                        Key=key,
-                        UploadId=upload_id,
-                        PartNumber=number,
-                        Body=chunk,
-                        ContentMD5=_md5_b64(chunk),
-                        ContentLength=len(chunk),
+    def _server_parts(self, key: str, upload_id: str) -> dict[int, tuple[str, int]] | None:
+        """The parts the server holds for an open upload (number -> (MD5 hex, size)), or None when
+        the upload is gone (completed, aborted or expired)."""
+        held: dict[int, tuple[str, int]] = {}
+        marker = 0
+        while True:
+            try:
+                with self._s3(f"list parts of {key}", key):
+                    answer = self.client.list_parts(
+                        Bucket=self.settings.bucket, Key=key, UploadId=upload_id, PartNumberMarker=marker
                     )
-                parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+            except VaultError as error:
+                if error.facts.get("code") in {"NoSuchUpload", "NoSuchKey", "404"}:
+                    return None
+                raise
+            for part in answer.get("Parts", []):
+                held[part["PartNumber"]] = (part["ETag"].strip('"'), part["Size"])
+            if not answer.get("IsTruncated"):
+                return held
+            marker = answer.get("NextPartNumberMarker", marker)
+
+    def _start_multipart(self, upload: _Upload) -> str:
+        with self._s3(f"start multipart upload of {upload.key}", upload.key):
+            return self.client.create_multipart_upload(
+                Bucket=self.settings.bucket, Key=upload.key, Metadata=upload.metadata, **upload.lock
+            )["UploadId"]
+
+    def _put_multipart(
+        self,
+        source: BinaryIO,
+        upload: _Upload,
+        *,
+        resume: PartialUpload | None = None,
+        on_part: Callable[[PartialUpload], None] | None = None,
+        pace: Callable[[int], None] | None = None,
+    ) -> str:
+        """Upload in parts, each with its Content-MD5, resuming `resume` where the server still holds
+        it; returns the new version's id. Every byte is read and hashed locally, sent or not."""
+        bucket, key = self.settings.bucket, upload.key
+        held: dict[int, tuple[str, int]] = {}
+        upload_id = None
+        if resume is not None:
+            found = self._server_parts(key, resume.upload_id)
+            if found is not None:
+                upload_id, held = resume.upload_id, found
+        if upload_id is None:
+            upload_id = self._start_multipart(upload)
+        acknowledged: list[tuple[int, str]] = []
+        if on_part is not None:
+            on_part(PartialUpload(upload_id, ()))
+        digests = Digests()
+        part_size = self._part_size(upload.size)
+        while (chunk := source.read(part_size)) and digests.size <= upload.size:
+            digests.update(chunk)
+            number = len(acknowledged) + 1
+            md5 = hashlib.md5(chunk, usedforsecurity=False)
+            if held.get(number) == (md5.hexdigest(), len(chunk)):
+                acknowledged.append((number, md5.hexdigest()))
+                continue
+            if pace is not None:
+                pace(len(chunk))
+            with self._s3(f"upload part {number} of {key}", key):
+                answer = self.client.upload_part(
+                    Bucket=bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=chunk,
+                    ContentMD5=base64.b64encode(md5.digest()).decode("ascii"),
+                    ContentLength=len(chunk),
+                )
+            acknowledged.append((number, answer["ETag"].strip('"')))
+            if on_part is not None:
+                on_part(PartialUpload(upload_id, tuple(acknowledged)))
+        try:
             # The whole file is checked before completion: a wrong object must never become locked.
             self._refuse_local(upload, digests)
-            with self._s3(f"complete multipart upload of {key}", key):
-                version = self.client.complete_multipart_upload(
-                    Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
-                ).get("VersionId", "")
-            completed = True
-        finally:
-            if not completed:
-                self._abort(key, upload_id)
+        except VaultIntegrityError:
+            self._abort(key, upload_id)
+            raise
+        parts: list[CompletedPartTypeDef] = [
+            {"PartNumber": number, "ETag": f'"{etag}"'} for number, etag in acknowledged
+        ]
+        with self._s3(f"complete multipart upload of {key}", key):
+            version: str = self.client.complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            ).get("VersionId", "")
         return version
 
     def _lock_version(self, key: str, version: str, *, until: datetime, legal_hold: bool) -> None:
@@ -512,14 +582,24 @@ class Vault:
     # -- read back ----------------------------------------------------------------------------------
 
     def stream(
-        self, blake3_hex: str, *, sha256_hex: str, size: int, chunk_size: int = 4 * MiB
+        self,
+        blake3_hex: str,
+        *,
+        sha256_hex: str,
+        size: int,
+        chunk_size: int = 4 * MiB,
+        version_id: str | None = None,
     ) -> Iterator[bytes]:
-        """The object's bytes in chunks. Both digests and the size are checked as it is read: the
-        last step raises `VaultIntegrityError` when they differ, so a consumer must read to the end
-        before trusting what it got."""
+        """The object's bytes in chunks (the newest version, or `version_id`). Both digests and the
+        size are checked as it is read: the last step raises `VaultIntegrityError` when they differ,
+        so a consumer must read to the end before trusting what it got."""
         key = object_key(blake3_hex)
         with self._s3(f"read {key}", key):
-            body = self.client.get_object(Bucket=self.settings.bucket, Key=key)["Body"]
+            if version_id:
+                answer = self.client.get_object(Bucket=self.settings.bucket, Key=key, VersionId=version_id)
+            else:
+                answer = self.client.get_object(Bucket=self.settings.bucket, Key=key)
+            body = answer["Body"]
         digests = Digests()
         try:
             with self._s3(f"read {key}", key):
@@ -531,6 +611,60 @@ class Vault:
         mismatch = digests.matches(blake3_hex, sha256_hex, size)
         if mismatch:
             raise VaultIntegrityError(**self._facts(), key=key, detail=f"read back as {mismatch}")
+
+    # -- records (the audit chain's segments and checkpoints) ----------------------------------------
+
+    def put_record(self, key: str, data: bytes, *, retain_until: datetime) -> VaultObject:
+        """Store a small record under `key`, locked in compliance mode, once. A record already there
+        must hold exactly these bytes (its SHA-256 is compared, then its bytes are read back): different
+        bytes under the same key mean one side was rewritten, a `VaultIntegrityError`."""
+        sha256_hex = hashlib.sha256(data).hexdigest()
+        until = _utc(retain_until)
+        existing = self._head_or_none(key)
+        if existing is None:
+            with self._s3(f"put {key}", key):
+                self.client.put_object(
+                    Bucket=self.settings.bucket,
+                    Key=key,
+                    Body=data,
+                    ContentMD5=_md5_b64(data),
+                    ContentLength=len(data),
+                    Metadata={"sha256": sha256_hex, "size": str(len(data))},
+                    ObjectLockMode=COMPLIANCE,
+                    ObjectLockRetainUntilDate=until,
+                )
+        stored = self.get_record(key)
+        if stored != data:
+            raise VaultIntegrityError(
+                **self._facts(),
+                key=key,
+                detail=f"the vault holds other bytes (sha256 {hashlib.sha256(stored).hexdigest()}) "
+                f"than the station's {sha256_hex}",
+            )
+        found = self._head_or_none(key)
+        if found is None or found.lock_mode != COMPLIANCE or found.retain_until is None:
+            raise VaultIntegrityError(
+                **self._facts(), key=key, detail="record is not locked in COMPLIANCE mode"
+            )
+        return found
+
+    def get_record(self, key: str) -> bytes:
+        with self._s3(f"read {key}", key):
+            body = self.client.get_object(Bucket=self.settings.bucket, Key=key)["Body"]
+            try:
+                return body.read()
+            finally:
+                body.close()
+
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every key under `prefix`, sorted."""
+        keys: list[str] = []
+        with self._s3(f"list {prefix}"):
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.settings.bucket, Prefix=prefix
+            ):
+                keys += [item["Key"] for item in page.get("Contents", []) if "Key" in item]
+        return sorted(keys)
 
     # -- check --------------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from ingestd import replication
 from ingestd.control import queries
 from ingestd.control.registry import EVERYONE, Request, command
 from ingestd.services import Services
@@ -60,6 +61,16 @@ def officers(services: Services, request: Request) -> dict[str, Any]:
 def footage(services: Services, request: Request) -> dict[str, Any]:
     with services.catalog.transaction() as db:
         return queries.footage(db, request.args, zone=_zone(services), role=request.actor.role)
+
+
+@command("replication", roles=EVERYONE)
+def replication_status(services: Services, request: Request) -> dict[str, Any]:
+    queries.Args("replication", request.args, set())
+    vault = services.config.vault
+    with services.catalog.transaction() as db:
+        return replication.view(
+            db, enabled=vault.enabled, bucket=vault.bucket, endpoint=vault.endpoint, now=request.now
+        )
 
 
 @command("audit", roles=AUDIT_READERS)

@@ -19,6 +19,7 @@ import structlog
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from ingestd import replication
 from ingestd.config import MetricsConfig
 from ingestd.control import queries
 from ingestd.services import Services
@@ -61,7 +62,7 @@ def _ingest_totals(db: Session) -> tuple[int, float]:
     return int(total_bytes), seconds
 
 
-def render(db: Session, *, free_bytes: int | None) -> str:
+def render(db: Session, *, free_bytes: int | None, now: datetime) -> str:
     exposition = _Exposition()
     docks = queries.docks(db)
     docked = sum(1 for dock in docks if dock["device_serial"] is not None)
@@ -93,6 +94,31 @@ def render(db: Session, *, free_bytes: int | None) -> str:
     )
     exposition.metric("ingestd_late_open", "gauge", "Open late flags.", [({}, flags.get("late", 0))])
     exposition.metric("ingestd_overdue_open", "gauge", "Open overdue flags.", [({}, flags.get("overdue", 0))])
+    replicas = replication.summary(db, now)
+    exposition.metric(
+        "ingestd_replication_items",
+        "gauge",
+        "Objects in the vault replication queue by state.",
+        [({"state": state}, count) for state, count in sorted(replicas.counts.items())],
+    )
+    exposition.metric(
+        "ingestd_replication_replicated_bytes",
+        "gauge",
+        "Bytes of objects replicated and verified in the vault.",
+        [({}, replicas.replicated_bytes)],
+    )
+    exposition.metric(
+        "ingestd_replication_bytes_per_second",
+        "gauge",
+        "Bytes replicated over the last hour, per second.",
+        [({}, replicas.recent_bytes_per_s)],
+    )
+    exposition.metric(
+        "ingestd_replication_oldest_pending_age_seconds",
+        "gauge",
+        "Age of the oldest object not yet replicated (0 when none).",
+        [({}, (now - replicas.oldest_pending_at).total_seconds() if replicas.oldest_pending_at else 0)],
+    )
     if free_bytes is not None:
         exposition.metric(
             "ingestd_store_free_bytes", "gauge", "Free bytes on the object store.", [({}, free_bytes)]
@@ -133,7 +159,7 @@ class MetricsServer:
         except OSError:
             free = None
         with self.services.catalog.transaction() as db:
-            return render(db, free_bytes=free)
+            return render(db, free_bytes=free, now=self.clock())
 
     def start(self) -> None:
         metrics = self

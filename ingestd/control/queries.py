@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
+from ingestd import replication
 from ingestd.config import short_port_name
 from ingestd.errors import UsageError
 from store.audit import Role
@@ -439,6 +440,7 @@ def footage(db: Session, raw: Mapping[str, Any], *, zone: ZoneInfo, role: Role) 
             )
         ).all():
             flags.setdefault(int(recording_id), []).append(str(kind))
+    vault = replication.vault_states(db, (row[0].blake3 for row in page))
     see_confidential = role in CONFIDENTIAL_READERS
     items = []
     for recording, serial, rec_officer_no, officer_name, rec_unit_no in page:
@@ -471,6 +473,7 @@ def footage(db: Session, raw: Mapping[str, Any], *, zone: ZoneInfo, role: Role) 
                 "blake3": recording.blake3,
                 "sha256": recording.sha256,
                 "purged_at": iso(recording.purged_at),
+                "vault": vault.get(recording.blake3),  # replication state; None: not queued
             }
         )
     more = len(rows) > limit

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import click
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
-from ingestd.commandline import config_option, load, run_cli, trusted_keys_option
-from ingestd.config import Config
+from ingestd.audit_anchor import AnchorReport, verify_against_vault
+from ingestd.commandline import byte_progress, config_option, load, run_cli, trusted_keys_option
+from ingestd.config import Config, resolve_config_path
 from ingestd.control.client import DaemonUnavailable
 from ingestd.ctl import client
 from ingestd.ctl import evidence as ctl_evidence
@@ -22,6 +22,7 @@ from ingestd.errors import IngestdError
 from ingestd.exit_codes import ExitCode
 from ingestd.services import Services
 from ingestd.verify import VerifyReport, verify_all
+from store.vault import Vault
 
 
 @click.group()
@@ -30,13 +31,28 @@ def ctl() -> None:
     """ingestctl: inspect and manage the ingest station."""
 
 
-def _print_report(report: VerifyReport, as_json: bool, *, recorded: bool) -> None:
+def _anchor_dict(anchor: AnchorReport) -> dict[str, object]:
+    return {
+        "bucket": anchor.bucket,
+        "prefix": anchor.prefix,
+        "segments": anchor.segments,
+        "checkpoints": anchor.checkpoints,
+        "events_compared": anchor.events_compared,
+        "problems": [problem.as_dict() for problem in anchor.problems],
+    }
+
+
+def _print_report(
+    report: VerifyReport, as_json: bool, *, recorded: bool, anchor: AnchorReport | None = None
+) -> None:
+    clean = report.clean and (anchor is None or not anchor.problems)
     if as_json:
         click.echo(
             json.dumps(
                 {
-                    "clean": report.clean,
+                    "clean": clean,
                     "recorded": recorded,
+                    "vault": _anchor_dict(anchor) if anchor is not None else None,
                     "key_ids": report.key_ids,
                     "pinned": report.pinned,
                     "events_checked": report.events_checked,
@@ -53,7 +69,16 @@ def _print_report(report: VerifyReport, as_json: bool, *, recorded: bool) -> Non
         out.print(
             problem_line(f"{problem.area} {problem.kind} {problem.subject}", problem.detail), highlight=False
         )
-    verdict = ("clean", "green") if report.clean else (f"{len(report.problems)} problem(s)", "red")
+    if anchor is not None:
+        for found in anchor.problems:
+            out.print(problem_line(f"vault {found.kind} {found.key}", found.detail), highlight=False)
+        out.print(
+            f"vault {anchor.bucket} {anchor.prefix}: {anchor.segments} segment(s), {anchor.checkpoints} "
+            f"checkpoint(s), {anchor.events_compared} anchored event(s) compared",
+            highlight=False,
+        )
+    count = len(report.problems) + (len(anchor.problems) if anchor is not None else 0)
+    verdict = ("clean", "green") if clean else (f"{count} problem(s)", "red")
     out.print(
         styled(
             f"audit events checked: {report.events_checked}; objects checked: {report.objects_checked}; "
@@ -68,12 +93,23 @@ def _print_report(report: VerifyReport, as_json: bool, *, recorded: bool) -> Non
 @config_option
 @click.option("--objects", is_flag=True, help="Also re-hash every stored object (slow: reads the store).")
 @trusted_keys_option
+@click.option(
+    "--vault",
+    "against_vault",
+    is_flag=True,
+    help="Also compare the chain with its copy anchored in the vault.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 def verify(
-    config_path: Path | None, objects: bool, trusted_keys: list[Ed25519PublicKey], as_json: bool
+    config_path: Path | None,
+    objects: bool,
+    trusted_keys: list[Ed25519PublicKey],
+    against_vault: bool,
+    as_json: bool,
 ) -> None:
     """Verify the audit chain from genesis, its signed checkpoints, the catalog rows that carry custody
-    meaning against their events, and (--objects) every object.
+    meaning against their events, (--objects) every object, and (--vault) the chain against the
+    segments and checkpoints anchored in the vault.
 
     Exit 0 when everything verifies, 3 when any problem is found (each one is listed). This process only
     reads; the daemon records the outcome for `status` (when it is not running, one line says so).
@@ -82,13 +118,7 @@ def verify(
     services = Services.open(config, cameras=False, read_only=True)
     try:
         if objects and not as_json and sys.stdout.isatty():  # piped: no bar, no blank line it leaves
-            with Progress(
-                "[progress.description]{task.description}",
-                BarColumn(),
-                DownloadColumn(),
-                TimeRemainingColumn(),
-                transient=True,
-            ) as bar:
+            with byte_progress() as bar:
                 task = bar.add_task("re-hashing objects", total=None)
 
                 def advance(done: int, total: int) -> None:
@@ -97,13 +127,18 @@ def verify(
                 report = verify_all(services, objects=True, progress=advance, trusted_keys=trusted_keys)
         else:
             report = verify_all(services, objects=objects, trusted_keys=trusted_keys)
+        anchor = None
+        if against_vault:
+            vault = Vault(config.vault.settings(resolve_config_path(config_path) or "(built-in defaults)"))
+            with services.catalog.transaction() as db:
+                anchor = verify_against_vault(db, services.audit, vault)
     finally:
         services.close()
     failure = _record(config, report, objects=objects)
-    _print_report(report, as_json, recorded=failure is None)
+    _print_report(report, as_json, recorded=failure is None, anchor=anchor)
     if failure is not None:
         click.echo(f"ingestctl: this verify was not recorded for status and metrics: {failure}", err=True)
-    if not report.clean:
+    if not report.clean or (anchor is not None and anchor.problems):
         raise SystemExit(ExitCode.PROBLEMS)
     if failure is not None and not isinstance(failure, DaemonUnavailable):
         raise SystemExit(failure.exit_code)
@@ -142,6 +177,7 @@ ctl.add_command(ctl_read.cameras)
 ctl.add_command(ctl_read.officers)
 ctl.add_command(ctl_read.footage)
 ctl.add_command(ctl_read.audit)
+ctl.add_command(ctl_read.replication_command, name="replication")
 
 
 def main() -> None:

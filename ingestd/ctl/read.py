@@ -1,14 +1,15 @@
-"""`ingestctl` read commands: status, cameras, officers, footage and audit, over the control socket.
+"""`ingestctl` read commands: status, cameras, officers, footage, audit and replication, over the
+control socket.
 
 Exit codes (every command): 0 done; 2 a wrong flag, value or id (the message names it); 13 permission
 denied (the daemon audits the attempt); 69 ingestd is not running (no socket); 70 ingestd failed
 internally; 71 an output file could not be written (one that exists is never overwritten); 75 ingestd
 did not answer in time; 76 a garbled answer. `status --watch` ends with 0 on Ctrl-C or SIGTERM.
 
-When the daemon is down, `status`, `cameras`, `officers` and `audit` read the catalog directly, but only
-for a caller who can open the catalog file and holds a role allowing the command; the output says so
-(`"served_by": "catalog"` in JSON, a note on stderr). `footage` needs the daemon, because every
-search is audited.
+When the daemon is down, `status`, `cameras`, `officers`, `audit` and `replication` read the catalog
+directly, but only for a caller who can open the catalog file and holds a role allowing the command;
+the output says so (`"served_by": "catalog"` in JSON, a note on stderr). `footage` needs the daemon,
+because every search is audited.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from rich.text import Text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
+from ingestd import replication
 from ingestd.commandline import config_option, json_option, load, print_json
 from ingestd.config import Config
 from ingestd.control import queries
@@ -72,6 +74,7 @@ DIRECT_READS: dict[str, frozenset[Role]] = {
     "cameras": EVERYONE,
     "officers": EVERYONE,
     "audit": frozenset({Role.ADMIN, Role.AUDITOR}),
+    "replication": EVERYONE,
 }
 
 
@@ -126,6 +129,11 @@ def _direct(
                 result = queries.cameras(db, args)
             elif command == "officers":
                 result = queries.officers(db, args)
+            elif command == "replication":
+                vault = config.vault
+                result = replication.view(
+                    db, enabled=vault.enabled, bucket=vault.bucket, endpoint=vault.endpoint, now=utcnow()
+                )
             else:
                 result = queries.audit_events(db, args, zone=zone)
     except OperationalError as error:
@@ -376,6 +384,45 @@ def cameras(config_path: Path | None, serial: str | None, unit: str | None, as_j
             )
         )
     console().print(table("Cameras", columns, rows, empty="-"))
+
+
+@click.command()
+@config_option
+@json_option
+def replication_command(config_path: Path | None, as_json: bool) -> None:
+    """Replication to the vault: items per state, oldest pending, throughput, last error, bucket."""
+    config = load(config_path)
+    zone = ZoneInfo(config.deadlines.timezone)
+    result = request(config, "replication", {})
+    if as_json:
+        print_json(result)
+        return
+    counts = result["counts"]
+    age = result["oldest_pending_age_s"]
+    console().print(
+        styled(
+            ("vault: ", "bold"),
+            f"{result['bucket'] or '-'} at {result['endpoint'] or '-'}"
+            + ("" if result["enabled"] else " (vault.enabled is false: nothing replicates)"),
+            "\n",
+            ("items: ", "bold"),
+            ", ".join(
+                f"{state} {counts[state]}" for state in ("replicated", "pending", "uploading", "failed")
+            ),
+            "\n",
+            ("oldest not replicated: ", "bold"),
+            f"{local_time(result['oldest_pending_at'], zone)} ({_eta(age)} ago)"
+            if age is not None
+            else "none",
+            "\n",
+            ("throughput (last hour): ", "bold"),
+            f"{_size(int(result['bytes_per_s_last_hour']))}/s; "
+            f"{_size(result['replicated_bytes'])} replicated in all",
+            "\n",
+            ("last error: ", "bold"),
+            f"{result['last_error_subject']}: {result['last_error']}" if result["last_error"] else "none",
+        )
+    )
 
 
 @click.command()

@@ -56,6 +56,7 @@ class CephCluster:
     rgw_port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     user: S3User | None = None
+    memstore_bytes: int = MEMSTORE_BYTES  # the OSD keeps every object in RAM, up to this
 
     @property
     def conf(self) -> Path:
@@ -87,7 +88,7 @@ auth_service_required = none
 auth_client_required = none
 {modes}
 osd objectstore = memstore
-memstore device bytes = {MEMSTORE_BYTES}
+memstore device bytes = {self.memstore_bytes}
 osd pool default size = 1
 osd pool default min size = 1
 osd pool default pg num = 8
@@ -162,6 +163,17 @@ rgw dns name = 127.0.0.1
         self._daemon("radosgw", "-n", "client.rgw")
         self._wait(self._rgw_answers, "radosgw")
         self.user = self._create_user("ingestd-station")
+
+    def kill_rgw(self) -> None:
+        """SIGKILL radosgw (its own pid), as a crash or a power cut of the vault's gateway would."""
+        process = self.processes.pop("radosgw")
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+    def start_rgw(self) -> None:
+        """Start radosgw again on the same port; the OSD kept every object and open upload."""
+        self._daemon("radosgw", "-n", "client.rgw")
+        self._wait(self._rgw_answers, "radosgw")
 
     def _rgw_answers(self) -> bool:
         try:

@@ -12,6 +12,7 @@ from ingestd.config import (
     Config,
     ConfigError,
     VaultSecretError,
+    check_for_run,
     load_config,
     read_password_file,
     read_secret_file,
@@ -210,8 +211,10 @@ def test_an_enabled_vault_needs_its_endpoint_and_a_valid_bucket(tmp_path: Path) 
         load_config(write(tmp_path, VAULT))
     complete = "[vault]\nenabled = true\nendpoint = 'https://s3.example.org'\nbucket = 'evidence'\n"
     complete += "access_key_id = 'station-7'\n"
-    with pytest.raises(ConfigError, match=r"vault: .*the replicator, which this release does not have"):
-        load_config(write(tmp_path, complete))
+    enabled = load_config(write(tmp_path, complete)).vault
+    assert (enabled.enabled, enabled.concurrency, enabled.replication_deadline_hours) == (True, 2, 24)
+    with pytest.raises(ConfigError, match=r"vault\.part_size_mib: .*greater than or equal to 5"):
+        load_config(write(tmp_path, complete + "part_size_mib = 4\n"))
     with pytest.raises(ConfigError, match=r"vault\.bucket: .*not an S3 bucket name"):
         load_config(write(tmp_path, "[vault]\nbucket = 'Evidence_Bucket'\n"))
     assert Config().vault.enabled is False
@@ -249,6 +252,22 @@ def test_the_vault_secret_is_read_only_from_a_root_owned_0600_file(tmp_path: Pat
     with pytest.raises(VaultSecretError, match="file not found") as missing:
         read_secret_file(tmp_path / "absent")
     assert missing.value.exit_code == 78
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a secret file owned by root is created by root")
+def test_check_for_run_refuses_an_enabled_vault_whose_secret_file_the_daemon_would_refuse(
+    tmp_path: Path,
+) -> None:
+    path = secret(tmp_path, mode=0o644)
+    text = (
+        "[vault]\nenabled = true\nendpoint = 'https://s3.example.org'\nbucket = 'evidence'\n"
+        f"access_key_id = 'station-7'\nsecret_access_key_file = '{path}'\n"
+    )
+    config_path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=f"vault.secret_access_key_file {path}: must not be accessible"):
+        check_for_run(load_config(config_path), config_path)
+    path.chmod(0o600)
+    assert check_for_run(load_config(config_path), config_path) == []
 
 
 def test_bay_display_listens_on_loopback_unless_remote_is_allowed(tmp_path: Path) -> None:
