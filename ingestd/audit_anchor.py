@@ -37,6 +37,7 @@ class AnchorError(IntegrityError):
     """The local chain cannot produce a segment it checkpointed (events missing)."""
 
     template = "integrity: audit anchor {key}: {detail}"
+    wire_code = "audit-anchor"
 
 
 def station_id(audit: AuditLog) -> str:

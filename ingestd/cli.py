@@ -248,6 +248,7 @@ class ReplicationIncompleteError(IngestdError):
 
     template = "replication incomplete: {detail}"
     exit_code = ExitCode.REPLICATION_INCOMPLETE
+    wire_code = "replication-incomplete"
 
 
 @cli.command()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from ingestd.policies.flags import FlagDecision
-from store.models import FlagKind
+from store.kinds import FlagKind
 from store.times import iso, utc
 
 

@@ -11,8 +11,9 @@ from drivers import base
 from drivers.base import AuthenticationFailed, DeviceGone, DriverError, DriverTimeout, MountError, Unsupported
 from drivers.mount import FilesystemRefused
 from drivers.registry import DriverLoadError
+from ingestd.audit_anchor import AnchorError
 from ingestd.bay.server import BayDisplayError
-from ingestd.cli import VaultCheckError
+from ingestd.cli import ReplicationIncompleteError, VaultCheckError
 from ingestd.commandline import CrashPointError
 from ingestd.config import ConfigError, VaultSecretError
 from ingestd.control import protocol
@@ -77,6 +78,8 @@ ROOTS = (IngestdError, StoreError, DriverError)
 
 # The wire code of every error class, each code once. Change an entry only with a note to operators.
 PINNED: dict[str, type[Exception]] = {
+    "audit-anchor": AnchorError,
+    "replication-incomplete": ReplicationIncompleteError,
     "bay-display": BayDisplayError,
     "socket-access-denied": SocketAccessDenied,
     "store-not-set-up": StoreNotSetUpError,
