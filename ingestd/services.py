@@ -6,12 +6,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+
 from drivers.registry import DriverRegistry
 from ingestd import schema
 from ingestd.config import Config
 from store.audit import AuditLog, chain_end
 from store.catalog import Catalog
 from store.checkpoints import CheckpointFile
+from store.models import StoredObject
 from store.objects import FileObjectStore, ObjectStore
 from store.signing import Signer
 
@@ -32,6 +35,13 @@ def signed_history(catalog: Catalog, checkpoints: Path) -> str | None:
     if any(True for _ in CheckpointFile(checkpoints, set_append_only=False).lines()):
         return f"{checkpoints} already holds signed checkpoints"
     return None
+
+
+def holds_stored_objects(catalog: Catalog) -> bool:
+    """Whether the catalog has ever recorded an object in the store (purged ones count: their station
+    was set up)."""
+    with catalog.transaction() as session:
+        return session.scalar(select(StoredObject.blake3).limit(1)) is not None
 
 
 @dataclass
@@ -69,8 +79,13 @@ class Services:
                 fsync_interval=config.store.fsync_interval_mib * MIB,
             )
             if migrate:
-                store.create_directories()
-            if migrate:
+                # Only a fresh station creates the layout. Once the catalog records stored objects, a
+                # missing directory means the store's disk is not mounted: creating it on the bare mount
+                # point would give an empty store that later reads as "objects absent".
+                if holds_stored_objects(catalog):
+                    store.require_directories()
+                else:
+                    store.create_directories()
                 signer = Signer.load_or_create(
                     config.daemon.state_dir, history=lambda: signed_history(catalog, checkpoint_path(config))
                 )

@@ -206,6 +206,12 @@ class FileObjectStore(ObjectStore):
             make_dirs(directory)
         return self
 
+    def require_directories(self) -> Self:
+        """Raise StoreNotSetUpError unless the store's directories exist; creates nothing. For a set-up
+        path on a station that already stored objects, where a missing directory means an unmounted disk."""
+        self._require_layout()
+        return self
+
     def _layout(self) -> tuple[Path, Path, Path]:
         return (self._objects, self._partial, self._quarantine)
 
