@@ -152,7 +152,9 @@ class Daemon:
             MetricsServer(self.services, config.metrics, clock=clock) if config.metrics.enabled else None
         )
         self.bay_display = (
-            BayDisplay(self.services.catalog, config.bay_display) if config.bay_display.enabled else None
+            BayDisplay(self.services.catalog, config.bay_display, dock_label=self.services.config.dock_label)
+            if config.bay_display.enabled
+            else None
         )
 
     def install_signal_handlers(self) -> None:
