@@ -80,7 +80,6 @@ def ingest_settings(config: Config) -> IngestSettings:
         clock_samples=config.ingest.clock_samples,
         delete_after_ingest=config.ingest.delete_after_ingest,
         deadline_window=config.deadlines.window,
-        notify=config.notify,
     )
 
 
@@ -278,6 +277,7 @@ class Daemon:
 
         self.services.registry = DriverRegistry(rules)
         self.manager.settings = ingest_settings(fresh)
+        self.services.flag_notifier.notify = fresh.notify
         self.config = fresh
         log.info("reloaded", camera_rules=len(fresh.camera))
 

@@ -5,8 +5,8 @@ Guarantees:
   or two processes racing, raises each flag once; only a flag that is new is logged and notified (both
   by `ingestd.flagging`, the path the ingest session raises its flags by too).
 - A job never deletes anything: retention jobs only give notices (`ingestctl purge` deletes).
-- A job that fails logs the failure and leaves the scheduler running; a notify command that fails or
-  hangs is logged and killed, and never stops the job.
+- A job that fails logs the failure and leaves the scheduler running; the notify command runs on the
+  notifier's thread, never the job's.
 - Missed runs are coalesced into one (a suspended station does not replay a night of runs).
 """
 
@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ingestd.config import Config
-from ingestd.flagging import FlagService
+from ingestd.flagging import FlagNotifier, FlagService
 from ingestd.operations import FlagView
 from ingestd.partials import expire_partial_copies
 from ingestd.policies.clock import evaluate_drift
@@ -48,10 +48,12 @@ PARTIAL_EXPIRY_INTERVAL = timedelta(hours=1)
 # --- evaluations ------------------------------------------------------------------------------------
 
 
-def evaluate_overdue_cameras(catalog: Catalog, config: Config, now: datetime) -> list[FlagView]:
+def evaluate_overdue_cameras(
+    catalog: Catalog, config: Config, now: datetime, *, notifier: FlagNotifier
+) -> list[FlagView]:
     """OVERDUE for every camera checked out longer than the upload window without docking; returns the
     new flags, announced."""
-    with FlagService(config.notify).transaction(catalog) as batch:
+    with FlagService(notifier).transaction(catalog) as batch:
         rows = batch.session.scalars(select(Camera).where(Camera.checked_out_at.is_not(None))).all()
         facts = [
             CameraCustodyFacts(
@@ -149,10 +151,11 @@ def evaluate_after_session(
     config: Config,
     now: datetime,
     *,
+    notifier: FlagNotifier,
     kinds: Iterable[str] = ("drift", "gaps"),
 ) -> list[FlagView]:
     """Drift and gap flags for one dock session, once it has ended. Returns the new flags, announced."""
-    with FlagService(config.notify).transaction(catalog) as batch:
+    with FlagService(notifier).transaction(catalog) as batch:
         session = batch.session
         dock_session = session.get(DockSession, dock_session_id)
         if dock_session is None or dock_session.camera is None:
@@ -166,7 +169,9 @@ def evaluate_after_session(
         return batch.raise_flags(decisions, dock_session_id=dock_session_id)
 
 
-def evaluate_recent_sessions(catalog: Catalog, config: Config, now: datetime, kind: str) -> list[FlagView]:
+def evaluate_recent_sessions(
+    catalog: Catalog, config: Config, now: datetime, kind: str, *, notifier: FlagNotifier
+) -> list[FlagView]:
     """`kind` ("drift" or "gaps") over the dock sessions that ended within the look-back window: catches
     sessions whose immediate evaluation was missed (the daemon stopped in between)."""
     since = now - timedelta(hours=config.jobs.lookback_hours)
@@ -178,7 +183,9 @@ def evaluate_recent_sessions(catalog: Catalog, config: Config, now: datetime, ki
         ).all()
     fresh: list[FlagView] = []
     for dock_session_id in ids:
-        fresh += evaluate_after_session(catalog, dock_session_id, config, now, kinds=(kind,))
+        fresh += evaluate_after_session(
+            catalog, dock_session_id, config, now, notifier=notifier, kinds=(kind,)
+        )
     return fresh
 
 
@@ -206,6 +213,7 @@ def build_scheduler(services: Services, clock: Clock = utcnow) -> BackgroundSche
     config = services.config
     jobs = config.jobs
     catalog = services.catalog
+    notifier = services.flag_notifier
     scheduler = BackgroundScheduler(
         timezone=UTC,
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": jobs.misfire_grace_seconds},
@@ -226,17 +234,17 @@ def build_scheduler(services: Services, clock: Clock = utcnow) -> BackgroundSche
 
     work: dict[str, tuple[Callable[[datetime], list[FlagView]], timedelta, bool]] = {
         "overdue": (
-            lambda now: evaluate_overdue_cameras(catalog, config, now),
+            lambda now: evaluate_overdue_cameras(catalog, config, now, notifier=notifier),
             timedelta(minutes=jobs.overdue_interval_minutes),
             True,
         ),
         "gaps": (
-            lambda now: evaluate_recent_sessions(catalog, config, now, "gaps"),
+            lambda now: evaluate_recent_sessions(catalog, config, now, "gaps", notifier=notifier),
             timedelta(minutes=jobs.gaps_interval_minutes),
             False,
         ),
         "drift": (
-            lambda now: evaluate_recent_sessions(catalog, config, now, "drift"),
+            lambda now: evaluate_recent_sessions(catalog, config, now, "drift", notifier=notifier),
             timedelta(minutes=jobs.drift_interval_minutes),
             False,
         ),

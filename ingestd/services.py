@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ from sqlalchemy import select
 from drivers.registry import DriverRegistry
 from ingestd import schema
 from ingestd.config import Config
+from ingestd.flagging import FlagNotifier
 from store.audit import AuditLog, chain_end
 from store.catalog import Catalog
 from store.checkpoints import CheckpointFile
@@ -51,6 +52,8 @@ class Services:
     store: ObjectStore
     audit: AuditLog
     registry: DriverRegistry
+    # Runs `[notify] command` for new flags on a thread of its own, started on the first flag.
+    flag_notifier: FlagNotifier = field(init=False)
     # What the daemon watches for cameras, as it started its sources (udev's chosen event source and
     # why, the watched folders), for `status`; None outside the daemon.
     detection: dict[str, Any] | None = None
@@ -98,5 +101,10 @@ class Services:
             raise
         return cls(config=config, catalog=catalog, store=store, audit=audit, registry=registry)
 
+    def __post_init__(self) -> None:
+        self.flag_notifier = FlagNotifier(self.config.notify)
+
     def close(self) -> None:
+        """Let queued notifications run (for a bounded time), then close the catalog."""
+        self.flag_notifier.stop()
         self.catalog.close()

@@ -66,3 +66,25 @@ def test_flags_raised_during_an_ingest_reach_the_log_and_the_notify_command_once
     logged = daemon.events("flag_raised")
     assert sorted(entry["flag_id"] for entry in logged) == sorted(flags)
     assert all(entry["device_id"] == "ZFY3201" for entry in logged)
+
+
+def test_a_slow_notify_command_does_not_hold_up_the_ingest_and_is_drained_at_stop(
+    daemon: Daemon, make_camera: Callable[..., SimulatedCamera], tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    command, out = notify_command(tmp_path, gate=gate)  # every run waits until the gate opens
+    daemon.extra_config = f"\n[notify]\ncommand = '{command}'\ntimeout_seconds = 300\n"
+    camera = make_camera("ZFY3201", files=2, extra_args=["--faults", "wrong-identity"])
+    daemon.start()
+    camera.dock(daemon.docks)
+    # The session raises an identity-mismatch flag at check-in, and ends while its notification waits.
+    (session,) = wait_sessions(daemon, "ZFY3201")
+    assert session.state is SessionState.DONE
+    assert notified(out) == []
+    events = [entry["event"] for entry in daemon.events()]
+    assert events.index("flag_raised") < events.index("ingest_summary")  # logged at once, all the same
+    gate.touch()
+    wait_for("a notification per flag", lambda: len(notified(out)) >= len(camera_flags(daemon)) or None)
+    assert daemon.stop() == 0
+    assert sorted(payload["id"] for payload in notified(out)) == sorted(camera_flags(daemon))
+    assert daemon.events("notify_dropped") == []
