@@ -45,6 +45,39 @@ def holds_stored_objects(catalog: Catalog) -> bool:
         return session.scalar(select(StoredObject.blake3).limit(1)) is not None
 
 
+def open_store(config: Config) -> FileObjectStore:
+    """The configured object store; opening it touches nothing on disk."""
+    return FileObjectStore(
+        config.store.root,
+        read_back=config.store.read_back,
+        chunk_size=config.store.chunk_mib * MIB,
+        fsync_interval=config.store.fsync_interval_mib * MIB,
+    )
+
+
+@dataclass
+class StationReader:
+    """What `ingestctl verify` opens: the catalog read-only (nothing can write it) and the store. No
+    signing key and no camera rule, so read access to the station is all it needs (an auditor)."""
+
+    config: Config
+    catalog: Catalog
+    store: ObjectStore
+
+    @classmethod
+    def open(cls, config: Config) -> StationReader:
+        catalog = Catalog.open(config.catalog.url, read_only=True)
+        try:
+            schema.require_current(catalog.engine)
+        except BaseException:
+            catalog.close()
+            raise
+        return cls(config=config, catalog=catalog, store=open_store(config))
+
+    def close(self) -> None:
+        self.catalog.close()
+
+
 @dataclass
 class Services:
     config: Config
@@ -59,28 +92,20 @@ class Services:
     detection: dict[str, Any] | None = None
 
     @classmethod
-    def open(
-        cls, config: Config, *, migrate: bool = True, cameras: bool = True, read_only: bool = False
-    ) -> Services:
+    def open(cls, config: Config, *, migrate: bool = True, cameras: bool = True) -> Services:
         """Open everything. The daemon and imports set the station up (state directory, catalog schema,
         signing key); every other caller (`migrate=False`) opens an existing station and creates nothing.
-        With `cameras=False` no camera rule is loaded, so no camera password file is read; `read_only`
-        (implies `migrate=False`) opens the catalog so that nothing can write it."""
-        migrate = migrate and not read_only
+        With `cameras=False` no camera rule is loaded, so no camera password file is read. A reader that
+        needs neither the signing key nor to write opens a `StationReader` instead."""
         if migrate:
             config.daemon.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-        catalog = Catalog.open(config.catalog.url, create=migrate, read_only=read_only)
+        catalog = Catalog.open(config.catalog.url, create=migrate)
         try:
             if migrate:
                 schema.upgrade(catalog.engine)
             else:
                 schema.require_current(catalog.engine)
-            store = FileObjectStore(
-                config.store.root,
-                read_back=config.store.read_back,
-                chunk_size=config.store.chunk_mib * MIB,
-                fsync_interval=config.store.fsync_interval_mib * MIB,
-            )
+            store = open_store(config)
             if migrate:
                 # Only a fresh station creates the layout. Once the catalog records stored objects, a
                 # missing directory means the store's disk is not mounted: creating it on the bare mount

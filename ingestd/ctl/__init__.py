@@ -20,7 +20,7 @@ from ingestd.ctl import records as ctl_records
 from ingestd.display import console, problem_line, styled
 from ingestd.errors import IngestdError
 from ingestd.exit_codes import ExitCode
-from ingestd.services import Services
+from ingestd.services import StationReader
 from ingestd.verify import VerifyReport, verify_all
 
 
@@ -79,7 +79,7 @@ def verify(
     reads; the daemon records the outcome for `status` (when it is not running, one line says so).
     """
     config = load(config_path)
-    services = Services.open(config, cameras=False, read_only=True)
+    services = StationReader.open(config)
     try:
         if objects and not as_json and sys.stdout.isatty():  # piped: no bar, no blank line it leaves
             with Progress(
