@@ -88,3 +88,21 @@ def test_a_slow_notify_command_does_not_hold_up_the_ingest_and_is_drained_at_sto
     assert daemon.stop() == 0
     assert sorted(payload["id"] for payload in notified(out)) == sorted(camera_flags(daemon))
     assert daemon.events("notify_dropped") == []
+
+
+def test_a_notify_command_that_never_finishes_does_not_hold_up_the_daemons_stop(
+    daemon: Daemon, make_camera: Callable[..., SimulatedCamera], tmp_path: Path
+) -> None:
+    command, out = notify_command(tmp_path, gate=tmp_path / "gate")  # the gate never opens
+    daemon.extra_config = f"\n[notify]\ncommand = '{command}'\ntimeout_seconds = 300\n"
+    camera = make_camera("ZFY3201", files=1, extra_args=["--faults", "wrong-identity"])
+    daemon.start()
+    camera.dock(daemon.docks)
+    wait_sessions(daemon, "ZFY3201")
+    assert daemon.stop() == 0  # within the harness's 60 s, though the command would wait 300 s
+    assert notified(out) == []
+    dropped = daemon.events("notify_dropped")
+    assert sorted(entry["flag_id"] for entry in dropped) == sorted(camera_flags(daemon))
+    assert {entry["reason"] for entry in dropped} == {"stopping"}
+    events = [entry["event"] for entry in daemon.events()]
+    assert events.index("stopping") < events.index("notify_dropped") < events.index("stopped")
