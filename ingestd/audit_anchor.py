@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from ingestd import replication
 from store.audit import HASHED_FIELDS, AuditLog
-from store.checkpoints import Checkpoint, format_utc
+from store.checkpoints import Checkpoint, CheckpointFile, format_utc
 from store.errors import IntegrityError
 from store.models import AuditEvent, ReplicationKind
 from store.signing import canonical_json
@@ -40,35 +40,49 @@ class AnchorError(IntegrityError):
     wire_code = "audit-anchor"
 
 
-def station_id(audit: AuditLog) -> str:
-    return audit.signer.key_id.replace(":", "-")
+@dataclass(frozen=True)
+class AnchoredChain:
+    """What anchoring needs of a station's chain: the key id that names it in the vault and its checkpoint
+    file. The daemon takes both from its audit log; `ingestctl verify --vault` from the published public
+    key, so it needs no private key."""
+
+    key_id: str
+    checkpoints: CheckpointFile
+
+    @classmethod
+    def of(cls, audit: AuditLog) -> AnchoredChain:
+        return cls(audit.signer.key_id, audit.checkpoints)
 
 
-def prefix(audit: AuditLog) -> str:
-    return f"audit/{station_id(audit)}/"
+def station_id(chain: AnchoredChain) -> str:
+    return chain.key_id.replace(":", "-")
 
 
-def segment_key(audit: AuditLog, first: int, last: int) -> str:
-    return f"{prefix(audit)}segments/{first:012d}-{last:012d}.jsonl"
+def prefix(chain: AnchoredChain) -> str:
+    return f"audit/{station_id(chain)}/"
 
 
-def checkpoint_key(audit: AuditLog, checkpoint: Checkpoint) -> str:
+def segment_key(chain: AnchoredChain, first: int, last: int) -> str:
+    return f"{prefix(chain)}segments/{first:012d}-{last:012d}.jsonl"
+
+
+def checkpoint_key(chain: AnchoredChain, checkpoint: Checkpoint) -> str:
     digest = hashlib.sha256(checkpoint.to_line()).hexdigest()[:16]
-    return f"{prefix(audit)}checkpoints/{checkpoint.seq:012d}-{digest}.json"
+    return f"{prefix(chain)}checkpoints/{checkpoint.seq:012d}-{digest}.json"
 
 
-def _own_checkpoints(audit: AuditLog) -> Iterator[Checkpoint]:
-    for line in audit.checkpoints.lines():
-        if line.checkpoint is not None and line.checkpoint.key_id == audit.signer.key_id:
+def _own_checkpoints(chain: AnchoredChain) -> Iterator[Checkpoint]:
+    for line in chain.checkpoints.lines():
+        if line.checkpoint is not None and line.checkpoint.key_id == chain.key_id:
             yield line.checkpoint
 
 
-def enqueue_audit(db: Session, audit: AuditLog, now: datetime) -> int:
+def enqueue_audit(db: Session, chain: AnchoredChain, now: datetime) -> int:
     """Queue every checkpoint and every segment up to the latest checkpoint; returns how many were new."""
     added = 0
     last = 0
-    for checkpoint in sorted(_own_checkpoints(audit), key=lambda c: c.seq):
-        key = checkpoint_key(audit, checkpoint)
+    for checkpoint in sorted(_own_checkpoints(chain), key=lambda c: c.seq):
+        key = checkpoint_key(chain, checkpoint)
         added += replication.enqueue(
             db, kind=ReplicationKind.AUDIT, subject=key, size=len(checkpoint.to_line()), now=now
         )
@@ -76,7 +90,7 @@ def enqueue_audit(db: Session, audit: AuditLog, now: datetime) -> int:
             added += replication.enqueue(
                 db,
                 kind=ReplicationKind.AUDIT,
-                subject=segment_key(audit, last + 1, checkpoint.seq),
+                subject=segment_key(chain, last + 1, checkpoint.seq),
                 size=0,
                 now=now,
             )
@@ -93,9 +107,9 @@ def event_record(event: AuditEvent) -> dict[str, Any]:
     return record
 
 
-def render(db: Session, audit: AuditLog, key: str) -> bytes:
+def render(db: Session, chain: AnchoredChain, key: str) -> bytes:
     """The bytes of the record under `key`, from the local chain and checkpoint file."""
-    name = key.removeprefix(prefix(audit))
+    name = key.removeprefix(prefix(chain))
     if name.startswith("segments/"):
         first, last = (int(part) for part in name.removeprefix("segments/").removesuffix(".jsonl").split("-"))
         events = db.scalars(
@@ -104,8 +118,8 @@ def render(db: Session, audit: AuditLog, key: str) -> bytes:
         if [event.seq for event in events] != list(range(first, last + 1)):
             raise AnchorError(key=key, detail=f"the local chain lacks events of {first}..{last}")
         return b"".join(canonical_json(event_record(event)) + b"\n" for event in events)
-    for checkpoint in _own_checkpoints(audit):
-        if checkpoint_key(audit, checkpoint) == key:
+    for checkpoint in _own_checkpoints(chain):
+        if checkpoint_key(chain, checkpoint) == key:
             return checkpoint.to_line()
     raise AnchorError(key=key, detail="no such checkpoint in the local checkpoint file")
 
@@ -130,10 +144,10 @@ class AnchorReport:
     problems: tuple[AnchorProblem, ...]
 
 
-def verify_against_vault(db: Session, audit: AuditLog, vault: Vault) -> AnchorReport:
+def verify_against_vault(db: Session, chain: AnchoredChain, vault: Vault) -> AnchorReport:
     """Compare every anchored event and checkpoint with the local chain; every difference is a problem."""
     problems: list[AnchorProblem] = []
-    keys = vault.list_keys(prefix(audit))
+    keys = vault.list_keys(prefix(chain))
     segments = [key for key in keys if "/segments/" in key]
     checkpoints = [key for key in keys if "/checkpoints/" in key]
     compared = 0
@@ -156,7 +170,13 @@ def verify_against_vault(db: Session, audit: AuditLog, vault: Vault) -> AnchorRe
                         f"event {local.seq}: local hash {local.hash}, anchored {anchored['hash']}",
                     )
                 )
-    local_lines = {checkpoint_key(audit, checkpoint) for checkpoint in _own_checkpoints(audit)}
+    local_lines = {checkpoint_key(chain, checkpoint) for checkpoint in _own_checkpoints(chain)}
+    if not keys and local_lines:  # a replaced station key names an empty prefix: that is no clean bill
+        problems.append(
+            AnchorProblem(
+                "not-anchored", prefix(chain), "the vault holds nothing of this chain under its key"
+            )
+        )
     for key in checkpoints:
         checkpoint = Checkpoint.parse(vault.get_record(key).decode("utf-8"))
         local = db.get(AuditEvent, checkpoint.seq)
@@ -175,7 +195,7 @@ def verify_against_vault(db: Session, audit: AuditLog, vault: Vault) -> AnchorRe
             )
     return AnchorReport(
         bucket=vault.settings.bucket,
-        prefix=prefix(audit),
+        prefix=prefix(chain),
         segments=len(segments),
         checkpoints=len(checkpoints),
         events_compared=compared,

@@ -83,7 +83,6 @@ def ingest_settings(config: Config) -> IngestSettings:
         clock_samples=config.ingest.clock_samples,
         delete_after_ingest=config.ingest.delete_after_ingest,
         deadline_window=config.deadlines.window,
-        notify=config.notify,
     )
 
 
@@ -166,7 +165,9 @@ class Daemon:
             else None
         )
         self.bay_display = (
-            BayDisplay(self.services.catalog, config.bay_display) if config.bay_display.enabled else None
+            BayDisplay(self.services.catalog, config.bay_display, dock_label=self.services.config.dock_label)
+            if config.bay_display.enabled
+            else None
         )
 
     def install_signal_handlers(self) -> None:
@@ -292,6 +293,7 @@ class Daemon:
 
         self.services.registry = DriverRegistry(rules)
         self.manager.settings = ingest_settings(fresh)
+        self.services.flag_notifier.notify = fresh.notify
         self.config = fresh
         log.info("reloaded", camera_rules=len(fresh.camera))
 

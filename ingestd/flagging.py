@@ -5,15 +5,20 @@ Guarantees:
   earlier) raises nothing, and does not fail the rest of the transaction;
 - each flag that is new is announced, a `flag_raised` log line and the `[notify] command`, once, and only
   after its transaction committed: a rolled-back flag is never announced;
-- a notify command that fails or hangs is logged and killed, and never fails the caller.
+- the command runs on the notifier's own thread, so a slow one delays no ingest and no job; a notify
+  command that fails or hangs is logged and killed, and never fails the caller.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import queue
 import signal
 import subprocess
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -80,11 +85,85 @@ def _insert(db: Session, decision: FlagDecision, dock_session_id: int | None) ->
     return flag
 
 
+NOTIFY_QUEUE_MAX = 1000  # flags waiting for the command; beyond, a notification is dropped (logged)
+NOTIFY_DRAIN_S = 10.0  # at stop, how long queued notifications may still run
+_SLICE_S = 0.1  # how often a running command checks whether the drain time is up
+_IDLE_S = 0.5  # how often the idle thread checks for stop
+
+
+class FlagNotifier:
+    """Runs the `[notify] command` for each new flag, one at a time, on a thread of its own (started on
+    the first flag), so a slow command delays no ingest, no job and no stop.
+
+    Bounded both ways: a full queue drops the notification, and `stop` lets queued ones run for at most
+    `drain_s` seconds, then kills the running command and drops the rest. A dropped notification is
+    logged as `notify_dropped` with the flag id; the flag itself is in the catalog."""
+
+    def __init__(
+        self, notify: NotifyConfig, *, queue_max: int = NOTIFY_QUEUE_MAX, drain_s: float = NOTIFY_DRAIN_S
+    ) -> None:
+        self.notify = notify  # replaced on reload; each command run reads it afresh
+        self.drain_s = drain_s
+        self.stop_event = threading.Event()
+        self._cut = threading.Event()  # the drain time is up
+        self._queue: queue.Queue[FlagView] = queue.Queue(maxsize=queue_max)
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, flag: FlagView) -> None:
+        """Queue `flag` for the command (none configured: nothing to do); never blocks."""
+        if not self.notify.argv():
+            return
+        with self._lock:
+            if self.stop_event.is_set():
+                _dropped(flag, "stopping")
+                return
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="notifier", daemon=True)
+                self._thread.start()
+            try:
+                self._queue.put_nowait(flag)
+            except queue.Full:
+                _dropped(flag, "queue full")
+
+    def _run(self) -> None:
+        while True:
+            try:
+                flag = self._queue.get(timeout=_IDLE_S)
+            except queue.Empty:
+                if self.stop_event.is_set():
+                    return
+                continue
+            if self._cut.is_set():
+                _dropped(flag, "stopping")
+                continue
+            try:
+                run_notify(flag, self.notify, cut=self._cut)
+            except Exception:  # one flag's notification must not end the notifier for the rest
+                log.exception("notify_failed", flag_id=flag.id)
+
+    def stop(self) -> None:
+        """Take no more flags; let the queued ones run for up to `drain_s` seconds, then give up on the
+        rest. Returns once the thread has ended."""
+        with self._lock:
+            self.stop_event.set()
+            thread = self._thread
+        if thread is None:
+            return
+        thread.join(self.drain_s)
+        self._cut.set()
+        thread.join()  # short now: the running command is killed, the rest only logged
+
+
+def _dropped(flag: FlagView, reason: str) -> None:
+    log.warning("notify_dropped", flag_id=flag.id, kind=flag.kind, reason=reason)
+
+
 class FlagService:
     """Raises flag decisions and announces the new flags."""
 
-    def __init__(self, notify: NotifyConfig) -> None:
-        self.notify = notify
+    def __init__(self, notifier: FlagNotifier) -> None:
+        self.notifier = notifier
 
     @contextmanager
     def transaction(self, catalog: Catalog) -> Iterator[FlagBatch]:
@@ -112,13 +191,14 @@ class FlagService:
                 recording_id=flag.recording_id,
                 dedup_key=flag.dedup_key,
             )
-            run_notify(flag, self.notify)
+            self.notifier.submit(flag)
 
 
-def run_notify(flag: FlagView, notify: NotifyConfig) -> bool:
+def run_notify(flag: FlagView, notify: NotifyConfig, *, cut: threading.Event | None = None) -> bool:
     """Run the notify command with the flag as JSON on stdin; True when it exited 0 in time.
 
-    The command runs in its own process group so a timeout kills whatever it started too."""
+    The command runs in its own process group so a timeout, or `cut` being set (the notifier's drain
+    time is up), kills whatever it started too."""
     argv = notify.argv()
     if not argv:
         return False
@@ -135,14 +215,27 @@ def run_notify(flag: FlagView, notify: NotifyConfig) -> bool:
     except OSError as error:
         bound.warning("notify_failed", error=str(error))
         return False
+    give_up = time.monotonic() + notify.timeout_seconds
+    send: bytes | None = payload
     with process:
-        try:
-            _out, err = process.communicate(payload, timeout=notify.timeout_seconds)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
-            bound.warning("notify_timeout", timeout_s=notify.timeout_seconds)
-            return False
+        while True:
+            try:
+                # Called again after a timeout, communicate() resumes where it was (input given once).
+                _out, err = process.communicate(send, timeout=min(_SLICE_S, give_up - time.monotonic()))
+                break
+            except subprocess.TimeoutExpired:
+                send = None
+                cut_short = cut is not None and cut.is_set()
+                if not cut_short and time.monotonic() < give_up:
+                    continue
+                with contextlib.suppress(ProcessLookupError):  # it ended just now
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.communicate()
+                if cut_short:
+                    _dropped(flag, "stopping")
+                else:
+                    bound.warning("notify_timeout", timeout_s=notify.timeout_seconds)
+                return False
     if process.returncode != 0:
         stderr = err.decode("utf-8", "replace")[-500:].strip()
         bound.warning("notify_failed", returncode=process.returncode, stderr=stderr)

@@ -5,8 +5,8 @@ Guarantees:
   or two processes racing, raises each flag once; only a flag that is new is logged and notified (both
   by `ingestd.flagging`, the path the ingest session raises its flags by too).
 - A job never deletes anything: retention jobs only give notices (`ingestctl purge` deletes).
-- A job that fails logs the failure and leaves the scheduler running; a notify command that fails or
-  hangs is logged and killed, and never stops the job.
+- A job that fails logs the failure and leaves the scheduler running; the notify command runs on the
+  notifier's thread, never the job's.
 - Missed runs are coalesced into one (a suspended station does not replay a night of runs).
 """
 
@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ingestd.config import Config
-from ingestd.flagging import FlagService
+from ingestd.flagging import FlagNotifier, FlagService
 from ingestd.operations import FlagView
 from ingestd.partials import expire_partial_copies
 from ingestd.policies.clock import evaluate_drift
@@ -59,10 +59,12 @@ UNREPLICATED_INTERVAL = timedelta(minutes=15)  # only with vault.enabled
 # --- evaluations ------------------------------------------------------------------------------------
 
 
-def evaluate_overdue_cameras(catalog: Catalog, config: Config, now: datetime) -> list[FlagView]:
+def evaluate_overdue_cameras(
+    catalog: Catalog, config: Config, now: datetime, *, notifier: FlagNotifier
+) -> list[FlagView]:
     """OVERDUE for every camera checked out longer than the upload window without docking; returns the
     new flags, announced."""
-    with FlagService(config.notify).transaction(catalog) as batch:
+    with FlagService(notifier).transaction(catalog) as batch:
         rows = batch.db.scalars(select(Camera).where(Camera.checked_out_at.is_not(None))).all()
         facts = [
             CameraCustodyFacts(
@@ -77,11 +79,13 @@ def evaluate_overdue_cameras(catalog: Catalog, config: Config, now: datetime) ->
         return batch.raise_flags(evaluate_overdue(facts, config.deadlines.window, now))
 
 
-def evaluate_unreplicated_objects(catalog: Catalog, config: Config, now: datetime) -> list[FlagView]:
+def evaluate_unreplicated_objects(
+    catalog: Catalog, config: Config, now: datetime, *, notifier: FlagNotifier
+) -> list[FlagView]:
     """UNREPLICATED for every object not replicated and verified within the replication deadline;
     returns the new flags, announced."""
     deadline = timedelta(hours=config.vault.replication_deadline_hours)
-    with FlagService(config.notify).transaction(catalog) as batch:
+    with FlagService(notifier).transaction(catalog) as batch:
         rows = batch.db.scalars(
             select(ReplicationItem).where(
                 ReplicationItem.kind == ReplicationKind.OBJECT,
@@ -177,10 +181,11 @@ def evaluate_after_session(
     config: Config,
     now: datetime,
     *,
+    notifier: FlagNotifier,
     kinds: Iterable[str] = ("drift", "gaps"),
 ) -> list[FlagView]:
     """Drift and gap flags for one dock session, once it has ended. Returns the new flags, announced."""
-    with FlagService(config.notify).transaction(catalog) as batch:
+    with FlagService(notifier).transaction(catalog) as batch:
         db = batch.db
         dock_session = db.get(DockVisit, dock_session_id)
         if dock_session is None or dock_session.camera is None:
@@ -194,7 +199,9 @@ def evaluate_after_session(
         return batch.raise_flags(decisions, dock_session_id=dock_session_id)
 
 
-def evaluate_recent_sessions(catalog: Catalog, config: Config, now: datetime, kind: str) -> list[FlagView]:
+def evaluate_recent_sessions(
+    catalog: Catalog, config: Config, now: datetime, kind: str, *, notifier: FlagNotifier
+) -> list[FlagView]:
     """`kind` ("drift" or "gaps") over the dock sessions that ended within the look-back window: catches
     sessions whose immediate evaluation was missed (the daemon stopped in between)."""
     since = now - timedelta(hours=config.jobs.lookback_hours)
@@ -206,7 +213,9 @@ def evaluate_recent_sessions(catalog: Catalog, config: Config, now: datetime, ki
         ).all()
     fresh: list[FlagView] = []
     for dock_session_id in ids:
-        fresh += evaluate_after_session(catalog, dock_session_id, config, now, kinds=(kind,))
+        fresh += evaluate_after_session(
+            catalog, dock_session_id, config, now, notifier=notifier, kinds=(kind,)
+        )
     return fresh
 
 
@@ -234,6 +243,7 @@ def build_scheduler(services: Services, clock: Clock = utcnow) -> BackgroundSche
     config = services.config
     jobs = config.jobs
     catalog = services.catalog
+    notifier = services.flag_notifier
     scheduler = BackgroundScheduler(
         timezone=UTC,
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": jobs.misfire_grace_seconds},
@@ -254,17 +264,17 @@ def build_scheduler(services: Services, clock: Clock = utcnow) -> BackgroundSche
 
     work: dict[str, tuple[Callable[[datetime], list[FlagView]], timedelta, bool]] = {
         "overdue": (
-            lambda now: evaluate_overdue_cameras(catalog, config, now),
+            lambda now: evaluate_overdue_cameras(catalog, config, now, notifier=notifier),
             timedelta(minutes=jobs.overdue_interval_minutes),
             True,
         ),
         "gaps": (
-            lambda now: evaluate_recent_sessions(catalog, config, now, "gaps"),
+            lambda now: evaluate_recent_sessions(catalog, config, now, "gaps", notifier=notifier),
             timedelta(minutes=jobs.gaps_interval_minutes),
             False,
         ),
         "drift": (
-            lambda now: evaluate_recent_sessions(catalog, config, now, "drift"),
+            lambda now: evaluate_recent_sessions(catalog, config, now, "drift", notifier=notifier),
             timedelta(minutes=jobs.drift_interval_minutes),
             False,
         ),
@@ -274,7 +284,7 @@ def build_scheduler(services: Services, clock: Clock = utcnow) -> BackgroundSche
     }
     if config.vault.enabled:
         work["unreplicated"] = (
-            lambda now: evaluate_unreplicated_objects(catalog, config, now),
+            lambda now: evaluate_unreplicated_objects(catalog, config, now, notifier=notifier),
             UNREPLICATED_INTERVAL,
             True,
         )

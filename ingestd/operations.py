@@ -581,7 +581,10 @@ def extend(
     reason: str,
 ) -> Extension:
     """Extend a recording's upload deadline (003 art. 11: for cause, at most 3 working days from the end
-    of the recording). An open LATE flag the new deadline covers is resolved with the reason."""
+    of the recording). An open LATE flag the new deadline covers is resolved with the reason.
+
+    Deadlines only move later: an extension that would not (a shorter one after a longer one, or the
+    same again) changes nothing, writes no audit event and returns the deadline as it stands."""
     recording = db.get(Recording, recording_id, with_for_update=True)
     if recording is None:
         raise UnknownRecordingError(ids=str(recording_id))
@@ -597,6 +600,8 @@ def extend(
         window=deadlines.window,
     )
     previous = recording.deadline_at
+    if new_deadline <= previous:
+        return Extension(recording.id, previous, previous, working_days, reason.strip(), ())
     recording.deadline_at = new_deadline
     recording.deadline_extension_reason = reason.strip()
     resolved: list[int] = []

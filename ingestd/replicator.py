@@ -196,7 +196,7 @@ class Replicator:
             item.attempts += 1
             key, attempts = item.subject, item.attempts
             try:
-                record = audit_anchor.render(db, self.services.audit, key)
+                record = audit_anchor.render(db, audit_anchor.AnchoredChain.of(self.services.audit), key)
             except audit_anchor.AnchorError as error:
                 problem = str(error)
         if problem is not None:
@@ -278,7 +278,9 @@ class Replicator:
 
     def enqueue_audit(self) -> int:
         with self.services.catalog.transaction() as db:
-            return audit_anchor.enqueue_audit(db, self.services.audit, self.clock())
+            return audit_anchor.enqueue_audit(
+                db, audit_anchor.AnchoredChain.of(self.services.audit), self.clock()
+            )
 
     def _save_parts(self, item_id: int, partial: PartialUpload) -> None:
         with self.services.catalog.transaction() as db:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import select
 
 from drivers.registry import DriverRegistry
 from ingestd import schema
 from ingestd.config import Config
+from ingestd.flagging import FlagNotifier
 from store.audit import AuditLog, chain_end
 from store.catalog import Catalog
 from store.checkpoints import CheckpointFile
+from store.models import StoredObject
 from store.objects import FileObjectStore, ObjectStore
 from store.signing import Signer
 
@@ -34,6 +38,46 @@ def signed_history(catalog: Catalog, checkpoints: Path) -> str | None:
     return None
 
 
+def holds_stored_objects(catalog: Catalog) -> bool:
+    """Whether the catalog has ever recorded an object in the store (purged ones count: their station
+    was set up)."""
+    with catalog.transaction() as db:
+        return db.scalar(select(StoredObject.blake3).limit(1)) is not None
+
+
+def open_store(config: Config) -> FileObjectStore:
+    """The configured object store; opening it touches nothing on disk."""
+    return FileObjectStore(
+        config.store.root,
+        read_back=config.store.read_back,
+        chunk_size=config.store.chunk_mib * MIB,
+        fsync_interval=config.store.fsync_interval_mib * MIB,
+    )
+
+
+@dataclass
+class StationReader:
+    """What `ingestctl verify` opens: the catalog read-only (nothing can write it) and the store. No
+    signing key and no camera rule, so read access to the station is all it needs (an auditor)."""
+
+    config: Config
+    catalog: Catalog
+    store: ObjectStore
+
+    @classmethod
+    def open(cls, config: Config) -> StationReader:
+        catalog = Catalog.open(config.catalog.url, read_only=True)
+        try:
+            schema.require_current(catalog.engine)
+        except BaseException:
+            catalog.close()
+            raise
+        return cls(config=config, catalog=catalog, store=open_store(config))
+
+    def close(self) -> None:
+        self.catalog.close()
+
+
 @dataclass
 class Services:
     config: Config
@@ -41,36 +85,35 @@ class Services:
     store: ObjectStore
     audit: AuditLog
     registry: DriverRegistry
+    # Runs `[notify] command` for new flags on a thread of its own, started on the first flag.
+    flag_notifier: FlagNotifier = field(init=False)
     # What the daemon watches for cameras, as it started its sources (udev's chosen event source and
     # why, the watched folders), for `status`; None outside the daemon.
     detection: dict[str, Any] | None = None
 
     @classmethod
-    def open(
-        cls, config: Config, *, migrate: bool = True, cameras: bool = True, read_only: bool = False
-    ) -> Services:
+    def open(cls, config: Config, *, migrate: bool = True, cameras: bool = True) -> Services:
         """Open everything. The daemon and imports set the station up (state directory, catalog schema,
         signing key); every other caller (`migrate=False`) opens an existing station and creates nothing.
-        With `cameras=False` no camera rule is loaded, so no camera password file is read; `read_only`
-        (implies `migrate=False`) opens the catalog so that nothing can write it."""
-        migrate = migrate and not read_only
+        With `cameras=False` no camera rule is loaded, so no camera password file is read. A reader that
+        needs neither the signing key nor to write opens a `StationReader` instead."""
         if migrate:
             config.daemon.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-        catalog = Catalog.open(config.catalog.url, create=migrate, read_only=read_only)
+        catalog = Catalog.open(config.catalog.url, create=migrate)
         try:
             if migrate:
                 schema.upgrade(catalog.engine)
             else:
                 schema.require_current(catalog.engine)
-            store = FileObjectStore(
-                config.store.root,
-                read_back=config.store.read_back,
-                chunk_size=config.store.chunk_mib * MIB,
-                fsync_interval=config.store.fsync_interval_mib * MIB,
-            )
+            store = open_store(config)
             if migrate:
-                store.create_directories()
-            if migrate:
+                # Only a fresh station creates the layout. Once the catalog records stored objects, a
+                # missing directory means the store's disk is not mounted: creating it on the bare mount
+                # point would give an empty store that later reads as "objects absent".
+                if holds_stored_objects(catalog):
+                    store.require_directories()
+                else:
+                    store.create_directories()
                 signer = Signer.load_or_create(
                     config.daemon.state_dir, history=lambda: signed_history(catalog, checkpoint_path(config))
                 )
@@ -83,5 +126,10 @@ class Services:
             raise
         return cls(config=config, catalog=catalog, store=store, audit=audit, registry=registry)
 
+    def __post_init__(self) -> None:
+        self.flag_notifier = FlagNotifier(self.config.notify)
+
     def close(self) -> None:
+        """Let queued notifications run (for a bounded time), then close the catalog."""
+        self.flag_notifier.stop()
         self.catalog.close()

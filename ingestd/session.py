@@ -45,8 +45,7 @@ from drivers.base import (
 )
 from drivers.scan import CardFile, decode_name, display_name, scan_volume
 from ingestd import records, replication
-from ingestd.config import NotifyConfig
-from ingestd.flagging import FlagService
+from ingestd.flagging import FlagNotifier, FlagService
 from ingestd.policies import dock as dock_flags
 from ingestd.policies.clock import corrected_recorded_at
 from ingestd.policies.deadlines import DeadlineFacts, deadline_for, evaluate_late, recording_end
@@ -131,7 +130,6 @@ class IngestSettings:
     delete_after_ingest: bool = True
     deadline_window: timedelta = timedelta(hours=24)
     presence_check_interval_s: float = 0.5
-    notify: NotifyConfig = field(default_factory=NotifyConfig)  # run for each flag the session raises
 
 
 @dataclass
@@ -208,6 +206,7 @@ def run_session(
         catalog=services.catalog,
         store=services.store,
         audit=services.audit,
+        notifier=services.flag_notifier,
         camera=camera,
         device=device,
         driver_name=driver_name,
@@ -227,6 +226,7 @@ class IngestSession:
         catalog: Catalog,
         store: ObjectStore,
         audit: AuditLog,
+        notifier: FlagNotifier,
         camera: CameraLink,
         device: DeviceInfo,
         driver_name: str,
@@ -250,7 +250,7 @@ class IngestSession:
         self.stopping = stopping
         self.clock = clock
         self.summary = SessionSummary(port=device.port)
-        self.flags = FlagService(settings.notify)
+        self.flags = FlagService(notifier)
         self._last_presence_check = 0.0
         self._log = log.bind(port=device.port)
 

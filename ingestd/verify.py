@@ -11,18 +11,21 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from ingestd.config import Config
 from ingestd.control.queries import VERIFY_ACTION
-from ingestd.services import Services, checkpoint_path
+from ingestd.services import checkpoint_path
 from ingestd.verify_rows import verify_rows
 from store.audit import Actor, AuditLog, verify_chain
+from store.catalog import Catalog
 from store.models import AuditEvent, StoredObject
-from store.signing import key_id
+from store.objects import ObjectStore
+from store.signing import PUBLIC_KEY_NAME, key_id, load_public_key
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -93,8 +96,25 @@ def record_outcome(db: Session, audit: AuditLog, actor: Actor, outcome: VerifyOu
     )
 
 
-def verify_audit(services: Services, public_keys: list[Ed25519PublicKey]) -> tuple[int, list[Problem]]:
-    """The chain and its checkpoints, checked against `public_keys`."""
+class Station(Protocol):
+    """What verifying reads: `Services` in the daemon's own tools, `StationReader` for `ingestctl`."""
+
+    config: Config
+    catalog: Catalog
+    store: ObjectStore
+
+
+def station_public_key(config: Config) -> Ed25519PublicKey:
+    """The key the station publishes beside its private key (`Signer.load_or_create` keeps it in step):
+    enough to verify, so verifying never needs the private key."""
+    return load_public_key(config.daemon.state_dir / PUBLIC_KEY_NAME)
+
+
+def verify_audit(
+    services: Station, public_keys: list[Ed25519PublicKey], station_key: Ed25519PublicKey
+) -> tuple[int, list[Problem]]:
+    """The chain and its checkpoints, checked against `public_keys`; `station_key` is the key the station
+    says it signs with."""
     with services.catalog.transaction() as db:
         count = db.scalar(select(func.count()).select_from(AuditEvent)) or 0
         found = verify_chain(
@@ -106,7 +126,7 @@ def verify_audit(services: Services, public_keys: list[Ed25519PublicKey]) -> tup
     problems = [
         Problem("audit", p.kind, f"seq {p.seq}" if p.seq is not None else "chain", p.detail) for p in found
     ]
-    station = services.audit.signer.key_id
+    station = key_id(station_key)
     trusted = [key_id(key) for key in public_keys]
     if station not in trusted:
         problems.append(
@@ -121,18 +141,18 @@ def verify_audit(services: Services, public_keys: list[Ed25519PublicKey]) -> tup
     return count, problems
 
 
-def verify_catalog_rows(services: Services) -> list[Problem]:
+def verify_catalog_rows(services: Station) -> list[Problem]:
     """Recordings, approvals and custody rows that disagree with their audit events."""
     with services.catalog.transaction() as db:
         found = verify_rows(db)
     return [Problem("catalog", p.kind, p.subject, p.detail) for p in found]
 
 
-def verify_objects(services: Services, progress: ProgressCallback | None = None) -> tuple[int, list[Problem]]:
+def verify_objects(services: Station, progress: ProgressCallback | None = None) -> tuple[int, list[Problem]]:
     with services.catalog.transaction() as db:
         # Objects the retention purge removed stay as tombstone rows; their absence is expected.
         rows = db.execute(
-            select(StoredObject.blake3, StoredObject.sha256, StoredObject.size)
+            select(StoredObject.blake3, StoredObject.sha256, StoredObject.size, StoredObject.seal)
             .where(StoredObject.removed_at.is_(None))
             .order_by(StoredObject.blake3)
         ).all()
@@ -140,7 +160,8 @@ def verify_objects(services: Services, progress: ProgressCallback | None = None)
     done_bytes = 0
     problems: list[Problem] = []
     for row in rows:
-        for found in services.store.verify_object(row.blake3, row.sha256, row.size):
+        # The seal the catalog recorded: knowing what this store seals now would take writing a probe.
+        for found in services.store.verify_object(row.blake3, row.sha256, row.size, seal=row.seal):
             problems.append(Problem("object", found.kind, row.blake3, found.detail))
         done_bytes += row.size
         if progress is not None:
@@ -149,16 +170,17 @@ def verify_objects(services: Services, progress: ProgressCallback | None = None)
 
 
 def verify_all(
-    services: Services,
+    services: Station,
     *,
     objects: bool,
     progress: ProgressCallback | None = None,
     trusted_keys: Collection[Ed25519PublicKey] = (),
 ) -> VerifyReport:
     """Everything; checkpoints are checked against `trusted_keys` when given (kept off the machine),
-    else against the station's own key."""
-    public_keys = list(trusted_keys) or [services.audit.signer.public_key]
-    events, problems = verify_audit(services, public_keys)
+    else against the station's published public key."""
+    station_key = station_public_key(services.config)
+    public_keys = list(trusted_keys) or [station_key]
+    events, problems = verify_audit(services, public_keys, station_key)
     problems += verify_catalog_rows(services)
     checked = 0
     if objects:

@@ -69,8 +69,12 @@ def keys_by_id(public_keys: Ed25519PublicKey | Collection[Ed25519PublicKey]) -> 
 def load_public_key(path: Path) -> Ed25519PublicKey:
     """The PEM public key at `path` (as written by `Signer.load_or_create`), for verifiers."""
     try:
-        loaded = serialization.load_pem_public_key(path.read_bytes())
-    except (OSError, ValueError) as error:
+        data = path.read_bytes()
+    except OSError as error:  # the path is in the message already
+        raise SigningKeyError(path=path, detail=f"cannot open: {error.strerror or error}") from error
+    try:
+        loaded = serialization.load_pem_public_key(data)
+    except ValueError as error:
         raise SigningKeyError(path=path, detail=f"cannot load public key: {error}") from error
     if not isinstance(loaded, Ed25519PublicKey):
         raise SigningKeyError(path=path, detail=f"not an Ed25519 key but {type(loaded).__name__}")

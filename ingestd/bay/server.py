@@ -17,6 +17,7 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -25,7 +26,7 @@ from typing import Any
 import structlog
 
 from ingestd.bay.tiles import bays
-from ingestd.config import BayDisplayConfig
+from ingestd.config import BayDisplayConfig, short_port_name
 from ingestd.errors import IngestdError
 from ingestd.exit_codes import ExitCode
 from store.catalog import Catalog
@@ -108,10 +109,16 @@ class _Server(ThreadingHTTPServer):
 
 class BayDisplay:
     def __init__(
-        self, catalog: Catalog, config: BayDisplayConfig, *, keepalive_s: float = KEEPALIVE_S
+        self,
+        catalog: Catalog,
+        config: BayDisplayConfig,
+        *,
+        dock_label: Callable[[str], str] = short_port_name,
+        keepalive_s: float = KEEPALIVE_S,
     ) -> None:
         self.catalog = catalog
         self.config = config
+        self.dock_label = dock_label
         self.keepalive_s = keepalive_s
         self.stop_event = threading.Event()
         self._changed = threading.Condition()
@@ -178,7 +185,7 @@ class BayDisplay:
     def _refresh(self) -> None:
         try:
             with self.catalog.transaction() as db:
-                tiles = bays(db)
+                tiles = bays(db, self.dock_label)
         except Exception:  # the display must never take the daemon down; the failure is logged
             log.exception("bay_display_read_failed")
             return

@@ -7,13 +7,14 @@ failed file, and a deletion that was started also finished), never from progress
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from ingestd.config import short_port_name
 from ingestd.control import queries
 from ingestd.session import DELETE_ORIGINALS
 from store.models import (
@@ -51,12 +52,6 @@ class _Current:
     files_total: int
     files_done: int
     files_failed: int
-
-
-def short_name(port: str) -> str:
-    """A short stable name for a dock without a label: the last part of its port path."""
-    path = port.removeprefix("folder:").rstrip("/")
-    return path.rsplit("/", 1)[-1] or port
 
 
 def _current_sessions(db: Session) -> dict[str, _Current]:
@@ -125,9 +120,10 @@ def phase_of(dock_state: str, current: _Current | None, unfinished_deletion: boo
     return "attention", "stopped: see the station operator"
 
 
-def bays(db: Session) -> list[dict[str, Any]]:
-    """One tile per known dock, in port order, as plain JSON values."""
-    docks = queries.docks(db)
+def bays(db: Session, dock_label: Callable[[str], str] = short_port_name) -> list[dict[str, Any]]:
+    """One tile per known dock, in port order, as plain JSON values; `dock_label` names a port (the
+    configured `[[dock]]` label, else its short name)."""
+    docks = queries.docks(db, dock_label)
     current = _current_sessions(db)
     ids = [c.session_id for c in current.values()]
     officers, unfinished = _officer_names(db, ids), _unfinished_deletions(db, ids)
@@ -143,7 +139,7 @@ def _tile(
         current = None
     phase, words = phase_of(state, current, current is not None and current.session_id in unfinished)
     tile: dict[str, Any] = {
-        "name": dock.get("label") or short_name(str(dock["port"])),
+        "name": dock["label"],
         "phase": phase,
         "words": words,
         "serial": None,

@@ -3,9 +3,9 @@
 `ingestctl verify` verifies read-only in its own process and never writes the catalog; the daemon, the
 catalog's one writer, appends the outcome (`verify.run`) for `status` and the metrics. The event names the
 OS user who ran the verify (SO_PEERCRED), since the figures are theirs. As a mutating command it is also
-audited as `ctl.verify.record`, and the dispatcher then signs the chain head. Role: admin only. The
-figures are the caller's word, so only the role that can run a verify (it reads the station's signing
-key, which only root may) may report one; `status` shows who did.
+audited as `ctl.verify.record`, and the dispatcher then signs the chain head. Roles: admin and auditor.
+The figures are the caller's word, so only the roles whose job verifying is may report one (verifying
+needs only the published public key and read access, so an auditor can run it); `status` shows who did.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ingestd.services import Services
 from ingestd.verify import VerifyOutcome, record_outcome
 from store.audit import Role
 
-VERIFIERS = frozenset({Role.ADMIN})
+VERIFIERS = frozenset({Role.ADMIN, Role.AUDITOR})
 COUNT_MAX = 2**62
 
 

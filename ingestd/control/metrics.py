@@ -72,7 +72,10 @@ def render(db: Session, *, free_bytes: int | None, now: datetime) -> str:
     verify = queries.last_verify(db)
     exposition.metric("ingestd_up", "gauge", "1 while the daemon serves metrics.", [({}, 1)])
     exposition.metric(
-        "ingestd_docked_cameras", "gauge", "Cameras docked now (open dock sessions).", [({}, docked)]
+        "ingestd_docked_cameras",
+        "gauge",
+        "Cameras on a dock now, from docking until taken off (copying, queued, done or failed).",
+        [({}, docked)],
     )
     exposition.metric(
         "ingestd_queue_length", "gauge", "Docked cameras waiting for a copy slot.", [({}, queued)]

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ingestd.audit_anchor import AnchorReport, verify_against_vault
+from ingestd.audit_anchor import AnchoredChain, AnchorReport, verify_against_vault
 from ingestd.commandline import byte_progress, config_option, load, run_cli, trusted_keys_option
 from ingestd.config import Config, resolve_config_path
 from ingestd.control.client import DaemonUnavailable
@@ -20,8 +20,10 @@ from ingestd.ctl import records as ctl_records
 from ingestd.display import console, problem_line, styled
 from ingestd.errors import IngestdError
 from ingestd.exit_codes import ExitCode
-from ingestd.services import Services
-from ingestd.verify import VerifyReport, verify_all
+from ingestd.services import StationReader, checkpoint_path
+from ingestd.verify import VerifyReport, station_public_key, verify_all
+from store.checkpoints import CheckpointFile
+from store.signing import key_id
 from store.vault import Vault
 
 
@@ -115,7 +117,7 @@ def verify(
     reads; the daemon records the outcome for `status` (when it is not running, one line says so).
     """
     config = load(config_path)
-    services = Services.open(config, cameras=False, read_only=True)
+    services = StationReader.open(config)
     try:
         if objects and not as_json and sys.stdout.isatty():  # piped: no bar, no blank line it leaves
             with byte_progress() as bar:
@@ -131,7 +133,11 @@ def verify(
         if against_vault:
             vault = Vault(config.vault.settings(resolve_config_path(config_path) or "(built-in defaults)"))
             with services.catalog.transaction() as db:
-                anchor = verify_against_vault(db, services.audit, vault)
+                chain = AnchoredChain(
+                    key_id(station_public_key(config)),
+                    CheckpointFile(checkpoint_path(config), set_append_only=False),
+                )
+                anchor = verify_against_vault(db, chain, vault)
     finally:
         services.close()
     failure = _record(config, report, objects=objects)

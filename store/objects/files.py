@@ -206,6 +206,12 @@ class FileObjectStore(ObjectStore):
             make_dirs(directory)
         return self
 
+    def require_directories(self) -> Self:
+        """Raise StoreNotSetUpError unless the store's directories exist; creates nothing. For a set-up
+        path on a station that already stored objects, where a missing directory means an unmounted disk."""
+        self._require_layout()
+        return self
+
     def _layout(self) -> tuple[Path, Path, Path]:
         return (self._objects, self._partial, self._quarantine)
 
@@ -324,7 +330,9 @@ class FileObjectStore(ObjectStore):
         size = pump(ring, fd_filler(fd, start, end), None, digests)
         return (*digests.hex(), size)
 
-    def verify_object(self, blake3_hex: str, sha256_hex: str, size: int) -> list[ObjectProblem]:
+    def verify_object(
+        self, blake3_hex: str, sha256_hex: str, size: int, *, seal: Seal | None = None
+    ) -> list[ObjectProblem]:
         path = self.path_for(blake3_hex)
 
         def problem(kind: ProblemKind, detail: str) -> ObjectProblem:
@@ -359,7 +367,7 @@ class FileObjectStore(ObjectStore):
         mode = stat.S_IMODE(info.st_mode)
         if mode != SEALED_MODE:
             problems.append(problem(ProblemKind.NOT_SEALED, f"mode {mode:04o}, expected 0444"))
-        elif self.seal_mode is Seal.IMMUTABLE and not is_immutable(path):
+        elif (seal or self.seal_mode) is Seal.IMMUTABLE and not is_immutable(path):
             problems.append(problem(ProblemKind.NOT_SEALED, "immutable attribute is missing"))
         return problems
 

@@ -181,8 +181,14 @@ class ObjectStore(abc.ABC):
         has checked holds and written its audit event."""
 
     @abc.abstractmethod
-    def verify_object(self, blake3_hex: str, sha256_hex: str, size: int) -> list[ObjectProblem]:
-        """Re-read one object from its medium and report every way it differs from what is expected."""
+    def verify_object(
+        self, blake3_hex: str, sha256_hex: str, size: int, *, seal: Seal | None = None
+    ) -> list[ObjectProblem]:
+        """Re-read one object from its medium and report every way it differs from what is expected.
+
+        `seal` is the seal the object was given (the catalog's record); without it, the seal this store
+        gives now is expected, which a file store finds out by writing a probe (a verifier that only
+        reads passes `seal`)."""
 
     @abc.abstractmethod
     def reconcile(self, keep: KeepKeys) -> Reconciled:

@@ -199,7 +199,9 @@ class MemoryObjectStore(ObjectStore):
             if unseal:
                 stored.sealed = False
 
-    def verify_object(self, blake3_hex: str, sha256_hex: str, size: int) -> list[ObjectProblem]:
+    def verify_object(
+        self, blake3_hex: str, sha256_hex: str, size: int, *, seal: Seal | None = None
+    ) -> list[ObjectProblem]:
         with self._lock:
             stored = self._objects.get(check_digest(blake3_hex))
         if stored is None:

@@ -116,16 +116,19 @@ def test_an_admin_who_is_not_an_approver_cannot_approve(catalog: Catalog, tmp_pa
     assert [(a, o) for a, o, _ in stored_details(catalog)] == [("ctl.approve", "denied")]
 
 
-def test_only_an_admin_records_a_verify_and_the_figures_must_agree(catalog: Catalog, tmp_path: Path) -> None:
+def test_only_an_admin_or_an_auditor_records_a_verify_and_the_figures_must_agree(
+    catalog: Catalog, tmp_path: Path
+) -> None:
     services = make_services(catalog, tmp_path)
     denials = DenialAggregator(60.0)
+    clerk = Caller(user="li.clerk", uid=4242, pid=8, groups=frozenset(), roles=frozenset({Role.CLERK}))
     auditor = Caller(user="wang.aud", uid=4243, pid=9, groups=frozenset(), roles=frozenset({Role.AUDITOR}))
     clean = {"clean": True, "events_checked": 5, "objects_checked": 0}
 
     def record(caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         return dispatch(services, caller, Message(1, "verify.record", args), NOW, denials=denials, mono=0.0)
 
-    assert record(auditor, clean)["error"]["exit_code"] == 13  # the figures are the caller's word
+    assert record(clerk, clean)["error"]["exit_code"] == 13  # the figures are the caller's word
     lying = record(ADMIN, {**clean, "problems": 2})
     assert lying["error"]["exit_code"] == 2
     assert "clean must be true exactly when problems is 0" in lying["error"]["message"]
@@ -133,9 +136,13 @@ def test_only_an_admin_records_a_verify_and_the_figures_must_agree(catalog: Cata
     assert done["ok"] is True, done
     assert done["result"]["last_verify"]["by"] == "root"
     assert done["result"]["last_verify"]["events_checked"] == 5
+    by_auditor = record(auditor, clean)  # verifying is an auditor's job too
+    assert by_auditor["result"]["last_verify"]["by"] == "wang.aud"
     assert [(a, o) for a, o, _ in stored_details(catalog)] == [
         ("ctl.verify.record", "denied"),
         ("ctl.verify.record", "error"),
+        ("verify.run", "ok"),
+        ("ctl.verify.record", "ok"),
         ("verify.run", "ok"),
         ("ctl.verify.record", "ok"),
     ]

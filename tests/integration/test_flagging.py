@@ -3,6 +3,7 @@ after its transaction committed."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from datetime import UTC, datetime
@@ -13,15 +14,16 @@ from sqlalchemy import select
 from structlog.testing import capture_logs
 
 from ingestd.config import NotifyConfig
-from ingestd.flagging import FlagService, run_notify
+from ingestd.flagging import FlagNotifier, FlagService, run_notify
 from ingestd.operations import FlagView
 from ingestd.policies.flags import DEDUP_KEY_MAX, FlagDecision
 from store.catalog import Catalog
 from store.models import Flag, FlagKind, FlagStatus
 from tests.support.notify import notified, notify_command
+from tests.system.harness import wait_for
 
 NOW = datetime(2026, 5, 11, 0, 30, tzinfo=UTC)
-SILENT = FlagService(NotifyConfig())
+SILENT = FlagService(FlagNotifier(NotifyConfig()))
 
 
 def failed_file(key: str) -> FlagDecision:
@@ -63,7 +65,8 @@ def test_a_new_flag_is_announced_once_after_commit_and_a_rolled_back_one_never(
     catalog: Catalog, tmp_path: Path
 ) -> None:
     command, out = notify_command(tmp_path)
-    service = FlagService(NotifyConfig(command=command))
+    notifier = FlagNotifier(NotifyConfig(command=command))
+    service = FlagService(notifier)
     late = FlagDecision(FlagKind.LATE, "late:r1", NOW, camera_serial="ZFY0001", details={"lateness_s": 60.0})
     with capture_logs() as logs:
         with pytest.raises(RuntimeError), service.transaction(catalog) as batch:
@@ -73,6 +76,7 @@ def test_a_new_flag_is_announced_once_after_commit_and_a_rolled_back_one_never(
             (flag,) = batch.raise_flags([late])
             assert notified(out) == []  # not before the commit
         assert service.raise_now(catalog, [late]) == []  # raised already: nothing new, nothing announced
+        notifier.stop()  # runs what is queued
     with catalog.transaction() as db:
         assert db.scalars(select(Flag.dedup_key)).all() == ["late:r1"]
     assert [(p["id"], p["kind"], p["device_serial"], p["details"]) for p in notified(out)] == [
@@ -84,21 +88,25 @@ def test_a_new_flag_is_announced_once_after_commit_and_a_rolled_back_one_never(
     ]
 
 
-def test_a_failing_or_hanging_notify_command_is_logged_and_never_raises(tmp_path: Path) -> None:
-    flag = FlagView(
-        id=7,
+def overdue(flag_id: int) -> FlagView:
+    return FlagView(
+        id=flag_id,
         kind="overdue",
         status="open",
         raised_at=NOW,
         device_serial="ZFY0001",
         recording_id=None,
         dock_session_id=None,
-        dedup_key="overdue:ZFY0001:x",
+        dedup_key=f"overdue:ZFY0001:{flag_id}",
         details={},
         explanation=None,
         explained_by=None,
         explained_at=None,
     )
+
+
+def test_a_failing_or_hanging_notify_command_is_logged_and_never_raises(tmp_path: Path) -> None:
+    flag = overdue(7)
     python = shlex.quote(sys.executable)
     with capture_logs() as logs:
         assert run_notify(flag, NotifyConfig(command=f"{python} -c 'import sys; sys.exit(3)'")) is False
@@ -111,3 +119,28 @@ def test_a_failing_or_hanging_notify_command_is_logged_and_never_raises(tmp_path
         ("notify_failed", None),
         ("notify_timeout", None),
     ]
+
+
+def test_the_notifier_drops_what_it_cannot_hold_and_stops_within_its_drain_time(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"  # never opened: the command would wait for its whole 300 s timeout
+    command, out = notify_command(tmp_path, gate=gate)
+    notifier = FlagNotifier(NotifyConfig(command=command, timeout_seconds=300), queue_max=1, drain_s=0.5)
+    waiting = Path(f"{gate}.waiting")
+    with capture_logs() as logs:
+        notifier.submit(overdue(1))
+        pid = int(
+            wait_for("the first command to run", lambda: waiting.read_text() if waiting.exists() else None)
+        )
+        notifier.submit(overdue(2))  # queued behind it
+        notifier.submit(overdue(3))  # the queue is full
+        notifier.stop()  # returns: the running command is killed, the queued one given up
+        notifier.submit(overdue(4))  # too late
+    assert [(e["event"], e["flag_id"], e["reason"]) for e in logs if e["event"] == "notify_dropped"] == [
+        ("notify_dropped", 3, "queue full"),
+        ("notify_dropped", 1, "stopping"),
+        ("notify_dropped", 2, "stopping"),
+        ("notify_dropped", 4, "stopping"),
+    ]
+    assert notified(out) == []
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # killed and reaped, not left behind

@@ -115,6 +115,7 @@ def test_the_overdue_job_runs_twice_flags_once_and_notifies_the_new_flag(
         runner.scheduler.wakeup()
         assert runs.next("overdue") == []  # the second run flags nothing again
         runner.stop()
+        services.flag_notifier.stop()  # the command runs on the notifier's thread: let it finish
 
     assert (flag.kind, flag.device_serial, flag.details["checked_out_at"]) == (
         "overdue",
@@ -198,8 +199,15 @@ def test_gaps_and_drift_after_a_session_are_flagged_once(catalog: Catalog, tmp_p
     services = make_services(catalog, tmp_path)
     dock_session_id = seed_dock_session(catalog, services.audit, drift_s=-45.0)
     now = OUT + timedelta(hours=10)
-    first = evaluate_after_session(catalog, dock_session_id, services.config, now)
-    assert evaluate_after_session(catalog, dock_session_id, services.config, now) == []
+    first = evaluate_after_session(
+        catalog, dock_session_id, services.config, now, notifier=services.flag_notifier
+    )
+    assert (
+        evaluate_after_session(
+            catalog, dock_session_id, services.config, now, notifier=services.flag_notifier
+        )
+        == []
+    )
     by_kind = {flag.kind: flag for flag in first}
     assert sorted(by_kind) == ["drift", "gap"]
     with catalog.transaction() as db:

@@ -24,8 +24,9 @@ from sqlalchemy import select, text
 
 from drivers.mp4 import write_mp4
 from ingestd import audit_anchor, jobs, operations, replication, schema
-from ingestd.config import Config
+from ingestd.config import Config, NotifyConfig
 from ingestd.control import metrics, queries
+from ingestd.flagging import FlagNotifier
 from ingestd.importer import run_import
 from ingestd.policies.retention import RetentionRules, add_months
 from ingestd.replicator import Replicator
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
+SILENT_NOTIFIER = FlagNotifier(NotifyConfig())  # no command: flags are raised, nothing is run
 PART_MIB = S3_MIN_PART_SIZE // (1024 * 1024)
 
 
@@ -111,9 +113,14 @@ def test_the_job_raises_one_unreplicated_flag_per_object_past_the_deadline(catal
             row = seed.stored_object(db, seed.payload(name), stored_at=queued)
             replication.enqueue_object(db, blake3=row.blake3, size=row.size, now=queued)
         late = seed.stored_object(db, seed.payload("late"), stored_at=NOW).blake3
-    fresh = jobs.evaluate_unreplicated_objects(catalog, config, NOW)
+    fresh = jobs.evaluate_unreplicated_objects(catalog, config, NOW, notifier=SILENT_NOTIFIER)
     assert [(flag.kind, flag.dedup_key) for flag in fresh] == [("unreplicated", f"unreplicated:{late}")]
-    assert jobs.evaluate_unreplicated_objects(catalog, config, NOW + timedelta(hours=1)) == []
+    assert (
+        jobs.evaluate_unreplicated_objects(
+            catalog, config, NOW + timedelta(hours=1), notifier=SILENT_NOTIFIER
+        )
+        == []
+    )
     with catalog.transaction() as db:
         assert db.scalars(select(Flag.kind)).all() == [FlagKind.UNREPLICATED]
 
@@ -598,7 +605,7 @@ def test_the_audit_chain_is_anchored_locked_and_a_rewritten_local_chain_is_repor
     config = write_toml(tmp_path, station_config(tmp_path, ceph_cluster, bucket))
     done = ingestd(config, "replicate", "--once")
     assert done.returncode == 0, done.stderr
-    anchored = audit_anchor.prefix(station.audit)
+    anchored = audit_anchor.prefix(audit_anchor.AnchoredChain.of(station.audit))
     keys = [
         item.get("Key", "") for item in s3.list_objects_v2(Bucket=bucket, Prefix=anchored).get("Contents", [])
     ]

@@ -73,8 +73,12 @@ def test_a_cut_off_recording_is_stored_and_flagged_as_needing_an_explanation(
         assert cut.recorded_at_source == "filename"
         dock_session_id = cut.dock_session_id
     assert dock_session_id is not None
-    evaluate_after_session(services.catalog, dock_session_id, services.config, now)
-    evaluate_after_session(services.catalog, dock_session_id, services.config, now)  # idempotent
+    evaluate_after_session(
+        services.catalog, dock_session_id, services.config, now, notifier=services.flag_notifier
+    )
+    evaluate_after_session(
+        services.catalog, dock_session_id, services.config, now, notifier=services.flag_notifier
+    )  # idempotent
     with services.catalog.transaction() as db:
         (flag,) = db.scalars(select(Flag).where(Flag.kind == FlagKind.INTERRUPTED)).all()
         assert flag.recording_id == cut.id

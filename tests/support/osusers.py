@@ -24,6 +24,7 @@ import ingestd.ctl, ingestd.ctl.read, ingestd.control.client, ingestd.control.qu
 import click, click._textwrap, csv, json, encodings.idna
 import sqlite3, sqlalchemy.dialects.sqlite.pysqlite  # the direct catalog read, daemon down
 import rich.console, rich.table, rich.live, rich.progress_bar, rich.text
+import importlib.readers, alembic.script, ingestd.verify  # verify: the schema check reads the migrations
 user = sys.argv.pop(1)
 entry = pwd.getpwnam(user)
 os.setgroups(os.getgrouplist(user, entry.pw_gid))

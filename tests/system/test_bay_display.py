@@ -74,6 +74,8 @@ def test_bay_tile_shows_progress_then_safe_to_undock_only_after_the_deletion(
     daemon: Daemon, make_camera: Callable[..., SimulatedCamera], tmp_path: Path
 ) -> None:
     url = with_bay_display(daemon)
+    # The operator's name for this dock, from [[dock]], is the tile's name (not the folder's).
+    daemon.extra_config += f'\n[[dock]]\nport = "folder:{daemon.docks / "ZFY0801"}"\nlabel = "Bay 3"\n'
     camera = make_camera(
         "ZFY0801", officer_name=HOSTILE_NAME, files=3, size_bytes=4 * MIB, **paced()
     )  # ~12 s to copy at 1 MiB/s
@@ -88,7 +90,7 @@ def test_bay_tile_shows_progress_then_safe_to_undock_only_after_the_deletion(
         seen: list[dict[str, Any]] = []
 
         def advanced() -> bool:
-            tile = tiles(browser).get("ZFY0801")
+            tile = tiles(browser).get("Bay 3")
             if tile is not None and tile["phase"] == "working" and tile["percent"] is not None:
                 seen.append(tile)
             return len({t["percent"] for t in seen if 0 < t["percent"] < 100}) >= 2
@@ -101,7 +103,7 @@ def test_bay_tile_shows_progress_then_safe_to_undock_only_after_the_deletion(
         assert all(t["undock"] is None for t in seen)
 
         def safe() -> dict[str, Any] | None:
-            tile = tiles(browser).get("ZFY0801")
+            tile = tiles(browser).get("Bay 3")
             if tile is None or tile["phase"] != "safe":
                 return None
             # Seen on the page: the deletion it waits for must already be on record.
@@ -117,8 +119,8 @@ def test_bay_tile_shows_progress_then_safe_to_undock_only_after_the_deletion(
         save(browser, "bay-display.png")
 
         camera.undock(daemon.docks)
-        wait_for("the bay to go idle", lambda: tiles(browser)["ZFY0801"]["phase"] == "idle", timeout=60)
-        assert tiles(browser)["ZFY0801"]["officer"] is None  # no history once the camera is gone
+        wait_for("the bay to go idle", lambda: tiles(browser)["Bay 3"]["phase"] == "idle", timeout=60)
+        assert tiles(browser)["Bay 3"]["officer"] is None  # no history once the camera is gone
 
         assert daemon.stop() == 0
         link = "return [link.textContent, bays.className]"  # the elements' ids are globals of the page

@@ -125,10 +125,10 @@ def test_an_unusable_state_directory_is_one_line_naming_it(tmp_path: Path) -> No
     done = run("ingestd", "run", "--config", str(config))
     assert done.returncode == 74, done.stderr
     assert done.stderr.strip() == f"ingestd: error: Not a directory: {blocker / 'state'}"
-    # A reader creates nothing: it fails where it first reads, the signing key.
+    # A reader creates nothing: it fails where it first reads, the station's published public key.
     done = run("ingestctl", "verify", "--config", str(config))
     assert done.returncode == 40, done.stderr
-    key = blocker / "state" / "audit-signing.key"
+    key = blocker / "state" / "audit-signing.pub"
     assert done.stderr.strip() == f"ingestctl: error: audit signing key {key}: cannot open: Not a directory"
 
 

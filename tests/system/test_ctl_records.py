@@ -186,6 +186,35 @@ def test_flags_explain_tag_hold_release_extend_print_json(station: dict[str, Any
     ]
 
 
+def test_extend_never_moves_a_deadline_earlier(station: dict[str, Any]) -> None:
+    first = station["recordings"][0]
+
+    def deadline() -> tuple[datetime, str | None]:
+        catalog = Catalog.open(station["url"])
+        try:
+            with catalog.transaction() as db:
+                row = db.get(Recording, first)
+                assert row is not None
+                return row.deadline_at, row.deadline_extension_reason
+        finally:
+            catalog.close()
+
+    one = ok_json(station, "extend", str(first), "--days", "1", "--reason", "flood")
+    three = ok_json(station, "extend", str(first), "--days", "3", "--reason", "island patrol")
+    assert datetime.fromisoformat(three["deadline_at"]) > datetime.fromisoformat(one["deadline_at"])
+    before = audit_rows(station)
+    shorter = ctl(station, "extend", str(first), "--days", "2", "--reason", "second thoughts")
+    assert shorter.returncode == 0, shorter.stderr
+    assert shorter.stdout.startswith(f"recording {first}: deadline unchanged, already ")
+    assert deadline() == (datetime.fromisoformat(three["deadline_at"]), "island patrol")
+    added = audit_rows(station)[len(before) :]
+    assert [e.action for e in added] == ["ctl.extend"]  # the attempt; no extend-deadline event
+    beyond = ctl(station, "extend", str(first), "--days", "4", "--reason", "x")
+    assert beyond.returncode == 2, beyond.stderr
+    assert "exceeds the maximum of 3" in beyond.stderr
+    assert deadline()[0] == datetime.fromisoformat(three["deadline_at"])
+
+
 def test_purge_dry_run_then_real_run_as_json(station: dict[str, Any]) -> None:
     first, second, third = station["recordings"]
     ok_json(station, "hold", str(second), "--reason", "complaint")

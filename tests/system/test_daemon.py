@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import blake3
@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 
 from drivers.simulator.volume import HOSTILE_DEEP_FIFO_DEPTH, hostile_deep_path
 from ingestd.policies.flags import DEDUP_KEY_MAX
+from store.catalog import Catalog
 from store.models import (
     AuditEvent,
     Camera,
@@ -32,12 +33,14 @@ from store.models import (
     SessionState,
 )
 from tests.conftest import BACKENDS
+from tests.support import records as seed
 from tests.support import sandbox
 from tests.support.loopdev import mounted
 from tests.system.harness import Daemon, SimulatedCamera, wait_for
 from tests.system.pacing import paced
 
 MIB = 1024 * 1024
+LONG_AGO = datetime(2024, 1, 10, 2, 0, tzinfo=UTC)
 
 
 def digests_of(paths: list[Path]) -> set[str]:
@@ -504,3 +507,28 @@ def test_a_second_daemon_on_the_same_state_refuses_before_touching_anything(
     assert ended.state is SessionState.DONE  # the first daemon finished it undisturbed
     assert daemon.log_text().startswith(log_before)
     assert daemon.stop() == 0
+
+
+def test_a_station_with_stored_objects_refuses_to_start_on_an_unmounted_store(daemon: Daemon) -> None:
+    # The catalog records footage, but the store's filesystem is not mounted: its mount point is empty.
+    # Creating the layout there would make an empty store that a later purge reads as "objects absent".
+    daemon.base.mkdir(parents=True)
+    daemon.write_config()
+    seed.current_schema(daemon.catalog_url)
+    catalog = Catalog.open(daemon.catalog_url)
+    try:
+        with catalog.transaction() as db:
+            camera = seed.camera(db, "ZFY0001", assigned=None, first_seen_at=LONG_AGO)
+            obj = seed.stored_object(db, seed.payload("one"), stored_at=LONG_AGO)
+            seed.recording(db, camera, obj, recorded_at=LONG_AGO, ingested_at=LONG_AGO)
+    finally:
+        catalog.close()
+    daemon.store.mkdir()
+    refused = daemon.run_refused()
+    assert refused.returncode == 44, refused.stderr
+    assert refused.stderr == (
+        f"ingestd: error: object store {daemon.store} is not set up: {daemon.store / 'objects'} does not "
+        "exist (is its filesystem mounted?)\n"
+    )
+    assert list(daemon.store.iterdir()) == []  # nothing created on the bare mount point
+    assert not daemon.control_socket.exists()

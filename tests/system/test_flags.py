@@ -66,3 +66,43 @@ def test_flags_raised_during_an_ingest_reach_the_log_and_the_notify_command_once
     logged = daemon.events("flag_raised")
     assert sorted(entry["flag_id"] for entry in logged) == sorted(flags)
     assert all(entry["device_id"] == "ZFY3201" for entry in logged)
+
+
+def test_a_slow_notify_command_does_not_hold_up_the_ingest_and_is_drained_at_stop(
+    daemon: Daemon, make_camera: Callable[..., SimulatedCamera], tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    command, out = notify_command(tmp_path, gate=gate)  # every run waits until the gate opens
+    daemon.extra_config = f"\n[notify]\ncommand = '{command}'\ntimeout_seconds = 300\n"
+    camera = make_camera("ZFY3201", files=2, extra_args=["--faults", "wrong-identity"])
+    daemon.start()
+    camera.dock(daemon.docks)
+    # The session raises an identity-mismatch flag at check-in, and ends while its notification waits.
+    (session,) = wait_sessions(daemon, "ZFY3201")
+    assert session.state is SessionState.DONE
+    assert notified(out) == []
+    events = [entry["event"] for entry in daemon.events()]
+    assert events.index("flag_raised") < events.index("ingest_summary")  # logged at once, all the same
+    gate.touch()
+    wait_for("a notification per flag", lambda: len(notified(out)) >= len(camera_flags(daemon)) or None)
+    assert daemon.stop() == 0
+    assert sorted(payload["id"] for payload in notified(out)) == sorted(camera_flags(daemon))
+    assert daemon.events("notify_dropped") == []
+
+
+def test_a_notify_command_that_never_finishes_does_not_hold_up_the_daemons_stop(
+    daemon: Daemon, make_camera: Callable[..., SimulatedCamera], tmp_path: Path
+) -> None:
+    command, out = notify_command(tmp_path, gate=tmp_path / "gate")  # the gate never opens
+    daemon.extra_config = f"\n[notify]\ncommand = '{command}'\ntimeout_seconds = 300\n"
+    camera = make_camera("ZFY3201", files=1, extra_args=["--faults", "wrong-identity"])
+    daemon.start()
+    camera.dock(daemon.docks)
+    wait_sessions(daemon, "ZFY3201")
+    assert daemon.stop() == 0  # within the harness's 60 s, though the command would wait 300 s
+    assert notified(out) == []
+    dropped = daemon.events("notify_dropped")
+    assert sorted(entry["flag_id"] for entry in dropped) == sorted(camera_flags(daemon))
+    assert {entry["reason"] for entry in dropped} == {"stopping"}
+    events = [entry["event"] for entry in daemon.events()]
+    assert events.index("stopping") < events.index("notify_dropped") < events.index("stopped")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import grp
 import json
+import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -22,12 +25,22 @@ from ingestd.services import Services
 from store.audit import Actor, AuditLog, Role
 from store.catalog import Catalog
 from store.checkpoints import CheckpointFile
-from store.models import Approval, AuditEvent, AuditHead, CustodyEvent, Recording, StoredObject
+from store.models import (
+    Approval,
+    AuditEvent,
+    AuditHead,
+    CustodyEvent,
+    Recording,
+    SessionState,
+    StoredObject,
+)
 from store.signing import Signer
 from tests.support.audit import rewrite_chain
 from tests.support.objectstore import unseal_tree
+from tests.support.osusers import OsUsers, run_ctl_as
 from tests.support.records import CLERK, officer
 from tests.system.harness import Daemon, SimulatedCamera, stored_recordings, wait_for
+from tests.system.test_daemon import wait_sessions
 
 CLI = {"ingestd": "from ingestd.cli import main; main()", "ingestctl": "from ingestd.ctl import main; main()"}
 
@@ -428,3 +441,47 @@ def test_deleting_the_check_out_of_the_last_undock_is_caught(
     code, problems = station.verify()
     assert code == 3
     assert ("tail-missing", f"seq {deleted}") in [(p["kind"], p["subject"]) for p in problems], problems
+
+
+def test_an_auditor_verifies_with_the_public_key_without_the_stations_private_key(
+    shared_dir: Path, daemon: Daemon, os_users: OsUsers, make_camera: Callable[..., SimulatedCamera]
+) -> None:
+    sock, auditors, readers = os_users.group("sock"), os_users.group("aud"), os_users.group("rd")
+    auditor = os_users.user("a", [auditors, sock, readers])  # may read the catalog, never the key
+    daemon.base = shared_dir / "station"
+    daemon.control_dir = shared_dir
+    daemon.control_config = f'socket_group = "{sock}"\nauditor_group = "{auditors}"'
+    # Read access as an agency would grant it: the state directory belongs to the readers' group and is
+    # setgid, so what the daemon creates in it is theirs to read where its mode allows (not the key, 0600).
+    daemon.state_dir.mkdir(parents=True)
+    os.chown(daemon.state_dir, -1, grp.getgrnam(readers).gr_gid)
+    daemon.state_dir.chmod(0o2750)
+    camera = make_camera("ZFY7001", files=2)
+    daemon.start()
+    camera.dock(daemon.docks)
+    (ended,) = wait_sessions(daemon, "ZFY7001")
+    assert ended.state is SessionState.DONE
+    config = shared_dir / "config.toml"
+    shutil.copyfile(daemon.config_path, config)
+    config.chmod(0o644)
+    key = daemon.state_dir / "audit-signing.key"
+    assert (stat.S_IMODE(key.stat().st_mode), key.stat().st_uid) == (0o600, 0)
+    pinned = shared_dir / "station-key.pem"  # what the agency kept off the machine
+    shown = subprocess.run(
+        [sys.executable, "-c", CLI["ingestd"], "key", "show", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    pinned.write_text(shown.stdout, encoding="utf-8")
+    pinned.chmod(0o644)
+
+    done = run_ctl_as(auditor, "verify", "--objects", "--json", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert (report["clean"], report["recorded"], report["objects_checked"]) == (True, True, 2)
+    with_pin = run_ctl_as(auditor, "verify", "--public-key", str(pinned), "--config", str(config))
+    assert with_pin.returncode == 0, with_pin.stderr
+    assert "(pinned)" in with_pin.stdout
+    status = run_ctl_as(auditor, "status", "--json", "--config", str(config))
+    assert json.loads(status.stdout)["last_verify"]["by"] == auditor

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ingestd.bay.server import host_allowed
-from ingestd.bay.tiles import short_name
+from ingestd.config import short_port_name
 
 
 @pytest.mark.parametrize(
@@ -26,5 +26,5 @@ def test_host_header_is_an_address_or_localhost(host: str | None, allowed: bool)
 
 
 def test_a_dock_without_a_label_gets_the_last_part_of_its_port() -> None:
-    assert short_name("/devices/pci0000:00/0000:00:14.0/usb1/1-4") == "1-4"
-    assert short_name("folder:/srv/docks/bay-3/") == "bay-3"
+    assert short_port_name("/devices/pci0000:00/0000:00:14.0/usb1/1-4") == "1-4"
+    assert short_port_name("folder:/srv/docks/bay-3/") == "bay-3"

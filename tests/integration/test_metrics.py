@@ -1,0 +1,32 @@
+"""The metrics exposition on a real catalog: each figure counts what its help text says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ingestd.control.metrics import render
+from store.catalog import Catalog
+from store.models import SessionState
+from store.types import utcnow
+from tests.integration.test_bay_display import Bay, lay
+from tests.support import records as rows
+
+
+def test_a_camera_done_but_not_yet_taken_counts_as_docked_and_the_help_says_so(
+    catalog: Catalog, tmp_path: Path
+) -> None:
+    audit = rows.audit_log(tmp_path)
+    laid = [
+        Bay("folder:/docks/b1", "ingesting", SessionState.INGESTING),
+        Bay("folder:/docks/b2", "done", SessionState.DONE, ended=True, deletion=["started", "done"]),
+        Bay("folder:/docks/b3", "empty", SessionState.DONE, ended=True),  # taken
+    ]
+    for number, bay in enumerate(laid, start=1):
+        bay.serial = f"ZFY{number:04d}"
+        lay(catalog, audit, bay, number)
+    with catalog.transaction() as db:
+        lines = render(db, free_bytes=None, now=utcnow()).splitlines()
+    assert "ingestd_docked_cameras 2" in lines
+    (help_line,) = [line for line in lines if line.startswith("# HELP ingestd_docked_cameras ")]
+    assert "done" in help_line
+    assert "open dock sessions" not in help_line
