@@ -54,8 +54,10 @@ from store.objects.interface import (
     object_relpath,
 )
 from store.objects.pipeline import (
+    DIRECT_ALIGNMENT,
     RingPool,
     SourceFailedError,
+    direct_filler,
     fd_filler,
     pump,
     resume_point,
@@ -196,6 +198,7 @@ class FileObjectStore(ObjectStore):
         self._rings = RingPool(chunk_size)
         self._lock = threading.Lock()
         self._warned = False
+        self._direct_refused: str | None = None  # why read-back cannot use O_DIRECT here, once known
         self._probe_lock = threading.Lock()
         self._seal_mode: Seal | None = None
 
@@ -323,6 +326,50 @@ class FileObjectStore(ObjectStore):
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         size = pump(ring, fd_filler(fd, start, end), None, digests)
         return (*digests.hex(), size)
+
+    def _read_back(self, fd: int, ring: list[memoryview]) -> tuple[str, int]:
+        """BLAKE3 and size of the whole of `fd` as read from the medium, with O_DIRECT where the filesystem
+        allows, so the pass copies nothing through the page cache; else through the page cache after
+        dropping it, with the reason logged once per store. SHA-256 is not recomputed: the copy computed
+        it over the very bytes BLAKE3 saw, so a matching BLAKE3 proves both."""
+        reason = self._direct_refused
+        if reason is None and self.chunk_size % DIRECT_ALIGNMENT != 0:
+            reason = f"chunk size {self.chunk_size} is not a multiple of {DIRECT_ALIGNMENT}"
+        if reason is None:
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+            try:
+                fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
+            except OSError as error:
+                reason = f"the filesystem refuses O_DIRECT ({errno.errorcode.get(error.errno or 0, '?')})"
+            else:
+                try:
+                    digests = Digests()
+                    size = pump(ring, direct_filler(fd), None, digests, sha256=False)
+                    return str(digests.blake3.hexdigest()), size
+                except OSError as error:
+                    if error.errno != errno.EINVAL:
+                        raise
+                    reason = f"an O_DIRECT read was refused ({errno.errorcode[error.errno]})"
+                finally:
+                    fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+        self._refuse_direct(reason)
+        digests = Digests()
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        size = pump(ring, fd_filler(fd, 0, None), None, digests, sha256=False)
+        return str(digests.blake3.hexdigest()), size
+
+    def _refuse_direct(self, reason: str) -> None:
+        """Remember why O_DIRECT read-back is not possible on this store, and log it the first time."""
+        with self._lock:
+            if self._direct_refused is not None:
+                return
+            self._direct_refused = reason
+        _log.warning(
+            "read-back without O_DIRECT: the page cache is dropped and re-read instead",
+            store=str(self.root),
+            reason=reason,
+        )
 
     def verify_object(self, blake3_hex: str, sha256_hex: str, size: int) -> list[ObjectProblem]:
         path = self.path_for(blake3_hex)
@@ -468,8 +515,8 @@ class FileObjectStore(ObjectStore):
             blake3_hex, sha256_hex = digests.hex()
             size = writer.offset
             if self.read_back:
-                read_back = self._digest_fd(fd, ring)
-                if read_back != (blake3_hex, sha256_hex, size):
+                read_back = self._read_back(fd, ring)
+                if read_back != (blake3_hex, size):
                     attempt.keep_partial = True  # moved to quarantine, not discarded
                     quarantined = self._quarantine_copy(attempt, blake3_hex)
                     raise ReadBackMismatchError(
@@ -477,8 +524,7 @@ class FileObjectStore(ObjectStore):
                         sha256=sha256_hex,
                         size=size,
                         read_blake3=read_back[0],
-                        read_sha256=read_back[1],
-                        read_size=read_back[2],
+                        read_size=read_back[1],
                         quarantine=quarantined,
                     )
                 crash_point(Step.READ_BACK)

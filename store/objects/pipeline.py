@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import mmap
 import os
 import queue
 import stat
@@ -41,12 +42,18 @@ _EOF: Final = -1
 
 
 def pump(
-    ring: list[memoryview], fill: _Fill, sink: Callable[[memoryview], None] | None, digests: Digests
+    ring: list[memoryview],
+    fill: _Fill,
+    sink: Callable[[memoryview], None] | None,
+    digests: Digests,
+    *,
+    sha256: bool = True,
 ) -> int:
     """Move a stream through three stages that overlap: a reader thread fills ring buffers, a hasher
     thread runs SHA-256, and the calling thread runs BLAKE3 and `sink` (the write). Both hashes and the
     write release the GIL on large buffers, so the slowest stage bounds throughput; the fixed ring bounds
     memory. A buffer returns to the reader only when both the hasher and the writer are done with it.
+    With `sha256=False` (the read-back) there is no hasher thread and `digests.sha256` is left unfed.
     """
     free: queue.SimpleQueue[int] = queue.SimpleQueue()
     for index in range(len(ring)):
@@ -74,7 +81,7 @@ def pump(
                 if count == 0:
                     filled.put((_EOF, 0))
                     return
-                holders[index] = 2
+                holders[index] = holds
                 filled.put((index, count))
         except BaseException as error:  # noqa: BLE001 - handed to the calling thread, which re-raises it
             filled.put(error)
@@ -85,10 +92,12 @@ def pump(
             digests.sha256.update(ring[index][:count])
             release(index)
 
+    holds = 2 if sha256 else 1
     reader = threading.Thread(target=read, name="store-reader", daemon=True)
-    hasher = threading.Thread(target=hash_sha256, name="store-sha256", daemon=True)
+    hasher = threading.Thread(target=hash_sha256, name="store-sha256", daemon=True) if sha256 else None
     reader.start()
-    hasher.start()
+    if hasher is not None:
+        hasher.start()
     total = 0
     try:
         while True:
@@ -99,7 +108,8 @@ def pump(
             if index == _EOF:
                 break
             view = ring[index][:count]
-            to_hash.put(item)
+            if hasher is not None:
+                to_hash.put(item)
             digests.blake3.update(view)
             if sink is not None:
                 sink(view)
@@ -108,8 +118,9 @@ def pump(
     finally:
         stop.set()
         free.put(-1)  # wakes the reader if it waits for a buffer
-        to_hash.put(None)
-        hasher.join()
+        if hasher is not None:
+            to_hash.put(None)
+            hasher.join()
         reader.join()
     return total
 
@@ -129,6 +140,29 @@ def fd_filler(fd: int, start: int, end: int | None) -> _Fill:
             got += count
         if got:
             os.posix_fadvise(fd, position, got, os.POSIX_FADV_DONTNEED)
+        position += got
+        return got
+
+    return fill
+
+
+DIRECT_ALIGNMENT: Final = mmap.PAGESIZE  # O_DIRECT offsets, lengths and buffers; a page covers any block
+
+
+def direct_filler(fd: int) -> _Fill:
+    """Fill buffers from `fd`, opened with O_DIRECT, from offset 0 to EOF. Every read starts at a multiple
+    of the buffer length, which must be a multiple of DIRECT_ALIGNMENT, into a page-aligned buffer; a
+    short read is EOF (the next read would start unaligned)."""
+    position = 0
+    ended = False
+
+    def fill(view: memoryview) -> int:
+        nonlocal position, ended
+        got = 0
+        while not ended and got < len(view):
+            count = os.preadv(fd, [view[got:]], position + got)
+            got += count
+            ended = count == 0 or got % DIRECT_ALIGNMENT != 0
         position += got
         return got
 
@@ -238,7 +272,8 @@ def resume_point(
 
 
 class RingPool:
-    """Reusable rings of preallocated buffers; one per concurrent put, so memory is flat in file size."""
+    """Reusable rings of preallocated buffers; one per concurrent put, so memory is flat in file size.
+    The buffers are anonymous mmaps, so they are page-aligned as O_DIRECT needs."""
 
     def __init__(self, chunk_size: int) -> None:
         self._chunk_size = chunk_size
@@ -250,7 +285,7 @@ class RingPool:
         with self._lock:
             ring = self._idle.pop() if self._idle else None
         if ring is None:
-            ring = [memoryview(bytearray(self._chunk_size)) for _ in range(_RING_BUFFERS)]
+            ring = [memoryview(mmap.mmap(-1, self._chunk_size)) for _ in range(_RING_BUFFERS)]
         try:
             yield ring
         finally:
