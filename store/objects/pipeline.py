@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import io
 import mmap
 import os
@@ -149,24 +150,36 @@ def fd_filler(fd: int, start: int, end: int | None) -> _Fill:
 DIRECT_ALIGNMENT: Final = mmap.PAGESIZE  # O_DIRECT offsets, lengths and buffers; a page covers any block
 
 
-def direct_filler(fd: int) -> _Fill:
-    """Fill buffers from `fd`, opened with O_DIRECT, from offset 0 to EOF. Every read starts at a multiple
-    of the buffer length, which must be a multiple of DIRECT_ALIGNMENT, into a page-aligned buffer; a
-    short read is EOF (the next read would start unaligned)."""
-    position = 0
-    ended = False
+class DirectFiller:
+    """Fill page-aligned buffers from `fd`, opened with O_DIRECT, from `start` to EOF, so no byte passes
+    through the page cache. Every read starts aligned; a short read that ends unaligned is EOF (a
+    regular file reads short only there). `fallback`, when given, is called once if the filesystem
+    refuses an O_DIRECT read (EINVAL) and is to clear O_DIRECT; the reads then go on through the page
+    cache. Without it the EINVAL propagates. `position` is where the next read starts."""
 
-    def fill(view: memoryview) -> int:
-        nonlocal position, ended
+    def __init__(self, fd: int, start: int, fallback: Callable[[], object] | None = None) -> None:
+        self.fd = fd
+        self.position = start
+        self._fallback = fallback
+        self._direct = True
+        self._ended = False
+
+    def __call__(self, view: memoryview) -> int:
         got = 0
-        while not ended and got < len(view):
-            count = os.preadv(fd, [view[got:]], position + got)
+        while not self._ended and got < len(view):
+            try:
+                count = os.preadv(self.fd, [view[got:]], self.position + got)
+            except OSError as error:
+                if error.errno != errno.EINVAL or not self._direct or self._fallback is None:
+                    raise
+                self._fallback()
+                self._direct = False
+                continue
             got += count
-            ended = count == 0 or got % DIRECT_ALIGNMENT != 0
-        position += got
+            unaligned = (self.position + got) % DIRECT_ALIGNMENT != 0
+            self._ended = count == 0 or (self._direct and unaligned)
+        self.position += got
         return got
-
-    return fill
 
 
 def _source_fd(source: BinaryIO) -> int | None:
@@ -178,7 +191,46 @@ def _source_fd(source: BinaryIO) -> int | None:
         return None
 
 
-def source_filler(source: BinaryIO) -> _Fill:
+@contextlib.contextmanager
+def source_reader(source: BinaryIO) -> Iterator[_Fill]:
+    """Fill buffers from `source`, from its position to EOF; errors of the source become
+    SourceFailedError. A regular file at an aligned position is read with O_DIRECT (no copy through the
+    page cache, none of its pages left behind), its flags restored and its position set past what was
+    read when done; any other source through `readinto` or `read`."""
+    fd = _source_fd(source)
+    start = flags = 0
+    if fd is not None:
+        try:
+            start = source.tell()
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
+        except (OSError, ValueError):  # e.g. the camera's filesystem refuses O_DIRECT: the page cache
+            fd = None
+    if fd is not None and start % DIRECT_ALIGNMENT != 0:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+        fd = None
+    if fd is None:
+        yield _buffered_filler(source)
+        return
+    direct_fd = fd
+    reader = DirectFiller(direct_fd, start, fallback=lambda: fcntl.fcntl(direct_fd, fcntl.F_SETFL, flags))
+
+    def fill(view: memoryview) -> int:
+        try:
+            return reader(view)
+        except Exception as error:
+            raise SourceFailedError(error) from error
+
+    try:
+        yield fill
+    finally:
+        fcntl.fcntl(direct_fd, fcntl.F_SETFL, flags)
+        # A source that fails to seek now (unplugged) has failed already; its error is the one to raise.
+        with contextlib.suppress(OSError, ValueError):
+            source.seek(reader.position)
+
+
+def _buffered_filler(source: BinaryIO) -> _Fill:
     """Fill buffers from `source` until full or EOF, with readinto where the source has it."""
     readinto: Callable[[memoryview], int | None] | None = getattr(source, "readinto", None)
     fd = _source_fd(source)

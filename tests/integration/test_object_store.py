@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import io
 import json
@@ -212,14 +213,41 @@ def test_read_back_where_o_direct_is_refused_logs_why_and_still_verifies(tmp_pat
         assert fallback["store"] == str(mount_point / "s")
 
 
-def test_read_back_on_o_direct_reads_files_of_every_alignment(ext4: Path) -> None:
-    """O_DIRECT reads whole pages; sizes around the page and chunk edges read back whole and verified."""
+@pytest.mark.parametrize("from_file", [False, True], ids=["stream", "regular-file"])
+def test_o_direct_copies_and_reads_back_files_of_every_alignment(ext4: Path, from_file: bool) -> None:
+    """O_DIRECT moves whole pages: sizes around the page and chunk edges are copied (a regular file is
+    read with O_DIRECT too), written (the unaligned tail through the page cache) and read back whole."""
     store = FileObjectStore(ext4 / "s", chunk_size=64 * KiB).create_directories()
     for seed, size in enumerate((0, 1, 4095, 4096, 4097, 64 * KiB, 64 * KiB + 1, 3 * 64 * KiB - 1)):
-        result = store.put(io.BytesIO(payload(size, seed=seed)))
+        data = payload(size, seed=seed)
+        if from_file:
+            (ext4 / "source.bin").write_bytes(data)
+            with (ext4 / "source.bin").open("rb", buffering=0) as source:
+                result = store.put(source)
+        else:
+            result = store.put(io.BytesIO(data))
         assert result.read_back_verified
         assert result.size == size
-        assert result.path.read_bytes() == payload(size, seed=seed)
+        assert result.path.read_bytes() == data
+
+
+def test_a_regular_file_source_is_left_as_it_was_found_past_what_was_read(ext4: Path) -> None:
+    """The copy reads a regular file with O_DIRECT on its own descriptor: afterwards the flag is gone
+    (an unaligned read works again), the position is past what was read, and a source at an unaligned
+    position is copied from there."""
+    store = FileObjectStore(ext4 / "s").create_directories()
+    data = payload(MiB + 100, seed=7)
+    (ext4 / "source.bin").write_bytes(data)
+    with (ext4 / "source.bin").open("rb", buffering=0) as source:
+        assert store.put(source).size == len(data)
+        assert not fcntl.fcntl(source.fileno(), fcntl.F_GETFL) & os.O_DIRECT
+        assert source.tell() == len(data)
+        source.seek(3)
+        assert source.read(5) == data[3:8]
+        source.seek(5)
+        result = store.put(source)
+        assert result.path.read_bytes() == data[5:]
+        assert source.tell() == len(data)
 
 
 def test_dedup_refuses_a_corrupted_existing_object(ext4: Path) -> None:
