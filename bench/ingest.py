@@ -27,7 +27,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from bench.common import MiB, drop_caches, make_source, run_child, run_dd
+from bench.common import MiB, drop_caches, make_source, run_dd, run_measured
 from drivers.base import CameraIdentity
 from drivers.mass_storage import IDENTITY_FILE, format_identity_file
 from ingestd.demo import remove_sealed_tree
@@ -50,7 +50,8 @@ def make_card(directory: Path, serial: str, files: int, size: int) -> list[Path]
     return paths
 
 
-def write_config(work: Path, *, udev: bool) -> Path:
+def write_config(work: Path, *, udev: bool, docks: Path | None = None) -> Path:
+    """The station's config under `work`; cards dock in `docks` (default `work/docks`)."""
     config = work / "config.toml"
     config.write_text(
         f"""
@@ -69,7 +70,7 @@ delete_after_ingest = false
 [detection]
 udev = {str(udev).lower()}
 udev_source = "kernel"
-watch_folders = ["{work / "docks"}"]
+watch_folders = ["{docks or work / "docks"}"]
 [[camera]]
 match = {{ SUBSYSTEM = "folder" }}
 driver = "mass-storage"
@@ -96,23 +97,23 @@ def one_camera(work: Path, files: int, size: int) -> tuple[float, float]:
     """(dd MiB/s, import MiB/s) for the same files."""
     card = work / "cards" / "ZFY0001"
     sources = make_card(card, "ZFY0001", files, size)
-    dd_seconds = sum(run_dd(source, work / "dd-copy.bin") for source in sources)
+    dd_seconds = sum(run_dd(source, work / "dd-copy.bin").seconds for source in sources)
     reset(work)
     config = write_config(work, udev=False)
     drop_caches()
-    output, _, _ = run_child(
+    output = run_measured(
         ingestd("import", str(card), "--device-id", "ZFY0001", "--json", "--config", str(config)), cwd=REPO
-    )
+    ).output
     summary = json.loads(output.splitlines()[-1])
     assert summary["files"] == files, summary
     total = files * size / MiB
     return total / dd_seconds, total / summary["seconds"]
 
 
-def start_daemon(work: Path, *, udev: bool) -> subprocess.Popen[bytes]:
+def start_daemon(work: Path, *, udev: bool, docks: Path | None = None) -> subprocess.Popen[bytes]:
     reset(work)
-    config = write_config(work, udev=udev)
-    (work / "docks").mkdir(parents=True)
+    config = write_config(work, udev=udev, docks=docks)
+    (docks or work / "docks").mkdir(parents=True, exist_ok=True)
     with (work / "daemon.log").open("ab") as log:
         daemon = subprocess.Popen(ingestd("run", "--config", str(config)), stdout=log, stderr=log, cwd=REPO)
     deadline = time.monotonic() + 60
@@ -174,9 +175,9 @@ def peak_rss(work: Path, size: int) -> float:
     make_card(card, "ZFY0002", 1, size)
     reset(work)
     config = write_config(work, udev=False)
-    _, _, rss = run_child(
+    rss = run_measured(
         ingestd("import", str(card), "--device-id", "ZFY0002", "--config", str(config)), cwd=REPO
-    )
+    ).peak_rss_mib
     shutil.rmtree(card)
     return rss
 

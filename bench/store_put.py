@@ -99,7 +99,7 @@ def bench(workdir: Path, files: int, size: int) -> None:
     seconds: dict[str, list[float]] = {"dd": [], "put": [], "put+read-back": []}
     rss: dict[str, list[float]] = {"put": [], "put+read-back": []}
     for source in sources:  # interleaved, so drift in the disk affects every mode alike
-        seconds["dd"].append(run_dd(source, workdir / "dd-copy.bin"))
+        seconds["dd"].append(run_dd(source, workdir / "dd-copy.bin").seconds)
         for mode, read_back in (("put", False), ("put+read-back", True)):
             run = run_put(source, workdir / "store", read_back=read_back)
             seconds[mode].append(run.seconds)
