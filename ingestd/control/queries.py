@@ -175,16 +175,17 @@ def docks(session: Session, dock_label: Callable[[str], str] = short_port_name) 
     """Every known dock with its label, and the camera and officer of its latest session while a camera
     is on it: kept after the session ends, so a finished dock still says whose camera it is; none once
     the camera is taken (the dock is `empty`)."""
+    # Correlated per dock, so each is one seek in ix_dock_sessions_dock rather than a scan of all sessions.
     latest = (
-        select(DockSession.dock_id, func.max(DockSession.id).label("session_id"))
-        .group_by(DockSession.dock_id)
-        .subquery()
+        select(func.max(DockSession.id))
+        .where(DockSession.dock_id == Dock.id)
+        .correlate(Dock)
+        .scalar_subquery()
     )
     checked_in = aliased(CustodyEvent)
     rows = session.execute(
         select(Dock, Camera.device_serial, Officer.name, DockSession.files_done, DockSession.files_total)
-        .outerjoin(latest, latest.c.dock_id == Dock.id)
-        .outerjoin(DockSession, DockSession.id == latest.c.session_id)
+        .outerjoin(DockSession, DockSession.id == latest)
         .outerjoin(Camera, Camera.id == DockSession.camera_id)
         .outerjoin(
             checked_in,
