@@ -40,6 +40,7 @@ GiB = 1024 * MiB
 FLOOR_RATIO_TARGET = 1.5
 CAMERAS_TARGET = 0.8
 CHUNK = 4 * MiB
+SATURATED = 0.7  # a resource busy this share of the run is taken to be what limits it
 
 
 def hashing_floor(paths: list[Path]) -> float:
@@ -86,7 +87,12 @@ class Usage:
         cores = os.cpu_count() or 1
         busy_cores = self.cpu / self.seconds
         disk = self.disk_busy / self.seconds
-        which = "CPU" if busy_cores / cores >= disk else "disk"
+        if busy_cores / cores >= SATURATED and busy_cores / cores >= disk:
+            which = "CPU"
+        elif disk >= SATURATED:
+            which = "disk"
+        else:
+            which = "neither saturated: waits (settle window, session set-up, fsync)"
         return f"{which} (CPU {busy_cores:.2f}/{cores} cores, disk busy {disk:.0%})"
 
 
