@@ -92,7 +92,8 @@ class Usage:
         elif disk >= SATURATED:
             which = "disk"
         else:
-            which = "neither saturated: waits (settle window, session set-up, fsync)"
+            # A virtual disk throttled by its host shows little busy time while it is the limit.
+            which = "I/O or waits, not CPU"
         return f"{which} (CPU {busy_cores:.2f}/{cores} cores, disk busy {disk:.0%})"
 
 
