@@ -40,6 +40,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.store_put
+	$(PY) -m bench.cpu
 	$(PY) -m bench.ingest
 	$(PY) -m bench.catalog
 	$(PY) -m bench.audit_anchor

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 MiB = 1024 * 1024
@@ -36,18 +38,18 @@ def make_source(path: Path, size: int) -> None:
         os.fsync(out.fileno())
 
 
-def run_dd(source: Path, target: Path) -> float:
-    """Seconds for `dd bs=4M conv=fsync` to copy `source`, from a cold cache; the copy is removed."""
-    drop_caches()
-    started = time.perf_counter()
-    subprocess.run(["dd", f"if={source}", f"of={target}", "bs=4M", "conv=fsync", "status=none"], check=True)
-    elapsed = time.perf_counter() - started
-    target.unlink()
-    return elapsed
+@dataclass(frozen=True)
+class Measured:
+    """One child process: its stdout, wall seconds, peak RSS and CPU seconds (user+sys, all threads)."""
+
+    output: str
+    seconds: float
+    peak_rss_mib: float
+    cpu_seconds: float
 
 
-def run_child(args: Sequence[str], *, cwd: Path | None = None) -> tuple[str, float, float]:
-    """Run a command; returns its stdout, wall seconds and its own peak RSS in MiB (from wait4)."""
+def run_measured(args: Sequence[str], *, cwd: Path | None = None) -> Measured:
+    """Run a command; its peak RSS and CPU time are its own (from wait4), not the benchmark's."""
     started = time.perf_counter()
     with subprocess.Popen(list(args), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=cwd) as child:
         assert child.stdout is not None
@@ -57,4 +59,23 @@ def run_child(args: Sequence[str], *, cwd: Path | None = None) -> tuple[str, flo
     elapsed = time.perf_counter() - started
     if child.returncode != 0:
         raise RuntimeError(f"{args[0]} exited {child.returncode}: {output[-2000:]}")
-    return output, elapsed, usage.ru_maxrss / 1024  # ru_maxrss is KiB on Linux
+    # ru_maxrss is KiB on Linux
+    return Measured(output, elapsed, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
+
+
+def dd_command(source: Path, target: Path) -> list[str]:
+    return ["dd", f"if={source}", f"of={target}", "bs=4M", "conv=fsync", "status=none"]
+
+
+def run_dd(source: Path, target: Path) -> Measured:
+    """`dd bs=4M conv=fsync` copying `source` from a cold cache; the copy is removed."""
+    drop_caches()
+    measured = run_measured(dd_command(source, target))
+    target.unlink()
+    return measured
+
+
+def cpu_seconds() -> float:
+    """User+sys CPU seconds of this process so far, all its threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime

@@ -1,8 +1,9 @@
 """FileObjectStore.put against `dd bs=4M conv=fsync` on the same filesystem, with caches dropped.
 
 Prints MiB/s for dd, put without read-back and put with read-back, the ratios against the targets
-(0.9 and 0.75), and the peak RSS of each put (every put runs in its own child process), including a small
-file next to a large one to show that memory does not grow with the file.
+(0.9 each: where the disk is the limit, read-back must not cost wall time), and the peak RSS of each
+put (every put runs in its own child process), including a small file next to a large one to show
+that memory does not grow with the file.
 
     .venv/bin/python -m bench.store_put [--files 4] [--size-mib 512] [--dir DIR]
 """
@@ -24,7 +25,7 @@ from bench.common import drop_caches, make_source, run_dd
 from ingestd.demo import remove_sealed_tree
 from store.objects import FileObjectStore, MiB
 
-TARGETS = {"put": 0.9, "put+read-back": 0.75}
+TARGETS = {"put": 0.9, "put+read-back": 0.9}
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def bench(workdir: Path, files: int, size: int) -> None:
     seconds: dict[str, list[float]] = {"dd": [], "put": [], "put+read-back": []}
     rss: dict[str, list[float]] = {"put": [], "put+read-back": []}
     for source in sources:  # interleaved, so drift in the disk affects every mode alike
-        seconds["dd"].append(run_dd(source, workdir / "dd-copy.bin"))
+        seconds["dd"].append(run_dd(source, workdir / "dd-copy.bin").seconds)
         for mode, read_back in (("put", False), ("put+read-back", True)):
             run = run_put(source, workdir / "store", read_back=read_back)
             seconds[mode].append(run.seconds)

@@ -226,7 +226,7 @@ class CameraLink(abc.ABC):
         """Delete proven recordings from the camera, each only if it is still the file that was read;
         returns one outcome per file, in order.
 
-        Only called after each file's copy was re-read, both digests matched and the catalog commit is
+        Only called after each file's copy was re-read, its BLAKE3 matched and the catalog commit is
         durable. The default refuses: a transport must opt in.
         """
         raise Unsupported(self.name, "delete_originals", "this camera does not support deleting recordings")

@@ -1,7 +1,7 @@
 """Deleting proven recordings from a camera volume (regulation 004 art. 19(四): clear the card only after
 the footage is copied to dedicated storage).
 
-The caller guarantees each file was proven (re-read, both digests matched, catalog commit durable). This
+The caller guarantees each file was proven (re-read, its BLAKE3 matched, catalog commit durable). This
 module guarantees it unlinks only regular files inside the volume, never through a symlinked directory,
 only while the name still holds the file that was read (same device, inode, size and mtime, checked
 right before the unlink), and that a read-only mount is writable only for the duration of the deletion.

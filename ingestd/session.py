@@ -2,7 +2,7 @@
 
 Guarantees:
 - nothing is deleted from the camera unless the bytes read from it in this session hash to a stored
-  object that was re-read from disk with both digests matching, and the catalog commit (with its audit
+  object that was re-read from disk with its BLAKE3 matching, and the catalog commit (with its audit
   event) is durable. A file that matches an earlier recording by path, size and time is read again: the
   same bytes are proven by the stored copy, other bytes are a new recording. Each deletion, and each
   refusal, is an audit event;
@@ -478,7 +478,7 @@ class IngestSession:
             # What was read is stored, but the camera file is not the one it was: the next dock reads it.
             self._file_failed(docked, item, f"the file changed while it was read: {changed}")
             return None
-        # Proven means read whole in this session and re-read from disk with both digests matching;
+        # Proven means read whole in this session and re-read from disk with its BLAKE3 matching;
         # without read-back nothing is deleted.
         if not (result.read_back_verified and outcome.read_whole):
             return None

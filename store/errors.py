@@ -102,7 +102,7 @@ class ReadBackMismatchError(IntegrityError):
 
     template = (
         "integrity: object {blake3} (sha256 {sha256}, {size} bytes) read back from disk as blake3 "
-        "{read_blake3}, sha256 {read_sha256}, {read_size} bytes; the copy was quarantined at {quarantine}"
+        "{read_blake3}, {read_size} bytes; the copy was quarantined at {quarantine}"
     )
     wire_code = "read-back-mismatch"
 

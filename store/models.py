@@ -173,6 +173,9 @@ class DockVisit(Base):
 
     camera: Mapped[Camera | None] = relationship()
 
+    # The latest session of each dock (status) is one index seek per dock, not a scan of the history.
+    __table_args__ = (Index("ix_dock_sessions_dock", "dock_id", "id"),)
+
 
 class ClockReading(Base):
     """Drift history: the offset measured before each correction."""
@@ -207,6 +210,7 @@ class CustodyEvent(Base):
     __table_args__ = (
         Index("ix_custody_camera_time", "camera_id", "at"),
         Index("ix_custody_officer_time", "officer_id", "at"),
+        Index("ix_custody_session", "dock_session_id"),  # who checked in the camera on a dock (status)
     )
 
 
@@ -303,7 +307,10 @@ class Flag(Base):
     explained_by: Mapped[str | None] = mapped_column(String(64))
     explained_at: Mapped[datetime | None]
 
-    __table_args__ = (Index("ix_flags_status_kind", "status", "kind"),)
+    __table_args__ = (
+        Index("ix_flags_status_kind", "status", "kind"),
+        Index("ix_flags_kind_time", "kind", "raised_at"),  # the report's flags of a kind in a period
+    )
 
 
 class ReplicationState(enum.StrEnum):

@@ -177,16 +177,14 @@ def docks(db: Session, dock_label: Callable[[str], str] = short_port_name) -> li
     """Every known dock with its label, and the camera and officer of its latest session while a camera
     is on it: kept after the session ends, so a finished dock still says whose camera it is; none once
     the camera is taken (the dock is `empty`)."""
+    # Correlated per dock, so each is one seek in ix_dock_sessions_dock rather than a scan of all sessions.
     latest = (
-        select(DockVisit.dock_id, func.max(DockVisit.id).label("session_id"))
-        .group_by(DockVisit.dock_id)
-        .subquery()
+        select(func.max(DockVisit.id)).where(DockVisit.dock_id == Dock.id).correlate(Dock).scalar_subquery()
     )
     checked_in = aliased(CustodyEvent)
     rows = db.execute(
         select(Dock, Camera.device_serial, Officer.name, DockVisit.files_done, DockVisit.files_total)
-        .outerjoin(latest, latest.c.dock_id == Dock.id)
-        .outerjoin(DockVisit, DockVisit.id == latest.c.session_id)
+        .outerjoin(DockVisit, DockVisit.id == latest)
         .outerjoin(Camera, Camera.id == DockVisit.camera_id)
         .outerjoin(
             checked_in,

@@ -54,12 +54,14 @@ from store.objects.interface import (
     object_relpath,
 )
 from store.objects.pipeline import (
+    DIRECT_ALIGNMENT,
+    DirectFiller,
     RingPool,
     SourceFailedError,
     fd_filler,
     pump,
     resume_point,
-    source_filler,
+    source_reader,
 )
 from store.objects.sealing import (
     FS_IMMUTABLE_FL,
@@ -99,7 +101,11 @@ class _Attempt:
 
 
 class _Writer:
-    """The write stage of a put: writes, fsyncs every `interval` bytes, records the durable offset."""
+    """The write stage of a put: writes, fsyncs every `interval` bytes, records the durable offset.
+
+    With `direct_flags` (the fd's flags, O_DIRECT set by the caller) whole aligned buffers are written
+    with O_DIRECT, from the ring's page-aligned buffers to the device without a copy into the page
+    cache; the first write that is not aligned (the file's tail) clears O_DIRECT for the rest."""
 
     def __init__(
         self,
@@ -111,6 +117,7 @@ class _Writer:
         key: str | None,
         stamp: str | None,
         progress: Callable[[int], None] | None,
+        direct_flags: int | None = None,
     ) -> None:
         self.fd = fd
         self.offset = offset
@@ -120,11 +127,28 @@ class _Writer:
         self.key = key
         self.stamp = stamp
         self.progress = progress
+        self._direct_flags = direct_flags
+
+    def end_direct(self) -> None:
+        """Clear O_DIRECT: from now on, writes go through the page cache."""
+        if self._direct_flags is not None:
+            fcntl.fcntl(self.fd, fcntl.F_SETFL, self._direct_flags & ~os.O_DIRECT)
+            self._direct_flags = None
 
     def write(self, view: memoryview) -> None:
+        if len(view) % DIRECT_ALIGNMENT != 0:
+            self.end_direct()
         written = 0
         while written < len(view):
-            written += os.write(self.fd, view[written:])
+            try:
+                written += os.write(self.fd, view[written:])
+            except OSError as error:
+                if error.errno != errno.EINVAL or self._direct_flags is None:
+                    raise
+                self.end_direct()  # the filesystem took the flag but refuses the write: write it cached
+                continue
+            if written < len(view):
+                self.end_direct()  # a short write leaves the rest unaligned
         self.offset += written
         crash_point(Step.PARTIAL_WRITE)
         if self.offset - self.synced >= self.interval:
@@ -196,6 +220,7 @@ class FileObjectStore(ObjectStore):
         self._rings = RingPool(chunk_size)
         self._lock = threading.Lock()
         self._warned = False
+        self._direct_refused: str | None = None  # why read-back cannot use O_DIRECT here, once known
         self._probe_lock = threading.Lock()
         self._seal_mode: Seal | None = None
 
@@ -330,6 +355,58 @@ class FileObjectStore(ObjectStore):
         size = pump(ring, fd_filler(fd, start, end), None, digests)
         return (*digests.hex(), size)
 
+    def _start_direct(self, fd: int) -> int | None:
+        """Set O_DIRECT on `fd` and return its flags before, or None where this store cannot use it (the
+        reason logged once)."""
+        if self._direct_refused is not None:
+            return None
+        if self.chunk_size % DIRECT_ALIGNMENT != 0:
+            self._refuse_direct(f"chunk size {self.chunk_size} is not a multiple of {DIRECT_ALIGNMENT}")
+            return None
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
+        except OSError as error:
+            code = errno.errorcode.get(error.errno or 0, "?")
+            self._refuse_direct(f"the filesystem refuses O_DIRECT ({code})")
+            return None
+        return flags
+
+    def _read_back(self, fd: int, ring: list[memoryview]) -> tuple[str, int]:
+        """BLAKE3 and size of the whole of `fd` as read from the medium, with O_DIRECT where the filesystem
+        allows, so the pass copies nothing through the page cache; else through the page cache after
+        dropping it, with the reason logged once per store. SHA-256 is not recomputed: the copy computed
+        it over the very bytes BLAKE3 saw, so a matching BLAKE3 proves both."""
+        flags = self._start_direct(fd)
+        if flags is not None:
+            try:
+                digests = Digests()
+                size = pump(ring, DirectFiller(fd, 0), None, digests, sha256=False)
+                return str(digests.blake3.hexdigest()), size
+            except OSError as error:
+                if error.errno != errno.EINVAL:
+                    raise
+                self._refuse_direct(f"an O_DIRECT read was refused ({errno.errorcode[error.errno]})")
+            finally:
+                fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+        digests = Digests()
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        size = pump(ring, fd_filler(fd, 0, None), None, digests, sha256=False)
+        return str(digests.blake3.hexdigest()), size
+
+    def _refuse_direct(self, reason: str) -> None:
+        """Remember why O_DIRECT is not possible on this store, and log it the first time."""
+        with self._lock:
+            if self._direct_refused is not None:
+                return
+            self._direct_refused = reason
+        _log.warning(
+            "store without O_DIRECT: copies go through the page cache, dropped before the read-back",
+            store=str(self.root),
+            reason=reason,
+        )
+
     def verify_object(
         self, blake3_hex: str, sha256_hex: str, size: int, *, seal: Seal | None = None
     ) -> list[ObjectProblem]:
@@ -450,9 +527,11 @@ class FileObjectStore(ObjectStore):
                 key=attempt.key,
                 stamp=attempt.stamp,
                 progress=progress,
+                direct_flags=self._start_direct(fd) if resumed % DIRECT_ALIGNMENT == 0 else None,
             )
             try:
-                pump(ring, source_filler(source), writer.write, digests)
+                with source_reader(source) as fill:
+                    pump(ring, fill, writer.write, digests)
             except SourceFailedError as failed:
                 if attempt.key is not None:
                     attempt.keep_partial = True
@@ -466,6 +545,7 @@ class FileObjectStore(ObjectStore):
                     attempt.keep_partial = True
                 raise
             finally:
+                writer.end_direct()
                 attempt.written = writer.offset
             if expected_size is not None and writer.offset != expected_size:
                 raise SourceSizeError(key=attempt.key, actual=writer.offset, expected=expected_size)
@@ -476,8 +556,8 @@ class FileObjectStore(ObjectStore):
             blake3_hex, sha256_hex = digests.hex()
             size = writer.offset
             if self.read_back:
-                read_back = self._digest_fd(fd, ring)
-                if read_back != (blake3_hex, sha256_hex, size):
+                read_back = self._read_back(fd, ring)
+                if read_back != (blake3_hex, size):
                     attempt.keep_partial = True  # moved to quarantine, not discarded
                     quarantined = self._quarantine_copy(attempt, blake3_hex)
                     raise ReadBackMismatchError(
@@ -485,8 +565,7 @@ class FileObjectStore(ObjectStore):
                         sha256=sha256_hex,
                         size=size,
                         read_blake3=read_back[0],
-                        read_sha256=read_back[1],
-                        read_size=read_back[2],
+                        read_size=read_back[1],
                         quarantine=quarantined,
                     )
                 crash_point(Step.READ_BACK)

@@ -24,7 +24,7 @@ from typing import BinaryIO, Final, NamedTuple
 
 from store.digests import Digests
 from store.errors import InvalidDigestError
-from store.objects.pipeline import RingPool, SourceFailedError, pump, source_filler
+from store.objects.pipeline import RingPool, SourceFailedError, pump, source_reader
 
 MiB: Final = 1024 * 1024
 _HEX64: Final = re.compile(r"[0-9a-f]{64}")
@@ -152,7 +152,8 @@ class ObjectStore(abc.ABC):
 
         with self._borrowed_ring() as ring:
             try:
-                size = pump(ring, source_filler(source), count, digests)
+                with source_reader(source) as fill:
+                    size = pump(ring, fill, count, digests)
             except SourceFailedError as failed:
                 raise failed.error from None
         blake3_hex, sha256_hex = digests.hex()

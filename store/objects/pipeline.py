@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import io
+import mmap
 import os
 import queue
 import stat
@@ -41,12 +43,18 @@ _EOF: Final = -1
 
 
 def pump(
-    ring: list[memoryview], fill: _Fill, sink: Callable[[memoryview], None] | None, digests: Digests
+    ring: list[memoryview],
+    fill: _Fill,
+    sink: Callable[[memoryview], None] | None,
+    digests: Digests,
+    *,
+    sha256: bool = True,
 ) -> int:
     """Move a stream through three stages that overlap: a reader thread fills ring buffers, a hasher
     thread runs SHA-256, and the calling thread runs BLAKE3 and `sink` (the write). Both hashes and the
     write release the GIL on large buffers, so the slowest stage bounds throughput; the fixed ring bounds
     memory. A buffer returns to the reader only when both the hasher and the writer are done with it.
+    With `sha256=False` (the read-back) there is no hasher thread and `digests.sha256` is left unfed.
     """
     free: queue.SimpleQueue[int] = queue.SimpleQueue()
     for index in range(len(ring)):
@@ -74,7 +82,7 @@ def pump(
                 if count == 0:
                     filled.put((_EOF, 0))
                     return
-                holders[index] = 2
+                holders[index] = holds
                 filled.put((index, count))
         except BaseException as error:  # noqa: BLE001 - handed to the calling thread, which re-raises it
             filled.put(error)
@@ -85,10 +93,12 @@ def pump(
             digests.sha256.update(ring[index][:count])
             release(index)
 
+    holds = 2 if sha256 else 1
     reader = threading.Thread(target=read, name="store-reader", daemon=True)
-    hasher = threading.Thread(target=hash_sha256, name="store-sha256", daemon=True)
+    hasher = threading.Thread(target=hash_sha256, name="store-sha256", daemon=True) if sha256 else None
     reader.start()
-    hasher.start()
+    if hasher is not None:
+        hasher.start()
     total = 0
     try:
         while True:
@@ -99,7 +109,8 @@ def pump(
             if index == _EOF:
                 break
             view = ring[index][:count]
-            to_hash.put(item)
+            if hasher is not None:
+                to_hash.put(item)
             digests.blake3.update(view)
             if sink is not None:
                 sink(view)
@@ -108,8 +119,9 @@ def pump(
     finally:
         stop.set()
         free.put(-1)  # wakes the reader if it waits for a buffer
-        to_hash.put(None)
-        hasher.join()
+        if hasher is not None:
+            to_hash.put(None)
+            hasher.join()
         reader.join()
     return total
 
@@ -135,6 +147,41 @@ def fd_filler(fd: int, start: int, end: int | None) -> _Fill:
     return fill
 
 
+DIRECT_ALIGNMENT: Final = mmap.PAGESIZE  # O_DIRECT offsets, lengths and buffers; a page covers any block
+
+
+class DirectFiller:
+    """Fill page-aligned buffers from `fd`, opened with O_DIRECT, from `start` to EOF, so no byte passes
+    through the page cache. Every read starts aligned; a short read that ends unaligned is EOF (a
+    regular file reads short only there). `fallback`, when given, is called once if the filesystem
+    refuses an O_DIRECT read (EINVAL) and is to clear O_DIRECT; the reads then go on through the page
+    cache. Without it the EINVAL propagates. `position` is where the next read starts."""
+
+    def __init__(self, fd: int, start: int, fallback: Callable[[], object] | None = None) -> None:
+        self.fd = fd
+        self.position = start
+        self._fallback = fallback
+        self._direct = True
+        self._ended = False
+
+    def __call__(self, view: memoryview) -> int:
+        got = 0
+        while not self._ended and got < len(view):
+            try:
+                count = os.preadv(self.fd, [view[got:]], self.position + got)
+            except OSError as error:
+                if error.errno != errno.EINVAL or not self._direct or self._fallback is None:
+                    raise
+                self._fallback()
+                self._direct = False
+                continue
+            got += count
+            unaligned = (self.position + got) % DIRECT_ALIGNMENT != 0
+            self._ended = count == 0 or (self._direct and unaligned)
+        self.position += got
+        return got
+
+
 def _source_fd(source: BinaryIO) -> int | None:
     """The source's fd when it is a regular file whose cached pages we may drop."""
     try:
@@ -144,7 +191,46 @@ def _source_fd(source: BinaryIO) -> int | None:
         return None
 
 
-def source_filler(source: BinaryIO) -> _Fill:
+@contextlib.contextmanager
+def source_reader(source: BinaryIO) -> Iterator[_Fill]:
+    """Fill buffers from `source`, from its position to EOF; errors of the source become
+    SourceFailedError. A regular file at an aligned position is read with O_DIRECT (no copy through the
+    page cache, none of its pages left behind), its flags restored and its position set past what was
+    read when done; any other source through `readinto` or `read`."""
+    fd = _source_fd(source)
+    start = flags = 0
+    if fd is not None:
+        try:
+            start = source.tell()
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
+        except (OSError, ValueError):  # e.g. the camera's filesystem refuses O_DIRECT: the page cache
+            fd = None
+    if fd is not None and start % DIRECT_ALIGNMENT != 0:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+        fd = None
+    if fd is None:
+        yield _buffered_filler(source)
+        return
+    direct_fd = fd
+    reader = DirectFiller(direct_fd, start, fallback=lambda: fcntl.fcntl(direct_fd, fcntl.F_SETFL, flags))
+
+    def fill(view: memoryview) -> int:
+        try:
+            return reader(view)
+        except Exception as error:
+            raise SourceFailedError(error) from error
+
+    try:
+        yield fill
+    finally:
+        fcntl.fcntl(direct_fd, fcntl.F_SETFL, flags)
+        # A source that fails to seek now (unplugged) has failed already; its error is the one to raise.
+        with contextlib.suppress(OSError, ValueError):
+            source.seek(reader.position)
+
+
+def _buffered_filler(source: BinaryIO) -> _Fill:
     """Fill buffers from `source` until full or EOF, with readinto where the source has it."""
     readinto: Callable[[memoryview], int | None] | None = getattr(source, "readinto", None)
     fd = _source_fd(source)
@@ -238,7 +324,8 @@ def resume_point(
 
 
 class RingPool:
-    """Reusable rings of preallocated buffers; one per concurrent put, so memory is flat in file size."""
+    """Reusable rings of preallocated buffers; one per concurrent put, so memory is flat in file size.
+    The buffers are anonymous mmaps, so they are page-aligned as O_DIRECT needs."""
 
     def __init__(self, chunk_size: int) -> None:
         self._chunk_size = chunk_size
@@ -250,7 +337,7 @@ class RingPool:
         with self._lock:
             ring = self._idle.pop() if self._idle else None
         if ring is None:
-            ring = [memoryview(bytearray(self._chunk_size)) for _ in range(_RING_BUFFERS)]
+            ring = [memoryview(mmap.mmap(-1, self._chunk_size)) for _ in range(_RING_BUFFERS)]
         try:
             yield ring
         finally:

@@ -1,4 +1,5 @@
-"""The catalog on real SQLite files and a real PostgreSQL server: UTC times, constraints, SQLite settings."""
+"""The catalog on real SQLite files and a real PostgreSQL server: UTC times, constraints, SQLite settings,
+and the status query that leans on its indexes."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ import pytest
 import sqlalchemy.exc
 from sqlalchemy import select, text
 
+from ingestd import records
+from ingestd.control import queries
 from store.catalog import Catalog
 from store.models import (
     Camera,
     Confidentiality,
+    CustodyEvent,
+    CustodyKind,
     Officer,
     Recording,
     RetentionClass,
@@ -20,6 +25,7 @@ from store.models import (
 )
 from store.objects import Seal
 from store.times import NaiveDatetimeError
+from tests.support import records as seed
 
 SHANGHAI = timezone(timedelta(hours=8))
 
@@ -148,3 +154,30 @@ def test_sqlite_writers_queue_instead_of_failing(sqlite_catalog: Catalog) -> Non
             assert check.scalar(select(Camera.device_serial)) == "ZFY0004"
     finally:
         other.close()
+
+
+def test_each_dock_shows_the_camera_and_officer_of_its_latest_session(catalog: Catalog) -> None:
+    """`docks` finds each dock's latest session by a per-dock seek (ix_dock_sessions_dock): older sessions
+    of the same dock, and the sessions of other docks, never show through."""
+    now = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
+    with catalog.transaction() as db:
+        officers = [seed.officer(db, f"00012{n}", f"警员{n}") for n in range(3)]
+        cameras = [seed.camera(db, f"ZFY000{n}", assigned=officers[n], first_seen_at=now) for n in range(3)]
+        # usb-1-1: cameras 0 then 1 (latest); usb-1-2: camera 2, opened between them.
+        for port, camera, at in (("usb-1-1", 0, 1), ("usb-1-2", 2, 2), ("usb-1-1", 1, 3)):
+            dock_session = records.open_dock_session(db, port, now + timedelta(minutes=at))
+            dock_session.camera_id = cameras[camera].id
+            db.add(
+                CustodyEvent(
+                    camera_id=cameras[camera].id,
+                    officer_id=officers[camera].id,
+                    kind=CustodyKind.CHECK_IN,
+                    at=now + timedelta(minutes=at),
+                    actor="ingestd",
+                    actor_role="daemon",
+                    dock_session_id=dock_session.id,
+                )
+            )
+    with catalog.transaction() as db:
+        shown = {d["port"]: (d["device_serial"], d["officer_name"]) for d in queries.docks(db)}
+    assert shown == {"usb-1-1": ("ZFY0001", "警员1"), "usb-1-2": ("ZFY0002", "警员2")}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import io
 import json
@@ -130,7 +131,8 @@ def test_the_seal_falls_back_to_read_only_on_a_filesystem_without_the_attribute(
         assert [r.seal for r in results] == [Seal.READ_ONLY, Seal.READ_ONLY]
         assert all(r.path.stat().st_mode & 0o7777 == 0o444 for r in results)
         assert store.verify_object(results[0].blake3, results[0].sha256, MiB) == []
-    warnings = [entry for entry in logs if entry["log_level"] == "warning"]
+    # ramfs refuses O_DIRECT too; that warning is test_read_back_where_o_direct_is_refused_logs_why_...
+    warnings = [e for e in logs if e["log_level"] == "warning" and "O_DIRECT" not in e["event"]]
     assert len(warnings) == 1
     assert "immutable" in warnings[0]["event"]
     assert warnings[0]["store"] == str(mount_point / "s")
@@ -172,9 +174,11 @@ def test_read_back_catches_a_byte_changed_on_the_medium(tmp_path: Path) -> None:
 
     with ext4_filesystem(tmp_path, 64, name="store") as mount_point:
         store = FileObjectStore(mount_point / "s", on_synced=rot).create_directories()
-        with pytest.raises(ReadBackMismatchError) as caught:
+        with capture_logs() as logs, pytest.raises(ReadBackMismatchError) as caught:
             store.put(io.BytesIO(data), resume_key="A.MP4")
         assert isinstance(caught.value, IntegrityError)
+        # ext4 takes O_DIRECT: the read-back went to the medium, not through a fallback.
+        assert not [e for e in logs if "without O_DIRECT" in e["event"]]
         assert files_under(mount_point / "s" / "objects") == []
         assert files_under(mount_point / "s" / "partial") == []
         [quarantined] = files_under(mount_point / "s" / "quarantine")
@@ -190,6 +194,60 @@ def test_read_back_catches_a_byte_changed_on_the_medium(tmp_path: Path) -> None:
         kinds = {p.kind for p in careless.verify_object(result.blake3, result.sha256, result.size)}
         assert kinds == {ProblemKind.BLAKE3_MISMATCH, ProblemKind.SHA256_MISMATCH}
         unseal_tree(mount_point)
+
+
+def test_read_back_where_o_direct_is_refused_logs_why_and_still_verifies(tmp_path: Path) -> None:
+    """ramfs refuses O_DIRECT (EINVAL): the read-back falls back to the page cache, says so once per
+    store with the reason, and the objects are still verified."""
+    with ramfs(tmp_path / "ram") as mount_point:
+        store = FileObjectStore(mount_point / "s").create_directories()
+        with capture_logs() as logs:
+            first = store.put(io.BytesIO(payload(MiB + 5, seed=1)))
+            second = store.put(io.BytesIO(payload(3, seed=2)))
+        assert first.read_back_verified
+        assert second.read_back_verified
+        assert first.path.read_bytes() == payload(MiB + 5, seed=1)
+        [fallback] = [e for e in logs if "without O_DIRECT" in e["event"]]
+        assert fallback["log_level"] == "warning"
+        assert fallback["reason"] == "the filesystem refuses O_DIRECT (EINVAL)"
+        assert fallback["store"] == str(mount_point / "s")
+
+
+@pytest.mark.parametrize("from_file", [False, True], ids=["stream", "regular-file"])
+def test_o_direct_copies_and_reads_back_files_of_every_alignment(ext4: Path, from_file: bool) -> None:
+    """O_DIRECT moves whole pages: sizes around the page and chunk edges are copied (a regular file is
+    read with O_DIRECT too), written (the unaligned tail through the page cache) and read back whole."""
+    store = FileObjectStore(ext4 / "s", chunk_size=64 * KiB).create_directories()
+    for seed, size in enumerate((0, 1, 4095, 4096, 4097, 64 * KiB, 64 * KiB + 1, 3 * 64 * KiB - 1)):
+        data = payload(size, seed=seed)
+        if from_file:
+            (ext4 / "source.bin").write_bytes(data)
+            with (ext4 / "source.bin").open("rb", buffering=0) as source:
+                result = store.put(source)
+        else:
+            result = store.put(io.BytesIO(data))
+        assert result.read_back_verified
+        assert result.size == size
+        assert result.path.read_bytes() == data
+
+
+def test_a_regular_file_source_is_left_as_it_was_found_past_what_was_read(ext4: Path) -> None:
+    """The copy reads a regular file with O_DIRECT on its own descriptor: afterwards the flag is gone
+    (an unaligned read works again), the position is past what was read, and a source at an unaligned
+    position is copied from there."""
+    store = FileObjectStore(ext4 / "s").create_directories()
+    data = payload(MiB + 100, seed=7)
+    (ext4 / "source.bin").write_bytes(data)
+    with (ext4 / "source.bin").open("rb", buffering=0) as source:
+        assert store.put(source).size == len(data)
+        assert not fcntl.fcntl(source.fileno(), fcntl.F_GETFL) & os.O_DIRECT
+        assert source.tell() == len(data)
+        source.seek(3)
+        assert source.read(5) == data[3:8]
+        source.seek(5)
+        result = store.put(source)
+        assert result.path.read_bytes() == data[5:]
+        assert source.tell() == len(data)
 
 
 def test_dedup_refuses_a_corrupted_existing_object(ext4: Path) -> None:

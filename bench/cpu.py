@@ -1,0 +1,247 @@
+"""CPU per GiB: what an ingest with read-back costs beyond the hashing it cannot avoid, and what several
+cameras at once reach where the CPU, not the disk, is the limit.
+
+1. CPU per GiB (user+sys seconds of the process, all threads; never wall time, the machine is shared):
+   - floor: one SHA-256 pass and two BLAKE3 passes over the card's files, by a plain loop in this
+     Python, in this run;
+   - ingest: `ingestd import` (read-back on) of the card, minus the import of an empty card (start-up);
+   - dd: `dd bs=4M conv=fsync` of the same files;
+   target: ingest at most 1.5x the floor.
+2. N cameras docked together through the real daemon against single-stream dd to the same store disk
+   (target >= 0.8x), each run with the resource that limits it: CPU (cores busy) or the disk (busy time
+   of the store's block device). As root the cards are on a tmpfs: a camera's USB link is not the
+   store's disk. Each camera has half the files of half the size.
+
+    .venv/bin/python -m bench.cpu [--files 8] [--size-mib 256] [--cameras 8] [--dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import blake3
+
+from bench.common import Measured, MiB, cpu_seconds, drop_caches, run_dd, run_measured
+from bench.ingest import REPO, ended_sessions, ingestd, make_card, reset, start_daemon, stop, write_config
+from ingestd.demo import remove_sealed_tree
+
+GiB = 1024 * MiB
+FLOOR_RATIO_TARGET = 1.5
+CAMERAS_TARGET = 0.8
+CHUNK = 4 * MiB
+SATURATED = 0.7  # a resource busy this share of the run is taken to be what limits it
+
+
+def hashing_floor(paths: list[Path]) -> float:
+    """CPU seconds of one SHA-256 and two BLAKE3 passes over `paths`; reading the files is not counted."""
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    spent = 0.0
+    for path in paths:
+        sha256, first, second = hashlib.sha256(), blake3.blake3(), blake3.blake3()
+        with path.open("rb", buffering=0) as handle:
+            while count := handle.readinto(buffer):
+                chunk = view[:count]
+                started = cpu_seconds()
+                sha256.update(chunk)
+                first.update(chunk)
+                second.update(chunk)
+                spent += cpu_seconds() - started
+    return spent
+
+
+def import_cpu(work: Path, card: Path, serial: str) -> float:
+    """CPU seconds of `ingestd import` of `card` into a fresh station, from a cold cache."""
+    reset(work)
+    config = write_config(work, udev=False)
+    drop_caches()
+    measured = run_measured(
+        ingestd("import", str(card), "--device-id", serial, "--json", "--config", str(config)), cwd=REPO
+    )
+    summary = json.loads(measured.output.splitlines()[-1])
+    assert summary["files"] == len(list(card.glob("DCIM/*"))), summary
+    return measured.cpu_seconds
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What one run used: wall seconds, CPU seconds of the process measured, and the store disk's busy
+    seconds (from /proc/diskstats)."""
+
+    seconds: float
+    cpu: float
+    disk_busy: float
+
+    def limit(self) -> str:
+        cores = os.cpu_count() or 1
+        busy_cores = self.cpu / self.seconds
+        disk = self.disk_busy / self.seconds
+        if busy_cores / cores >= SATURATED and busy_cores / cores >= disk:
+            which = "CPU"
+        elif disk >= SATURATED:
+            which = "disk"
+        else:
+            # A virtual disk throttled by its host shows little busy time while it is the limit.
+            which = "I/O or waits, not CPU"
+        return f"{which} (CPU {busy_cores:.2f}/{cores} cores, disk busy {disk:.0%})"
+
+
+def _disk_name(path: Path) -> str | None:
+    """The /proc/diskstats name of the block device holding `path`, or None (tmpfs, overlay...)."""
+    number = path.stat().st_dev
+    sysfs = Path(f"/sys/dev/block/{os.major(number)}:{os.minor(number)}")
+    if not sysfs.exists():
+        return None
+    return sysfs.resolve().name
+
+
+def _disk_busy_ms(name: str | None) -> float:
+    if name is None:
+        return 0.0
+    for line in Path("/proc/diskstats").read_text().splitlines():
+        fields = line.split()
+        if fields[2] == name:
+            return float(fields[12])  # io_ticks: milliseconds the device had I/O in flight
+    return 0.0
+
+
+def _process_cpu(pid: int) -> float:
+    """User+sys CPU seconds of a running process, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(work: Path, run: Callable[[], float]) -> Usage:
+    """Run `run` (which returns the CPU seconds of what it measured) and the disk's busy time meanwhile."""
+    disk = _disk_name(work)
+    busy = _disk_busy_ms(disk)
+    started = time.perf_counter()
+    cpu = run()
+    seconds = time.perf_counter() - started
+    return Usage(seconds, cpu, (_disk_busy_ms(disk) - busy) / 1000)
+
+
+def dd_usage(work: Path, sources: list[Path]) -> Usage:
+    """Single-stream `dd conv=fsync` of each source in turn, cold: dd's own seconds and CPU, and the disk's
+    busy time over the runs."""
+    runs: list[Measured] = []
+
+    def run() -> float:
+        runs.extend(run_dd(source, work / "dd-copy.bin") for source in sources)
+        return sum(r.cpu_seconds for r in runs)
+
+    disk = measure(work, run)
+    return Usage(sum(r.seconds for r in runs), disk.cpu, disk.disk_busy)
+
+
+@contextlib.contextmanager
+def fast_cards(work: Path, size: int) -> Iterator[Path]:
+    """Where the cameras' cards live: a tmpfs of `size` bytes when root (each camera's USB link is its own
+    path, so the cards must not share the store's disk), else a directory on the store's disk."""
+    fast = work / "fast"
+    fast.mkdir()
+    if os.geteuid() != 0:
+        yield fast
+        return
+    options = f"size={size + 64 * MiB},mode=0700"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "bench-cards", str(fast)], check=True)
+    try:
+        yield fast
+    finally:
+        subprocess.run(["umount", str(fast)], check=False)
+
+
+def cameras_together(fast: Path, work: Path, cameras: int, files: int, size: int) -> Usage:
+    """`cameras` cards docked at the same moment through the daemon, from the dock to the last session's
+    end; CPU is the daemon's over that span."""
+    cards = [fast / "cards" / f"ZFY2{n:03d}" for n in range(cameras)]
+    for card in cards:
+        make_card(card, card.name, files, size)
+    docks = fast / "docks"
+    daemon = start_daemon(work, udev=False, docks=docks)
+    try:
+
+        def run() -> float:
+            before = _process_cpu(daemon.pid)
+            for card in cards:
+                card.rename(docks / card.name)
+            while ended_sessions(work) < cameras:
+                if daemon.poll() is not None:
+                    raise RuntimeError("the daemon exited")
+                time.sleep(0.02)
+            return _process_cpu(daemon.pid) - before
+
+        usage = measure(work, run)
+    finally:
+        stop(daemon)
+    return usage
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--files", type=int, default=8)
+    parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--cameras", type=int, default=8)
+    parser.add_argument("--dir", type=Path, default=None)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="cpu-bench-", dir=args.dir))
+    size = args.size_mib * MiB
+    try:
+        cold = "caches dropped before runs" if drop_caches() else "NOT root: warm caches"
+        print(f"CPU benchmark in {work} at {datetime.now(UTC):%Y-%m-%d %H:%M}Z; {cold}")
+        card = work / "cards" / "ZFY0001"
+        sources = make_card(card, "ZFY0001", args.files, size)
+        empty = work / "cards" / "ZFY0000"
+        make_card(empty, "ZFY0000", 0, 0)
+        gib = args.files * size / GiB
+
+        floor = hashing_floor(sources) / gib
+        start_up = import_cpu(work, empty, "ZFY0000")
+        ingest = (import_cpu(work, card, "ZFY0001") - start_up) / gib
+        dd = dd_usage(work, sources)
+        dd_cpu = dd.cpu / gib
+        ratio = ingest / floor
+        verdict = "ok" if ratio <= FLOOR_RATIO_TARGET else "ABOVE TARGET"
+        print(f"{args.files} x {args.size_mib} MiB; user+sys CPU seconds per GiB")
+        print(f"{'hashing floor (1 SHA-256 + 2 BLAKE3)':<40}{floor:>8.2f}")
+        print(f"{'dd bs=4M conv=fsync':<40}{dd_cpu:>8.2f}")
+        print(f"{'ingest with read-back, start-up off':<40}{ingest:>8.2f}  (start-up {start_up:.2f} s)")
+        print(f"{'ingest / floor':<40}{ratio:>8.2f}  target <= {FLOOR_RATIO_TARGET}  {verdict}")
+
+        files, half = max(1, args.files // 2), size // 2
+        total = args.cameras * files * half
+        with fast_cards(work, total) as fast:
+            single = make_card(fast / "cards" / "ZFY0009", "ZFY0009", files, half)
+            dd_one = dd_usage(work, single)
+            dd_rate = files * half / MiB / dd_one.seconds
+            for source in single:
+                source.unlink()
+            many = cameras_together(fast, work, args.cameras, files, half)
+        many_rate = total / MiB / many.seconds
+        ratio = many_rate / dd_rate
+        verdict = "ok" if ratio >= CAMERAS_TARGET else "BELOW TARGET"
+        where = "cards on tmpfs, store on disk" if os.geteuid() == 0 else "cards and store on one disk"
+        print(f"{args.cameras} cameras x {files} x {half // MiB} MiB, {where}")
+        print(f"{'run':<34}{'MiB/s':>8}{'ratio':>8}  limited by")
+        print(f"{'dd, one stream':<34}{dd_rate:>8.0f}{'':>8}  {dd_one.limit()}")
+        print(
+            f"{f'{args.cameras} cameras together':<34}{many_rate:>8.0f}{ratio:>8.2f}  {many.limit()}"
+            f"; target >= {CAMERAS_TARGET}  {verdict}"
+        )
+    finally:
+        remove_sealed_tree(work)
+
+
+if __name__ == "__main__":
+    main()
