@@ -92,6 +92,6 @@ def test_every_public_query_is_covered_above() -> None:
         for name, function in inspect.getmembers(queries, inspect.isfunction)
         if function.__module__ == queries.__name__
         and not name.startswith("_")
-        and next(iter(inspect.signature(function).parameters), None) == "session"
+        and next(iter(inspect.signature(function).parameters), None) == "db"
     }
     assert public == set(CALLS)
