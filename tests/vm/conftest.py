@@ -45,11 +45,12 @@ def guest(request: pytest.FixtureRequest) -> Iterator[Guest]:
         yield machine
     finally:
         machine.close()
-        if not request.session.testsfailed:
+        if not request.node.stash.get(FAILED, False):
             shutil.rmtree(base, ignore_errors=True)  # kept after a failure, for its console log
 
 
 CONSOLE = pytest.StashKey[Path]()
+FAILED = pytest.StashKey[bool]()
 
 
 @pytest.hookimpl(wrapper=True)
@@ -59,6 +60,7 @@ def pytest_runtest_makereport(
     report = yield
     module = item.getparent(pytest.Module)
     console = module.stash.get(CONSOLE, None) if module is not None else None
-    if report.failed and console is not None:
+    if report.failed and console is not None and module is not None:
+        module.stash[FAILED] = True
         report.sections.append(("guest console", f"the guest's console log: {console}"))
     return report

@@ -41,6 +41,8 @@ def kernel_image() -> Path | None:
 
 def unavailable() -> str | None:
     """Why this host cannot run the vm tier, or None when it can."""
+    if os.geteuid() != 0:
+        return "needs root: virtme-ng's guest runs as the invoking user, and it must modprobe and mount"
     venv_bin = Path(sys.executable).parent
     for tool in ("qemu-system-x86_64", "mcopy", "mkfs.vfat", "socat"):
         if shutil.which(tool) is None:
@@ -121,15 +123,19 @@ class Qmp:
                 return message["return"]
 
     def wait_event(self, name: str, device: str, timeout: float) -> None:
-        """Wait for event `name` about device id `device` (e.g. DEVICE_DELETED after device_del)."""
+        """Wait for event `name` about device id `device` (e.g. DEVICE_DELETED after device_del), and
+        consume it: an id plugged again later gets an event of its own."""
+
+        def wanted(event: dict[str, Any]) -> bool:
+            return bool(event["event"] == name and event.get("data", {}).get("device") == device)
+
         self._socket.settimeout(timeout)
         try:
-            while not any(
-                e["event"] == name and e.get("data", {}).get("device") == device for e in self.events
-            ):
+            while not any(wanted(e) for e in self.events):
                 self.events.append(self._read())
         finally:
             self._socket.settimeout(None)
+        self.events = [e for e in self.events if not wanted(e)]
 
     def close(self) -> None:
         self._reader.close()
@@ -246,40 +252,27 @@ class Guest:
 
     def add_disk(self, device_id: str, image: Path, serial: str, port: str) -> None:
         """A usb-storage disk (QEMU's 46f4:0001) backed by a raw image, with USB serial `serial`."""
-        qmp = self._qmp()
-        qmp.execute(
+        self._qmp().execute(
             "blockdev-add",
             driver="raw",
             **{"node-name": device_id},
             file={"driver": "file", "filename": str(image)},
         )
-        qmp.execute(
-            "device_add",
-            driver="usb-storage",
-            id=device_id,
-            drive=device_id,
-            serial=serial,
-            bus=XHCI_BUS,
-            port=port,
-        )
+        self._add_usb("usb-storage", device_id, serial, port, drive=device_id)
 
     def add_serial(self, device_id: str, chardev: Path, serial: str, port: str) -> None:
         """An FTDI usb-serial (0403:6001, /dev/ttyUSB* in the guest) whose other end is a unix socket that
         QEMU listens on; the device is attached only while a client (the camera bridge) is connected."""
-        qmp = self._qmp()
         backend = {
             "type": "socket",
             "data": {"addr": {"type": "unix", "data": {"path": str(chardev)}}, "server": True, "wait": False},
         }
-        qmp.execute("chardev-add", id=device_id, backend=backend)
-        qmp.execute(
-            "device_add",
-            driver="usb-serial",
-            id=device_id,
-            chardev=device_id,
-            serial=serial,
-            bus=XHCI_BUS,
-            port=port,
+        self._qmp().execute("chardev-add", id=device_id, backend=backend)
+        self._add_usb("usb-serial", device_id, serial, port, chardev=device_id)
+
+    def _add_usb(self, driver: str, device_id: str, serial: str, port: str, **backend: str) -> None:
+        self._qmp().execute(
+            "device_add", driver=driver, id=device_id, serial=serial, bus=XHCI_BUS, port=port, **backend
         )
 
     def unplug(self, device_id: str, timeout: float = 60.0) -> None:
@@ -287,6 +280,13 @@ class Guest:
         qmp = self._qmp()
         qmp.execute("device_del", id=device_id)
         qmp.wait_event("DEVICE_DELETED", device_id, timeout)
+
+    def usb_device_ids(self) -> set[str]:
+        """The ids of the devices plugged by QMP that are still there (qom-list of QEMU's peripherals)."""
+        return {entry["name"] for entry in self._qmp().execute("qom-list", path="/machine/peripheral")}
+
+    def remove_chardev(self, chardev: str) -> None:
+        self._qmp().execute("chardev-remove", id=chardev)
 
     def remove_blockdev(self, node: str) -> None:
         """Release the image of a disk already unplugged, so it can be plugged again."""

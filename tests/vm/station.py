@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import blake3
+
 from drivers.simulator.volume import make_image
 from store.catalog import Catalog
 from tests.system.harness import Daemon, SimulatedCamera, wait_for
@@ -23,7 +25,7 @@ from tests.vm.machine import Guest
 GUEST_CONTROL_DIR = Path("/run/ingestd-vm")  # a unix socket cannot live on the 9p share
 # SQLite's WAL index is a shared mmap, which 9p refuses (disk I/O error): the catalog lives on the guest's
 # own tmpfs, and the host reads a copy taken after the daemon stopped (its WAL checkpointed into the file).
-GUEST_CATALOG = Path("/var/lib/ingestd-vm/catalog.db")
+GUEST_STATE = Path("/var/lib/ingestd-vm")
 # QEMU's usb-serial is an FTDI FT232 (0403:6001); its usb-storage is 46f4:0001.
 SERIAL_RULE = """
 [[camera]]
@@ -39,15 +41,16 @@ SETTLE_S = 6.0
 SESSION_TIMEOUT_S = 240.0  # TCG: the guest copies and hashes at a few MiB/s
 
 
-def guest_daemon(guest: Guest, *, udev_source: str = "udev") -> Daemon:
-    """The system tier's daemon harness, pointed at the share and grouping QEMU's devices by hub."""
+def guest_daemon(guest: Guest, name: str, *, udev_source: str = "udev") -> Daemon:
+    """The system tier's daemon harness for station `name` (its own state, catalog and log), on the
+    share, grouping QEMU's devices by hub."""
     return Daemon(
-        base=guest.share / "station",
+        base=guest.share / name,
         udev=True,
         udev_source=udev_source,
         camera_filesystems=("vfat", "exfat"),
         control_dir=GUEST_CONTROL_DIR,
-        database_url=f"sqlite:///{GUEST_CATALOG}",
+        database_url=f"sqlite:///{GUEST_STATE / name / 'catalog.db'}",
         settle_seconds=SETTLE_S,
         detection_config='usb_grouping = "hub"',
         extra_config=SERIAL_RULE,
@@ -59,11 +62,15 @@ class GuestStation:
     guest: Guest
     daemon: Daemon
 
+    @property
+    def guest_catalog(self) -> Path:
+        return Path(self.daemon.catalog_url.removeprefix("sqlite:///"))
+
     def start(self) -> None:
         self.daemon.base.mkdir(parents=True, exist_ok=True)
         self.daemon.docks.mkdir(exist_ok=True)
         self.daemon.write_config()
-        self.guest.check("mkdir", "-p", str(GUEST_CONTROL_DIR), str(GUEST_CATALOG.parent))
+        self.guest.check("mkdir", "-p", str(GUEST_CONTROL_DIR), str(self.guest_catalog.parent))
         readies = len(self.daemon.events("ready"))
         argv = [sys.executable, "-m", "ingestd", "run", "--config", str(self.daemon.config_path)]
         self.guest.spawn("ingestd", argv, self.daemon.log_path)
@@ -81,7 +88,7 @@ class GuestStation:
         code = self.guest.signal("ingestd")
         assert code == 0, f"the guest's daemon exited {code} (log: {self.daemon.log_path})"
         self.catalog_copy.unlink(missing_ok=True)
-        self.guest.check("cp", str(GUEST_CATALOG), str(self.catalog_copy))
+        self.guest.check("cp", str(self.guest_catalog), str(self.catalog_copy))
 
     @property
     def catalog_copy(self) -> Path:
@@ -90,6 +97,16 @@ class GuestStation:
     def catalog(self) -> Catalog:
         """The catalog as the daemon left it at its last stop."""
         return Catalog.open(f"sqlite:///{self.catalog_copy}", read_only=True)
+
+    def ingest(self, camera: UsbCamera) -> dict[str, Any]:
+        """Start the daemon, plug `camera`, wait for its one session to end, stop: its summary."""
+        self.start()
+        try:
+            camera.plug(self.guest, self.guest.base)
+            (summary,) = self.wait_summaries(1)
+        finally:
+            self.stop()
+        return summary
 
     def summaries(self, port: str | None = None) -> list[dict[str, Any]]:
         return [e for e in self.daemon.events("ingest_summary") if port is None or e.get("port") == port]
@@ -143,6 +160,22 @@ class UsbCamera:
     def unplug_disk(self, guest: Guest) -> None:
         guest.unplug(self.ids["disk"])
         guest.remove_blockdev(self.ids["disk"])
+
+    def unplug(self, guest: Guest) -> None:
+        """Take the whole camera out: disk (if still in), tty, hub; the bridge ends with its socket."""
+        present = guest.usb_device_ids()
+        if self.ids["disk"] in present:
+            self.unplug_disk(guest)
+        if self.ids["tty"] in present:
+            guest.unplug(self.ids["tty"])
+            guest.remove_chardev(self.ids["tty"])
+        if self.ids["hub"] in present:
+            guest.unplug(self.ids["hub"])
+        if self.bridge is not None:
+            self.bridge.wait(timeout=30)
+
+    def card_digest(self) -> str:
+        return blake3.blake3(self.image.read_bytes()).hexdigest()
 
     def card_files(self) -> list[str]:
         """The recordings left on the card, read from the image on the host with mtools."""
