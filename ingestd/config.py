@@ -228,6 +228,11 @@ class DetectionConfig(Section):
     settle_seconds: float = Field(
         1.0, ge=0, le=30, description="Wait this long after a camera's last device appears before docking."
     )
+    usb_grouping: Literal["device", "hub"] = Field(
+        "device",
+        description="device: one USB device is one camera (storage and tty are interfaces of it); hub: "
+        "the devices behind one non-root hub are one camera (storage and tty are separate devices).",
+    )
     watch_folders: tuple[Path, ...] = Field(
         (), description="Folders whose new subdirectories are docked volumes (card readers, automounts)."
     )

@@ -192,7 +192,12 @@ class Daemon:
             udev = {"setting": detection.udev_source, "source": source, "why": why}
             log.info("udev_source", **udev)
             self._sources.append(
-                UdevSource(self.events.put, source=source, settle_s=detection.settle_seconds)
+                UdevSource(
+                    self.events.put,
+                    source=source,
+                    settle_s=detection.settle_seconds,
+                    grouping=detection.usb_grouping,
+                )
             )
         self.services.detection = {"udev": udev, "watch_folders": [str(f) for f in detection.watch_folders]}
         if detection.watch_folders:

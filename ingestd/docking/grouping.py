@@ -5,16 +5,47 @@ partitions) in no fixed order. They share a USB parent, whose DEVPATH names the 
 grouper collects children per port and emits one `Docked` once no child has arrived for the settle
 window (`Settle`); the first `remove` of any child emits `Undocked`. It is pure: the caller supplies
 the clock.
+
+Which USB device names the port is `Grouping`: a real camera is one composite USB device (storage and
+control tty are interfaces of it), so by default each USB device is a dock and each port of a station's
+hub is its own dock. Some cameras (and QEMU's usb-storage plus usb-serial) show storage and tty as two
+USB devices behind a hub of their own; `hub` groups the devices behind one non-root hub instead.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from drivers.base import DeviceInfo
 from ingestd.docking.events import Docked, DockEvent, Undocked
 from ingestd.docking.source import Settle
+
+Grouping = Literal["device", "hub"]
+USB_CLASS_HUB = "09"
+
+
+@dataclass(frozen=True)
+class UsbAncestor:
+    """A USB device above a tty or disk: its DEVPATH and bDeviceClass (two hex digits)."""
+
+    devpath: str
+    device_class: str
+
+    @property
+    def is_root_hub(self) -> bool:
+        return self.devpath.rsplit("/", 1)[-1].startswith("usb")  # usb1, usb2: the controller's own hub
+
+
+def dock_port(ancestors: Sequence[UsbAncestor], grouping: Grouping) -> str:
+    """The DEVPATH that names a child's dock; `ancestors` are its USB devices, nearest first."""
+    nearest = ancestors[0]
+    if grouping == "hub" and len(ancestors) > 1:
+        parent = ancestors[1]
+        if parent.device_class == USB_CLASS_HUB and not parent.is_root_hub:
+            return parent.devpath
+    return nearest.devpath
 
 
 @dataclass(frozen=True)
@@ -32,6 +63,7 @@ class Uevent:
 @dataclass
 class _Group:
     properties: dict[str, str] = field(default_factory=dict)
+    tty_properties: dict[str, str] = field(default_factory=dict)
     tty: str | None = None
     disk: str | None = None
     partition: str | None = None
@@ -55,12 +87,14 @@ class UeventGrouper:
         if group.docked:
             return []  # a late child of a camera already handed over; the session has what it needs
         self._settle.touch(event.port, now)
-        # USB-level properties (vendor, model, serial) are the same on every child; keep the union so
-        # a rule can match on any of them whichever child arrived first.
-        group.properties.update(event.properties)
+        # Keep the union so a rule can match on any child's properties whichever arrived first. On a
+        # composite camera the USB IDs are the same on every child; where the tty and the disk are two
+        # USB devices (grouped by hub) they differ, and the tty's win: it is the camera's control channel.
         if event.subsystem == "tty":
+            group.tty_properties.update(event.properties)
             group.tty = event.devname
         elif event.subsystem == "block":
+            group.properties.update(event.properties)
             if event.partition:
                 group.partition = group.partition or event.devname
             else:
@@ -75,9 +109,8 @@ class UeventGrouper:
             group.docked = True
             # The first partition holds the camera's filesystem; a partitionless disk is the volume.
             block = group.partition or group.disk
-            ready.append(
-                Docked(DeviceInfo(port=port, properties=dict(group.properties), tty=group.tty, block=block))
-            )
+            properties = {**group.properties, **group.tty_properties}
+            ready.append(Docked(DeviceInfo(port=port, properties=properties, tty=group.tty, block=block)))
         return ready
 
     def next_deadline(self) -> float | None:

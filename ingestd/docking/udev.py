@@ -22,7 +22,7 @@ import pyudev
 import structlog
 
 from ingestd.docking.events import DockEvent
-from ingestd.docking.grouping import Uevent, UeventGrouper
+from ingestd.docking.grouping import Grouping, Uevent, UeventGrouper, UsbAncestor, dock_port
 from ingestd.docking.source import DeviceSource
 
 log = structlog.get_logger()
@@ -40,7 +40,21 @@ def _loop_backing_file(device: Any) -> str | None:
         return None
 
 
-def to_uevent(device: Any, action: str) -> Uevent | None:
+def _usb_ancestors(usb: Any) -> list[UsbAncestor]:
+    """`usb` and the USB devices above it, nearest first, up to the root hub."""
+    chain: list[UsbAncestor] = []
+    while usb is not None:
+        device_class = usb.attributes.get("bDeviceClass")
+        chain.append(
+            UsbAncestor(
+                usb.device_path, device_class.decode("ascii", "replace").strip() if device_class else ""
+            )
+        )
+        usb = usb.find_parent("usb", "usb_device")
+    return chain
+
+
+def to_uevent(device: Any, action: str, grouping: Grouping = "device") -> Uevent | None:
     """Reduce a pyudev device to a Uevent, or None when it can never be part of a camera."""
     subsystem = device.subsystem
     if subsystem not in SUBSYSTEMS:
@@ -48,7 +62,7 @@ def to_uevent(device: Any, action: str) -> Uevent | None:
     properties = {str(k): str(v) for k, v in device.properties.items()}
     usb = device.find_parent("usb", "usb_device")
     if usb is not None:
-        port = usb.device_path
+        port = dock_port(_usb_ancestors(usb), grouping)
         for attribute, key in USB_SYSFS_IDS.items():
             if key not in properties:
                 value = usb.attributes.get(attribute)
@@ -109,9 +123,11 @@ class UdevSource(DeviceSource):
         *,
         source: Source,
         settle_s: float,
+        grouping: Grouping = "device",
         stop: threading.Event | None = None,
     ) -> None:
         super().__init__(sink, stop=stop)
+        self._grouping: Grouping = grouping
         self._grouper = UeventGrouper(settle_s)
         self._context = pyudev.Context()
         self._monitor = pyudev.Monitor.from_netlink(self._context, source=source)
@@ -124,7 +140,7 @@ class UdevSource(DeviceSource):
         now = time.monotonic()
         for subsystem in SUBSYSTEMS:
             for device in self._context.list_devices(subsystem=subsystem):
-                event = to_uevent(device, "add")
+                event = to_uevent(device, "add", self._grouping)
                 if event is not None:
                     self._grouper.feed(event, now)
 
@@ -132,7 +148,7 @@ class UdevSource(DeviceSource):
         device = self._monitor.poll(timeout=timeout)
         if device is None:
             return []
-        event = to_uevent(device, device.action or "")
+        event = to_uevent(device, device.action or "", self._grouping)
         return [] if event is None else self._grouper.feed(event, time.monotonic())
 
     def _settled(self, now: float) -> list[DockEvent]:

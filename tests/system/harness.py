@@ -91,6 +91,8 @@ class Daemon:
     control_config: str = ""  # more [control] keys (group names), one per line
     udev: bool = False
     udev_source: str | None = "kernel"  # None: not set, the config's default (auto)
+    settle_seconds: float = 0.3
+    detection_config: str = ""  # more [detection] keys, one per line
     # The simulator's volumes are ext4 images, which no rule mounts unless it lists ext4.
     camera_filesystems: tuple[str, ...] = ("ext4",)
     store_root: Path | None = None
@@ -151,8 +153,9 @@ socket = "{self.control_socket}"
 [detection]
 udev = {str(self.udev).lower()}
 {f'udev_source = "{self.udev_source}"' if self.udev_source else ""}
-settle_seconds = 0.3
+settle_seconds = {self.settle_seconds}
 watch_folders = ["{self.docks}"]
+{self.detection_config}
 
 [[camera]]
 match = {{ SUBSYSTEM = "folder", ZFY_TRANSPORT = "serial" }}

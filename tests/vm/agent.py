@@ -1,0 +1,87 @@
+"""The guest's end of the vm tier: runs what the host asks, through files on the read-write share.
+
+Started by virtme-ng's `--exec` inside the guest (`python -m tests.vm.agent SHARE`); stdlib only. The host
+writes `SHARE/requests/N.json` atomically and waits for `SHARE/replies/N.json`:
+- `{"argv": [...], "timeout": s}` runs a command to completion: `{"rc", "stdout", "stderr"}`;
+- `{"spawn": name, "argv": [...], "log": path}` starts a long-lived process (the daemon): `{"pid"}`;
+- `{"poll": name}` asks whether it still runs: `{"rc"}` (None while it runs);
+- `{"signal": name, "number": n, "wait": s}` signals it and waits for it: `{"rc"}` (None if still running);
+- `{"halt": true}` kills what it spawned and exits, which powers the guest off.
+A file share needs no network in the guest and survives the guest's console being busy with kernel logs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+POLL_S = 0.1
+
+
+def _reply(share: Path, name: str, body: dict[str, Any]) -> None:
+    replies = share / "replies"
+    temporary = replies / f".{name}"
+    temporary.write_text(json.dumps(body), encoding="utf-8")
+    temporary.replace(replies / name)
+
+
+def _handle(request: dict[str, Any], spawned: dict[str, subprocess.Popen[bytes]]) -> dict[str, Any]:
+    if "spawn" in request:
+        with Path(request["log"]).open("ab") as log:
+            process = subprocess.Popen(request["argv"], stdout=log, stderr=subprocess.STDOUT)
+        spawned[request["spawn"]] = process
+        return {"pid": process.pid}
+    if "poll" in request:
+        return {"rc": spawned[request["poll"]].poll()}
+    if "signal" in request:
+        process = spawned[request["signal"]]
+        if process.poll() is None:
+            process.send_signal(int(request["number"]))
+        try:
+            return {"rc": process.wait(timeout=float(request["wait"]))}
+        except subprocess.TimeoutExpired:
+            return {"rc": None}
+    try:
+        done = subprocess.run(
+            request["argv"], capture_output=True, timeout=float(request["timeout"]), check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return {"rc": None, "stdout": "", "stderr": str(error)}
+    return {
+        "rc": done.returncode,
+        "stdout": done.stdout.decode("utf-8", "replace"),
+        "stderr": done.stderr.decode("utf-8", "replace"),
+    }
+
+
+def serve(share: Path) -> None:
+    requests = share / "requests"
+    requests.mkdir(exist_ok=True)
+    (share / "replies").mkdir(exist_ok=True)
+    (share / "agent-ready").write_text(os.uname().release, encoding="utf-8")
+    spawned: dict[str, subprocess.Popen[bytes]] = {}
+    while True:
+        pending = sorted(p for p in requests.iterdir() if p.suffix == ".json" and not p.name.startswith("."))
+        if not pending:
+            time.sleep(POLL_S)
+            continue
+        for path in pending:
+            request = json.loads(path.read_text(encoding="utf-8"))
+            path.unlink()
+            if request.get("halt"):
+                for process in spawned.values():
+                    if process.poll() is None:
+                        process.kill()
+                        process.wait()
+                _reply(share, path.name, {"rc": 0})
+                return
+            _reply(share, path.name, _handle(request, spawned))
+
+
+if __name__ == "__main__":
+    serve(Path(sys.argv[1]))
