@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import select
 
-from store.models import Camera, ClockReading, CustodyEvent, CustodyKind, DockSession, Recording, SessionState
+from store.models import Camera, ClockReading, CustodyEvent, CustodyKind, DockVisit, Recording, SessionState
 from tests.system.harness import iter_rows, wait_for
 from tests.system.test_daemon import digests_of
 from tests.vm.machine import Guest
@@ -59,7 +59,7 @@ def test_serial_and_disk_behind_one_hub_dock_as_one_camera_synced_ingested_and_w
 
     catalog = station.catalog()
     try:
-        (session,) = [row[0] for row in iter_rows(catalog, select(DockSession))]
+        (session,) = [row[0] for row in iter_rows(catalog, select(DockVisit))]
         assert session.state is SessionState.DONE
         assert session.battery_percent == 71
         # Measured in the guest, against the guest's clock: the camera's 4 s plus the guest's own lag.
@@ -107,7 +107,7 @@ def test_a_usb_disk_no_rule_matches_is_left_alone_and_logged(
     assert station.summaries() == []
     catalog = station.catalog()
     try:
-        assert list(iter_rows(catalog, select(DockSession))) == []
+        assert list(iter_rows(catalog, select(DockVisit))) == []
     finally:
         catalog.close()
     assert thumb.card_digest() == before  # not a byte written
@@ -157,10 +157,10 @@ def test_disk_unplugged_mid_copy_ends_unplugged_deletes_nothing_and_a_replug_res
             row[0]
             for row in iter_rows(
                 catalog,
-                select(DockSession.state)
+                select(DockVisit.state)
                 .join(Camera)
                 .where(Camera.device_serial == "0000004")
-                .order_by(DockSession.id),
+                .order_by(DockVisit.id),
             )
         ]
         assert states == [SessionState.UNPLUGGED, SessionState.DONE]
