@@ -23,7 +23,7 @@ from ingestd import replication
 from ingestd.config import MetricsConfig
 from ingestd.control import queries
 from ingestd.services import Services
-from store.models import DockVisit, FlagKind
+from store.models import DockVisit, FlagKind, SessionState
 
 log = structlog.get_logger()
 
@@ -67,6 +67,7 @@ def render(db: Session, *, free_bytes: int | None, now: datetime) -> str:
     docks = queries.docks(db)
     docked = sum(1 for dock in docks if dock["device_serial"] is not None)
     queued = sum(1 for dock in docks if dock["state"] == "queued")
+    ingesting = sum(1 for dock in docks if dock["state"] == SessionState.INGESTING.value)
     flags = queries.open_flag_counts(db)
     total_bytes, seconds = _ingest_totals(db)
     verify = queries.last_verify(db)
@@ -76,6 +77,12 @@ def render(db: Session, *, free_bytes: int | None, now: datetime) -> str:
         "gauge",
         "Cameras on a dock now, from docking until taken off (copying, queued, done or failed).",
         [({}, docked)],
+    )
+    exposition.metric(
+        "ingestd_ingesting_cameras",
+        "gauge",
+        "Cameras copying recordings now (a finished camera left on its dock is not counted).",
+        [({}, ingesting)],
     )
     exposition.metric(
         "ingestd_queue_length", "gauge", "Docked cameras waiting for a copy slot.", [({}, queued)]

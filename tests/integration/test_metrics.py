@@ -30,3 +30,23 @@ def test_a_camera_done_but_not_yet_taken_counts_as_docked_and_the_help_says_so(
     (help_line,) = [line for line in lines if line.startswith("# HELP ingestd_docked_cameras ")]
     assert "done" in help_line
     assert "open dock sessions" not in help_line
+
+
+def test_only_a_camera_copying_counts_as_ingesting_so_a_finished_one_left_docked_raises_no_stall(
+    catalog: Catalog, tmp_path: Path
+) -> None:
+    audit = rows.audit_log(tmp_path)
+    laid = [
+        Bay("folder:/docks/b1", "ingesting", SessionState.INGESTING),
+        Bay("folder:/docks/b2", "done", SessionState.DONE, ended=True, deletion=["started", "done"]),
+    ]
+    for number, bay in enumerate(laid, start=1):
+        bay.serial = f"ZFY{number:04d}"
+        lay(catalog, audit, bay, number)
+    with catalog.transaction() as db:
+        lines = render(db, free_bytes=None, now=utcnow()).splitlines()
+    assert "ingestd_docked_cameras 2" in lines
+    assert "ingestd_ingesting_cameras 1" in lines
+    alerts = (Path(__file__).parents[2] / "docs" / "ingestd-alerts.yml").read_text(encoding="utf-8")
+    (stall,) = [line for line in alerts.splitlines() if "ingestd_ingest_bytes_total[30m]" in line]
+    assert "ingestd_ingesting_cameras > 0" in stall
