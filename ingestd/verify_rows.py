@@ -7,7 +7,9 @@ row and leave the chain alone, so every such row is replayed from its events and
   event, place, confidentiality), retention class, tags, legal hold, deletion notice and purge
   (recording.ingest, .classify, .hold, .release, retention.notice, .purge);
 - an approval's every field: who granted it to whom, scope, expiry (approval.create, approval.revoke);
-- each custody row (custody.check-in, custody.check-out), matched one to one.
+- each custody row (custody.check-in, custody.check-out), matched one to one;
+- a stored object's seal, which `verify` checks the file against, as the last recording.ingest of its
+  bytes recorded it (weakened, a missing immutable attribute would pass unnoticed).
 A row with no event that made it is "row-unaudited", an event whose row is gone "row-missing", a row
 that differs from its events "row-mismatch", a value that cannot be decoded "row-unreadable". Trust
 follows the chain: run it after `verify_chain`.
@@ -34,6 +36,7 @@ from store.models import (
     Officer,
     Recording,
     RetentionClass,
+    StoredObject,
 )
 
 _BATCH = 1000
@@ -101,6 +104,7 @@ class _Expected:
 @dataclass
 class _Replay:
     recordings: dict[int, _Expected] = field(default_factory=dict)
+    seals: dict[str, _Expected] = field(default_factory=dict)  # blake3 -> its last recorded seal
     approvals: dict[int, _Expected] = field(default_factory=dict)
     custody: Counter[tuple[Any, ...]] = field(default_factory=Counter)
     custody_seq: dict[tuple[Any, ...], int] = field(default_factory=dict)
@@ -213,6 +217,8 @@ def _replay_recording(
         fields = {**_AT_INGEST, "ingested_at": _instant(at)}
         fields.update({column: details[name] for name, column in _INGEST_DETAILS.items() if name in details})
         replay.recordings[recording_id] = _Expected(seq, fields)
+        if "seal" in details and "blake3" in details:
+            replay.seals[str(details["blake3"])] = _Expected(seq, {"seal": details["seal"]})
         return
     made = replay.recordings.get(recording_id)
     if made is None:  # a change to a recording never ingested: its row is reported as unaudited
@@ -291,6 +297,23 @@ def _check_recordings(db: Session, replay: _Replay) -> Iterator[RowProblem]:
     return _compare("recording", "recording.ingest", found, replay.recordings)
 
 
+def _check_seals(db: Session, replay: _Replay) -> Iterator[RowProblem]:
+    """Only objects whose ingest recorded a seal: events from before seals were recorded say nothing."""
+    rows = db.execute(
+        select(StoredObject.blake3, StoredObject.seal)
+        .order_by(StoredObject.blake3)
+        .execution_options(yield_per=_BATCH)
+    )
+    for blake3, seal in rows:
+        made = replay.seals.get(blake3)
+        if made is not None and str(seal) != made.fields["seal"]:
+            yield RowProblem(
+                "row-mismatch",
+                f"object:{blake3}",
+                f"seal is {seal}, but its audit events (last: seq {made.seq}) say {made.fields['seal']}",
+            )
+
+
 def _check_approvals(db: Session, replay: _Replay) -> Iterator[RowProblem]:
     approvals = db.scalars(select(Approval).order_by(Approval.id))
     found = (
@@ -347,6 +370,7 @@ def verify_rows(db: Session) -> list[RowProblem]:
     problems = list(replay.unreadable)
     checks = (
         ("recordings", _check_recordings),
+        ("stored_objects", _check_seals),
         ("approvals", _check_approvals),
         ("custody_events", _check_custody),
     )

@@ -98,6 +98,24 @@ def test_rows_with_no_event_and_events_with_no_row_are_named(catalog: Catalog, t
     assert check(catalog) == [("row-unaudited", "recording:3"), ("row-missing", "approval:1")]
 
 
+def test_an_object_whose_recorded_seal_was_edited_is_named(catalog: Catalog, tmp_path: Path) -> None:
+    # `verify` checks each object against the seal the catalog recorded: weakening it (immutable to
+    # read-only) would make a missing immutable attribute pass unnoticed.
+    build(catalog, tmp_path)
+    with catalog.engine.begin() as connection:
+        blake3 = connection.execute(select(Recording.blake3).where(Recording.id == 2)).scalar_one()
+        connection.execute(
+            text(
+                "UPDATE stored_objects SET seal = CASE WHEN seal = 'immutable' THEN 'read-only'"
+                " ELSE 'immutable' END WHERE blake3 = :blake3"
+            ),
+            {"blake3": blake3},
+        )
+    with catalog.transaction() as db:
+        found = [(p.kind, p.subject, p.detail.split(" ")[0]) for p in verify_rows(db)]
+    assert found == [("row-mismatch", f"object:{blake3}", "seal")]
+
+
 def test_a_recording_pointed_at_other_bytes_backdated_or_noticed_behind_the_chain_is_named(
     catalog: Catalog, tmp_path: Path
 ) -> None:

@@ -149,6 +149,7 @@ def recording(
                 "blake3": obj.blake3,
                 "sha256": obj.sha256,
                 "size": obj.size,
+                "seal": obj.seal.value,
             },
             at=ingested_at,
         )
