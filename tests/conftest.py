@@ -13,12 +13,23 @@ from sqlalchemy import create_engine, text
 from store.catalog import Catalog
 from store.models import Base
 from tests.support.ceph import ceph_cluster
+from tests.support.objectstore import unseal_tree
 from tests.support.postgres import PostgresServer, start_server
 
 __all__ = ["ceph_cluster"]  # a session fixture: the vault tests' single-node Ceph
 
 BACKENDS = ["sqlite", "postgresql"]
 _database_names = itertools.count(1)
+
+
+@pytest.fixture(autouse=True)
+def _unsealed_tmp_path(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test, clear the immutable and append-only attributes its own `tmp_path` was left with
+    (sealed objects, the checkpoint file), so pytest can delete old temp dirs."""
+    yield
+    used = request.node.funcargs.get("tmp_path") if hasattr(request.node, "funcargs") else None
+    if isinstance(used, Path):
+        unseal_tree(used)
 
 
 @pytest.fixture(scope="session")
