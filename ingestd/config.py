@@ -264,6 +264,11 @@ class DeadlinesConfig(Section):
             raise ValueError(f"the holidays package has no calendar for {value!r}")
         return value
 
+    @property
+    def zone(self) -> ZoneInfo:
+        """The zone local times are shown and counted in."""
+        return ZoneInfo(self.timezone)
+
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:

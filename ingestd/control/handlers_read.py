@@ -9,7 +9,6 @@ unless the caller is admin, approver or auditor. The audit trail is for admin an
 from __future__ import annotations
 
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from ingestd import replication
 from ingestd.control import queries
@@ -18,10 +17,6 @@ from ingestd.services import Services
 from store.audit import Role
 
 AUDIT_READERS = frozenset({Role.ADMIN, Role.AUDITOR})
-
-
-def _zone(services: Services) -> ZoneInfo:
-    return ZoneInfo(services.config.deadlines.timezone)
 
 
 def _free_bytes(services: Services) -> int | None:
@@ -60,7 +55,7 @@ def officers(services: Services, request: Request) -> dict[str, Any]:
 @command("footage", roles=EVERYONE, footage=True)
 def footage(services: Services, request: Request) -> dict[str, Any]:
     with services.catalog.transaction() as db:
-        return queries.footage(db, request.args, zone=_zone(services), role=request.actor.role)
+        return queries.footage(db, request.args, zone=services.config.deadlines.zone, role=request.actor.role)
 
 
 @command("replication", roles=EVERYONE)
@@ -76,4 +71,4 @@ def replication_status(services: Services, request: Request) -> dict[str, Any]:
 @command("audit", roles=AUDIT_READERS)
 def audit(services: Services, request: Request) -> dict[str, Any]:
     with services.catalog.transaction() as db:
-        return queries.audit_events(db, request.args, zone=_zone(services))
+        return queries.audit_events(db, request.args, zone=services.config.deadlines.zone)

@@ -30,7 +30,6 @@ import click
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ingestd.commandline import config_option, json_option, load, print_json, trusted_keys_option
-from ingestd.config import load_config
 from ingestd.ctl import client
 from ingestd.display import console, local_time, problem_line, styled, table
 from ingestd.errors import IngestdError, UsageError
@@ -64,10 +63,6 @@ def _period_args(month: str | None, start: str | None, end: str | None) -> dict[
 
 
 # --- approvals -----------------------------------------------------------------------------------------
-
-
-def _zone(config_path: Path | None) -> ZoneInfo:
-    return ZoneInfo(load_config(config_path).deadlines.timezone)
 
 
 def _print_approval(approval: dict[str, Any], zone: ZoneInfo) -> None:
@@ -129,8 +124,9 @@ def approve(
         raise click.UsageError("give a scope: --recording ID (repeatable) and/or --case CASE")
     if (expires_in is None) == (expires_at is None):
         raise click.UsageError("give exactly one of --expires-in or --expires-at")
-    result = client.ask(
-        config_path,
+    config = load(config_path)
+    result = client.call(
+        config,
         "approve",
         {
             "grantee": grantee,
@@ -143,7 +139,7 @@ def approve(
             "requested_by": requested_by,
         },
     )
-    print_json(result) if as_json else _print_approval(result, _zone(config_path))
+    print_json(result) if as_json else _print_approval(result, config.deadlines.zone)
     uncovered = result["confidential_not_covered"]
     if uncovered:
         click.echo(
@@ -161,8 +157,9 @@ def approve(
 @json_option
 def revoke(config_path: Path | None, approval_id: int, reason: str, as_json: bool) -> None:
     """Revoke an approval: no export or viewing under it from now on."""
-    result = client.ask(config_path, "revoke", {"approval_id": approval_id, "reason": reason})
-    print_json(result) if as_json else _print_approval(result, _zone(config_path))
+    config = load(config_path)
+    result = client.call(config, "revoke", {"approval_id": approval_id, "reason": reason})
+    print_json(result) if as_json else _print_approval(result, config.deadlines.zone)
 
 
 @click.command()
@@ -171,11 +168,12 @@ def revoke(config_path: Path | None, approval_id: int, reason: str, as_json: boo
 @json_option
 def approvals(config_path: Path | None, approval_id: int | None, as_json: bool) -> None:
     """List approvals (newest first), or show one."""
-    result = client.ask(config_path, "approvals", {"approval_id": approval_id})
+    config = load(config_path)
+    result = client.call(config, "approvals", {"approval_id": approval_id})
     if as_json:
         print_json(result)
         return
-    zone = _zone(config_path)
+    zone = config.deadlines.zone
     for approval in result["approvals"]:
         _print_approval(approval, zone)
     if not result["approvals"]:
@@ -441,8 +439,9 @@ def spotcheck_sample(
     as_json: bool,
 ) -> None:
     """Draw a reproducible sample and open an inspection."""
-    result = client.ask(
-        config_path,
+    config = load(config_path)
+    result = client.call(
+        config,
         "spotcheck.sample",
         {
             **_period_args(month, start, end),
@@ -452,7 +451,7 @@ def spotcheck_sample(
             "note": note,
         },
     )
-    print_json(result) if as_json else _print_inspection(result, _zone(config_path))
+    print_json(result) if as_json else _print_inspection(result, config.deadlines.zone)
 
 
 @spotcheck.command("verdict")
@@ -477,8 +476,9 @@ def spotcheck_verdict(
     """Record the reviewer's verdict on one sampled recording."""
     if verdict is None:
         raise click.UsageError("give --pass or --fail")
-    result = client.ask(
-        config_path,
+    config = load(config_path)
+    result = client.call(
+        config,
         "spotcheck.verdict",
         {
             "inspection_id": inspection_id,
@@ -488,7 +488,7 @@ def spotcheck_verdict(
             "amend": amend,
         },
     )
-    print_json(result) if as_json else _print_inspection(result, _zone(config_path))
+    print_json(result) if as_json else _print_inspection(result, config.deadlines.zone)
 
 
 @spotcheck.command("show")
@@ -497,11 +497,12 @@ def spotcheck_verdict(
 @json_option
 def spotcheck_show(config_path: Path | None, inspection_id: int | None, as_json: bool) -> None:
     """Show one inspection's ledger (and whether its sample still draws the same), or list them."""
-    result = client.ask(config_path, "spotcheck.show", {"inspection_id": inspection_id})
+    config = load(config_path)
+    result = client.call(config, "spotcheck.show", {"inspection_id": inspection_id})
     if as_json:
         print_json(result)
     elif inspection_id is None:
-        zone = _zone(config_path)
+        zone = config.deadlines.zone
         columns = ["id", "created", "by", "unit", "start", "end", "size", "reviewed", "pending"]
         _table(
             "inspections",
@@ -522,7 +523,7 @@ def spotcheck_show(config_path: Path | None, inspection_id: int | None, as_json:
             ],
         )
     else:
-        _print_inspection(result, _zone(config_path))
+        _print_inspection(result, config.deadlines.zone)
 
 
 # --- report --------------------------------------------------------------------------------------------

@@ -112,7 +112,7 @@ def _direct(
     if not caller.roles & roles:
         raise PermissionDenied(detail=f"{command} needs one of the roles {', '.join(sorted(roles))}")
     catalog = Catalog.open(config.catalog.url, read_only=True)
-    zone = ZoneInfo(config.deadlines.timezone)
+    zone = config.deadlines.zone
     try:
         with catalog.transaction() as db:
             if command == "status":
@@ -307,7 +307,7 @@ def _end_watch(signum: int, frame: FrameType | None) -> None:
 def status(config_path: Path | None, watch: bool, as_json: bool) -> None:
     """Docks with their transfers, open flags by kind, store free space and the last verify."""
     config = load(config_path)
-    zone = ZoneInfo(config.deadlines.timezone)
+    zone = config.deadlines.zone
     if not watch:
         result = request(config, "status", {})
         if as_json:
@@ -348,7 +348,7 @@ def _watch_frame(config: Config, zone: ZoneInfo) -> RenderableType:
 def cameras(config_path: Path | None, serial: str | None, unit: str | None, as_json: bool) -> None:
     """Cameras: state (docked/in/out), battery, storage, last clock offset and state, holder."""
     config = load(config_path)
-    zone = ZoneInfo(config.deadlines.timezone)
+    zone = config.deadlines.zone
     result = request(config, "cameras", {"serial": serial, "unit": unit})
     if as_json:
         print_json(result)
@@ -392,7 +392,7 @@ def cameras(config_path: Path | None, serial: str | None, unit: str | None, as_j
 def replication_command(config_path: Path | None, as_json: bool) -> None:
     """Replication to the vault: items per state, oldest pending, throughput, last error, bucket."""
     config = load(config_path)
-    zone = ZoneInfo(config.deadlines.timezone)
+    zone = config.deadlines.zone
     result = request(config, "replication", {})
     if as_json:
         print_json(result)
@@ -476,7 +476,7 @@ def footage(config_path: Path | None, as_json: bool, **filters: Any) -> None:
 
     Viewing or copying the footage itself needs an approval (see `ingestctl approve`)."""
     config = load(config_path)
-    zone = ZoneInfo(config.deadlines.timezone)
+    zone = config.deadlines.zone
     result = request(config, "footage", filters)
     if as_json:
         print_json(result)
@@ -655,7 +655,7 @@ def audit(
     if before is not None and fmt != "table":
         raise click.UsageError("--before pages the table; csv and json export in chain order")
     if fmt == "table":
-        zone = ZoneInfo(config.deadlines.timezone)
+        zone = config.deadlines.zone
         page = min(limit or queries.AUDIT_LIMIT_DEFAULT, AUDIT_PAGE)
         newest = {**filters, "limit": page, "newest_first": True, "before_seq": before}
         found = request(config, "audit", newest)

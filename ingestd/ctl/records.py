@@ -17,17 +17,12 @@ from zoneinfo import ZoneInfo
 import click
 
 from ingestd.commandline import config_option, json_option, load, print_json
-from ingestd.config import Config
 from ingestd.ctl.client import ask, call
 from ingestd.display import console, local_time, plain, table
 from ingestd.exit_codes import ExitCode
 from store.models import Confidentiality, RetentionClass
 
 PURGE_TIMEOUT_S = 6 * 3600.0  # the daemon answers once every object is removed and recorded
-
-
-def _zone(config: Config) -> ZoneInfo:
-    return ZoneInfo(config.deadlines.timezone)
 
 
 def _custody_line(entry: dict[str, Any], zone: ZoneInfo) -> str:
@@ -50,7 +45,8 @@ def checkout(config_path: Path | None, device: str, officer_no: str | None, as_j
     """Check camera DEVICE out: to --officer, else to its assigned officer, else unassigned."""
     config = load(config_path)
     result = call(config, "checkout", {"device": device, "officer_no": officer_no})
-    print_json(result["custody"]) if as_json else click.echo(_custody_line(result["custody"], _zone(config)))
+    custody = result["custody"]
+    print_json(custody) if as_json else click.echo(_custody_line(custody, config.deadlines.zone))
     if result.get("warning"):
         click.echo(f"ingestctl: warning: {result['warning']}", err=True)
 
@@ -64,7 +60,8 @@ def checkin(config_path: Path | None, device: str, note: str | None, as_json: bo
     """Check camera DEVICE in by hand (card-reader imports); docking checks in by itself."""
     config = load(config_path)
     result = call(config, "checkin", {"device": device, "note": note})
-    print_json(result["custody"]) if as_json else click.echo(_custody_line(result["custody"], _zone(config)))
+    custody = result["custody"]
+    print_json(custody) if as_json else click.echo(_custody_line(custody, config.deadlines.zone))
 
 
 @click.command()
@@ -80,7 +77,7 @@ def custody(config_path: Path | None, device: str | None, officer_no: str | None
         print_json(entries)
         return
     for entry in entries:
-        click.echo(_custody_line(entry, _zone(config)))
+        click.echo(_custody_line(entry, config.deadlines.zone))
     if not entries:
         click.echo("custody events: none")
 
@@ -158,7 +155,7 @@ def flags(config_path: Path | None, include_closed: bool, as_json: bool) -> None
     if as_json:
         print_json(found)
         return
-    zone = _zone(config)
+    zone = config.deadlines.zone
     for flag in found:
         click.echo(_flag_line(flag, zone))
     if not found:
@@ -182,7 +179,7 @@ def explain(config_path: Path | None, flag_id: int, text: str, as_json: bool) ->
     """Record the explanation of FLAG (8 or #8); it leaves the open list and stays in history."""
     config = load(config_path)
     flag = call(config, "explain", {"flag_id": flag_id, "text": text})["flag"]
-    print_json(flag) if as_json else click.echo(_flag_line(flag, _zone(config)))
+    print_json(flag) if as_json else click.echo(_flag_line(flag, config.deadlines.zone))
 
 
 def _changes(results: list[dict[str, Any]], as_json: bool, verb: str) -> None:
@@ -293,7 +290,7 @@ def extend(
     if as_json:
         print_json(result)
         return
-    zone = _zone(config)
+    zone = config.deadlines.zone
     resolved = ", ".join(f"#{flag}" for flag in result["resolved_flag_ids"])
     deadline = local_time(result["deadline_at"], zone)
     if result["previous_deadline_at"] == result["deadline_at"]:
@@ -345,7 +342,7 @@ def purge_command(config_path: Path | None, dry_run: bool, as_json: bool) -> Non
     if as_json:
         print_json(report)
     else:
-        _print_purge(report, dry_run, _zone(config))
+        _print_purge(report, dry_run, config.deadlines.zone)
         for digest, error in done.get("failed_objects", {}).items():
             click.echo(f"FAILED to remove {digest}: {error}", err=True)
         for subject, why in done.get("skipped", {}).items():

@@ -119,8 +119,9 @@ def one_line(done: subprocess.CompletedProcess[str]) -> str:
 def test_export_without_a_valid_approval_is_refused_audited_and_writes_nothing(station: Station) -> None:
     first, second = station.recordings
     exports = station.own_dir("clerk", "exports")
-    # Expired for real: the daemon is another process (no time machine), so it expires a few s from now.
-    expiring = station.approve("--recording", str(first), "--expires-at", _in_seconds(3))
+    # Expired for real: the daemon is another process (no time machine), so it expires a few s from now
+    # (long enough for `approve` itself to finish on a loaded machine).
+    expiring = station.approve("--recording", str(first), "--expires-at", _in_seconds(8))
     scoped = station.approve("--recording", str(first), "--expires-in", "1h")
     attempts = {
         "missing": ("--approval", "9999"),
