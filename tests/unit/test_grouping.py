@@ -7,6 +7,15 @@ from drivers.mass_storage import MassStorageDriver
 from drivers.serial_camera import SerialDriver
 from ingestd.docking.events import Docked, StorageArrived, Undocked
 from ingestd.docking.grouping import Uevent, UeventGrouper, UsbAncestor, dock_port
+from tests.support.guest_usb import (
+    GUEST_DISK_PROPS,
+    GUEST_DISK_USB,
+    GUEST_HUB,
+    GUEST_ROOT_HUB,
+    GUEST_TTY_PROPS,
+    GUEST_TTY_USB,
+    XHCI,
+)
 
 PORT = "/devices/pci0000:00/0000:00:14.0/usb1/1-2"
 USB = {"ID_VENDOR_ID": "1d6b", "ID_MODEL_ID": "0104", "ID_SERIAL_SHORT": "ZFY0001"}
@@ -62,15 +71,7 @@ def test_two_ports_are_independent() -> None:
     assert [e.port for e in grouper.tick(now=1.6)] == [other]
 
 
-# Recorded in the vm tier's guest (QEMU 7.2 qemu-xhci, Debian 6.1): a usb-hub on root port 1, QEMU's
-# usb-storage (46f4:0001) on hub port 1 and usb-serial (FTDI 0403:6001) on hub port 2, both serial=0000001.
-XHCI = "/devices/pci0000:00/0000:00:0a.0"
-GUEST_ROOT_HUB = UsbAncestor(f"{XHCI}/usb1", "09")
-GUEST_HUB = UsbAncestor(f"{XHCI}/usb1/1-1", "09")
-GUEST_DISK_USB = UsbAncestor(f"{XHCI}/usb1/1-1/1-1.1", "00")  # .../1-1.1:1.0/host6/.../block/sda
-GUEST_TTY_USB = UsbAncestor(f"{XHCI}/usb1/1-1/1-1.2", "00")  # .../1-1.2:1.0/ttyUSB0/tty/ttyUSB0
-GUEST_DISK_PROPS = {"ID_VENDOR_ID": "46f4", "ID_MODEL_ID": "0001", "ID_SERIAL_SHORT": "0000001"}
-GUEST_TTY_PROPS = {"ID_VENDOR_ID": "0403", "ID_MODEL_ID": "6001", "ID_SERIAL_SHORT": "0000001"}
+# The guest's recorded USB tree (tests.support.guest_usb).
 
 
 def test_by_device_each_usb_device_is_its_own_dock() -> None:
