@@ -21,7 +21,7 @@ from typing import Any, Literal
 import pyudev
 import structlog
 
-from ingestd.docking.events import DockEvent
+from ingestd.docking.events import Docked, DockEvent
 from ingestd.docking.grouping import Grouping, Ready, Uevent, UeventGrouper, UsbAncestor, dock_port
 from ingestd.docking.source import DeviceSource
 
@@ -164,7 +164,12 @@ class UdevSource(DeviceSource):
         if device is None:
             return []
         event = to_uevent(device, device.action or "", self._grouping)
-        return [] if event is None else self._grouper.feed(event, time.monotonic())
+        if event is None:
+            return []
+        decided = self._grouper.feed(event, time.monotonic())
+        for early in (e for e in decided if isinstance(e, Docked)):
+            log.info("docked_early", port=early.port, tty=early.device.tty, block=early.device.block)
+        return decided
 
     def _settled(self, now: float) -> list[DockEvent]:
         return self._grouper.tick(now)
