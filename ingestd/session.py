@@ -44,6 +44,7 @@ from drivers.base import (
     DeviceInfo,
     DriverError,
     DriverOptions,
+    MountError,
     OriginalFile,
     Unsupported,
 )
@@ -149,8 +150,8 @@ class StorageHandover:
     """Between a session and the dock manager: the volume that appears after the dock, and whether the
     camera's leaving its port is a re-enumeration. Thread-safe.
 
-    The grace opens when the session sends SetMSDC and closes when it mounts a volume; an undock inside
-    it is the camera re-enumerating (`detach`), outside it a real unplug."""
+    The grace opens when the session sends SetMSDC and closes once it has mounted a volume; an undock
+    inside it is the camera re-enumerating (`detach`), outside it a real unplug."""
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
@@ -194,8 +195,8 @@ class StorageHandover:
             return self._grace and self._block is None
 
     def take(self, needed: bool, settings: IngestSettings, stopping: threading.Event) -> str | None:
-        """Close the grace and return the volume to mount where one had to come: waited for when
-        `needed` or while the camera is away; None where the dock's own volume stands. Raises
+        """The volume to mount where one had to come: waited for when `needed` or while the camera is
+        away; None where the dock's own volume stands. The grace stays open until `close_grace`. Raises
         `Unplugged` when a detached camera is not back within `reenumerate_s`, `StorageMissing` when
         none came within `storage_wait_s`, `_Interrupted` when the daemon stops."""
         started = time.monotonic()
@@ -220,8 +221,18 @@ class StorageHandover:
                             f"no storage appeared within {settings.storage_wait_s:g} s of SetMSDC"
                         )
                 self._changed.wait(min(remaining, 0.5))  # 0.5: notice a daemon stop
-            self._grace = False
             return self._block if waited else None
+
+    def close_grace(self) -> None:
+        """The volume is mounted: from now on the camera leaving is an unplug."""
+        with self._changed:
+            self._grace = False
+
+    def discard(self, block: str) -> None:
+        """`block` went as it was mounted: wait for the camera's next volume, not for that one again."""
+        with self._changed:
+            if self._block == block:
+                self._block = None
 
 
 @dataclass
@@ -345,6 +356,7 @@ class IngestSession:
         self.stopping = stopping
         self.clock = clock
         self.storage = storage if storage is not None else StorageHandover()
+        self._block = device.block  # the volume's node, while it is a block device
         self.summary = SessionSummary(port=device.port)
         self.flags = FlagService(notifier)
         self._last_presence_check = 0.0
@@ -400,7 +412,8 @@ class IngestSession:
             battery_percent=battery,
         )
         self._enter_mass_storage()
-        with self.camera.mounted_volume() as volume:
+        with contextlib.ExitStack() as mounted:
+            volume = self._mount(mounted)
             self._ingest_volume(_Docked(dock_session_id, camera_id, identity, offset, volume))
         self.summary.state = SessionState.DONE
 
@@ -414,17 +427,42 @@ class IngestSession:
             pass  # plain mass storage is already there
         except DeviceGone:
             # A camera that drops its control interface as it switches may do so before its reply is
-            # read; where its volume is to come anyway, that is the switch: its storage decides.
-            if not needed:
+            # read: that is the switch, and its storage decides (the dock's, or the one that follows).
+            if not needed and self.device.block is None:
                 raise
-            self._log.info("control_channel_gone_on_switch", detail="waiting for the camera's storage")
+            self._log.info("control_channel_gone_on_switch", detail="taking the camera's storage")
+            if not needed:
+                self._attach(self.device.block)
+        self._await_storage(needed)
+
+    def _await_storage(self, needed: bool) -> None:
         if needed or self.storage.detached:
             self.progress.set_state(AWAITING_STORAGE)
             self._log.info("awaiting_storage", storage_wait_s=self.settings.storage_wait_s)
-        block = self.storage.take(needed, self.settings, self.stopping)
+        self._attach(self.storage.take(needed, self.settings, self.stopping))
+
+    def _attach(self, block: str | None) -> None:
         if block is not None:
             self.camera.attach_storage(block)
+            self._block = block
             self._log.info("storage_attached", block=block)
+
+    def _mount(self, mounted: contextlib.ExitStack) -> Path:
+        """Mount the volume, then close the re-enumeration grace. A volume gone as it is mounted is a
+        camera re-enumerating after SetMSDC (a composite camera's disk goes with its tty): wait for it
+        to come back, as for an undock in the grace."""
+        while True:
+            try:
+                volume = mounted.enter_context(self.camera.mounted_volume())
+            except (MountError, DeviceGone) as error:
+                if self._block is None or self.camera.present():
+                    raise  # there and not mountable: no re-enumeration
+                self._log.info("volume_gone_at_mount", block=self._block, error=str(error))
+                self.storage.discard(self._block)
+                self._await_storage(needed=True)
+                continue
+            self.storage.close_grace()
+            return volume
 
     def _health(self) -> tuple[int | None, tuple[int, int] | None]:
         battery: int | None = None

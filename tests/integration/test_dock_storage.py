@@ -79,14 +79,17 @@ def awaiting_storage(
     """A manager whose session of `camera`, docked by its tty alone, is past SetMSDC awaiting storage."""
     manager = manager_for(services, ended, **settings)
     manager.handle(Docked(DeviceInfo(port=PORT, properties=TTY_PROPS, tty=camera.tty)))
+    wait_for_dock_state(services, manager, AWAITING_STORAGE)
+    return manager
 
-    def dock_state() -> bool:
+
+def wait_for_dock_state(services: Services, manager: DockManager, state: str) -> None:
+    def reached() -> bool:
         manager.flush_progress()
         with services.catalog.transaction() as db:
-            return db.scalar(select(Dock.state).where(Dock.port == PORT)) == AWAITING_STORAGE
+            return db.scalar(select(Dock.state).where(Dock.port == PORT)) == state
 
-    wait_for("the session to wait for the camera's storage", dock_state)
-    return manager
+    wait_for(f"the dock to be {state}", reached)
 
 
 def ended_alone(ended: Ended) -> SessionSummary:
@@ -195,3 +198,22 @@ def test_a_device_with_another_usb_serial_is_refused_and_a_camera_not_back_is_un
     assert (stored(services), deletions(services)) == (0, 0)
     assert custody(services) == [CustodyKind.CHECK_IN, CustodyKind.CHECK_OUT]  # checked out once
     manager.stop(timeout=30)
+
+
+def test_a_composite_cameras_disk_gone_at_the_mount_is_waited_for_and_it_stays_one_session(
+    services: Services, camera: SimulatedCamera, tmp_path: Path
+) -> None:
+    # A composite camera docks with its tty and its disk; after SetMSDC it re-enumerates, so the disk it
+    # docked with is gone (its node removed) when the session mounts it.
+    assert camera.block is not None
+    ended = Ended()
+    manager = manager_for(services, ended)
+    gone = str(tmp_path / "sdb1")  # the node of a disk that went
+    manager.handle(Docked(DeviceInfo(port=PORT, properties=TTY_PROPS, tty=camera.tty, block=gone)))
+    wait_for_dock_state(services, manager, AWAITING_STORAGE)
+    manager.handle(Undocked(PORT))
+    manager.handle(Docked(DeviceInfo(port=PORT, properties=DISK_PROPS, block=camera.block)))
+    summary = ended_alone(ended)
+    assert (summary.state, summary.files) == (SessionState.DONE, 2)
+    assert visits(services) == [(SessionState.DONE, None)]
+    undock_checks_out_once(services, manager)

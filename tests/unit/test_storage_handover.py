@@ -17,7 +17,8 @@ def test_an_undock_outside_the_grace_is_an_unplug() -> None:
     assert handover.detach() is False  # before SetMSDC
     handover.open_grace()
     assert handover.take(False, LONG, threading.Event()) is None  # the dock's own volume stands
-    assert handover.detach() is False  # after the mount: a disk pulled mid-copy
+    handover.close_grace()  # mounted
+    assert handover.detach() is False  # a disk pulled mid-copy
 
 
 def test_late_storage_is_handed_over_from_another_thread() -> None:
@@ -26,7 +27,20 @@ def test_late_storage_is_handed_over_from_another_thread() -> None:
     assert handover.awaiting
     threading.Timer(0.05, handover.offer, args=("/dev/sdb1",)).start()
     assert handover.take(True, LONG, threading.Event()) == "/dev/sdb1"
-    assert not handover.awaiting  # grace closed with the mount
+    assert not handover.awaiting
+
+
+def test_a_volume_gone_at_its_mount_is_discarded_and_the_next_one_waited_for() -> None:
+    handover = StorageHandover()
+    handover.open_grace()
+    handover.offer("/dev/sdb1")
+    assert handover.take(True, LONG, threading.Event()) == "/dev/sdb1"
+    handover.discard("/dev/sdb1")  # it went as it was mounted
+    assert handover.awaiting  # the grace is still open: a dock on the port is the camera back
+    threading.Timer(0.05, handover.offer, args=("/dev/sdc1",)).start()
+    assert handover.take(True, LONG, threading.Event()) == "/dev/sdc1"
+    handover.discard("/dev/sdb1")  # a late discard of the old one keeps the new one
+    assert handover.take(True, LONG, threading.Event()) == "/dev/sdc1"
 
 
 def test_no_storage_in_time_is_storage_missing() -> None:
