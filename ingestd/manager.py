@@ -155,7 +155,7 @@ class DockManager:
             log.info("camera_back_without_storage", port=event.port, detail="its volume follows")
             return
         log.info("camera_reenumerated", port=event.port, block=event.device.block, usb_serial=after)
-        slot.storage.offer(event.device.block)
+        slot.storage.offer(event.device.block, event.device.properties.get("DISKSEQ"))
 
     def _storage_arrived(self, event: StorageArrived) -> None:
         with self._lock:
@@ -165,7 +165,7 @@ class DockManager:
             log.info("storage_without_session", port=event.port, block=event.block)
             return
         log.info("storage_arrived", port=event.port, block=event.block)
-        slot.storage.offer(event.block)
+        slot.storage.offer(event.block, event.properties.get("DISKSEQ"))
 
     def _session(self, slot: _Slot, event: Docked, driver: Driver, options: DriverOptions) -> None:
         bound = log.bind(port=event.port)

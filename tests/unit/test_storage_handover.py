@@ -26,7 +26,7 @@ def test_late_storage_is_handed_over_from_another_thread() -> None:
     handover.open_grace()
     assert handover.awaiting
     threading.Timer(0.05, handover.offer, args=("/dev/sdb1",)).start()
-    assert handover.take(True, LONG, threading.Event()) == "/dev/sdb1"
+    assert handover.take(True, LONG, threading.Event()) == ("/dev/sdb1", None)
     assert not handover.awaiting
 
 
@@ -34,13 +34,13 @@ def test_a_volume_gone_at_its_mount_is_discarded_and_the_next_one_waited_for() -
     handover = StorageHandover()
     handover.open_grace()
     handover.offer("/dev/sdb1")
-    assert handover.take(True, LONG, threading.Event()) == "/dev/sdb1"
+    assert handover.take(True, LONG, threading.Event()) == ("/dev/sdb1", None)
     handover.discard("/dev/sdb1")  # it went as it was mounted
     assert handover.awaiting  # the grace is still open: a dock on the port is the camera back
-    threading.Timer(0.05, handover.offer, args=("/dev/sdc1",)).start()
-    assert handover.take(True, LONG, threading.Event()) == "/dev/sdc1"
+    threading.Timer(0.05, handover.offer, args=("/dev/sdc1", "7")).start()
+    assert handover.take(True, LONG, threading.Event()) == ("/dev/sdc1", "7")
     handover.discard("/dev/sdb1")  # a late discard of the old one keeps the new one
-    assert handover.take(True, LONG, threading.Event()) == "/dev/sdc1"
+    assert handover.take(True, LONG, threading.Event()) == ("/dev/sdc1", "7")
 
 
 def test_no_storage_in_time_is_storage_missing() -> None:
@@ -56,8 +56,8 @@ def test_a_camera_that_left_inside_the_grace_is_waited_for_and_its_old_volume_is
     handover.offer("/dev/sdb1")  # its disk came with the dock...
     assert handover.detach() is True  # ...and went when the camera re-enumerated
     assert handover.detached
-    threading.Timer(0.05, handover.offer, args=("/dev/sdc1",)).start()
-    assert handover.take(False, LONG, threading.Event()) == "/dev/sdc1"
+    threading.Timer(0.05, handover.offer, args=("/dev/sdc1", "7")).start()
+    assert handover.take(False, LONG, threading.Event()) == ("/dev/sdc1", "7")
     assert not handover.detached
 
 
