@@ -113,6 +113,9 @@ class DockManager:
             if existing is not None and existing.thread is not None and existing.thread.is_alive():
                 if existing.storage.awaiting:
                     self._came_back(existing, event)
+                elif existing.storage.detached:  # it left as its volume was mounted: that session ends
+                    self._waiting[event.port] = event
+                    log.info("dock_waiting", port=event.port, detail="the session on this port is ending")
                 else:
                     log.warning("dock_busy", port=event.port)
                 return

@@ -235,10 +235,12 @@ class StorageHandover:
                 return None
             return self._block, self._disk_sequence
 
-    def close_grace(self) -> None:
-        """The volume is mounted: from now on the camera leaving is an unplug."""
+    def close_grace(self) -> bool:
+        """The volume is mounted: from now on the camera leaving is an unplug. Whether it left (and is
+        not back) meanwhile: then the mount raced its leaving, and that is an unplug too."""
         with self._changed:
             self._grace = False
+            return self._detached_at is not None
 
     def discard(self, block: str) -> None:
         """`block` went as it was mounted: wait for the camera's next volume, not for that one again."""
@@ -474,7 +476,8 @@ class IngestSession:
                 self.storage.discard(self._block)
                 self._await_storage(needed=True)
                 continue
-            self.storage.close_grace()
+            if self.storage.close_grace():
+                raise Unplugged("the camera left its port as its volume was mounted")
             return volume
 
     def _mount_once(self, mounted: contextlib.ExitStack) -> Path:

@@ -17,7 +17,7 @@ def test_an_undock_outside_the_grace_is_an_unplug() -> None:
     assert handover.detach() is False  # before SetMSDC
     handover.open_grace()
     assert handover.take(False, LONG, threading.Event()) is None  # the dock's own volume stands
-    handover.close_grace()  # mounted
+    assert handover.close_grace() is False  # mounted, the camera still there
     assert handover.detach() is False  # a disk pulled mid-copy
 
 
@@ -86,3 +86,11 @@ def test_a_daemon_stop_ends_the_wait() -> None:
     stopping.set()
     with pytest.raises(_Interrupted):
         handover.take(True, LONG, stopping)
+
+
+def test_a_camera_that_left_as_its_volume_was_mounted_is_reported_by_closing_the_grace() -> None:
+    handover = StorageHandover()
+    handover.open_grace()
+    assert handover.take(False, LONG, threading.Event()) is None
+    assert handover.detach() is True  # the undock came while the session was mounting
+    assert handover.close_grace() is True  # the session ends it as unplugged
