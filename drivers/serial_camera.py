@@ -12,7 +12,7 @@ import contextlib
 import select
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
@@ -46,6 +46,7 @@ from drivers.wipe import delete_recordings
 T = TypeVar("T")
 
 READ_CHUNK = 4096
+DISKSEQ = "DISKSEQ"  # the disk instance the dock saw (kernel uevent property): see mount.disk_sequence
 READBACK_SAMPLES = 3
 
 
@@ -85,6 +86,10 @@ class _ReplyLost(Exception):  # noqa: N818  # internal signal, never escapes thi
 
 class SerialDriver(Driver):
     name = "serial"
+
+    def ready(self, device: DeviceInfo) -> bool:
+        """The control channel is enough: the volume may follow (real cameras show it after SetMSDC)."""
+        return device.tty is not None
 
     def open(self, device: DeviceInfo, options: DriverOptions) -> SerialCamera:
         if device.tty is None:
@@ -232,12 +237,28 @@ class SerialCamera(CameraLink):
         # Our own read-only mount is made writable for the deletion only; a directory is as it is.
         return delete_recordings(volume, files, device_name=self.name, remount=self._device.directory is None)
 
+    def needs_storage(self) -> bool:
+        return self._device.block is None and self._device.directory is None
+
+    def attach_storage(self, block: str, disk_sequence: str | None = None) -> None:
+        """The volume that appeared after the dock (the port's late disk, or the camera's disk once it
+        re-enumerated in mass-storage mode). Its arrival is the camera being in mass storage."""
+        properties = {**self._device.properties}
+        properties.pop(DISKSEQ, None)
+        if disk_sequence is not None:
+            properties[DISKSEQ] = disk_sequence
+        self._device = replace(self._device, block=block, properties=properties)
+        self._in_mass_storage = True
+
     def present(self) -> bool:
         """Whether the node this session now depends on exists: the volume once the camera is in
         mass storage (real cameras may drop their tty then), else the tty. Sends no command."""
         if self._in_mass_storage and self._device.block is not None:
-            from drivers.mount import block_device_present  # noqa: PLC0415 - mount helpers load on use
+            from drivers.mount import block_device_present, disk_sequence  # noqa: PLC0415 - load on use
 
+            expected = self._device.properties.get(DISKSEQ)
+            if expected is not None and disk_sequence(self._device.block) != expected:
+                return False  # its node now names another disk (a re-enumerated one), or none
             return block_device_present(self._device.block)
         if self._in_mass_storage and self._device.directory is not None:
             return self._device.directory.is_dir()

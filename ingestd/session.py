@@ -8,6 +8,10 @@ Guarantees:
   refusal, is an audit event;
 - a bad file (hostile name, symlink, read error) is flagged and the session goes on;
 - an unplug ends the session as "unplugged" with the partial copy kept for resume;
+- a camera docked by its control channel alone gets its volume handed over once it appears
+  (`StorageHandover`), within `storage_wait_s`; one that re-enumerates after SetMSDC (its USB device goes
+  and comes back with storage only) stays this one session if it is back within `reenumerate_s`. Neither
+  ⇒ the session ends with its reason and nothing is deleted;
 - a full store ends the session as failed with an alarm, and leaves the camera untouched.
 """
 
@@ -40,6 +44,7 @@ from drivers.base import (
     DeviceInfo,
     DriverError,
     DriverOptions,
+    MountError,
     OriginalFile,
     Unsupported,
 )
@@ -124,12 +129,124 @@ class _Interrupted(Exception):  # noqa: N818 - control flow for a daemon stop, n
     pass
 
 
+class StorageMissing(Exception):  # noqa: N818 - an outcome of the dock, recorded as the session's reason
+    """The camera switched to mass storage but no volume appeared in time."""
+
+
 @dataclass(frozen=True)
 class IngestSettings:
     clock_samples: int = 5
     delete_after_ingest: bool = True
     deadline_window: timedelta = timedelta(hours=24)
     presence_check_interval_s: float = 0.5
+    storage_wait_s: float = 15.0  # for the volume of a camera docked without one, from SetMSDC
+    reenumerate_s: float = 15.0  # for a camera that left its port after SetMSDC to come back
+
+
+AWAITING_STORAGE = "awaiting-storage"  # the dock's state while its session waits for the volume
+
+
+class StorageHandover:
+    """Between a session and the dock manager: the volume that appears after the dock, and whether the
+    camera's leaving its port is a re-enumeration. Thread-safe.
+
+    The grace opens when the session sends SetMSDC and closes once it has mounted a volume; an undock
+    inside it is the camera re-enumerating (`detach`), outside it a real unplug."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._block: str | None = None
+        self._disk_sequence: str | None = None
+        self._grace = False
+        self._detached_at: float | None = None
+
+    def offer(self, block: str, disk_sequence: str | None = None) -> None:
+        """The port's volume appeared (late storage, or the camera back after re-enumerating), with the
+        DISKSEQ of its disk where the event had one."""
+        with self._changed:
+            self._block, self._disk_sequence = block, disk_sequence
+            self._detached_at = None
+            self._changed.notify_all()
+
+    @property
+    def in_grace(self) -> bool:
+        with self._changed:
+            return self._grace
+
+    def open_grace(self) -> None:
+        with self._changed:
+            self._grace = True
+
+    def detach(self) -> bool:
+        """The camera left its port: inside the grace, a re-enumeration (returns True, and a volume
+        offered before is gone with it); else False, an unplug."""
+        with self._changed:
+            if not self._grace:
+                return False
+            self._block = None
+            if self._detached_at is None:  # gone again before it was back: the first leave counts
+                self._detached_at = time.monotonic()
+            self._changed.notify_all()
+            return True
+
+    @property
+    def detached(self) -> bool:
+        """Gone inside the grace and not back (yet)."""
+        with self._changed:
+            return self._detached_at is not None
+
+    @property
+    def awaiting(self) -> bool:
+        """Inside the grace with no volume: a Docked on this port is the camera coming back."""
+        with self._changed:
+            return self._grace and self._block is None
+
+    def take(
+        self, needed: bool, settings: IngestSettings, stopping: threading.Event
+    ) -> tuple[str, str | None] | None:
+        """The volume to mount (its node and DISKSEQ) where one had to come: waited for when `needed`
+        or while the camera is away; None where the dock's own volume stands. The grace stays open
+        until `close_grace`. Raises `Unplugged` when a detached camera is not back within
+        `reenumerate_s`, `StorageMissing` when none came within `storage_wait_s`, `_Interrupted` when
+        the daemon stops."""
+        started = time.monotonic()
+        with self._changed:
+            waited = needed or self._detached_at is not None
+            while needed or self._detached_at is not None:
+                if self._block is not None:
+                    break
+                if stopping.is_set():
+                    raise _Interrupted
+                if self._detached_at is not None:
+                    remaining = self._detached_at + settings.reenumerate_s - time.monotonic()
+                    if remaining <= 0:
+                        raise Unplugged(
+                            f"the camera left its port after SetMSDC and was not back within "
+                            f"{settings.reenumerate_s:g} s"
+                        )
+                else:
+                    remaining = started + settings.storage_wait_s - time.monotonic()
+                    if remaining <= 0:
+                        raise StorageMissing(
+                            f"no storage appeared within {settings.storage_wait_s:g} s of SetMSDC"
+                        )
+                self._changed.wait(min(remaining, 0.5))  # 0.5: notice a daemon stop
+            if not waited or self._block is None:
+                return None
+            return self._block, self._disk_sequence
+
+    def close_grace(self) -> bool:
+        """The volume is mounted: from now on the camera leaving is an unplug. Whether it left (and is
+        not back) meanwhile: then the mount raced its leaving, and that is an unplug too."""
+        with self._changed:
+            self._grace = False
+            return self._detached_at is not None
+
+    def discard(self, block: str) -> None:
+        """`block` went as it was mounted: wait for the camera's next volume, not for that one again."""
+        with self._changed:
+            if self._block == block:
+                self._block = None
 
 
 @dataclass
@@ -199,6 +316,7 @@ def run_session(
     progress: DockProgress,
     unplugged: threading.Event,
     stopping: threading.Event,
+    storage: StorageHandover | None = None,
 ) -> SessionSummary:
     """Ingest one opened camera to the end of its session: the one place an `IngestSession` is built,
     for a dock of the daemon and for `ingestd import` alike."""
@@ -216,6 +334,7 @@ def run_session(
         unplugged=unplugged,
         stopping=stopping,
         clock=clock,
+        storage=storage,
     ).run()
 
 
@@ -236,6 +355,7 @@ class IngestSession:
         unplugged: threading.Event,
         stopping: threading.Event,
         clock: Callable[[], datetime],
+        storage: StorageHandover | None = None,
     ) -> None:
         self.catalog = catalog
         self.store = store
@@ -249,6 +369,8 @@ class IngestSession:
         self.unplugged = unplugged
         self.stopping = stopping
         self.clock = clock
+        self.storage = storage if storage is not None else StorageHandover()
+        self._block = device.block  # the volume's node, while it is a block device
         self.summary = SessionSummary(port=device.port)
         self.flags = FlagService(notifier)
         self._last_presence_check = 0.0
@@ -274,6 +396,8 @@ class IngestSession:
             self._log.critical("integrity_error", error=str(error))
         except DriverError as error:
             self._end(SessionState.FAILED, str(error))
+        except StorageMissing as missing:
+            self._end(SessionState.FAILED, str(missing))
         except _Interrupted:
             self._end(SessionState.INTERRUPTED, "daemon stopping; the next dock resumes")
         except Exception as error:
@@ -301,11 +425,66 @@ class IngestSession:
             clock_state=reading.state.value,
             battery_percent=battery,
         )
-        with contextlib.suppress(Unsupported):  # plain mass storage is already there
-            self.camera.enter_mass_storage()
-        with self.camera.mounted_volume() as volume:
+        self._enter_mass_storage()
+        with contextlib.ExitStack() as mounted:
+            volume = self._mount(mounted)
             self._ingest_volume(_Docked(dock_session_id, camera_id, identity, offset, volume))
         self.summary.state = SessionState.DONE
+
+    def _enter_mass_storage(self) -> None:
+        """SetMSDC, then the volume: the one the dock had, or the one that appears after it."""
+        needed = self.camera.needs_storage()
+        self.storage.open_grace()
+        try:
+            self.camera.enter_mass_storage()
+        except Unsupported:
+            self.storage.close_grace()  # plain mass storage is already there: it does not re-enumerate
+        except DeviceGone:
+            # A camera that drops its control interface as it switches may do so before its reply is
+            # read: that is the switch, and its storage decides (the dock's, or the one that follows).
+            if not needed and self.device.block is None:
+                raise
+            self._log.info("control_channel_gone_on_switch", detail="taking the camera's storage")
+            if not needed:
+                self._attach((self.device.block, self.device.properties.get("DISKSEQ")))
+        self._await_storage(needed)
+
+    def _await_storage(self, needed: bool) -> None:
+        if needed or self.storage.detached:
+            self.progress.set_state(AWAITING_STORAGE)
+            self._log.info("awaiting_storage", storage_wait_s=self.settings.storage_wait_s)
+        self._attach(self.storage.take(needed, self.settings, self.stopping))
+
+    def _attach(self, volume: tuple[str | None, str | None] | None) -> None:
+        if volume is not None and volume[0] is not None:
+            block, disk_sequence = volume[0], volume[1]
+            self.camera.attach_storage(block, disk_sequence)
+            self._block = block
+            self._log.info("storage_attached", block=block, disk_sequence=disk_sequence)
+
+    def _mount(self, mounted: contextlib.ExitStack) -> Path:
+        """Mount the volume, then close the re-enumeration grace. A volume gone as it is mounted is a
+        camera re-enumerating after SetMSDC (a composite camera's disk goes with its tty): wait for it
+        to come back, as for an undock in the grace."""
+        while True:
+            try:
+                volume = self._mount_once(mounted)
+            except (MountError, DeviceGone) as error:
+                if self._block is None or not self.storage.in_grace or self.camera.present():
+                    raise  # there and not mountable, or no SetMSDC: no re-enumeration
+                self._log.info("volume_gone_at_mount", block=self._block, error=str(error))
+                self.storage.discard(self._block)
+                self._await_storage(needed=True)
+                continue
+            if self.storage.close_grace():
+                raise Unplugged("the camera left its port as its volume was mounted")
+            return volume
+
+    def _mount_once(self, mounted: contextlib.ExitStack) -> Path:
+        # A node that names another disk by now (a re-enumerated one got its name) is gone too.
+        if self._block is not None and self.storage.in_grace and not self.camera.present():
+            raise DeviceGone(self.camera.name, "mount", f"{self._block} is not the disk that docked")
+        return mounted.enter_context(self.camera.mounted_volume())
 
     def _health(self) -> tuple[int | None, tuple[int, int] | None]:
         battery: int | None = None
