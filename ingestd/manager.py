@@ -11,9 +11,9 @@ paused or dropped, it just no longer counts against the cap, and it never takes 
 A camera docked without its volume gets it from a later `StorageArrived`. One that leaves its port
 inside its session's re-enumeration grace (after SetMSDC, before the mount) is not undocked: its
 session waits for it, and a `Docked` on that port is the camera coming back with its storage, handed to
-the same session when its USB serial matches (a device claiming to be it with another serial is
-refused, and docks on its own once that session has ended). No check-out and no check-in in between;
-a camera that does not come back is checked out once, when its session has ended.
+the same session when its USB serial matches (a device with another serial, or none where the camera
+had one, is refused, and docks on its own once that session has ended). No check-out and no check-in
+in between; a camera that does not come back is checked out once, when its session has ended.
 
 Nothing here waits on a session from the supervising loop, which pings the systemd watchdog: an undock
 tells the session to end and returns; `reap` (each loop tick) writes the check-out once the session has
@@ -142,7 +142,7 @@ class DockManager:
         assert slot.device is not None  # noqa: S101 - set with the slot
         before = slot.device.properties.get("ID_SERIAL_SHORT")
         after = event.device.properties.get("ID_SERIAL_SHORT")
-        if before and after and before != after:
+        if before and after != before:  # a device without a serial cannot show it is the camera
             log.error(
                 "reenumerated_device_refused",
                 port=event.port,

@@ -180,17 +180,21 @@ def test_a_camera_that_re_enumerates_after_setmsdc_stays_one_session_without_a_c
     undock_checks_out_once(services, manager)
 
 
+@pytest.mark.parametrize("usb_serial", ["ZFY9999", None], ids=["another-serial", "no-serial"])
 def test_a_device_with_another_usb_serial_is_refused_and_a_camera_not_back_is_unplugged_once(
-    services: Services, camera: SimulatedCamera
+    services: Services, camera: SimulatedCamera, usb_serial: str | None
 ) -> None:
+    # A device without a USB serial cannot show it is the camera that docked with one.
     ended = Ended()
     manager = awaiting_storage(services, camera, ended, reenumerate_s=1.5)
     manager.handle(Undocked(PORT))
-    impostor = {**DISK_PROPS, "ID_SERIAL_SHORT": "ZFY9999"}
+    impostor = {key: value for key, value in DISK_PROPS.items() if key != "ID_SERIAL_SHORT"}
+    if usb_serial is not None:
+        impostor["ID_SERIAL_SHORT"] = usb_serial
     with capture_logs() as logs:
         manager.handle(Docked(DeviceInfo(port=PORT, properties=impostor, block=camera.block)))
     (refused,) = [e for e in logs if e["event"] == "reenumerated_device_refused"]
-    assert (refused["usb_serial"], refused["expected_usb_serial"]) == ("ZFY9999", SERIAL)
+    assert (refused["usb_serial"], refused["expected_usb_serial"]) == (usb_serial, SERIAL)
     wait_for("the grace to expire and the camera to be undocked", lambda: reaped_after(manager, ended))
     ((state, reason),) = visits(services)
     assert state is SessionState.UNPLUGGED
