@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy.exc
 from sqlalchemy import event, select, text
 
+import store.catalog
 from ingestd import records
 from ingestd.control import queries
 from store.catalog import Catalog
@@ -30,6 +31,7 @@ from store.times import NaiveDatetimeError
 from tests.support import records as seed
 
 SHANGHAI = timezone(timedelta(hours=8))
+CATALOG_PY = store.catalog.__file__
 
 
 def seed_recording(catalog: Catalog, recorded_at: datetime) -> int:
@@ -179,7 +181,11 @@ def test_sqlite_writers_of_one_process_wait_their_turn_outside_sqlite(sqlite_cat
         assert writer.ident is not None
         while writer.ident not in checked_out:
             frame = sys._current_frames().get(writer.ident)
-            if frame is not None and frame.f_code is Catalog.transaction.__wrapped__.__code__:
+            if (
+                frame is not None
+                and frame.f_code.co_name == "transaction"
+                and frame.f_code.co_filename == CATALOG_PY
+            ):
                 break  # blocked inside `transaction` itself, on the lock (a C call)
             writer.join(0.01)
         assert writer.ident not in checked_out
