@@ -333,6 +333,16 @@ def resume_point(
     return durable
 
 
+MIN_CHUNK: Final = 256 * 1024
+
+
+def chunk_within(memory: int, copies: int, largest: int) -> int:
+    """The buffer size that lets `copies` rings live together in `memory` bytes: at most `largest`, a
+    multiple of DIRECT_ALIGNMENT, and never below MIN_CHUNK (past that the copies outgrow `memory`)."""
+    share = memory // (max(1, copies) * _RING_BUFFERS)
+    return max(MIN_CHUNK, min(largest, share) // DIRECT_ALIGNMENT * DIRECT_ALIGNMENT)
+
+
 class RingPool:
     """Reusable rings of preallocated buffers; one per concurrent put, so memory is flat in file size.
     The buffers are anonymous mmaps, so they are page-aligned as O_DIRECT needs."""
