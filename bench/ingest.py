@@ -50,8 +50,11 @@ def make_card(directory: Path, serial: str, files: int, size: int) -> list[Path]
     return paths
 
 
-def write_config(work: Path, *, udev: bool, docks: Path | None = None) -> Path:
-    """The station's config under `work`; cards dock in `docks` (default `work/docks`)."""
+def write_config(
+    work: Path, *, udev: bool, docks: Path | None = None, max_concurrent: int = 8, rules: str = ""
+) -> Path:
+    """The station's config under `work`; cards dock in `docks` (default `work/docks`); `rules` are
+    `[[camera]]` rules matched before the benchmark's own."""
     config = work / "config.toml"
     config.write_text(
         f"""
@@ -65,12 +68,13 @@ root = "{work / "store"}"
 [control]
 socket = "{work / "control.sock"}"
 [ingest]
-max_concurrent = 8
+max_concurrent = {max_concurrent}
 delete_after_ingest = false
 [detection]
 udev = {str(udev).lower()}
 udev_source = "kernel"
 watch_folders = ["{docks or work / "docks"}"]
+{rules}
 [[camera]]
 match = {{ SUBSYSTEM = "folder" }}
 driver = "mass-storage"
@@ -110,9 +114,11 @@ def one_camera(work: Path, files: int, size: int) -> tuple[float, float]:
     return total / dd_seconds, total / summary["seconds"]
 
 
-def start_daemon(work: Path, *, udev: bool, docks: Path | None = None) -> subprocess.Popen[bytes]:
+def start_daemon(
+    work: Path, *, udev: bool, docks: Path | None = None, max_concurrent: int = 8, rules: str = ""
+) -> subprocess.Popen[bytes]:
     reset(work)
-    config = write_config(work, udev=udev, docks=docks)
+    config = write_config(work, udev=udev, docks=docks, max_concurrent=max_concurrent, rules=rules)
     (docks or work / "docks").mkdir(parents=True, exist_ok=True)
     with (work / "daemon.log").open("ab") as log:
         daemon = subprocess.Popen(ingestd("run", "--config", str(config)), stdout=log, stderr=log, cwd=REPO)
