@@ -493,7 +493,8 @@ Index(
     Recording.deadline_at,
 )
 # The same columns led by the time, for PostgreSQL, which cannot skip-scan the index above: a month is
-# then an index-only range instead of a bitmap scan of the period's table rows.
+# then an index-only range instead of a bitmap scan of the period's table rows; with the id, so is the
+# join of the period's recordings to their gap flags.
 Index(
     "ix_recordings_period",
     Recording.recorded_at,
@@ -503,4 +504,5 @@ Index(
     Recording.duration_s,
     Recording.ingested_at,
     Recording.deadline_at,
+    Recording.id,
 )

@@ -19,7 +19,16 @@ branch_labels = None
 depends_on = None
 
 
-PERIOD_COLUMNS = ["recorded_at", "unit_id", "officer_id", "size", "duration_s", "ingested_at", "deadline_at"]
+PERIOD_COLUMNS = [
+    "recorded_at",
+    "unit_id",
+    "officer_id",
+    "size",
+    "duration_s",
+    "ingested_at",
+    "deadline_at",
+    "id",
+]
 
 
 def upgrade() -> None:
