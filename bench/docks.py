@@ -25,8 +25,8 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from bench.common import MiB
-from bench.cpu import dd_usage, fast_cards, measure, process_cpu
+from bench.common import MiB, dd_usage, measure, process_cpu
+from bench.cpu import fast_cards
 from bench.ingest import ended_sessions, make_card, start_daemon, stop
 from ingestd.demo import remove_sealed_tree
 from ingestd.progress import COPYING
