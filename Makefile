@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(PY) -m bench.cpu
 	$(PY) -m bench.ingest
 	$(PY) -m bench.first_byte
+	$(PY) -m bench.docks
 	$(PY) -m bench.catalog
 	$(PY) -m bench.audit_anchor
 

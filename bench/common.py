@@ -1,4 +1,5 @@
-"""What every benchmark needs: cold caches, random source files, the dd baseline and a child's peak RSS."""
+"""What every benchmark needs: cold caches, random source files, the dd baseline, a child's peak RSS, and
+what a run used (its CPU, the machine's CPU, the store disk's busy time) with the resource that limited it."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import os
 import resource
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,3 +80,100 @@ def cpu_seconds() -> float:
     """User+sys CPU seconds of this process so far, all its threads."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+SATURATED = 0.7  # a resource busy this share of the run is taken to be what limits it
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What one run used: wall seconds, CPU seconds of the process measured and of the whole machine
+    (every process, from /proc/stat), and the store disk's busy seconds (from /proc/diskstats)."""
+
+    seconds: float
+    cpu: float
+    machine_cpu: float
+    disk_busy: float
+
+    def limit(self) -> str:
+        cores = os.cpu_count() or 1
+        ours, machine = self.cpu / self.seconds, self.machine_cpu / self.seconds
+        disk = self.disk_busy / self.seconds
+        if machine / cores >= SATURATED and machine / cores >= disk:
+            # On a shared machine other processes may hold the cores: the run then waits for CPU while
+            # its own CPU time stays low.
+            which = "CPU" if ours >= machine / 2 else "CPU, mostly other processes'"
+        elif disk >= SATURATED:
+            which = "disk"
+        else:
+            # A virtual disk throttled by its host shows little busy time while it is the limit.
+            which = "I/O or waits, not CPU"
+        return f"{which} (CPU ours {ours:.2f}, machine {machine:.2f} of {cores} cores; disk busy {disk:.0%})"
+
+
+def _disk_name(path: Path) -> str | None:
+    """The /proc/diskstats name of the block device holding `path`, or None (tmpfs, overlay...)."""
+    number = path.stat().st_dev
+    sysfs = Path(f"/sys/dev/block/{os.major(number)}:{os.minor(number)}")
+    if not sysfs.exists():
+        return None
+    return sysfs.resolve().name
+
+
+def _disk_busy_ms(name: str | None) -> float:
+    if name is None:
+        return 0.0
+    for line in Path("/proc/diskstats").read_text().splitlines():
+        fields = line.split()
+        if fields[2] == name:
+            return float(fields[12])  # io_ticks: milliseconds the device had I/O in flight
+    return 0.0
+
+
+def process_cpu(pid: int) -> float:
+    """User+sys CPU seconds of a running process, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu() -> float:
+    """CPU seconds every process on the machine has used so far (user, nice, system, irq, softirq and
+    the steal of a virtual machine), all cores."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(value) for value in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(work: Path, run: Callable[[], float]) -> Usage:
+    """Run `run` (which returns the CPU seconds of what it measured), the machine's CPU and the disk's
+    busy time meanwhile."""
+    disk = _disk_name(work)
+    busy, machine = _disk_busy_ms(disk), machine_cpu()
+    started = time.perf_counter()
+    cpu = run()
+    seconds = time.perf_counter() - started
+    return Usage(seconds, cpu, machine_cpu() - machine, (_disk_busy_ms(disk) - busy) / 1000)
+
+
+def dd_usage(work: Path, sources: list[Path]) -> Usage:
+    """Single-stream `dd conv=fsync` of each source in turn, each from a cold cache: dd's own seconds and
+    CPU, and the machine's CPU and the disk's busy time while dd ran (the cache drops left out)."""
+    target = work / "dd-copy.bin"
+    runs: list[Measured] = []
+    usages: list[Usage] = []
+    for source in sources:
+        drop_caches()
+        command = dd_command(source, target)
+
+        def run(command: list[str] = command) -> float:
+            runs.append(run_measured(command))
+            return runs[-1].cpu_seconds
+
+        usages.append(measure(work, run))
+        target.unlink()
+    return Usage(
+        sum(r.seconds for r in runs),
+        sum(u.cpu for u in usages),
+        sum(u.machine_cpu for u in usages),
+        sum(u.disk_busy for u in usages),
+    )

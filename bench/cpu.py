@@ -25,14 +25,22 @@ import os
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import blake3
 
-from bench.common import Measured, MiB, cpu_seconds, drop_caches, run_dd, run_measured
+from bench.common import (
+    MiB,
+    Usage,
+    cpu_seconds,
+    dd_usage,
+    drop_caches,
+    measure,
+    process_cpu,
+    run_measured,
+)
 from bench.ingest import REPO, ended_sessions, ingestd, make_card, reset, start_daemon, stop, write_config
 from ingestd.demo import remove_sealed_tree
 
@@ -40,7 +48,6 @@ GiB = 1024 * MiB
 FLOOR_RATIO_TARGET = 1.5
 CAMERAS_TARGET = 0.8
 CHUNK = 4 * MiB
-SATURATED = 0.7  # a resource busy this share of the run is taken to be what limits it
 
 
 def hashing_floor(paths: list[Path]) -> float:
@@ -74,77 +81,6 @@ def import_cpu(work: Path, card: Path, serial: str) -> float:
     return measured.cpu_seconds
 
 
-@dataclass(frozen=True)
-class Usage:
-    """What one run used: wall seconds, CPU seconds of the process measured, and the store disk's busy
-    seconds (from /proc/diskstats)."""
-
-    seconds: float
-    cpu: float
-    disk_busy: float
-
-    def limit(self) -> str:
-        cores = os.cpu_count() or 1
-        busy_cores = self.cpu / self.seconds
-        disk = self.disk_busy / self.seconds
-        if busy_cores / cores >= SATURATED and busy_cores / cores >= disk:
-            which = "CPU"
-        elif disk >= SATURATED:
-            which = "disk"
-        else:
-            # A virtual disk throttled by its host shows little busy time while it is the limit.
-            which = "I/O or waits, not CPU"
-        return f"{which} (CPU {busy_cores:.2f}/{cores} cores, disk busy {disk:.0%})"
-
-
-def _disk_name(path: Path) -> str | None:
-    """The /proc/diskstats name of the block device holding `path`, or None (tmpfs, overlay...)."""
-    number = path.stat().st_dev
-    sysfs = Path(f"/sys/dev/block/{os.major(number)}:{os.minor(number)}")
-    if not sysfs.exists():
-        return None
-    return sysfs.resolve().name
-
-
-def _disk_busy_ms(name: str | None) -> float:
-    if name is None:
-        return 0.0
-    for line in Path("/proc/diskstats").read_text().splitlines():
-        fields = line.split()
-        if fields[2] == name:
-            return float(fields[12])  # io_ticks: milliseconds the device had I/O in flight
-    return 0.0
-
-
-def _process_cpu(pid: int) -> float:
-    """User+sys CPU seconds of a running process, all its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def measure(work: Path, run: Callable[[], float]) -> Usage:
-    """Run `run` (which returns the CPU seconds of what it measured) and the disk's busy time meanwhile."""
-    disk = _disk_name(work)
-    busy = _disk_busy_ms(disk)
-    started = time.perf_counter()
-    cpu = run()
-    seconds = time.perf_counter() - started
-    return Usage(seconds, cpu, (_disk_busy_ms(disk) - busy) / 1000)
-
-
-def dd_usage(work: Path, sources: list[Path]) -> Usage:
-    """Single-stream `dd conv=fsync` of each source in turn, cold: dd's own seconds and CPU, and the disk's
-    busy time over the runs."""
-    runs: list[Measured] = []
-
-    def run() -> float:
-        runs.extend(run_dd(source, work / "dd-copy.bin") for source in sources)
-        return sum(r.cpu_seconds for r in runs)
-
-    disk = measure(work, run)
-    return Usage(sum(r.seconds for r in runs), disk.cpu, disk.disk_busy)
-
-
 @contextlib.contextmanager
 def fast_cards(work: Path, size: int) -> Iterator[Path]:
     """Where the cameras' cards live: a tmpfs of `size` bytes when root (each camera's USB link is its own
@@ -173,14 +109,14 @@ def cameras_together(fast: Path, work: Path, cameras: int, files: int, size: int
     try:
 
         def run() -> float:
-            before = _process_cpu(daemon.pid)
+            before = process_cpu(daemon.pid)
             for card in cards:
                 card.rename(docks / card.name)
             while ended_sessions(work) < cameras:
                 if daemon.poll() is not None:
                     raise RuntimeError("the daemon exited")
                 time.sleep(0.02)
-            return _process_cpu(daemon.pid) - before
+            return process_cpu(daemon.pid) - before
 
         usage = measure(work, run)
     finally:

@@ -7,6 +7,9 @@
 3. peak RSS of `ingestd import` with one large recording against a small one (target: flat).
 Dock-to-first-byte is `bench.first_byte`.
 
+Runs 1 and 2 and dd print the resource that limited them (bench.common.Usage; for the import, over the
+whole process, its start-up included).
+
     .venv/bin/python -m bench.ingest [--files 4] [--size-mib 256] [--cameras 8] [--big-gib 4] [--dir DIR]
 """
 
@@ -25,7 +28,17 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from bench.common import MiB, drop_caches, make_source, run_dd, run_measured
+from bench.common import (
+    Measured,
+    MiB,
+    Usage,
+    dd_usage,
+    drop_caches,
+    make_source,
+    measure,
+    process_cpu,
+    run_measured,
+)
 from drivers.base import CameraIdentity
 from drivers.mass_storage import IDENTITY_FILE, format_identity_file
 from ingestd.demo import remove_sealed_tree
@@ -47,8 +60,11 @@ def make_card(directory: Path, serial: str, files: int, size: int) -> list[Path]
     return paths
 
 
-def write_config(work: Path, *, udev: bool, docks: Path | None = None) -> Path:
-    """The station's config under `work`; cards dock in `docks` (default `work/docks`)."""
+def write_config(
+    work: Path, *, udev: bool, docks: Path | None = None, max_concurrent: int = 8, rules: str = ""
+) -> Path:
+    """The station's config under `work`; cards dock in `docks` (default `work/docks`); `rules` are
+    `[[camera]]` rules matched before the benchmark's own."""
     config = work / "config.toml"
     config.write_text(
         f"""
@@ -62,12 +78,13 @@ root = "{work / "store"}"
 [control]
 socket = "{work / "control.sock"}"
 [ingest]
-max_concurrent = 8
+max_concurrent = {max_concurrent}
 delete_after_ingest = false
 [detection]
 udev = {str(udev).lower()}
 udev_source = "kernel"
 watch_folders = ["{docks or work / "docks"}"]
+{rules}
 [[camera]]
 match = {{ SUBSYSTEM = "folder" }}
 driver = "mass-storage"
@@ -90,26 +107,32 @@ def reset(work: Path) -> None:
         remove_sealed_tree(work / name)
 
 
-def one_camera(work: Path, files: int, size: int) -> tuple[float, float]:
-    """(dd MiB/s, import MiB/s) for the same files."""
+def one_camera(work: Path, files: int, size: int) -> tuple[Usage, float, Usage]:
+    """(dd's usage, import MiB/s, the import's usage) for the same files."""
     card = work / "cards" / "ZFY0001"
     sources = make_card(card, "ZFY0001", files, size)
-    dd_seconds = sum(run_dd(source, work / "dd-copy.bin").seconds for source in sources)
+    dd = dd_usage(work, sources)
     reset(work)
     config = write_config(work, udev=False)
     drop_caches()
-    output = run_measured(
-        ingestd("import", str(card), "--device-id", "ZFY0001", "--json", "--config", str(config)), cwd=REPO
-    ).output
-    summary = json.loads(output.splitlines()[-1])
+    runs: list[Measured] = []
+
+    def run() -> float:
+        command = ingestd("import", str(card), "--device-id", "ZFY0001", "--json", "--config", str(config))
+        runs.append(run_measured(command, cwd=REPO))
+        return runs[-1].cpu_seconds
+
+    usage = measure(work, run)
+    summary = json.loads(runs[-1].output.splitlines()[-1])
     assert summary["files"] == files, summary
-    total = files * size / MiB
-    return total / dd_seconds, total / summary["seconds"]
+    return dd, files * size / MiB / summary["seconds"], usage
 
 
-def start_daemon(work: Path, *, udev: bool, docks: Path | None = None) -> subprocess.Popen[bytes]:
+def start_daemon(
+    work: Path, *, udev: bool, docks: Path | None = None, max_concurrent: int = 8, rules: str = ""
+) -> subprocess.Popen[bytes]:
     reset(work)
-    config = write_config(work, udev=udev, docks=docks)
+    config = write_config(work, udev=udev, docks=docks, max_concurrent=max_concurrent, rules=rules)
     (docks or work / "docks").mkdir(parents=True, exist_ok=True)
     with (work / "daemon.log").open("ab") as log:
         daemon = subprocess.Popen(ingestd("run", "--config", str(config)), stdout=log, stderr=log, cwd=REPO)
@@ -142,27 +165,31 @@ def stop(daemon: subprocess.Popen[bytes]) -> None:
         daemon.kill()
 
 
-def cameras_at_once(work: Path, cameras: int, files: int, size: int) -> float:
-    """MiB/s for `cameras` cards docked at the same moment, dock to last session end."""
+def cameras_at_once(work: Path, cameras: int, files: int, size: int) -> tuple[float, Usage]:
+    """(MiB/s, usage) for `cameras` cards docked at the same moment, dock to last session end."""
     cards = [work / "cards" / f"ZFY1{n:03d}" for n in range(cameras)]
     for card in cards:
         make_card(card, card.name, files, size)
     daemon = start_daemon(work, udev=False)
     try:
         drop_caches()
-        started = time.perf_counter()
-        for card in cards:
-            card.rename(work / "docks" / card.name)
-        while ended_sessions(work) < cameras:
-            if daemon.poll() is not None:
-                raise RuntimeError("the daemon exited")
-            time.sleep(0.02)
-        elapsed = time.perf_counter() - started
+
+        def run() -> float:
+            before = process_cpu(daemon.pid)
+            for card in cards:
+                card.rename(work / "docks" / card.name)
+            while ended_sessions(work) < cameras:
+                if daemon.poll() is not None:
+                    raise RuntimeError("the daemon exited")
+                time.sleep(0.02)
+            return process_cpu(daemon.pid) - before
+
+        usage = measure(work, run)
         for card in cards:
             (work / "docks" / card.name).rename(card)
     finally:
         stop(daemon)
-    return cameras * files * size / MiB / elapsed
+    return cameras * files * size / MiB / usage.seconds, usage
 
 
 def peak_rss(work: Path, size: int) -> float:
@@ -194,20 +221,22 @@ def main() -> None:
     try:
         cold = "caches dropped before runs" if drop_caches() else "NOT root: warm caches"
         print(f"ingest benchmark in {work} at {datetime.now(UTC):%Y-%m-%d %H:%M}Z; {cold}")
-        dd_rate, one = one_camera(work, args.files, size)
+        dd, one, one_usage = one_camera(work, args.files, size)
+        dd_rate = args.files * size / MiB / dd.seconds
         print(f"{'measure':<34}{'figure':>12}{'baseline':>12}{'ratio':>8}{'target':>8}")
-        print(f"{'dd bs=4M conv=fsync (MiB/s)':<34}{dd_rate:>12.0f}")
+        print(f"{'dd bs=4M conv=fsync (MiB/s)':<34}{dd_rate:>12.0f}{'':>28}  limit: {dd.limit()}")
         ratio = one / dd_rate
         print(
             f"{'one camera, read-back (MiB/s)':<34}{one:>12.0f}{dd_rate:>12.0f}{ratio:>8.2f}"
-            f"{TARGETS['one camera']:>8}  {verdict(ratio, TARGETS['one camera'])}"
+            f"{TARGETS['one camera']:>8}  {verdict(ratio, TARGETS['one camera'])}; limit: {one_usage.limit()}"
         )
-        many = cameras_at_once(work, args.cameras, args.files, size // 2)
+        many, many_usage = cameras_at_once(work, args.cameras, args.files, size // 2)
         ratio = many / dd_rate
         label = f"{args.cameras} cameras at once (MiB/s)"
         print(
             f"{label:<34}{many:>12.0f}{dd_rate:>12.0f}{ratio:>8.2f}"
-            f"{TARGETS['cameras at once']:>8}  {verdict(ratio, TARGETS['cameras at once'])}"
+            f"{TARGETS['cameras at once']:>8}  {verdict(ratio, TARGETS['cameras at once'])}; "
+            f"limit: {many_usage.limit()}"
         )
         small_rss = peak_rss(work, 64 * MiB)
         big = int(args.big_gib * 1024) * MiB

@@ -86,6 +86,11 @@ class StoreConfig(Section):
     root: Path = Field(Path("/var/lib/ingestd/store"), description="Object store root directory.")
     read_back: bool = Field(True, description="Re-read each object from disk; compare size and BLAKE3.")
     chunk_mib: int = Field(4, ge=1, le=64, description="Copy buffer size in MiB.")
+    copy_memory_mib: int = Field(
+        128,
+        ge=4,
+        description="Copy buffers of all docks copying at once, MiB; each gets its share, at most chunk_mib.",
+    )
     fsync_interval_mib: int = Field(
         256, ge=1, description="Durable-offset interval for resumable copies, in MiB."
     )

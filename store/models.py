@@ -191,7 +191,11 @@ class ClockReading(Base):
     residual_s: Mapped[float | None] = mapped_column(Float)
     state: Mapped[str] = mapped_column(String(24))
 
-    __table_args__ = (Index("ix_clock_readings_camera_time", "camera_id", "measured_at"),)
+    __table_args__ = (
+        Index("ix_clock_readings_camera_time", "camera_id", "measured_at"),
+        # The report's drift over a period, covered: no scan of the station's whole drift history.
+        Index("ix_clock_readings_time", "measured_at", "camera_id", "offset_s"),
+    )
 
 
 class CustodyEvent(Base):
@@ -310,6 +314,8 @@ class Flag(Base):
     __table_args__ = (
         Index("ix_flags_status_kind", "status", "kind"),
         Index("ix_flags_kind_time", "kind", "raised_at"),  # the report's flags of a kind in a period
+        # The report's gaps and interruptions of a period's recordings: read without the flag rows.
+        Index("ix_flags_kind_recording", "kind", "recording_id"),
     )
 
 
@@ -485,4 +491,18 @@ Index(
     Recording.duration_s,
     Recording.ingested_at,
     Recording.deadline_at,
+)
+# The same columns led by the time, for PostgreSQL, which cannot skip-scan the index above: a month is
+# then an index-only range instead of a bitmap scan of the period's table rows; with the id, so is the
+# join of the period's recordings to their gap flags.
+Index(
+    "ix_recordings_period",
+    Recording.recorded_at,
+    Recording.unit_id,
+    Recording.officer_id,
+    Recording.size,
+    Recording.duration_s,
+    Recording.ingested_at,
+    Recording.deadline_at,
+    Recording.id,
 )

@@ -3,7 +3,9 @@
 Guarantees: every figure comes from SQL aggregates. Each source (recordings, gap flags, overdue flags,
 cameras, clock readings) is read once, grouped by (unit, officer) in SQL; the per-unit, per-officer and
 total rows are then summed over those few groups, never over recordings. The recordings pass is covered
-by `ix_recordings_report`, so its cost grows with the period's recordings and reads no table rows.
+by `ix_recordings_report` (SQLite skip-scans it) or `ix_recordings_period` (PostgreSQL), the flags pass
+by `ix_flags_kind_recording`, the drift by `ix_clock_readings_time`, so the cost grows with the period's
+rows and reads no table rows of the recordings.
 
 Definitions: recordings count by their corrected `recorded_at`; a recording is late when it was ingested
 after its deadline; hours come from recordings whose duration is known (`hours_known_for` says how

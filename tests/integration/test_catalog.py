@@ -3,12 +3,15 @@ and the status query that leans on its indexes."""
 
 from __future__ import annotations
 
+import sys
+import threading
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy.exc
-from sqlalchemy import select, text
+from sqlalchemy import event, select, text
 
+import store.catalog
 from ingestd import records
 from ingestd.control import queries
 from store.catalog import Catalog
@@ -28,6 +31,7 @@ from store.times import NaiveDatetimeError
 from tests.support import records as seed
 
 SHANGHAI = timezone(timedelta(hours=8))
+CATALOG_PY = store.catalog.__file__
 
 
 def seed_recording(catalog: Catalog, recorded_at: datetime) -> int:
@@ -154,6 +158,42 @@ def test_sqlite_writers_queue_instead_of_failing(sqlite_catalog: Catalog) -> Non
             assert check.scalar(select(Camera.device_serial)) == "ZFY0004"
     finally:
         other.close()
+
+
+def test_sqlite_writers_of_one_process_wait_their_turn_outside_sqlite(sqlite_catalog: Catalog) -> None:
+    """A second writer of the same catalog waits on the catalog's own lock, not in SQLite's busy handler
+    (which polls with sleeps of up to 100 ms, so that under many docks one waiter starved): it takes no
+    connection until the first transaction ends, then commits."""
+    checked_out: list[int] = []
+    event.listen(sqlite_catalog.engine, "checkout", lambda *_: checked_out.append(threading.get_ident()))
+    second_done = threading.Event()
+
+    def second_writer() -> None:
+        with sqlite_catalog.transaction() as db:
+            db.add(Unit(unit_no="B", name="b"))
+        second_done.set()
+
+    with sqlite_catalog.transaction() as first:
+        first.add(Unit(unit_no="A", name="a"))
+        first.flush()  # holds SQLite's write lock from here
+        writer = threading.Thread(target=second_writer)
+        writer.start()
+        assert writer.ident is not None
+        while writer.ident not in checked_out:
+            frame = sys._current_frames().get(writer.ident)
+            if (
+                frame is not None
+                and frame.f_code.co_name == "transaction"
+                and frame.f_code.co_filename == CATALOG_PY
+            ):
+                break  # blocked inside `transaction` itself, on the lock (a C call)
+            writer.join(0.01)
+        assert writer.ident not in checked_out
+        assert not second_done.is_set()
+    writer.join()
+    assert second_done.is_set()
+    with sqlite_catalog.transaction() as check:
+        assert sorted(check.scalars(select(Unit.unit_no))) == ["A", "B"]
 
 
 def test_each_dock_shows_the_camera_and_officer_of_its_latest_session(catalog: Catalog) -> None:

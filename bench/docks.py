@@ -1,0 +1,168 @@
+"""Many cameras at once through the real daemon, each its own simulated serial dock, beside single-stream
+dd to the same store disk from the same run.
+
+Each camera is the simulator on a real pty with its generated volume (as the system tests dock serial
+cameras); all are docked at the same moment with `ingest.max_concurrent` equal to their number. As
+root the volumes are on a tmpfs: a camera's USB link is not the store's disk. Printed:
+- aggregate MiB/s, from the dock to the last session's end, against dd (target >= 0.9);
+- each camera's rate over its own copy (the bytes its dock's progress row gained from the first to the
+  last sample, 4 a second, that showed it `ingesting`; the docks copy together but for the first and
+  last seconds) and the farthest of those rates from their mean (target: every one within +-25%);
+- the daemon's peak RSS, VmHWM of its /proc status (target <= 300 MiB);
+- which resource limited the run: the daemon's CPU, the whole machine's CPU, or the store's disk.
+
+    .venv/bin/python -m bench.docks [--cameras 25] [--files 2] [--size-mib 128] [--dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import select
+
+from bench.common import MiB, dd_usage, measure, process_cpu
+from bench.cpu import fast_cards
+from bench.ingest import ended_sessions, make_card, start_daemon, stop
+from ingestd.demo import remove_sealed_tree
+from ingestd.progress import COPYING
+from store.catalog import Catalog
+from store.models import Dock
+from tests.system.harness import SimulatedCamera
+
+AGGREGATE_TARGET = 0.9
+SPREAD_TARGET = 0.25
+RSS_TARGET_MIB = 300.0
+SERIAL_RULE = """
+[[camera]]
+match = { SUBSYSTEM = "folder", ZFY_TRANSPORT = "serial" }
+driver = "serial"
+password = "000000"
+filesystems = ["vfat", "exfat", "ext4"]
+"""
+
+
+def peak_rss_mib(pid: int) -> float:
+    """VmHWM of a running process: its resident set's high-water mark."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for process {pid}")
+
+
+Sample = tuple[float, dict[str, tuple[str, int]]]  # (seconds, port -> (state, bytes done))
+
+
+def dock_progress(work: Path) -> dict[str, tuple[str, int]]:
+    """Each dock's state and bytes copied, as the daemon persists them about once a second."""
+    catalog = Catalog.open(f"sqlite:///{work / 'state' / 'catalog.db'}", read_only=True)
+    try:
+        with catalog.transaction() as db:
+            return {
+                row.port: (row.state, row.bytes_done)
+                for row in db.execute(select(Dock.port, Dock.state, Dock.bytes_done))
+            }
+    finally:
+        catalog.close()
+
+
+def copy_rates(samples: list[Sample]) -> tuple[int, dict[str, float]]:
+    """(the most docks copying at once, MiB/s of each dock over its own copy): the bytes its progress
+    row gained from the first to the last sample that showed it `ingesting`."""
+    spans: dict[str, list[tuple[float, int]]] = {}
+    most = 0
+    for at, docks in samples:
+        copying = {port: done for port, (state, done) in docks.items() if state == COPYING}
+        most = max(most, len(copying))
+        for port, done in copying.items():
+            spans.setdefault(port, []).append((at, done))
+    rates = {
+        port: (span[-1][1] - span[0][1]) / MiB / (span[-1][0] - span[0][0])
+        for port, span in spans.items()
+        if span[-1][0] > span[0][0]
+    }
+    return most, rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--cameras", type=int, default=25)
+    parser.add_argument("--files", type=int, default=2)
+    parser.add_argument("--size-mib", type=int, default=128)
+    parser.add_argument("--dir", type=Path, default=None)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="docks-bench-", dir=args.dir))
+    size = args.size_mib * MiB
+    total = args.cameras * args.files * size
+    try:
+        print(f"{args.cameras} serial docks at once in {work} at {datetime.now(UTC):%Y-%m-%d %H:%M}Z")
+        with fast_cards(work, total + args.files * size) as fast:
+            single = make_card(fast / "cards" / "ZFY0009", "ZFY0009", args.files, size)
+            dd_one = dd_usage(work, single)
+            dd_rate = args.files * size / MiB / dd_one.seconds
+            for source in single:
+                source.unlink()
+            cameras = [
+                SimulatedCamera(fast, f"ZFY3{n:03d}", files=args.files, size_bytes=size)
+                for n in range(args.cameras)
+            ]
+            for camera in cameras:
+                camera.start()
+            docks = fast / "docks"
+            daemon = start_daemon(
+                work, udev=False, docks=docks, max_concurrent=args.cameras, rules=SERIAL_RULE
+            )
+            try:
+
+                def run() -> float:
+                    before = process_cpu(daemon.pid)
+                    for camera in cameras:
+                        camera.dock(docks)
+                    while ended_sessions(work) < args.cameras:
+                        if daemon.poll() is not None:
+                            raise RuntimeError("the daemon exited")
+                        samples.append((time.perf_counter(), dock_progress(work)))
+                        time.sleep(0.25)
+                    return process_cpu(daemon.pid) - before
+
+                samples: list[Sample] = []
+
+                usage = measure(work, run)
+                rss = peak_rss_mib(daemon.pid)
+            finally:
+                stop(daemon)
+                for camera in cameras:
+                    camera.close()
+        together, per_dock = copy_rates(samples)
+        rates = per_dock or {"none": 0.0}
+        aggregate = total / MiB / usage.seconds
+        ratio = aggregate / dd_rate
+        mean = statistics.fmean(rates.values())
+        spread = max(abs(rate - mean) for rate in rates.values()) / mean if mean > 0 else float("inf")
+        print(f"{'measure':<40}{'figure':>10}{'baseline':>10}{'ratio':>8}  target")
+        print(f"{'dd bs=4M conv=fsync, one stream (MiB/s)':<40}{dd_rate:>10.0f}{'':>18}  {dd_one.limit()}")
+        print(
+            f"{f'{args.cameras} cameras together (MiB/s)':<40}{aggregate:>10.0f}{dd_rate:>10.0f}{ratio:>8.2f}"
+            f"  >= {AGGREGATE_TARGET} {'ok' if ratio >= AGGREGATE_TARGET else 'BELOW TARGET'}; "
+            f"{usage.limit()}"
+        )
+        print(
+            f"{'per camera (MiB/s): mean, min, max':<40}{mean:>10.1f}{min(rates.values()):>10.1f}"
+            f"{max(rates.values()):>8.1f}  up to {together} copying at once; farthest from the mean "
+            f"{spread:.0%}, target <= {SPREAD_TARGET:.0%} "
+            f"{'ok' if spread <= SPREAD_TARGET else 'ABOVE TARGET'}"
+        )
+        print(
+            f"{'daemon peak RSS, VmHWM (MiB)':<40}{rss:>10.1f}{'':>18}  <= {RSS_TARGET_MIB:.0f} "
+            f"{'ok' if rss <= RSS_TARGET_MIB else 'ABOVE TARGET'}"
+        )
+    finally:
+        remove_sealed_tree(work)
+
+
+if __name__ == "__main__":
+    main()
