@@ -28,7 +28,7 @@ import structlog
 
 from store.crashpoints import Step, crash_point
 from store.digests import Digests
-from store.durable import fsync_dir, make_dirs, write_durably
+from store.durable import TEMP_SUFFIX, fsync_dir, make_dirs, write_durably
 from store.errors import (
     DiskFullError,
     ExistingObjectCorruptError,
@@ -597,6 +597,10 @@ class FileObjectStore(ObjectStore):
         durable = 0
         key = attempt.key
         if attempt.sidecar is not None and key is not None:
+            # A writer killed inside the sidecar's durable write left its temp file; the put holds the
+            # partial's lock, so no live writer owns one.
+            for stale in attempt.sidecar.parent.glob(f".{attempt.sidecar.name}.*{TEMP_SUFFIX}"):
+                stale.unlink(missing_ok=True)
             record = _read_sidecar(attempt.sidecar)
             if record is not None and record[0] == key and record[2] == attempt.stamp:
                 durable = record[1]

@@ -341,6 +341,9 @@ def test_a_put_killed_with_sigkill_resumes_from_its_sidecar(ext4: Path, tmp_path
                 writer.stdin.close()
     durable = durable_offset(root / "partial")
     assert durable >= 4 * MiB
+    # A kill inside the sidecar's durable write leaves its temp file: plant one, so it is always there.
+    (sidecar,) = (root / "partial").glob("*.json")
+    (sidecar.parent / f".{sidecar.name}.0123456789abcdef.tmp").write_bytes(b'{"key": "ZFY0001:A.MP4", "du')
 
     store = FileObjectStore(root, chunk_size=256 * KiB, fsync_interval=MiB).create_directories()
     with source_file.open("rb") as source:
