@@ -228,6 +228,9 @@ class StoredObject(Base):
     # Set by the retention purge once the bytes are gone; the row stays as a tombstone because purged
     # recordings still reference it and an auditor must be able to see what was stored and when it went.
     removed_at: Mapped[datetime | None]
+    # Set when the local bytes were evicted because the vault holds a confirmed, locked copy: the object
+    # is live, and its recordings are streamed back from the vault (the version the replicator confirmed).
+    evicted_at: Mapped[datetime | None]
 
 
 class Recording(Base):
