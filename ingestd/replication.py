@@ -152,6 +152,9 @@ class QueueSummary:
     replicated_bytes: int
     # Bytes replicated within the last THROUGHPUT_WINDOW, per second of that window.
     recent_bytes_per_s: float
+    # Live objects whose local copy was evicted (read back from the vault), and their bytes.
+    evicted_objects: int = 0
+    evicted_bytes: int = 0
 
 
 THROUGHPUT_WINDOW = timedelta(hours=1)
@@ -192,7 +195,14 @@ def summary(db: Session, now: datetime | None = None) -> QueueSummary:
             )
             or 0
         )
+    evicted, evicted_bytes = db.execute(
+        select(func.count(), func.coalesce(func.sum(StoredObject.size), 0)).where(
+            StoredObject.evicted_at.is_not(None), StoredObject.removed_at.is_(None)
+        )
+    ).one()
     return QueueSummary(
+        evicted_objects=int(evicted),
+        evicted_bytes=int(evicted_bytes),
         counts=dict(counts),
         oldest_pending_at=oldest,
         last_error=failing[0] if failing else None,
@@ -217,7 +227,22 @@ def view(db: Session, *, enabled: bool, bucket: str, endpoint: str, now: datetim
         "bytes_per_s_last_hour": queued.recent_bytes_per_s,
         "last_error": queued.last_error,
         "last_error_subject": queued.last_error_subject,
+        "evicted": {"objects": queued.evicted_objects, "bytes": queued.evicted_bytes},
     }
+
+
+def evicted_digests(db: Session, digests: Iterable[str]) -> set[str]:
+    """Which of these objects were evicted locally (held in the vault only)."""
+    wanted = set(digests)
+    if not wanted:
+        return set()
+    return set(
+        db.scalars(
+            select(StoredObject.blake3).where(
+                StoredObject.blake3.in_(wanted), StoredObject.evicted_at.is_not(None)
+            )
+        ).all()
+    )
 
 
 def vault_states(db: Session, digests: Iterable[str]) -> dict[str, str]:

@@ -439,6 +439,7 @@ def footage(db: Session, raw: Mapping[str, Any], *, zone: ZoneInfo, role: Role) 
         ).all():
             flags.setdefault(int(recording_id), []).append(str(kind))
     vault = replication.vault_states(db, (row[0].blake3 for row in page))
+    evicted = replication.evicted_digests(db, (row[0].blake3 for row in page))
     see_confidential = role in CONFIDENTIAL_READERS
     items = []
     for recording, serial, rec_officer_no, officer_name, rec_unit_no in page:
@@ -472,6 +473,7 @@ def footage(db: Session, raw: Mapping[str, Any], *, zone: ZoneInfo, role: Role) 
                 "sha256": recording.sha256,
                 "purged_at": iso(recording.purged_at),
                 "vault": vault.get(recording.blake3),  # replication state; None: not queued
+                "evicted": recording.blake3 in evicted,  # held in the vault only; read back from there
             }
         )
     more = len(rows) > limit

@@ -59,6 +59,7 @@ def _print_report(
                     "pinned": report.pinned,
                     "events_checked": report.events_checked,
                     "objects_checked": report.objects_checked,
+                    "objects_evicted": report.objects_evicted,
                     "problems": [problem.as_dict() for problem in report.problems],
                 },
                 ensure_ascii=False,
@@ -83,7 +84,8 @@ def _print_report(
     verdict = ("clean", "green") if clean else (f"{count} problem(s)", "red")
     out.print(
         styled(
-            f"audit events checked: {report.events_checked}; objects checked: {report.objects_checked}; "
+            f"audit events checked: {report.events_checked}; objects checked: {report.objects_checked}"
+            f"{f' ({report.objects_evicted} evicted, held in the vault)' if report.objects_evicted else ''}; "
             f"key {', '.join(report.key_ids)}{' (pinned)' if report.pinned else ''}; ",
             verdict,
         ),

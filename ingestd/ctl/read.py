@@ -419,6 +419,10 @@ def replication_command(config_path: Path | None, as_json: bool) -> None:
             f"{_size(int(result['bytes_per_s_last_hour']))}/s; "
             f"{_size(result['replicated_bytes'])} replicated in all",
             "\n",
+            ("evicted locally: ", "bold"),
+            f"{result['evicted']['objects']} object(s), {_size(result['evicted']['bytes'])} "
+            "(read back from the vault)",
+            "\n",
             ("last error: ", "bold"),
             f"{result['last_error_subject']}: {result['last_error']}" if result["last_error"] else "none",
         )
