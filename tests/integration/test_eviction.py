@@ -376,3 +376,45 @@ def test_the_marks_are_checked_when_the_config_is_loaded() -> None:
     with pytest.raises(ValueError, match="evict_low_water_percent \\(90\\) must be below"):
         Config.model_validate({"vault": {"evict_high_water_percent": 85, "evict_low_water_percent": 90}})
     assert not Config.model_validate({"vault": {"evict_high_water_percent": 85}}).vault.evicts
+
+
+def test_the_replicator_evicts_after_its_pass_reading_back_a_copy_confirmed_too_long_ago(
+    scene: Scene, tmp_path: Path
+) -> None:
+    """The daemon's path: the store passes the mark again; the replicator's pass sends the new objects,
+    then evicts, and the oldest candidate's confirmation is older than allowed, so it is read back
+    from the vault (both digests) before it goes."""
+    a0, _, _, a3 = scene.replicated
+    vault_config = scene.services.config.vault.model_copy(
+        update={
+            "evict_high_water_percent": scene.high,
+            "evict_low_water_percent": scene.low,
+            "evict_confirmed_within_hours": 1,
+        }
+    )
+    services = replace(
+        scene.services, config=scene.services.config.model_copy(update={"vault": vault_config})
+    )
+    long_ago = datetime.now(UTC) - timedelta(hours=2)
+    with services.catalog.transaction() as db:
+        db.execute(
+            update(ReplicationItem)
+            .where(ReplicationItem.subject == a3)
+            .values(replicated_at=long_ago, scrubbed_at=long_ago)
+        )
+    known = set(scene.replicated) | set(scene.unreplicated)
+    fresh = [d for d in ingest(services, tmp_path, [PAYLOAD] * 2, serial="ZFY0303") if d not in known]
+    replicator = replicator_for(services)
+    assert replicator.drain().failed == 0
+    report = replicator.evict_past_high_water()
+
+    assert report.evicted == [a3, fresh[0]]
+    assert report.read_back == [a3]
+    assert report.after is not None
+    assert report.after.percent < scene.high
+    row = queue(services)[a3]
+    assert row.scrubbed_at is not None
+    assert row.scrubbed_at > long_ago
+    assert row.scrub_error is None
+    for digest in [*scene.unreplicated, a0, fresh[1]]:
+        assert services.store.exists(digest)
