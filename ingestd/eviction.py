@@ -31,12 +31,13 @@ import structlog
 from sqlalchemy import and_, select
 
 from ingestd import replication, vault_scrub
-from ingestd.services import Services
+from ingestd.audit_anchor import AnchorProblem
+from ingestd.services import Services, StationReader
 from store.audit import Actor
 from store.errors import IntegrityError, ObjectMissing, StoreError
 from store.models import ReplicationItem, ReplicationKind, ReplicationState, StoredObject
 from store.times import iso
-from store.vault import Vault, VaultIntegrityError, object_key
+from store.vault import Vault, VaultIntegrityError, VaultObjectMissingError, object_key
 
 log = structlog.get_logger(__name__)
 
@@ -331,3 +332,42 @@ def evict(
     if not dry_run:
         report.after = measure()
     return report
+
+
+def check_evicted_in_vault(services: Services | StationReader, vault: Vault) -> list[AnchorProblem]:
+    """For `verify --vault`: each evicted object's confirmed version is still in the vault with its
+    size and digests, locked in COMPLIANCE mode, and the newest under its key (a metadata check from
+    the server; `ingestd vault scrub` reads the bytes)."""
+    with services.catalog.transaction() as db:
+        rows = db.execute(
+            select(StoredObject, ReplicationItem.version_id)
+            .outerjoin(
+                ReplicationItem,
+                and_(
+                    ReplicationItem.kind == ReplicationKind.OBJECT,
+                    ReplicationItem.subject == StoredObject.blake3,
+                ),
+            )
+            .where(StoredObject.evicted_at.is_not(None), StoredObject.removed_at.is_(None))
+            .order_by(StoredObject.blake3)
+        ).all()
+    problems: list[AnchorProblem] = []
+    for stored, version_id in rows:
+        key = object_key(stored.blake3)
+        try:
+            found = vault.confirm(stored.blake3, sha256_hex=stored.sha256, size=stored.size)
+        except VaultObjectMissingError:
+            problems.append(AnchorProblem("evicted-object-missing", key, "the only copy is not in the vault"))
+            continue
+        except VaultIntegrityError as differs:
+            problems.append(AnchorProblem("evicted-object-differs", key, str(differs)))
+            continue
+        if version_id and found.version_id != version_id:
+            problems.append(
+                AnchorProblem(
+                    "evicted-object-differs",
+                    key,
+                    f"a newer version {found.version_id} shadows the replicated version {version_id}",
+                )
+            )
+    return problems

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from ingestd.ctl import read as ctl_read
 from ingestd.ctl import records as ctl_records
 from ingestd.display import console, problem_line, styled
 from ingestd.errors import IngestdError
+from ingestd.eviction import check_evicted_in_vault
 from ingestd.exit_codes import ExitCode
 from ingestd.services import StationReader, checkpoint_path
 from ingestd.verify import VerifyReport, station_public_key, verify_all
@@ -140,6 +142,8 @@ def verify(
                     CheckpointFile(checkpoint_path(config), set_append_only=False),
                 )
                 anchor = verify_against_vault(db, chain, vault)
+            evicted = check_evicted_in_vault(services, vault)
+            anchor = dataclasses.replace(anchor, problems=(*anchor.problems, *evicted))
     finally:
         services.close()
     failure = _record(config, report, objects=objects)

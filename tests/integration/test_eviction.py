@@ -4,11 +4,12 @@ The store is a 64 MiB ext4 loop image filled by real ingests; the vault is the s
 Ceph (one bucket for the module). What the vault holds is tampered with as each adversary could: with
 the station's own credentials (a newer version, a delete marker: the locked version stays) and below
 S3, on the OSD (`rados put` over the object's head: what root on the Ceph cluster could do).
+The tests share one station built once for the module (`scene`) and run in file order: each later
+one relies on what the earlier ones left (which objects are evicted, shadowed or altered).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -24,19 +25,21 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select, update
 
+from drivers.mp4 import write_mp4
 from ingestd import vault_scrub
 from ingestd.config import Config
 from ingestd.control import protocol, queries
 from ingestd.control.handlers_evidence import approve, copy, export, view
 from ingestd.evidence.verify_bag import verify_bag
+from ingestd.importer import run_import
 from ingestd.services import Services
+from ingestd.session import IngestSettings
 from ingestd.verify import verify_objects
 from store.audit import Role
-from store.models import AuditEvent, Recording, ReplicationItem, StoredObject
+from store.models import AuditEvent, Camera, Recording, ReplicationItem, StoredObject
 from store.vault import Vault, VaultIntegrityError, VaultUnreachableError, object_key
 from tests.integration.test_evidence_export import call
 from tests.integration.test_replication import (
-    ingest,
     ingestctl,
     ingestd,
     queue,
@@ -103,17 +106,48 @@ def scene(
             unseal_tree(tmp_path)
 
 
+def ingest_card(services: Services, tmp_path: Path, serial: str, count: int) -> list[str]:
+    """Ingest a card of `count` recordings of PAYLOAD bytes, distinct from every other card's (seeded
+    by the serial); returns their BLAKE3 digests in ingest order."""
+    card = tmp_path / f"card-{serial}"
+    card.mkdir()
+    for index in range(count):
+        write_mp4(
+            card / f"V{index:03d}.MP4",
+            created_at=datetime.now(UTC) - timedelta(hours=1, minutes=index),
+            payload_size=PAYLOAD,
+            duration_s=30,
+            seed=int(serial[-4:]) * 100 + index,
+        )
+    summary = run_import(
+        services,
+        card,
+        device_id=serial,
+        officer_no=None,
+        settings=IngestSettings(),
+        clock=lambda: datetime.now(UTC),
+    )
+    assert summary.files == count, summary
+    with services.catalog.transaction() as db:
+        return list(
+            db.scalars(
+                select(Recording.blake3)
+                .join(Camera, Camera.id == Recording.camera_id)
+                .where(Camera.device_serial == serial)
+                .order_by(Recording.id)
+            ).all()
+        )
+
+
 def _build(services: Services, cluster: CephCluster, bucket: str, tmp_path: Path, store_root: Path) -> Scene:
-    unreplicated = ingest(services, tmp_path, [PAYLOAD] * 2, serial="ZFY0301")
+    unreplicated = ingest_card(services, tmp_path, "ZFY0301", 2)
     with services.catalog.transaction() as db:  # as after failures: backing off, so a pass skips them
         db.execute(
             update(ReplicationItem)
             .where(ReplicationItem.subject.in_(unreplicated))
             .values(next_attempt_at=datetime.now(UTC) + timedelta(days=1))
         )
-    replicated = [
-        d for d in ingest(services, tmp_path, [PAYLOAD] * 4, serial="ZFY0302") if d not in unreplicated
-    ]
+    replicated = ingest_card(services, tmp_path, "ZFY0302", 4)
     assert replicator_for(services).drain().failed == 0
     states = queue(services)
     assert [states[d].state.value for d in replicated] == ["replicated"] * 4
@@ -356,8 +390,20 @@ def test_a_vault_copy_altered_on_the_osd_is_refused_by_stream_back_with_exit_3_a
     ceph_cluster.run("rados", "-p", "default.rgw.buckets.data", "rm", head)
     with pytest.raises(VaultIntegrityError):
         call(scene.world, copy, CLERK, now=now, approval_id=approval, dest=str(tmp_path / "copy2"))
-    with contextlib.suppress(Exception):  # put the head back for any later reader of the bucket
-        ceph_cluster.run("rados", "-p", "default.rgw.buckets.data", "put", head, str(original))
+    # Its bytes put back (without RGW's attributes, which `rados put` does not restore).
+    ceph_cluster.run("rados", "-p", "default.rgw.buckets.data", "put", head, str(original))
+
+
+def test_verify_vault_reports_an_evicted_object_shadowed_in_the_vault(scene: Scene) -> None:
+    """The copy test put a newer version over the first evicted object with the station's credentials,
+    and the OSD test altered the second below S3."""
+    a1, a2 = scene.replicated[1:3]
+    checked = ingestctl(scene.config_file, "verify", "--vault", "--json")
+    assert checked.returncode == 3, checked.stdout + checked.stderr
+    found = {(p["kind"], p["key"]) for p in json.loads(checked.stdout)["vault"]["problems"]}
+    assert ("evicted-object-differs", object_key(a1)) in found
+    # Its head was removed on the OSD and its bytes put back without RGW's attributes: not confirmed.
+    assert ("evicted-object-differs", object_key(a2)) in found
 
 
 def test_ingestd_vault_evict_is_refused_with_one_line_while_eviction_is_off(tmp_path: Path) -> None:
@@ -402,8 +448,7 @@ def test_the_replicator_evicts_after_its_pass_reading_back_a_copy_confirmed_too_
             .where(ReplicationItem.subject == a3)
             .values(replicated_at=long_ago, scrubbed_at=long_ago)
         )
-    known = set(scene.replicated) | set(scene.unreplicated)
-    fresh = [d for d in ingest(services, tmp_path, [PAYLOAD] * 2, serial="ZFY0303") if d not in known]
+    fresh = ingest_card(services, tmp_path, "ZFY0303", 2)
     replicator = replicator_for(services)
     assert replicator.drain().failed == 0
     report = replicator.evict_past_high_water()
@@ -418,3 +463,25 @@ def test_the_replicator_evicts_after_its_pass_reading_back_a_copy_confirmed_too_
     assert row.scrub_error is None
     for digest in [*scene.unreplicated, a0, fresh[1]]:
         assert services.store.exists(digest)
+
+
+def test_the_same_bytes_ingested_again_make_an_evicted_object_local_again(
+    scene: Scene, tmp_path: Path
+) -> None:
+    a1 = scene.replicated[1]
+    card = tmp_path / "card"
+    card.mkdir()
+    (card / "AGAIN.MP4").write_bytes(scene.data[a1])
+    summary = run_import(
+        scene.services,
+        card,
+        device_id="ZFY0304",
+        officer_no=None,
+        settings=IngestSettings(),
+        clock=lambda: datetime.now(UTC),
+    )
+    assert summary.files == 1, summary
+    assert scene.services.store.exists(a1)
+    assert evicted_at(scene)[a1] is None
+    sha256 = hashlib.sha256(scene.data[a1]).hexdigest()
+    assert scene.services.store.verify_object(a1, sha256, len(scene.data[a1])) == []
