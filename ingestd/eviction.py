@@ -28,14 +28,15 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, select
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from ingestd import replication, vault_scrub
 from ingestd.audit_anchor import AnchorProblem
 from ingestd.services import Services, StationReader
 from store.audit import Actor
 from store.errors import IntegrityError, ObjectMissing, StoreError
-from store.models import ReplicationItem, ReplicationKind, ReplicationState, StoredObject
+from store.models import ReplicationItem, ReplicationState, StoredObject
 from store.times import iso
 from store.vault import Vault, VaultIntegrityError, VaultObjectMissingError, object_key
 
@@ -127,13 +128,7 @@ def _candidates(services: Services) -> list[_Candidate]:
     with services.catalog.transaction() as db:
         rows = db.execute(
             select(StoredObject, ReplicationItem)
-            .join(
-                ReplicationItem,
-                and_(
-                    ReplicationItem.kind == ReplicationKind.OBJECT,
-                    ReplicationItem.subject == StoredObject.blake3,
-                ),
-            )
+            .join(ReplicationItem, replication.OBJECT_ITEM)
             .where(
                 StoredObject.removed_at.is_(None),
                 StoredObject.evicted_at.is_(None),
@@ -223,13 +218,11 @@ class _Run:
                 return False
             stored.evicted_at = self.now
             db.flush()
-            services.audit.append(
+            self.audit(
                 db,
-                actor=ACTOR,
-                action=ACTION,
-                subject=f"object:{candidate.blake3}",
-                at=self.now,
-                details={
+                candidate.blake3,
+                "ok",
+                {
                     "sha256": stored.sha256,
                     "size": stored.size,
                     "stored_at": iso(stored.stored_at),
@@ -241,6 +234,17 @@ class _Run:
                 },
             )
         return self.remove(candidate.blake3)
+
+    def audit(self, db: Session, blake3: str, outcome: str, details: dict[str, Any]) -> None:
+        self.services.audit.append(
+            db,
+            actor=ACTOR,
+            action=ACTION,
+            subject=f"object:{blake3}",
+            at=self.now,
+            outcome=outcome,
+            details=details,
+        )
 
     def remove(self, blake3: str) -> bool:
         """The bytes of an object whose eviction is on record, under its row lock (an ingest that brings
@@ -263,15 +267,7 @@ class _Run:
             with services.catalog.transaction() as db:
                 stored = db.get_one(StoredObject, blake3, with_for_update=True, populate_existing=True)
                 stored.evicted_at = None  # the local copy stays the one to read
-                services.audit.append(
-                    db,
-                    actor=ACTOR,
-                    action=ACTION,
-                    subject=f"object:{blake3}",
-                    at=self.now,
-                    outcome="failed",
-                    details={"error": str(error)},
-                )
+                self.audit(db, blake3, "failed", {"error": str(error)})
             return False
         log.info("object_evicted", digest=blake3)
         return True
@@ -341,13 +337,7 @@ def check_evicted_in_vault(services: Services | StationReader, vault: Vault) -> 
     with services.catalog.transaction() as db:
         rows = db.execute(
             select(StoredObject, ReplicationItem.version_id)
-            .outerjoin(
-                ReplicationItem,
-                and_(
-                    ReplicationItem.kind == ReplicationKind.OBJECT,
-                    ReplicationItem.subject == StoredObject.blake3,
-                ),
-            )
+            .outerjoin(ReplicationItem, replication.OBJECT_ITEM)
             .where(StoredObject.evicted_at.is_not(None), StoredObject.removed_at.is_(None))
             .order_by(StoredObject.blake3)
         ).all()

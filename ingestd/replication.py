@@ -43,6 +43,12 @@ class WantedLock:
     legal_hold: bool
 
 
+# Joins a stored object to its queue row.
+OBJECT_ITEM = and_(
+    ReplicationItem.kind == ReplicationKind.OBJECT, ReplicationItem.subject == StoredObject.blake3
+)
+
+
 def enqueue(db: Session, *, kind: ReplicationKind, subject: str, size: int, now: datetime) -> bool:
     """Queue one item unless it is queued already; True when it is new. Call inside the transaction
     that makes it exist, so a crash never leaves a committed object without its row."""
@@ -76,13 +82,7 @@ def backfill(db: Session, now: datetime) -> int:
     """Queue every live stored object that has no row yet (stored before replication was enabled)."""
     missing = db.execute(
         select(StoredObject.blake3, StoredObject.size)
-        .outerjoin(
-            ReplicationItem,
-            and_(
-                ReplicationItem.kind == ReplicationKind.OBJECT,
-                ReplicationItem.subject == StoredObject.blake3,
-            ),
-        )
+        .outerjoin(ReplicationItem, OBJECT_ITEM)
         .where(StoredObject.removed_at.is_(None), ReplicationItem.id.is_(None))
         .order_by(StoredObject.stored_at, StoredObject.blake3)
     ).all()

@@ -22,13 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import and_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from ingestd import replication
 from ingestd.config import ConfigError
 from ingestd.services import Services
 from store.errors import ObjectMissing
-from store.models import ReplicationItem, ReplicationKind, StoredObject
+from store.models import ReplicationItem, StoredObject
 from store.vault import Vault, VaultIntegrityError, VaultObjectMissingError, object_key
 
 MiB = 1024 * 1024
@@ -48,12 +49,7 @@ def evicted_copy(db: Session, blake3: str) -> VaultCopy | None:
     """The vault copy of `blake3` when its local copy was evicted, else None."""
     row = db.execute(
         select(StoredObject, ReplicationItem.version_id)
-        .outerjoin(
-            ReplicationItem,
-            and_(
-                ReplicationItem.kind == ReplicationKind.OBJECT, ReplicationItem.subject == StoredObject.blake3
-            ),
-        )
+        .outerjoin(ReplicationItem, replication.OBJECT_ITEM)
         .where(StoredObject.blake3 == blake3)
     ).first()
     if row is None or row[0].evicted_at is None:

@@ -25,21 +25,22 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select, update
 
-from drivers.mp4 import write_mp4
 from ingestd import vault_scrub
 from ingestd.config import Config
 from ingestd.control import protocol, queries
 from ingestd.control.handlers_evidence import approve, copy, export, view
+from ingestd.eviction import Usage, evict
 from ingestd.evidence.verify_bag import verify_bag
 from ingestd.importer import run_import
 from ingestd.services import Services
 from ingestd.session import IngestSettings
 from ingestd.verify import verify_objects
 from store.audit import Role
-from store.models import AuditEvent, Camera, Recording, ReplicationItem, StoredObject
+from store.models import AuditEvent, Camera, Recording, ReplicationItem, ReplicationState, StoredObject
 from store.vault import Vault, VaultIntegrityError, VaultUnreachableError, object_key
 from tests.integration.test_evidence_export import call
 from tests.integration.test_replication import (
+    ingest,
     ingestctl,
     ingestd,
     queue,
@@ -109,25 +110,7 @@ def scene(
 def ingest_card(services: Services, tmp_path: Path, serial: str, count: int) -> list[str]:
     """Ingest a card of `count` recordings of PAYLOAD bytes, distinct from every other card's (seeded
     by the serial); returns their BLAKE3 digests in ingest order."""
-    card = tmp_path / f"card-{serial}"
-    card.mkdir()
-    for index in range(count):
-        write_mp4(
-            card / f"V{index:03d}.MP4",
-            created_at=datetime.now(UTC) - timedelta(hours=1, minutes=index),
-            payload_size=PAYLOAD,
-            duration_s=30,
-            seed=int(serial[-4:]) * 100 + index,
-        )
-    summary = run_import(
-        services,
-        card,
-        device_id=serial,
-        officer_no=None,
-        settings=IngestSettings(),
-        clock=lambda: datetime.now(UTC),
-    )
-    assert summary.files == count, summary
+    ingest(services, tmp_path, [PAYLOAD] * count, serial=serial, seed=int(serial[-4:]) * 100)
     with services.catalog.transaction() as db:
         return list(
             db.scalars(
@@ -424,6 +407,15 @@ def test_the_marks_are_checked_when_the_config_is_loaded() -> None:
     assert not Config.model_validate({"vault": {"evict_high_water_percent": 85}}).vault.evicts
 
 
+def with_marks(scene: Scene, **vault: Any) -> Services:
+    """The scene's station as the daemon would open it with its eviction marks (and `vault` keys)."""
+    marks = {"evict_high_water_percent": scene.high, "evict_low_water_percent": scene.low, **vault}
+    config = scene.services.config
+    return replace(
+        scene.services, config=config.model_copy(update={"vault": config.vault.model_copy(update=marks)})
+    )
+
+
 def test_the_replicator_evicts_after_its_pass_reading_back_a_copy_confirmed_too_long_ago(
     scene: Scene, tmp_path: Path
 ) -> None:
@@ -431,16 +423,7 @@ def test_the_replicator_evicts_after_its_pass_reading_back_a_copy_confirmed_too_
     then evicts, and the oldest candidate's confirmation is older than allowed, so it is read back
     from the vault (both digests) before it goes."""
     a0, _, _, a3 = scene.replicated
-    vault_config = scene.services.config.vault.model_copy(
-        update={
-            "evict_high_water_percent": scene.high,
-            "evict_low_water_percent": scene.low,
-            "evict_confirmed_within_hours": 1,
-        }
-    )
-    services = replace(
-        scene.services, config=scene.services.config.model_copy(update={"vault": vault_config})
-    )
+    services = with_marks(scene, evict_confirmed_within_hours=1)
     long_ago = datetime.now(UTC) - timedelta(hours=2)
     with services.catalog.transaction() as db:
         db.execute(
@@ -485,3 +468,30 @@ def test_the_same_bytes_ingested_again_make_an_evicted_object_local_again(
     assert evicted_at(scene)[a1] is None
     sha256 = hashlib.sha256(scene.data[a1]).hexdigest()
     assert scene.services.store.verify_object(a1, sha256, len(scene.data[a1])) == []
+
+
+def test_an_object_being_read_is_kept_and_a_dry_run_plans_the_read_back_of_an_old_confirmation(
+    scene: Scene,
+) -> None:
+    with scene.services.catalog.transaction() as db:
+        local = db.scalars(
+            select(StoredObject.blake3)
+            .join(ReplicationItem, ReplicationItem.subject == StoredObject.blake3)
+            .where(StoredObject.evicted_at.is_(None), ReplicationItem.scrub_error.is_(None))
+            .where(ReplicationItem.state == ReplicationState.REPLICATED)
+            .order_by(StoredObject.stored_at, StoredObject.blake3)
+        ).all()
+    oldest, following = local[0], local[1]
+    full = Usage(used=99 * MiB, available=MiB)  # far past any mark: every candidate is wanted
+    services = with_marks(scene)
+    vault = replicator_for(services).vault
+    with services.in_use.reading([oldest]):
+        report = evict(services, vault, now=datetime.now(UTC), dry_run=True, usage=lambda: full)
+    assert report.kept[oldest] == "it is being read (a copy, an export or a viewing)"
+    assert report.evicted[0] == following
+    later = evict(
+        services, vault, now=datetime.now(UTC) + timedelta(days=30), dry_run=True, usage=lambda: full
+    )
+    assert later.evicted[:2] == [oldest, following]
+    assert later.read_back[:2] == [oldest, following]  # confirmed more than a week before that instant
+    assert scene.services.store.exists(oldest)  # a dry run touches nothing
