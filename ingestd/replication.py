@@ -160,6 +160,16 @@ class QueueSummary:
 THROUGHPUT_WINDOW = timedelta(hours=1)
 
 
+def evicted_totals(db: Session) -> tuple[int, int]:
+    """How many live objects were evicted locally (held in the vault only), and their bytes."""
+    count, size = db.execute(
+        select(func.count(), func.coalesce(func.sum(StoredObject.size), 0)).where(
+            StoredObject.evicted_at.is_not(None), StoredObject.removed_at.is_(None)
+        )
+    ).one()
+    return int(count), int(size)
+
+
 def summary(db: Session, now: datetime | None = None) -> QueueSummary:
     """Counts per state, the oldest item not yet replicated, the most recent error, and (with `now`)
     the rate over the last hour, all from the catalog, so every reader agrees."""
@@ -195,14 +205,10 @@ def summary(db: Session, now: datetime | None = None) -> QueueSummary:
             )
             or 0
         )
-    evicted, evicted_bytes = db.execute(
-        select(func.count(), func.coalesce(func.sum(StoredObject.size), 0)).where(
-            StoredObject.evicted_at.is_not(None), StoredObject.removed_at.is_(None)
-        )
-    ).one()
+    evicted, evicted_bytes = evicted_totals(db)
     return QueueSummary(
-        evicted_objects=int(evicted),
-        evicted_bytes=int(evicted_bytes),
+        evicted_objects=evicted,
+        evicted_bytes=evicted_bytes,
         counts=dict(counts),
         oldest_pending_at=oldest,
         last_error=failing[0] if failing else None,

@@ -218,6 +218,7 @@ class StoredObject(Base):
     """Bytes in the object store, content-addressed by BLAKE3; shared by deduplicated recordings."""
 
     __tablename__ = "stored_objects"
+    __table_args__ = (Index("ix_stored_objects_evicted", "evicted_at"),)  # counted by status and metrics
 
     blake3: Mapped[str] = mapped_column(String(DIGEST_HEX), primary_key=True)
     sha256: Mapped[str] = mapped_column(String(DIGEST_HEX))

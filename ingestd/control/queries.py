@@ -233,7 +233,11 @@ def status(
         "active": sum(1 for d in dock_rows if d["state"] not in ("empty", "done", "failed", "unplugged")),
         "queued": sum(1 for d in dock_rows if d["state"] == "queued"),
         "open_flags": open_flag_counts(db),
-        "store": {"root": store_root, "free_bytes": free_bytes},
+        "store": {
+            "root": store_root,
+            "free_bytes": free_bytes,
+            "evicted_objects": replication.evicted_totals(db)[0],  # held in the vault only
+        },
         "last_verify": last_verify(db),
     }
 

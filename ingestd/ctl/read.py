@@ -266,7 +266,12 @@ def status_view(result: dict[str, Any], zone: ZoneInfo) -> Group:
         flag_text,
         "\n",
         ("store: ", "bold"),
-        f"{_size(result['store']['free_bytes'])} free at {result['store']['root']}",
+        f"{_size(result['store']['free_bytes'])} free at {result['store']['root']}"
+        + (
+            f"; {result['store']['evicted_objects']} object(s) evicted, in the vault only"
+            if result["store"].get("evicted_objects")
+            else ""
+        ),
         "\n",
         ("last verify: ", "bold"),
         verify_text,

@@ -234,6 +234,9 @@ def test_verify_counts_evicted_objects_and_replication_and_footage_show_them(sce
     assert shown.returncode == 0, shown.stderr
     size = len(scene.data[a1]) + len(scene.data[a2])
     assert json.loads(shown.stdout)["evicted"] == {"objects": 2, "bytes": size}
+    status = ingestctl(scene.config_file, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["store"]["evicted_objects"] == 2
 
     with scene.services.catalog.transaction() as db:
         page = queries.footage(db, {}, zone=ZoneInfo("UTC"), role=Role.ADMIN)
