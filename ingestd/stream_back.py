@@ -16,6 +16,7 @@ Guarantees:
 from __future__ import annotations
 
 import io
+import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -144,13 +145,9 @@ def open_spooled(services: Services, blake3: str, spool_dir: Path) -> BinaryIO:
     found = _local_or_evicted(services, blake3)
     if not isinstance(found, VaultCopy):
         return found
-    spool = tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115 - returned to the caller, who closes it
-    try:
+    with tempfile.TemporaryFile(dir=spool_dir) as spool:
         for chunk in _chunks(vault_of(services), found):
             spool.write(chunk)
         spool.flush()
-        spool.seek(0)
-    except BaseException:
-        spool.close()
-        raise
-    return spool
+        # Handed out read-only, like a stored object: reopened through /proc, the file has no name.
+        return os.fdopen(os.open(f"/proc/self/fd/{spool.fileno()}", os.O_RDONLY | os.O_CLOEXEC), "rb")

@@ -10,6 +10,7 @@ one relies on what the earlier ones left (which objects are evicted, shadowed or
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
@@ -300,6 +301,7 @@ def test_an_evicted_recording_is_copied_viewed_and_exported_from_the_vault_with_
     with passed.file as opened:
         assert opened.read() == scene.data[a1]
         assert os.fstat(opened.fileno()).st_nlink == 0  # an unlinked spool, gone when closed
+        assert fcntl.fcntl(opened.fileno(), fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
 
     bag = tmp_path / "bag"
     call(scene.world, export, CLERK, now=now, approval_id=approval, dest=str(bag))
