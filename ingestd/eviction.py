@@ -35,6 +35,7 @@ from ingestd import replication, vault_scrub
 from ingestd.audit_anchor import AnchorProblem
 from ingestd.services import Services, StationReader
 from store.audit import Actor
+from store.crashpoints import Step, crash_point
 from store.errors import IntegrityError, ObjectMissing, StoreError
 from store.models import ReplicationItem, ReplicationState, StoredObject
 from store.times import iso
@@ -233,6 +234,7 @@ class _Run:
                     "store_percent": round(self.report.before.percent, 2),
                 },
             )
+        crash_point(Step.EVICT_COMMIT)
         return self.remove(candidate.blake3)
 
     def audit(self, db: Session, blake3: str, outcome: str, details: dict[str, Any]) -> None:
@@ -296,9 +298,12 @@ def evict(
     now: datetime,
     dry_run: bool,
     usage: Callable[[], Usage] | None = None,
+    finish_cut: bool = True,
 ) -> EvictionReport:
     """Evict the oldest objects the vault holds until the store is at the low-water mark (plan only,
-    with `dry_run`). Raises `VaultError` when the vault cannot be asked: nothing goes unconfirmed."""
+    with `dry_run`). With `finish_cut`, first remove the bytes of evictions a crash cut (one look at
+    every evicted object: the daemon does it once per start). Raises `VaultError` when the vault
+    cannot be asked: nothing goes unconfirmed."""
     measure = usage or (lambda: store_usage(services))
     settings = services.config.vault
     report = EvictionReport(
@@ -309,7 +314,7 @@ def evict(
         before=measure(),
     )
     run = _Run(services, vault, report)
-    if not dry_run:
+    if finish_cut and not dry_run:
         run.finish_cut_removals()
     if not settings.evict_high_water_percent or report.before.percent <= settings.evict_high_water_percent:
         return report

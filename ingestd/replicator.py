@@ -105,6 +105,7 @@ class Replicator:
         self.pacer = Pacer(self.settings.bandwidth_limit_mib_s * 1024 * 1024, self.stop_event, ingest_busy)
         self._thread: threading.Thread | None = None
         self._last_lock_sync = float("-inf")
+        self._evicted_once = False  # evictions a crash cut are finished on the first eviction pass
 
     # -- the thread ---------------------------------------------------------------------------------
 
@@ -183,7 +184,10 @@ class Replicator:
         """Evict local copies the vault holds while the store is past its high-water mark. Here, after
         each pass, because it needs what the pass just confirmed and the same vault client; it is cheap
         below the mark (one statfs)."""
-        report = eviction.evict(self.services, self.vault, now=self.clock(), dry_run=False)
+        report = eviction.evict(
+            self.services, self.vault, now=self.clock(), dry_run=False, finish_cut=not self._evicted_once
+        )
+        self._evicted_once = True
         if report.evicted or report.failed:
             log.info(
                 "eviction_pass",

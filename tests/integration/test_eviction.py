@@ -500,3 +500,30 @@ def test_an_object_being_read_is_kept_and_a_dry_run_plans_the_read_back_of_an_ol
     assert later.evicted[:2] == [oldest, following]
     assert later.read_back[:2] == [oldest, following]  # confirmed more than a week before that instant
     assert scene.services.store.exists(oldest)  # a dry run touches nothing
+
+
+def test_an_eviction_cut_by_sigkill_after_its_commit_is_finished_by_the_next_run(
+    scene: Scene, tmp_path: Path, ceph_cluster: CephCluster
+) -> None:
+    config = write_toml(
+        tmp_path,
+        station_config(
+            scene.config_file.parent,
+            ceph_cluster,
+            scene.bucket,
+            evict_high_water_percent=2,
+            evict_low_water_percent=1,
+        ),
+    )
+    killed = ingestd(config, "vault", "evict", env={"INGESTD_CRASH_AT": "evict-commit:1"})
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    marked = {d for d, at in evicted_at(scene).items() if at is not None}
+    [cut] = [d for d in marked if scene.services.store.exists(d)]  # on record, its bytes still here
+    _, evicted, problems = verify_objects(scene.services)
+    assert problems == []
+    assert evicted == len(marked)
+
+    finished = ingestd(config, "vault", "evict", "--json")
+    assert finished.returncode in {0, 57}, finished.stdout + finished.stderr
+    assert json.loads(finished.stdout)["finished"] == [cut]
+    assert not scene.services.store.exists(cut)
