@@ -30,6 +30,7 @@ from ingestd import vault_scrub
 from ingestd.config import Config
 from ingestd.control import protocol, queries
 from ingestd.control.handlers_evidence import approve, copy, export, view
+from ingestd.daemon import lock_state
 from ingestd.eviction import Usage, evict
 from ingestd.evidence.verify_bag import verify_bag
 from ingestd.importer import run_import
@@ -404,6 +405,17 @@ def test_ingestd_vault_evict_is_refused_with_one_line_while_eviction_is_off(tmp_
     assert off.returncode == 78
     assert "eviction is off" in off.stderr
     assert len(off.stderr.strip().splitlines()) == 1
+
+
+def test_a_real_eviction_run_is_refused_while_the_daemon_holds_the_state_directory(scene: Scene) -> None:
+    held = lock_state(scene.services.config.daemon.state_dir)  # as `ingestd run` holds it
+    try:
+        refused = ingestd(scene.config_file, "vault", "evict")
+        assert refused.returncode == 43, refused.stdout + refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+        assert ingestd(scene.config_file, "vault", "evict", "--dry-run").returncode == 0
+    finally:
+        os.close(held)
 
 
 def test_the_marks_are_checked_when_the_config_is_loaded() -> None:
