@@ -34,6 +34,7 @@ from ingestd.daemon import lock_state
 from ingestd.eviction import Usage, evict
 from ingestd.evidence.verify_bag import verify_bag
 from ingestd.importer import run_import
+from ingestd.purge import purge
 from ingestd.services import Services
 from ingestd.session import IngestSettings
 from ingestd.verify import verify_objects
@@ -539,3 +540,34 @@ def test_an_eviction_cut_by_sigkill_after_its_commit_is_finished_by_the_next_run
     assert finished.returncode in {0, 57}, finished.stdout + finished.stderr
     assert json.loads(finished.stdout)["finished"] == [cut]
     assert not scene.services.store.exists(cut)
+
+
+def test_the_retention_purge_of_an_evicted_object_removes_nothing_locally_and_says_so(scene: Scene) -> None:
+    a2 = scene.replicated[2]  # evicted, its recording now a tombstone as a purge run leaves it
+    assert evicted_at(scene)[a2] is not None
+    now = datetime.now(UTC)
+    with scene.services.catalog.transaction() as db:
+        db.execute(update(Recording).where(Recording.blake3 == a2).values(purged_at=now))
+    report = purge(
+        scene.services.catalog,
+        scene.services.store,
+        scene.services.audit,
+        actor=APPROVER,
+        now=now,
+        rules=scene.services.config.retention.rules(),
+        dry_run=False,
+    )
+    assert a2 in report.removed_objects
+    with scene.services.catalog.transaction() as db:
+        [event] = db.scalars(
+            select(AuditEvent).where(
+                AuditEvent.action == "retention.remove", AuditEvent.subject == f"object:{a2}"
+            )
+        ).all()
+        assert (event.outcome, event.details["detail"]) == (
+            "absent",
+            "evicted earlier: the vault copy stays until its lock date",
+        )
+        stored = db.get(StoredObject, a2)
+        assert stored is not None
+        assert stored.removed_at is not None
