@@ -18,6 +18,7 @@ from ingestd.config import ConfigError, check_for_run, load_config, resolve_conf
 from ingestd.daemon import Daemon, ingest_settings, lock_state
 from ingestd.demo import run_demo
 from ingestd.errors import IngestdError
+from ingestd.eviction import evict
 from ingestd.exit_codes import ExitCode
 from ingestd.importer import run_import
 from ingestd.logging import configure_logging
@@ -241,6 +242,63 @@ def vault_scrub(config_path: Path | None, sample: int | None, as_json: bool) -> 
         click.echo(f"vault scrub: {report.checked} object(s), {report.bytes_read} bytes read back; {verdict}")
     if not report.clean:
         raise SystemExit(ExitCode.PROBLEMS)
+
+
+class StoreStillFullError(IngestdError):
+    """`ingestd vault evict` could not bring the store below its high-water mark."""
+
+    template = "store still past its high-water mark: {detail}"
+    exit_code = ExitCode.STORE_STILL_FULL
+    wire_code = "store-still-full"
+
+
+@vault.command("evict")
+@config_option
+@click.option(
+    "--dry-run", is_flag=True, help="Show what would be evicted; touch neither the vault nor the store."
+)
+@json_option
+def vault_evict(config_path: Path | None, dry_run: bool, as_json: bool) -> None:
+    """Evict the oldest local objects the vault holds, confirmed, until the store is at its low-water mark."""
+    config = load(config_path)
+    where = resolve_config_path(config_path) or "(built-in defaults)"
+    if not config.vault.evicts:
+        raise ConfigError(
+            path=where, detail="eviction is off: it needs vault.enabled and vault.evict_high_water_percent"
+        )
+    settings = config.vault.settings(where)
+    # The daemon evicts by itself; a real run beside it could remove what one of its readers is about to open.
+    lock_fd = None if dry_run else lock_state(config.daemon.state_dir)
+    try:
+        services = Services.open(config, migrate=False, cameras=False)
+        try:
+            report = evict(services, Vault(settings), now=utcnow(), dry_run=dry_run)
+            if report.evicted and not dry_run:
+                services.audit.checkpoint(services.catalog)
+        finally:
+            services.close()
+    finally:
+        if lock_fd is not None:
+            os.close(lock_fd)
+    if as_json:
+        print_json(report.as_json())
+    else:
+        for blake3, why in report.kept.items():
+            click.echo(f"KEPT {blake3}: {why}")
+        for blake3, error in report.failed.items():
+            click.echo(f"FAILED {blake3}: {error}")
+        verb = "would evict" if dry_run else "evicted"
+        after = report.after or report.before
+        click.echo(
+            f"store {report.before.percent:.1f}% full (high-water {report.high_water_percent}%, low-water "
+            f"{report.low_water_percent}%); {verb} {len(report.evicted)} object(s), "
+            f"{report.freed_bytes} bytes" + ("" if dry_run else f"; now {after.percent:.1f}% full")
+        )
+    if report.above_high_water:
+        raise StoreStillFullError(
+            detail=f"{(report.after or report.before).percent:.1f}% full after eviction; "
+            f"{len(report.kept)} object(s) kept, {len(report.failed)} failed"
+        )
 
 
 class ReplicationIncompleteError(IngestdError):

@@ -564,6 +564,21 @@ class VaultConfig(Section):
     replication_deadline_hours: int = Field(
         24, ge=1, description="An object not replicated and verified this long after storing is flagged."
     )
+    evict_high_water_percent: int = Field(
+        0,
+        ge=0,
+        le=99,
+        description="Evict local copies the vault holds when the store's filesystem is fuller; 0: never.",
+    )
+    evict_low_water_percent: int = Field(
+        80, ge=1, le=98, description="Eviction stops once the store's filesystem is this full."
+    )
+    evict_confirmed_within_hours: int = Field(
+        168,
+        ge=1,
+        description="An object is evicted only if its vault copy was put or scrubbed this recently, "
+        "else it is read back from the vault first.",
+    )
 
     @field_validator("endpoint")
     @classmethod
@@ -589,7 +604,17 @@ class VaultConfig(Section):
         missing = self.unset_keys()
         if self.enabled and missing:
             raise ValueError(f"enabled needs {', '.join(missing)}")
+        if self.evict_high_water_percent and self.evict_low_water_percent >= self.evict_high_water_percent:
+            raise ValueError(
+                f"evict_low_water_percent ({self.evict_low_water_percent}) must be below "
+                f"evict_high_water_percent ({self.evict_high_water_percent})"
+            )
         return self
+
+    @property
+    def evicts(self) -> bool:
+        """Whether local copies are evicted at all: only with the vault enabled and a high-water mark."""
+        return self.enabled and self.evict_high_water_percent > 0
 
     def unset_keys(self) -> list[str]:
         """The keys a vault cannot be reached without, where still empty."""

@@ -166,6 +166,8 @@ class Daemon:
             if config.vault.enabled
             else None
         )
+        if self.replicator is not None:
+            self.services.vault = self.replicator.vault  # evicted recordings are read back through it
         self.bay_display = (
             BayDisplay(self.services.catalog, config.bay_display, dock_label=self.services.config.dock_label)
             if config.bay_display.enabled

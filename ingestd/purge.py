@@ -1,4 +1,5 @@
-"""The retention purge executor: the only code path that removes a stored object.
+"""The retention purge executor: with vault eviction (`ingestd.eviction`), the only code that removes a
+stored object.
 
 It gathers the facts from the catalog, asks `policies.retention.plan_purge` what to do, and either
 reports the plan (dry run) or carries it out. Both runs gather and plan with the same function, so a
@@ -326,10 +327,15 @@ class _Run:
                     self._audit_removal(db, digest, "skipped", {"referenced_by": live})
                     return False
                 outcome, detail = "ok", "removed"
-                try:
-                    self.store.remove(digest)
-                except ObjectMissing:
-                    outcome, detail = "absent", "the bytes were already gone (an earlier run removed them)"
+                if stored.evicted_at is not None:
+                    # Only the vault holds it: compliance mode keeps that copy until its own date.
+                    outcome, detail = "absent", "evicted earlier: the vault copy stays until its lock date"
+                else:
+                    try:
+                        self.store.remove(digest)
+                    except ObjectMissing:
+                        outcome = "absent"
+                        detail = "the bytes were already gone (an earlier run removed them)"
                 stored.removed_at = self.now
                 db.flush()
                 self._audit_removal(db, digest, outcome, {"detail": detail})

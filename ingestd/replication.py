@@ -43,6 +43,12 @@ class WantedLock:
     legal_hold: bool
 
 
+# Joins a stored object to its queue row.
+OBJECT_ITEM = and_(
+    ReplicationItem.kind == ReplicationKind.OBJECT, ReplicationItem.subject == StoredObject.blake3
+)
+
+
 def enqueue(db: Session, *, kind: ReplicationKind, subject: str, size: int, now: datetime) -> bool:
     """Queue one item unless it is queued already; True when it is new. Call inside the transaction
     that makes it exist, so a crash never leaves a committed object without its row."""
@@ -76,13 +82,7 @@ def backfill(db: Session, now: datetime) -> int:
     """Queue every live stored object that has no row yet (stored before replication was enabled)."""
     missing = db.execute(
         select(StoredObject.blake3, StoredObject.size)
-        .outerjoin(
-            ReplicationItem,
-            and_(
-                ReplicationItem.kind == ReplicationKind.OBJECT,
-                ReplicationItem.subject == StoredObject.blake3,
-            ),
-        )
+        .outerjoin(ReplicationItem, OBJECT_ITEM)
         .where(StoredObject.removed_at.is_(None), ReplicationItem.id.is_(None))
         .order_by(StoredObject.stored_at, StoredObject.blake3)
     ).all()
@@ -152,9 +152,22 @@ class QueueSummary:
     replicated_bytes: int
     # Bytes replicated within the last THROUGHPUT_WINDOW, per second of that window.
     recent_bytes_per_s: float
+    # Live objects whose local copy was evicted (read back from the vault), and their bytes.
+    evicted_objects: int = 0
+    evicted_bytes: int = 0
 
 
 THROUGHPUT_WINDOW = timedelta(hours=1)
+
+
+def evicted_totals(db: Session) -> tuple[int, int]:
+    """How many live objects were evicted locally (held in the vault only), and their bytes."""
+    count, size = db.execute(
+        select(func.count(), func.coalesce(func.sum(StoredObject.size), 0)).where(
+            StoredObject.evicted_at.is_not(None), StoredObject.removed_at.is_(None)
+        )
+    ).one()
+    return int(count), int(size)
 
 
 def summary(db: Session, now: datetime | None = None) -> QueueSummary:
@@ -192,7 +205,10 @@ def summary(db: Session, now: datetime | None = None) -> QueueSummary:
             )
             or 0
         )
+    evicted, evicted_bytes = evicted_totals(db)
     return QueueSummary(
+        evicted_objects=evicted,
+        evicted_bytes=evicted_bytes,
         counts=dict(counts),
         oldest_pending_at=oldest,
         last_error=failing[0] if failing else None,
@@ -217,7 +233,22 @@ def view(db: Session, *, enabled: bool, bucket: str, endpoint: str, now: datetim
         "bytes_per_s_last_hour": queued.recent_bytes_per_s,
         "last_error": queued.last_error,
         "last_error_subject": queued.last_error_subject,
+        "evicted": {"objects": queued.evicted_objects, "bytes": queued.evicted_bytes},
     }
+
+
+def evicted_digests(db: Session, digests: Iterable[str]) -> set[str]:
+    """Which of these objects were evicted locally (held in the vault only)."""
+    wanted = set(digests)
+    if not wanted:
+        return set()
+    return set(
+        db.scalars(
+            select(StoredObject.blake3).where(
+                StoredObject.blake3.in_(wanted), StoredObject.evicted_at.is_not(None)
+            )
+        ).all()
+    )
 
 
 def vault_states(db: Session, digests: Iterable[str]) -> dict[str, str]:

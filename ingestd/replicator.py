@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 import structlog
 from sqlalchemy import select
 
-from ingestd import audit_anchor, replication
+from ingestd import audit_anchor, eviction, replication
 from ingestd.config import VaultConfig
 from ingestd.policies.retention import add_months
 from ingestd.services import Services
@@ -105,6 +105,7 @@ class Replicator:
         self.pacer = Pacer(self.settings.bandwidth_limit_mib_s * 1024 * 1024, self.stop_event, ingest_busy)
         self._thread: threading.Thread | None = None
         self._last_lock_sync = float("-inf")
+        self._evicted_once = False  # evictions a crash cut are finished on the first eviction pass
 
     # -- the thread ---------------------------------------------------------------------------------
 
@@ -129,6 +130,8 @@ class Replicator:
                     self.backfill()
                     first = False
                 result = self.drain()
+                if self.settings.evicts and not self.stop_event.is_set():
+                    self.evict_past_high_water()
             except Exception as error:  # noqa: BLE001 - a failed pass is logged; the next one retries
                 log.error("replication_pass_failed", error=f"{type(error).__name__}: {error}")  # noqa: TRY400 - the message is the story
                 result = PassResult(0, 0, 0)
@@ -176,6 +179,25 @@ class Replicator:
             self._last_lock_sync = time.monotonic()
             locks = self.sync_locks()
         return PassResult(replicated, failed, locks)
+
+    def evict_past_high_water(self) -> eviction.EvictionReport:
+        """Evict local copies the vault holds while the store is past its high-water mark. Here, after
+        each pass, because it needs what the pass just confirmed and the same vault client; it is cheap
+        below the mark (one statfs)."""
+        report = eviction.evict(
+            self.services, self.vault, now=self.clock(), dry_run=False, finish_cut=not self._evicted_once
+        )
+        self._evicted_once = True
+        if report.evicted or report.failed:
+            log.info(
+                "eviction_pass",
+                evicted=len(report.evicted),
+                freed_bytes=report.freed_bytes,
+                kept=len(report.kept),
+                failed=len(report.failed),
+                store_percent=round((report.after or report.before).percent, 2),
+            )
+        return report
 
     def replicate(self, item_id: int) -> bool | None:
         """Send one item and confirm it; True when replicated, False when it failed (recorded), None

@@ -12,6 +12,7 @@ from drivers.registry import DriverRegistry
 from ingestd import schema
 from ingestd.config import Config
 from ingestd.flagging import FlagNotifier
+from ingestd.objects_in_use import ObjectsInUse
 from store.audit import AuditLog, chain_end
 from store.catalog import Catalog
 from store.checkpoints import CheckpointFile
@@ -19,6 +20,7 @@ from store.models import StoredObject
 from store.objects import FileObjectStore, ObjectStore
 from store.objects.pipeline import chunk_within
 from store.signing import Signer
+from store.vault import Vault
 
 MIB = 1024 * 1024
 CHECKPOINT_FILE = "audit-checkpoints.jsonl"
@@ -95,6 +97,10 @@ class Services:
     # What the daemon watches for cameras, as it started its sources (udev's chosen event source and
     # why, the watched folders), for `status`; None outside the daemon.
     detection: dict[str, Any] | None = None
+    # The vault client for reading evicted objects back (the daemon's replicator's; else made on first use).
+    vault: Vault | None = None
+    # Objects a copy, export or viewing is reading now: eviction leaves them alone.
+    in_use: ObjectsInUse = field(default_factory=ObjectsInUse)
 
     @classmethod
     def open(cls, config: Config, *, migrate: bool = True, cameras: bool = True) -> Services:

@@ -793,6 +793,8 @@ class IngestSession:
                 stored.stored_at = now
                 stored.seal = result.seal
                 stored.last_verified_at = now if result.read_back_verified else None
+            elif stored.evicted_at is not None:
+                stored.evicted_at = None  # the same bytes came back after eviction: local again
             officer = records.officer_by_number(db, identity.officer_no) if identity.officer_no else None
             recording = Recording(
                 camera_id=camera_id,

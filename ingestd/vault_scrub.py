@@ -36,6 +36,38 @@ class ScrubReport:
         return not self.failures
 
 
+def read_back(
+    vault: Vault,
+    blake3: str,
+    *,
+    version_id: str | None,
+    sha256: str,
+    size: int,
+    on_chunk: Callable[[bytes], None] | None = None,
+) -> str | None:
+    """Read the confirmed version of one object to the end; None when size and both digests match and
+    no newer version shadows it, else what failed. A vault that cannot be read raises `VaultError`."""
+    try:
+        for chunk in vault.stream(blake3, sha256_hex=sha256, size=size, version_id=version_id):
+            if on_chunk is not None:
+                on_chunk(chunk)
+        newest = vault.head(blake3).version_id
+    except VaultIntegrityError as failure:
+        return str(failure)
+    if version_id and newest != version_id:
+        return f"a newer version {newest} shadows the replicated version {version_id} of {object_key(blake3)}"
+    return None
+
+
+def record(services: Services, item_id: int, *, now: datetime, error: str | None) -> None:
+    """Keep one object's scrub result on its queue row (what eviction consults)."""
+    with services.catalog.transaction() as db:
+        row = db.get(ReplicationItem, item_id)
+        if row is not None:
+            row.scrubbed_at = now
+            row.scrub_error = error
+
+
 def scrub(
     services: Services,
     vault: Vault,
@@ -63,29 +95,18 @@ def scrub(
         chosen = [(row[0], row[1], row[2], row[3].sha256, row[3].size) for row in db.execute(query).all()]
     total = sum(size for *_, size in chosen)
     report = ScrubReport()
+
+    def counted(chunk: bytes) -> None:
+        report.bytes_read += len(chunk)
+        if progress is not None:
+            progress(report.bytes_read, total)
+
     for item_id, blake3, version_id, sha256, size in chosen:
-        error = None
-        try:
-            for chunk in vault.stream(blake3, sha256_hex=sha256, size=size, version_id=version_id):
-                report.bytes_read += len(chunk)
-                if progress is not None:
-                    progress(report.bytes_read, total)
-            newest = vault.head(blake3).version_id
-            if version_id and newest != version_id:
-                error = (
-                    f"a newer version {newest} shadows the replicated version {version_id} "
-                    f"of {object_key(blake3)}"
-                )
-        except VaultIntegrityError as failure:
-            error = str(failure)
+        error = read_back(vault, blake3, version_id=version_id, sha256=sha256, size=size, on_chunk=counted)
         report.checked += 1
         if error is not None:
             report.failures[blake3] = error
-        with services.catalog.transaction() as db:
-            row = db.get(ReplicationItem, item_id)
-            if row is not None:
-                row.scrubbed_at = now
-                row.scrub_error = error
+        record(services, item_id, now=now, error=error)
     with services.catalog.transaction() as db:
         services.audit.append(
             db,

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from ingestd.config import Config
 from ingestd.control.queries import VERIFY_ACTION
+from ingestd.eviction import ACTION as EVICT_ACTION
 from ingestd.services import checkpoint_path
 from ingestd.verify_rows import verify_rows
 from store.audit import Actor, AuditLog, verify_chain
@@ -26,6 +27,7 @@ from store.catalog import Catalog
 from store.models import AuditEvent, StoredObject
 from store.objects import ObjectStore
 from store.signing import PUBLIC_KEY_NAME, key_id, load_public_key
+from store.times import iso
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -48,6 +50,8 @@ class VerifyReport:
     problems: list[Problem]
     key_ids: list[str]  # the keys checkpoints were checked against
     pinned: bool  # given by the verifier (--public-key), not read from the station
+    # Objects evicted locally (held in the vault only): not re-hashed here, but each must be on record.
+    objects_evicted: int = 0
 
     @property
     def clean(self) -> bool:
@@ -148,25 +152,54 @@ def verify_catalog_rows(services: Station) -> list[Problem]:
     return [Problem("catalog", p.kind, p.subject, p.detail) for p in found]
 
 
-def verify_objects(services: Station, progress: ProgressCallback | None = None) -> tuple[int, list[Problem]]:
+def verify_objects(
+    services: Station, progress: ProgressCallback | None = None
+) -> tuple[int, int, list[Problem]]:
+    """Re-hash every object held locally; an evicted one must have its `store.evict` event instead (a
+    catalog writer cannot hide a lost object by marking it evicted). Returns (checked, evicted, problems)."""
     with services.catalog.transaction() as db:
         # Objects the retention purge removed stay as tombstone rows; their absence is expected.
         rows = db.execute(
-            select(StoredObject.blake3, StoredObject.sha256, StoredObject.size, StoredObject.seal)
+            select(
+                StoredObject.blake3,
+                StoredObject.sha256,
+                StoredObject.size,
+                StoredObject.seal,
+                StoredObject.evicted_at,
+            )
             .where(StoredObject.removed_at.is_(None))
             .order_by(StoredObject.blake3)
         ).all()
-    total_bytes = sum(row.size for row in rows)
+        evicted = {row.blake3: row.evicted_at for row in rows if row.evicted_at is not None}
+        on_record = {
+            subject.removeprefix("object:"): at
+            for subject, at in db.execute(
+                select(AuditEvent.subject, AuditEvent.at).where(
+                    AuditEvent.action == EVICT_ACTION, AuditEvent.outcome == "ok"
+                )
+            ).all()
+        }
+    problems = [
+        Problem(
+            "object",
+            "evicted-unaudited",
+            blake3,
+            f"marked evicted at {iso(at)}, but no {EVICT_ACTION} event records it: its bytes may be lost",
+        )
+        for blake3, at in sorted(evicted.items())
+        if on_record.get(blake3) != at
+    ]
+    local = [row for row in rows if row.evicted_at is None]
+    total_bytes = sum(row.size for row in local)
     done_bytes = 0
-    problems: list[Problem] = []
-    for row in rows:
+    for row in local:
         # The seal the catalog recorded: knowing what this store seals now would take writing a probe.
         for found in services.store.verify_object(row.blake3, row.sha256, row.size, seal=row.seal):
             problems.append(Problem("object", found.kind, row.blake3, found.detail))
         done_bytes += row.size
         if progress is not None:
             progress(done_bytes, total_bytes)
-    return len(rows), problems
+    return len(local), len(evicted), problems
 
 
 def verify_all(
@@ -182,9 +215,9 @@ def verify_all(
     public_keys = list(trusted_keys) or [station_key]
     events, problems = verify_audit(services, public_keys, station_key)
     problems += verify_catalog_rows(services)
-    checked = 0
+    checked = evicted = 0
     if objects:
-        checked, object_problems = verify_objects(services, progress)
+        checked, evicted, object_problems = verify_objects(services, progress)
         problems += object_problems
     return VerifyReport(
         events_checked=events,
@@ -192,4 +225,5 @@ def verify_all(
         problems=problems,
         key_ids=[key_id(key) for key in public_keys],
         pinned=bool(trusted_keys),
+        objects_evicted=evicted,
     )

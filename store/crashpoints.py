@@ -13,6 +13,7 @@ catalog-commit (the recording row and its audit event committed), audit-checkpoi
 signed checkpoint is appended: the commit is durable, its checkpoint is not), camera-deletion (the
 proven originals deleted from the camera), session-close (the dock session's end state committed).
 Replication: vault-part (a multipart part acknowledged by the vault and recorded in the queue).
+Eviction: evict-commit (an eviction's audit event and `evicted_at` committed, its bytes not yet removed).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Step(enum.StrEnum):
     CAMERA_DELETION = "camera-deletion"
     SESSION_CLOSE = "session-close"
     VAULT_PART = "vault-part"
+    EVICT_COMMIT = "evict-commit"
 
 
 def parse(spec: str) -> tuple[Step, int]:

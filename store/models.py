@@ -222,6 +222,7 @@ class StoredObject(Base):
     """Bytes in the object store, content-addressed by BLAKE3; shared by deduplicated recordings."""
 
     __tablename__ = "stored_objects"
+    __table_args__ = (Index("ix_stored_objects_evicted", "evicted_at"),)  # counted by status and metrics
 
     blake3: Mapped[str] = mapped_column(String(DIGEST_HEX), primary_key=True)
     sha256: Mapped[str] = mapped_column(String(DIGEST_HEX))
@@ -232,6 +233,9 @@ class StoredObject(Base):
     # Set by the retention purge once the bytes are gone; the row stays as a tombstone because purged
     # recordings still reference it and an auditor must be able to see what was stored and when it went.
     removed_at: Mapped[datetime | None]
+    # Set when the local bytes were evicted because the vault holds a confirmed, locked copy: the object
+    # is live, and its recordings are streamed back from the vault (the version the replicator confirmed).
+    evicted_at: Mapped[datetime | None]
 
 
 class Recording(Base):

@@ -124,6 +124,12 @@ def render(db: Session, *, free_bytes: int | None, now: datetime) -> str:
         [({}, replicas.recent_bytes_per_s)],
     )
     exposition.metric(
+        "ingestd_evicted_objects",
+        "gauge",
+        "Objects evicted from the local store, held in the vault only.",
+        [({}, replicas.evicted_objects)],
+    )
+    exposition.metric(
         "ingestd_replication_oldest_pending_age_seconds",
         "gauge",
         "Age of the oldest object not yet replicated (0 when none).",

@@ -233,7 +233,11 @@ def status(
         "active": sum(1 for d in dock_rows if d["state"] not in ("empty", "done", "failed", "unplugged")),
         "queued": sum(1 for d in dock_rows if d["state"] == "queued"),
         "open_flags": open_flag_counts(db),
-        "store": {"root": store_root, "free_bytes": free_bytes},
+        "store": {
+            "root": store_root,
+            "free_bytes": free_bytes,
+            "evicted_objects": replication.evicted_totals(db)[0],  # held in the vault only
+        },
         "last_verify": last_verify(db),
     }
 
@@ -439,6 +443,7 @@ def footage(db: Session, raw: Mapping[str, Any], *, zone: ZoneInfo, role: Role) 
         ).all():
             flags.setdefault(int(recording_id), []).append(str(kind))
     vault = replication.vault_states(db, (row[0].blake3 for row in page))
+    evicted = replication.evicted_digests(db, (row[0].blake3 for row in page))
     see_confidential = role in CONFIDENTIAL_READERS
     items = []
     for recording, serial, rec_officer_no, officer_name, rec_unit_no in page:
@@ -472,6 +477,7 @@ def footage(db: Session, raw: Mapping[str, Any], *, zone: ZoneInfo, role: Role) 
                 "sha256": recording.sha256,
                 "purged_at": iso(recording.purged_at),
                 "vault": vault.get(recording.blake3),  # replication state; None: not queued
+                "evicted": recording.blake3 in evicted,  # held in the vault only; read back from there
             }
         )
     more = len(rows) > limit

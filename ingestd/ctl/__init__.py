@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from ingestd.ctl import read as ctl_read
 from ingestd.ctl import records as ctl_records
 from ingestd.display import console, problem_line, styled
 from ingestd.errors import IngestdError
+from ingestd.eviction import check_evicted_in_vault
 from ingestd.exit_codes import ExitCode
 from ingestd.services import StationReader, checkpoint_path
 from ingestd.verify import VerifyReport, station_public_key, verify_all
@@ -59,6 +61,7 @@ def _print_report(
                     "pinned": report.pinned,
                     "events_checked": report.events_checked,
                     "objects_checked": report.objects_checked,
+                    "objects_evicted": report.objects_evicted,
                     "problems": [problem.as_dict() for problem in report.problems],
                 },
                 ensure_ascii=False,
@@ -83,7 +86,8 @@ def _print_report(
     verdict = ("clean", "green") if clean else (f"{count} problem(s)", "red")
     out.print(
         styled(
-            f"audit events checked: {report.events_checked}; objects checked: {report.objects_checked}; "
+            f"audit events checked: {report.events_checked}; objects checked: {report.objects_checked}"
+            f"{f' ({report.objects_evicted} evicted, held in the vault)' if report.objects_evicted else ''}; "
             f"key {', '.join(report.key_ids)}{' (pinned)' if report.pinned else ''}; ",
             verdict,
         ),
@@ -138,6 +142,8 @@ def verify(
                     CheckpointFile(checkpoint_path(config), set_append_only=False),
                 )
                 anchor = verify_against_vault(db, chain, vault)
+            evicted = check_evicted_in_vault(services, vault)
+            anchor = dataclasses.replace(anchor, problems=(*anchor.problems, *evicted))
     finally:
         services.close()
     failure = _record(config, report, objects=objects)

@@ -266,7 +266,12 @@ def status_view(result: dict[str, Any], zone: ZoneInfo) -> Group:
         flag_text,
         "\n",
         ("store: ", "bold"),
-        f"{_size(result['store']['free_bytes'])} free at {result['store']['root']}",
+        f"{_size(result['store']['free_bytes'])} free at {result['store']['root']}"
+        + (
+            f"; {result['store']['evicted_objects']} object(s) evicted, in the vault only"
+            if result["store"].get("evicted_objects")
+            else ""
+        ),
         "\n",
         ("last verify: ", "bold"),
         verify_text,
@@ -418,6 +423,10 @@ def replication_command(config_path: Path | None, as_json: bool) -> None:
             ("throughput (last hour): ", "bold"),
             f"{_size(int(result['bytes_per_s_last_hour']))}/s; "
             f"{_size(result['replicated_bytes'])} replicated in all",
+            "\n",
+            ("evicted locally: ", "bold"),
+            f"{result['evicted']['objects']} object(s), {_size(result['evicted']['bytes'])} "
+            "(read back from the vault)",
             "\n",
             ("last error: ", "bold"),
             f"{result['last_error_subject']}: {result['last_error']}" if result["last_error"] else "none",

@@ -27,6 +27,7 @@ from ingestd.evidence.delivery import (
     payload_items,
 )
 from ingestd.evidence.errors import ExportError, ExportIntegrityError
+from ingestd.stream_back import open_object
 
 SUMS_FILE = "SHA256SUMS"
 FILE_MODE = 0o444
@@ -95,12 +96,14 @@ def _select(request: DeliveryRequest) -> _Selection:
 def _copy_and_record(request: DeliveryRequest, selection: _Selection, workspace: Workspace) -> CopyOutcome:
     services = request.services
     chunk_size = services.config.store.chunk_mib * MiB
-    for item in selection.items:
-        with services.store.open(item.blake3) as source:
-            try:
-                copy_proving(source, workspace.fd, item, FILE_MODE, chunk_size)
-            except ExportIntegrityError as mismatch:
-                raise CopyIntegrityError(**mismatch.facts) from None
+    with services.in_use.reading(item.blake3 for item in selection.items):
+        for item in selection.items:
+            # An evicted recording streams from the vault; a mismatch there raises its own integrity error.
+            with open_object(services, item.blake3) as source:
+                try:
+                    copy_proving(source, workspace.fd, item, FILE_MODE, chunk_size)
+                except ExportIntegrityError as mismatch:
+                    raise CopyIntegrityError(**mismatch.facts) from None
     write_new(workspace.fd, SUMS_FILE, sums_text(selection.items).encode("utf-8"), FILE_MODE)
     os.fsync(workspace.fd)
     files = tuple(sorted(i.name for i in selection.items))

@@ -9,6 +9,7 @@ Guarantees (besides those of every delivery, see `ingestd.evidence.delivery`):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,6 +30,7 @@ from ingestd.evidence.delivery import (
 )
 from ingestd.evidence.errors import ExportIntegrityError
 from ingestd.evidence.verify_bag import verify_tree
+from ingestd.stream_back import open_object
 from store.audit import Actor
 from store.models import Approval, Export, Recording
 from store.times import iso
@@ -126,7 +128,9 @@ def _load_plan(request: DeliveryRequest) -> _Plan:
 def _build_and_record(request: DeliveryRequest, plan: _Plan, workspace: Workspace) -> ExportOutcome:
     services, actor, now = request.services, request.actor, request.now
     signer = services.audit.signer
-    result = write_bag(workspace.fd, plan.items, plan.bag_info, signer, services.store.open, now=now)
+    with services.in_use.reading(item.blake3 for item in plan.items):
+        opener = functools.partial(open_object, services)  # an evicted recording streams from the vault
+        result = write_bag(workspace.fd, plan.items, plan.bag_info, signer, opener, now=now)
     # Read back through the descriptor: nobody but the daemon can change the tree until it is handed over.
     report = verify_tree(workspace.path, trusted_keys=[signer.public_key])
     if not report.valid:

@@ -3,7 +3,7 @@
 Guarantees: the stored object is opened (read-only) only when the approval lets the caller view that
 recording now, and handed out only after its `footage.view` audit event is committed; a refusal is
 audited in a transaction of its own. The caller gets an open file, never a path: they need no access
-to the store.
+to the store. An evicted recording is read back from the vault and verified whole before it is handed out.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any, BinaryIO
 from ingestd.evidence.approvals import FootageAction
 from ingestd.evidence.delivery import approved_recordings, payload_items, refusal_audited
 from ingestd.services import Services
+from ingestd.stream_back import open_spooled
 from store.audit import Actor
 
 
@@ -50,7 +51,15 @@ def open_for_viewing(
                 db, approval_id, [recording_id], now, FootageAction.VIEW, user=actor.user
             )
             [item] = payload_items(db, rows)
-            source = services.store.open(item.blake3)
+        # Outside the transaction: an evicted recording is first read whole from the vault and verified.
+        with services.in_use.reading([item.blake3]):
+            source = open_spooled(services, item.blake3, services.config.daemon.state_dir)
+        with (
+            refusal_audited(services, actor, FootageAction.VIEW, details, now),
+            services.catalog.transaction() as db,
+        ):
+            # Checked again: the approval may have been revoked while the bytes came back from the vault.
+            approved_recordings(db, approval_id, [recording_id], now, FootageAction.VIEW, user=actor.user)
             services.audit.append(
                 db,
                 actor=actor,

@@ -731,7 +731,7 @@ class FileObjectStore(ObjectStore):
 
     def remove(self, blake3_hex: str) -> None:
         """The only removal path: clears the immutable attribute, unlinks, fsyncs the directory.
-        Only the retention purge may call this, after checking holds and writing its audit event."""
+        Only the retention purge and vault eviction call this, each after writing its audit event."""
         path = self.path_for(blake3_hex)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)

@@ -4,7 +4,7 @@ Guarantees of every adapter:
 - An object named `<blake3>` holds exactly the bytes that BLAKE3 names, and `put` returns their SHA-256 too.
 - `put` returns only after the copy is durable and, with read-back on, re-read from disk and compared.
 - A stored object is sealed (mode 0444, plus the immutable attribute where the filesystem and capability
-  allow it) and nothing but `remove` deletes it. Only the retention purge may call `remove`.
+  allow it) and nothing but `remove` deletes it. Only the retention purge and vault eviction call `remove`.
 - A crash or a failed source leaves at most a partial copy, resumable by its key or removed by `reconcile`.
   A keyed partial copy that nobody resumes is removed by `expire_partials` once it is old enough.
 - A digest that is not 64 lowercase hex characters never becomes part of a path.
@@ -178,8 +178,8 @@ class ObjectStore(abc.ABC):
 
     @abc.abstractmethod
     def remove(self, blake3_hex: str) -> None:
-        """Delete a stored object: the only removal path. Only the retention purge may call this, after it
-        has checked holds and written its audit event."""
+        """Delete a stored object: the only removal path. Only the retention purge (after checking holds)
+        and eviction (after the vault confirmed its copy) may call this, each after its audit event."""
 
     @abc.abstractmethod
     def verify_object(

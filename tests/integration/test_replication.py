@@ -257,8 +257,11 @@ def replicator_for(services: Services, **settings: Any) -> Replicator:
     return Replicator(services, Vault(vault_settings))
 
 
-def ingest(services: Services, tmp_path: Path, sizes: list[int], *, serial: str = "ZFY0200") -> list[str]:
-    """Ingest a card of recordings of these payload sizes; returns their BLAKE3 digests."""
+def ingest(
+    services: Services, tmp_path: Path, sizes: list[int], *, serial: str = "ZFY0200", seed: int | None = None
+) -> list[str]:
+    """Ingest a card of recordings of these payload sizes; returns the BLAKE3 digests of every `V…`
+    recording so far. Cards given distinct `seed`s never share bytes (no deduplication between them)."""
     card = tmp_path / f"card-{serial}-{len(sizes)}"
     card.mkdir()
     for index, size in enumerate(sizes):
@@ -267,6 +270,7 @@ def ingest(services: Services, tmp_path: Path, sizes: list[int], *, serial: str 
             created_at=datetime.now(UTC) - timedelta(hours=1, minutes=index),
             payload_size=size,
             duration_s=30,
+            seed=None if seed is None else seed + index,
         )
     summary = run_import(
         services,

@@ -81,8 +81,11 @@ def stored_objects(daemon: Daemon) -> list[str]:
 
 
 @pytest.mark.parametrize("daemon", BACKENDS, indirect=True)
-# The ingest's steps; vault-part is replication's (tests/integration/test_replication.py).
-@pytest.mark.parametrize("step", [step for step in Step if step is not Step.VAULT_PART], ids=str)
+# The ingest's steps; vault-part is replication's (tests/integration/test_replication.py), evict-commit
+# eviction's (tests/integration/test_eviction.py).
+@pytest.mark.parametrize(
+    "step", [step for step in Step if step not in {Step.VAULT_PART, Step.EVICT_COMMIT}], ids=str
+)
 def test_a_sigkill_at_each_durable_step_loses_nothing_and_stores_nothing_twice(
     step: Step, daemon: Daemon, make_camera: Callable[..., SimulatedCamera]
 ) -> None:

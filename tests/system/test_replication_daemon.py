@@ -6,21 +6,25 @@ holds is asked of the server with the station's own credentials.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import select
 
 from store.models import (
+    AuditEvent,
     DockVisit,
     Recording,
     ReplicationItem,
     ReplicationKind,
     ReplicationState,
     SessionState,
+    StoredObject,
 )
 from store.vault import COMPLIANCE, object_key
 from tests.support.ceph import CephCluster, free_port
+from tests.support.loopdev import ext4_filesystem, require_root_tools
 from tests.system.harness import Daemon, SimulatedCamera, stored_recordings, wait_for
 
 SERIAL = "ZFY7001"
@@ -96,3 +100,49 @@ def test_docking_goes_on_while_the_vault_is_down_and_the_queue_catches_up_after(
         assert len(versions) == 1
     assert daemon.stop() == 0
     assert daemon.events("replicator_started")
+
+
+def test_the_daemon_evicts_past_the_high_water_mark_after_replicating_each_eviction_audited(
+    daemon: Daemon, make_camera: Callable[..., SimulatedCamera], ceph_cluster: CephCluster, tmp_path: Path
+) -> None:
+    require_root_tools("mkfs.ext4")
+    bucket = ceph_cluster.create_bucket(object_lock=True)
+    with ext4_filesystem(tmp_path, 64, name="store") as store_root:
+        daemon.store_root = store_root
+        daemon.extra_config = vault_config(ceph_cluster, bucket, tmp_path / "vault-secret") + (
+            "evict_high_water_percent = 40\nevict_low_water_percent = 25\n"
+        )
+        camera = make_camera(SERIAL, files=6, size_bytes=6 * MIB)
+        daemon.start()
+        try:
+            camera.dock(daemon.docks)
+            stored_recordings(daemon, SERIAL, 6)
+
+            def below_high_water() -> bool:
+                usage = shutil.disk_usage(store_root)
+                return 100 * usage.used / (usage.used + usage.free) <= 40
+
+            wait_for("the daemon to evict down past its high-water mark", below_high_water, timeout=240)
+            catalog = daemon.catalog()
+            try:
+                with catalog.transaction() as db:
+                    evicted = db.scalars(
+                        select(StoredObject.blake3)
+                        .where(StoredObject.evicted_at.is_not(None))
+                        .order_by(StoredObject.stored_at, StoredObject.blake3)
+                    ).all()
+                    oldest = db.scalars(
+                        select(StoredObject.blake3).order_by(StoredObject.stored_at, StoredObject.blake3)
+                    ).all()
+                    audited = db.scalars(
+                        select(AuditEvent.subject).where(AuditEvent.action == "store.evict")
+                    ).all()
+            finally:
+                catalog.close()
+            assert evicted
+            assert list(evicted) == list(oldest[: len(evicted)])  # the oldest went first
+            assert sorted(audited) == sorted(f"object:{digest}" for digest in evicted)
+            assert all(not (store_root / object_key(digest)).exists() for digest in evicted)
+            assert queue_states(daemon).keys() >= set(evicted)
+        finally:
+            assert daemon.stop() == 0

@@ -13,7 +13,7 @@ from drivers.mount import FilesystemRefused
 from drivers.registry import DriverLoadError
 from ingestd.audit_anchor import AnchorError
 from ingestd.bay.server import BayDisplayError
-from ingestd.cli import ReplicationIncompleteError, VaultCheckError
+from ingestd.cli import ReplicationIncompleteError, StoreStillFullError, VaultCheckError
 from ingestd.commandline import CrashPointError
 from ingestd.config import ConfigError, VaultSecretError
 from ingestd.control import protocol
@@ -80,6 +80,7 @@ ROOTS = (IngestdError, StoreError, DriverError)
 PINNED: dict[str, type[Exception]] = {
     "audit-anchor": AnchorError,
     "replication-incomplete": ReplicationIncompleteError,
+    "store-still-full": StoreStillFullError,
     "bay-display": BayDisplayError,
     "socket-access-denied": SocketAccessDenied,
     "store-not-set-up": StoreNotSetUpError,
