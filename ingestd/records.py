@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from drivers.base import CameraIdentity, ClockSync
@@ -35,11 +36,14 @@ def daemon_actor(port: str) -> Actor:
 
 def get_or_create_dock(db: Session, port: str, now: datetime) -> Dock:
     dock = db.scalar(select(Dock).where(Dock.port == port))
-    if dock is None:
-        dock = Dock(port=port, state="empty", updated_at=now, bytes_done=0, bytes_total=0)
-        db.add(dock)
-        db.flush()
-    return dock
+    if dock is not None:
+        return dock
+    # A session's first step and the progress flush can both create a new port's row at once. On
+    # PostgreSQL both see none; ON CONFLICT makes the second wait for the first and take its row.
+    dialect = postgresql if db.get_bind().dialect.name == "postgresql" else sqlite
+    new_dock = {"port": port, "state": "empty", "updated_at": now, "bytes_done": 0, "bytes_total": 0}
+    db.execute(dialect.insert(Dock).values(new_dock).on_conflict_do_nothing(index_elements=["port"]))
+    return db.scalars(select(Dock).where(Dock.port == port)).one()
 
 
 def open_dock_session(db: Session, port: str, now: datetime) -> DockVisit:

@@ -14,12 +14,14 @@ from sqlalchemy import select
 from structlog.testing import capture_logs
 
 from drivers.simulator.volume import build_volume
+from ingestd import records
 from ingestd.docking.events import Docked, Undocked
 from ingestd.docking.folders import device_for
 from ingestd.manager import DockManager
 from ingestd.services import Services
 from ingestd.session import IngestSettings, SessionSummary
-from store.models import CustodyEvent, CustodyKind, DockVisit
+from store.catalog import Catalog
+from store.models import CustodyEvent, CustodyKind, Dock, DockVisit
 from store.types import utcnow
 from tests.support.station import open_station
 from tests.system.harness import wait_for
@@ -110,3 +112,40 @@ def test_stop_waits_bounded_and_names_the_sessions_still_running(services: Servi
     (still,) = [entry for entry in logs if entry["event"] == "sessions_still_running"]
     assert still["ports"] == sorted([first.port, second.port])
     held.release.set()
+
+
+def test_two_writers_creating_the_same_dock_at_once_share_one_row(catalog: Catalog) -> None:
+    # A session's first step and the progress flush both create a new port's dock row. On PostgreSQL
+    # both saw no row and the second insert failed (uq_docks_port), crashing the session of an early dock.
+    port = "usb:/devices/pci0000:00/usb1/1-1"
+    first_has_inserted = threading.Event()
+    release_first = threading.Event()
+    ids: list[int] = []
+    errors: list[BaseException] = []
+
+    def first() -> None:
+        with catalog.transaction() as db:
+            ids.append(records.get_or_create_dock(db, port, START).id)
+            first_has_inserted.set()
+            release_first.wait(timeout=30)
+
+    def second() -> None:
+        try:
+            with catalog.transaction() as db:
+                ids.append(records.get_or_create_dock(db, port, START).id)
+        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+
+    writers = [threading.Thread(target=first), threading.Thread(target=second)]
+    writers[0].start()
+    assert first_has_inserted.wait(timeout=30)
+    writers[1].start()
+    writers[1].join(timeout=1.0)  # the second waits for the first's row (its lock, or SQLite's writer)
+    release_first.set()
+    for writer in writers:
+        writer.join(timeout=30)
+    assert errors == []
+    assert len(ids) == 2
+    assert ids[0] == ids[1]
+    with catalog.transaction() as db:
+        assert len(db.scalars(select(Dock).where(Dock.port == port)).all()) == 1
