@@ -1,0 +1,105 @@
+"""Docking a camera that is ONE composite USB device, as real ones are: the guest kernel's configfs gadget
+(mass_storage + acm) on dummy_hcd, the simulator in the guest behind the gadget's `/dev/ttyGS0`.
+
+One guest for the module; each test makes its own gadget (dummy_hcd has one controller, so one camera at
+a time), starts the daemon afresh with `detection.usb_grouping = "device"`, and takes the gadget apart
+after.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import select
+
+from store.models import (
+    Camera,
+    ClockReading,
+    CustodyEvent,
+    CustodyKind,
+    Dock,
+    DockVisit,
+    Recording,
+    SessionState,
+)
+from tests.system.harness import iter_rows
+from tests.system.test_daemon import digests_of
+from tests.vm import gadget
+from tests.vm.machine import Guest
+from tests.vm.station import GADGET_RULE, GadgetCamera, GuestStation, guest_daemon
+
+pytestmark = pytest.mark.vm
+
+# Recorded in the guest: the gadget enumerates on dummy_hcd's root port 1 (its controller is usb3 after
+# qemu-xhci's usb1 and usb2), tty on interface 0 (acm takes 0 and 1), disk on interface 2.
+GADGET_PORT = "/devices/platform/dummy_hcd.0/usb3/3-1"
+
+
+@pytest.fixture(scope="module")
+def modules(guest: Guest) -> None:
+    guest.check("modprobe", "-a", *gadget.MODULES, "exfat", "nls_cp936")
+
+
+@pytest.fixture
+def station(guest: Guest, modules: None, request: pytest.FixtureRequest) -> GuestStation:
+    """A station of its own for each test, grouping per USB device (a camera is one composite device)."""
+    daemon = guest_daemon(guest, request.node.name[:40], grouping="device", rule=GADGET_RULE)
+    return GuestStation(guest, daemon)
+
+
+@pytest.fixture
+def cameras(guest: Guest) -> Iterator[list[GadgetCamera]]:
+    made: list[GadgetCamera] = []
+    yield made
+    for camera in made:
+        camera.close()
+
+
+def test_one_composite_device_docks_as_one_camera_identified_over_acm_synced_ingested_and_wiped(
+    guest: Guest, station: GuestStation, cameras: list[GadgetCamera]
+) -> None:
+    camera = GadgetCamera.build(guest, "0000011", files=3)
+    camera.make_vfat()
+    expected = digests_of(camera.recordings())
+    assert len(expected) == 3
+    camera.start(drift_s=4.0, battery=71)
+    cameras.append(camera)
+    station.start()
+    try:
+        camera.bind()
+        (summary,) = station.wait_summaries(1)
+        nodes = guest.check("sh", "-c", "ls /dev/ttyACM* /dev/ttyUSB* /dev/sd* 2>/dev/null; true").split()
+    finally:
+        station.stop()
+    low, high = guest.clock_behind_host()
+    assert "/dev/ttyACM0" in nodes  # the gadget's acm function: the only control tty there is
+    assert not [node for node in nodes if node.startswith("/dev/ttyUSB")]
+    assert summary["state"] == "done", summary
+    assert (summary["files"], summary["deleted"], summary["errors"]) == (3, 3, 0)
+    assert summary["port"] == GADGET_PORT  # the device's own DEVPATH: one dock for its tty and its disk
+    assert camera.card_files() == []  # wiped from the card, after proof
+
+    catalog = station.catalog()
+    try:
+        (dock,) = [row[0] for row in iter_rows(catalog, select(Dock))]
+        (session,) = [row[0] for row in iter_rows(catalog, select(DockVisit))]
+        assert dock.port == GADGET_PORT
+        assert session.dock_id == dock.id
+        assert session.state is SessionState.DONE
+        assert session.battery_percent == 71
+        # Measured over ttyACM0 against the guest's clock: the camera's 4 s plus the guest's own lag.
+        assert session.clock_offset_s is not None
+        assert 4.0 + low - 0.1 <= session.clock_offset_s <= 4.0 + high + 0.1
+        (reading,) = [row[0] for row in iter_rows(catalog, select(ClockReading))]
+        assert reading.state == "synced"
+        assert reading.residual_s is not None
+        assert abs(reading.residual_s) < 0.05
+        stored = {row[0] for row in iter_rows(catalog, select(Recording.blake3))}
+        assert stored == expected
+        kinds = [row[0] for row in iter_rows(catalog, select(CustodyEvent.kind))]
+        assert kinds == [CustodyKind.CHECK_IN]
+        (device_serial,) = [row[0] for row in iter_rows(catalog, select(Camera.device_serial))]
+        assert device_serial == "0000011"  # from the gadget's USB serial and the camera's GetIDCode alike
+    finally:
+        catalog.close()
