@@ -222,6 +222,14 @@ class CameraLink(abc.ABC):
         """Is the device still attached? Cheap and sends no command: polled during long copies."""
         return True
 
+    def needs_storage(self) -> bool:
+        """Whether the volume has yet to appear (a camera docked by its control channel alone)."""
+        return False
+
+    def attach_storage(self, block: str) -> None:
+        """Take `block` as the volume: it appeared after the dock, once the camera is in mass storage."""
+        raise Unsupported(self.name, "attach_storage", "this camera takes no storage after its dock")
+
     def delete_originals(self, volume: Path, files: list[OriginalFile]) -> list[Deletion]:
         """Delete proven recordings from the camera, each only if it is still the file that was read;
         returns one outcome per file, in order.
@@ -268,6 +276,11 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     def open(self, device: DeviceInfo, options: DriverOptions) -> CameraLink: ...
+
+    def ready(self, device: DeviceInfo) -> bool:
+        """Whether `device` has what this driver needs to start, so its dock need not wait out the
+        settle window: by default its volume."""
+        return device.block is not None or device.directory is not None
 
 
 @contextlib.contextmanager

@@ -128,6 +128,14 @@ class DriverRegistry:
         self._loaded[name] = instance
         return instance
 
+    def ready(self, device: DeviceInfo) -> bool:
+        """Whether the first rule matching `device` names a driver that can start on what it has now
+        (an early dock); a device no rule matches is never ready, and is logged once it settled."""
+        for rule in self.rules:
+            if rule.matches(device.properties):
+                return self.driver(rule.driver).ready(device)
+        return False
+
     def match(self, device: DeviceInfo) -> tuple[Driver, DriverOptions] | None:
         """The first matching rule's driver and options; None (logged once) when no rule matches."""
         for rule in self.rules:

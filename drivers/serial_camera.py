@@ -12,7 +12,7 @@ import contextlib
 import select
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
@@ -85,6 +85,10 @@ class _ReplyLost(Exception):  # noqa: N818  # internal signal, never escapes thi
 
 class SerialDriver(Driver):
     name = "serial"
+
+    def ready(self, device: DeviceInfo) -> bool:
+        """The control channel is enough: the volume may follow (real cameras show it after SetMSDC)."""
+        return device.tty is not None
 
     def open(self, device: DeviceInfo, options: DriverOptions) -> SerialCamera:
         if device.tty is None:
@@ -231,6 +235,15 @@ class SerialCamera(CameraLink):
     def delete_originals(self, volume: Path, files: list[OriginalFile]) -> list[Deletion]:
         # Our own read-only mount is made writable for the deletion only; a directory is as it is.
         return delete_recordings(volume, files, device_name=self.name, remount=self._device.directory is None)
+
+    def needs_storage(self) -> bool:
+        return self._device.block is None and self._device.directory is None
+
+    def attach_storage(self, block: str) -> None:
+        """The volume that appeared after the dock (the port's late disk, or the camera's disk once it
+        re-enumerated in mass-storage mode). Its arrival is the camera being in mass storage."""
+        self._device = replace(self._device, block=block)
+        self._in_mass_storage = True
 
     def present(self) -> bool:
         """Whether the node this session now depends on exists: the volume once the camera is in

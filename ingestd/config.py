@@ -228,6 +228,20 @@ class DetectionConfig(Section):
     settle_seconds: float = Field(
         1.0, ge=0, le=30, description="Wait this long after a camera's last device appears before docking."
     )
+    storage_wait_seconds: float = Field(
+        15.0,
+        gt=0,
+        le=300,
+        description="How long a camera docked without its volume (real USB disks appear a second or more "
+        "after the tty, some only after SetMSDC) may take to show it once switched to mass storage.",
+    )
+    reenumerate_seconds: float = Field(
+        15.0,
+        gt=0,
+        le=300,
+        description="How long a camera that leaves its port after SetMSDC (it re-enumerates with storage "
+        "only) may take to come back and stay the same session.",
+    )
     usb_grouping: Literal["device", "hub"] = Field(
         "device",
         description="device: one USB device is one camera (storage and tty are interfaces of it); hub: "

@@ -83,6 +83,8 @@ def ingest_settings(config: Config) -> IngestSettings:
         clock_samples=config.ingest.clock_samples,
         delete_after_ingest=config.ingest.delete_after_ingest,
         deadline_window=config.deadlines.window,
+        storage_wait_s=config.detection.storage_wait_seconds,
+        reenumerate_s=config.detection.reenumerate_seconds,
     )
 
 
@@ -197,6 +199,7 @@ class Daemon:
                     source=source,
                     settle_s=detection.settle_seconds,
                     grouping=detection.usb_grouping,
+                    ready=lambda device: self.services.registry.ready(device),  # noqa: PLW0108 - late-bound: a reload replaces the registry
                 )
             )
         self.services.detection = {"udev": udev, "watch_folders": [str(f) for f in detection.watch_folders]}

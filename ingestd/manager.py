@@ -8,6 +8,13 @@ A dock whose copy stays below `ingest.slow_rate_floor_mib_s` for `ingest.slow_ra
 slot back (`release_slow_slots`, also ~1 Hz) so a queued camera starts. It keeps copying: nothing is
 paused or dropped, it just no longer counts against the cap, and it never takes a slot back.
 
+A camera docked without its volume gets it from a later `StorageArrived`. One that leaves its port
+inside its session's re-enumeration grace (after SetMSDC, before the mount) is not undocked: its
+session waits for it, and a `Docked` on that port is the camera coming back with its storage, handed to
+the same session when its USB serial matches (a device claiming to be it with another serial is
+refused, and docks on its own once that session has ended). No check-out and no check-in in between;
+a camera that does not come back is checked out once, when its session has ended.
+
 Nothing here waits on a session from the supervising loop, which pings the systemd watchdog: an undock
 tells the session to end and returns; `reap` (each loop tick) writes the check-out once the session has
 ended, and only then starts a dock that arrived on that port meanwhile. Only `stop` waits, bounded.
@@ -24,13 +31,19 @@ from datetime import datetime
 import structlog
 from sqlalchemy import select
 
-from drivers.base import Driver, DriverError, DriverOptions
+from drivers.base import DeviceInfo, Driver, DriverError, DriverOptions
 from ingestd import records
-from ingestd.docking.events import Docked, DockEvent, Undocked
+from ingestd.docking.events import Docked, DockEvent, StorageArrived, Undocked
 from ingestd.policies.custody import attribute_checkout
 from ingestd.progress import DockProgress, SlowCopyWatch
 from ingestd.services import Services
-from ingestd.session import DELETE_ORIGINALS, IngestSettings, SessionSummary, run_session
+from ingestd.session import (
+    DELETE_ORIGINALS,
+    IngestSettings,
+    SessionSummary,
+    StorageHandover,
+    run_session,
+)
 from store.audit import Actor
 from store.models import AuditEvent, Camera, CustodyKind, Dock, DockVisit, SessionState
 
@@ -47,6 +60,8 @@ class _Slot:
     summary: SessionSummary | None = None
     device_serial: str | None = None
     holds_copy_slot: bool = False  # guarded by the manager's lock
+    device: DeviceInfo | None = None  # as docked: whom a re-enumerated device must match
+    storage: StorageHandover = field(default_factory=StorageHandover)
 
 
 class DockManager:
@@ -80,6 +95,8 @@ class DockManager:
     def handle(self, event: DockEvent) -> None:
         if isinstance(event, Docked):
             self._docked(event)
+        elif isinstance(event, StorageArrived):
+            self._storage_arrived(event)
         else:
             self._undocked(event)
 
@@ -94,7 +111,10 @@ class DockManager:
                 return
             existing = self._slots.get(event.port)
             if existing is not None and existing.thread is not None and existing.thread.is_alive():
-                log.warning("dock_busy", port=event.port)
+                if existing.storage.awaiting:
+                    self._came_back(existing, event)
+                else:
+                    log.warning("dock_busy", port=event.port)
                 return
             match = self.services.registry.match(event.device)
             if match is None:
@@ -103,6 +123,7 @@ class DockManager:
                 port=event.port,
                 slow_watch=SlowCopyWatch(self.slow_rate_floor_bps, self.slow_rate_seconds),
                 progress=DockProgress(self.services.config.dock_label(event.port)),
+                device=event.device,
             )
             self._slots[event.port] = slot
         driver, options = match
@@ -111,6 +132,40 @@ class DockManager:
         )
         slot.thread = thread
         thread.start()
+
+    def _came_back(self, slot: _Slot, event: Docked) -> None:
+        """A device docked on a port whose session awaits its camera's storage (the manager's lock is
+        held): the camera re-enumerated in mass-storage mode, if it is the same camera."""
+        assert slot.device is not None  # noqa: S101 - set with the slot
+        before = slot.device.properties.get("ID_SERIAL_SHORT")
+        after = event.device.properties.get("ID_SERIAL_SHORT")
+        if before and after and before != after:
+            log.error(
+                "reenumerated_device_refused",
+                port=event.port,
+                usb_serial=after,
+                expected_usb_serial=before,
+                detail="a device with another USB serial took the port of a camera that is switching to "
+                "mass storage; it is not that camera's storage",
+            )
+            if slot.storage.detached:
+                self._waiting[event.port] = event  # its own dock, once that session has ended
+            return
+        if event.device.block is None:
+            log.info("camera_back_without_storage", port=event.port, detail="its volume follows")
+            return
+        log.info("camera_reenumerated", port=event.port, block=event.device.block, usb_serial=after)
+        slot.storage.offer(event.device.block)
+
+    def _storage_arrived(self, event: StorageArrived) -> None:
+        with self._lock:
+            slot = self._slots.get(event.port)
+            alive = slot is not None and slot.thread is not None and slot.thread.is_alive()
+        if slot is None or not alive:
+            log.info("storage_without_session", port=event.port, block=event.block)
+            return
+        log.info("storage_arrived", port=event.port, block=event.block)
+        slot.storage.offer(event.block)
 
     def _session(self, slot: _Slot, event: Docked, driver: Driver, options: DriverOptions) -> None:
         bound = log.bind(port=event.port)
@@ -139,6 +194,7 @@ class DockManager:
                     progress=slot.progress,
                     unplugged=slot.unplugged,
                     stopping=self.stopping,
+                    storage=slot.storage,
                 )
             except Exception:  # noqa: BLE001 - a bug in one session must not take the daemon down
                 bound.exception("session_crashed")
@@ -173,9 +229,18 @@ class DockManager:
         with self._lock:
             if self._waiting.pop(event.port, None) is not None:
                 return  # a dock that never started, taken out again
-            slot = self._slots.pop(event.port, None)
+            slot = self._slots.get(event.port)
             if slot is None:
                 return
+            if slot.thread is not None and slot.thread.is_alive() and slot.storage.detach():
+                log.info(
+                    "camera_reenumerating",
+                    port=event.port,
+                    reenumerate_s=self.settings.reenumerate_s,
+                    detail="it left its port after SetMSDC; its session waits for it to come back",
+                )
+                return
+            del self._slots[event.port]
             slot.unplugged.set()
             if slot.thread is not None and slot.thread.is_alive():
                 self._retiring[event.port] = slot
@@ -189,6 +254,15 @@ class DockManager:
             ended = [slot for slot in self._retiring.values() if not (slot.thread and slot.thread.is_alive())]
             for slot in ended:
                 del self._retiring[slot.port]
+            # Left inside the re-enumeration grace and never came back: undocked now that it has ended.
+            gone = [
+                slot
+                for slot in self._slots.values()
+                if slot.storage.detached and not (slot.thread and slot.thread.is_alive())
+            ]
+            for slot in gone:
+                del self._slots[slot.port]
+            ended += gone
         for slot in ended:
             self._after_undock(slot)
             with self._lock:

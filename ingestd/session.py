@@ -8,6 +8,10 @@ Guarantees:
   refusal, is an audit event;
 - a bad file (hostile name, symlink, read error) is flagged and the session goes on;
 - an unplug ends the session as "unplugged" with the partial copy kept for resume;
+- a camera docked by its control channel alone gets its volume handed over once it appears
+  (`StorageHandover`), within `storage_wait_s`; one that re-enumerates after SetMSDC (its USB device goes
+  and comes back with storage only) stays this one session if it is back within `reenumerate_s`. Neither
+  ⇒ the session ends with its reason and nothing is deleted;
 - a full store ends the session as failed with an alarm, and leaves the camera untouched.
 """
 
@@ -124,12 +128,99 @@ class _Interrupted(Exception):  # noqa: N818 - control flow for a daemon stop, n
     pass
 
 
+class StorageMissing(Exception):  # noqa: N818 - an outcome of the dock, recorded as the session's reason
+    """The camera switched to mass storage but no volume appeared in time."""
+
+
 @dataclass(frozen=True)
 class IngestSettings:
     clock_samples: int = 5
     delete_after_ingest: bool = True
     deadline_window: timedelta = timedelta(hours=24)
     presence_check_interval_s: float = 0.5
+    storage_wait_s: float = 15.0  # for the volume of a camera docked without one, from SetMSDC
+    reenumerate_s: float = 15.0  # for a camera that left its port after SetMSDC to come back
+
+
+AWAITING_STORAGE = "awaiting-storage"  # the dock's state while its session waits for the volume
+
+
+class StorageHandover:
+    """Between a session and the dock manager: the volume that appears after the dock, and whether the
+    camera's leaving its port is a re-enumeration. Thread-safe.
+
+    The grace opens when the session sends SetMSDC and closes when it mounts a volume; an undock inside
+    it is the camera re-enumerating (`detach`), outside it a real unplug."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._block: str | None = None
+        self._grace = False
+        self._detached_at: float | None = None
+
+    def offer(self, block: str) -> None:
+        """The port's volume appeared (late storage, or the camera back after re-enumerating)."""
+        with self._changed:
+            self._block = block
+            self._detached_at = None
+            self._changed.notify_all()
+
+    def open_grace(self) -> None:
+        with self._changed:
+            self._grace = True
+
+    def detach(self) -> bool:
+        """The camera left its port: inside the grace, a re-enumeration (returns True, and a volume
+        offered before is gone with it); else False, an unplug."""
+        with self._changed:
+            if not self._grace:
+                return False
+            self._block = None
+            self._detached_at = time.monotonic()
+            self._changed.notify_all()
+            return True
+
+    @property
+    def detached(self) -> bool:
+        """Gone inside the grace and not back (yet)."""
+        with self._changed:
+            return self._detached_at is not None
+
+    @property
+    def awaiting(self) -> bool:
+        """Inside the grace with no volume: a Docked on this port is the camera coming back."""
+        with self._changed:
+            return self._grace and self._block is None
+
+    def take(self, needed: bool, settings: IngestSettings, stopping: threading.Event) -> str | None:
+        """Close the grace and return the volume to mount where one had to come: waited for when
+        `needed` or while the camera is away; None where the dock's own volume stands. Raises
+        `Unplugged` when a detached camera is not back within `reenumerate_s`, `StorageMissing` when
+        none came within `storage_wait_s`, `_Interrupted` when the daemon stops."""
+        started = time.monotonic()
+        with self._changed:
+            waited = needed or self._detached_at is not None
+            while needed or self._detached_at is not None:
+                if self._block is not None:
+                    break
+                if stopping.is_set():
+                    raise _Interrupted
+                if self._detached_at is not None:
+                    remaining = self._detached_at + settings.reenumerate_s - time.monotonic()
+                    if remaining <= 0:
+                        raise Unplugged(
+                            f"the camera left its port after SetMSDC and was not back within "
+                            f"{settings.reenumerate_s:g} s"
+                        )
+                else:
+                    remaining = started + settings.storage_wait_s - time.monotonic()
+                    if remaining <= 0:
+                        raise StorageMissing(
+                            f"no storage appeared within {settings.storage_wait_s:g} s of SetMSDC"
+                        )
+                self._changed.wait(min(remaining, 0.5))  # 0.5: notice a daemon stop
+            self._grace = False
+            return self._block if waited else None
 
 
 @dataclass
@@ -199,6 +290,7 @@ def run_session(
     progress: DockProgress,
     unplugged: threading.Event,
     stopping: threading.Event,
+    storage: StorageHandover | None = None,
 ) -> SessionSummary:
     """Ingest one opened camera to the end of its session: the one place an `IngestSession` is built,
     for a dock of the daemon and for `ingestd import` alike."""
@@ -216,6 +308,7 @@ def run_session(
         unplugged=unplugged,
         stopping=stopping,
         clock=clock,
+        storage=storage,
     ).run()
 
 
@@ -236,6 +329,7 @@ class IngestSession:
         unplugged: threading.Event,
         stopping: threading.Event,
         clock: Callable[[], datetime],
+        storage: StorageHandover | None = None,
     ) -> None:
         self.catalog = catalog
         self.store = store
@@ -249,6 +343,7 @@ class IngestSession:
         self.unplugged = unplugged
         self.stopping = stopping
         self.clock = clock
+        self.storage = storage if storage is not None else StorageHandover()
         self.summary = SessionSummary(port=device.port)
         self.flags = FlagService(notifier)
         self._last_presence_check = 0.0
@@ -274,6 +369,8 @@ class IngestSession:
             self._log.critical("integrity_error", error=str(error))
         except DriverError as error:
             self._end(SessionState.FAILED, str(error))
+        except StorageMissing as missing:
+            self._end(SessionState.FAILED, str(missing))
         except _Interrupted:
             self._end(SessionState.INTERRUPTED, "daemon stopping; the next dock resumes")
         except Exception as error:
@@ -301,11 +398,32 @@ class IngestSession:
             clock_state=reading.state.value,
             battery_percent=battery,
         )
-        with contextlib.suppress(Unsupported):  # plain mass storage is already there
-            self.camera.enter_mass_storage()
+        self._enter_mass_storage()
         with self.camera.mounted_volume() as volume:
             self._ingest_volume(_Docked(dock_session_id, camera_id, identity, offset, volume))
         self.summary.state = SessionState.DONE
+
+    def _enter_mass_storage(self) -> None:
+        """SetMSDC, then the volume: the one the dock had, or the one that appears after it."""
+        needed = self.camera.needs_storage()
+        self.storage.open_grace()
+        try:
+            self.camera.enter_mass_storage()
+        except Unsupported:
+            pass  # plain mass storage is already there
+        except DeviceGone:
+            # A camera that drops its control interface as it switches may do so before its reply is
+            # read; where its volume is to come anyway, that is the switch: its storage decides.
+            if not needed:
+                raise
+            self._log.info("control_channel_gone_on_switch", detail="waiting for the camera's storage")
+        if needed or self.storage.detached:
+            self.progress.set_state(AWAITING_STORAGE)
+            self._log.info("awaiting_storage", storage_wait_s=self.settings.storage_wait_s)
+        block = self.storage.take(needed, self.settings, self.stopping)
+        if block is not None:
+            self.camera.attach_storage(block)
+            self._log.info("storage_attached", block=block)
 
     def _health(self) -> tuple[int | None, tuple[int, int] | None]:
         battery: int | None = None

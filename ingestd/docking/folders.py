@@ -3,6 +3,8 @@
 Each directory that appears directly inside a watched folder is one dock, with the directory as its
 volume. A `.ingestd-dock.json` file in it may add the control-channel tty and udev-like properties
 (the camera simulator writes one), so a serial camera served over a pty docks through the same path.
+`"storage": "later"` says the directory is not the volume: the camera shows its storage only after
+SetMSDC, as the same port docked again with a `block` (a re-enumerating camera).
 
 Guarantees: the descriptor is a claim about devices, so it is honoured only when the station wrote it:
 a regular file owned by root (or the daemon's own user), writable by nobody else, on the watched
@@ -22,6 +24,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +59,15 @@ class UntrustedDescriptorError(ValueError):
     """A descriptor the station did not write, or that names devices it may not."""
 
 
-def _read_descriptor(descriptor: Path) -> tuple[str | None, str | None, dict[str, str]]:
+@dataclass(frozen=True)
+class _Descriptor:
+    tty: str | None
+    block: str | None
+    properties: dict[str, str]
+    storage_later: bool  # the directory is not the volume: it shows only after SetMSDC
+
+
+def _read_descriptor(descriptor: Path) -> _Descriptor:
     fd = os.open(descriptor, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
@@ -83,9 +94,12 @@ def _read_descriptor(descriptor: Path) -> tuple[str | None, str | None, dict[str
     reserved = sorted(RESERVED_PROPERTIES & {str(k) for k in extra})
     if reserved:
         raise UntrustedDescriptorError(f"it may not set {', '.join(reserved)}")
+    storage = data.get("storage")
+    if storage not in (None, "later"):
+        raise TypeError(f'storage is {storage!r}, not "later"')
     tty = _terminal(str(data["tty"])) if data.get("tty") else None
     block = _unused_block_device(str(data["block"])) if data.get("block") else None
-    return tty, block, {str(k): str(v) for k, v in extra.items()}
+    return _Descriptor(tty, block, {str(k): str(v) for k, v in extra.items()}, storage == "later")
 
 
 def _device_node(path: str, kind: str) -> os.stat_result:
@@ -173,23 +187,23 @@ def _unused_block_device(path: str) -> str:
 def device_for(directory: Path) -> DeviceInfo:
     """The DeviceInfo of a directory volume, enriched by its descriptor when it has a trusted one."""
     properties: dict[str, str] = {"SUBSYSTEM": "folder", "FOLDER": str(directory)}
-    tty: str | None = None
-    block: str | None = None
+    read = _Descriptor(None, None, {}, storage_later=False)
     descriptor = directory / DESCRIPTOR
     if descriptor.is_file() and not descriptor.is_symlink():
         try:
-            tty, block, extra = _read_descriptor(descriptor)
-            properties.update(extra)
+            read = _read_descriptor(descriptor)
+            properties.update(read.properties)
         except (OSError, ValueError, TypeError) as error:
             log.warning("dock_descriptor_ignored", folder=str(directory), error=str(error))
     # A descriptor naming a block device means the volume is that device, to be mounted by the driver;
-    # otherwise the directory itself is the (already mounted) volume.
+    # one saying the storage comes later means there is no volume yet; otherwise the directory itself is
+    # the (already mounted) volume.
     return DeviceInfo(
         port=port_for(directory),
         properties=properties,
-        tty=tty,
-        block=block,
-        directory=None if block else directory,
+        tty=read.tty,
+        block=read.block,
+        directory=None if read.block or read.storage_later else directory,
     )
 
 

@@ -5,7 +5,8 @@ Every source guarantees the same things (tests/integration/test_device_source_co
   missed; the source then runs on its own thread until `stop()` sets its stop event, and `join()` waits
   for that thread;
 - an arrival is docked once, as one `Docked`, after nothing about it has changed for the settle window
-  (`Settle`, the one settle mechanism); it is undocked once, as one `Undocked`, when it leaves;
+  (`Settle`, the one settle mechanism), or earlier where the source was given a `ready` predicate and
+  it holds (the udev source); it is undocked once, as one `Undocked`, when it leaves;
 - an arrival that leaves before it settled emits nothing.
 
 Adapters: `ingestd.docking.udev.UdevSource` (kernel uevents over netlink) and
@@ -94,7 +95,8 @@ class DeviceSource(abc.ABC):
 
     @abc.abstractmethod
     def _wait_for_change(self, timeout: float) -> list[DockEvent]:
-        """Wait up to `timeout` s for changes and take them in; return the undocks they decide."""
+        """Wait up to `timeout` s for changes and take them in; return the events they decide (undocks,
+        early docks, late storage)."""
 
     @abc.abstractmethod
     def _settled(self, now: float) -> list[DockEvent]:

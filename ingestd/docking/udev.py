@@ -21,8 +21,8 @@ from typing import Any, Literal
 import pyudev
 import structlog
 
-from ingestd.docking.events import DockEvent
-from ingestd.docking.grouping import Grouping, Uevent, UeventGrouper, UsbAncestor, dock_port
+from ingestd.docking.events import Docked, DockEvent
+from ingestd.docking.grouping import Grouping, Ready, Uevent, UeventGrouper, UsbAncestor, dock_port
 from ingestd.docking.source import DeviceSource
 
 log = structlog.get_logger()
@@ -52,6 +52,17 @@ def _usb_ancestors(usb: Any) -> list[UsbAncestor]:
         )
         usb = usb.find_parent("usb", "usb_device")
     return chain
+
+
+def _partitioned(device: Any, properties: dict[str, str]) -> bool:
+    """Whether a whole disk has a partition table, so its volume is a partition whose uevent follows.
+    udev says so (ID_PART_TABLE_TYPE); raw kernel events do not, but the kernel scans the table before it
+    announces the disk, so sysfs already lists the partitions."""
+    if device.device_type != "disk":
+        return False
+    if properties.get("ID_PART_TABLE_TYPE"):
+        return True
+    return any(child.device_type == "partition" for child in device.children)
 
 
 def to_uevent(device: Any, action: str, grouping: Grouping = "device") -> Uevent | None:
@@ -88,6 +99,7 @@ def to_uevent(device: Any, action: str, grouping: Grouping = "device") -> Uevent
         devname=device.device_node,
         properties=properties,
         partition=device.device_type == "partition",
+        partitioned=action == "add" and subsystem == "block" and _partitioned(device, properties),
     )
 
 
@@ -124,32 +136,40 @@ class UdevSource(DeviceSource):
         source: Source,
         settle_s: float,
         grouping: Grouping = "device",
+        ready: Ready | None = None,
         stop: threading.Event | None = None,
     ) -> None:
         super().__init__(sink, stop=stop)
         self._grouping: Grouping = grouping
-        self._grouper = UeventGrouper(settle_s)
+        self._grouper = UeventGrouper(settle_s, ready)
         self._context = pyudev.Context()
         self._monitor = pyudev.Monitor.from_netlink(self._context, source=source)
         for subsystem in SUBSYSTEMS:
             self._monitor.filter_by(subsystem)
 
     def _listen(self) -> None:
-        # Listen before enumerating, so a camera docked in between is not missed.
+        # Listen before enumerating, so a camera docked in between is not missed. What is present already
+        # is all there: it settles as one group (no early dock, whose event would have no sink yet).
         self._monitor.start()
         now = time.monotonic()
         for subsystem in SUBSYSTEMS:
             for device in self._context.list_devices(subsystem=subsystem):
                 event = to_uevent(device, "add", self._grouping)
                 if event is not None:
-                    self._grouper.feed(event, now)
+                    self._grouper.feed(event, now, early=False)
 
     def _wait_for_change(self, timeout: float) -> list[DockEvent]:
+        # An arrival the registry finds complete docks from here, without waiting out the settle window.
         device = self._monitor.poll(timeout=timeout)
         if device is None:
             return []
         event = to_uevent(device, device.action or "", self._grouping)
-        return [] if event is None else self._grouper.feed(event, time.monotonic())
+        if event is None:
+            return []
+        decided = self._grouper.feed(event, time.monotonic())
+        for early in (e for e in decided if isinstance(e, Docked)):
+            log.info("docked_early", port=early.port, tty=early.device.tty, block=early.device.block)
+        return decided
 
     def _settled(self, now: float) -> list[DockEvent]:
         return self._grouper.tick(now)

@@ -117,3 +117,18 @@ def test_a_block_device_is_honoured_only_while_nothing_has_it_mounted(tmp_path: 
             device, [why] = docked(busy)
         assert "in use by the station" in why
         assert_plain(device, busy)
+
+
+def test_storage_later_means_the_directory_is_not_the_volume(tmp_path: Path, terminal: str) -> None:
+    # A camera that shows its storage only after SetMSDC: the directory (the station's own) must never be
+    # taken for its card, else the session would "ingest" and wipe nothing.
+    device, ignored = docked(volume(tmp_path, {"tty": terminal, "storage": "later"}))
+    assert ignored == []
+    assert (device.tty, device.block, device.directory) == (terminal, None, None)
+
+
+def test_an_unknown_storage_value_makes_the_descriptor_ignored(tmp_path: Path, terminal: str) -> None:
+    directory = volume(tmp_path, {"tty": terminal, "storage": "soon"})
+    device, ignored = docked(directory)
+    assert ignored == ["storage is 'soon', not \"later\""]
+    assert_plain(device, directory)

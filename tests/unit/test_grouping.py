@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
-from ingestd.docking.events import Docked, Undocked
+from drivers.base import DeviceInfo
+from drivers.mass_storage import MassStorageDriver
+from drivers.serial_camera import SerialDriver
+from ingestd.docking.events import Docked, StorageArrived, Undocked
 from ingestd.docking.grouping import Uevent, UeventGrouper, UsbAncestor, dock_port
+from tests.support.guest_usb import (
+    GUEST_DISK_PROPS,
+    GUEST_DISK_USB,
+    GUEST_HUB,
+    GUEST_ROOT_HUB,
+    GUEST_TTY_PROPS,
+    GUEST_TTY_USB,
+    XHCI,
+)
 
 PORT = "/devices/pci0000:00/0000:00:14.0/usb1/1-2"
 USB = {"ID_VENDOR_ID": "1d6b", "ID_MODEL_ID": "0104", "ID_SERIAL_SHORT": "ZFY0001"}
@@ -59,15 +71,7 @@ def test_two_ports_are_independent() -> None:
     assert [e.port for e in grouper.tick(now=1.6)] == [other]
 
 
-# Recorded in the vm tier's guest (QEMU 7.2 qemu-xhci, Debian 6.1): a usb-hub on root port 1, QEMU's
-# usb-storage (46f4:0001) on hub port 1 and usb-serial (FTDI 0403:6001) on hub port 2, both serial=0000001.
-XHCI = "/devices/pci0000:00/0000:00:0a.0"
-GUEST_ROOT_HUB = UsbAncestor(f"{XHCI}/usb1", "09")
-GUEST_HUB = UsbAncestor(f"{XHCI}/usb1/1-1", "09")
-GUEST_DISK_USB = UsbAncestor(f"{XHCI}/usb1/1-1/1-1.1", "00")  # .../1-1.1:1.0/host6/.../block/sda
-GUEST_TTY_USB = UsbAncestor(f"{XHCI}/usb1/1-1/1-1.2", "00")  # .../1-1.2:1.0/ttyUSB0/tty/ttyUSB0
-GUEST_DISK_PROPS = {"ID_VENDOR_ID": "46f4", "ID_MODEL_ID": "0001", "ID_SERIAL_SHORT": "0000001"}
-GUEST_TTY_PROPS = {"ID_VENDOR_ID": "0403", "ID_MODEL_ID": "6001", "ID_SERIAL_SHORT": "0000001"}
+# The guest's recorded USB tree (tests.support.guest_usb).
 
 
 def test_by_device_each_usb_device_is_its_own_dock() -> None:
@@ -105,3 +109,102 @@ def test_the_ttys_usb_ids_win_over_the_disks_when_they_differ() -> None:
         assert event.device.properties["ID_VENDOR_ID"] == "0403"
         assert event.device.properties["ID_MODEL_ID"] == "6001"
         assert (event.device.tty, event.device.block) == ("/dev/ttyUSB0", "/dev/sda")
+
+
+# Late storage, early docks and re-enumeration, on the guest's recorded paths (QEMU hub, grouped by hub).
+GUEST_PORT = GUEST_HUB.devpath
+
+
+def serial_ready(device: DeviceInfo) -> bool:
+    """The serial driver's rule: its control tty is enough (drivers.serial_camera.SerialDriver.ready)."""
+    return SerialDriver().ready(device)
+
+
+def storage_ready(device: DeviceInfo) -> bool:
+    return MassStorageDriver().ready(device)
+
+
+def guest(action: str, subsystem: str, devname: str, **flags: bool) -> Uevent:
+    props = GUEST_TTY_PROPS if subsystem == "tty" else GUEST_DISK_PROPS
+    return Uevent(action, GUEST_PORT, subsystem, devname, props, **flags)
+
+
+def test_a_serial_camera_docks_on_its_tty_at_once_and_its_late_partition_follows_as_storage() -> None:
+    grouper = UeventGrouper(settle_s=1.0, ready=serial_ready)
+    (docked,) = grouper.feed(guest("add", "tty", "/dev/ttyUSB0"), now=0.0)
+    assert isinstance(docked, Docked)
+    assert (docked.device.tty, docked.device.block) == ("/dev/ttyUSB0", None)
+    assert grouper.next_deadline() is None  # nothing left to settle
+    # The disk has a partition table: not the volume, and its partition's uevent follows.
+    assert grouper.feed(guest("add", "block", "/dev/sda", partitioned=True), now=1.4) == []
+    assert grouper.feed(guest("add", "block", "/dev/sda1", partition=True), now=1.5) == [
+        StorageArrived(GUEST_PORT, "/dev/sda1", GUEST_DISK_PROPS)
+    ]
+    assert grouper.feed(guest("add", "block", "/dev/sda2", partition=True), now=1.6) == []  # once
+    assert grouper.tick(now=10.0) == []
+
+
+def test_a_late_partitionless_disk_of_a_settled_dock_is_its_storage() -> None:
+    grouper = UeventGrouper(settle_s=1.0)  # no predicate: the settle window, as before
+    grouper.feed(guest("add", "tty", "/dev/ttyUSB0"), now=0.0)
+    (docked,) = grouper.tick(now=1.0)
+    assert isinstance(docked, Docked)
+    assert docked.device.block is None
+    assert grouper.feed(guest("add", "block", "/dev/sda"), now=2.5) == [
+        StorageArrived(GUEST_PORT, "/dev/sda", GUEST_DISK_PROPS)
+    ]
+
+
+def test_a_storage_rule_docks_on_the_partition_not_on_the_disk_before_it() -> None:
+    grouper = UeventGrouper(settle_s=1.0, ready=storage_ready)
+    assert grouper.feed(guest("add", "block", "/dev/sda", partitioned=True), now=0.0) == []
+    (docked,) = grouper.feed(guest("add", "block", "/dev/sda1", partition=True), now=0.01)
+    assert isinstance(docked, Docked)
+    assert docked.device.block == "/dev/sda1"
+    # A partitionless disk (a loop image) is the volume, at its own uevent.
+    loop = UeventGrouper(settle_s=1.0, ready=storage_ready)
+    (docked,) = loop.feed(Uevent("add", "/devices/virtual/block/loop3", "block", "/dev/loop3", {}), now=0.0)
+    assert isinstance(docked, Docked)
+    assert docked.device.block == "/dev/loop3"
+
+
+def test_a_device_no_rule_makes_ready_waits_out_the_settle_window() -> None:
+    grouper = UeventGrouper(settle_s=1.0, ready=lambda device: False)
+    assert grouper.feed(guest("add", "tty", "/dev/ttyUSB0"), now=0.0) == []
+    assert [type(e) for e in grouper.tick(now=1.0)] == [Docked]
+
+
+def test_coldplugged_children_settle_together_even_when_ready() -> None:
+    grouper = UeventGrouper(settle_s=1.0, ready=serial_ready)
+    assert grouper.feed(guest("add", "tty", "/dev/ttyUSB0"), now=0.0, early=False) == []
+    grouper.feed(guest("add", "block", "/dev/sda"), now=0.0, early=False)
+    (docked,) = grouper.tick(now=1.0)
+    assert isinstance(docked, Docked)
+    assert (docked.device.tty, docked.device.block) == ("/dev/ttyUSB0", "/dev/sda")
+
+
+def test_a_camera_re_enumerating_after_setmsdc_is_an_undock_then_a_storage_only_dock_on_the_same_port() -> (
+    None
+):
+    # SetMSDC: the camera's USB device goes (its tty's remove) and comes back with storage only, on the
+    # same port. The grouper reports exactly that; the manager keeps it one session (its own tests).
+    grouper = UeventGrouper(settle_s=1.0, ready=serial_ready)
+    grouper.feed(guest("add", "tty", "/dev/ttyUSB0"), now=0.0)
+    assert grouper.feed(guest("remove", "tty", "/dev/ttyUSB0"), now=3.0) == [Undocked(GUEST_PORT)]
+    assert grouper.feed(guest("add", "block", "/dev/sdb"), now=4.2) == []  # storage only: not serial-ready
+    (back,) = grouper.tick(now=5.2)
+    assert isinstance(back, Docked)
+    assert back.port == GUEST_PORT
+    assert (back.device.tty, back.device.block) == (None, "/dev/sdb")
+    assert back.device.properties["ID_SERIAL_SHORT"] == GUEST_TTY_PROPS["ID_SERIAL_SHORT"]
+
+
+def test_a_tty_leaving_while_the_disk_stays_is_no_undock_and_the_disks_remove_is() -> None:
+    # A camera that drops only its control interface in mass-storage mode (QEMU: device_del of the
+    # usb-serial) keeps its storage on the port; the unplug is when the disk goes.
+    grouper = UeventGrouper(settle_s=1.0)
+    grouper.feed(guest("add", "tty", "/dev/ttyUSB0"), now=0.0)
+    grouper.feed(guest("add", "block", "/dev/sda"), now=0.1)
+    grouper.tick(now=1.1)
+    assert grouper.feed(guest("remove", "tty", "/dev/ttyUSB0"), now=2.0) == []
+    assert grouper.feed(guest("remove", "block", "/dev/sda"), now=3.0) == [Undocked(GUEST_PORT)]
