@@ -48,6 +48,8 @@ driver = "serial"
 password = "000000"
 filesystems = ["vfat", "exfat"]
 """
+# Under TCG a re-enumeration (off the bus, back, SCSI scan, settle window) takes seconds, many under load.
+REENUMERATE_S = 120.0
 # A real usb-storage disk appears only after the driver's delay_use (1 s) and a SCSI scan, well after the
 # tty of the same camera; under TCG that is seconds. The settle window must cover it, or the camera docks
 # with its tty and no disk (seen here with the system tier's 0.3 s).
@@ -62,6 +64,7 @@ def guest_daemon(
     udev_source: str = "udev",
     grouping: Grouping = "hub",
     rule: str = SERIAL_RULE,
+    detection: str = "",
 ) -> Daemon:
     """The system tier's daemon harness for station `name` (its own state, catalog and log), on the
     share; by default grouping QEMU's devices by hub and docking its FTDI tty."""
@@ -73,7 +76,7 @@ def guest_daemon(
         control_dir=GUEST_CONTROL_DIR,
         database_url=f"sqlite:///{GUEST_STATE / name / 'catalog.db'}",
         settle_seconds=SETTLE_S,
-        detection_config=f'usb_grouping = "{grouping}"',
+        detection_config=f'usb_grouping = "{grouping}"\n{detection}',
         extra_config=rule,
     )
 
@@ -257,6 +260,16 @@ class GadgetCamera:
 
     def make_vfat(self) -> None:
         make_image(self.staging, self.image, fstype="vfat")
+
+    def make_exfat(self, size_mib: int = 32) -> None:
+        """Image the card as exFAT, in the guest (tests/vm/exfat.py says how names go in)."""
+        with self.image.open("wb") as out:
+            out.truncate(size_mib * 2**20)
+        self.guest.check(sys.executable, "-m", "tests.vm.exfat", "build", str(self.image), str(self.staging))
+
+    def exfat_files(self) -> list[str]:
+        """The exFAT card's paths as the guest's kernel shows them in UTF-8; not while the gadget is bound."""
+        return self.guest.check(sys.executable, "-m", "tests.vm.exfat", "list", str(self.image)).splitlines()
 
     def recordings(self) -> list[Path]:
         return recordings_in(self.staging)

@@ -8,6 +8,7 @@ after.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -25,9 +26,9 @@ from store.models import (
 )
 from tests.system.harness import iter_rows
 from tests.system.test_daemon import digests_of
-from tests.vm import gadget
+from tests.vm import exfat, gadget
 from tests.vm.machine import Guest
-from tests.vm.station import GADGET_RULE, GadgetCamera, GuestStation, guest_daemon
+from tests.vm.station import GADGET_RULE, REENUMERATE_S, GadgetCamera, GuestStation, guest_daemon
 
 pytestmark = pytest.mark.vm
 
@@ -38,13 +39,19 @@ GADGET_PORT = "/devices/platform/dummy_hcd.0/usb3/3-1"
 
 @pytest.fixture(scope="module")
 def modules(guest: Guest) -> None:
-    guest.check("modprobe", "-a", *gadget.MODULES, "exfat", "nls_cp936")
+    guest.check("modprobe", "-a", *gadget.MODULES, *exfat.MODULES)
 
 
 @pytest.fixture
 def station(guest: Guest, modules: None, request: pytest.FixtureRequest) -> GuestStation:
     """A station of its own for each test, grouping per USB device (a camera is one composite device)."""
-    daemon = guest_daemon(guest, request.node.name[:40], grouping="device", rule=GADGET_RULE)
+    daemon = guest_daemon(
+        guest,
+        request.node.name[:40],
+        grouping="device",
+        rule=GADGET_RULE,
+        detection=f"reenumerate_seconds = {REENUMERATE_S}\nstorage_wait_seconds = {REENUMERATE_S}",
+    )
     return GuestStation(guest, daemon)
 
 
@@ -103,3 +110,83 @@ def test_one_composite_device_docks_as_one_camera_identified_over_acm_synced_ing
         assert device_serial == "0000011"  # from the gadget's USB serial and the camera's GetIDCode alike
     finally:
         catalog.close()
+
+
+def test_a_camera_re_enumerating_with_storage_only_after_setmsdc_stays_one_session(
+    guest: Guest, station: GuestStation, cameras: list[GadgetCamera]
+) -> None:
+    # A GA/T 947 camera as the issue describes it: its control interface alone until SetMSDC, then off
+    # the bus and back on the same port with its storage only (the simulator's --on-msdc runs it).
+    camera = GadgetCamera.build(guest, "0000012", files=2)
+    camera.make_vfat()
+    expected = digests_of(camera.recordings())
+    camera.start(control_only=True)
+    cameras.append(camera)
+    station.start()
+    try:
+        camera.bind()
+        (summary,) = station.wait_summaries(1)
+        nodes = guest.check("sh", "-c", "ls /dev/ttyACM* /dev/sd* 2>/dev/null; true").split()
+    finally:
+        station.stop()
+    assert "/dev/ttyACM0" not in nodes  # the control interface really went
+    assert "/dev/sda" in nodes
+    (going,) = station.daemon.events("camera_reenumerating")
+    (back,) = station.daemon.events("camera_reenumerated")
+    assert going["port"] == back["port"] == GADGET_PORT
+    assert back["usb_serial"] == "0000012"
+    assert summary["state"] == "done", summary
+    assert (summary["files"], summary["deleted"], summary["errors"]) == (2, 2, 0)
+    assert camera.card_files() == []
+
+    catalog = station.catalog()
+    try:
+        (session,) = [row[0] for row in iter_rows(catalog, select(DockVisit))]  # one session, not two
+        assert session.state is SessionState.DONE
+        kinds = [row[0] for row in iter_rows(catalog, select(CustodyEvent.kind))]
+        assert kinds == [CustodyKind.CHECK_IN]  # no check-out between, no second check-in
+        stored = {row[0] for row in iter_rows(catalog, select(Recording.blake3))}
+        assert stored == expected
+    finally:
+        catalog.close()
+
+
+def test_an_exfat_card_with_utf8_and_gbk_names_is_ingested_under_the_names_the_camera_shows(
+    guest: Guest, station: GuestStation, cameras: list[GadgetCamera]
+) -> None:
+    camera = GadgetCamera.build(guest, "0000013", files=3)
+    first, second, third = camera.recordings()
+    utf8_name = f"执法记录仪_{first.name}"
+    first.rename(first.with_name(utf8_name))
+    # GBK bytes, as the camera's firmware holds the name: exFAT stores UTF-16, so on the card this is the
+    # Chinese it means (tests/vm/exfat.py writes it through iocharset=cp936, converting as firmware does).
+    gbk_name = f"录像_{second.name}"
+    second.rename(second.with_name(os.fsdecode(gbk_name.encode("gbk"))))
+    expected = digests_of(camera.recordings())
+    camera.make_exfat()
+    names = {f"DCIM/100MEDIA/{name}" for name in (utf8_name, gbk_name, third.name)}
+    assert names <= set(camera.exfat_files())
+    camera.start()
+    cameras.append(camera)
+    station.start()
+    try:
+        camera.bind()
+        (summary,) = station.wait_summaries(1)
+    finally:
+        station.stop()
+    assert summary["state"] == "done", summary
+    assert (summary["files"], summary["deleted"], summary["errors"]) == (3, 3, 0)
+    (mounted, *_) = station.daemon.events("volume.mounted")
+    assert mounted["fstype"] == "exfat"
+
+    catalog = station.catalog()
+    try:
+        rows = list(iter_rows(catalog, select(Recording.original_path, Recording.blake3)))
+        # Each name exactly as the camera shows it, in UTF-8: never GBK bytes, escapes or mojibake.
+        assert {row[0] for row in rows} == names
+        assert {row[1] for row in rows} == expected
+    finally:
+        catalog.close()
+    cameras.remove(camera)
+    camera.close()  # off the bus, so the guest may mount the image to look
+    assert [path for path in camera.exfat_files() if path.upper().endswith(".MP4")] == []  # wiped
