@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(PY) -m bench.store_put
 	$(PY) -m bench.cpu
 	$(PY) -m bench.ingest
+	$(PY) -m bench.first_byte
 	$(PY) -m bench.catalog
 	$(PY) -m bench.audit_anchor
 

@@ -4,9 +4,8 @@
    copying the same files on the same filesystem (target >= 0.9 where the disk is the limit);
 2. N cameras at once through the real daemon (watched folder), against the same single-stream dd rate
    (target >= 0.9: the disk is the limit);
-3. peak RSS of `ingestd import` with one large recording against a small one (target: flat);
-4. dock-to-first-byte: from the dock (a loop-device attach when root, else a directory appearing) to
-   the first byte of the first partial copy in the store (target < 1 s).
+3. peak RSS of `ingestd import` with one large recording against a small one (target: flat).
+Dock-to-first-byte is `bench.first_byte`.
 
     .venv/bin/python -m bench.ingest [--files 4] [--size-mib 256] [--cameras 8] [--big-gib 4] [--dir DIR]
 """
@@ -15,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -35,7 +33,6 @@ from store.catalog import Catalog
 from store.models import DockVisit
 
 TARGETS = {"one camera": 0.9, "cameras at once": 0.9}
-FIRST_BYTE_TARGET_S = 1.0
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -180,42 +177,6 @@ def peak_rss(work: Path, size: int) -> float:
     return rss
 
 
-def first_byte(work: Path, size: int) -> tuple[str, float]:
-    """Seconds from the dock to the first byte of the first partial copy."""
-    use_loop = (
-        os.geteuid() == 0 and shutil.which("losetup") is not None and shutil.which("mkfs.ext4") is not None
-    )
-    card = work / "cards" / "ZFY0003"
-    make_card(card, "ZFY0003", 1, size)
-    image = work / "ZFY0003-bench-card.img"
-    if use_loop:
-        subprocess.run(
-            ["mkfs.ext4", "-q", "-F", "-d", str(card), str(image), f"{size // MiB + 64}M"],
-            check=True,
-            capture_output=True,
-        )
-    daemon = start_daemon(work, udev=use_loop)
-    device = None
-    try:
-        partial = work / "store" / "partial"
-        started = time.perf_counter()
-        if use_loop:
-            device = subprocess.run(
-                ["losetup", "--find", "--show", str(image)], check=True, capture_output=True, text=True
-            ).stdout.strip()
-        else:
-            card.rename(work / "docks" / card.name)
-        while not any(p.stat().st_size > 0 for p in partial.glob("*.part")) if partial.exists() else True:
-            if time.perf_counter() - started > 30:
-                raise RuntimeError("no byte copied within 30 s")
-            time.sleep(0.001)
-        return ("loop-device uevent" if use_loop else "directory appeared"), time.perf_counter() - started
-    finally:
-        stop(daemon)
-        if device is not None:
-            subprocess.run(["losetup", "--detach", device], check=False)
-
-
 def verdict(ratio: float, target: float) -> str:
     return "ok" if ratio >= target else "BELOW TARGET"
 
@@ -255,11 +216,6 @@ def main() -> None:
         print(
             f"{f'peak RSS, {big // MiB} MiB file (MiB)':<34}{big_rss:>12.1f}{small_rss:>12.1f}"
             f"{big_rss / small_rss:>8.2f}{'':>8}  {flat} (baseline: 64 MiB file)"
-        )
-        how, latency = first_byte(work, 64 * MiB)
-        print(
-            f"{f'dock to first byte (s), {how}':<34}{latency:>12.2f}{'':>12}{'':>8}"
-            f"{FIRST_BYTE_TARGET_S:>8}  {'ok' if latency < FIRST_BYTE_TARGET_S else 'ABOVE TARGET'}"
         )
     finally:
         remove_sealed_tree(work)

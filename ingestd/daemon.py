@@ -205,7 +205,14 @@ class Daemon:
         self.services.detection = {"udev": udev, "watch_folders": [str(f) for f in detection.watch_folders]}
         if detection.watch_folders:
             folders = list(detection.watch_folders)
-            self._sources.append(FolderSource(folders, self.events.put, settle_s=detection.settle_seconds))
+            self._sources.append(
+                FolderSource(
+                    folders,
+                    self.events.put,
+                    settle_s=detection.settle_seconds,
+                    ready=lambda device: self.services.registry.ready(device),  # noqa: PLW0108 - late-bound
+                )
+            )
         for device_source in self._sources:
             device_source.start()
 

@@ -176,7 +176,8 @@ class StorageHandover:
             if not self._grace:
                 return False
             self._block = None
-            self._detached_at = time.monotonic()
+            if self._detached_at is None:  # gone again before it was back: the first leave counts
+                self._detached_at = time.monotonic()
             self._changed.notify_all()
             return True
 

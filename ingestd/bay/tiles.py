@@ -36,6 +36,7 @@ _WORDS = {
     "queued": "waiting for a free slot",
     "identifying": "identifying the camera",
     "syncing": "setting the camera's clock",
+    "awaiting-storage": "waiting for the camera's storage",
     "ingesting": "copying",
 }
 

@@ -6,6 +6,10 @@ volume. A `.ingestd-dock.json` file in it may add the control-channel tty and ud
 `"storage": "later"` says the directory is not the volume: the camera shows its storage only after
 SetMSDC, as the same port docked again with a `block` (a re-enumerating camera).
 
+A directory that comes with the station's descriptor naming a device docks at once where `ready` (the
+driver registry) says its driver can start: the station's glue moves it in whole. A plain directory
+waits out the settle window (an automounter may still be mounting over it).
+
 Guarantees: the descriptor is a claim about devices, so it is honoured only when the station wrote it:
 a regular file owned by root (or the daemon's own user), writable by nobody else, on the watched
 folder's own filesystem (never on the docked medium: a card mounted there could carry one). The tty it
@@ -40,7 +44,7 @@ from watchdog.observers import Observer
 
 from drivers.base import DeviceInfo
 from ingestd.docking.events import Docked, DockEvent, Undocked
-from ingestd.docking.source import DeviceSource, Settle
+from ingestd.docking.source import DeviceSource, Ready, Settle
 
 log = structlog.get_logger()
 
@@ -184,8 +188,9 @@ def _unused_block_device(path: str) -> str:
     return path
 
 
-def device_for(directory: Path) -> DeviceInfo:
-    """The DeviceInfo of a directory volume, enriched by its descriptor when it has a trusted one."""
+def device_for(directory: Path, *, log_ignored: bool = True) -> DeviceInfo:
+    """The DeviceInfo of a directory volume, enriched by its descriptor when it has a trusted one.
+    `log_ignored=False`: a look ahead of the dock, which logs an ignored descriptor itself."""
     properties: dict[str, str] = {"SUBSYSTEM": "folder", "FOLDER": str(directory)}
     read = _Descriptor(None, None, {}, storage_later=False)
     descriptor = directory / DESCRIPTOR
@@ -194,7 +199,8 @@ def device_for(directory: Path) -> DeviceInfo:
             read = _read_descriptor(descriptor)
             properties.update(read.properties)
         except (OSError, ValueError, TypeError) as error:
-            log.warning("dock_descriptor_ignored", folder=str(directory), error=str(error))
+            if log_ignored:
+                log.warning("dock_descriptor_ignored", folder=str(directory), error=str(error))
     # A descriptor naming a block device means the volume is that device, to be mounted by the driver;
     # one saying the storage comes later means there is no volume yet; otherwise the directory itself is
     # the (already mounted) volume.
@@ -247,16 +253,19 @@ class FolderSource(DeviceSource):
         sink: Callable[[DockEvent], None],
         *,
         settle_s: float,
+        ready: Ready | None = None,
         stop: threading.Event | None = None,
     ) -> None:
         super().__init__(sink, stop=stop)
         self._folders = folders
+        self._ready = ready
         self._observer = Observer()
         # Filled by the observer's thread, taken in by the source's: (appeared?, directory).
         self._changes: queue.SimpleQueue[tuple[bool, Path]] = queue.SimpleQueue()
         # The creator is still filling a new directory (descriptor, files): it docks once settled.
         self._settle: Settle[Path] = Settle(settle_s)
         self._docked: set[Path] = set()
+        self._present_at_start: set[Path] = set()  # coldplugged: they settle, never dock early
 
     def _listen(self) -> None:
         for folder in self._folders:
@@ -267,6 +276,7 @@ class FolderSource(DeviceSource):
         for folder in self._folders:  # coldplug: volumes already there
             for child in sorted(folder.iterdir()):
                 if child.is_dir() and not child.is_symlink():
+                    self._present_at_start.add(child)
                     self._appeared(child)
 
     def _appeared(self, directory: Path) -> None:
@@ -276,7 +286,7 @@ class FolderSource(DeviceSource):
         self._changes.put((False, directory))
 
     def _wait_for_change(self, timeout: float) -> list[DockEvent]:
-        undocked: list[DockEvent] = []
+        decided: list[DockEvent] = []
         try:
             change = self._changes.get(timeout=timeout)
             while True:
@@ -285,13 +295,28 @@ class FolderSource(DeviceSource):
                 if appeared:
                     if directory not in self._docked:
                         self._settle.touch(directory, now)
-                elif not self._settle.drop(directory) and directory in self._docked:
-                    self._docked.discard(directory)
-                    undocked.append(Undocked(port_for(directory)))
+                        decided += self._early(directory)
+                else:
+                    self._present_at_start.discard(directory)  # back later, it is a new arrival
+                    if not self._settle.drop(directory) and directory in self._docked:
+                        self._docked.discard(directory)
+                        decided.append(Undocked(port_for(directory)))
                 change = self._changes.get_nowait()
         except queue.Empty:
             pass
-        return undocked
+        return decided
+
+    def _early(self, directory: Path) -> list[DockEvent]:
+        """Its dock now, if it came with a descriptor naming a device its driver can start on."""
+        if self._ready is None or directory in self._present_at_start or not directory.is_dir():
+            return []
+        device = device_for(directory, log_ignored=False)
+        if (device.tty is None and device.block is None) or not self._ready(device):
+            return []
+        self._settle.drop(directory)
+        self._docked.add(directory)
+        log.info("docked_early", port=device.port, tty=device.tty, block=device.block)
+        return [Docked(device)]
 
     def _settled(self, now: float) -> list[DockEvent]:
         docked: list[DockEvent] = []

@@ -19,13 +19,13 @@ USB devices behind a hub of their own; `hub` groups the devices behind one non-r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from drivers.base import DeviceInfo
 from ingestd.docking.events import Docked, DockEvent, StorageArrived, Undocked
-from ingestd.docking.source import Settle
+from ingestd.docking.source import Ready, Settle
 
 Grouping = Literal["device", "hub"]
 USB_CLASS_HUB = "09"
@@ -88,9 +88,6 @@ class _Group:
     def device(self, port: str) -> DeviceInfo:
         properties = {**self.properties, **self.tty_properties}
         return DeviceInfo(port=port, properties=properties, tty=self.tty, block=self.volume)
-
-
-Ready = Callable[[DeviceInfo], bool]
 
 
 class UeventGrouper:

@@ -21,9 +21,13 @@ import time
 from collections.abc import Callable, Hashable
 from typing import ClassVar, Generic, TypeVar
 
+from drivers.base import DeviceInfo
 from ingestd.docking.events import DockEvent
 
 K = TypeVar("K", bound=Hashable)
+# Whether a device has what its driver needs to start (the registry's, passed in by the daemon): such an
+# arrival docks without waiting out the settle window.
+Ready = Callable[[DeviceInfo], bool]
 POLL_S = 0.5  # longest wait for a change, so a stop is noticed within it
 
 

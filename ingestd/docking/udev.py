@@ -22,8 +22,8 @@ import pyudev
 import structlog
 
 from ingestd.docking.events import Docked, DockEvent
-from ingestd.docking.grouping import Grouping, Ready, Uevent, UeventGrouper, UsbAncestor, dock_port
-from ingestd.docking.source import DeviceSource
+from ingestd.docking.grouping import Grouping, Uevent, UeventGrouper, UsbAncestor, dock_port
+from ingestd.docking.source import DeviceSource, Ready
 
 log = structlog.get_logger()
 

@@ -6,6 +6,9 @@ Other processes attach loop devices too, so the udev cases only look at the port
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import pty
 import queue
 import subprocess
 import time
@@ -17,8 +20,8 @@ from typing import Protocol
 import pytest
 
 from ingestd.docking.events import Docked, DockEvent, Undocked
-from ingestd.docking.folders import FolderSource, port_for
-from ingestd.docking.source import DeviceSource
+from ingestd.docking.folders import DESCRIPTOR, FolderSource, port_for
+from ingestd.docking.source import DeviceSource, Ready
 from tests.support.loopdev import attach_held, require_root_tools
 
 SETTLE_S = 0.5
@@ -34,25 +37,46 @@ class Arrival:
 class Bay(Protocol):
     """Where a test docks things: `arrive` makes something appear, `leave` takes it away."""
 
-    def source(self, sink: queue.SimpleQueue[tuple[float, DockEvent]]) -> DeviceSource: ...
+    def source(
+        self,
+        sink: queue.SimpleQueue[tuple[float, DockEvent]],
+        *,
+        settle_s: float = SETTLE_S,
+        ready: Ready | None = None,
+    ) -> DeviceSource: ...
     def arrive(self, label: str) -> Arrival: ...
     def leave(self, arrival: Arrival) -> None: ...
     def label_of(self, event: Docked) -> str: ...
 
 
 class FolderBay:
-    def __init__(self, base: Path) -> None:
+    """Volumes whose station descriptor names a control tty (a real pty, closed at the end)."""
+
+    def __init__(self, base: Path, held: contextlib.ExitStack) -> None:
         self.watched = base / "docks"
         self.staging = base / "staging"
         self.staging.mkdir(parents=True)
+        primary, secondary = pty.openpty()
+        held.callback(os.close, primary)
+        held.callback(os.close, secondary)
+        self.tty = os.ttyname(secondary)
 
-    def source(self, sink: queue.SimpleQueue[tuple[float, DockEvent]]) -> DeviceSource:
-        return FolderSource([self.watched], lambda e: sink.put((time.monotonic(), e)), settle_s=SETTLE_S)
+    def source(
+        self,
+        sink: queue.SimpleQueue[tuple[float, DockEvent]],
+        *,
+        settle_s: float = SETTLE_S,
+        ready: Ready | None = None,
+    ) -> DeviceSource:
+        return FolderSource(
+            [self.watched], lambda e: sink.put((time.monotonic(), e)), settle_s=settle_s, ready=ready
+        )
 
     def arrive(self, label: str) -> Arrival:
         volume = self.staging / label
         volume.mkdir()
         (volume / "REC0001.MP4").write_bytes(b"\0" * 1024)
+        (volume / DESCRIPTOR).write_text(json.dumps({"tty": self.tty}), encoding="utf-8")
         self.watched.mkdir(exist_ok=True)
         volume.rename(self.watched / label)  # as a card reader's mount appears: all at once
         return Arrival(port_for(self.watched / label), label)
@@ -74,10 +98,18 @@ class UdevBay:
         self.held = held
         self.attached: dict[str, str] = {}  # label -> device node
 
-    def source(self, sink: queue.SimpleQueue[tuple[float, DockEvent]]) -> DeviceSource:
+    def source(
+        self,
+        sink: queue.SimpleQueue[tuple[float, DockEvent]],
+        *,
+        settle_s: float = SETTLE_S,
+        ready: Ready | None = None,
+    ) -> DeviceSource:
         from ingestd.docking.udev import UdevSource  # noqa: PLC0415 - pyudev loads on use, as in the daemon
 
-        return UdevSource(lambda e: sink.put((time.monotonic(), e)), source="kernel", settle_s=SETTLE_S)
+        return UdevSource(
+            lambda e: sink.put((time.monotonic(), e)), source="kernel", settle_s=settle_s, ready=ready
+        )
 
     def arrive(self, label: str) -> Arrival:
         image = self.base / f"{label}.img"
@@ -98,7 +130,7 @@ class UdevBay:
 @pytest.fixture(params=["udev", "folder"])
 def bay(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Bay]:
     with contextlib.ExitStack() as held:
-        yield UdevBay(tmp_path, held) if request.param == "udev" else FolderBay(tmp_path)
+        yield UdevBay(tmp_path, held) if request.param == "udev" else FolderBay(tmp_path, held)
 
 
 @pytest.fixture
@@ -141,14 +173,21 @@ def on(ports: set[str], seen: list[tuple[float, DockEvent]], bay: Bay) -> list[t
     ]
 
 
-def test_an_arrival_docks_once_after_settling_and_undocks_once_when_it_leaves(
-    bay: Bay, events: queue.SimpleQueue[tuple[float, DockEvent]]
+@pytest.mark.parametrize("ready", [None, "never", "always"])
+def test_an_arrival_docks_once_and_undocks_once_when_it_leaves(
+    bay: Bay, events: queue.SimpleQueue[tuple[float, DockEvent]], ready: str | None
 ) -> None:
-    with running(bay.source(events)):
+    """Without a `ready` predicate, or where it does not hold, the dock waits out the settle window;
+    where it holds the arrival docks at once (the window is then far longer than `until` waits, so a
+    dock at all is an early one)."""
+    early = ready == "always"
+    predicate = None if ready is None else (lambda device: early)
+    with running(bay.source(events, settle_s=10 * WAIT_S if early else SETTLE_S, ready=predicate)):
         arrived_at = time.monotonic()
         camera = bay.arrive("cam1")
         docked = until(events, Docked, camera.port)
-        assert docked[-1][0] - arrived_at >= SETTLE_S  # not before the settle window
+        if not early:
+            assert docked[-1][0] - arrived_at >= SETTLE_S  # not before the settle window
         bay.leave(camera)
         undocked = until(events, Undocked, camera.port)
     assert on({camera.port}, docked + undocked, bay) == [("Docked", "cam1"), ("Undocked", camera.port)]
@@ -158,8 +197,11 @@ def test_what_is_present_before_start_is_docked(
     bay: Bay, events: queue.SimpleQueue[tuple[float, DockEvent]]
 ) -> None:
     camera = bay.arrive("cam2")
-    with running(bay.source(events)):
+    # What is there at start is all there: it settles, even where its driver could start at once.
+    started_at = time.monotonic()
+    with running(bay.source(events, ready=lambda device: True)):
         seen = until(events, Docked, camera.port)
+        assert seen[-1][0] - started_at >= SETTLE_S
         bay.leave(camera)
         seen += until(events, Undocked, camera.port)
     assert on({camera.port}, seen, bay) == [("Docked", "cam2"), ("Undocked", camera.port)]

@@ -73,17 +73,26 @@ def manager_for(
     return DockManager(services, ingest, max_concurrent=2, clock=utcnow, on_summary=ended)
 
 
-def tty_only(camera: SimulatedCamera) -> Docked:
-    return Docked(DeviceInfo(port=PORT, properties=TTY_PROPS, tty=camera.tty))
+def awaiting_storage(
+    services: Services, camera: SimulatedCamera, ended: Ended, **settings: float
+) -> DockManager:
+    """A manager whose session of `camera`, docked by its tty alone, is past SetMSDC awaiting storage."""
+    manager = manager_for(services, ended, **settings)
+    manager.handle(Docked(DeviceInfo(port=PORT, properties=TTY_PROPS, tty=camera.tty)))
 
-
-def await_storage(services: Services, manager: DockManager) -> None:
     def dock_state() -> bool:
         manager.flush_progress()
         with services.catalog.transaction() as db:
             return db.scalar(select(Dock.state).where(Dock.port == PORT)) == AWAITING_STORAGE
 
     wait_for("the session to wait for the camera's storage", dock_state)
+    return manager
+
+
+def ended_alone(ended: Ended) -> SessionSummary:
+    wait_for("the session's end", ended.event.is_set)
+    (summary,) = ended.summaries
+    return summary
 
 
 def custody(services: Services) -> list[CustodyKind]:
@@ -106,6 +115,12 @@ def deletions(services: Services) -> int:
         return len(db.scalars(select(AuditEvent.seq).where(AuditEvent.action == DELETE_ORIGINALS)).all())
 
 
+def undock_checks_out_once(services: Services, manager: DockManager) -> None:
+    manager.handle(Undocked(PORT))
+    assert custody(services) == [CustodyKind.CHECK_IN, CustodyKind.CHECK_OUT]
+    manager.stop(timeout=30)
+
+
 def reaped_after(manager: DockManager, ended: Ended) -> bool:
     manager.reap()
     return ended.event.is_set() and not manager.active_ports()
@@ -116,12 +131,9 @@ def test_a_camera_docked_by_its_tty_gets_its_late_storage_and_is_ingested(
 ) -> None:
     assert camera.block is not None
     ended = Ended()
-    manager = manager_for(services, ended)
-    manager.handle(tty_only(camera))
-    await_storage(services, manager)
+    manager = awaiting_storage(services, camera, ended)
     manager.handle(StorageArrived(PORT, camera.block, DISK_PROPS))
-    wait_for("the session's end", ended.event.is_set)
-    (summary,) = ended.summaries
+    summary = ended_alone(ended)
     assert (summary.state, summary.files) == (SessionState.DONE, 2)
     assert stored(services) == 2
     assert custody(services) == [CustodyKind.CHECK_IN]
@@ -133,13 +145,11 @@ def test_no_storage_in_time_ends_the_session_with_its_reason_and_deletes_nothing
 ) -> None:
     ended = Ended()
     manager = manager_for(services, ended, storage_wait_s=1.0)
-    manager.handle(tty_only(camera))
-    wait_for("the session's end", ended.event.is_set)
+    manager.handle(Docked(DeviceInfo(port=PORT, properties=TTY_PROPS, tty=camera.tty)))
+    assert ended_alone(ended).reason == "no storage appeared within 1 s of SetMSDC"
     assert visits(services) == [(SessionState.FAILED, "no storage appeared within 1 s of SetMSDC")]
     assert (stored(services), deletions(services)) == (0, 0)
-    manager.handle(Undocked(PORT))
-    assert custody(services) == [CustodyKind.CHECK_IN, CustodyKind.CHECK_OUT]
-    manager.stop(timeout=30)
+    undock_checks_out_once(services, manager)
 
 
 def test_a_camera_that_re_enumerates_after_setmsdc_stays_one_session_without_a_check_out(
@@ -147,9 +157,7 @@ def test_a_camera_that_re_enumerates_after_setmsdc_stays_one_session_without_a_c
 ) -> None:
     assert camera.block is not None
     ended = Ended()
-    manager = manager_for(services, ended)
-    manager.handle(tty_only(camera))
-    await_storage(services, manager)
+    manager = awaiting_storage(services, camera, ended)
     with capture_logs() as logs:
         manager.handle(Undocked(PORT))  # its USB device went: tty and disk removed
         manager.reap()
@@ -161,23 +169,18 @@ def test_a_camera_that_re_enumerates_after_setmsdc_stays_one_session_without_a_c
         "camera_reenumerating",
         "camera_reenumerated",
     ]
-    wait_for("the session's end", ended.event.is_set)
-    (summary,) = ended.summaries
+    summary = ended_alone(ended)
     assert (summary.state, summary.files) == (SessionState.DONE, 2)
     assert visits(services) == [(SessionState.DONE, None)]  # one session, no new check-in
     assert custody(services) == [CustodyKind.CHECK_IN]
-    manager.handle(Undocked(PORT))
-    assert custody(services) == [CustodyKind.CHECK_IN, CustodyKind.CHECK_OUT]
-    manager.stop(timeout=30)
+    undock_checks_out_once(services, manager)
 
 
 def test_a_device_with_another_usb_serial_is_refused_and_a_camera_not_back_is_unplugged_once(
     services: Services, camera: SimulatedCamera
 ) -> None:
     ended = Ended()
-    manager = manager_for(services, ended, reenumerate_s=1.5)
-    manager.handle(tty_only(camera))
-    await_storage(services, manager)
+    manager = awaiting_storage(services, camera, ended, reenumerate_s=1.5)
     manager.handle(Undocked(PORT))
     impostor = {**DISK_PROPS, "ID_SERIAL_SHORT": "ZFY9999"}
     with capture_logs() as logs:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import fresh_database_url
+from tests.support.loopdev import require_root_tools
 from tests.support.objectstore import unseal_tree
 from tests.support.osusers import OsUsers, can_manage_users
 from tests.system.harness import Daemon, SimulatedCamera
@@ -29,6 +30,18 @@ def daemon(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Daemon]:
     finally:
         harness.close()
         unseal_tree(harness.base)  # immutable objects and the append-only checkpoint file
+
+
+@pytest.fixture
+def block_daemon(tmp_path: Path) -> Iterator[Daemon]:
+    """The daemon on real kernel uevents, for cameras docked as loop images."""
+    require_root_tools("mkfs.ext4", "debugfs")
+    harness = Daemon(base=tmp_path / "station", udev=True)
+    try:
+        yield harness
+    finally:
+        harness.close()
+        unseal_tree(harness.base)
 
 
 @pytest.fixture

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
 from sqlalchemy import select
 
 from drivers.base import CameraIdentity
@@ -48,17 +47,6 @@ def camera_image(tmp_path: Path, serial: str) -> Path:
     write_mp4(content / "BAD.MP4", created_at=START, payload_size=60_000, duration_s=60)
     # The daemon's rule matches *-camera.img backing files.
     return image_with_unreadable_file(content, tmp_path / f"{serial}-camera.img", "BAD.MP4")
-
-
-@pytest.fixture
-def block_daemon(tmp_path: Path) -> Iterator[Daemon]:
-    require_root_tools("mkfs.ext4", "debugfs")
-    harness = Daemon(base=tmp_path / "station", udev=True)
-    try:
-        yield harness
-    finally:
-        harness.close()
-        unseal_tree(harness.base)
 
 
 def test_the_default_event_source_docks_without_udevd_and_says_which_it_chose(tmp_path: Path) -> None:

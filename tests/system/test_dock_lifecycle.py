@@ -7,17 +7,15 @@ loop device, as the vm tier's guest does with a USB device."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from sqlalchemy import select
 
 from ingestd.docking.folders import DESCRIPTOR
 from ingestd.session import DELETE_ORIGINALS
 from store.models import AuditEvent, CustodyEvent, CustodyKind, DockVisit, SessionState
 from tests.support.loopdev import attached, mounted, require_root_tools
-from tests.support.objectstore import unseal_tree
 from tests.system.harness import Daemon, SimulatedCamera, wait_for
 from tests.system.test_daemon import stored_digests, wait_sessions
 from tests.system.test_daemon_block import camera_image
@@ -25,21 +23,11 @@ from tests.system.test_daemon_block import camera_image
 SETTLE_S = 30.0  # the config's longest: a dock that waited it out would not be "early"
 
 
-@pytest.fixture
-def block_daemon(tmp_path: Path) -> Iterator[Daemon]:
-    require_root_tools("mkfs.ext4", "debugfs")
-    harness = Daemon(base=tmp_path / "station", udev=True, settle_seconds=SETTLE_S)
-    try:
-        yield harness
-    finally:
-        harness.close()
-        unseal_tree(harness.base)
-
-
 def test_a_storage_camera_docks_at_its_uevent_without_waiting_out_the_settle_window(
     block_daemon: Daemon, tmp_path: Path
 ) -> None:
     image = camera_image(tmp_path, "ZFY7501")
+    block_daemon.settle_seconds = SETTLE_S
     block_daemon.start()
     with attached(image) as device:
         (early,) = wait_for("the early dock", lambda: block_daemon.events("docked_early"))
