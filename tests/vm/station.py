@@ -85,31 +85,42 @@ def guest_daemon(
 class GuestStation:
     guest: Guest
     daemon: Daemon
+    _readies: int = 0  # "ready" events in the log before the last launch
+    launched: bool = False  # a daemon was started and not stopped yet
 
     @property
     def guest_catalog(self) -> Path:
         return Path(self.daemon.catalog_url.removeprefix("sqlite:///"))
 
     def start(self) -> None:
+        self.launch()
+        self.wait_ready()
+
+    def launch(self) -> None:
+        """Start the daemon without waiting for it: under TCG its start takes tens of seconds, which a
+        test can spend readying its camera."""
         self.daemon.base.mkdir(parents=True, exist_ok=True)
         self.daemon.docks.mkdir(exist_ok=True)
         self.daemon.write_config()
         self.guest.check("mkdir", "-p", str(GUEST_CONTROL_DIR), str(self.guest_catalog.parent))
-        readies = len(self.daemon.events("ready"))
+        self._readies = len(self.daemon.events("ready"))
         argv = [sys.executable, "-m", "ingestd", "run", "--config", str(self.daemon.config_path)]
         self.guest.spawn("ingestd", argv, self.daemon.log_path)
+        self.launched = True
 
+    def wait_ready(self) -> None:
         def ready() -> bool:
             exited = self.guest.exit_code("ingestd")
             if exited is not None:
                 raise AssertionError(f"the guest's daemon exited {exited} (log: {self.daemon.log_path})")
-            return len(self.daemon.events("ready")) > readies
+            return len(self.daemon.events("ready")) > self._readies
 
         wait_for(f"the guest's daemon to be ready (log: {self.daemon.log_path})", ready, 180, 0.5)
 
     def stop(self) -> None:
         """SIGTERM, as systemd stops it, then copy the checkpointed catalog onto the share."""
         code = self.guest.signal("ingestd")
+        self.launched = False
         assert code == 0, f"the guest's daemon exited {code} (log: {self.daemon.log_path})"
         self.catalog_copy.unlink(missing_ok=True)
         self.guest.check("cp", str(self.guest_catalog), str(self.catalog_copy))

@@ -43,8 +43,9 @@ def modules(guest: Guest) -> None:
 
 
 @pytest.fixture
-def station(guest: Guest, modules: None, request: pytest.FixtureRequest) -> GuestStation:
-    """A station of its own for each test, grouping per USB device (a camera is one composite device)."""
+def station(guest: Guest, modules: None, request: pytest.FixtureRequest) -> Iterator[GuestStation]:
+    """A station of its own for each test, grouping per USB device (a camera is one composite device);
+    stopped at the end if a test failed between starting it and stopping it."""
     daemon = guest_daemon(
         guest,
         request.node.name[:40],
@@ -52,7 +53,10 @@ def station(guest: Guest, modules: None, request: pytest.FixtureRequest) -> Gues
         rule=GADGET_RULE,
         detection=f"reenumerate_seconds = {REENUMERATE_S}\nstorage_wait_seconds = {REENUMERATE_S}",
     )
-    return GuestStation(guest, daemon)
+    station = GuestStation(guest, daemon)
+    yield station
+    if station.launched:
+        guest.signal("ingestd")
 
 
 @pytest.fixture
@@ -70,9 +74,10 @@ def test_one_composite_device_docks_as_one_camera_identified_over_acm_synced_ing
     camera.make_vfat()
     expected = digests_of(camera.recordings())
     assert len(expected) == 3
+    station.launch()  # its start overlaps the camera's
     camera.start(drift_s=4.0, battery=71)
     cameras.append(camera)
-    station.start()
+    station.wait_ready()
     try:
         camera.bind()
         (summary,) = station.wait_summaries(1)
@@ -120,9 +125,10 @@ def test_a_camera_re_enumerating_with_storage_only_after_setmsdc_stays_one_sessi
     camera = GadgetCamera.build(guest, "0000012", files=2)
     camera.make_vfat()
     expected = digests_of(camera.recordings())
+    station.launch()  # its start overlaps the camera's
     camera.start(control_only=True)
     cameras.append(camera)
-    station.start()
+    station.wait_ready()
     try:
         camera.bind()
         (summary,) = station.wait_summaries(1)
@@ -163,12 +169,13 @@ def test_an_exfat_card_with_utf8_and_gbk_names_is_ingested_under_the_names_the_c
     gbk_name = f"录像_{second.name}"
     second.rename(second.with_name(os.fsdecode(gbk_name.encode("gbk"))))
     expected = digests_of(camera.recordings())
-    camera.make_exfat()
+    camera.make_exfat()  # before the daemon: the guest's loop mounts would show it a (non-camera) disk
     names = {f"DCIM/100MEDIA/{name}" for name in (utf8_name, gbk_name, third.name)}
     assert names <= set(camera.exfat_files())
+    station.launch()  # its start overlaps the camera's
     camera.start()
     cameras.append(camera)
-    station.start()
+    station.wait_ready()
     try:
         camera.bind()
         (summary,) = station.wait_summaries(1)
