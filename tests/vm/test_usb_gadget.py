@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -67,6 +68,24 @@ def cameras(guest: Guest) -> Iterator[list[GadgetCamera]]:
         camera.close()
 
 
+def ingest(
+    station: GuestStation, camera: GadgetCamera, cameras: list[GadgetCamera], **options: Any
+) -> tuple[dict[str, Any], list[str]]:
+    """Start the daemon, ready the camera meanwhile, plug it in and wait for its one session: the
+    session's summary and the guest's USB device nodes at its end."""
+    station.launch()  # its start overlaps the camera's
+    camera.start(**options)
+    cameras.append(camera)
+    station.wait_ready()
+    try:
+        camera.bind()
+        (summary,) = station.wait_summaries(1)
+        nodes = station.guest.check("sh", "-c", "ls /dev/ttyACM* /dev/ttyUSB* /dev/sd* 2>/dev/null; true")
+    finally:
+        station.stop()
+    return summary, nodes.split()
+
+
 def test_one_composite_device_docks_as_one_camera_identified_over_acm_synced_ingested_and_wiped(
     guest: Guest, station: GuestStation, cameras: list[GadgetCamera]
 ) -> None:
@@ -74,16 +93,7 @@ def test_one_composite_device_docks_as_one_camera_identified_over_acm_synced_ing
     camera.make_vfat()
     expected = digests_of(camera.recordings())
     assert len(expected) == 3
-    station.launch()  # its start overlaps the camera's
-    camera.start(drift_s=4.0, battery=71)
-    cameras.append(camera)
-    station.wait_ready()
-    try:
-        camera.bind()
-        (summary,) = station.wait_summaries(1)
-        nodes = guest.check("sh", "-c", "ls /dev/ttyACM* /dev/ttyUSB* /dev/sd* 2>/dev/null; true").split()
-    finally:
-        station.stop()
+    summary, nodes = ingest(station, camera, cameras, drift_s=4.0, battery=71)
     low, high = guest.clock_behind_host()
     assert "/dev/ttyACM0" in nodes  # the gadget's acm function: the only control tty there is
     assert not [node for node in nodes if node.startswith("/dev/ttyUSB")]
@@ -125,16 +135,7 @@ def test_a_camera_re_enumerating_with_storage_only_after_setmsdc_stays_one_sessi
     camera = GadgetCamera.build(guest, "0000012", files=2)
     camera.make_vfat()
     expected = digests_of(camera.recordings())
-    station.launch()  # its start overlaps the camera's
-    camera.start(control_only=True)
-    cameras.append(camera)
-    station.wait_ready()
-    try:
-        camera.bind()
-        (summary,) = station.wait_summaries(1)
-        nodes = guest.check("sh", "-c", "ls /dev/ttyACM* /dev/sd* 2>/dev/null; true").split()
-    finally:
-        station.stop()
+    summary, nodes = ingest(station, camera, cameras, control_only=True)
     assert "/dev/ttyACM0" not in nodes  # the control interface really went
     assert "/dev/sda" in nodes
     (going,) = station.daemon.events("camera_reenumerating")
@@ -172,15 +173,7 @@ def test_an_exfat_card_with_utf8_and_gbk_names_is_ingested_under_the_names_the_c
     camera.make_exfat()  # before the daemon: the guest's loop mounts would show it a (non-camera) disk
     names = {f"DCIM/100MEDIA/{name}" for name in (utf8_name, gbk_name, third.name)}
     assert names <= set(camera.exfat_files())
-    station.launch()  # its start overlaps the camera's
-    camera.start()
-    cameras.append(camera)
-    station.wait_ready()
-    try:
-        camera.bind()
-        (summary,) = station.wait_summaries(1)
-    finally:
-        station.stop()
+    summary, _nodes = ingest(station, camera, cameras)
     assert summary["state"] == "done", summary
     assert (summary["files"], summary["deleted"], summary["errors"]) == (3, 3, 0)
     (mounted, *_) = station.daemon.events("volume.mounted")
