@@ -226,8 +226,9 @@ class CameraLink(abc.ABC):
         """Whether the volume has yet to appear (a camera docked by its control channel alone)."""
         return False
 
-    def attach_storage(self, block: str) -> None:
-        """Take `block` as the volume: it appeared after the dock, once the camera is in mass storage."""
+    def attach_storage(self, block: str, disk_sequence: str | None = None) -> None:
+        """Take `block` as the volume: it appeared after the dock, once the camera is in mass storage
+        (`disk_sequence`: the DISKSEQ of the disk instance that appeared, where known)."""
         raise Unsupported(self.name, "attach_storage", "this camera takes no storage after its dock")
 
     def delete_originals(self, volume: Path, files: list[OriginalFile]) -> list[Deletion]:

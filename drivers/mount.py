@@ -193,3 +193,16 @@ def block_device_present(node: str) -> bool:
     if path.name.startswith("loop"):
         return Path("/sys/class/block", path.name, "loop", "backing_file").exists()
     return True
+
+
+def disk_sequence(node: str) -> str | None:
+    """The kernel's sequence number of the disk instance `node` names now (its `diskseq`, also the
+    DISKSEQ of its uevents; a partition's is its disk's), or None when it is gone or the kernel has
+    none. A re-enumerated disk that got the same name has another: the name alone does not tell."""
+    try:
+        rdev = Path(node).stat().st_rdev
+        sysfs = Path(f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}").resolve()
+        disk = sysfs.parent if (sysfs / "partition").exists() else sysfs
+        return (disk / "diskseq").read_text(encoding="ascii").strip() or None
+    except (OSError, ValueError):
+        return None

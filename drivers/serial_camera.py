@@ -46,6 +46,7 @@ from drivers.wipe import delete_recordings
 T = TypeVar("T")
 
 READ_CHUNK = 4096
+DISKSEQ = "DISKSEQ"  # the disk instance the dock saw (kernel uevent property): see mount.disk_sequence
 READBACK_SAMPLES = 3
 
 
@@ -239,18 +240,25 @@ class SerialCamera(CameraLink):
     def needs_storage(self) -> bool:
         return self._device.block is None and self._device.directory is None
 
-    def attach_storage(self, block: str) -> None:
+    def attach_storage(self, block: str, disk_sequence: str | None = None) -> None:
         """The volume that appeared after the dock (the port's late disk, or the camera's disk once it
         re-enumerated in mass-storage mode). Its arrival is the camera being in mass storage."""
-        self._device = replace(self._device, block=block)
+        properties = {**self._device.properties}
+        properties.pop(DISKSEQ, None)
+        if disk_sequence is not None:
+            properties[DISKSEQ] = disk_sequence
+        self._device = replace(self._device, block=block, properties=properties)
         self._in_mass_storage = True
 
     def present(self) -> bool:
         """Whether the node this session now depends on exists: the volume once the camera is in
         mass storage (real cameras may drop their tty then), else the tty. Sends no command."""
         if self._in_mass_storage and self._device.block is not None:
-            from drivers.mount import block_device_present  # noqa: PLC0415 - mount helpers load on use
+            from drivers.mount import block_device_present, disk_sequence  # noqa: PLC0415 - load on use
 
+            expected = self._device.properties.get(DISKSEQ)
+            if expected is not None and disk_sequence(self._device.block) != expected:
+                return False  # its node now names another disk (a re-enumerated one), or none
             return block_device_present(self._device.block)
         if self._in_mass_storage and self._device.directory is not None:
             return self._device.directory.is_dir()

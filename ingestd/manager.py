@@ -113,6 +113,9 @@ class DockManager:
             if existing is not None and existing.thread is not None and existing.thread.is_alive():
                 if existing.storage.awaiting:
                     self._came_back(existing, event)
+                elif existing.storage.detached:  # it left as its volume was mounted: that session ends
+                    self._waiting[event.port] = event
+                    log.info("dock_waiting", port=event.port, detail="the session on this port is ending")
                 else:
                     log.warning("dock_busy", port=event.port)
                 return
@@ -155,7 +158,7 @@ class DockManager:
             log.info("camera_back_without_storage", port=event.port, detail="its volume follows")
             return
         log.info("camera_reenumerated", port=event.port, block=event.device.block, usb_serial=after)
-        slot.storage.offer(event.device.block)
+        slot.storage.offer(event.device.block, event.device.properties.get("DISKSEQ"))
 
     def _storage_arrived(self, event: StorageArrived) -> None:
         with self._lock:
@@ -165,7 +168,7 @@ class DockManager:
             log.info("storage_without_session", port=event.port, block=event.block)
             return
         log.info("storage_arrived", port=event.port, block=event.block)
-        slot.storage.offer(event.block)
+        slot.storage.offer(event.block, event.properties.get("DISKSEQ"))
 
     def _session(self, slot: _Slot, event: Docked, driver: Driver, options: DriverOptions) -> None:
         bound = log.bind(port=event.port)

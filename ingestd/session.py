@@ -44,6 +44,7 @@ from drivers.base import (
     DeviceInfo,
     DriverError,
     DriverOptions,
+    MountError,
     OriginalFile,
     Unsupported,
 )
@@ -149,21 +150,28 @@ class StorageHandover:
     """Between a session and the dock manager: the volume that appears after the dock, and whether the
     camera's leaving its port is a re-enumeration. Thread-safe.
 
-    The grace opens when the session sends SetMSDC and closes when it mounts a volume; an undock inside
-    it is the camera re-enumerating (`detach`), outside it a real unplug."""
+    The grace opens when the session sends SetMSDC and closes once it has mounted a volume; an undock
+    inside it is the camera re-enumerating (`detach`), outside it a real unplug."""
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
         self._block: str | None = None
+        self._disk_sequence: str | None = None
         self._grace = False
         self._detached_at: float | None = None
 
-    def offer(self, block: str) -> None:
-        """The port's volume appeared (late storage, or the camera back after re-enumerating)."""
+    def offer(self, block: str, disk_sequence: str | None = None) -> None:
+        """The port's volume appeared (late storage, or the camera back after re-enumerating), with the
+        DISKSEQ of its disk where the event had one."""
         with self._changed:
-            self._block = block
+            self._block, self._disk_sequence = block, disk_sequence
             self._detached_at = None
             self._changed.notify_all()
+
+    @property
+    def in_grace(self) -> bool:
+        with self._changed:
+            return self._grace
 
     def open_grace(self) -> None:
         with self._changed:
@@ -193,11 +201,14 @@ class StorageHandover:
         with self._changed:
             return self._grace and self._block is None
 
-    def take(self, needed: bool, settings: IngestSettings, stopping: threading.Event) -> str | None:
-        """Close the grace and return the volume to mount where one had to come: waited for when
-        `needed` or while the camera is away; None where the dock's own volume stands. Raises
-        `Unplugged` when a detached camera is not back within `reenumerate_s`, `StorageMissing` when
-        none came within `storage_wait_s`, `_Interrupted` when the daemon stops."""
+    def take(
+        self, needed: bool, settings: IngestSettings, stopping: threading.Event
+    ) -> tuple[str, str | None] | None:
+        """The volume to mount (its node and DISKSEQ) where one had to come: waited for when `needed`
+        or while the camera is away; None where the dock's own volume stands. The grace stays open
+        until `close_grace`. Raises `Unplugged` when a detached camera is not back within
+        `reenumerate_s`, `StorageMissing` when none came within `storage_wait_s`, `_Interrupted` when
+        the daemon stops."""
         started = time.monotonic()
         with self._changed:
             waited = needed or self._detached_at is not None
@@ -220,8 +231,22 @@ class StorageHandover:
                             f"no storage appeared within {settings.storage_wait_s:g} s of SetMSDC"
                         )
                 self._changed.wait(min(remaining, 0.5))  # 0.5: notice a daemon stop
+            if not waited or self._block is None:
+                return None
+            return self._block, self._disk_sequence
+
+    def close_grace(self) -> bool:
+        """The volume is mounted: from now on the camera leaving is an unplug. Whether it left (and is
+        not back) meanwhile: then the mount raced its leaving, and that is an unplug too."""
+        with self._changed:
             self._grace = False
-            return self._block if waited else None
+            return self._detached_at is not None
+
+    def discard(self, block: str) -> None:
+        """`block` went as it was mounted: wait for the camera's next volume, not for that one again."""
+        with self._changed:
+            if self._block == block:
+                self._block = None
 
 
 @dataclass
@@ -345,6 +370,7 @@ class IngestSession:
         self.stopping = stopping
         self.clock = clock
         self.storage = storage if storage is not None else StorageHandover()
+        self._block = device.block  # the volume's node, while it is a block device
         self.summary = SessionSummary(port=device.port)
         self.flags = FlagService(notifier)
         self._last_presence_check = 0.0
@@ -400,7 +426,8 @@ class IngestSession:
             battery_percent=battery,
         )
         self._enter_mass_storage()
-        with self.camera.mounted_volume() as volume:
+        with contextlib.ExitStack() as mounted:
+            volume = self._mount(mounted)
             self._ingest_volume(_Docked(dock_session_id, camera_id, identity, offset, volume))
         self.summary.state = SessionState.DONE
 
@@ -411,20 +438,53 @@ class IngestSession:
         try:
             self.camera.enter_mass_storage()
         except Unsupported:
-            pass  # plain mass storage is already there
+            self.storage.close_grace()  # plain mass storage is already there: it does not re-enumerate
         except DeviceGone:
             # A camera that drops its control interface as it switches may do so before its reply is
-            # read; where its volume is to come anyway, that is the switch: its storage decides.
-            if not needed:
+            # read: that is the switch, and its storage decides (the dock's, or the one that follows).
+            if not needed and self.device.block is None:
                 raise
-            self._log.info("control_channel_gone_on_switch", detail="waiting for the camera's storage")
+            self._log.info("control_channel_gone_on_switch", detail="taking the camera's storage")
+            if not needed:
+                self._attach((self.device.block, self.device.properties.get("DISKSEQ")))
+        self._await_storage(needed)
+
+    def _await_storage(self, needed: bool) -> None:
         if needed or self.storage.detached:
             self.progress.set_state(AWAITING_STORAGE)
             self._log.info("awaiting_storage", storage_wait_s=self.settings.storage_wait_s)
-        block = self.storage.take(needed, self.settings, self.stopping)
-        if block is not None:
-            self.camera.attach_storage(block)
-            self._log.info("storage_attached", block=block)
+        self._attach(self.storage.take(needed, self.settings, self.stopping))
+
+    def _attach(self, volume: tuple[str | None, str | None] | None) -> None:
+        if volume is not None and volume[0] is not None:
+            block, disk_sequence = volume[0], volume[1]
+            self.camera.attach_storage(block, disk_sequence)
+            self._block = block
+            self._log.info("storage_attached", block=block, disk_sequence=disk_sequence)
+
+    def _mount(self, mounted: contextlib.ExitStack) -> Path:
+        """Mount the volume, then close the re-enumeration grace. A volume gone as it is mounted is a
+        camera re-enumerating after SetMSDC (a composite camera's disk goes with its tty): wait for it
+        to come back, as for an undock in the grace."""
+        while True:
+            try:
+                volume = self._mount_once(mounted)
+            except (MountError, DeviceGone) as error:
+                if self._block is None or not self.storage.in_grace or self.camera.present():
+                    raise  # there and not mountable, or no SetMSDC: no re-enumeration
+                self._log.info("volume_gone_at_mount", block=self._block, error=str(error))
+                self.storage.discard(self._block)
+                self._await_storage(needed=True)
+                continue
+            if self.storage.close_grace():
+                raise Unplugged("the camera left its port as its volume was mounted")
+            return volume
+
+    def _mount_once(self, mounted: contextlib.ExitStack) -> Path:
+        # A node that names another disk by now (a re-enumerated one got its name) is gone too.
+        if self._block is not None and self.storage.in_grace and not self.camera.present():
+            raise DeviceGone(self.camera.name, "mount", f"{self._block} is not the disk that docked")
+        return mounted.enter_context(self.camera.mounted_volume())
 
     def _health(self) -> tuple[int | None, tuple[int, int] | None]:
         battery: int | None = None

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from structlog.testing import capture_logs
 
 from drivers.base import DeviceInfo
+from drivers.mount import disk_sequence
 from ingestd.docking.events import Docked, StorageArrived, Undocked
 from ingestd.manager import DockManager
 from ingestd.services import Services
@@ -21,7 +22,7 @@ from ingestd.session import AWAITING_STORAGE, DELETE_ORIGINALS, IngestSettings, 
 from store.models import AuditEvent, CustodyEvent, CustodyKind, Dock, DockVisit, Recording, SessionState
 from store.types import utcnow
 from tests.support.guest_usb import GUEST_DISK_PROPS, GUEST_HUB, GUEST_TTY_PROPS
-from tests.support.loopdev import require_root_tools
+from tests.support.loopdev import attached, require_root_tools
 from tests.support.station import open_station
 from tests.system.harness import SimulatedCamera, wait_for
 
@@ -79,14 +80,17 @@ def awaiting_storage(
     """A manager whose session of `camera`, docked by its tty alone, is past SetMSDC awaiting storage."""
     manager = manager_for(services, ended, **settings)
     manager.handle(Docked(DeviceInfo(port=PORT, properties=TTY_PROPS, tty=camera.tty)))
+    wait_for_dock_state(services, manager, AWAITING_STORAGE)
+    return manager
 
-    def dock_state() -> bool:
+
+def wait_for_dock_state(services: Services, manager: DockManager, state: str) -> None:
+    def reached() -> bool:
         manager.flush_progress()
         with services.catalog.transaction() as db:
-            return db.scalar(select(Dock.state).where(Dock.port == PORT)) == AWAITING_STORAGE
+            return db.scalar(select(Dock.state).where(Dock.port == PORT)) == state
 
-    wait_for("the session to wait for the camera's storage", dock_state)
-    return manager
+    wait_for(f"the dock to be {state}", reached)
 
 
 def ended_alone(ended: Ended) -> SessionSummary:
@@ -195,3 +199,62 @@ def test_a_device_with_another_usb_serial_is_refused_and_a_camera_not_back_is_un
     assert (stored(services), deletions(services)) == (0, 0)
     assert custody(services) == [CustodyKind.CHECK_IN, CustodyKind.CHECK_OUT]  # checked out once
     manager.stop(timeout=30)
+
+
+def test_a_composite_cameras_disk_gone_at_the_mount_is_waited_for_and_it_stays_one_session(
+    services: Services, camera: SimulatedCamera, tmp_path: Path
+) -> None:
+    # A composite camera docks with its tty and its disk; after SetMSDC it re-enumerates, so the disk it
+    # docked with is gone (its node removed) when the session mounts it.
+    assert camera.block is not None
+    ended = Ended()
+    manager = manager_for(services, ended)
+    gone = str(tmp_path / "sdb1")  # the node of a disk that went
+    manager.handle(Docked(DeviceInfo(port=PORT, properties=TTY_PROPS, tty=camera.tty, block=gone)))
+    wait_for_dock_state(services, manager, AWAITING_STORAGE)
+    manager.handle(Undocked(PORT))
+    manager.handle(Docked(DeviceInfo(port=PORT, properties=DISK_PROPS, block=camera.block)))
+    summary = ended_alone(ended)
+    assert (summary.state, summary.files) == (SessionState.DONE, 2)
+    assert visits(services) == [(SessionState.DONE, None)]
+    undock_checks_out_once(services, manager)
+
+
+def test_a_node_that_names_another_disk_by_the_mount_is_not_mounted_and_the_camera_is_waited_for(
+    services: Services, camera: SimulatedCamera
+) -> None:
+    # The disk it docked with went, and another instance got its name before the session mounted it
+    # (a re-enumerated disk): its DISKSEQ differs from the dock's, so the name is not trusted.
+    assert camera.block is not None
+    now = disk_sequence(camera.block)
+    assert now is not None
+    ended = Ended()
+    manager = manager_for(services, ended)
+    stale = {**TTY_PROPS, "DISKSEQ": str(int(now) - 1)}
+    with capture_logs() as logs:
+        manager.handle(Docked(DeviceInfo(port=PORT, properties=stale, tty=camera.tty, block=camera.block)))
+        wait_for_dock_state(services, manager, AWAITING_STORAGE)
+    (gone,) = [e for e in logs if e["event"] == "volume_gone_at_mount"]
+    assert "is not the disk that docked" in gone["error"]
+    manager.handle(Undocked(PORT))
+    manager.handle(
+        Docked(DeviceInfo(port=PORT, properties={**DISK_PROPS, "DISKSEQ": now}, block=camera.block))
+    )
+    summary = ended_alone(ended)
+    assert (summary.state, summary.files) == (SessionState.DONE, 2)
+    assert visits(services) == [(SessionState.DONE, None)]
+    undock_checks_out_once(services, manager)
+
+
+def test_the_disk_sequence_tells_a_re_attached_disk_from_the_one_before(tmp_path: Path) -> None:
+    require_root_tools()
+    image = tmp_path / "card.img"
+    with image.open("wb") as out:
+        out.truncate(1024 * 1024)
+    with attached(image) as device:
+        first = disk_sequence(device)
+        assert first is not None
+        assert first == Path(f"/sys/class/block/{Path(device).name}/diskseq").read_text().strip()
+    with attached(image) as device:
+        assert disk_sequence(device) not in (None, first)
+    assert disk_sequence(str(tmp_path / "sdb1")) is None  # no such node

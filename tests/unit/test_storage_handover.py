@@ -17,7 +17,8 @@ def test_an_undock_outside_the_grace_is_an_unplug() -> None:
     assert handover.detach() is False  # before SetMSDC
     handover.open_grace()
     assert handover.take(False, LONG, threading.Event()) is None  # the dock's own volume stands
-    assert handover.detach() is False  # after the mount: a disk pulled mid-copy
+    assert handover.close_grace() is False  # mounted, the camera still there
+    assert handover.detach() is False  # a disk pulled mid-copy
 
 
 def test_late_storage_is_handed_over_from_another_thread() -> None:
@@ -25,8 +26,21 @@ def test_late_storage_is_handed_over_from_another_thread() -> None:
     handover.open_grace()
     assert handover.awaiting
     threading.Timer(0.05, handover.offer, args=("/dev/sdb1",)).start()
-    assert handover.take(True, LONG, threading.Event()) == "/dev/sdb1"
-    assert not handover.awaiting  # grace closed with the mount
+    assert handover.take(True, LONG, threading.Event()) == ("/dev/sdb1", None)
+    assert not handover.awaiting
+
+
+def test_a_volume_gone_at_its_mount_is_discarded_and_the_next_one_waited_for() -> None:
+    handover = StorageHandover()
+    handover.open_grace()
+    handover.offer("/dev/sdb1")
+    assert handover.take(True, LONG, threading.Event()) == ("/dev/sdb1", None)
+    handover.discard("/dev/sdb1")  # it went as it was mounted
+    assert handover.awaiting  # the grace is still open: a dock on the port is the camera back
+    threading.Timer(0.05, handover.offer, args=("/dev/sdc1", "7")).start()
+    assert handover.take(True, LONG, threading.Event()) == ("/dev/sdc1", "7")
+    handover.discard("/dev/sdb1")  # a late discard of the old one keeps the new one
+    assert handover.take(True, LONG, threading.Event()) == ("/dev/sdc1", "7")
 
 
 def test_no_storage_in_time_is_storage_missing() -> None:
@@ -42,8 +56,8 @@ def test_a_camera_that_left_inside_the_grace_is_waited_for_and_its_old_volume_is
     handover.offer("/dev/sdb1")  # its disk came with the dock...
     assert handover.detach() is True  # ...and went when the camera re-enumerated
     assert handover.detached
-    threading.Timer(0.05, handover.offer, args=("/dev/sdc1",)).start()
-    assert handover.take(False, LONG, threading.Event()) == "/dev/sdc1"
+    threading.Timer(0.05, handover.offer, args=("/dev/sdc1", "7")).start()
+    assert handover.take(False, LONG, threading.Event()) == ("/dev/sdc1", "7")
     assert not handover.detached
 
 
@@ -72,3 +86,11 @@ def test_a_daemon_stop_ends_the_wait() -> None:
     stopping.set()
     with pytest.raises(_Interrupted):
         handover.take(True, LONG, stopping)
+
+
+def test_a_camera_that_left_as_its_volume_was_mounted_is_reported_by_closing_the_grace() -> None:
+    handover = StorageHandover()
+    handover.open_grace()
+    assert handover.take(False, LONG, threading.Event()) is None
+    assert handover.detach() is True  # the undock came while the session was mounting
+    assert handover.close_grace() is True  # the session ends it as unplugged
