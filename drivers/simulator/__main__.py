@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -76,6 +77,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=Faults(),
         help="comma-separated: garbage, slow[=MS], bad-crc[=N], truncate[=N], silence[=N], busy[=N], "
         "disconnect-after=N, wrong-identity, read-rate=KIB_PER_S (an --image card read at most that fast)",
+    )
+    camera.add_argument(
+        "--on-msdc",
+        type=shlex.split,
+        metavar="COMMAND",
+        help="run COMMAND (not waited for) once SetMSDC is answered, where a real camera re-enumerates",
     )
     camera.add_argument("--seed", type=int, default=0, help="seed for garbage bytes and generated files")
     volume = parser.add_argument_group("volume")
@@ -182,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
                 from drivers.simulator.throttle import read_rate  # noqa: PLC0415  # only for a read-rate fault
 
                 held.enter_context(read_rate(block, args.faults.read_kib_s * 1024))
-        server = held.enter_context(PtyServer(camera, args.faults, seed=args.seed))
+        on_msdc: list[str] | None = args.on_msdc
+        hook = (lambda: subprocess.Popen(on_msdc)) if on_msdc else None  # a re-enumeration, not waited for
+        server = held.enter_context(PtyServer(camera, args.faults, seed=args.seed, on_mass_storage=hook))
         ready = {
             "tty": server.slave_path,
             "volume": str(args.volume.resolve()) if args.volume is not None else None,

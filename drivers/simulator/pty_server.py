@@ -15,6 +15,7 @@ import random
 import select
 import threading
 import tty
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from drivers import protocol as p
@@ -50,8 +51,18 @@ class _Remaining:
 class PtyServer:
     """A simulated camera behind a pty. Use as a context manager, or call `start()` and `stop()`."""
 
-    def __init__(self, camera: SimulatedCamera, faults: Faults | None = None, *, seed: int = 0) -> None:
+    def __init__(
+        self,
+        camera: SimulatedCamera,
+        faults: Faults | None = None,
+        *,
+        seed: int = 0,
+        on_mass_storage: Callable[[], object] | None = None,
+    ) -> None:
         self.camera = camera
+        # Called once the reply to a SetMSDC that switched the camera to mass storage is sent: where a
+        # real camera re-enumerates (its control interface drops, its storage appears).
+        self._on_mass_storage = on_mass_storage
         self._faults = faults or Faults()
         self._remaining = _Remaining.of(self._faults)
         self._fault_lock = threading.Lock()
@@ -146,13 +157,18 @@ class PtyServer:
             busy = not silent and self._remaining.take("busy")
         if silent:
             return True
+        switched = False
         if busy:
             reply = p.encode_error_reply(frame.seq, frame.code, p.Status.BUSY, "busy")
         else:
+            before = self.camera.msc_mode
             reply = self.camera.handle(frame)
+            switched = self.camera.msc_mode and not before
         if faults.slow_ms and self.stop_event.wait(faults.slow_ms / 1000):
             return False
         self._send(reply, corruptible=True)
+        if switched and self._on_mass_storage is not None:
+            self._on_mass_storage()
         return True
 
     def _send(self, reply: bytes, *, corruptible: bool) -> None:

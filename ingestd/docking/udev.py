@@ -54,14 +54,13 @@ def _usb_ancestors(usb: Any) -> list[UsbAncestor]:
     return chain
 
 
-def _partitioned(device: Any, properties: dict[str, str]) -> bool:
-    """Whether a whole disk has a partition table, so its volume is a partition whose uevent follows.
-    udev says so (ID_PART_TABLE_TYPE); raw kernel events do not, but the kernel scans the table before it
-    announces the disk, so sysfs already lists the partitions."""
+def _partitioned(device: Any) -> bool:
+    """Whether a whole disk has partitions, so its volume is a partition whose uevent follows. The kernel
+    scans the table before it announces the disk, so sysfs already lists them. Not udev's
+    ID_PART_TABLE_TYPE: blkid says "dos" for an exFAT card without partitions (its boot sector ends in
+    the MBR signature), where the kernel found none and no partition ever follows (seen in the vm tier)."""
     if device.device_type != "disk":
         return False
-    if properties.get("ID_PART_TABLE_TYPE"):
-        return True
     return any(child.device_type == "partition" for child in device.children)
 
 
@@ -99,7 +98,7 @@ def to_uevent(device: Any, action: str, grouping: Grouping = "device") -> Uevent
         devname=device.device_node,
         properties=properties,
         partition=device.device_type == "partition",
-        partitioned=action == "add" and subsystem == "block" and _partitioned(device, properties),
+        partitioned=action == "add" and subsystem == "block" and _partitioned(device),
     )
 
 

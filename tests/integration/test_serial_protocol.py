@@ -575,6 +575,24 @@ def test_cli_simulator_exits_after_an_injected_disconnect(tmp_path: Path) -> Non
         stop_process(process)
 
 
+def test_cli_simulator_runs_its_on_msdc_command_once_setmsdc_is_answered(tmp_path: Path) -> None:
+    # What the vm tier re-enumerates a USB gadget with; here the command leaves a mark.
+    mark = tmp_path / "re-enumerated"
+    process, ready = start_simulator(tmp_path, "--on-msdc", f"touch {mark}")
+    try:
+        info = DeviceInfo("usb1/1-1", {}, tty=ready["tty"])
+        with SerialDriver().open(info, options()) as camera:
+            camera.identify()
+            assert not mark.exists()  # nothing before SetMSDC
+            camera.enter_mass_storage()  # its reply arrived: the command runs after it is sent
+            deadline = time.monotonic() + 10
+            while not mark.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert mark.exists()
+    finally:
+        stop_process(process)
+
+
 def test_cli_simulator_generates_the_volume(tmp_path: Path) -> None:
     pytest.importorskip("drivers.simulator.volume")
     process, ready = start_simulator(

@@ -8,6 +8,12 @@ from drivers.serial_camera import SerialDriver
 from ingestd.docking.events import Docked, StorageArrived, Undocked
 from ingestd.docking.grouping import Uevent, UeventGrouper, UsbAncestor, dock_port
 from tests.support.guest_usb import (
+    DUMMY_ROOT_HUB,
+    GADGET_DISK_DEVPATH,
+    GADGET_PROPS,
+    GADGET_STORAGE_ONLY_DISK_DEVPATH,
+    GADGET_TTY_DEVPATH,
+    GADGET_USB,
     GUEST_DISK_PROPS,
     GUEST_DISK_USB,
     GUEST_HUB,
@@ -208,3 +214,35 @@ def test_a_tty_leaving_while_the_disk_stays_is_no_undock_and_the_disks_remove_is
     grouper.tick(now=1.1)
     assert grouper.feed(guest("remove", "tty", "/dev/ttyUSB0"), now=2.0) == []
     assert grouper.feed(guest("remove", "block", "/dev/sda"), now=3.0) == [Undocked(GUEST_PORT)]
+
+
+def test_the_composite_gadgets_tty_and_disk_are_one_dock_on_its_own_devpath() -> None:
+    # Recorded: tty and disk are interfaces of one device (class ef), on a root port of dummy_hcd.
+    assert GADGET_TTY_DEVPATH.startswith(GADGET_USB.devpath + "/")
+    assert GADGET_DISK_DEVPATH.startswith(GADGET_USB.devpath + "/")
+    for grouping in ("device", "hub"):  # a root port's device is its own dock either way
+        assert dock_port([GADGET_USB, DUMMY_ROOT_HUB], grouping) == GADGET_USB.devpath
+    grouper = UeventGrouper(settle_s=1.0, ready=serial_ready)
+    (docked,) = grouper.feed(Uevent("add", GADGET_USB.devpath, "tty", "/dev/ttyACM0", GADGET_PROPS), now=0.0)
+    assert isinstance(docked, Docked)
+    assert docked.device.tty == "/dev/ttyACM0"
+    # Its disk (no partition table) follows on the same port, as the camera's volume.
+    assert grouper.feed(Uevent("add", GADGET_USB.devpath, "block", "/dev/sda", GADGET_PROPS), now=1.7) == [
+        StorageArrived(GADGET_USB.devpath, "/dev/sda", GADGET_PROPS)
+    ]
+
+
+def test_the_gadgets_storage_only_re_enumeration_comes_back_on_the_same_port() -> None:
+    # Recorded: after unbind, acm dropped, bind, the disk moved from interface 2 to 0 of the same device,
+    # so its dock port (the device's DEVPATH) is unchanged while its DEVPATH is not.
+    assert GADGET_STORAGE_ONLY_DISK_DEVPATH != GADGET_DISK_DEVPATH
+    assert GADGET_STORAGE_ONLY_DISK_DEVPATH.startswith(GADGET_USB.devpath + "/")
+    grouper = UeventGrouper(settle_s=1.0, ready=serial_ready)
+    port = GADGET_USB.devpath
+    grouper.feed(Uevent("add", port, "tty", "/dev/ttyACM0", GADGET_PROPS), now=0.0)
+    assert grouper.feed(Uevent("remove", port, "tty", "/dev/ttyACM0", {}), now=5.0) == [Undocked(port)]
+    assert grouper.feed(Uevent("add", port, "block", "/dev/sda", GADGET_PROPS), now=6.7) == []
+    (back,) = grouper.tick(now=7.7)
+    assert isinstance(back, Docked)
+    assert (back.port, back.device.tty, back.device.block) == (port, None, "/dev/sda")
+    assert back.device.properties["ID_SERIAL_SHORT"] == "0000011"  # the same camera: the manager's test

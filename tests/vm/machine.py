@@ -173,7 +173,7 @@ class Guest:
         argv = [
             str(venv_bin / "vng"), "-r", str(self.kernel), "--disable-microvm", "--force-9p",
             "--rwdir", str(self.share), "--memory", "1G", "--cpus", "2", f"--qemu-opts={qemu}",
-            "--exec", agent,
+            "--exec", agent, "--verbose",  # the kernel's messages in console.log (quiet without it)
         ]  # fmt: skip
         if not self.kvm:
             argv.insert(3, "--disable-kvm")
