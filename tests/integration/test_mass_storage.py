@@ -18,7 +18,8 @@ from drivers.registry import CameraRule, DriverRegistry
 from drivers.scan import scan_volume
 from drivers.simulator.volume import build_volume, make_image
 from ingestd.progress import DockProgress
-from ingestd.session import IngestSettings, run_session
+from ingestd.services import Services
+from ingestd.session import IngestSettings, SessionSummary, run_session
 from store.models import Recording, SessionState
 from store.types import utcnow
 from tests.support.loopdev import attached, require_root_tools
@@ -84,6 +85,23 @@ def test_block_device_camera_from_dock_to_scan(tmp_path: Path) -> None:
             assert not volume.parent.exists()
 
 
+def ingest_docked(services: Services, docked: DeviceInfo) -> SessionSummary:
+    """One session of the mass-storage driver on `docked` (an ext4 image), deleting what it proved."""
+    options = DriverOptions(filesystems=("ext4",))
+    return run_session(
+        services,
+        MassStorageDriver().open(docked, options),
+        device=docked,
+        driver_name="mass-storage",
+        options=options,
+        settings=IngestSettings(delete_after_ingest=True),
+        clock=utcnow,
+        progress=DockProgress(),
+        unplugged=threading.Event(),
+        stopping=threading.Event(),
+    )
+
+
 def test_a_docked_node_that_names_another_disk_instance_by_the_mount_is_not_ingested(
     tmp_path: Path,
 ) -> None:
@@ -98,21 +116,8 @@ def test_a_docked_node_that_names_another_disk_instance_by_the_mount_is_not_inge
     with open_station(tmp_path / "station") as services, attached(image) as device:
         now = disk_sequence(device)
         assert now is not None
-        options = DriverOptions(filesystems=("ext4",))
         properties = {"ID_SERIAL_SHORT": "0000005", "DISKSEQ": str(int(now) - 1)}
-        docked = DeviceInfo(port="1-1.6", properties=properties, block=device)
-        summary = run_session(
-            services,
-            MassStorageDriver().open(docked, options),
-            device=docked,
-            driver_name="mass-storage",
-            options=options,
-            settings=IngestSettings(delete_after_ingest=True),
-            clock=utcnow,
-            progress=DockProgress(),
-            unplugged=threading.Event(),
-            stopping=threading.Event(),
-        )
+        summary = ingest_docked(services, DeviceInfo(port="1-1.6", properties=properties, block=device))
         assert not any(line.split()[9] == device for line in mountinfo())
         with services.catalog.transaction() as db:
             assert db.scalars(select(Recording.id)).all() == []
@@ -130,20 +135,8 @@ def test_a_session_mounts_the_volume_once_and_remounts_it_only_to_delete(tmp_pat
     )
     image = make_image(source, tmp_path / "card.img")
     with open_station(tmp_path / "station") as services, attached(image) as device, capture_logs() as logs:
-        options = DriverOptions(filesystems=("ext4",))
         docked = DeviceInfo(port="1-1.5", properties={"ID_SERIAL_SHORT": "0000004"}, block=device)
-        summary = run_session(
-            services,
-            MassStorageDriver().open(docked, options),
-            device=docked,
-            driver_name="mass-storage",
-            options=options,
-            settings=IngestSettings(delete_after_ingest=True),
-            clock=utcnow,
-            progress=DockProgress(),
-            unplugged=threading.Event(),
-            stopping=threading.Event(),
-        )
+        summary = ingest_docked(services, docked)
         assert not any(line.split()[9] == device for line in mountinfo())  # unmounted at the end
     assert summary.state is SessionState.DONE
     assert summary.files == 2
