@@ -12,8 +12,8 @@ A camera docked without its volume gets it from a later `StorageArrived`. One th
 inside its session's re-enumeration grace (after SetMSDC, before the mount) is not undocked: its
 session waits for it, and a `Docked` on that port is the camera coming back with its storage. Both are
 handed to the session only when `identity_refusal` finds them the camera's; a refused device docks on
-its own once that session has ended. No check-out and no check-in
-in between; a camera that does not come back is checked out once, when its session has ended.
+its own once that session has ended. No check-out and no check-in in between; a camera that does not
+come back is checked out once, when its session has ended.
 
 Nothing here waits on a session from the supervising loop, which pings the systemd watchdog: an undock
 tells the session to end and returns; `reap` (each loop tick) writes the check-out once the session has
@@ -176,7 +176,9 @@ class DockManager:
     def _came_back(self, slot: _Slot, event: Docked) -> None:
         """A device docked on a port whose session awaits its camera's storage (the manager's lock is
         held): the camera re-enumerated in mass-storage mode, if it is the same camera."""
-        if not self._same_camera(slot, event.device.properties, "reenumerated_device_refused", False):
+        if not self._same_camera(
+            slot, event.device.properties, "reenumerated_device_refused", same_usb_device=False
+        ):
             if slot.storage.detached:
                 self._waiting[event.port] = event  # its own dock, once that session has ended
             return
@@ -197,13 +199,13 @@ class DockManager:
         # Grouped by USB device, the disk is an interface of the device that docked (the grouper saw no
         # remove since); behind a hub it may be any device there.
         own_device = self.services.config.detection.usb_grouping == "device"
-        if not self._same_camera(slot, event.properties, "storage_refused", own_device):
+        if not self._same_camera(slot, event.properties, "storage_refused", same_usb_device=own_device):
             return
         log.info("storage_arrived", port=event.port, block=event.block)
         slot.storage.offer(event.block, event.properties.get("DISKSEQ"))
 
     def _same_camera(
-        self, slot: _Slot, properties: Mapping[str, str], refused_event: str, same_usb_device: bool
+        self, slot: _Slot, properties: Mapping[str, str], refused_event: str, *, same_usb_device: bool
     ) -> bool:
         """Whether a device or disk that appeared on the port of `slot`'s camera is that camera's;
         logs the refusal as `refused_event` where it is not."""
