@@ -247,6 +247,9 @@ class CameraLink(abc.ABC):
         self.close()
 
 
+DISKSEQ = "DISKSEQ"  # property: the disk instance the dock saw (kernel uevent); see mount.disk_sequence
+
+
 @dataclass(frozen=True)
 class DeviceInfo:
     """What the dock layer knows of a docked device: udev properties and its child nodes."""

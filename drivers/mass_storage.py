@@ -31,6 +31,7 @@ from typing import ClassVar
 import structlog
 
 from drivers.base import (
+    DISKSEQ,
     Battery,
     CameraIdentity,
     CameraLink,
@@ -216,7 +217,12 @@ class MassStorageCamera(CameraLink):
             block = self.device.block
             try:
                 volume = held.enter_context(
-                    mount_readonly(block, device_name=self.name, fstypes=self.options.filesystems)
+                    mount_readonly(
+                        block,
+                        device_name=self.name,
+                        fstypes=self.options.filesystems,
+                        diskseq=self.device.properties.get(DISKSEQ),
+                    )
                 )
             except MountError:
                 if self.present():

@@ -132,9 +132,12 @@ def mount_readonly(
     device_name: str,
     fstypes: Sequence[str] = DEFAULT_FSTYPES,
     base_dir: Path | None = None,
+    diskseq: str | None = None,
 ) -> Iterator[Path]:
     """Mount `block_device` read-only as one of `fstypes` and yield the mount point; unmount and clean
-    up on exit."""
+    up on exit. With `diskseq` (the DISKSEQ the dock saw), the filesystem mounted must be on that disk
+    instance: the mount goes by node name, and a node can come to name another disk between the check
+    before it and the mount, so the mounted filesystem's own device is checked after it."""
     unsupported = [fstype for fstype in fstypes if fstype not in _FS_OPTIONS]
     if unsupported:
         raise MountError(device_name, "mount", f"filesystem types not supported: {', '.join(unsupported)}")
@@ -165,6 +168,22 @@ def mount_readonly(
         log.error("volume.mount_failed", device=device_name, block=block_device, error=detail)
         raise MountError(device_name, "mount", detail)
     log.info("volume.mounted", device=device_name, block=block_device, fstype=fstype)
+    if diskseq is not None and (mounted_seq := mounted_disk_sequence(mount_point)) != diskseq:
+        problem = _unmount(mount_point, device_name)
+        if problem is None:
+            _remove_private_dir(private, mount_point, device_name)
+        detail = (
+            f"{block_device}: the filesystem mounted is on disk instance {mounted_seq}, not {diskseq}, "
+            "the one that docked"
+        )
+        log.error(
+            "volume.not_the_docked_disk",
+            device=device_name,
+            block=block_device,
+            error=detail,
+            unmount_error=problem,
+        )
+        raise MountError(device_name, "mount", detail)
     failed = False
     try:
         yield mount_point
@@ -200,8 +219,22 @@ def disk_sequence(node: str) -> str | None:
     DISKSEQ of its uevents; a partition's is its disk's), or None when it is gone or the kernel has
     none. A re-enumerated disk that got the same name has another: the name alone does not tell."""
     try:
-        rdev = Path(node).stat().st_rdev
-        sysfs = Path(f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}").resolve()
+        return _sequence_of(Path(node).stat().st_rdev)
+    except OSError:
+        return None
+
+
+def mounted_disk_sequence(mount_point: Path) -> str | None:
+    """The `diskseq` of the disk instance the filesystem mounted at `mount_point` is on (or None)."""
+    try:
+        return _sequence_of(mount_point.stat().st_dev)
+    except OSError:
+        return None
+
+
+def _sequence_of(device: int) -> str | None:
+    try:
+        sysfs = Path(f"/sys/dev/block/{os.major(device)}:{os.minor(device)}").resolve()
         disk = sysfs.parent if (sysfs / "partition").exists() else sysfs
         return (disk / "diskseq").read_text(encoding="ascii").strip() or None
     except (OSError, ValueError):

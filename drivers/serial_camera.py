@@ -21,6 +21,7 @@ import serial
 
 from drivers import protocol as p
 from drivers.base import (
+    DISKSEQ,
     AuthenticationFailed,
     Battery,
     CameraIdentity,
@@ -46,7 +47,6 @@ from drivers.wipe import delete_recordings
 T = TypeVar("T")
 
 READ_CHUNK = 4096
-DISKSEQ = "DISKSEQ"  # the disk instance the dock saw (kernel uevent property): see mount.disk_sequence
 READBACK_SAMPLES = 3
 
 
@@ -230,7 +230,9 @@ class SerialCamera(CameraLink):
         assert self._device.block is not None  # noqa: S101  # checked above
         from drivers.mount import mount_readonly  # noqa: PLC0415  # only the block path needs mounting
 
-        with mount_readonly(self._device.block, device_name=self.name, fstypes=self._filesystems) as path:
+        diskseq = self._device.properties.get(DISKSEQ)
+        block = self._device.block
+        with mount_readonly(block, device_name=self.name, fstypes=self._filesystems, diskseq=diskseq) as path:
             yield path
 
     def delete_originals(self, volume: Path, files: list[OriginalFile]) -> list[Deletion]:

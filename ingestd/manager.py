@@ -10,10 +10,10 @@ paused or dropped, it just no longer counts against the cap, and it never takes 
 
 A camera docked without its volume gets it from a later `StorageArrived`. One that leaves its port
 inside its session's re-enumeration grace (after SetMSDC, before the mount) is not undocked: its
-session waits for it, and a `Docked` on that port is the camera coming back with its storage, handed to
-the same session when its USB serial matches (a device with another serial, or none where the camera
-had one, is refused, and docks on its own once that session has ended). No check-out and no check-in
-in between; a camera that does not come back is checked out once, when its session has ended.
+session waits for it, and a `Docked` on that port is the camera coming back with its storage. Both are
+handed to the session only when `identity_refusal` finds them the camera's; a refused device docks on
+its own once that session has ended. No check-out and no check-in in between; a camera that does not
+come back is checked out once, when its session has ended.
 
 Nothing here waits on a session from the supervising loop, which pings the systemd watchdog: an undock
 tells the session to end and returns; `reap` (each loop tick) writes the check-out once the session has
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -62,6 +62,43 @@ class _Slot:
     holds_copy_slot: bool = False  # guarded by the manager's lock
     device: DeviceInfo | None = None  # as docked: whom a re-enumerated device must match
     storage: StorageHandover = field(default_factory=StorageHandover)
+
+
+USB_SERIAL = "ID_SERIAL_SHORT"
+
+
+def identity_refusal(
+    docked: Mapping[str, str],
+    appeared: Mapping[str, str],
+    *,
+    reported_serial: str | None,
+    same_usb_device: bool,
+) -> str | None:
+    """Why a device or disk that appeared on a docked camera's port is not shown to be that camera's;
+    None where it is. `docked` and `appeared` are USB properties; `reported_serial` is the device serial
+    the camera reported over its authenticated control channel; `same_usb_device` says the grouping
+    alone ties it to the USB device that docked.
+
+    The USB serial binds it where the dock had one. Where the dock had none, only a USB serial equal to
+    the reported device serial does, or being that very USB device. USB IDs are not compared: a camera
+    may change its product ID as it switches to mass storage, and behind a hub its tty and disk are
+    devices of different makers. A USB gadget can present any serial: this tells the camera's storage
+    from another honest device on the port, not from one built to pass as it."""
+    before, after = docked.get(USB_SERIAL), appeared.get(USB_SERIAL)
+    if before:
+        if after == before:
+            return None
+        shown = f"USB serial {after!r}" if after else "no USB serial"
+        return f"it shows {shown}, the camera docked with USB serial {before!r}"
+    if same_usb_device:
+        return None
+    if after and after == reported_serial:
+        return None
+    return (
+        f"the camera docked without a USB serial and this shows "
+        f"{f'USB serial {after!r}' if after else 'none'}, not the device serial the camera reported "
+        f"({reported_serial!r})"
+    )
 
 
 class DockManager:
@@ -139,25 +176,17 @@ class DockManager:
     def _came_back(self, slot: _Slot, event: Docked) -> None:
         """A device docked on a port whose session awaits its camera's storage (the manager's lock is
         held): the camera re-enumerated in mass-storage mode, if it is the same camera."""
-        assert slot.device is not None  # noqa: S101 - set with the slot
-        before = slot.device.properties.get("ID_SERIAL_SHORT")
-        after = event.device.properties.get("ID_SERIAL_SHORT")
-        if before and after != before:  # a device without a serial cannot show it is the camera
-            log.error(
-                "reenumerated_device_refused",
-                port=event.port,
-                usb_serial=after,
-                expected_usb_serial=before,
-                detail="a device with another USB serial took the port of a camera that is switching to "
-                "mass storage; it is not that camera's storage",
-            )
+        if not self._same_camera(
+            slot, event.device.properties, "reenumerated_device_refused", same_usb_device=False
+        ):
             if slot.storage.detached:
                 self._waiting[event.port] = event  # its own dock, once that session has ended
             return
         if event.device.block is None:
             log.info("camera_back_without_storage", port=event.port, detail="its volume follows")
             return
-        log.info("camera_reenumerated", port=event.port, block=event.device.block, usb_serial=after)
+        usb_serial = event.device.properties.get(USB_SERIAL)
+        log.info("camera_reenumerated", port=event.port, block=event.device.block, usb_serial=usb_serial)
         slot.storage.offer(event.device.block, event.device.properties.get("DISKSEQ"))
 
     def _storage_arrived(self, event: StorageArrived) -> None:
@@ -167,8 +196,34 @@ class DockManager:
         if slot is None or not alive:
             log.info("storage_without_session", port=event.port, block=event.block)
             return
+        # Grouped by USB device, the disk is an interface of the device that docked (the grouper saw no
+        # remove since); behind a hub it may be any device there.
+        own_device = self.services.config.detection.usb_grouping == "device"
+        if not self._same_camera(slot, event.properties, "storage_refused", same_usb_device=own_device):
+            return
         log.info("storage_arrived", port=event.port, block=event.block)
         slot.storage.offer(event.block, event.properties.get("DISKSEQ"))
+
+    def _same_camera(
+        self, slot: _Slot, properties: Mapping[str, str], refused_event: str, *, same_usb_device: bool
+    ) -> bool:
+        """Whether a device or disk that appeared on the port of `slot`'s camera is that camera's;
+        logs the refusal as `refused_event` where it is not."""
+        assert slot.device is not None  # noqa: S101 - set with the slot
+        reported = slot.storage.device_serial
+        refusal = identity_refusal(
+            slot.device.properties, properties, reported_serial=reported, same_usb_device=same_usb_device
+        )
+        if refusal is not None:
+            log.error(
+                refused_event,
+                port=slot.port,
+                usb_serial=properties.get(USB_SERIAL),
+                expected_usb_serial=slot.device.properties.get(USB_SERIAL),
+                reported_serial=reported,
+                detail=refusal,
+            )
+        return refusal is None
 
     def _session(self, slot: _Slot, event: Docked, driver: Driver, options: DriverOptions) -> None:
         bound = log.bind(port=event.port)

@@ -159,6 +159,17 @@ class StorageHandover:
         self._disk_sequence: str | None = None
         self._grace = False
         self._detached_at: float | None = None
+        self._device_serial: str | None = None
+
+    def identified(self, device_serial: str) -> None:
+        """The device serial the camera reported over its authenticated control channel."""
+        with self._changed:
+            self._device_serial = device_serial
+
+    @property
+    def device_serial(self) -> str | None:
+        with self._changed:
+            return self._device_serial
 
     def offer(self, block: str, disk_sequence: str | None = None) -> None:
         """The port's volume appeared (late storage, or the camera back after re-enumerating), with the
@@ -413,6 +424,7 @@ class IngestSession:
     def _run(self, dock_session_id: int) -> None:
         identity = self.camera.identify()
         self.summary.device_id = identity.device_serial
+        self.storage.identified(identity.device_serial)
         self._log = self._log.bind(device_id=identity.device_serial)
         self.progress.set_state(SessionState.SYNCING.value)
         reading = self.camera.sync_clock(self.settings.clock_samples)

@@ -56,8 +56,9 @@ def pump(
     waits for a hash: profiling one camera showed the copy's BLAKE3 and write in series taking a third
     of its time. Both hashes and the write release the GIL on large buffers, so the slowest stage
     bounds throughput; the fixed ring bounds memory. A buffer returns to the reader only when every
-    stage is done with it. With `sha256=False` (the read-back) `digests.sha256` is left unfed. Only the
-    calling thread's stage and the reader may raise; their error ends the pump and is raised here.
+    stage is done with it. With `sha256=False` (the read-back) `digests.sha256` is left unfed. An error
+    of any stage (the reader, a hash on its thread, the calling thread's) ends the pump and is raised
+    here, even where the source had ended: a size is returned only when every digest saw every byte.
     """
     free: queue.SimpleQueue[int] = queue.SimpleQueue()
     for index in range(len(ring)):
@@ -89,13 +90,19 @@ def pump(
         except BaseException as error:  # noqa: BLE001 - handed to the calling thread, which re-raises it
             filled.put(error)
 
+    hash_failures: list[BaseException] = []
+
     def hash_on(
         update: Callable[[memoryview], object], inbox: queue.SimpleQueue[tuple[int, int] | None]
     ) -> None:
-        while (item := inbox.get()) is not None:
-            index, count = item
-            update(ring[index][:count])
-            release(index)
+        try:
+            while (item := inbox.get()) is not None:
+                index, count = item
+                update(ring[index][:count])
+                release(index)
+        except BaseException as error:  # noqa: BLE001 - handed to the calling thread, which re-raises it
+            hash_failures.append(error)
+            filled.put(error)  # wakes the calling thread, which may wait for a buffer this one holds
 
     updates: list[Callable[[memoryview], object]] = [digests.sha256.update] if sha256 else []
     if sink is not None:
@@ -133,6 +140,8 @@ def pump(
         for hasher in hashers:
             hasher.join()  # no hash may still read a buffer the caller reuses, nor feed a digest read next
         reader.join()
+    if hash_failures:  # it failed after the source's end was queued: the digest missed bytes
+        raise hash_failures[0]
     return total
 
 

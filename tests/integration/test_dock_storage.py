@@ -6,8 +6,9 @@ and USB IDs are those recorded in the vm tier's guest."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -32,15 +33,24 @@ TTY_PROPS = {**GUEST_TTY_PROPS, "ID_SERIAL_SHORT": SERIAL}
 DISK_PROPS = {**GUEST_DISK_PROPS, "ID_SERIAL_SHORT": SERIAL}
 
 
+RULE = {
+    "match": {"ID_VENDOR_ID": TTY_PROPS["ID_VENDOR_ID"]},
+    "driver": "serial",
+    "password": "000000",
+    "filesystems": ["ext4"],
+}
+
+
 @pytest.fixture
 def services(tmp_path: Path) -> Iterator[Services]:
-    rule = {
-        "match": {"ID_VENDOR_ID": TTY_PROPS["ID_VENDOR_ID"]},
-        "driver": "serial",
-        "password": "000000",
-        "filesystems": ["ext4"],
-    }
-    with open_station(tmp_path / "station", camera=[rule]) as opened:
+    with open_station(tmp_path / "station", camera=[RULE]) as opened:
+        yield opened
+
+
+@pytest.fixture
+def hub_services(tmp_path: Path) -> Iterator[Services]:
+    """A station that groups the USB devices behind one hub as one camera (as the vm tier's guest)."""
+    with open_station(tmp_path / "station", camera=[RULE], detection={"usb_grouping": "hub"}) as opened:
         yield opened
 
 
@@ -75,11 +85,15 @@ def manager_for(
 
 
 def awaiting_storage(
-    services: Services, camera: SimulatedCamera, ended: Ended, **settings: float
+    services: Services,
+    camera: SimulatedCamera,
+    ended: Ended,
+    tty_props: dict[str, str] = TTY_PROPS,
+    **settings: float,
 ) -> DockManager:
     """A manager whose session of `camera`, docked by its tty alone, is past SetMSDC awaiting storage."""
     manager = manager_for(services, ended, **settings)
-    manager.handle(Docked(DeviceInfo(port=PORT, properties=TTY_PROPS, tty=camera.tty)))
+    manager.handle(Docked(DeviceInfo(port=PORT, properties=tty_props, tty=camera.tty)))
     wait_for_dock_state(services, manager, AWAITING_STORAGE)
     return manager
 
@@ -180,21 +194,26 @@ def test_a_camera_that_re_enumerates_after_setmsdc_stays_one_session_without_a_c
     undock_checks_out_once(services, manager)
 
 
-@pytest.mark.parametrize("usb_serial", ["ZFY9999", None], ids=["another-serial", "no-serial"])
-def test_a_device_with_another_usb_serial_is_refused_and_a_camera_not_back_is_unplugged_once(
-    services: Services, camera: SimulatedCamera, usb_serial: str | None
-) -> None:
-    # A device without a USB serial cannot show it is the camera that docked with one.
-    ended = Ended()
-    manager = awaiting_storage(services, camera, ended, reenumerate_s=1.5)
-    manager.handle(Undocked(PORT))
-    impostor = {key: value for key, value in DISK_PROPS.items() if key != "ID_SERIAL_SHORT"}
+def with_usb_serial(properties: dict[str, str], usb_serial: str | None) -> dict[str, str]:
+    changed = {key: value for key, value in properties.items() if key != "ID_SERIAL_SHORT"}
     if usb_serial is not None:
-        impostor["ID_SERIAL_SHORT"] = usb_serial
+        changed["ID_SERIAL_SHORT"] = usb_serial
+    return changed
+
+
+def refused_and_unplugged_once(
+    services: Services, camera: SimulatedCamera, tty_props: dict[str, str], usb_serial: str | None
+) -> MutableMapping[str, Any]:
+    """Dock `camera` by `tty_props`, let it leave in the grace, and have a device with `usb_serial` take
+    its port: that device is refused, the session ends unplugged with nothing stored or deleted, and the
+    camera is checked out once. Returns the refusal's log line."""
+    ended = Ended()
+    manager = awaiting_storage(services, camera, ended, tty_props, reenumerate_s=1.5)
+    manager.handle(Undocked(PORT))
+    impostor = with_usb_serial(DISK_PROPS, usb_serial)
     with capture_logs() as logs:
         manager.handle(Docked(DeviceInfo(port=PORT, properties=impostor, block=camera.block)))
     (refused,) = [e for e in logs if e["event"] == "reenumerated_device_refused"]
-    assert (refused["usb_serial"], refused["expected_usb_serial"]) == (usb_serial, SERIAL)
     wait_for("the grace to expire and the camera to be undocked", lambda: reaped_after(manager, ended))
     ((state, reason),) = visits(services)
     assert state is SessionState.UNPLUGGED
@@ -203,6 +222,85 @@ def test_a_device_with_another_usb_serial_is_refused_and_a_camera_not_back_is_un
     assert (stored(services), deletions(services)) == (0, 0)
     assert custody(services) == [CustodyKind.CHECK_IN, CustodyKind.CHECK_OUT]  # checked out once
     manager.stop(timeout=30)
+    return refused
+
+
+@pytest.mark.parametrize("usb_serial", ["ZFY9999", None], ids=["another-serial", "no-serial"])
+def test_a_device_with_another_usb_serial_is_refused_and_a_camera_not_back_is_unplugged_once(
+    services: Services, camera: SimulatedCamera, usb_serial: str | None
+) -> None:
+    # A device without a USB serial cannot show it is the camera that docked with one.
+    refused = refused_and_unplugged_once(services, camera, TTY_PROPS, usb_serial)
+    assert (refused["usb_serial"], refused["expected_usb_serial"]) == (usb_serial, SERIAL)
+
+
+@pytest.mark.parametrize("usb_serial", ["0000001", None], ids=["a-serial", "no-serial"])
+def test_a_device_taking_the_port_of_a_serial_less_camera_is_refused(
+    services: Services, camera: SimulatedCamera, usb_serial: str | None
+) -> None:
+    # Docked without a USB serial, the camera can only be told by the serial it reported over its
+    # authenticated control channel; a device that shows another, or none, is not its storage.
+    serial_less = with_usb_serial(TTY_PROPS, None)
+    refused = refused_and_unplugged_once(services, camera, serial_less, usb_serial)
+    assert (refused["usb_serial"], refused["expected_usb_serial"]) == (usb_serial, None)
+    assert refused["reported_serial"] == SERIAL
+
+
+def test_a_serial_less_camera_back_with_the_usb_serial_it_reported_stays_one_session(
+    services: Services, camera: SimulatedCamera
+) -> None:
+    # Its USB serial after the switch is the device serial it reported over its control channel.
+    ended = Ended()
+    manager = awaiting_storage(services, camera, ended, with_usb_serial(TTY_PROPS, None))
+    manager.handle(Undocked(PORT))
+    with capture_logs() as logs:
+        manager.handle(Docked(DeviceInfo(port=PORT, properties=DISK_PROPS, block=camera.block)))
+    assert "camera_reenumerated" in [e["event"] for e in logs]
+    summary = ended_alone(ended)
+    assert (summary.state, summary.files) == (SessionState.DONE, 2)
+    assert visits(services) == [(SessionState.DONE, None)]
+    undock_checks_out_once(services, manager)
+
+
+@pytest.mark.parametrize("usb_serial", ["ZFY9999", None], ids=["another-serial", "no-serial"])
+def test_storage_arrived_with_another_usb_serial_is_not_offered(
+    hub_services: Services, camera: SimulatedCamera, usb_serial: str | None
+) -> None:
+    # Behind the camera's hub any disk is a child of the port: one with another USB serial than the
+    # dock's, or none, is not mounted as the camera's volume.
+    ended = Ended()
+    manager = awaiting_storage(hub_services, camera, ended, storage_wait_s=1.0)
+    assert camera.block is not None
+    with capture_logs() as logs:
+        manager.handle(StorageArrived(PORT, camera.block, with_usb_serial(DISK_PROPS, usb_serial)))
+    (refused,) = [e for e in logs if e["event"] == "storage_refused"]
+    assert (refused["usb_serial"], refused["expected_usb_serial"]) == (usb_serial, SERIAL)
+    assert ended_alone(ended).reason == "no storage appeared within 1 s of SetMSDC"
+    assert (stored(hub_services), deletions(hub_services)) == (0, 0)
+    undock_checks_out_once(hub_services, manager)
+
+
+@pytest.mark.parametrize(
+    ("grouping", "offered"), [("device", True), ("hub", False)], ids=["own-usb-device", "behind-a-hub"]
+)
+def test_late_storage_of_a_serial_less_camera_is_taken_only_from_its_own_usb_device(
+    tmp_path: Path, camera: SimulatedCamera, grouping: str, offered: bool
+) -> None:
+    # Grouped by USB device, a disk that arrives with no remove since the dock is an interface of the
+    # very device that docked; behind a hub it is any device there, and nothing ties it to the camera.
+    assert camera.block is not None
+    sections = {"camera": [RULE], "detection": {"usb_grouping": grouping}}
+    with open_station(tmp_path / "station", **sections) as services:
+        ended = Ended()
+        manager = awaiting_storage(
+            services, camera, ended, with_usb_serial(TTY_PROPS, None), storage_wait_s=2.0
+        )
+        disk = with_usb_serial(DISK_PROPS, "0000001")
+        manager.handle(StorageArrived(PORT, camera.block, disk))
+        summary = ended_alone(ended)
+        assert (summary.state is SessionState.DONE) is offered
+        assert stored(services) == (2 if offered else 0)
+        undock_checks_out_once(services, manager)
 
 
 def test_a_composite_cameras_disk_gone_at_the_mount_is_waited_for_and_it_stays_one_session(

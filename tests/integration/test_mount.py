@@ -15,7 +15,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from drivers.base import MountError
-from drivers.mount import block_device_present, kernel_filesystems, mount_readonly
+from drivers.mount import block_device_present, disk_sequence, kernel_filesystems, mount_readonly
 from drivers.simulator.volume import build_volume, make_image
 from tests.support.loopdev import attached, require_root_tools
 from tests.support.loopdev import make_image as make_empty_image
@@ -254,3 +254,32 @@ def test_a_detached_loop_device_is_no_longer_present(tmp_path: Path) -> None:
     assert Path(device).exists()  # the node outlives the detach...
     assert not block_device_present(device)  # ...but the camera is gone
     assert not block_device_present(str(tmp_path / "no-such-node"))
+
+
+def test_a_mount_of_another_disk_instance_than_the_one_that_docked_is_undone(tmp_path: Path) -> None:
+    # The sequence is checked on the mounted filesystem's own device, after the mount: a node that came
+    # to name another disk between the dock and the mount is unmounted, not read.
+    require_root_tools("mkfs.ext4", "blkid")
+    image = camera_image(tmp_path)
+    base = tmp_path / "mounts"
+    base.mkdir()
+    with attached(image) as device:
+        now = disk_sequence(device)
+        assert now is not None
+        with mount_readonly(device, device_name="msc:t", fstypes=EXT4, base_dir=base, diskseq=now) as volume:
+            assert_mounted_safely(volume, "ext4")
+        other = str(int(now) - 1)
+        with (
+            capture_logs() as logs,
+            pytest.raises(MountError, match=f"disk instance {now}, not {other}, the one that docked"),
+            mount_readonly(device, device_name="msc:t", fstypes=EXT4, base_dir=base, diskseq=other),
+        ):
+            pytest.fail("another disk instance was mounted")
+        assert all(
+            entry.split()[9] != device for entry in Path("/proc/self/mountinfo").read_text().splitlines()
+        )
+    assert list(base.iterdir()) == []
+    assert [e["event"] for e in logs if e["event"].startswith("volume.")][-2:] == [
+        "volume.mounted",
+        "volume.not_the_docked_disk",
+    ]

@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from ingestd.manager import identity_refusal
 from ingestd.session import IngestSettings, StorageHandover, StorageMissing, Unplugged, _Interrupted
 
 SHORT = IngestSettings(storage_wait_s=0.2, reenumerate_s=0.2)
@@ -94,3 +95,28 @@ def test_a_camera_that_left_as_its_volume_was_mounted_is_reported_by_closing_the
     assert handover.take(False, LONG, threading.Event()) is None
     assert handover.detach() is True  # the undock came while the session was mounting
     assert handover.close_grace() is True  # the session ends it as unplugged
+
+
+@pytest.mark.parametrize(
+    ("docked", "appeared", "same_usb_device", "refused"),
+    [
+        ("ZFY7301", "ZFY7301", False, False),
+        ("ZFY7301", "ZFY9999", False, True),
+        ("ZFY7301", None, False, True),
+        ("ZFY7301", None, True, True),  # a serial at the dock is always checked
+        (None, "ZFY7301", False, False),  # the serial the camera reported over its control channel
+        (None, "0000001", False, True),
+        (None, None, False, True),
+        (None, None, True, False),  # an interface of the very USB device that docked
+    ],
+)
+def test_the_identity_rule_binds_a_volume_to_the_camera_by_usb_serial(
+    docked: str | None, appeared: str | None, same_usb_device: bool, refused: bool
+) -> None:
+    def props(serial: str | None) -> dict[str, str]:
+        return {"ID_VENDOR_ID": "0403"} | ({"ID_SERIAL_SHORT": serial} if serial else {})
+
+    refusal = identity_refusal(
+        props(docked), props(appeared), reported_serial="ZFY7301", same_usb_device=same_usb_device
+    )
+    assert (refusal is not None) is refused
