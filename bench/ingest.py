@@ -1,7 +1,9 @@
 """Ingest throughput, concurrency, memory and dock latency, each beside a baseline from the same run.
 
 1. one camera: `ingestd import` (read-back on) of F files of S MiB, against `dd bs=4M conv=fsync`
-   copying the same files on the same filesystem (target >= 0.9 where the disk is the limit);
+   copying the same files on the same filesystem (target >= 0.9 where the disk is the limit), and
+   against `FileObjectStore.put` with read-back of the same files (as `bench.store_put` runs it), so
+   what the session adds to the store's copy is its own ratio, like with like;
 2. N cameras at once through the real daemon (watched folder), against the same single-stream dd rate
    (target >= 0.9: the disk is the limit);
 3. peak RSS of `ingestd import` with one large recording against a small one (target: flat).
@@ -23,8 +25,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -39,6 +43,7 @@ from bench.common import (
     process_cpu,
     run_measured,
 )
+from bench.store_put import run_put
 from drivers.base import CameraIdentity
 from drivers.mass_storage import IDENTITY_FILE, format_identity_file
 from ingestd.demo import remove_sealed_tree
@@ -107,8 +112,18 @@ def reset(work: Path) -> None:
         remove_sealed_tree(work / name)
 
 
-def one_camera(work: Path, files: int, size: int) -> tuple[Usage, float, Usage]:
-    """(dd's usage, import MiB/s, the import's usage) for the same files."""
+@dataclass(frozen=True)
+class OneCamera:
+    """One camera's import beside its baselines, all over the same files."""
+
+    dd: Usage
+    usage: Usage  # the import's, start-up included
+    rate: float  # MiB/s over the session's own seconds
+    summary: dict[str, Any]  # the import's --json summary: seconds, copy_seconds, read_back_seconds
+    put_rate: float  # MiB/s of store.put with read-back, one child process per file
+
+
+def one_camera(work: Path, files: int, size: int) -> OneCamera:
     card = work / "cards" / "ZFY0001"
     sources = make_card(card, "ZFY0001", files, size)
     dd = dd_usage(work, sources)
@@ -125,7 +140,10 @@ def one_camera(work: Path, files: int, size: int) -> tuple[Usage, float, Usage]:
     usage = measure(work, run)
     summary = json.loads(runs[-1].output.splitlines()[-1])
     assert summary["files"] == files, summary
-    return dd, files * size / MiB / summary["seconds"], usage
+    put_seconds = sum(run_put(source, work / "put-store", read_back=True).seconds for source in sources)
+    remove_sealed_tree(work / "put-store")
+    mib = files * size / MiB
+    return OneCamera(dd, usage, mib / summary["seconds"], summary, mib / put_seconds)
 
 
 def start_daemon(
@@ -221,14 +239,25 @@ def main() -> None:
     try:
         cold = "caches dropped before runs" if drop_caches() else "NOT root: warm caches"
         print(f"ingest benchmark in {work} at {datetime.now(UTC):%Y-%m-%d %H:%M}Z; {cold}")
-        dd, one, one_usage = one_camera(work, args.files, size)
+        camera = one_camera(work, args.files, size)
+        dd, one, put, summary = camera.dd, camera.rate, camera.put_rate, camera.summary
         dd_rate = args.files * size / MiB / dd.seconds
         print(f"{'measure':<34}{'figure':>12}{'baseline':>12}{'ratio':>8}{'target':>8}")
         print(f"{'dd bs=4M conv=fsync (MiB/s)':<34}{dd_rate:>12.0f}{'':>28}  limit: {dd.limit()}")
         ratio = one / dd_rate
         print(
             f"{'one camera, read-back (MiB/s)':<34}{one:>12.0f}{dd_rate:>12.0f}{ratio:>8.2f}"
-            f"{TARGETS['one camera']:>8}  {verdict(ratio, TARGETS['one camera'])}; limit: {one_usage.limit()}"
+            f"{TARGETS['one camera']:>8}  {verdict(ratio, TARGETS['one camera'])}; "
+            f"limit: {camera.usage.limit()}"
+        )
+        seconds, copy, read_back = summary["seconds"], summary["copy_seconds"], summary["read_back_seconds"]
+        print(
+            f"{'  of its seconds':<34}{seconds:>11.2f}s  copy {copy:.2f} s, read-back {read_back:.2f} s, "
+            f"the session's own {seconds - copy - read_back:.2f} s"
+        )
+        print(
+            f"{'store.put, same files, read-back':<34}{put:>12.0f}{dd_rate:>12.0f}{put / dd_rate:>8.2f}"
+            f"{'':>8}  the session against it: {one / put:.2f} (like with like)"
         )
         many, many_usage = cameras_at_once(work, args.cameras, args.files, size // 2)
         ratio = many / dd_rate

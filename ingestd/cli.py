@@ -395,6 +395,8 @@ def summary_dict(summary: SessionSummary) -> dict[str, object]:
         "errors": summary.errors,
         "deleted": summary.deleted,
         "seconds": summary.seconds,
+        "copy_seconds": summary.copy_seconds,
+        "read_back_seconds": summary.read_back_seconds,
         "rejected": summary.rejected,
     }
 

@@ -274,6 +274,10 @@ class SessionSummary:
     deleted: int = 0
     reverified: int = 0  # files stored on an earlier dock, read again and matched before deletion
     seconds: float = 0.0
+    # Of `seconds`, the store's copy and read-back passes of the files stored (PutResult); the rest is
+    # the session's own: identification, custody, commits, re-reading known files, deletion.
+    copy_seconds: float = 0.0
+    read_back_seconds: float = 0.0
     rejected: list[str] = field(default_factory=list)
 
     @property
@@ -654,6 +658,8 @@ class IngestSession:
             return self._ingest_file(docked, key, item, known=known, again=True)
         self.summary.files += 1
         self.summary.bytes += result.size
+        self.summary.copy_seconds += result.copy_seconds
+        self.summary.read_back_seconds += result.read_back_seconds
         self.summary.deduplicated += int(result.deduplicated)
         self.summary.late += int(late)
         file_log.info(
@@ -995,6 +1001,8 @@ class IngestSession:
             files=summary.files,
             bytes=summary.bytes,
             seconds=round(summary.seconds, 3),
+            copy_seconds=round(summary.copy_seconds, 3),
+            read_back_seconds=round(summary.read_back_seconds, 3),
             mib_per_s=round(summary.mib_per_s, 1),
             late=summary.late,
             errors=summary.errors,

@@ -17,9 +17,10 @@ import os
 import re
 import stat
 import threading
+import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, Final, Self
@@ -529,6 +530,7 @@ class FileObjectStore(ObjectStore):
                 progress=progress,
                 direct_flags=self._start_direct(fd) if resumed % DIRECT_ALIGNMENT == 0 else None,
             )
+            copy_started = time.monotonic()
             try:
                 with source_reader(source) as fill:
                     pump(ring, fill, writer.write, digests)
@@ -550,13 +552,17 @@ class FileObjectStore(ObjectStore):
             if expected_size is not None and writer.offset != expected_size:
                 raise SourceSizeError(key=attempt.key, actual=writer.offset, expected=expected_size)
             writer.sync()
+            copy_seconds = time.monotonic() - copy_started
             attempt.keep_partial = attempt.key is not None  # a durable copy: an unexpected error keeps it
             if self._on_synced is not None:
                 self._on_synced(attempt.partial)
             blake3_hex, sha256_hex = digests.hex()
             size = writer.offset
+            read_back_seconds = 0.0
             if self.read_back:
+                read_back_started = time.monotonic()
                 read_back = self._read_back(fd, ring)
+                read_back_seconds = time.monotonic() - read_back_started
                 if read_back != (blake3_hex, size):
                     attempt.keep_partial = True  # moved to quarantine, not discarded
                     quarantined = self._quarantine_copy(attempt, blake3_hex)
@@ -569,7 +575,8 @@ class FileObjectStore(ObjectStore):
                         quarantine=quarantined,
                     )
                 crash_point(Step.READ_BACK)
-            return self._publish(fd, attempt, ring, blake3_hex=blake3_hex, sha256_hex=sha256_hex, size=size)
+            result = self._publish(fd, attempt, ring, blake3_hex=blake3_hex, sha256_hex=sha256_hex, size=size)
+            return replace(result, copy_seconds=copy_seconds, read_back_seconds=read_back_seconds)
 
     def _check_space(self, expected_size: int | None, resumed: int) -> None:
         """Refuse early when the announced size cannot fit, instead of filling the disk first."""

@@ -39,6 +39,10 @@ class Seal(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class PutResult:
+    """A stored object. `copy_seconds` (the source into a durable partial copy) and `read_back_seconds`
+    (re-reading it from the medium) are the wall time of those two passes, 0 where a pass did not run,
+    so a slow ingest shows whether the source or the store's disk held it."""
+
     blake3: str
     sha256: str
     size: int
@@ -47,6 +51,8 @@ class PutResult:
     deduplicated: bool
     resumed_from: int
     read_back_verified: bool
+    copy_seconds: float = 0.0
+    read_back_seconds: float = 0.0
 
 
 class ExpectedObject(NamedTuple):

@@ -231,6 +231,24 @@ def test_o_direct_copies_and_reads_back_files_of_every_alignment(ext4: Path, fro
         assert result.path.read_bytes() == data
 
 
+def test_a_put_reports_the_time_of_each_pass_it_ran(ext4: Path) -> None:
+    """The copy and the read-back are timed apart (what an ingest summary splits its seconds by); a pass
+    that did not run reports 0, and a deduplicated put still reports the copy it made."""
+    data = payload(MiB)
+    checked = FileObjectStore(ext4 / "checked", chunk_size=64 * KiB).create_directories()
+    first = checked.put(io.BytesIO(data))
+    assert first.copy_seconds > 0
+    assert first.read_back_seconds > 0
+    again = checked.put(io.BytesIO(data))
+    assert again.deduplicated
+    assert again.copy_seconds > 0
+    unchecked = FileObjectStore(ext4 / "unchecked", read_back=False).create_directories()
+    result = unchecked.put(io.BytesIO(data))
+    assert not result.read_back_verified
+    assert result.copy_seconds > 0
+    assert result.read_back_seconds == 0
+
+
 def test_a_regular_file_source_is_left_as_it_was_found_past_what_was_read(ext4: Path) -> None:
     """The copy reads a regular file with O_DIRECT on its own descriptor: afterwards the flag is gone
     (an unaligned read works again), the position is past what was read, and a source at an unaligned

@@ -29,7 +29,7 @@ from ingestd.policies.retention import RetentionRules
 from ingestd.progress import DockProgress
 from ingestd.purge import give_notices, purge
 from ingestd.services import Services
-from ingestd.session import IngestSettings, source_key, source_stamp
+from ingestd.session import IngestSettings, SessionSummary, source_key, source_stamp
 from store.models import DockVisit, Recording, SessionState, StoredObject
 from store.objects import FileObjectStore
 from store.types import utcnow
@@ -81,8 +81,8 @@ def services_with(tmp_path: Path, store: FileObjectStore) -> Services:
     return dataclasses.replace(services, store=store)
 
 
-def import_card(services: Services, card: Path, *, delete: bool = True) -> None:
-    run_import(
+def import_card(services: Services, card: Path, *, delete: bool = True) -> SessionSummary:
+    return run_import(
         services,
         card,
         device_id="ZFY8001",
@@ -161,6 +161,23 @@ def test_with_read_back_proven_originals_are_deleted(tmp_path: Path, store_fs: P
     finally:
         services.close()
     assert not any(path.exists() for path in originals)
+
+
+def test_the_summary_tells_the_store_passes_from_the_session_s_own_time(
+    tmp_path: Path, store_fs: Path
+) -> None:
+    """Of a session's seconds, those in the store's copy and read-back passes of its files are summed
+    apart, so a slow dock shows whether the camera, the store's disk or the session held it."""
+    camera_volume(tmp_path)
+    services = services_with(tmp_path, FileObjectStore(store_fs / "store").create_directories())
+    try:
+        summary = import_card(services, tmp_path / "card")
+    finally:
+        services.close()
+    assert summary.files == 3
+    assert summary.copy_seconds > 0
+    assert summary.read_back_seconds > 0
+    assert summary.copy_seconds + summary.read_back_seconds < summary.seconds
 
 
 def test_a_file_rewritten_in_place_is_stored_before_it_is_deleted(tmp_path: Path, store_fs: Path) -> None:
