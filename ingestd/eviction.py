@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from ingestd import replication, vault_scrub
@@ -37,14 +37,50 @@ from ingestd.services import Services, StationReader
 from store.audit import Actor
 from store.crashpoints import Step, crash_point
 from store.errors import IntegrityError, ObjectMissing, StoreError
-from store.models import ReplicationItem, ReplicationState, StoredObject
+from store.models import AuditEvent, ReplicationItem, ReplicationState, StoredObject
 from store.times import iso
 from store.vault import Vault, VaultIntegrityError, VaultObjectMissingError, object_key
 
 log = structlog.get_logger(__name__)
 
 ACTION = "store.evict"
+# The bytes of an evicted object stored again from a camera that still held them: local again.
+RESTORE_ACTION = "store.restore"
+INGEST_ACTION = "recording.ingest"
 ACTOR = Actor.system(source="eviction")
+
+
+def evicted_at_on_record(db: Session, blake3: str | None = None) -> dict[str, datetime | None]:
+    """Each object's `evicted_at` as its events leave it, replayed in chain order (of `blake3` only,
+    when given): `store.evict` ok sets it; a failed one, a `store.restore` or an ingest of the same
+    bytes clears it. An object no event touches is absent."""
+    query = select(
+        AuditEvent.action, AuditEvent.subject, AuditEvent.outcome, AuditEvent.at, AuditEvent.details
+    )
+    if blake3 is None:
+        query = query.where(AuditEvent.action.in_((ACTION, RESTORE_ACTION, INGEST_ACTION)))
+    else:
+        query = query.where(
+            or_(
+                and_(
+                    AuditEvent.action.in_((ACTION, RESTORE_ACTION)), AuditEvent.subject == f"object:{blake3}"
+                ),
+                and_(AuditEvent.action == INGEST_ACTION, AuditEvent.details["blake3"].as_string() == blake3),
+            )
+        )
+    replayed: dict[str, datetime | None] = {}
+    for action, subject, outcome, at, details in db.execute(query.order_by(AuditEvent.seq)).all():
+        if action == INGEST_ACTION:
+            digest = details.get("blake3")
+            if isinstance(digest, str):
+                replayed[digest] = None
+            continue
+        digest = subject.removeprefix("object:")
+        if action == ACTION and outcome == "ok":
+            replayed[digest] = at
+        elif action == RESTORE_ACTION or outcome == "failed":
+            replayed[digest] = None
+    return replayed
 
 
 @dataclass(frozen=True)
@@ -275,7 +311,9 @@ class _Run:
         return True
 
     def finish_cut_removals(self) -> None:
-        """Objects marked evicted whose bytes a crash left behind: remove them now."""
+        """Objects marked evicted whose bytes a crash left behind: remove them now, but only those
+        whose eviction the chain, the queue and the vault all still vouch for (a catalog writer can set
+        `evicted_at`; the chain and the vault it cannot)."""
         with self.services.catalog.transaction() as db:
             marked = db.scalars(
                 select(StoredObject.blake3).where(
@@ -283,12 +321,42 @@ class _Run:
                 )
             ).all()
         for blake3 in marked:
-            if (
-                self.services.store.exists(blake3)
-                and blake3 not in self.services.in_use
-                and self.remove(blake3)
-            ):
+            if not self.services.store.exists(blake3) or blake3 in self.services.in_use:
+                continue
+            why = self.why_not_finish(blake3)
+            if why is not None:
+                self.report.kept[blake3] = why
+                log.error("evicted_object_kept", digest=blake3, reason=why)
+                continue
+            if self.remove(blake3):
                 self.report.finished.append(blake3)
+                with self.services.catalog.transaction() as db:
+                    self.audit(db, blake3, "finished", {"detail": "a removal a crash had cut"})
+
+    def why_not_finish(self, blake3: str) -> str | None:
+        """Why the local bytes of an object marked evicted must stay."""
+        with self.services.catalog.transaction() as db:
+            stored = db.get_one(StoredObject, blake3)
+            item = db.scalar(
+                select(ReplicationItem)
+                .join(StoredObject, replication.OBJECT_ITEM)
+                .where(StoredObject.blake3 == blake3)
+            )
+            on_record = evicted_at_on_record(db, blake3).get(blake3)
+        if on_record != stored.evicted_at:
+            return (
+                f"marked evicted at {iso(stored.evicted_at) if stored.evicted_at else '-'}, but the "
+                f"audit chain leaves it {'evicted at ' + iso(on_record) if on_record else 'local'}"
+            )
+        if item is None or item.state is not ReplicationState.REPLICATED or not item.version_id:
+            return "its vault copy is not confirmed (the queue row is not replicated)"
+        if item.scrub_error is not None:
+            return f"its last scrub failed: {item.scrub_error}"
+        try:
+            self.vault.confirm(blake3, sha256_hex=stored.sha256, size=stored.size, version_id=item.version_id)
+        except (VaultIntegrityError, VaultObjectMissingError) as differs:
+            return f"the vault does not confirm version {item.version_id}: {differs}"
+        return None
 
 
 def evict(

@@ -540,6 +540,13 @@ def test_an_eviction_cut_by_sigkill_after_its_commit_is_finished_by_the_next_run
     assert finished.returncode in {0, 57}, finished.stdout + finished.stderr
     assert json.loads(finished.stdout)["finished"] == [cut]
     assert not scene.services.store.exists(cut)
+    with scene.services.catalog.transaction() as db:
+        outcomes = db.scalars(
+            select(AuditEvent.outcome)
+            .where(AuditEvent.action == "store.evict", AuditEvent.subject == f"object:{cut}")
+            .order_by(AuditEvent.seq)
+        ).all()
+    assert outcomes == ["ok", "finished"]
 
 
 def test_the_retention_purge_of_an_evicted_object_removes_nothing_locally_and_says_so(scene: Scene) -> None:
@@ -571,3 +578,34 @@ def test_the_retention_purge_of_an_evicted_object_removes_nothing_locally_and_sa
         stored = db.get(StoredObject, a2)
         assert stored is not None
         assert stored.removed_at is not None
+
+
+def test_an_object_marked_evicted_behind_the_chain_keeps_its_bytes_and_is_reported(scene: Scene) -> None:
+    """A catalog writer marks a never-replicated object evicted: the next run's finishing pass must not
+    take it for a cut eviction and delete the only copy."""
+    pending = scene.unreplicated[0]
+    with scene.services.catalog.transaction() as db:
+        db.execute(
+            update(StoredObject).where(StoredObject.blake3 == pending).values(evicted_at=datetime.now(UTC))
+        )
+    try:
+        services = with_marks(scene)
+        report = evict(
+            services,
+            replicator_for(services).vault,
+            now=datetime.now(UTC),
+            dry_run=False,
+            usage=lambda: Usage(used=MiB, available=99 * MiB),  # below the marks: only the finishing pass
+        )
+        assert scene.services.store.exists(pending)
+        assert pending not in report.finished
+        assert "the audit chain leaves it local" in report.kept[pending]
+        with scene.services.catalog.transaction() as db:
+            assert not db.scalars(
+                select(AuditEvent).where(
+                    AuditEvent.action == "store.evict", AuditEvent.subject == f"object:{pending}"
+                )
+            ).all()
+    finally:
+        with scene.services.catalog.transaction() as db:
+            db.execute(update(StoredObject).where(StoredObject.blake3 == pending).values(evicted_at=None))
