@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select, update
 
+from drivers.mp4 import write_mp4
 from ingestd import vault_scrub
 from ingestd.config import Config
 from ingestd.control import protocol, queries
@@ -612,3 +613,59 @@ def test_an_object_marked_evicted_behind_the_chain_keeps_its_bytes_and_is_report
     finally:
         with scene.services.catalog.transaction() as db:
             db.execute(update(StoredObject).where(StoredObject.blake3 == pending).values(evicted_at=None))
+
+
+def test_a_known_file_whose_object_was_evicted_is_stored_again_and_deleted(
+    tmp_path: Path, ceph_cluster: CephCluster, bucket: str
+) -> None:
+    """A camera docked again still holds a file stored (and since evicted) on an earlier dock: its
+    proof cannot re-read a local copy that is gone, so the bytes are stored again and read back."""
+    marks = {"evict_high_water_percent": 2, "evict_low_water_percent": 1}
+    services = Services.open(Config.model_validate(station_config(tmp_path, ceph_cluster, bucket, **marks)))
+    try:
+        card = tmp_path / "card"
+        card.mkdir()
+        write_mp4(
+            card / "V000.MP4",
+            created_at=datetime.now(UTC) - timedelta(hours=2),
+            payload_size=MiB,
+            duration_s=30,
+            seed=41,
+        )
+
+        def dock(*, delete: bool) -> Any:
+            return run_import(
+                services,
+                card,
+                device_id="ZFY0305",
+                officer_no=None,
+                settings=IngestSettings(delete_after_ingest=delete),
+                clock=lambda: datetime.now(UTC),
+            )
+
+        assert dock(delete=False).files == 1
+        with services.catalog.transaction() as db:
+            [digest] = db.scalars(select(Recording.blake3)).all()
+        assert replicator_for(services).drain().failed == 0
+        report = evict(services, replicator_for(services).vault, now=datetime.now(UTC), dry_run=False)
+        assert report.evicted == [digest]
+        assert not services.store.exists(digest)
+
+        summary = dock(delete=True)
+        assert (summary.reason, summary.errors, summary.deleted) == (None, 0, 1), summary
+        assert not (card / "V000.MP4").exists()
+        assert services.store.exists(digest)
+        with services.catalog.transaction() as db:
+            stored = db.get_one(StoredObject, digest)
+            assert stored.evicted_at is None
+            assert stored.last_verified_at is not None
+            assert stored.last_verified_at >= report.at  # this put's read-back, not the first one's
+            assert len(db.scalars(select(Recording.id)).all()) == 1
+            [restored] = db.scalars(select(AuditEvent).where(AuditEvent.action == "store.restore")).all()
+            assert restored.subject == f"object:{digest}"
+        assert verify_catalog_rows(services) == []
+        _, evicted, problems = verify_objects(services)
+        assert (evicted, problems) == (0, [])
+    finally:
+        services.close()
+        unseal_tree(tmp_path)
