@@ -218,14 +218,13 @@ class _Run:
                 sha256_hex=candidate.sha256,
                 size=candidate.size,
                 retain_until=wanted.retain_until,
+                version_id=candidate.version_id,
             )
-        except VaultIntegrityError as differs:
+        except (VaultIntegrityError, VaultObjectMissingError) as differs:
             return f"the vault does not confirm it: {differs}"
-        if candidate.version_id and found.version_id != candidate.version_id:
-            return (
-                f"a newer version {found.version_id} shadows the replicated version "
-                f"{candidate.version_id} of {object_key(candidate.blake3)}"
-            )
+        shadow = shadowed(self.vault, candidate.blake3, candidate.version_id)
+        if shadow is not None:
+            return shadow
         if wanted.legal_hold and not found.legal_hold:
             return "the catalog wants a legal hold the vault copy does not have yet"
         if stale:
@@ -418,19 +417,29 @@ def check_evicted_in_vault(services: Services | StationReader, vault: Vault) -> 
     for stored, version_id in rows:
         key = object_key(stored.blake3)
         try:
-            found = vault.confirm(stored.blake3, sha256_hex=stored.sha256, size=stored.size)
+            vault.confirm(stored.blake3, sha256_hex=stored.sha256, size=stored.size, version_id=version_id)
         except VaultObjectMissingError:
             problems.append(AnchorProblem("evicted-object-missing", key, "the only copy is not in the vault"))
             continue
         except VaultIntegrityError as differs:
             problems.append(AnchorProblem("evicted-object-differs", key, str(differs)))
             continue
-        if version_id and found.version_id != version_id:
-            problems.append(
-                AnchorProblem(
-                    "evicted-object-differs",
-                    key,
-                    f"a newer version {found.version_id} shadows the replicated version {version_id}",
-                )
-            )
+        shadow = shadowed(vault, stored.blake3, version_id)
+        if shadow is not None:
+            problems.append(AnchorProblem("evicted-object-differs", key, shadow))
     return problems
+
+
+def shadowed(vault: Vault, blake3: str, version_id: str | None) -> str | None:
+    """What hides the confirmed version under its key (a newer version or a delete marker, which the
+    station's credentials can add but not remove the locked version with), or None."""
+    if not version_id:
+        return None
+    key = object_key(blake3)
+    try:
+        newest = vault.head(blake3)
+    except VaultObjectMissingError:
+        return f"a delete marker shadows the replicated version {version_id} of {key}"
+    if newest.version_id != version_id:
+        return f"a newer version {newest.version_id} shadows the replicated version {version_id} of {key}"
+    return None

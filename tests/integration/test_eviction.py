@@ -32,7 +32,7 @@ from ingestd.config import Config
 from ingestd.control import protocol, queries
 from ingestd.control.handlers_evidence import approve, copy, export, view
 from ingestd.daemon import lock_state
-from ingestd.eviction import Usage, evict
+from ingestd.eviction import Usage, check_evicted_in_vault, evict
 from ingestd.evidence.verify_bag import verify_bag
 from ingestd.importer import run_import
 from ingestd.purge import purge
@@ -666,6 +666,34 @@ def test_a_known_file_whose_object_was_evicted_is_stored_again_and_deleted(
         assert verify_catalog_rows(services) == []
         _, evicted, problems = verify_objects(services)
         assert (evicted, problems) == (0, [])
+    finally:
+        services.close()
+        unseal_tree(tmp_path)
+
+
+def test_a_delete_marker_over_a_candidate_keeps_it_and_the_pass_evicts_the_next(
+    tmp_path: Path, ceph_cluster: CephCluster, bucket: str
+) -> None:
+    """With the station's credentials someone deletes the oldest object's key (a delete marker: the
+    locked version stays). The pass keeps that object, says why, and goes on; over an evicted object a
+    delete marker does not make its locked version "missing"."""
+    marks = {"evict_high_water_percent": 2, "evict_low_water_percent": 1}
+    services = Services.open(Config.model_validate(station_config(tmp_path, ceph_cluster, bucket, **marks)))
+    try:
+        oldest, following = ingest(services, tmp_path, [MiB, MiB], serial="ZFY0306", seed=30600)
+        vault = replicator_for(services).vault
+        assert replicator_for(services).drain().failed == 0
+        ceph_cluster.client().delete_object(Bucket=bucket, Key=object_key(oldest))
+
+        report = evict(services, vault, now=datetime.now(UTC), dry_run=False)
+        assert "delete marker" in report.kept[oldest]
+        assert report.evicted == [following]
+        assert services.store.exists(oldest)
+        assert not services.store.exists(following)
+
+        ceph_cluster.client().delete_object(Bucket=bucket, Key=object_key(following))
+        problems = check_evicted_in_vault(services, vault)
+        assert all(p.kind != "evicted-object-missing" for p in problems)
     finally:
         services.close()
         unseal_tree(tmp_path)
