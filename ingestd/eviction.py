@@ -14,7 +14,9 @@ holds, each checked again right before it goes:
 
 Each eviction is audited (`store.evict`) together with the row's `evicted_at`, committed BEFORE the
 bytes go; then the store's one removal primitive removes them. A removal that fails is audited and the
-row is live locally again; one cut by a crash is finished by the next run (the intent is on record).
+row is live locally again (unless the bytes went before the error: then it stays evicted, audited
+`gone`); one cut by a crash is finished by the next run, if the chain, the queue and the vault still
+vouch for it (the intent is on record).
 Besides the retention purge this is the only path that removes a local object. Dry runs plan with the
 same candidates and checks but touch neither the vault nor the disk.
 """
@@ -303,11 +305,21 @@ class _Run:
             log.error("eviction_failed", digest=blake3, error=str(error))  # noqa: TRY400 - an expected failure, not a bug
             with services.catalog.transaction() as db:
                 stored = db.get_one(StoredObject, blake3, with_for_update=True, populate_existing=True)
-                stored.evicted_at = None  # the local copy stays the one to read
-                self.audit(db, blake3, "failed", {"error": str(error)})
+                if self._still_local(blake3):
+                    stored.evicted_at = None  # the local copy stays the one to read
+                    self.audit(db, blake3, "failed", {"error": str(error)})
+                else:
+                    # The error came after the unlink: evicted it stays, the vault copy is the one read.
+                    self.audit(db, blake3, "gone", {"error": str(error)})
             return False
         log.info("object_evicted", digest=blake3)
         return True
+
+    def _still_local(self, blake3: str) -> bool:
+        try:
+            return self.services.store.exists(blake3)
+        except (StoreError, OSError):
+            return False  # unknown: the row stays evicted (the vault copy was confirmed just now)
 
     def finish_cut_removals(self) -> None:
         """Objects marked evicted whose bytes a crash left behind: remove them now, but only those

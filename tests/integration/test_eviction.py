@@ -27,7 +27,7 @@ import pytest
 from sqlalchemy import select, update
 
 from drivers.mp4 import write_mp4
-from ingestd import vault_scrub
+from ingestd import stream_back, vault_scrub
 from ingestd.config import Config
 from ingestd.control import protocol, queries
 from ingestd.control.handlers_evidence import approve, copy, export, view
@@ -54,7 +54,7 @@ from tests.integration.test_replication import (
 )
 from tests.support.ceph import CephCluster, free_port
 from tests.support.evidence import APPROVER, CLERK, World
-from tests.support.loopdev import ext4_filesystem, require_root_tools
+from tests.support.loopdev import ext4_filesystem, ext4_on_failable_device, require_root_tools
 from tests.support.objectstore import unseal_tree
 
 MiB = 1024 * 1024
@@ -697,3 +697,39 @@ def test_a_delete_marker_over_a_candidate_keeps_it_and_the_pass_evicts_the_next(
     finally:
         services.close()
         unseal_tree(tmp_path)
+
+
+def test_a_removal_that_fails_after_the_unlink_stays_evicted_and_streams_back(
+    tmp_path: Path, ceph_cluster: CephCluster, bucket: str
+) -> None:
+    """The store's disk dies between the unlink and the directory fsync: the bytes are gone locally, so
+    the row must stay evicted (read from the vault), not point readers at a local copy that is not there."""
+    require_root_tools("mkfs.ext4", "fallocate")
+    marks = {"evict_high_water_percent": 2, "evict_low_water_percent": 1}
+    with ext4_on_failable_device(tmp_path, 32, name="store") as (_, fail_writes):
+        services = Services.open(
+            Config.model_validate(station_config(tmp_path, ceph_cluster, bucket, **marks))
+        )
+        try:
+            [digest] = ingest(services, tmp_path, [MiB], serial="ZFY0307", seed=30700)
+            data = services.store.path_for(digest).read_bytes()
+            replicator = replicator_for(services)
+            assert replicator.drain().failed == 0
+            fail_writes()
+            report = evict(services, replicator.vault, now=datetime.now(UTC), dry_run=False)
+            assert digest in report.failed
+            assert not services.store.exists(digest)
+            with services.catalog.transaction() as db:
+                assert db.get_one(StoredObject, digest).evicted_at is not None
+                outcomes = db.scalars(
+                    select(AuditEvent.outcome)
+                    .where(AuditEvent.action == "store.evict", AuditEvent.subject == f"object:{digest}")
+                    .order_by(AuditEvent.seq)
+                ).all()
+            assert outcomes == ["ok", "gone"]
+            assert verify_catalog_rows(services) == []
+            with stream_back.open_object(services, digest) as reader:
+                assert reader.read() == data
+        finally:
+            services.close()
+            unseal_tree(tmp_path)
