@@ -9,7 +9,7 @@ to the store. An evicted recording is read back from the vault and verified whol
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
 from ingestd.evidence.approvals import FootageAction
@@ -58,8 +58,12 @@ def open_for_viewing(
             refusal_audited(services, actor, FootageAction.VIEW, details, now),
             services.catalog.transaction() as db,
         ):
-            # Checked again: the approval may have been revoked while the bytes came back from the vault.
-            approved_recordings(db, approval_id, [recording_id], now, FootageAction.VIEW, user=actor.user)
+            # Checked again, at the time it is now: the approval may have been revoked or have expired
+            # while the bytes came back from the vault.
+            checked_at = max(now, datetime.now(UTC))
+            approved_recordings(
+                db, approval_id, [recording_id], checked_at, FootageAction.VIEW, user=actor.user
+            )
             services.audit.append(
                 db,
                 actor=actor,

@@ -10,6 +10,7 @@ one relies on what the earlier ones left (which objects are evicted, shadowed or
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -33,11 +34,13 @@ from ingestd.control import protocol, queries
 from ingestd.control.handlers_evidence import approve, copy, export, view
 from ingestd.daemon import lock_state
 from ingestd.eviction import Usage, check_evicted_in_vault, evict
+from ingestd.evidence.errors import ApprovalRefused
 from ingestd.evidence.verify_bag import verify_bag
 from ingestd.importer import run_import
 from ingestd.purge import purge
 from ingestd.services import Services
 from ingestd.session import IngestSettings
+from ingestd.stream_back import SpoolRefusedError
 from ingestd.verify import verify_catalog_rows, verify_objects
 from store.audit import Role
 from store.models import AuditEvent, Camera, Recording, ReplicationItem, ReplicationState, StoredObject
@@ -733,3 +736,97 @@ def test_a_removal_that_fails_after_the_unlink_stays_evicted_and_streams_back(
         finally:
             services.close()
             unseal_tree(tmp_path)
+
+
+def test_viewings_past_the_spool_budget_are_refused_and_the_state_dir_keeps_its_reserve(
+    tmp_path: Path, ceph_cluster: CephCluster, bucket: str
+) -> None:
+    """A clerk with an approval views an evicted recording again and again, holding each spool open:
+    the state directory's filesystem (the catalog's) keeps its reserve, and a recording larger than
+    the spool budget is refused outright. Each refusal is one line with exit 58."""
+    require_root_tools("mkfs.ext4")
+    with (
+        ext4_filesystem(tmp_path, 64, name="state") as state_dir,
+        evicted_station(tmp_path, ceph_cluster, bucket, "ZFY0308") as (station, recording_id, size),
+    ):
+        now = datetime.now(UTC)
+        approval = call(
+            World(station),
+            approve,
+            APPROVER,
+            now=now,
+            purpose="court",
+            expires_in="1d",
+            grantee=CLERK.user,
+            recording_ids=[recording_id],
+        )["id"]
+
+        def viewing(**vault: Any) -> Any:
+            config = station.config
+            services = replace(
+                station, config=config.model_copy(update={"vault": config.vault.model_copy(update=vault)})
+            )
+            return call(
+                World(services), view, CLERK, now=now, approval_id=approval, recording_id=recording_id
+            )
+
+        with pytest.raises(SpoolRefusedError) as refused:
+            viewing(stream_back_spool_mib=size // MiB)
+        assert refused.value.exit_code == 58
+        assert "vault.stream_back_spool_mib" in str(refused.value)
+        assert "\n" not in str(refused.value)
+
+        reserve_mib = (shutil.disk_usage(state_dir).free - size - size // 2) // MiB
+        reserve = {"stream_back_reserve_mib": reserve_mib}
+        first = viewing(**reserve)
+        with first.file as held:  # the clerk keeps it open: its blocks stay allocated
+            with pytest.raises(SpoolRefusedError) as refused:
+                viewing(**reserve)
+            assert refused.value.exit_code == 58
+            assert "vault.stream_back_reserve_mib" in str(refused.value)
+            assert shutil.disk_usage(state_dir).free >= reserve_mib * MiB
+            assert hashlib.sha256(held.read()).hexdigest() == first.result["sha256"]
+        with viewing(**reserve).file as again:  # the first one closed: room again
+            assert len(again.read()) == size
+
+
+@contextlib.contextmanager
+def evicted_station(
+    tmp_path: Path, cluster: CephCluster, bucket: str, serial: str
+) -> Iterator[tuple[Services, int, int]]:
+    """A station of its own holding one recording of PAYLOAD bytes, replicated and evicted: yields
+    the station, the recording's id and its size."""
+    marks = {"evict_high_water_percent": 2, "evict_low_water_percent": 1}
+    station = Services.open(Config.model_validate(station_config(tmp_path, cluster, bucket, **marks)))
+    try:
+        [digest] = ingest(station, tmp_path, [PAYLOAD], serial=serial, seed=int(serial[-4:]) * 100)
+        assert replicator_for(station).drain().failed == 0
+        assert evict(station, replicator_for(station).vault, now=datetime.now(UTC), dry_run=False).evicted
+        with station.catalog.transaction() as db:
+            [recording_id] = db.scalars(select(Recording.id)).all()
+            size = db.get_one(StoredObject, digest).size
+        yield station, recording_id, size
+    finally:
+        station.close()
+        unseal_tree(tmp_path)
+
+
+def test_a_viewing_whose_approval_expired_while_it_was_spooled_is_refused(
+    tmp_path: Path, ceph_cluster: CephCluster, bucket: str
+) -> None:
+    """The approval is checked again after the vault read, at the time it is then, not at the request's."""
+    with evicted_station(tmp_path, ceph_cluster, bucket, "ZFY0309") as (station, recording_id, _):
+        asked = datetime.now(UTC) - timedelta(minutes=90)
+        approval = call(
+            World(station),
+            approve,
+            APPROVER,
+            now=asked - timedelta(minutes=30),
+            purpose="court",
+            expires_in="1h",  # expired 30 minutes ago; still valid at the instant the view was asked
+            grantee=CLERK.user,
+            recording_ids=[recording_id],
+        )["id"]
+        with pytest.raises(ApprovalRefused) as refused:
+            call(World(station), view, CLERK, now=asked, approval_id=approval, recording_id=recording_id)
+        assert refused.value.exit_code == 14
