@@ -480,6 +480,7 @@ def test_the_same_bytes_ingested_again_make_an_evicted_object_local_again(
     card = tmp_path / "card"
     card.mkdir()
     (card / "AGAIN.MP4").write_bytes(scene.data[a1])
+    summary_started = datetime.now(UTC)
     summary = run_import(
         scene.services,
         card,
@@ -491,6 +492,10 @@ def test_the_same_bytes_ingested_again_make_an_evicted_object_local_again(
     assert summary.files == 1, summary
     assert scene.services.store.exists(a1)
     assert evicted_at(scene)[a1] is None
+    with scene.services.catalog.transaction() as db:
+        stored = db.get_one(StoredObject, a1)
+        assert stored.last_verified_at is not None
+        assert stored.last_verified_at >= summary_started  # this put's read-back proved the bytes
     sha256 = hashlib.sha256(scene.data[a1]).hexdigest()
     assert scene.services.store.verify_object(a1, sha256, len(scene.data[a1])) == []
 
@@ -830,3 +835,31 @@ def test_a_viewing_whose_approval_expired_while_it_was_spooled_is_refused(
         with pytest.raises(ApprovalRefused) as refused:
             call(World(station), view, CLERK, now=asked, approval_id=approval, recording_id=recording_id)
         assert refused.value.exit_code == 14
+
+
+def test_the_bytes_of_an_evicted_then_purged_object_ingested_again_are_local_and_live(
+    scene: Scene, tmp_path: Path
+) -> None:
+    """After the purge test: a2 was evicted, then purged. The same bytes from a camera make the row
+    live and local again, not 'evicted' over local bytes (which the next run would take for a cut)."""
+    a2 = scene.replicated[2]
+    card = tmp_path / "card"
+    card.mkdir()
+    (card / "BACK.MP4").write_bytes(scene.data[a2])
+    started = datetime.now(UTC)
+    summary = run_import(
+        scene.services,
+        card,
+        device_id="ZFY0310",
+        officer_no=None,
+        settings=IngestSettings(),
+        clock=lambda: datetime.now(UTC),
+    )
+    assert summary.files == 1, summary
+    assert scene.services.store.exists(a2)
+    with scene.services.catalog.transaction() as db:
+        stored = db.get_one(StoredObject, a2)
+        assert (stored.removed_at, stored.evicted_at) == (None, None)
+        assert stored.last_verified_at is not None
+        assert stored.last_verified_at >= started
+    assert [p for p in verify_catalog_rows(scene.services) if p.subject == f"object:{a2}"] == []
