@@ -8,8 +8,9 @@ to the store. An evicted recording is read back from the vault and verified whol
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, BinaryIO
 
 from ingestd.evidence.approvals import FootageAction
@@ -37,9 +38,16 @@ class Viewing:
 
 
 def open_for_viewing(
-    services: Services, actor: Actor, approval_id: int, recording_id: int, *, now: datetime
+    services: Services,
+    actor: Actor,
+    approval_id: int,
+    recording_id: int,
+    *,
+    now: datetime,
+    later: Callable[[], datetime] | None = None,
 ) -> Viewing:
-    """Open recording `recording_id` for `actor` under approval `approval_id`; the caller closes it."""
+    """Open recording `recording_id` for `actor` under approval `approval_id`; the caller closes it.
+    `later` tells the time after the bytes are ready (a vault read can take long), else `now` holds."""
     details: dict[str, Any] = {"approval": approval_id, "recording": recording_id}
     source: BinaryIO | None = None
     try:
@@ -60,7 +68,7 @@ def open_for_viewing(
         ):
             # Checked again, at the time it is now: the approval may have been revoked or have expired
             # while the bytes came back from the vault.
-            checked_at = max(now, datetime.now(UTC))
+            checked_at = later() if later is not None else now
             approved_recordings(
                 db, approval_id, [recording_id], checked_at, FootageAction.VIEW, user=actor.user
             )

@@ -32,6 +32,7 @@ from ingestd import stream_back, vault_scrub
 from ingestd.config import Config
 from ingestd.control import protocol, queries
 from ingestd.control.handlers_evidence import approve, copy, export, view
+from ingestd.control.registry import Request
 from ingestd.daemon import lock_state
 from ingestd.eviction import Usage, check_evicted_in_vault, evict
 from ingestd.evidence.errors import ApprovalRefused
@@ -832,9 +833,17 @@ def test_a_viewing_whose_approval_expired_while_it_was_spooled_is_refused(
             grantee=CLERK.user,
             recording_ids=[recording_id],
         )["id"]
+        asking = Request(
+            command="view",
+            args={"approval_id": approval, "recording_id": recording_id},
+            actor=CLERK,
+            now=asked,
+            clock=lambda: datetime.now(UTC),  # the server's clock, read again once the spool is done
+        )
         with pytest.raises(ApprovalRefused) as refused:
-            call(World(station), view, CLERK, now=asked, approval_id=approval, recording_id=recording_id)
+            view(station, asking)
         assert refused.value.exit_code == 14
+        assert "expired" in str(refused.value)
 
 
 def test_the_bytes_of_an_evicted_then_purged_object_ingested_again_are_local_and_live(
