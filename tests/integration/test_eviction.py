@@ -5,7 +5,9 @@ Ceph (one bucket for the module). What the vault holds is tampered with as each 
 the station's own credentials (a newer version, a delete marker: the locked version stays) and below
 S3, on the OSD (`rados put` over the object's head: what root on the Ceph cluster could do).
 The tests share one station built once for the module (`scene`) and run in file order: each later
-one relies on what the earlier ones left (which objects are evicted, shadowed or altered).
+one relies on what the earlier ones left (which objects are evicted, shadowed or altered). Tests that
+need a station in a state of their own (`evicted_station`, or a store or state directory on a
+filesystem of its own) build it in their `tmp_path`, sharing only the bucket.
 """
 
 from __future__ import annotations
@@ -275,15 +277,20 @@ def test_an_object_marked_evicted_without_its_audit_event_is_reported_by_verify(
 
 
 def approval_for(scene: Scene, digests: list[str], now: datetime) -> int:
+    return approval_of(scene.world, [scene.recording[d] for d in digests], now)
+
+
+def approval_of(world: World, recording_ids: list[int], now: datetime, expires_in: str = "1d") -> int:
+    """An approval for the clerk to view, copy and export these recordings, granted at `now`."""
     answer = call(
-        scene.world,
+        world,
         approve,
         APPROVER,
         now=now,
         purpose="court",
-        expires_in="1d",
+        expires_in=expires_in,
         grantee=CLERK.user,
-        recording_ids=[scene.recording[d] for d in digests],
+        recording_ids=recording_ids,
     )
     return int(answer["id"])
 
@@ -474,29 +481,35 @@ def test_the_replicator_evicts_after_its_pass_reading_back_a_copy_confirmed_too_
         assert services.store.exists(digest)
 
 
-def test_the_same_bytes_ingested_again_make_an_evicted_object_local_again(
-    scene: Scene, tmp_path: Path
-) -> None:
-    a1 = scene.replicated[1]
+def ingest_again(scene: Scene, tmp_path: Path, digest: str, serial: str) -> None:
+    """Ingest the bytes of `digest` again from a card of camera `serial`: afterwards the object is
+    local and live, proven by this put's read-back."""
     card = tmp_path / "card"
     card.mkdir()
-    (card / "AGAIN.MP4").write_bytes(scene.data[a1])
-    summary_started = datetime.now(UTC)
+    (card / "AGAIN.MP4").write_bytes(scene.data[digest])
+    started = datetime.now(UTC)
     summary = run_import(
         scene.services,
         card,
-        device_id="ZFY0304",
+        device_id=serial,
         officer_no=None,
         settings=IngestSettings(),
         clock=lambda: datetime.now(UTC),
     )
     assert summary.files == 1, summary
-    assert scene.services.store.exists(a1)
-    assert evicted_at(scene)[a1] is None
+    assert scene.services.store.exists(digest)
     with scene.services.catalog.transaction() as db:
-        stored = db.get_one(StoredObject, a1)
+        stored = db.get_one(StoredObject, digest)
+        assert (stored.removed_at, stored.evicted_at) == (None, None)
         assert stored.last_verified_at is not None
-        assert stored.last_verified_at >= summary_started  # this put's read-back proved the bytes
+        assert stored.last_verified_at >= started  # this put's read-back proved the bytes
+
+
+def test_the_same_bytes_ingested_again_make_an_evicted_object_local_again(
+    scene: Scene, tmp_path: Path
+) -> None:
+    a1 = scene.replicated[1]
+    ingest_again(scene, tmp_path, a1, "ZFY0304")
     sha256 = hashlib.sha256(scene.data[a1]).hexdigest()
     assert scene.services.store.verify_object(a1, sha256, len(scene.data[a1])) == []
 
@@ -553,13 +566,19 @@ def test_an_eviction_cut_by_sigkill_after_its_commit_is_finished_by_the_next_run
     assert finished.returncode in {0, 57}, finished.stdout + finished.stderr
     assert json.loads(finished.stdout)["finished"] == [cut]
     assert not scene.services.store.exists(cut)
-    with scene.services.catalog.transaction() as db:
-        outcomes = db.scalars(
-            select(AuditEvent.outcome)
-            .where(AuditEvent.action == "store.evict", AuditEvent.subject == f"object:{cut}")
-            .order_by(AuditEvent.seq)
-        ).all()
-    assert outcomes == ["ok", "finished"]
+    assert evict_outcomes(scene.services, cut) == ["ok", "finished"]
+
+
+def evict_outcomes(services: Services, digest: str) -> list[str]:
+    """The outcomes of the object's `store.evict` events, in chain order."""
+    with services.catalog.transaction() as db:
+        return list(
+            db.scalars(
+                select(AuditEvent.outcome)
+                .where(AuditEvent.action == "store.evict", AuditEvent.subject == f"object:{digest}")
+                .order_by(AuditEvent.seq)
+            ).all()
+        )
 
 
 def test_the_retention_purge_of_an_evicted_object_removes_nothing_locally_and_says_so(scene: Scene) -> None:
@@ -613,12 +632,7 @@ def test_an_object_marked_evicted_behind_the_chain_keeps_its_bytes_and_is_report
         assert scene.services.store.exists(pending)
         assert pending not in report.finished
         assert "the audit chain leaves it local" in report.kept[pending]
-        with scene.services.catalog.transaction() as db:
-            assert not db.scalars(
-                select(AuditEvent).where(
-                    AuditEvent.action == "store.evict", AuditEvent.subject == f"object:{pending}"
-                )
-            ).all()
+        assert evict_outcomes(scene.services, pending) == []
     finally:
         with scene.services.catalog.transaction() as db:
             db.execute(update(StoredObject).where(StoredObject.blake3 == pending).values(evicted_at=None))
@@ -730,12 +744,7 @@ def test_a_removal_that_fails_after_the_unlink_stays_evicted_and_streams_back(
             assert not services.store.exists(digest)
             with services.catalog.transaction() as db:
                 assert db.get_one(StoredObject, digest).evicted_at is not None
-                outcomes = db.scalars(
-                    select(AuditEvent.outcome)
-                    .where(AuditEvent.action == "store.evict", AuditEvent.subject == f"object:{digest}")
-                    .order_by(AuditEvent.seq)
-                ).all()
-            assert outcomes == ["ok", "gone"]
+            assert evict_outcomes(services, digest) == ["ok", "gone"]
             assert verify_catalog_rows(services) == []
             with stream_back.open_object(services, digest) as reader:
                 assert reader.read() == data
@@ -756,16 +765,7 @@ def test_viewings_past_the_spool_budget_are_refused_and_the_state_dir_keeps_its_
         evicted_station(tmp_path, ceph_cluster, bucket, "ZFY0308") as (station, recording_id, size),
     ):
         now = datetime.now(UTC)
-        approval = call(
-            World(station),
-            approve,
-            APPROVER,
-            now=now,
-            purpose="court",
-            expires_in="1d",
-            grantee=CLERK.user,
-            recording_ids=[recording_id],
-        )["id"]
+        approval = approval_of(World(station), [recording_id], now)
 
         def viewing(**vault: Any) -> Any:
             config = station.config
@@ -823,16 +823,8 @@ def test_a_viewing_whose_approval_expired_while_it_was_spooled_is_refused(
     """The approval is checked again after the vault read, at the time it is then, not at the request's."""
     with evicted_station(tmp_path, ceph_cluster, bucket, "ZFY0309") as (station, recording_id, _):
         asked = datetime.now(UTC) - timedelta(minutes=90)
-        approval = call(
-            World(station),
-            approve,
-            APPROVER,
-            now=asked - timedelta(minutes=30),
-            purpose="court",
-            expires_in="1h",  # expired 30 minutes ago; still valid at the instant the view was asked
-            grantee=CLERK.user,
-            recording_ids=[recording_id],
-        )["id"]
+        # Expired 30 minutes ago; still valid at the instant the view was asked.
+        approval = approval_of(World(station), [recording_id], asked - timedelta(minutes=30), "1h")
         asking = Request(
             command="view",
             args={"approval_id": approval, "recording_id": recording_id},
@@ -852,23 +844,5 @@ def test_the_bytes_of_an_evicted_then_purged_object_ingested_again_are_local_and
     """After the purge test: a2 was evicted, then purged. The same bytes from a camera make the row
     live and local again, not 'evicted' over local bytes (which the next run would take for a cut)."""
     a2 = scene.replicated[2]
-    card = tmp_path / "card"
-    card.mkdir()
-    (card / "BACK.MP4").write_bytes(scene.data[a2])
-    started = datetime.now(UTC)
-    summary = run_import(
-        scene.services,
-        card,
-        device_id="ZFY0310",
-        officer_no=None,
-        settings=IngestSettings(),
-        clock=lambda: datetime.now(UTC),
-    )
-    assert summary.files == 1, summary
-    assert scene.services.store.exists(a2)
-    with scene.services.catalog.transaction() as db:
-        stored = db.get_one(StoredObject, a2)
-        assert (stored.removed_at, stored.evicted_at) == (None, None)
-        assert stored.last_verified_at is not None
-        assert stored.last_verified_at >= started
+    ingest_again(scene, tmp_path, a2, "ZFY0310")
     assert [p for p in verify_catalog_rows(scene.services) if p.subject == f"object:{a2}"] == []
