@@ -579,6 +579,18 @@ class VaultConfig(Section):
         description="An object is evicted only if its vault copy was put or scrubbed this recently, "
         "else it is read back from the vault first.",
     )
+    stream_back_spool_mib: int = Field(
+        4096,
+        ge=1,
+        description="Viewings of evicted recordings spool them whole in the state directory first: at "
+        "most this many MiB being spooled at once; a viewing past it is refused.",
+    )
+    stream_back_reserve_mib: int = Field(
+        1024,
+        ge=0,
+        description="A viewing is refused if its spool would leave the state directory's filesystem "
+        "(the catalog's) less free than this.",
+    )
 
     @field_validator("endpoint")
     @classmethod

@@ -14,7 +14,9 @@ holds, each checked again right before it goes:
 
 Each eviction is audited (`store.evict`) together with the row's `evicted_at`, committed BEFORE the
 bytes go; then the store's one removal primitive removes them. A removal that fails is audited and the
-row is live locally again; one cut by a crash is finished by the next run (the intent is on record).
+row is live locally again (unless the bytes went before the error: then it stays evicted, audited
+`gone`); one cut by a crash is finished by the next run, if the chain, the queue and the vault still
+vouch for it (the intent is on record).
 Besides the retention purge this is the only path that removes a local object. Dry runs plan with the
 same candidates and checks but touch neither the vault nor the disk.
 """
@@ -28,7 +30,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from ingestd import replication, vault_scrub
@@ -37,14 +39,50 @@ from ingestd.services import Services, StationReader
 from store.audit import Actor
 from store.crashpoints import Step, crash_point
 from store.errors import IntegrityError, ObjectMissing, StoreError
-from store.models import ReplicationItem, ReplicationState, StoredObject
+from store.models import AuditEvent, ReplicationItem, ReplicationState, StoredObject
 from store.times import iso
 from store.vault import Vault, VaultIntegrityError, VaultObjectMissingError, object_key
 
 log = structlog.get_logger(__name__)
 
 ACTION = "store.evict"
+# The bytes of an evicted object stored again from a camera that still held them: local again.
+RESTORE_ACTION = "store.restore"
+INGEST_ACTION = "recording.ingest"
 ACTOR = Actor.system(source="eviction")
+
+
+def evicted_at_on_record(db: Session, blake3: str | None = None) -> dict[str, datetime | None]:
+    """Each object's `evicted_at` as its events leave it, replayed in chain order (of `blake3` only,
+    when given): `store.evict` ok sets it; a failed one, a `store.restore` or an ingest of the same
+    bytes clears it. An object no event touches is absent."""
+    query = select(
+        AuditEvent.action, AuditEvent.subject, AuditEvent.outcome, AuditEvent.at, AuditEvent.details
+    )
+    if blake3 is None:
+        query = query.where(AuditEvent.action.in_((ACTION, RESTORE_ACTION, INGEST_ACTION)))
+    else:
+        query = query.where(
+            or_(
+                and_(
+                    AuditEvent.action.in_((ACTION, RESTORE_ACTION)), AuditEvent.subject == f"object:{blake3}"
+                ),
+                and_(AuditEvent.action == INGEST_ACTION, AuditEvent.details["blake3"].as_string() == blake3),
+            )
+        )
+    replayed: dict[str, datetime | None] = {}
+    for action, subject, outcome, at, details in db.execute(query.order_by(AuditEvent.seq)).all():
+        if action == INGEST_ACTION:
+            digest = details.get("blake3")
+            if isinstance(digest, str):
+                replayed[digest] = None
+            continue
+        digest = subject.removeprefix("object:")
+        if action == ACTION and outcome == "ok":
+            replayed[digest] = at
+        elif action == RESTORE_ACTION or outcome == "failed":
+            replayed[digest] = None
+    return replayed
 
 
 @dataclass(frozen=True)
@@ -182,14 +220,13 @@ class _Run:
                 sha256_hex=candidate.sha256,
                 size=candidate.size,
                 retain_until=wanted.retain_until,
+                version_id=candidate.version_id,
             )
-        except VaultIntegrityError as differs:
+        except (VaultIntegrityError, VaultObjectMissingError) as differs:
             return f"the vault does not confirm it: {differs}"
-        if candidate.version_id and found.version_id != candidate.version_id:
-            return (
-                f"a newer version {found.version_id} shadows the replicated version "
-                f"{candidate.version_id} of {object_key(candidate.blake3)}"
-            )
+        shadow = shadowed(self.vault, candidate.blake3, candidate.version_id)
+        if shadow is not None:
+            return shadow
         if wanted.legal_hold and not found.legal_hold:
             return "the catalog wants a legal hold the vault copy does not have yet"
         if stale:
@@ -268,14 +305,26 @@ class _Run:
             log.error("eviction_failed", digest=blake3, error=str(error))  # noqa: TRY400 - an expected failure, not a bug
             with services.catalog.transaction() as db:
                 stored = db.get_one(StoredObject, blake3, with_for_update=True, populate_existing=True)
-                stored.evicted_at = None  # the local copy stays the one to read
-                self.audit(db, blake3, "failed", {"error": str(error)})
+                if self._still_local(blake3):
+                    stored.evicted_at = None  # the local copy stays the one to read
+                    self.audit(db, blake3, "failed", {"error": str(error)})
+                else:
+                    # The error came after the unlink: evicted it stays, the vault copy is the one read.
+                    self.audit(db, blake3, "gone", {"error": str(error)})
             return False
         log.info("object_evicted", digest=blake3)
         return True
 
+    def _still_local(self, blake3: str) -> bool:
+        try:
+            return self.services.store.exists(blake3)
+        except (StoreError, OSError):
+            return False  # unknown: the row stays evicted (the vault copy was confirmed just now)
+
     def finish_cut_removals(self) -> None:
-        """Objects marked evicted whose bytes a crash left behind: remove them now."""
+        """Objects marked evicted whose bytes a crash left behind: remove them now, but only those
+        whose eviction the chain, the queue and the vault all still vouch for (a catalog writer can set
+        `evicted_at`; the chain and the vault it cannot)."""
         with self.services.catalog.transaction() as db:
             marked = db.scalars(
                 select(StoredObject.blake3).where(
@@ -283,12 +332,42 @@ class _Run:
                 )
             ).all()
         for blake3 in marked:
-            if (
-                self.services.store.exists(blake3)
-                and blake3 not in self.services.in_use
-                and self.remove(blake3)
-            ):
+            if not self.services.store.exists(blake3) or blake3 in self.services.in_use:
+                continue
+            why = self.why_not_finish(blake3)
+            if why is not None:
+                self.report.kept[blake3] = why
+                log.error("evicted_object_kept", digest=blake3, reason=why)
+                continue
+            if self.remove(blake3):
                 self.report.finished.append(blake3)
+                with self.services.catalog.transaction() as db:
+                    self.audit(db, blake3, "finished", {"detail": "a removal a crash had cut"})
+
+    def why_not_finish(self, blake3: str) -> str | None:
+        """Why the local bytes of an object marked evicted must stay."""
+        with self.services.catalog.transaction() as db:
+            stored = db.get_one(StoredObject, blake3)
+            item = db.scalar(
+                select(ReplicationItem)
+                .join(StoredObject, replication.OBJECT_ITEM)
+                .where(StoredObject.blake3 == blake3)
+            )
+            on_record = evicted_at_on_record(db, blake3).get(blake3)
+        if on_record != stored.evicted_at:
+            return (
+                f"marked evicted at {iso(stored.evicted_at) if stored.evicted_at else '-'}, but the "
+                f"audit chain leaves it {'evicted at ' + iso(on_record) if on_record else 'local'}"
+            )
+        if item is None or item.state is not ReplicationState.REPLICATED or not item.version_id:
+            return "its vault copy is not confirmed (the queue row is not replicated)"
+        if item.scrub_error is not None:
+            return f"its last scrub failed: {item.scrub_error}"
+        try:
+            self.vault.confirm(blake3, sha256_hex=stored.sha256, size=stored.size, version_id=item.version_id)
+        except (VaultIntegrityError, VaultObjectMissingError) as differs:
+            return f"the vault does not confirm version {item.version_id}: {differs}"
+        return None
 
 
 def evict(
@@ -350,19 +429,29 @@ def check_evicted_in_vault(services: Services | StationReader, vault: Vault) -> 
     for stored, version_id in rows:
         key = object_key(stored.blake3)
         try:
-            found = vault.confirm(stored.blake3, sha256_hex=stored.sha256, size=stored.size)
+            vault.confirm(stored.blake3, sha256_hex=stored.sha256, size=stored.size, version_id=version_id)
         except VaultObjectMissingError:
             problems.append(AnchorProblem("evicted-object-missing", key, "the only copy is not in the vault"))
             continue
         except VaultIntegrityError as differs:
             problems.append(AnchorProblem("evicted-object-differs", key, str(differs)))
             continue
-        if version_id and found.version_id != version_id:
-            problems.append(
-                AnchorProblem(
-                    "evicted-object-differs",
-                    key,
-                    f"a newer version {found.version_id} shadows the replicated version {version_id}",
-                )
-            )
+        shadow = shadowed(vault, stored.blake3, version_id)
+        if shadow is not None:
+            problems.append(AnchorProblem("evicted-object-differs", key, shadow))
     return problems
+
+
+def shadowed(vault: Vault, blake3: str, version_id: str | None) -> str | None:
+    """What hides the confirmed version under its key (a newer version or a delete marker, which the
+    station's credentials can add but not remove the locked version with), or None."""
+    if not version_id:
+        return None
+    key = object_key(blake3)
+    try:
+        newest = vault.head(blake3)
+    except VaultObjectMissingError:
+        return f"a delete marker shadows the replicated version {version_id} of {key}"
+    if newest.version_id != version_id:
+        return f"a newer version {newest.version_id} shadows the replicated version {version_id} of {key}"
+    return None

@@ -24,6 +24,7 @@ class ExitCode(IntEnum):
     ALREADY_RUNNING = 43  # another `ingestd run` holds the state directory
     REPLICATION_INCOMPLETE = 56  # `ingestd replicate --once` left items not replicated and verified
     STORE_STILL_FULL = 57  # `ingestd vault evict` left the store past its high-water mark
+    SPOOL_REFUSED = 58  # a viewing's vault spool would pass its budget or the state directory's reserve
     UNAVAILABLE = 69  # EX_UNAVAILABLE: ingestd is not running
     SOFTWARE = 70  # EX_SOFTWARE: ingestd failed internally
     OUTPUT_FAILED = 71  # EX_OSERR: an output file or the control socket could not be created

@@ -327,8 +327,9 @@ class _Run:
                     self._audit_removal(db, digest, "skipped", {"referenced_by": live})
                     return False
                 outcome, detail = "ok", "removed"
-                if stored.evicted_at is not None:
-                    # Only the vault holds it: compliance mode keeps that copy until its own date.
+                if stored.evicted_at is not None and not self.store.exists(digest):
+                    # Only the vault holds it: compliance mode keeps that copy until its own date. (An
+                    # eviction a crash cut left the bytes here: they go like any other's.)
                     outcome, detail = "absent", "evicted earlier: the vault copy stays until its lock date"
                 else:
                     try:

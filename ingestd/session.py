@@ -50,6 +50,7 @@ from drivers.base import (
 )
 from drivers.scan import CardFile, decode_name, display_name, scan_volume
 from ingestd import records, replication
+from ingestd.eviction import RESTORE_ACTION
 from ingestd.flagging import FlagNotifier, FlagService
 from ingestd.policies import dock as dock_flags
 from ingestd.policies.clock import corrected_recorded_at
@@ -696,6 +697,10 @@ class IngestSession:
             digest = self.store.digest(source, progress=self._on_progress)
             match, free_key, same_source_as = self._stored_match(docked.camera_id, key, digest)
             if match is not None:
+                if self._evicted(digest.blake3):
+                    return self._store_again(
+                        docked, item, source, original, recording_id=match, digest=digest
+                    )
                 self._verify_stored(digest)
                 return _Proven(original, match, digest.blake3, digest.sha256)
             if free_key is None:
@@ -757,6 +762,56 @@ class IngestSession:
         free = next((candidate for candidate in (key, changed) if candidate not in taken), None)
         return None, free, tuple(row.id for row in rows if row.blake3 != digest.blake3)
 
+    def _evicted(self, blake3: str) -> bool:
+        with self.catalog.transaction() as db:
+            return db.scalar(select(StoredObject.evicted_at).where(StoredObject.blake3 == blake3)) is not None
+
+    def _store_again(
+        self,
+        docked: _Docked,
+        item: CardFile,
+        source: BinaryIO,
+        original: OriginalFile,
+        *,
+        recording_id: int,
+        digest: ExpectedObject,
+    ) -> _Proven | None:
+        """A known file whose object was evicted: no local copy to re-read, so the bytes are stored
+        again (the put reads them back) and the object is local again, audited (`store.restore`)."""
+        source.seek(0)
+        result = self.store.put(
+            source, expected_size=item.size, progress=self._on_progress, source_stamp=source_stamp(original)
+        )
+        if ExpectedObject(result.blake3, result.sha256, result.size) != digest:
+            self._file_failed(docked, item, "the file changed while it was read")
+            return None
+        now = self.clock()
+        with self.catalog.transaction() as db:
+            # Under the row lock an eviction's removal (which needs `evicted_at`) cannot run meanwhile.
+            stored = db.get_one(StoredObject, result.blake3, with_for_update=True, populate_existing=True)
+            if not self.store.exists(result.blake3):
+                self._file_failed(docked, item, "its stored copy was removed while it was stored again")
+                return None
+            if stored.evicted_at is not None:
+                _make_local(stored, result, now)
+                self.audit.append(
+                    db,
+                    actor=records.daemon_actor(self.device.port),
+                    action=RESTORE_ACTION,
+                    subject=f"object:{result.blake3}",
+                    at=now,
+                    details={
+                        "camera": docked.identity.device_serial,
+                        "path": item.name,
+                        "recording": recording_id,
+                        "seal": result.seal.value,
+                        "read_back_verified": result.read_back_verified,
+                    },
+                )
+        if not result.read_back_verified:
+            return None
+        return _Proven(original, recording_id, result.blake3, result.sha256)
+
     def _verify_stored(self, digest: ExpectedObject) -> None:
         """Re-read the stored object from disk now: the proof for a file stored on an earlier dock."""
         problems = self.store.verify_object(digest.blake3, digest.sha256, digest.size)
@@ -805,14 +860,9 @@ class IngestSession:
                     )
                 )
                 replication.enqueue_object(db, blake3=result.blake3, size=result.size, now=now)
-            elif stored.removed_at is not None:
-                # The same bytes came back after the purge removed them: the row lives again.
-                stored.removed_at = None
-                stored.stored_at = now
-                stored.seal = result.seal
-                stored.last_verified_at = now if result.read_back_verified else None
-            elif stored.evicted_at is not None:
-                stored.evicted_at = None  # the same bytes came back after eviction: local again
+            elif stored.removed_at is not None or stored.evicted_at is not None:
+                # The same bytes came back after the purge or an eviction removed them.
+                _make_local(stored, result, now)
             officer = records.officer_by_number(db, identity.officer_no) if identity.officer_no else None
             recording = Recording(
                 camera_id=camera_id,
@@ -1011,3 +1061,14 @@ class IngestSession:
             deleted=summary.deleted,
             reverified=summary.reverified,
         )
+
+
+def _make_local(stored: StoredObject, result: PutResult, now: datetime) -> None:
+    """A purged or evicted object whose bytes were just put again: local and live, with the seal and
+    read-back proof of this put."""
+    if stored.removed_at is not None:
+        stored.removed_at = None
+        stored.stored_at = now
+    stored.evicted_at = None
+    stored.seal = result.seal
+    stored.last_verified_at = now if result.read_back_verified else None

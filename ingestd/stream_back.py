@@ -15,9 +15,12 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +30,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ingestd import replication
-from ingestd.config import ConfigError
+from ingestd.config import ConfigError, VaultConfig
+from ingestd.errors import IngestdError
+from ingestd.exit_codes import ExitCode
 from ingestd.services import Services
 from store.errors import ObjectMissing
 from store.models import ReplicationItem, StoredObject
@@ -139,13 +144,66 @@ def open_object(services: Services, blake3: str) -> BinaryIO:
     return io.BufferedReader(VaultReader(_chunks(vault_of(services), found)), buffer_size=4 * MiB)
 
 
+class SpoolRefusedError(IngestdError):
+    """A viewing of an evicted recording would spool past its budget or the state directory's reserve."""
+
+    template = "viewing refused: {detail}"
+    exit_code = ExitCode.SPOOL_REFUSED
+    wire_code = "spool-refused"
+
+
+class _Spooling:
+    """The bytes this process is spooling from the vault now; the check and the space's allocation are
+    one step under the lock, so concurrent viewings cannot each see the same free space."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._bytes = 0
+
+    @contextlib.contextmanager
+    def space(self, spool: BinaryIO, size: int, settings: VaultConfig, spool_dir: Path) -> Iterator[None]:
+        budget, reserve = settings.stream_back_spool_mib, settings.stream_back_reserve_mib
+        with self._lock:
+            if self._bytes + size > budget * MiB:
+                raise SpoolRefusedError(
+                    detail=f"spooling {size} bytes from the vault while {self._bytes} are being spooled "
+                    f"would pass vault.stream_back_spool_mib ({budget} MiB); try again later"
+                )
+            free = shutil.disk_usage(spool_dir).free
+            if free - size < reserve * MiB:
+                raise SpoolRefusedError(
+                    detail=f"spooling {size} bytes from the vault would leave {spool_dir}'s filesystem "
+                    f"{free - size} bytes free, under vault.stream_back_reserve_mib ({reserve} MiB)"
+                )
+            if size:
+                try:
+                    os.posix_fallocate(spool.fileno(), 0, size)
+                except OSError as error:
+                    raise SpoolRefusedError(
+                        detail=f"cannot reserve {size} bytes in {spool_dir}: {error.strerror or error}"
+                    ) from None
+            self._bytes += size
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._bytes -= size
+
+
+_spooling = _Spooling()
+
+
 def open_spooled(services: Services, blake3: str, spool_dir: Path) -> BinaryIO:
     """Like `open_object`, but an evicted object is first read whole into an unlinked temporary file in
-    `spool_dir` and verified, so the file returned is complete and proven (a caller passes its fd on)."""
+    `spool_dir` and verified, so the file returned is complete and proven (a caller passes its fd on).
+    Refused (`SpoolRefusedError`) past `vault.stream_back_spool_mib` or the reserve of free space."""
     found = _local_or_evicted(services, blake3)
     if not isinstance(found, VaultCopy):
         return found
-    with tempfile.TemporaryFile(dir=spool_dir) as spool:
+    with (
+        tempfile.TemporaryFile(dir=spool_dir) as spool,
+        _spooling.space(spool, found.size, services.config.vault, spool_dir),
+    ):
         for chunk in _chunks(vault_of(services), found):
             spool.write(chunk)
         spool.flush()

@@ -19,7 +19,6 @@ from sqlalchemy.orm import Session
 
 from ingestd.config import Config
 from ingestd.control.queries import VERIFY_ACTION
-from ingestd.eviction import ACTION as EVICT_ACTION
 from ingestd.services import checkpoint_path
 from ingestd.verify_rows import verify_rows
 from store.audit import Actor, AuditLog, verify_chain
@@ -27,7 +26,6 @@ from store.catalog import Catalog
 from store.models import AuditEvent, StoredObject
 from store.objects import ObjectStore
 from store.signing import PUBLIC_KEY_NAME, key_id, load_public_key
-from store.times import iso
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -155,8 +153,9 @@ def verify_catalog_rows(services: Station) -> list[Problem]:
 def verify_objects(
     services: Station, progress: ProgressCallback | None = None
 ) -> tuple[int, int, list[Problem]]:
-    """Re-hash every object held locally; an evicted one must have its `store.evict` event instead (a
-    catalog writer cannot hide a lost object by marking it evicted). Returns (checked, evicted, problems)."""
+    """Re-hash every object held locally; an evicted one is counted (`verify_catalog_rows` checks its
+    `evicted_at` against its events: a catalog writer cannot hide a lost object by marking it evicted).
+    Returns (checked, evicted, problems)."""
     with services.catalog.transaction() as db:
         # Objects the retention purge removed stay as tombstone rows; their absence is expected.
         rows = db.execute(
@@ -170,25 +169,8 @@ def verify_objects(
             .where(StoredObject.removed_at.is_(None))
             .order_by(StoredObject.blake3)
         ).all()
-        evicted = {row.blake3: row.evicted_at for row in rows if row.evicted_at is not None}
-        on_record = {
-            subject.removeprefix("object:"): at
-            for subject, at in db.execute(
-                select(AuditEvent.subject, AuditEvent.at).where(
-                    AuditEvent.action == EVICT_ACTION, AuditEvent.outcome == "ok"
-                )
-            ).all()
-        }
-    problems = [
-        Problem(
-            "object",
-            "evicted-unaudited",
-            blake3,
-            f"marked evicted at {iso(at)}, but no {EVICT_ACTION} event records it: its bytes may be lost",
-        )
-        for blake3, at in sorted(evicted.items())
-        if on_record.get(blake3) != at
-    ]
+        evicted = [row.blake3 for row in rows if row.evicted_at is not None]
+    problems: list[Problem] = []
     local = [row for row in rows if row.evicted_at is None]
     total_bytes = sum(row.size for row in local)
     done_bytes = 0

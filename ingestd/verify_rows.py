@@ -9,7 +9,9 @@ row and leave the chain alone, so every such row is replayed from its events and
 - an approval's every field: who granted it to whom, scope, expiry (approval.create, approval.revoke);
 - each custody row (custody.check-in, custody.check-out), matched one to one;
 - a stored object's seal, which `verify` checks the file against, as the last recording.ingest of its
-  bytes recorded it (weakened, a missing immutable attribute would pass unnoticed).
+  bytes recorded it (weakened, a missing immutable attribute would pass unnoticed);
+- a stored object's `evicted_at` (eviction removes the local bytes of a marked object, verify skips
+  them), as its store.evict, store.restore and recording.ingest events leave it in chain order.
 A row with no event that made it is "row-unaudited", an event whose row is gone "row-missing", a row
 that differs from its events "row-mismatch", a value that cannot be decoded "row-unreadable". Trust
 follows the chain: run it after `verify_chain`.
@@ -26,6 +28,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased
 
+from ingestd.eviction import evicted_at_on_record
 from store.audit import EVENTS, decode_event, undecoded_events
 from store.checkpoints import format_utc
 from store.models import (
@@ -314,6 +317,27 @@ def _check_seals(db: Session, replay: _Replay) -> Iterator[RowProblem]:
             )
 
 
+def _check_evictions(db: Session, replay: _Replay) -> Iterator[RowProblem]:
+    """An eviction time put back after an ingest or a failed removal undid it is as wrong as a new one."""
+    del replay  # evictions have their own replay, which eviction itself trusts too
+    on_record = evicted_at_on_record(db)
+    rows = db.execute(
+        select(StoredObject.blake3, StoredObject.evicted_at)
+        .where(StoredObject.removed_at.is_(None))
+        .order_by(StoredObject.blake3)
+        .execution_options(yield_per=_BATCH)
+    )
+    for blake3, evicted_at in rows:
+        expected = on_record.get(blake3)
+        if _instant(evicted_at) != _instant(expected):
+            yield RowProblem(
+                "row-mismatch",
+                f"object:{blake3}",
+                f"evicted_at is {_instant(evicted_at) or 'unset'}, but its audit events leave it "
+                f"{_instant(expected) or 'unset'}: local bytes may be lost or about to be removed",
+            )
+
+
 def _check_approvals(db: Session, replay: _Replay) -> Iterator[RowProblem]:
     approvals = db.scalars(select(Approval).order_by(Approval.id))
     found = (
@@ -371,6 +395,7 @@ def verify_rows(db: Session) -> list[RowProblem]:
     checks = (
         ("recordings", _check_recordings),
         ("stored_objects", _check_seals),
+        ("stored_objects", _check_evictions),
         ("approvals", _check_approvals),
         ("custody_events", _check_custody),
     )

@@ -480,18 +480,24 @@ class Vault:
 
     # -- confirm ------------------------------------------------------------------------------------
 
-    def head(self, blake3_hex: str) -> VaultObject:
-        """The newest version of an object as the server reports it."""
+    def head(self, blake3_hex: str, *, version_id: str | None = None) -> VaultObject:
+        """The newest version of an object as the server reports it (or `version_id`, which a delete
+        marker or a newer version over it does not hide)."""
         key = object_key(blake3_hex)
-        found = self._head_or_none(key)
+        found = self._head_or_none(key, version_id)
         if found is None:
             raise VaultObjectMissingError(**self._facts(), key=key)
         return found
 
-    def _head_or_none(self, key: str) -> VaultObject | None:
+    def _head_or_none(self, key: str, version_id: str | None = None) -> VaultObject | None:
         try:
             with self._s3(f"head {key}", key):
-                answer = self.client.head_object(Bucket=self.settings.bucket, Key=key)
+                if version_id:
+                    answer = self.client.head_object(
+                        Bucket=self.settings.bucket, Key=key, VersionId=version_id
+                    )
+                else:
+                    answer = self.client.head_object(Bucket=self.settings.bucket, Key=key)
         except VaultObjectMissingError:
             return None
         metadata = answer.get("Metadata", {})
@@ -520,11 +526,17 @@ class Vault:
             )
 
     def confirm(
-        self, blake3_hex: str, *, sha256_hex: str, size: int, retain_until: datetime | None = None
+        self,
+        blake3_hex: str,
+        *,
+        sha256_hex: str,
+        size: int,
+        retain_until: datetime | None = None,
+        version_id: str | None = None,
     ) -> VaultObject:
-        """Prove from the server that the object is there with this content, locked in compliance
-        mode, and (when given) retained at least until `retain_until`."""
-        found = self.head(blake3_hex)
+        """Prove from the server that the object (its newest version, or `version_id`) is there with
+        this content, locked in compliance mode, and (when given) retained at least until `retain_until`."""
+        found = self.head(blake3_hex, version_id=version_id)
         self._check_content(found, sha256_hex=sha256_hex, blake3_hex=blake3_hex, size=size)
         if found.lock_mode != COMPLIANCE or found.retain_until is None:
             raise VaultIntegrityError(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -136,6 +136,7 @@ def dispatch(
     *,
     denials: DenialAggregator,
     mono: float,
+    clock: Callable[[], datetime] | None = None,
 ) -> dict[str, Any]:
     """The response to one request. Never raises for a handler's failure: it becomes an error answer.
     `mono` is the monotonic time that `denials` counts intervals in."""
@@ -182,6 +183,7 @@ def dispatch(
         actor=caller.actor(spec.roles),
         now=now,
         passed_fds=message.fds,
+        clock=clock,
     )
     try:
         result = spec.handler(services, request)

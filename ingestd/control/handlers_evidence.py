@@ -216,6 +216,7 @@ def view(services: Services, request: Request) -> PassedFile:
         _req_int(request.args, "approval_id"),
         _req_int(request.args, "recording_id"),
         now=request.now,
+        later=request.later,
     )
     return PassedFile(viewing.as_dict(), viewing.file)
 

@@ -46,6 +46,11 @@ class Request:
     actor: Actor  # the real OS identity from SO_PEERCRED, role from its groups
     now: datetime  # tz-aware UTC, injected
     passed_fds: tuple[int, ...] = ()  # descriptors the caller sent with the request; the server closes them
+    clock: Callable[[], datetime] | None = None  # the server's clock, for a check after a long wait
+
+    def later(self) -> datetime:
+        """The time now, for checking again after a long step (never before `now`)."""
+        return max(self.now, self.clock()) if self.clock is not None else self.now
 
 
 Handler = Callable[[Services, Request], Any]

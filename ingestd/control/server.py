@@ -300,6 +300,7 @@ class ControlServer:
             self.clock(),
             denials=self.denials,
             mono=time.monotonic(),
+            clock=self.clock,
         )
 
     def _send(self, connection: socket.socket, response: dict[str, object]) -> None:

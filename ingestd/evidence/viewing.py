@@ -8,6 +8,7 @@ to the store. An evicted recording is read back from the vault and verified whol
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, BinaryIO
@@ -37,9 +38,16 @@ class Viewing:
 
 
 def open_for_viewing(
-    services: Services, actor: Actor, approval_id: int, recording_id: int, *, now: datetime
+    services: Services,
+    actor: Actor,
+    approval_id: int,
+    recording_id: int,
+    *,
+    now: datetime,
+    later: Callable[[], datetime] | None = None,
 ) -> Viewing:
-    """Open recording `recording_id` for `actor` under approval `approval_id`; the caller closes it."""
+    """Open recording `recording_id` for `actor` under approval `approval_id`; the caller closes it.
+    `later` tells the time after the bytes are ready (a vault read can take long), else `now` holds."""
     details: dict[str, Any] = {"approval": approval_id, "recording": recording_id}
     source: BinaryIO | None = None
     try:
@@ -58,8 +66,12 @@ def open_for_viewing(
             refusal_audited(services, actor, FootageAction.VIEW, details, now),
             services.catalog.transaction() as db,
         ):
-            # Checked again: the approval may have been revoked while the bytes came back from the vault.
-            approved_recordings(db, approval_id, [recording_id], now, FootageAction.VIEW, user=actor.user)
+            # Checked again, at the time it is now: the approval may have been revoked or have expired
+            # while the bytes came back from the vault.
+            checked_at = later() if later is not None else now
+            approved_recordings(
+                db, approval_id, [recording_id], checked_at, FootageAction.VIEW, user=actor.user
+            )
             services.audit.append(
                 db,
                 actor=actor,

@@ -5,11 +5,14 @@ Ceph (one bucket for the module). What the vault holds is tampered with as each 
 the station's own credentials (a newer version, a delete marker: the locked version stays) and below
 S3, on the OSD (`rados put` over the object's head: what root on the Ceph cluster could do).
 The tests share one station built once for the module (`scene`) and run in file order: each later
-one relies on what the earlier ones left (which objects are evicted, shadowed or altered).
+one relies on what the earlier ones left (which objects are evicted, shadowed or altered). Tests that
+need a station in a state of their own (`evicted_station`, or a store or state directory on a
+filesystem of its own) build it in their `tmp_path`, sharing only the bucket.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -26,18 +29,22 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select, update
 
-from ingestd import vault_scrub
+from drivers.mp4 import write_mp4
+from ingestd import stream_back, vault_scrub
 from ingestd.config import Config
 from ingestd.control import protocol, queries
 from ingestd.control.handlers_evidence import approve, copy, export, view
+from ingestd.control.registry import Request
 from ingestd.daemon import lock_state
-from ingestd.eviction import Usage, evict
+from ingestd.eviction import Usage, check_evicted_in_vault, evict
+from ingestd.evidence.errors import ApprovalRefused
 from ingestd.evidence.verify_bag import verify_bag
 from ingestd.importer import run_import
 from ingestd.purge import purge
 from ingestd.services import Services
 from ingestd.session import IngestSettings
-from ingestd.verify import verify_objects
+from ingestd.stream_back import SpoolRefusedError
+from ingestd.verify import verify_catalog_rows, verify_objects
 from store.audit import Role
 from store.models import AuditEvent, Camera, Recording, ReplicationItem, ReplicationState, StoredObject
 from store.vault import Vault, VaultIntegrityError, VaultUnreachableError, object_key
@@ -53,7 +60,7 @@ from tests.integration.test_replication import (
 )
 from tests.support.ceph import CephCluster, free_port
 from tests.support.evidence import APPROVER, CLERK, World
-from tests.support.loopdev import ext4_filesystem, require_root_tools
+from tests.support.loopdev import ext4_filesystem, ext4_on_failable_device, require_root_tools
 from tests.support.objectstore import unseal_tree
 
 MiB = 1024 * 1024
@@ -257,7 +264,10 @@ def test_an_object_marked_evicted_without_its_audit_event_is_reported_by_verify(
     try:
         _, evicted, problems = verify_objects(scene.services)
         assert evicted == 3
-        assert [(p.kind, p.subject) for p in problems] == [("evicted-unaudited", a3)]
+        assert problems == []  # not re-hashed: the row check names it
+        assert [(p.kind, p.subject) for p in verify_catalog_rows(scene.services)] == [
+            ("row-mismatch", f"object:{a3}")
+        ]
     finally:
         with scene.services.catalog.transaction() as db:
             db.execute(update(StoredObject).where(StoredObject.blake3 == a3).values(evicted_at=None))
@@ -267,15 +277,20 @@ def test_an_object_marked_evicted_without_its_audit_event_is_reported_by_verify(
 
 
 def approval_for(scene: Scene, digests: list[str], now: datetime) -> int:
+    return approval_of(scene.world, [scene.recording[d] for d in digests], now)
+
+
+def approval_of(world: World, recording_ids: list[int], now: datetime, expires_in: str = "1d") -> int:
+    """An approval for the clerk to view, copy and export these recordings, granted at `now`."""
     answer = call(
-        scene.world,
+        world,
         approve,
         APPROVER,
         now=now,
         purpose="court",
-        expires_in="1d",
+        expires_in=expires_in,
         grantee=CLERK.user,
-        recording_ids=[scene.recording[d] for d in digests],
+        recording_ids=recording_ids,
     )
     return int(answer["id"])
 
@@ -466,24 +481,35 @@ def test_the_replicator_evicts_after_its_pass_reading_back_a_copy_confirmed_too_
         assert services.store.exists(digest)
 
 
-def test_the_same_bytes_ingested_again_make_an_evicted_object_local_again(
-    scene: Scene, tmp_path: Path
-) -> None:
-    a1 = scene.replicated[1]
+def ingest_again(scene: Scene, tmp_path: Path, digest: str, serial: str) -> None:
+    """Ingest the bytes of `digest` again from a card of camera `serial`: afterwards the object is
+    local and live, proven by this put's read-back."""
     card = tmp_path / "card"
     card.mkdir()
-    (card / "AGAIN.MP4").write_bytes(scene.data[a1])
+    (card / "AGAIN.MP4").write_bytes(scene.data[digest])
+    started = datetime.now(UTC)
     summary = run_import(
         scene.services,
         card,
-        device_id="ZFY0304",
+        device_id=serial,
         officer_no=None,
         settings=IngestSettings(),
         clock=lambda: datetime.now(UTC),
     )
     assert summary.files == 1, summary
-    assert scene.services.store.exists(a1)
-    assert evicted_at(scene)[a1] is None
+    assert scene.services.store.exists(digest)
+    with scene.services.catalog.transaction() as db:
+        stored = db.get_one(StoredObject, digest)
+        assert (stored.removed_at, stored.evicted_at) == (None, None)
+        assert stored.last_verified_at is not None
+        assert stored.last_verified_at >= started  # this put's read-back proved the bytes
+
+
+def test_the_same_bytes_ingested_again_make_an_evicted_object_local_again(
+    scene: Scene, tmp_path: Path
+) -> None:
+    a1 = scene.replicated[1]
+    ingest_again(scene, tmp_path, a1, "ZFY0304")
     sha256 = hashlib.sha256(scene.data[a1]).hexdigest()
     assert scene.services.store.verify_object(a1, sha256, len(scene.data[a1])) == []
 
@@ -540,6 +566,19 @@ def test_an_eviction_cut_by_sigkill_after_its_commit_is_finished_by_the_next_run
     assert finished.returncode in {0, 57}, finished.stdout + finished.stderr
     assert json.loads(finished.stdout)["finished"] == [cut]
     assert not scene.services.store.exists(cut)
+    assert evict_outcomes(scene.services, cut) == ["ok", "finished"]
+
+
+def evict_outcomes(services: Services, digest: str) -> list[str]:
+    """The outcomes of the object's `store.evict` events, in chain order."""
+    with services.catalog.transaction() as db:
+        return list(
+            db.scalars(
+                select(AuditEvent.outcome)
+                .where(AuditEvent.action == "store.evict", AuditEvent.subject == f"object:{digest}")
+                .order_by(AuditEvent.seq)
+            ).all()
+        )
 
 
 def test_the_retention_purge_of_an_evicted_object_removes_nothing_locally_and_says_so(scene: Scene) -> None:
@@ -571,3 +610,239 @@ def test_the_retention_purge_of_an_evicted_object_removes_nothing_locally_and_sa
         stored = db.get(StoredObject, a2)
         assert stored is not None
         assert stored.removed_at is not None
+
+
+def test_an_object_marked_evicted_behind_the_chain_keeps_its_bytes_and_is_reported(scene: Scene) -> None:
+    """A catalog writer marks a never-replicated object evicted: the next run's finishing pass must not
+    take it for a cut eviction and delete the only copy."""
+    pending = scene.unreplicated[0]
+    with scene.services.catalog.transaction() as db:
+        db.execute(
+            update(StoredObject).where(StoredObject.blake3 == pending).values(evicted_at=datetime.now(UTC))
+        )
+    try:
+        services = with_marks(scene)
+        report = evict(
+            services,
+            replicator_for(services).vault,
+            now=datetime.now(UTC),
+            dry_run=False,
+            usage=lambda: Usage(used=MiB, available=99 * MiB),  # below the marks: only the finishing pass
+        )
+        assert scene.services.store.exists(pending)
+        assert pending not in report.finished
+        assert "the audit chain leaves it local" in report.kept[pending]
+        assert evict_outcomes(scene.services, pending) == []
+    finally:
+        with scene.services.catalog.transaction() as db:
+            db.execute(update(StoredObject).where(StoredObject.blake3 == pending).values(evicted_at=None))
+
+
+def test_a_known_file_whose_object_was_evicted_is_stored_again_and_deleted(
+    tmp_path: Path, ceph_cluster: CephCluster, bucket: str
+) -> None:
+    """A camera docked again still holds a file stored (and since evicted) on an earlier dock: its
+    proof cannot re-read a local copy that is gone, so the bytes are stored again and read back."""
+    marks = {"evict_high_water_percent": 2, "evict_low_water_percent": 1}
+    services = Services.open(Config.model_validate(station_config(tmp_path, ceph_cluster, bucket, **marks)))
+    try:
+        card = tmp_path / "card"
+        card.mkdir()
+        write_mp4(
+            card / "V000.MP4",
+            created_at=datetime.now(UTC) - timedelta(hours=2),
+            payload_size=MiB,
+            duration_s=30,
+            seed=41,
+        )
+
+        def dock(*, delete: bool) -> Any:
+            return run_import(
+                services,
+                card,
+                device_id="ZFY0305",
+                officer_no=None,
+                settings=IngestSettings(delete_after_ingest=delete),
+                clock=lambda: datetime.now(UTC),
+            )
+
+        assert dock(delete=False).files == 1
+        with services.catalog.transaction() as db:
+            [digest] = db.scalars(select(Recording.blake3)).all()
+        assert replicator_for(services).drain().failed == 0
+        report = evict(services, replicator_for(services).vault, now=datetime.now(UTC), dry_run=False)
+        assert report.evicted == [digest]
+        assert not services.store.exists(digest)
+
+        summary = dock(delete=True)
+        assert (summary.reason, summary.errors, summary.deleted) == (None, 0, 1), summary
+        assert not (card / "V000.MP4").exists()
+        assert services.store.exists(digest)
+        with services.catalog.transaction() as db:
+            stored = db.get_one(StoredObject, digest)
+            assert stored.evicted_at is None
+            assert stored.last_verified_at is not None
+            assert stored.last_verified_at >= report.at  # this put's read-back, not the first one's
+            assert len(db.scalars(select(Recording.id)).all()) == 1
+            [restored] = db.scalars(select(AuditEvent).where(AuditEvent.action == "store.restore")).all()
+            assert restored.subject == f"object:{digest}"
+        assert verify_catalog_rows(services) == []
+        _, evicted, problems = verify_objects(services)
+        assert (evicted, problems) == (0, [])
+    finally:
+        services.close()
+        unseal_tree(tmp_path)
+
+
+def test_a_delete_marker_over_a_candidate_keeps_it_and_the_pass_evicts_the_next(
+    tmp_path: Path, ceph_cluster: CephCluster, bucket: str
+) -> None:
+    """With the station's credentials someone deletes the oldest object's key (a delete marker: the
+    locked version stays). The pass keeps that object, says why, and goes on; over an evicted object a
+    delete marker does not make its locked version "missing"."""
+    marks = {"evict_high_water_percent": 2, "evict_low_water_percent": 1}
+    services = Services.open(Config.model_validate(station_config(tmp_path, ceph_cluster, bucket, **marks)))
+    try:
+        oldest, following = ingest(services, tmp_path, [MiB, MiB], serial="ZFY0306", seed=30600)
+        vault = replicator_for(services).vault
+        assert replicator_for(services).drain().failed == 0
+        ceph_cluster.client().delete_object(Bucket=bucket, Key=object_key(oldest))
+
+        report = evict(services, vault, now=datetime.now(UTC), dry_run=False)
+        assert "delete marker" in report.kept[oldest]
+        assert report.evicted == [following]
+        assert services.store.exists(oldest)
+        assert not services.store.exists(following)
+
+        ceph_cluster.client().delete_object(Bucket=bucket, Key=object_key(following))
+        problems = check_evicted_in_vault(services, vault)
+        assert all(p.kind != "evicted-object-missing" for p in problems)
+    finally:
+        services.close()
+        unseal_tree(tmp_path)
+
+
+def test_a_removal_that_fails_after_the_unlink_stays_evicted_and_streams_back(
+    tmp_path: Path, ceph_cluster: CephCluster, bucket: str
+) -> None:
+    """The store's disk dies between the unlink and the directory fsync: the bytes are gone locally, so
+    the row must stay evicted (read from the vault), not point readers at a local copy that is not there."""
+    require_root_tools("mkfs.ext4", "fallocate")
+    marks = {"evict_high_water_percent": 2, "evict_low_water_percent": 1}
+    with ext4_on_failable_device(tmp_path, 32, name="store") as (_, fail_writes):
+        services = Services.open(
+            Config.model_validate(station_config(tmp_path, ceph_cluster, bucket, **marks))
+        )
+        try:
+            [digest] = ingest(services, tmp_path, [MiB], serial="ZFY0307", seed=30700)
+            data = services.store.path_for(digest).read_bytes()
+            replicator = replicator_for(services)
+            assert replicator.drain().failed == 0
+            fail_writes()
+            report = evict(services, replicator.vault, now=datetime.now(UTC), dry_run=False)
+            assert digest in report.failed
+            assert not services.store.exists(digest)
+            with services.catalog.transaction() as db:
+                assert db.get_one(StoredObject, digest).evicted_at is not None
+            assert evict_outcomes(services, digest) == ["ok", "gone"]
+            assert verify_catalog_rows(services) == []
+            with stream_back.open_object(services, digest) as reader:
+                assert reader.read() == data
+        finally:
+            services.close()
+            unseal_tree(tmp_path)
+
+
+def test_viewings_past_the_spool_budget_are_refused_and_the_state_dir_keeps_its_reserve(
+    tmp_path: Path, ceph_cluster: CephCluster, bucket: str
+) -> None:
+    """A clerk with an approval views an evicted recording again and again, holding each spool open:
+    the state directory's filesystem (the catalog's) keeps its reserve, and a recording larger than
+    the spool budget is refused outright. Each refusal is one line with exit 58."""
+    require_root_tools("mkfs.ext4")
+    with (
+        ext4_filesystem(tmp_path, 64, name="state") as state_dir,
+        evicted_station(tmp_path, ceph_cluster, bucket, "ZFY0308") as (station, recording_id, size),
+    ):
+        now = datetime.now(UTC)
+        approval = approval_of(World(station), [recording_id], now)
+
+        def viewing(**vault: Any) -> Any:
+            config = station.config
+            services = replace(
+                station, config=config.model_copy(update={"vault": config.vault.model_copy(update=vault)})
+            )
+            return call(
+                World(services), view, CLERK, now=now, approval_id=approval, recording_id=recording_id
+            )
+
+        with pytest.raises(SpoolRefusedError) as refused:
+            viewing(stream_back_spool_mib=size // MiB)
+        assert refused.value.exit_code == 58
+        assert "vault.stream_back_spool_mib" in str(refused.value)
+        assert "\n" not in str(refused.value)
+
+        reserve_mib = (shutil.disk_usage(state_dir).free - size - size // 2) // MiB
+        reserve = {"stream_back_reserve_mib": reserve_mib}
+        first = viewing(**reserve)
+        with first.file as held:  # the clerk keeps it open: its blocks stay allocated
+            with pytest.raises(SpoolRefusedError) as refused:
+                viewing(**reserve)
+            assert refused.value.exit_code == 58
+            assert "vault.stream_back_reserve_mib" in str(refused.value)
+            assert shutil.disk_usage(state_dir).free >= reserve_mib * MiB
+            assert hashlib.sha256(held.read()).hexdigest() == first.result["sha256"]
+        with viewing(**reserve).file as again:  # the first one closed: room again
+            assert len(again.read()) == size
+
+
+@contextlib.contextmanager
+def evicted_station(
+    tmp_path: Path, cluster: CephCluster, bucket: str, serial: str
+) -> Iterator[tuple[Services, int, int]]:
+    """A station of its own holding one recording of PAYLOAD bytes, replicated and evicted: yields
+    the station, the recording's id and its size."""
+    marks = {"evict_high_water_percent": 2, "evict_low_water_percent": 1}
+    station = Services.open(Config.model_validate(station_config(tmp_path, cluster, bucket, **marks)))
+    try:
+        [digest] = ingest(station, tmp_path, [PAYLOAD], serial=serial, seed=int(serial[-4:]) * 100)
+        assert replicator_for(station).drain().failed == 0
+        assert evict(station, replicator_for(station).vault, now=datetime.now(UTC), dry_run=False).evicted
+        with station.catalog.transaction() as db:
+            [recording_id] = db.scalars(select(Recording.id)).all()
+            size = db.get_one(StoredObject, digest).size
+        yield station, recording_id, size
+    finally:
+        station.close()
+        unseal_tree(tmp_path)
+
+
+def test_a_viewing_whose_approval_expired_while_it_was_spooled_is_refused(
+    tmp_path: Path, ceph_cluster: CephCluster, bucket: str
+) -> None:
+    """The approval is checked again after the vault read, at the time it is then, not at the request's."""
+    with evicted_station(tmp_path, ceph_cluster, bucket, "ZFY0309") as (station, recording_id, _):
+        asked = datetime.now(UTC) - timedelta(minutes=90)
+        # Expired 30 minutes ago; still valid at the instant the view was asked.
+        approval = approval_of(World(station), [recording_id], asked - timedelta(minutes=30), "1h")
+        asking = Request(
+            command="view",
+            args={"approval_id": approval, "recording_id": recording_id},
+            actor=CLERK,
+            now=asked,
+            clock=lambda: datetime.now(UTC),  # the server's clock, read again once the spool is done
+        )
+        with pytest.raises(ApprovalRefused) as refused:
+            view(station, asking)
+        assert refused.value.exit_code == 14
+        assert "expired" in str(refused.value)
+
+
+def test_the_bytes_of_an_evicted_then_purged_object_ingested_again_are_local_and_live(
+    scene: Scene, tmp_path: Path
+) -> None:
+    """After the purge test: a2 was evicted, then purged. The same bytes from a camera make the row
+    live and local again, not 'evicted' over local bytes (which the next run would take for a cut)."""
+    a2 = scene.replicated[2]
+    ingest_again(scene, tmp_path, a2, "ZFY0310")
+    assert [p for p in verify_catalog_rows(scene.services) if p.subject == f"object:{a2}"] == []

@@ -14,6 +14,8 @@ import pytest
 from sqlalchemy import select
 
 from ingestd import operations
+from ingestd.eviction import ACTION as EVICT
+from ingestd.eviction import ACTOR as EVICTION
 from ingestd.policies.retention import KeepReason, RetentionRules
 from ingestd.purge import _Run, gather, give_notices, purge
 from store.audit import AuditLog
@@ -381,3 +383,24 @@ def test_the_removal_keeps_an_object_that_a_new_recording_took_after_the_tombsto
     assert event.outcome == "skipped"
     assert event.details["referenced_by"] == [newcomer]
     assert run.skipped[f"object:{digest}"].startswith("object is now referenced by recording")
+
+
+def test_a_purge_after_a_cut_eviction_removes_the_local_bytes(
+    catalog: Catalog, store: FileObjectStore, audit: AuditLog
+) -> None:
+    """An eviction committed its intent and a crash cut it before the bytes went: the object is marked
+    evicted but still local. Its retention purge removes the bytes, not leaves them past retention."""
+    ids = populate(catalog, store, audit)
+    digest = digest_of(catalog, ids["plain"])
+    cut_at = STORED + timedelta(days=30)
+    with catalog.transaction() as db:
+        audit.append(db, actor=EVICTION, action=EVICT, subject=f"object:{digest}", at=cut_at, details={})
+        db.get_one(StoredObject, digest).evicted_at = cut_at
+    purge(catalog, store, audit, actor=CLERK, now=NOTICE_AT, rules=RULES, dry_run=False)
+    report = purge(catalog, store, audit, actor=CLERK, now=PURGE_AT, rules=RULES, dry_run=False)
+    assert report.removed_objects == (digest,)
+    assert not store.exists(digest)
+    with catalog.transaction() as db:
+        [event] = seed.audit_events(db, "retention.remove")
+        assert (event.outcome, event.details["detail"]) == ("ok", "removed")
+        assert db.get_one(StoredObject, digest).removed_at == PURGE_AT

@@ -10,11 +10,13 @@ from sqlalchemy import select, text, update
 
 from ingestd import operations
 from ingestd.config import RetentionConfig
+from ingestd.eviction import ACTION as EVICT
+from ingestd.eviction import ACTOR as EVICTION
 from ingestd.evidence.approvals import NewApproval, create_approval, revoke_approval
 from ingestd.verify_rows import RowProblem, verify_rows
 from store.audit import Actor, Role
 from store.catalog import Catalog
-from store.models import Confidentiality, Recording
+from store.models import Camera, Confidentiality, Recording, StoredObject
 from tests.support import records as seed
 from tests.support.records import CLERK
 
@@ -147,3 +149,29 @@ def test_unreadable_values_are_problems_not_a_crash(sqlite_catalog: Catalog, tmp
     found = check(sqlite_catalog)
     assert ("row-unreadable", "custody_events") in found, found
     assert [kind for kind, subject in found if subject.startswith("seq ")] == ["row-unreadable"] * 2, found
+
+
+def test_an_eviction_time_undone_by_an_ingest_and_written_back_is_reported(
+    catalog: Catalog, tmp_path: Path
+) -> None:
+    """A past eviction's time is on record; an ingest of the same bytes made the object local again.
+    Writing that old time back (so the next eviction run would remove the bytes) is named."""
+    build(catalog, tmp_path)
+    audit = seed.audit_log(tmp_path)
+    evicted = NOW + timedelta(days=1)
+    with catalog.transaction() as db:
+        obj = db.scalars(select(StoredObject).order_by(StoredObject.stored_at, StoredObject.blake3)).first()
+        assert obj is not None
+        digest = obj.blake3
+        audit.append(db, actor=EVICTION, action=EVICT, subject=f"object:{digest}", at=evicted, details={})
+        obj.evicted_at = evicted
+    assert check(catalog) == []  # an eviction on record
+    with catalog.transaction() as db:
+        obj = db.get_one(StoredObject, digest)
+        camera = db.scalars(select(Camera)).one()
+        seed.recording(db, camera, obj, recorded_at=NOW, ingested_at=evicted + timedelta(days=1), audit=audit)
+        obj.evicted_at = None  # the same bytes came back from a camera
+    assert check(catalog) == []
+    with catalog.transaction() as db:
+        db.execute(update(StoredObject).where(StoredObject.blake3 == digest).values(evicted_at=evicted))
+    assert check(catalog) == [("row-mismatch", f"object:{digest}")]

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -80,10 +81,15 @@ def attach_held(image: Path, held: contextlib.ExitStack) -> str:
 
 
 @contextlib.contextmanager
-def mounted(source: str | Path, mount_point: Path, options: str = "rw") -> Iterator[Path]:
+def mounted(
+    source: str | Path, mount_point: Path, options: str = "rw", fstype: str | None = None
+) -> Iterator[Path]:
     """Mount `source` on `mount_point`; unmount that mount point afterwards (lazily if busy)."""
     mount_point.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-o", options, str(source), str(mount_point)], check=True, capture_output=True)
+    typed = ["-t", fstype] if fstype else []
+    subprocess.run(
+        ["mount", *typed, "-o", options, str(source), str(mount_point)], check=True, capture_output=True
+    )
     try:
         yield mount_point
     finally:
@@ -162,3 +168,28 @@ def root_filesystem_source() -> str:
         if fields[4] == "/":
             return fields[fields.index("-") + 2]
     raise AssertionError("nothing is mounted at /")
+
+
+@contextlib.contextmanager
+def ext4_on_failable_device(workdir: Path, size_mib: int, name: str = "fs") -> Iterator[tuple[Path, Any]]:
+    """A loop-mounted ext4 filesystem under `workdir` whose sparse image lives on a tmpfs of its own,
+    and a callable that fills that tmpfs: from then on every write the filesystem sends to blocks not
+    yet allocated in the image (its journal's next commit) fails with EIO, as on a dying disk, while
+    the page cache still answers reads. Everything is undone by its own mount point and device."""
+    backing = workdir / f"{name}-backing"
+    with mounted("tmpfs", backing, f"size={size_mib + 8}m", fstype="tmpfs") as held:
+        image = held / f"{name}.img"
+        with image.open("wb") as sparse:
+            sparse.truncate(size_mib * 1024 * 1024)
+        subprocess.run(
+            ["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1", str(image)],
+            check=True,
+            capture_output=True,
+        )
+
+        def fail_writes() -> None:
+            free = shutil.disk_usage(held).free
+            subprocess.run(["fallocate", "-l", str(free), str(held / "filler")], check=True)
+
+        with attached(image) as device, mounted(device, workdir / name) as mount_point:
+            yield mount_point, fail_writes
