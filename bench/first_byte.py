@@ -70,7 +70,9 @@ def loop_card(work: Path, size: int) -> Callable[[Daemon], float]:
     def dock(daemon: Daemon) -> float:
         started = time.perf_counter()
         with attached(image):
-            return first_partial_byte(daemon.store, started)
+            figure = first_partial_byte(daemon.store, started)
+            daemon.stop()  # SIGTERM: its session unmounts the card before the card's loop device goes
+        return figure
 
     return dock
 
@@ -84,7 +86,9 @@ def serial_camera(work: Path, size: int) -> Callable[[Daemon], float]:
         try:
             started = time.perf_counter()
             camera.dock(daemon.docks)
-            return first_partial_byte(daemon.store, started)
+            figure = first_partial_byte(daemon.store, started)
+            daemon.stop()  # as above: unmounted before the simulator detaches its loop device
+            return figure
         finally:
             camera.close()
             remove_sealed_tree(work / "cameras")
