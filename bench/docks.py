@@ -137,12 +137,9 @@ def main() -> None:
                 stop(daemon)
                 for camera in cameras:
                     camera.close()
-        together, window_s, per_dock = copy_rates(samples)
-        rates = per_dock or {"none": 0.0}
+        together, window_s, rates = copy_rates(samples)
         aggregate = total / MiB / usage.seconds
         ratio = aggregate / dd_rate
-        mean = statistics.fmean(rates.values())
-        spread = max(abs(rate - mean) for rate in rates.values()) / mean if mean > 0 else float("inf")
         print(f"{'measure':<40}{'figure':>10}{'baseline':>10}{'ratio':>8}  target")
         print(f"{'dd bs=4M conv=fsync, one stream (MiB/s)':<40}{dd_rate:>10.0f}{'':>18}  {dd_one.limit()}")
         print(
@@ -150,13 +147,20 @@ def main() -> None:
             f"  >= {AGGREGATE_TARGET} {'ok' if ratio >= AGGREGATE_TARGET else 'BELOW TARGET'}; "
             f"{usage.limit()}"
         )
-        print(
-            f"{'per camera (MiB/s): mean, min, max':<40}{mean:>10.1f}{min(rates.values()):>10.1f}"
-            f"{max(rates.values()):>8.1f}  over {window_s:.1f} s with {together} copying at once; "
-            "farthest from the mean "
-            f"{spread:.0%}, target <= {SPREAD_TARGET:.0%} "
-            f"{'ok' if spread <= SPREAD_TARGET else 'ABOVE TARGET'}"
-        )
+        if rates:
+            mean = statistics.fmean(rates.values())
+            spread = max(abs(rate - mean) for rate in rates.values()) / mean if mean > 0 else float("inf")
+            print(
+                f"{'per camera (MiB/s): mean, min, max':<40}{mean:>10.1f}{min(rates.values()):>10.1f}"
+                f"{max(rates.values()):>8.1f}  over {window_s:.1f} s with {together} copying at once; "
+                f"farthest from the mean {spread:.0%}, target <= {SPREAD_TARGET:.0%} "
+                f"{'ok' if spread <= SPREAD_TARGET else 'ABOVE TARGET'}"
+            )
+        else:
+            print(
+                f"{'per camera (MiB/s)':<40}{'-':>10}  not measured: no two progress samples saw the most "
+                f"docks ({together}) copying at once; give each camera more data (--files, --size-mib)"
+            )
         print(
             f"{'daemon peak RSS, VmHWM (MiB)':<40}{rss:>10.1f}{'':>18}  <= {RSS_TARGET_MIB:.0f} "
             f"{'ok' if rss <= RSS_TARGET_MIB else 'ABOVE TARGET'}"
