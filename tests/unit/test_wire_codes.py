@@ -46,6 +46,7 @@ from ingestd.policies.errors import (
 )
 from ingestd.schema import SchemaError
 from ingestd.session import _ObjectGoneError
+from ingestd.stream_back import SpoolRefusedError
 from store.audit import AuditError
 from store.catalog import CatalogError
 from store.errors import (
@@ -81,6 +82,7 @@ PINNED: dict[str, type[Exception]] = {
     "audit-anchor": AnchorError,
     "replication-incomplete": ReplicationIncompleteError,
     "store-still-full": StoreStillFullError,
+    "spool-refused": SpoolRefusedError,
     "bay-display": BayDisplayError,
     "socket-access-denied": SocketAccessDenied,
     "store-not-set-up": StoreNotSetUpError,
