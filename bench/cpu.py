@@ -24,7 +24,6 @@ import json
 import os
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,10 +37,18 @@ from bench.common import (
     dd_usage,
     drop_caches,
     measure,
-    process_cpu,
     run_measured,
 )
-from bench.ingest import REPO, ended_sessions, ingestd, make_card, reset, start_daemon, stop, write_config
+from bench.ingest import (
+    REPO,
+    dock_and_wait,
+    ingestd,
+    make_card,
+    reset,
+    start_daemon,
+    stop,
+    write_config,
+)
 from ingestd.demo import remove_sealed_tree
 
 GiB = 1024 * MiB
@@ -107,18 +114,7 @@ def cameras_together(fast: Path, work: Path, cameras: int, files: int, size: int
     docks = fast / "docks"
     daemon = start_daemon(work, udev=False, docks=docks)
     try:
-
-        def run() -> float:
-            before = process_cpu(daemon.pid)
-            for card in cards:
-                card.rename(docks / card.name)
-            while ended_sessions(work) < cameras:
-                if daemon.poll() is not None:
-                    raise RuntimeError("the daemon exited")
-                time.sleep(0.02)
-            return process_cpu(daemon.pid) - before
-
-        usage = measure(work, run)
+        usage = measure(work, lambda: dock_and_wait(daemon, work, cards, docks))
     finally:
         stop(daemon)
     return usage

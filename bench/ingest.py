@@ -183,6 +183,19 @@ def stop(daemon: subprocess.Popen[bytes]) -> None:
         daemon.kill()
 
 
+def dock_and_wait(daemon: subprocess.Popen[bytes], work: Path, cards: list[Path], docks: Path) -> float:
+    """Dock every card at the same moment and wait for all their sessions to end: the daemon's CPU
+    seconds over that span."""
+    before = process_cpu(daemon.pid)
+    for card in cards:
+        card.rename(docks / card.name)
+    while ended_sessions(work) < len(cards):
+        if daemon.poll() is not None:
+            raise RuntimeError("the daemon exited")
+        time.sleep(0.02)
+    return process_cpu(daemon.pid) - before
+
+
 def cameras_at_once(work: Path, cameras: int, files: int, size: int) -> tuple[float, Usage]:
     """(MiB/s, usage) for `cameras` cards docked at the same moment, dock to last session end."""
     cards = [work / "cards" / f"ZFY1{n:03d}" for n in range(cameras)]
@@ -192,17 +205,7 @@ def cameras_at_once(work: Path, cameras: int, files: int, size: int) -> tuple[fl
     try:
         drop_caches()
 
-        def run() -> float:
-            before = process_cpu(daemon.pid)
-            for card in cards:
-                card.rename(work / "docks" / card.name)
-            while ended_sessions(work) < cameras:
-                if daemon.poll() is not None:
-                    raise RuntimeError("the daemon exited")
-                time.sleep(0.02)
-            return process_cpu(daemon.pid) - before
-
-        usage = measure(work, run)
+        usage = measure(work, lambda: dock_and_wait(daemon, work, cards, work / "docks"))
         for card in cards:
             (work / "docks" / card.name).rename(card)
     finally:
