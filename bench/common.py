@@ -68,10 +68,26 @@ def dd_command(source: Path, target: Path) -> list[str]:
     return ["dd", f"if={source}", f"of={target}", "bs=4M", "conv=fsync", "status=none"]
 
 
-def run_dd(source: Path, target: Path) -> Measured:
-    """`dd bs=4M conv=fsync` copying `source` from a cold cache; the copy is removed."""
+def dd_copy(source: Path, target: Path, *, read_back: bool = False) -> Measured:
+    """`dd bs=4M conv=fsync` copying `source` to `target`; with `read_back`, then `dd iflag=direct` reading
+    the copy from the medium: the bytes an ingest with read-back moves over the store's disk, moved by
+    dd one pass after the other (their seconds and CPU added up)."""
+    copied = run_measured(dd_command(source, target))
+    if not read_back:
+        return copied
+    read = run_measured(["dd", f"if={target}", "of=/dev/null", "bs=4M", "iflag=direct", "status=none"])
+    return Measured(
+        copied.output + read.output,
+        copied.seconds + read.seconds,
+        max(copied.peak_rss_mib, read.peak_rss_mib),
+        copied.cpu_seconds + read.cpu_seconds,
+    )
+
+
+def run_dd(source: Path, target: Path, *, read_back: bool = False) -> Measured:
+    """`dd_copy` from a cold cache; the copy is removed."""
     drop_caches()
-    measured = run_measured(dd_command(source, target))
+    measured = dd_copy(source, target, read_back=read_back)
     target.unlink()
     return measured
 
@@ -155,18 +171,17 @@ def measure(work: Path, run: Callable[[], float]) -> Usage:
     return Usage(seconds, cpu, machine_cpu() - machine, (_disk_busy_ms(disk) - busy) / 1000)
 
 
-def dd_usage(work: Path, sources: list[Path]) -> Usage:
-    """Single-stream `dd conv=fsync` of each source in turn, each from a cold cache: dd's own seconds and
-    CPU, and the machine's CPU and the disk's busy time while dd ran (the cache drops left out)."""
+def dd_usage(work: Path, sources: list[Path], *, read_back: bool = False) -> Usage:
+    """Single-stream `dd_copy` of each source in turn, each from a cold cache: dd's own seconds and CPU,
+    and the machine's CPU and the disk's busy time while dd ran (the cache drops left out)."""
     target = work / "dd-copy.bin"
     runs: list[Measured] = []
     usages: list[Usage] = []
     for source in sources:
         drop_caches()
-        command = dd_command(source, target)
 
-        def run(command: list[str] = command) -> float:
-            runs.append(run_measured(command))
+        def run(source: Path = source) -> float:
+            runs.append(dd_copy(source, target, read_back=read_back))
             return runs[-1].cpu_seconds
 
         usages.append(measure(work, run))

@@ -117,6 +117,7 @@ class OneCamera:
     """One camera's import beside its baselines, all over the same files."""
 
     dd: Usage
+    dd_read_back: Usage  # dd's copy, then dd reading it back with O_DIRECT: the bytes an ingest moves
     usage: Usage  # the import's, start-up included
     rate: float  # MiB/s over the session's own seconds
     summary: dict[str, Any]  # the import's --json summary: seconds, copy_seconds, read_back_seconds
@@ -127,6 +128,7 @@ def one_camera(work: Path, files: int, size: int) -> OneCamera:
     card = work / "cards" / "ZFY0001"
     sources = make_card(card, "ZFY0001", files, size)
     dd = dd_usage(work, sources)
+    dd_read_back = dd_usage(work, sources, read_back=True)
     reset(work)
     config = write_config(work, udev=False)
     drop_caches()
@@ -143,7 +145,7 @@ def one_camera(work: Path, files: int, size: int) -> OneCamera:
     put_seconds = sum(run_put(source, work / "put-store", read_back=True).seconds for source in sources)
     remove_sealed_tree(work / "put-store")
     mib = files * size / MiB
-    return OneCamera(dd, usage, mib / summary["seconds"], summary, mib / put_seconds)
+    return OneCamera(dd, dd_read_back, usage, mib / summary["seconds"], summary, mib / put_seconds)
 
 
 def start_daemon(
@@ -247,6 +249,12 @@ def main() -> None:
         dd_rate = args.files * size / MiB / dd.seconds
         print(f"{'measure':<34}{'figure':>12}{'baseline':>12}{'ratio':>8}{'target':>8}")
         print(f"{'dd bs=4M conv=fsync (MiB/s)':<34}{dd_rate:>12.0f}{'':>28}  limit: {dd.limit()}")
+        floor_rate = args.files * size / MiB / camera.dd_read_back.seconds
+        print(
+            f"{'dd, then dd reading it back':<34}{floor_rate:>12.0f}{dd_rate:>12.0f}"
+            f"{floor_rate / dd_rate:>8.2f}{'':>8}  the bytes an ingest with read-back moves; "
+            f"limit: {camera.dd_read_back.limit()}"
+        )
         ratio = one / dd_rate
         print(
             f"{'one camera, read-back (MiB/s)':<34}{one:>12.0f}{dd_rate:>12.0f}{ratio:>8.2f}"
@@ -262,6 +270,8 @@ def main() -> None:
             f"{'store.put, same files, read-back':<34}{put:>12.0f}{dd_rate:>12.0f}{put / dd_rate:>8.2f}"
             f"{'':>8}  the session against it: {one / put:.2f} (like with like)"
         )
+        against = one / floor_rate
+        print(f"{'one camera against dd+read-back':<34}{against:>32.2f}  the same bytes over the disk")
         many, many_usage = cameras_at_once(work, args.cameras, args.files, size // 2)
         ratio = many / dd_rate
         label = f"{args.cameras} cameras at once (MiB/s)"

@@ -3,7 +3,9 @@
 Prints MiB/s for dd, put without read-back and put with read-back, the ratios against the targets
 (0.9 each: where the disk is the limit, read-back must not cost wall time), and the peak RSS of each
 put (every put runs in its own child process), including a small file next to a large one to show
-that memory does not grow with the file.
+that memory does not grow with the file. Beside them, "dd+read-back": dd's copy, then dd reading the
+copy back with O_DIRECT, the bytes a put with read-back moves over the disk; where one disk's reads and
+writes share its bandwidth, that, not dd alone, bounds a put with read-back.
 
     .venv/bin/python -m bench.store_put [--files 4] [--size-mib 512] [--dir DIR]
 """
@@ -97,10 +99,11 @@ def bench(workdir: Path, files: int, size: int) -> None:
     caches = "caches dropped before every run" if cold else "NOT root: caches not dropped, figures are warm"
     print(f"{files} x {size // MiB} MiB in {workdir}; {caches}")
 
-    seconds: dict[str, list[float]] = {"dd": [], "put": [], "put+read-back": []}
+    seconds: dict[str, list[float]] = {"dd": [], "dd+read-back": [], "put": [], "put+read-back": []}
     rss: dict[str, list[float]] = {"put": [], "put+read-back": []}
     for source in sources:  # interleaved, so drift in the disk affects every mode alike
         seconds["dd"].append(run_dd(source, workdir / "dd-copy.bin").seconds)
+        seconds["dd+read-back"].append(run_dd(source, workdir / "dd-copy.bin", read_back=True).seconds)
         for mode, read_back in (("put", False), ("put+read-back", True)):
             run = run_put(source, workdir / "store", read_back=read_back)
             seconds[mode].append(run.seconds)
@@ -120,6 +123,10 @@ def bench(workdir: Path, files: int, size: int) -> None:
             f"{mode:<22}{rate(mode):>8.0f}{statistics.median(runs):>10.3f}{ratio:>8.2f}"
             f"{'' if target is None else target:>8}{peak}{verdict}"
         )
+    print(
+        f"put+read-back against dd+read-back (the same bytes over the disk): "
+        f"{rate('put+read-back') / rate('dd+read-back'):.2f}"
+    )
 
     small = workdir / "small.bin"
     make_source(small, 16 * MiB)
