@@ -61,13 +61,14 @@ def loop_card(work: Path, size: int) -> Callable[[Daemon], float]:
     card = work / "card"
     make_card(card, "ZFY0801", 1, size)
     image = work / "ZFY0801-camera.img"  # the harness's mass-storage rule matches *-camera.img
-    subprocess.run(
-        ["mkfs.ext4", "-q", "-F", "-d", str(card), str(image), f"{size // MiB + 64}M"],
-        check=True,
-        capture_output=True,
-    )
 
     def dock(daemon: Daemon) -> float:
+        # Made afresh for every run: a run whose session ends before the stop deletes the recording.
+        subprocess.run(
+            ["mkfs.ext4", "-q", "-F", "-d", str(card), str(image), f"{size // MiB + 64}M"],
+            check=True,
+            capture_output=True,
+        )
         started = time.perf_counter()
         with attached(image):
             figure = first_partial_byte(daemon.store, started)
