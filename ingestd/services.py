@@ -48,22 +48,16 @@ def holds_stored_objects(catalog: Catalog) -> bool:
         return db.scalar(select(StoredObject.blake3).limit(1)) is not None
 
 
-def copy_rings(config: Config) -> int:
-    """The rings of copy buffers `store.copy_memory_mib` is shared by: each dock copying at once, and the
-    read-back that trails each copy. A read-back past them follows its copy instead of trailing it."""
-    return config.ingest.max_concurrent * (2 if config.store.read_back else 1)
-
-
 def open_store(config: Config) -> FileObjectStore:
     """The configured object store; opening it touches nothing on disk."""
-    rings = copy_rings(config)
     return FileObjectStore(
         config.store.root,
         read_back=config.store.read_back,
-        # The rings' share of copy_memory_mib bounds the daemon's memory with 25 docks (measured: 4 MiB
-        # buffers, one ring per dock, put it at 400 MiB).
-        chunk_size=chunk_within(config.store.copy_memory_mib * MIB, rings, config.store.chunk_mib * MIB),
-        ring_budget=rings,
+        # Every dock copying at once holds a ring of buffers: their share of copy_memory_mib bounds the
+        # daemon's memory with 25 docks (measured: 4 MiB buffers put it at 400 MiB).
+        chunk_size=chunk_within(
+            config.store.copy_memory_mib * MIB, config.ingest.max_concurrent, config.store.chunk_mib * MIB
+        ),
         fsync_interval=config.store.fsync_interval_mib * MIB,
     )
 

@@ -19,7 +19,7 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,8 +59,6 @@ from store.objects.pipeline import (
     DirectFiller,
     RingPool,
     SourceFailedError,
-    TrailingReadBack,
-    direct_io_alignment,
     fd_filler,
     pump,
     resume_point,
@@ -101,7 +99,6 @@ class _Attempt:
     resumed: int = 0
     written: int = 0
     keep_partial: bool = False
-    on_medium: bool = False  # some of its bytes are on the medium, told to `before_read_back`
 
 
 class _Writer:
@@ -109,9 +106,7 @@ class _Writer:
 
     With `direct_flags` (the fd's flags, O_DIRECT set by the caller) whole aligned buffers are written
     with O_DIRECT, from the ring's page-aligned buffers to the device without a copy into the page
-    cache; the first write that is not aligned (the file's tail) clears O_DIRECT for the rest. After
-    each write made wholly with O_DIRECT, `on_medium` is told the offset below which every byte is on
-    the medium (for a read-back that trails the copy)."""
+    cache; the first write that is not aligned (the file's tail) clears O_DIRECT for the rest."""
 
     def __init__(
         self,
@@ -124,7 +119,6 @@ class _Writer:
         stamp: str | None,
         progress: Callable[[int], None] | None,
         direct_flags: int | None = None,
-        on_medium: Callable[[int], None] | None = None,
     ) -> None:
         self.fd = fd
         self.offset = offset
@@ -135,7 +129,6 @@ class _Writer:
         self.stamp = stamp
         self.progress = progress
         self._direct_flags = direct_flags
-        self._on_medium = on_medium
 
     def end_direct(self) -> None:
         """Clear O_DIRECT: from now on, writes go through the page cache."""
@@ -158,8 +151,6 @@ class _Writer:
             if written < len(view):
                 self.end_direct()  # a short write leaves the rest unaligned
         self.offset += written
-        if self._direct_flags is not None and self._on_medium is not None:
-            self._on_medium(self.offset)
         crash_point(Step.PARTIAL_WRITE)
         if self.offset - self.synced >= self.interval:
             self.sync()
@@ -199,10 +190,8 @@ class FileObjectStore(ObjectStore):
     `partial/` (with a `<key>.json` sidecar holding the last durable offset), and copies that failed
     read-back in `quarantine/` (kept for investigation, never served).
 
-    `before_read_back` is a test seam only: it is called once per put with the partial copy's path when
-    its first bytes are on the medium and before the read-back reads any of them (after the first
-    O_DIRECT write where the read-back trails the copy, else after the final fsync), so a test can
-    change the bytes on the medium underneath. Production leaves it None.
+    `on_synced` is a test seam only: it is called with the partial copy's path after the final fsync and
+    before read-back, so a test can change the bytes on the medium underneath. Production leaves it None.
     The store is safe to share between threads; each concurrent put borrows its own ring of buffers.
 
     Constructing a store touches nothing on disk, so opening an existing station creates nothing: the
@@ -217,8 +206,7 @@ class FileObjectStore(ObjectStore):
         read_back: bool = True,
         chunk_size: int = 4 * MiB,
         fsync_interval: int = 256 * MiB,
-        before_read_back: Callable[[Path], None] | None = None,
-        ring_budget: int | None = None,
+        on_synced: Callable[[Path], None] | None = None,
     ) -> None:
         if chunk_size <= 0 or fsync_interval <= 0:
             raise ValueError("chunk_size and fsync_interval must be positive")
@@ -226,11 +214,11 @@ class FileObjectStore(ObjectStore):
         self.read_back = read_back
         self.chunk_size = chunk_size
         self.fsync_interval = fsync_interval
-        self._before_read_back = before_read_back
+        self._on_synced = on_synced
         self._objects = self.root / "objects"
         self._partial = self.root / "partial"
         self._quarantine = self.root / "quarantine"
-        self._rings = RingPool(chunk_size, ring_budget)
+        self._rings = RingPool(chunk_size)
         self._lock = threading.Lock()
         self._warned = False
         self._direct_refused: str | None = None  # why read-back cannot use O_DIRECT here, once known
@@ -383,10 +371,6 @@ class FileObjectStore(ObjectStore):
             code = errno.errorcode.get(error.errno or 0, "?")
             self._refuse_direct(f"the filesystem refuses O_DIRECT ({code})")
             return None
-        if direct_io_alignment(fd) == 0:
-            fcntl.fcntl(fd, fcntl.F_SETFL, flags)
-            self._refuse_direct("the filesystem takes O_DIRECT but serves it through the page cache (statx)")
-            return None
         return flags
 
     def _read_back(self, fd: int, ring: list[memoryview]) -> tuple[str, int]:
@@ -411,65 +395,6 @@ class FileObjectStore(ObjectStore):
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         size = pump(ring, fd_filler(fd, 0, None), None, digests, sha256=False)
         return str(digests.blake3.hexdigest()), size
-
-    @contextlib.contextmanager
-    def _trailing_read_back(
-        self, fd: int, attempt: _Attempt, direct_flags: int | None
-    ) -> Iterator[TrailingReadBack | None]:
-        """A read-back that trails the copy on a second fd of the partial, opened with O_DIRECT, and a ring
-        of its own; None where it cannot trail (read-back off, the copy not written with O_DIRECT, reads
-        not known to bypass the page cache, no ring within the memory budget), and the read-back follows
-        the copy instead."""
-        if not self.read_back or direct_flags is None:
-            yield None
-            return
-        read_fd: int | None = None
-        with contextlib.suppress(OSError):  # an O_DIRECT open refused: the read-back follows the copy
-            read_fd = os.open(attempt.partial, os.O_RDONLY | os.O_DIRECT | os.O_NOFOLLOW | os.O_CLOEXEC)
-        if read_fd is None:
-            yield None
-            return
-        try:
-            if not os.path.samestat(os.fstat(read_fd), os.fstat(fd)):
-                raise StoreError(detail=f"the partial copy {attempt.partial} was replaced during its put")
-            alignment = direct_io_alignment(read_fd)
-            with self._rings.spare() as ring:
-                # Only where the kernel says reads of this file bypass the page cache, else the trail
-                # could read back the copy's own cached pages; and only within the memory budget.
-                if ring is None or alignment is None or alignment == 0 or DIRECT_ALIGNMENT % alignment:
-                    yield None
-                    return
-                trail = TrailingReadBack(read_fd, ring, on_medium=0)
-                try:
-                    yield trail
-                finally:
-                    trail.abandon()  # after `finish`, only joins what has ended
-        finally:
-            os.close(read_fd)
-
-    def _reached(self, attempt: _Attempt, trail: TrailingReadBack, offset: int) -> None:
-        """The copy's bytes below `offset` are on the medium: the test seam first, then the read-back."""
-        self._tell_on_medium(attempt)
-        trail.reached(offset)
-
-    def _tell_on_medium(self, attempt: _Attempt) -> None:
-        if self._before_read_back is not None and not attempt.on_medium:
-            self._before_read_back(attempt.partial)
-        attempt.on_medium = True
-
-    def _finish_read_back(
-        self, fd: int, ring: list[memoryview], trail: TrailingReadBack | None
-    ) -> tuple[str, int]:
-        """BLAKE3 and size of the durable copy as read from the medium: what the trailing read-back read
-        plus the rest, or, where none trailed or O_DIRECT refused one of its reads, a pass of its own."""
-        if trail is not None:
-            try:
-                return trail.finish()
-            except OSError as error:
-                if error.errno != errno.EINVAL:
-                    raise
-                self._refuse_direct(f"an O_DIRECT read was refused ({errno.errorcode[error.errno]})")
-        return self._read_back(fd, ring)
 
     def _refuse_direct(self, reason: str) -> None:
         """Remember why O_DIRECT is not possible on this store, and log it the first time."""
@@ -595,65 +520,61 @@ class FileObjectStore(ObjectStore):
             if attempt.sidecar is not None and attempt.key is not None and resumed == 0:
                 write_durably(attempt.sidecar, _sidecar_bytes(attempt.key, 0, attempt.stamp))
             self._check_space(expected_size, resumed)
-            direct_flags = self._start_direct(fd) if resumed % DIRECT_ALIGNMENT == 0 else None
-            with self._trailing_read_back(fd, attempt, direct_flags) as trail:
-                writer = _Writer(
-                    fd=fd,
-                    offset=resumed,
-                    interval=self.fsync_interval,
-                    sidecar=attempt.sidecar,
-                    key=attempt.key,
-                    stamp=attempt.stamp,
-                    progress=progress,
-                    direct_flags=direct_flags,
-                    on_medium=None if trail is None else lambda offset: self._reached(attempt, trail, offset),
-                )
-                if trail is not None and resumed > 0:
-                    self._reached(attempt, trail, resumed)  # an earlier attempt fsynced this prefix
-                copy_started = time.monotonic()
-                try:
-                    with source_reader(source) as fill:
-                        pump(ring, fill, writer.write, digests)
-                except SourceFailedError as failed:
-                    if attempt.key is not None:
-                        attempt.keep_partial = True
-                        writer.sync()  # everything the source gave us is resumable
-                    raise failed.error from None
-                except Exception:
-                    # Stopped from outside (the progress callback saw an unplug or a daemon stop): keep the
-                    # partial; a resume truncates it to the last recorded durable offset. Disk full still
-                    # discards it (put checks that first).
-                    if attempt.key is not None:
-                        attempt.keep_partial = True
-                    raise
-                finally:
-                    writer.end_direct()
-                    attempt.written = writer.offset
-                if expected_size is not None and writer.offset != expected_size:
-                    raise SourceSizeError(key=attempt.key, actual=writer.offset, expected=expected_size)
-                writer.sync()
-                copy_seconds = time.monotonic() - copy_started
-                attempt.keep_partial = attempt.key is not None  # a durable copy: an unexpected error keeps it
-                self._tell_on_medium(attempt)
-                blake3_hex, sha256_hex = digests.hex()
-                size = writer.offset
-                read_back_seconds = 0.0
-                if self.read_back:
-                    read_back_started = time.monotonic()
-                    read_back = self._finish_read_back(fd, ring, trail)
-                    read_back_seconds = time.monotonic() - read_back_started
-                    if read_back != (blake3_hex, size):
-                        attempt.keep_partial = True  # moved to quarantine, not discarded
-                        quarantined = self._quarantine_copy(attempt, blake3_hex)
-                        raise ReadBackMismatchError(
-                            blake3=blake3_hex,
-                            sha256=sha256_hex,
-                            size=size,
-                            read_blake3=read_back[0],
-                            read_size=read_back[1],
-                            quarantine=quarantined,
-                        )
-                    crash_point(Step.READ_BACK)
+            writer = _Writer(
+                fd=fd,
+                offset=resumed,
+                interval=self.fsync_interval,
+                sidecar=attempt.sidecar,
+                key=attempt.key,
+                stamp=attempt.stamp,
+                progress=progress,
+                direct_flags=self._start_direct(fd) if resumed % DIRECT_ALIGNMENT == 0 else None,
+            )
+            copy_started = time.monotonic()
+            try:
+                with source_reader(source) as fill:
+                    pump(ring, fill, writer.write, digests)
+            except SourceFailedError as failed:
+                if attempt.key is not None:
+                    attempt.keep_partial = True
+                    writer.sync()  # everything the source gave us is resumable
+                raise failed.error from None
+            except Exception:
+                # Stopped from outside (the progress callback saw an unplug or a daemon stop): keep the
+                # partial; a resume truncates it to the last recorded durable offset. Disk full still
+                # discards it (put checks that first).
+                if attempt.key is not None:
+                    attempt.keep_partial = True
+                raise
+            finally:
+                writer.end_direct()
+                attempt.written = writer.offset
+            if expected_size is not None and writer.offset != expected_size:
+                raise SourceSizeError(key=attempt.key, actual=writer.offset, expected=expected_size)
+            writer.sync()
+            copy_seconds = time.monotonic() - copy_started
+            attempt.keep_partial = attempt.key is not None  # a durable copy: an unexpected error keeps it
+            if self._on_synced is not None:
+                self._on_synced(attempt.partial)
+            blake3_hex, sha256_hex = digests.hex()
+            size = writer.offset
+            read_back_seconds = 0.0
+            if self.read_back:
+                read_back_started = time.monotonic()
+                read_back = self._read_back(fd, ring)
+                read_back_seconds = time.monotonic() - read_back_started
+                if read_back != (blake3_hex, size):
+                    attempt.keep_partial = True  # moved to quarantine, not discarded
+                    quarantined = self._quarantine_copy(attempt, blake3_hex)
+                    raise ReadBackMismatchError(
+                        blake3=blake3_hex,
+                        sha256=sha256_hex,
+                        size=size,
+                        read_blake3=read_back[0],
+                        read_size=read_back[1],
+                        quarantine=quarantined,
+                    )
+                crash_point(Step.READ_BACK)
             result = self._publish(fd, attempt, ring, blake3_hex=blake3_hex, sha256_hex=sha256_hex, size=size)
             return replace(result, copy_seconds=copy_seconds, read_back_seconds=read_back_seconds)
 

@@ -40,9 +40,8 @@ class Seal(enum.StrEnum):
 @dataclass(frozen=True, slots=True)
 class PutResult:
     """A stored object. `copy_seconds` (the source into a durable partial copy) and `read_back_seconds`
-    (the wait, once the copy was durable, for its re-read from the medium, which trails the copy where
-    the store reads with O_DIRECT) are wall times, 0 where a pass did not run, so a slow ingest shows
-    whether the source or the store's disk held it."""
+    (re-reading it from the medium) are the wall time of those two passes, 0 where a pass did not run,
+    so a slow ingest shows whether the source or the store's disk held it."""
 
     blake3: str
     sha256: str

@@ -9,8 +9,6 @@ source that holds the partial copy's bytes at every sampled window, else it star
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import fcntl
 import io
@@ -18,7 +16,6 @@ import mmap
 import os
 import queue
 import stat
-import struct
 import threading
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, Final
@@ -204,98 +201,6 @@ class DirectFiller:
         return got
 
 
-_STATX_DIOALIGN: Final = 0x2000  # linux/stat.h
-_AT_EMPTY_PATH: Final = 0x1000
-_STATX_SIZE: Final = 256  # struct statx
-_STATX_DIO_OFFSET_ALIGN: Final = 156  # offset of stx_dio_offset_align in struct statx
-
-
-def direct_io_alignment(fd: int) -> int | None:
-    """The file offset alignment O_DIRECT needs on `fd` (statx STATX_DIOALIGN, Linux 6.1+), 0 where the
-    file takes no direct I/O, or None where the kernel or filesystem does not say. ext4 accepts O_DIRECT
-    on every file but serves it through the page cache for some (fscrypt without inline encryption,
-    data=journal): only this tells such a file apart."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    buffer = ctypes.create_string_buffer(_STATX_SIZE)
-    if libc.statx(fd, b"", _AT_EMPTY_PATH, _STATX_DIOALIGN, buffer) != 0:
-        return None
-    (mask,) = struct.unpack_from("=I", buffer.raw, 0)
-    if not mask & _STATX_DIOALIGN:
-        return None
-    (alignment,) = struct.unpack_from("=I", buffer.raw, _STATX_DIO_OFFSET_ALIGN)
-    return int(alignment)
-
-
-class TrailingReadBack:
-    """The read-back of a copy, run on threads of its own while the copy goes on. The writer reports each
-    offset below which its bytes are on the medium (`reached`); this reads them from `fd`, opened with
-    O_DIRECT, and feeds BLAKE3, so the read-back's disk reads overlap the copy's writes instead of
-    following them: in series, the second pass held one camera near half of dd where the disk was the
-    limit. An O_DIRECT read always goes to the device (the kernel writes back any cached page of the
-    range first), so a range read before the copy's final fsync is read from the same medium as one read
-    after it; the fsync adds durability, not other bytes. `finish`, called once everything is fsynced
-    and dropped from the page cache, reads on to EOF. A read that O_DIRECT refuses (EINVAL) is raised
-    by `finish`, for the caller to read back another way."""
-
-    def __init__(self, fd: int, ring: list[memoryview], *, on_medium: int) -> None:
-        self._reached = on_medium
-        self._final = False
-        self._abandoned = False
-        self._changed = threading.Condition()
-        self._direct = DirectFiller(fd, 0)
-        self._digests = Digests()
-        self._size = 0
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(ring,), name="store-read-back", daemon=True)
-        self._thread.start()
-
-    def reached(self, offset: int) -> None:
-        """Every byte below `offset` is on the medium. Raises what ended the read-back early (a read
-        error of the store's disk), so the copy stops instead of going on for nothing."""
-        if self._error is not None:
-            raise self._error
-        with self._changed:
-            self._reached = offset
-            self._changed.notify()
-
-    def finish(self) -> tuple[str, int]:
-        """(BLAKE3 hex, size) of the whole file as read from the medium; raises what the reads raised."""
-        self._end(abandon=False)
-        if self._error is not None:
-            raise self._error
-        return str(self._digests.blake3.hexdigest()), self._size
-
-    def abandon(self) -> None:
-        """Stop reading (the copy failed) and wait for the threads, so the caller may close `fd`."""
-        self._end(abandon=True)
-
-    def _end(self, *, abandon: bool) -> None:
-        with self._changed:
-            self._final = not abandon
-            self._abandoned = abandon
-            self._changed.notify()
-        self._thread.join()
-
-    def _fill(self, view: memoryview) -> int:
-        with self._changed:
-            while True:
-                if self._abandoned:
-                    return 0
-                if self._final:
-                    return self._direct(view)  # to EOF: nothing writes the file any more
-                limit = self._reached - self._reached % DIRECT_ALIGNMENT
-                if limit > self._direct.position:
-                    break
-                self._changed.wait()
-        return self._direct(view[: min(len(view), limit - self._direct.position)])
-
-    def _run(self, ring: list[memoryview]) -> None:
-        try:
-            self._size = pump(ring, self._fill, None, self._digests, sha256=False)
-        except BaseException as error:  # noqa: BLE001 - raised by `finish` on the caller's thread
-            self._error = error
-
-
 def _source_fd(source: BinaryIO) -> int | None:
     """The source's fd when it is a regular file whose cached pages we may drop."""
     try:
@@ -440,58 +345,30 @@ def resume_point(
 MIN_CHUNK: Final = 256 * 1024
 
 
-def chunk_within(memory: int, rings: int, largest: int) -> int:
-    """The buffer size that lets `rings` rings live together in `memory` bytes: at most `largest`, a
-    multiple of DIRECT_ALIGNMENT, and never below MIN_CHUNK (past that the rings outgrow `memory`)."""
-    share = memory // (max(1, rings) * _RING_BUFFERS)
+def chunk_within(memory: int, copies: int, largest: int) -> int:
+    """The buffer size that lets `copies` rings live together in `memory` bytes: at most `largest`, a
+    multiple of DIRECT_ALIGNMENT, and never below MIN_CHUNK (past that the copies outgrow `memory`)."""
+    share = memory // (max(1, copies) * _RING_BUFFERS)
     return max(MIN_CHUNK, min(largest, share) // DIRECT_ALIGNMENT * DIRECT_ALIGNMENT)
 
 
 class RingPool:
     """Reusable rings of preallocated buffers; one per concurrent put, so memory is flat in file size.
-    The buffers are anonymous mmaps, so they are page-aligned as O_DIRECT needs. `budget` is how many
-    rings the memory is meant for: `borrowed` always gives one (a copy must run), `spare` only while
-    fewer than `budget` are out (what can do without one, a trailing read-back, does)."""
+    The buffers are anonymous mmaps, so they are page-aligned as O_DIRECT needs."""
 
-    def __init__(self, chunk_size: int, budget: int | None = None) -> None:
+    def __init__(self, chunk_size: int) -> None:
         self._chunk_size = chunk_size
-        self._budget = budget
         self._idle: list[list[memoryview]] = []
-        self._out = 0
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
     def borrowed(self) -> Iterator[list[memoryview]]:
-        with self._lease(within_budget=False) as ring:
-            if ring is None:  # a lease outside the budget is always granted
-                raise RuntimeError("the ring pool refused a ring outside its budget")
-            yield ring
-
-    @contextlib.contextmanager
-    def spare(self) -> Iterator[list[memoryview] | None]:
-        """A ring within the budget, or None when `budget` rings are out already."""
-        with self._lease(within_budget=True) as ring:
-            yield ring
-
-    @contextlib.contextmanager
-    def _lease(self, *, within_budget: bool) -> Iterator[list[memoryview] | None]:
         with self._lock:
-            if within_budget and self._budget is not None and self._out >= self._budget:
-                granted = False
-                ring = None
-            else:
-                granted = True
-                self._out += 1
-                ring = self._idle.pop() if self._idle else None
-        if not granted:
-            yield None
-            return
+            ring = self._idle.pop() if self._idle else None
+        if ring is None:
+            ring = [memoryview(mmap.mmap(-1, self._chunk_size)) for _ in range(_RING_BUFFERS)]
         try:
-            if ring is None:
-                ring = [memoryview(mmap.mmap(-1, self._chunk_size)) for _ in range(_RING_BUFFERS)]
             yield ring
         finally:
             with self._lock:
-                self._out -= 1
-                if ring is not None:
-                    self._idle.append(ring)
+                self._idle.append(ring)

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -33,7 +32,7 @@ from store.objects import (
     Seal,
     is_immutable,
 )
-from tests.support.loopdev import attached, ext4_filesystem, make_image, mounted, require_root_tools
+from tests.support.loopdev import ext4_filesystem, require_root_tools
 from tests.support.objectstore import UnpluggedCamera, rot_below_filesystem, unseal_tree
 
 pytestmark = pytest.mark.root
@@ -167,15 +166,14 @@ def test_the_seal_falls_back_to_read_only_without_cap_linux_immutable(ext4: Path
 
 
 def test_read_back_catches_a_byte_changed_on_the_medium(tmp_path: Path) -> None:
-    """A bad disk, for real: once the copy's first bytes are on the medium, and before the read-back reads
-    them, one byte of the copy is changed in the loop device's backing image, underneath ext4. Only a
-    re-read from the medium can see it."""
+    """A bad disk, for real: after the final fsync, one byte of the copy is changed in the loop device's
+    backing image, underneath ext4. Only a re-read from the medium can see it."""
     data = payload(3 * MiB)
     # ext4_filesystem(tmp_path, ..., name="store") keeps its image at tmp_path / "store.img".
     rot = rot_below_filesystem(tmp_path / "store.img")
 
     with ext4_filesystem(tmp_path, 64, name="store") as mount_point:
-        store = FileObjectStore(mount_point / "s", before_read_back=rot).create_directories()
+        store = FileObjectStore(mount_point / "s", on_synced=rot).create_directories()
         with capture_logs() as logs, pytest.raises(ReadBackMismatchError) as caught:
             store.put(io.BytesIO(data), resume_key="A.MP4")
         assert isinstance(caught.value, IntegrityError)
@@ -190,8 +188,7 @@ def test_read_back_catches_a_byte_changed_on_the_medium(tmp_path: Path) -> None:
         assert sum(a != b for a, b in zip(stored, data, strict=True)) == 1
 
         # The same rot without read-back goes unnoticed by put; only a later scrub would find it.
-        careless = FileObjectStore(mount_point / "t", before_read_back=rot, read_back=False)
-        careless.create_directories()
+        careless = FileObjectStore(mount_point / "t", on_synced=rot, read_back=False).create_directories()
         result = careless.put(io.BytesIO(data))
         assert not result.read_back_verified
         kinds = {p.kind for p in careless.verify_object(result.blake3, result.sha256, result.size)}
@@ -232,125 +229,6 @@ def test_o_direct_copies_and_reads_back_files_of_every_alignment(ext4: Path, fro
         assert result.read_back_verified
         assert result.size == size
         assert result.path.read_bytes() == data
-
-
-def bytes_read_from_storage() -> int:
-    """This process's reads that reached a block device (/proc/self/io `read_bytes`, all threads)."""
-    for line in Path("/proc/self/io").read_text().splitlines():
-        if line.startswith("read_bytes:"):
-            return int(line.split()[1])
-    raise AssertionError("/proc/self/io has no read_bytes")
-
-
-class CameraThatWaitsForTheReadBack(io.RawIOBase):
-    """An in-memory source (it reads no block device) that serves the first `half` bytes, then waits until
-    the store has read `half` bytes from its disk before serving the rest: the read-back of the start,
-    while the copy of the end has not begun. `overlapped` says whether that happened within `patience`
-    seconds."""
-
-    def __init__(self, data: bytes, half: int, patience: float = 20) -> None:
-        super().__init__()
-        self._data = memoryview(data)
-        self._half = half
-        self._patience = patience
-        self._position = 0
-        self._before = bytes_read_from_storage()
-        self.overlapped: bool | None = None
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]  # typeshed: Buffer
-        if self._position == self._half and self.overlapped is None:
-            deadline = time.monotonic() + self._patience
-            while bytes_read_from_storage() - self._before < self._half and time.monotonic() < deadline:
-                time.sleep(0.01)
-            self.overlapped = bytes_read_from_storage() - self._before >= self._half
-        end = self._half if self._position < self._half else len(self._data)
-        count = min(len(buffer), end - self._position)
-        buffer[:count] = self._data[self._position : self._position + count]
-        self._position += count
-        return count
-
-
-def test_the_read_back_reads_what_is_on_the_medium_while_the_copy_goes_on(ext4: Path) -> None:
-    """The read-back trails the copy (its reads overlap the copy's writes) rather than following it, and
-    still proves the whole file: the camera holds back its second half until the first half was read
-    back from the store's disk."""
-    data = payload(2 * MiB + 100, seed=11)
-    store = FileObjectStore(ext4 / "s", chunk_size=64 * KiB).create_directories()
-    camera = CameraThatWaitsForTheReadBack(data, half=MiB)
-    result = store.put(cast(BinaryIO, io.BufferedReader(camera, buffer_size=64 * KiB)))
-    assert camera.overlapped is True
-    assert result.read_back_verified
-    assert result.blake3 == blake3.blake3(data).hexdigest()
-    assert result.path.read_bytes() == data
-
-
-def trail_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "store-read-back"]
-
-
-class UnpluggedWhileReadBack(UnpluggedCamera):
-    """Unplugged after `fail_after` bytes; notes whether a trailing read-back was running then."""
-
-    trailing: bool | None = None
-
-    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]  # typeshed: Buffer
-        try:
-            return super().readinto(buffer)
-        except OSError:
-            self.trailing = bool(trail_threads())
-            raise
-
-
-def test_an_unplug_mid_copy_stops_the_trailing_read_back_and_keeps_the_partial(ext4: Path) -> None:
-    store = FileObjectStore(ext4 / "s", chunk_size=64 * KiB).create_directories()
-    source = UnpluggedWhileReadBack(payload(2 * MiB, seed=12), fail_after=MiB)
-    with pytest.raises(OSError, match="camera unplugged"):
-        store.put(cast(BinaryIO, io.BufferedReader(source)), resume_key="ZFY0001:B.MP4")
-    assert source.trailing is True
-    assert not trail_threads()
-    assert len(files_under(ext4 / "s" / "partial")) == 2  # the copy and its durable offset, to resume
-    assert files_under(ext4 / "s" / "objects") == []
-
-
-def test_a_copy_stopped_from_outside_stops_the_trailing_read_back(ext4: Path) -> None:
-    """The progress callback raises when the dock sees an unplug or the daemon stops: the read-back that
-    trails the copy ends with it, and the partial stays for a resume."""
-    store = FileObjectStore(ext4 / "s", chunk_size=64 * KiB).create_directories()
-    seen: list[bool] = []
-
-    def stop_at_one_mib(offset: int) -> None:
-        if offset >= MiB:
-            seen.append(bool(trail_threads()))
-            raise InterruptedError("daemon stopping")
-
-    with pytest.raises(InterruptedError):
-        store.put(io.BytesIO(payload(2 * MiB, seed=13)), resume_key="ZFY0001:C.MP4", progress=stop_at_one_mib)
-    assert seen == [True]
-    assert not trail_threads()
-    assert len(files_under(ext4 / "s" / "partial")) == 2
-    assert files_under(ext4 / "s" / "objects") == []
-
-
-def test_where_o_direct_goes_through_the_page_cache_the_read_back_follows_the_fsync(tmp_path: Path) -> None:
-    """ext4 with data=journal takes O_DIRECT on open but serves it through the page cache, where a
-    trailing read-back would re-read the copy's own pages, not the disk: statx says so, the store logs
-    why, copies through the page cache and reads back only after the fsync that dropped it."""
-    image = make_image(tmp_path / "journal.img", 64)
-    with attached(image) as device, mounted(device, tmp_path / "journal", "data=journal") as mount_point:
-        store = FileObjectStore(mount_point / "s", chunk_size=64 * KiB).create_directories()
-        data = payload(2 * MiB, seed=14)
-        camera = CameraThatWaitsForTheReadBack(data, half=MiB, patience=1)
-        with capture_logs() as logs:
-            result = store.put(cast(BinaryIO, io.BufferedReader(camera, buffer_size=64 * KiB)))
-        assert camera.overlapped is False
-        assert result.read_back_verified
-        assert result.path.read_bytes() == data
-        [fallback] = [e for e in logs if "without O_DIRECT" in e["event"]]
-        assert "through the page cache (statx)" in fallback["reason"]
-        unseal_tree(mount_point)
 
 
 def test_a_put_reports_the_time_of_each_pass_it_ran(ext4: Path) -> None:

@@ -1,8 +1,7 @@
 """Nothing leaves the camera until its copy is proven: the ingest session with a real store on ext4.
 
-A read-back failure is produced for real: once the copy's first bytes are on the medium, one byte of it
-is flipped in the loop device's backing image, underneath ext4
-(tests/support/objectstore.rot_below_filesystem).
+A read-back failure is produced for real: after the store's fsync, one byte of the copy is flipped in
+the loop device's backing image, underneath ext4 (tests/support/objectstore.rot_below_filesystem).
 """
 
 from __future__ import annotations
@@ -119,7 +118,7 @@ def rot_the_second_copy(image: Path) -> Callable[[Path], None]:
 def test_a_failed_read_back_leaves_every_original_on_the_camera(tmp_path: Path, store_fs: Path) -> None:
     originals = camera_volume(tmp_path)
     store = FileObjectStore(
-        store_fs / "store", before_read_back=rot_the_second_copy(tmp_path / "store.img")
+        store_fs / "store", on_synced=rot_the_second_copy(tmp_path / "store.img")
     ).create_directories()
     services = services_with(tmp_path, store)
     try:
@@ -234,7 +233,7 @@ def test_a_file_replaced_after_its_copy_stays_and_every_deletion_is_audited(
             swapped.replace(target)
             replaced.append(target)
 
-    store = FileObjectStore(store_fs / "store", before_read_back=swap_a_stored_file).create_directories()
+    store = FileObjectStore(store_fs / "store", on_synced=swap_a_stored_file).create_directories()
     store_box.append(store)
     services = services_with(tmp_path, store)
     try:

@@ -56,9 +56,8 @@ def physical_offset(path: Path) -> int:
 
 
 def rot_below_filesystem(image: Path, byte_offset: int = 1000) -> Callable[[Path], None]:
-    """A bad disk, for real: flip one byte of a file's first block in the loop device's backing image,
-    underneath ext4, once that block is on the medium, so only a re-read from the medium can see it. For
-    `FileObjectStore(before_read_back=...)`."""
+    """A bad disk, for real: flip one byte of a just-synced file in the loop device's backing image,
+    underneath ext4, so only a re-read from the medium can see it. For `FileObjectStore(on_synced=...)`."""
 
     def rot(partial: Path) -> None:
         with image.open("r+b") as medium:
