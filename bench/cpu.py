@@ -94,6 +94,7 @@ def import_cpu(work: Path, card: Path, serial: str) -> float:
 def ram_disk(work: Path, size: int) -> Iterator[Path]:
     """A fast disk for the store, as root: ext4 on a loop device over a file in a tmpfs, so the store's
     writes, fsyncs and O_DIRECT reads are real ext4 I/O that no disk slows, and the CPU is the limit.
+    The loop device does direct I/O to its file: through the page cache it reached a fifth of the speed.
     Everything is undone by its own name: the mount point, the loop device, the tmpfs."""
     backing, mount_point = work / "ram", work / "fast-store"
     backing.mkdir()
@@ -104,9 +105,12 @@ def ram_disk(work: Path, size: int) -> Iterator[Path]:
         undo.callback(subprocess.run, ["umount", str(backing)], check=False)
         image = backing / "store.img"
         with image.open("wb") as handle:
-            handle.truncate(size)
+            os.posix_fallocate(handle.fileno(), 0, size)  # tmpfs pages made now, not on the store's writes
         device = subprocess.run(
-            ["losetup", "--find", "--show", str(image)], check=True, capture_output=True, text=True
+            ["losetup", "--find", "--show", "--direct-io=on", str(image)],
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
         undo.callback(subprocess.run, ["losetup", "--detach", device], check=False)
         subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "nodiscard", device], check=True)
