@@ -3,7 +3,9 @@
 1. one camera: `ingestd import` (read-back on) of F files of S MiB, against `dd bs=4M conv=fsync`
    copying the same files on the same filesystem (target >= 0.9 where the disk is the limit), and
    against `FileObjectStore.put` with read-back of the same files (as `bench.store_put` runs it), so
-   what the session adds to the store's copy is its own ratio, like with like;
+   what the session adds to the store's copy is its own ratio, like with like, and against dd's copy
+   followed by dd reading it back with O_DIRECT (the bytes an ingest with read-back moves over the
+   disk, moved by dd);
 2. N cameras at once through the real daemon (watched folder), against the same single-stream dd rate
    (target >= 0.9: the disk is the limit);
 3. peak RSS of `ingestd import` with one large recording against a small one (target: flat).
