@@ -59,6 +59,7 @@ from store.objects.pipeline import (
     DirectFiller,
     RingPool,
     SourceFailedError,
+    direct_io_alignment,
     fd_filler,
     pump,
     resume_point,
@@ -370,6 +371,13 @@ class FileObjectStore(ObjectStore):
         except OSError as error:
             code = errno.errorcode.get(error.errno or 0, "?")
             self._refuse_direct(f"the filesystem refuses O_DIRECT ({code})")
+            return None
+        if direct_io_alignment(fd) == 0:
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+            self._refuse_direct(
+                "the filesystem takes O_DIRECT but serves it through the page cache (statx: no direct I/O; "
+                "ext4 data=journal or fscrypt): the read-back may read pages the fsync left in memory"
+            )
             return None
         return flags
 

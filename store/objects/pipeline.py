@@ -9,6 +9,8 @@ source that holds the partial copy's bytes at every sampled window, else it star
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import fcntl
 import io
@@ -16,6 +18,7 @@ import mmap
 import os
 import queue
 import stat
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, Final
@@ -199,6 +202,28 @@ class DirectFiller:
             self._ended = count == 0 or (self._direct and unaligned)
         self.position += got
         return got
+
+
+_STATX_DIOALIGN: Final = 0x2000  # linux/stat.h
+_AT_EMPTY_PATH: Final = 0x1000
+_STATX_SIZE: Final = 256  # struct statx
+_STATX_DIO_OFFSET_ALIGN: Final = 156  # offset of stx_dio_offset_align in struct statx
+
+
+def direct_io_alignment(fd: int) -> int | None:
+    """The file offset alignment O_DIRECT needs on `fd` (statx STATX_DIOALIGN, Linux 6.1+), 0 where the
+    file takes no direct I/O, or None where the kernel or filesystem does not say. ext4 accepts O_DIRECT
+    on every file but serves it through the page cache for some (data=journal, fscrypt without inline
+    encryption): only this tells such a file apart."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    buffer = ctypes.create_string_buffer(_STATX_SIZE)
+    if libc.statx(fd, b"", _AT_EMPTY_PATH, _STATX_DIOALIGN, buffer) != 0:
+        return None
+    (mask,) = struct.unpack_from("=I", buffer.raw, 0)
+    if not mask & _STATX_DIOALIGN:
+        return None
+    (alignment,) = struct.unpack_from("=I", buffer.raw, _STATX_DIO_OFFSET_ALIGN)
+    return int(alignment)
 
 
 def _source_fd(source: BinaryIO) -> int | None:

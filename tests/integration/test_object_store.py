@@ -32,7 +32,7 @@ from store.objects import (
     Seal,
     is_immutable,
 )
-from tests.support.loopdev import ext4_filesystem, require_root_tools
+from tests.support.loopdev import attached, ext4_filesystem, make_image, mounted, require_root_tools
 from tests.support.objectstore import UnpluggedCamera, rot_below_filesystem, unseal_tree
 
 pytestmark = pytest.mark.root
@@ -211,6 +211,25 @@ def test_read_back_where_o_direct_is_refused_logs_why_and_still_verifies(tmp_pat
         assert fallback["log_level"] == "warning"
         assert fallback["reason"] == "the filesystem refuses O_DIRECT (EINVAL)"
         assert fallback["store"] == str(mount_point / "s")
+
+
+def test_a_store_where_o_direct_goes_through_the_page_cache_says_so(tmp_path: Path) -> None:
+    """ext4 with data=journal takes O_DIRECT on open and fcntl but serves it through the page cache, so
+    the read-back may read what the fsync left in memory: statx tells, and the store logs it once with
+    that reason instead of believing its reads reach the disk. The put itself still works."""
+    image = make_image(tmp_path / "journal.img", 64)
+    with attached(image) as device, mounted(device, tmp_path / "journal", "data=journal") as mount_point:
+        store = FileObjectStore(mount_point / "s", chunk_size=64 * KiB).create_directories()
+        data = payload(MiB + 100, seed=14)
+        with capture_logs() as logs:
+            first = store.put(io.BytesIO(data))
+            store.put(io.BytesIO(payload(MiB, seed=15)))
+        assert first.read_back_verified
+        assert first.path.read_bytes() == data
+        [warning] = [e for e in logs if "without O_DIRECT" in e["event"]]
+        assert "serves it through the page cache" in warning["reason"]
+        assert "read-back may read pages the fsync left in memory" in warning["reason"]
+        unseal_tree(mount_point)
 
 
 @pytest.mark.parametrize("from_file", [False, True], ids=["stream", "regular-file"])
