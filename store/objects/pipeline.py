@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import fcntl
+import functools
 import io
 import mmap
 import os
@@ -210,14 +210,21 @@ _STATX_SIZE: Final = 256  # struct statx
 _STATX_DIO_OFFSET_ALIGN: Final = 156  # offset of stx_dio_offset_align in struct statx
 
 
+@functools.cache
+def _statx() -> Callable[..., int] | None:
+    """glibc's statx (2.28+), from the symbols already loaded: no library search, no subprocess."""
+    statx: Callable[..., int] | None = getattr(ctypes.CDLL(None, use_errno=True), "statx", None)
+    return statx
+
+
 def direct_io_alignment(fd: int) -> int | None:
     """The file offset alignment O_DIRECT needs on `fd` (statx STATX_DIOALIGN, Linux 6.1+), 0 where the
     file takes no direct I/O, or None where the kernel or filesystem does not say. ext4 accepts O_DIRECT
     on every file but serves it through the page cache for some (data=journal, fscrypt without inline
     encryption): only this tells such a file apart."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    statx = _statx()
     buffer = ctypes.create_string_buffer(_STATX_SIZE)
-    if libc.statx(fd, b"", _AT_EMPTY_PATH, _STATX_DIOALIGN, buffer) != 0:
+    if statx is None or statx(fd, b"", _AT_EMPTY_PATH, _STATX_DIOALIGN, buffer) != 0:
         return None
     (mask,) = struct.unpack_from("=I", buffer.raw, 0)
     if not mask & _STATX_DIOALIGN:
