@@ -54,6 +54,7 @@ from bench.ingest import (
     write_config,
 )
 from ingestd.demo import remove_sealed_tree
+from tests.support.loopdev import attached, mounted
 
 GiB = 1024 * MiB
 FLOOR_RATIO_TARGET = 1.5
@@ -99,27 +100,15 @@ def ram_disk(work: Path, size: int) -> Iterator[Path]:
     writes, fsyncs and O_DIRECT reads are real ext4 I/O that no disk slows, and the CPU is the limit.
     The loop device does direct I/O to its file: through the page cache it reached a fifth of the speed.
     Everything is undone by its own name: the mount point, the loop device, the tmpfs."""
-    backing, mount_point = work / "ram", work / "fast-store"
-    backing.mkdir()
-    mount_point.mkdir()
-    with contextlib.ExitStack() as undo:
-        options = f"size={size + 64 * MiB},mode=0700"
-        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "bench-ram-disk", str(backing)], check=True)
-        undo.callback(subprocess.run, ["umount", str(backing)], check=False)
+    options = f"size={size + 64 * MiB},mode=0700"
+    with mounted("bench-ram-disk", work / "ram", options, fstype="tmpfs") as backing:
         image = backing / "store.img"
         with image.open("wb") as handle:
             os.posix_fallocate(handle.fileno(), 0, size)  # tmpfs pages made now, not on the store's writes
-        device = subprocess.run(
-            ["losetup", "--find", "--show", "--direct-io=on", str(image)],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        undo.callback(subprocess.run, ["losetup", "--detach", device], check=False)
-        subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "nodiscard", device], check=True)
-        subprocess.run(["mount", device, str(mount_point)], check=True)
-        undo.callback(subprocess.run, ["umount", str(mount_point)], check=False)
-        yield mount_point
+        with attached(image, direct_io=True) as device:
+            subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "nodiscard", device], check=True)
+            with mounted(device, work / "fast-store") as mount_point:
+                yield mount_point
 
 
 @contextlib.contextmanager
@@ -127,16 +116,12 @@ def fast_cards(work: Path, size: int) -> Iterator[Path]:
     """Where the cameras' cards live: a tmpfs of `size` bytes when root (each camera's USB link is its own
     path, so the cards must not share the store's disk), else a directory on the store's disk."""
     fast = work / "fast"
-    fast.mkdir()
     if os.geteuid() != 0:
+        fast.mkdir()
         yield fast
         return
-    options = f"size={size + 64 * MiB},mode=0700"
-    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "bench-cards", str(fast)], check=True)
-    try:
+    with mounted("bench-cards", fast, f"size={size + 64 * MiB},mode=0700", fstype="tmpfs"):
         yield fast
-    finally:
-        subprocess.run(["umount", str(fast)], check=False)
 
 
 def cameras_together(fast: Path, work: Path, cameras: int, files: int, size: int) -> Usage:

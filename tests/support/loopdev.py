@@ -43,11 +43,14 @@ def make_image(path: Path, size_mib: int, fstype: str = "ext4", label: str = "CA
 
 
 @contextlib.contextmanager
-def attached(image: Path, *, read_only: bool = False) -> Iterator[str]:
-    """Attach `image` to a free loop device; detach exactly that device afterwards."""
+def attached(image: Path, *, read_only: bool = False, direct_io: bool = False) -> Iterator[str]:
+    """Attach `image` to a free loop device; detach exactly that device afterwards. With `direct_io` the
+    loop device reads and writes its file with O_DIRECT, not through the page cache a second time."""
     args = ["losetup", "--find", "--show"]
     if read_only:
         args.append("--read-only")
+    if direct_io:
+        args.append("--direct-io=on")
     device = subprocess.run([*args, str(image)], check=True, capture_output=True, text=True).stdout.strip()
     try:
         yield device
