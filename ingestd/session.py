@@ -69,7 +69,7 @@ from store.models import (
     SessionState,
     StoredObject,
 )
-from store.objects import ExpectedObject, ObjectStore, PutResult
+from store.objects import ExpectedObject, ObjectStore, ProblemKind, PutResult
 
 if TYPE_CHECKING:
     from ingestd.services import Services
@@ -676,6 +676,11 @@ class IngestSession:
             # What was read is stored, but the camera file is not the one it was: the next dock reads it.
             self._file_failed(docked, item, f"the file changed while it was read: {changed}")
             return None
+        if result.unread is not None:
+            self._file_failed(
+                docked, item, f"stored, but not re-read from the medium ({result.unread}); left on the camera"
+            )
+            return None
         # Proven means read whole in this session and re-read from disk with its BLAKE3 matching;
         # without read-back nothing is deleted.
         if not (result.read_back_verified and outcome.read_whole):
@@ -701,7 +706,14 @@ class IngestSession:
                     return self._store_again(
                         docked, item, source, original, recording_id=match, digest=digest
                     )
-                self._verify_stored(digest)
+                unread = self._verify_stored(digest)
+                if unread is not None:
+                    self._file_failed(
+                        docked,
+                        item,
+                        f"its stored copy was not re-read from the medium ({unread}); left on the camera",
+                    )
+                    return None
                 return _Proven(original, match, digest.blake3, digest.sha256)
             if free_key is None:
                 self._file_failed(
@@ -812,14 +824,18 @@ class IngestSession:
             return None
         return _Proven(original, recording_id, result.blake3, result.sha256)
 
-    def _verify_stored(self, digest: ExpectedObject) -> None:
-        """Re-read the stored object from disk now: the proof for a file stored on an earlier dock."""
+    def _verify_stored(self, digest: ExpectedObject) -> str | None:
+        """Re-read the stored object from disk now: the proof for a file stored on an earlier dock. Raises
+        on a copy found wrong; returns why the re-read proves nothing (it read memory), or None."""
         problems = self.store.verify_object(digest.blake3, digest.sha256, digest.size)
-        if problems:
+        wrong = [problem for problem in problems if problem.kind is not ProblemKind.UNREAD]
+        if wrong:
             raise ExistingObjectCorruptError(
                 path=self.store.path_for(digest.blake3),
-                detail="; ".join(f"{problem.kind.value}: {problem.detail}" for problem in problems),
+                detail="; ".join(f"{problem.kind.value}: {problem.detail}" for problem in wrong),
             )
+        unread = [problem.detail for problem in problems if problem.kind is ProblemKind.UNREAD]
+        return unread[0] if unread else None
 
     def _on_progress(self, done_in_file: int) -> None:
         self.progress.file_progress(done_in_file)

@@ -59,8 +59,10 @@ from store.objects.pipeline import (
     DirectFiller,
     RingPool,
     SourceFailedError,
+    cached_pages,
     direct_io_alignment,
     fd_filler,
+    memory_backed,
     pump,
     resume_point,
     source_reader,
@@ -166,6 +168,23 @@ class _Writer:
         if self.sidecar is not None and self.key is not None:
             write_durably(self.sidecar, _sidecar_bytes(self.key, self.synced, self.stamp))
         crash_point(Step.FSYNC)
+
+
+def _drop_cached(fd: int) -> str | None:
+    """Drop `fd`'s pages from the page cache, so that reads through it come from the medium. Returns why
+    some would come from memory instead, or None: none stayed, the page cache is the medium (tmpfs,
+    ramfs), or the kernel cannot tell (no cachestat before Linux 6.5). A page stays when it is mapped,
+    locked or not yet written; with none of those, a second turn catches a page another reader brought
+    back from the medium meanwhile."""
+    stayed: int | None = 0
+    for _ in range(2):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        stayed = cached_pages(fd)
+        if not stayed:
+            return None
+    if memory_backed(fd):
+        return None
+    return f"{stayed} of its pages stayed in the page cache when dropped (mapped, locked or unwritten)"
 
 
 def _sidecar_bytes(key: str, durable: int, stamp: str | None) -> bytes:
@@ -349,13 +368,14 @@ class FileObjectStore(ObjectStore):
         start: int = 0,
         end: int | None = None,
         digests: Digests | None = None,
-    ) -> tuple[str, str, int]:
-        """Hash [start, end) of `fd` as read from the medium: cached pages are dropped first."""
+    ) -> tuple[str, str, int, str | None]:
+        """Hash [start, end) of `fd` as read from the medium: cached pages are dropped first. The last
+        item is why the read may have come from memory instead (see `_drop_cached`), or None."""
         digests = digests if digests is not None else Digests()
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        unproven = _drop_cached(fd)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         size = pump(ring, fd_filler(fd, start, end), None, digests)
-        return (*digests.hex(), size)
+        return (*digests.hex(), size, unproven)
 
     def _start_direct(self, fd: int) -> int | None:
         """Set O_DIRECT on `fd` and return its flags before, or None where this store cannot use it (the
@@ -376,22 +396,23 @@ class FileObjectStore(ObjectStore):
             fcntl.fcntl(fd, fcntl.F_SETFL, flags)
             self._refuse_direct(
                 "the filesystem takes O_DIRECT but serves it through the page cache (statx: no direct I/O; "
-                "ext4 data=journal or fscrypt): the read-back may read pages the fsync left in memory"
+                "ext4 data=journal or fscrypt): the read-back drops its pages, checking that none stayed"
             )
             return None
         return flags
 
-    def _read_back(self, fd: int, ring: list[memoryview]) -> tuple[str, int]:
+    def _read_back(self, fd: int, ring: list[memoryview]) -> tuple[str, int, str | None]:
         """BLAKE3 and size of the whole of `fd` as read from the medium, with O_DIRECT where the filesystem
         allows, so the pass copies nothing through the page cache; else through the page cache after
         dropping it, with the reason logged once per store. SHA-256 is not recomputed: the copy computed
-        it over the very bytes BLAKE3 saw, so a matching BLAKE3 proves both."""
+        it over the very bytes BLAKE3 saw, so a matching BLAKE3 proves both. The last item is why the
+        read may have come from memory instead, or None."""
         flags = self._start_direct(fd)
         if flags is not None:
             try:
                 digests = Digests()
                 size = pump(ring, DirectFiller(fd, 0), None, digests, sha256=False)
-                return str(digests.blake3.hexdigest()), size
+                return str(digests.blake3.hexdigest()), size, None
             except OSError as error:
                 if error.errno != errno.EINVAL:
                     raise
@@ -399,10 +420,10 @@ class FileObjectStore(ObjectStore):
             finally:
                 fcntl.fcntl(fd, fcntl.F_SETFL, flags)
         digests = Digests()
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        unproven = _drop_cached(fd)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         size = pump(ring, fd_filler(fd, 0, None), None, digests, sha256=False)
-        return str(digests.blake3.hexdigest()), size
+        return str(digests.blake3.hexdigest()), size, unproven
 
     def _refuse_direct(self, reason: str) -> None:
         """Remember why O_DIRECT is not possible on this store, and log it the first time."""
@@ -441,9 +462,11 @@ class FileObjectStore(ObjectStore):
             if info.st_size != size:
                 problems.append(problem(ProblemKind.SIZE_MISMATCH, f"{info.st_size} bytes, expected {size}"))
             with self._rings.borrowed() as ring:
-                found_blake3, found_sha256, _ = self._digest_fd(fd, ring)
+                found_blake3, found_sha256, _, unproven = self._digest_fd(fd, ring)
         finally:
             os.close(fd)
+        if unproven is not None:
+            problems.append(problem(ProblemKind.UNREAD, unproven))
         if found_blake3 != blake3_hex:
             problems.append(problem(ProblemKind.BLAKE3_MISMATCH, f"content hashes to {found_blake3}"))
         if found_sha256 != sha256_hex:
@@ -567,23 +590,39 @@ class FileObjectStore(ObjectStore):
             blake3_hex, sha256_hex = digests.hex()
             size = writer.offset
             read_back_seconds = 0.0
+            unproven: str | None = None
             if self.read_back:
                 read_back_started = time.monotonic()
-                read_back = self._read_back(fd, ring)
+                read_blake3, read_size, unproven = self._read_back(fd, ring)
                 read_back_seconds = time.monotonic() - read_back_started
-                if read_back != (blake3_hex, size):
+                if (read_blake3, read_size) != (blake3_hex, size):
                     attempt.keep_partial = True  # moved to quarantine, not discarded
                     quarantined = self._quarantine_copy(attempt, blake3_hex)
                     raise ReadBackMismatchError(
                         blake3=blake3_hex,
                         sha256=sha256_hex,
                         size=size,
-                        read_blake3=read_back[0],
-                        read_size=read_back[1],
+                        read_blake3=read_blake3,
+                        read_size=read_size,
                         quarantine=quarantined,
                     )
+                if unproven is not None:
+                    _log.warning(
+                        "read-back not proven to have read the medium: the copy is stored, not verified",
+                        store=str(self.root),
+                        key=attempt.key,
+                        reason=unproven,
+                    )
                 crash_point(Step.READ_BACK)
-            result = self._publish(fd, attempt, ring, blake3_hex=blake3_hex, sha256_hex=sha256_hex, size=size)
+            result = self._publish(
+                fd,
+                attempt,
+                ring,
+                blake3_hex=blake3_hex,
+                sha256_hex=sha256_hex,
+                size=size,
+                unproven=unproven,
+            )
             return replace(result, copy_seconds=copy_seconds, read_back_seconds=read_back_seconds)
 
     def _check_space(self, expected_size: int | None, resumed: int) -> None:
@@ -631,7 +670,7 @@ class FileObjectStore(ObjectStore):
             )
         os.ftruncate(fd, durable)
         if durable > 0:
-            _, _, rehashed = self._digest_fd(fd, ring, end=durable, digests=digests)
+            _, _, rehashed, _ = self._digest_fd(fd, ring, end=durable, digests=digests)
             if rehashed != durable:
                 raise StoreError(detail=f"partial copy of {key!r} shrank while it was re-hashed")
         os.lseek(fd, durable, os.SEEK_SET)
@@ -646,8 +685,10 @@ class FileObjectStore(ObjectStore):
         blake3_hex: str,
         sha256_hex: str,
         size: int,
+        unproven: str | None,
     ) -> PutResult:
-        """Link the verified partial copy to its content address and seal it, or deduplicate."""
+        """Link the partial copy to its content address and seal it, or deduplicate. `unproven`: why its
+        read-back, which matched, may have read memory instead of the medium."""
         target = self.path_for(blake3_hex)
         make_dirs(target.parent)
         os.fchmod(fd, SEALED_MODE)
@@ -677,7 +718,8 @@ class FileObjectStore(ObjectStore):
             seal,
             deduplicated=False,
             resumed_from=attempt.resumed,
-            read_back_verified=self.read_back,
+            read_back_verified=self.read_back and unproven is None,
+            unread=unproven,
         )
 
     def _deduplicate(
@@ -704,12 +746,19 @@ class FileObjectStore(ObjectStore):
                 raise ExistingObjectCorruptError(
                     path=target, detail=f"{info.st_size} bytes stored, {size} bytes new"
                 )
-            found = self._digest_fd(fd, ring)
+            found_blake3, found_sha256, found_size, unproven = self._digest_fd(fd, ring)
         finally:
             os.close(fd)
-        if found != (blake3_hex, sha256_hex, size):
+        if (found_blake3, found_sha256, found_size) != (blake3_hex, sha256_hex, size):
             raise ExistingObjectCorruptError(
-                path=target, detail=f"stored copy hashes to blake3 {found[0]}, sha256 {found[1]}"
+                path=target, detail=f"stored copy hashes to blake3 {found_blake3}, sha256 {found_sha256}"
+            )
+        if unproven is not None:
+            _log.warning(
+                "stored copy not proven to have been read from the medium: not verified",
+                store=str(self.root),
+                key=attempt.key,
+                reason=unproven,
             )
         self._discard(attempt)
         seal = self._seal_of(target)
@@ -725,7 +774,8 @@ class FileObjectStore(ObjectStore):
             seal,
             deduplicated=True,
             resumed_from=attempt.resumed,
-            read_back_verified=True,
+            read_back_verified=unproven is None,
+            unread=unproven,
         )
 
     def _quarantine_copy(self, attempt: _Attempt, blake3_hex: str) -> Path:

@@ -41,7 +41,8 @@ class Seal(enum.StrEnum):
 class PutResult:
     """A stored object. `copy_seconds` (the source into a durable partial copy) and `read_back_seconds`
     (re-reading it from the medium) are the wall time of those two passes, 0 where a pass did not run,
-    so a slow ingest shows whether the source or the store's disk held it."""
+    so a slow ingest shows whether the source or the store's disk held it. `unread` says why a read-back
+    that ran proves nothing (it read memory, not the medium); `read_back_verified` is then False."""
 
     blake3: str
     sha256: str
@@ -53,6 +54,7 @@ class PutResult:
     read_back_verified: bool
     copy_seconds: float = 0.0
     read_back_seconds: float = 0.0
+    unread: str | None = None
 
 
 class ExpectedObject(NamedTuple):
@@ -69,6 +71,7 @@ class ProblemKind(enum.StrEnum):
     BLAKE3_MISMATCH = "blake3-mismatch"
     SHA256_MISMATCH = "sha256-mismatch"
     NOT_SEALED = "not-sealed"
+    UNREAD = "unread"  # some of its pages stayed in memory: the check could not read them from the medium
 
 
 @dataclass(frozen=True, slots=True)

@@ -208,13 +208,15 @@ _STATX_DIOALIGN: Final = 0x2000  # linux/stat.h
 _AT_EMPTY_PATH: Final = 0x1000
 _STATX_SIZE: Final = 256  # struct statx
 _STATX_DIO_OFFSET_ALIGN: Final = 156  # offset of stx_dio_offset_align in struct statx
+_SYS_CACHESTAT: Final = 451  # Linux 6.5+, the same number on x86-64 and arm64
+_STATFS_SIZE: Final = 256  # struct statfs is 120 bytes on 64-bit; f_type is its first field, 8 bytes
+_MEMORY_FILESYSTEMS: Final = frozenset({0x01021994, 0x858458F6})  # TMPFS_MAGIC, RAMFS_MAGIC
 
 
 @functools.cache
-def _statx() -> Callable[..., int] | None:
-    """glibc's statx (2.28+), from the symbols already loaded: no library search, no subprocess."""
-    statx: Callable[..., int] | None = getattr(ctypes.CDLL(None, use_errno=True), "statx", None)
-    return statx
+def _libc() -> ctypes.CDLL:
+    """The C library's symbols already loaded into this process: no library search, no subprocess."""
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def direct_io_alignment(fd: int) -> int | None:
@@ -222,7 +224,7 @@ def direct_io_alignment(fd: int) -> int | None:
     file takes no direct I/O, or None where the kernel or filesystem does not say. ext4 accepts O_DIRECT
     on every file but serves it through the page cache for some (data=journal, fscrypt without inline
     encryption): only this tells such a file apart."""
-    statx = _statx()
+    statx: Callable[..., int] | None = getattr(_libc(), "statx", None)  # glibc 2.28+
     buffer = ctypes.create_string_buffer(_STATX_SIZE)
     if statx is None or statx(fd, b"", _AT_EMPTY_PATH, _STATX_DIOALIGN, buffer) != 0:
         return None
@@ -231,6 +233,27 @@ def direct_io_alignment(fd: int) -> int | None:
         return None
     (alignment,) = struct.unpack_from("=I", buffer.raw, _STATX_DIO_OFFSET_ALIGN)
     return int(alignment)
+
+
+def cached_pages(fd: int) -> int | None:
+    """How many of `fd`'s pages are in the page cache (cachestat), or None where the kernel cannot say.
+    A read through the page cache reads these from memory, not from the medium."""
+    whole_file = struct.pack("=QQ", 0, 0)  # struct cachestat_range: offset 0, length 0 = to the end
+    counts = ctypes.create_string_buffer(5 * 8)  # struct cachestat: nr_cache first
+    arguments = (ctypes.c_long(_SYS_CACHESTAT), ctypes.c_long(fd), whole_file, counts, ctypes.c_long(0))
+    if _libc().syscall(*arguments) != 0:  # longs: syscall() is variadic and reads each as a long
+        return None
+    (cached,) = struct.unpack_from("=Q", counts.raw, 0)
+    return int(cached)
+
+
+def memory_backed(fd: int) -> bool:
+    """Whether `fd` is on tmpfs or ramfs, where the page cache is the medium itself."""
+    buffer = ctypes.create_string_buffer(_STATFS_SIZE)
+    if _libc().fstatfs(fd, buffer) != 0:
+        return False
+    (kind,) = struct.unpack_from("=q", buffer.raw, 0)
+    return kind in _MEMORY_FILESYSTEMS
 
 
 def _source_fd(source: BinaryIO) -> int | None:

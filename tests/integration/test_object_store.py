@@ -9,6 +9,7 @@ import fcntl
 import hashlib
 import io
 import json
+import mmap
 import os
 import signal
 import subprocess
@@ -196,6 +197,59 @@ def test_read_back_catches_a_byte_changed_on_the_medium(tmp_path: Path) -> None:
         unseal_tree(mount_point)
 
 
+def test_a_read_back_through_the_page_cache_that_cannot_drop_the_copy_proves_nothing(tmp_path: Path) -> None:
+    """Where the read-back goes through the page cache (here: a chunk size O_DIRECT cannot use), it drops
+    the copy's pages first so as to read the medium. A page that stays cached (here another process
+    holds the copy mapped) is read from memory, so a byte rotted underneath ext4 would pass. The store
+    checks that no page stayed; where one did, it keeps the copy but does not call it verified, so the
+    camera keeps its file."""
+    data = payload(3 * MiB)
+    rot = rot_below_filesystem(tmp_path / "store.img")
+    held: list[tuple[BinaryIO, mmap.mmap]] = []
+
+    def rot_while_mapped(partial: Path) -> None:
+        handle = partial.open("rb")
+        mapping = mmap.mmap(handle.fileno(), 0, prot=mmap.PROT_READ)
+        assert sum(mapping[::4096]) >= 0  # every page read in, from the medium, before the rot
+        held.append((handle, mapping))
+        rot(partial)
+
+    with ext4_filesystem(tmp_path, 64, name="store") as mount_point:
+        store = FileObjectStore(mount_point / "s", chunk_size=100_000, on_synced=rot_while_mapped)
+        store.create_directories()
+        try:
+            with capture_logs() as logs:
+                result = store.put(io.BytesIO(data))
+        finally:
+            for handle, mapping in held:
+                mapping.close()
+                handle.close()
+        assert not result.read_back_verified
+        [unproven] = [e for e in logs if e["event"].startswith("read-back not proven")]
+        assert unproven["log_level"] == "warning"
+        assert "stayed in the page cache" in unproven["reason"]
+        # Nothing holds its pages now: a scrub reads the medium and finds the rot the read-back could not.
+        kinds = {p.kind for p in store.verify_object(result.blake3, result.sha256, result.size)}
+        assert kinds == {ProblemKind.BLAKE3_MISMATCH, ProblemKind.SHA256_MISMATCH}
+        # The same store proves a copy whose pages it could drop; a second put of the same bytes proves the
+        # stored copy the same way, and not while its pages are held in memory.
+        plain = FileObjectStore(mount_point / "t", chunk_size=100_000).create_directories()
+        first = plain.put(io.BytesIO(payload(MiB, seed=3)))
+        assert first.read_back_verified
+        with first.path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, prot=mmap.PROT_READ) as mapping:
+            assert sum(mapping[::4096]) >= 0
+            with capture_logs() as logs:
+                again = plain.put(io.BytesIO(payload(MiB, seed=3)))
+            [unread] = plain.verify_object(first.blake3, first.sha256, first.size)  # a scrub, likewise
+            assert unread.kind is ProblemKind.UNREAD
+        assert (again.deduplicated, again.read_back_verified) == (True, False)
+        assert [e["event"] for e in logs] == [
+            "stored copy not proven to have been read from the medium: not verified"
+        ]
+        assert plain.put(io.BytesIO(payload(MiB, seed=3))).read_back_verified
+        unseal_tree(mount_point)
+
+
 def test_read_back_where_o_direct_is_refused_logs_why_and_still_verifies(tmp_path: Path) -> None:
     """ramfs refuses O_DIRECT (EINVAL): the read-back falls back to the page cache, says so once per
     store with the reason, and the objects are still verified."""
@@ -214,9 +268,10 @@ def test_read_back_where_o_direct_is_refused_logs_why_and_still_verifies(tmp_pat
 
 
 def test_a_store_where_o_direct_goes_through_the_page_cache_says_so(tmp_path: Path) -> None:
-    """ext4 with data=journal takes O_DIRECT on open and fcntl but serves it through the page cache, so
-    the read-back may read what the fsync left in memory: statx tells, and the store logs it once with
-    that reason instead of believing its reads reach the disk. The put itself still works."""
+    """ext4 with data=journal takes O_DIRECT on open and fcntl but serves it through the page cache:
+    statx tells, and the store logs it once with that reason instead of believing its reads bypass the
+    cache. The read-back drops the copy's pages and checks that none stayed, so it still reads the
+    medium and the puts are verified."""
     image = make_image(tmp_path / "journal.img", 64)
     with attached(image) as device, mounted(device, tmp_path / "journal", "data=journal") as mount_point:
         store = FileObjectStore(mount_point / "s", chunk_size=64 * KiB).create_directories()
@@ -228,7 +283,8 @@ def test_a_store_where_o_direct_goes_through_the_page_cache_says_so(tmp_path: Pa
         assert first.path.read_bytes() == data
         [warning] = [e for e in logs if "without O_DIRECT" in e["event"]]
         assert "serves it through the page cache" in warning["reason"]
-        assert "read-back may read pages the fsync left in memory" in warning["reason"]
+        assert "checking that none stayed" in warning["reason"]
+        assert not [e for e in logs if e["event"].startswith("read-back not proven")]
         unseal_tree(mount_point)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import mmap
 import os
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -30,7 +31,7 @@ from ingestd.progress import DockProgress
 from ingestd.purge import give_notices, purge
 from ingestd.services import Services
 from ingestd.session import IngestSettings, SessionSummary, source_key, source_stamp
-from store.models import DockVisit, Recording, SessionState, StoredObject
+from store.models import DockVisit, Flag, Recording, SessionState, StoredObject
 from store.objects import FileObjectStore
 from store.types import utcnow
 from tests.support import records as seed
@@ -151,6 +152,67 @@ def test_without_read_back_nothing_is_deleted_because_nothing_is_proven(
     finally:
         services.close()
     assert all(path.exists() for path in originals)
+
+
+def held_in_memory(held: list[tuple[BinaryIO, mmap.mmap]]) -> Callable[[Path], None]:
+    """Another process holding a file mapped: its pages stay in the page cache, which no drop evicts."""
+
+    def hold(path: Path) -> None:
+        handle = path.open("rb")
+        mapping = mmap.mmap(handle.fileno(), 0, prot=mmap.PROT_READ)
+        assert sum(mapping[::4096]) >= 0  # every page read in
+        held.append((handle, mapping))
+
+    return hold
+
+
+def release(held: list[tuple[BinaryIO, mmap.mmap]]) -> None:
+    for handle, mapping in held:
+        mapping.close()
+        handle.close()
+    held.clear()
+
+
+def reasons_flagged(services: Services) -> list[str]:
+    """Each failed-file flag's reason, up to its parenthesis, in the order raised."""
+    with services.catalog.transaction() as db:
+        flags = db.scalars(select(Flag).order_by(Flag.id)).all()
+        return [str(flag.details["reason"]).split(" (", 1)[0] for flag in flags]
+
+
+def test_a_read_back_that_could_only_read_memory_deletes_nothing(tmp_path: Path, store_fs: Path) -> None:
+    """A store whose read-back goes through the page cache (a chunk size O_DIRECT cannot use) drops a
+    copy's pages before reading them back. Where some stay (held mapped), the read-back reads memory and
+    proves nothing: the file stays on the camera with a flag saying why. So does a re-dock while the
+    stored copy is held; once nothing holds it, the re-dock proves it from the medium and deletes."""
+    originals = camera_volume(tmp_path)
+    held: list[tuple[BinaryIO, mmap.mmap]] = []
+    store = FileObjectStore(store_fs / "store", chunk_size=100_000, on_synced=held_in_memory(held))
+    services = services_with(tmp_path, store.create_directories())
+    try:
+        try:
+            summary = import_card(services, tmp_path / "card")
+        finally:
+            release(held)
+        assert (summary.files, summary.errors) == (3, 3)
+        assert all(path.exists() for path in originals)
+        assert reasons_flagged(services) == ["stored, but not re-read from the medium"] * 3
+
+        stored = [store.path_for(digest) for digest in originals.values()]
+        for path in stored:
+            held_in_memory(held)(path)
+        try:
+            again = import_card(services, tmp_path / "card")
+        finally:
+            release(held)
+        assert again.errors == 3
+        assert all(path.exists() for path in originals)
+        assert reasons_flagged(services)[3:] == ["its stored copy was not re-read from the medium"] * 3
+
+        import_card(services, tmp_path / "card")
+        assert not any(path.exists() for path in originals)
+    finally:
+        services.close()
 
 
 def test_with_read_back_proven_originals_are_deleted(tmp_path: Path, store_fs: Path) -> None:
