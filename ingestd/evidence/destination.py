@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +30,7 @@ def rename_noreplace(directory: int, old: str, new: str) -> None:
     """Rename `old` to `new` in the directory open as `directory`; FileExistsError if `new` exists (the
     check and the rename are one step, renameat2 RENAME_NOREPLACE: os.rename would replace an empty
     directory)."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc = ctypes.CDLL(None, use_errno=True)  # the C library already loaded: find_library would run ldconfig
     done = libc.renameat2(directory, os.fsencode(old), directory, os.fsencode(new), _RENAME_NOREPLACE)
     if done != 0:
         errno = ctypes.get_errno()
