@@ -7,6 +7,8 @@ writes `SHARE/requests/N.json` atomically and waits for `SHARE/replies/N.json`:
 - `{"poll": name}` asks whether it still runs: `{"rc"}` (None while it runs);
 - `{"signal": name, "number": n, "wait": s}` signals it and waits for it: `{"rc"}` (None if still running);
 - `{"halt": true}` kills what it spawned and exits, which powers the guest off.
+A request it cannot carry out (a name it never spawned, a malformed request) gets `{"error"}` and the
+agent goes on serving: a crash would leave the host waiting out its timeout for a reply.
 A file share needs no network in the guest and survives the guest's console being busy with kernel logs.
 """
 
@@ -30,6 +32,16 @@ def _reply(share: Path, name: str, body: dict[str, Any]) -> None:
     temporary.replace(replies / name)
 
 
+class _RequestError(Exception):
+    """A request the agent cannot carry out; its message is the reply's `error`."""
+
+
+def _spawned(spawned: dict[str, subprocess.Popen[bytes]], name: str) -> subprocess.Popen[bytes]:
+    if name not in spawned:
+        raise _RequestError(f"no process named {name!r} was spawned (spawned: {sorted(spawned)})")
+    return spawned[name]
+
+
 def _handle(request: dict[str, Any], spawned: dict[str, subprocess.Popen[bytes]]) -> dict[str, Any]:
     if "spawn" in request:
         with Path(request["log"]).open("ab") as log:
@@ -37,9 +49,9 @@ def _handle(request: dict[str, Any], spawned: dict[str, subprocess.Popen[bytes]]
         spawned[request["spawn"]] = process
         return {"pid": process.pid}
     if "poll" in request:
-        return {"rc": spawned[request["poll"]].poll()}
+        return {"rc": _spawned(spawned, request["poll"]).poll()}
     if "signal" in request:
-        process = spawned[request["signal"]]
+        process = _spawned(spawned, request["signal"])
         if process.poll() is None:
             process.send_signal(int(request["number"]))
         try:
@@ -80,7 +92,15 @@ def serve(share: Path) -> None:
                         process.wait()
                 _reply(share, path.name, {"rc": 0})
                 return
-            _reply(share, path.name, _handle(request, spawned))
+            try:
+                answer = _handle(request, spawned)
+            except _RequestError as error:
+                answer = {"error": str(error)}
+            except OSError as error:  # a spawn whose program cannot start, or whose log cannot open
+                answer = {"error": f"cannot spawn: {error}"}
+            except (KeyError, TypeError, ValueError) as error:  # a malformed request
+                answer = {"error": f"malformed request {request!r}: {type(error).__name__}: {error}"}
+            _reply(share, path.name, answer)
 
 
 if __name__ == "__main__":

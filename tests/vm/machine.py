@@ -205,6 +205,8 @@ class Guest:
         wait_for(f"the guest to answer {body} (console: {self.console_log})", reply.exists, timeout, 0.1)
         answer: dict[str, Any] = json.loads(reply.read_text(encoding="utf-8"))
         reply.unlink()
+        if "error" in answer:
+            raise AssertionError(f"the guest agent refused {body}: {answer['error']}")
         return answer
 
     def run(self, *argv: str, timeout: float = 60.0) -> Reply:
