@@ -59,6 +59,7 @@ def open_store(config: Config) -> FileObjectStore:
             config.store.copy_memory_mib * MIB, config.ingest.max_concurrent, config.store.chunk_mib * MIB
         ),
         fsync_interval=config.store.fsync_interval_mib * MIB,
+        idle_rings=config.ingest.max_concurrent,  # the rings within copy_memory_mib; more are unmapped
     )
 
 

@@ -212,7 +212,8 @@ class FileObjectStore(ObjectStore):
 
     `on_synced` is a test seam only: it is called with the partial copy's path after the final fsync and
     before read-back, so a test can change the bytes on the medium underneath. Production leaves it None.
-    The store is safe to share between threads; each concurrent put borrows its own ring of buffers.
+    The store is safe to share between threads; each concurrent put borrows its own ring of buffers, and
+    up to `idle_rings` rings are kept for the next puts (the daemon keeps as many as docks copy at once).
 
     Constructing a store touches nothing on disk, so opening an existing station creates nothing: the
     directories are made by `create_directories`, which only the start-up and
@@ -227,6 +228,7 @@ class FileObjectStore(ObjectStore):
         chunk_size: int = 4 * MiB,
         fsync_interval: int = 256 * MiB,
         on_synced: Callable[[Path], None] | None = None,
+        idle_rings: int = 4,
     ) -> None:
         if chunk_size <= 0 or fsync_interval <= 0:
             raise ValueError("chunk_size and fsync_interval must be positive")
@@ -238,7 +240,7 @@ class FileObjectStore(ObjectStore):
         self._objects = self.root / "objects"
         self._partial = self.root / "partial"
         self._quarantine = self.root / "quarantine"
-        self._rings = RingPool(chunk_size)
+        self._rings = RingPool(chunk_size, keep_idle=idle_rings)
         self._lock = threading.Lock()
         self._warned = False
         self._direct_refused: str | None = None  # why read-back cannot use O_DIRECT here, once known

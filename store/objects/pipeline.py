@@ -409,10 +409,13 @@ def chunk_within(memory: int, copies: int, largest: int) -> int:
 
 class RingPool:
     """Reusable rings of preallocated buffers; one per concurrent put, so memory is flat in file size.
-    The buffers are anonymous mmaps, so they are page-aligned as O_DIRECT needs."""
+    The buffers are anonymous mmaps, so they are page-aligned as O_DIRECT needs. At most `keep_idle`
+    rings are kept for reuse: a burst of copies beyond it (slow docks that gave their slot back go on
+    copying) gives the rest back to the system when it ends, instead of holding them for good."""
 
-    def __init__(self, chunk_size: int) -> None:
+    def __init__(self, chunk_size: int, keep_idle: int = 4) -> None:
         self._chunk_size = chunk_size
+        self._keep_idle = keep_idle
         self._idle: list[list[memoryview]] = []
         self._lock = threading.Lock()
 
@@ -426,4 +429,6 @@ class RingPool:
             yield ring
         finally:
             with self._lock:
-                self._idle.append(ring)
+                if len(self._idle) < self._keep_idle:
+                    self._idle.append(ring)
+            # A ring not kept is unmapped when its last reference goes, here or in a slice still held.
