@@ -1,15 +1,17 @@
 """Real OS users and groups for role tests, and running `ingestctl` as one of them.
 
 Users and groups get a unique prefix and are removed by name at teardown. `ingestctl` runs in a child
-process that imports everything while still root (the interpreter may live where other users cannot
-read), then drops to the user's uid, gid and supplementary groups before `main()`, so the daemon sees the
-user's own credentials through SO_PEERCRED.
+process that imports everything while still root, then drops to the user's uid, gid and supplementary
+groups before `main()`, so the daemon sees the user's own credentials through SO_PEERCRED. Children run as
+a user see the interpreter, the venv and the checkout even below a directory others cannot enter (root's
+home, a 0700 temp dir): see `_reachable`.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import shutil
 import stat
 import subprocess
@@ -17,6 +19,8 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+CHECKOUT = Path(__file__).resolve().parents[2]
 
 BOOTSTRAP = """
 import os, pwd, sys
@@ -79,7 +83,7 @@ def run_ctl_as(
     user: str, *args: str, env: Mapping[str, str] | None = None, timeout: float = 60.0
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", BOOTSTRAP, user, *args],
+        _reachable([sys.executable, "-c", BOOTSTRAP, user, *args], Path.cwd()),
         capture_output=True,
         text=True,
         check=False,
@@ -95,38 +99,50 @@ def created(users: OsUsers) -> Iterator[OsUsers]:
         users.remove()
 
 
-def _closed_ancestor(path: Path) -> Path | None:
-    """The highest directory above `path` that other users cannot enter (root's home, 0700), or None."""
-    for ancestor in reversed(path.parents):
-        if not ancestor.stat().st_mode & stat.S_IXOTH:
-            return ancestor
-    return None
+def _closed_ancestors(path: Path) -> list[Path]:
+    """The directories above `path` that other users cannot enter (root's home, 0700), highest first."""
+    return [a for a in reversed(path.parents) if not a.stat().st_mode & stat.S_IXOTH]
+
+
+def _reachable(argv: Sequence[str], cwd: Path) -> list[str]:
+    """`argv`, run where a user can reach the interpreter install, the venv, the checkout and `cwd`.
+
+    A child run as a user still reads them after the drop (the migrations, pytest's rootdir). If any lies
+    below a directory others cannot enter, the child gets a private mount namespace in which each such
+    directory, highest first, is covered by an empty tmpfs holding only the subtrees those paths need; the
+    namespace, and so the change, ends with the child. Nothing on disk changes mode or owner."""
+    cwd = cwd.resolve()
+    needed = {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(), CHECKOUT, cwd}
+    keep: dict[Path, set[str]] = {}  # closed directory -> names of its children to bring back
+    for path in needed:
+        for closed in _closed_ancestors(path):
+            keep.setdefault(closed, set()).add(path.relative_to(closed).parts[0])
+    if not keep:
+        return list(argv)
+    q = shlex.quote
+    # Each subtree waits in a private tmpfs while its parent is covered, then moves back beneath it. One
+    # command a line: `set -e` would not stop at a failure inside an `&&` list.
+    lines = ["set -e", "stash=$(mktemp -d)", 'mount -t tmpfs -o mode=0700 tmpfs "$stash"']
+    for closed in sorted(keep, key=lambda path: len(path.parts)):
+        trees = [q(str(closed / name)) for name in sorted(keep[closed])]
+        for i, tree in enumerate(trees):
+            lines += [f'mkdir "$stash/{i}"', f'mount --rbind {tree} "$stash/{i}"']
+        lines.append(f"mount -t tmpfs -o mode=0755 tmpfs {q(str(closed))}")
+        for i, tree in enumerate(trees):
+            lines += [f"mkdir {tree}", f'mount --move "$stash/{i}" {tree}', f'rmdir "$stash/{i}"']
+    lines += ['umount "$stash"', 'rmdir "$stash"', f"cd {q(str(cwd))}", 'exec "$@"']
+    script = "\n".join(lines)
+    return ["unshare", "--mount", "--propagation=private", "sh", "-c", script, "sh", *argv]
 
 
 def run_python_as(
     user: str, *args: str, cwd: Path, env: Mapping[str, str] | None = None, timeout: float = 600.0
 ) -> subprocess.CompletedProcess[str]:
-    """Run this interpreter with `args` as `user`, with every capability dropped.
-
-    If the interpreter lives below a directory others cannot enter, the child gets a private mount
-    namespace in which only that directory is replaced by an empty tmpfs holding the interpreter's tree;
-    the namespace, and so the change, ends with the child."""
-    install = Path(sys.base_prefix).resolve()
+    """Run this interpreter with `args` as `user`, with every capability dropped (see `_reachable`)."""
     drop = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--inh-caps=-all"]
     drop += ["--bounding-set=-all", sys.executable, *args]
-    closed = _closed_ancestor(install / "bin")
-    if closed is None:
-        argv = drop
-    else:
-        tree = closed / install.relative_to(closed).parts[0]  # the child of `closed` holding the install
-        script = (
-            'stash=$(mktemp -d) && mount --bind "$1" "$stash" && mount -t tmpfs -o mode=0755 tmpfs "$2" '
-            '&& mkdir "$1" && mount --move "$stash" "$1" && rmdir "$stash" && shift 2 && exec "$@"'
-        )
-        argv = ["unshare", "--mount", "--propagation=private", "sh", "-c", script, "sh", str(tree)]
-        argv += [str(closed), *drop]
     return subprocess.run(
-        argv,
+        _reachable(drop, cwd),
         capture_output=True,
         text=True,
         check=False,
