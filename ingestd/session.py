@@ -677,9 +677,7 @@ class IngestSession:
             self._file_failed(docked, item, f"the file changed while it was read: {changed}")
             return None
         if result.unread is not None:
-            self._file_failed(
-                docked, item, f"stored, but not re-read from the medium ({result.unread}); left on the camera"
-            )
+            self._file_failed(docked, item, _not_reread(result.unread))
             return None
         # Proven means read whole in this session and re-read from disk with its BLAKE3 matching;
         # without read-back nothing is deleted.
@@ -820,6 +818,9 @@ class IngestSession:
                         "read_back_verified": result.read_back_verified,
                     },
                 )
+        if result.unread is not None:
+            self._file_failed(docked, item, _not_reread(result.unread))
+            return None
         if not result.read_back_verified:
             return None
         return _Proven(original, recording_id, result.blake3, result.sha256)
@@ -1088,3 +1089,8 @@ def _make_local(stored: StoredObject, result: PutResult, now: datetime) -> None:
     stored.evicted_at = None
     stored.seal = result.seal
     stored.last_verified_at = now if result.read_back_verified else None
+
+
+def _not_reread(unread: str) -> str:
+    """A failed file's reason when its read-back could have read memory: `PutResult.unread` says why."""
+    return f"stored, but not re-read from the medium ({unread}); left on the camera"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -56,13 +57,15 @@ from store.objects.interface import (
 )
 from store.objects.pipeline import (
     DIRECT_ALIGNMENT,
+    MEMORY_FILESYSTEMS,
+    UNCOUNTED_CACHES,
     DirectFiller,
     RingPool,
     SourceFailedError,
     cached_pages,
     direct_io_alignment,
     fd_filler,
-    memory_backed,
+    filesystem_type,
     pump,
     resume_point,
     source_reader,
@@ -172,19 +175,41 @@ class _Writer:
 
 def _drop_cached(fd: int) -> str | None:
     """Drop `fd`'s pages from the page cache, so that reads through it come from the medium. Returns why
-    some would come from memory instead, or None: none stayed, the page cache is the medium (tmpfs,
-    ramfs), or the kernel cannot tell (no cachestat before Linux 6.5). A page stays when it is mapped,
-    locked or not yet written; with none of those, a second turn catches a page another reader brought
-    back from the medium meanwhile."""
-    stayed: int | None = 0
-    for _ in range(2):
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        stayed = cached_pages(fd)
-        if not stayed:
-            return None
-    if memory_backed(fd):
+    some may come from memory instead, or None: none stayed, the page cache is the medium (tmpfs,
+    ramfs), or the kernel has no cachestat (before Linux 6.5: the drop is trusted, logged once). A page
+    stays when it is mapped, locked or not yet written; a second turn catches one another reader
+    brought back from the medium meanwhile. Where reads come from a cache cachestat does not count, or
+    the kernel refuses to count, nothing is proven."""
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    kind = filesystem_type(fd)
+    if kind in MEMORY_FILESYSTEMS:
         return None
+    if kind in UNCOUNTED_CACHES:
+        return f"reads on {UNCOUNTED_CACHES[kind]} come from a cache the kernel does not count"
+    stayed: int | None = 0
+    for turn in range(2):
+        if turn:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        try:
+            stayed = cached_pages(fd)
+        except OSError as error:
+            return (
+                f"the kernel refused to count its cached pages ({errno.errorcode.get(error.errno or 0, '?')})"
+            )
+        if stayed is None:
+            _warn_uncounted()
+            return None
+        if stayed == 0:
+            return None
     return f"{stayed} of its pages stayed in the page cache when dropped (mapped, locked or unwritten)"
+
+
+@functools.cache
+def _warn_uncounted() -> None:
+    _log.warning(
+        "this kernel cannot count cached pages (cachestat, Linux 6.5+): a read-back through the page "
+        "cache trusts that dropping it worked"
+    )
 
 
 def _sidecar_bytes(key: str, durable: int, stamp: str | None) -> bytes:
@@ -371,8 +396,14 @@ class FileObjectStore(ObjectStore):
         end: int | None = None,
         digests: Digests | None = None,
     ) -> tuple[str, str, int, str | None]:
-        """Hash [start, end) of `fd` as read from the medium: cached pages are dropped first. The last
-        item is why the read may have come from memory instead (see `_drop_cached`), or None."""
+        """Hash [start, end) of `fd` as read from the medium: a whole object with O_DIRECT where the store
+        allows (another reader's cached pages do not matter then), else after dropping cached pages. The
+        last item is why the read may have come from memory instead (see `_drop_cached`), or None."""
+        if start == 0 and end is None and digests is None:
+            direct = self._read_direct(fd, ring, sha256=True)
+            if direct is not None:
+                found, size = direct
+                return (*found.hex(), size, None)
         digests = digests if digests is not None else Digests()
         unproven = _drop_cached(fd)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
@@ -409,23 +440,32 @@ class FileObjectStore(ObjectStore):
         dropping it, with the reason logged once per store. SHA-256 is not recomputed: the copy computed
         it over the very bytes BLAKE3 saw, so a matching BLAKE3 proves both. The last item is why the
         read may have come from memory instead, or None."""
-        flags = self._start_direct(fd)
-        if flags is not None:
-            try:
-                digests = Digests()
-                size = pump(ring, DirectFiller(fd, 0), None, digests, sha256=False)
-                return str(digests.blake3.hexdigest()), size, None
-            except OSError as error:
-                if error.errno != errno.EINVAL:
-                    raise
-                self._refuse_direct(f"an O_DIRECT read was refused ({errno.errorcode[error.errno]})")
-            finally:
-                fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+        direct = self._read_direct(fd, ring, sha256=False)
+        if direct is not None:
+            found, size = direct
+            return str(found.blake3.hexdigest()), size, None
         digests = Digests()
         unproven = _drop_cached(fd)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         size = pump(ring, fd_filler(fd, 0, None), None, digests, sha256=False)
         return str(digests.blake3.hexdigest()), size, unproven
+
+    def _read_direct(self, fd: int, ring: list[memoryview], *, sha256: bool) -> tuple[Digests, int] | None:
+        """The digests (BLAKE3, and SHA-256 with `sha256`) and size of the whole of `fd` read with
+        O_DIRECT, or None where this store cannot use it (the caller reads through the page cache)."""
+        flags = self._start_direct(fd)
+        if flags is None:
+            return None
+        try:
+            digests = Digests()
+            return digests, pump(ring, DirectFiller(fd, 0), None, digests, sha256=sha256)
+        except OSError as error:
+            if error.errno != errno.EINVAL:
+                raise
+            self._refuse_direct(f"an O_DIRECT read was refused ({errno.errorcode[error.errno]})")
+            return None
+        finally:
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags)
 
     def _refuse_direct(self, reason: str) -> None:
         """Remember why O_DIRECT is not possible on this store, and log it the first time."""

@@ -210,7 +210,18 @@ _STATX_SIZE: Final = 256  # struct statx
 _STATX_DIO_OFFSET_ALIGN: Final = 156  # offset of stx_dio_offset_align in struct statx
 _SYS_CACHESTAT: Final = 451  # Linux 6.5+, the same number on x86-64 and arm64
 _STATFS_SIZE: Final = 256  # struct statfs is 120 bytes on 64-bit; f_type is its first field, 8 bytes
-_MEMORY_FILESYSTEMS: Final = frozenset({0x01021994, 0x858458F6})  # TMPFS_MAGIC, RAMFS_MAGIC
+MEMORY_FILESYSTEMS: Final = frozenset({0x01021994, 0x858458F6})  # TMPFS_MAGIC, RAMFS_MAGIC
+# Reads there come from a cache cachestat does not count: the lower file's (overlayfs), the server's
+# (NFS, SMB, CephFS, a FUSE daemon's) or the ARC (ZFS).
+UNCOUNTED_CACHES: Final = {
+    0x794C7630: "overlayfs",
+    0x6969: "NFS",
+    0xFF534D42: "CIFS",
+    0xFE534D42: "SMB2",
+    0x00C36400: "CephFS",
+    0x65735546: "FUSE",
+    0x2FC12FC1: "ZFS",
+}
 
 
 @functools.cache
@@ -236,24 +247,29 @@ def direct_io_alignment(fd: int) -> int | None:
 
 
 def cached_pages(fd: int) -> int | None:
-    """How many of `fd`'s pages are in the page cache (cachestat), or None where the kernel cannot say.
-    A read through the page cache reads these from memory, not from the medium."""
+    """How many of `fd`'s pages are in the page cache (cachestat), or None where the kernel has no
+    cachestat (before Linux 6.5). A read through the page cache reads these from memory, not from the
+    medium. OSError where the kernel refuses to say: a seccomp filter, or a caller who neither owns
+    nor may write the file."""
     whole_file = struct.pack("=QQ", 0, 0)  # struct cachestat_range: offset 0, length 0 = to the end
     counts = ctypes.create_string_buffer(5 * 8)  # struct cachestat: nr_cache first
     arguments = (ctypes.c_long(_SYS_CACHESTAT), ctypes.c_long(fd), whole_file, counts, ctypes.c_long(0))
     if _libc().syscall(*arguments) != 0:  # longs: syscall() is variadic and reads each as a long
-        return None
+        code = ctypes.get_errno()
+        if code == errno.ENOSYS:
+            return None
+        raise OSError(code, os.strerror(code))
     (cached,) = struct.unpack_from("=Q", counts.raw, 0)
     return int(cached)
 
 
-def memory_backed(fd: int) -> bool:
-    """Whether `fd` is on tmpfs or ramfs, where the page cache is the medium itself."""
+def filesystem_type(fd: int) -> int | None:
+    """The magic number of the filesystem `fd` is on (statfs f_type), or None where fstatfs fails."""
     buffer = ctypes.create_string_buffer(_STATFS_SIZE)
     if _libc().fstatfs(fd, buffer) != 0:
-        return False
+        return None
     (kind,) = struct.unpack_from("=q", buffer.raw, 0)
-    return kind in _MEMORY_FILESYSTEMS
+    return int(kind)
 
 
 def _source_fd(source: BinaryIO) -> int | None:

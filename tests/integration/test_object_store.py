@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -35,6 +36,7 @@ from store.objects import (
 )
 from tests.support.loopdev import attached, ext4_filesystem, make_image, mounted, require_root_tools
 from tests.support.objectstore import UnpluggedCamera, rot_below_filesystem, unseal_tree
+from tests.support.osusers import OsUsers, can_manage_users, run_python_as
 
 pytestmark = pytest.mark.root
 KiB = 1024
@@ -247,6 +249,91 @@ def test_a_read_back_through_the_page_cache_that_cannot_drop_the_copy_proves_not
             "stored copy not proven to have been read from the medium: not verified"
         ]
         assert plain.put(io.BytesIO(payload(MiB, seed=3))).read_back_verified
+        unseal_tree(mount_point)
+
+
+def test_a_reader_of_a_stored_object_does_not_make_its_re_read_unproven(ext4: Path) -> None:
+    """Another reader (the replicator, an export) keeps bringing an object's pages back into the page
+    cache. The re-read that proves a stored copy (a re-dock, deduplication, verify) uses O_DIRECT where
+    the store can, so those pages neither fake the proof nor spoil it."""
+    store = FileObjectStore(ext4 / "s").create_directories()
+    result = store.put(io.BytesIO(payload(8 * MiB, seed=4)))
+    reading = threading.Event()
+    done = threading.Event()
+
+    def read_again_and_again() -> None:
+        while not done.is_set():
+            result.path.read_bytes()
+            reading.set()
+
+    reader = threading.Thread(target=read_again_and_again)
+    reader.start()
+    try:
+        assert reading.wait(10)
+        found = [store.verify_object(result.blake3, result.sha256, result.size) for _ in range(5)]
+        again = store.put(io.BytesIO(payload(8 * MiB, seed=4)))
+    finally:
+        done.set()
+        reader.join()
+    assert found == [[]] * 5
+    assert (again.deduplicated, again.read_back_verified, again.unread) == (True, True, None)
+    unseal_tree(ext4)
+
+
+def test_on_overlayfs_a_read_back_through_the_page_cache_proves_nothing(tmp_path: Path) -> None:
+    """cachestat counts the overlay's own cache, always empty: reads come from the lower or upper
+    file's. There a read-back through the page cache cannot show it read the medium."""
+    layers = {name: tmp_path / name for name in ("lower", "upper", "work", "merged")}
+    for layer in layers.values():
+        layer.mkdir()
+    options = f"lowerdir={layers['lower']},upperdir={layers['upper']},workdir={layers['work']}"
+    with mounted("overlay", layers["merged"], options, fstype="overlay") as merged:
+        store = FileObjectStore(merged / "s", chunk_size=100_000).create_directories()  # no O_DIRECT
+        result = store.put(io.BytesIO(payload(MiB, seed=5)))
+        assert not result.read_back_verified
+        assert result.unread == "reads on overlayfs come from a cache the kernel does not count"
+        unseal_tree(merged)
+
+
+def test_where_the_kernel_refuses_to_count_cached_pages_the_re_read_proves_nothing(tmp_path: Path) -> None:
+    """The kernel counts a file's cached pages only for a caller who owns it or may write it. A user who
+    may only read a store that reads through the page cache (here a chunk size O_DIRECT cannot use) gets
+    `unread` from verify, not a clean report it cannot back."""
+    reason = can_manage_users()
+    if reason is not None:
+        pytest.skip(reason)
+    with ext4_filesystem(tmp_path, 64, name="store") as mount_point:
+        store = FileObjectStore(mount_point / "s", chunk_size=100_000).create_directories()
+        result = store.put(io.BytesIO(payload(MiB, seed=6)))
+        assert result.read_back_verified  # root may count
+        for directory in [mount_point / "s", *(mount_point / "s").rglob("*")]:
+            if directory.is_dir():
+                directory.chmod(0o755)  # readable by anyone, as an auditor's group would be
+        check = (
+            "import sys; from pathlib import Path; from store.objects import FileObjectStore, Seal\n"
+            "store = FileObjectStore(Path(sys.argv[1]), chunk_size=100_000)\n"
+            "blake3, sha256, size, seal = sys.argv[2:]\n"
+            "found = store.verify_object(blake3, sha256, int(size), seal=Seal(seal))\n"
+            "print([(p.kind.value, p.detail) for p in found])"
+        )
+        users = OsUsers()
+        try:
+            user = users.user("rd", [])
+            done = run_python_as(
+                user,
+                "-c",
+                check,
+                str(mount_point / "s"),
+                result.blake3,
+                result.sha256,
+                str(result.size),
+                result.seal.value,
+                cwd=mount_point / "s",  # run_python_as makes it reachable below the test's 0700 tmp_path
+            )
+        finally:
+            users.remove()
+        assert done.returncode == 0, done.stderr
+        assert "('unread', 'the kernel refused to count its cached pages (EPERM)')" in done.stdout
         unseal_tree(mount_point)
 
 
