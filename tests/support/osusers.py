@@ -122,7 +122,13 @@ def _reachable(argv: Sequence[str], cwd: Path) -> list[str]:
     q = shlex.quote
     # Each subtree waits in a private tmpfs while its parent is covered, then moves back beneath it. One
     # command a line: `set -e` would not stop at a failure inside an `&&` list.
-    lines = ["set -e", "stash=$(mktemp -d)", 'mount -t tmpfs -o mode=0700 tmpfs "$stash"']
+    # The stash lives in /run, never below a directory this script covers ($TMPDIR might be).
+    lines = [
+        "set -e",
+        "stash=$(mktemp -d -p /run)",
+        'trap \'umount "$stash" 2>/dev/null || true; rmdir "$stash" || true\' EXIT',
+    ]
+    lines.append('mount -t tmpfs -o mode=0700 tmpfs "$stash"')
     for closed in sorted(keep, key=lambda path: len(path.parts)):
         trees = [q(str(closed / name)) for name in sorted(keep[closed])]
         for i, tree in enumerate(trees):
@@ -130,7 +136,7 @@ def _reachable(argv: Sequence[str], cwd: Path) -> list[str]:
         lines.append(f"mount -t tmpfs -o mode=0755 tmpfs {q(str(closed))}")
         for i, tree in enumerate(trees):
             lines += [f"mkdir {tree}", f'mount --move "$stash/{i}" {tree}', f'rmdir "$stash/{i}"']
-    lines += ['umount "$stash"', 'rmdir "$stash"', f"cd {q(str(cwd))}", 'exec "$@"']
+    lines += ['umount "$stash"', 'rmdir "$stash"', "trap - EXIT", f"cd {q(str(cwd))}", 'exec "$@"']
     script = "\n".join(lines)
     return ["unshare", "--mount", "--propagation=private", "sh", "-c", script, "sh", *argv]
 

@@ -14,17 +14,27 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def ask(share: Path, number: int, body: dict[str, Any]) -> dict[str, Any]:
+    return send(share, number, json.dumps(body))
+
+
+def send(share: Path, number: int, text: str) -> dict[str, Any]:
+    """Write request `number` as the host does (whole, by a rename) and wait for the agent's reply."""
     name = f"{number:06d}.json"
     temporary = share / "requests" / f".{name}"
-    temporary.write_text(json.dumps(body), encoding="utf-8")
+    temporary.write_text(text, encoding="utf-8")
     temporary.replace(share / "requests" / name)
-    reply = share / "replies" / name
+    return answer(share, number)
+
+
+def answer(share: Path, number: int) -> dict[str, Any]:
+    """The agent's reply to request `number`, once it is written."""
+    reply = share / "replies" / f"{number:06d}.json"
     deadline = time.monotonic() + 30
     while not reply.exists():
-        assert time.monotonic() < deadline, f"no reply to {body}"
+        assert time.monotonic() < deadline, f"no reply to request {number}"
         time.sleep(0.02)
-    answer: dict[str, Any] = json.loads(reply.read_text(encoding="utf-8"))
-    return answer
+    body: dict[str, Any] = json.loads(reply.read_text(encoding="utf-8"))
+    return body
 
 
 def test_unknown_names_and_malformed_requests_get_an_error_and_the_agent_goes_on(tmp_path: Path) -> None:
@@ -45,8 +55,12 @@ def test_unknown_names_and_malformed_requests_get_an_error_and_the_agent_goes_on
             "cannot spawn"
             in ask(tmp_path, 4, {"spawn": "x", "argv": ["/nonexistent"], "log": "/dev/null"})["error"]
         )
-        assert ask(tmp_path, 5, {"argv": ["true"], "timeout": 10})["rc"] == 0  # still serving
-        assert ask(tmp_path, 6, {"halt": True}) == {"rc": 0}
+        unhashable = {"spawn": ["x"], "argv": ["true"], "log": "/dev/null"}
+        assert "named by a string" in ask(tmp_path, 5, unhashable)["error"]
+        assert "not JSON" in send(tmp_path, 6, "{not json")["error"]
+        assert "not a request object" in send(tmp_path, 7, "[1, 2]")["error"]
+        assert ask(tmp_path, 8, {"argv": ["true"], "timeout": 10})["rc"] == 0  # still serving
+        assert ask(tmp_path, 9, {"halt": True}) == {"rc": 0}
         assert agent.wait(timeout=30) == 0
     finally:
         if agent.poll() is None:

@@ -44,6 +44,8 @@ def _spawned(spawned: dict[str, subprocess.Popen[bytes]], name: str) -> subproce
 
 def _handle(request: dict[str, Any], spawned: dict[str, subprocess.Popen[bytes]]) -> dict[str, Any]:
     if "spawn" in request:
+        if not isinstance(request["spawn"], str):
+            raise _RequestError(f"a spawned process is named by a string, not {request['spawn']!r}")
         with Path(request["log"]).open("ab") as log:
             process = subprocess.Popen(request["argv"], stdout=log, stderr=subprocess.STDOUT)
         spawned[request["spawn"]] = process
@@ -83,8 +85,16 @@ def serve(share: Path) -> None:
             time.sleep(POLL_S)
             continue
         for path in pending:
-            request = json.loads(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
             path.unlink()
+            try:
+                request = json.loads(text)
+            except ValueError as error:
+                _reply(share, path.name, {"error": f"not JSON: {error}"})
+                continue
+            if not isinstance(request, dict):
+                _reply(share, path.name, {"error": f"not a request object: {text[:200]!r}"})
+                continue
             if request.get("halt"):
                 for process in spawned.values():
                     if process.poll() is None:
