@@ -395,19 +395,21 @@ class FileObjectStore(ObjectStore):
         start: int = 0,
         end: int | None = None,
         digests: Digests | None = None,
+        sha256: bool = True,
     ) -> tuple[str, str, int, str | None]:
         """Hash [start, end) of `fd` as read from the medium: a whole object with O_DIRECT where the store
-        allows (another reader's cached pages do not matter then), else after dropping cached pages. The
-        last item is why the read may have come from memory instead (see `_drop_cached`), or None."""
+        allows (another reader's cached pages do not matter then), else after dropping cached pages. With
+        `sha256=False` only BLAKE3 is fed. The last item is why the read may have come from memory
+        instead (see `_drop_cached`), or None."""
         if start == 0 and end is None and digests is None:
-            direct = self._read_direct(fd, ring, sha256=True)
+            direct = self._read_direct(fd, ring, sha256=sha256)
             if direct is not None:
                 found, size = direct
                 return (*found.hex(), size, None)
         digests = digests if digests is not None else Digests()
         unproven = _drop_cached(fd)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        size = pump(ring, fd_filler(fd, start, end), None, digests)
+        size = pump(ring, fd_filler(fd, start, end), None, digests, sha256=sha256)
         return (*digests.hex(), size, unproven)
 
     def _start_direct(self, fd: int) -> int | None:
@@ -440,15 +442,8 @@ class FileObjectStore(ObjectStore):
         dropping it, with the reason logged once per store. SHA-256 is not recomputed: the copy computed
         it over the very bytes BLAKE3 saw, so a matching BLAKE3 proves both. The last item is why the
         read may have come from memory instead, or None."""
-        direct = self._read_direct(fd, ring, sha256=False)
-        if direct is not None:
-            found, size = direct
-            return str(found.blake3.hexdigest()), size, None
-        digests = Digests()
-        unproven = _drop_cached(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        size = pump(ring, fd_filler(fd, 0, None), None, digests, sha256=False)
-        return str(digests.blake3.hexdigest()), size, unproven
+        blake3_hex, _, size, unproven = self._digest_fd(fd, ring, sha256=False)
+        return blake3_hex, size, unproven
 
     def _read_direct(self, fd: int, ring: list[memoryview], *, sha256: bool) -> tuple[Digests, int] | None:
         """The digests (BLAKE3, and SHA-256 with `sha256`) and size of the whole of `fd` read with

@@ -127,8 +127,8 @@ def _reachable(argv: Sequence[str], cwd: Path) -> list[str]:
         "set -e",
         "stash=$(mktemp -d -p /run)",
         'trap \'umount "$stash" 2>/dev/null || true; rmdir "$stash" || true\' EXIT',
+        'mount -t tmpfs -o mode=0700 tmpfs "$stash"',
     ]
-    lines.append('mount -t tmpfs -o mode=0700 tmpfs "$stash"')
     for closed in sorted(keep, key=lambda path: len(path.parts)):
         trees = [q(str(closed / name)) for name in sorted(keep[closed])]
         for i, tree in enumerate(trees):
